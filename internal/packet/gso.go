@@ -1,0 +1,192 @@
+package packet
+
+import "encoding/binary"
+
+// GSO (generic segmentation offload) for frames read from a TAP opened with
+// IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4). The kernel then
+// hands us TCP "superframes" of up to 64 KiB plus a virtio-net header that
+// says how to cut them, and packets whose transport checksum is only
+// partially computed. Everything here works on the packet from its IPv4
+// header on: the caller strips the Ethernet header and subtracts
+// EthernetHeaderLen from CsumStart first.
+
+// Errors returned by CompleteChecksum and SegmentTCPv4. They are
+// preallocated so that rejecting a packet does not allocate; ReasonOf or
+// errors.Is map them to drop counters.
+var (
+	errCsumGSO      = &Error{Op: "complete checksum", Reason: ErrBadGSO, Detail: "packet is a GSO superframe"}
+	errCsumBounds   = &Error{Op: "complete checksum", Reason: ErrBadVirtioHeader, Detail: "csum_start+csum_offset beyond packet"}
+	errSegOffset    = &Error{Op: "segment tcpv4", Reason: ErrBufferTooSmall, Detail: "negative offset"}
+	errSegNotTCP    = &Error{Op: "segment tcpv4", Reason: ErrBadGSO, Detail: "protocol is not TCP"}
+	errSegFragment  = &Error{Op: "segment tcpv4", Reason: ErrBadGSO, Detail: "superframe is an IPv4 fragment"}
+	errSegGSOType   = &Error{Op: "segment tcpv4", Reason: ErrBadGSO, Detail: "gso_type is not TCPv4"}
+	errSegGSOSize   = &Error{Op: "segment tcpv4", Reason: ErrBadGSO, Detail: "gso_size is zero"}
+	errSegCsumStart = &Error{Op: "segment tcpv4", Reason: ErrBadVirtioHeader, Detail: "csum_start is not the IPv4 header length"}
+	errSegOut       = &Error{Op: "segment tcpv4", Reason: ErrTooManySegments, Detail: "out or sizes has fewer entries than segments"}
+	errSegOutSmall  = &Error{Op: "segment tcpv4", Reason: ErrBufferTooSmall, Detail: "an out buffer cannot hold its segment"}
+	errSegTCPShort  = &Error{Op: "segment tcpv4", Reason: ErrTruncatedL4, Detail: "TCP header truncated"}
+	errIPv4ByReason = [numParseErrors]*Error{
+		ErrTooShort:       {Op: "segment tcpv4", Reason: ErrTooShort, Detail: "shorter than an IPv4 header"},
+		ErrBadVersion:     {Op: "segment tcpv4", Reason: ErrBadVersion, Detail: "not IPv4"},
+		ErrBadIHL:         {Op: "segment tcpv4", Reason: ErrBadIHL, Detail: "bad IPv4 header length"},
+		ErrBadTotalLength: {Op: "segment tcpv4", Reason: ErrBadTotalLength, Detail: "bad IPv4 total length"},
+	}
+)
+
+// CompleteChecksum finishes a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM)
+// in a non-GSO packet. The kernel leaves the folded pseudo-header sum in
+// the checksum field at CsumStart+CsumOffset and expects the receiver to
+// sum from CsumStart to the end, that field included, and store the
+// inverted result (skb_checksum_help). It does nothing when the flag is not
+// set. h.CsumStart must already be relative to pkt (IPv4 header start).
+func CompleteChecksum(pkt []byte, h VirtioNetHdr) error {
+	if h.Flags&VirtioNetHdrFNeedsCsum == 0 {
+		return nil
+	}
+	if h.GSOType&^GSOECN != GSONone {
+		return errCsumGSO
+	}
+	start := int(h.CsumStart)
+	field := start + int(h.CsumOffset)
+	if field+2 > len(pkt) {
+		return errCsumBounds
+	}
+	c := ^Fold(Sum(pkt[start:], 0))
+	// Like skb_checksum_help, send 0xffff rather than 0: both are the
+	// same ones-complement value, but 0 would mean "no checksum" to UDP.
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(pkt[field:], c)
+	return nil
+}
+
+// SegmentTCPv4 cuts a TSO superframe (IPv4 and TCP, h.GSOType GSOTCPv4,
+// maybe with GSOECN) into segments of at most h.GSOSize payload bytes. Each
+// segment is a complete IPv4 packet written to out[i][offset:], with its
+// length in sizes[i]; it returns the number of segments. out and sizes use
+// the tun.Device batch shape so the result can be handed to a writer as is.
+//
+// Each segment carries a copy of the superframe's IP and TCP headers,
+// options included, with the changes tcp_gso_segment and inet_gso_segment
+// make in the kernel: the total length and header checksum are recomputed,
+// the IP ID counts up from the original, the sequence number advances by
+// the payload before the segment, FIN and PSH stay only on the last
+// segment and CWR only on the first, and the TCP checksum is computed in
+// full (the superframe's field holds only the pseudo-header sum).
+//
+// With h.GSOType GSONone the packet is copied as one segment, and its
+// partial checksum completed if h asks for it.
+//
+// Nothing is written unless all segments fit: the segment count, len(out),
+// len(sizes) and every buffer length are checked first. The out buffers
+// must not overlap pkt. Errors carry a
+// ParseError reason (ReasonOf). SegmentTCPv4 does not allocate.
+func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset int) (n int, err error) {
+	if offset < 0 {
+		return 0, errSegOffset
+	}
+	ip := IPv4(pkt)
+	if r := ip.Validate(); r != ParseOK {
+		return 0, errIPv4ByReason[r]
+	}
+	ip = ip[:ip.TotalLen()]
+
+	if h.GSOType == GSONone {
+		if len(out) < 1 || len(sizes) < 1 {
+			return 0, errSegOut
+		}
+		if len(out[0]) < offset || len(out[0])-offset < len(ip) {
+			return 0, errSegOutSmall
+		}
+		seg := out[0][offset : offset+len(ip)]
+		copy(seg, ip)
+		if err := CompleteChecksum(seg, h); err != nil {
+			return 0, err
+		}
+		sizes[0] = len(seg)
+		return 1, nil
+	}
+
+	if h.GSOType&^GSOECN != GSOTCPv4 {
+		return 0, errSegGSOType
+	}
+	if h.GSOSize == 0 {
+		return 0, errSegGSOSize
+	}
+	if ip.Protocol() != ProtoTCP {
+		return 0, errSegNotTCP
+	}
+	if ip.IsFragment() {
+		return 0, errSegFragment
+	}
+	// Don't trust h.HdrLen: the kernel has been seen to report a wrong
+	// value (wireguard-go tun_linux.go has the same rule). Derive the
+	// header lengths from IHL and the TCP data offset instead.
+	iphLen := ip.HeaderLen()
+	if int(h.CsumStart) != iphLen {
+		return 0, errSegCsumStart
+	}
+	if len(ip)-iphLen < TCPMinHeaderLen {
+		return 0, errSegTCPShort
+	}
+	tcpLen := TCP(ip[iphLen:]).DataOffset()
+	if tcpLen < TCPMinHeaderLen || iphLen+tcpLen > len(ip) {
+		return 0, errSegTCPShort
+	}
+	hdrLen := iphLen + tcpLen
+	payload := ip[hdrLen:]
+	mss := int(h.GSOSize)
+
+	nseg := (len(payload) + mss - 1) / mss
+	if nseg == 0 {
+		nseg = 1 // a header-only superframe still goes out, as one segment
+	}
+	if nseg > len(out) || nseg > len(sizes) {
+		return 0, errSegOut
+	}
+	for i := range nseg {
+		segLen := hdrLen + min(mss, len(payload)-i*mss)
+		if len(out[i]) < offset || len(out[i])-offset < segLen {
+			return 0, errSegOutSmall
+		}
+	}
+
+	origID := ip.ID()
+	origTCP := TCP(ip[iphLen:hdrLen])
+	origSeq := origTCP.Seq()
+	origFlags := origTCP.Flags()
+	src, dst := ip.SrcBytes(), ip.DstBytes()
+
+	for i := range nseg {
+		chunk := payload[i*mss : min((i+1)*mss, len(payload))]
+		segLen := hdrLen + len(chunk)
+		seg := out[i][offset : offset+segLen]
+		copy(seg, ip[:hdrLen])
+		copy(seg[hdrLen:], chunk)
+
+		sip := IPv4(seg)
+		sip.SetTotalLen(uint16(segLen))
+		sip.SetID(origID + uint16(i))
+		sip.ComputeChecksum()
+
+		t := TCP(seg[iphLen:hdrLen])
+		t.SetSeq(origSeq + uint32(i*mss))
+		flags := origFlags
+		if i != nseg-1 {
+			flags &^= TCPFlagFIN | TCPFlagPSH
+		}
+		if i != 0 {
+			flags &^= TCPFlagCWR
+		}
+		t.SetFlags(flags)
+		t.SetChecksum(0)
+		s := PseudoHeaderSum(ProtoTCP, src, dst, uint16(tcpLen+len(chunk)))
+		// tcpLen is a multiple of 4, so the payload sum stays aligned.
+		s = Sum(t, s)
+		s = Sum(chunk, s)
+		t.SetChecksum(^Fold(s))
+		sizes[i] = segLen
+	}
+	return nseg, nil
+}
