@@ -1,0 +1,295 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"podnet/lab"
+)
+
+// newLabCmd is `podnet lab`: build, inspect, enter and remove a cluster of
+// network namespaces on this machine.
+func newLabCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Build a podnet cluster from network namespaces on this machine",
+		Long: `podnet lab builds a whole cluster on one machine: a fabric bridge
+(NAME-fabric, br0 10.77.0.1/24), nodes NAME-worker<K> running podnet daemon,
+and pods NAME-test-<J> serving HTTP on port 80. It needs root.`,
+	}
+	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabExecCmd(), newLabDownCmd(), newLabServeHTTPCmd())
+	return cmd
+}
+
+func newLabUpCmd() *cobra.Command {
+	var (
+		cfg  lab.Config
+		pods int
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Create a lab: fabric, nodes with daemons, pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Pods = pods
+			if pods == 0 {
+				cfg.Pods = lab.NoPods
+			}
+			if pods < 0 {
+				return fmt.Errorf("--pods %d: must be 0 or more", pods)
+			}
+			cfg.Progress = cmd.OutOrStdout()
+			// An interrupted up cancels ctx; lab.Up then tears down what
+			// it made before returning.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			l, err := lab.Up(ctx, cfg)
+			if err != nil {
+				return flatten(err)
+			}
+			printLabSummary(cmd.OutOrStdout(), l.Status())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", lab.DefaultName, "lab name: prefix of all its namespaces (^[a-z][a-z0-9]{0,11}$)")
+	f.IntVar(&cfg.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
+	f.IntVar(&pods, "pods", lab.DefaultPods, "number of pods (0 = none)")
+	f.BoolVar(&cfg.NoDaemon, "no-daemon", false, "build only namespaces and the fabric: no daemons, no pods")
+	f.StringArrayVar(&cfg.DaemonArgs, "daemon-arg", nil, "extra flag for every podnet daemon (repeatable)")
+	f.StringVar(&cfg.HTTPServer, "http-server", "", `pod HTTP server: "nginx", "builtin" or "" (nginx if on PATH)`)
+	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "print every command the lab runs")
+	return cmd
+}
+
+// printLabSummary prints the node and pod tables and a hint to try.
+func printLabSummary(w io.Writer, s lab.Status) {
+	fmt.Fprintf(w, "\nlab %s is up (run dir %s)\n\n", s.Name, s.RunDir)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tDAEMON")
+	for _, n := range s.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Address, daemonCell(n))
+	}
+	tw.Flush()
+	if len(s.Pods) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(tw, "POD\tNODE\tIP")
+		for _, p := range s.Pods {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, p.Node, p.IP)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w)
+	switch {
+	case len(s.Pods) >= 2:
+		fmt.Fprintf(w, "try: podnet lab exec%s %s -- ping -c3 %s\n", nameFlag(s.Name), s.Pods[0].Name, s.Pods[1].IP)
+	case len(s.Nodes) >= 2:
+		fmt.Fprintf(w, "try: podnet lab exec%s %s -- ping -c3 %s\n", nameFlag(s.Name), s.Nodes[0].Name, s.Nodes[1].Address.Addr())
+	case len(s.Nodes) == 1:
+		fmt.Fprintf(w, "try: podnet lab exec%s %s -- ping -c3 %s\n", nameFlag(s.Name), s.Nodes[0].Name, s.Fabric.Address.Addr())
+	}
+}
+
+func daemonCell(n lab.NodeStatus) string {
+	switch {
+	case n.PID == 0:
+		return "-"
+	case n.Running:
+		return "running(" + strconv.Itoa(n.PID) + ")"
+	default:
+		return "exited(" + strconv.Itoa(n.PID) + ")"
+	}
+}
+
+// nameFlag is " --name NAME" unless name is the default.
+func nameFlag(name string) string {
+	if name == lab.DefaultName {
+		return ""
+	}
+	return " --name " + name
+}
+
+func newLabStatusCmd() *cobra.Command {
+	var name, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a lab's nodes and pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			l, err := openLab(name)
+			if err != nil {
+				return err
+			}
+			s := l.Status()
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(s)
+			}
+			printLabStatus(w, s)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", lab.DefaultName, "lab name")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func printLabStatus(w io.Writer, s lab.Status) {
+	fmt.Fprintf(w, "lab %s (run dir %s)\nfabric %s: %s %s\n\n", s.Name, s.RunDir, s.Fabric.Netns, s.Fabric.Bridge, s.Fabric.Address)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tDAEMON\tSOCKET")
+	for _, n := range s.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Address, daemonCell(n), n.Socket)
+	}
+	tw.Flush()
+	if len(s.Pods) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(tw, "POD\tNODE\tNETNS\tIP\tHTTP")
+		for _, p := range s.Pods {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", p.Name, p.Node, p.Netns, p.IP, p.HTTPPID)
+		}
+		tw.Flush()
+	}
+}
+
+// openLab opens lab name, turning "not found" into a hint.
+func openLab(name string) (*lab.Lab, error) {
+	l, err := lab.Open(name)
+	if errors.Is(err, lab.ErrNotFound) {
+		return nil, fmt.Errorf("lab %s is not up (start it with: podnet lab up%s)", name, nameFlag(name))
+	}
+	return l, err
+}
+
+func newLabExecCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "exec [--name NAME] TARGET -- CMD [ARG...]",
+		Short: "Run a command in a lab namespace (fabric, a node or a pod)",
+		Long: `Run CMD inside TARGET's network namespace: "fabric", a node (worker1; podnet
+commands there talk to that node's daemon) or a pod (test-1). The exit code
+is CMD's.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			// Flag parsing stops at TARGET, so a "--" after it is still here.
+			target, argv := args[0], args[1:]
+			if argv[0] == "--" {
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return errors.New("no command: usage: podnet lab exec TARGET -- CMD [ARG...]")
+			}
+			l, err := openLab(name)
+			if err != nil {
+				return err
+			}
+			err = l.Exec(cmd.Context(), target, os.Stdin, os.Stdout, os.Stderr, argv...)
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code := ee.ExitCode()
+				if code < 0 {
+					code = 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
+				}
+				os.Exit(code)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", lab.DefaultName, "lab name")
+	// Flags after TARGET belong to CMD (ping -c3), not to us.
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+func newLabDownCmd() *cobra.Command {
+	var (
+		name    string
+		verbose bool
+	)
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Remove a lab: its processes, namespaces and run dir",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := lab.Teardown(lab.Config{Name: name, Verbose: verbose, Progress: progressOut(verbose, cmd.OutOrStdout())})
+			if err != nil {
+				return flatten(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s removed\n", name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", lab.DefaultName, "lab name")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every command")
+	return cmd
+}
+
+// flatten keeps a joined error on one line, as the CLI prints errors.
+func flatten(err error) error {
+	msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+	return &flatError{msg: msg, err: err}
+}
+
+type flatError struct {
+	msg string
+	err error
+}
+
+func (e *flatError) Error() string { return e.msg }
+func (e *flatError) Unwrap() error { return e.err }
+
+func progressOut(verbose bool, w io.Writer) io.Writer {
+	if verbose {
+		return w
+	}
+	return nil
+}
+
+func newLabServeHTTPCmd() *cobra.Command {
+	var (
+		cfg lab.ServeConfig
+		ip  string
+	)
+	cmd := &cobra.Command{
+		Use:    "serve-http",
+		Short:  "Serve a lab pod's HTTP page (run by podnet lab inside the pod)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ip != "" {
+				a, err := netip.ParseAddr(ip)
+				if err != nil {
+					return fmt.Errorf("--ip %q: %w", ip, err)
+				}
+				cfg.IP = a
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return lab.ServeHTTP(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Pod, "pod", "", "pod name shown on the page (required)")
+	f.StringVar(&cfg.Node, "node", "", "node name shown on the page (required)")
+	f.StringVar(&ip, "ip", "", "pod address shown on the page (default: first IPv4 address here)")
+	f.StringVar(&cfg.Addr, "addr", ":80", "listen address")
+	return cmd
+}

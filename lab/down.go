@@ -1,0 +1,143 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// killGrace is how long processes get to exit after SIGTERM before Down
+// sends SIGKILL.
+const killGrace = 3 * time.Second
+
+// Down removes everything of lab name: what its state.json records (when
+// present) and every namespace matching exactly
+// ^name-(fabric|external|worker[0-9]+|test-[0-9]+)$, after killing the
+// processes inside them; then the run dir. It is idempotent and tries
+// every step, returning the joined errors.
+func Down(name string) error { return Teardown(Config{Name: name}) }
+
+// Teardown is Down for the lab cfg.Name whose run dir is cfg.RunDir
+// ("" = the default), printing progress and commands as cfg asks. Other
+// fields of cfg are ignored.
+func Teardown(cfg Config) error {
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if err := ValidateName(cfg.Name); err != nil {
+		return err
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = DefaultRunDir(cfg.Name)
+	}
+	st, err := loadState(filepath.Join(cfg.RunDir, stateFile))
+	if err != nil {
+		// A missing or corrupt state file must not stop the sweep.
+		st = &state{}
+	}
+	// The caller's name and dir win over whatever the file says.
+	st.Name, st.RunDir = cfg.Name, cfg.RunDir
+	l := &Lab{r: newRunner(cfg.Verbose, cfg.Progress), st: *st, children: map[int]*os.Process{}}
+	return l.Down()
+}
+
+// Down removes the lab: it stops its recorded processes, kills whatever
+// else runs in its namespaces, deletes the namespaces (recorded and swept)
+// and the run dir. It is idempotent and tries every step.
+func (l *Lab) Down() error {
+	l.mu.Lock()
+	st := l.st
+	var procs []procID
+	for _, p := range st.Pods {
+		procs = append(procs, p.HTTP)
+	}
+	for _, n := range st.Nodes {
+		procs = append(procs, n.Daemon)
+	}
+	l.mu.Unlock()
+
+	var errs []error
+	l.r.progressf("removing lab %s", st.Name)
+	// Recorded processes first, by identity, so a daemon gets SIGTERM and
+	// a chance to shut down cleanly before its namespace disappears.
+	if err := stopAll(procs, unix.SIGTERM, killGrace); err != nil {
+		errs = append(errs, fmt.Errorf("stop lab %s processes: %w", st.Name, err))
+	}
+	for _, p := range procs {
+		l.reap(p.PID)
+	}
+
+	swept, err := labNamespaces(st.Name)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	re := memberRE(st.Name)
+	nss := swept
+	for _, ns := range st.Namespaces {
+		// Only names of this lab: a hand-edited state must not make Down
+		// delete someone else's namespace.
+		if re.MatchString(ns) && !slices.Contains(nss, ns) {
+			nss = append(nss, ns)
+		}
+	}
+	sortTeardown(st.Name, nss)
+
+	// Kill everything in every namespace before deleting any: a pod's TAP
+	// is held by the daemon in the node namespace.
+	var stray []procID
+	for _, ns := range nss {
+		ids, err := l.netnsPids(ns)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		stray = append(stray, ids...)
+	}
+	if err := stopAll(stray, unix.SIGTERM, killGrace); err != nil {
+		errs = append(errs, fmt.Errorf("stop processes in lab %s: %w", st.Name, err))
+	}
+	for _, ns := range nss {
+		if _, err := os.Stat(netnsPath(ns)); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if _, err := l.r.run(context.Background(), "ip", "netns", "del", ns); err != nil {
+			errs = append(errs, fmt.Errorf("delete namespace %s: %w", ns, err))
+		}
+	}
+	if st.RunDir != "" {
+		if err := os.RemoveAll(st.RunDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove run dir of lab %s: %w", st.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// netnsPids lists the processes in ns (`ip netns pids`), with identities.
+func (l *Lab) netnsPids(ns string) ([]procID, error) {
+	if _, err := os.Stat(netnsPath(ns)); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	out, err := l.r.run(context.Background(), "ip", "netns", "pids", ns)
+	if err != nil {
+		return nil, fmt.Errorf("list processes in %s: %w", ns, err)
+	}
+	var ids []procID
+	self := os.Getpid()
+	for _, f := range strings.Fields(string(out)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid == self {
+			continue
+		}
+		if id, err := identify(pid); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}

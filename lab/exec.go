@@ -1,0 +1,119 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Exec runs args inside target's namespace (via ip netns exec) and waits
+// for it. target is a node name ("worker1"), a pod name ("test-1") or
+// "fabric". For node targets PODNET_SOCKET points at that node's daemon;
+// PATH starts with the directory of the lab's podnet binary, so `podnet`
+// resolves. A command that runs and exits non-zero returns the bare
+// *exec.ExitError (so callers can read its exit code); every other failure
+// is wrapped with the target.
+func (l *Lab) Exec(ctx context.Context, target string, stdin io.Reader, stdout, stderr io.Writer, args ...string) error {
+	cmd, err := l.command(ctx, target, args)
+	if err != nil {
+		return err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if err == nil || errors.As(err, &ee) {
+		return err
+	}
+	return fmt.Errorf("exec %s in %s: %w", cmdline(nil, args), target, err)
+}
+
+// Output runs args in target like Exec and returns its stdout. On failure
+// the error names the command and the target and carries its stderr;
+// errors.As still finds the *exec.ExitError.
+func (l *Lab) Output(ctx context.Context, target string, args ...string) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	err := l.Exec(ctx, target, nil, &stdout, &stderr, args...)
+	var ee *exec.ExitError
+	if err == nil || !errors.As(err, &ee) {
+		return stdout.Bytes(), err
+	}
+	if msg := strings.TrimSpace(stderr.String()); msg != "" {
+		return stdout.Bytes(), fmt.Errorf("exec %s in %s: %w: %s", cmdline(nil, args), target, err, oneLine(msg))
+	}
+	return stdout.Bytes(), fmt.Errorf("exec %s in %s: %w", cmdline(nil, args), target, err)
+}
+
+// command builds the ip netns exec command for target.
+func (l *Lab) command(ctx context.Context, target string, args []string) (*exec.Cmd, error) {
+	if len(args) == 0 {
+		return nil, fmt.Errorf("exec in %s: no command", target)
+	}
+	ns, env, err := l.targetEnv(target)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
+	cmd.Env = env
+	l.r.show(nil, cmd.Args)
+	return cmd, nil
+}
+
+// Netns returns the namespace name of target ("fabric", a node or a pod).
+func (l *Lab) Netns(target string) (string, error) {
+	ns, _, err := l.targetEnv(target)
+	return ns, err
+}
+
+// targetEnv resolves target to its namespace and the environment commands
+// run with there.
+func (l *Lab) targetEnv(target string) (string, []string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	env := prependPath(os.Environ(), filepath.Dir(l.st.Binary))
+	if target == "fabric" {
+		return fabricNetns(l.st.Name), env, nil
+	}
+	if n := l.st.node(target); n != nil {
+		return n.Netns, append(env, "PODNET_SOCKET="+n.Socket), nil
+	}
+	if p := l.st.pod(target); p != nil {
+		return p.Netns, env, nil
+	}
+	return "", nil, l.unknownTargetLocked(target)
+}
+
+func (l *Lab) unknownTarget(target string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unknownTargetLocked(target)
+}
+
+func (l *Lab) unknownTargetLocked(target string) error {
+	return fmt.Errorf("%w %q in lab %s (valid: %s)", ErrUnknownTarget, target, l.st.Name, strings.Join(l.st.targets(), ", "))
+}
+
+// prependPath returns env with dir put first in PATH (and PODNET_SOCKET
+// dropped, so a caller's own setting never leaks into the wrong node).
+func prependPath(env []string, dir string) []string {
+	out := make([]string, 0, len(env)+1)
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, e := range env {
+		switch {
+		case strings.HasPrefix(e, "PATH="):
+			path = strings.TrimPrefix(e, "PATH=")
+		case strings.HasPrefix(e, "PODNET_SOCKET="):
+		default:
+			out = append(out, e)
+		}
+	}
+	if dir != "" && dir != "." {
+		path = dir + string(os.PathListSeparator) + path
+	}
+	return append(out, "PATH="+path)
+}

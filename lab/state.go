@@ -1,0 +1,138 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// stateFile is the name of the state file inside the run dir. It is
+// rewritten after every step of Up, so that Down can undo a half-built lab
+// after a crash.
+const stateFile = "state.json"
+
+// state is everything Down needs to undo a lab and everything Status shows.
+type state struct {
+	Name       string   `json:"name"`
+	RunDir     string   `json:"runDir"`
+	Binary     string   `json:"binary,omitempty"`
+	DaemonArgs []string `json:"daemonArgs,omitempty"`
+	NoDaemon   bool     `json:"noDaemon,omitempty"`
+	HTTPServer string   `json:"httpServer,omitempty"`
+	// Namespaces lists the namespaces Up created, in creation order.
+	Namespaces []string    `json:"namespaces"`
+	Nodes      []nodeState `json:"nodes"`
+	Pods       []podState  `json:"pods"`
+}
+
+type nodeState struct {
+	Name     string       `json:"name"`
+	Netns    string       `json:"netns"`
+	Address  netip.Prefix `json:"address"`
+	Iface    string       `json:"iface"`
+	Socket   string       `json:"socket"`
+	StateDir string       `json:"stateDir"`
+	Log      string       `json:"log"`
+	Daemon   procID       `json:"daemon"`
+}
+
+type podState struct {
+	Name  string     `json:"name"`
+	Node  string     `json:"node"`
+	Netns string     `json:"netns"`
+	IP    netip.Addr `json:"ip"`
+	Dir   string     `json:"dir"`
+	HTTP  procID     `json:"http"`
+}
+
+func (s *state) node(name string) *nodeState {
+	for i := range s.Nodes {
+		if s.Nodes[i].Name == name {
+			return &s.Nodes[i]
+		}
+	}
+	return nil
+}
+
+func (s *state) pod(name string) *podState {
+	for i := range s.Pods {
+		if s.Pods[i].Name == name {
+			return &s.Pods[i]
+		}
+	}
+	return nil
+}
+
+// targets lists every valid Exec target: "fabric", nodes, pods.
+func (s *state) targets() []string {
+	t := []string{"fabric"}
+	for _, n := range s.Nodes {
+		t = append(t, n.Name)
+	}
+	for _, p := range s.Pods {
+		t = append(t, p.Name)
+	}
+	return t
+}
+
+// update applies f to the state under l.mu and saves it.
+func (l *Lab) update(f func(st *state)) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f(&l.st)
+	return l.save()
+}
+
+// save writes the state atomically (temp file and rename), so a crash
+// never leaves a truncated state.json behind. Caller holds l.mu.
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(&l.st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode lab state: %w", err)
+	}
+	tmp := l.stFile + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write lab state %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, l.stFile); err != nil {
+		return fmt.Errorf("write lab state %s: %w", l.stFile, err)
+	}
+	return nil
+}
+
+func loadState(path string) (*state, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open lab state %s: %w", path, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open lab state: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("decode lab state %s: %w", path, err)
+	}
+	if st.RunDir == "" {
+		st.RunDir = filepath.Dir(path)
+	}
+	return &st, nil
+}
+
+// Namespace and interface names; they are an interface other tests use.
+
+func fabricNetns(lab string) string     { return lab + "-fabric" }
+func nodeName(k int) string             { return "worker" + strconv.Itoa(k) }
+func podName(j int) string              { return "test-" + strconv.Itoa(j) }
+func netnsOf(lab, member string) string { return lab + "-" + member }
+func fabricPort(k int) string           { return "w" + strconv.Itoa(k) }
+func netnsPath(ns string) string        { return filepath.Join(NetnsDir, ns) }
+func nodeUnderlay(k int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, byte(10 + k)}), 24)
+}
+func podAddr(node, indexOnNode int) netip.Addr {
+	return netip.AddrFrom4([4]byte{192, 168, byte(node), byte(indexOnNode + 2)})
+}
