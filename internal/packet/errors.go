@@ -77,9 +77,16 @@ func ReasonOf(err error) ParseError {
 	if err == nil {
 		return ParseOK
 	}
-	var pe ParseError
-	if errors.As(err, &pe) {
-		return pe
+	// Walk the chain by hand: errors.As would need a pointer to a local
+	// ParseError, which escapes and allocates on every counted drop.
+	for err != nil {
+		switch e := err.(type) {
+		case ParseError:
+			return e
+		case *Error:
+			return e.Reason
+		}
+		err = errors.Unwrap(err)
 	}
 	return numParseErrors
 }

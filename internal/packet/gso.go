@@ -16,6 +16,7 @@ import "encoding/binary"
 var (
 	errCsumGSO      = &Error{Op: "complete checksum", Reason: ErrBadGSO, Detail: "packet is a GSO superframe"}
 	errCsumBounds   = &Error{Op: "complete checksum", Reason: ErrBadVirtioHeader, Detail: "csum_start+csum_offset beyond packet"}
+	errCsumOdd      = &Error{Op: "complete checksum", Reason: ErrBadVirtioHeader, Detail: "csum_offset is odd"}
 	errSegOffset    = &Error{Op: "segment tcpv4", Reason: ErrBufferTooSmall, Detail: "negative offset"}
 	errSegNotTCP    = &Error{Op: "segment tcpv4", Reason: ErrBadGSO, Detail: "protocol is not TCP"}
 	errSegFragment  = &Error{Op: "segment tcpv4", Reason: ErrBadGSO, Detail: "superframe is an IPv4 fragment"}
@@ -46,18 +47,33 @@ func CompleteChecksum(pkt []byte, h VirtioNetHdr) error {
 	if h.GSOType&^GSOECN != GSONone {
 		return errCsumGSO
 	}
-	start := int(h.CsumStart)
-	field := start + int(h.CsumOffset)
-	if field+2 > len(pkt) {
-		return errCsumBounds
+	if err := checkCsumBounds(len(pkt), h); err != nil {
+		return err
 	}
-	c := ^Fold(Sum(pkt[start:], 0))
+	c := ^Fold(Sum(pkt[h.CsumStart:], 0))
 	// Like skb_checksum_help, send 0xffff rather than 0: both are the
 	// same ones-complement value, but 0 would mean "no checksum" to UDP.
 	if c == 0 {
 		c = 0xffff
 	}
-	binary.BigEndian.PutUint16(pkt[field:], c)
+	binary.BigEndian.PutUint16(pkt[int(h.CsumStart)+int(h.CsumOffset):], c)
+	return nil
+}
+
+// checkCsumBounds checks that the checksum field h points at lies within a
+// packet of n bytes.
+func checkCsumBounds(n int, h VirtioNetHdr) error {
+	// Every checksum the kernel offloads (TCP, UDP, ICMP) sits at an even
+	// offset in its header. An odd one would not line up with the 16-bit
+	// words of the sum, and the result would be garbage.
+	if h.CsumOffset%2 != 0 {
+		return errCsumOdd
+	}
+	start := int(h.CsumStart)
+	field := start + int(h.CsumOffset)
+	if field+2 > n {
+		return errCsumBounds
+	}
 	return nil
 }
 
@@ -99,10 +115,16 @@ func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 		if len(out[0]) < offset || len(out[0])-offset < len(ip) {
 			return 0, errSegOutSmall
 		}
+		if h.Flags&VirtioNetHdrFNeedsCsum != 0 {
+			// Check before copying, so a bad header writes nothing.
+			if err := checkCsumBounds(len(ip), h); err != nil {
+				return 0, err
+			}
+		}
 		seg := out[0][offset : offset+len(ip)]
 		copy(seg, ip)
 		if err := CompleteChecksum(seg, h); err != nil {
-			return 0, err
+			return 0, err // unreachable: bounds checked above
 		}
 		sizes[0] = len(seg)
 		return 1, nil
