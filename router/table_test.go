@@ -2,8 +2,8 @@ package router
 
 import (
 	"math/rand/v2"
-	"strings"
 	"net/netip"
+	"strings"
 	"testing"
 )
 

@@ -1,0 +1,15 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// commands lists the top-level verbs; each lives in its own file.
+func commands() []*cobra.Command {
+	return []*cobra.Command{
+		newDaemonCmd(),
+		newStatusCmd(),
+		newPodCmd(),
+		newRouteCmd(),
+		newPortCmd(),
+		newLabCmd(),
+	}
+}

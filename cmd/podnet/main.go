@@ -1,0 +1,30 @@
+// Command podnet is the one binary of podnet: the node daemon, the
+// resource and status CLI, the lab and the bench. It only parses flags
+// and calls the packages that do the work.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := newRootCmd()
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "podnet",
+		Short:         "podnet: a userspace virtual L3 switch and router for pods",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(commands()...)
+	return root
+}

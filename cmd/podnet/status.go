@@ -1,0 +1,37 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "status", Short: "Show whether this node's daemon runs, and its summary", Args: cobra.NoArgs}
+	sock := socketFlag(cmd)
+	out := outputFlag(cmd, "text", "json")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := checkFormat(*out, "text", "json"); err != nil {
+			return err
+		}
+		s, err := client(*sock).Status()
+		if err != nil {
+			return err
+		}
+		if *out == "json" {
+			return printJSON(stdout, s)
+		}
+		tw := newTable(stdout)
+		fmt.Fprintf(tw, "node:\t%s\n", s.Node)
+		fmt.Fprintf(tw, "underlay:\t%s %s\n", s.Underlay, s.Address)
+		fmt.Fprintf(tw, "host port:\t%s\n", s.HostPort)
+		fmt.Fprintf(tw, "tap offload:\t%v\n", s.TapOffload)
+		fmt.Fprintf(tw, "pod MTU:\t%d\n", s.PodMTU)
+		fmt.Fprintf(tw, "pods:\t%d\n", s.Pods)
+		fmt.Fprintf(tw, "routes:\t%d\n", s.Routes)
+		fmt.Fprintf(tw, "up since:\t%s (%s)\n", s.Started.Format(time.RFC3339), time.Since(s.Started).Round(time.Second))
+		return tw.Flush()
+	}
+	return cmd
+}

@@ -1,0 +1,316 @@
+// Package node assembles one podnet node: the switch with its pod and host
+// ports, the route table the control plane builds for it, the pod records
+// that survive restarts, and the local API on a unix socket that the CLI
+// talks to.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"podnet/router"
+	vswitch "podnet/switch"
+)
+
+// Defaults for Config fields left empty.
+const (
+	DefaultStateDir = "/var/lib/podnet"
+	DefaultSocket   = "/run/podnet/podnet.sock"
+)
+
+// Config configures a node daemon.
+type Config struct {
+	// Name is the node name; "" means the host name.
+	Name string
+	// Underlay is the interface that carries traffic to other nodes; ""
+	// means the interface of the default route, else the first up
+	// non-loopback interface with an IPv4 address.
+	Underlay string
+	// StateDir holds the pod records; "" means DefaultStateDir.
+	StateDir string
+	// Socket is the local API's unix socket; "" means DefaultSocket.
+	Socket string
+	// TapOffload opens pod TAPs with virtio headers and TSO. When false
+	// pods get plain TAPs (github.com/songgao/water), one frame per read.
+	TapOffload bool
+	// PodMTU is the MTU of pods' eth0; 0 means the underlay's MTU (1500
+	// when there is no underlay).
+	PodMTU int
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Node is a running daemon.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	sw    *vswitch.Switch
+	store podStore
+
+	// underlay facts, fixed at start
+	underlay     string
+	underlayAddr netip.Prefix
+	hostAddrs    []netip.Addr
+
+	host      tun.Device
+	hostIndex int // podnet0's ifindex, for kernel routes
+
+	started time.Time
+
+	// mu serialises control-plane changes (pod add/del, route rebuilds)
+	// and guards pods.
+	mu   sync.Mutex
+	pods map[string]*pod
+}
+
+// pod is a pod the node knows: its record and, when attached, its port.
+type pod struct {
+	rec      PodRecord
+	port     int
+	attached bool
+	err      string // why it is not attached
+}
+
+// New validates cfg and fills defaults; Run starts the node.
+func New(cfg Config) (*Node, error) {
+	if cfg.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node name: %w", err)
+		}
+		cfg.Name = h
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = DefaultStateDir
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = DefaultSocket
+	}
+	if cfg.PodMTU < 0 || (cfg.PodMTU != 0 && cfg.PodMTU < 576) || cfg.PodMTU > 65535 {
+		return nil, fmt.Errorf("pod MTU %d out of range (576..65535)", cfg.PodMTU)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Node{
+		cfg:   cfg,
+		log:   log.With("component", "node", "node", cfg.Name),
+		store: podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
+		pods:  map[string]*pod{},
+	}, nil
+}
+
+// Run brings the node up, serves the local API and blocks until ctx is
+// done; then it stops forwarding. Pods' TAPs persist, so a node started
+// again with the same state dir picks them up.
+func (n *Node) Run(ctx context.Context) error {
+	n.started = time.Now()
+	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	ln, err := listenSocket(n.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	if err := n.detectUnderlay(); err != nil {
+		return err
+	}
+	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})
+	defer n.sw.Close()
+	if err := n.openHost(); err != nil {
+		return err
+	}
+	if err := n.restorePods(); err != nil {
+		return err
+	}
+
+	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	n.log.Info("node started", "underlay", n.underlay, "address", n.underlayAddr,
+		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", n.podMTU(), "pods", len(n.pods))
+
+	select {
+	case <-ctx.Done():
+	case err := <-srvErr:
+		return fmt.Errorf("api server: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	n.log.Info("node stopping")
+	return nil
+}
+
+// listenSocket listens on the API socket, replacing a stale socket file
+// but refusing to take over from a daemon that still answers on it.
+func listenSocket(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("a podnet daemon is already serving %s", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func (n *Node) detectUnderlay() error {
+	name := n.cfg.Underlay
+	if name == "" {
+		name = defaultRouteIface()
+	}
+	if name == "" {
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			a := l.Attrs()
+			if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || a.Name == vswitch.HostTUNName {
+				continue
+			}
+			if addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4); len(addrs) > 0 {
+				name = a.Name
+				break
+			}
+		}
+	}
+	if name != "" {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("underlay interface %q: %w", name, err)
+		}
+		n.underlay = name
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return fmt.Errorf("underlay %s addresses: %w", name, err)
+		}
+		if len(addrs) > 0 {
+			a, _ := netip.AddrFromSlice(addrs[0].IP.To4())
+			ones, _ := addrs[0].Mask.Size()
+			n.underlayAddr = netip.PrefixFrom(a, ones)
+		}
+		if n.cfg.PodMTU == 0 {
+			n.cfg.PodMTU = l.Attrs().MTU
+		}
+	}
+	if n.cfg.PodMTU == 0 {
+		n.cfg.PodMTU = 1500
+	}
+	// Every address of the node (but loopback) is reached through the host
+	// port: pods talk to their node on any of them.
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list node addresses: %w", err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if ok && !ip.IsLoopback() {
+			n.hostAddrs = append(n.hostAddrs, ip)
+		}
+	}
+	return nil
+}
+
+func defaultRouteIface() string {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return ""
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				return l.Attrs().Name
+			}
+		}
+	}
+	return ""
+}
+
+func (n *Node) podMTU() int { return n.cfg.PodMTU }
+
+// openHost creates podnet0, sets it up and attaches it as the host port.
+func (n *Node) openHost() error {
+	dev, err := vswitch.OpenHostTUN(vswitch.HostTUNName, n.podMTU())
+	if err != nil {
+		return err
+	}
+	l, err := netlink.LinkByName(vswitch.HostTUNName)
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("find %s: %w", vswitch.HostTUNName, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		dev.Close()
+		return fmt.Errorf("set %s up: %w", vswitch.HostTUNName, err)
+	}
+	n.host, n.hostIndex = dev, l.Attrs().Index
+	return n.sw.AttachHost(dev)
+}
+
+// rebuildRoutes publishes a new route table from the pods and the node's
+// addresses. Callers hold n.mu.
+func (n *Node) rebuildRoutes() error {
+	var routes []router.Route
+	for _, p := range n.pods {
+		if !p.attached {
+			continue
+		}
+		routes = append(routes, router.Route{
+			Prefix: netip.PrefixFrom(p.rec.IP, 32), Kind: router.KindLocalPod,
+			Port: p.port, Dev: p.rec.Name, Source: "local",
+		})
+	}
+	seen := map[netip.Addr]bool{}
+	for _, a := range n.hostAddrs {
+		if seen[a] {
+			continue
+		}
+		seen[a] = true
+		routes = append(routes, router.Route{
+			Prefix: netip.PrefixFrom(a, 32), Kind: router.KindHost,
+			Dev: vswitch.HostTUNName, Source: "host",
+		})
+	}
+	t, err := router.NewTable(routes)
+	if err != nil {
+		return fmt.Errorf("build route table: %w", err)
+	}
+	n.sw.SetRoutes(t)
+	return nil
+}
+
+// kernelRoute makes the node's own stack send traffic for a pod into
+// podnet0.
+func (n *Node) kernelRoute(ip netip.Addr, add bool) error {
+	r := &netlink.Route{LinkIndex: n.hostIndex, Scope: netlink.SCOPE_LINK,
+		Dst: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if add {
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("kernel route %s dev %s: %w", ip, vswitch.HostTUNName, err)
+		}
+		return nil
+	}
+	if err := netlink.RouteDel(r); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete kernel route %s: %w", ip, err)
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package vswitch
+
+import (
+	"fmt"
+	"sync/atomic"
+)
+
+// DropReason names why the switch dropped a frame. Every drop increments
+// exactly one reason on the port the frame arrived on.
+type DropReason uint8
+
+const (
+	DropTooShort          DropReason = iota // shorter than an Ethernet header
+	DropBadVirtioHeader                     // virtio-net header we cannot honour
+	DropBadGSO                              // superframe that cannot be segmented
+	DropUnknownEtherType                    // neither IPv4 nor ARP
+	DropIPv6                                // IPv6 is not routed yet
+	DropBadIPVersion                        // IP version field is not 4
+	DropBadIHL                              // IPv4 header length out of range
+	DropBadTotalLength                      // IPv4 total length disagrees with the frame
+	DropBadARP                              // ARP that is not Ethernet/IPv4
+	DropSpoofedSource                       // source IP is not the pod's
+	DropTTLExceeded                         // TTL would reach 0 (ICMP time exceeded sent)
+	DropNoRoute                             // no route (ICMP unreachable sent)
+	DropBlackhole                           // matched a blackhole route
+	DropRemoteUnsupported                   // remote route, encapsulation not available
+	DropPortGone                            // route points at a port that was removed
+	DropEgressError                         // the egress device refused the frame
+	DropOversize                            // larger than the egress can take
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"too-short", "bad-virtio-header", "bad-gso", "unknown-ethertype", "ipv6",
+	"bad-ip-version", "bad-ihl", "bad-total-length", "bad-arp", "spoofed-source", "ttl-exceeded", "no-route",
+	"blackhole", "remote-unsupported", "port-gone", "egress-error", "oversize",
+}
+
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return fmt.Sprintf("drop(%d)", r)
+}
+
+// counters are one port's packet counters. The port's reader adds its rx
+// counts once per batch; tx counts are added by whichever reader forwards
+// to the port.
+type counters struct {
+	rxFrames, rxBytes atomic.Uint64
+	txFrames, txBytes atomic.Uint64
+	arpReplies        atomic.Uint64
+	icmpErrors        atomic.Uint64 // ICMP errors the switch generated toward this port
+	gsoFrames         atomic.Uint64 // superframes received
+	drops             [numDropReasons]atomic.Uint64
+}
+
+func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
+
+// PortStats is a snapshot of one port's counters, as the API shows it.
+type PortStats struct {
+	Index      int               `json:"index"`
+	Name       string            `json:"name"`
+	Kind       string            `json:"kind"`
+	Device     string            `json:"device"`
+	IP         string            `json:"ip,omitempty"`
+	Offload    bool              `json:"offload"`
+	RxFrames   uint64            `json:"rxFrames"`
+	RxBytes    uint64            `json:"rxBytes"`
+	TxFrames   uint64            `json:"txFrames"`
+	TxBytes    uint64            `json:"txBytes"`
+	GSOFrames  uint64            `json:"gsoFrames"`
+	ARPReplies uint64            `json:"arpReplies"`
+	ICMPErrors uint64            `json:"icmpErrors"`
+	Drops      map[string]uint64 `json:"drops"`
+}
+
+func (c *counters) snapshot() PortStats {
+	s := PortStats{
+		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(),
+		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
+		GSOFrames: c.gsoFrames.Load(), ARPReplies: c.arpReplies.Load(),
+		ICMPErrors: c.icmpErrors.Load(), Drops: map[string]uint64{},
+	}
+	for i := range c.drops {
+		if v := c.drops[i].Load(); v > 0 {
+			s.Drops[DropReason(i).String()] = v
+		}
+	}
+	return s
+}

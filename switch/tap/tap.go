@@ -1,0 +1,274 @@
+// Package tap opens Linux TAP devices for pod ports: with IFF_VNET_HDR and
+// TUNSETOFFLOAD so the kernel hands us (and accepts from us) TSO
+// superframes with partial checksums, or in a plain mode through
+// github.com/songgao/water with one MTU-sized frame per read.
+//
+// Reads and writes use the batch shape of wireguard-go's tun.Device: the
+// caller owns the buffers and passes the headroom as offset.
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/songgao/water"
+	"golang.org/x/sys/unix"
+)
+
+// Config says how to open a TAP.
+type Config struct {
+	// Name is the interface name; required.
+	Name string
+	// Offload opens the device with a virtio-net header in front of every
+	// frame and TSO/checksum offloads on. false selects the plain mode.
+	Offload bool
+	// Persist keeps the device when the fd closes, so a restarted daemon
+	// can attach again. Attach leaves the persist flag as it finds it.
+	Persist bool
+}
+
+// Device is an open TAP fd.
+type Device struct {
+	name    string
+	offload bool
+	file    *os.File
+	raw     syscall.RawConn
+
+	// Read state, owned by the single reader goroutine. readFn is built once
+	// so that Read does not allocate a closure per call.
+	rbufs  [][]byte
+	rsizes []int
+	roff   int
+	rn     int
+	rerr   error
+	readFn func(fd uintptr) bool
+
+	// fd is file's descriptor, used directly by writers. closeMu guards
+	// closed; writers hold it shared so Close cannot release the number
+	// while a write is using it.
+	fd      int
+	closeMu sync.RWMutex
+	closed  bool
+}
+
+// offloadFlags are what we can take from the kernel: partial checksums and
+// TCP segmentation offload for IPv4 and IPv6. UDP segmentation (USO) is left
+// off because nothing on the pod side needs it and every consumer of a
+// superframe would have to split it.
+const offloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+
+// Open creates the TAP named cfg.Name in the calling thread's network
+// namespace, or attaches to it when a persistent one already exists there.
+func Open(cfg Config) (*Device, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("tap: Config.Name is required")
+	}
+	if !cfg.Offload {
+		return openPlain(cfg)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	ifr, err := unix.NewIfreq(cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("tap %q: %w", cfg.Name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return nil, fmt.Errorf("tap %q: TUNSETIFF: %w", cfg.Name, err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen); err != nil {
+		return nil, fmt.Errorf("tap %q: TUNSETVNETHDRSZ: %w", cfg.Name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags); err != nil {
+		return nil, fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", cfg.Name, err)
+	}
+	if cfg.Persist {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+			return nil, fmt.Errorf("tap %q: TUNSETPERSIST: %w", cfg.Name, err)
+		}
+	}
+	d, err := newDevice(cfg.Name, true, os.NewFile(uintptr(fd), cfg.Name))
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return d, nil
+}
+
+// vnetHdrLen is sizeof(struct virtio_net_hdr): no mergeable rx buffers.
+const vnetHdrLen = 10
+
+func openPlain(cfg Config) (*Device, error) {
+	ifce, err := water.New(water.Config{
+		DeviceType:             water.TAP,
+		PlatformSpecificParams: water.PlatformSpecificParams{Name: cfg.Name, Persist: cfg.Persist},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tap %q (plain): %w", cfg.Name, err)
+	}
+	f, isFile := ifce.ReadWriteCloser.(*os.File)
+	if !isFile {
+		ifce.Close()
+		return nil, fmt.Errorf("tap %q (plain): water returned %T, want *os.File", cfg.Name, ifce.ReadWriteCloser)
+	}
+	return newDevice(cfg.Name, false, f)
+}
+
+func newDevice(name string, offload bool, f *os.File) (*Device, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tap %q: %w", name, err)
+	}
+	d := &Device{name: name, offload: offload, file: f, raw: raw}
+	// Not f.Fd(): it would switch the fd to blocking mode and take it off
+	// the netpoller.
+	raw.Control(func(fd uintptr) { d.fd = int(fd) })
+	d.readFn = d.readBatch
+	return d, nil
+}
+
+// Name is the interface name the device was opened with.
+func (d *Device) Name() string { return d.name }
+
+// Offload reports whether every frame carries a virtio-net header.
+func (d *Device) Offload() bool { return d.offload }
+
+// SetPersist turns the persist flag on or off; turning it off before Close
+// makes the kernel delete the device when the fd closes.
+func (d *Device) SetPersist(on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	var ierr error
+	err := d.raw.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, v)
+	})
+	if err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return fmt.Errorf("tap %q: TUNSETPERSIST %d: %w", d.name, v, err)
+	}
+	return nil
+}
+
+// Read reads up to len(bufs) frames, each into bufs[i][offset:], and sets
+// sizes[i]. It blocks until at least one frame is there, then keeps reading
+// until the device has no more (EAGAIN) or the batch is full, so one wake-up
+// drains a burst. With offload on each frame starts with its 10-byte
+// virtio-net header. Only one goroutine may call Read.
+func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	d.rbufs, d.rsizes, d.roff, d.rn, d.rerr = bufs, sizes, offset, 0, nil
+	err := d.raw.Read(d.readFn)
+	n, rerr := d.rn, d.rerr
+	d.rbufs, d.rsizes = nil, nil
+	if n > 0 {
+		return n, nil
+	}
+	if rerr != nil {
+		return 0, rerr
+	}
+	if err != nil {
+		return 0, mapClosed(fmt.Errorf("tap %q: read: %w", d.name, err))
+	}
+	return 0, nil
+}
+
+// readBatch is the RawConn callback: it returns false to wait for
+// readability, true when done.
+func (d *Device) readBatch(fd uintptr) bool {
+	for d.rn < len(d.rbufs) {
+		n, err := unix.Read(int(fd), d.rbufs[d.rn][d.roff:])
+		if err != nil {
+			if err == unix.EAGAIN || err == unix.EINTR {
+				return d.rn > 0
+			}
+			d.rerr = mapClosed(fmt.Errorf("tap %q: read: %w", d.name, err))
+			return true
+		}
+		if n == 0 {
+			continue
+		}
+		d.rsizes[d.rn] = n
+		d.rn++
+	}
+	return true
+}
+
+// Write writes each bufs[i][offset:] as one frame (with its virtio-net
+// header first when offload is on) and returns how many were written. A
+// frame the kernel refuses is skipped and its error joined into the result.
+// Write is safe to call from several goroutines.
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
+	var errs []error
+	written := 0
+	for _, b := range bufs {
+		if err := d.WriteOne(b[offset:]); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return written, err
+			}
+			errs = append(errs, err)
+			continue
+		}
+		written++
+	}
+	return written, errors.Join(errs...)
+}
+
+// WriteOne writes a single frame b (virtio header first when offload is
+// on). It does not allocate and is safe for concurrent use: writes to a TAP
+// fd never block (the kernel drops when the pod's backlog is full), so the
+// fd is used directly, under a read lock that Close takes exclusively so
+// the number cannot be closed and reused under a writer.
+func (d *Device) WriteOne(b []byte) error {
+	d.closeMu.RLock()
+	defer d.closeMu.RUnlock()
+	if d.closed {
+		return os.ErrClosed
+	}
+	for {
+		_, err := unix.Write(d.fd, b)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return errQueueFull
+		}
+		return fmt.Errorf("tap %q: write: %w", d.name, err)
+	}
+}
+
+var errQueueFull = errors.New("tap queue full")
+
+// Close closes the fd. A persistent device stays in the kernel.
+func (d *Device) Close() error {
+	d.closeMu.Lock()
+	defer d.closeMu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	return d.file.Close()
+}
+
+func mapClosed(err error) error {
+	if errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD) || errors.Is(err, unix.EBADF) {
+		return os.ErrClosed
+	}
+	return err
+}
