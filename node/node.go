@@ -262,6 +262,8 @@ func (n *Node) openHost() error {
 		dev.Close()
 		return fmt.Errorf("set %s up: %w", vswitch.HostTUNName, err)
 	}
+	// Only IPv4 is routed; keep the node's IPv6 chatter off the port.
+	os.WriteFile("/proc/sys/net/ipv6/conf/"+vswitch.HostTUNName+"/disable_ipv6", []byte("1"), 0)
 	n.host, n.hostIndex = dev, l.Attrs().Index
 	return n.sw.AttachHost(dev)
 }

@@ -1,0 +1,52 @@
+# podnet — see README.md. Everything here runs as root (namespaces, TAPs).
+GO        ?= go
+export GOTOOLCHAIN := local
+BIN       := bin/podnet
+FUZZTIME  ?= 10s
+# Fuzz targets run briefly by `make test`: package and target names.
+FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARPFrame \
+             ./internal/packet:FuzzSegmentTCPv4 ./internal/packet:FuzzVirtioDecode \
+             ./internal/packet:FuzzBuildICMPError
+
+.PHONY: build deps test unit race fuzz lab lab-down bench lint clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/podnet
+
+deps:
+	@scripts/deps.sh
+
+# The test command of README.md and CI: vet, every test with the race
+# detector (real namespaces, TAPs and daemons; needs root), then each fuzz
+# target for $(FUZZTIME).
+test: deps lint race fuzz
+
+race:
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+unit:
+	$(GO) test -count=1 ./...
+
+fuzz:
+	@set -e; for t in $(FUZZ); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+	  $(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+# The main job: a two-node lab with three pods on one machine.
+lab: deps build
+	$(BIN) lab up
+
+lab-down: build
+	$(BIN) lab down
+
+bench: deps build
+	$(GO) test -run='^$$' -bench=. -benchmem ./internal/packet ./router ./switch
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin
