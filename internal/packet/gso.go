@@ -92,7 +92,8 @@ func checkCsumBounds(n int, h VirtioNetHdr) error {
 // full (the superframe's field holds only the pseudo-header sum).
 //
 // With h.GSOType GSONone the packet is copied as one segment, and its
-// partial checksum completed if h asks for it.
+// partial checksum completed if h asks for it. In both cases bytes after the
+// IPv4 total length are not part of the packet and are not copied.
 //
 // Nothing is written unless all segments fit: the segment count, len(out),
 // len(sizes) and every buffer length are checked first. The out buffers
