@@ -14,11 +14,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -373,3 +376,93 @@ func checkBadFrames(t *testing.T, l *lab.Lab, ns string, podIP, otherIP netip.Ad
 	// The pod still works after all that.
 	ping(t, l, "test-1", otherIP)
 }
+
+// TestPodAddBadInput checks that each bad `podnet pod add`/`pod del` fails
+// with a one-line error and exit code 1, and leaves no TAP, record or
+// route behind.
+func TestPodAddBadInput(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: 1})
+	ctx := context.Background()
+	if out, err := l.Output(ctx, "fabric", "ip", "netns", "add", l.Name()+"-test-9"); err != nil {
+		t.Fatalf("make spare netns: %v\n%s", err, out)
+	}
+	spare := "/run/netns/" + l.Name() + "-test-9"
+	t.Cleanup(func() { unix.Unmount(spare, unix.MNT_DETACH); removeNetns(spare) })
+	taken := l.PodIP("test-1").String()
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"duplicate name", []string{"pod", "add", "test-1", "--netns", spare, "--ip", "192.168.1.50"}, "already exists"},
+		{"duplicate ip", []string{"pod", "add", "dup", "--netns", spare, "--ip", taken}, "already used by pod test-1"},
+		{"missing netns", []string{"pod", "add", "ghost", "--netns", "/run/netns/nope-" + l.Name(), "--ip", "192.168.1.51"}, "netns"},
+		{"invalid ip", []string{"pod", "add", "bad", "--netns", spare, "--ip", "192.168.1.300"}, "invalid IPv4 address"},
+		{"no ip", []string{"pod", "add", "bad", "--netns", spare}, "address is required"},
+		{"bad name", []string{"pod", "add", "Bad_Name", "--netns", spare, "--ip", "192.168.1.52"}, "invalid pod name"},
+		{"netns and new", []string{"pod", "add", "both", "--netns", spare, "--new", "--ip", "192.168.1.53"}, "exactly one of"},
+		{"node address", []string{"pod", "add", "nodeip", "--netns", spare, "--ip", l.NodeAddr("worker1").String()}, "belongs to the node"},
+		{"unknown pod del", []string{"pod", "del", "nosuchpod"}, "not found"},
+	}
+	c := nodeClient(t, l, "worker1")
+	before, err := c.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := l.Output(ctx, "worker1", append([]string{"podnet"}, tt.args...)...)
+			if err == nil {
+				t.Fatalf("podnet %v succeeded, want error containing %q:\n%s", tt.args, tt.want, out)
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("got %v, want exit code 1", err)
+			}
+			msg := strings.TrimSpace(err.Error() + string(out))
+			if !strings.Contains(msg, tt.want) {
+				t.Fatalf("got %q, want it to contain %q", msg, tt.want)
+			}
+		})
+	}
+	after, err := c.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Fatalf("pods changed: got %d, want %d", len(after), len(before))
+	}
+	// No eth0 in the spare namespace, no TAP left in the node namespace.
+	if out, _ := l.Output(ctx, "fabric", "ip", "-n", l.Name()+"-test-9", "-o", "link", "show"); strings.Contains(string(out), "eth0") {
+		t.Fatalf("spare netns got an eth0:\n%s", out)
+	}
+	if out, _ := l.Output(ctx, "worker1", "ip", "-o", "link", "show"); strings.Contains(string(out), ": pn") {
+		t.Fatalf("a pod TAP was left in the node namespace:\n%s", out)
+	}
+
+	// The daemon not running is an error too, naming the socket.
+	t.Run("daemon not running", func(t *testing.T) {
+		out, err := l.Output(ctx, "worker1", "podnet", "--socket", "/nonexistent/podnet.sock", "pod", "list")
+		if err == nil || !strings.Contains(err.Error()+string(out), "daemon is not running") {
+			t.Fatalf("got %v %s, want 'daemon is not running'", err, out)
+		}
+	})
+
+	// A pod added with --new and deleted again leaves nothing.
+	t.Run("new and del", func(t *testing.T) {
+		if out, err := l.Output(ctx, "worker1", "podnet", "pod", "add", "tmp"+l.Name(), "--new", "--ip", "192.168.1.60"); err != nil {
+			t.Fatalf("pod add --new: %v\n%s", err, out)
+		}
+		ping(t, l, "worker1", netip.MustParseAddr("192.168.1.60"))
+		if out, err := l.Output(ctx, "worker1", "podnet", "pod", "del", "tmp"+l.Name()); err != nil {
+			t.Fatalf("pod del: %v\n%s", err, out)
+		}
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "worker1-tmp"+l.Name()) {
+			t.Fatalf("netns of deleted pod still there:\n%s", out)
+		}
+	})
+}
+
+func removeNetns(path string) { exec.Command("ip", "netns", "del", filepath.Base(path)).Run() }

@@ -182,9 +182,20 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, rerr
 	}
 	if err != nil {
+		// RawConn reports a closed file with an internal poll error, not
+		// os.ErrClosed; our own flag says what happened.
+		if d.isClosed() {
+			return 0, os.ErrClosed
+		}
 		return 0, mapClosed(fmt.Errorf("tap %q: read: %w", d.name, err))
 	}
 	return 0, nil
+}
+
+func (d *Device) isClosed() bool {
+	d.closeMu.RLock()
+	defer d.closeMu.RUnlock()
+	return d.closed
 }
 
 // readBatch is the RawConn callback: it returns false to wait for
