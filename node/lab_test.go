@@ -12,11 +12,8 @@ package node_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -31,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
 	"podnet/lab"
 	"podnet/lab/labtest"
 	"podnet/node"
@@ -57,72 +55,10 @@ func nodeClient(t *testing.T, l *lab.Lab, nodeName string) *node.Client {
 	return nil
 }
 
-// transfer sends size pseudo-random bytes over TCP from a socket opened in
-// netns from to a listener opened in netns to (at addr), and checks the
-// SHA-256 the receiver computed against the sender's.
 func transfer(t *testing.T, from, to string, addr netip.Addr, size int64) {
 	t.Helper()
-	var ln net.Listener
-	if err := netnsutil.Do(to, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
-		return err
-	}); err != nil {
-		t.Fatalf("listen in %s: %v", to, err)
-	}
-	defer ln.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	got := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Minute))
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		var r result
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		got <- r
-	}()
-	var c net.Conn
-	if err := netnsutil.Do(from, func() (err error) {
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 10*time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("dial %s from %s: %v", ln.Addr(), from, err)
-	}
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
-	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(newRandReader(), size), h)
-	if _, err := io.Copy(c, src); err != nil {
-		t.Fatalf("send to %s: %v", ln.Addr(), err)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	r := <-got
-	c.Close()
-	if r.err != nil {
-		t.Fatalf("receive at %s: %v", ln.Addr(), r.err)
-	}
-	if r.n != size {
-		t.Fatalf("received %d bytes, want %d", r.n, size)
-	}
-	if want := h.Sum(nil); string(r.sum[:]) != string(want) {
-		t.Fatalf("sha256 at receiver %x, want %x", r.sum, want)
-	}
+	nettest.Transfer(t, from, to, addr, size)
 }
-
-type randReader struct{ r *rand.ChaCha8 }
-
-func newRandReader() io.Reader { return randReader{rand.NewChaCha8([32]byte{1, 2, 3})} }
-
-func (r randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
 
 func ping(t *testing.T, l *lab.Lab, from string, to netip.Addr) {
 	t.Helper()
