@@ -201,7 +201,6 @@ func sizeName(n int) string {
 	return fmt.Sprintf("payload-%d", n)
 }
 
-
 // BenchmarkClassify reports the switch's own per-frame work (parse,
 // anti-spoofing, snapshot lookup, counters) without a device write: the
 // destination is a blackhole route.
