@@ -11,5 +11,6 @@ func commands() []*cobra.Command {
 		newRouteCmd(),
 		newPortCmd(),
 		newLabCmd(),
+		newBenchCmd(),
 	}
 }

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"podnet/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Measure podnet's data path next to the kernel's, in the same run"}
+	var cfg bench.SameNodeConfig
+	out := new(string)
+	same := &cobra.Command{
+		Use:   "same-node",
+		Short: "Pod-to-pod TCP on one node: kernel veth pair vs podnet TAP offload vs plain TAPs (iperf3)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(*out, "table", "json"); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg.Progress = os.Stderr
+			rs, err := bench.SameNode(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			if *out == "json" {
+				return printJSON(stdout, rs)
+			}
+			bench.WriteTable(stdout, rs)
+			return nil
+		},
+	}
+	same.Flags().IntVar(&cfg.Seconds, "seconds", 5, "seconds per iperf3 run")
+	same.Flags().IntSliceVar(&cfg.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
+	same.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	cmd.AddCommand(same)
+	return cmd
+}
