@@ -139,6 +139,12 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	defer func() { close(done); wg.Wait() }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.routineWatchAddrs(done) }()
+
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
@@ -215,19 +221,61 @@ func (n *Node) detectUnderlay() error {
 	if n.cfg.PodMTU == 0 {
 		n.cfg.PodMTU = 1500
 	}
-	// Every address of the node (but loopback) is reached through the host
-	// port: pods talk to their node on any of them.
+	addrs, err := nodeAddrs()
+	if err != nil {
+		return err
+	}
+	n.hostAddrs = addrs
+	return nil
+}
+
+// nodeAddrs lists the node's IPv4 addresses but loopback. Each is reached
+// through the host port: pods talk to their node on any of them.
+func nodeAddrs() ([]netip.Addr, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
-		return fmt.Errorf("list node addresses: %w", err)
+		return nil, fmt.Errorf("list node addresses: %w", err)
 	}
+	var out []netip.Addr
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP.To4())
 		if ok && !ip.IsLoopback() {
-			n.hostAddrs = append(n.hostAddrs, ip)
+			out = append(out, ip)
 		}
 	}
-	return nil
+	return out, nil
+}
+
+// routineWatchAddrs keeps the host routes in step with the node's
+// addresses. Run starts it; it exits when done is closed.
+func (n *Node) routineWatchAddrs(done <-chan struct{}) {
+	updates := make(chan netlink.AddrUpdate, 16)
+	if err := netlink.AddrSubscribe(updates, done); err != nil {
+		n.log.Warn("cannot watch node addresses; host routes stay as at start", "err", err)
+		return
+	}
+	for {
+		select {
+		case <-done:
+			return
+		case _, ok := <-updates:
+			if !ok {
+				return
+			}
+			addrs, err := nodeAddrs()
+			if err != nil {
+				n.log.Warn("node addresses", "err", err)
+				continue
+			}
+			n.mu.Lock()
+			n.hostAddrs = addrs
+			err = n.rebuildRoutes()
+			n.mu.Unlock()
+			if err != nil {
+				n.log.Warn("rebuild routes", "err", err)
+			}
+		}
+	}
 }
 
 func defaultRouteIface() string {
