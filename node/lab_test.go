@@ -115,6 +115,33 @@ func TestSingleNodeLab(t *testing.T) {
 	t.Run("pod-to-pod 50MB", func(t *testing.T) { transfer(t, ns1, ns2, ip2, 50<<20) })
 	t.Run("node-to-pod", func(t *testing.T) { transfer(t, nsNode, ns1, ip1, 8<<20) })
 	t.Run("pod-to-node", func(t *testing.T) { transfer(t, ns2, nsNode, nodeAddr, 8<<20) })
+	t.Run("node address added", func(t *testing.T) {
+		// A new address on the node becomes a host route without a restart.
+		extra := netip.MustParseAddr("10.77.0.200")
+		if out, err := l.Output(context.Background(), "worker1", "ip", "addr", "add", extra.String()+"/24", "dev", "eth0"); err != nil {
+			t.Fatalf("add address: %v\n%s", err, out)
+		}
+		c := nodeClient(t, l, "worker1")
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			routes, err := c.Routes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, r := range routes {
+				found = found || (r.Prefix == netip.PrefixFrom(extra, 32) && r.Kind.String() == "host")
+			}
+			if found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no host route for %s after 5s: %v", extra, routes)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		ping(t, l, "test-1", extra)
+	})
 	t.Run("arp", func(t *testing.T) { checkProxyARP(t, ns1) })
 	t.Run("bad frames", func(t *testing.T) { checkBadFrames(t, l, ns1, ip1, ip2) })
 	t.Run("restart", func(t *testing.T) {
