@@ -1,0 +1,241 @@
+// Package datastore is podnet's only door to etcd v3: typed collections of
+// JSON objects with compare-and-swap on etcd revisions, watches, and an
+// embedded etcd server for one machine and for labs. It is the only
+// package that knows the key layout (DESIGN.md §3, after Calico's).
+package datastore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+)
+
+// Root is the prefix of every podnet key.
+const Root = "/podnet"
+
+// Errors a caller can test with errors.Is.
+var (
+	// ErrNotFound: no object by that name.
+	ErrNotFound = errors.New("resource does not exist")
+	// ErrExists: Create found the object already there.
+	ErrExists = errors.New("resource already exists")
+	// ErrConflict: the object changed since the revision the caller read;
+	// read it again and retry, or give up.
+	ErrConflict = errors.New("update conflict")
+)
+
+// Config says how to reach etcd.
+type Config struct {
+	// Endpoints of the etcd cluster, e.g. http://10.0.0.1:2379 or
+	// unix:///run/podnet/etcd.sock. Required.
+	Endpoints []string
+	// CAFile, CertFile, KeyFile enable TLS when set.
+	CAFile, CertFile, KeyFile string
+	// DialTimeout bounds connecting; 0 means 5s.
+	DialTimeout time.Duration
+}
+
+// Store is a connection to etcd.
+type Store struct {
+	cli       *clientv3.Client
+	endpoints []string
+}
+
+// Open connects to etcd and checks that it answers, so that an unreachable
+// datastore is reported here, naming the endpoints, and not as a timeout
+// later.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("datastore: no etcd endpoints configured")
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	var tlsCfg *tls.Config
+	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
+		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		var err error
+		if tlsCfg, err = info.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("datastore TLS: %w", err)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: tlsCfg,
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := cli.Get(pctx, Root+"/ping"); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd at %s is unreachable: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	return &Store{cli: cli, endpoints: cfg.Endpoints}, nil
+}
+
+// Close closes the connection.
+func (s *Store) Close() error { return s.cli.Close() }
+
+// Endpoints returns the etcd endpoints in use.
+func (s *Store) Endpoints() []string { return s.endpoints }
+
+// KV is one stored object.
+type KV struct {
+	// Name is the object's name within its collection.
+	Name  string
+	Value []byte
+	// Revision is etcd's ModRevision of the key: pass it to Update or
+	// Delete to make them conditional. It is also the resourceVersion.
+	Revision int64
+}
+
+// Collection is a set of objects of one kind under one key prefix.
+type Collection struct {
+	s      *Store
+	prefix string // ends in "/"
+	// encode/decode map names to key segments (a CIDR's "/" is stored as
+	// "-", as Calico does).
+	encode, decode func(string) string
+}
+
+func identity(s string) string { return s }
+
+func (c Collection) key(name string) string { return c.prefix + c.encode(name) }
+
+// Get reads one object.
+func (c Collection) Get(ctx context.Context, name string) (KV, error) {
+	r, err := c.s.cli.Get(ctx, c.key(name))
+	if err != nil {
+		return KV{}, fmt.Errorf("get %s: %w", c.key(name), err)
+	}
+	if len(r.Kvs) == 0 {
+		return KV{}, fmt.Errorf("%w: %s", ErrNotFound, c.key(name))
+	}
+	return KV{Name: name, Value: r.Kvs[0].Value, Revision: r.Kvs[0].ModRevision}, nil
+}
+
+// List reads every object of the collection whose name starts with
+// namePrefix ("" for all), sorted by key, and the store revision they were
+// read at.
+func (c Collection) List(ctx context.Context, namePrefix string) ([]KV, int64, error) {
+	p := c.prefix + c.encode(namePrefix)
+	r, err := c.s.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", p, err)
+	}
+	out := make([]KV, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		out = append(out, KV{Name: c.decode(strings.TrimPrefix(string(kv.Key), c.prefix)), Value: kv.Value, Revision: kv.ModRevision})
+	}
+	return out, r.Header.Revision, nil
+}
+
+// Create stores a new object; ErrExists if the name is taken.
+func (c Collection) Create(ctx context.Context, name string, value []byte) (int64, error) {
+	k := c.key(name)
+	r, err := c.s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, string(value))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", k, err)
+	}
+	if !r.Succeeded {
+		return 0, fmt.Errorf("%w: %s", ErrExists, k)
+	}
+	return r.Header.Revision, nil
+}
+
+// Update replaces an object if its revision is still rev; ErrConflict if
+// it changed, ErrNotFound if it is gone.
+func (c Collection) Update(ctx context.Context, name string, value []byte, rev int64) (int64, error) {
+	k := c.key(name)
+	if rev <= 0 {
+		return 0, fmt.Errorf("update %s: a revision is required", k)
+	}
+	r, err := c.s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).
+		Then(clientv3.OpPut(k, string(value))).Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("update %s: %w", k, err)
+	}
+	if !r.Succeeded {
+		if len(r.Responses) > 0 && len(r.Responses[0].GetResponseRange().Kvs) == 0 {
+			return 0, fmt.Errorf("%w: %s", ErrNotFound, k)
+		}
+		return 0, fmt.Errorf("%w: %s", ErrConflict, k)
+	}
+	return r.Header.Revision, nil
+}
+
+// Delete removes an object if its revision is still rev (rev 0: whatever
+// it is). ErrNotFound if it is not there, ErrConflict if it changed.
+func (c Collection) Delete(ctx context.Context, name string, rev int64) error {
+	k := c.key(name)
+	cmp := clientv3.Compare(clientv3.ModRevision(k), ">", 0)
+	if rev > 0 {
+		cmp = clientv3.Compare(clientv3.ModRevision(k), "=", rev)
+	}
+	r, err := c.s.cli.Txn(ctx).If(cmp).Then(clientv3.OpDelete(k)).Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", k, err)
+	}
+	if !r.Succeeded {
+		if len(r.Responses) > 0 && len(r.Responses[0].GetResponseRange().Kvs) == 0 {
+			return fmt.Errorf("%w: %s", ErrNotFound, k)
+		}
+		return fmt.Errorf("%w: %s", ErrConflict, k)
+	}
+	return nil
+}
+
+// Event is one change seen by Watch.
+type Event struct {
+	Name     string
+	Value    []byte // nil when deleted
+	Deleted  bool
+	Revision int64
+}
+
+// Watch streams changes to the collection after revision rev (0: from
+// now) until ctx is done; the channel is closed then. Watch restarts after
+// a compaction by sending nothing it cannot vouch for: the caller should
+// re-List when the channel closes before ctx is done.
+func (c Collection) Watch(ctx context.Context, rev int64) <-chan []Event {
+	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev+1))
+	}
+	wc := c.s.cli.Watch(clientv3.WithRequireLeader(ctx), c.prefix, opts...)
+	out := make(chan []Event, 16)
+	go func() {
+		defer close(out)
+		for resp := range wc {
+			if resp.Err() != nil {
+				return
+			}
+			evs := make([]Event, 0, len(resp.Events))
+			for _, e := range resp.Events {
+				ev := Event{Name: c.decode(strings.TrimPrefix(string(e.Kv.Key), c.prefix)), Revision: e.Kv.ModRevision}
+				if e.Type == clientv3.EventTypeDelete {
+					ev.Deleted = true
+				} else {
+					ev.Value = e.Kv.Value
+				}
+				evs = append(evs, ev)
+			}
+			select {
+			case out <- evs:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
