@@ -12,9 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 )
 
 // Root is the prefix of every podnet key.
