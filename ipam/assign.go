@@ -1,0 +1,321 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+
+	"podnet/datastore"
+)
+
+// AssignArgs says what AutoAssign allocates for.
+type AssignArgs struct {
+	// Node is the node the address is for. Required.
+	Node string
+	// HandleID names the allocation, e.g. "pod.<node>.<pod>" or
+	// "ipip-tunnel-addr-<node>"; ReleaseByHandle releases by it. Required.
+	HandleID string
+	// Attrs describe the owner, e.g. {"node": n, "pod": p, "type": "pod"}.
+	// "node" is set to Node when missing, so that borrowed addresses can be
+	// told apart.
+	Attrs map[string]string
+	// Pools are the candidate pools in order of preference. Disabled pools
+	// are skipped, unless one is the only candidate: then AutoAssign fails
+	// naming it.
+	Pools []Pool
+}
+
+// AssignIPArgs says which address AssignIP allocates, and for what.
+type AssignIPArgs struct {
+	// IP is the address wanted. Required.
+	IP netip.Addr
+	// Node, HandleID and Attrs are as in AssignArgs.
+	Node, HandleID string
+	Attrs          map[string]string
+	// Pools are all pools, to find the one that holds IP.
+	Pools []Pool
+}
+
+// ownerAttrs copies attrs and sets "node".
+func ownerAttrs(node string, attrs map[string]string) map[string]string {
+	a := maps.Clone(attrs)
+	if a == nil {
+		a = map[string]string{}
+	}
+	if _, ok := a["node"]; !ok {
+		a["node"] = node
+	}
+	return a
+}
+
+// candidatePools checks the pools given and keeps the enabled ones.
+func candidatePools(pools []Pool) ([]Pool, error) {
+	var out []Pool
+	for _, p := range pools {
+		if err := p.check(); err != nil {
+			return nil, err
+		}
+		if !p.Disabled {
+			out = append(out, p)
+		}
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	switch len(pools) {
+	case 0:
+		return nil, ErrNoPools
+	case 1:
+		return nil, fmt.Errorf("%w: IP pool %s (%s) is disabled", ErrNoPools, pools[0], pools[0].CIDR)
+	}
+	return nil, fmt.Errorf("%w: IP pools %s are all disabled", ErrNoPools, poolNames(pools))
+}
+
+func poolNames(pools []Pool) string {
+	names := make([]string, len(pools))
+	for i, p := range pools {
+		names[i] = p.String()
+	}
+	return "[" + strings.Join(names, " ") + "]"
+}
+
+// AutoAssign allocates one address for a.Node from a.Pools with Calico's
+// algorithm (calico.md §2.3):
+//
+//  1. the lowest free address of the first block affine to the node (in
+//     pool preference order, then block order) that has one;
+//  2. else claim a new block in the first pool that has an unclaimed
+//     block (not beyond MaxBlocksPerHost, when set) and take its first
+//     address;
+//  3. else, unless StrictAffinity is set, borrow from any block of the
+//     pools with free space, tried in random order so that borrowers do
+//     not all fight over the same block.
+func (m *IPAM) AutoAssign(ctx context.Context, a AssignArgs) (netip.Addr, error) {
+	if a.Node == "" || a.HandleID == "" {
+		return netip.Addr{}, errors.New("auto-assign: node and handle ID are required")
+	}
+	pools, err := candidatePools(a.Pools)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("auto-assign for node %s: %w", a.Node, err)
+	}
+	cfg, err := m.GetConfig(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	attrs := ownerAttrs(a.Node, a.Attrs)
+
+	// 1. Blocks affine to the node.
+	affs, err := m.listAffinities(ctx, a.Node)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, p := range pools {
+		for _, af := range affs {
+			if af.state != stateConfirmed || !p.holds(af.cidr) {
+				continue
+			}
+			ip, err := m.assignFromBlock(ctx, af.cidr, a.Node, a.HandleID, attrs, true)
+			if err == nil {
+				return ip, nil
+			}
+			if !isSkippable(err) {
+				return netip.Addr{}, err
+			}
+		}
+	}
+
+	// 2. Claim a new block.
+	if cfg.AutoAllocateBlocks {
+		if cfg.MaxBlocksPerHost > 0 && len(affs) >= cfg.MaxBlocksPerHost {
+			return netip.Addr{}, fmt.Errorf("auto-assign for node %s: %w (%d)", a.Node, ErrBlockLimit, cfg.MaxBlocksPerHost)
+		}
+		exists, err := m.blockSet(ctx)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		for _, p := range pools {
+			// A claimed block can fill up before we use it, when another
+			// allocator for the same node gets there first; then claim again.
+			for {
+				cidr, err := m.claimBlock(ctx, a.Node, p, exists)
+				if errors.Is(err, errNoFreeBlock) {
+					break
+				}
+				if err != nil {
+					return netip.Addr{}, err
+				}
+				ip, err := m.assignFromBlock(ctx, cidr, a.Node, a.HandleID, attrs, true)
+				if err == nil {
+					return ip, nil
+				}
+				if !isSkippable(err) {
+					return netip.Addr{}, err
+				}
+			}
+		}
+	}
+
+	// 3. Borrow.
+	if cfg.StrictAffinity {
+		return netip.Addr{}, fmt.Errorf("auto-assign for node %s: %w", a.Node, ErrStrictAffinity)
+	}
+	blocks, err := m.listBlocks(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, p := range pools {
+		var cand []netip.Prefix
+		for _, b := range blocks {
+			if p.holds(b.prefix) && b.free() > 0 {
+				cand = append(cand, b.prefix)
+			}
+		}
+		rand.Shuffle(len(cand), func(i, j int) { cand[i], cand[j] = cand[j], cand[i] })
+		for _, cidr := range cand {
+			ip, err := m.assignFromBlock(ctx, cidr, a.Node, a.HandleID, attrs, false)
+			if err == nil {
+				return ip, nil
+			}
+			if !isSkippable(err) {
+				return netip.Addr{}, err
+			}
+		}
+	}
+	return netip.Addr{}, m.exhausted(ctx, pools)
+}
+
+// isSkippable reports whether assignFromBlock failed for a reason that
+// sends the caller on to the next block.
+func isSkippable(err error) bool {
+	return errors.Is(err, errBlockFull) || errors.Is(err, errNotAffine) || errors.Is(err, datastore.ErrNotFound)
+}
+
+// errNotAffine: a block thought to be the node's is not (any more).
+var errNotAffine = errors.New("block is not affine to the node")
+
+// exhausted builds the error for full pools, with how full each is.
+func (m *IPAM) exhausted(ctx context.Context, pools []Pool) error {
+	var detail []string
+	if us, err := m.Usage(ctx, pools); err == nil {
+		for _, u := range us {
+			if u.Name == "" && !u.CIDR.IsValid() {
+				continue
+			}
+			claimed := 0
+			for _, b := range u.Blocks {
+				claimed += b.Total
+			}
+			detail = append(detail, fmt.Sprintf("%s %s: %d of %d addresses in use, %d of %d in blocks",
+				u.Name, u.CIDR, u.InUse, u.Total, claimed, u.Total))
+		}
+	}
+	return fmt.Errorf("%w: %s (%s)", ErrPoolsExhausted, poolNames(pools), strings.Join(detail, "; "))
+}
+
+// assignFromBlock allocates the lowest free address of block cidr. With
+// affine set it only uses the block if it is still node's. The handle is
+// counted first and uncounted if the block write fails (Calico's order,
+// see handle).
+func (m *IPAM) assignFromBlock(ctx context.Context, cidr netip.Prefix, node, handleID string, attrs map[string]string, affine bool) (netip.Addr, error) {
+	return m.updateBlockAssign(ctx, cidr, handleID, func(b *block) (netip.Addr, error) {
+		if affine && !b.affineTo(node) {
+			return netip.Addr{}, errNotAffine
+		}
+		return b.assignNext(handleID, attrs)
+	})
+}
+
+// updateBlockAssign runs one allocation f against block cidr in a CAS
+// loop. f changes the block it is given and returns the address it
+// allocated; the handle is counted before the first write.
+func (m *IPAM) updateBlockAssign(ctx context.Context, cidr netip.Prefix, handleID string, f func(*block) (netip.Addr, error)) (netip.Addr, error) {
+	counted := false
+	fail := func(err error) (netip.Addr, error) {
+		if counted {
+			err = errors.Join(err, m.changeHandle(ctx, handleID, cidr, -1))
+		}
+		return netip.Addr{}, err
+	}
+	for range maxRetries {
+		kv, err := m.blocks.Get(ctx, cidr.String())
+		if err != nil {
+			return fail(err)
+		}
+		b, err := decodeBlock(kv.Value)
+		if err != nil {
+			return fail(err)
+		}
+		b.SequenceNumber++
+		ip, err := f(b)
+		if err != nil {
+			return fail(err)
+		}
+		if !counted {
+			if err := m.changeHandle(ctx, handleID, cidr, 1); err != nil {
+				return netip.Addr{}, err
+			}
+			counted = true
+		}
+		_, err = m.blocks.Update(ctx, cidr.String(), b.encode(), kv.Revision)
+		if err == nil {
+			return ip, nil
+		}
+		if !errors.Is(err, datastore.ErrConflict) {
+			return fail(err)
+		}
+	}
+	return fail(fmt.Errorf("assign from block %s: %w", cidr, ErrTooManyRetries))
+}
+
+// AssignIP allocates a.IP. If its block does not exist yet it is claimed
+// for a.Node; if it exists it is used whoever owns it (an address in
+// another node's block is borrowed, and its "node" attribute says so).
+func (m *IPAM) AssignIP(ctx context.Context, a AssignIPArgs) error {
+	if a.Node == "" || a.HandleID == "" {
+		return errors.New("assign IP: node and handle ID are required")
+	}
+	if !a.IP.Is4() {
+		return fmt.Errorf("assign IP %s: not an IPv4 address", a.IP)
+	}
+	var pool Pool
+	found := false
+	for _, p := range a.Pools {
+		if err := p.check(); err != nil {
+			return err
+		}
+		if p.CIDR.Contains(a.IP) {
+			pool, found = p, true
+			break
+		}
+	}
+	if !found {
+		return fmt.Errorf("%s is %w", a.IP, ErrNotInPool)
+	}
+	if pool.Disabled {
+		return fmt.Errorf("assign IP %s: %w: %s (%s)", a.IP, ErrPoolDisabled, pool, pool.CIDR)
+	}
+	attrs := ownerAttrs(a.Node, a.Attrs)
+	cidr := pool.blockFor(a.IP)
+	for range maxRetries {
+		_, err := m.updateBlockAssign(ctx, cidr, a.HandleID, func(b *block) (netip.Addr, error) {
+			o, _ := b.ordinal(a.IP)
+			return a.IP, b.assign(o, a.HandleID, attrs)
+		})
+		switch {
+		case err == nil || errors.Is(err, ErrAlreadyAssigned):
+			return err
+		case !errors.Is(err, datastore.ErrNotFound):
+			return fmt.Errorf("assign IP %s: %w", a.IP, err)
+		}
+		// No block yet: claim it for the node. Losing the race to another
+		// node is fine, the block exists then.
+		if _, err := m.claim(ctx, a.Node, cidr); err != nil {
+			return fmt.Errorf("assign IP %s: %w", a.IP, err)
+		}
+	}
+	return fmt.Errorf("assign IP %s: %w", a.IP, ErrTooManyRetries)
+}
