@@ -1,0 +1,258 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"podnet/lab"
+)
+
+// The lab's own tests must not wait for the real daemon, so the test
+// binary doubles as a fake podnet: fakePodnet is a script named `podnet`
+// that re-runs this binary with fakeEnv set, and TestMain then acts out
+// the CLI contract the lab relies on:
+//
+//	podnet daemon --node N --underlay IF --state-dir D --socket S [ARGS]
+//	    listens on S until SIGTERM; --fake-fail makes it exit at once
+//	podnet status                  exit 0 iff $PODNET_SOCKET accepts
+//	podnet pod add NAME --netns P --ip A
+//	    checks its arguments and appends "NAME A P" to pods.log beside
+//	    $PODNET_SOCKET
+//	podnet lab serve-http ...      the real lab.ServeHTTP
+//
+// plus test tools the machine may lack: `podnet ping ADDR` (one ICMP
+// echo) and `podnet get URL` (print the body).
+const fakeEnv = "PODNET_LAB_FAKE"
+
+// fakePodnet is the path of the fake podnet script, set by TestMain.
+var fakePodnet string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeEnv) == "1" {
+		os.Exit(fakeMain(os.Args[1:]))
+	}
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "find test binary:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "lab-fake-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "make fake podnet dir:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Others must be able to traverse it: pods run as root, but nginx
+	// workers would not.
+	os.Chmod(dir, 0o755)
+	fakePodnet = filepath.Join(dir, "podnet")
+	script := fmt.Sprintf("#!/bin/sh\n%s=1 exec '%s' \"$@\"\n", fakeEnv, exe)
+	if err := os.WriteFile(fakePodnet, []byte(script), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "write fake podnet:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+func fakeMain(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "fake podnet: no command")
+		return 2
+	}
+	var err error
+	switch cmd := strings.Join(args[:min(2, len(args))], " "); {
+	case args[0] == "daemon":
+		err = fakeDaemon(args[1:])
+	case args[0] == "status":
+		err = fakeStatus()
+	case cmd == "pod add":
+		err = fakePodAdd(args[2:])
+	case cmd == "lab serve-http":
+		err = fakeServeHTTP(args[2:])
+	case args[0] == "ping":
+		err = fakePing(args[1:])
+	case args[0] == "get":
+		err = fakeGet(args[1:])
+	default:
+		err = fmt.Errorf("unknown command %q", args)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake podnet:", err)
+		return 1
+	}
+	return 0
+}
+
+func fakeDaemon(args []string) error {
+	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
+	node := fs.String("node", "", "")
+	underlay := fs.String("underlay", "", "")
+	stateDir := fs.String("state-dir", "", "")
+	sock := fs.String("socket", "", "")
+	fail := fs.Bool("fake-fail", false, "")
+	fs.Bool("fake-flag", false, "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fmt.Printf("fake daemon: node=%s underlay=%s state-dir=%s args=%q\n", *node, *underlay, *stateDir, args)
+	if *fail {
+		return fmt.Errorf("daemon failing on purpose")
+	}
+	if _, err := net.InterfaceByName(*underlay); err != nil {
+		return fmt.Errorf("underlay %s: %w", *underlay, err)
+	}
+	ln, err := net.Listen("unix", *sock)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	<-ctx.Done()
+	return ln.Close()
+}
+
+func fakeStatus() error {
+	c, err := net.Dial("unix", os.Getenv("PODNET_SOCKET"))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+func fakePodAdd(args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("pod add: no name")
+	}
+	fs := flag.NewFlagSet("pod add", flag.ContinueOnError)
+	netns := fs.String("netns", "", "")
+	ip := fs.String("ip", "", "")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if _, err := os.Stat(*netns); err != nil {
+		return fmt.Errorf("pod add --netns: %w", err)
+	}
+	if _, err := netip.ParseAddr(*ip); err != nil {
+		return fmt.Errorf("pod add --ip: %w", err)
+	}
+	if err := fakeStatus(); err != nil {
+		return fmt.Errorf("pod add: daemon: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(filepath.Dir(os.Getenv("PODNET_SOCKET")), "pods.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "%s %s %s\n", args[0], *ip, *netns)
+	return f.Close()
+}
+
+// fakeServeHTTP parses the flags `podnet lab serve-http` takes.
+func fakeServeHTTP(args []string) error {
+	fs := flag.NewFlagSet("serve-http", flag.ContinueOnError)
+	var cfg lab.ServeConfig
+	fs.StringVar(&cfg.Pod, "pod", "", "")
+	fs.StringVar(&cfg.Node, "node", "", "")
+	fs.StringVar(&cfg.Addr, "addr", "", "")
+	ip := fs.String("ip", "", "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *ip != "" {
+		cfg.IP = netip.MustParseAddr(*ip)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return lab.ServeHTTP(ctx, cfg)
+}
+
+// fakePing sends one ICMP echo request to args[0] and waits up to 2s for
+// the reply. Read on a raw ip4 conn returns the IPv4 header too.
+func fakePing(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("ping: want one address")
+	}
+	c, err := net.Dial("ip4:icmp", args[0])
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	id := uint16(os.Getpid())
+	req := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'l', 'a', 'b'}
+	binary.BigEndian.PutUint16(req[2:], icmpChecksum(req))
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return fmt.Errorf("ping %s: %w", args[0], err)
+		}
+		if n < 20 || buf[0]>>4 != 4 {
+			continue
+		}
+		m := buf[int(buf[0]&0x0f)*4 : n]
+		if len(m) >= 8 && m[0] == 0 && binary.BigEndian.Uint16(m[4:]) == id {
+			fmt.Printf("reply from %s\n", args[0])
+			return nil
+		}
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+func fakeGet(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("get: want one URL")
+	}
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(args[0])
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: %s", args[0], resp.Status)
+	}
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}

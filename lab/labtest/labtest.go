@@ -1,0 +1,154 @@
+// Package labtest helps tests build podnet labs: it builds the podnet
+// binary once per test process, gives each lab a unique name and removes
+// the lab when the test ends, even when it fails.
+package labtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"podnet/lab"
+)
+
+// upTimeout bounds one lab.Up from a test.
+const upTimeout = 2 * time.Minute
+
+var build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Binary returns the path of a podnet binary built from the module that
+// contains the test's working directory. It is built once per test process
+// (go's build cache makes the rebuild cheap) into one fixed place per
+// module, $TMPDIR/podnet-labtest-<hash>/podnet, replaced atomically, so
+// test runs do not pile up binaries. A build failure fails the test with
+// the compiler output.
+func Binary(t testing.TB) string {
+	t.Helper()
+	build.once.Do(func() { build.path, build.err = buildPodnet() })
+	if build.err != nil {
+		t.Fatalf("labtest: build podnet: %v", build.err)
+	}
+	return build.path
+}
+
+func buildPodnet() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("go env GOMOD: not inside a module")
+	}
+	root := filepath.Dir(gomod)
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), "podnet-labtest-"+hex.EncodeToString(sum[:4]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("make build dir: %w", err)
+	}
+	bin := filepath.Join(dir, "podnet")
+	// Build beside it and rename: another test process may be running
+	// the current binary, and a rename never changes a file being run.
+	tmp := fmt.Sprintf("%s.%d.tmp", bin, os.Getpid())
+	cmd := exec.Command("go", "build", "-o", tmp, "podnet/cmd/podnet")
+	cmd.Dir = root
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("go build podnet/cmd/podnet in %s: %w\n%s", root, err, stderr.String())
+	}
+	if err := os.Rename(tmp, bin); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("install podnet test binary: %w", err)
+	}
+	return bin, nil
+}
+
+// RequireRoot fails the test (it does not skip) when not running as root:
+// labs need namespaces, and a silently skipped integration test hides
+// breakage.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("labtest: this test builds network namespaces and must run as root (euid %d); run it with sudo or in CI", os.Geteuid())
+	}
+}
+
+// Name returns a fresh lab name, "t" and 5 random lowercase characters,
+// so tests can run in parallel and beside a hand-made lab.
+func Name() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 5)
+	rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return "t" + string(b)
+}
+
+// Up builds a lab for t. It fills cfg.Binary (Binary(t)) unless cfg.Binary
+// is set or cfg.NoDaemon is set, and cfg.Name (Name()) unless set, and
+// fails the test if lab.Up fails. The lab is removed in t.Cleanup, also
+// when the test fails; a failed test first gets the tail of each node's
+// daemon.log in its output.
+func Up(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
+	RequireRoot(t)
+	if cfg.Binary == "" && !cfg.NoDaemon {
+		cfg.Binary = Binary(t)
+	}
+	if cfg.Name == "" {
+		cfg.Name = Name()
+	}
+	var l *lab.Lab
+	// Registered before Up: if Up panics or the test is killed between the
+	// steps, the sweep by name still removes what exists.
+	t.Cleanup(func() {
+		if l != nil && t.Failed() {
+			logDaemons(t, l)
+		}
+		var err error
+		if l != nil {
+			err = l.Down()
+		} else {
+			err = lab.Teardown(lab.Config{Name: cfg.Name, RunDir: cfg.RunDir})
+		}
+		if err != nil {
+			t.Errorf("labtest: remove lab %s: %v", cfg.Name, err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
+	defer cancel()
+	var err error
+	l, err = lab.Up(ctx, cfg)
+	if err != nil {
+		t.Fatalf("labtest: lab up %s: %v", cfg.Name, err)
+	}
+	return l
+}
+
+// logDaemons copies the end of each node's daemon.log into the test log.
+func logDaemons(t *testing.T, l *lab.Lab) {
+	for _, n := range l.Status().Nodes {
+		lines := l.LogTail(n.Name, 40)
+		if len(lines) == 0 {
+			continue
+		}
+		t.Logf("labtest: last lines of %s (%s):\n\t%s", n.Log, n.Name, strings.Join(lines, "\n\t"))
+	}
+}
