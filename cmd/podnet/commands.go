@@ -12,5 +12,6 @@ func commands() []*cobra.Command {
 		newPortCmd(),
 		newLabCmd(),
 		newBenchCmd(),
+		newDatastoreCmd(),
 	}
 }
