@@ -22,20 +22,34 @@ const DeploymentName = "test"
 // httpReadyTimeout bounds the wait for a pod's HTTP server to listen.
 const httpReadyTimeout = 10 * time.Second
 
-// addPods creates pods test-1..test-M round-robin over the nodes, attaches
-// each to its node's daemon and starts its HTTP server.
+// placement says where pod test-<Pod> goes and which address it gets.
+type placement struct {
+	Pod, Node int
+	IP        netip.Addr
+}
+
+// placePods spreads pods test-1..test-pods round-robin over nodes
+// worker1..worker<nodes>. Until IPAM lands the lab hands out addresses
+// itself: 192.168.<node>.<index on node + 2>.
+func placePods(pods, nodes int) []placement {
+	perNode := make([]int, nodes)
+	out := make([]placement, 0, pods)
+	for j := 1; j <= pods; j++ {
+		k := (j-1)%nodes + 1
+		out = append(out, placement{Pod: j, Node: k, IP: podAddr(k, perNode[k-1])})
+		perNode[k-1]++
+	}
+	return out
+}
+
+// addPods creates the pods, attaches each to its node's daemon and starts
+// its HTTP server.
 func (l *Lab) addPods(ctx context.Context, pods int) error {
 	l.mu.Lock()
 	nodes := len(l.st.Nodes)
 	l.mu.Unlock()
-	perNode := make([]int, nodes)
-	for j := 1; j <= pods; j++ {
-		k := (j-1)%nodes + 1
-		// Until IPAM lands the lab hands out addresses itself:
-		// 192.168.<node>.<index on node + 2>.
-		ip := podAddr(k, perNode[k-1])
-		perNode[k-1]++
-		if err := l.addPod(ctx, j, k, ip); err != nil {
+	for _, p := range placePods(pods, nodes) {
+		if err := l.addPod(ctx, p.Pod, p.Node, p.IP); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,250 @@
+package lab
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestValidateName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"podnet", true},
+		{"a", true},
+		{"t1a2b3", true},
+		{"abcdefghijkl", true},
+		{"abcdefghijklm", false}, // 13 characters
+		{"", false},
+		{"1lab", false},
+		{"Lab", false},
+		{"my-lab", false},
+		{"my_lab", false},
+		{"lab ", false},
+	}
+	for _, tt := range tests {
+		err := ValidateName(tt.name)
+		if (err == nil) != tt.ok {
+			t.Errorf("ValidateName(%q): got %v, want ok=%v", tt.name, err, tt.ok)
+		}
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		in      Config
+		want    Config // checked fields: Name, Nodes, Pods, RunDir, Binary
+		wantErr string
+	}{
+		{name: "zero value", in: Config{HTTPServer: HTTPBuiltin},
+			want: Config{Name: "podnet", Nodes: 2, Pods: 3, RunDir: "/run/podnet/lab/podnet", Binary: exe}},
+		{name: "no pods", in: Config{Name: "x", Nodes: 3, Pods: NoPods, Binary: "/bin/podnet", HTTPServer: HTTPBuiltin},
+			want: Config{Name: "x", Nodes: 3, Pods: 0, RunDir: "/run/podnet/lab/x", Binary: "/bin/podnet"}},
+		{name: "no daemon means no pods", in: Config{NoDaemon: true, Pods: 5, RunDir: "/tmp/r", HTTPServer: HTTPBuiltin},
+			want: Config{Name: "podnet", Nodes: 2, Pods: 0, RunDir: "/tmp/r", Binary: exe}},
+		{name: "bad name", in: Config{Name: "Bad"}, wantErr: `lab name "Bad": must match`},
+		{name: "negative nodes", in: Config{Nodes: -1}, wantErr: "Nodes -1: must be 1..244"},
+		{name: "too many nodes", in: Config{Nodes: 245}, wantErr: "Nodes 245"},
+		{name: "too many pods", in: Config{Nodes: 2, Pods: 507}, wantErr: "Pods 507: at most 253 per node (506 with 2 nodes)"},
+		{name: "bad http server", in: Config{HTTPServer: "apache"}, wantErr: `HTTPServer "apache"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.in.withDefaults()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got err %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Name != tt.want.Name || got.Nodes != tt.want.Nodes || got.Pods != tt.want.Pods ||
+				got.RunDir != tt.want.RunDir || got.Binary != tt.want.Binary {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMemberRE(t *testing.T) {
+	tests := []struct {
+		ns   string
+		want bool
+	}{
+		{"podnet-fabric", true},
+		{"podnet-external", true},
+		{"podnet-worker1", true},
+		{"podnet-worker12", true},
+		{"podnet-test-1", true},
+		{"podnet-test-100", true},
+		{"podnet2-fabric", false},
+		{"podnetx-worker1", false},
+		{"podnet-test-1x", false},
+		{"podnet-worker", false},
+		{"podnet-test-", false},
+		{"xpodnet-fabric", false},
+		{"podnet-fabric2", false},
+		{"podnet-workera", false},
+		{"podnet", false},
+	}
+	re := memberRE("podnet")
+	for _, tt := range tests {
+		if got := re.MatchString(tt.ns); got != tt.want {
+			t.Errorf("memberRE(podnet).MatchString(%q): got %v, want %v", tt.ns, got, tt.want)
+		}
+	}
+}
+
+func TestSortTeardown(t *testing.T) {
+	nss := []string{"l-fabric", "l-worker10", "l-test-2", "l-external", "l-worker2", "l-test-10", "l-test-1"}
+	sortTeardown("l", nss)
+	want := []string{"l-test-1", "l-test-2", "l-test-10", "l-worker2", "l-worker10", "l-external", "l-fabric"}
+	if !slices.Equal(nss, want) {
+		t.Errorf("got %v, want %v", nss, want)
+	}
+}
+
+func TestPlacePods(t *testing.T) {
+	a := netip.MustParseAddr
+	tests := []struct {
+		name        string
+		pods, nodes int
+		want        []placement
+	}{
+		{"none", 0, 2, []placement{}},
+		{"one node", 2, 1, []placement{{1, 1, a("192.168.1.2")}, {2, 1, a("192.168.1.3")}}},
+		{"round robin", 5, 2, []placement{
+			{1, 1, a("192.168.1.2")}, {2, 2, a("192.168.2.2")}, {3, 1, a("192.168.1.3")},
+			{4, 2, a("192.168.2.3")}, {5, 1, a("192.168.1.4")},
+		}},
+		{"more nodes than pods", 2, 3, []placement{{1, 1, a("192.168.1.2")}, {2, 2, a("192.168.2.2")}}},
+		{"last address on a node", MaxPodsPerNode, 1, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := placePods(tt.pods, tt.nodes)
+			if tt.want == nil {
+				if last := got[len(got)-1].IP; last != a("192.168.1.254") {
+					t.Errorf("last pod: got %v, want 192.168.1.254", last)
+				}
+				return
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFillPattern checks the fast fill against PatternByte, its obviously
+// correct twin, at random offsets and lengths.
+func TestFillPattern(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		off := r.Int64N(1 << 40)
+		b := make([]byte, r.IntN(2000))
+		FillPattern(b, off)
+		for i := range b {
+			if want := PatternByte(off + int64(i)); b[i] != want {
+				t.Fatalf("FillPattern(off %d)[%d]: got %d, want %d", off, i, b[i], want)
+			}
+		}
+	}
+}
+
+func TestHandler(t *testing.T) {
+	srv := httptest.NewServer(Handler(ServeConfig{Pod: "test-2", Node: "worker2", IP: netip.MustParseAddr("192.168.2.2")}))
+	defer srv.Close()
+	big := make([]byte, 3*patternPeriod*256+17)
+	FillPattern(big, 0)
+	tests := []struct {
+		name, path string
+		code       int
+		body       []byte
+	}{
+		{"page", "/", 200, []byte("pod test-2 on worker2 (192.168.2.2)\n")},
+		{"zero bytes", "/bytes?n=0", 200, []byte{}},
+		{"few bytes", "/bytes?n=5", 200, []byte{0, 1, 2, 3, 4}},
+		{"many bytes", "/bytes?n=" + strconv.Itoa(len(big)), 200, big},
+		{"negative", "/bytes?n=-1", 400, nil},
+		{"not a number", "/bytes?n=lots", 400, nil},
+		{"missing n", "/bytes", 400, nil},
+		{"other path", "/nope", 404, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := http.Get(srv.URL + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tt.code {
+				t.Fatalf("GET %s: got status %d, want %d", tt.path, resp.StatusCode, tt.code)
+			}
+			if tt.body != nil && !bytes.Equal(body, tt.body) {
+				t.Errorf("GET %s: got %d bytes %.40q, want %d bytes %.40q", tt.path, len(body), body, len(tt.body), tt.body)
+			}
+		})
+	}
+}
+
+func TestCmdline(t *testing.T) {
+	tests := []struct {
+		env, args []string
+		want      string
+	}{
+		{nil, []string{"ip", "-n", "l-fabric", "addr", "add", "10.77.0.1/24", "dev", "br0"}, "ip -n l-fabric addr add 10.77.0.1/24 dev br0"},
+		{[]string{"PODNET_SOCKET=/run/x.sock"}, []string{"podnet", "status"}, "PODNET_SOCKET=/run/x.sock podnet status"},
+		{nil, []string{"sh", "-c", "echo it's"}, `sh -c 'echo it'\''s'`},
+		{nil, []string{"printf", ""}, "printf ''"},
+	}
+	for _, tt := range tests {
+		if got := cmdline(tt.env, tt.args); got != tt.want {
+			t.Errorf("cmdline(%q, %q): got %s, want %s", tt.env, tt.args, got, tt.want)
+		}
+	}
+}
+
+func TestProcIdentity(t *testing.T) {
+	self, err := identify(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !self.running() {
+		t.Errorf("identify(self) = %+v: not running", self)
+	}
+	if other := (procID{PID: self.PID, Start: self.Start + 1}); other.running() {
+		t.Errorf("%+v with another start time: running, want not (PID reuse guard)", other)
+	}
+	if err := (procID{PID: self.PID, Start: self.Start + 1}).signal(0); err != errGone {
+		t.Errorf("signal to a reused PID: got %v, want errGone", err)
+	}
+}
+
+func TestPrependPath(t *testing.T) {
+	env := prependPath([]string{"HOME=/root", "PATH=/usr/bin:/bin", "PODNET_SOCKET=/elsewhere"}, "/opt/podnet")
+	want := []string{"HOME=/root", "PATH=/opt/podnet:/usr/bin:/bin"}
+	if !slices.Equal(env, want) {
+		t.Errorf("got %q, want %q", env, want)
+	}
+}
