@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strconv"
@@ -132,10 +133,23 @@ func orNever(m string) string {
 // PrintTable writes resources of one kind as a table: the headings, then
 // one row per resource, columns aligned as calicoctl aligns them.
 func PrintTable(w io.Writer, kind string, rs []Resource, o TableOptions) error {
-	tw := tabwriter.NewWriter(w, 5, 1, 3, ' ', 0)
+	var b bytes.Buffer
+	tw := tabwriter.NewWriter(&b, 5, 1, 3, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(TableHeadings(kind, o.Wide), "\t"))
 	for _, r := range rs {
 		fmt.Fprintln(tw, strings.Join(TableRow(r, o), "\t"))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Empty last cells leave padding behind; drop it.
+	var out bytes.Buffer
+	for _, l := range bytes.SplitAfter(b.Bytes(), []byte("\n")) {
+		out.Write(bytes.TrimRight(l, " \n"))
+		if len(l) > 0 && l[len(l)-1] == '\n' {
+			out.WriteByte('\n')
+		}
+	}
+	_, err := w.Write(out.Bytes())
+	return err
 }

@@ -1,0 +1,189 @@
+package api
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func pool(name, cidr string, mod func(*IPPoolSpec)) *IPPool {
+	p := NewIPPool(name)
+	p.Spec.CIDR = cidr
+	if mod != nil {
+		mod(&p.Spec)
+	}
+	return p
+}
+
+func TestIPPoolValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		p    *IPPool
+		want string // "" = valid; else a substring of the error
+	}{
+		{"ok", pool("p", "10.0.0.0/16", nil), ""},
+		{"ok /26 pool", pool("p", "10.0.0.0/26", nil), ""},
+		{"ok ipip crosssubnet", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.IPIPMode = EncapCrossSubnet }), ""},
+		{"missing name", pool("", "10.0.0.0/16", nil), "error with field Metadata.Name = '' (metadata.name: required)"},
+		{"bad name", pool("Bad_Name", "10.0.0.0/16", nil), "error with field Metadata.Name = 'Bad_Name' (name must consist of lower case"},
+		{"empty cidr", pool("p", "", nil), "error with field IPPool.Spec.CIDR = '' (IPPool CIDR must be specified)"},
+		{"bad cidr", pool("p", "10.0.0/16", nil), "error with field IPPool.Spec.CIDR = '10.0.0/16' (IPPool CIDR must be a valid subnet)"},
+		{"not masked", pool("p", "10.0.0.1/16", nil), "error with field IPPool.Spec.CIDR = '10.0.0.1/16' (IPPool CIDR is not strictly masked)"},
+		{"link local", pool("p", "169.254.0.0/16", nil), "(IPPool CIDR overlaps with IPv4 Link Local range 169.254.0.0/16)"},
+		{"link local super", pool("p", "168.0.0.0/6", nil), "IPv4 Link Local range"},
+		{"block too small", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.BlockSize = 19 }), "error with field IPPool.Spec.BlockSize = '19' (IPv4 block size must be between 20 and 32)"},
+		{"block too big", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.BlockSize = 33 }), "(IPv4 block size must be between 20 and 32)"},
+		{"pool smaller than block", pool("p", "10.0.0.0/28", nil), "error with field IPPool.Spec.CIDR = '10.0.0.0/28' (IP pool size is too small for use with Calico IPAM. It must be equal to or greater than the block size.)"},
+		{"small disabled pool ok", pool("p", "10.0.0.0/28", func(s *IPPoolSpec) { s.Disabled = true }), ""},
+		{"both encaps", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.IPIPMode, s.VXLANMode = EncapAlways, EncapCrossSubnet }),
+			"error with field IPPool.Spec.VXLANMode = 'CrossSubnet' (Cannot enable both VXLAN and IPIP on the same IPPool)"},
+		{"lower-case mode", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.IPIPMode = "always" }),
+			"error with field IPPool.Spec.IPIPMode = 'always' (must be one of Never, Always, CrossSubnet)"},
+		{"ipv6", pool("p", "fd00::/48", nil), "(IPv6 pools are not supported yet)"},
+		{"ipv6 ipip", pool("p", "fd00::/48", func(s *IPPoolSpec) { s.IPIPMode = EncapAlways }), "-  IPPool.Spec.IPIPMode = 'Always' (IPIP is not supported on an IPv6 IP pool)"},
+		{"bad use", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AllowedUses = []string{"Pods"} }), "(must be one of Workload, Tunnel, LoadBalancer)"},
+		{"lb mixed", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AllowedUses = []string{UseLoadBalancer, UseWorkload} }), "LoadBalancer cannot be combined"},
+		{"bad assignment", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AssignmentMode = "auto" }), "(must be one of Automatic, Manual)"},
+		{"bad selector", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.NodeSelector = "has(x" }), "IPPool.Spec.NodeSelector"},
+		{"several", pool("p", "10.0.0.1/16", func(s *IPPoolSpec) { s.BlockSize = 40 }),
+			"error with the following fields:\n-  IPPool.Spec.CIDR = '10.0.0.1/16' (IPPool CIDR is not strictly masked)\n-  IPPool.Spec.BlockSize = '40' (IPv4 block size must be between 20 and 32)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.p.SetDefaults()
+			checkErr(t, tt.p.Validate(), tt.want)
+		})
+	}
+}
+
+func checkErr(t *testing.T, err error, want string) {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("got error %q, want none", err)
+	case want != "" && err == nil:
+		t.Fatalf("got no error, want %q", want)
+	case want != "" && !strings.Contains(err.Error(), want):
+		t.Fatalf("got error %q, want it to contain %q", err, want)
+	}
+}
+
+func TestIPPoolDefaults(t *testing.T) {
+	p := pool("p", "10.1.0.0/16", nil)
+	p.SetDefaults()
+	s := p.Spec
+	if s.BlockSize != 26 || s.IPIPMode != "Never" || s.VXLANMode != "Never" || s.NodeSelector != "all()" ||
+		s.AssignmentMode != "Automatic" || len(s.AllowedUses) != 2 || s.AllowedUses[0] != "Workload" || s.AllowedUses[1] != "Tunnel" || s.NATOutgoing {
+		t.Fatalf("got %+v", s)
+	}
+	d := DefaultIPPool()
+	if d.Name != "default-ipv4-ippool" || d.Spec.CIDR != "192.168.0.0/16" || !d.Spec.NATOutgoing || d.Validate() != nil {
+		t.Fatalf("default pool: got %+v", d)
+	}
+}
+
+func TestIPPoolValidateUpdate(t *testing.T) {
+	old := pool("p", "10.0.0.0/16", nil)
+	old.SetDefaults()
+	tests := []struct {
+		name string
+		mod  func(*IPPoolSpec)
+		want string
+	}{
+		{"disable", func(s *IPPoolSpec) { s.Disabled = true }, ""},
+		{"cidr", func(s *IPPoolSpec) { s.CIDR = "10.0.0.0/15" }, "error with field IPPool.Spec.CIDR = '10.0.0.0/15' (IPPool CIDR cannot be modified)"},
+		{"block", func(s *IPPoolSpec) { s.BlockSize = 24 }, "error with field IPPool.Spec.BlockSize = '24' (IPPool BlockSize cannot be modified)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := pool("p", "10.0.0.0/16", tt.mod)
+			p.SetDefaults()
+			checkErr(t, p.ValidateUpdate(old), tt.want)
+		})
+	}
+	n := pool("new-pool", "10.0.128.0/17", nil)
+	if !n.Overlaps(old) {
+		t.Fatal("10.0.128.0/17 should overlap 10.0.0.0/16")
+	}
+	checkErr(t, n.OverlapError(old), "error with field IPPool.Spec.CIDR = '10.0.128.0/17' (IPPool(new-pool) CIDR overlaps with IPPool(p) CIDR 10.0.0.0/16)")
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestOtherKindsValidate(t *testing.T) {
+	as := func(a ASNumber) *ASNumber { return &a }
+	dur := func(s string) *Duration { d, _ := time.ParseDuration(s); return &Duration{d} }
+	tests := []struct {
+		name string
+		r    Resource
+		want string
+	}{
+		{"ipamconfig ok", &IPAMConfiguration{ObjectMeta: ObjectMeta{Name: "default"}}, ""},
+		{"ipamconfig name", &IPAMConfiguration{ObjectMeta: ObjectMeta{Name: "other"}}, `with a name other than "default"`},
+		{"ipamconfig max", &IPAMConfiguration{ObjectMeta: ObjectMeta{Name: "default"}, Spec: IPAMConfigurationSpec{MaxBlocksPerHost: 4}},
+			"error with field IPAMConfiguration.Spec.MaxBlocksPerHost = '4' (MaxBlocksPerHost requires StrictAffinity to be enabled)"},
+		{"ipamconfig max strict", &IPAMConfiguration{ObjectMeta: ObjectMeta{Name: "default"}, Spec: IPAMConfigurationSpec{MaxBlocksPerHost: 4, StrictAffinity: true}}, ""},
+		{"ipamconfig neither", &IPAMConfiguration{ObjectMeta: ObjectMeta{Name: "default"}, Spec: IPAMConfigurationSpec{AutoAllocateBlocks: ptr(false)}},
+			"Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"},
+		{"node ok", &Node{ObjectMeta: ObjectMeta{Name: "worker1"}, Spec: NodeSpec{BGP: &NodeBGPSpec{IPv4Address: "10.0.0.11/24", ASNumber: as(64513), RouteReflectorClusterID: "244.0.0.1"}, VXLANTunnelMACAddr: "66:aa:bb:cc:dd:ee", IPv4VXLANTunnelAddr: "192.168.1.0"}}, ""},
+		{"node bad address", &Node{ObjectMeta: ObjectMeta{Name: "w"}, Spec: NodeSpec{BGP: &NodeBGPSpec{IPv4Address: "10.0.0.11"}}}, "Node.Spec.BGP.IPv4Address = '10.0.0.11'"},
+		{"node bad rr", &Node{ObjectMeta: ObjectMeta{Name: "w"}, Spec: NodeSpec{BGP: &NodeBGPSpec{RouteReflectorClusterID: "x"}}}, "Node.Spec.BGP.RouteReflectorClusterID"},
+		{"node bad mac", &Node{ObjectMeta: ObjectMeta{Name: "w"}, Spec: NodeSpec{VXLANTunnelMACAddr: "zz"}}, "Node.Spec.VXLANTunnelMACAddr"},
+		{"wep ok", &WorkloadEndpoint{ObjectMeta: ObjectMeta{Name: "w1-pod1"}, Spec: WorkloadEndpointSpec{Node: "w1", Workload: "pod1", InterfaceName: "pn1234", IPNetworks: []string{"192.168.0.5/32"}, MAC: "ee:ee:ee:ee:ee:ee", Netns: "/run/netns/pod1"}}, ""},
+		{"wep /24", &WorkloadEndpoint{ObjectMeta: ObjectMeta{Name: "w1-pod1"}, Spec: WorkloadEndpointSpec{Node: "w1", Workload: "pod1", InterfaceName: "pn1234", IPNetworks: []string{"192.168.0.0/24"}}}, "WorkloadEndpoint.Spec.IPNetworks = '192.168.0.0/24'"},
+		{"wep missing", &WorkloadEndpoint{ObjectMeta: ObjectMeta{Name: "w1-pod1"}}, "error with the following fields:\n-  WorkloadEndpoint.Spec.Node = '' (node is required)"},
+		{"bgpconfig ok", &BGPConfiguration{ObjectMeta: ObjectMeta{Name: "default"}}, ""},
+		{"bgpconfig node ok", &BGPConfiguration{ObjectMeta: ObjectMeta{Name: "node.worker1"}, Spec: BGPConfigurationSpec{ListenPort: 1179}}, ""},
+		{"bgpconfig name", &BGPConfiguration{ObjectMeta: ObjectMeta{Name: "global"}}, `name must be "default" or "node.<nodename>"`},
+		{"bgpconfig node mesh", &BGPConfiguration{ObjectMeta: ObjectMeta{Name: "node.w1"}, Spec: BGPConfigurationSpec{NodeToNodeMeshEnabled: ptr(false)}}, "can only be set on the global BGPConfiguration"},
+		{"bgpconfig severity", &BGPConfiguration{ObjectMeta: ObjectMeta{Name: "default"}, Spec: BGPConfigurationSpec{LogSeverityScreen: "info"}}, "LogSeverityScreen = 'info'"},
+		{"peer ok", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "192.20.30.40", ASNumber: 64567, Password: &BGPPassword{Env: "TOR_PW"}, KeepaliveTime: dur("10s"), HoldTime: dur("30s")}}, ""},
+		{"peer port ok", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "192.20.30.40:1179", ASNumber: 64567}}, ""},
+		{"peer v6 ok", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "[fd00::1]:179", ASNumber: 64567}}, ""},
+		{"rr ok", &BGPPeer{ObjectMeta: ObjectMeta{Name: "rr"}, Spec: BGPPeerSpec{NodeSelector: "all()", PeerSelector: "route-reflector == 'true'"}}, ""},
+		{"peer no asn", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "192.20.30.40"}}, "BGPPeer.Spec.ASNumber = '0' (asNumber is required"},
+		{"peer bad ip", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "192.20.30", ASNumber: 1}}, "BGPPeer.Spec.PeerIP = '192.20.30'"},
+		{"peer node+selector", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Node: "w1", NodeSelector: "all()"}}, "node and nodeSelector cannot both be set"},
+		{"peer selector+ip", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", PeerSelector: "all()"}}, "peerIP must be empty when peerSelector is set"},
+		{"peer password both", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{Env: "A", SecretFile: "/x"}}}, "set exactly one of password.secretFile and password.env"},
+		{"peer hold", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, HoldTime: dur("2s")}}, "hold time must be 0 or"},
+		{"peer keepalive", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, HoldTime: dur("9s"), KeepaliveTime: dur("9s")}}, "keepalive time must be less than the hold time"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			SetDefaults(tt.r)
+			checkErr(t, Validate(tt.r), tt.want)
+		})
+	}
+}
+
+func TestBGPConfigurationDefaults(t *testing.T) {
+	c := NewBGPConfiguration("default")
+	c.SetDefaults()
+	s := c.Spec
+	if *s.ASNumber != 64512 || !*s.NodeToNodeMeshEnabled || s.ListenPort != 179 || s.LogSeverityScreen != "Info" {
+		t.Fatalf("got %+v", s)
+	}
+	n := NewBGPConfiguration("node.w1")
+	n.SetDefaults()
+	if n.Spec.ASNumber != nil || n.Spec.NodeToNodeMeshEnabled != nil || n.Spec.ListenPort != 0 {
+		t.Fatalf("per-node config got defaults: %+v", n.Spec)
+	}
+}
+
+func TestLookupKind(t *testing.T) {
+	tests := []struct{ name, want string }{
+		{"ippool", KindIPPool}, {"IPPools", KindIPPool}, {"ipp", KindIPPool}, {"Pool", KindIPPool},
+		{"no", KindNode}, {"nodes", KindNode}, {"bp", KindBGPPeer}, {"BGPPeers", KindBGPPeer},
+		{"bgpconfig", KindBGPConfiguration}, {"ipamconfig", KindIPAMConfiguration}, {"weps", KindWorkloadEndpoint},
+	}
+	for _, tt := range tests {
+		k, err := LookupKind(tt.name)
+		if err != nil || k.Kind != tt.want {
+			t.Errorf("LookupKind(%q): got %q, %v, want %q", tt.name, k.Kind, err, tt.want)
+		}
+	}
+	if _, err := LookupKind("foo"); err == nil || !strings.Contains(err.Error(), "resource type 'foo' is not supported") {
+		t.Errorf("LookupKind(foo): got %v", err)
+	}
+}
