@@ -248,3 +248,31 @@ func TestPrependPath(t *testing.T) {
 		t.Errorf("got %q, want %q", env, want)
 	}
 }
+
+func TestWriteNginxConf(t *testing.T) {
+	dir := t.TempDir()
+	p := podState{Name: "test-1", Node: "worker1", IP: netip.MustParseAddr("192.168.1.2"), Dir: dir}
+	conf, err := writeNginxConf(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"daemon off;", "listen 80;", "pid " + dir + "/nginx.pid;", "error_log " + dir + "/error.log;",
+		"access_log " + dir + "/access.log;", "root " + dir + "/www;",
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("nginx.conf: missing %q", want)
+		}
+	}
+	page, err := os.ReadFile(dir + "/www/index.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pod test-1 on worker1 (192.168.1.2)\n"; string(page) != want {
+		t.Errorf("index page: got %q, want %q", page, want)
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -534,4 +536,46 @@ func TestUpWithFakeDaemon(t *testing.T) {
 			t.Errorf("podnet status via opened lab: %v (%s)", err, out)
 		}
 	})
+}
+
+// TestUpRealDaemon builds podnet from this tree and runs a one-node lab
+// with the real daemon: pods reach each other through the switch, by ICMP
+// and HTTP.
+func TestUpRealDaemon(t *testing.T) {
+	labtest.RequireRoot(t)
+	t.Parallel()
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: 2})
+	ctx := t.Context()
+	if n := l.Status().Nodes[0]; !n.Running {
+		t.Fatalf("worker1 daemon not running: %+v", n)
+	}
+	ip2 := l.PodIP("test-2")
+	// fakePodnet by path: the pod's PATH finds the real podnet, and the
+	// machine may have neither ping nor curl.
+	if out, err := l.Output(ctx, "test-1", fakePodnet, "ping", ip2.String()); err != nil {
+		t.Errorf("ping test-2 from test-1: %v (%s)", err, out)
+	}
+	out, err := l.Output(ctx, "test-1", fakePodnet, "get", "http://"+ip2.String()+"/")
+	if err != nil {
+		t.Fatalf("get test-2 page from test-1: %v", err)
+	}
+	if want := lab.PageText("test-2", "worker1", ip2); string(out) != want {
+		t.Errorf("test-2 page: got %q, want %q", out, want)
+	}
+	out, err = l.Output(ctx, "worker1", "podnet", "pod", "list", "-o", "json")
+	if err != nil {
+		t.Fatalf("podnet pod list on worker1: %v", err)
+	}
+	var pods []struct{ Name, IP, Node string }
+	if err := json.Unmarshal(out, &pods); err != nil {
+		t.Fatalf("pod list -o json: %v: %s", err, out)
+	}
+	got := map[string]string{}
+	for _, p := range pods {
+		got[p.Name] = p.IP + " " + p.Node
+	}
+	want := map[string]string{"test-1": l.PodIP("test-1").String() + " worker1", "test-2": ip2.String() + " worker1"}
+	if !maps.Equal(got, want) {
+		t.Errorf("pod list: got %v, want %v", got, want)
+	}
 }

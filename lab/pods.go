@@ -100,7 +100,7 @@ func (l *Lab) startHTTP(ctx context.Context, pod string) error {
 		if err != nil {
 			return fmt.Errorf("start http on %s: %w", pod, err)
 		}
-		args = []string{"ip", "netns", "exec", p.Netns, nginxPath(), "-p", p.Dir, "-c", conf}
+		args = []string{"ip", "netns", "exec", p.Netns, nginxPath(), "-p", p.Dir, "-e", filepath.Join(p.Dir, "error.log"), "-c", conf}
 	default:
 		args = []string{"ip", "netns", "exec", p.Netns, bin, "lab", "serve-http",
 			"--pod", p.Name, "--node", p.Node, "--ip", p.IP.String(), "--addr", ":80"}

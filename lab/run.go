@@ -63,6 +63,10 @@ func (r runner) runEnv(ctx context.Context, env []string, args ...string) ([]byt
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			// Killed because the caller gave up: say so, not "signal: killed".
+			return stdout.Bytes(), fmt.Errorf("run %s: %w", cmdline(env, args), context.Cause(ctx))
+		}
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
 			return stdout.Bytes(), fmt.Errorf("run %s: %w: %s", cmdline(env, args), err, oneLine(msg))
 		}
