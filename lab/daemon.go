@@ -19,6 +19,8 @@ import (
 const (
 	readyInterval = 100 * time.Millisecond
 	readyTimeout  = 20 * time.Second
+	// statusTimeout bounds one `podnet status` attempt.
+	statusTimeout = 5 * time.Second
 	// stopTimeout bounds StopDaemon's wait for the daemon to exit.
 	stopTimeout = 10 * time.Second
 	// logTailLines is how much of daemon.log an error quotes.
@@ -147,11 +149,15 @@ func (l *Lab) waitReady(ctx context.Context, node string, started time.Time) err
 	deadline := time.Now().Add(readyTimeout)
 	env := []string{"PODNET_SOCKET=" + n.Socket}
 	for {
-		cmd := exec.CommandContext(ctx, bin, "status")
+		// A daemon that accepts but never answers must not stall us
+		// past the overall deadline.
+		actx, cancel := context.WithTimeout(ctx, statusTimeout)
+		cmd := exec.CommandContext(actx, bin, "status")
 		cmd.Env = append(os.Environ(), env...)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		err := cmd.Run()
+		cancel()
 		if err == nil {
 			l.r.progressf("starting daemon on %s ... ready in %.1fs (pid %d)", node, time.Since(started).Seconds(), n.Daemon.PID)
 			return nil
@@ -247,10 +253,13 @@ func tailLines(path string, n int) []string {
 // failure reports.
 func (l *Lab) LogTail(node string, n int) []string {
 	l.mu.Lock()
-	nd := l.st.node(node)
+	var path string
+	if nd := l.st.node(node); nd != nil {
+		path = nd.Log
+	}
 	l.mu.Unlock()
-	if nd == nil {
+	if path == "" {
 		return nil
 	}
-	return tailLines(nd.Log, n)
+	return tailLines(path, n)
 }

@@ -5,13 +5,13 @@
 //
 // Topology of a lab named NAME with two nodes and three pods:
 //
-//	           NAME-fabric: br0 10.77.0.1/24
-//	             │ w1                       │ w2
-//	NAME-worker1: eth0 10.77.0.11     NAME-worker2: eth0 10.77.0.12
-//	podnet daemon --node worker1      podnet daemon --node worker2
-//	  │ TAP           │ TAP               │ TAP
-//	NAME-test-1     NAME-test-3         NAME-test-2
-//	192.168.1.2     192.168.1.3         192.168.2.2
+//	                  NAME-fabric: br0 10.77.0.1/24
+//	                  w1 │                  │ w2
+//	NAME-worker1: eth0 10.77.0.11    NAME-worker2: eth0 10.77.0.12
+//	  podnet daemon --node worker1     podnet daemon --node worker2
+//	    TAP │            │ TAP                │ TAP
+//	NAME-test-1     NAME-test-3        NAME-test-2
+//	192.168.1.2     192.168.1.3        192.168.2.2
 //
 // Namespace names are an interface: other tests and tools rely on
 // NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external).
@@ -50,12 +50,12 @@ const (
 	NetnsDir = "/run/netns"
 )
 
-// Fabric addressing. The fabric is a plain L2 segment; nodes reach each
-// other through br0 and use its address as their default gateway.
-var (
-	FabricBridge  = "br0"
-	FabricAddress = netip.MustParsePrefix("10.77.0.1/24")
-)
+// FabricBridge is the bridge in NAME-fabric. The fabric is a plain L2
+// segment: nodes reach each other through it.
+const FabricBridge = "br0"
+
+// FabricAddress is br0's address and the nodes' default gateway.
+var FabricAddress = netip.MustParsePrefix("10.77.0.1/24")
 
 // Errors callers can test for with errors.Is.
 var (
@@ -291,10 +291,6 @@ func OpenDir(dir string) (*Lab, error) {
 		children: map[int]*os.Process{},
 	}, nil
 }
-
-// SetOutput makes the lab print the commands it runs (verbose) and its
-// progress lines to w from now on; nil silences it.
-func (l *Lab) SetOutput(verbose bool, w io.Writer) { l.r = newRunner(verbose, w) }
 
 // Name returns the lab's name.
 func (l *Lab) Name() string { return l.st.Name }
