@@ -201,7 +201,15 @@ is CMD's.`,
 			if err != nil {
 				return err
 			}
-			err = l.Exec(cmd.Context(), target, os.Stdin, os.Stdout, os.Stderr, argv...)
+			// Ctrl-C reaches CMD from the terminal by itself: swallow ours
+			// so we live to pass on CMD's exit code. A handler, unlike
+			// signal.Ignore, is not inherited by CMD.
+			swallow := make(chan os.Signal, 1)
+			signal.Notify(swallow, os.Interrupt)
+			defer signal.Stop(swallow)
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM)
+			defer stop()
+			err = l.Exec(ctx, target, os.Stdin, os.Stdout, os.Stderr, argv...)
 			var ee *exec.ExitError
 			if errors.As(err, &ee) {
 				code := ee.ExitCode()
