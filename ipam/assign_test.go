@@ -21,6 +21,7 @@ func assign(t *testing.T, m *IPAM, node, handle string, pools ...Pool) netip.Add
 }
 
 func TestAutoAssignClaimsAndFills(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	p := pool("p", "10.10.0.0/16", 26)
@@ -64,6 +65,7 @@ func TestAutoAssignClaimsAndFills(t *testing.T) {
 }
 
 func TestClaimStartDependsOnNode(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	p := pool("p", "10.0.0.0/16", 26)
 	seen := map[netip.Prefix]string{}
@@ -156,6 +158,7 @@ func TestExhaustionAndBorrowing(t *testing.T) {
 }
 
 func TestMaxBlocksPerHost(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	if err := m.SetConfig(ctx, Config{StrictAffinity: true, AutoAllocateBlocks: true, MaxBlocksPerHost: 2}); err != nil {
@@ -172,6 +175,7 @@ func TestMaxBlocksPerHost(t *testing.T) {
 }
 
 func TestAutoAllocateBlocksOff(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	p := pool("p", "10.0.0.0/24", 30)
@@ -188,6 +192,7 @@ func TestAutoAllocateBlocksOff(t *testing.T) {
 }
 
 func TestPoolPreferenceAndDisabled(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	old := pool("old", "10.1.0.0/24", 26)
@@ -229,6 +234,7 @@ func TestPoolPreferenceAndDisabled(t *testing.T) {
 }
 
 func TestAssignIP(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	pools := []Pool{pool("a", "10.1.0.0/16", 26), pool("b", "10.2.0.0/16", 28)}
@@ -277,6 +283,7 @@ func TestAssignIP(t *testing.T) {
 }
 
 func TestHandleSharedAcrossBlocks(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	p := pool("p", "10.0.0.0/24", 30)

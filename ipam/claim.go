@@ -220,6 +220,47 @@ func (m *IPAM) ReleaseNodeBlocks(ctx context.Context, node string) error {
 	return errors.Join(errs...)
 }
 
+// RemoveNode is for a node that is gone for good: every affinity of
+// node is dropped. Empty blocks are deleted; blocks that still hold
+// addresses lose their affinity and keep the addresses, and are deleted
+// when the last one is released (Calico's ReleaseHostAffinities with
+// mustBeEmpty false). Release the node's own addresses first, or they
+// stay allocated in blocks no node advertises.
+func (m *IPAM) RemoveNode(ctx context.Context, node string) error {
+	affs, err := m.listAffinities(ctx, node)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range affs {
+		ok, err := m.releaseAffinity(ctx, node, a.cidr)
+		if err != nil || ok {
+			errs = append(errs, err)
+			continue
+		}
+		err = retry("remove affinity of block "+a.cidr.String(), func() error {
+			kv, err := m.blocks.Get(ctx, a.cidr.String())
+			if errors.Is(err, datastore.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			b, err := decodeBlock(kv.Value)
+			if err != nil || !b.affineTo(node) {
+				return err
+			}
+			b.Affinity, b.AffinityClaimTime = nil, nil
+			return m.writeReleased(ctx, kv, b)
+		})
+		if err == nil {
+			err = m.deleteAffinity(ctx, affinityName(node, a.cidr))
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 // ReleasePoolAffinities is for pool deletion: it drops the affinities of
 // the empty blocks inside cidr and deletes those blocks, and deletes
 // empty blocks that no node holds. Blocks with allocations are left.

@@ -8,6 +8,7 @@ import (
 )
 
 func TestConfig(t *testing.T) {
+	t.Parallel()
 	m, _ := startTest(t)
 	ctx := context.Background()
 	got, err := m.GetConfig(ctx)
