@@ -240,7 +240,8 @@ func (m *IPAM) updateBlockAssign(ctx context.Context, cidr netip.Prefix, handleI
 		}
 		return netip.Addr{}, err
 	}
-	for range maxRetries {
+	for try := range maxRetries {
+		backoff(try)
 		kv, err := m.blocks.Get(ctx, cidr.String())
 		if err != nil {
 			return fail(err)

@@ -112,14 +112,23 @@ func (m *IPAM) setAffinityState(ctx context.Context, name, state string) error {
 	})
 }
 
-// deleteAffinity removes an affinity whatever its revision; gone already
-// is fine.
+// deleteAffinity removes an affinity with a CAS on the revision read;
+// gone already is fine.
 func (m *IPAM) deleteAffinity(ctx context.Context, name string) error {
-	err := m.affinities.Delete(ctx, name, 0)
-	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
-		return fmt.Errorf("delete block affinity %s: %w", name, err)
-	}
-	return nil
+	return retry("delete block affinity "+name, func() error {
+		kv, err := m.affinities.Get(ctx, name)
+		if errors.Is(err, datastore.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		err = m.affinities.Delete(ctx, name, kv.Revision)
+		if errors.Is(err, datastore.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
 }
 
 // claim tries to make block cidr node's with Calico's protocol: pending

@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"time"
 
@@ -63,6 +64,8 @@ const (
 	// maxRetries bounds each compare-and-swap loop (Calico's
 	// datastoreRetries).
 	maxRetries = 100
+	// backoffAfter is the number of attempts made without pausing.
+	backoffAfter = 3
 	// DefaultBlockSize is the pool block size (prefix length) used when a
 	// Pool's BlockSize is 0, as in Calico.
 	DefaultBlockSize = 26
@@ -228,7 +231,8 @@ func (m *IPAM) SetConfig(ctx context.Context, c Config) error {
 // retry runs f until it returns anything but datastore.ErrConflict, at
 // most maxRetries times.
 func retry(op string, f func() error) error {
-	for range maxRetries {
+	for try := range maxRetries {
+		backoff(try)
 		err := f()
 		if !errors.Is(err, datastore.ErrConflict) {
 			if err != nil {
@@ -238,4 +242,18 @@ func retry(op string, f func() error) error {
 		}
 	}
 	return fmt.Errorf("%s: %w", op, ErrTooManyRetries)
+}
+
+// backoff sleeps before retry number try (0 is the first attempt). The
+// first few retries go at once: losing a CAS usually means one other
+// writer, and re-reading is enough. Past that many writers are fighting
+// over one object (borrowers on the last free block, pods started in a
+// burst on one node), and a random pause that grows with try spreads
+// them out so that the bounded retries are not burnt in a few
+// milliseconds.
+func backoff(try int) {
+	if try < backoffAfter {
+		return
+	}
+	time.Sleep(time.Duration(rand.Int64N(int64(min(try, 50)) * int64(time.Millisecond))))
 }
