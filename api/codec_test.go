@@ -182,8 +182,12 @@ func TestGolden(t *testing.T) {
 		file string
 		out  func(*bytes.Buffer) error
 	}{
-		{"ippools.yaml.golden", func(b *bytes.Buffer) error { return EncodeList(b, KindIPPool, pools, ListMeta{ResourceVersion: "60"}, FormatYAML) }},
-		{"ippools.json.golden", func(b *bytes.Buffer) error { return EncodeList(b, KindIPPool, pools, ListMeta{ResourceVersion: "60"}, FormatJSON) }},
+		{"ippools.yaml.golden", func(b *bytes.Buffer) error {
+			return EncodeList(b, KindIPPool, pools, ListMeta{ResourceVersion: "60"}, FormatYAML)
+		}},
+		{"ippools.json.golden", func(b *bytes.Buffer) error {
+			return EncodeList(b, KindIPPool, pools, ListMeta{ResourceVersion: "60"}, FormatJSON)
+		}},
 		{"ippool.yaml.golden", func(b *bytes.Buffer) error { return Encode(b, pools[1:], FormatYAML) }},
 		{"ippool.json.golden", func(b *bytes.Buffer) error { return Encode(b, pools[1:], FormatJSON) }},
 		{"ippools.ps.golden", func(b *bytes.Buffer) error { return PrintTable(b, KindIPPool, pools, TableOptions{}) }},

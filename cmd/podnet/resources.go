@@ -46,6 +46,14 @@ func resourcesClient(cmd *cobra.Command) (*resources.Client, func(), error) {
 			cfg.Endpoints = eps
 		}
 	}
+	// The usual failure is a node without a running daemon: say so at
+	// once instead of after the dial timeout.
+	if len(cfg.Endpoints) == 1 && strings.HasPrefix(cfg.Endpoints[0], "unix://") {
+		sock := strings.TrimPrefix(cfg.Endpoints[0], "unix://")
+		if _, err := os.Stat(sock); err != nil {
+			return nil, nil, fmt.Errorf("Failed to create podnet API client: etcd at %s is unreachable: %v (is the podnet daemon running?)", cfg.Endpoints[0], err)
+		}
+	}
 	s, err := datastore.Open(cmdContext(cmd), cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("Failed to create podnet API client: %w", err)
