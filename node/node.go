@@ -20,6 +20,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"podnet/datastore"
+	"podnet/ipam"
+	"podnet/resources"
 	"podnet/router"
 	vswitch "podnet/switch"
 )
@@ -48,6 +51,15 @@ type Config struct {
 	// PodMTU is the MTU of pods' eth0; 0 means the underlay's MTU (1500
 	// when there is no underlay).
 	PodMTU int
+	// Datastore says how to reach etcd. No endpoints: the daemon runs an
+	// embedded etcd with its data in <StateDir>/etcd.
+	Datastore datastore.Config
+	// EtcdSocket is the embedded etcd's client socket; "" means
+	// DefaultEtcdSocket.
+	EtcdSocket string
+	// EtcdListen are extra client URLs for the embedded etcd (for other
+	// machines); nil: the socket only.
+	EtcdListen []string
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -57,7 +69,11 @@ type Node struct {
 	cfg   Config
 	log   *slog.Logger
 	sw    *vswitch.Switch
-	store podStore
+	local podStore // pod records in the state dir, for re-attaching
+
+	store *datastore.Store
+	ipam  *ipam.IPAM
+	res   *resources.Client
 
 	// underlay facts, fixed at start
 	underlay     string
@@ -108,7 +124,7 @@ func New(cfg Config) (*Node, error) {
 	return &Node{
 		cfg:   cfg,
 		log:   log.With("component", "node", "node", cfg.Name),
-		store: podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
+		local: podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
 		pods:  map[string]*pod{},
 	}, nil
 }
@@ -128,6 +144,19 @@ func (n *Node) Run(ctx context.Context) error {
 	defer ln.Close()
 
 	if err := n.detectUnderlay(); err != nil {
+		return err
+	}
+	closeStore, err := n.openDatastore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	if err := n.ensureDefaultPool(ctx); err != nil {
+		return err
+	}
+	aliveCtx, stopAlive := context.WithCancel(ctx)
+	defer stopAlive()
+	if err := n.registerNode(aliveCtx); err != nil {
 		return err
 	}
 	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})

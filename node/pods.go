@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"podnet/ipam"
 	vswitch "podnet/switch"
 )
 
@@ -24,8 +26,10 @@ type AddPodRequest struct {
 	// New makes the daemon create a named namespace for the pod
 	// (/run/netns/<node>-<name>), which it deletes with the pod.
 	New bool `json:"new,omitempty"`
-	// IP is the pod's address.
-	IP string `json:"ip"`
+	// IP asks for this address; "" lets IPAM pick one.
+	IP string `json:"ip,omitempty"`
+	// Pool names the pool IPAM picks from; "" means any enabled pool.
+	Pool string `json:"pool,omitempty"`
 }
 
 // PodInfo is a pod as the API shows it.
@@ -60,15 +64,22 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 	if !podNameRE.MatchString(req.Name) {
 		return PodInfo{}, badRequest("invalid pod name %q: want a DNS label (lowercase letters, digits, '-', at most 63)", req.Name)
 	}
-	if req.IP == "" {
-		return PodInfo{}, badRequest("pod %s: an address is required (--ip A.B.C.D) until IPAM hands them out", req.Name)
+	if req.IP != "" && req.Pool != "" {
+		return PodInfo{}, badRequest("pod %s: give --ip or --pool, not both", req.Name)
 	}
-	ip, err := netip.ParseAddr(req.IP)
-	if err != nil || !ip.Is4() {
-		return PodInfo{}, badRequest("pod %s: invalid IPv4 address %q", req.Name, req.IP)
-	}
-	if ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return PodInfo{}, badRequest("pod %s: address %s cannot be a pod address", req.Name, ip)
+	if req.IP != "" {
+		ip, err := netip.ParseAddr(req.IP)
+		if err != nil || !ip.Is4() {
+			return PodInfo{}, badRequest("pod %s: invalid IPv4 address %q", req.Name, req.IP)
+		}
+		if ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			return PodInfo{}, badRequest("pod %s: address %s cannot be a pod address", req.Name, ip)
+		}
+		for _, a := range n.hostAddrs {
+			if a == ip {
+				return PodInfo{}, badRequest("address %s belongs to the node itself", ip)
+			}
+		}
 	}
 	if (req.Netns == "") == !req.New {
 		return PodInfo{}, badRequest("pod %s: give exactly one of --netns PATH or --new", req.Name)
@@ -80,17 +91,18 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 		return PodInfo{}, badRequest("pod %s already exists", req.Name)
 	}
 	for _, p := range n.pods {
-		if p.rec.IP == ip {
-			return PodInfo{}, badRequest("address %s is already used by pod %s", ip, p.rec.Name)
+		if req.IP != "" && p.rec.IP.String() == req.IP {
+			return PodInfo{}, badRequest("address %s is already used by pod %s", req.IP, p.rec.Name)
 		}
 	}
-	for _, a := range n.hostAddrs {
-		if a == ip {
-			return PodInfo{}, badRequest("address %s belongs to the node itself", ip)
+	if !req.New {
+		if _, err := os.Stat(req.Netns); err != nil {
+			return PodInfo{}, badRequest("pod %s: netns %s: %v", req.Name, req.Netns, errors.Unwrap(err))
 		}
 	}
 
-	rec := PodRecord{Name: req.Name, IP: ip, Netns: req.Netns, Created: time.Now().UTC()}
+	ctx, cancel := opContext()
+	defer cancel()
 	var undo []func()
 	fail := func(err error) (PodInfo, error) {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -98,6 +110,13 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 		}
 		return PodInfo{}, err
 	}
+	ip, err := n.allocate(ctx, req.Name, req.IP, req.Pool)
+	if err != nil {
+		return fail(err)
+	}
+	handle := n.podHandle(req.Name)
+	undo = append(undo, func() { n.ipam.ReleaseByHandle(context.Background(), handle) })
+	rec := PodRecord{Name: req.Name, IP: ip, Netns: req.Netns, Handle: handle, Created: time.Now().UTC()}
 	if req.New {
 		nsName := n.cfg.Name + "-" + req.Name
 		if err := createNamedNetns(nsName); err != nil {
@@ -105,8 +124,6 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 		}
 		rec.Netns, rec.OwnsNetns = filepath.Join("/run/netns", nsName), true
 		undo = append(undo, func() { netns.DeleteNamed(nsName) })
-	} else if _, err := os.Stat(req.Netns); err != nil {
-		return fail(badRequest("pod %s: netns %s: %v", req.Name, req.Netns, errors.Unwrap(err)))
 	}
 
 	dev, mac, err := vswitch.CreatePodLink(vswitch.PodLinkConfig{
@@ -137,6 +154,10 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 	if err := n.saveLocked(); err != nil {
 		return fail(err)
 	}
+	undo = append(undo, func() { delete(n.pods, req.Name); n.saveLocked() })
+	if err := n.recordEndpoint(ctx, rec, true); err != nil {
+		return fail(fmt.Errorf("pod %s: record workload endpoint: %w", req.Name, err))
+	}
 	n.log.Info("pod added", "pod", req.Name, "ip", ip, "netns", rec.Netns, "port", idx)
 	return n.info(p), nil
 }
@@ -159,6 +180,14 @@ func (n *Node) DeletePod(name string) error {
 	if p.rec.OwnsNetns {
 		if err := netns.DeleteNamed(filepath.Base(p.rec.Netns)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("delete netns %s: %w", p.rec.Netns, err))
+		}
+	}
+	ctx, cancel := opContext()
+	defer cancel()
+	errs = append(errs, n.recordEndpoint(ctx, p.rec, false))
+	if p.rec.Handle != "" {
+		if err := n.ipam.ReleaseByHandle(ctx, p.rec.Handle); err != nil && !errors.Is(err, ipam.ErrNotAssigned) {
+			errs = append(errs, fmt.Errorf("release address of pod %s: %w", name, err))
 		}
 	}
 	delete(n.pods, name)
@@ -193,14 +222,14 @@ func (n *Node) saveLocked() error {
 		recs = append(recs, p.rec)
 	}
 	slices.SortFunc(recs, func(a, b PodRecord) int { return strings.Compare(a.Name, b.Name) })
-	return n.store.save(recs)
+	return n.local.save(recs)
 }
 
 // restorePods attaches the persistent TAPs of recorded pods again. A pod
 // whose namespace or TAP has gone stays listed, detached, with the reason,
 // so nothing disappears silently.
 func (n *Node) restorePods() error {
-	recs, err := n.store.load()
+	recs, err := n.local.load()
 	if err != nil {
 		return err
 	}

@@ -18,9 +18,11 @@ type PodRecord struct {
 	Netns string     `json:"netns"`
 	// OwnsNetns is true when the daemon created the namespace (pod add
 	// --new) and so deletes it with the pod.
-	OwnsNetns bool      `json:"ownsNetns,omitempty"`
-	MAC       string    `json:"mac"`
-	Created   time.Time `json:"created"`
+	OwnsNetns bool `json:"ownsNetns,omitempty"`
+	// Handle is the IPAM handle holding the pod's address.
+	Handle  string    `json:"handle,omitempty"`
+	MAC     string    `json:"mac"`
+	Created time.Time `json:"created"`
 }
 
 // podStore keeps the pod records in one JSON file in the state dir,

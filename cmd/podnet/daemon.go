@@ -9,12 +9,30 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"podnet/datastore"
 	"podnet/node"
+	"podnet/resources"
 )
+
+// daemonDatastore picks the daemon's etcd: --datastore, else what the CLI
+// configuration says ($PODNET_DATASTORE_ENDPOINTS, /etc/podnet/podnet.cfg),
+// else none, which makes the daemon run an embedded etcd.
+func daemonDatastore(flag string) (datastore.Config, error) {
+	cfg, err := resources.LoadClientConfig()
+	if err != nil {
+		return cfg, err
+	}
+	if eps := resources.SplitEndpoints(flag); len(eps) > 0 {
+		cfg.Endpoints = eps
+	} else if len(cfg.Endpoints) == 1 && cfg.Endpoints[0] == resources.DefaultEndpoint {
+		cfg.Endpoints = nil // nothing configured: embedded
+	}
+	return cfg, nil
+}
 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
-	var logLevel string
+	var logLevel, endpoints string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node's virtual switch (one per node)",
@@ -28,6 +46,11 @@ port podnet0, re-attaches recorded pods and serves the local API that
 				return err
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			ds, err := daemonDatastore(endpoints)
+			if err != nil {
+				return err
+			}
+			cfg.Datastore = ds
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
@@ -45,5 +68,8 @@ port podnet0, re-attaches recorded pods and serves the local API that
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
 	f.IntVar(&cfg.PodMTU, "pod-mtu", 0, "MTU of pods' eth0 (default: the underlay's)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&endpoints, "datastore", "", "etcd endpoints, comma-separated (default: $"+resources.EndpointsEnv+", the config file, else an embedded etcd)")
+	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd")
+	f.StringSliceVar(&cfg.EtcdListen, "etcd-listen", nil, "extra client URLs for the embedded etcd, e.g. http://10.0.0.1:2379")
 	return cmd
 }

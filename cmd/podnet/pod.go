@@ -13,7 +13,7 @@ func newPodCmd() *cobra.Command {
 
 	var req node.AddPodRequest
 	add := &cobra.Command{
-		Use:   "add NAME (--netns PATH | --new) --ip A.B.C.D",
+		Use:   "add NAME (--netns PATH | --new) [--ip A.B.C.D | --pool NAME]",
 		Short: "Give a pod (a network namespace) an eth0 on this node's switch",
 		Args:  cobra.ExactArgs(1),
 	}
@@ -21,7 +21,8 @@ func newPodCmd() *cobra.Command {
 	addOut := outputFlag(add, "text", "json")
 	add.Flags().StringVar(&req.Netns, "netns", "", "path of the pod's network namespace")
 	add.Flags().BoolVar(&req.New, "new", false, "create a namespace for the pod (deleted with it)")
-	add.Flags().StringVar(&req.IP, "ip", "", "the pod's IPv4 address")
+	add.Flags().StringVar(&req.IP, "ip", "", "the pod's IPv4 address (default: one from IPAM)")
+	add.Flags().StringVar(&req.Pool, "pool", "", "IP pool to take the address from (default: any enabled pool)")
 	add.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := checkFormat(*addOut, "text", "json"); err != nil {
 			return err

@@ -1,0 +1,361 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"podnet/api"
+	"podnet/ipam"
+	"podnet/resources"
+)
+
+func newIPAMCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ipam", Short: "Show, check and repair IP address management"}
+	datastoreFlag(cmd)
+	cmd.AddCommand(newIPAMShowCmd(), newIPAMCheckCmd(), newIPAMReleaseCmd(), newIPAMConfigureCmd())
+	return cmd
+}
+
+// ipamPools reads the pools as IPAM sees them, in name order.
+func ipamPools(ctx context.Context, c *resources.Client) ([]ipam.Pool, error) {
+	rs, _, err := c.List(ctx, api.KindIPPool)
+	if err != nil {
+		return nil, err
+	}
+	var pools []ipam.Pool
+	for _, r := range rs {
+		p := r.(*api.IPPool)
+		cidr, err := p.Prefix()
+		if err != nil || !cidr.Addr().Is4() {
+			continue
+		}
+		pools = append(pools, ipam.Pool{Name: p.Name, CIDR: cidr, BlockSize: p.Spec.BlockSize, Disabled: p.Spec.Disabled})
+	}
+	return pools, nil
+}
+
+func pct(n, total int) string {
+	if total == 0 {
+		return "0%"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(n)/float64(total))
+}
+
+func newIPAMShowCmd() *cobra.Command {
+	var showBlocks, showBorrowed bool
+	var ipStr string
+	cmd := &cobra.Command{
+		Use:   "show [--show-blocks] [--show-borrowed] [--ip=A.B.C.D]",
+		Short: "Pools and blocks: how many addresses are in use, where; who holds an address",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
+				m := ipam.New(c.Store())
+				switch {
+				case ipStr != "":
+					return showIP(ctx, stdout, m, ipStr)
+				case showBorrowed:
+					return showBorrowedIPs(ctx, stdout, m)
+				}
+				pools, err := ipamPools(ctx, c)
+				if err != nil {
+					return err
+				}
+				usage, err := m.Usage(ctx, pools)
+				if err != nil {
+					return err
+				}
+				writeUsage(stdout, usage, showBlocks)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&showBlocks, "show-blocks", false, "also show each block, its node and its use")
+	cmd.Flags().BoolVar(&showBorrowed, "show-borrowed", false, "show addresses borrowed from other nodes' blocks")
+	cmd.Flags().StringVar(&ipStr, "ip", "", "show who holds this address")
+	return cmd
+}
+
+func writeUsage(w io.Writer, usage []ipam.PoolUsage, blocks bool) {
+	header := []string{"GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"}
+	if blocks {
+		header = append(header, "NODE")
+	}
+	var rows [][]string
+	for _, u := range usage {
+		name, cidr := "IP Pool", u.CIDR.String()
+		if u.Name == "" {
+			name, cidr = "No pool", "-"
+		}
+		free := u.Total - u.InUse
+		row := []string{name, cidr, strconv.Itoa(u.Total),
+			fmt.Sprintf("%d (%s)", u.InUse, pct(u.InUse, u.Total)), fmt.Sprintf("%d (%s)", free, pct(free, u.Total))}
+		if blocks {
+			row = append(row, "")
+		}
+		rows = append(rows, row)
+		if !blocks {
+			continue
+		}
+		for _, b := range u.Blocks {
+			node := b.Node
+			if node == "" {
+				node = "(none)"
+			}
+			bf := b.Total - b.InUse
+			rows = append(rows, []string{"Block", b.CIDR.String(), strconv.Itoa(b.Total),
+				fmt.Sprintf("%d (%s)", b.InUse, pct(b.InUse, b.Total)), fmt.Sprintf("%d (%s)", bf, pct(bf, b.Total)), node})
+		}
+	}
+	borderTable(w, header, rows, 2)
+}
+
+func showIP(ctx context.Context, w io.Writer, m *ipam.IPAM, s string) error {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || !ip.Is4() {
+		return fmt.Errorf("invalid IPv4 address %q", s)
+	}
+	a, ok, err := m.Lookup(ctx, ip)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		fmt.Fprintf(w, "%s is not assigned\n", ip)
+		return nil
+	}
+	fmt.Fprintf(w, "IP %s is in use\nHandle ID: %s\nBlock: %s (affine to %s)\n", ip, a.HandleID, a.Block, orNone(a.BlockOwner))
+	if a.Borrowed {
+		fmt.Fprintf(w, "Borrowed: yes (node %s holds it in %s's block)\n", a.Attrs["node"], orNone(a.BlockOwner))
+	}
+	if len(a.Attrs) == 0 {
+		fmt.Fprintln(w, "No attributes defined")
+		return nil
+	}
+	fmt.Fprintln(w, "Active Owner Attributes:")
+	keys := make([]string, 0, len(a.Attrs))
+	for k := range a.Attrs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %s: %s\n", k, a.Attrs[k])
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no node"
+	}
+	return s
+}
+
+func showBorrowedIPs(ctx context.Context, w io.Writer, m *ipam.IPAM) error {
+	allocs, err := m.Allocations(ctx)
+	if err != nil {
+		return err
+	}
+	var rows [][]string
+	for _, a := range allocs {
+		if !a.Borrowed {
+			continue
+		}
+		rows = append(rows, []string{a.IP.String(), a.Attrs["node"], a.Block.String(), orNone(a.BlockOwner), a.Attrs["type"], a.Attrs["pod"]})
+	}
+	borderTable(w, []string{"IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO"}, rows)
+	return nil
+}
+
+// leak is an allocation nothing uses.
+type leak struct {
+	a   ipam.Allocation
+	why string
+}
+
+// findLeaks compares IPAM's allocations with the WorkloadEndpoints and
+// the nodes whose daemons are alive. A pod address is leaked when no
+// WorkloadEndpoint has it; a tunnel address when its node is gone.
+func findLeaks(ctx context.Context, c *resources.Client, m *ipam.IPAM, w io.Writer) ([]leak, int, error) {
+	allocs, err := m.Allocations(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	weps, _, err := c.List(ctx, api.KindWorkloadEndpoint)
+	if err != nil {
+		return nil, 0, err
+	}
+	nodes, _, err := c.List(ctx, api.KindNode)
+	if err != nil {
+		return nil, 0, err
+	}
+	alive, err := c.Store().AliveNodes(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	known := map[string]bool{}
+	for _, n := range nodes {
+		known[n.GetObjectMeta().Name] = true
+	}
+	inUse := map[netip.Addr]string{} // address → endpoint name
+	for _, r := range weps {
+		wep := r.(*api.WorkloadEndpoint)
+		for _, n := range wep.Spec.IPNetworks {
+			if p, err := netip.ParsePrefix(n); err == nil {
+				inUse[p.Addr()] = wep.Name
+			}
+		}
+	}
+	fmt.Fprintf(w, "Found %d allocations, %d workload endpoints, %d nodes (%d with a running daemon).\n", len(allocs), len(weps), len(nodes), len(alive))
+	var leaks []leak
+	allocated := map[netip.Addr]bool{}
+	for _, a := range allocs {
+		allocated[a.IP] = true
+		node := a.Attrs["node"]
+		switch {
+		case a.Attrs["type"] == "pod" || a.Attrs["pod"] != "":
+			if _, ok := inUse[a.IP]; !ok {
+				why := "no workload endpoint has it"
+				if node != "" && !alive[node] {
+					why += fmt.Sprintf(" (node %s has no running daemon)", node)
+				}
+				leaks = append(leaks, leak{a, why})
+			}
+		case node != "" && !known[node]:
+			leaks = append(leaks, leak{a, fmt.Sprintf("node %s does not exist", node)})
+		}
+	}
+	problems := len(leaks)
+	for ip, wep := range inUse {
+		if !allocated[ip] {
+			fmt.Fprintf(w, "  %s is used by workload endpoint %s but not allocated in IPAM\n", ip, wep)
+			problems++
+		}
+	}
+	return leaks, problems, nil
+}
+
+func newIPAMCheckCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Find addresses allocated but not used by any pod (leaks), and pods using unallocated addresses",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
+				fmt.Fprintln(stdout, "Checking IPAM for inconsistencies...")
+				leaks, problems, err := findLeaks(ctx, c, ipam.New(c.Store()), stdout)
+				if err != nil {
+					return err
+				}
+				for _, l := range leaks {
+					fmt.Fprintf(stdout, "  %s leaked: %s; handle %s, attrs %s\n", l.a.IP, l.why, l.a.HandleID, attrString(l.a.Attrs))
+				}
+				fmt.Fprintf(stdout, "Found %d IPs that are allocated in IPAM but not actually in use.\n", len(leaks))
+				fmt.Fprintf(stdout, "Check complete; found %d problems.\n", problems)
+				if len(leaks) > 0 {
+					fmt.Fprintln(stdout, "Release leaked addresses with: podnet ipam release --leaked")
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func attrString(m map[string]string) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, k+"="+v)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+func newIPAMReleaseCmd() *cobra.Command {
+	var ips []string
+	var leaked bool
+	cmd := &cobra.Command{
+		Use:   "release (--ip=A.B.C.D ... | --leaked)",
+		Short: "Release addresses: given ones, or every leak `ipam check` finds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (len(ips) == 0) == !leaked {
+				return fmt.Errorf("give --ip or --leaked")
+			}
+			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
+				m := ipam.New(c.Store())
+				var addrs []netip.Addr
+				if leaked {
+					leaks, _, err := findLeaks(ctx, c, m, io.Discard)
+					if err != nil {
+						return err
+					}
+					for _, l := range leaks {
+						addrs = append(addrs, l.a.IP)
+					}
+					if len(addrs) == 0 {
+						fmt.Fprintln(stdout, "No leaked addresses found")
+						return nil
+					}
+				}
+				for _, s := range ips {
+					ip, err := netip.ParseAddr(s)
+					if err != nil || !ip.Is4() {
+						return fmt.Errorf("invalid IPv4 address %q", s)
+					}
+					addrs = append(addrs, ip)
+				}
+				released, err := m.ReleaseIPs(ctx, addrs...)
+				for _, ip := range released {
+					fmt.Fprintf(stdout, "Successfully released IP address %s\n", ip)
+				}
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringSliceVar(&ips, "ip", nil, "address to release (repeatable)")
+	cmd.Flags().BoolVar(&leaked, "leaked", false, "release every address that ipam check reports as leaked")
+	return cmd
+}
+
+func newIPAMConfigureCmd() *cobra.Command {
+	var strict string
+	var maxBlocks int
+	cmd := &cobra.Command{
+		Use:   "configure --strictaffinity=true|false [--max-blocks-per-host=N]",
+		Short: "Set IPAM configuration: strict affinity (no borrowing), block limit per node",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
+				m := ipam.New(c.Store())
+				cfg, err := m.GetConfig(ctx)
+				if err != nil {
+					return err
+				}
+				if cmd.Flags().Changed("strictaffinity") {
+					v, err := strconv.ParseBool(strict)
+					if err != nil {
+						return fmt.Errorf("--strictaffinity: want true or false, got %q", strict)
+					}
+					cfg.StrictAffinity = v
+				}
+				if cmd.Flags().Changed("max-blocks-per-host") {
+					cfg.MaxBlocksPerHost = maxBlocks
+				}
+				if err := m.SetConfig(ctx, cfg); err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "Successfully set StrictAffinity to: %v, MaxBlocksPerHost to: %d\n", cfg.StrictAffinity, cfg.MaxBlocksPerHost)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&strict, "strictaffinity", "", "true: nodes use only their own blocks (no borrowing)")
+	cmd.Flags().IntVar(&maxBlocks, "max-blocks-per-host", 0, "most blocks one node may claim (0: no limit; needs strict affinity)")
+	return cmd
+}
