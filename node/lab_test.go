@@ -13,6 +13,7 @@ package node_test
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -363,7 +364,9 @@ func TestPodAddBadInput(t *testing.T) {
 		{"duplicate ip", []string{"pod", "add", "dup", "--netns", spare, "--ip", taken}, "already used by pod test-1"},
 		{"missing netns", []string{"pod", "add", "ghost", "--netns", "/run/netns/nope-" + l.Name(), "--ip", "192.168.1.51"}, "netns"},
 		{"invalid ip", []string{"pod", "add", "bad", "--netns", spare, "--ip", "192.168.1.300"}, "invalid IPv4 address"},
-		{"no ip", []string{"pod", "add", "bad", "--netns", spare}, "address is required"},
+		{"ip and pool", []string{"pod", "add", "bad", "--netns", spare, "--ip", "192.168.1.54", "--pool", "default-ipv4-ippool"}, "not both"},
+		{"unknown pool", []string{"pod", "add", "bad", "--netns", spare, "--pool", "nosuchpool"}, "pool nosuchpool does not exist"},
+		{"ip outside pools", []string{"pod", "add", "bad", "--netns", spare, "--ip", "172.31.9.9"}, "not in any IP pool"},
 		{"bad name", []string{"pod", "add", "Bad_Name", "--netns", spare, "--ip", "192.168.1.52"}, "invalid pod name"},
 		{"netns and new", []string{"pod", "add", "both", "--netns", spare, "--new", "--ip", "192.168.1.53"}, "exactly one of"},
 		{"node address", []string{"pod", "add", "nodeip", "--netns", spare, "--ip", l.NodeAddr("worker1").String()}, "belongs to the node"},
@@ -429,3 +432,106 @@ func TestPodAddBadInput(t *testing.T) {
 }
 
 func removeNetns(path string) { exec.Command("ip", "netns", "del", filepath.Base(path)).Run() }
+
+// TestPoolWalk is the seed's IP story in a lab: add a pool from Calico
+// YAML, disable the default pool, new pods get the new range while old
+// pods keep answering; a pool with addresses cannot be deleted; ipam show
+// and ipam check tell the truth throughout.
+func TestPoolWalk(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: 2})
+	ctx := context.Background()
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		var out, errb strings.Builder
+		err := l.Exec(ctx, "worker1", strings.NewReader(stdin), &out, &errb, append([]string{"podnet"}, args...)...)
+		if err != nil {
+			t.Fatalf("podnet %v: %v\n%s%s", args, err, out.String(), errb.String())
+		}
+		return out.String()
+	}
+	failsIn := func(stdin, want string, args ...string) {
+		t.Helper()
+		var out strings.Builder
+		err := l.Exec(ctx, "worker1", strings.NewReader(stdin), &out, &out, append([]string{"podnet"}, args...)...)
+		if err == nil || !strings.Contains(out.String(), want) {
+			t.Fatalf("podnet %v: got %v %s, want failure containing %q", args, err, out.String(), want)
+		}
+	}
+	fails := func(want string, args ...string) { t.Helper(); failsIn("", want, args...) }
+	defaultPool := netip.MustParsePrefix("192.168.0.0/16")
+	for _, pod := range []string{"test-1", "test-2"} {
+		if !defaultPool.Contains(l.PodIP(pod)) {
+			t.Fatalf("%s has %s, want an address in %s", pod, l.PodIP(pod), defaultPool)
+		}
+	}
+	if out := run("", "ipam", "show"); !strings.Contains(out, "| IP Pool  | 192.168.0.0/16 |     65536 | 2 (0%)") {
+		t.Fatalf("ipam show before: got\n%s", out)
+	}
+
+	run(`apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: new-pool
+spec:
+  cidr: 10.10.0.0/16
+  ipipMode: Never
+  natOutgoing: true
+`, "apply", "-f", "-")
+	run("", "patch", "ippool", "default-ipv4-ippool", "-p", `{"spec":{"disabled":true}}`)
+	if out := run("", "get", "ippool", "-o", "wide"); !strings.Contains(out, "new-pool") {
+		t.Fatalf("get ippool -o wide: got\n%s", out)
+	}
+
+	// A new pod gets 10.10.x.x; the old ones still answer it.
+	pod := "walk" + l.Name()
+	out := run("", "pod", "add", pod, "--new", "-o", "json")
+	var info struct{ IP string }
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("pod add -o json: %v\n%s", err, out)
+	}
+	newIP := netip.MustParseAddr(info.IP)
+	if !netip.MustParsePrefix("10.10.0.0/16").Contains(newIP) {
+		t.Fatalf("new pod got %s, want an address in 10.10.0.0/16", newIP)
+	}
+	ping(t, l, "test-1", newIP)
+	ping(t, l, "test-2", l.PodIP("test-1"))
+
+	// Round trip: get -o yaml, re-enable by editing, apply.
+	y := run("", "get", "ippool", "default-ipv4-ippool", "-o", "yaml")
+	if !strings.Contains(y, "disabled: true") {
+		t.Fatalf("yaml of disabled pool lacks disabled: true:\n%s", y)
+	}
+	run(strings.Replace(y, "disabled: true\n", "", 1), "apply", "-f", "-")
+	if y2 := run("", "get", "ippool", "default-ipv4-ippool", "-o", "yaml"); strings.Contains(y2, "disabled") {
+		t.Fatalf("pool still disabled after apply:\n%s", y2)
+	}
+	// The document read before the change carries a stale resourceVersion
+	// now, and is refused.
+	failsIn(y, "update conflict", "apply", "-f", "-")
+
+	show := run("", "ipam", "show")
+	for _, want := range []string{"| IP Pool  | 192.168.0.0/16 |     65536 | 2 (0%)", "| IP Pool  | 10.10.0.0/16   |     65536 | 1 (0%)"} {
+		if !strings.Contains(show, want) {
+			t.Fatalf("ipam show: want %q in\n%s", want, show)
+		}
+	}
+	fails("still has 1 allocated", "delete", "ippool", "new-pool")
+
+	// A pod whose endpoint record vanished is a leak that check finds and
+	// release --leaked repairs.
+	run("", "delete", "workloadendpoint", "worker1-test-2")
+	if out := run("", "ipam", "check"); !strings.Contains(out, l.PodIP("test-2").String()+" leaked") || !strings.Contains(out, "found 1 problems") {
+		t.Fatalf("ipam check: got\n%s", out)
+	}
+	run("", "ipam", "release", "--leaked")
+	if out := run("", "ipam", "check"); !strings.Contains(out, "found 0 problems") {
+		t.Fatalf("ipam check after release: got\n%s", out)
+	}
+
+	run("", "pod", "del", pod)
+	run("", "delete", "ippool", "new-pool")
+	if out := run("", "ipam", "show"); strings.Contains(out, "10.10.0.0/16") || !strings.Contains(out, "| 1 (0%)") {
+		t.Fatalf("ipam show at the end: got\n%s", out)
+	}
+}
