@@ -51,7 +51,7 @@ func (c *Client) Store() *datastore.Store { return c.store }
 // Collection is where resources of kind (exact, e.g. "IPPool") live:
 // /podnet/resources/v3/<plural>/, except IPAMConfiguration, which lives
 // at the IPAM configuration key (/podnet/ipam/v2/config/default) that
-// the ipam package reads.
+// the ipam package reads and writes, in its format (see ipamConfigStored).
 func Collection(store *datastore.Store, kind string) (datastore.Collection, error) {
 	for _, k := range api.Kinds() {
 		if k.Kind == kind {
@@ -73,7 +73,18 @@ func FromKV(kind string, kv datastore.KV) (api.Resource, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(kv.Value, r); err != nil {
+	if kind == api.KindIPAMConfiguration {
+		var st ipamConfigStored
+		if err := json.Unmarshal(kv.Value, &st); err != nil {
+			return nil, fmt.Errorf("decode stored %s(%s): %w", kind, kv.Name, err)
+		}
+		c := r.(*api.IPAMConfiguration)
+		if st.Metadata != nil {
+			c.ObjectMeta = *st.Metadata
+		}
+		auto := st.AutoAllocateBlocks
+		c.Spec = api.IPAMConfigurationSpec{StrictAffinity: st.StrictAffinity, MaxBlocksPerHost: st.MaxBlocksPerHost, AutoAllocateBlocks: &auto}
+	} else if err := json.Unmarshal(kv.Value, r); err != nil {
 		return nil, fmt.Errorf("decode stored %s(%s): %w", kind, kv.Name, err)
 	}
 	*r.GetTypeMeta() = api.TypeMeta{APIVersion: api.APIVersion, Kind: kind}
@@ -83,12 +94,29 @@ func FromKV(kind string, kv datastore.KV) (api.Resource, error) {
 	return r, nil
 }
 
+// ipamConfigStored is how the IPAM configuration is stored: the ipam
+// package's fields (Calico's model.IPAMConfig names), which it reads and
+// writes, plus the resource's metadata, which it ignores (and drops when
+// it writes the configuration itself).
+type ipamConfigStored struct {
+	StrictAffinity     bool            `json:"strict_affinity"`
+	AutoAllocateBlocks bool            `json:"auto_allocate_blocks"`
+	MaxBlocksPerHost   int             `json:"maxBlocksPerHost"`
+	Metadata           *api.ObjectMeta `json:"metadata,omitempty"`
+}
+
 // toStored is the stored form of r: everything but resourceVersion.
 func toStored(r api.Resource) ([]byte, error) {
 	m := r.GetObjectMeta()
 	rv := m.ResourceVersion
 	m.ResourceVersion = ""
-	b, err := json.Marshal(r)
+	var v any = r
+	if c, ok := r.(*api.IPAMConfiguration); ok {
+		meta := c.ObjectMeta
+		v = ipamConfigStored{StrictAffinity: c.Spec.StrictAffinity, AutoAllocateBlocks: c.AutoAllocate(),
+			MaxBlocksPerHost: c.Spec.MaxBlocksPerHost, Metadata: &meta}
+	}
+	b, err := json.Marshal(v)
 	m.ResourceVersion = rv
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", api.Key(r), err)

@@ -303,6 +303,20 @@ func TestIPAMConfigurationKey(t *testing.T) {
 	if err != nil || !r.(*api.IPAMConfiguration).Spec.StrictAffinity || !r.(*api.IPAMConfiguration).AutoAllocate() {
 		t.Fatalf("got %+v %v", r, err)
 	}
+	if !strings.Contains(string(kv.Value), `"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":0`) {
+		t.Fatalf("stored form: got %s", kv.Value)
+	}
+	if m := r.GetObjectMeta(); m.UID == "" || m.CreationTimestamp.IsZero() {
+		t.Fatalf("stored metadata: got %+v", m)
+	}
+	// As the ipam package writes it.
+	if _, err := s.IPAMConfig().Update(ctx, "default", []byte(`{"strict_affinity":true,"auto_allocate_blocks":false,"maxBlocksPerHost":4}`), kv.Revision); err != nil {
+		t.Fatal(err)
+	}
+	r, err = c.Get(ctx, "ipamconfig", "default")
+	if got := r.(*api.IPAMConfiguration); err != nil || !got.Spec.StrictAffinity || got.AutoAllocate() || got.Spec.MaxBlocksPerHost != 4 || got.Name != "default" {
+		t.Fatalf("ipam-written config: got %+v %v", r, err)
+	}
 	_, err = c.Create(ctx, api.NewIPAMConfiguration("other"))
 	wantErr(t, err, `with a name other than "default"`)
 }
