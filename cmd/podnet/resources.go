@@ -15,6 +15,8 @@ import (
 
 	"podnet/api"
 	"podnet/datastore"
+	"podnet/ipam"
+	"podnet/node"
 	"podnet/resources"
 )
 
@@ -58,7 +60,11 @@ func resourcesClient(cmd *cobra.Command) (*resources.Client, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Failed to create podnet API client: %w", err)
 	}
-	return resources.New(s, resources.Options{PoolInUse: poolInUse}), func() { s.Close() }, nil
+	inUse := poolInUse
+	if inUse == nil {
+		inUse = node.PoolInUse(ipam.New(s))
+	}
+	return resources.New(s, resources.Options{PoolInUse: inUse}), func() { s.Close() }, nil
 }
 
 func cmdContext(cmd *cobra.Command) context.Context {
