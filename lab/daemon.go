@@ -80,12 +80,17 @@ func (l *Lab) StartDaemon(ctx context.Context, node string) error {
 func (l *Lab) spawnDaemon(ctx context.Context, node string) error {
 	l.mu.Lock()
 	n := *l.st.node(node)
-	bin, extra := l.st.Binary, l.st.DaemonArgs
+	bin, extra, ds := l.st.Binary, l.st.DaemonArgs, l.st.datastore()
 	l.mu.Unlock()
 	l.r.progressf("starting daemon on %s ...", node)
 	args := []string{"ip", "netns", "exec", n.Netns, bin, "daemon",
 		"--node", n.Name, "--underlay", n.Iface,
 		"--state-dir", n.StateDir, "--socket", n.Socket}
+	if ds != "" {
+		// The etcd socket is in the root namespace's file system, which
+		// ip netns exec keeps: unix sockets ignore network namespaces.
+		args = append(args, "--datastore", ds)
+	}
 	args = append(args, extra...)
 	// A socket left by a killed daemon would make status succeed against
 	// nothing (or make the new daemon fail to bind): remove it first.

@@ -21,7 +21,8 @@ const killGrace = 3 * time.Second
 // Down removes everything of lab name: what its state.json records (when
 // present) and every namespace matching exactly
 // ^name-(fabric|external|worker[0-9]+|test-[0-9]+)$, after killing the
-// processes inside them; then the run dir. It is idempotent and tries
+// processes inside them; the lab's etcd (found by its recorded identity or
+// by its command line); then the run dir. It is idempotent and tries
 // every step, returning the joined errors.
 func Down(name string) error { return Teardown(Config{Name: name}) }
 
@@ -50,8 +51,9 @@ func Teardown(cfg Config) error {
 }
 
 // Down removes the lab: it stops its recorded processes, kills whatever
-// else runs in its namespaces, deletes the namespaces (recorded and swept)
-// and the run dir. It is idempotent and tries every step.
+// else runs in its namespaces, then stops its etcd, and deletes the
+// namespaces (recorded and swept) and the run dir. It is idempotent and
+// tries every step.
 func (l *Lab) Down() error {
 	l.mu.Lock()
 	st := l.st
@@ -103,6 +105,12 @@ func (l *Lab) Down() error {
 	if err := stopAll(stray, unix.SIGTERM, killGrace); err != nil {
 		errs = append(errs, fmt.Errorf("stop processes in lab %s: %w", st.Name, err))
 	}
+	// etcd goes only after every daemon, even a stray one found by the
+	// sweep, so none of them loses its datastore while shutting down.
+	if err := stopAll(l.etcds(st), unix.SIGTERM, killGrace); err != nil {
+		errs = append(errs, fmt.Errorf("stop datastore of lab %s: %w", st.Name, err))
+	}
+	l.reap(st.Etcd.PID)
 	for _, ns := range nss {
 		if _, err := os.Stat(netnsPath(ns)); errors.Is(err, os.ErrNotExist) {
 			continue
@@ -117,6 +125,20 @@ func (l *Lab) Down() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// etcds returns the lab's etcd processes: the recorded one and any whose
+// command line serves the lab's etcd dir (state.json lost, or a crash
+// between spawning etcd and saving its identity).
+func (l *Lab) etcds(st state) []procID {
+	var ids []procID
+	if st.RunDir != "" {
+		ids = etcdProcs(etcdDir(st.RunDir))
+	}
+	if st.Etcd.PID != 0 && !slices.ContainsFunc(ids, func(p procID) bool { return p.PID == st.Etcd.PID }) {
+		ids = append(ids, st.Etcd)
+	}
+	return ids
 }
 
 // netnsPids lists the processes in ns (`ip netns pids`), with identities.

@@ -15,8 +15,10 @@ import (
 // Exec runs args inside target's namespace (via ip netns exec) and waits
 // for it. target is a node name ("worker1"), a pod name ("test-1") or
 // "fabric". For node targets PODNET_SOCKET points at that node's daemon;
-// PATH starts with the directory of the lab's podnet binary, so `podnet`
-// resolves. A command that runs and exits non-zero returns the bare
+// for every target PODNET_DATASTORE_ENDPOINTS points at the lab's etcd
+// (when it has one), so `podnet get ippool` and `podnet ipam show` work
+// with no flags; PATH starts with the directory of the lab's podnet binary,
+// so `podnet` resolves. A command that runs and exits non-zero returns the bare
 // *exec.ExitError (so callers can read its exit code); every other failure
 // is wrapped with the target.
 func (l *Lab) Exec(ctx context.Context, target string, stdin io.Reader, stdout, stderr io.Writer, args ...string) error {
@@ -76,6 +78,9 @@ func (l *Lab) targetEnv(target string) (string, []string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	env := prependPath(os.Environ(), filepath.Dir(l.st.Binary))
+	if ds := l.st.datastore(); ds != "" {
+		env = append(env, datastoreEnv+"="+ds)
+	}
 	if target == "fabric" {
 		return fabricNetns(l.st.Name), env, nil
 	}
@@ -98,8 +103,13 @@ func (l *Lab) unknownTargetLocked(target string) error {
 	return fmt.Errorf("%w %q in lab %s (valid: %s)", ErrUnknownTarget, target, l.st.Name, strings.Join(l.st.targets(), ", "))
 }
 
-// prependPath returns env with dir put first in PATH (and PODNET_SOCKET
-// dropped, so a caller's own setting never leaks into the wrong node).
+// datastoreEnv is the variable podnet commands find their etcd through
+// (resources.EndpointsEnv; not imported, the lab only drives the CLI).
+const datastoreEnv = "PODNET_DATASTORE_ENDPOINTS"
+
+// prependPath returns env with dir put first in PATH, and PODNET_SOCKET
+// and PODNET_DATASTORE_ENDPOINTS dropped, so a caller's own settings never
+// leak into the wrong node or lab.
 func prependPath(env []string, dir string) []string {
 	out := make([]string, 0, len(env)+1)
 	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -107,7 +117,7 @@ func prependPath(env []string, dir string) []string {
 		switch {
 		case strings.HasPrefix(e, "PATH="):
 			path = strings.TrimPrefix(e, "PATH=")
-		case strings.HasPrefix(e, "PODNET_SOCKET="):
+		case strings.HasPrefix(e, "PODNET_SOCKET="), strings.HasPrefix(e, datastoreEnv+"="):
 		default:
 			out = append(out, e)
 		}

@@ -3,6 +3,7 @@ package lab_test
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,17 +27,28 @@ import (
 // that re-runs this binary with fakeEnv set, and TestMain then acts out
 // the CLI contract the lab relies on:
 //
-//	podnet daemon --node N --underlay IF --state-dir D --socket S [ARGS]
+//	podnet datastore serve --dir D --socket S
+//	    creates D, listens on S until SIGTERM; exits at once when the
+//	    lab's name (D's parent dir) starts with failEtcdPrefix
+//	podnet daemon --node N --underlay IF --state-dir D --socket S
+//	        --datastore unix://E [ARGS]
+//	    checks that E accepts (so the datastore must be up first), then
 //	    listens on S until SIGTERM; --fake-fail makes it exit at once
 //	podnet status                  exit 0 iff $PODNET_SOCKET accepts
-//	podnet pod add NAME --netns P --ip A
-//	    checks its arguments and appends "NAME A P" to pods.log beside
-//	    $PODNET_SOCKET
+//	podnet pod add NAME --netns P [--ip A] [-o json]
+//	    without --ip allocates 192.168.K.(n+2) for the n-th pod of node
+//	    workerK (a counter file beside $PODNET_SOCKET), so tests can
+//	    predict addresses; appends "NAME A P ipam|fixed" to pods.log beside
+//	    $PODNET_SOCKET and prints the pod (as JSON with -o json)
 //	podnet lab serve-http ...      the real lab.ServeHTTP
 //
 // plus test tools the machine may lack: `podnet ping ADDR` (one ICMP
 // echo) and `podnet get URL` (print the body).
 const fakeEnv = "PODNET_LAB_FAKE"
+
+// failEtcdPrefix starts the name of labs whose fake etcd fails: Config
+// has no etcd flags, and the environment is shared by parallel tests.
+const failEtcdPrefix = "etcdfail"
 
 // fakePodnet is the path of the fake podnet script, set by TestMain.
 var fakePodnet string
@@ -80,6 +93,8 @@ func fakeMain(args []string) int {
 	}
 	var err error
 	switch cmd := strings.Join(args[:min(2, len(args))], " "); {
+	case cmd == "datastore serve":
+		err = fakeDatastore(args[2:])
 	case args[0] == "daemon":
 		err = fakeDaemon(args[1:])
 	case args[0] == "status":
@@ -102,25 +117,65 @@ func fakeMain(args []string) int {
 	return 0
 }
 
+// fakeDatastore stands in for the embedded etcd: a unix socket that
+// accepts until SIGTERM.
+func fakeDatastore(args []string) error {
+	fs := flag.NewFlagSet("datastore serve", flag.ContinueOnError)
+	dir := fs.String("dir", "", "")
+	sock := fs.String("socket", "", "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fmt.Printf("fake etcd: dir=%s socket=%s\n", *dir, *sock)
+	if *dir == "" || *sock == "" || fs.NArg() > 0 {
+		return fmt.Errorf("datastore serve: want --dir and --socket, got %q", args)
+	}
+	if strings.HasPrefix(filepath.Base(filepath.Dir(*dir)), failEtcdPrefix) {
+		return fmt.Errorf("etcd failing on purpose")
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return err
+	}
+	return serveUnix(*sock)
+}
+
 func fakeDaemon(args []string) error {
 	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
 	node := fs.String("node", "", "")
 	underlay := fs.String("underlay", "", "")
 	stateDir := fs.String("state-dir", "", "")
 	sock := fs.String("socket", "", "")
+	ds := fs.String("datastore", "", "")
 	fail := fs.Bool("fake-fail", false, "")
 	fs.Bool("fake-flag", false, "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	fmt.Printf("fake daemon: node=%s underlay=%s state-dir=%s args=%q\n", *node, *underlay, *stateDir, args)
+	fmt.Printf("fake daemon: node=%s underlay=%s state-dir=%s datastore=%s args=%q\n", *node, *underlay, *stateDir, *ds, args)
 	if *fail {
 		return fmt.Errorf("daemon failing on purpose")
 	}
 	if _, err := net.InterfaceByName(*underlay); err != nil {
 		return fmt.Errorf("underlay %s: %w", *underlay, err)
 	}
-	ln, err := net.Listen("unix", *sock)
+	// Without --datastore the real daemon would start an etcd of its own:
+	// in a lab that is a bug, so the fake refuses.
+	path, ok := strings.CutPrefix(*ds, "unix://")
+	if !ok || !filepath.IsAbs(path) {
+		return fmt.Errorf("--datastore %q: want unix:///absolute/path", *ds)
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return fmt.Errorf("datastore %s: %w", *ds, err)
+	}
+	c.Close()
+	return serveUnix(*sock)
+}
+
+// serveUnix accepts (and closes) connections on the unix socket path until
+// SIGTERM or SIGINT.
+func serveUnix(path string) error {
+	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return err
 	}
@@ -154,24 +209,63 @@ func fakePodAdd(args []string) error {
 	fs := flag.NewFlagSet("pod add", flag.ContinueOnError)
 	netns := fs.String("netns", "", "")
 	ip := fs.String("ip", "", "")
+	output := fs.String("o", "text", "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if _, err := os.Stat(*netns); err != nil {
 		return fmt.Errorf("pod add --netns: %w", err)
 	}
-	if _, err := netip.ParseAddr(*ip); err != nil {
-		return fmt.Errorf("pod add --ip: %w", err)
-	}
 	if err := fakeStatus(); err != nil {
 		return fmt.Errorf("pod add: daemon: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(filepath.Dir(os.Getenv("PODNET_SOCKET")), "pods.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	nodeDir := filepath.Dir(os.Getenv("PODNET_SOCKET"))
+	node := filepath.Base(nodeDir)
+	from := "fixed"
+	if *ip == "" {
+		a, err := fakeAllocate(nodeDir)
+		if err != nil {
+			return fmt.Errorf("pod add: ipam: %w", err)
+		}
+		*ip, from = a.String(), "ipam"
+	}
+	if _, err := netip.ParseAddr(*ip); err != nil {
+		return fmt.Errorf("pod add --ip: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(nodeDir, "pods.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "%s %s %s\n", args[0], *ip, *netns)
-	return f.Close()
+	fmt.Fprintf(f, "%s %s %s %s\n", args[0], *ip, *netns, from)
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if *output == "json" {
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"name": args[0], "ip": *ip, "netns": *netns, "tap": "tap0", "mac": "02:00:00:00:00:01",
+			"node": node, "port": 2, "attached": true, "created": time.Now().Format(time.RFC3339),
+		})
+	}
+	fmt.Printf("pod %s added: %s on %s\n", args[0], *ip, node)
+	return nil
+}
+
+// fakeAllocate hands out 192.168.K.(n+2) to the n-th pod (from 0) of node
+// workerK, whose dir is nodeDir, counting in nodeDir/ipam.count.
+func fakeAllocate(nodeDir string) (netip.Addr, error) {
+	k, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(nodeDir), "worker"))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("node of %s: %w", nodeDir, err)
+	}
+	counter := filepath.Join(nodeDir, "ipam.count")
+	n := 0
+	if b, err := os.ReadFile(counter); err == nil {
+		n, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if err := os.WriteFile(counter, []byte(strconv.Itoa(n+1)), 0o644); err != nil {
+		return netip.Addr{}, err
+	}
+	return netip.AddrFrom4([4]byte{192, 168, byte(k), byte(n + 2)}), nil
 }
 
 // fakeServeHTTP parses the flags `podnet lab serve-http` takes.

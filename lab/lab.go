@@ -1,17 +1,21 @@
 // Package lab builds a whole podnet cluster on one machine out of network
 // namespaces: an underlay fabric (a Linux bridge), nodes that run the real
-// `podnet daemon`, and pods attached to them. It backs `podnet lab`, the
-// integration tests and the benchmarks, and it always cleans up after itself.
+// `podnet daemon`, one etcd datastore they all share, and pods attached to
+// them. It backs `podnet lab`, the integration tests and the benchmarks,
+// and it always cleans up after itself.
 //
 // Topology of a lab named NAME with two nodes and three pods:
 //
+//	root namespace: podnet datastore serve (etcd on RUNDIR/etcd.sock)
 //	                  NAME-fabric: br0 10.77.0.1/24
 //	                  w1 │                  │ w2
 //	NAME-worker1: eth0 10.77.0.11    NAME-worker2: eth0 10.77.0.12
 //	  podnet daemon --node worker1     podnet daemon --node worker2
 //	    TAP │            │ TAP                │ TAP
 //	NAME-test-1     NAME-test-3        NAME-test-2
-//	192.168.1.2     192.168.1.3        192.168.2.2
+//
+// Pods get their addresses from podnet's IPAM (by default from
+// 192.168.0.0/16, in blocks each node claims), not from the lab.
 //
 // Namespace names are an interface: other tests and tools rely on
 // NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external).
@@ -40,9 +44,10 @@ const (
 	// NoPods, as Config.Pods, creates no pods at all.
 	NoPods = -1
 	// MaxNodes keeps node underlay addresses (10.77.0.(10+K)) inside the
-	// fabric's /24 and pod subnets (192.168.K.0/24) inside 192.168.0.0/16.
+	// fabric's /24.
 	MaxNodes = 244
-	// MaxPodsPerNode keeps pod addresses 192.168.K.(i+2) below .255.
+	// MaxPodsPerNode bounds a lab's size: IPAM could hand out more, but a
+	// lab with more pods than this per node is a mistake, not a test.
 	MaxPodsPerNode = 253
 	// DefaultRunRoot is the parent of every lab's run directory.
 	DefaultRunRoot = "/run/podnet/lab"
@@ -83,10 +88,12 @@ type Config struct {
 	// spread round-robin over the nodes. 0 = DefaultPods (3); NoPods (any
 	// negative value) = none. Ignored when NoDaemon is set.
 	Pods int
-	// Binary is the podnet binary run inside node namespaces (daemon, pod
-	// add, serve-http). "" = os.Executable().
+	// Binary is the podnet binary the lab runs (datastore serve, daemon,
+	// pod add, serve-http). "" = os.Executable().
 	Binary string
-	// RunDir holds state.json, per-node state dirs, sockets and logs.
+	// RunDir holds state.json, per-node state dirs, the etcd data dir,
+	// sockets and logs. Unix socket paths are limited to 107 bytes, so it
+	// must be short.
 	// "" = /run/podnet/lab/<Name>. Open(name) and Down(name) only find labs
 	// in the default place; a lab with another RunDir is opened by OpenDir
 	// and removed by Lab.Down or Teardown (Down(name) still sweeps its
@@ -96,7 +103,8 @@ type Config struct {
 	// pods. This is the kernel-only baseline topology.
 	NoDaemon bool
 	// DaemonArgs are extra flags for every `podnet daemon`
-	// (e.g. --tap-offload=false). nil = none.
+	// (e.g. --tap-offload=false). They come after the lab's own flags,
+	// --datastore included, so they can override them. nil = none.
 	DaemonArgs []string
 	// HTTPServer picks the pods' HTTP server: "nginx", "builtin" (the hidden
 	// `podnet lab serve-http`) or "" = nginx when it is on PATH, else builtin.
@@ -195,8 +203,8 @@ type Lab struct {
 	children map[int]*os.Process
 }
 
-// Up builds the lab described by cfg and returns it once every daemon is
-// ready and every pod is serving HTTP. It refuses (ErrExists) when a lab of
+// Up builds the lab described by cfg and returns it once its etcd and every
+// daemon are ready and every pod is serving HTTP. It refuses (ErrExists) when a lab of
 // that name exists. On any failure, including ctx being cancelled, it
 // tears down everything it made and returns the error.
 func Up(ctx context.Context, cfg Config) (*Lab, error) {
@@ -264,6 +272,9 @@ func (l *Lab) build(ctx context.Context, cfg Config) error {
 	if cfg.NoDaemon {
 		return nil
 	}
+	if err := l.startEtcd(ctx); err != nil {
+		return err
+	}
 	if err := l.startDaemons(ctx); err != nil {
 		return err
 	}
@@ -297,6 +308,15 @@ func (l *Lab) Name() string { return l.st.Name }
 
 // RunDir returns the lab's run directory.
 func (l *Lab) RunDir() string { return l.st.RunDir }
+
+// Datastore returns the endpoint URL of the lab's etcd
+// ("unix:///run/podnet/lab/NAME/etcd.sock"), the value for
+// PODNET_DATASTORE_ENDPOINTS, or "" when the lab has none (NoDaemon).
+func (l *Lab) Datastore() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.st.datastore()
+}
 
 // PodIP returns the address of pod (e.g. "test-1"), or the zero Addr when
 // the lab has no such pod.

@@ -121,32 +121,83 @@ func TestSortTeardown(t *testing.T) {
 }
 
 func TestPlacePods(t *testing.T) {
-	a := netip.MustParseAddr
 	tests := []struct {
 		name        string
 		pods, nodes int
 		want        []placement
 	}{
 		{"none", 0, 2, []placement{}},
-		{"one node", 2, 1, []placement{{1, 1, a("192.168.1.2")}, {2, 1, a("192.168.1.3")}}},
-		{"round robin", 5, 2, []placement{
-			{1, 1, a("192.168.1.2")}, {2, 2, a("192.168.2.2")}, {3, 1, a("192.168.1.3")},
-			{4, 2, a("192.168.2.3")}, {5, 1, a("192.168.1.4")},
-		}},
-		{"more nodes than pods", 2, 3, []placement{{1, 1, a("192.168.1.2")}, {2, 2, a("192.168.2.2")}}},
-		{"last address on a node", MaxPodsPerNode, 1, nil},
+		{"one node", 2, 1, []placement{{1, 1}, {2, 1}}},
+		{"round robin", 5, 2, []placement{{1, 1}, {2, 2}, {3, 1}, {4, 2}, {5, 1}}},
+		{"more nodes than pods", 2, 3, []placement{{1, 1}, {2, 2}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := placePods(tt.pods, tt.nodes)
-			if tt.want == nil {
-				if last := got[len(got)-1].IP; last != a("192.168.1.254") {
-					t.Errorf("last pod: got %v, want 192.168.1.254", last)
+			if got := placePods(tt.pods, tt.nodes); !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParsePodAdded(t *testing.T) {
+	tests := []struct {
+		name    string
+		out     string
+		want    netip.Addr
+		wantErr string
+	}{
+		{name: "real daemon's answer",
+			out: `{"name":"test-1","ip":"192.168.0.65","netns":"/run/netns/l-test-1","tap":"tap1","mac":"02:00:00:00:00:01",` +
+				`"node":"worker1","port":3,"attached":true,"created":"2025-01-01T00:00:00Z"}` + "\n",
+			want: netip.MustParseAddr("192.168.0.65")},
+		{name: "not json", out: "pod test-1 added: 192.168.0.65", wantErr: "decode pod add output"},
+		{name: "other pod", out: `{"name":"test-2","ip":"192.168.0.65"}`, wantErr: `answered for pod "test-2"`},
+		{name: "no address", out: `{"name":"test-1"}`, wantErr: "gave no address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parsePodAdded([]byte(tt.out), "test-1")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got err %v, want it to contain %q", err, tt.wantErr)
 				}
 				return
 			}
-			if !slices.Equal(got, tt.want) {
-				t.Errorf("got %v, want %v", got, tt.want)
+			if err != nil || got != tt.want {
+				t.Errorf("got %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestIsEtcdOf(t *testing.T) {
+	const dir = "/run/podnet/lab/ab/etcd"
+	tests := []struct {
+		name string
+		argv string // space-separated
+		want bool
+	}{
+		{"lab's etcd", "/usr/bin/podnet datastore serve --dir /run/podnet/lab/ab/etcd --socket /run/podnet/lab/ab/etcd.sock", true},
+		{"dir= form", "podnet datastore serve --socket /s --dir=/run/podnet/lab/ab/etcd", true},
+		{"through sh", "/bin/sh /tmp/podnet datastore serve --dir /run/podnet/lab/ab/etcd", true},
+		{"lab whose name extends it", "podnet datastore serve --dir /run/podnet/lab/ab2/etcd", false},
+		{"dir below", "podnet datastore serve --dir /run/podnet/lab/ab/etcd/x", false},
+		{"dir= below", "podnet datastore serve --dir=/run/podnet/lab/ab/etcd2", false},
+		{"not serve", "podnet datastore compact --dir /run/podnet/lab/ab/etcd", false},
+		{"no dir", "podnet datastore serve", false},
+		{"dir without value", "podnet datastore serve --dir", false},
+		{"daemon", "podnet daemon --dir /run/podnet/lab/ab/etcd", false},
+		{"empty (zombie)", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var argv [][]byte
+			for _, a := range strings.Fields(tt.argv) {
+				argv = append(argv, []byte(a))
+			}
+			if got := isEtcdOf(argv, dir); got != tt.want {
+				t.Errorf("isEtcdOf(%q): got %v, want %v", tt.argv, got, tt.want)
 			}
 		})
 	}
@@ -242,7 +293,8 @@ func TestProcIdentity(t *testing.T) {
 }
 
 func TestPrependPath(t *testing.T) {
-	env := prependPath([]string{"HOME=/root", "PATH=/usr/bin:/bin", "PODNET_SOCKET=/elsewhere"}, "/opt/podnet")
+	env := prependPath([]string{"HOME=/root", "PATH=/usr/bin:/bin", "PODNET_SOCKET=/elsewhere",
+		"PODNET_DATASTORE_ENDPOINTS=unix:///other/etcd.sock"}, "/opt/podnet")
 	want := []string{"HOME=/root", "PATH=/opt/podnet:/usr/bin:/bin"}
 	if !slices.Equal(env, want) {
 		t.Errorf("got %q, want %q", env, want)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -59,6 +60,43 @@ func requireGone(t *testing.T, name string) {
 	if _, err := os.Stat(lab.DefaultRunDir(name)); !os.IsNotExist(err) {
 		t.Errorf("run dir %s: got err %v, want not exist", lab.DefaultRunDir(name), err)
 	}
+	if pids := etcdsOf(t, name); len(pids) > 0 {
+		t.Errorf("etcd of lab %s still running: pids %v", name, pids)
+	}
+}
+
+// etcdsOf lists the live processes whose command line serves the etcd dir
+// of lab name (in its default run dir).
+func etcdsOf(t *testing.T, name string) []int {
+	t.Helper()
+	want := []byte("datastore\x00serve\x00--dir\x00" + filepath.Join(lab.DefaultRunDir(name), "etcd") + "\x00")
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && bytes.Contains(b, want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// alive reports whether pid runs and is not a zombie: a process this test
+// binary started stays a zombie until its Lab reaps it.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
 
 func TestUpNoDaemon(t *testing.T) {
@@ -89,6 +127,13 @@ func TestUpNoDaemon(t *testing.T) {
 	}
 	if n := st.Nodes[0]; n.Netns != name+"-worker1" || n.Iface != "eth0" || n.PID != 0 || n.Running {
 		t.Errorf("Status().Nodes[0]: got %+v", n)
+	}
+	if st.Datastore != "" || st.EtcdPID != 0 || st.EtcdRunning || l.Datastore() != "" {
+		t.Errorf("Status() of a NoDaemon lab: got datastore %q, etcd pid %d (running %v); want none",
+			st.Datastore, st.EtcdPID, st.EtcdRunning)
+	}
+	if _, err := os.Stat(filepath.Join(l.RunDir(), "etcd.log")); !os.IsNotExist(err) {
+		t.Errorf("etcd.log in a NoDaemon lab: got err %v, want not exist", err)
 	}
 
 	tests := []struct {
@@ -141,6 +186,7 @@ func TestExec(t *testing.T) {
 		{name: "stdin passes through", target: "fabric", stdin: "hello lab\n", args: []string{"cat"}, wantOut: "hello lab\n"},
 		{name: "node gets its socket", target: "worker1", args: []string{"sh", "-c", "echo $PODNET_SOCKET"}, wantOut: sock + "\n"},
 		{name: "fabric gets no socket", target: "fabric", args: []string{"sh", "-c", "echo x$PODNET_SOCKET"}, wantOut: "x\n"},
+		{name: "no datastore without daemons", target: "worker1", args: []string{"sh", "-c", "echo x$PODNET_DATASTORE_ENDPOINTS"}, wantOut: "x\n"},
 		{name: "podnet resolves on PATH", target: "worker1", args: []string{"sh", "-c", "command -v podnet"}, wantOut: fakePodnet + "\n"},
 		{name: "runs in the namespace", target: "worker1", args: []string{"ip", "-o", "-4", "addr", "show", "eth0"}, wantOut: "10.77.0.11/24"},
 		{name: "unknown target", target: "worker9", args: []string{"true"}, wantCode: -1, wantErr: "valid: fabric, worker1"},
@@ -385,7 +431,12 @@ func TestUpFailsClean(t *testing.T) {
 		{"daemon exits at once", context.Background(),
 			lab.Config{Nodes: 2, Pods: 1, Binary: fakePodnet, DaemonArgs: []string{"--fake-fail"}}, "daemon failing on purpose"},
 		{"binary missing", context.Background(),
-			lab.Config{Nodes: 1, Binary: "/nonexistent/podnet"}, "worker1"},
+			lab.Config{Nodes: 1, Binary: "/nonexistent/podnet"}, "start datastore: run /nonexistent/podnet datastore serve"},
+		{"etcd exits at once", context.Background(),
+			lab.Config{Name: failEtcdPrefix + labtest.Name()[1:5], Nodes: 1, Binary: fakePodnet}, "etcd failing on purpose"},
+		{"daemon's datastore overridden", context.Background(),
+			lab.Config{Nodes: 1, Binary: fakePodnet, DaemonArgs: []string{"--datastore", "unix:///nonexistent/etcd.sock"}},
+			"datastore unix:///nonexistent/etcd.sock"},
 		{"context cancelled", cancelled,
 			lab.Config{Nodes: 1, NoDaemon: true}, "context canceled"},
 		{"bad name", context.Background(),
@@ -465,9 +516,51 @@ func TestUpWithFakeDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := fmt.Sprintf("test-1 192.168.1.2 /run/netns/%s-test-1\ntest-3 192.168.1.3 /run/netns/%s-test-3\n", name, name)
+		// "ipam": the lab passed no --ip; the addresses are the fake
+		// IPAM's, taken from pod add's JSON.
+		want := fmt.Sprintf("test-1 192.168.1.2 /run/netns/%s-test-1 ipam\ntest-3 192.168.1.3 /run/netns/%s-test-3 ipam\n", name, name)
 		if string(b) != want {
 			t.Errorf("worker1 pods.log: got %q, want %q", b, want)
+		}
+	})
+
+	t.Run("datastore", func(t *testing.T) {
+		sock := filepath.Join(l.RunDir(), "etcd.sock")
+		if want := "unix://" + sock; st.Datastore != want || l.Datastore() != want {
+			t.Errorf("Status().Datastore, Datastore(): got %q, %q; want %q", st.Datastore, l.Datastore(), want)
+		}
+		if st.EtcdPID == 0 || !st.EtcdRunning {
+			t.Errorf("Status(): etcd pid %d, running %v; want a running etcd", st.EtcdPID, st.EtcdRunning)
+		}
+		if pids := etcdsOf(t, name); len(pids) != 1 || pids[0] != st.EtcdPID {
+			t.Errorf("etcd processes of %s: got %v, want [%d]", name, pids, st.EtcdPID)
+		}
+		log, _ := os.ReadFile(filepath.Join(l.RunDir(), "etcd.log"))
+		if want := "fake etcd: dir=" + filepath.Join(l.RunDir(), "etcd") + " socket=" + sock; !strings.Contains(string(log), want) {
+			t.Errorf("etcd.log: missing %q in %q", want, log)
+		}
+		// The fake daemon dials its --datastore before it listens, so a
+		// daemon that came up proves etcd was up first.
+		for _, n := range st.Nodes {
+			log, _ := os.ReadFile(n.Log)
+			if want := "datastore=unix://" + sock + " "; !strings.Contains(string(log), want) {
+				t.Errorf("%s daemon.log: missing %q in %q", n.Name, want, log)
+			}
+		}
+		if lines := l.EtcdLogTail(5); len(lines) == 0 || !strings.Contains(strings.Join(lines, "\n"), "fake etcd") {
+			t.Errorf("EtcdLogTail(5): got %q", lines)
+		}
+	})
+
+	t.Run("exec env has the datastore", func(t *testing.T) {
+		for _, target := range []string{"fabric", "worker1", "worker2", "test-1", "test-2"} {
+			out, err := l.Output(ctx, target, "sh", "-c", "echo $PODNET_DATASTORE_ENDPOINTS")
+			if err != nil {
+				t.Fatalf("Output(%s): %v", target, err)
+			}
+			if got, want := strings.TrimSpace(string(out)), st.Datastore; got != want {
+				t.Errorf("%s: PODNET_DATASTORE_ENDPOINTS: got %q, want %q", target, got, want)
+			}
 		}
 	})
 
@@ -577,5 +670,101 @@ func TestUpRealDaemon(t *testing.T) {
 	want := map[string]string{"test-1": l.PodIP("test-1").String() + " worker1", "test-2": ip2.String() + " worker1"}
 	if !maps.Equal(got, want) {
 		t.Errorf("pod list: got %v, want %v", got, want)
+	}
+}
+
+// upFake builds a one-node lab with the fake podnet: its etcd and daemon,
+// no pods.
+func upFake(t *testing.T, name string) *lab.Lab {
+	t.Helper()
+	return labtest.Up(t, lab.Config{Name: name, Nodes: 1, Pods: lab.NoPods, Binary: fakePodnet, HTTPServer: lab.HTTPBuiltin})
+}
+
+// TestDownStopsEtcd checks that every way of removing a lab stops its
+// etcd, including after a crash that lost state.json: etcd runs in the
+// root namespace, where no namespace sweep would find it.
+func TestDownStopsEtcd(t *testing.T) {
+	labtest.RequireRoot(t)
+	t.Parallel()
+	tests := []struct {
+		name string
+		down func(t *testing.T, l *lab.Lab) error
+	}{
+		{"Lab.Down", func(_ *testing.T, l *lab.Lab) error { return l.Down() }},
+		{"Down(name)", func(_ *testing.T, l *lab.Lab) error { return lab.Down(l.Name()) }},
+		{"state missing", func(t *testing.T, l *lab.Lab) error {
+			if err := os.Remove(filepath.Join(l.RunDir(), "state.json")); err != nil {
+				t.Fatal(err)
+			}
+			return lab.Down(l.Name())
+		}},
+		{"state corrupt", func(t *testing.T, l *lab.Lab) error {
+			if err := os.WriteFile(filepath.Join(l.RunDir(), "state.json"), []byte("{trunc"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return lab.Down(l.Name())
+		}},
+		{"only namespaces and etcd left", func(t *testing.T, l *lab.Lab) error {
+			if err := os.RemoveAll(l.RunDir()); err != nil {
+				t.Fatal(err)
+			}
+			return lab.Down(l.Name())
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			l := upFake(t, "")
+			st := l.Status()
+			if !st.EtcdRunning {
+				t.Fatalf("etcd not running after Up: %+v", st)
+			}
+			if err := tt.down(t, l); err != nil {
+				t.Fatalf("down: %v", err)
+			}
+			if alive(st.EtcdPID) {
+				t.Errorf("etcd (pid %d) still running after down", st.EtcdPID)
+			}
+			if alive(st.Nodes[0].PID) {
+				t.Errorf("daemon (pid %d) still running after down", st.Nodes[0].PID)
+			}
+			requireGone(t, l.Name())
+		})
+	}
+}
+
+// TestTwoLabsEtcd runs two labs whose names share a prefix: each has its
+// own etcd, and a crash-sweep of one (state.json gone, so only command
+// lines tell the etcds apart) leaves the other's alone.
+func TestTwoLabsEtcd(t *testing.T) {
+	labtest.RequireRoot(t)
+	t.Parallel()
+	base := labtest.Name()
+	a, b := upFake(t, base), upFake(t, base+"2")
+	sa, sb := a.Status(), b.Status()
+	if sa.Datastore == sb.Datastore || sa.EtcdPID == sb.EtcdPID {
+		t.Fatalf("labs share a datastore: %s (pid %d) and %s (pid %d)", sa.Datastore, sa.EtcdPID, sb.Datastore, sb.EtcdPID)
+	}
+	for _, l := range []*lab.Lab{a, b} {
+		out, err := l.Output(t.Context(), "worker1", "sh", "-c", "echo $PODNET_DATASTORE_ENDPOINTS")
+		if got, want := strings.TrimSpace(string(out)), l.Datastore(); err != nil || got != want {
+			t.Errorf("lab %s: PODNET_DATASTORE_ENDPOINTS: got %q (%v), want %q", l.Name(), got, err, want)
+		}
+	}
+	if err := os.Remove(filepath.Join(a.RunDir(), "state.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Down(a.Name()); err != nil {
+		t.Fatalf("Down(%s): %v", a.Name(), err)
+	}
+	requireGone(t, a.Name())
+	if alive(sa.EtcdPID) {
+		t.Errorf("etcd of %s still running", a.Name())
+	}
+	if st := b.Status(); !st.EtcdRunning || !st.Nodes[0].Running {
+		t.Errorf("Down(%s) stopped processes of %s: %+v", a.Name(), b.Name(), st)
+	}
+	if out, err := b.Output(t.Context(), "worker1", "podnet", "status"); err != nil {
+		t.Errorf("lab %s after removing %s: podnet status: %v (%s)", b.Name(), a.Name(), err, out)
 	}
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -22,22 +23,18 @@ const DeploymentName = "test"
 // httpReadyTimeout bounds the wait for a pod's HTTP server to listen.
 const httpReadyTimeout = 10 * time.Second
 
-// placement says where pod test-<Pod> goes and which address it gets.
+// placement says which node pod test-<Pod> goes to.
 type placement struct {
 	Pod, Node int
-	IP        netip.Addr
 }
 
 // placePods spreads pods test-1..test-pods round-robin over nodes
-// worker1..worker<nodes>. Until IPAM lands the lab hands out addresses
-// itself: 192.168.<node>.<index on node + 2>.
+// worker1..worker<nodes>. Addresses are not the lab's business: each
+// node's daemon takes them from IPAM.
 func placePods(pods, nodes int) []placement {
-	perNode := make([]int, nodes)
 	out := make([]placement, 0, pods)
 	for j := 1; j <= pods; j++ {
-		k := (j-1)%nodes + 1
-		out = append(out, placement{Pod: j, Node: k, IP: podAddr(k, perNode[k-1])})
-		perNode[k-1]++
+		out = append(out, placement{Pod: j, Node: (j-1)%nodes + 1})
 	}
 	return out
 }
@@ -49,23 +46,29 @@ func (l *Lab) addPods(ctx context.Context, pods int) error {
 	nodes := len(l.st.Nodes)
 	l.mu.Unlock()
 	for _, p := range placePods(pods, nodes) {
-		if err := l.addPod(ctx, p.Pod, p.Node, p.IP); err != nil {
+		if err := l.addPod(ctx, p.Pod, p.Node); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (l *Lab) addPod(ctx context.Context, j, k int, ip netip.Addr) error {
+// podAdded is the part of `podnet pod add -o json`'s answer the lab uses.
+type podAdded struct {
+	Name string `json:"name"`
+	IP   string `json:"ip"`
+}
+
+func (l *Lab) addPod(ctx context.Context, j, k int) error {
 	pod, node := podName(j), nodeName(k)
 	ns := netnsOf(l.st.Name, pod)
 	dir := filepath.Join(l.st.RunDir, "pods", pod)
-	l.r.progressf("creating pod %s on %s (%s, %s)", pod, node, ns, ip)
+	l.r.progressf("creating pod %s on %s (%s)", pod, node, ns)
 	if err := l.addNetns(ctx, ns); err != nil {
 		return err
 	}
 	err := l.update(func(st *state) {
-		st.Pods = append(st.Pods, podState{Name: pod, Node: node, Netns: ns, IP: ip, Dir: dir})
+		st.Pods = append(st.Pods, podState{Name: pod, Node: node, Netns: ns, Dir: dir})
 	})
 	if err != nil {
 		return err
@@ -77,12 +80,36 @@ func (l *Lab) addPod(ctx context.Context, j, k int, ip netip.Addr) error {
 	n := *l.st.node(node)
 	bin := l.st.Binary
 	l.mu.Unlock()
-	_, err = l.r.runEnv(ctx, []string{"PODNET_SOCKET=" + n.Socket},
-		"ip", "netns", "exec", n.Netns, bin, "pod", "add", pod, "--netns", netnsPath(ns), "--ip", ip.String())
+	out, err := l.r.runEnv(ctx, []string{"PODNET_SOCKET=" + n.Socket},
+		"ip", "netns", "exec", n.Netns, bin, "pod", "add", pod, "--netns", netnsPath(ns), "-o", "json")
 	if err != nil {
 		return fmt.Errorf("create pod %s: attach to %s: %w", pod, node, err)
 	}
+	ip, err := parsePodAdded(out, pod)
+	if err != nil {
+		return fmt.Errorf("create pod %s: attach to %s: %w", pod, node, err)
+	}
+	if err := l.update(func(st *state) { st.pod(pod).IP = ip }); err != nil {
+		return err
+	}
+	l.r.progressf("creating pod %s ... attached to %s as %s", pod, node, ip)
 	return l.startHTTP(ctx, pod)
+}
+
+// parsePodAdded takes the pod's address out of `podnet pod add -o json`.
+func parsePodAdded(out []byte, pod string) (netip.Addr, error) {
+	var info podAdded
+	if err := json.Unmarshal(out, &info); err != nil {
+		return netip.Addr{}, fmt.Errorf("decode pod add output %q: %w", oneLine(string(out)), err)
+	}
+	if info.Name != pod {
+		return netip.Addr{}, fmt.Errorf("pod add answered for pod %q", info.Name)
+	}
+	ip, err := netip.ParseAddr(info.IP)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("pod add gave no address: %w", err)
+	}
+	return ip, nil
 }
 
 // startHTTP starts the pod's HTTP server on port 80 (nginx or the built-in

@@ -23,6 +23,13 @@ type state struct {
 	DaemonArgs []string `json:"daemonArgs,omitempty"`
 	NoDaemon   bool     `json:"noDaemon,omitempty"`
 	HTTPServer string   `json:"httpServer,omitempty"`
+	// EtcdSocket is the client socket of the lab's etcd, the datastore
+	// every daemon and podnet command of the lab uses; "" for NoDaemon labs.
+	EtcdSocket string `json:"etcdSocket,omitempty"`
+	// Etcd is the `podnet datastore serve` process. It runs in the root
+	// namespace, so Down can only find it by this identity or by its
+	// command line (etcdProcs), never through `ip netns pids`.
+	Etcd procID `json:"etcd"`
 	// Namespaces lists the namespaces Up created, in creation order.
 	Namespaces []string    `json:"namespaces"`
 	Nodes      []nodeState `json:"nodes"`
@@ -65,6 +72,15 @@ func (s *state) pod(name string) *podState {
 		}
 	}
 	return nil
+}
+
+// datastore returns the endpoint URL of the lab's etcd, or "" when the lab
+// has none.
+func (s *state) datastore() string {
+	if s.EtcdSocket == "" {
+		return ""
+	}
+	return "unix://" + s.EtcdSocket
 }
 
 // targets lists every valid Exec target: "fabric", nodes, pods.
@@ -133,6 +149,8 @@ func netnsPath(ns string) string        { return filepath.Join(NetnsDir, ns) }
 func nodeUnderlay(k int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, byte(10 + k)}), 24)
 }
-func podAddr(node, indexOnNode int) netip.Addr {
-	return netip.AddrFrom4([4]byte{192, 168, byte(node), byte(indexOnNode + 2)})
-}
+
+// Paths of the lab's etcd inside its run dir.
+func etcdDir(runDir string) string    { return filepath.Join(runDir, "etcd") }
+func etcdSocket(runDir string) string { return filepath.Join(runDir, "etcd.sock") }
+func etcdLog(runDir string) string    { return filepath.Join(runDir, "etcd.log") }

@@ -4,11 +4,18 @@ import "net/netip"
 
 // Status describes a lab; it encodes to JSON for `podnet lab status -o json`.
 type Status struct {
-	Name   string       `json:"name"`
-	RunDir string       `json:"runDir"`
-	Fabric FabricStatus `json:"fabric"`
-	Nodes  []NodeStatus `json:"nodes"`
-	Pods   []PodStatus  `json:"pods"`
+	Name   string `json:"name"`
+	RunDir string `json:"runDir"`
+	// Datastore is the endpoint URL of the lab's etcd, the value for
+	// PODNET_DATASTORE_ENDPOINTS; "" when the lab has none (NoDaemon).
+	Datastore string `json:"datastore"`
+	// EtcdPID is the etcd process (0 when none); EtcdRunning says
+	// whether it is alive now.
+	EtcdPID     int          `json:"etcdPID"`
+	EtcdRunning bool         `json:"etcdRunning"`
+	Fabric      FabricStatus `json:"fabric"`
+	Nodes       []NodeStatus `json:"nodes"`
+	Pods        []PodStatus  `json:"pods"`
 }
 
 // FabricStatus is the underlay bridge.
@@ -41,17 +48,20 @@ type PodStatus struct {
 	HTTPPID int        `json:"httpPID"`
 }
 
-// Status returns a snapshot of the lab, with each daemon's liveness
-// checked now.
+// Status returns a snapshot of the lab, with the liveness of etcd and of
+// each daemon checked now.
 func (l *Lab) Status() Status {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := Status{
-		Name:   l.st.Name,
-		RunDir: l.st.RunDir,
-		Fabric: FabricStatus{Netns: fabricNetns(l.st.Name), Bridge: FabricBridge, Address: FabricAddress},
-		Nodes:  []NodeStatus{},
-		Pods:   []PodStatus{},
+		Name:        l.st.Name,
+		RunDir:      l.st.RunDir,
+		Datastore:   l.st.datastore(),
+		EtcdPID:     l.st.Etcd.PID,
+		EtcdRunning: l.st.Etcd.running(),
+		Fabric:      FabricStatus{Netns: fabricNetns(l.st.Name), Bridge: FabricBridge, Address: FabricAddress},
+		Nodes:       []NodeStatus{},
+		Pods:        []PodStatus{},
 	}
 	for _, n := range l.st.Nodes {
 		s.Nodes = append(s.Nodes, NodeStatus{

@@ -104,8 +104,8 @@ func Name() string {
 // Up builds a lab for t. It fills cfg.Binary (Binary(t)) unless cfg.Binary
 // is set or cfg.NoDaemon is set, and cfg.Name (Name()) unless set, and
 // fails the test if lab.Up fails. The lab is removed in t.Cleanup, also
-// when the test fails; a failed test first gets the tail of each node's
-// daemon.log in its output.
+// when the test fails; a failed test first gets the tail of the lab's
+// etcd.log and of each node's daemon.log in its output.
 func Up(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
 	RequireRoot(t)
@@ -142,8 +142,12 @@ func Up(t *testing.T, cfg lab.Config) *lab.Lab {
 	return l
 }
 
-// logDaemons copies the end of each node's daemon.log into the test log.
+// logDaemons copies the end of the lab's etcd.log and of each node's
+// daemon.log into the test log.
 func logDaemons(t *testing.T, l *lab.Lab) {
+	if lines := l.EtcdLogTail(40); len(lines) > 0 {
+		t.Logf("labtest: last lines of %s/etcd.log (datastore):\n\t%s", l.RunDir(), strings.Join(lines, "\n\t"))
+	}
 	for _, n := range l.Status().Nodes {
 		lines := l.LogTail(n.Name, 40)
 		if len(lines) == 0 {
