@@ -502,7 +502,13 @@ spec:
 	if !strings.Contains(y, "disabled: true") {
 		t.Fatalf("yaml of disabled pool lacks disabled: true:\n%s", y)
 	}
-	run(strings.Replace(y, "disabled: true\n", "", 1), "apply", "-f", "-")
+	var edited []string
+	for _, line := range strings.SplitAfter(y, "\n") {
+		if strings.TrimSpace(line) != "disabled: true" {
+			edited = append(edited, line)
+		}
+	}
+	run(strings.Join(edited, ""), "apply", "-f", "-")
 	if y2 := run("", "get", "ippool", "default-ipv4-ippool", "-o", "yaml"); strings.Contains(y2, "disabled") {
 		t.Fatalf("pool still disabled after apply:\n%s", y2)
 	}
