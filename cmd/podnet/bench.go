@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -40,6 +41,27 @@ func newBenchCmd() *cobra.Command {
 	same.Flags().IntVar(&cfg.Seconds, "seconds", 5, "seconds per iperf3 run")
 	same.Flags().IntSliceVar(&cfg.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
 	same.Flags().StringVarP(out, "output", "o", "table", "table or json")
-	cmd.AddCommand(same)
+	var pods int
+	podAdd := &cobra.Command{
+		Use:   "pod-add",
+		Short: "Time attaching N pods to one node (IPAM on etcd, TAP set-up, endpoint records)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			r, err := bench.PodAdd(ctx, "", pods, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if *out == "json" {
+				return printJSON(stdout, r)
+			}
+			fmt.Fprintln(stdout, r)
+			return nil
+		},
+	}
+	podAdd.Flags().IntVar(&pods, "pods", 200, "pods to add")
+	podAdd.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	cmd.AddCommand(same, podAdd)
 	return cmd
 }
