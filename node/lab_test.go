@@ -418,6 +418,7 @@ func TestPodAddBadInput(t *testing.T) {
 
 	// A pod added with --new and deleted again leaves nothing.
 	t.Run("new and del", func(t *testing.T) {
+		t.Cleanup(func() { removeNetns("worker1-tmp" + l.Name()) })
 		if out, err := l.Output(ctx, "worker1", "podnet", "pod", "add", "tmp"+l.Name(), "--new", "--ip", "192.168.1.60"); err != nil {
 			t.Fatalf("pod add --new: %v\n%s", err, out)
 		}
@@ -485,6 +486,7 @@ spec:
 
 	// A new pod gets 10.10.x.x; the old ones still answer it.
 	pod := "walk" + l.Name()
+	t.Cleanup(func() { removeNetns("worker1-" + pod) }) // a failed test must not leave it
 	out := run("", "pod", "add", pod, "--new", "-o", "json")
 	var info struct{ IP string }
 	if err := json.Unmarshal([]byte(out), &info); err != nil {
