@@ -77,7 +77,7 @@ func (l *Lab) Netns(target string) (string, error) {
 func (l *Lab) targetEnv(target string) (string, []string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	env := prependPath(os.Environ(), filepath.Dir(l.st.Binary))
+	env := prependPath(os.Environ(), binDirs(l.st.RunDir, l.st.Binary)...)
 	if ds := l.st.datastore(); ds != "" {
 		env = append(env, datastoreEnv+"="+ds)
 	}
@@ -107,10 +107,38 @@ func (l *Lab) unknownTargetLocked(target string) error {
 // (resources.EndpointsEnv; not imported, the lab only drives the CLI).
 const datastoreEnv = "PODNET_DATASTORE_ENDPOINTS"
 
-// prependPath returns env with dir put first in PATH, and PODNET_SOCKET
+// binDirs are the directories Exec puts first in PATH: the binary's own,
+// and before it <run dir>/bin when the binary is not called podnet (a
+// `go build -o /tmp/pn`, or a test binary), where linkBinary made a
+// `podnet` that points at it.
+func binDirs(runDir, bin string) []string {
+	dirs := []string{filepath.Dir(bin)}
+	if filepath.Base(bin) != "podnet" {
+		dirs = append([]string{filepath.Join(runDir, "bin")}, dirs...)
+	}
+	return dirs
+}
+
+// linkBinary makes <run dir>/bin/podnet a symlink to bin when bin is not
+// called podnet, so `podnet` resolves in Exec all the same.
+func linkBinary(runDir, bin string) error {
+	if filepath.Base(bin) == "podnet" {
+		return nil
+	}
+	dir := filepath.Join(runDir, "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("link podnet binary: %w", err)
+	}
+	if err := os.Symlink(bin, filepath.Join(dir, "podnet")); err != nil {
+		return fmt.Errorf("link podnet binary: %w", err)
+	}
+	return nil
+}
+
+// prependPath returns env with dirs put first in PATH, and PODNET_SOCKET
 // and PODNET_DATASTORE_ENDPOINTS dropped, so a caller's own settings never
 // leak into the wrong node or lab.
-func prependPath(env []string, dir string) []string {
+func prependPath(env []string, dirs ...string) []string {
 	out := make([]string, 0, len(env)+1)
 	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	for _, e := range env {
@@ -122,8 +150,10 @@ func prependPath(env []string, dir string) []string {
 			out = append(out, e)
 		}
 	}
-	if dir != "" && dir != "." {
-		path = dir + string(os.PathListSeparator) + path
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if d := dirs[i]; d != "" && d != "." {
+			path = d + string(os.PathListSeparator) + path
+		}
 	}
 	return append(out, "PATH="+path)
 }

@@ -266,6 +266,9 @@ func (l *Lab) claim() error {
 
 // build runs every step of Up, saving state after each one.
 func (l *Lab) build(ctx context.Context, cfg Config) error {
+	if err := linkBinary(cfg.RunDir, cfg.Binary); err != nil {
+		return err
+	}
 	if err := l.buildFabric(ctx, cfg.Nodes); err != nil {
 		return err
 	}

@@ -299,6 +299,10 @@ func TestPrependPath(t *testing.T) {
 	if !slices.Equal(env, want) {
 		t.Errorf("got %q, want %q", env, want)
 	}
+	env = prependPath([]string{"PATH=/bin"}, binDirs("/run/podnet/lab/x", "/tmp/pn")...)
+	if want := []string{"PATH=/run/podnet/lab/x/bin:/tmp:/bin"}; !slices.Equal(env, want) {
+		t.Errorf("binary not called podnet: got %q, want %q", env, want)
+	}
 }
 
 func TestWriteNginxConf(t *testing.T) {

@@ -768,3 +768,22 @@ func TestTwoLabsEtcd(t *testing.T) {
 		t.Errorf("lab %s after removing %s: podnet status: %v (%s)", b.Name(), a.Name(), err, out)
 	}
 }
+
+// TestExecRenamedBinary checks that `podnet` resolves in Exec even when
+// the lab's binary has another name (go build -o /tmp/pn).
+func TestExecRenamedBinary(t *testing.T) {
+	labtest.RequireRoot(t)
+	t.Parallel()
+	pn := filepath.Join(t.TempDir(), "pn")
+	if err := os.Symlink(fakePodnet, pn); err != nil {
+		t.Fatal(err)
+	}
+	l := labtest.Up(t, lab.Config{Nodes: 1, NoDaemon: true, Binary: pn})
+	out, err := l.Output(t.Context(), "worker1", "sh", "-c", `readlink "$(command -v podnet)"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(out)); got != pn {
+		t.Errorf("podnet on PATH: got a link to %q, want %q", got, pn)
+	}
+}

@@ -27,8 +27,10 @@ func newLabCmd() *cobra.Command {
 		Use:   "lab",
 		Short: "Build a podnet cluster from network namespaces on this machine",
 		Long: `podnet lab builds a whole cluster on one machine: a fabric bridge
-(NAME-fabric, br0 10.77.0.1/24), nodes NAME-worker<K> running podnet daemon,
-and pods NAME-test-<J> serving HTTP on port 80. It needs root.`,
+(NAME-fabric, br0 10.77.0.1/24), one etcd datastore for the lab
+(/run/podnet/lab/NAME/etcd.sock), nodes NAME-worker<K> running podnet daemon,
+and pods NAME-test-<J> with addresses from IPAM, serving HTTP on port 80.
+It needs root.`,
 	}
 	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabExecCmd(), newLabDownCmd(), newLabServeHTTPCmd())
 	return cmd
@@ -77,7 +79,9 @@ func newLabUpCmd() *cobra.Command {
 
 // printLabSummary prints the node and pod tables and a hint to try.
 func printLabSummary(w io.Writer, s lab.Status) {
-	fmt.Fprintf(w, "\nlab %s is up (run dir %s)\n\n", s.Name, s.RunDir)
+	fmt.Fprintf(w, "\nlab %s is up (run dir %s)\n", s.Name, s.RunDir)
+	printDatastore(w, s)
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tDAEMON")
 	for _, n := range s.Nodes {
@@ -101,6 +105,20 @@ func printLabSummary(w io.Writer, s lab.Status) {
 	case len(s.Nodes) == 1:
 		fmt.Fprintf(w, "try: podnet lab exec%s %s -- ping -c3 %s\n", nameFlag(s.Name), s.Nodes[0].Name, s.Fabric.Address.Addr())
 	}
+}
+
+// printDatastore prints the lab's etcd endpoint and how to use it from the
+// host; nothing for a lab without one.
+func printDatastore(w io.Writer, s lab.Status) {
+	if s.Datastore == "" {
+		return
+	}
+	state := ""
+	if !s.EtcdRunning {
+		state = fmt.Sprintf(" [etcd pid %d not running]", s.EtcdPID)
+	}
+	fmt.Fprintf(w, "datastore: %s (export PODNET_DATASTORE_ENDPOINTS=%s to use podnet get/ipam from the host)%s\n",
+		s.Datastore, s.Datastore, state)
 }
 
 func daemonCell(n lab.NodeStatus) string {
@@ -153,7 +171,9 @@ func newLabStatusCmd() *cobra.Command {
 }
 
 func printLabStatus(w io.Writer, s lab.Status) {
-	fmt.Fprintf(w, "lab %s (run dir %s)\nfabric %s: %s %s\n\n", s.Name, s.RunDir, s.Fabric.Netns, s.Fabric.Bridge, s.Fabric.Address)
+	fmt.Fprintf(w, "lab %s (run dir %s)\n", s.Name, s.RunDir)
+	printDatastore(w, s)
+	fmt.Fprintf(w, "fabric %s: %s %s\n\n", s.Fabric.Netns, s.Fabric.Bridge, s.Fabric.Address)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tDAEMON\tSOCKET")
 	for _, n := range s.Nodes {
@@ -185,8 +205,9 @@ func newLabExecCmd() *cobra.Command {
 		Use:   "exec [--name NAME] TARGET -- CMD [ARG...]",
 		Short: "Run a command in a lab namespace (fabric, a node or a pod)",
 		Long: `Run CMD inside TARGET's network namespace: "fabric", a node (worker1; podnet
-commands there talk to that node's daemon) or a pod (test-1). The exit code
-is CMD's.`,
+commands there talk to that node's daemon) or a pod (test-1). Everywhere,
+PODNET_DATASTORE_ENDPOINTS points at the lab's etcd, so 'podnet get ippool'
+and 'podnet ipam show' work. The exit code is CMD's.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Flag parsing stops at TARGET, so a "--" after it is still here.
@@ -234,7 +255,7 @@ func newLabDownCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "down",
-		Short: "Remove a lab: its processes, namespaces and run dir",
+		Short: "Remove a lab: its processes (etcd too), namespaces and run dir",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			err := lab.Teardown(lab.Config{Name: name, Verbose: verbose, Progress: progressOut(verbose, cmd.OutOrStdout())})
