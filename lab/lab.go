@@ -99,8 +99,8 @@ type Config struct {
 	// and removed by Lab.Down or Teardown (Down(name) still sweeps its
 	// namespaces).
 	RunDir string
-	// NoDaemon builds only the namespaces and the fabric: no daemons, no
-	// pods. This is the kernel-only baseline topology.
+	// NoDaemon builds only the namespaces and the fabric: no datastore, no
+	// daemons, no pods. This is the kernel-only baseline topology.
 	NoDaemon bool
 	// DaemonArgs are extra flags for every `podnet daemon`
 	// (e.g. --tap-offload=false). They come after the lab's own flags,

@@ -671,6 +671,20 @@ func TestUpRealDaemon(t *testing.T) {
 	if !maps.Equal(got, want) {
 		t.Errorf("pod list: got %v, want %v", got, want)
 	}
+	// The addresses came from IPAM's default pool, and the lab's
+	// datastore is reachable with no flags from nodes and pods alike.
+	pool := netip.MustParsePrefix("192.168.0.0/16")
+	for _, p := range []string{"test-1", "test-2"} {
+		if ip := l.PodIP(p); !pool.Contains(ip) {
+			t.Errorf("PodIP(%s) = %v: not in the default pool %v", p, ip, pool)
+		}
+	}
+	for _, target := range []string{"worker1", "test-1"} {
+		out, err = l.Output(ctx, target, "podnet", "get", "ippool")
+		if err != nil || !strings.Contains(string(out), "default-ipv4-ippool") {
+			t.Errorf("podnet get ippool in %s: got %q, %v; want the default pool", target, out, err)
+		}
+	}
 }
 
 // upFake builds a one-node lab with the fake podnet: its etcd and daemon,
