@@ -148,12 +148,18 @@ func fakeDaemon(args []string) error {
 	ds := fs.String("datastore", "", "")
 	fail := fs.Bool("fake-fail", false, "")
 	fs.Bool("fake-flag", false, "")
+	ipip := fs.String("default-ipv4-pool-ipip", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	fmt.Printf("fake daemon: node=%s underlay=%s state-dir=%s datastore=%s args=%q\n", *node, *underlay, *stateDir, *ds, args)
 	if *fail {
 		return fmt.Errorf("daemon failing on purpose")
+	}
+	switch *ipip {
+	case "Always", "CrossSubnet", "Never":
+	default:
+		return fmt.Errorf("--default-ipv4-pool-ipip %q: the lab must set Always, CrossSubnet or Never", *ipip)
 	}
 	if _, err := net.InterfaceByName(*underlay); err != nil {
 		return fmt.Errorf("underlay %s: %w", *underlay, err)

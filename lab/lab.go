@@ -102,6 +102,11 @@ type Config struct {
 	// NoDaemon builds only the namespaces and the fabric: no datastore, no
 	// daemons, no pods. This is the kernel-only baseline topology.
 	NoDaemon bool
+	// Encap is how pods on different nodes reach each other: "ipip"
+	// (IP-in-IP between nodes; the default pool gets ipipMode Always),
+	// "crosssubnet" (IP-in-IP only across subnets) or "none" (plain
+	// routing through the nodes' kernels). "" = "ipip".
+	Encap string
 	// DaemonArgs are extra flags for every `podnet daemon`
 	// (e.g. --tap-offload=false). They come after the lab's own flags,
 	// --datastore included, so they can override them. nil = none.
@@ -115,6 +120,24 @@ type Config struct {
 	// Progress receives one line per step ("starting daemon on worker1 ...
 	// ready in 0.4s"). nil = no progress output.
 	Progress io.Writer
+}
+
+// Encapsulations for Config.Encap.
+const (
+	EncapIPIP        = "ipip"
+	EncapCrossSubnet = "crosssubnet"
+	EncapNone        = "none"
+)
+
+// poolIPIPMode is the default pool's ipipMode for an encapsulation.
+func poolIPIPMode(encap string) string {
+	switch encap {
+	case EncapIPIP:
+		return "Always"
+	case EncapCrossSubnet:
+		return "CrossSubnet"
+	}
+	return "Never"
 }
 
 // HTTP server kinds for Config.HTTPServer.
@@ -147,6 +170,13 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Pods > cfg.Nodes*MaxPodsPerNode {
 		return cfg, fmt.Errorf("lab config: Pods %d: at most %d per node (%d with %d nodes)",
 			cfg.Pods, MaxPodsPerNode, cfg.Nodes*MaxPodsPerNode, cfg.Nodes)
+	}
+	switch cfg.Encap {
+	case "":
+		cfg.Encap = EncapIPIP
+	case EncapIPIP, EncapNone, EncapCrossSubnet:
+	default:
+		return cfg, fmt.Errorf("lab config: Encap %q: want ipip, crosssubnet or none", cfg.Encap)
 	}
 	if cfg.Binary == "" {
 		exe, err := os.Executable()
@@ -220,7 +250,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			Name:       cfg.Name,
 			RunDir:     cfg.RunDir,
 			Binary:     cfg.Binary,
-			DaemonArgs: cfg.DaemonArgs,
+			DaemonArgs: append([]string{"--default-ipv4-pool-ipip", poolIPIPMode(cfg.Encap)}, cfg.DaemonArgs...),
 			NoDaemon:   cfg.NoDaemon,
 			HTTPServer: cfg.HTTPServer,
 		},
