@@ -1,0 +1,294 @@
+// Package bgp runs an embedded GoBGP (v3) speaker for one podnet node: it
+// keeps sessions with the configured peers (node-to-node mesh, global and
+// node-specific peers, route reflector clients), originates the node's pod
+// address blocks, reports the best paths it learns, and explains in plain
+// words why a peer is not Established.
+//
+// The API is deliberately small and uses plain Go types; the node daemon
+// translates podnet resources (BGPConfiguration, BGPPeer, Node) into Config
+// and Peer values. Only IPv4 unicast is supported.
+//
+// Goroutines. A Speaker owns one goroutine (routineRoutes) that rebuilds the
+// learned route set and calls Config.OnRoutes; Close stops it and waits.
+// GoBGP v3 starts more: BgpServer.Serve, which has no exit in v3.37.0 (it is
+// the one goroutine this package cannot stop; tests ignore it in their leak
+// checks), plus per-peer FSM, listener and watcher goroutines, which StopBgp
+// and the cancelled watch context end.
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+// Config configures a Speaker.
+type Config struct {
+	// RouterID is the node's underlay IPv4 address. It is the BGP router ID,
+	// the source address of outgoing sessions and the default next hop of
+	// advertised prefixes. Required.
+	RouterID netip.Addr
+	// ASN is the local AS number. Required (podnet's default 64512 is the
+	// caller's business).
+	ASN uint32
+	// ListenPort is the TCP port to accept sessions on. 0 means 179; -1 means
+	// do not listen (every session is then dialled by us).
+	ListenPort int
+	// ListenAddrs are the addresses to listen on. nil means all addresses.
+	ListenAddrs []netip.Addr
+	// RouteReflectorClusterID, if valid and non-zero, makes this speaker a
+	// route reflector: peers with RRClient set are its clients.
+	RouteReflectorClusterID netip.Addr
+	// Logger receives the speaker's own messages and GoBGP's messages at Warn
+	// and above. nil discards them.
+	Logger *slog.Logger
+	// OnRoutes is called with the complete set of learned best paths each
+	// time it changes. Calls are coalesced (a burst of updates becomes one
+	// call), made from the speaker's own goroutine, never concurrently, and
+	// never after Close returns. The slice is the callee's. Required.
+	OnRoutes func([]Path)
+}
+
+// Peer is one BGP neighbor. Address is its key.
+type Peer struct {
+	Address netip.Addr
+	// Port is the peer's TCP port. 0 means 179.
+	Port int
+	// ASN is the peer's AS number. Required.
+	ASN uint32
+	// Type is reported back in PeerStatus: "node-to-node mesh", "global" or
+	// "node specific" (as calicoctl node status prints it).
+	Type string
+	// Password enables TCP MD5 (RFC 2385). "" means none.
+	Password string
+	// KeepaliveTime and HoldTime are whole seconds. 0 means GoBGP's defaults:
+	// hold 90 s, keepalive a third of the hold time. HoldTime must be 0 or at
+	// least 3 s (RFC 4271 §4.2).
+	KeepaliveTime, HoldTime time.Duration
+	// RRClient makes the peer a route-reflector client of ours; it needs
+	// Config.RouteReflectorClusterID.
+	RRClient bool
+	// Passive means never dial the peer, only accept its connection.
+	Passive bool
+	// LocalASN overrides Config.ASN for this session. 0 means Config.ASN.
+	LocalASN uint32
+}
+
+// Path is a best path learned from a peer.
+type Path struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	// Peer is the neighbor that told us (for a reflected route, the route
+	// reflector, not the originator).
+	Peer   netip.Addr
+	ASPath []uint32
+	// Origin is "IGP", "EGP" or "Incomplete".
+	Origin string
+}
+
+// PeerStatus is one row of "calicoctl node status".
+type PeerStatus struct {
+	Address netip.Addr
+	Type    string
+	// State is the BGP FSM state: Idle, Connect, Active, OpenSent,
+	// OpenConfirm or Established.
+	State string
+	// Since is when the peer entered State (for Established, when the
+	// session came up).
+	Since time.Time
+	// Info is "Established", or a short reason why not, e.g.
+	// "Connection refused" or "AS mismatch: peer says 65001, configured 65002".
+	Info string
+}
+
+// connectRetry is the ConnectRetry timer given to GoBGP. GoBGP's default is
+// 120 s, which is also its dial timeout (minus one second): a mesh peer that
+// restarts would then stay down for up to two minutes. BIRD, which Calico
+// uses, retries after 5 s.
+const connectRetry = 5 * time.Second
+
+// coalesceDelay is how long routineRoutes waits after the first change
+// signal before rebuilding, so that a burst of UPDATEs (a peer coming up with
+// many prefixes, or going down) becomes one OnRoutes call.
+const coalesceDelay = 20 * time.Millisecond
+
+var v4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+
+// Speaker is an embedded BGP speaker. Its methods are safe for concurrent use.
+type Speaker struct {
+	cfg Config
+	log *slog.Logger
+	srv *server.BgpServer
+
+	// opMu serialises SetPeers, Advertise and Close. It may be held across
+	// calls into GoBGP, so neither GoBGP's callbacks nor the log adapter may
+	// take it.
+	opMu sync.Mutex
+	// peers and adverts are guarded by opMu.
+	peers   map[netip.Addr]Peer
+	adverts map[netip.Prefix]netip.Addr // prefix -> next hop
+
+	obs *observer // per-peer state and failure reasons; has its own lock
+
+	routesDirty chan struct{} // capacity 1: a "rebuild" signal, never a queue
+	watchCancel context.CancelFunc
+	done        chan struct{}
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
+	closed      bool // guarded by opMu
+}
+
+// ErrClosed is returned by methods called after Close.
+var ErrClosed = errors.New("bgp: speaker closed")
+
+// New starts a speaker: it starts GoBGP, opens the listeners and begins
+// watching for route and peer changes. It has no peers and advertises
+// nothing until SetPeers and Advertise are called.
+func New(ctx context.Context, cfg Config) (*Speaker, error) {
+	if !cfg.RouterID.Is4() || cfg.RouterID.IsUnspecified() {
+		return nil, fmt.Errorf("bgp: Config.RouterID: need an IPv4 address, got %v", cfg.RouterID)
+	}
+	if cfg.ASN == 0 {
+		return nil, errors.New("bgp: Config.ASN is required")
+	}
+	if cfg.OnRoutes == nil {
+		return nil, errors.New("bgp: Config.OnRoutes is required")
+	}
+	if cfg.ListenPort < -1 || cfg.ListenPort > 65535 {
+		return nil, fmt.Errorf("bgp: Config.ListenPort %d out of range", cfg.ListenPort)
+	}
+	if c := cfg.RouteReflectorClusterID; c.IsValid() && !c.Is4() {
+		return nil, fmt.Errorf("bgp: Config.RouteReflectorClusterID: need an IPv4 address, got %v", c)
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	lg = lg.With("component", "bgp")
+
+	s := &Speaker{
+		cfg:         cfg,
+		log:         lg,
+		peers:       make(map[netip.Addr]Peer),
+		adverts:     make(map[netip.Prefix]netip.Addr),
+		routesDirty: make(chan struct{}, 1),
+		done:        make(chan struct{}),
+	}
+	s.obs = newObserver(lg)
+	s.srv = server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: lg, obs: s.obs}))
+	// GoBGP v3's Serve never returns; see the package comment.
+	go s.srv.Serve()
+
+	port := int32(cfg.ListenPort)
+	if port == 0 {
+		port = 179
+	}
+	g := &api.Global{
+		Asn:      cfg.ASN,
+		RouterId: cfg.RouterID.String(),
+		// -1 tells GoBGP not to listen.
+		ListenPort: port,
+	}
+	for _, a := range cfg.ListenAddrs {
+		g.ListenAddresses = append(g.ListenAddresses, a.String())
+	}
+	if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		// StartBgp may have opened some listeners before failing; StopBgp
+		// closes them.
+		_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		return nil, fmt.Errorf("bgp: start speaker %v AS %d port %d: %w", cfg.RouterID, cfg.ASN, port, err)
+	}
+
+	wctx, cancel := context.WithCancel(context.Background())
+	s.watchCancel = cancel
+	err := s.srv.WatchEvent(wctx, &api.WatchEventRequest{
+		Peer: &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
+			{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
+		}},
+	}, s.onWatchEvent)
+	if err != nil {
+		cancel()
+		_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		return nil, fmt.Errorf("bgp: watch events: %w", err)
+	}
+
+	s.wg.Add(1)
+	go s.routineRoutes()
+	s.log.Debug("started", "router_id", cfg.RouterID, "asn", cfg.ASN, "port", port)
+	return s, nil
+}
+
+// onWatchEvent runs on GoBGP's watcher goroutine: it must never block. Table
+// events only mark the route set dirty; peer events update the observer
+// (which takes a short, never-contended-across-GoBGP-calls lock).
+func (s *Speaker) onWatchEvent(r *api.WatchEventResponse) {
+	if t := r.GetTable(); t != nil {
+		s.markRoutesDirty()
+		return
+	}
+	if pe := r.GetPeer(); pe != nil && pe.GetType() == api.WatchEventResponse_PeerEvent_STATE {
+		st := pe.GetPeer().GetState()
+		addr, err := netip.ParseAddr(st.GetNeighborAddress())
+		if err != nil {
+			return
+		}
+		s.obs.stateChanged(addr.Unmap(), sessionStateName(st.GetSessionState()), time.Now())
+	}
+}
+
+func (s *Speaker) markRoutesDirty() {
+	select {
+	case s.routesDirty <- struct{}{}:
+	default: // a rebuild is already pending; it will see this change too
+	}
+}
+
+// Close stops the speaker: it stops the route goroutine, the event watch and
+// GoBGP (StopBgp sends Cease to every peer and closes the listeners). It is
+// idempotent; later calls return nil. GoBGP v3's Serve goroutine stays behind
+// (see the package comment).
+func (s *Speaker) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.opMu.Lock()
+		s.closed = true
+		s.opMu.Unlock()
+
+		close(s.done)
+		s.wg.Wait() // routineRoutes has returned: no OnRoutes call after this
+		s.watchCancel()
+		if e := s.srv.StopBgp(context.Background(), &api.StopBgpRequest{}); e != nil {
+			err = fmt.Errorf("bgp: stop speaker: %w", e)
+		}
+		s.log.Debug("stopped")
+	})
+	return err
+}
+
+func sessionStateName(st api.PeerState_SessionState) string {
+	switch st {
+	case api.PeerState_IDLE:
+		return "Idle"
+	case api.PeerState_CONNECT:
+		return "Connect"
+	case api.PeerState_ACTIVE:
+		return "Active"
+	case api.PeerState_OPENSENT:
+		return "OpenSent"
+	case api.PeerState_OPENCONFIRM:
+		return "OpenConfirm"
+	case api.PeerState_ESTABLISHED:
+		return "Established"
+	default:
+		return "Unknown(" + strconv.Itoa(int(st)) + ")"
+	}
+}
