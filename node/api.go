@@ -82,6 +82,14 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Routes())
 	})
+	mux.HandleFunc("GET /v1/bgp/peers", func(w http.ResponseWriter, r *http.Request) {
+		peers, err := n.BGPPeers(r.Context())
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, peers)
+	})
 	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.PortStats())
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"podnet/router"
+	"podnet/router/bgp"
 	vswitch "podnet/switch"
 )
 
@@ -118,4 +119,10 @@ func (c *Client) Routes() ([]router.Route, error) {
 func (c *Client) Ports() ([]vswitch.PortStats, error) {
 	var p []vswitch.PortStats
 	return p, c.do("GET", "/v1/ports", nil, &p)
+}
+
+// BGPPeers returns the node's BGP sessions.
+func (c *Client) BGPPeers() ([]bgp.PeerStatus, error) {
+	var p []bgp.PeerStatus
+	return p, c.do("GET", "/v1/bgp/peers", nil, &p)
 }

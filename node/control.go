@@ -87,7 +87,11 @@ func (n *Node) ensureDefaultPool(ctx context.Context) error {
 	if len(pools) > 0 {
 		return nil
 	}
-	_, err = n.res.Create(ctx, api.DefaultIPPool())
+	pool := api.DefaultIPPool()
+	if n.cfg.DefaultPoolIPIPMode != "" {
+		pool.Spec.IPIPMode = n.cfg.DefaultPoolIPIPMode
+	}
+	_, err = n.res.Create(ctx, pool)
 	if err != nil && !errors.Is(err, datastore.ErrExists) {
 		return fmt.Errorf("create default pool: %w", err)
 	}

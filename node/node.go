@@ -20,10 +20,13 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"podnet/api"
 	"podnet/datastore"
+	"podnet/encap"
 	"podnet/ipam"
 	"podnet/resources"
 	"podnet/router"
+	"podnet/router/bgp"
 	vswitch "podnet/switch"
 )
 
@@ -51,6 +54,9 @@ type Config struct {
 	// PodMTU is the MTU of pods' eth0; 0 means the underlay's MTU (1500
 	// when there is no underlay).
 	PodMTU int
+	// DefaultPoolIPIPMode is the ipipMode of the default pool the daemon
+	// creates when no pool exists: Always, CrossSubnet or "" (Never).
+	DefaultPoolIPIPMode string
 	// Datastore says how to reach etcd. No endpoints: the daemon runs an
 	// embedded etcd with its data in <StateDir>/etcd.
 	Datastore datastore.Config
@@ -78,17 +84,26 @@ type Node struct {
 	// underlay facts, fixed at start
 	underlay     string
 	underlayAddr netip.Prefix
+	underlayMTU  int
 	hostAddrs    []netip.Addr
 
 	host      tun.Device
-	hostIndex int // podnet0's ifindex, for kernel routes
+	hostIndex int  // podnet0's ifindex, for kernel routes
+	ipipMTU   bool // pools use IP-in-IP: pods get underlay MTU − 20
+
+	// speaker is the BGP speaker; the routing loop creates and replaces
+	// it (under mu), speakerKey says with which settings.
+	speaker    *bgp.Speaker
+	speakerKey string
+	onRoutes   func([]bgp.Path)
 
 	started time.Time
 
 	// mu serialises control-plane changes (pod add/del, route rebuilds)
 	// and guards pods.
-	mu   sync.Mutex
-	pods map[string]*pod
+	mu      sync.Mutex
+	pods    map[string]*pod
+	routing routingState
 }
 
 // pod is a pod the node knows: its record and, when attached, its port.
@@ -161,7 +176,11 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})
 	defer n.sw.Close()
+	n.ipipMTU = n.poolsUseIPIP(ctx)
 	if err := n.openHost(); err != nil {
+		return err
+	}
+	if err := n.openUnderlay(); err != nil {
 		return err
 	}
 	if err := n.restorePods(); err != nil {
@@ -170,9 +189,11 @@ func (n *Node) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	defer func() { close(done); wg.Wait() }()
-	wg.Add(1)
+	routingCtx, stopRouting := context.WithCancel(ctx)
+	defer func() { close(done); stopRouting(); wg.Wait() }()
+	wg.Add(2)
 	go func() { defer wg.Done(); n.routineWatchAddrs(done) }()
+	go func() { defer wg.Done(); n.routineRouting(routingCtx) }()
 
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
 	srvErr := make(chan error, 1)
@@ -243,6 +264,7 @@ func (n *Node) detectUnderlay() error {
 			ones, _ := addrs[0].Mask.Size()
 			n.underlayAddr = netip.PrefixFrom(a, ones)
 		}
+		n.underlayMTU = l.Attrs().MTU
 		if n.cfg.PodMTU == 0 {
 			n.cfg.PodMTU = l.Attrs().MTU
 		}
@@ -322,7 +344,36 @@ func defaultRouteIface() string {
 	return ""
 }
 
-func (n *Node) podMTU() int { return n.cfg.PodMTU }
+func (n *Node) podMTU() int {
+	if n.ipipMTU && n.cfg.PodMTU > encap.IPIPOverhead {
+		return n.cfg.PodMTU - encap.IPIPOverhead
+	}
+	return n.cfg.PodMTU
+}
+
+// poolsUseIPIP says whether any pool encapsulates with IP-in-IP, which
+// costs pods 20 bytes of MTU.
+func (n *Node) poolsUseIPIP(ctx context.Context) bool {
+	pools, _, err := n.res.List(ctx, api.KindIPPool)
+	return err == nil && poolsWithIPIP(pools)
+}
+
+// openUnderlay opens the IP-in-IP socket and attaches it to the switch,
+// and lets the node's kernel forward (pods reach other nodes through it).
+func (n *Node) openUnderlay() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
+		n.log.Warn("cannot enable IPv4 forwarding; pods will not reach beyond this node unencapsulated", "err", err)
+	}
+	conn, err := encap.ListenIPIP(encap.IPIPConfig{})
+	if err != nil {
+		return fmt.Errorf("open IP-in-IP socket: %w", err)
+	}
+	mtu := n.underlayMTU
+	if mtu == 0 {
+		mtu = 1500
+	}
+	return n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: mtu})
+}
 
 // openHost creates podnet0, sets it up and attaches it as the host port.
 func (n *Node) openHost() error {
@@ -358,18 +409,33 @@ func (n *Node) rebuildRoutes() error {
 			Port: p.port, Dev: p.rec.Name, Source: "local",
 		})
 	}
-	seen := map[netip.Addr]bool{}
 	for _, a := range n.hostAddrs {
-		if seen[a] {
-			continue
-		}
-		seen[a] = true
 		routes = append(routes, router.Route{
 			Prefix: netip.PrefixFrom(a, 32), Kind: router.KindHost,
 			Dev: vswitch.HostTUNName, Source: "host",
 		})
 	}
-	t, err := router.NewTable(routes)
+	// Other nodes are reached through this node's kernel, on the underlay.
+	for _, p := range n.routing.nodeAddrs {
+		routes = append(routes, router.Route{Prefix: p, Kind: router.KindHost, Dev: vswitch.HostTUNName, Source: "node"})
+	}
+	// This node's blocks: addresses in them that no local pod holds go
+	// nowhere, rather than following a less specific route.
+	for _, b := range n.routing.ownBlocks {
+		routes = append(routes, router.Route{Prefix: b, Kind: router.KindBlackhole, Source: "ipam block"})
+	}
+	routes = append(routes, n.routing.remote...)
+	// The first route for a prefix wins: local pods, then the node, then
+	// blocks, then what BGP learned.
+	seen := map[netip.Prefix]bool{}
+	uniq := routes[:0]
+	for _, r := range routes {
+		if !seen[r.Prefix] {
+			seen[r.Prefix] = true
+			uniq = append(uniq, r)
+		}
+	}
+	t, err := router.NewTable(uniq)
 	if err != nil {
 		return fmt.Errorf("build route table: %w", err)
 	}

@@ -27,6 +27,11 @@ const (
 	DropPortGone                            // route points at a port that was removed
 	DropEgressError                         // the egress device refused the frame
 	DropOversize                            // larger than the egress can take
+	DropFragNeeded                          // DF set and too big for the tunnel (ICMP frag-needed sent)
+	DropUnknownSource                       // encapsulated packet from an address that is no node
+	DropBadOuter                            // outer header of an encapsulated packet invalid
+	DropBadInner                            // inner packet of an encapsulated packet invalid
+	DropNoTransit                           // decapsulated packet for another node
 	numDropReasons
 )
 
@@ -34,6 +39,7 @@ var dropNames = [numDropReasons]string{
 	"too-short", "bad-virtio-header", "bad-gso", "unknown-ethertype", "ipv6",
 	"bad-ip-version", "bad-ihl", "bad-total-length", "bad-arp", "spoofed-source", "ttl-exceeded", "no-route",
 	"blackhole", "remote-unsupported", "port-gone", "egress-error", "oversize",
+	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
 }
 
 func (r DropReason) String() string {

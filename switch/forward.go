@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"net/netip"
 	"time"
 
 	"podnet/internal/packet"
@@ -53,21 +54,28 @@ type forwarder struct {
 	rt    *router.Table
 	ports []*port
 	host  *port
+	under *port
+	nodes NodeSet
 
 	icmp    []byte   // scratch for ARP replies and ICMP errors
 	icmpVec [][]byte // one-element vector for writing icmp to the TUN
 
 	hostBufs [][]byte // packets queued for the host TUN this batch
-	seg      *segScratch
-	segUsed  int
+
+	remotePkts [][]byte     // inner packets queued for other nodes
+	remoteDsts []netip.Addr // and their nodes
+	seg        *segScratch
+	segUsed    int
 }
 
 func newForwarder(s *Switch) *forwarder {
 	return &forwarder{
-		s:        s,
-		icmp:     make([]byte, icmpScratchLen),
-		icmpVec:  make([][]byte, 1),
-		hostBufs: make([][]byte, 0, hostBatchMax),
+		s:          s,
+		icmp:       make([]byte, icmpScratchLen),
+		icmpVec:    make([][]byte, 1),
+		hostBufs:   make([][]byte, 0, hostBatchMax),
+		remotePkts: make([][]byte, 0, hostBatchMax),
+		remoteDsts: make([]netip.Addr, 0, hostBatchMax),
 	}
 }
 
@@ -76,12 +84,18 @@ func (f *forwarder) begin() {
 	f.rt = f.s.routes.Load()
 	f.ports = *f.s.ports.Load()
 	f.host = f.s.host.Load()
+	f.under = f.s.underlay.Load()
+	if n := f.s.nodes.Load(); n != nil {
+		f.nodes = *n
+	} else {
+		f.nodes = nil
+	}
 }
 
-// end flushes what the batch queued for the host.
+// end flushes what the batch queued for the host and other nodes.
 func (f *forwarder) end() {
-	f.flushHost()
-	f.rt, f.ports, f.host = nil, nil, nil
+	f.flushAll()
+	f.rt, f.ports, f.host, f.under, f.nodes = nil, nil, nil, nil, nil
 }
 
 // routinePodReader forwards frames a pod sends. AddPodPort starts it; it
@@ -200,6 +214,9 @@ func (f *forwarder) fromPod(in *port, buf []byte, off, size int) {
 		}
 		ip.DecrementTTL()
 		f.toHost(in, buf, l2+ethLen, len(ip), hdr)
+	case router.KindRemote:
+		ip.DecrementTTL()
+		f.toRemote(in, buf, l2+ethLen, len(ip), hdr, r.NextHop)
 	case router.KindBlackhole:
 		in.c.drop(DropBlackhole)
 	default:
@@ -276,7 +293,7 @@ func (f *forwarder) toPlainPod(in, eg *port, buf []byte, l2, end int, hdr packet
 	// written at once, so the slots stay free for the host queue.
 	seg := f.borrowSeg()
 	if segScratchLen-f.segUsed < maxSegments(buf[ipStart:end], hdr) {
-		f.flushHost()
+		f.flushAll()
 		seg = f.borrowSeg()
 	}
 	bufs, sizes := seg.bufs[f.segUsed:], seg.sizes[f.segUsed:]
@@ -316,17 +333,14 @@ func (f *forwarder) toHost(in *port, buf []byte, ip, n int, hdr packet.VirtioNet
 			in.c.drop(DropBadVirtioHeader)
 			return
 		}
-		if len(f.hostBufs) == cap(f.hostBufs) {
-			f.flushHost()
-		}
 		// The TUN writes its own virtio header in the bytes before the
 		// packet: the Ethernet header we no longer need.
-		f.hostBufs = append(f.hostBufs, buf[ip-tunOffset:ip+n])
+		f.queueHost(buf[ip-tunOffset : ip+n])
 		return
 	}
 	seg := f.borrowSeg()
 	if segScratchLen-f.segUsed < maxSegments(pkt, hdr) || cap(f.hostBufs)-len(f.hostBufs) < segScratchLen {
-		f.flushHost()
+		f.flushAll()
 		seg = f.borrowSeg()
 	}
 	cnt, err := packet.SegmentTCPv4(pkt, l3Hdr(hdr), seg.bufs[f.segUsed:], seg.sizes[f.segUsed:], tunOffset)
@@ -380,6 +394,13 @@ func (f *forwarder) flushHost() {
 	}
 	clear(f.hostBufs)
 	f.hostBufs = f.hostBufs[:0]
+}
+
+// flushAll sends everything queued and frees the segment scratch the
+// queues pointed into.
+func (f *forwarder) flushAll() {
+	f.flushRemote()
+	f.flushHost()
 	f.returnSeg()
 }
 

@@ -110,6 +110,9 @@ func (f *forwarder) fromHost(h *port, buf []byte, off, size int) {
 			clear(buf[start : off-ethLen])
 		}
 		f.countTx(h, eg, eg.dev.WriteOne(buf[start:off+len(ip)]), off+len(ip)-start)
+	case router.KindRemote:
+		ip.DecrementTTL()
+		f.toRemote(h, buf, off, len(ip), packet.VirtioNetHdr{}, r.NextHop)
 	case router.KindBlackhole:
 		h.c.drop(DropBlackhole)
 	case router.KindHost:

@@ -14,6 +14,7 @@ type portKind uint8
 const (
 	kindPod portKind = iota
 	kindHost
+	kindUnderlay
 )
 
 // port is one attachment of the switch. Its fields are set before the port
@@ -28,6 +29,8 @@ type port struct {
 	dev     *tap.Device // pod ports
 	tun     tun.Device  // the host port
 	offload bool        // dev frames carry a virtio-net header
+	under   Underlay    // the underlay port
+	mtu     int         // the underlay's MTU
 
 	c    counters
 	done chan struct{} // closed when the reader exits
@@ -44,6 +47,8 @@ func (p *port) stats() PortStats {
 		if n, err := p.tun.Name(); err == nil {
 			s.Device = n
 		}
+	case kindUnderlay:
+		s.Kind, s.Device = "underlay", "ipip"
 	}
 	return s
 }

@@ -50,7 +50,11 @@ type Switch struct {
 	// port index; nil entries are free slots. mu serialises writers.
 	ports atomic.Pointer[[]*port]
 	host  atomic.Pointer[port]
-	mu    sync.Mutex
+	// underlay is the port toward other nodes; nodes the set of their
+	// addresses.
+	underlay atomic.Pointer[port]
+	nodes    atomic.Pointer[NodeSet]
+	mu       sync.Mutex
 
 	segPool sync.Pool // *segScratch, borrowed while a batch is segmented
 
@@ -162,6 +166,9 @@ func (s *Switch) Stats() []PortStats {
 	if h := s.host.Load(); h != nil {
 		out = append(out, h.stats())
 	}
+	if u := s.underlay.Load(); u != nil {
+		out = append(out, u.stats())
+	}
 	for _, p := range *s.ports.Load() {
 		if p != nil {
 			out = append(out, p.stats())
@@ -187,6 +194,9 @@ func (s *Switch) Close() error {
 		}
 		if h := s.host.Load(); h != nil {
 			errs = append(errs, h.tun.Close())
+		}
+		if u := s.underlay.Load(); u != nil {
+			errs = append(errs, u.under.Close())
 		}
 		s.wg.Wait()
 	})

@@ -18,6 +18,7 @@ func commands() []*cobra.Command {
 		newPatchCmd(),
 		newLabelCmd(),
 		newIPAMCmd(),
+		newNodeCmd(),
 		newLabCmd(),
 		newBenchCmd(),
 		newDatastoreCmd(),

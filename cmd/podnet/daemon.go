@@ -67,6 +67,7 @@ port podnet0, re-attaches recorded pods and serves the local API that
 	f.StringVar(&cfg.Socket, "socket", node.DefaultSocket, "unix socket of the local API")
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
 	f.IntVar(&cfg.PodMTU, "pod-mtu", 0, "MTU of pods' eth0 (default: the underlay's)")
+	f.StringVar(&cfg.DefaultPoolIPIPMode, "default-ipv4-pool-ipip", "", "ipipMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_IPIP)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&endpoints, "datastore", "", "etcd endpoints, comma-separated (default: $"+resources.EndpointsEnv+", the config file, else an embedded etcd)")
 	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd")

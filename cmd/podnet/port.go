@@ -38,7 +38,7 @@ func newPortCmd() *cobra.Command {
 			}
 			idx := fmt.Sprint(p.Index)
 			if p.Index < 0 {
-				idx = "host"
+				idx = p.Kind
 			}
 			ip := p.IP
 			if ip == "" {
