@@ -11,6 +11,7 @@ want iperf3 iperf3
 want nc netcat-openbsd
 want tcpdump tcpdump
 want ethtool ethtool
+want bird bird2
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

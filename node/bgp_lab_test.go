@@ -1,0 +1,396 @@
+package node_test
+
+// Multi-node labs: BGP between the nodes' switches, IP-in-IP, live
+// encapsulation changes, and BIRD 2 as a BGP speaker we did not write.
+//
+//	  <lab>-fabric: br0 10.77.0.1/24 (BIRD runs here in the interop test)
+//	     │                 │                 │
+//	  worker1 .11       worker2 .12       worker3 .13   (podnet daemons, AS 64512 mesh)
+//	  test-1            test-2            test-3
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"podnet/lab"
+	"podnet/lab/labtest"
+	"podnet/router"
+	"podnet/router/bgp"
+)
+
+// waitFor polls cond every 50 ms until it returns "" or timeout passes,
+// then fails with cond's last complaint.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		msg := cond()
+		if msg == "" {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not after %s: %s", what, timeout, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
+	t.Helper()
+	p, err := nodeClient(t, l, nodeName).BGPPeers()
+	if err != nil {
+		t.Fatalf("node status on %s: %v", nodeName, err)
+	}
+	return p
+}
+
+// established says "" when nodeName has an Established session with each
+// of want, else what is missing.
+func established(t *testing.T, l *lab.Lab, nodeName string, want ...netip.Addr) string {
+	peers := peersOf(t, l, nodeName)
+	for _, w := range want {
+		found := false
+		for _, p := range peers {
+			if p.Address == w {
+				found = true
+				if p.State != "Established" {
+					return fmt.Sprintf("%s: peer %s is %s (%s)", nodeName, w, p.State, p.Info)
+				}
+			}
+		}
+		if !found {
+			return fmt.Sprintf("%s: no peer %s in %v", nodeName, w, peers)
+		}
+	}
+	return ""
+}
+
+func routesOf(t *testing.T, l *lab.Lab, nodeName string) []router.Route {
+	t.Helper()
+	r, err := nodeClient(t, l, nodeName).Routes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// routeTo returns nodeName's route for exactly prefix p.
+func routeTo(t *testing.T, l *lab.Lab, nodeName string, p netip.Prefix) (router.Route, bool) {
+	for _, r := range routesOf(t, l, nodeName) {
+		if r.Prefix == p {
+			return r, true
+		}
+	}
+	return router.Route{}, false
+}
+
+// blockOf returns the /26 (the default block size) holding pod's address.
+func blockOf(l *lab.Lab, pod string) netip.Prefix {
+	p, _ := l.PodIP(pod).Prefix(26)
+	return p
+}
+
+func TestThreeNodeMesh(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3})
+	nodes := []string{"worker1", "worker2", "worker3"}
+	for _, n := range nodes {
+		var others []netip.Addr
+		for _, o := range nodes {
+			if o != n {
+				others = append(others, l.NodeAddr(o))
+			}
+		}
+		waitFor(t, 20*time.Second, n+" full mesh", func() string { return established(t, l, n, others...) })
+	}
+	// Every node routes every other node's pod block over IP-in-IP.
+	for _, pod := range []string{"test-1", "test-2", "test-3"} {
+		owner := map[string]string{"test-1": "worker1", "test-2": "worker2", "test-3": "worker3"}[pod]
+		for _, n := range nodes {
+			if n == owner {
+				continue
+			}
+			waitFor(t, 10*time.Second, n+" route to "+pod, func() string {
+				r, ok := routeTo(t, l, n, blockOf(l, pod))
+				if !ok {
+					return "no route"
+				}
+				if r.Kind != router.KindRemote || r.Encap != router.EncapIPIP || r.NextHop != l.NodeAddr(owner) {
+					return fmt.Sprintf("route %+v, want remote via %s encap ipip", r, l.NodeAddr(owner))
+				}
+				return ""
+			})
+		}
+	}
+	ns := func(target string) string { return nsPath(t, l, target) }
+	t.Run("pods across nodes", func(t *testing.T) {
+		ping(t, l, "test-2", l.PodIP("test-1"))
+		ping(t, l, "test-2", l.PodIP("test-3"))
+		ping(t, l, "test-1", l.PodIP("test-3"))
+		transfer(t, ns("test-2"), ns("test-1"), l.PodIP("test-1"), 16<<20)
+		transfer(t, ns("test-2"), ns("test-3"), l.PodIP("test-3"), 16<<20)
+		transfer(t, ns("test-3"), ns("test-2"), l.PodIP("test-2"), 4<<20)
+	})
+	t.Run("node to remote pod", func(t *testing.T) {
+		ping(t, l, "worker1", l.PodIP("test-2"))
+		transfer(t, ns("worker1"), ns("test-3"), l.PodIP("test-3"), 4<<20)
+	})
+	t.Run("pod to other node", func(t *testing.T) {
+		ping(t, l, "test-1", l.NodeAddr("worker2"))
+	})
+	t.Run("daemon stopped and restarted", func(t *testing.T) {
+		block3 := blockOf(l, "test-3")
+		if err := l.StopDaemon("worker3", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		took := waitFor(t, 90*time.Second, "worker1 withdraws worker3's block", func() string {
+			if _, ok := routeTo(t, l, "worker1", block3); ok {
+				return "still routed"
+			}
+			return ""
+		})
+		t.Logf("worker3's block withdrawn from worker1 %s after SIGKILL", took)
+		if err := l.StartDaemon(context.Background(), "worker3"); err != nil {
+			t.Fatal(err)
+		}
+		took = waitFor(t, 30*time.Second, "worker1 relearns worker3's block", func() string {
+			if _, ok := routeTo(t, l, "worker1", block3); !ok {
+				return "not routed"
+			}
+			return ""
+		})
+		t.Logf("worker3's block back on worker1 %s after restart", took)
+		ping(t, l, "test-1", l.PodIP("test-3"))
+	})
+}
+
+// TestLiveEncapSwitch changes the pool's ipipMode while a TCP transfer
+// runs between pods on two nodes of one subnet: the route flips between
+// IP-in-IP and plain routing within a second and the transfer survives.
+func TestLiveEncapSwitch(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2})
+	block2 := blockOf(l, "test-2")
+	want := func(kind router.Kind) func() string {
+		return func() string {
+			r, ok := routeTo(t, l, "worker1", block2)
+			if !ok || r.Kind != kind {
+				return fmt.Sprintf("route %+v, want kind %s", r, kind)
+			}
+			return ""
+		}
+	}
+	waitFor(t, 20*time.Second, "worker1 learns worker2's block", want(router.KindRemote))
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), l.PodIP("test-2"), 64<<20)
+	}()
+	patch := func(mode string) {
+		out, err := l.Output(context.Background(), "worker1", "podnet", "patch", "ippool", "default-ipv4-ippool",
+			"-p", fmt.Sprintf(`{"spec":{"ipipMode":%q}}`, mode))
+		if err != nil {
+			t.Fatalf("patch ipipMode %s: %v\n%s", mode, err, out)
+		}
+	}
+	patch("Never")
+	t.Logf("Always -> Never took effect in %s", waitFor(t, 2*time.Second, "route becomes plain", want(router.KindHost)))
+	ping(t, l, "test-1", l.PodIP("test-2"))
+	patch("Always")
+	t.Logf("Never -> Always took effect in %s", waitFor(t, 2*time.Second, "route becomes ipip", want(router.KindRemote)))
+	<-done
+	ping(t, l, "test-1", l.PodIP("test-2"))
+}
+
+// bird runs BIRD 2 in the lab's fabric namespace with config conf and
+// returns a function that runs birdc there.
+func bird(t *testing.T, l *lab.Lab, conf string) (birdc func(args ...string) string, reconfigure func(string)) {
+	t.Helper()
+	if _, err := exec.LookPath("bird"); err != nil {
+		t.Fatalf("BIRD 2 is not installed (Debian package bird2; make deps installs it): %v", err)
+	}
+	dir := t.TempDir()
+	cfg, sock := filepath.Join(dir, "bird.conf"), filepath.Join(dir, "bird.ctl")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fabric, err := l.Netns("fabric")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", fabric, "bird", "-f", "-c", cfg, "-s", sock, "-P", filepath.Join(dir, "bird.pid"))
+	var logb strings.Builder
+	cmd.Stdout, cmd.Stderr = &logb, &logb
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start bird: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("bird log:\n%s", logb.String())
+		}
+	})
+	birdc = func(args ...string) string {
+		out, _ := exec.Command("ip", append([]string{"netns", "exec", fabric, "birdc", "-s", sock}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	waitFor(t, 10*time.Second, "bird control socket", func() string {
+		if out := birdc("show", "status"); !strings.Contains(out, "Daemon is up") {
+			return out
+		}
+		return ""
+	})
+	reconfigure = func(conf string) {
+		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out := birdc("configure"); !strings.Contains(out, "Reconfigured") && !strings.Contains(out, "Reconfiguration in progress") {
+			t.Fatalf("birdc configure: %s", out)
+		}
+	}
+	return birdc, reconfigure
+}
+
+// birdConf peers BIRD (AS 65000, 10.77.0.1) with each node; it
+// originates 10.200.0.0/24; passwords[i] (if any) is node i's MD5 key.
+func birdConf(nodes []netip.Addr, passwords ...string) string {
+	var b strings.Builder
+	b.WriteString(`log stderr all;
+router id 10.77.0.1;
+protocol device {}
+protocol static tor_routes { ipv4; route 10.200.0.0/24 blackhole; }
+template bgp podnet_node {
+  local 10.77.0.1 as 65000;
+  ipv4 { import all; export where proto = "tor_routes"; };
+  connect retry time 1;
+}
+`)
+	for i, a := range nodes {
+		fmt.Fprintf(&b, "protocol bgp node%d from podnet_node { neighbor %s as 64512;", i+1, a)
+		if i < len(passwords) && passwords[i] != "" {
+			fmt.Fprintf(&b, " password %q;", passwords[i])
+		}
+		b.WriteString(" }\n")
+	}
+	return b.String()
+}
+
+func TestBIRDInterop(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2})
+	ctx := context.Background()
+	n1, n2, tor := l.NodeAddr("worker1"), l.NodeAddr("worker2"), netip.MustParseAddr("10.77.0.1")
+	birdc, reconfigure := bird(t, l, birdConf([]netip.Addr{n1, n2}))
+	apply := func(doc string) {
+		t.Helper()
+		var out strings.Builder
+		if err := l.Exec(ctx, "worker1", strings.NewReader(doc), &out, &out, "podnet", "apply", "-f", "-"); err != nil {
+			t.Fatalf("apply: %v\n%s", err, out.String())
+		}
+	}
+	apply("apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 10.77.0.1\n  asNumber: 65000\n")
+	for _, n := range []string{"worker1", "worker2"} {
+		waitFor(t, 30*time.Second, n+" session with BIRD", func() string { return established(t, l, n, tor) })
+	}
+	t.Run("BIRD learns every node's blocks", func(t *testing.T) {
+		for pod, nh := range map[string]netip.Addr{"test-1": n1, "test-2": n2} {
+			block := blockOf(l, pod)
+			waitFor(t, 10*time.Second, "bird route "+block.String(), func() string {
+				out := birdc("show", "route", "for", block.Addr().String(), "all")
+				if !strings.Contains(out, block.String()) || !strings.Contains(out, "via "+nh.String()) {
+					return out
+				}
+				return ""
+			})
+		}
+	})
+	t.Run("podnet learns BIRD's route", func(t *testing.T) {
+		p := netip.MustParsePrefix("10.200.0.0/24")
+		waitFor(t, 10*time.Second, "worker1 route to BIRD's prefix", func() string {
+			r, ok := routeTo(t, l, "worker1", p)
+			if !ok || r.NextHop != tor || r.Kind != router.KindHost {
+				return fmt.Sprintf("route %+v", r)
+			}
+			return ""
+		})
+		out, _ := l.Output(ctx, "worker1", "podnet", "route", "list")
+		if !strings.Contains(string(out), "10.200.0.0/24") {
+			t.Fatalf("podnet route list lacks BIRD's route:\n%s", out)
+		}
+		kr, _ := l.Output(ctx, "worker1", "ip", "route", "show", "10.200.0.0/24")
+		if !strings.Contains(string(kr), "via 10.77.0.1") {
+			t.Fatalf("kernel route on worker1: %q, want via 10.77.0.1", kr)
+		}
+	})
+	t.Run("MD5 passwords", func(t *testing.T) {
+		// BIRD wants a password from both nodes; worker1's BGPPeer has
+		// the right one (from a file), worker2's a wrong one (from the
+		// daemon's environment, which has no such variable: empty).
+		secret := filepath.Join(l.RunDir(), "tor.secret")
+		if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := l.Output(ctx, "worker1", "podnet", "delete", "bgppeer", "tor")
+		if err != nil {
+			t.Fatalf("delete bgppeer: %v\n%s", err, out)
+		}
+		apply(fmt.Sprintf(`apiVersion: podnet.io/v1
+kind: BGPPeer
+metadata:
+  name: tor-worker1
+spec:
+  node: worker1
+  peerIP: 10.77.0.1
+  asNumber: 65000
+  password:
+    secretFile: %s
+---
+apiVersion: podnet.io/v1
+kind: BGPPeer
+metadata:
+  name: tor-worker2
+spec:
+  node: worker2
+  peerIP: 10.77.0.1
+  asNumber: 65000
+  password:
+    secretFile: %s.wrong
+`, secret, secret))
+		if err := os.WriteFile(secret+".wrong", []byte("guess\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		reconfigure(birdConf([]netip.Addr{n1, n2}, "s3cret", "s3cret"))
+		waitFor(t, 30*time.Second, "worker1 session with the right password", func() string { return established(t, l, "worker1", tor) })
+		waitFor(t, 30*time.Second, "worker2 reports the password problem", func() string {
+			for _, p := range peersOf(t, l, "worker2") {
+				if p.Address == tor {
+					if p.State == "Established" {
+						return "established with a wrong password"
+					}
+					if !strings.Contains(strings.ToLower(p.Info), "md5") && !strings.Contains(strings.ToLower(p.Info), "password") {
+						return fmt.Sprintf("state %s, info %q: no word of the password", p.State, p.Info)
+					}
+					return ""
+				}
+			}
+			return "no peer"
+		})
+		// The node status table says it too, and the daemons still forward.
+		out, err = l.Output(ctx, "worker2", "podnet", "node", "status")
+		if err != nil || !strings.Contains(string(out), "10.77.0.1") || !strings.Contains(string(out), "node specific") {
+			t.Fatalf("worker2 node status: %v\n%s", err, out)
+		}
+		t.Logf("worker2 node status:\n%s", out)
+		ping(t, l, "test-1", l.PodIP("test-2"))
+	})
+}
