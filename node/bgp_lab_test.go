@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"podnet/encap"
+	"podnet/internal/netnsutil"
 	"podnet/lab"
 	"podnet/lab/labtest"
 	"podnet/router"
@@ -146,6 +148,35 @@ func TestThreeNodeMesh(t *testing.T) {
 	t.Run("pod to other node", func(t *testing.T) {
 		ping(t, l, "test-1", l.NodeAddr("worker2"))
 	})
+	t.Run("ipip from a stranger", func(t *testing.T) {
+		// The fabric is no node: what it encapsulates toward worker1 is
+		// dropped and counted, whole or truncated.
+		var conn *encap.IPIPConn
+		if err := netnsutil.Do(ns("fabric"), func() (err error) {
+			conn, err = encap.ListenIPIP(encap.IPIPConfig{})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		inner := ipv4Frame(t, podMAC(t, ns("test-1")), netip.MustParseAddr("192.168.99.9"), l.PodIP("test-1"))[ethHdrLen:]
+		for _, tc := range []struct {
+			pkt    []byte
+			reason string
+		}{{inner, "unknown-source"}, {inner[:10], "bad-inner"}} {
+			before := underlayDrops(t, l, "worker1")
+			if _, err := conn.WriteBatch([][]byte{tc.pkt}, []netip.Addr{l.NodeAddr("worker1")}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "drop "+tc.reason, func() string {
+				after := underlayDrops(t, l, "worker1")
+				if after[tc.reason] != before[tc.reason]+1 {
+					return fmt.Sprintf("drops %v, want %s +1 from %v", after, tc.reason, before)
+				}
+				return ""
+			})
+		}
+	})
 	t.Run("daemon stopped and restarted", func(t *testing.T) {
 		block3 := blockOf(l, "test-3")
 		if err := l.StopDaemon("worker3", syscall.SIGKILL); err != nil {
@@ -170,6 +201,20 @@ func TestThreeNodeMesh(t *testing.T) {
 		t.Logf("worker3's block back on worker1 %s after restart", took)
 		ping(t, l, "test-1", l.PodIP("test-3"))
 	})
+}
+
+func underlayDrops(t *testing.T, l *lab.Lab, nodeName string) map[string]uint64 {
+	ports, err := nodeClient(t, l, nodeName).Ports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ports {
+		if p.Kind == "underlay" {
+			return p.Drops
+		}
+	}
+	t.Fatalf("%s has no underlay port", nodeName)
+	return nil
 }
 
 // TestLiveEncapSwitch changes the pool's ipipMode while a TCP transfer
@@ -393,4 +438,57 @@ spec:
 		t.Logf("worker2 node status:\n%s", out)
 		ping(t, l, "test-1", l.PodIP("test-2"))
 	})
+}
+
+// TestRouteReflector turns worker1 into a route reflector, switches the
+// mesh off and peers everyone with it (calico.md §5.4): worker2 and
+// worker3 no longer talk to each other but still learn each other's
+// blocks, through worker1, with the right next hops.
+func TestRouteReflector(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3})
+	ctx := context.Background()
+	run := func(stdin string, args ...string) {
+		t.Helper()
+		var out strings.Builder
+		if err := l.Exec(ctx, "worker1", strings.NewReader(stdin), &out, &out, append([]string{"podnet"}, args...)...); err != nil {
+			t.Fatalf("podnet %v: %v\n%s", args, err, out.String())
+		}
+	}
+	run("", "label", "node", "worker1", "route-reflector=true")
+	run("", "patch", "node", "worker1", "-p", `{"spec":{"bgp":{"routeReflectorClusterID":"244.0.0.1"}}}`)
+	run(`apiVersion: podnet.io/v1
+kind: BGPPeer
+metadata:
+  name: peer-with-route-reflectors
+spec:
+  nodeSelector: all()
+  peerSelector: route-reflector == 'true'
+---
+apiVersion: podnet.io/v1
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  nodeToNodeMeshEnabled: false
+`, "apply", "-f", "-")
+	n1, n2, n3 := l.NodeAddr("worker1"), l.NodeAddr("worker2"), l.NodeAddr("worker3")
+	waitFor(t, 30*time.Second, "worker1 reflects for worker2 and worker3", func() string { return established(t, l, "worker1", n2, n3) })
+	waitFor(t, 30*time.Second, "worker2 drops its mesh session with worker3", func() string {
+		for _, p := range peersOf(t, l, "worker2") {
+			if p.Address == n3 {
+				return "worker2 still peers with worker3"
+			}
+		}
+		return established(t, l, "worker2", n1)
+	})
+	waitFor(t, 30*time.Second, "worker2 learns worker3's block via the reflector", func() string {
+		r, ok := routeTo(t, l, "worker2", blockOf(l, "test-3"))
+		if !ok || r.NextHop != n3 {
+			return fmt.Sprintf("route %+v, want next hop %s", r, n3)
+		}
+		return ""
+	})
+	ping(t, l, "test-2", l.PodIP("test-3"))
+	ping(t, l, "test-3", l.PodIP("test-2"))
 }

@@ -274,6 +274,23 @@ func desiredPeers(me string, self *api.Node, others []*api.Node, peers []api.Res
 	for _, r := range peers {
 		bp := r.(*api.BGPPeer)
 		s := bp.Spec
+		// The other end of a selector peering: a node the peerSelector
+		// matches peers back with the nodes the BGPPeer applies to
+		// (Calico's reversePeering: Auto). This is how a route reflector
+		// learns its clients.
+		if s.PeerSelector != "" && self != nil && selectorMatches(s.PeerSelector, self.Labels) {
+			for _, o := range others {
+				p, ok := nodeAddr(o)
+				if !ok || !appliesTo(s, o) {
+					continue
+				}
+				if _, dup := byAddr[p.Addr()]; dup {
+					continue
+				}
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: nodeASN(o, globalASN), Type: "node specific",
+					Password: peerPassword(s.Password), RRClient: isRR(self) && !isRR(o)}
+			}
+		}
 		typ := "global"
 		switch {
 		case s.Node != "":
@@ -339,6 +356,17 @@ func desiredPeers(me string, self *api.Node, others []*api.Node, peers []api.Res
 	}
 	slices.SortFunc(out, func(a, b bgp.Peer) int { return a.Address.Compare(b.Address) })
 	return out
+}
+
+// appliesTo says whether BGPPeer spec s configures sessions on node nd.
+func appliesTo(s api.BGPPeerSpec, nd *api.Node) bool {
+	switch {
+	case s.Node != "":
+		return s.Node == nd.Name
+	case s.NodeSelector != "":
+		return selectorMatches(s.NodeSelector, nd.Labels)
+	}
+	return true
 }
 
 // peerPassword reads a BGPPeer password from its file or environment
