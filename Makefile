@@ -2,11 +2,12 @@
 GO        ?= go
 export GOTOOLCHAIN := local
 BIN       := bin/podnet
-FUZZTIME  ?= 10s
+FUZZTIME  ?= 8s
 # Fuzz targets run briefly by `make test`: package and target names.
 FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARPFrame \
              ./internal/packet:FuzzSegmentTCPv4 ./internal/packet:FuzzVirtioDecode \
-             ./internal/packet:FuzzBuildICMPError
+             ./internal/packet:FuzzBuildICMPError ./encap:FuzzDecapIPIP \
+             ./api:FuzzDecode ./ipam:FuzzDecodeBlock
 
 .PHONY: build deps test unit race fuzz lab lab-down bench lint clean
 
