@@ -52,7 +52,7 @@ func (n *Node) openDatastore(ctx context.Context) (func(), error) {
 	}
 	n.store = store
 	n.ipam = ipam.New(store)
-	n.res = resources.New(store, resources.Options{PoolInUse: PoolInUse(n.ipam)})
+	n.res = resources.New(store, PoolHooks(n.ipam))
 	return func() {
 		store.Close()
 		if emb != nil {
@@ -74,6 +74,22 @@ func PoolInUse(m *ipam.IPAM) func(ctx context.Context, pool api.IPPool) (int, st
 			return count, "", err
 		}
 		return count, formatByNode(byNode), nil
+	}
+}
+
+// PoolHooks are the resources options that tie pools to IPAM: deleting a
+// pool with allocations is refused, and deleting one drops its empty
+// blocks and their affinities.
+func PoolHooks(m *ipam.IPAM) resources.Options {
+	return resources.Options{
+		PoolInUse: PoolInUse(m),
+		PoolDeleted: func(ctx context.Context, pool api.IPPool) error {
+			cidr, err := pool.Prefix()
+			if err != nil {
+				return err
+			}
+			return m.ReleasePoolAffinities(ctx, cidr)
+		},
 	}
 }
 

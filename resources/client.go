@@ -197,6 +197,11 @@ func (c *Client) write(ctx context.Context, s step) (api.Resource, error) {
 		if err != nil {
 			return nil, storeErr(err, s.kind, s.name, s.rev)
 		}
+		if pool, ok := s.r.(*api.IPPool); ok && c.opts.PoolDeleted != nil {
+			if err := c.opts.PoolDeleted(ctx, *pool); err != nil {
+				return s.r, fmt.Errorf("IPPool %s deleted, but releasing its blocks failed: %w", s.name, err)
+			}
+		}
 		return s.r, nil
 	case s.create:
 		rev, err = col.Create(ctx, s.name, s.value)

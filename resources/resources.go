@@ -26,6 +26,10 @@ type Options struct {
 	// an IPPool while count > 0 unless forced. nil: pools are deleted
 	// without asking.
 	PoolInUse func(ctx context.Context, pool api.IPPool) (count int, where string, err error)
+	// PoolDeleted runs after an IPPool is deleted, e.g. to drop the
+	// pool's block affinities (Calico does that on pool delete). Its
+	// error is returned but the pool stays deleted. nil: nothing runs.
+	PoolDeleted func(ctx context.Context, pool api.IPPool) error
 	// Now is the clock for creationTimestamp; nil means time.Now.
 	Now func() time.Time
 }

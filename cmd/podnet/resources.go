@@ -60,11 +60,11 @@ func resourcesClient(cmd *cobra.Command) (*resources.Client, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Failed to create podnet API client: %w", err)
 	}
-	inUse := poolInUse
-	if inUse == nil {
-		inUse = node.PoolInUse(ipam.New(s))
+	opts := node.PoolHooks(ipam.New(s))
+	if poolInUse != nil {
+		opts.PoolInUse = poolInUse
 	}
-	return resources.New(s, resources.Options{PoolInUse: inUse}), func() { s.Close() }, nil
+	return resources.New(s, opts), func() { s.Close() }, nil
 }
 
 func cmdContext(cmd *cobra.Command) context.Context {
