@@ -14,6 +14,18 @@
 // the one goroutine this package cannot stop; tests ignore it in their leak
 // checks), plus per-peer FSM, listener and watcher goroutines, which StopBgp
 // and the cancelled watch context end.
+//
+// One Speaker per process. GoBGP v3's StartBgp writes package-level
+// variables (table.SelectionOptions, table.UseMultiplePaths) that every
+// server's goroutines read, so two Speakers in one process are a data race.
+// The values written are always the same here, so it is benign, but -race
+// reports it; tests run their speakers sequentially for that reason.
+//
+// Known GoBGP v3.37.0 crash: a peer that sends a BGP header with an unknown
+// message type makes GoBGP dereference nil in its FSM goroutine and the
+// process dies (osrg/gobgp#3325, fixed on the v4 line by #3327, in no v3
+// release). Peers are configured by address and TCP-MD5 can protect the
+// session; TestGoBGPv3CrashesOnUnknownMessageType tracks the bug.
 package bgp
 
 import (

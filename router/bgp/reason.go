@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 	"syscall"
 
@@ -34,6 +35,7 @@ const (
 	logRecvNotification = "received notification" // Warn; "Code", "Subcode", optional "Communicated-Reason"
 	logHoldTimerExpired = "hold timer expired"    // Warn
 	logPeerDown         = "Peer Down"             // Info; "Reason" (fsmStateReason.String())
+	logStateChanged     = "state changed"         // Debug; "old", "new" (FSMState.String()), "reason" (*fsmStateReason)
 )
 
 // reasonFromLog maps one GoBGP log record about a peer to a short human
@@ -70,8 +72,51 @@ func reasonFromLog(msg string, f log.Fields, in reasonInput) string {
 	case logPeerDown:
 		r, _ := f["Reason"].(string)
 		return peerDownReason(r)
+	case logStateChanged:
+		return rejectedOpenReason(f, in)
 	}
 	return ""
+}
+
+// rejectedOpenReason covers a gap in GoBGP v3's logging: a NOTIFICATION
+// received before the session is Established (typically the peer refusing
+// our OPEN because of the AS number) is never logged. The FSM only drops
+// from OpenSent/OpenConfirm to Idle with reason "invalid-msg" and no
+// notification of its own attached (when we send one, fsmStateReason carries
+// it, and "sent notification" has already said why).
+func rejectedOpenReason(f log.Fields, in reasonInput) string {
+	from, _ := f["old"].(string)
+	to, _ := f["new"].(string)
+	if to != "BGP_FSM_IDLE" || (from != "BGP_FSM_OPENSENT" && from != "BGP_FSM_OPENCONFIRM") {
+		return ""
+	}
+	r, ok := f["reason"].(fmt.Stringer)
+	if !ok || r.String() != "invalid-msg" || stateReasonHasNotification(f["reason"]) {
+		return ""
+	}
+	return fmt.Sprintf("Peer rejected our OPEN (AS mismatch? we announce AS %d)", in.LocalASN)
+}
+
+// stateReasonHasNotification reports whether GoBGP's unexported
+// fsmStateReason has its exported BGPNotification field set. Reflection is
+// the only way in from outside GoBGP's package; an unknown shape reads as
+// "has one", so the caller stays quiet rather than guess.
+func stateReasonHasNotification(v any) bool {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return true
+		}
+		rv = rv.Elem()
+	}
+	if rv.Kind() != reflect.Struct {
+		return true
+	}
+	n := rv.FieldByName("BGPNotification")
+	if !n.IsValid() || n.Kind() != reflect.Pointer {
+		return true
+	}
+	return !n.IsNil()
 }
 
 // dialReason explains a failed outgoing TCP connection.

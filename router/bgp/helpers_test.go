@@ -1,0 +1,263 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Tests run real GoBGP sessions over TCP on loopback. Every speaker gets its
+// own address in 127.77.0.0/16 (Linux routes all of 127/8 to lo) and a free
+// port, so tests can run in parallel with each other and with other
+// packages' tests.
+
+// waitTimeout bounds every wait on a session or route event. Sessions come
+// up 1-2 s after the peers are added (GoBGP's first connect waits a random
+// 1-2 s); -race makes everything slower.
+const waitTimeout = 20 * time.Second
+
+var nextAddr atomic.Uint32
+
+func newAddr(t *testing.T) netip.Addr {
+	n := nextAddr.Add(1)
+	if n >= 250*250 {
+		t.Fatal("out of test addresses")
+	}
+	return netip.AddrFrom4([4]byte{127, 77, byte(n / 250), byte(n%250 + 1)})
+}
+
+// freePort returns a TCP port that was free on addr a moment ago.
+func freePort(t *testing.T, addr netip.Addr) int {
+	t.Helper()
+	l, err := net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		t.Fatalf("find free port on %v: %v", addr, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// routeLog records OnRoutes calls.
+type routeLog struct {
+	t       *testing.T
+	inCall  atomic.Bool
+	mu      sync.Mutex
+	cur     []Path // guarded by mu
+	calls   int    // guarded by mu
+	changed chan struct{}
+}
+
+func newRouteLog(t *testing.T) *routeLog {
+	return &routeLog{t: t, changed: make(chan struct{}, 1)}
+}
+
+func (r *routeLog) onRoutes(p []Path) {
+	if !r.inCall.CompareAndSwap(false, true) {
+		r.t.Error("OnRoutes called concurrently")
+	}
+	defer r.inCall.Store(false)
+	r.mu.Lock()
+	r.cur = p
+	r.calls++
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (r *routeLog) snapshot() ([]Path, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur, r.calls
+}
+
+// wait blocks until cond holds for the latest route set.
+func (r *routeLog) wait(t *testing.T, desc string, cond func([]Path) bool) []Path {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		cur, _ := r.snapshot()
+		if cond(cur) {
+			return cur
+		}
+		select {
+		case <-r.changed:
+		case <-deadline.C:
+			t.Fatalf("timed out waiting for routes: %s; last set: %v", desc, cur)
+		}
+	}
+}
+
+type node struct {
+	s      *Speaker
+	addr   netip.Addr
+	port   int
+	asn    uint32
+	routes *routeLog
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test", t.Name())
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func newNode(t *testing.T, asn uint32, mod func(*Config)) *node {
+	t.Helper()
+	n := &node{addr: newAddr(t), asn: asn, routes: newRouteLog(t)}
+	n.port = freePort(t, n.addr)
+	cfg := Config{
+		RouterID:    n.addr,
+		ASN:         asn,
+		ListenPort:  n.port,
+		ListenAddrs: []netip.Addr{n.addr},
+		Logger:      testLogger(t),
+		OnRoutes:    n.routes.onRoutes,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("New(%v AS %d): %v", n.addr, asn, err)
+	}
+	n.s = s
+	t.Cleanup(func() { s.Close() })
+	return n
+}
+
+// peerOf describes o as a peer of n, with short timers.
+func (n *node) peerOf(o *node) Peer {
+	return Peer{
+		Address:       o.addr,
+		Port:          o.port,
+		ASN:           o.asn,
+		Type:          "node-to-node mesh",
+		KeepaliveTime: time.Second,
+		HoldTime:      3 * time.Second,
+	}
+}
+
+func (n *node) setPeers(t *testing.T, peers ...Peer) {
+	t.Helper()
+	if err := n.s.SetPeers(context.Background(), peers); err != nil {
+		t.Fatalf("%v: SetPeers: %v", n.addr, err)
+	}
+}
+
+func (n *node) advertise(t *testing.T, nh netip.Addr, prefixes ...string) {
+	t.Helper()
+	var ps []netip.Prefix
+	for _, p := range prefixes {
+		ps = append(ps, netip.MustParsePrefix(p))
+	}
+	if err := n.s.Advertise(context.Background(), ps, nh); err != nil {
+		t.Fatalf("%v: Advertise(%v): %v", n.addr, prefixes, err)
+	}
+}
+
+// peerStatus returns n's status row for addr.
+func (n *node) peerStatus(t *testing.T, addr netip.Addr) (PeerStatus, bool) {
+	t.Helper()
+	ps, err := n.s.Peers(context.Background())
+	if err != nil {
+		t.Fatalf("%v: Peers: %v", n.addr, err)
+	}
+	for _, p := range ps {
+		if p.Address == addr {
+			return p, true
+		}
+	}
+	return PeerStatus{}, false
+}
+
+// waitPeer polls n's view of addr until cond holds. Peer state has no
+// public change notification, so this is a condition poll, not a sleep.
+func (n *node) waitPeer(t *testing.T, addr netip.Addr, desc string, cond func(PeerStatus) bool) PeerStatus {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		p, ok := n.peerStatus(t, addr)
+		if ok && cond(p) {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v: timed out waiting for peer %v: %s; last status %+v (found %v)", n.addr, addr, desc, p, ok)
+		}
+		<-tick.C
+	}
+}
+
+func established(p PeerStatus) bool { return p.State == "Established" && p.Info == "Established" }
+
+func (n *node) waitEstablished(t *testing.T, o *node) PeerStatus {
+	t.Helper()
+	return n.waitPeer(t, o.addr, "Established", established)
+}
+
+func findPath(ps []Path, prefix string) (Path, bool) {
+	want := netip.MustParsePrefix(prefix)
+	for _, p := range ps {
+		if p.Prefix == want {
+			return p, true
+		}
+	}
+	return Path{}, false
+}
+
+func prefixesOf(ps []Path) string {
+	var s []string
+	for _, p := range ps {
+		s = append(s, fmt.Sprintf("%v via %v from %v", p.Prefix, p.NextHop, p.Peer))
+	}
+	return strings.Join(s, ", ")
+}
+
+// goroutines returns the stacks of all goroutines by id.
+func goroutines() map[string]string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	out := make(map[string]string)
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		id, _, _ := strings.Cut(g, " [")
+		out[id] = g
+	}
+	return out
+}
+
+// leaked returns goroutines that exist now but not in before, ignoring GoBGP
+// v3's Serve goroutine, which has no way to stop (see the package comment).
+func leaked(before map[string]string) []string {
+	var out []string
+	for id, g := range goroutines() {
+		if _, ok := before[id]; ok {
+			continue
+		}
+		if strings.Contains(g, "BgpServer).Serve(") {
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
+}

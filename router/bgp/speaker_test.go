@@ -1,0 +1,477 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const podnetASN = 64512
+
+// The tests that run speakers in this process are deliberately not parallel:
+// GoBGP v3's StartBgp writes package-level variables (table.SelectionOptions,
+// table.UseMultiplePaths) that every server's goroutines read, so speakers of
+// concurrent tests race (see the package comment). Within one test the
+// calls into each speaker order those accesses.
+
+// A <-> B, iBGP AS 64512:
+//
+//	A 127.77.x.a ------ B 127.77.x.b
+//	advertises 192.168.1.0/26, 192.168.2.5/32 (next hop A)
+func TestIBGPAdvertiseWithdrawClose(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	a.setPeers(t, a.peerOf(b))
+	b.setPeers(t, b.peerOf(a))
+	a.waitEstablished(t, b)
+	pb := b.waitEstablished(t, a)
+	if pb.Type != "node-to-node mesh" || pb.Since.IsZero() || time.Since(pb.Since) > time.Minute {
+		t.Errorf("B's row for A: got %+v, want type node-to-node mesh and a recent Since", pb)
+	}
+
+	a.advertise(t, a.addr, "192.168.1.0/26", "192.168.2.5/32")
+	got := b.routes.wait(t, "both of A's prefixes", func(ps []Path) bool { return len(ps) == 2 })
+	for _, p := range got {
+		if p.NextHop != a.addr || p.Peer != a.addr || len(p.ASPath) != 0 || p.Origin != "IGP" {
+			t.Errorf("B learned %+v, want next hop and peer %v, empty AS path (iBGP), origin IGP", p, a.addr)
+		}
+	}
+	if got[0].Prefix.String() != "192.168.1.0/26" || got[1].Prefix.String() != "192.168.2.5/32" {
+		t.Errorf("got prefixes %s, want 192.168.1.0/26 and 192.168.2.5/32 in order", prefixesOf(got))
+	}
+	// A does not report its own originated prefixes as learned routes.
+	if cur, _ := a.routes.snapshot(); len(cur) != 0 {
+		t.Errorf("A's OnRoutes got %s, want nothing", prefixesOf(cur))
+	}
+
+	// The released /32 is withdrawn, the block stays.
+	a.advertise(t, a.addr, "192.168.1.0/26")
+	got = b.routes.wait(t, "only 192.168.1.0/26", func(ps []Path) bool { return len(ps) == 1 })
+	if got[0].Prefix.String() != "192.168.1.0/26" {
+		t.Errorf("after withdraw got %s, want 192.168.1.0/26", prefixesOf(got))
+	}
+
+	// A stops: B drops A's routes well within the 3 s hold time (A sends
+	// Cease on StopBgp).
+	start := time.Now()
+	if err := a.s.Close(); err != nil {
+		t.Fatalf("A Close: %v", err)
+	}
+	b.routes.wait(t, "A's routes gone", func(ps []Path) bool { return len(ps) == 0 })
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("B lost A's routes after %v, want within the 3s hold time", d)
+	}
+	pb = b.waitPeer(t, a.addr, "down with a reason", func(p PeerStatus) bool { return p.State != "Established" })
+	if pb.Info == "" || pb.Info == "Established" {
+		t.Errorf("B's row for stopped A: got Info %q, want a reason", pb.Info)
+	}
+	t.Logf("B's row for stopped A: %+v", pb)
+}
+
+// R is a route reflector (cluster 244.0.0.1); A and B are its clients and
+// have no session with each other:
+//
+//	A ---- R ---- B
+func TestRouteReflector(t *testing.T) {
+	r := newNode(t, podnetASN, func(c *Config) { c.RouteReflectorClusterID = netip.MustParseAddr("244.0.0.1") })
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	pa, pb := r.peerOf(a), r.peerOf(b)
+	pa.RRClient, pb.RRClient = true, true
+	pa.Type, pb.Type = "node specific", "node specific"
+	r.setPeers(t, pa, pb)
+	a.setPeers(t, a.peerOf(r))
+	b.setPeers(t, b.peerOf(r))
+	r.waitEstablished(t, a)
+	r.waitEstablished(t, b)
+
+	a.advertise(t, a.addr, "10.244.1.0/26")
+	got := b.routes.wait(t, "A's block via R", func(ps []Path) bool { return len(ps) == 1 })
+	if p := got[0]; p.Prefix.String() != "10.244.1.0/26" || p.NextHop != a.addr || p.Peer != r.addr {
+		t.Errorf("B learned %+v, want 10.244.1.0/26 next hop %v (A) from peer %v (R)", p, a.addr, r.addr)
+	}
+	rs, err := r.s.Peers(context.Background())
+	if err != nil || len(rs) != 2 || rs[0].Type != "node specific" || rs[0].Address.Compare(rs[1].Address) >= 0 {
+		t.Errorf("R's Peers: got %+v, %v; want two node specific rows sorted by address", rs, err)
+	}
+}
+
+// A (AS 64512) and C (AS 65001, e.g. a top-of-rack router) over eBGP.
+func TestEBGPNextHop(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	c := newNode(t, 65001, nil)
+	pc := a.peerOf(c)
+	pc.Type = "global"
+	a.setPeers(t, pc)
+	c.setPeers(t, c.peerOf(a))
+	a.waitEstablished(t, c)
+
+	a.advertise(t, a.addr, "10.244.7.0/26")
+	c.advertise(t, c.addr, "172.31.0.0/16")
+	got := c.routes.wait(t, "A's block", func(ps []Path) bool { return len(ps) == 1 })
+	if p := got[0]; p.Prefix.String() != "10.244.7.0/26" || p.NextHop != a.addr || !slices.Equal(p.ASPath, []uint32{podnetASN}) {
+		t.Errorf("C learned %+v, want 10.244.7.0/26 next hop %v AS path [64512]", p, a.addr)
+	}
+	got = a.routes.wait(t, "C's prefix", func(ps []Path) bool { return len(ps) == 1 })
+	if p := got[0]; p.NextHop != c.addr || !slices.Equal(p.ASPath, []uint32{65001}) {
+		t.Errorf("A learned %+v, want next hop %v AS path [65001]", p, c.addr)
+	}
+	if row, _ := a.peerStatus(t, c.addr); row.Type != "global" {
+		t.Errorf("A's row for C: got type %q, want global", row.Type)
+	}
+}
+
+func TestPasswordMatch(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	pa, pb := b.peerOf(a), a.peerOf(b)
+	pa.Password, pb.Password = "s3cret", "s3cret"
+	a.setPeers(t, pb)
+	b.setPeers(t, pa)
+	a.waitEstablished(t, b)
+	b.waitEstablished(t, a)
+}
+
+func TestPasswordMismatch(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	pa, pb := b.peerOf(a), a.peerOf(b)
+	pa.Password, pb.Password = "one", "two"
+	a.setPeers(t, pb)
+	b.setPeers(t, pa)
+	row := a.waitPeer(t, b.addr, "Info mentions the password", func(p PeerStatus) bool {
+		return strings.Contains(p.Info, "password")
+	})
+	if row.State == "Established" {
+		t.Errorf("mismatched passwords: got Established")
+	}
+	t.Logf("A's row for B: %+v", row)
+}
+
+// A is configured with peer AS 65002 but C is AS 65001.
+func TestASMismatch(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	c := newNode(t, 65001, nil)
+	pc := a.peerOf(c)
+	pc.ASN = 65002
+	a.setPeers(t, pc)
+	c.setPeers(t, c.peerOf(a))
+	row := a.waitPeer(t, c.addr, "AS mismatch", func(p PeerStatus) bool { return strings.HasPrefix(p.Info, "AS mismatch") })
+	if want := "AS mismatch: peer says 65001, configured 65002"; row.Info != want {
+		t.Errorf("A's Info: got %q, want %q", row.Info, want)
+	}
+	// GoBGP v3 does not log a NOTIFICATION received before Established, so
+	// C can only say that A rejected its OPEN.
+	row = c.waitPeer(t, a.addr, "rejected OPEN", func(p PeerStatus) bool { return strings.HasPrefix(p.Info, "Peer rejected our OPEN") })
+	if want := "Peer rejected our OPEN (AS mismatch? we announce AS 65001)"; row.Info != want {
+		t.Errorf("C's Info: got %q, want %q", row.Info, want)
+	}
+}
+
+func TestConnectionRefused(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	nobody := newAddr(t)
+	a.setPeers(t, Peer{Address: nobody, Port: freePort(t, nobody), ASN: podnetASN, Type: "global"})
+	row := a.waitPeer(t, nobody, "Connection refused", func(p PeerStatus) bool { return p.Info == "Connection refused" })
+	if row.State == "Established" || row.Type != "global" {
+		t.Errorf("got %+v, want a global peer that is not Established", row)
+	}
+}
+
+// garbagePeer listens on a fresh address and answers every connection with
+// msg, then waits for the other side to close. It returns address and port.
+func garbagePeer(t *testing.T, msg []byte) (netip.Addr, int) {
+	t.Helper()
+	g := newAddr(t)
+	l, err := net.Listen("tcp", netip.AddrPortFrom(g, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write(msg)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	return g, l.Addr().(*net.TCPAddr).Port
+}
+
+// bgpMarker is the all-ones marker that starts every BGP message.
+var bgpMarker = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// G accepts BGP connections and answers with a header whose length (5) is
+// below the minimum of 19. B keeps its session with A, and A's routes, while
+// the session with G keeps failing.
+func TestGarbagePeerDoesNotHurtOthers(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	g, gPort := garbagePeer(t, append(slices.Clone(bgpMarker), 0, 5, 1))
+
+	a.setPeers(t, a.peerOf(b))
+	b.setPeers(t, b.peerOf(a), Peer{Address: g, Port: gPort, ASN: podnetASN, Type: "global"})
+	b.waitEstablished(t, a)
+	a.advertise(t, a.addr, "10.244.9.0/26")
+	b.routes.wait(t, "A's block", func(ps []Path) bool { return len(ps) == 1 })
+
+	row := b.waitPeer(t, g, "malformed message reason", func(p PeerStatus) bool {
+		return strings.HasPrefix(p.Info, "Malformed message from peer")
+	})
+	if want := "Malformed message from peer: message header error: bad message length"; row.Info != want {
+		t.Errorf("B's row for G: got Info %q, want %q", row.Info, want)
+	}
+	if p, _ := b.peerStatus(t, a.addr); !established(p) {
+		t.Errorf("B's session with A after G's garbage: got %+v, want Established", p)
+	}
+	if cur, _ := b.routes.snapshot(); len(cur) != 1 {
+		t.Errorf("B's routes after G's garbage: got %s, want A's block", prefixesOf(cur))
+	}
+}
+
+func TestSetPeersIdempotentChangeAndRemove(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	c := newNode(t, podnetASN, nil)
+	a.setPeers(t, a.peerOf(b), a.peerOf(c))
+	b.setPeers(t, b.peerOf(a))
+	c.setPeers(t, c.peerOf(a))
+	before := a.waitEstablished(t, b)
+	a.waitEstablished(t, c)
+	b.advertise(t, b.addr, "10.244.2.0/26")
+	a.routes.wait(t, "B's block", func(ps []Path) bool { return len(ps) == 1 })
+	_, calls := a.routes.snapshot()
+
+	// Same set again (different order): nothing is reset.
+	a.setPeers(t, a.peerOf(c), a.peerOf(b))
+	after, _ := a.peerStatus(t, b.addr)
+	if !established(after) || !after.Since.Equal(before.Since) {
+		t.Errorf("after idempotent SetPeers: got %+v, want Established since %v", after, before.Since)
+	}
+	if _, n := a.routes.snapshot(); n != calls {
+		t.Errorf("idempotent SetPeers caused %d OnRoutes calls", n-calls)
+	}
+
+	// A changed setting re-adds the peer; the session comes back.
+	pb := a.peerOf(b)
+	pb.Type = "node specific"
+	pb.HoldTime = 6 * time.Second
+	a.setPeers(t, pb, a.peerOf(c))
+	a.waitPeer(t, b.addr, "re-added and Established", func(p PeerStatus) bool {
+		return established(p) && p.Type == "node specific"
+	})
+	a.routes.wait(t, "B's block again", func(ps []Path) bool { return len(ps) == 1 })
+
+	// Removal: B disappears from A's peers, and B sees the session go.
+	a.setPeers(t, a.peerOf(c))
+	ps, err := a.s.Peers(context.Background())
+	if err != nil || len(ps) != 1 || ps[0].Address != c.addr {
+		t.Errorf("A's peers after removing B: got %+v, %v; want only C", ps, err)
+	}
+	a.routes.wait(t, "B's block gone", func(ps []Path) bool { return len(ps) == 0 })
+	b.waitPeer(t, a.addr, "down", func(p PeerStatus) bool { return p.State != "Established" })
+
+	// Removing everything.
+	a.setPeers(t)
+	if ps, _ := a.s.Peers(context.Background()); len(ps) != 0 {
+		t.Errorf("A's peers after SetPeers(nil): got %+v", ps)
+	}
+}
+
+func TestAdvertiseDiffAndNextHopChange(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	a.setPeers(t, a.peerOf(b))
+	b.setPeers(t, b.peerOf(a))
+	b.waitEstablished(t, a)
+
+	a.advertise(t, netip.Addr{}, "10.244.0.0/26", "10.244.0.64/26", "10.244.0.130/26") // last one is masked to .128/26
+	got := b.routes.wait(t, "three blocks", func(ps []Path) bool { return len(ps) == 3 })
+	if _, ok := findPath(got, "10.244.0.128/26"); !ok {
+		t.Errorf("got %s, want 10.244.0.128/26 (masked)", prefixesOf(got))
+	}
+	for _, p := range got {
+		if p.NextHop != a.addr {
+			t.Errorf("zero next hop: got %v for %v, want RouterID %v", p.NextHop, p.Prefix, a.addr)
+		}
+	}
+
+	// Add one, drop one, keep one, in one call.
+	a.advertise(t, netip.Addr{}, "10.244.0.64/26", "10.244.0.128/26", "10.244.0.192/26")
+	b.routes.wait(t, ".64 .128 .192", func(ps []Path) bool {
+		_, has0 := findPath(ps, "10.244.0.0/26")
+		_, has192 := findPath(ps, "10.244.0.192/26")
+		return len(ps) == 3 && !has0 && has192
+	})
+
+	// A different next hop for the same prefixes replaces the paths.
+	nh := netip.MustParseAddr("10.0.0.99")
+	a.advertise(t, nh, "10.244.0.64/26")
+	got = b.routes.wait(t, "one block via 10.0.0.99", func(ps []Path) bool {
+		return len(ps) == 1 && ps[0].NextHop == nh
+	})
+	if got[0].Prefix.String() != "10.244.0.64/26" {
+		t.Errorf("got %s, want 10.244.0.64/26", prefixesOf(got))
+	}
+
+	a.advertise(t, netip.Addr{})
+	b.routes.wait(t, "nothing", func(ps []Path) bool { return len(ps) == 0 })
+}
+
+// Not parallel either: the goroutine comparison must not see other tests'
+// speakers start or stop.
+func TestCloseIdempotentNoLeak(t *testing.T) {
+	before := goroutines()
+	func() {
+		a := newNode(t, podnetASN, nil)
+		b := newNode(t, podnetASN, nil)
+		a.setPeers(t, a.peerOf(b))
+		b.setPeers(t, b.peerOf(a))
+		b.waitEstablished(t, a)
+		a.advertise(t, a.addr, "10.244.3.0/26")
+		b.routes.wait(t, "A's block", func(ps []Path) bool { return len(ps) == 1 })
+
+		for _, n := range []*node{a, b} {
+			if err := n.s.Close(); err != nil {
+				t.Errorf("first Close: %v", err)
+			}
+			if err := n.s.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+		}
+		ctx := context.Background()
+		if err := a.s.SetPeers(ctx, nil); !errors.Is(err, ErrClosed) {
+			t.Errorf("SetPeers after Close: got %v, want ErrClosed", err)
+		}
+		if err := a.s.Advertise(ctx, nil, netip.Addr{}); !errors.Is(err, ErrClosed) {
+			t.Errorf("Advertise after Close: got %v, want ErrClosed", err)
+		}
+		if _, err := a.s.Peers(ctx); !errors.Is(err, ErrClosed) {
+			t.Errorf("Peers after Close: got %v, want ErrClosed", err)
+		}
+	}()
+
+	// GoBGP's watcher and channel goroutines end asynchronously once the
+	// watch context is cancelled; give them a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l := leaked(before)
+		if len(l) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines left after Close:\n%s", len(l), strings.Join(l, "\n\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	onRoutes := func([]Path) {}
+	rid := netip.MustParseAddr("127.0.0.1")
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no router id", Config{ASN: 1, OnRoutes: onRoutes}, "RouterID"},
+		{"ipv6 router id", Config{RouterID: netip.MustParseAddr("::1"), ASN: 1, OnRoutes: onRoutes}, "RouterID"},
+		{"no asn", Config{RouterID: rid, OnRoutes: onRoutes}, "ASN"},
+		{"no OnRoutes", Config{RouterID: rid, ASN: 1}, "OnRoutes"},
+		{"bad port", Config{RouterID: rid, ASN: 1, OnRoutes: onRoutes, ListenPort: 70000}, "ListenPort"},
+		{"v6 cluster id", Config{RouterID: rid, ASN: 1, OnRoutes: onRoutes, RouteReflectorClusterID: netip.MustParseAddr("::2")}, "RouteReflectorClusterID"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := New(context.Background(), tt.cfg)
+			if err == nil {
+				s.Close()
+				t.Fatalf("got no error, want one mentioning %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSetPeersValidation(t *testing.T) {
+	a := newNode(t, podnetASN, func(c *Config) { c.ListenPort = -1 })
+	other := netip.MustParseAddr("127.77.250.1")
+	good := Peer{Address: other, ASN: podnetASN}
+	tests := []struct {
+		name  string
+		peers []Peer
+		want  string
+	}{
+		{"no address", []Peer{{ASN: 1}}, "IPv4"},
+		{"ipv6", []Peer{{Address: netip.MustParseAddr("::1"), ASN: 1}}, "IPv4"},
+		{"no asn", []Peer{{Address: other}}, "ASN"},
+		{"bad port", []Peer{{Address: other, ASN: 1, Port: 65536}}, "Port"},
+		{"short hold", []Peer{{Address: other, ASN: 1, HoldTime: 2 * time.Second}}, "HoldTime"},
+		{"fractional", []Peer{{Address: other, ASN: 1, HoldTime: 3500 * time.Millisecond}}, "whole seconds"},
+		{"rr client without cluster", []Peer{{Address: other, ASN: podnetASN, RRClient: true}}, "RouteReflectorClusterID"},
+		{"duplicate", []Peer{good, good}, "twice"},
+		{"ourselves", []Peer{{Address: a.addr, ASN: 1}}, "own router ID"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := a.s.SetPeers(context.Background(), tt.peers)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error mentioning %q", err, tt.want)
+			}
+		})
+	}
+	if ps, _ := a.s.Peers(context.Background()); len(ps) != 0 {
+		t.Errorf("refused sets changed the peers: %+v", ps)
+	}
+	if err := a.s.Advertise(context.Background(), []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, netip.Addr{}); err == nil {
+		t.Errorf("Advertise of an IPv6 prefix: got no error")
+	}
+}
+
+// GoBGP v3.37.0 dereferences a nil message when a peer sends a header with an
+// unknown message type, and the whole process dies (osrg/gobgp#3325, fixed
+// on the v4 line by #3327; there is no v3 release with the fix). This test
+// runs that scenario in a child process and expects the crash, so that it
+// fails, and this note gets revisited, once the dependency is fixed.
+func TestGoBGPv3CrashesOnUnknownMessageType(t *testing.T) {
+	if os.Getenv("PODNET_BGP_CRASH_CHILD") == "1" {
+		nextAddr.Store(60000) // stay clear of the parent's addresses
+		b := newNode(t, podnetASN, nil)
+		g, port := garbagePeer(t, append(slices.Clone(bgpMarker), 0, 19, 9))
+		b.setPeers(t, Peer{Address: g, Port: port, ASN: podnetASN})
+		// Either the process dies, or this wait ends and the child passes.
+		b.waitPeer(t, g, "a malformed-message reason", func(p PeerStatus) bool {
+			return strings.HasPrefix(p.Info, "Malformed message from peer")
+		})
+		return
+	}
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestGoBGPv3CrashesOnUnknownMessageType$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "PODNET_BGP_CRASH_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("GoBGP survived an unknown message type: the dependency is fixed; update this test and the package docs.\n%s", out)
+	}
+	if !strings.Contains(string(out), "handlingError") {
+		t.Fatalf("child failed for another reason: %v\n%s", err, out)
+	}
+}
