@@ -62,6 +62,50 @@ func newBenchCmd() *cobra.Command {
 	}
 	podAdd.Flags().IntVar(&pods, "pods", 200, "pods to add")
 	podAdd.Flags().StringVarP(out, "output", "o", "table", "table or json")
-	cmd.AddCommand(same, podAdd)
+	var xcfg bench.CrossNodeConfig
+	cross := &cobra.Command{
+		Use:   "cross-node",
+		Short: "Pod-to-pod TCP across two nodes: kernel direct routing vs podnet IP-in-IP vs podnet routed (iperf3)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			xcfg.Progress = os.Stderr
+			rs, err := bench.CrossNode(ctx, xcfg)
+			if err != nil {
+				return err
+			}
+			if *out == "json" {
+				return printJSON(stdout, rs)
+			}
+			bench.WriteTable(stdout, rs)
+			return nil
+		},
+	}
+	cross.Flags().IntVar(&xcfg.Seconds, "seconds", 5, "seconds per iperf3 run")
+	cross.Flags().IntSliceVar(&xcfg.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
+	cross.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	var runs int
+	conv := &cobra.Command{
+		Use:   "convergence",
+		Short: "Time from a block claimed on one node to the route on another (BGP), median of N",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			r, err := bench.Convergence(ctx, "", runs, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if *out == "json" {
+				return printJSON(stdout, r)
+			}
+			fmt.Fprintln(stdout, r)
+			return nil
+		},
+	}
+	conv.Flags().IntVar(&runs, "runs", 20, "blocks to time")
+	conv.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	cmd.AddCommand(same, podAdd, cross, conv)
 	return cmd
 }
