@@ -2,7 +2,7 @@ package encap
 
 import "podnet/internal/packet"
 
-// DecapError is the reason DecapIPIP rejected a packet. The switch uses
+// DecapError is the reason DecapIPIP or DecapVXLAN rejected a packet. The switch uses
 // String() as the name of the drop counter, so the names are stable and
 // short. DecapOK is the zero value and means the packet was accepted.
 type DecapError uint8
@@ -16,6 +16,12 @@ const (
 	DecapOuterFragment             // outer header has MF set or a fragment offset
 	DecapTruncatedInner            // inner header or inner total length runs past the outer payload
 	DecapBadInner                  // inner version is not 4, IHL < 5, or total length < header
+
+	// VXLAN (DecapVXLAN).
+	DecapTruncatedVXLAN         // UDP payload shorter than the 8-byte VXLAN header
+	DecapBadVXLANFlags          // I flag (VNI present) clear
+	DecapWrongVNI               // VNI is not the one configured
+	DecapTruncatedInnerEthernet // less than an Ethernet header after the VXLAN header
 	numDecapErrors
 )
 
@@ -27,6 +33,11 @@ var decapErrorNames = [numDecapErrors]string{
 	DecapOuterFragment:  "outer-fragment",
 	DecapTruncatedInner: "truncated-inner",
 	DecapBadInner:       "bad-inner",
+
+	DecapTruncatedVXLAN:         "truncated-vxlan",
+	DecapBadVXLANFlags:          "bad-vxlan-flags",
+	DecapWrongVNI:               "wrong-vni",
+	DecapTruncatedInnerEthernet: "truncated-inner-ethernet",
 }
 
 // String returns the kebab-case reason used as a drop-counter name.

@@ -1,0 +1,206 @@
+package encap
+
+import (
+	"fmt"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ReadBatch reads up to min(len(bufs), len(sizes), BatchSize()) VXLAN
+// datagrams, each UDP payload (VXLAN header and inner frame) into
+// bufs[i][offset:], and sets sizes[i] to its length. It blocks until at
+// least one datagram is there, then takes everything queued up to the
+// batch size in one recvmmsg. Sources reports where each came from.
+//
+// Without GRO the kernel writes straight into the caller's buffers. With
+// GRO (see VXLANConn) one slot can hold up to 64 coalesced datagrams, so
+// recvmmsg reads into the conn's own 64 KiB-per-slot scratch and
+// ReadBatch copies each datagram into its own buffer, in arrival order.
+// Datagrams that do not fit in this call's buffers stay queued in the
+// conn, and the next ReadBatch returns them first without a syscall.
+//
+// A datagram longer than its buffer is cut short; the inner IPv4 total
+// length then runs past the frame, which the switch's IPv4 check catches.
+// Size buffers for the underlay MTU at least (packet.BufferSize is always
+// enough).
+//
+// It allocates nothing in steady state. Every bufs[i] used must have room
+// after offset.
+func (c *VXLANConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	c.nsrc = 0
+	n := min(len(bufs), len(sizes), c.batch)
+	if n == 0 {
+		return 0, nil
+	}
+	for i := range n {
+		if offset < 0 || offset >= len(bufs[i]) {
+			return 0, fmt.Errorf("encap: vxlan read: buffer %d (len %d) has no room after offset %d", i, len(bufs[i]), offset)
+		}
+	}
+	if c.gro {
+		return c.readGRO(bufs, sizes, offset, n)
+	}
+	for i := range n {
+		b := bufs[i]
+		c.riovs[i].Base = &b[offset]
+		c.riovs[i].SetLen(len(b) - offset)
+	}
+	got, err := c.recv(n)
+	for i := range got {
+		sizes[i] = int(c.rhdrs[i].Len)
+		c.srcs[i], c.sports[i] = sockaddrInet4(&c.rnames[i], c.rhdrs[i].Hdr.Namelen)
+	}
+	c.nsrc = got
+	// Drop the references to the caller's buffers (wireguard-go's
+	// clearPointers hygiene): the conn must not keep them alive.
+	for i := range n {
+		c.riovs[i].Base = nil
+	}
+	return got, err
+}
+
+// readGRO is ReadBatch with UDP_GRO on: split what is pending, or read a
+// new batch into scratch and split that.
+func (c *VXLANConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, error) {
+	if c.pslot >= c.pend {
+		c.pend, c.pslot, c.poff = 0, 0, 0
+		// Each slot yields at least one datagram, so n slots never
+		// produce fewer than n, and leftovers wait in pend.
+		got, err := c.recv(n)
+		if got == 0 {
+			return 0, err
+		}
+		for j := range got {
+			size := int(c.rhdrs[j].Len)
+			seg := groSegment(c.rctrl[j][:], c.rhdrs[j].Hdr.Controllen)
+			if seg <= 0 || seg > size {
+				seg = size // not coalesced
+			}
+			c.rsize[j], c.rseg[j] = size, seg
+			a, p := sockaddrInet4(&c.rnames[j], c.rhdrs[j].Hdr.Namelen)
+			c.rsrc[j] = netip.AddrPortFrom(a, p)
+		}
+		c.pend = got
+	}
+	out := 0
+	for out < n && c.pslot < c.pend {
+		j := c.pslot
+		size := c.rsize[j]
+		l := min(c.rseg[j], size-c.poff)
+		base := j*groSlotSize + c.poff
+		sizes[out] = copy(bufs[out][offset:], c.scratch[base:base+l])
+		c.srcs[out], c.sports[out] = c.rsrc[j].Addr(), c.rsrc[j].Port()
+		out++
+		c.poff += l
+		if c.poff >= size { // also ends an empty datagram (size 0)
+			c.pslot++
+			c.poff = 0
+		}
+	}
+	c.nsrc = out
+	return out, nil
+}
+
+// recv runs one recvmmsg over the first n slots, waiting for data, and
+// returns how many it filled.
+func (c *VXLANConn) recv(n int) (int, error) {
+	for i := range n {
+		h := &c.rhdrs[i].Hdr
+		// The kernel overwrites these with what it wrote.
+		h.Namelen = unix.SizeofSockaddrInet4
+		if c.gro {
+			h.SetControllen(int(unsafe.Sizeof(c.rctrl[i])))
+		}
+		h.Flags = 0
+	}
+	c.rcount, c.rn, c.rerr = n, 0, nil
+	err := c.raw.Read(c.readFn)
+	got, rerr := c.rn, c.rerr
+	c.rerr = nil
+	if got > 0 {
+		return got, nil
+	}
+	if rerr != nil {
+		return 0, rerr
+	}
+	if err != nil {
+		return 0, c.mapErr("read", err)
+	}
+	return 0, nil
+}
+
+// recvBatch is the RawConn read callback: false means "wait for
+// readability and call again", true means done.
+func (c *VXLANConn) recvBatch(fd uintptr) bool {
+	for {
+		// Flags 0: the socket is non-blocking, so recvmmsg stops at the
+		// first empty read and returns what it has.
+		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
+			uintptr(unsafe.Pointer(&c.rhdrs[0])), uintptr(c.rcount), 0, 0, 0)
+		switch errno {
+		case 0:
+			c.rn = int(r)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			c.rerr = c.mapErr("read", errno)
+			return true
+		}
+	}
+}
+
+// Sources returns the outer source address of each datagram the last
+// ReadBatch returned, by index. The slice is the conn's own and is
+// overwritten by the next ReadBatch; call it from the reading goroutine.
+// The switch checks these against its node set before it trusts an inner
+// frame (see the package comment).
+func (c *VXLANConn) Sources() []netip.Addr { return c.srcs[:c.nsrc] }
+
+// SourcePorts returns the outer UDP source port of each datagram the last
+// ReadBatch returned, with the same validity as Sources.
+func (c *VXLANConn) SourcePorts() []uint16 { return c.sports[:c.nsrc] }
+
+// sockaddrInet4 converts a sockaddr_in the kernel filled in (namelen
+// bytes of it) without allocating. Anything but a full AF_INET address
+// gives the zero Addr.
+func sockaddrInet4(sa *unix.RawSockaddrInet4, namelen uint32) (netip.Addr, uint16) {
+	if namelen < unix.SizeofSockaddrInet4 || sa.Family != unix.AF_INET {
+		return netip.Addr{}, 0
+	}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
+	return netip.AddrFrom4(sa.Addr), uint16(p[0])<<8 | uint16(p[1])
+}
+
+// groSegment finds the SOL_UDP/UDP_GRO control message (an int: the size
+// of each coalesced datagram but the last) in the first n bytes of ctrl
+// and returns it, or 0 if there is none. It walks the cmsghdrs by hand:
+// unix.ParseSocketControlMessage allocates.
+func groSegment(ctrl []uint64, n uint64) int {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&ctrl[0])), len(ctrl)*8)
+	if n > uint64(len(b)) {
+		n = uint64(len(b)) // MSG_CTRUNC: trust only what fits
+	}
+	b = b[:n]
+	for len(b) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		if h.Len < unix.SizeofCmsghdr || h.Len > uint64(len(b)) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && h.Len >= uint64(unix.CmsgLen(4)) {
+			return int(*(*int32)(unsafe.Pointer(&b[unix.CmsgLen(0)])))
+		}
+		next := (h.Len + 7) &^ 7 // CMSG_ALIGN
+		if next >= uint64(len(b)) {
+			return 0
+		}
+		b = b[next:]
+	}
+	return 0
+}

@@ -1,0 +1,202 @@
+package encap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// WriteBatch sends each UDP payload pkts[i] (a VXLAN header and inner
+// frame, see EncapVXLAN) to dsts[i], a node's underlay address and VXLAN
+// port. It sends in sendmmsg calls of up to BatchSize() packets, waits for
+// buffer space when the socket is full, and returns how many packets the
+// kernel accepted.
+//
+// With GSO, consecutive packets to the same destination whose lengths are
+// equal (the last of a run may be shorter) go out as one message with a
+// UDP_SEGMENT control message: at most 64 packets and 65000 bytes each,
+// one iovec per packet, nothing copied. The receiver sees the same
+// datagrams either way. If the kernel refuses a segmented message with
+// EIO or EINVAL, GSO is turned off for good and the packets are resent
+// one per message; with EMSGSIZE (segments larger than the route MTU
+// allows) only that run is resent plainly, and the kernel fragments them.
+//
+// A packet the kernel refuses (no route to its node, too big), an empty
+// packet or a destination that is not IPv4 with a port is skipped and its
+// error joined into the returned error; the rest are still sent. After
+// Close it returns os.ErrClosed.
+//
+// It allocates nothing unless a packet is refused. len(dsts) must be at
+// least len(pkts).
+func (c *VXLANConn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	if len(dsts) < len(pkts) {
+		return 0, fmt.Errorf("encap: vxlan write: %d destinations for %d packets", len(dsts), len(pkts))
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.wpkts, c.wdsts = pkts, dsts
+	c.wsent, c.wfatal, c.wplainUntil = 0, nil, 0
+	c.werrs = c.werrs[:0]
+	for start := 0; start < len(pkts) && c.wfatal == nil; {
+		next := c.fillWrite(start)
+		if c.wcount == 0 {
+			start = next
+			continue
+		}
+		c.wdone, c.wretry = 0, -1
+		if err := c.raw.Write(c.writeFn); err != nil && c.wfatal == nil {
+			c.wfatal = c.mapErr("write", err)
+		}
+		c.clearWriteIovs()
+		if c.wretry >= 0 {
+			start = c.wretry
+		} else {
+			start = next
+		}
+	}
+	sent := c.wsent
+	var err error
+	if c.wfatal != nil {
+		err = c.wfatal
+	} else if len(c.werrs) > 0 {
+		err = errors.Join(c.werrs...)
+	}
+	clear(c.werrs)
+	c.wpkts, c.wdsts, c.wfatal = nil, nil, nil
+	return sent, err
+}
+
+// fillWrite fills whdrs with the next chunk of messages, up to batch
+// packets from wpkts[start:], coalescing runs when GSO is on, and returns
+// where the next chunk starts. Packets that can not be sent at all are
+// refused here without a syscall.
+func (c *VXLANConn) fillWrite(start int) int {
+	gso := c.gso.Load()
+	pkts, dsts := c.wpkts, c.wdsts
+	c.wcount = 0
+	niov := 0
+	i := start
+	for i < len(pkts) && niov < len(c.wiovs) {
+		p, dst := pkts[i], dsts[i]
+		if len(p) == 0 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packet %d is empty", i))
+			i++
+			continue
+		}
+		if !dst.Addr().Is4() || dst.Port() == 0 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packet %d: destination %s is not IPv4 with a port", i, dst))
+			i++
+			continue
+		}
+		j, first := c.wcount, niov
+		c.wfirst[j], c.wsegs[j] = i, 1
+		c.wiovs[niov].Base = &p[0]
+		c.wiovs[niov].SetLen(len(p))
+		niov++
+		i++
+		seg, total := len(p), len(p)
+		if gso && i-1 >= c.wplainUntil {
+			for i < len(pkts) && niov < len(c.wiovs) && c.wsegs[j] < maxGSOSegments {
+				q := pkts[i]
+				if dsts[i] != dst || len(q) == 0 || len(q) > seg || total+len(q) > maxGSOBytes {
+					break
+				}
+				c.wiovs[niov].Base = &q[0]
+				c.wiovs[niov].SetLen(len(q))
+				niov++
+				i++
+				total += len(q)
+				c.wsegs[j]++
+				if len(q) < seg {
+					break // only the last segment may be short
+				}
+			}
+		}
+		h := &c.whdrs[j].Hdr
+		h.Iov = &c.wiovs[first]
+		h.SetIovlen(c.wsegs[j])
+		c.wnames[j].Addr = dst.Addr().As4()
+		pp := (*[2]byte)(unsafe.Pointer(&c.wnames[j].Port)) // network byte order
+		pp[0], pp[1] = byte(dst.Port()>>8), byte(dst.Port())
+		if c.wsegs[j] > 1 {
+			c.wctrl[j].size = uint16(seg)
+			h.Control = (*byte)(unsafe.Pointer(&c.wctrl[j]))
+			h.SetControllen(int(unsafe.Sizeof(c.wctrl[j])))
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
+		c.wcount++
+	}
+	return i
+}
+
+// clearWriteIovs drops the references to the caller's packets.
+func (c *VXLANConn) clearWriteIovs() {
+	for j := range c.wiovs {
+		if c.wiovs[j].Base == nil {
+			break
+		}
+		c.wiovs[j].Base = nil
+	}
+}
+
+// sendBatch is the RawConn write callback. sendmmsg reports an error only
+// when the first message fails (after that it returns the count sent and
+// the error is lost), so each failure is pinned on whdrs[wdone]. A plain
+// message is then skipped and the rest retried; a segmented one that the
+// kernel could not segment ends the chunk and WriteBatch refills from its
+// first packet without (this run's) GSO.
+func (c *VXLANConn) sendBatch(fd uintptr) bool {
+	for c.wdone < c.wcount {
+		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+			uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone), 0, 0, 0)
+		switch errno {
+		case 0:
+			for k := range int(r) {
+				c.wsent += c.wsegs[c.wdone+k]
+			}
+			c.wdone += int(r)
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // socket buffer full: wait for POLLOUT
+		case unix.EBADF:
+			c.wfatal = os.ErrClosed
+			return true
+		}
+		j := c.wdone
+		if c.wsegs[j] > 1 {
+			switch errno {
+			case unix.EIO, unix.EINVAL:
+				// EIO: the egress device cannot checksum (udp_send_skb
+				// needs CHECKSUM_PARTIAL), or xfrm is in the path; the
+				// kernel will refuse every segmented send, so stop
+				// trying (wireguard-go does the same).
+				c.gso.Store(false)
+				c.wretry = c.wfirst[j]
+				return true
+			case unix.EMSGSIZE:
+				// A segment plus headers exceeds the route MTU: the
+				// kernel never fragments GSO segments, but it does
+				// fragment plain datagrams under IP_PMTUDISC_DONT.
+				c.wplainUntil = c.wfirst[j] + c.wsegs[j]
+				c.wretry = c.wfirst[j]
+				return true
+			}
+		}
+		i := c.wfirst[j]
+		if k := c.wsegs[j]; k > 1 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packets %d to %d to %s: %w", i, i+k-1, c.wdsts[i], errno))
+		} else {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packet %d to %s: %w", i, c.wdsts[i], errno))
+		}
+		c.wdone++
+	}
+	return true
+}
