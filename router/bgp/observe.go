@@ -94,7 +94,15 @@ func (o *observer) record(addr netip.Addr, msg string, f log.Fields) {
 	if !ok {
 		return
 	}
-	if r := reasonFromLog(msg, f, p.in); r != "" {
+	r := reasonFromLog(msg, f, p.in)
+	switch {
+	case r == "":
+	case msg == logPeerDown && p.reason != "":
+		// "Peer Down" only says how the session ended ("read-failed" when
+		// the socket closed under the FSM): a reason logged just before it
+		// (hold timer, notification) is the better one. Established clears
+		// the reason, so this cannot keep a stale one.
+	default:
 		p.reason = r
 	}
 }

@@ -157,6 +157,14 @@ func TestObserver(t *testing.T) {
 	if p, _ = o.get(addr); p.reason != "Connection lost (closed or reset by peer)" || p.state != "Idle" {
 		t.Errorf("after Peer Down: got %+v", p)
 	}
+	// A hold timer expiry is not overwritten by the "read-failed" of the
+	// Peer Down record that follows it.
+	o.stateChanged(addr, "Established", t1.Add(3*time.Second))
+	l.Warn(logHoldTimerExpired, log.Fields{"Key": "10.0.0.2"})
+	l.Info(logPeerDown, log.Fields{"Key": "10.0.0.2", "Reason": "read-failed"})
+	if p, _ = o.get(addr); p.reason != "Hold timer expired" {
+		t.Errorf("hold timer then Peer Down: got reason %q, want %q", p.reason, "Hold timer expired")
+	}
 	o.remove(addr)
 	if _, ok := o.get(addr); ok {
 		t.Errorf("removed peer still there")

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -473,5 +474,115 @@ func TestGoBGPv3CrashesOnUnknownMessageType(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "handlingError") {
 		t.Fatalf("child failed for another reason: %v\n%s", err, out)
+	}
+}
+
+// freezer is a TCP relay that can stop delivering bytes while keeping both
+// connections open: a peer that hangs without closing its socket.
+type freezer struct {
+	l      net.Listener
+	frozen atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn // guarded by mu
+}
+
+// newFreezer relays connections accepted on a fresh address to target,
+// dialling from `from` (GoBGP accepts sessions only from a configured
+// neighbor address).
+func newFreezer(t *testing.T, from netip.Addr, target netip.AddrPort) (*freezer, netip.AddrPort) {
+	t.Helper()
+	l, err := net.Listen("tcp", netip.AddrPortFrom(newAddr(t), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{l: l}
+	t.Cleanup(func() {
+		l.Close()
+		f.mu.Lock()
+		for _, c := range f.conns {
+			c.Close()
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c1, err := l.Accept()
+			if err != nil {
+				return
+			}
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
+			c2, err := d.Dial("tcp", target.String())
+			if err != nil {
+				c1.Close()
+				continue
+			}
+			f.mu.Lock()
+			f.conns = append(f.conns, c1, c2)
+			f.mu.Unlock()
+			f.wg.Add(2)
+			go f.pipe(c1, c2)
+			go f.pipe(c2, c1)
+		}
+	}()
+	return f, l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func (f *freezer) pipe(dst, src net.Conn) {
+	defer f.wg.Done()
+	defer func() {
+		// A frozen relay does not pass on a close either (Cleanup closes
+		// everything).
+		if !f.frozen.Load() {
+			dst.Close()
+		}
+	}()
+	buf := make([]byte, 4096)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if f.frozen.Load() {
+			continue // swallow: the peer looks alive at TCP level but says nothing
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// B reaches A through a relay that then goes silent: B drops A's routes
+// when the 3 s hold timer expires, and says so.
+//
+//	B --> relay P --(from B's address)--> A (passive towards B)
+func TestHoldTimerExpiry(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	relay, p := newFreezer(t, b.addr, netip.AddrPortFrom(a.addr, uint16(a.port)))
+	pb := a.peerOf(b)
+	pb.Passive = true // only B's relayed connection may reach A
+	a.setPeers(t, pb)
+	b.setPeers(t, Peer{Address: p.Addr(), Port: int(p.Port()), ASN: podnetASN, Type: "global",
+		KeepaliveTime: time.Second, HoldTime: 3 * time.Second})
+	b.waitPeer(t, p.Addr(), "Established", established)
+	a.advertise(t, a.addr, "10.244.5.0/26")
+	got := b.routes.wait(t, "A's block", func(ps []Path) bool { return len(ps) == 1 })
+	if got[0].NextHop != a.addr || got[0].Peer != p.Addr() {
+		t.Errorf("B learned %+v, want next hop %v (A) from peer %v (relay)", got[0], a.addr, p.Addr())
+	}
+
+	start := time.Now()
+	relay.frozen.Store(true)
+	b.routes.wait(t, "A's block gone", func(ps []Path) bool { return len(ps) == 0 })
+	if d := time.Since(start); d < 2*time.Second || d > 6*time.Second {
+		t.Errorf("routes dropped %v after the peer went silent, want about the 3s hold time", d)
+	}
+	row := b.waitPeer(t, p.Addr(), "hold timer reason", func(p PeerStatus) bool { return p.State != "Established" })
+	if row.Info != "Hold timer expired" {
+		t.Errorf("B's row: got Info %q, want %q", row.Info, "Hold timer expired")
 	}
 }
