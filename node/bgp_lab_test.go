@@ -148,6 +148,27 @@ func TestThreeNodeMesh(t *testing.T) {
 	t.Run("pod to other node", func(t *testing.T) {
 		ping(t, l, "test-1", l.NodeAddr("worker2"))
 	})
+	t.Run("too big for the tunnel", func(t *testing.T) {
+		// A DF packet longer than underlay MTU - 20 gets ICMP
+		// fragmentation-needed with the tunnel's MTU, so path MTU
+		// discovery works. The pod's MTU (1480) normally prevents it; a
+		// pod that believes in 1500 finds out.
+		ctx := context.Background()
+		c := nodeClient(t, l, "worker1")
+		before := portStats(t, c, "test-1")
+		if out, err := l.Output(ctx, "test-1", "ip", "link", "set", "eth0", "mtu", "1500"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		defer l.Output(ctx, "test-1", "ip", "link", "set", "eth0", "mtu", "1480")
+		out, _ := l.Output(ctx, "test-1", "ping", "-M", "do", "-s", "1462", "-c", "2", "-i", "0.2", "-W", "1", l.PodIP("test-2").String())
+		if !strings.Contains(string(out), "mtu = 1480") && !strings.Contains(string(out), "mtu=1480") {
+			t.Fatalf("ping -M do with 1490-byte packets: want frag-needed with mtu 1480, got:\n%s", out)
+		}
+		after := portStats(t, c, "test-1")
+		if after.Drops["frag-needed"] <= before.Drops["frag-needed"] || after.ICMPErrors <= before.ICMPErrors {
+			t.Fatalf("drops %v icmp %d: want frag-needed counted and an ICMP error sent", after.Drops, after.ICMPErrors)
+		}
+	})
 	t.Run("ipip from a stranger", func(t *testing.T) {
 		// The fabric is no node: what it encapsulates toward worker1 is
 		// dropped and counted, whole or truncated.

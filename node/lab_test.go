@@ -275,13 +275,22 @@ func checkProxyARP(t *testing.T, ns string) {
 // ipv4Frame builds an Ethernet+IPv4+UDP frame toward the gateway.
 func ipv4Frame(t *testing.T, src net.HardwareAddr, from, to netip.Addr) []byte {
 	t.Helper()
+	return udpFrame(t, src, from, to, 64, false, []byte("podnet"))
+}
+
+// udpFrame builds an Ethernet+IPv4+UDP frame toward the gateway.
+func udpFrame(t *testing.T, src net.HardwareAddr, from, to netip.Addr, ttl uint8, df bool, payload []byte) []byte {
+	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
 	eth := &layers.Ethernet{SrcMAC: src, DstMAC: net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: from.AsSlice(), DstIP: to.AsSlice()}
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: ttl, Protocol: layers.IPProtocolUDP, SrcIP: from.AsSlice(), DstIP: to.AsSlice()}
+	if df {
+		ip.Flags = layers.IPv4DontFragment
+	}
 	udp := &layers.UDP{SrcPort: 4000, DstPort: 4001}
 	udp.SetNetworkLayerForChecksum(ip)
 	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-	if err := gopacket.SerializeLayers(buf, opts, eth, ip, udp, gopacket.Payload([]byte("podnet"))); err != nil {
+	if err := gopacket.SerializeLayers(buf, opts, eth, ip, udp, gopacket.Payload(payload)); err != nil {
 		t.Fatal(err)
 	}
 	return append([]byte(nil), buf.Bytes()...)
@@ -316,6 +325,8 @@ func checkBadFrames(t *testing.T, l *lab.Lab, ns string, podIP, otherIP netip.Ad
 		{"bad total length", badLen, "bad-total-length"},
 		{"too short", short, "too-short"},
 		{"unknown ethertype", unknown, "unknown-ethertype"},
+		{"ttl 1", udpFrame(t, mac, podIP, otherIP, 1, false, []byte("x")), "ttl-exceeded"},
+		{"no route", udpFrame(t, mac, podIP, netip.MustParseAddr("172.31.255.1"), 64, false, []byte("x")), "no-route"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
