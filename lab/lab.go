@@ -102,6 +102,11 @@ type Config struct {
 	// NoDaemon builds only the namespaces and the fabric: no datastore, no
 	// daemons, no pods. This is the kernel-only baseline topology.
 	NoDaemon bool
+	// Subnets is how many underlay subnets the fabric has, 1 or 2. With 2
+	// the fabric routes between 10.77.0.0/24 (odd workers) and
+	// 10.78.0.0/24 (even workers), so CrossSubnet shows both of its
+	// behaviours. 0 = 1.
+	Subnets int
 	// Encap is how pods on different nodes reach each other: "ipip"
 	// (IP-in-IP between nodes; the default pool gets ipipMode Always),
 	// "crosssubnet" (IP-in-IP only across subnets) or "none" (plain
@@ -170,6 +175,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Pods > cfg.Nodes*MaxPodsPerNode {
 		return cfg, fmt.Errorf("lab config: Pods %d: at most %d per node (%d with %d nodes)",
 			cfg.Pods, MaxPodsPerNode, cfg.Nodes*MaxPodsPerNode, cfg.Nodes)
+	}
+	if cfg.Subnets == 0 {
+		cfg.Subnets = 1
+	}
+	if cfg.Subnets < 1 || cfg.Subnets > 2 {
+		return cfg, fmt.Errorf("lab config: Subnets %d: must be 1 or 2", cfg.Subnets)
 	}
 	switch cfg.Encap {
 	case "":
@@ -253,6 +264,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			DaemonArgs: append([]string{"--default-ipv4-pool-ipip", poolIPIPMode(cfg.Encap)}, cfg.DaemonArgs...),
 			NoDaemon:   cfg.NoDaemon,
 			HTTPServer: cfg.HTTPServer,
+			Subnets:    cfg.Subnets,
 		},
 	}
 	if err := l.claim(); err != nil {

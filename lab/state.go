@@ -23,6 +23,8 @@ type state struct {
 	DaemonArgs []string `json:"daemonArgs,omitempty"`
 	NoDaemon   bool     `json:"noDaemon,omitempty"`
 	HTTPServer string   `json:"httpServer,omitempty"`
+	// Subnets is how many underlay subnets the fabric routes between.
+	Subnets int `json:"subnets,omitempty"`
 	// EtcdSocket is the client socket of the lab's etcd, the datastore
 	// every daemon and podnet command of the lab uses; "" for NoDaemon labs.
 	EtcdSocket string `json:"etcdSocket,omitempty"`
@@ -146,9 +148,23 @@ func podName(j int) string              { return "test-" + strconv.Itoa(j) }
 func netnsOf(lab, member string) string { return lab + "-" + member }
 func fabricPort(k int) string           { return "w" + strconv.Itoa(k) }
 func netnsPath(ns string) string        { return filepath.Join(NetnsDir, ns) }
-func nodeUnderlay(k int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, byte(10 + k)}), 24)
+
+// nodeSubnet is the underlay subnet node k sits on when the fabric has
+// subnets of them: worker1 on 0, worker2 on 1, worker3 on 0, ...
+func nodeSubnet(k, subnets int) int { return (k - 1) % max(subnets, 1) }
+
+// nodeUnderlay is node k's address: 10.77.0.(10+k)/24 on subnet 0,
+// 10.78.0.(10+k)/24 on subnet 1.
+func nodeUnderlay(k, subnets int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(77 + nodeSubnet(k, subnets)), 0, byte(10 + k)}), 24)
 }
+
+// subnetGateway is the fabric's address on underlay subnet s (bridge br<s>).
+func subnetGateway(s int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(77 + s), 0, 1}), 24)
+}
+
+func subnetBridge(s int) string { return "br" + strconv.Itoa(s) }
 
 // Paths of the lab's etcd inside its run dir.
 func etcdDir(runDir string) string    { return filepath.Join(runDir, "etcd") }

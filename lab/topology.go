@@ -17,15 +17,22 @@ import (
 func (l *Lab) buildFabric(ctx context.Context, nodes int) error {
 	name := l.st.Name
 	fab := fabricNetns(name)
-	l.r.progressf("creating fabric %s (%s %s)", fab, FabricBridge, FabricAddress)
+	subnets := max(l.st.Subnets, 1)
+	l.r.progressf("creating fabric %s (%s %s, %d subnet(s))", fab, FabricBridge, FabricAddress, subnets)
 	if err := l.addNetns(ctx, fab); err != nil {
 		return err
 	}
-	for _, args := range [][]string{
-		{"ip", "-n", fab, "link", "add", FabricBridge, "type", "bridge"},
-		{"ip", "-n", fab, "addr", "add", FabricAddress.String(), "dev", FabricBridge},
-		{"ip", "-n", fab, "link", "set", FabricBridge, "up"},
-	} {
+	var cmds [][]string
+	for s := 0; s < subnets; s++ {
+		br := subnetBridge(s)
+		cmds = append(cmds,
+			[]string{"ip", "-n", fab, "link", "add", br, "type", "bridge"},
+			[]string{"ip", "-n", fab, "addr", "add", subnetGateway(s).String(), "dev", br},
+			[]string{"ip", "-n", fab, "link", "set", br, "up"})
+	}
+	// With several subnets the fabric is a router between them.
+	cmds = append(cmds, []string{"ip", "netns", "exec", fab, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"})
+	for _, args := range cmds {
 		if _, err := l.r.run(ctx, args...); err != nil {
 			return fmt.Errorf("create fabric %s: %w", fab, err)
 		}
@@ -43,7 +50,9 @@ func (l *Lab) addNode(ctx context.Context, k int) error {
 	node := nodeName(k)
 	ns := netnsOf(l.st.Name, node)
 	fab := fabricNetns(l.st.Name)
-	addr := nodeUnderlay(k)
+	subnets := max(l.st.Subnets, 1)
+	addr := nodeUnderlay(k, subnets)
+	br, gw := subnetBridge(nodeSubnet(k, subnets)), subnetGateway(nodeSubnet(k, subnets)).Addr()
 	dir := filepath.Join(l.st.RunDir, node)
 	l.r.progressf("creating node %s (%s, eth0 %s)", node, ns, addr)
 	if err := l.addNetns(ctx, ns); err != nil {
@@ -68,11 +77,11 @@ func (l *Lab) addNode(ctx context.Context, k int) error {
 		// Create the pair in the fabric and move the peer straight into
 		// the node, so no half of it ever lingers in the root namespace.
 		{"ip", "-n", fab, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"ip", "-n", fab, "link", "set", port, "master", FabricBridge},
+		{"ip", "-n", fab, "link", "set", port, "master", br},
 		{"ip", "-n", fab, "link", "set", port, "up"},
 		{"ip", "-n", ns, "addr", "add", addr.String(), "dev", "eth0"},
 		{"ip", "-n", ns, "link", "set", "eth0", "up"},
-		{"ip", "-n", ns, "route", "add", "default", "via", FabricAddress.Addr().String()},
+		{"ip", "-n", ns, "route", "add", "default", "via", gw.String()},
 		{"ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
 	} {
 		if _, err := l.r.run(ctx, args...); err != nil {

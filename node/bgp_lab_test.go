@@ -9,8 +9,10 @@ package node_test
 //	  test-1            test-2            test-3
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -512,4 +514,75 @@ spec:
 	})
 	ping(t, l, "test-2", l.PodIP("test-3"))
 	ping(t, l, "test-3", l.PodIP("test-2"))
+}
+
+// capture runs tcpdump in the fabric on every port for filter while f
+// runs and returns the decoded lines.
+func capture(t *testing.T, l *lab.Lab, filter string, f func()) string {
+	t.Helper()
+	fabric, err := l.Netns("fabric")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", fabric, "tcpdump", "-l", "-n", "-i", "any", filter)
+	var out strings.Builder
+	cmd.Stdout = &out
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	// tcpdump says "listening on" once its filter is in place.
+	sc := bufio.NewScanner(stderr)
+	var said []string
+	for sc.Scan() {
+		said = append(said, sc.Text())
+		if strings.Contains(sc.Text(), "listening on") {
+			break
+		}
+	}
+	if len(said) == 0 || !strings.Contains(said[len(said)-1], "listening on") {
+		t.Fatalf("tcpdump did not start: %s", strings.Join(said, "\n"))
+	}
+	go io.Copy(io.Discard, stderr)
+	f()
+	time.Sleep(200 * time.Millisecond) // let the last packets reach the buffer
+	cancel()
+	cmd.Wait()
+	return out.String()
+}
+
+// TestCrossSubnet: with ipipMode CrossSubnet and a fabric routing between
+// two subnets, a same-subnet pair of nodes routes plainly and a
+// cross-subnet pair encapsulates; a capture on the fabric shows it.
+func TestCrossSubnet(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3, Subnets: 2, Encap: lab.EncapCrossSubnet})
+	// worker1 and worker3 share 10.77.0.0/24; worker2 is on 10.78.0.0/24.
+	n2, n3 := l.NodeAddr("worker2"), l.NodeAddr("worker3")
+	waitFor(t, 30*time.Second, "routes on worker1", func() string {
+		r2, ok2 := routeTo(t, l, "worker1", blockOf(l, "test-2"))
+		r3, ok3 := routeTo(t, l, "worker1", blockOf(l, "test-3"))
+		switch {
+		case !ok2 || r2.Kind != router.KindRemote || r2.Encap != router.EncapIPIP || r2.NextHop != n2:
+			return fmt.Sprintf("to worker2's block: %+v, want ipip via %s", r2, n2)
+		case !ok3 || r3.Kind != router.KindHost || r3.NextHop != n3:
+			return fmt.Sprintf("to worker3's block: %+v, want plain via %s", r3, n3)
+		}
+		return ""
+	})
+	ip2, ip3 := l.PodIP("test-2"), l.PodIP("test-3")
+	enc := capture(t, l, "ip proto 4", func() { ping(t, l, "test-1", ip2) })
+	if !strings.Contains(enc, ip2.String()) || !strings.Contains(enc, "IP "+l.NodeAddr("worker1").String()) {
+		t.Fatalf("capture of test-1 -> test-2 (cross-subnet) shows no IP-in-IP between the nodes:\n%s", enc)
+	}
+	plain := capture(t, l, "icmp and host "+ip3.String(), func() { ping(t, l, "test-1", ip3) })
+	if !strings.Contains(plain, l.PodIP("test-1").String()+" > "+ip3.String()+": ICMP echo request") {
+		t.Fatalf("capture of test-1 -> test-3 (same subnet) shows no plain pod-to-pod ICMP:\n%s", plain)
+	}
+	if strings.Contains(plain, "ipip-proto-4") || strings.Contains(plain, "proto IPIP") {
+		t.Fatalf("same-subnet traffic was encapsulated:\n%s", plain)
+	}
+	transfer(t, nsPath(t, l, "test-3"), nsPath(t, l, "test-2"), ip2, 8<<20)
 }
