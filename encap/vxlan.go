@@ -94,7 +94,8 @@ func VTEPMAC(nodeName string) packet.MAC {
 // reserved bits, the seven other flag bits and the bytes around the VNI,
 // are ignored as RFC 7348 §5 says receivers must. Linux's vxlan_rcv is
 // stricter by default: it drops packets with any unknown bit set unless
-// an extension (GBP, GPE, RCO) claims it. Being lenient costs nothing
+// an extension (GBP, GPE, RCO) claims it (TestKernelVXLANInterop records
+// this for the running kernel; 6.18 drops them). Being lenient costs nothing
 // here since the VNI and the outer source are checked anyway, and it
 // interoperates with senders that set bits Linux has no use for.
 //
