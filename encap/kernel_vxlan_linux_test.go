@@ -200,4 +200,3 @@ func TestKernelVXLANInterop(t *testing.T) {
 		t.Logf("kernel %s with a reserved VXLAN bit set: answered=%v", osRelease(), err == nil)
 	})
 }
-

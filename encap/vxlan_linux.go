@@ -116,9 +116,9 @@ type VXLANConn struct {
 	riovs  []unix.Iovec
 	rnames []unix.RawSockaddrInet4
 	rctrl  [][8]uint64 // per slot, for the UDP_GRO cmsg; 8-byte aligned
-	rcount int        // entries of rhdrs offered to recvmmsg
-	rn     int        // entries filled by recvmmsg
-	rerr   error      // error from inside readFn
+	rcount int         // entries of rhdrs offered to recvmmsg
+	rn     int         // entries filled by recvmmsg
+	rerr   error       // error from inside readFn
 	readFn func(fd uintptr) bool
 
 	// GRO only: recvmmsg reads into scratch (groSlotSize per slot), and
@@ -126,8 +126,8 @@ type VXLANConn struct {
 	// that did not fit stay pending for the next ReadBatch, which returns
 	// them without a syscall.
 	scratch []byte
-	rsize   []int   // per slot: bytes received
-	rseg    []int   // per slot: segment size (rsize when not coalesced)
+	rsize   []int // per slot: bytes received
+	rseg    []int // per slot: segment size (rsize when not coalesced)
 	rsrc    []netip.AddrPort
 	pend    int // slots holding data from the last recvmmsg
 	pslot   int // next slot to split
