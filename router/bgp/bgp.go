@@ -62,10 +62,12 @@ type Config struct {
 	// Logger receives the speaker's own messages and GoBGP's messages at Warn
 	// and above. nil discards them.
 	Logger *slog.Logger
-	// OnRoutes is called with the complete set of learned best paths each
-	// time it changes. Calls are coalesced (a burst of updates becomes one
-	// call), made from the speaker's own goroutine, never concurrently, and
-	// never after Close returns. The slice is the callee's. Required.
+	// OnRoutes is called with the complete set of learned best paths (sorted
+	// by prefix; our own advertisements are not included) once soon after
+	// New, usually empty, and then each time the set changes. Calls are
+	// coalesced (a burst of updates becomes one call), made from the
+	// speaker's own goroutine, never concurrently, and never after Close
+	// returns. The slice is the callee's. It must not call Close. Required.
 	OnRoutes func([]Path)
 }
 

@@ -270,10 +270,15 @@ func TestSetPeersIdempotentChangeAndRemove(t *testing.T) {
 		t.Errorf("idempotent SetPeers caused %d OnRoutes calls", n-calls)
 	}
 
-	// A changed setting re-adds the peer; the session comes back.
+	// A changed setting re-adds the peer; the session comes back. The
+	// re-added peer is passive: B got Cease and sits in Idle for GoBGP's 5 s,
+	// closing connections meanwhile, so if both sides dialled they could
+	// miss each other for a few rounds (each Idle side refuses the other's
+	// attempt). Passive, A just waits for B's dial.
 	pb := a.peerOf(b)
 	pb.Type = "node specific"
 	pb.HoldTime = 6 * time.Second
+	pb.Passive = true
 	a.setPeers(t, pb, a.peerOf(c))
 	a.waitPeer(t, b.addr, "re-added and Established", func(p PeerStatus) bool {
 		return established(p) && p.Type == "node specific"
