@@ -1,0 +1,360 @@
+package packet
+
+import (
+	"bytes"
+	"encoding/binary"
+)
+
+// TCP receive coalescing (GRO) for packets bound for one pod's TAP. The
+// switch gets a bulk TCP stream from the underlay or the host TUN as one
+// ~1.4 KB segment per packet; written one write(2) each, the TAP caps
+// cross-node throughput. A TAP opened with IFF_VNET_HDR and TUN_F_TSO4
+// also accepts one 64 KiB superframe plus a virtio-net header asking for
+// GSO_TCPV4, so GRO merges consecutive in-order segments of a flow into
+// such a superframe and the pod's kernel takes the burst in one write.
+//
+// The rules follow the kernel's tcp_gro_receive and inet_gro_receive
+// (net/ipv4/tcp_offload.c, af_inet.c), as wireguard-go's
+// tun/offload_linux.go does, so the pod sees what a NIC doing GRO would
+// have handed it. A segment is appended to a pending packet of its flow
+// only if:
+//
+//   - both are IPv4 without options (IHL 5) and not fragments, and TOS,
+//     TTL and the DF/reserved flag bits are equal (ID, total length and
+//     header checksum may differ);
+//   - both have TCP payload, the same ACK number, data offset, window and
+//     TCP options, byte for byte;
+//   - the segment's sequence number is where the pending packet ends;
+//   - the flags are ACK, maybe ECE, maybe PSH, and maybe CWR on the first
+//     segment only; ECE must match. SYN, FIN, RST and URG never merge;
+//     a segment with PSH ends its packet (PSH is kept on the result);
+//   - every segment carries the first one's payload size, except a
+//     shorter last one, which ends the packet;
+//   - the result stays within GROMaxSegments segments, 65535 bytes of
+//     IPv4 total length and the head buffer's capacity;
+//   - both TCP checksums are valid (see Add).
+//
+// The kernel also requires incrementing IP IDs; like wireguard-go we do
+// not, because the pod's kernel ignores the ID of a TSO superframe it
+// receives and a forwarding pod's segmentation restarts from the head's ID.
+
+// Implementation constants.
+const (
+	// GROMaxSegments is the most segments one merged packet holds. The
+	// switch re-segments superframes with a 64-entry scratch vector
+	// (switch/forward.go segScratchLen), so a superframe built here can
+	// always be cut again in one pass. At a 1448-byte MSS the 64 KiB
+	// limit is reached first (45 segments); this bound matters for small
+	// segments, whose merged packet would otherwise cost a re-segmenting
+	// receiver hundreds of segments.
+	GROMaxSegments = 64
+
+	// groMaxLen is the largest merged packet: the IPv4 total length is a
+	// 16-bit field. A frame of this size plus its Ethernet header is
+	// exactly MaxFrameLen.
+	groMaxLen = 65535
+)
+
+// groFlowKey identifies a TCP flow: addresses and ports of one direction.
+// Unlike wireguard-go, the ACK number is not part of the key: a segment
+// with a new ACK ends the flow's pending packet (as in tcp_gro_receive)
+// instead of opening a parallel one, so that packets of one flow are
+// always emitted in the order they arrived.
+type groFlowKey struct {
+	addrs uint64 // source << 32 | destination
+	ports uint32 // source << 16 | destination
+}
+
+func (k groFlowKey) hash() uint64 {
+	h := k.addrs*0x9e3779b97f4a7c15 ^ uint64(k.ports)*0xc2b2ae3d27d4eb4f
+	return h ^ h>>31
+}
+
+// groEntry is one packet waiting in a GRO: a lone packet or a merged one.
+type groEntry struct {
+	buf      []byte // the head's buffer, resliced to its capacity
+	off      int    // where the head's IPv4 header starts in buf
+	n        int    // length to emit: as given, or the merged length
+	ipLen    int    // IPv4 total length, growing as segments are appended
+	key      groFlowKey
+	keyed    bool   // key is valid (the packet has a TCP header)
+	open     bool   // segments may still be appended
+	verified bool   // the head's TCP checksum has been checked and is valid
+	segs     uint16 // segments merged so far, the head included
+	gsoSize  uint16 // the head's payload length: every segment's but the last
+	hdrLen   uint8  // IPv4 + TCP header length
+	nextSeq  uint32 // sequence number the next segment must carry
+}
+
+// GRO merges TCP/IPv4 segments bound for one pod port into superframes.
+// The zero value is not usable; call NewGRO. A GRO is not safe for
+// concurrent use: each port's writer owns one.
+//
+// The caller offers every IPv4 packet of a batch to Add, writes the ones
+// Add refuses itself, and calls Flush at the end of the batch.
+type GRO struct {
+	entries []groEntry // pending packets in arrival order; cap is maxPackets
+	// slots is an open-addressing hash table (linear probing, no deletes
+	// until Flush clears it) from a flow to its newest entry, as index+1
+	// so that the zero value means empty. Its length is a power of two at
+	// least twice maxPackets, so a probe always ends at an empty slot.
+	slots []int32
+	mask  uint64
+}
+
+// NewGRO returns a GRO that holds up to maxPackets pending packets (at
+// least 1); size it to the caller's batch so that Add never finds it full.
+// All memory is allocated here: Add and Flush do not allocate.
+func NewGRO(maxPackets int) *GRO {
+	maxPackets = max(maxPackets, 1)
+	n := 1
+	for n < 2*maxPackets {
+		n <<= 1
+	}
+	return &GRO{
+		entries: make([]groEntry, 0, maxPackets),
+		slots:   make([]int32, n),
+		mask:    uint64(n - 1),
+	}
+}
+
+// groSegment is what Add learns about an offered TCP packet.
+type groSegment struct {
+	key        groFlowKey
+	keyed      bool // has a complete TCP header, so key is valid
+	coalescing bool // may take part in a merge at all
+	iphLen     int
+	tcpLen     int
+	payload    int
+	seq        uint32
+	flags      uint8
+}
+
+// parseGROSegment inspects ip, an IPv4/TCP packet resliced to its total
+// length.
+func parseGROSegment(ip IPv4) (s groSegment) {
+	s.iphLen = ip.HeaderLen()
+	if ip.FragmentOffset() != 0 || len(ip)-s.iphLen < TCPMinHeaderLen {
+		return s // no TCP header to key on
+	}
+	t := TCP(ip[s.iphLen:])
+	s.tcpLen = t.DataOffset()
+	if s.tcpLen < TCPMinHeaderLen || s.tcpLen > len(t) {
+		return s
+	}
+	s.keyed = true
+	s.key = groFlowKey{
+		addrs: uint64(binary.BigEndian.Uint32(ip[ipv4Src:]))<<32 | uint64(binary.BigEndian.Uint32(ip[ipv4Dst:])),
+		ports: uint32(t.SrcPort())<<16 | uint32(t.DstPort()),
+	}
+	s.payload = len(t) - s.tcpLen
+	s.seq = t.Seq()
+	s.flags = t.Flags()
+	// IP options and fragments are what inet_gro_receive refuses; an
+	// empty payload (a pure ACK) is what tcp_gro_receive flushes on.
+	s.coalescing = s.iphLen == IPv4MinHeaderLen && !ip.MoreFragments() &&
+		s.payload > 0 && s.flags&TCPFlagACK != 0 &&
+		s.flags&(TCPFlagSYN|TCPFlagFIN|TCPFlagRST|TCPFlagURG) == 0
+	return s
+}
+
+// Add offers the IPv4 packet buf[off:off+n] and reports whether g took
+// it. Every packet of protocol TCP is taken, merged into the pending
+// packet of its flow if the rules above allow, otherwise held as a new
+// entry (and maybe the head of later merges), so that Flush emits all TCP
+// packets of a flow in their arrival order. Add returns false, and the
+// packet stays the caller's to write, for anything that is not valid
+// IPv4 carrying TCP (order against pending TCP flows does not matter for
+// those), and for a TCP packet that can neither merge nor get an entry
+// because g already holds maxPackets: the caller should then Flush before
+// writing it, to keep its flow in order.
+//
+// For a taken packet, buf must stay valid and unmodified until Flush. GRO
+// may write anywhere in buf[off:cap(buf)] (a merge appends the next
+// segments' payload there, so buffers should be BufferSize long and hold
+// one packet each); the headroom before off is not touched. Bytes of buf
+// after the IPv4 total length, such as Ethernet padding, are not part of
+// the packet.
+//
+// Checksums must be complete: a packet with a partial checksum (virtio-net
+// NEEDS_CSUM) does not merge, and Flush hands it back with an all-zero
+// header. Each segment's TCP checksum is verified before it is merged,
+// because the merged packet goes out with NEEDS_CSUM, which the pod's
+// kernel takes as "checksum already good" (CHECKSUM_PARTIAL): a corrupt
+// segment inside it would reach the socket. A segment that fails stays a
+// lone packet, untouched, and the pod's kernel drops it.
+func (g *GRO) Add(buf []byte, off, n int) bool {
+	if off < 0 || n < 0 || off > len(buf) || n > len(buf)-off {
+		return false
+	}
+	ip := IPv4(buf[off : off+n])
+	if ip.Validate() != ParseOK || ip.Protocol() != ProtoTCP {
+		return false
+	}
+	ip = ip[:ip.TotalLen()]
+	s := parseGROSegment(ip)
+
+	slot := -1
+	if s.keyed {
+		slot = g.lookup(s.key)
+		if i := g.slots[slot]; i != 0 {
+			e := &g.entries[i-1]
+			if e.open {
+				if g.merge(e, ip, &s) {
+					return true
+				}
+				// Whatever failed, nothing of this flow may be appended to
+				// e any more: it would overtake this packet.
+				e.open = false
+			}
+		}
+	}
+	if len(g.entries) == cap(g.entries) {
+		return false
+	}
+	g.entries = append(g.entries, groEntry{
+		buf:     buf[:cap(buf)],
+		off:     off,
+		n:       n,
+		ipLen:   len(ip),
+		key:     s.key,
+		keyed:   s.keyed,
+		open:    s.coalescing && s.flags&TCPFlagPSH == 0,
+		segs:    1,
+		gsoSize: uint16(s.payload),
+		hdrLen:  uint8(s.iphLen + s.tcpLen),
+		nextSeq: s.seq + uint32(s.payload),
+	})
+	if slot >= 0 {
+		g.slots[slot] = int32(len(g.entries))
+	}
+	return true
+}
+
+// lookup returns the slot of key's newest entry, or the empty slot where
+// it would go.
+func (g *GRO) lookup(key groFlowKey) int {
+	i := key.hash() & g.mask
+	for {
+		e := g.slots[i]
+		if e == 0 || g.entries[e-1].key == key {
+			return int(i)
+		}
+		i = (i + 1) & g.mask
+	}
+}
+
+// merge appends segment ip, described by s, to the open entry e of the
+// same flow if the rules in the file comment allow, and reports whether
+// it did.
+func (g *GRO) merge(e *groEntry, ip IPv4, s *groSegment) bool {
+	if !s.coalescing || int(e.hdrLen) != s.iphLen+s.tcpLen {
+		return false
+	}
+	if s.seq != e.nextSeq || s.payload > int(e.gsoSize) || e.segs >= GROMaxSegments {
+		return false
+	}
+	newLen := e.ipLen + s.payload
+	if newLen > groMaxLen || newLen > len(e.buf)-e.off {
+		return false
+	}
+	head := IPv4(e.buf[e.off : e.off+e.ipLen])
+	// inet_gro_receive: TOS, TTL and the flag bits (DF; MF is 0 in both)
+	// must match. Addresses and protocol matched through the key.
+	if ip[ipv4TOS] != head[ipv4TOS] || ip[ipv4TTL] != head[ipv4TTL] ||
+		ip[ipv4FlagsFrag]&0xe0 != head[ipv4FlagsFrag]&0xe0 {
+		return false
+	}
+	ht, st := TCP(head[s.iphLen:]), TCP(ip[s.iphLen:])
+	// tcp_gro_receive compares the whole word at offset 12 (data offset,
+	// reserved bits, flags, window) except CWR, FIN and PSH, and flushes
+	// when the new segment has CWR: CWR may only be on the first segment,
+	// which is also where tcp_gso_segment puts it back.
+	if st.Flags()&^TCPFlagPSH != ht.Flags()&^TCPFlagCWR ||
+		st[tcpDataOffset] != ht[tcpDataOffset] || st.Window() != ht.Window() ||
+		st.Ack() != ht.Ack() ||
+		!bytes.Equal(st[TCPMinHeaderLen:s.tcpLen], ht[TCPMinHeaderLen:s.tcpLen]) {
+		return false
+	}
+	if !e.verified {
+		// The head is still exactly as it arrived: merging starts here.
+		if !TransportChecksumValid(head) {
+			return false
+		}
+		e.verified = true
+	}
+	if !TransportChecksumValid(ip) {
+		return false
+	}
+
+	copy(e.buf[e.off+e.ipLen:e.off+newLen], ip[s.iphLen+s.tcpLen:])
+	e.ipLen = newLen
+	e.n = newLen
+	e.segs++
+	e.nextSeq += uint32(s.payload)
+	if s.flags&TCPFlagPSH != 0 {
+		// PSH ends the packet and is carried on it, as tcp_gro_receive
+		// ORs the new segment's FIN/PSH into the held head.
+		ht.SetFlags(ht.Flags() | TCPFlagPSH)
+		e.open = false
+	}
+	if s.payload < int(e.gsoSize) {
+		e.open = false // only the last segment may be short
+	}
+	return true
+}
+
+// Flush calls emit for every pending packet, in the arrival order of each
+// one's first segment, then empties g; it holds no buffers afterwards.
+// buf[off:off+n] is a complete IPv4 packet, and hdr the virtio-net header
+// to write with it, with CsumStart and HdrLen relative to the IPv4 header
+// (the caller adds EthernetHeaderLen to both).
+//
+// A lone packet comes back untouched with an all-zero hdr. A merged one
+// has its total length and IPv4 header checksum rewritten, PSH if its last
+// segment had it, and, as tcp_gro_complete leaves it, CHECKSUM_PARTIAL:
+// the TCP checksum field holds the folded pseudo-header sum, and hdr says
+// VirtioNetHdrFNeedsCsum, GSOTCPv4 (with GSOECN when the head has CWR),
+// GSOSize the first segment's payload, CsumStart the IPv4 header length
+// and CsumOffset 16.
+//
+// emit must not call g's methods. Pass a func value the caller keeps (a
+// method value made once, not a fresh closure) to keep Flush free of
+// allocations.
+func (g *GRO) Flush(emit func(buf []byte, off, n int, hdr VirtioNetHdr)) {
+	if len(g.entries) == 0 {
+		return
+	}
+	for i := range g.entries {
+		e := &g.entries[i]
+		if e.segs == 1 {
+			emit(e.buf, e.off, e.n, VirtioNetHdr{})
+			continue
+		}
+		pkt := IPv4(e.buf[e.off : e.off+e.ipLen])
+		iphLen := pkt.HeaderLen()
+		pkt.SetTotalLen(uint16(e.ipLen))
+		pkt.ComputeChecksum()
+		t := TCP(pkt[iphLen:])
+		t.SetChecksum(Fold(PseudoHeaderSum(ProtoTCP, pkt.SrcBytes(), pkt.DstBytes(), uint16(e.ipLen-iphLen))))
+		gsoType := uint8(GSOTCPv4)
+		if t.Flags()&TCPFlagCWR != 0 {
+			// tcp_gro_complete sets SKB_GSO_TCP_ECN for a CWR head, so
+			// that re-segmentation keeps CWR on the first segment only.
+			gsoType |= GSOECN
+		}
+		emit(e.buf, e.off, e.n, VirtioNetHdr{
+			Flags:      VirtioNetHdrFNeedsCsum,
+			GSOType:    gsoType,
+			HdrLen:     uint16(e.hdrLen),
+			GSOSize:    e.gsoSize,
+			CsumStart:  uint16(iphLen),
+			CsumOffset: tcpChecksum,
+		})
+	}
+	// Drop the buffer references, so a stale GRO pins nothing and cannot
+	// write into a buffer its owner has reused.
+	clear(g.entries)
+	g.entries = g.entries[:0]
+	clear(g.slots)
+}
