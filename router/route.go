@@ -23,9 +23,12 @@ const (
 	KindHost
 	// KindRemote sends to another node (NextHop), encapsulated per Encap.
 	KindRemote
+	// KindNAT sends outside the cluster through the node's address
+	// (natOutgoing), for pods whose pool allows it.
+	KindNAT
 )
 
-var kindNames = [...]string{"blackhole", "local", "host", "remote"}
+var kindNames = [...]string{"blackhole", "local", "host", "remote", "nat"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {

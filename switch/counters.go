@@ -32,6 +32,8 @@ const (
 	DropBadOuter                            // outer header of an encapsulated packet invalid
 	DropBadInner                            // inner packet of an encapsulated packet invalid
 	DropNoTransit                           // decapsulated packet for another node
+	DropNATUnavailable                      // outside the cluster, and NAT outgoing is not running
+	DropNATNotAllowed                       // outside the cluster from a pool without natOutgoing (ICMP admin prohibited sent)
 	numDropReasons
 )
 
@@ -40,6 +42,7 @@ var dropNames = [numDropReasons]string{
 	"bad-ip-version", "bad-ihl", "bad-total-length", "bad-arp", "spoofed-source", "ttl-exceeded", "no-route",
 	"blackhole", "remote-unsupported", "port-gone", "egress-error", "oversize",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
+	"nat-unavailable", "nat-not-allowed",
 }
 
 func (r DropReason) String() string {
@@ -58,6 +61,7 @@ type counters struct {
 	arpReplies        atomic.Uint64
 	icmpErrors        atomic.Uint64 // ICMP errors the switch generated toward this port
 	gsoFrames         atomic.Uint64 // superframes received
+	natPackets        atomic.Uint64 // packets handed to NAT outgoing
 	drops             [numDropReasons]atomic.Uint64
 }
 
@@ -78,6 +82,7 @@ type PortStats struct {
 	GSOFrames  uint64            `json:"gsoFrames"`
 	ARPReplies uint64            `json:"arpReplies"`
 	ICMPErrors uint64            `json:"icmpErrors"`
+	NATPackets uint64            `json:"natPackets"`
 	Drops      map[string]uint64 `json:"drops"`
 }
 
@@ -86,7 +91,7 @@ func (c *counters) snapshot() PortStats {
 		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
 		GSOFrames: c.gsoFrames.Load(), ARPReplies: c.arpReplies.Load(),
-		ICMPErrors: c.icmpErrors.Load(), Drops: map[string]uint64{},
+		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(), Drops: map[string]uint64{},
 	}
 	for i := range c.drops {
 		if v := c.drops[i].Load(); v > 0 {

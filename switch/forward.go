@@ -56,6 +56,7 @@ type forwarder struct {
 	host  *port
 	under *port
 	nodes NodeSet
+	nat   *NATConfig
 
 	icmp    []byte   // scratch for ARP replies and ICMP errors
 	icmpVec [][]byte // one-element vector for writing icmp to the TUN
@@ -85,6 +86,7 @@ func (f *forwarder) begin() {
 	f.ports = *f.s.ports.Load()
 	f.host = f.s.host.Load()
 	f.under = f.s.underlay.Load()
+	f.nat = f.s.nat.Load()
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n
 	} else {
@@ -95,7 +97,7 @@ func (f *forwarder) begin() {
 // end flushes what the batch queued for the host and other nodes.
 func (f *forwarder) end() {
 	f.flushAll()
-	f.rt, f.ports, f.host, f.under, f.nodes = nil, nil, nil, nil, nil
+	f.rt, f.ports, f.host, f.under, f.nodes, f.nat = nil, nil, nil, nil, nil, nil
 }
 
 // routinePodReader forwards frames a pod sends. AddPodPort starts it; it
@@ -217,6 +219,9 @@ func (f *forwarder) fromPod(in *port, buf []byte, off, size int) {
 	case router.KindRemote:
 		ip.DecrementTTL()
 		f.toRemote(in, buf, l2+ethLen, len(ip), hdr, r.NextHop)
+	case router.KindNAT:
+		ip.DecrementTTL()
+		f.toNAT(in, buf, l2+ethLen, len(ip), hdr)
 	case router.KindBlackhole:
 		in.c.drop(DropBlackhole)
 	default:

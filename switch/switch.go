@@ -54,7 +54,10 @@ type Switch struct {
 	// addresses.
 	underlay atomic.Pointer[port]
 	nodes    atomic.Pointer[NodeSet]
-	mu       sync.Mutex
+	nat      atomic.Pointer[NATConfig]
+
+	injectPool *packet.Pool // buffers for Inject
+	mu         sync.Mutex
 
 	segPool sync.Pool // *segScratch, borrowed while a batch is segmented
 
@@ -74,6 +77,7 @@ func New(cfg Config) *Switch {
 	empty := []*port{}
 	s.ports.Store(&empty)
 	s.segPool.New = func() any { return newSegScratch() }
+	s.injectPool = packet.NewPool()
 	return s
 }
 
