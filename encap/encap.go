@@ -1,18 +1,21 @@
 // Package encap carries pod packets between nodes: it takes outer
 // encapsulation headers off packets that arrive from the underlay (IP-in-IP,
-// IP protocol 4, RFC 2003; VXLAN later) and moves inner packets to other
-// nodes over batched underlay sockets.
+// IP protocol 4, RFC 2003; VXLAN, UDP 4789, RFC 7348) and moves inner
+// packets to other nodes over batched underlay sockets.
 //
-// Decapsulation is pure logic on []byte views (DecapIPIP) and makes no
-// syscalls. The transports (IPIPConn) live in *_linux.go files; they move
-// batches with recvmmsg/sendmmsg and allocate nothing per packet.
+// Decapsulation and encapsulation are pure logic on []byte views
+// (DecapIPIP, DecapVXLAN, EncapVXLAN) and make no syscalls. The transports
+// (IPIPConn, VXLANConn) live in *_linux.go files; they move batches with
+// recvmmsg/sendmmsg (VXLAN with UDP GSO/GRO) and allocate nothing per
+// packet.
 //
 // What this package does not do: decide whether an outer source is one of
 // the cluster's nodes. A raw IPPROTO_IPIP socket receives every IP-in-IP
-// packet addressed to the namespace, from anyone, so the caller (the
-// switch) must check outer.Src() against its node set before it forwards
-// an inner packet, or any host that can reach the underlay could inject
-// packets with arbitrary pod source addresses.
+// packet addressed to the namespace, and a VXLAN socket every datagram to
+// its port, from anyone, so the caller (the switch) must check outer.Src()
+// (VXLANConn.Sources()) against its node set before it forwards an inner
+// packet, or any host that can reach the underlay could inject packets
+// with arbitrary pod source addresses.
 package encap
 
 // Specification constants.
