@@ -11,9 +11,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
@@ -588,6 +590,57 @@ func BenchmarkVXLANConn(b *testing.B) {
 			elapsed := time.Since(start)
 			b.ReportMetric(float64(b.N*batch)/elapsed.Seconds(), "packets/s")
 			b.ReportMetric(float64(lost)/float64(b.N*batch), "loss")
+		})
+	}
+}
+
+// TestGROSegment feeds the hand-written cmsg walker well-formed and
+// malformed control buffers: it must find UDP_GRO behind other messages
+// and give 0, never a wild read, for anything broken.
+func TestGROSegment(t *testing.T) {
+	// cmsg lays out one control message as the kernel does.
+	cmsg := func(level, typ int32, data []byte) []byte {
+		b := make([]byte, unix.CmsgSpace(len(data)))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = level, typ
+		h.SetLen(unix.CmsgLen(len(data)))
+		copy(b[unix.CmsgLen(0):], data)
+		return b
+	}
+	seg := func(n int32) []byte { return binary.NativeEndian.AppendUint32(nil, uint32(n)) }
+	gro := cmsg(unix.SOL_UDP, unix.UDP_GRO, seg(1400))
+	other := cmsg(unix.SOL_IP, unix.IP_TTL, seg(64))
+	badLen := append([]byte(nil), gro...)
+	binary.NativeEndian.PutUint64(badLen, 200) // longer than the buffer
+	tiny := append([]byte(nil), gro...)
+	binary.NativeEndian.PutUint64(tiny, 4) // shorter than a cmsghdr
+	tests := []struct {
+		name string
+		ctrl []byte
+		n    int // Controllen; -1 means len(ctrl)
+		want int
+	}{
+		{"none", nil, 0, 0},
+		{"gro", gro, -1, 1400},
+		{"after another", append(append([]byte(nil), other...), gro...), -1, 1400},
+		{"other only", other, -1, 0},
+		{"cut short", gro, 18, 0},
+		{"length past buffer", badLen, -1, 0},
+		{"length below header", tiny, -1, 0},
+		{"controllen past buffer", gro, 1000, 1400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf [8]uint64
+			b := unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), 64)
+			copy(b, tt.ctrl)
+			n := tt.n
+			if n < 0 {
+				n = len(tt.ctrl)
+			}
+			if got := groSegment(buf[:], uint64(n)); got != tt.want {
+				t.Errorf("groSegment: got %d, want %d", got, tt.want)
+			}
 		})
 	}
 }
