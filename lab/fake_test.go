@@ -149,6 +149,7 @@ func fakeDaemon(args []string) error {
 	fail := fs.Bool("fake-fail", false, "")
 	fs.Bool("fake-flag", false, "")
 	ipip := fs.String("default-ipv4-pool-ipip", "", "")
+	fs.String("default-ipv4-pool-vxlan", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -107,10 +107,11 @@ type Config struct {
 	// 10.78.0.0/24 (even workers), so CrossSubnet shows both of its
 	// behaviours. 0 = 1.
 	Subnets int
-	// Encap is how pods on different nodes reach each other: "ipip"
-	// (IP-in-IP between nodes; the default pool gets ipipMode Always),
-	// "crosssubnet" (IP-in-IP only across subnets) or "none" (plain
-	// routing through the nodes' kernels). "" = "ipip".
+	// Encap is how pods on different nodes reach each other, as the
+	// default pool's modes: "ipip" (ipipMode Always), "vxlan" (vxlanMode
+	// Always), "crosssubnet" (vxlanMode CrossSubnet: encapsulate only
+	// across subnets), "ipip-crosssubnet" (ipipMode CrossSubnet) or
+	// "none" (plain routing through the nodes' kernels). "" = "ipip".
 	Encap string
 	// DaemonArgs are extra flags for every `podnet daemon`
 	// (e.g. --tap-offload=false). They come after the lab's own flags,
@@ -129,20 +130,28 @@ type Config struct {
 
 // Encapsulations for Config.Encap.
 const (
-	EncapIPIP        = "ipip"
-	EncapCrossSubnet = "crosssubnet"
-	EncapNone        = "none"
+	EncapIPIP            = "ipip"
+	EncapVXLAN           = "vxlan"
+	EncapCrossSubnet     = "crosssubnet"
+	EncapIPIPCrossSubnet = "ipip-crosssubnet"
+	EncapNone            = "none"
 )
 
-// poolIPIPMode is the default pool's ipipMode for an encapsulation.
-func poolIPIPMode(encap string) string {
+// poolModeArgs are the daemon flags that give the default pool the
+// modes of an encapsulation.
+func poolModeArgs(encap string) []string {
+	ipip, vxlan := "Never", "Never"
 	switch encap {
 	case EncapIPIP:
-		return "Always"
+		ipip = "Always"
+	case EncapIPIPCrossSubnet:
+		ipip = "CrossSubnet"
+	case EncapVXLAN:
+		vxlan = "Always"
 	case EncapCrossSubnet:
-		return "CrossSubnet"
+		vxlan = "CrossSubnet"
 	}
-	return "Never"
+	return []string{"--default-ipv4-pool-ipip", ipip, "--default-ipv4-pool-vxlan", vxlan}
 }
 
 // HTTP server kinds for Config.HTTPServer.
@@ -185,9 +194,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	switch cfg.Encap {
 	case "":
 		cfg.Encap = EncapIPIP
-	case EncapIPIP, EncapNone, EncapCrossSubnet:
+	case EncapIPIP, EncapNone, EncapCrossSubnet, EncapVXLAN, EncapIPIPCrossSubnet:
 	default:
-		return cfg, fmt.Errorf("lab config: Encap %q: want ipip, crosssubnet or none", cfg.Encap)
+		return cfg, fmt.Errorf("lab config: Encap %q: want ipip, vxlan, crosssubnet, ipip-crosssubnet or none", cfg.Encap)
 	}
 	if cfg.Binary == "" {
 		exe, err := os.Executable()
@@ -261,7 +270,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			Name:       cfg.Name,
 			RunDir:     cfg.RunDir,
 			Binary:     cfg.Binary,
-			DaemonArgs: append([]string{"--default-ipv4-pool-ipip", poolIPIPMode(cfg.Encap)}, cfg.DaemonArgs...),
+			DaemonArgs: append(poolModeArgs(cfg.Encap), cfg.DaemonArgs...),
 			NoDaemon:   cfg.NoDaemon,
 			HTTPServer: cfg.HTTPServer,
 			Subnets:    cfg.Subnets,

@@ -558,7 +558,7 @@ func capture(t *testing.T, l *lab.Lab, filter string, f func()) string {
 // cross-subnet pair encapsulates; a capture on the fabric shows it.
 func TestCrossSubnet(t *testing.T) {
 	labtest.RequireRoot(t)
-	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3, Subnets: 2, Encap: lab.EncapCrossSubnet})
+	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3, Subnets: 2, Encap: lab.EncapIPIPCrossSubnet})
 	// worker1 and worker3 share 10.77.0.0/24; worker2 is on 10.78.0.0/24.
 	n2, n3 := l.NodeAddr("worker2"), l.NodeAddr("worker3")
 	waitFor(t, 30*time.Second, "routes on worker1", func() string {

@@ -10,6 +10,7 @@ import (
 
 	"podnet/api"
 	"podnet/datastore"
+	"podnet/internal/packet"
 	"podnet/ipam"
 	"podnet/resources"
 )
@@ -107,6 +108,9 @@ func (n *Node) ensureDefaultPool(ctx context.Context) error {
 	if n.cfg.DefaultPoolIPIPMode != "" {
 		pool.Spec.IPIPMode = n.cfg.DefaultPoolIPIPMode
 	}
+	if n.cfg.DefaultPoolVXLANMode != "" {
+		pool.Spec.VXLANMode = n.cfg.DefaultPoolVXLANMode
+	}
 	_, err = n.res.Create(ctx, pool)
 	if err != nil && !errors.Is(err, datastore.ErrExists) {
 		return fmt.Errorf("create default pool: %w", err)
@@ -136,6 +140,11 @@ func (n *Node) registerNode(ctx context.Context) error {
 		}
 		if n.underlayAddr.IsValid() {
 			node.Spec.BGP.IPv4Address = n.underlayAddr.String()
+		}
+		if node.Spec.VXLANTunnelMACAddr == "" {
+			node.Spec.VXLANTunnelMACAddr = n.vtepMAC().String()
+		} else if m, err := packet.ParseMAC(node.Spec.VXLANTunnelMACAddr); err == nil {
+			n.cfg.VTEPMAC = m
 		}
 		node.Status = &api.NodeStatus{PodMTU: n.podMTU(), UnderlayInterface: n.underlay, Started: api.NewTime(n.started)}
 		_, err = n.res.Apply(ctx, node)

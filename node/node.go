@@ -23,6 +23,7 @@ import (
 	"podnet/api"
 	"podnet/datastore"
 	"podnet/encap"
+	"podnet/internal/packet"
 	"podnet/ipam"
 	"podnet/resources"
 	"podnet/router"
@@ -57,6 +58,14 @@ type Config struct {
 	// DefaultPoolIPIPMode is the ipipMode of the default pool the daemon
 	// creates when no pool exists: Always, CrossSubnet or "" (Never).
 	DefaultPoolIPIPMode string
+	// DefaultPoolVXLANMode is the default pool's vxlanMode likewise.
+	DefaultPoolVXLANMode string
+	// VXLANVNI and VXLANPort are the cluster's VXLAN settings; 0 means
+	// 4096 and 4789 (Calico's).
+	VXLANVNI  uint32
+	VXLANPort uint16
+	// VTEPMAC overrides the node's VXLAN MAC; zero derives it from the name.
+	VTEPMAC packet.MAC
 	// Datastore says how to reach etcd. No endpoints: the daemon runs an
 	// embedded etcd with its data in <StateDir>/etcd.
 	Datastore datastore.Config
@@ -88,8 +97,10 @@ type Node struct {
 	hostAddrs    []netip.Addr
 
 	host      tun.Device
-	hostIndex int  // podnet0's ifindex, for kernel routes
-	ipipMTU   bool // pools use IP-in-IP: pods get underlay MTU − 20
+	hostIndex int // podnet0's ifindex, for kernel routes
+	// encapOverhead is what the pools' encapsulation costs pods in MTU:
+	// 20 for IP-in-IP, 50 for VXLAN, the most any pool needs.
+	encapOverhead int
 
 	// speaker is the BGP speaker; the routing loop creates and replaces
 	// it (under mu), speakerKey says with which settings.
@@ -128,6 +139,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultSocket
+	}
+	if cfg.VXLANVNI > 1<<24-1 {
+		return nil, fmt.Errorf("VXLAN VNI %d out of range (1..16777215)", cfg.VXLANVNI)
 	}
 	if cfg.PodMTU < 0 || (cfg.PodMTU != 0 && cfg.PodMTU < 576) || cfg.PodMTU > 65535 {
 		return nil, fmt.Errorf("pod MTU %d out of range (576..65535)", cfg.PodMTU)
@@ -176,7 +190,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})
 	defer n.sw.Close()
-	n.ipipMTU = n.poolsUseIPIP(ctx)
+	n.encapOverhead = n.poolsOverhead(ctx)
 	if err := n.openHost(); err != nil {
 		return err
 	}
@@ -345,17 +359,19 @@ func defaultRouteIface() string {
 }
 
 func (n *Node) podMTU() int {
-	if n.ipipMTU && n.cfg.PodMTU > encap.IPIPOverhead {
-		return n.cfg.PodMTU - encap.IPIPOverhead
+	if n.cfg.PodMTU > n.encapOverhead+576 {
+		return n.cfg.PodMTU - n.encapOverhead
 	}
 	return n.cfg.PodMTU
 }
 
-// poolsUseIPIP says whether any pool encapsulates with IP-in-IP, which
-// costs pods 20 bytes of MTU.
-func (n *Node) poolsUseIPIP(ctx context.Context) bool {
+// poolsOverhead reads the pools' encapsulation overhead.
+func (n *Node) poolsOverhead(ctx context.Context) int {
 	pools, _, err := n.res.List(ctx, api.KindIPPool)
-	return err == nil && poolsWithIPIP(pools)
+	if err != nil {
+		return 0
+	}
+	return encapOverhead(pools)
 }
 
 // openUnderlay opens the IP-in-IP socket and attaches it to the switch,
@@ -372,7 +388,30 @@ func (n *Node) openUnderlay() error {
 	if mtu == 0 {
 		mtu = 1500
 	}
-	return n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: mtu})
+	if err := n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: mtu}); err != nil {
+		return err
+	}
+	vni, port := n.cfg.VXLANVNI, n.cfg.VXLANPort
+	if vni == 0 {
+		vni = encap.DefaultVNI
+	}
+	if port == 0 {
+		port = encap.VXLANPort
+	}
+	vx, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: int(port)})
+	if err != nil {
+		return fmt.Errorf("open VXLAN socket on port %d: %w", port, err)
+	}
+	return n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: mtu, VNI: vni, Port: port, LocalMAC: n.vtepMAC()})
+}
+
+// vtepMAC is this node's VXLAN MAC: 0x66 + SHA-1(node name)[:5], as
+// Calico derives it (a Node's vxlanTunnelMACAddr overrides it).
+func (n *Node) vtepMAC() packet.MAC {
+	if n.cfg.VTEPMAC != (packet.MAC{}) {
+		return n.cfg.VTEPMAC
+	}
+	return encap.VTEPMAC(n.cfg.Name)
 }
 
 // openHost creates podnet0, sets it up and attaches it as the host port.

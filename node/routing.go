@@ -15,6 +15,8 @@ import (
 
 	"podnet/api"
 	"podnet/datastore"
+	"podnet/encap"
+	"podnet/internal/packet"
 	"podnet/resources"
 	"podnet/router"
 	"podnet/router/bgp"
@@ -173,7 +175,7 @@ func (n *Node) reconcile(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := &n.routing
-	n.ipipMTU = poolsWithIPIP(pools)
+	n.encapOverhead = encapOverhead(pools)
 	st.ownBlocks = blocks
 	st.nodeAddrs = st.nodeAddrs[:0]
 	set := vswitch.NodeSet{}
@@ -184,7 +186,7 @@ func (n *Node) reconcile(ctx context.Context) error {
 		}
 	}
 	n.sw.SetNodes(set)
-	st.remote = remoteRoutes(st.learned, pools, n.underlayAddr, blocks)
+	st.remote = remoteRoutes(st.learned, pools, n.underlayAddr, blocks, vtepMACs(others))
 	if err := n.rebuildRoutes(); err != nil {
 		return err
 	}
@@ -430,7 +432,7 @@ func unquote(s string) string {
 // hop outside this node's subnet, means IP-in-IP through the switch;
 // otherwise (Never, same subnet, or no pool at all) the packet goes to the
 // node's kernel, which routes it to the next hop on the underlay.
-func remoteRoutes(paths []bgp.Path, pools []api.Resource, mySubnet netip.Prefix, own []netip.Prefix) []router.Route {
+func remoteRoutes(paths []bgp.Path, pools []api.Resource, mySubnet netip.Prefix, own []netip.Prefix, macs map[netip.Addr]packet.MAC) []router.Route {
 	var out []router.Route
 	seen := map[netip.Prefix]bool{}
 	for _, p := range own {
@@ -442,15 +444,21 @@ func remoteRoutes(paths []bgp.Path, pools []api.Resource, mySubnet netip.Prefix,
 			continue
 		}
 		seen[pfx] = true
-		mode := "Never"
-		if pool := poolOf(pools, pfx); pool != nil && pool.Spec.IPIPMode != "" {
-			mode = pool.Spec.IPIPMode
+		encapsulate := func(mode string) bool {
+			return mode == "Always" || (mode == "CrossSubnet" && !mySubnet.Contains(path.NextHop))
 		}
-		ipip := mode == "Always" || (mode == "CrossSubnet" && !mySubnet.Contains(path.NextHop))
 		r := router.Route{Prefix: pfx, NextHop: path.NextHop, Source: "bgp " + path.Peer.String()}
-		if ipip {
+		pool := poolOf(pools, pfx)
+		mac, known := macs[path.NextHop]
+		switch {
+		case pool != nil && encapsulate(pool.Spec.VXLANMode) && known:
+			r.Kind, r.Encap, r.Dev, r.NextHopMAC = router.KindRemote, router.EncapVXLAN, "vxlan", router.MAC(mac)
+		case pool != nil && encapsulate(pool.Spec.IPIPMode):
 			r.Kind, r.Encap, r.Dev = router.KindRemote, router.EncapIPIP, "ipip"
-		} else {
+		default:
+			// Never, same subnet, a next hop that is no known node, or a
+			// prefix outside the pools (e.g. from a ToR): the node's kernel
+			// routes it.
 			r.Kind, r.Encap, r.Dev = router.KindHost, router.EncapNone, vswitch.HostTUNName
 		}
 		out = append(out, r)
@@ -458,13 +466,37 @@ func remoteRoutes(paths []bgp.Path, pools []api.Resource, mySubnet netip.Prefix,
 	return out
 }
 
-func poolsWithIPIP(pools []api.Resource) bool {
+// vtepMACs maps each node's address to its VXLAN MAC: the Node's
+// vxlanTunnelMACAddr, else the one derived from its name.
+func vtepMACs(nodes []*api.Node) map[netip.Addr]packet.MAC {
+	out := map[netip.Addr]packet.MAC{}
+	for _, nd := range nodes {
+		p, ok := nodeAddr(nd)
+		if !ok {
+			continue
+		}
+		mac := encap.VTEPMAC(nd.Name)
+		if m, err := packet.ParseMAC(nd.Spec.VXLANTunnelMACAddr); err == nil {
+			mac = m
+		}
+		out[p.Addr()] = mac
+	}
+	return out
+}
+
+// encapOverhead is the most MTU any pool's encapsulation costs.
+func encapOverhead(pools []api.Resource) int {
+	o := 0
 	for _, r := range pools {
-		if m := r.(*api.IPPool).Spec.IPIPMode; m == "Always" || m == "CrossSubnet" {
-			return true
+		p := r.(*api.IPPool)
+		if m := p.Spec.VXLANMode; m == "Always" || m == "CrossSubnet" {
+			o = max(o, encap.VXLANOverhead)
+		}
+		if m := p.Spec.IPIPMode; m == "Always" || m == "CrossSubnet" {
+			o = max(o, encap.IPIPOverhead)
 		}
 	}
-	return false
+	return o
 }
 
 // poolOf returns the pool whose CIDR contains pfx (most specific).

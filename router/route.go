@@ -92,6 +92,9 @@ type Route struct {
 	// NextHop is the remote node's underlay address (KindRemote).
 	NextHop netip.Addr `json:"nextHop,omitzero"`
 	Encap   Encap      `json:"encap"`
+	// NextHopMAC is the remote node's VTEP MAC (VXLAN): the inner
+	// Ethernet destination.
+	NextHopMAC MAC `json:"nextHopMAC,omitzero"`
 	// Source says who installed the route: "local", "host", "bgp <peer>".
 	Source string `json:"source"`
 }
@@ -106,4 +109,22 @@ func (r Route) String() string {
 		fmt.Fprintf(&b, " via %s encap %s", r.NextHop, r.Encap)
 	}
 	return b.String()
+}
+
+// MAC is an Ethernet address in a route.
+type MAC [6]byte
+
+// MarshalText prints aa:bb:cc:dd:ee:ff.
+func (m MAC) MarshalText() ([]byte, error) {
+	return []byte(fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])), nil
+}
+
+// UnmarshalText parses aa:bb:cc:dd:ee:ff.
+func (m *MAC) UnmarshalText(b []byte) error {
+	var v [6]byte
+	if _, err := fmt.Sscanf(string(b), "%02x:%02x:%02x:%02x:%02x:%02x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]); err != nil {
+		return fmt.Errorf("bad MAC %q: %w", b, err)
+	}
+	*m = v
+	return nil
 }

@@ -55,6 +55,7 @@ type forwarder struct {
 	ports []*port
 	host  *port
 	under *port
+	vx    *port
 	nodes NodeSet
 	nat   *NATConfig
 
@@ -65,8 +66,11 @@ type forwarder struct {
 
 	remotePkts [][]byte     // inner packets queued for other nodes
 	remoteDsts []netip.Addr // and their nodes
-	seg        *segScratch
-	segUsed    int
+
+	vxPkts  [][]byte         // VXLAN payloads queued for other nodes
+	vxDsts  []netip.AddrPort // and their VTEPs
+	seg     *segScratch
+	segUsed int
 }
 
 func newForwarder(s *Switch) *forwarder {
@@ -77,6 +81,8 @@ func newForwarder(s *Switch) *forwarder {
 		hostBufs:   make([][]byte, 0, hostBatchMax),
 		remotePkts: make([][]byte, 0, hostBatchMax),
 		remoteDsts: make([]netip.Addr, 0, hostBatchMax),
+		vxPkts:     make([][]byte, 0, hostBatchMax),
+		vxDsts:     make([]netip.AddrPort, 0, hostBatchMax),
 	}
 }
 
@@ -86,6 +92,7 @@ func (f *forwarder) begin() {
 	f.ports = *f.s.ports.Load()
 	f.host = f.s.host.Load()
 	f.under = f.s.underlay.Load()
+	f.vx = f.s.vxlan.Load()
 	f.nat = f.s.nat.Load()
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n
@@ -97,7 +104,7 @@ func (f *forwarder) begin() {
 // end flushes what the batch queued for the host and other nodes.
 func (f *forwarder) end() {
 	f.flushAll()
-	f.rt, f.ports, f.host, f.under, f.nodes, f.nat = nil, nil, nil, nil, nil, nil
+	f.rt, f.ports, f.host, f.under, f.vx, f.nodes, f.nat = nil, nil, nil, nil, nil, nil, nil
 }
 
 // routinePodReader forwards frames a pod sends. AddPodPort starts it; it
@@ -218,7 +225,11 @@ func (f *forwarder) fromPod(in *port, buf []byte, off, size int) {
 		f.toHost(in, buf, l2+ethLen, len(ip), hdr)
 	case router.KindRemote:
 		ip.DecrementTTL()
-		f.toRemote(in, buf, l2+ethLen, len(ip), hdr, r.NextHop)
+		if r.Encap == router.EncapVXLAN {
+			f.toVXLAN(in, buf, l2+ethLen, len(ip), hdr, r)
+		} else {
+			f.toRemote(in, buf, l2+ethLen, len(ip), hdr, r.NextHop)
+		}
 	case router.KindNAT:
 		ip.DecrementTTL()
 		f.toNAT(in, buf, l2+ethLen, len(ip), hdr)
@@ -404,6 +415,7 @@ func (f *forwarder) flushHost() {
 // flushAll sends everything queued and frees the segment scratch the
 // queues pointed into.
 func (f *forwarder) flushAll() {
+	f.flushVXLAN()
 	f.flushRemote()
 	f.flushHost()
 	f.returnSeg()

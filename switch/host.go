@@ -112,7 +112,11 @@ func (f *forwarder) fromHost(h *port, buf []byte, off, size int) {
 		f.countTx(h, eg, eg.dev.WriteOne(buf[start:off+len(ip)]), off+len(ip)-start)
 	case router.KindRemote:
 		ip.DecrementTTL()
-		f.toRemote(h, buf, off, len(ip), packet.VirtioNetHdr{}, r.NextHop)
+		if r.Encap == router.EncapVXLAN {
+			f.toVXLAN(h, buf, off, len(ip), packet.VirtioNetHdr{}, r)
+		} else {
+			f.toRemote(h, buf, off, len(ip), packet.VirtioNetHdr{}, r.NextHop)
+		}
 	case router.KindBlackhole:
 		h.c.drop(DropBlackhole)
 	case router.KindHost:

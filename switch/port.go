@@ -15,6 +15,7 @@ const (
 	kindPod portKind = iota
 	kindHost
 	kindUnderlay
+	kindVXLAN
 )
 
 // port is one attachment of the switch. Its fields are set before the port
@@ -26,11 +27,14 @@ type port struct {
 	ip      netip.Addr
 	ip4     [4]byte
 	mac     packet.MAC
-	dev     *tap.Device // pod ports
-	tun     tun.Device  // the host port
-	offload bool        // dev frames carry a virtio-net header
-	under   Underlay    // the underlay port
-	mtu     int         // the underlay's MTU
+	dev     *tap.Device   // pod ports
+	tun     tun.Device    // the host port
+	offload bool          // dev frames carry a virtio-net header
+	under   Underlay      // the underlay port
+	mtu     int           // the underlay's MTU
+	vx      VXLANUnderlay // the VXLAN port
+	vni     uint32
+	vxPort  uint16
 
 	c    counters
 	done chan struct{} // closed when the reader exits
@@ -49,6 +53,8 @@ func (p *port) stats() PortStats {
 		}
 	case kindUnderlay:
 		s.Kind, s.Device = "underlay", "ipip"
+	case kindVXLAN:
+		s.Kind, s.Device = "underlay", "vxlan"
 	}
 	return s
 }

@@ -53,6 +53,7 @@ type Switch struct {
 	// underlay is the port toward other nodes; nodes the set of their
 	// addresses.
 	underlay atomic.Pointer[port]
+	vxlan    atomic.Pointer[port]
 	nodes    atomic.Pointer[NodeSet]
 	nat      atomic.Pointer[NATConfig]
 
@@ -173,6 +174,9 @@ func (s *Switch) Stats() []PortStats {
 	if u := s.underlay.Load(); u != nil {
 		out = append(out, u.stats())
 	}
+	if u := s.vxlan.Load(); u != nil {
+		out = append(out, u.stats())
+	}
 	for _, p := range *s.ports.Load() {
 		if p != nil {
 			out = append(out, p.stats())
@@ -201,6 +205,9 @@ func (s *Switch) Close() error {
 		}
 		if u := s.underlay.Load(); u != nil {
 			errs = append(errs, u.under.Close())
+		}
+		if u := s.vxlan.Load(); u != nil {
+			errs = append(errs, u.vx.Close())
 		}
 		s.wg.Wait()
 	})

@@ -7,7 +7,6 @@ import (
 
 	"podnet/encap"
 	"podnet/internal/packet"
-	"podnet/router"
 )
 
 // Underlay carries inner IPv4 packets between nodes: the IP-in-IP raw
@@ -105,43 +104,13 @@ func (f *forwarder) fromUnderlay(u *port, buf []byte, off, size int) {
 		u.c.drop(DropUnknownSource)
 		return
 	}
-	innerOff := off + outer.HeaderLen()
-	if inner.TTL() <= 1 {
-		u.c.drop(DropTTLExceeded)
-		return
-	}
-	r, ok := f.rt.Lookup(inner.Dst())
-	if !ok {
-		u.c.drop(DropNoRoute)
-		return
-	}
-	switch r.Kind {
-	case router.KindLocalPod:
-		eg := f.portAt(r.Port)
-		if eg == nil {
-			u.c.drop(DropPortGone)
-			return
-		}
-		inner.DecrementTTL()
-		f.l3ToPod(u, eg, buf, innerOff, len(inner))
-	case router.KindHost:
-		if f.host == nil {
-			u.c.drop(DropPortGone)
-			return
-		}
-		inner.DecrementTTL()
-		f.queueHost(buf[innerOff-tunOffset : innerOff+len(inner)])
-	case router.KindBlackhole:
-		u.c.drop(DropBlackhole)
-	default:
-		// A packet for another node: podnet nodes do not transit.
-		u.c.drop(DropNoTransit)
-	}
+	f.deliverInner(u, buf, off+outer.HeaderLen(), inner)
 }
 
 func decapDropReason(r encap.DecapError) DropReason {
 	switch r {
-	case encap.DecapTruncatedOuter, encap.DecapBadOuter, encap.DecapNotIPIP:
+	case encap.DecapTruncatedOuter, encap.DecapBadOuter, encap.DecapNotIPIP, encap.DecapOuterFragment,
+		encap.DecapTruncatedVXLAN, encap.DecapBadVXLANFlags, encap.DecapWrongVNI:
 		return DropBadOuter
 	default:
 		return DropBadInner

@@ -73,7 +73,7 @@ func newLabUpCmd() *cobra.Command {
 	f.BoolVar(&cfg.NoDaemon, "no-daemon", false, "build only namespaces and the fabric: no daemons, no pods")
 	f.StringArrayVar(&cfg.DaemonArgs, "daemon-arg", nil, "extra flag for every podnet daemon (repeatable)")
 	f.IntVar(&cfg.Subnets, "subnets", 1, "underlay subnets (2: a routed fabric between odd and even workers, for CrossSubnet)")
-	f.StringVar(&cfg.Encap, "encap", lab.EncapIPIP, "between nodes: ipip, crosssubnet or none (the default pool's ipipMode)")
+	f.StringVar(&cfg.Encap, "encap", lab.EncapIPIP, "between nodes: ipip, vxlan, crosssubnet (VXLAN across subnets only), ipip-crosssubnet or none")
 	f.StringVar(&cfg.HTTPServer, "http-server", "", `pod HTTP server: "nginx", "builtin" or "" (nginx if on PATH)`)
 	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "print every command the lab runs")
 	return cmd
