@@ -518,7 +518,7 @@ spec:
 
 // capture runs tcpdump in the fabric on every port for filter while f
 // runs and returns the decoded lines.
-func capture(t *testing.T, l *lab.Lab, filter string, f func()) string {
+func capture(t *testing.T, l *lab.Lab, filter string, f func(), tcpdumpArgs ...string) string {
 	t.Helper()
 	fabric, err := l.Netns("fabric")
 	if err != nil {
@@ -526,7 +526,8 @@ func capture(t *testing.T, l *lab.Lab, filter string, f func()) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", fabric, "tcpdump", "-l", "-n", "-i", "any", filter)
+	args := append([]string{"netns", "exec", fabric, "tcpdump", "-l", "-n", "-i", "any"}, tcpdumpArgs...)
+	cmd := exec.CommandContext(ctx, "ip", append(args, filter)...)
 	var out strings.Builder
 	cmd.Stdout = &out
 	stderr, _ := cmd.StderrPipe()
@@ -553,36 +554,116 @@ func capture(t *testing.T, l *lab.Lab, filter string, f func()) string {
 	return out.String()
 }
 
-// TestCrossSubnet: with ipipMode CrossSubnet and a fabric routing between
-// two subnets, a same-subnet pair of nodes routes plainly and a
-// cross-subnet pair encapsulates; a capture on the fabric shows it.
+// TestCrossSubnet: with ipipMode or vxlanMode CrossSubnet and a fabric
+// routing between two subnets, a same-subnet pair of nodes routes plainly
+// and a cross-subnet pair encapsulates; a capture on the fabric shows it.
 func TestCrossSubnet(t *testing.T) {
 	labtest.RequireRoot(t)
-	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3, Subnets: 2, Encap: lab.EncapIPIPCrossSubnet})
-	// worker1 and worker3 share 10.77.0.0/24; worker2 is on 10.78.0.0/24.
-	n2, n3 := l.NodeAddr("worker2"), l.NodeAddr("worker3")
-	waitFor(t, 30*time.Second, "routes on worker1", func() string {
-		r2, ok2 := routeTo(t, l, "worker1", blockOf(l, "test-2"))
-		r3, ok3 := routeTo(t, l, "worker1", blockOf(l, "test-3"))
-		switch {
-		case !ok2 || r2.Kind != router.KindRemote || r2.Encap != router.EncapIPIP || r2.NextHop != n2:
-			return fmt.Sprintf("to worker2's block: %+v, want ipip via %s", r2, n2)
-		case !ok3 || r3.Kind != router.KindHost || r3.NextHop != n3:
-			return fmt.Sprintf("to worker3's block: %+v, want plain via %s", r3, n3)
+	for _, tc := range []struct {
+		encap  string
+		kind   router.Encap
+		filter string // the encapsulated packets on the fabric
+		seen   string // what tcpdump prints for them
+	}{
+		{lab.EncapIPIPCrossSubnet, router.EncapIPIP, "ip proto 4", ""},
+		{lab.EncapCrossSubnet, router.EncapVXLAN, "udp port 4789", "VXLAN, flags [I] (0x08), vni 4096"},
+	} {
+		t.Run(tc.encap, func(t *testing.T) {
+			l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3, Subnets: 2, Encap: tc.encap})
+			// worker1 and worker3 share 10.77.0.0/24; worker2 is on 10.78.0.0/24.
+			n2, n3 := l.NodeAddr("worker2"), l.NodeAddr("worker3")
+			waitFor(t, 30*time.Second, "routes on worker1", func() string {
+				r2, ok2 := routeTo(t, l, "worker1", blockOf(l, "test-2"))
+				r3, ok3 := routeTo(t, l, "worker1", blockOf(l, "test-3"))
+				switch {
+				case !ok2 || r2.Kind != router.KindRemote || r2.Encap != tc.kind || r2.NextHop != n2:
+					return fmt.Sprintf("to worker2's block: %+v, want %s via %s", r2, tc.kind, n2)
+				case !ok3 || r3.Kind != router.KindHost || r3.NextHop != n3:
+					return fmt.Sprintf("to worker3's block: %+v, want plain via %s", r3, n3)
+				}
+				return ""
+			})
+			ip2, ip3 := l.PodIP("test-2"), l.PodIP("test-3")
+			enc := capture(t, l, tc.filter, func() { ping(t, l, "test-1", ip2) })
+			if !strings.Contains(enc, ip2.String()) || !strings.Contains(enc, "IP "+l.NodeAddr("worker1").String()) || !strings.Contains(enc, tc.seen) {
+				t.Fatalf("capture of test-1 -> test-2 (cross-subnet) shows no %s between the nodes:\n%s", tc.kind, enc)
+			}
+			plain := capture(t, l, "icmp and host "+ip3.String(), func() { ping(t, l, "test-1", ip3) })
+			if !strings.Contains(plain, l.PodIP("test-1").String()+" > "+ip3.String()+": ICMP echo request") {
+				t.Fatalf("capture of test-1 -> test-3 (same subnet) shows no plain pod-to-pod ICMP:\n%s", plain)
+			}
+			if strings.Contains(plain, "VXLAN") || strings.Contains(plain, "proto IPIP") {
+				t.Fatalf("same-subnet traffic was encapsulated:\n%s", plain)
+			}
+			transfer(t, nsPath(t, l, "test-3"), nsPath(t, l, "test-2"), ip2, 8<<20)
+		})
+	}
+}
+
+// TestVXLAN: pods across nodes over VXLAN (UDP 4789, VNI 4096, inner
+// Ethernet between VTEP MACs), pod MTU underlay - 50, and a live switch
+// between IP-in-IP and VXLAN while a ping runs.
+func TestVXLAN(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapVXLAN})
+	ctx := context.Background()
+	ip2 := l.PodIP("test-2")
+	waitFor(t, 30*time.Second, "VXLAN route on worker1", func() string {
+		r, ok := routeTo(t, l, "worker1", blockOf(l, "test-2"))
+		if !ok || r.Encap != router.EncapVXLAN {
+			return fmt.Sprintf("route %+v", r)
 		}
 		return ""
 	})
-	ip2, ip3 := l.PodIP("test-2"), l.PodIP("test-3")
-	enc := capture(t, l, "ip proto 4", func() { ping(t, l, "test-1", ip2) })
-	if !strings.Contains(enc, ip2.String()) || !strings.Contains(enc, "IP "+l.NodeAddr("worker1").String()) {
-		t.Fatalf("capture of test-1 -> test-2 (cross-subnet) shows no IP-in-IP between the nodes:\n%s", enc)
+	if out, _ := l.Output(ctx, "test-1", "ip", "link", "show", "eth0"); !strings.Contains(string(out), "mtu 1450") {
+		t.Fatalf("pod eth0 over VXLAN: want mtu 1450:\n%s", out)
 	}
-	plain := capture(t, l, "icmp and host "+ip3.String(), func() { ping(t, l, "test-1", ip3) })
-	if !strings.Contains(plain, l.PodIP("test-1").String()+" > "+ip3.String()+": ICMP echo request") {
-		t.Fatalf("capture of test-1 -> test-3 (same subnet) shows no plain pod-to-pod ICMP:\n%s", plain)
+	seen := capture(t, l, "udp port 4789", func() { ping(t, l, "test-1", ip2) }, "-e")
+	// tcpdump decodes the VXLAN header and the inner frame between the two
+	// nodes' VTEP MACs (0x66 + SHA-1(node name)[:5]).
+	for _, want := range []string{"VXLAN, flags [I] (0x08), vni 4096", encap.VTEPMAC("worker1").String() + " > " + encap.VTEPMAC("worker2").String(), l.PodIP("test-1").String() + " > " + ip2.String()} {
+		if !strings.Contains(seen, want) {
+			t.Fatalf("capture lacks %q:\n%s", want, seen)
+		}
 	}
-	if strings.Contains(plain, "ipip-proto-4") || strings.Contains(plain, "proto IPIP") {
-		t.Fatalf("same-subnet traffic was encapsulated:\n%s", plain)
-	}
-	transfer(t, nsPath(t, l, "test-3"), nsPath(t, l, "test-2"), ip2, 8<<20)
+	transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), ip2, 16<<20)
+	transfer(t, nsPath(t, l, "test-2"), nsPath(t, l, "test-1"), l.PodIP("test-1"), 8<<20)
+
+	t.Run("live switch to IP-in-IP and back", func(t *testing.T) {
+		// 100 pings 20 ms apart while the pool flips twice; report loss.
+		type result struct {
+			out []byte
+			err error
+		}
+		pinged := make(chan result, 1)
+		go func() {
+			out, err := l.Output(ctx, "test-1", "ping", "-c", "100", "-i", "0.02", "-W", "1", ip2.String())
+			pinged <- result{out, err}
+		}()
+		patch := func(body string) {
+			if out, err := l.Output(ctx, "worker1", "podnet", "patch", "ippool", "default-ipv4-ippool", "-p", body); err != nil {
+				t.Fatalf("patch %s: %v\n%s", body, err, out)
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		patch(`{"spec":{"vxlanMode":"Never","ipipMode":"Always"}}`)
+		waitFor(t, 2*time.Second, "route becomes ipip", func() string {
+			if r, _ := routeTo(t, l, "worker1", blockOf(l, "test-2")); r.Encap != router.EncapIPIP {
+				return fmt.Sprintf("%+v", r)
+			}
+			return ""
+		})
+		time.Sleep(500 * time.Millisecond)
+		patch(`{"spec":{"ipipMode":"Never","vxlanMode":"Always"}}`)
+		r := <-pinged
+		stats := string(r.out)
+		if i := strings.Index(stats, "packets transmitted"); i >= 0 {
+			stats = stats[strings.LastIndex(stats[:i], "\n")+1:]
+		}
+		t.Logf("ping across the switches: %s", strings.TrimSpace(stats))
+		if !strings.Contains(stats, "100 packets transmitted") || strings.Contains(stats, " 0 received") {
+			t.Fatalf("ping during the switch: %v\n%s", r.err, r.out)
+		}
+		ping(t, l, "test-1", ip2)
+	})
 }
