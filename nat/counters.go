@@ -1,0 +1,113 @@
+package nat
+
+import (
+	"sync/atomic"
+)
+
+// DropReason is why NAT dropped a packet or refused a flow. Its String is
+// the key in Stats.Drops, so the names are stable.
+type DropReason uint8
+
+const (
+	// DropMalformed: the IPv4 or transport header is truncated or its
+	// lengths are inconsistent.
+	DropMalformed DropReason = iota
+	// DropUnsupportedProtocol: neither TCP, UDP nor ICMP.
+	DropUnsupportedProtocol
+	// DropUnsupportedICMP: an ICMP message other than an echo request
+	// (pods' own errors and other queries are not translated).
+	DropUnsupportedICMP
+	// DropFragment: a fragmented UDP or ICMP datagram. Only TCP goes
+	// through the netstack, which reassembles; host datagram sockets
+	// need the whole datagram.
+	DropFragment
+	// DropTableFull: a new flow while the table holds MaxEntries.
+	DropTableFull
+	// DropPortsExhausted: no free local port in PortMin..PortMax.
+	DropPortsExhausted
+	// DropSocket: opening or binding a host socket failed for another
+	// reason (EMFILE, EACCES for ping sockets, ...).
+	DropSocket
+	// DropDialRefused: the remote refused a TCP connection; the pod got
+	// a RST.
+	DropDialRefused
+	// DropDialUnreachable: the remote was unreachable or did not answer
+	// in time; the pod got an ICMP host unreachable.
+	DropDialUnreachable
+	// DropDialError: a TCP dial failed for another reason; the pod got a
+	// RST.
+	DropDialError
+	// DropEndpoint: the netstack could not complete the handshake with
+	// the pod after the remote accepted.
+	DropEndpoint
+	// DropSend: a host socket refused a datagram (send buffer full,
+	// pending error).
+	DropSend
+	// DropClosed: a packet arrived after Close.
+	DropClosed
+	// DropNetstackOut: the netstack produced something that is not a
+	// valid IPv4 packet (never expected; counted, not delivered).
+	DropNetstackOut
+	// DropICMPError: a host socket reported an ICMP error that could not
+	// be turned into an error for the pod (quote too short, forbidden by
+	// RFC 1812 §4.3.2.7).
+	DropICMPError
+
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	DropMalformed:           "malformed",
+	DropUnsupportedProtocol: "unsupported-protocol",
+	DropUnsupportedICMP:     "unsupported-icmp",
+	DropFragment:            "fragment",
+	DropTableFull:           "table-full",
+	DropPortsExhausted:      "ports-exhausted",
+	DropSocket:              "socket-error",
+	DropDialRefused:         "dial-refused",
+	DropDialUnreachable:     "dial-unreachable",
+	DropDialError:           "dial-error",
+	DropEndpoint:            "endpoint-error",
+	DropSend:                "send-error",
+	DropClosed:              "closed",
+	DropNetstackOut:         "netstack-invalid",
+	DropICMPError:           "icmp-error-untranslatable",
+}
+
+// String returns the short kebab-case name used in Stats.Drops.
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
+
+// counters are the per-instance drop and flow counters. They are written
+// from Handle and the flow goroutines without locks.
+type counters struct {
+	drops [numDropReasons]atomic.Uint64
+	// conns counts flows ever admitted to the table.
+	conns atomic.Uint64
+}
+
+func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
+
+// Stats is a snapshot of the NAT's counters.
+type Stats struct {
+	// Entries is the number of flows in the table, closing ones included.
+	Entries int
+	// ByProto counts Entries by protocol ("tcp", "udp", "icmp").
+	ByProto map[string]int
+	// Drops counts dropped packets and refused flows by DropReason name.
+	// Every reason is present, zero or not.
+	Drops map[string]uint64
+	// PortsInUse is the number of host TCP and UDP sockets holding a local
+	// port.
+	PortsInUse int
+	// PortsTotal is the number of local ports those sockets draw from:
+	// PortMax-PortMin+1 (or the kernel's ephemeral range) for each of TCP
+	// and UDP.
+	PortsTotal int
+	// ConnsTotal counts flows ever admitted to the table.
+	ConnsTotal uint64
+}

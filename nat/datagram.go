@@ -1,0 +1,380 @@
+package nat
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"podnet/internal/packet"
+)
+
+const (
+	// dgramHeadroom is room for the IPv4 and UDP headers in front of a
+	// datagram read from a host socket, so replies are built in place.
+	dgramHeadroom = packet.IPv4MinHeaderLen + packet.UDPHeaderLen
+	// dgramBufSize holds the largest IPv4 datagram.
+	dgramBufSize = 65535
+	// errQuoteMax is how much of an ICMP error's quote is kept: enough for
+	// the 576-byte error the pod gets (RFC 1812 §4.3.2.3).
+	errQuoteMax = packet.ICMPErrorMaxLen
+)
+
+// dgramPool holds reply buffers; a flow takes one only while a datagram
+// is being read and delivered, so idle flows hold no 64 KiB buffer.
+var dgramPool = sync.Pool{New: func() any { return new([dgramBufSize]byte) }}
+
+// dgramFlow is the host side of a UDP or ICMP echo flow: one connected
+// datagram socket in the node's namespace.
+type dgramFlow struct {
+	conn net.Conn
+	rc   syscall.RawConn
+	port uint16 // reserved in the port range (UDP with PortMin..PortMax)
+
+	closeOnce sync.Once
+
+	// ebuf and oob are the error-queue scratch of routineDatagramReader.
+	ebuf [errQuoteMax]byte
+	oob  [128]byte
+}
+
+// handleUDP sends a pod's UDP datagram through the flow's host socket,
+// opening it for a new flow.
+func (n *NAT) handleUDP(ip packet.IPv4) {
+	if ip.IsFragment() {
+		n.c.drop(DropFragment)
+		return
+	}
+	if packet.ValidateTransport(ip) != packet.ParseOK {
+		n.c.drop(DropMalformed)
+		return
+	}
+	u := packet.UDP(ip.Payload())
+	l := int(u.Length())
+	if l < packet.UDPHeaderLen || l > len(u) {
+		n.c.drop(DropMalformed)
+		return
+	}
+	k := flowKey{packet.ProtoUDP, netip.AddrPortFrom(ip.Src(), u.SrcPort()), netip.AddrPortFrom(ip.Dst(), u.DstPort())}
+	f := n.table.lookup(k)
+	if f == nil {
+		if f = n.newDatagramFlow(k); f == nil {
+			return
+		}
+	}
+	if !n.send(f, u[packet.UDPHeaderLen:l]) {
+		return
+	}
+	// conntrack's rule: a flow is assured once the originator speaks
+	// again after a reply.
+	f.state.CompareAndSwap(uint32(stateReplied), uint32(stateAssured))
+}
+
+// handleICMP sends a pod's echo request through the flow's ping socket.
+func (n *NAT) handleICMP(ip packet.IPv4) {
+	if ip.IsFragment() {
+		n.c.drop(DropFragment)
+		return
+	}
+	if packet.ValidateTransport(ip) != packet.ParseOK {
+		n.c.drop(DropMalformed)
+		return
+	}
+	m := packet.ICMP(ip.Payload())
+	if m.Type() != packet.ICMPEcho || m.Code() != 0 {
+		n.c.drop(DropUnsupportedICMP)
+		return
+	}
+	id := binary.BigEndian.Uint16(m[4:6])
+	k := flowKey{packet.ProtoICMP, netip.AddrPortFrom(ip.Src(), id), netip.AddrPortFrom(ip.Dst(), 0)}
+	f := n.table.lookup(k)
+	if f == nil {
+		if f = n.newDatagramFlow(k); f == nil {
+			return
+		}
+	}
+	// The kernel replaces the identifier with the socket's own and
+	// recomputes the checksum (ping_v4_sendmsg); the sequence number and
+	// data go out as the pod sent them.
+	n.send(f, m)
+}
+
+// send writes one datagram without waiting: a full send buffer drops it,
+// as a full qdisc would.
+func (n *NAT) send(f *flow, b []byte) bool {
+	d := f.dgram
+	var err error
+	for range 2 {
+		if rerr := d.rc.Write(func(fd uintptr) bool {
+			_, err = unix.Write(int(fd), b)
+			return true
+		}); rerr != nil {
+			err = rerr
+		}
+		// A pending ICMP error on a connected socket fails the next send
+		// (sock_alloc_send_pskb returns sk_err) without sending; the
+		// error queue still tells the reader about it. Send again.
+		if !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.EHOSTUNREACH) && !errors.Is(err, unix.ENETUNREACH) {
+			break
+		}
+	}
+	if err != nil {
+		n.c.drop(DropSend)
+		return false
+	}
+	f.bytesOut.Add(uint64(len(b)))
+	f.touch(n.now())
+	return true
+}
+
+// newDatagramFlow opens the host socket of a new UDP or ICMP flow, starts
+// its reader and adds it to the table. It returns nil (and counts why) if
+// the flow is refused. Two packets racing to open the same flow both open
+// a socket; the loser closes its own and uses the winner's.
+func (n *NAT) newDatagramFlow(k flowKey) *flow {
+	if n.table.len() >= n.table.max {
+		n.c.drop(DropTableFull)
+		return nil
+	}
+	var (
+		hc    hostConn
+		err   error
+		state flowState
+	)
+	switch k.proto {
+	case packet.ProtoUDP:
+		hc, err = n.dialDatagram(0, k.remote, n.udpPorts)
+		state = stateUnreplied
+	default:
+		hc, err = n.dialDatagram(unix.IPPROTO_ICMP, k.remote, nil)
+		state = stateActive
+	}
+	if err != nil {
+		if errors.Is(err, errPortsExhausted) {
+			n.c.drop(DropPortsExhausted)
+		} else {
+			n.c.drop(DropSocket)
+			n.limitedLog("open host socket failed", "proto", protoName(k.proto), "remote", k.remote, "err", err)
+		}
+		return nil
+	}
+	rc, err := hc.conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		hc.conn.Close()
+		n.udpPorts.put(hc.port)
+		n.c.drop(DropSocket)
+		return nil
+	}
+	d := &dgramFlow{conn: hc.conn, rc: rc, port: hc.port}
+	f := n.newFlow(k, state)
+	f.dgram = d
+	got, ok := n.table.insert(f)
+	if !ok {
+		d.conn.Close()
+		n.udpPorts.put(d.port)
+		if got == nil {
+			n.c.drop(DropTableFull)
+		}
+		return got
+	}
+	n.c.conns.Add(1)
+	if k.proto == packet.ProtoUDP {
+		n.hostSockets.Add(1)
+	}
+	n.wg.Add(1)
+	go n.routineDatagramReader(f)
+	f.setCloser(unmap(localAddr(d.conn)), func() { n.closeDatagram(f) })
+	return f
+}
+
+func (n *NAT) closeDatagram(f *flow) {
+	d := f.dgram
+	d.closeOnce.Do(func() {
+		d.conn.Close()
+		if f.key.proto == packet.ProtoUDP {
+			n.udpPorts.put(d.port)
+			n.hostSockets.Add(-1)
+		}
+	})
+}
+
+// routineDatagramReader turns what a flow's host socket receives into
+// packets for the pod: datagrams become replies, queued ICMP errors become
+// ICMP errors. Started by newDatagramFlow; exits when the flow's socket is
+// closed (reaper or Close).
+func (n *NAT) routineDatagramReader(f *flow) {
+	defer n.wg.Done()
+	d := f.dgram
+	read := func(fd uintptr) bool { return n.readDatagram(f, int(fd)) }
+	for {
+		if err := d.rc.Read(read); err != nil {
+			return
+		}
+	}
+}
+
+// readDatagram handles what is ready on fd: first the error queue, then
+// one datagram. It returns false to wait for the socket to become
+// readable again.
+func (n *NAT) readDatagram(f *flow, fd int) bool {
+	d := f.dgram
+	for {
+		nb, oobn, _, _, err := unix.Recvmsg(fd, d.ebuf[:], d.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			break
+		}
+		n.icmpFromErrQueue(f, d.ebuf[:nb], d.oob[:oobn])
+	}
+	buf := dgramPool.Get().(*[dgramBufSize]byte)
+	defer dgramPool.Put(buf)
+	nr, err := unix.Read(fd, buf[dgramHeadroom:])
+	if errors.Is(err, unix.EAGAIN) {
+		return false
+	}
+	if err != nil || nr < 0 {
+		// sk_err of a connected socket (ECONNREFUSED after a port
+		// unreachable): consumed here, reported from the error queue.
+		return true
+	}
+	var pkt []byte
+	switch f.key.proto {
+	case packet.ProtoUDP:
+		pkt = buf[:dgramHeadroom+nr]
+		ip := packet.IPv4(pkt)
+		writeIPv4Header(ip, len(pkt), packet.ProtoUDP, f.key.remote.Addr().As4(), f.key.pod.Addr().As4(), n.ipID.Add(1))
+		u := packet.UDP(pkt[packet.IPv4MinHeaderLen:])
+		u.SetSrcPort(f.key.remote.Port())
+		u.SetDstPort(f.key.pod.Port())
+		u.SetLength(uint16(packet.UDPHeaderLen + nr))
+		u.SetChecksum(0)
+		u.SetChecksum(packet.TransportChecksum(ip))
+		if f.state.CompareAndSwap(uint32(stateUnreplied), uint32(stateReplied)) {
+			f.touch(n.now())
+		}
+	case packet.ProtoICMP:
+		if nr < packet.ICMPHeaderLen {
+			return true
+		}
+		start := dgramHeadroom - packet.IPv4MinHeaderLen
+		pkt = buf[start : dgramHeadroom+nr]
+		m := packet.ICMP(pkt[packet.IPv4MinHeaderLen:])
+		if m.Type() != packet.ICMPEchoReply {
+			return true
+		}
+		// Give the reply the pod's identifier back; the kernel verified
+		// the checksum, so patch it rather than re-sum the payload.
+		old := binary.BigEndian.Uint16(m[4:6])
+		binary.BigEndian.PutUint16(m[4:6], f.key.pod.Port())
+		m.SetChecksum(packet.Update16(m.Checksum(), old, f.key.pod.Port()))
+		writeIPv4Header(packet.IPv4(pkt), len(pkt), packet.ProtoICMP, f.key.remote.Addr().As4(), f.key.pod.Addr().As4(), n.ipID.Add(1))
+	}
+	f.bytesIn.Add(uint64(nr))
+	f.touch(n.now())
+	n.cfg.Deliver(pkt)
+	return true
+}
+
+// icmpFromErrQueue turns an ICMP error the kernel queued on a flow's
+// socket (IP_RECVERR) into the same error for the pod, about the datagram
+// as the pod sent it. quote is what the kernel kept of the offending
+// datagram past the IP header: the UDP payload for UDP (udp_err), the ICMP
+// header and data for ping sockets (ping_err).
+func (n *NAT) icmpFromErrQueue(f *flow, quote, oob []byte) {
+	ee, offender, ok := parseRecvErr(oob)
+	if !ok || ee.Origin != unix.SO_EE_ORIGIN_ICMP {
+		return // local errors (EMSGSIZE, ...) were already seen by send
+	}
+	if !offender.IsValid() {
+		offender = f.key.remote.Addr()
+	}
+	var orig [errQuoteMax]byte
+	hdr := packet.IPv4MinHeaderLen
+	switch f.key.proto {
+	case packet.ProtoUDP:
+		hdr += packet.UDPHeaderLen
+	case packet.ProtoICMP:
+		if len(quote) < packet.ICMPHeaderLen {
+			n.c.drop(DropICMPError)
+			return
+		}
+	}
+	total := hdr + copy(orig[hdr:], quote)
+	ip := packet.IPv4(orig[:total])
+	writeIPv4Header(ip, total, f.key.proto, f.key.pod.Addr().As4(), f.key.remote.Addr().As4(), 0)
+	switch f.key.proto {
+	case packet.ProtoUDP:
+		u := packet.UDP(orig[packet.IPv4MinHeaderLen:total])
+		u.SetSrcPort(f.key.pod.Port())
+		u.SetDstPort(f.key.remote.Port())
+		u.SetLength(uint16(total - packet.IPv4MinHeaderLen))
+		u.SetChecksum(0)
+		u.SetChecksum(packet.TransportChecksum(ip))
+	case packet.ProtoICMP:
+		m := packet.ICMP(orig[packet.IPv4MinHeaderLen:total])
+		old := binary.BigEndian.Uint16(m[4:6])
+		binary.BigEndian.PutUint16(m[4:6], f.key.pod.Port())
+		m.SetChecksum(packet.Update16(m.Checksum(), old, f.key.pod.Port()))
+	}
+	var out [packet.ICMPErrorMaxLen]byte
+	mtu := uint16(0)
+	if ee.Type == packet.ICMPDestUnreachable && ee.Code == packet.ICMPFragmentationNeeded {
+		mtu = uint16(ee.Info)
+	}
+	m := packet.BuildICMPError(out[:], ip, ee.Type, ee.Code, mtu, offender.As4(), 0)
+	if m == 0 {
+		n.c.drop(DropICMPError)
+		return
+	}
+	n.cfg.Deliver(out[:m])
+}
+
+// parseRecvErr finds the IP_RECVERR control message in oob: struct
+// sock_extended_err followed by the offender's sockaddr_in
+// (SO_EE_OFFENDER). ICMP errors are rare, so the allocation of
+// ParseSocketControlMessage does not matter.
+func parseRecvErr(oob []byte) (unix.SockExtendedErr, netip.Addr, bool) {
+	const eeLen = 16 // sizeof(struct sock_extended_err)
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return unix.SockExtendedErr{}, netip.Addr{}, false
+	}
+	for _, m := range msgs {
+		data := m.Data
+		if m.Header.Level != unix.IPPROTO_IP || m.Header.Type != unix.IP_RECVERR || len(data) < eeLen {
+			continue
+		}
+		ee := unix.SockExtendedErr{
+			Errno:  binary.NativeEndian.Uint32(data[0:4]),
+			Origin: data[4],
+			Type:   data[5],
+			Code:   data[6],
+			Info:   binary.NativeEndian.Uint32(data[8:12]),
+			Data:   binary.NativeEndian.Uint32(data[12:16]),
+		}
+		var off netip.Addr
+		if sa := data[eeLen:]; len(sa) >= 8 && binary.NativeEndian.Uint16(sa[0:2]) == unix.AF_INET {
+			off = netip.AddrFrom4([4]byte(sa[4:8]))
+		}
+		return ee, off, true
+	}
+	return unix.SockExtendedErr{}, netip.Addr{}, false
+}
+
+// writeIPv4Header writes a 20-byte IPv4 header (TTL 64, DF clear) for a
+// packet NAT originates and computes its checksum.
+func writeIPv4Header(ip packet.IPv4, total int, proto uint8, src, dst [4]byte, id uint32) {
+	ip[0] = 4<<4 | packet.IPv4MinHeaderLen/4
+	ip[1] = 0
+	ip.SetTotalLen(uint16(total))
+	ip.SetID(uint16(id))
+	binary.BigEndian.PutUint16(ip[6:8], 0)
+	ip[8] = packet.DefaultTTL
+	ip[9] = proto
+	ip.SetSrc(src)
+	ip.SetDst(dst)
+	ip.ComputeChecksum()
+}

@@ -1,0 +1,267 @@
+// Package nat is podnet's NAT outgoing (Calico's natOutgoing pools): it
+// takes IPv4 packets from pods bound outside every pool and carries them
+// through sockets of the node, so the world sees the node's address, and
+// turns what comes back into packets for the pods. No iptables: TCP ends
+// in a gVisor netstack and is spliced onto host TCP connections, UDP and
+// ICMP echo flows each get a connected host datagram socket.
+//
+// Each flow is an entry of a bounded connection table keyed by protocol,
+// pod address:port (ICMP: echo identifier) and remote address:port, and
+// expires after conntrack-like idle timeouts.
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"podnet/internal/packet"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultMaxEntries     = 65536
+	DefaultTCPEstablished = 2 * time.Hour
+	DefaultTCPClosing     = 2 * time.Minute
+	DefaultUDP            = 30 * time.Second
+	DefaultUDPAssured     = 120 * time.Second
+	DefaultICMP           = 30 * time.Second
+)
+
+// Config configures a NAT.
+type Config struct {
+	// Netns is where host sockets are opened (the node's namespace), as a
+	// path such as /run/netns/NAME; "" = the calling process's namespace.
+	Netns string
+	// SourceAddr, when valid, binds host sockets to it (Calico's
+	// natOutgoingAddress); zero = the kernel chooses the node's address
+	// toward each destination. IPv4 only.
+	SourceAddr netip.Addr
+	// PortMin and PortMax bound host sockets' local TCP and UDP ports
+	// (natPortRange); both zero = the kernel's ephemeral range.
+	PortMin, PortMax uint16
+	// MaxEntries bounds the connection table; 0 = DefaultMaxEntries. New
+	// flows beyond it are refused (TCP: RST to the pod; UDP/ICMP:
+	// dropped) and counted as "table-full".
+	MaxEntries int
+	// Idle timeouts; zero = the Default* constants. TCPEstablished applies
+	// to open connections, TCPClosing after a FIN or once both sides are
+	// closed, UDP until the pod sends again after a reply, UDPAssured
+	// after that, ICMP to echo flows.
+	TCPEstablished, TCPClosing, UDP, UDPAssured, ICMP time.Duration
+	// Deliver sends a complete IPv4 packet (destination = a pod) back into
+	// the switch. Required. It must not retain pkt after it returns. It is
+	// called from NAT goroutines, possibly concurrently.
+	Deliver func(pkt []byte)
+	// Logger gets "started"/"stopped" at debug level and rate-limited
+	// errors; nil = slog.Default().
+	Logger *slog.Logger
+}
+
+// NAT translates pods' packets to host sockets and back.
+type NAT struct {
+	cfg   Config
+	log   *slog.Logger
+	epoch time.Time
+
+	c     counters
+	table *table
+	syns  synTracker
+	socks *sockets
+
+	tcpPorts, udpPorts *portRange
+	portsPerProto      int
+	hostSockets        atomic.Int64 // host TCP and UDP sockets open
+	ipID               atomic.Uint32
+	pingOnce           sync.Once
+
+	stack *stack.Stack
+	link  *channel.Endpoint
+
+	// ctx is cancelled by Close: it stops routineNetstackOut and pending
+	// dials.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed by Close: stops the reaper
+
+	// lifeMu guards closed. Handle holds it shared for the whole packet,
+	// so once Close holds it exclusively no packet is in flight and none
+	// can start goroutines.
+	lifeMu sync.RWMutex
+	closed bool
+
+	// wg counts every goroutine NAT owns: output pump, reaper, connection
+	// requests, splice copies and datagram readers.
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+
+	logMu   sync.Mutex
+	lastLog time.Time // guarded by logMu; rate limit of limitedLog
+}
+
+// New starts a NAT: its netstack, output pump, reaper and, with
+// cfg.Netns, the thread that opens sockets in that namespace.
+func New(cfg Config) (*NAT, error) {
+	if cfg.Deliver == nil {
+		return nil, errors.New("nat: Config.Deliver is required")
+	}
+	if cfg.SourceAddr.IsValid() && !cfg.SourceAddr.Is4() {
+		return nil, fmt.Errorf("nat: SourceAddr %s is not IPv4", cfg.SourceAddr)
+	}
+	if (cfg.PortMin == 0) != (cfg.PortMax == 0) || cfg.PortMin > cfg.PortMax {
+		return nil, fmt.Errorf("nat: bad port range %d-%d", cfg.PortMin, cfg.PortMax)
+	}
+	if cfg.MaxEntries < 0 {
+		return nil, fmt.Errorf("nat: MaxEntries %d is negative", cfg.MaxEntries)
+	}
+	setDefault(&cfg.MaxEntries, DefaultMaxEntries)
+	setDefault(&cfg.TCPEstablished, DefaultTCPEstablished)
+	setDefault(&cfg.TCPClosing, DefaultTCPClosing)
+	setDefault(&cfg.UDP, DefaultUDP)
+	setDefault(&cfg.UDPAssured, DefaultUDPAssured)
+	setDefault(&cfg.ICMP, DefaultICMP)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	n := &NAT{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "nat"),
+		epoch:    time.Now(),
+		table:    newTable(cfg.MaxEntries),
+		syns:     synTracker{m: make(map[flowKey]synRecord)},
+		tcpPorts: newPortRange(cfg.PortMin, cfg.PortMax),
+		udpPorts: newPortRange(cfg.PortMin, cfg.PortMax),
+		done:     make(chan struct{}),
+	}
+	socks, err := newSockets(cfg.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("nat: %w", err)
+	}
+	n.socks = socks
+	if cfg.PortMin != 0 {
+		n.portsPerProto = n.tcpPorts.size()
+	} else if lo, hi, err := socks.ephemeralRange(); err == nil {
+		n.portsPerProto = int(hi) - int(lo) + 1
+	} else {
+		n.log.Warn("cannot read the ephemeral port range", "err", err)
+	}
+	if err := n.newNetstack(); err != nil {
+		socks.close()
+		return nil, fmt.Errorf("nat: %w", err)
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.wg.Add(2)
+	go n.routineNetstackOut()
+	go n.routineReaper()
+	return n, nil
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// Handle takes one IPv4 packet from a pod bound outside the cluster. It
+// copies what it keeps and never waits on the network. Malformed and
+// unsupported packets are dropped and counted. Safe for concurrent use.
+func (n *NAT) Handle(pkt []byte) {
+	ip := packet.IPv4(pkt)
+	if ip.Validate() != packet.ParseOK {
+		n.c.drop(DropMalformed)
+		return
+	}
+	ip = ip[:ip.TotalLen()]
+	n.lifeMu.RLock()
+	defer n.lifeMu.RUnlock()
+	if n.closed {
+		n.c.drop(DropClosed)
+		return
+	}
+	switch ip.Protocol() {
+	case packet.ProtoTCP:
+		n.handleTCP(ip)
+	case packet.ProtoUDP:
+		n.handleUDP(ip)
+	case packet.ProtoICMP:
+		n.handleICMP(ip)
+	default:
+		n.c.drop(DropUnsupportedProtocol)
+	}
+}
+
+// enter registers a goroutine gVisor started for us with n.wg, unless
+// Close has begun.
+func (n *NAT) enter() bool {
+	n.lifeMu.RLock()
+	defer n.lifeMu.RUnlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Add(1)
+	return true
+}
+
+// Close closes every flow and host socket, stops the netstack and waits
+// for all of NAT's goroutines. It is idempotent.
+func (n *NAT) Close() error {
+	n.closeOnce.Do(func() {
+		n.lifeMu.Lock()
+		n.closed = true
+		n.lifeMu.Unlock()
+		n.cancel()
+		close(n.done)
+		n.table.mu.Lock()
+		flows := make([]*flow, 0, len(n.table.flows))
+		for _, f := range n.table.flows {
+			flows = append(flows, f)
+		}
+		clear(n.table.flows)
+		n.table.mu.Unlock()
+		for _, f := range flows {
+			f.close()
+		}
+		n.wg.Wait()
+		n.link.Close()
+		n.stack.Destroy()
+		n.socks.close()
+	})
+	return nil
+}
+
+// newFlow returns a flow for k in state s, created now.
+func (n *NAT) newFlow(k flowKey, s flowState) *flow {
+	f := &flow{key: k, created: time.Now()}
+	f.setState(s)
+	f.touch(n.now())
+	return f
+}
+
+func (f *flow) touch(now int64) { f.last.Store(now) }
+
+// now is a monotonic clock in nanoseconds, cheap to keep in atomics.
+func (n *NAT) now() int64 { return int64(time.Since(n.epoch)) }
+
+// limitedLog logs at warn level at most once a second: host socket errors
+// can come at packet rate.
+func (n *NAT) limitedLog(msg string, args ...any) {
+	n.logMu.Lock()
+	now := time.Now()
+	ok := now.Sub(n.lastLog) >= time.Second
+	if ok {
+		n.lastLog = now
+	}
+	n.logMu.Unlock()
+	if ok {
+		n.log.Warn(msg, args...)
+	}
+}
