@@ -7,7 +7,7 @@ FUZZTIME  ?= 8s
 FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARPFrame \
              ./internal/packet:FuzzSegmentTCPv4 ./internal/packet:FuzzVirtioDecode \
              ./internal/packet:FuzzBuildICMPError ./encap:FuzzDecapIPIP \
-             ./api:FuzzDecode ./ipam:FuzzDecodeBlock
+             ./encap:FuzzDecapVXLAN ./api:FuzzDecode ./ipam:FuzzDecodeBlock
 
 .PHONY: build deps test unit race fuzz lab lab-down bench lint clean
 

@@ -21,6 +21,10 @@ type Result struct {
 	Gbps    float64 `json:"gbps"`
 	Retrans int     `json:"retransmits"`
 	Seconds float64 `json:"seconds"`
+	// UDP results: packets per second received and the loss.
+	UDP     bool    `json:"udp,omitempty"`
+	PPS     float64 `json:"pps,omitempty"`
+	LossPct float64 `json:"lossPercent,omitempty"`
 }
 
 // iperf3 runs a TCP test from netns client to server address addr (the
@@ -73,16 +77,71 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 	}, nil
 }
 
+// iperf3UDP sends 18-byte UDP payloads (64-byte Ethernet frames with
+// FCS) as fast as the client can for secs and returns what arrived.
+func iperf3UDP(ctx context.Context, client, server, addr string, secs int) (Result, error) {
+	port := "5298"
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
+	if err := srv.Start(); err != nil {
+		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var out []byte
+	for try := 0; try < 50; try++ {
+		out, _ = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-u", "-b", "0", "-l", "18",
+			"-c", addr, "-p", port, "-t", strconv.Itoa(secs)).Output()
+		if !strings.Contains(string(out), "Connection refused") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var rep struct {
+		End struct {
+			Sum struct {
+				Packets     float64 `json:"packets"`
+				LostPercent float64 `json:"lost_percent"`
+				Seconds     float64 `json:"seconds"`
+				BPS         float64 `json:"bits_per_second"`
+			} `json:"sum"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return Result{}, fmt.Errorf("parse iperf3 -u output: %w", err)
+	}
+	if rep.Error != "" {
+		return Result{}, fmt.Errorf("iperf3 -u: %s", rep.Error)
+	}
+	s := rep.End.Sum
+	got := s.Packets * (1 - s.LostPercent/100)
+	return Result{UDP: true, Seconds: s.Seconds, PPS: got / s.Seconds, LossPct: s.LostPercent, Gbps: s.BPS / 1e9 * (1 - s.LostPercent/100)}, nil
+}
+
 // WriteTable prints results with each path's ratio to the first (the
 // kernel baseline).
 func WriteTable(w io.Writer, rs []Result) {
 	fmt.Fprintf(w, "%-34s %8s %10s %9s %8s\n", "PATH", "STREAMS", "GBIT/S", "% KERNEL", "RETRANS")
 	var base = map[int]float64{}
 	for _, r := range rs {
+		if r.UDP {
+			continue
+		}
 		if _, ok := base[r.Streams]; !ok {
 			base[r.Streams] = r.Gbps
 		}
 		pct := 100 * r.Gbps / base[r.Streams]
 		fmt.Fprintf(w, "%-34s %8d %10.2f %8.0f%% %8d\n", r.Path, r.Streams, r.Gbps, pct, r.Retrans)
+	}
+	first := true
+	var basePPS float64
+	for _, r := range rs {
+		if !r.UDP {
+			continue
+		}
+		if first {
+			fmt.Fprintf(w, "\n%-34s %12s %9s %8s\n", "PATH (UDP, 64-byte frames)", "PKTS/S", "% KERNEL", "LOSS")
+			first, basePPS = false, r.PPS
+		}
+		fmt.Fprintf(w, "%-34s %12.0f %8.0f%% %7.1f%%\n", r.Path, r.PPS, 100*r.PPS/basePPS, r.LossPct)
 	}
 }

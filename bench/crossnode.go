@@ -18,6 +18,8 @@ type CrossNodeConfig struct {
 	Seconds int
 	// Streams lists the parallel-stream counts; nil means {1}.
 	Streams []int
+	// UDP adds a 64-byte-frame UDP run (packets per second).
+	UDP bool
 	// Progress receives a line per step; nil discards.
 	Progress io.Writer
 }
@@ -39,13 +41,19 @@ func CrossNode(ctx context.Context, cfg CrossNodeConfig) ([]Result, error) {
 		}
 	}
 	var out []Result
-	say("kernel direct routing ...")
-	rs, err := kernelRouted(ctx, cfg)
-	if err != nil {
-		return nil, err
+	for _, k := range []struct {
+		name  string
+		vxlan bool
+	}{{"kernel direct routing (veth)", false}, {"kernel VXLAN (vxlan device)", true}} {
+		say("%s ...", k.name)
+		rs, err := kernelRouted(ctx, cfg, k.name, k.vxlan)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs...)
 	}
-	out = append(out, rs...)
 	for _, mode := range []struct{ name, encap string }{
+		{"podnet VXLAN", lab.EncapVXLAN},
 		{"podnet IP-in-IP", lab.EncapIPIP},
 		{"podnet routed (ipipMode Never)", lab.EncapNone},
 	} {
@@ -60,16 +68,12 @@ func CrossNode(ctx context.Context, cfg CrossNodeConfig) ([]Result, error) {
 			l.Down()
 			return nil, fmt.Errorf("%s: %w", mode.name, err)
 		}
-		for _, s := range cfg.Streams {
-			r, err := iperf3(ctx, client, server, l.PodIP("test-2").String(), cfg.Seconds, s)
-			if err != nil {
-				l.Down()
-				return nil, err
-			}
-			r.Path = mode.name
-			out = append(out, r)
-		}
+		rs, err := runAll(ctx, cfg, mode.name, client, server, l.PodIP("test-2").String())
 		l.Down()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs...)
 	}
 	return out, nil
 }
@@ -88,10 +92,33 @@ func waitPing(ctx context.Context, ns, addr string) error {
 	return fmt.Errorf("%s does not answer from %s: %v\n%s", addr, ns, err, out)
 }
 
+// runAll runs the TCP stream counts and, when asked, the small-UDP test.
+func runAll(ctx context.Context, cfg CrossNodeConfig, name, client, server, addr string) ([]Result, error) {
+	var rs []Result
+	for _, st := range cfg.Streams {
+		r, err := iperf3(ctx, client, server, addr, cfg.Seconds, st)
+		if err != nil {
+			return nil, err
+		}
+		r.Path = name
+		rs = append(rs, r)
+	}
+	if cfg.UDP {
+		r, err := iperf3UDP(ctx, client, server, addr, cfg.Seconds)
+		if err != nil {
+			return nil, err
+		}
+		r.Path = name
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
 // kernelRouted builds the same two-node fabric without podnet: each pod
-// is a namespace on a veth into its node, the nodes route the other
-// pod's subnet to each other over the fabric.
-func kernelRouted(ctx context.Context, cfg CrossNodeConfig) ([]Result, error) {
+// is a namespace on a veth into its node; the nodes route the other pod's
+// subnet to each other over the fabric, directly or (vxlan) through a
+// kernel VXLAN device with VNI 4096 on port 4789.
+func kernelRouted(ctx context.Context, cfg CrossNodeConfig, name string, vxlan bool) ([]Result, error) {
 	l, err := lab.Up(ctx, lab.Config{Name: "pnbenchk", Nodes: 2, NoDaemon: true, Binary: cfg.Binary})
 	if err != nil {
 		return nil, err
@@ -110,22 +137,31 @@ func kernelRouted(ctx context.Context, cfg CrossNodeConfig) ([]Result, error) {
 		{"-n", p1, "addr", "add", "10.210.1.2/24", "dev", "eth0"}, {"-n", p1, "link", "set", "eth0", "up"}, {"-n", p1, "link", "set", "lo", "up"},
 		{"-n", p2, "addr", "add", "10.210.2.2/24", "dev", "eth0"}, {"-n", p2, "link", "set", "eth0", "up"}, {"-n", p2, "link", "set", "lo", "up"},
 		{"-n", p1, "route", "add", "default", "via", "10.210.1.1"}, {"-n", p2, "route", "add", "default", "via", "10.210.2.1"},
-		{"-n", w1, "route", "add", "10.210.2.0/24", "via", l.NodeAddr("worker2").String()},
-		{"-n", w2, "route", "add", "10.210.1.0/24", "via", l.NodeAddr("worker1").String()},
+	}
+	a1, a2 := l.NodeAddr("worker1").String(), l.NodeAddr("worker2").String()
+	if vxlan {
+		// Static VXLAN between the two nodes, 50 bytes of overhead, as a
+		// CNI would set it up.
+		steps = append(steps,
+			[]string{"-n", w1, "link", "add", "vx0", "type", "vxlan", "id", "4096", "dstport", "4789", "local", a1, "remote", a2},
+			[]string{"-n", w2, "link", "add", "vx0", "type", "vxlan", "id", "4096", "dstport", "4789", "local", a2, "remote", a1},
+			[]string{"-n", w1, "addr", "add", "10.211.0.1/24", "dev", "vx0"}, []string{"-n", w1, "link", "set", "vx0", "up"},
+			[]string{"-n", w2, "addr", "add", "10.211.0.2/24", "dev", "vx0"}, []string{"-n", w2, "link", "set", "vx0", "up"},
+			[]string{"-n", p1, "link", "set", "eth0", "mtu", "1450"}, []string{"-n", p2, "link", "set", "eth0", "mtu", "1450"},
+			[]string{"-n", w1, "route", "add", "10.210.2.0/24", "via", "10.211.0.2"},
+			[]string{"-n", w2, "route", "add", "10.210.1.0/24", "via", "10.211.0.1"})
+	} else {
+		steps = append(steps,
+			[]string{"-n", w1, "route", "add", "10.210.2.0/24", "via", a2},
+			[]string{"-n", w2, "route", "add", "10.210.1.0/24", "via", a1})
 	}
 	for _, s := range steps {
 		if out, err := exec.CommandContext(ctx, "ip", s...).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("ip %v: %w\n%s", s, err, out)
 		}
 	}
-	var rs []Result
-	for _, st := range cfg.Streams {
-		r, err := iperf3(ctx, p1, p2, "10.210.2.2", cfg.Seconds, st)
-		if err != nil {
-			return nil, err
-		}
-		r.Path = "kernel direct routing (veth)"
-		rs = append(rs, r)
+	if err := waitPing(ctx, p1, "10.210.2.2"); err != nil {
+		return nil, err
 	}
-	return rs, nil
+	return runAll(ctx, cfg, name, p1, p2, "10.210.2.2")
 }

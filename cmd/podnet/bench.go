@@ -84,6 +84,7 @@ func newBenchCmd() *cobra.Command {
 	}
 	cross.Flags().IntVar(&xcfg.Seconds, "seconds", 5, "seconds per iperf3 run")
 	cross.Flags().IntSliceVar(&xcfg.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
+	cross.Flags().BoolVar(&xcfg.UDP, "udp", true, "also measure 64-byte UDP packets per second")
 	cross.Flags().StringVarP(out, "output", "o", "table", "table or json")
 	var runs int
 	conv := &cobra.Command{
