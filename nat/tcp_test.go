@@ -1,0 +1,205 @@
+package nat
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestTCPHTTPThroughNAT(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{TCPClosing: 2 * time.Second})
+	pod := newPodStack(t, n, d)
+	cl := pod.httpClient()
+	web := netip.AddrPortFrom(remoteAddr, 80)
+
+	resp, err := cl.Get("http://" + web.String() + "/")
+	if err != nil {
+		t.Fatalf("GET /: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(body) != "hello" {
+		t.Fatalf("GET / body %q, %v; want %q", body, err, "hello")
+	}
+	clients := tp.httpClients()
+	if len(clients) != 1 || clients[0].Addr() != nodeAddr {
+		t.Fatalf("server saw clients %v, want one from %v (the node, not the pod %v)", clients, nodeAddr, podAddr)
+	}
+
+	e, ok := findEntry(n, "tcp", web)
+	if !ok {
+		t.Fatalf("no tcp entry for %v in %+v", web, n.Entries())
+	}
+	if e.Pod.Addr() != podAddr || e.Node != clients[0] || e.BytesOut == 0 || e.BytesIn == 0 {
+		t.Errorf("entry %+v: want pod %v, node %v and bytes both ways", e, podAddr, clients[0])
+	}
+	t.Logf("entry after GET: %+v", e)
+
+	// The pod closed (no keep-alives): the entry is closing or closed and
+	// goes away once TCPClosing has passed.
+	if !waitFor(10*time.Second, func() bool { _, ok := findEntry(n, "tcp", web); return !ok }) {
+		t.Fatalf("tcp entry still present after TCPClosing: %+v", n.Entries())
+	}
+	if s := n.Stats(); s.ConnsTotal != 1 || s.PortsInUse != 0 {
+		t.Errorf("stats %+v: want ConnsTotal 1, PortsInUse 0", s)
+	}
+}
+
+func TestTCPDownload(t *testing.T) {
+	size := int64(20 << 20)
+	if raceEnabled {
+		size = 2 << 20
+	}
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	cl := pod.httpClient()
+	start := time.Now()
+	resp, err := cl.Get(fmt.Sprintf("http://%s/bytes?n=%d", netip.AddrPortFrom(remoteAddr, 80), size))
+	if err != nil {
+		t.Fatalf("GET /bytes: %v", err)
+	}
+	h := sha256.New()
+	got, err := io.Copy(h, resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil || got != size {
+		t.Fatalf("read %d bytes, %v; want %d", got, err, size)
+	}
+	if !bytes.Equal(h.Sum(nil), sha256Of(size)) {
+		t.Fatalf("sha256 mismatch")
+	}
+	t.Logf("%d MiB in %v = %.2f Gbit/s through the NAT", size>>20, took, float64(size)*8/took.Seconds()/1e9)
+	e, ok := findEntry(n, "tcp", netip.AddrPortFrom(remoteAddr, 80))
+	if !ok || e.BytesIn < uint64(size) {
+		t.Errorf("entry %+v (found %v): want BytesIn >= %d", e, ok, size)
+	}
+}
+
+func TestTCPRefused(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 81))
+	took := time.Since(start)
+	if err == nil {
+		c.Close()
+		t.Fatalf("dial :81 succeeded, want refused")
+	}
+	if !strings.Contains(err.Error(), "refused") {
+		t.Errorf("dial :81: %v, want connection refused", err)
+	}
+	t.Logf("refused after %v", took)
+	if took > 5*time.Second {
+		t.Errorf("refusal took %v: the pod waited for a timeout instead of getting a RST", took)
+	}
+	if got := n.Stats().Drops["dial-refused"]; got != 1 {
+		t.Errorf("dial-refused = %d, want 1", got)
+	}
+	if e := n.Entries(); len(e) != 0 {
+		t.Errorf("entries after refusal: %+v", e)
+	}
+}
+
+func TestTCPUnreachable(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := pod.dial(ctx, netip.AddrPortFrom(noRoute, 80))
+	took := time.Since(start)
+	if err == nil {
+		c.Close()
+		t.Fatalf("dial %v succeeded, want host unreachable", noRoute)
+	}
+	if !strings.Contains(err.Error(), "no route to host") {
+		t.Errorf("dial %v: %v, want no route to host (ICMP host unreachable)", noRoute, err)
+	}
+	t.Logf("unreachable after %v: %v", took, err)
+	if took > 5*time.Second {
+		t.Errorf("unreachable took %v: the pod waited for a timeout", took)
+	}
+	if got := n.Stats().Drops["dial-unreachable"]; got != 1 {
+		t.Errorf("dial-unreachable = %d, want 1", got)
+	}
+}
+
+// TestTCPConcurrent opens many connections at once through the NAT and
+// echoes a little data over each.
+func TestTCPConcurrent(t *testing.T) {
+	conns := 500
+	if raceEnabled {
+		conns = 100
+	}
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := pod.dial(ctx, echo)
+			if err != nil {
+				errs <- fmt.Errorf("conn %d: dial: %w", i, err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			msg := bytes.Repeat([]byte{byte(i)}, 1000)
+			if _, err := c.Write(msg); err != nil {
+				errs <- fmt.Errorf("conn %d: write: %w", i, err)
+				return
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("conn %d: echo: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	took := time.Since(start)
+	t.Logf("%d concurrent connections in %v (%.0f conn/s)", conns, took, float64(conns)/took.Seconds())
+
+	// New connections per second, one after another.
+	seq := 300
+	if raceEnabled {
+		seq = 30
+	}
+	start = time.Now()
+	for i := range seq {
+		c, err := pod.dial(ctx, echo)
+		if err != nil {
+			t.Fatalf("sequential conn %d: %v", i, err)
+		}
+		c.Close()
+	}
+	took = time.Since(start)
+	t.Logf("%d sequential connects in %v (%.0f conn/s)", seq, took, float64(seq)/took.Seconds())
+	if s := n.Stats(); s.ConnsTotal != uint64(conns+seq) {
+		t.Errorf("ConnsTotal %d, want %d", s.ConnsTotal, conns+seq)
+	}
+}
