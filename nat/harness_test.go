@@ -180,11 +180,16 @@ type deliverCheck struct {
 	t     testing.TB
 	bad   atomic.Int64
 	count atomic.Int64
+	// unreach counts ICMP destination unreachables delivered.
+	unreach atomic.Int64
 	next  atomic.Pointer[func([]byte)]
 }
 
 func (d *deliverCheck) deliver(pkt []byte) {
 	d.count.Add(1)
+	if ip := packet.IPv4(pkt); len(pkt) > packet.IPv4MinHeaderLen && ip.Protocol() == packet.ProtoICMP && pkt[packet.IPv4MinHeaderLen] == packet.ICMPDestUnreachable {
+		d.unreach.Add(1)
+	}
 	if err := checkDelivered(pkt); err != nil {
 		if d.bad.Add(1) <= 5 {
 			d.t.Logf("bad delivered packet: %v: % x", err, pkt[:min(len(pkt), 64)])

@@ -1,0 +1,151 @@
+package nat
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"podnet/internal/packet"
+)
+
+func TestUDPEcho(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{UDP: time.Second, UDPAssured: 2 * time.Second})
+	pod := newPodStack(t, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 7)
+	c := pod.dialUDP(t, echo)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	for i, msg := range []string{"ping", "pong", strings.Repeat("x", 1400)} {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		buf := make([]byte, 2000)
+		nr, err := c.Read(buf)
+		if err != nil || string(buf[:nr]) != msg {
+			t.Fatalf("echo %d: got %q, %v; want %q", i, buf[:nr], err, msg)
+		}
+	}
+	e, ok := findEntry(n, "udp", echo)
+	if !ok {
+		t.Fatalf("no udp entry in %+v", n.Entries())
+	}
+	if e.State != "assured" || e.Node.Addr() != nodeAddr || e.BytesOut != 1408 || e.BytesIn != 1408 {
+		t.Errorf("entry %+v: want assured, node %v, 1408 bytes each way", e, nodeAddr)
+	}
+	// Assured flows live UDPAssured (2s) after the last packet.
+	if !waitFor(6*time.Second, func() bool { _, ok := findEntry(n, "udp", echo); return !ok }) {
+		t.Errorf("udp entry did not expire: %+v", n.Entries())
+	}
+	if s := n.Stats(); s.PortsInUse != 0 || s.Entries != 0 {
+		t.Errorf("after expiry: %+v", s)
+	}
+}
+
+func TestUDPPortUnreachable(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	c := pod.dialUDP(t, netip.AddrPortFrom(remoteAddr, 81))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("anyone?")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	// gonet's Read waits for readable events only, not for the error
+	// event an ICMP error raises, so let the error arrive first.
+	if !waitFor(10*time.Second, func() bool { return d.unreach.Load() > 0 }) {
+		t.Fatal("no ICMP port unreachable delivered")
+	}
+	_, err := c.Read(make([]byte, 100))
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("read after sending to a closed port: %v, want connection refused", err)
+	}
+}
+
+// TestUDPPortUnreachableICMP checks the ICMP error itself: its source is
+// the remote, and it quotes the datagram as the pod sent it.
+func TestUDPPortUnreachableICMP(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	ch := capture(d)
+	src := netip.AddrPortFrom(podAddr, 5555)
+	dst := netip.AddrPortFrom(remoteAddr, 81)
+	n.Handle(buildUDP(src, dst, []byte("hello?")))
+	ip := expectPacket(t, ch, "ICMP port unreachable", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
+	m := packet.ICMP(ip.Payload())
+	if m.Type() != packet.ICMPDestUnreachable || m.Code() != packet.ICMPPortUnreachable {
+		t.Fatalf("ICMP type %d code %d, want 3/3", m.Type(), m.Code())
+	}
+	if ip.Src() != remoteAddr || ip.Dst() != podAddr {
+		t.Errorf("ICMP %v -> %v, want %v -> %v", ip.Src(), ip.Dst(), remoteAddr, podAddr)
+	}
+	q := packet.IPv4(m[packet.ICMPHeaderLen:])
+	if q.Validate() != packet.ParseOK || q.Src() != podAddr || q.Dst() != remoteAddr {
+		t.Fatalf("quoted header %x", []byte(q))
+	}
+	u := packet.UDP(q.Payload())
+	if u.SrcPort() != 5555 || u.DstPort() != 81 || !bytes.Equal(u[8:], []byte("hello?")) {
+		t.Errorf("quoted udp %x", []byte(u))
+	}
+}
+
+func TestICMPEcho(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{ICMP: time.Second})
+	ch := capture(d)
+	payload := []byte("podnet ping payload 0123456789")
+	const id, seq = 0x1234, 7
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, id, seq, payload))
+	ip := expectPacket(t, ch, "echo reply", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
+	m := packet.ICMP(ip.Payload())
+	if m.Type() != packet.ICMPEchoReply || m.Code() != 0 {
+		t.Fatalf("got ICMP %d/%d, want echo reply", m.Type(), m.Code())
+	}
+	if ip.Src() != remoteAddr || ip.Dst() != podAddr {
+		t.Errorf("reply %v -> %v, want %v -> %v", ip.Src(), ip.Dst(), remoteAddr, podAddr)
+	}
+	if gotID, gotSeq := binary.BigEndian.Uint16(m[4:]), binary.BigEndian.Uint16(m[6:]); gotID != id || gotSeq != seq {
+		t.Errorf("id/seq %#x/%d, want %#x/%d", gotID, gotSeq, id, seq)
+	}
+	if !bytes.Equal(m[8:], payload) {
+		t.Errorf("payload %q, want %q", m[8:], payload)
+	}
+	e, ok := findEntry(n, "icmp", netip.AddrPortFrom(remoteAddr, 0))
+	if !ok || e.Pod != netip.AddrPortFrom(podAddr, id) || e.Node.Addr() != nodeAddr {
+		t.Errorf("entry %+v (found %v)", e, ok)
+	}
+	// A second request reuses the flow.
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, id, seq+1, payload))
+	ip = expectPacket(t, ch, "second echo reply", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
+	if s := binary.BigEndian.Uint16(ip.Payload()[6:]); s != seq+1 {
+		t.Errorf("second reply seq %d", s)
+	}
+	if s := n.Stats(); s.ConnsTotal != 1 || s.ByProto["icmp"] != 1 {
+		t.Errorf("stats %+v: want one icmp flow", s)
+	}
+	if !waitFor(5*time.Second, func() bool { return n.Stats().Entries == 0 }) {
+		t.Errorf("icmp flow did not expire: %+v", n.Entries())
+	}
+}
+
+// TestUDPHostUnreachable: a datagram to an address on the link that
+// nobody answers ARP for comes back as ICMP host unreachable from the
+// node, quoting the pod's datagram.
+func TestUDPHostUnreachable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for ARP to fail (~3s)")
+	}
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	ch := capture(d)
+	dst := netip.AddrPortFrom(netip.MustParseAddr("10.252.0.99"), 53)
+	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 4444), dst, []byte("q")))
+	ip := expectPacket(t, ch, "ICMP host unreachable", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
+	m := packet.ICMP(ip.Payload())
+	if m.Type() != packet.ICMPDestUnreachable || m.Code() != packet.ICMPHostUnreachable {
+		t.Fatalf("ICMP %d/%d, want host unreachable", m.Type(), m.Code())
+	}
+	t.Logf("host unreachable from %v", ip.Src())
+}
