@@ -34,9 +34,16 @@ import (
 //     IPv4 total length and the head buffer's capacity;
 //   - both TCP checksums are valid (see Add).
 //
-// The kernel also requires incrementing IP IDs; like wireguard-go we do
-// not, because the pod's kernel ignores the ID of a TSO superframe it
-// receives and a forwarding pod's segmentation restarts from the head's ID.
+// The kernel also wants IP IDs that count up by one per segment (or stay
+// fixed with DF). Like wireguard-go we do not check them: a merged packet
+// keeps the head's ID, TCP never reads IDs, and a pod that forwards the
+// superframe has its own GSO count up from the head's ID again. IDs of
+// DF packets carry no meaning anyway (RFC 6864 §4.1).
+//
+// A flow's segments are keyed by addresses and ports only. A segment that
+// cannot be appended, the ACK number changing included, closes the flow's
+// pending packet and becomes the flow's newest entry, so Flush emits each
+// flow's packets in arrival order, as the kernel's GRO flush does.
 
 // Implementation constants.
 const (
@@ -56,10 +63,10 @@ const (
 )
 
 // groFlowKey identifies a TCP flow: addresses and ports of one direction.
-// Unlike wireguard-go, the ACK number is not part of the key: a segment
-// with a new ACK ends the flow's pending packet (as in tcp_gro_receive)
-// instead of opening a parallel one, so that packets of one flow are
-// always emitted in the order they arrived.
+// Unlike wireguard-go's, it leaves out the ACK number: a segment with a new
+// ACK ends the flow's pending packet (as in tcp_gro_receive) instead of
+// opening a parallel one that a later segment could merge into out of
+// order.
 type groFlowKey struct {
 	addrs uint64 // source << 32 | destination
 	ports uint32 // source << 16 | destination
