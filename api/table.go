@@ -30,7 +30,9 @@ func TableHeadings(kind string, wide bool) []string {
 		return []string{"NAME", "CIDR", "SELECTOR"}
 	case KindNode:
 		if wide {
-			return []string{"NAME", "ASN", "IPV4", "IPV6"}
+			// Calico's columns, then what podnet adds: the VTEP MAC and
+			// the pod MTU the daemon uses.
+			return []string{"NAME", "ASN", "IPV4", "IPV6", "VXLANMAC", "PODMTU"}
 		}
 		return []string{"NAME"}
 	case KindBGPPeer:
@@ -77,7 +79,11 @@ func TableRow(r Resource, o TableOptions) []string {
 			}
 			v4, v6 = b.IPv4Address, b.IPv6Address
 		}
-		return []string{x.Name, asn, v4, v6}
+		mtu := ""
+		if x.Status != nil && x.Status.PodMTU > 0 {
+			mtu = strconv.Itoa(x.Status.PodMTU)
+		}
+		return []string{x.Name, asn, v4, v6, x.Spec.VXLANTunnelMACAddr, mtu}
 	case *BGPPeer:
 		s := &x.Spec
 		peer, asn := s.PeerIP, ""

@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"syscall"
+
 	"errors"
 	"fmt"
+	"github.com/vishvananda/netlink"
 	"net/netip"
 	"path/filepath"
 	"time"
@@ -267,4 +270,87 @@ func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) erro
 
 func opContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// Tunnel address kinds (Calico's handles and attribute types).
+var tunnelKinds = []struct {
+	handle, attrType string
+	wants            func(p *api.IPPool) bool
+	field            func(nd *api.Node) *string
+}{
+	{"vxlan-tunnel-addr-", "vxlanTunnelAddress",
+		func(p *api.IPPool) bool { return p.Spec.VXLANMode == "Always" || p.Spec.VXLANMode == "CrossSubnet" },
+		func(nd *api.Node) *string { return &nd.Spec.IPv4VXLANTunnelAddr }},
+	{"ipip-tunnel-addr-", "ipipTunnelAddress",
+		func(p *api.IPPool) bool { return p.Spec.IPIPMode == "Always" || p.Spec.IPIPMode == "CrossSubnet" },
+		func(nd *api.Node) *string {
+			if nd.Spec.BGP == nil {
+				nd.Spec.BGP = &api.NodeBGPSpec{}
+			}
+			return &nd.Spec.BGP.IPv4IPIPTunnelAddr
+		}},
+}
+
+// ensureTunnelAddrs gives the node a tunnel address from IPAM for each
+// encapsulation its pools use (as calico/node does), records it in the
+// Node resource and puts it on podnet0, so that the node's own traffic to
+// remote pods leaves with an address inside the pools (routed back to
+// this node with its blocks). Called by the routing loop.
+func (n *Node) ensureTunnelAddrs(ctx context.Context, pools []api.Resource, self *api.Node) error {
+	if self == nil {
+		return nil
+	}
+	ipamPools, byName := ipamPools(pools)
+	for _, k := range tunnelKinds {
+		var cands []ipam.Pool
+		for _, p := range ipamPools {
+			if pp := byName[p.Name]; k.wants(pp) && autoPool(pp) {
+				cands = append(cands, p)
+			}
+		}
+		cur := *k.field(self)
+		if len(cands) == 0 || cur != "" {
+			if cur != "" {
+				n.addHostAddr(cur)
+			}
+			continue
+		}
+		handle := k.handle + n.cfg.Name
+		ip, err := n.ipam.AutoAssign(ctx, ipam.AssignArgs{Node: n.cfg.Name, HandleID: handle,
+			Attrs: map[string]string{"node": n.cfg.Name, "type": k.attrType}, Pools: cands})
+		if err != nil {
+			return fmt.Errorf("tunnel address: %w", err)
+		}
+		r, err := n.res.Get(ctx, api.KindNode, n.cfg.Name)
+		if err != nil {
+			n.ipam.ReleaseByHandle(ctx, handle)
+			return err
+		}
+		nd := r.(*api.Node)
+		*k.field(nd) = ip.String()
+		if _, err := n.res.Apply(ctx, nd); err != nil {
+			n.ipam.ReleaseByHandle(ctx, handle)
+			return fmt.Errorf("record tunnel address: %w", err)
+		}
+		n.log.Info("tunnel address assigned", "type", k.attrType, "ip", ip)
+		n.addHostAddr(ip.String())
+	}
+	return nil
+}
+
+// addHostAddr puts ip/32 on podnet0 (once); the address watcher then
+// routes it to the host.
+func (n *Node) addHostAddr(s string) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return
+	}
+	l, err := netlink.LinkByIndex(n.hostIndex)
+	if err != nil {
+		return
+	}
+	a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 32))}
+	if err := netlink.AddrAdd(l, a); err != nil && !errors.Is(err, syscall.EEXIST) {
+		n.log.Warn("tunnel address on podnet0", "ip", ip, "err", err)
+	}
 }

@@ -154,6 +154,9 @@ func (n *Node) reconcile(ctx context.Context) error {
 		}
 	}
 	self, others := splitNodes(nodes, n.cfg.Name)
+	if err := n.ensureTunnelAddrs(ctx, pools, self); err != nil {
+		n.log.Warn("tunnel addresses", "err", err)
+	}
 
 	if me.IsValid() {
 		asn := uint32(*global.Spec.ASNumber)
@@ -163,7 +166,7 @@ func (n *Node) reconcile(ctx context.Context) error {
 		if err := n.ensureSpeaker(ctx, asn, global.Spec.ListenPort, self); err != nil {
 			return err
 		}
-		want := desiredPeers(n.cfg.Name, self, others, peers, global, asn)
+		want := desiredPeers(n.cfg.Name, me, self, others, peers, global, asn)
 		if err := n.speaker.SetPeers(ctx, want); err != nil {
 			return fmt.Errorf("set BGP peers: %w", err)
 		}
@@ -263,13 +266,18 @@ func nodeASN(nd *api.Node, global uint32) uint32 {
 // desiredPeers computes this node's BGP sessions (calico.md §5): the
 // node-to-node mesh when enabled, plus every BGPPeer that applies here,
 // either to a fixed address or to the nodes its peerSelector matches.
-func desiredPeers(me string, self *api.Node, others []*api.Node, peers []api.Resource, global *api.BGPConfiguration, asn uint32) []bgp.Peer {
+func desiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.Node, peers []api.Resource, global *api.BGPConfiguration, asn uint32) []bgp.Peer {
 	byAddr := map[netip.Addr]bgp.Peer{}
 	globalASN := uint32(*global.Spec.ASNumber)
 	if global.Spec.NodeToNodeMeshEnabled == nil || *global.Spec.NodeToNodeMeshEnabled {
 		for _, o := range others {
 			if p, ok := nodeAddr(o); ok {
-				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: nodeASN(o, globalASN), Type: "node-to-node mesh"}
+				// Only the lower address of each pair dials: two speakers
+				// dialling each other after a restart collide and back off
+				// (gobgp v3 stays Idle 5 s after a Cease), which can delay
+				// a mesh session by tens of seconds.
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: nodeASN(o, globalASN), Type: "node-to-node mesh",
+					Passive: myAddr.Compare(p.Addr()) > 0}
 			}
 		}
 	}
