@@ -107,6 +107,10 @@ func (n *NAT) handleICMP(ip packet.IPv4) {
 // as a full qdisc would.
 func (n *NAT) send(f *flow, b []byte) bool {
 	d := f.dgram
+	// Count before sending: the reply may be back (and the entry
+	// inspected) before the write returns.
+	f.bytesOut.Add(uint64(len(b)))
+	f.touch(n.now())
 	var err error
 	for range 2 {
 		if rerr := d.rc.Write(func(fd uintptr) bool {
@@ -123,11 +127,10 @@ func (n *NAT) send(f *flow, b []byte) bool {
 		}
 	}
 	if err != nil {
+		f.bytesOut.Add(-uint64(len(b)))
 		n.c.drop(DropSend)
 		return false
 	}
-	f.bytesOut.Add(uint64(len(b)))
-	f.touch(n.now())
 	return true
 }
 

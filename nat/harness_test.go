@@ -182,7 +182,7 @@ type deliverCheck struct {
 	count atomic.Int64
 	// unreach counts ICMP destination unreachables delivered.
 	unreach atomic.Int64
-	next  atomic.Pointer[func([]byte)]
+	next    atomic.Pointer[func([]byte)]
 }
 
 func (d *deliverCheck) deliver(pkt []byte) {
@@ -245,6 +245,7 @@ type podStack struct {
 	ep     *channel.Endpoint
 	cancel context.CancelFunc
 	done   chan struct{}
+	once   sync.Once
 }
 
 func newPodStack(t testing.TB, n *NAT, d *deliverCheck) *podStack {
@@ -294,11 +295,14 @@ func newPodStack(t testing.TB, n *NAT, d *deliverCheck) *podStack {
 	return p
 }
 
+// close stops the pump and destroys the stack; it may be called twice.
 func (p *podStack) close() {
-	p.cancel()
-	<-p.done
-	p.ep.Close()
-	p.s.Destroy()
+	p.once.Do(func() {
+		p.cancel()
+		<-p.done
+		p.ep.Close()
+		p.s.Destroy()
+	})
 }
 
 func fullAddr(ap netip.AddrPort) tcpip.FullAddress {

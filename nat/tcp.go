@@ -251,12 +251,14 @@ func (s *splice) routineCopyOut() {
 	for {
 		nr, err := s.pod.Read(buf[:])
 		if nr > 0 {
+			// Count before writing: the answer may be back (and the
+			// entry inspected) before Write returns.
+			s.f.bytesOut.Add(uint64(nr))
+			s.f.touch(s.n.now())
 			if _, werr := s.host.Write(buf[:nr]); werr != nil {
 				s.abort()
 				return
 			}
-			s.f.bytesOut.Add(uint64(nr))
-			s.f.touch(s.n.now())
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -279,12 +281,12 @@ func (s *splice) routineCopyIn() {
 	for {
 		nr, err := s.host.Read(buf[:])
 		if nr > 0 {
+			s.f.bytesIn.Add(uint64(nr))
+			s.f.touch(s.n.now())
 			if _, werr := s.pod.Write(buf[:nr]); werr != nil {
 				s.abort()
 				return
 			}
-			s.f.bytesIn.Add(uint64(nr))
-			s.f.touch(s.n.now())
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
