@@ -12,6 +12,11 @@ const (
 	// DropMalformed: the IPv4 or transport header is truncated or its
 	// lengths are inconsistent.
 	DropMalformed DropReason = iota
+	// DropBadDestination: a destination no packet from a pod may reach
+	// through the node: loopback, 0/8, multicast, broadcast or class E.
+	// The kernel's MASQUERADE path treats these as martians; here they
+	// would reach the node's own local services through host sockets.
+	DropBadDestination
 	// DropUnsupportedProtocol: neither TCP, UDP nor ICMP.
 	DropUnsupportedProtocol
 	// DropUnsupportedICMP: an ICMP message other than an echo request
@@ -58,6 +63,7 @@ const (
 
 var dropNames = [numDropReasons]string{
 	DropMalformed:           "malformed",
+	DropBadDestination:      "bad-destination",
 	DropUnsupportedProtocol: "unsupported-protocol",
 	DropUnsupportedICMP:     "unsupported-icmp",
 	DropFragment:            "fragment",

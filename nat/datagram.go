@@ -103,29 +103,50 @@ func (n *NAT) handleICMP(ip packet.IPv4) {
 	n.send(f, m)
 }
 
-// send writes one datagram without waiting: a full send buffer drops it,
-// as a full qdisc would.
+// sender carries one datagram into a RawConn.Write callback. The callback
+// is a method value bound once per sender, and senders are pooled, so
+// sending does not allocate.
+type sender struct {
+	b   []byte
+	err error
+	fn  func(fd uintptr) bool
+}
+
+var senderPool = sync.Pool{New: func() any {
+	s := new(sender)
+	s.fn = s.write
+	return s
+}}
+
+// write makes one non-blocking send attempt.
+func (s *sender) write(fd uintptr) bool {
+	_, s.err = unix.Write(int(fd), s.b)
+	return true // never wait for room: a full send buffer drops, as a full qdisc would
+}
+
+// send writes one datagram without waiting.
 func (n *NAT) send(f *flow, b []byte) bool {
 	d := f.dgram
 	// Count before sending: the reply may be back (and the entry
 	// inspected) before the write returns.
 	f.bytesOut.Add(uint64(len(b)))
 	f.touch(n.now())
+	s := senderPool.Get().(*sender)
+	s.b = b
 	var err error
 	for range 2 {
-		if rerr := d.rc.Write(func(fd uintptr) bool {
-			_, err = unix.Write(int(fd), b)
-			return true
-		}); rerr != nil {
-			err = rerr
+		if err = d.rc.Write(s.fn); err == nil {
+			err = s.err
 		}
 		// A pending ICMP error on a connected socket fails the next send
 		// (sock_alloc_send_pskb returns sk_err) without sending; the
 		// error queue still tells the reader about it. Send again.
-		if !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.EHOSTUNREACH) && !errors.Is(err, unix.ENETUNREACH) {
+		if err != unix.ECONNREFUSED && err != unix.EHOSTUNREACH && err != unix.ENETUNREACH {
 			break
 		}
 	}
+	s.b, s.err = nil, nil
+	senderPool.Put(s)
 	if err != nil {
 		f.bytesOut.Add(-uint64(len(b)))
 		n.c.drop(DropSend)

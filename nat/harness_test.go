@@ -41,7 +41,8 @@ import (
 //	  netns N: vn0 10.252.0.1/24 <--veth--> vr0 10.252.0.2/24 :netns R
 //
 //	R runs an HTTP server on :80 (records client addresses, GET / says
-//	"hello", GET /bytes?n=N streams N pseudo-random bytes), a TCP echo
+//	"hello", GET /bytes?n=N streams N pseudo-random bytes, POST /upload
+//	answers with the body's length and SHA-256), a TCP echo
 //	server on :9, a UDP echo server on :7, and nothing on :81.
 //	10.253.0.0/16 has no route in N.
 var (
@@ -121,6 +122,15 @@ func (tp *topo) serveHTTP(t testing.TB) {
 		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		io.Copy(w, io.LimitReader(testData(), n))
+	})
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
 	})
 	srv := &http.Server{Handler: mux}
 	done := make(chan struct{})

@@ -199,6 +199,10 @@ func TestMalformed(t *testing.T) {
 		{"udp length beyond packet", udpBadLen, "malformed"},
 		{"udp length below header", udpShortLen, "malformed"},
 		{"gre", gre, "unsupported-protocol"},
+		{"loopback destination", buildUDP(pod, netip.MustParseAddrPort("127.0.0.1:53"), nil), "bad-destination"},
+		{"multicast destination", buildUDP(pod, netip.MustParseAddrPort("224.0.0.251:5353"), nil), "bad-destination"},
+		{"broadcast destination", buildUDP(pod, netip.MustParseAddrPort("255.255.255.255:67"), nil), "bad-destination"},
+		{"zero destination", buildTCP(pod, netip.MustParseAddrPort("0.0.0.0:80"), packet.TCPFlagSYN, 1), "bad-destination"},
 		{"icmp timestamp", timestamp, "unsupported-icmp"},
 		{"icmp error from pod", icmpErr, "unsupported-icmp"},
 		{"udp fragment", frag, "fragment"},
@@ -218,20 +222,23 @@ func TestMalformed(t *testing.T) {
 }
 
 // FuzzHandle feeds arbitrary bytes (seeded with well-formed packets) to a
-// NAT whose node namespace has nothing but lo: nothing leaves the test.
-// Every delivered packet must be valid IPv4 with correct checksums.
+// NAT whose node namespace has nothing but lo, with 10.252.0.2 on it:
+// nothing leaves the test, yet packets to 10.252.0.2 get answers (echo
+// replies, refusals, port unreachables) and everything else fails to
+// route. Every delivered packet must be valid IPv4 with correct checksums.
 func FuzzHandle(f *testing.F) {
 	pod := netip.AddrPortFrom(podAddr, 1234)
-	lo := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 9)
+	lo := netip.AddrPortFrom(remoteAddr, 9)
 	for _, seed := range [][]byte{
 		buildUDP(pod, lo, []byte("hello")),
-		buildUDP(pod, netip.AddrPortFrom(remoteAddr, 53), nil),
+		buildUDP(pod, netip.AddrPortFrom(noRoute, 53), nil),
 		buildEcho(podAddr, lo.Addr(), packet.ICMPEcho, 7, 1, []byte("ping")),
-		buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 7, 1, nil),
+		buildEcho(podAddr, noRoute, packet.ICMPEcho, 7, 1, nil),
 		buildTCP(pod, lo, packet.TCPFlagSYN, 1000),
-		buildTCP(pod, netip.AddrPortFrom(remoteAddr, 80), packet.TCPFlagSYN, 1),
+		buildTCP(pod, netip.AddrPortFrom(noRoute, 80), packet.TCPFlagSYN, 1),
 		buildTCP(pod, lo, packet.TCPFlagACK|packet.TCPFlagRST, 5),
 		buildIPv4(47, podAddr, remoteAddr, []byte{1, 2, 3, 4}),
+		buildUDP(pod, netip.MustParseAddrPort("127.0.0.1:53"), nil),
 		{0x45, 0, 0, 20},
 	} {
 		f.Add(seed)
@@ -254,7 +261,11 @@ func FuzzHandle(f *testing.F) {
 	})
 }
 
-// fuzzNetns is a namespace with only lo up for FuzzHandle.
+// fuzzNetns is a namespace with only lo up, holding 10.252.0.2, for
+// FuzzHandle.
 func fuzzNetns(f *testing.F) string {
-	return nettest.Netns(f, nettest.UniqueName("natfz"))
+	name := nettest.UniqueName("natfz")
+	path := nettest.Netns(f, name)
+	run(f, "-n", name, "addr", "add", "10.252.0.2/32", "dev", "lo")
+	return path
 }

@@ -181,6 +181,10 @@ func (n *NAT) Handle(pkt []byte) {
 		return
 	}
 	ip = ip[:ip.TotalLen()]
+	if !routableDst(ip.DstBytes()) {
+		n.c.drop(DropBadDestination)
+		return
+	}
 	n.lifeMu.RLock()
 	defer n.lifeMu.RUnlock()
 	if n.closed {
@@ -197,6 +201,13 @@ func (n *NAT) Handle(pkt []byte) {
 	default:
 		n.c.drop(DropUnsupportedProtocol)
 	}
+}
+
+// routableDst reports whether a can be the destination of a pod's packet
+// leaving through the node: not 0/8, loopback, multicast, class E or the
+// limited broadcast.
+func routableDst(a [4]byte) bool {
+	return a[0] != 0 && a[0] != 127 && a[0] < 224
 }
 
 // enter registers a goroutine gVisor started for us with n.wg, unless

@@ -82,6 +82,19 @@ func TestTCPDownload(t *testing.T) {
 	if !ok || e.BytesIn < uint64(size) {
 		t.Errorf("entry %+v (found %v): want BytesIn >= %d", e, ok, size)
 	}
+
+	start = time.Now()
+	resp, err = cl.Post(fmt.Sprintf("http://%s/upload", netip.AddrPortFrom(remoteAddr, 80)), "application/octet-stream", io.LimitReader(testData(), size))
+	if err != nil {
+		t.Fatalf("POST /upload: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took = time.Since(start)
+	if want := fmt.Sprintf("%d %x", size, sha256Of(size)); err != nil || string(body) != want {
+		t.Fatalf("upload: server says %q, %v; want %q", body, err, want)
+	}
+	t.Logf("%d MiB upload in %v = %.2f Gbit/s through the NAT", size>>20, took, float64(size)*8/took.Seconds()/1e9)
 }
 
 func TestTCPRefused(t *testing.T) {
@@ -201,5 +214,31 @@ func TestTCPConcurrent(t *testing.T) {
 	t.Logf("%d sequential connects in %v (%.0f conn/s)", seq, took, float64(seq)/took.Seconds())
 	if s := n.Stats(); s.ConnsTotal != uint64(conns+seq) {
 		t.Errorf("ConnsTotal %d, want %d", s.ConnsTotal, conns+seq)
+	}
+}
+
+// TestTCPIdleTimeout: an established connection idle for TCPEstablished
+// is torn down with a RST to the pod, and its entry removed.
+func TestTCPIdleTimeout(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{TCPEstablished: time.Second})
+	pod := newPodStack(t, n, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	c, err := pod.dial(ctx, echo)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	_, err = c.Read(make([]byte, 1))
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("read on an idle connection: %v, want connection reset", err)
+	}
+	t.Logf("reset after %v idle", time.Since(start))
+	if _, ok := findEntry(n, "tcp", echo); ok {
+		t.Errorf("entry still present: %+v", n.Entries())
 	}
 }

@@ -1,0 +1,73 @@
+package nat
+
+import (
+	"net/netip"
+	"strconv"
+	"testing"
+)
+
+// udpSink binds a UDP socket in R that never reads: datagrams to it cost
+// no replies (no allocations on the reply path while measuring).
+func udpSink(tb testing.TB, tp *topo) netip.AddrPort {
+	tb.Helper()
+	_, pc := tp.listen(tb, "udp4", "10.252.0.2:8")
+	tb.Cleanup(func() { pc.Close() })
+	return netip.AddrPortFrom(remoteAddr, 8)
+}
+
+// TestHandleUDPAllocs: forwarding a datagram of an existing flow does not
+// allocate.
+func TestHandleUDPAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items under -race")
+	}
+	tp := newTopo(t)
+	n, _ := newNAT(t, tp, Config{})
+	pkt := buildUDP(netip.AddrPortFrom(podAddr, 5000), udpSink(t, tp), make([]byte, 100))
+	n.Handle(pkt) // opens the flow
+	if a := testing.AllocsPerRun(1000, func() { n.Handle(pkt) }); a != 0 {
+		t.Errorf("Handle allocates %v times per UDP datagram, want 0", a)
+	}
+	if got := n.Stats().Drops["send-error"]; got != 0 {
+		t.Errorf("send-error = %d", got)
+	}
+}
+
+func BenchmarkHandleUDP(b *testing.B) {
+	for _, size := range []int{64, 512, 1400} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			tp := newTopo(b)
+			n, _ := newNAT(b, tp, Config{})
+			pkt := buildUDP(netip.AddrPortFrom(podAddr, 5000), udpSink(b, tp), make([]byte, size))
+			n.Handle(pkt)
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			for range b.N {
+				n.Handle(pkt)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(n.Stats().Drops["send-error"])/float64(b.N), "drops/op")
+		})
+	}
+}
+
+// BenchmarkTCPConnect measures new connections per second through the
+// NAT: pod stack dial, host dial, handshake, close.
+func BenchmarkTCPConnect(b *testing.B) {
+	tp := newTopo(b)
+	n, d := newNAT(b, tp, Config{})
+	pod := newPodStack(b, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		c, err := pod.dial(b.Context(), echo)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conn/s")
+}
+
