@@ -70,4 +70,3 @@ func BenchmarkTCPConnect(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conn/s")
 }
-
