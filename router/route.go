@@ -114,10 +114,12 @@ func (r Route) String() string {
 // MAC is an Ethernet address in a route.
 type MAC [6]byte
 
-// MarshalText prints aa:bb:cc:dd:ee:ff.
-func (m MAC) MarshalText() ([]byte, error) {
-	return []byte(fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])), nil
+func (m MAC) String() string {
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
 }
+
+// MarshalText prints aa:bb:cc:dd:ee:ff.
+func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
 // UnmarshalText parses aa:bb:cc:dd:ee:ff.
 func (m *MAC) UnmarshalText(b []byte) error {

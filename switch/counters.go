@@ -34,6 +34,7 @@ const (
 	DropNoTransit                           // decapsulated packet for another node
 	DropNATUnavailable                      // outside the cluster, and NAT outgoing is not running
 	DropNATNotAllowed                       // outside the cluster from a pool without natOutgoing (ICMP admin prohibited sent)
+	DropBadInnerChecksum                    // decapsulated TCP/UDP with a wrong checksum
 	numDropReasons
 )
 
@@ -42,7 +43,7 @@ var dropNames = [numDropReasons]string{
 	"bad-ip-version", "bad-ihl", "bad-total-length", "bad-arp", "spoofed-source", "ttl-exceeded", "no-route",
 	"blackhole", "remote-unsupported", "port-gone", "egress-error", "oversize",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
-	"nat-unavailable", "nat-not-allowed",
+	"nat-unavailable", "nat-not-allowed", "bad-inner-checksum",
 }
 
 func (r DropReason) String() string {

@@ -67,14 +67,19 @@ type forwarder struct {
 	remotePkts [][]byte     // inner packets queued for other nodes
 	remoteDsts []netip.Addr // and their nodes
 
-	vxPkts  [][]byte         // VXLAN payloads queued for other nodes
-	vxDsts  []netip.AddrPort // and their VTEPs
+	vxPkts [][]byte         // VXLAN payloads queued for other nodes
+	vxDsts []netip.AddrPort // and their VTEPs
+
+	gro     *packet.GRO // segments bound for pods, coalesced per flow
+	groIn   *port       // the port the held segments came in on
+	groEmit func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
+
 	seg     *segScratch
 	segUsed int
 }
 
 func newForwarder(s *Switch) *forwarder {
-	return &forwarder{
+	f := &forwarder{
 		s:          s,
 		icmp:       make([]byte, icmpScratchLen),
 		icmpVec:    make([][]byte, 1),
@@ -83,7 +88,10 @@ func newForwarder(s *Switch) *forwarder {
 		remoteDsts: make([]netip.Addr, 0, hostBatchMax),
 		vxPkts:     make([][]byte, 0, hostBatchMax),
 		vxDsts:     make([]netip.AddrPort, 0, hostBatchMax),
+		gro:        packet.NewGRO(groMax),
 	}
+	f.groEmit = f.emitGRO // a method value made once: no allocation per flush
+	return f
 }
 
 // begin loads the snapshots for one batch.
@@ -415,6 +423,7 @@ func (f *forwarder) flushHost() {
 // flushAll sends everything queued and frees the segment scratch the
 // queues pointed into.
 func (f *forwarder) flushAll() {
+	f.flushGRO()
 	f.flushVXLAN()
 	f.flushRemote()
 	f.flushHost()

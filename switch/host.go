@@ -100,16 +100,7 @@ func (f *forwarder) fromHost(h *port, buf []byte, off, size int) {
 			return
 		}
 		ip.DecrementTTL()
-		eth := packet.Ethernet(buf[off-ethLen : off])
-		eth.SetDst(eg.mac)
-		eth.SetSrc(packet.GatewayMAC)
-		eth.SetEtherType(packet.EtherTypeIPv4)
-		start := off - ethLen
-		if eg.offload {
-			start -= vnetLen
-			clear(buf[start : off-ethLen])
-		}
-		f.countTx(h, eg, eg.dev.WriteOne(buf[start:off+len(ip)]), off+len(ip)-start)
+		f.toPodCoalesced(h, eg, buf, off, len(ip))
 	case router.KindRemote:
 		ip.DecrementTTL()
 		if r.Encap == router.EncapVXLAN {

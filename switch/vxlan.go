@@ -118,6 +118,10 @@ func (f *forwarder) fromVXLAN(u *port, src netip.Addr, buf []byte, off, size int
 		u.c.drop(DropBadInner)
 		return
 	}
+	if !repairPartialChecksum(inner) {
+		u.c.drop(DropBadInnerChecksum)
+		return
+	}
 	ipOff := off + encap.VXLANHeaderLen + ethLen
 	f.deliverInner(u, buf, ipOff, inner)
 }
@@ -142,7 +146,7 @@ func (f *forwarder) deliverInner(u *port, buf []byte, ipOff int, inner packet.IP
 			return
 		}
 		inner.DecrementTTL()
-		f.l3ToPod(u, eg, buf, ipOff, len(inner))
+		f.toPodCoalesced(u, eg, buf, ipOff, len(inner))
 	case router.KindHost:
 		if f.host == nil {
 			u.c.drop(DropPortGone)
