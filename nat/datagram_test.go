@@ -130,22 +130,48 @@ func TestICMPEcho(t *testing.T) {
 	}
 }
 
-// TestUDPHostUnreachable: a datagram to an address on the link that
-// nobody answers ARP for comes back as ICMP host unreachable from the
-// node, quoting the pod's datagram.
-func TestUDPHostUnreachable(t *testing.T) {
+// TestHostUnreachableDatagrams: a datagram and an echo request to an
+// address on the link that nobody answers ARP for come back as ICMP host
+// unreachable from the node, each quoting what the pod sent (its port,
+// its echo identifier), not what the host socket sent.
+func TestHostUnreachableDatagrams(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for ARP to fail (~3s)")
 	}
 	tp := newTopo(t)
 	n, d := newNAT(t, tp, Config{})
 	ch := capture(d)
-	dst := netip.AddrPortFrom(netip.MustParseAddr("10.252.0.99"), 53)
-	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 4444), dst, []byte("q")))
-	ip := expectPacket(t, ch, "ICMP host unreachable", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
-	m := packet.ICMP(ip.Payload())
-	if m.Type() != packet.ICMPDestUnreachable || m.Code() != packet.ICMPHostUnreachable {
-		t.Fatalf("ICMP %d/%d, want host unreachable", m.Type(), m.Code())
+	dead := netip.MustParseAddr("10.252.0.99")
+	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 4444), netip.AddrPortFrom(dead, 53), []byte("q")))
+	n.Handle(buildEcho(podAddr, dead, packet.ICMPEcho, 0x4242, 1, []byte("ping")))
+	seen := map[uint8]bool{}
+	for len(seen) < 2 {
+		ip := expectPacket(t, ch, "ICMP host unreachable", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
+		m := packet.ICMP(ip.Payload())
+		if m.Type() != packet.ICMPDestUnreachable || m.Code() != packet.ICMPHostUnreachable {
+			t.Fatalf("ICMP %d/%d, want host unreachable", m.Type(), m.Code())
+		}
+		if ip.Src() != nodeAddr || ip.Dst() != podAddr {
+			t.Errorf("error %v -> %v, want %v -> %v", ip.Src(), ip.Dst(), nodeAddr, podAddr)
+		}
+		q := packet.IPv4(m[packet.ICMPHeaderLen:])
+		if q.Validate() != packet.ParseOK || q.Src() != podAddr || q.Dst() != dead {
+			t.Fatalf("quoted header %x", []byte(q))
+		}
+		l4 := q.Payload()
+		switch q.Protocol() {
+		case packet.ProtoUDP:
+			if u := packet.UDP(l4); u.SrcPort() != 4444 || u.DstPort() != 53 {
+				t.Errorf("quoted udp ports %d -> %d", u.SrcPort(), u.DstPort())
+			}
+		case packet.ProtoICMP:
+			if id := binary.BigEndian.Uint16(l4[4:]); id != 0x4242 || l4[0] != packet.ICMPEcho {
+				t.Errorf("quoted echo type %d id %#x, want the pod's %#x", l4[0], id, 0x4242)
+			}
+			if packet.Checksum(l4, 0) != 0 {
+				t.Errorf("quoted echo checksum does not match the rewritten identifier")
+			}
+		}
+		seen[q.Protocol()] = true
 	}
-	t.Logf("host unreachable from %v", ip.Src())
 }

@@ -42,8 +42,9 @@ import (
 //
 //	R runs an HTTP server on :80 (records client addresses, GET / says
 //	"hello", GET /bytes?n=N streams N pseudo-random bytes, POST /upload
-//	answers with the body's length and SHA-256), a TCP echo
-//	server on :9, a UDP echo server on :7, and nothing on :81.
+//	answers with the body's length and SHA-256), a TCP echo server on :9,
+//	a TCP server on :12 that resets every connection, a UDP echo server
+//	on :7, and nothing on :81.
 //	10.253.0.0/16 has no route in N.
 var (
 	podAddr    = netip.MustParseAddr("192.168.1.2")
@@ -81,6 +82,7 @@ func newTopo(t testing.TB) *topo {
 	run(t, "-n", rn, "link", "set", "vr0", "up")
 	tp.serveHTTP(t)
 	tp.serveTCPEcho(t)
+	tp.serveTCPReset(t)
 	tp.serveUDPEcho(t)
 	return tp
 }
@@ -158,6 +160,24 @@ func (tp *topo) serveTCPEcho(t testing.TB) {
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
+// serveTCPReset accepts on :12 and resets every connection at once.
+func (tp *topo) serveTCPReset(t testing.TB) {
+	ln, _ := tp.listen(t, "tcp4", "10.252.0.2:12")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
 }
 
 func (tp *topo) serveUDPEcho(t testing.TB) {

@@ -242,3 +242,70 @@ func TestTCPIdleTimeout(t *testing.T) {
 		t.Errorf("entry still present: %+v", n.Entries())
 	}
 }
+
+// TestTCPHalfClose: the pod's FIN reaches the remote while data keeps
+// flowing back, then the remote's FIN reaches the pod.
+func TestTCPHalfClose(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 9))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	msg := bytes.Repeat([]byte("half-close "), 20000)
+	// The echo server sends while we are still writing; read
+	// concurrently so neither side's window fills.
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatalf("CloseWrite: %v", err)
+	}
+	// ReadAll returns at the remote's FIN, which the echo server only
+	// sends after it saw ours.
+	if b := <-got; !bytes.Equal(b, msg) {
+		t.Fatalf("echoed %d bytes, want %d", len(b), len(msg))
+	}
+	e, _ := findEntry(n, "tcp", netip.AddrPortFrom(remoteAddr, 9))
+	if e.BytesOut != uint64(len(msg)) || e.BytesIn != uint64(len(msg)) {
+		t.Errorf("entry %+v: want %d bytes each way", e, len(msg))
+	}
+	if !waitFor(5*time.Second, func() bool {
+		e, _ := findEntry(n, "tcp", netip.AddrPortFrom(remoteAddr, 9))
+		return e.State == "closed"
+	}) {
+		t.Errorf("entry not closed: %+v", n.Entries())
+	}
+}
+
+// TestTCPRemoteReset: a RST from the remote reaches the pod as a RST.
+func TestTCPRemoteReset(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The server resets right after accepting, so the RST may reach the
+	// pod before its handshake completes (the dial fails, as refused if
+	// the RST overtook the SYN-ACK being built) or after (the read
+	// fails); either way it must be a RST, not a timeout or EOF.
+	c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 12))
+	if err == nil {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+	}
+	if err == nil || !strings.Contains(err.Error(), "reset") && !strings.Contains(err.Error(), "refused") {
+		t.Errorf("got %v, want connection reset (or refused)", err)
+	}
+}
