@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -170,6 +171,11 @@ func TestThreeNodeMesh(t *testing.T) {
 		if after.Drops["frag-needed"] <= before.Drops["frag-needed"] || after.ICMPErrors <= before.ICMPErrors {
 			t.Fatalf("drops %v icmp %d: want frag-needed counted and an ICMP error sent", after.Drops, after.ICMPErrors)
 		}
+		// Without DF the same size goes through: the outer packet is
+		// fragmented on the underlay, not dropped.
+		if out, err := l.Output(ctx, "test-1", "ping", "-M", "dont", "-s", "1462", "-c", "2", "-i", "0.2", "-W", "2", l.PodIP("test-2").String()); err != nil {
+			t.Fatalf("ping -M dont with 1490-byte packets: %v\n%s", err, out)
+		}
 	})
 	t.Run("ipip from a stranger", func(t *testing.T) {
 		// The fabric is no node: what it encapsulates toward worker1 is
@@ -227,16 +233,22 @@ func TestThreeNodeMesh(t *testing.T) {
 }
 
 func underlayDrops(t *testing.T, l *lab.Lab, nodeName string) map[string]uint64 {
+	return underlayDropsOf(t, l, nodeName, "ipip")
+}
+
+// underlayDropsOf returns the drop counters of nodeName's underlay port
+// named name ("ipip" or "vxlan").
+func underlayDropsOf(t *testing.T, l *lab.Lab, nodeName, name string) map[string]uint64 {
 	ports, err := nodeClient(t, l, nodeName).Ports()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range ports {
-		if p.Kind == "underlay" {
+		if p.Kind == "underlay" && p.Device == name {
 			return p.Drops
 		}
 	}
-	t.Fatalf("%s has no underlay port", nodeName)
+	t.Fatalf("%s has no %s underlay port", nodeName, name)
 	return nil
 }
 
@@ -629,6 +641,37 @@ func TestVXLAN(t *testing.T) {
 	transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), ip2, 16<<20)
 	transfer(t, nsPath(t, l, "test-2"), nsPath(t, l, "test-1"), l.PodIP("test-1"), 8<<20)
 
+	t.Run("VXLAN from a stranger or with another VNI", func(t *testing.T) {
+		var conn *encap.VXLANConn
+		if err := netnsutil.Do(nsPath(t, l, "fabric"), func() (err error) {
+			conn, err = encap.ListenVXLAN(encap.VXLANConfig{Port: 4789})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		mac := encap.VTEPMAC("worker2")
+		frame := udpFrame(t, net.HardwareAddr(mac[:]), netip.MustParseAddr("192.168.99.9"), l.PodIP("test-1"), 64, false, []byte("x"))
+		for _, tc := range []struct {
+			vni    uint32
+			reason string
+		}{{4096, "unknown-source"}, {999, "wrong-vni"}} {
+			buf := make([]byte, 64+len(frame))
+			copy(buf[64:], frame)
+			start := encap.EncapVXLAN(buf, 64, tc.vni)
+			before := underlayDropsOf(t, l, "worker1", "vxlan")
+			if _, err := conn.WriteBatch([][]byte{buf[start:]}, []netip.AddrPort{netip.AddrPortFrom(l.NodeAddr("worker1"), 4789)}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "drop "+tc.reason, func() string {
+				after := underlayDropsOf(t, l, "worker1", "vxlan")
+				if after[tc.reason] != before[tc.reason]+1 {
+					return fmt.Sprintf("drops %v, want %s +1", after, tc.reason)
+				}
+				return ""
+			})
+		}
+	})
 	t.Run("live switch to IP-in-IP and back", func(t *testing.T) {
 		// 100 pings 20 ms apart while the pool flips twice; report loss.
 		type result struct {

@@ -35,6 +35,7 @@ const (
 	DropNATUnavailable                      // outside the cluster, and NAT outgoing is not running
 	DropNATNotAllowed                       // outside the cluster from a pool without natOutgoing (ICMP admin prohibited sent)
 	DropBadInnerChecksum                    // decapsulated TCP/UDP with a wrong checksum
+	DropWrongVNI                            // VXLAN with another network identifier
 	numDropReasons
 )
 
@@ -44,6 +45,7 @@ var dropNames = [numDropReasons]string{
 	"blackhole", "remote-unsupported", "port-gone", "egress-error", "oversize",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
 	"nat-unavailable", "nat-not-allowed", "bad-inner-checksum",
+	"wrong-vni",
 }
 
 func (r DropReason) String() string {

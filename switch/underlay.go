@@ -109,8 +109,10 @@ func (f *forwarder) fromUnderlay(u *port, buf []byte, off, size int) {
 
 func decapDropReason(r encap.DecapError) DropReason {
 	switch r {
+	case encap.DecapWrongVNI:
+		return DropWrongVNI
 	case encap.DecapTruncatedOuter, encap.DecapBadOuter, encap.DecapNotIPIP, encap.DecapOuterFragment,
-		encap.DecapTruncatedVXLAN, encap.DecapBadVXLANFlags, encap.DecapWrongVNI:
+		encap.DecapTruncatedVXLAN, encap.DecapBadVXLANFlags:
 		return DropBadOuter
 	default:
 		return DropBadInner
