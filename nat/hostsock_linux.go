@@ -415,6 +415,24 @@ func (n *NAT) dialDatagram(proto int, remote netip.AddrPort, pr *portRange) (hos
 	return hostConn{conn: c, port: port}, nil
 }
 
+// dialFailure classifies a failed TCP dial: refused (the pod gets a RST),
+// unreachable (the pod gets ICMP host unreachable: no route, no ARP
+// answer, or no answer before the dial timeout), no free port, or a local
+// error.
+func dialFailure(err error) DropReason {
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED):
+		return DropDialRefused
+	case errors.Is(err, unix.EHOSTUNREACH), errors.Is(err, unix.ENETUNREACH),
+		errors.Is(err, unix.ETIMEDOUT), errors.Is(err, unix.EHOSTDOWN),
+		errors.Is(err, unix.ENONET), errors.Is(err, os.ErrDeadlineExceeded):
+		return DropDialUnreachable
+	case errors.Is(err, errPortsExhausted):
+		return DropPortsExhausted
+	}
+	return DropDialError
+}
+
 // localAddr returns the address and port a host socket is bound to.
 func localAddr(c net.Conn) netip.AddrPort {
 	switch a := c.LocalAddr().(type) {

@@ -6,12 +6,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -137,20 +135,16 @@ func (n *NAT) routineTCPRequest(r *tcp.ForwarderRequest) {
 	cancel()
 	if err != nil {
 		n.table.remove(f)
-		switch {
-		case errors.Is(err, unix.ECONNREFUSED):
-			n.c.drop(DropDialRefused)
-			r.Complete(true)
-		case isUnreachable(err):
-			n.c.drop(DropDialUnreachable)
+		reason := dialFailure(err)
+		n.c.drop(reason)
+		switch reason {
+		case DropDialUnreachable:
 			r.Complete(false)
 			n.tcpUnreachable(key, seq)
-		case errors.Is(err, errPortsExhausted):
-			n.c.drop(DropPortsExhausted)
-			r.Complete(true)
-		default:
-			n.c.drop(DropDialError)
+		case DropDialError:
 			n.limitedLog("tcp dial failed", "remote", key.remote, "err", err)
+			fallthrough
+		default: // refused, ports exhausted
 			r.Complete(true)
 		}
 		return
@@ -180,14 +174,6 @@ func (n *NAT) routineTCPRequest(r *tcp.ForwarderRequest) {
 	go s.routineCopyOut()
 	go s.routineCopyIn()
 	f.setCloser(unmap(localAddr(host)), s.abort)
-}
-
-// isUnreachable reports whether a dial error means the remote cannot be
-// reached (as opposed to refusing, or a local problem).
-func isUnreachable(err error) bool {
-	return errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) ||
-		errors.Is(err, unix.ETIMEDOUT) || errors.Is(err, unix.EHOSTDOWN) ||
-		errors.Is(err, unix.ENONET) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // tcpUnreachable sends the pod an ICMP host unreachable about its SYN.
