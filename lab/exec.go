@@ -84,6 +84,9 @@ func (l *Lab) targetEnv(target string) (string, []string, error) {
 	if target == "fabric" {
 		return fabricNetns(l.st.Name), env, nil
 	}
+	if target == "external" && l.st.External != nil {
+		return l.st.External.Netns, env, nil
+	}
 	if n := l.st.node(target); n != nil {
 		return n.Netns, append(env, "PODNET_SOCKET="+n.Socket), nil
 	}

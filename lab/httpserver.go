@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -50,6 +51,10 @@ type ServeConfig struct {
 	IP netip.Addr
 	// Addr is the listen address. "" = ":80".
 	Addr string
+	// AccessLog, when set, gets one line per request: client address,
+	// method, path. The external host's log shows NAT at work: every
+	// client is a node address, never a pod's.
+	AccessLog io.Writer
 }
 
 // Handler returns the pod page handler: GET / answers PageText, and
@@ -82,7 +87,18 @@ func Handler(cfg ServeConfig) http.Handler {
 			n -= c
 		}
 	})
-	return mux
+	// GET /whoami answers with the client address the server sees.
+	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, r.RemoteAddr)
+	})
+	if cfg.AccessLog == nil {
+		return mux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(cfg.AccessLog, "%s %s %s %s\n", time.Now().Format(time.RFC3339), r.RemoteAddr, r.Method, r.URL.Path)
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // ServeHTTP runs the built-in pod HTTP server until ctx is done. It backs

@@ -332,7 +332,10 @@ func (l *Lab) build(ctx context.Context, cfg Config) error {
 	if err := l.startDaemons(ctx); err != nil {
 		return err
 	}
-	return l.addPods(ctx, cfg.Pods)
+	if err := l.addPods(ctx, cfg.Pods); err != nil {
+		return err
+	}
+	return l.addExternal(ctx)
 }
 
 // Open loads the state of the running lab name from its default run dir.

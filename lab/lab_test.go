@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -622,7 +623,7 @@ func TestUpWithFakeDaemon(t *testing.T) {
 			t.Fatalf("Open: %v", err)
 		}
 		got, want := o.Status(), l.Status()
-		if fmt.Sprint(got) != fmt.Sprint(want) {
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("Open(%s).Status(): got %+v, want %+v", name, got, want)
 		}
 		if out, err := o.Output(ctx, "worker1", "podnet", "status"); err != nil {

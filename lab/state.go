@@ -35,7 +35,9 @@ type state struct {
 	// Namespaces lists the namespaces Up created, in creation order.
 	Namespaces []string    `json:"namespaces"`
 	Nodes      []nodeState `json:"nodes"`
-	Pods       []podState  `json:"pods"`
+	// External is the host outside the cluster (nil in NoDaemon labs).
+	External *externalState `json:"external,omitempty"`
+	Pods     []podState     `json:"pods"`
 }
 
 type nodeState struct {
@@ -47,6 +49,14 @@ type nodeState struct {
 	StateDir string       `json:"stateDir"`
 	Log      string       `json:"log"`
 	Daemon   procID       `json:"daemon"`
+}
+
+type externalState struct {
+	Netns   string       `json:"netns"`
+	Address netip.Prefix `json:"address"`
+	Dir     string       `json:"dir"`
+	HTTP    procID       `json:"http"`
+	UDP     procID       `json:"udp"`
 }
 
 type podState struct {
@@ -88,6 +98,9 @@ func (s *state) datastore() string {
 // targets lists every valid Exec target: "fabric", nodes, pods.
 func (s *state) targets() []string {
 	t := []string{"fabric"}
+	if s.External != nil {
+		t = append(t, "external")
+	}
 	for _, n := range s.Nodes {
 		t = append(t, n.Name)
 	}

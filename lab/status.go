@@ -1,6 +1,9 @@
 package lab
 
-import "net/netip"
+import (
+	"net/netip"
+	"path/filepath"
+)
 
 // Status describes a lab; it encodes to JSON for `podnet lab status -o json`.
 type Status struct {
@@ -16,6 +19,17 @@ type Status struct {
 	Fabric      FabricStatus `json:"fabric"`
 	Nodes       []NodeStatus `json:"nodes"`
 	Pods        []PodStatus  `json:"pods"`
+	// External is the host outside the cluster; nil in NoDaemon labs.
+	External *ExternalStatus `json:"external,omitempty"`
+}
+
+// ExternalStatus is the host outside the cluster and its servers.
+type ExternalStatus struct {
+	Netns    string       `json:"netns"`
+	Address  netip.Prefix `json:"address"`
+	HTTPPort int          `json:"httpPort"`
+	UDPPort  int          `json:"udpEchoPort"`
+	HTTPLog  string       `json:"httpLog"`
 }
 
 // FabricStatus is the underlay bridge.
@@ -72,6 +86,10 @@ func (l *Lab) Status() Status {
 	}
 	for _, p := range l.st.Pods {
 		s.Pods = append(s.Pods, PodStatus{Name: p.Name, Node: p.Node, Netns: p.Netns, IP: p.IP, HTTPPID: p.HTTP.PID})
+	}
+	if e := l.st.External; e != nil {
+		s.External = &ExternalStatus{Netns: e.Netns, Address: e.Address, HTTPPort: ExternalHTTPPort,
+			UDPPort: ExternalUDPPort, HTTPLog: filepath.Join(e.Dir, "http.log")}
 	}
 	return s
 }

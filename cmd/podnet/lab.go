@@ -32,7 +32,7 @@ func newLabCmd() *cobra.Command {
 and pods NAME-test-<J> with addresses from IPAM, serving HTTP on port 80.
 It needs root.`,
 	}
-	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabExecCmd(), newLabDownCmd(), newLabServeHTTPCmd())
+	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabExecCmd(), newLabDownCmd(), newLabServeHTTPCmd(), newLabServeUDPEchoCmd())
 	return cmd
 }
 
@@ -121,6 +121,10 @@ func printDatastore(w io.Writer, s lab.Status) {
 	}
 	fmt.Fprintf(w, "datastore: %s (export PODNET_DATASTORE_ENDPOINTS=%s to use podnet get/ipam from the host)%s\n",
 		s.Datastore, s.Datastore, state)
+	if e := s.External; e != nil {
+		fmt.Fprintf(w, "external:  %s in %s: http :%d (GET /whoami shows the client it sees), udp echo :%d, ping; no route to any pool: pods reach it only through NAT outgoing\n",
+			e.Address.Addr(), e.Netns, e.HTTPPort, e.UDPPort)
+	}
 }
 
 func daemonCell(n lab.NodeStatus) string {
@@ -294,6 +298,23 @@ func progressOut(verbose bool, w io.Writer) io.Writer {
 	return nil
 }
 
+func newLabServeUDPEchoCmd() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:    "serve-udp-echo",
+		Short:  "Echo UDP datagrams (run by podnet lab on the external host)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return lab.ServeUDPEcho(ctx, addr, os.Stdout)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", ":7", "listen address")
+	return cmd
+}
+
 func newLabServeHTTPCmd() *cobra.Command {
 	var (
 		cfg lab.ServeConfig
@@ -314,6 +335,7 @@ func newLabServeHTTPCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			cfg.AccessLog = os.Stdout
 			return lab.ServeHTTP(ctx, cfg)
 		},
 	}
