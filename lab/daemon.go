@@ -83,7 +83,10 @@ func (l *Lab) spawnDaemon(ctx context.Context, node string) error {
 	bin, extra, ds := l.st.Binary, l.st.DaemonArgs, l.st.datastore()
 	l.mu.Unlock()
 	l.r.progressf("starting daemon on %s ...", node)
-	args := []string{"ip", "netns", "exec", n.Netns, bin, "daemon",
+	// nsenter, not `ip netns exec`: the latter also gives the daemon a
+	// private mount namespace, and namespaces it creates for pods
+	// (pod add --new) would then be invisible outside it.
+	args := []string{"nsenter", "--net=" + netnsPath(n.Netns), "--", bin, "daemon",
 		"--node", n.Name, "--underlay", n.Iface,
 		"--state-dir", n.StateDir, "--socket", n.Socket}
 	if ds != "" {

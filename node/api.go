@@ -90,6 +90,12 @@ func (n *Node) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, peers)
 	})
+	mux.HandleFunc("GET /v1/nat/entries", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.nat.Entries())
+	})
+	mux.HandleFunc("GET /v1/nat/stats", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.nat.Stats())
+	})
 	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.PortStats())
 	})

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"podnet/nat"
 	"podnet/router"
 	"podnet/router/bgp"
 	vswitch "podnet/switch"
@@ -125,4 +126,16 @@ func (c *Client) Ports() ([]vswitch.PortStats, error) {
 func (c *Client) BGPPeers() ([]bgp.PeerStatus, error) {
 	var p []bgp.PeerStatus
 	return p, c.do("GET", "/v1/bgp/peers", nil, &p)
+}
+
+// NATEntries returns the NAT connection table.
+func (c *Client) NATEntries() ([]nat.Entry, error) {
+	var e []nat.Entry
+	return e, c.do("GET", "/v1/nat/entries", nil, &e)
+}
+
+// NATStats returns NAT counters.
+func (c *Client) NATStats() (nat.Stats, error) {
+	var s nat.Stats
+	return s, c.do("GET", "/v1/nat/stats", nil, &s)
 }

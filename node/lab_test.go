@@ -326,7 +326,7 @@ func checkBadFrames(t *testing.T, l *lab.Lab, ns string, podIP, otherIP netip.Ad
 		{"too short", short, "too-short"},
 		{"unknown ethertype", unknown, "unknown-ethertype"},
 		{"ttl 1", udpFrame(t, mac, podIP, otherIP, 1, false, []byte("x")), "ttl-exceeded"},
-		{"no route", udpFrame(t, mac, podIP, netip.MustParseAddr("172.31.255.1"), 64, false, []byte("x")), "no-route"},
+		{"no route (in a pool, not routed)", udpFrame(t, mac, podIP, netip.MustParseAddr("192.168.250.1"), 64, false, []byte("x")), "no-route"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"podnet/encap"
 	"podnet/internal/packet"
 	"podnet/ipam"
+	"podnet/nat"
 	"podnet/resources"
 	"podnet/router"
 	"podnet/router/bgp"
@@ -66,6 +67,9 @@ type Config struct {
 	VXLANPort uint16
 	// VTEPMAC overrides the node's VXLAN MAC; zero derives it from the name.
 	VTEPMAC packet.MAC
+	// NAT configures NAT outgoing (its Deliver is the switch's; leave it
+	// nil). Zero values are package nat's defaults.
+	NAT nat.Config
 	// Datastore says how to reach etcd. No endpoints: the daemon runs an
 	// embedded etcd with its data in <StateDir>/etcd.
 	Datastore datastore.Config
@@ -104,6 +108,8 @@ type Node struct {
 
 	// speaker is the BGP speaker; the routing loop creates and replaces
 	// it (under mu), speakerKey says with which settings.
+	nat *nat.NAT
+
 	speaker    *bgp.Speaker
 	speakerKey string
 	onRoutes   func([]bgp.Path)
@@ -197,6 +203,13 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.openUnderlay(); err != nil {
 		return err
 	}
+	ncfg := n.cfg.NAT
+	ncfg.Deliver = n.sw.Inject
+	ncfg.Logger = n.log.With("component", "nat")
+	if n.nat, err = nat.New(ncfg); err != nil {
+		return fmt.Errorf("start NAT outgoing: %w", err)
+	}
+	defer n.nat.Close()
 	if err := n.restorePods(); err != nil {
 		return err
 	}
@@ -464,6 +477,10 @@ func (n *Node) rebuildRoutes() error {
 		routes = append(routes, router.Route{Prefix: b, Kind: router.KindBlackhole, Source: "ipam block"})
 	}
 	routes = append(routes, n.routing.remote...)
+	// Everything else leaves the cluster through NAT outgoing; the switch
+	// lets only pods of natOutgoing pools use it (ICMP admin-prohibited
+	// for the others) and never NATs a destination inside a pool.
+	routes = append(routes, router.Route{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Kind: router.KindNAT, Dev: "nat", Source: "nat-outgoing"})
 	// The first route for a prefix wins: local pods, then the node, then
 	// blocks, then what BGP learned.
 	seen := map[netip.Prefix]bool{}

@@ -17,6 +17,7 @@ import (
 	"podnet/datastore"
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/nat"
 	"podnet/resources"
 	"podnet/router"
 	"podnet/router/bgp"
@@ -189,6 +190,7 @@ func (n *Node) reconcile(ctx context.Context) error {
 		}
 	}
 	n.sw.SetNodes(set)
+	n.sw.SetNAT(natConfig(n.nat, pools))
 	st.remote = remoteRoutes(st.learned, pools, n.underlayAddr, blocks, vtepMACs(others))
 	if err := n.rebuildRoutes(); err != nil {
 		return err
@@ -472,6 +474,27 @@ func remoteRoutes(paths []bgp.Path, pools []api.Resource, mySubnet netip.Prefix,
 		out = append(out, r)
 	}
 	return out
+}
+
+// natConfig tells the switch which pools may use NAT outgoing and which
+// addresses are inside the cluster (every pool, disabled ones too).
+func natConfig(h *nat.NAT, pools []api.Resource) vswitch.NATConfig {
+	c := vswitch.NATConfig{}
+	if h != nil {
+		c.Handler = h
+	}
+	for _, r := range pools {
+		p := r.(*api.IPPool)
+		cidr, err := p.Prefix()
+		if err != nil {
+			continue
+		}
+		c.Pools = append(c.Pools, cidr)
+		if p.Spec.NATOutgoing {
+			c.Allowed = append(c.Allowed, cidr)
+		}
+	}
+	return c
 }
 
 // vtepMACs maps each node's address to its VXLAN MAC: the Node's

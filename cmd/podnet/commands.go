@@ -19,6 +19,7 @@ func commands() []*cobra.Command {
 		newLabelCmd(),
 		newIPAMCmd(),
 		newNodeCmd(),
+		newNATCmd(),
 		newLabCmd(),
 		newBenchCmd(),
 		newDatastoreCmd(),

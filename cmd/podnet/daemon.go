@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -32,7 +36,7 @@ func daemonDatastore(flag string) (datastore.Config, error) {
 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
-	var logLevel, endpoints string
+	var logLevel, endpoints, natRange, natAddr string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node's virtual switch (one per node)",
@@ -51,6 +55,22 @@ port podnet0, re-attaches recorded pods and serves the local API that
 				return err
 			}
 			cfg.Datastore = ds
+			if natRange != "" {
+				lo, hi, ok := strings.Cut(natRange, ":")
+				a, err1 := strconv.ParseUint(lo, 10, 16)
+				b, err2 := strconv.ParseUint(hi, 10, 16)
+				if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
+					return fmt.Errorf("--nat-port-range %q: want MIN:MAX with 1 <= MIN <= MAX <= 65535", natRange)
+				}
+				cfg.NAT.PortMin, cfg.NAT.PortMax = uint16(a), uint16(b)
+			}
+			if natAddr != "" {
+				a, err := netip.ParseAddr(natAddr)
+				if err != nil || !a.Is4() {
+					return fmt.Errorf("--nat-outgoing-address %q: not an IPv4 address", natAddr)
+				}
+				cfg.NAT.SourceAddr = a
+			}
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
@@ -71,6 +91,12 @@ port podnet0, re-attaches recorded pods and serves the local API that
 	f.StringVar(&cfg.DefaultPoolVXLANMode, "default-ipv4-pool-vxlan", "", "vxlanMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_VXLAN)")
 	f.Uint32Var(&cfg.VXLANVNI, "vxlan-vni", 4096, "VXLAN network identifier, 1..16777215 (the same on every node)")
 	f.Uint16Var(&cfg.VXLANPort, "vxlan-port", 4789, "VXLAN UDP port (the same on every node)")
+	f.StringVar(&natRange, "nat-port-range", "", "local ports for NAT outgoing, MIN:MAX (default: the kernel's ephemeral range)")
+	f.StringVar(&natAddr, "nat-outgoing-address", "", "source address for NAT outgoing (default: the node's address toward each destination)")
+	f.IntVar(&cfg.NAT.MaxEntries, "nat-max-entries", 0, "largest NAT connection table (default 65536)")
+	f.DurationVar(&cfg.NAT.UDP, "nat-udp-timeout", 0, "idle timeout of UDP NAT flows before a reply (default 30s)")
+	f.DurationVar(&cfg.NAT.TCPClosing, "nat-tcp-closing-timeout", 0, "timeout of closing TCP NAT flows (default 2m)")
+	f.DurationVar(&cfg.NAT.ICMP, "nat-icmp-timeout", 0, "idle timeout of ICMP echo NAT flows (default 30s)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&endpoints, "datastore", "", "etcd endpoints, comma-separated (default: $"+resources.EndpointsEnv+", the config file, else an embedded etcd)")
 	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd")
