@@ -107,6 +107,29 @@ func newBenchCmd() *cobra.Command {
 	}
 	conv.Flags().IntVar(&runs, "runs", 20, "blocks to time")
 	conv.Flags().StringVarP(out, "output", "o", "table", "table or json")
-	cmd.AddCommand(same, podAdd, cross, conv)
+	var natSecs int
+	natCmd := &cobra.Command{
+		Use:   "nat",
+		Short: "Pod to a host outside the cluster: kernel routing vs podnet NAT outgoing; new connections per second",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			r, err := bench.NAT(ctx, "", natSecs, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if *out == "json" {
+				return printJSON(stdout, r)
+			}
+			bench.WriteTable(stdout, r.Results)
+			fmt.Fprintf(stdout, "\nnew TCP connections per second (sequential): kernel %.0f, podnet NAT %.0f (%.0f%%)\n",
+				r.KernelConnsS, r.ConnsPerSec, 100*r.ConnsPerSec/r.KernelConnsS)
+			return nil
+		},
+	}
+	natCmd.Flags().IntVar(&natSecs, "seconds", 5, "seconds per measurement")
+	natCmd.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	cmd.AddCommand(same, podAdd, cross, conv, natCmd)
 	return cmd
 }
