@@ -191,11 +191,11 @@ metadata: {name: tor}
 spec: {peerIP: 192.20.30.40, asNumber: 64567}
 `
 	wantOut(t, c.ok(nodes, "apply", "-f", "-"), "Successfully applied 3 resource(s)\n")
-	wantOut(t, c.ok("", "get", "nodes", "-o", "wide"), "NAME      ASN       IPV4           IPV6\nworker1   (64512)   10.0.0.11/24\nworker2   64513     10.0.0.12/24\n")
+	wantOut(t, c.ok("", "get", "nodes", "-o", "wide"), "NAME      ASN       IPV4           IPV6   VXLANMAC   PODMTU\nworker1   (64512)   10.0.0.11/24\nworker2   64513     10.0.0.12/24\n")
 	wantOut(t, c.ok("", "get", "no"), "NAME\nworker1\nworker2\n")
 	c.ok("apiVersion: podnet.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 65000}\n", "create", "-f", "-")
 	wantOut(t, c.ok("", "get", "bgpconfig"), "NAME      LOGSEVERITY   MESHENABLED   ASNUMBER\ndefault   Info          true          65000\n")
-	wantOut(t, c.ok("", "get", "node", "-o", "wide"), "NAME      ASN       IPV4           IPV6\nworker1   (65000)   10.0.0.11/24\nworker2   64513     10.0.0.12/24\n")
+	wantOut(t, c.ok("", "get", "node", "-o", "wide"), "NAME      ASN       IPV4           IPV6   VXLANMAC   PODMTU\nworker1   (65000)   10.0.0.11/24\nworker2   64513     10.0.0.12/24\n")
 	wantOut(t, c.ok("", "get", "bgpp", "-o", "wide"), "NAME   PEERIP         NODE       ASN\ntor    192.20.30.40   (global)   64567\n")
 	c.ok("", "patch", "node", "worker1", "-p", `{"spec":{"bgp":{"routeReflectorClusterID":"244.0.0.1"}}}`)
 
