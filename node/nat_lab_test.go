@@ -214,9 +214,13 @@ func TestNATOutgoing(t *testing.T) {
 		if !strings.Contains(out, "Packet filtered") {
 			t.Fatalf("ping outside from a pool without natOutgoing: want ICMP admin prohibited (Packet filtered), got:\n%s", out)
 		}
-		if _, err := exec_(ctx, "ip", "netns", "exec", "worker1-"+pod, "ping", "-c", "1", "-W", "2", l.PodIP("test-2").String()); err != nil {
-			t.Fatalf("pod-to-pod from the no-nat pool: %v", err)
-		}
+		// Pod to pod still works once worker2 has learned the new block.
+		waitFor(t, 15*time.Second, "pod-to-pod from the no-nat pool", func() string {
+			if out, err := exec_(ctx, "ip", "netns", "exec", "worker1-"+pod, "ping", "-c", "1", "-W", "1", l.PodIP("test-2").String()); err != nil {
+				return out
+			}
+			return ""
+		})
 		run("", "pod", "del", pod)
 	})
 }
