@@ -2,6 +2,7 @@ package nat
 
 import (
 	"fmt"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -70,6 +71,12 @@ func (n *NAT) newNetstack() error {
 		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax}},
 		{"nagle off", ptr(tcpip.TCPDelayEnabled(false))},
 		{"congestion control", ptr(tcpip.CongestionControlOption("cubic"))},
+		// The netstack is one end of connections it only relays; a pod
+		// that opens connections fast reuses ports while the netstack
+		// still holds the old 4-tuple in TIME_WAIT, and gVisor drops such
+		// SYNs. A short TIME_WAIT keeps the pod's new connections flowing
+		// (seen: dial timeouts after ~3000 connections in a second).
+		{"time-wait timeout", ptr(tcpip.TCPTimeWaitTimeoutOption(time.Second))},
 	}
 	for _, o := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
