@@ -2,7 +2,6 @@ package vswitch
 
 import (
 	"net/netip"
-	"time"
 
 	"podnet/internal/packet"
 	"podnet/router"
@@ -121,35 +120,9 @@ func (f *forwarder) end() {
 func (s *Switch) routinePodReader(p *port) {
 	defer s.wg.Done()
 	defer close(p.done)
-	s.log.Debug("pod reader started", "port", p.index, "pod", p.name)
-	defer s.log.Debug("pod reader stopped", "port", p.index, "pod", p.name)
-
-	bufs := make([][]byte, s.podBatch)
-	sizes := make([]int, s.podBatch)
-	for i := range bufs {
-		bufs[i] = make([]byte, packet.BufferSize)
-	}
-	f := newForwarder(s)
-	for {
-		n, err := p.dev.Read(bufs, sizes, packet.Headroom)
-		if err != nil {
-			if isClosed(err) {
-				return
-			}
-			s.log.Warn("pod port read failed", "pod", p.name, "err", err)
-			time.Sleep(10 * time.Millisecond) // don't spin on a persistent error
-			continue
-		}
-		f.begin()
-		var bytes uint64
-		for i := 0; i < n; i++ {
-			bytes += uint64(sizes[i])
-			f.fromPod(p, bufs[i], packet.Headroom, sizes[i])
-		}
-		f.end()
-		p.c.rxFrames.Add(uint64(n))
-		p.c.rxBytes.Add(bytes)
-	}
+	s.readLoop(p, s.podBatch,
+		func(bufs [][]byte, sizes []int) (int, error) { return p.dev.Read(bufs, sizes, packet.Headroom) },
+		func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) })
 }
 
 // fromPod handles one frame read from pod port in: buf[off:off+size] is

@@ -2,7 +2,6 @@ package vswitch
 
 import (
 	"fmt"
-	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -29,38 +28,11 @@ func OpenHostTUN(name string, mtu int) (tun.Device, error) {
 func (s *Switch) routineHostReader(h *port) {
 	defer s.wg.Done()
 	defer close(h.done)
-	s.log.Debug("host reader started")
-	defer s.log.Debug("host reader stopped")
-
-	batch := h.tun.BatchSize()
-	bufs := make([][]byte, batch)
-	sizes := make([]int, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, packet.BufferSize)
-	}
-	f := newForwarder(s)
-	for {
-		n, err := h.tun.Read(bufs, sizes, packet.Headroom)
-		if err != nil && n == 0 {
-			if isClosed(err) {
-				return
-			}
-			// wireguard-go reports ErrTooManySegments and similar per read;
-			// they "should not cause reads to cease".
-			s.log.Debug("host port read", "err", err)
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		f.begin()
-		var bytes uint64
-		for i := 0; i < n; i++ {
-			bytes += uint64(sizes[i])
-			f.fromHost(h, bufs[i], packet.Headroom, sizes[i])
-		}
-		f.end()
-		h.c.rxFrames.Add(uint64(n))
-		h.c.rxBytes.Add(bytes)
-	}
+	// wireguard-go reports ErrTooManySegments and the like per read; they
+	// "should not cause reads to cease", and readLoop retries.
+	s.readLoop(h, h.tun.BatchSize(),
+		func(bufs [][]byte, sizes []int) (int, error) { return h.tun.Read(bufs, sizes, packet.Headroom) },
+		func(f *forwarder, _ int, buf []byte, size int) { f.fromHost(h, buf, packet.Headroom, size) })
 }
 
 // fromHost handles one IPv4 packet buf[off:off+size] from the host TUN.

@@ -3,7 +3,6 @@ package vswitch
 import (
 	"errors"
 	"net/netip"
-	"time"
 
 	"podnet/encap"
 	"podnet/internal/packet"
@@ -62,35 +61,9 @@ func (s *Switch) AttachUnderlay(cfg UnderlayConfig) error {
 func (s *Switch) routineUnderlayReader(u *port) {
 	defer s.wg.Done()
 	defer close(u.done)
-	s.log.Debug("underlay reader started")
-	defer s.log.Debug("underlay reader stopped")
-	batch := u.under.BatchSize()
-	bufs := make([][]byte, batch)
-	sizes := make([]int, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, packet.BufferSize)
-	}
-	f := newForwarder(s)
-	for {
-		n, err := u.under.ReadBatch(bufs, sizes, packet.Headroom)
-		if err != nil && n == 0 {
-			if isClosed(err) {
-				return
-			}
-			s.log.Warn("underlay read failed", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		f.begin()
-		var bytes uint64
-		for i := 0; i < n; i++ {
-			bytes += uint64(sizes[i])
-			f.fromUnderlay(u, bufs[i], packet.Headroom, sizes[i])
-		}
-		f.end()
-		u.c.rxFrames.Add(uint64(n))
-		u.c.rxBytes.Add(bytes)
-	}
+	s.readLoop(u, u.under.BatchSize(),
+		func(bufs [][]byte, sizes []int) (int, error) { return u.under.ReadBatch(bufs, sizes, packet.Headroom) },
+		func(f *forwarder, _ int, buf []byte, size int) { f.fromUnderlay(u, buf, packet.Headroom, size) })
 }
 
 // fromUnderlay handles one IP-in-IP packet buf[off:off+size].

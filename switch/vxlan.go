@@ -3,7 +3,6 @@ package vswitch
 import (
 	"errors"
 	"net/netip"
-	"time"
 
 	"podnet/encap"
 	"podnet/internal/packet"
@@ -68,34 +67,11 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 func (s *Switch) routineVXLANReader(u *port) {
 	defer s.wg.Done()
 	defer close(u.done)
-	batch := u.vx.BatchSize()
-	bufs := make([][]byte, batch)
-	sizes := make([]int, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, packet.BufferSize)
-	}
-	f := newForwarder(s)
-	for {
-		n, err := u.vx.ReadBatch(bufs, sizes, packet.Headroom)
-		if err != nil && n == 0 {
-			if isClosed(err) {
-				return
-			}
-			s.log.Warn("vxlan read failed", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		srcs := u.vx.Sources()
-		f.begin()
-		var bytes uint64
-		for i := 0; i < n; i++ {
-			bytes += uint64(sizes[i])
-			f.fromVXLAN(u, srcs[i], bufs[i], packet.Headroom, sizes[i])
-		}
-		f.end()
-		u.c.rxFrames.Add(uint64(n))
-		u.c.rxBytes.Add(bytes)
-	}
+	s.readLoop(u, u.vx.BatchSize(),
+		func(bufs [][]byte, sizes []int) (int, error) { return u.vx.ReadBatch(bufs, sizes, packet.Headroom) },
+		func(f *forwarder, i int, buf []byte, size int) {
+			f.fromVXLAN(u, u.vx.Sources()[i], buf, packet.Headroom, size)
+		})
 }
 
 // fromVXLAN handles one VXLAN payload buf[off:off+size] sent by src.
