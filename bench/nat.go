@@ -15,9 +15,28 @@ import (
 
 // NATResult is pod-to-outside throughput and connection rate.
 type NATResult struct {
-	Results      []Result `json:"results"`
-	ConnsPerSec  float64  `json:"podnetNewConnsPerSecond"`
-	KernelConnsS float64  `json:"kernelNewConnsPerSecond"`
+	Results          []Result `json:"results"`
+	ConnsPerSec      float64  `json:"podnetNewConnsPerSecond"`
+	KernelConnsS     float64  `json:"kernelNewConnsPerSecond"`
+	KernelMasqConnsS float64  `json:"kernelMasqueradeNewConnsPerSecond,omitempty"`
+}
+
+// masquerade turns on the kernel's source NAT for the pods on node ns
+// and takes away the outside host's route back to them.
+func masquerade(ctx context.Context, node, ext string) error {
+	for _, rule := range []string{
+		"add table ip podnetbench",
+		"add chain ip podnetbench post { type nat hook postrouting priority 100 ; }",
+		"add rule ip podnetbench post ip saddr 10.210.0.0/16 oifname eth0 masquerade",
+	} {
+		if o, err := exec.CommandContext(ctx, "ip", "netns", "exec", node, "sh", "-c", "nft '"+rule+"'").CombinedOutput(); err != nil {
+			return fmt.Errorf("nft %s: %w\n%s", rule, err, o)
+		}
+	}
+	if o, err := exec.CommandContext(ctx, "ip", "-n", ext, "route", "del", "10.210.0.0/16").CombinedOutput(); err != nil {
+		return fmt.Errorf("remove route back: %w\n%s", err, o)
+	}
+	return nil
 }
 
 // NAT measures a pod reaching a host outside the cluster: first the
@@ -64,6 +83,24 @@ func NAT(ctx context.Context, binary string, secs int, progress io.Writer) (NATR
 		r.Path = "kernel routing (no translation)"
 		out.Results = append(out.Results, r)
 		out.KernelConnsS, err = connRate(ctx, "/run/netns/"+pod, extNS, ext, secs)
+	}
+	if err == nil {
+		// The kernel's own NAT: nftables masquerade on the node, and the
+		// outside host loses its route back to the pods.
+		if _, lerr := exec.LookPath("nft"); lerr != nil {
+			say("kernel MASQUERADE skipped: nft is not installed")
+		} else {
+			say("kernel MASQUERADE (nftables) ...")
+			err = masquerade(ctx, w1, extNS)
+			if err == nil {
+				r, err = iperf3(ctx, pod, extNS, ext, secs, 1)
+			}
+			if err == nil {
+				r.Path = "kernel MASQUERADE (nftables)"
+				out.Results = append(out.Results, r)
+				out.KernelMasqConnsS, err = connRate(ctx, "/run/netns/"+pod, extNS, ext, secs)
+			}
+		}
 	}
 	k.Down()
 	if err != nil {

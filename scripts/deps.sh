@@ -12,6 +12,7 @@ want nc netcat-openbsd
 want tcpdump tcpdump
 want ethtool ethtool
 want bird bird2
+want nft nftables
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

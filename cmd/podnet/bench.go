@@ -123,8 +123,8 @@ func newBenchCmd() *cobra.Command {
 				return printJSON(stdout, r)
 			}
 			bench.WriteTable(stdout, r.Results)
-			fmt.Fprintf(stdout, "\nnew TCP connections per second (sequential): kernel %.0f, podnet NAT %.0f (%.0f%%)\n",
-				r.KernelConnsS, r.ConnsPerSec, 100*r.ConnsPerSec/r.KernelConnsS)
+			fmt.Fprintf(stdout, "\nnew TCP connections per second (sequential): kernel routing %.0f, kernel MASQUERADE %.0f, podnet NAT %.0f (%.0f%% of routing)\n",
+				r.KernelConnsS, r.KernelMasqConnsS, r.ConnsPerSec, 100*r.ConnsPerSec/r.KernelConnsS)
 			return nil
 		},
 	}
