@@ -140,7 +140,7 @@ func TestThreeNodeMesh(t *testing.T) {
 		ping(t, l, "test-2", l.PodIP("test-1"))
 		ping(t, l, "test-2", l.PodIP("test-3"))
 		ping(t, l, "test-1", l.PodIP("test-3"))
-		transfer(t, ns("test-2"), ns("test-1"), l.PodIP("test-1"), 16<<20)
+		transfer(t, ns("test-2"), ns("test-1"), l.PodIP("test-1"), 50<<20)
 		transfer(t, ns("test-2"), ns("test-3"), l.PodIP("test-3"), 16<<20)
 		transfer(t, ns("test-3"), ns("test-2"), l.PodIP("test-2"), 4<<20)
 	})
@@ -638,7 +638,7 @@ func TestVXLAN(t *testing.T) {
 			t.Fatalf("capture lacks %q:\n%s", want, seen)
 		}
 	}
-	transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), ip2, 16<<20)
+	transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), ip2, 50<<20)
 	transfer(t, nsPath(t, l, "test-2"), nsPath(t, l, "test-1"), l.PodIP("test-1"), 8<<20)
 
 	t.Run("VXLAN from a stranger or with another VNI", func(t *testing.T) {
