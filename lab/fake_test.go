@@ -101,6 +101,9 @@ func fakeMain(args []string) int {
 		err = fakeStatus()
 	case cmd == "pod add":
 		err = fakePodAdd(args[2:])
+	case cmd == "route list":
+		// Everything routed: the lab only waits for convergence.
+		fmt.Println(`[{"prefix":"0.0.0.0/1","kind":"remote"},{"prefix":"128.0.0.0/1","kind":"remote"}]`)
 	case cmd == "lab serve-http":
 		err = fakeServeHTTP(args[2:])
 	case args[0] == "ping":

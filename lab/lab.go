@@ -335,7 +335,10 @@ func (l *Lab) build(ctx context.Context, cfg Config) error {
 	if err := l.addPods(ctx, cfg.Pods); err != nil {
 		return err
 	}
-	return l.addExternal(ctx)
+	if err := l.addExternal(ctx); err != nil {
+		return err
+	}
+	return l.waitRoutes(ctx)
 }
 
 // Open loads the state of the running lab name from its default run dir.
