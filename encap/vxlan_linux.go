@@ -31,6 +31,9 @@ const (
 	groSlotSize = 1 << 16
 )
 
+// AnyPort, as VXLANConfig.Port, binds a kernel-chosen port.
+const AnyPort = -1
+
 // VXLANConfig configures ListenVXLAN. The zero value is usable.
 type VXLANConfig struct {
 	// Local, if valid, binds the socket to this underlay IPv4 address: it
@@ -40,8 +43,10 @@ type VXLANConfig struct {
 	Local netip.Addr
 
 	// Port is the UDP port bound and the one peers send to. Zero means
-	// VXLANPort (4789). The outer source port of each datagram is this
-	// port too: a socket has one. See VXLANConn about FlowSourcePort.
+	// VXLANPort (4789); AnyPort lets the kernel pick one (a socket that
+	// only sends, from its own source port). The outer source port of
+	// each datagram is this port too: a socket has one. See VXLANConn
+	// about FlowSourcePort.
 	Port int
 
 	// BatchSize is the most datagrams one ReadBatch returns and the most
@@ -183,8 +188,11 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 		return nil, fmt.Errorf("encap: vxlan: Local %s is not an IPv4 address", cfg.Local)
 	}
 	port := cfg.Port
-	if port == 0 {
+	switch port {
+	case 0:
 		port = VXLANPort
+	case AnyPort:
+		port = 0
 	}
 	if port < 0 || port > 65535 {
 		return nil, fmt.Errorf("encap: vxlan: Port %d outside [1, 65535]", port)

@@ -638,6 +638,11 @@ func TestVXLAN(t *testing.T) {
 			t.Fatalf("capture lacks %q:\n%s", want, seen)
 		}
 	}
+	// Datagrams leave from a per-flow source port (one of the node's
+	// sender sockets), not from 4789, so an ECMP underlay can spread flows.
+	if strings.Contains(seen, l.NodeAddr("worker1").String()+".4789 > ") {
+		t.Fatalf("VXLAN from worker1 leaves from port 4789, want a per-flow source port:\n%s", seen)
+	}
 	transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), ip2, 50<<20)
 	transfer(t, nsPath(t, l, "test-2"), nsPath(t, l, "test-1"), l.PodIP("test-1"), 8<<20)
 

@@ -415,8 +415,25 @@ func (n *Node) openUnderlay() error {
 	if err != nil {
 		return fmt.Errorf("open VXLAN socket on port %d: %w", port, err)
 	}
-	return n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: mtu, VNI: vni, Port: port, LocalMAC: n.vtepMAC()})
+	// Datagrams leave from several ports, picked per flow, so that an
+	// ECMP underlay can spread the flows; replies all come to port.
+	senders := make([]vswitch.VXLANUnderlay, vxlanSenders)
+	for i := range senders {
+		s, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: encap.AnyPort})
+		if err != nil {
+			for _, c := range senders[:i] {
+				c.Close()
+			}
+			vx.Close()
+			return fmt.Errorf("open VXLAN sender socket: %w", err)
+		}
+		senders[i] = s
+	}
+	return n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: mtu, VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders})
 }
+
+// vxlanSenders is how many source ports VXLAN flows are spread over.
+const vxlanSenders = 8
 
 // vtepMAC is this node's VXLAN MAC: 0x66 + SHA-1(node name)[:5], as
 // Calico derives it (a Node's vxlanTunnelMACAddr overrides it).

@@ -66,8 +66,7 @@ type forwarder struct {
 	remotePkts [][]byte     // inner packets queued for other nodes
 	remoteDsts []netip.Addr // and their nodes
 
-	vxPkts [][]byte         // VXLAN payloads queued for other nodes
-	vxDsts []netip.AddrPort // and their VTEPs
+	vxq []vxQueue // VXLAN datagrams queued for other nodes, per sender socket
 
 	gro     *packet.GRO // segments bound for pods, coalesced per flow
 	groIn   *port       // the port the held segments came in on
@@ -85,9 +84,11 @@ func newForwarder(s *Switch) *forwarder {
 		hostBufs:   make([][]byte, 0, hostBatchMax),
 		remotePkts: make([][]byte, 0, hostBatchMax),
 		remoteDsts: make([]netip.Addr, 0, hostBatchMax),
-		vxPkts:     make([][]byte, 0, hostBatchMax),
-		vxDsts:     make([]netip.AddrPort, 0, hostBatchMax),
+		vxq:        make([]vxQueue, maxVXLANSenders),
 		gro:        packet.NewGRO(groMax),
+	}
+	for i := range f.vxq {
+		f.vxq[i] = vxQueue{pkts: make([][]byte, 0, hostBatchMax), dsts: make([]netip.AddrPort, 0, hostBatchMax)}
 	}
 	f.groEmit = f.emitGRO // a method value made once: no allocation per flush
 	return f

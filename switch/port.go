@@ -21,20 +21,21 @@ const (
 // port is one attachment of the switch. Its fields are set before the port
 // is published and never change; only the counters move.
 type port struct {
-	index   int
-	name    string
-	kind    portKind
-	ip      netip.Addr
-	ip4     [4]byte
-	mac     packet.MAC
-	dev     *tap.Device   // pod ports
-	tun     tun.Device    // the host port
-	offload bool          // dev frames carry a virtio-net header
-	under   Underlay      // the underlay port
-	mtu     int           // the underlay's MTU
-	vx      VXLANUnderlay // the VXLAN port
-	vni     uint32
-	vxPort  uint16
+	index     int
+	name      string
+	kind      portKind
+	ip        netip.Addr
+	ip4       [4]byte
+	mac       packet.MAC
+	dev       *tap.Device     // pod ports
+	tun       tun.Device      // the host port
+	offload   bool            // dev frames carry a virtio-net header
+	under     Underlay        // the underlay port
+	mtu       int             // the underlay's MTU
+	vx        VXLANUnderlay   // the VXLAN port's receiving socket
+	vxSenders []VXLANUnderlay // and the sockets it sends from
+	vni       uint32
+	vxPort    uint16
 
 	c    counters
 	done chan struct{} // closed when the reader exits

@@ -208,6 +208,11 @@ func (s *Switch) Close() error {
 		}
 		if u := s.vxlan.Load(); u != nil {
 			errs = append(errs, u.vx.Close())
+			for _, c := range u.vxSenders {
+				if c != u.vx {
+					errs = append(errs, c.Close())
+				}
+			}
 		}
 		s.wg.Wait()
 	})

@@ -2,6 +2,7 @@ package vswitch
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 
 	"podnet/encap"
@@ -35,7 +36,15 @@ type VXLANConfig struct {
 	Port uint16
 	// LocalMAC is this node's VTEP MAC, the inner Ethernet source.
 	LocalMAC packet.MAC
+	// Senders are extra sockets, each bound to its own source port, that
+	// datagrams leave from: a flow's hash picks one (as the kernel picks
+	// a source port per flow), so ECMP in the underlay can spread flows.
+	// nil: everything leaves from Conn.
+	Senders []VXLANUnderlay
 }
+
+// maxVXLANSenders bounds VXLANConfig.Senders.
+const maxVXLANSenders = 16
 
 // AttachVXLAN makes the switch send VXLAN routes over cfg.Conn and starts
 // the reader of what other nodes send that way.
@@ -52,7 +61,14 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	if cfg.Port == 0 {
 		cfg.Port = encap.VXLANPort
 	}
-	p := &port{index: -3, name: "vxlan", kind: kindVXLAN, vx: cfg.Conn, mtu: cfg.MTU, vni: cfg.VNI,
+	if len(cfg.Senders) > maxVXLANSenders {
+		return fmt.Errorf("attach vxlan: %d senders, at most %d", len(cfg.Senders), maxVXLANSenders)
+	}
+	senders := cfg.Senders
+	if len(senders) == 0 {
+		senders = []VXLANUnderlay{cfg.Conn}
+	}
+	p := &port{index: -3, name: "vxlan", kind: kindVXLAN, vx: cfg.Conn, vxSenders: senders, mtu: cfg.MTU, vni: cfg.VNI,
 		vxPort: cfg.Port, mac: cfg.LocalMAC, done: make(chan struct{})}
 	if !s.vxlan.CompareAndSwap(nil, p) {
 		return errors.New("attach vxlan: already attached")
@@ -163,7 +179,7 @@ func (f *forwarder) toVXLAN(in *port, buf []byte, ip, n int, hdr packet.VirtioNe
 		return
 	}
 	seg := f.borrowSeg()
-	if segScratchLen-f.segUsed < maxSegments(pkt, hdr) || cap(f.vxPkts)-len(f.vxPkts) < segScratchLen {
+	if segScratchLen-f.segUsed < maxSegments(pkt, hdr) || f.vxRoom() < segScratchLen {
 		f.flushAll()
 		seg = f.borrowSeg()
 	}
@@ -185,31 +201,50 @@ func (f *forwarder) queueVXLAN(vx *port, buf []byte, ip, n int, r *router.Route,
 	eth.SetDst(packet.MAC(r.NextHopMAC))
 	eth.SetSrc(vx.mac)
 	eth.SetEtherType(packet.EtherTypeIPv4)
+	q := &f.vxq[int(encap.FlowSourcePort(buf[ip-ethLen:ip+n]))%len(vx.vxSenders)]
 	start := encap.EncapVXLAN(buf, ip-ethLen, vx.vni)
-	if len(f.vxPkts) == cap(f.vxPkts) {
+	if len(q.pkts) == cap(q.pkts) {
 		f.flushVXLAN()
 	}
-	f.vxPkts = append(f.vxPkts, buf[start:ip+n])
-	f.vxDsts = append(f.vxDsts, dst)
+	q.pkts = append(q.pkts, buf[start:ip+n])
+	q.dsts = append(q.dsts, dst)
 }
 
-// flushVXLAN sends the queued datagrams in one call.
+// vxQueue holds the datagrams of one batch for one sender socket.
+type vxQueue struct {
+	pkts [][]byte
+	dsts []netip.AddrPort
+}
+
+// flushVXLAN sends the queued datagrams, one call per sender socket.
 func (f *forwarder) flushVXLAN() {
-	if len(f.vxPkts) > 0 && f.vx != nil {
-		var bytes int
-		for _, b := range f.vxPkts {
-			bytes += len(b)
-		}
-		sent, err := f.vx.vx.WriteBatch(f.vxPkts, f.vxDsts)
-		f.vx.c.txFrames.Add(uint64(sent))
-		f.vx.c.txBytes.Add(uint64(bytes))
-		if err != nil || sent < len(f.vxPkts) {
-			for range len(f.vxPkts) - sent {
-				f.vx.c.drop(DropEgressError)
+	for i := range f.vxq {
+		q := &f.vxq[i]
+		if len(q.pkts) > 0 && f.vx != nil && i < len(f.vx.vxSenders) {
+			var bytes int
+			for _, b := range q.pkts {
+				bytes += len(b)
+			}
+			sent, err := f.vx.vxSenders[i].WriteBatch(q.pkts, q.dsts)
+			f.vx.c.txFrames.Add(uint64(sent))
+			f.vx.c.txBytes.Add(uint64(bytes))
+			if err != nil || sent < len(q.pkts) {
+				for range len(q.pkts) - sent {
+					f.vx.c.drop(DropEgressError)
+				}
 			}
 		}
+		clear(q.pkts)
+		q.pkts = q.pkts[:0]
+		q.dsts = q.dsts[:0]
 	}
-	clear(f.vxPkts)
-	f.vxPkts = f.vxPkts[:0]
-	f.vxDsts = f.vxDsts[:0]
+}
+
+// vxRoom is how many datagrams every sender queue can still take.
+func (f *forwarder) vxRoom() int {
+	room := hostBatchMax
+	for i := range f.vxq {
+		room = min(room, cap(f.vxq[i].pkts)-len(f.vxq[i].pkts))
+	}
+	return room
 }
