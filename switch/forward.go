@@ -84,11 +84,8 @@ func newForwarder(s *Switch) *forwarder {
 		hostBufs:   make([][]byte, 0, hostBatchMax),
 		remotePkts: make([][]byte, 0, hostBatchMax),
 		remoteDsts: make([]netip.Addr, 0, hostBatchMax),
-		vxq:        make([]vxQueue, maxVXLANSenders),
-		gro:        packet.NewGRO(groMax),
-	}
-	for i := range f.vxq {
-		f.vxq[i] = vxQueue{pkts: make([][]byte, 0, hostBatchMax), dsts: make([]netip.AddrPort, 0, hostBatchMax)}
+
+		gro: packet.NewGRO(groMax),
 	}
 	f.groEmit = f.emitGRO // a method value made once: no allocation per flush
 	return f
@@ -101,6 +98,13 @@ func (f *forwarder) begin() {
 	f.host = f.s.host.Load()
 	f.under = f.s.underlay.Load()
 	f.vx = f.s.vxlan.Load()
+	if f.vx != nil && len(f.vxq) < len(f.vx.vxSenders) {
+		// Once per reader: queues for the VXLAN sender sockets.
+		f.vxq = make([]vxQueue, len(f.vx.vxSenders))
+		for i := range f.vxq {
+			f.vxq[i] = vxQueue{pkts: make([][]byte, 0, hostBatchMax), dsts: make([]netip.AddrPort, 0, hostBatchMax)}
+		}
+	}
 	f.nat = f.s.nat.Load()
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n
