@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"podnet/router"
@@ -99,6 +100,12 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.PortStats())
 	})
+	// Go's profiler, for engineers measuring the data path
+	// (curl --unix-socket SOCKET http://podnet/debug/pprof/profile?seconds=10).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
