@@ -29,6 +29,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	pods := len(n.pods)
+	mtu := n.podMTU() // the routing loop changes it under mu
 	n.mu.Unlock()
 	addr := ""
 	if n.underlayAddr.IsValid() {
@@ -36,7 +37,7 @@ func (n *Node) Status() Status {
 	}
 	return Status{
 		Node: n.cfg.Name, Underlay: n.underlay, Address: addr, HostPort: vswitch.HostTUNName,
-		TapOffload: n.cfg.TapOffload, PodMTU: n.podMTU(), Pods: pods,
+		TapOffload: n.cfg.TapOffload, PodMTU: mtu, Pods: pods,
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -57,10 +58,17 @@ func (n *Node) routineRouting(ctx context.Context) {
 		default:
 		}
 	}
+	// The watchers stop with ctx; the loop waits for them before it
+	// returns.
+	var watchers sync.WaitGroup
+	defer watchers.Wait()
 	for _, kind := range []string{api.KindIPPool, api.KindNode, api.KindBGPPeer, api.KindBGPConfiguration} {
-		go n.watchKind(ctx, kind, mark)
+		watchers.Add(1)
+		go func() { defer watchers.Done(); n.watchKind(ctx, kind, mark) }()
 	}
+	watchers.Add(1)
 	go func() {
+		defer watchers.Done()
 		for range n.ipam.Changes(ctx) {
 			mark()
 		}

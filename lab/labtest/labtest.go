@@ -60,11 +60,22 @@ func buildPodnet() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("make build dir: %w", err)
 	}
-	bin := filepath.Join(dir, "podnet")
+	name := "podnet"
+	if raceEnabled {
+		name = "podnet-race"
+	}
+	bin := filepath.Join(dir, name)
 	// Build beside it and rename: another test process may be running
 	// the current binary, and a rename never changes a file being run.
 	tmp := fmt.Sprintf("%s.%d.tmp", bin, os.Getpid())
-	cmd := exec.Command("go", "build", "-o", tmp, "podnet/cmd/podnet")
+	args := []string{"build", "-o", tmp}
+	if raceEnabled {
+		// The daemons' data and control planes are then checked too; a
+		// race makes the daemon exit, which fails the test that saw it.
+		args = append(args, "-race")
+		os.Setenv("GORACE", "halt_on_error=1 atexit_sleep_ms=0")
+	}
+	cmd := exec.Command("go", append(args, "podnet/cmd/podnet")...)
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
