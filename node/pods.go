@@ -75,11 +75,6 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 		if ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
 			return PodInfo{}, badRequest("pod %s: address %s cannot be a pod address", req.Name, ip)
 		}
-		for _, a := range n.hostAddrs {
-			if a == ip {
-				return PodInfo{}, badRequest("address %s belongs to the node itself", ip)
-			}
-		}
 	}
 	if (req.Netns == "") == !req.New {
 		return PodInfo{}, badRequest("pod %s: give exactly one of --netns PATH or --new", req.Name)
@@ -89,6 +84,13 @@ func (n *Node) AddPod(req AddPodRequest) (PodInfo, error) {
 	defer n.mu.Unlock()
 	if _, dup := n.pods[req.Name]; dup {
 		return PodInfo{}, badRequest("pod %s already exists", req.Name)
+	}
+	// hostAddrs follows the node's addresses (routineWatchAddrs): read it
+	// under the lock.
+	for _, a := range n.hostAddrs {
+		if req.IP != "" && a.String() == req.IP {
+			return PodInfo{}, badRequest("address %s belongs to the node itself", req.IP)
+		}
 	}
 	for _, p := range n.pods {
 		if req.IP != "" && p.rec.IP.String() == req.IP {
