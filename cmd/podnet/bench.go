@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -12,124 +13,75 @@ import (
 	"podnet/bench"
 )
 
+// benchCmd builds one `podnet bench` subcommand: run measures (progress
+// on stderr, interruptible) and returns a result, which is printed as
+// JSON with -o json and by table otherwise.
+func benchCmd(use, short string, run func(ctx context.Context) (any, error), table func(w io.Writer, r any)) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(out, "table", "json"); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			r, err := run(ctx)
+			if err != nil {
+				return err
+			}
+			if out == "json" {
+				return printJSON(stdout, r)
+			}
+			table(stdout, r)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "table", "table or json")
+	return cmd
+}
+
 func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Measure podnet's data path next to the kernel's, in the same run"}
-	var cfg bench.SameNodeConfig
-	out := new(string)
-	same := &cobra.Command{
-		Use:   "same-node",
-		Short: "Pod-to-pod TCP on one node: kernel veth pair vs podnet TAP offload vs plain TAPs (iperf3)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkFormat(*out, "table", "json"); err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			cfg.Progress = os.Stderr
-			rs, err := bench.SameNode(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			if *out == "json" {
-				return printJSON(stdout, rs)
-			}
-			bench.WriteTable(stdout, rs)
-			return nil
-		},
-	}
-	same.Flags().IntVar(&cfg.Seconds, "seconds", 5, "seconds per iperf3 run")
-	same.Flags().IntSliceVar(&cfg.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
-	same.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	writeResults := func(w io.Writer, r any) { bench.WriteTable(w, r.([]bench.Result)) }
+	printLine := func(w io.Writer, r any) { fmt.Fprintln(w, r) }
+
+	same := bench.SameNodeConfig{Progress: os.Stderr}
+	sameCmd := benchCmd("same-node", "Pod-to-pod TCP on one node: kernel veth pair vs podnet TAP offload vs plain TAPs (iperf3)",
+		func(ctx context.Context) (any, error) { return bench.SameNode(ctx, same) }, writeResults)
+	sameCmd.Flags().IntVar(&same.Seconds, "seconds", 5, "seconds per iperf3 run")
+	sameCmd.Flags().IntSliceVar(&same.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
+
+	cross := bench.CrossNodeConfig{Progress: os.Stderr}
+	crossCmd := benchCmd("cross-node", "Pod-to-pod across two nodes: kernel routing and kernel VXLAN vs podnet VXLAN, IP-in-IP and routed (iperf3 TCP, 64-byte UDP)",
+		func(ctx context.Context) (any, error) { return bench.CrossNode(ctx, cross) }, writeResults)
+	crossCmd.Flags().IntVar(&cross.Seconds, "seconds", 5, "seconds per iperf3 run")
+	crossCmd.Flags().IntSliceVar(&cross.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
+	crossCmd.Flags().BoolVar(&cross.UDP, "udp", true, "also measure 64-byte UDP packets per second")
+
 	var pods int
-	podAdd := &cobra.Command{
-		Use:   "pod-add",
-		Short: "Time attaching N pods to one node (IPAM on etcd, TAP set-up, endpoint records)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			r, err := bench.PodAdd(ctx, "", pods, os.Stderr)
-			if err != nil {
-				return err
-			}
-			if *out == "json" {
-				return printJSON(stdout, r)
-			}
-			fmt.Fprintln(stdout, r)
-			return nil
-		},
-	}
-	podAdd.Flags().IntVar(&pods, "pods", 200, "pods to add")
-	podAdd.Flags().StringVarP(out, "output", "o", "table", "table or json")
-	var xcfg bench.CrossNodeConfig
-	cross := &cobra.Command{
-		Use:   "cross-node",
-		Short: "Pod-to-pod TCP across two nodes: kernel direct routing vs podnet IP-in-IP vs podnet routed (iperf3)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			xcfg.Progress = os.Stderr
-			rs, err := bench.CrossNode(ctx, xcfg)
-			if err != nil {
-				return err
-			}
-			if *out == "json" {
-				return printJSON(stdout, rs)
-			}
-			bench.WriteTable(stdout, rs)
-			return nil
-		},
-	}
-	cross.Flags().IntVar(&xcfg.Seconds, "seconds", 5, "seconds per iperf3 run")
-	cross.Flags().IntSliceVar(&xcfg.Streams, "streams", []int{1, 4}, "parallel TCP streams to run")
-	cross.Flags().BoolVar(&xcfg.UDP, "udp", true, "also measure 64-byte UDP packets per second")
-	cross.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	podAddCmd := benchCmd("pod-add", "Time attaching N pods to one node (IPAM on etcd, TAP set-up, endpoint records)",
+		func(ctx context.Context) (any, error) { return bench.PodAdd(ctx, "", pods, os.Stderr) }, printLine)
+	podAddCmd.Flags().IntVar(&pods, "pods", 200, "pods to add")
+
 	var runs int
-	conv := &cobra.Command{
-		Use:   "convergence",
-		Short: "Time from a block claimed on one node to the route on another (BGP), median of N",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			r, err := bench.Convergence(ctx, "", runs, os.Stderr)
-			if err != nil {
-				return err
-			}
-			if *out == "json" {
-				return printJSON(stdout, r)
-			}
-			fmt.Fprintln(stdout, r)
-			return nil
-		},
-	}
-	conv.Flags().IntVar(&runs, "runs", 20, "blocks to time")
-	conv.Flags().StringVarP(out, "output", "o", "table", "table or json")
+	convCmd := benchCmd("convergence", "Time from a block claimed on one node to the route on another (BGP), median of N",
+		func(ctx context.Context) (any, error) { return bench.Convergence(ctx, "", runs, os.Stderr) }, printLine)
+	convCmd.Flags().IntVar(&runs, "runs", 20, "blocks to time")
+
 	var natSecs int
-	natCmd := &cobra.Command{
-		Use:   "nat",
-		Short: "Pod to a host outside the cluster: kernel routing vs podnet NAT outgoing; new connections per second",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			r, err := bench.NAT(ctx, "", natSecs, os.Stderr)
-			if err != nil {
-				return err
-			}
-			if *out == "json" {
-				return printJSON(stdout, r)
-			}
-			bench.WriteTable(stdout, r.Results)
-			fmt.Fprintf(stdout, "\nnew TCP connections per second (sequential): kernel routing %.0f, kernel MASQUERADE %.0f, podnet NAT %.0f (%.0f%% of routing)\n",
+	natCmd := benchCmd("nat", "Pod to a host outside the cluster: kernel routing and MASQUERADE vs podnet NAT outgoing; new connections per second",
+		func(ctx context.Context) (any, error) { return bench.NAT(ctx, "", natSecs, os.Stderr) },
+		func(w io.Writer, v any) {
+			r := v.(bench.NATResult)
+			bench.WriteTable(w, r.Results)
+			fmt.Fprintf(w, "\nnew TCP connections per second (sequential): kernel routing %.0f, kernel MASQUERADE %.0f, podnet NAT %.0f (%.0f%% of routing)\n",
 				r.KernelConnsS, r.KernelMasqConnsS, r.ConnsPerSec, 100*r.ConnsPerSec/r.KernelConnsS)
-			return nil
-		},
-	}
+		})
 	natCmd.Flags().IntVar(&natSecs, "seconds", 5, "seconds per measurement")
-	natCmd.Flags().StringVarP(out, "output", "o", "table", "table or json")
-	cmd.AddCommand(same, podAdd, cross, conv, natCmd)
+
+	cmd.AddCommand(sameCmd, crossCmd, podAddCmd, convCmd, natCmd)
 	return cmd
 }
