@@ -124,9 +124,9 @@ func ListenIPIP(cfg IPIPConfig) (*IPIPConn, error) {
 		sockBuf = DefaultSocketBuffer
 	}
 
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_IPIP)
+	fd, err := underlaySocket("ipip", unix.SOCK_RAW, unix.IPPROTO_IPIP, sockBuf)
 	if err != nil {
-		return nil, fmt.Errorf("encap: ipip: socket(AF_INET, SOCK_RAW, IPPROTO_IPIP): %w", err)
+		return nil, err
 	}
 	ok := false
 	defer func() {
@@ -134,16 +134,6 @@ func ListenIPIP(cfg IPIPConfig) (*IPIPConn, error) {
 			unix.Close(fd)
 		}
 	}()
-	// See the IPIPConn comment for why DF is left clear on the outer header.
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT); err != nil {
-		return nil, fmt.Errorf("encap: ipip: setsockopt IP_MTU_DISCOVER: %w", err)
-	}
-	if err := setBuffer(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, sockBuf); err != nil {
-		return nil, fmt.Errorf("encap: ipip: receive buffer %d: %w", sockBuf, err)
-	}
-	if err := setBuffer(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sockBuf); err != nil {
-		return nil, fmt.Errorf("encap: ipip: send buffer %d: %w", sockBuf, err)
-	}
 	if cfg.Local.IsValid() {
 		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: cfg.Local.As4()}); err != nil {
 			return nil, fmt.Errorf("encap: ipip: bind %s: %w", cfg.Local, err)
@@ -192,15 +182,6 @@ func ListenIPIP(cfg IPIPConfig) (*IPIPConn, error) {
 	c.readFn = c.recvBatch
 	c.writeFn = c.sendBatch
 	return c, nil
-}
-
-// setBuffer asks for n bytes with the FORCE option and falls back to the
-// plain one when the process lacks CAP_NET_ADMIN.
-func setBuffer(fd, force, plain, n int) error {
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, n); err == nil {
-		return nil
-	}
-	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, n)
 }
 
 // BatchSize is the most packets one ReadBatch returns; size the caller's

@@ -207,9 +207,9 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 	}
 	bind := netip.AddrPortFrom(local, uint16(port))
 
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := underlaySocket("vxlan", unix.SOCK_DGRAM, unix.IPPROTO_UDP, sockBuf)
 	if err != nil {
-		return nil, fmt.Errorf("encap: vxlan: socket(AF_INET, SOCK_DGRAM): %w", err)
+		return nil, err
 	}
 	ok := false
 	defer func() {
@@ -217,16 +217,6 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 			unix.Close(fd)
 		}
 	}()
-	// See the VXLANConn comment for why DF is left clear.
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT); err != nil {
-		return nil, fmt.Errorf("encap: vxlan: setsockopt IP_MTU_DISCOVER: %w", err)
-	}
-	if err := setBuffer(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, sockBuf); err != nil {
-		return nil, fmt.Errorf("encap: vxlan: receive buffer %d: %w", sockBuf, err)
-	}
-	if err := setBuffer(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sockBuf); err != nil {
-		return nil, fmt.Errorf("encap: vxlan: send buffer %d: %w", sockBuf, err)
-	}
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: local.As4(), Port: port}); err != nil {
 		return nil, fmt.Errorf("encap: vxlan: bind %s: %w", bind, err)
 	}
