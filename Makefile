@@ -1,5 +1,6 @@
 # podnet — see README.md. Everything here runs as root (namespaces, TAPs).
-GO        ?= go
+# go from PATH, else where the Go distribution installs itself.
+GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 export GOTOOLCHAIN := local
 BIN       := bin/podnet
 FUZZTIME  ?= 8s

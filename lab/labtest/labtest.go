@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +47,8 @@ func Binary(t testing.TB) string {
 }
 
 func buildPodnet() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	gobin := goBinary()
+	out, err := exec.Command(gobin, "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
@@ -75,7 +77,7 @@ func buildPodnet() (string, error) {
 		args = append(args, "-race")
 		os.Setenv("GORACE", "halt_on_error=1 atexit_sleep_ms=0")
 	}
-	cmd := exec.Command("go", append(args, "podnet/cmd/podnet")...)
+	cmd := exec.Command(gobin, append(args, "podnet/cmd/podnet")...)
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -166,4 +168,13 @@ func logDaemons(t *testing.T, l *lab.Lab) {
 		}
 		t.Logf("labtest: last lines of %s (%s):\n\t%s", n.Log, n.Name, strings.Join(lines, "\n\t"))
 	}
+}
+
+// goBinary is the go command: from PATH, else the one of the toolchain
+// that built this test (make test may run go by its full path).
+func goBinary() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
