@@ -42,7 +42,6 @@ type routingState struct {
 	nodeAddrs []netip.Prefix // other nodes' addresses, reached via the kernel
 	remote    []router.Route // learned routes, with encapsulation chosen
 	kernel    map[netip.Prefix]kernelRoute
-	peers     []bgp.PeerStatus
 }
 
 type kernelRoute struct {

@@ -26,7 +26,6 @@ const (
 	DropRemoteUnsupported                   // remote route, encapsulation not available
 	DropPortGone                            // route points at a port that was removed
 	DropEgressError                         // the egress device refused the frame
-	DropOversize                            // larger than the egress can take
 	DropFragNeeded                          // DF set and too big for the tunnel (ICMP frag-needed sent)
 	DropUnknownSource                       // encapsulated packet from an address that is no node
 	DropBadOuter                            // outer header of an encapsulated packet invalid
@@ -42,7 +41,7 @@ const (
 var dropNames = [numDropReasons]string{
 	"too-short", "bad-virtio-header", "bad-gso", "unknown-ethertype", "ipv6",
 	"bad-ip-version", "bad-ihl", "bad-total-length", "bad-arp", "spoofed-source", "ttl-exceeded", "no-route",
-	"blackhole", "remote-unsupported", "port-gone", "egress-error", "oversize",
+	"blackhole", "remote-unsupported", "port-gone", "egress-error",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
 	"nat-unavailable", "nat-not-allowed", "bad-inner-checksum",
 	"wrong-vni",
