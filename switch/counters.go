@@ -36,6 +36,9 @@ const (
 	DropBadInnerChecksum                    // decapsulated TCP/UDP with a wrong checksum
 	DropWrongVNI                            // VXLAN with another network identifier
 	numDropReasons
+
+	// dropNone is what a classifier returns for a packet it accepts.
+	dropNone = DropReason(255)
 )
 
 var dropNames = [numDropReasons]string{

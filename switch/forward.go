@@ -1,36 +1,32 @@
 package vswitch
 
 import (
-	"net/netip"
+	"time"
 
 	"podnet/internal/packet"
-	"podnet/router"
 )
 
-// Buffer layout of every frame slot (pod ports read at offset
-// packet.Headroom):
+// Buffer layout of every read slot: the port reads at offset
+// packet.Headroom.
 //
-//	[0 ........ Headroom) [virtio-net hdr, 10 B if offload] [Ethernet 14 B] [IPv4 ...]
+//	[0 ........ Headroom) [what the port reads: virtio hdr, Ethernet, outer headers ...] [IPv4 ...]
 //
-// The headroom lets the switch prepend headers in place: a virtio header
-// for an offload port when the frame came from a plain one, an Ethernet
-// header for frames from the host TUN, and later the outer headers of
-// IP-in-IP and VXLAN.
+// Whatever the ingress, the IPv4 packet ends up with at least Headroom
+// bytes in front of it, where egresses write their own headers in place:
+// virtio and Ethernet for pods, the TUN's virtio room for the host, outer
+// headers for tunnels.
 const (
 	vnetLen = packet.VirtioNetHdrLen
 	ethLen  = packet.EthernetHeaderLen
-	// tunOffset is where IP packets start in buffers handed to the host TUN:
-	// wireguard-go's tun needs at least a virtio header's room in front.
-	tunOffset = 16
-	// hostBatchMax bounds the packets collected for one TUN write.
-	hostBatchMax = 128
-	// icmpScratchLen holds one generated ICMP error with its L2 headers.
-	icmpScratchLen = packet.Headroom + vnetLen + ethLen + 576
+	// laneMax bounds the packets one lane holds before it flushes.
+	laneMax = 128
+	// icmpScratchLen holds one generated ICMP error with headroom.
+	icmpScratchLen = packet.Headroom + 576
 )
 
 // segScratch holds buffers that TSO superframes are split into. Each is a
-// full buffer because the TUN write coalesces segments back (GRO) in place
-// and needs the room.
+// full buffer: the host TUN's write coalesces segments back (GRO) in place
+// and needs the room, and egresses write headers in the headroom.
 type segScratch struct {
 	bufs  [][]byte
 	sizes []int
@@ -46,46 +42,32 @@ func newSegScratch() *segScratch {
 	return s
 }
 
-// forwarder is the per-reader-goroutine state: scratch buffers allocated
-// once and reused for every batch.
+// forwarder is one reader goroutine's state: the snapshots of the current
+// batch and scratch space allocated once and reused for every batch.
 type forwarder struct {
 	s     *Switch
-	rt    *router.Table
-	ports []*port
-	host  *port
-	under *port
-	vx    *port
+	fib   *fib
 	nodes NodeSet
-	nat   *NATConfig
 
-	icmp    []byte   // scratch for ARP replies and ICMP errors
-	icmpVec [][]byte // one-element vector for writing icmp to the TUN
+	icmp []byte // scratch for ARP replies and ICMP errors
 
-	hostBufs [][]byte // packets queued for the host TUN this batch
+	seg     *segScratch // borrowed while segments are queued
+	segUsed int
 
-	remotePkts [][]byte     // inner packets queued for other nodes
-	remoteDsts []netip.Addr // and their nodes
-
-	vxq []vxQueue // VXLAN datagrams queued for other nodes, per sender socket
+	lanes []lane // this reader's queue per batching egress, by lane ID
+	dirty []lane // lanes holding packets
 
 	gro     *packet.GRO // segments bound for pods, coalesced per flow
-	groIn   *port       // the port the held segments came in on
+	groIn   ingress     // where the held segments came from
 	groEmit func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
-
-	seg     *segScratch
-	segUsed int
 }
 
 func newForwarder(s *Switch) *forwarder {
 	f := &forwarder{
-		s:          s,
-		icmp:       make([]byte, icmpScratchLen),
-		icmpVec:    make([][]byte, 1),
-		hostBufs:   make([][]byte, 0, hostBatchMax),
-		remotePkts: make([][]byte, 0, hostBatchMax),
-		remoteDsts: make([]netip.Addr, 0, hostBatchMax),
-
-		gro: packet.NewGRO(groMax),
+		s:     s,
+		icmp:  make([]byte, icmpScratchLen),
+		dirty: make([]lane, 0, 8),
+		gro:   packet.NewGRO(groMax),
 	}
 	f.groEmit = f.emitGRO // a method value made once: no allocation per flush
 	return f
@@ -93,19 +75,7 @@ func newForwarder(s *Switch) *forwarder {
 
 // begin loads the snapshots for one batch.
 func (f *forwarder) begin() {
-	f.rt = f.s.routes.Load()
-	f.ports = *f.s.ports.Load()
-	f.host = f.s.host.Load()
-	f.under = f.s.underlay.Load()
-	f.vx = f.s.vxlan.Load()
-	if f.vx != nil && len(f.vxq) < len(f.vx.vxSenders) {
-		// Once per reader: queues for the VXLAN sender sockets.
-		f.vxq = make([]vxQueue, len(f.vx.vxSenders))
-		for i := range f.vxq {
-			f.vxq[i] = vxQueue{pkts: make([][]byte, 0, hostBatchMax), dsts: make([]netip.AddrPort, 0, hostBatchMax)}
-		}
-	}
-	f.nat = f.s.nat.Load()
+	f.fib = f.s.fib.Load()
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n
 	} else {
@@ -113,256 +83,145 @@ func (f *forwarder) begin() {
 	}
 }
 
-// end flushes what the batch queued for the host and other nodes.
+// end flushes what the batch queued and drops the snapshots.
 func (f *forwarder) end() {
 	f.flushAll()
-	f.rt, f.ports, f.host, f.under, f.vx, f.nodes, f.nat = nil, nil, nil, nil, nil, nil, nil
+	f.fib, f.nodes = nil, nil
 }
 
-// routinePodReader forwards frames a pod sends. AddPodPort starts it; it
-// exits when the port's device is closed (RemovePort, Close) and then
-// closes p.done.
-func (s *Switch) routinePodReader(p *port) {
-	defer s.wg.Done()
-	defer close(p.done)
-	s.readLoop(p, s.podBatch,
-		func(bufs [][]byte, sizes []int) (int, error) { return p.dev.Read(bufs, sizes, packet.Headroom) },
-		func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) })
+// readLoop is the body of every port reader: read a batch into buffers
+// with packet.Headroom in front, load the snapshots once, classify each
+// packet, flush, count. It returns when read reports the device closed;
+// other read errors are logged and retried after a pause, so a persistent
+// error cannot spin a core.
+//
+// read fills bufs[i][packet.Headroom:] and sizes; classify takes packet i
+// of the batch. Both are made once per reader, so the loop allocates
+// nothing.
+func (s *Switch) readLoop(name string, c *counters, batch int,
+	read func(bufs [][]byte, sizes []int) (int, error),
+	classify func(f *forwarder, i int, buf []byte, size int)) {
+	s.log.Debug("reader started", "port", name)
+	defer s.log.Debug("reader stopped", "port", name)
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, packet.BufferSize)
+	}
+	f := newForwarder(s)
+	for {
+		n, err := read(bufs, sizes)
+		if err != nil && n == 0 {
+			if isClosed(err) {
+				return
+			}
+			s.log.Warn("port read failed", "port", name, "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		f.begin()
+		var bytes uint64
+		for i := 0; i < n; i++ {
+			bytes += uint64(sizes[i])
+			classify(f, i, bufs[i], sizes[i])
+		}
+		f.end()
+		c.rxFrames.Add(uint64(n))
+		c.rxBytes.Add(bytes)
+	}
 }
 
-// fromPod handles one frame read from pod port in: buf[off:off+size] is
-// the frame, with its virtio header first when in.offload.
-func (f *forwarder) fromPod(in *port, buf []byte, off, size int) {
-	var hdr packet.VirtioNetHdr
-	l2 := off
-	if in.offload {
-		if size < vnetLen {
-			in.c.drop(DropBadVirtioHeader)
-			return
-		}
-		if err := hdr.Decode(buf[off:]); err != nil {
-			in.c.drop(DropBadVirtioHeader)
-			return
-		}
-		l2 += vnetLen
-	}
-	end := off + size
-	if end-l2 < ethLen {
-		in.c.drop(DropTooShort)
-		return
-	}
-	eth := packet.Ethernet(buf[l2:end])
-	switch eth.EtherType() {
-	case packet.EtherTypeARP:
-		f.arp(in, eth)
-		return
-	case packet.EtherTypeIPv4:
-	case packet.EtherTypeIPv6:
-		in.c.drop(DropIPv6)
-		return
-	default:
-		in.c.drop(DropUnknownEtherType)
-		return
-	}
-	ip, perr := packet.ParseIPv4Frame(eth)
-	if perr != packet.ParseOK {
-		in.c.drop(ipDropReason(perr))
-		return
-	}
-	if hdr.GSOType != packet.GSONone {
-		in.c.gsoFrames.Add(1)
-		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
-			in.c.drop(DropBadGSO)
-			return
-		}
-	}
-	if ip.SrcBytes() != in.ip4 {
-		in.c.drop(DropSpoofedSource)
-		return
-	}
+// forward routes one IPv4 packet that an ingress has classified: TTL,
+// lookup, the ingress's rules, then the egress. The packet's header is
+// valid and its length is p.n.
+func (f *forwarder) forward(in ingress, p packetRef) {
+	ip := p.ipv4()
 	if ip.TTL() <= 1 {
-		in.c.drop(DropTTLExceeded)
-		f.icmpToPod(in, ip, packet.ICMPTimeExceeded, packet.ICMPTTLExceeded)
+		in.stats().drop(DropTTLExceeded)
+		f.icmpError(in, ip, packet.ICMPTimeExceeded, packet.ICMPTTLExceeded, 0)
 		return
 	}
-	r, ok := f.rt.Lookup(ip.Dst())
+	h, ok := f.fib.lookup(ip.Dst())
 	if !ok {
-		in.c.drop(DropNoRoute)
-		f.icmpToPod(in, ip, packet.ICMPDestUnreachable, packet.ICMPNetUnreachable)
+		in.stats().drop(DropNoRoute)
+		f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPNetUnreachable, 0)
 		return
 	}
-	switch r.Kind {
-	case router.KindLocalPod:
-		eg := f.portAt(r.Port)
-		if eg == nil {
-			in.c.drop(DropPortGone)
+	if ok, reason := in.mayReach(h.eg.kind()); !ok {
+		in.stats().drop(reason)
+		return
+	}
+	if a, ok := h.eg.(admitter); ok && !a.admit(f, in, ip) {
+		return
+	}
+	if h.eg.kind() != egressDrop {
+		ip.DecrementTTL()
+	}
+	f.shape(in, p, h)
+}
+
+// shape makes p fit what h's egress takes and sends it: the one place
+// where superframes are segmented, partial checksums completed and the
+// tunnel MTU enforced.
+func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
+	caps := h.eg.caps()
+	if p.superframe() && !caps.superframes {
+		f.segment(in, p, h)
+		return
+	}
+	if p.partialChecksum() && !caps.partialChecksums {
+		if err := packet.CompleteChecksum(p.ipv4(), p.gso); err != nil {
+			in.stats().drop(DropBadVirtioHeader)
 			return
 		}
-		ip.DecrementTTL()
-		eth.SetDst(eg.mac)
-		eth.SetSrc(packet.GatewayMAC)
-		f.toPod(in, eg, buf, off, l2, end, hdr)
-	case router.KindHost:
-		if f.host == nil {
-			in.c.drop(DropPortGone)
+		p.gso = packet.VirtioNetHdr{}
+	}
+	if caps.innerMTU > 0 && p.n > caps.innerMTU && !p.superframe() {
+		ip := p.ipv4()
+		if ip.DontFragment() {
+			in.stats().drop(DropFragNeeded)
+			f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPFragmentationNeeded, uint16(caps.innerMTU))
 			return
 		}
-		ip.DecrementTTL()
-		f.toHost(in, buf, l2+ethLen, len(ip), hdr)
-	case router.KindRemote:
-		ip.DecrementTTL()
-		if r.Encap == router.EncapVXLAN {
-			f.toVXLAN(in, buf, l2+ethLen, len(ip), hdr, r)
-		} else {
-			f.toRemote(in, buf, l2+ethLen, len(ip), hdr, r.NextHop)
-		}
-	case router.KindNAT:
-		ip.DecrementTTL()
-		f.toNAT(in, buf, l2+ethLen, len(ip), hdr)
-	case router.KindBlackhole:
-		in.c.drop(DropBlackhole)
-	default:
-		in.c.drop(DropRemoteUnsupported)
+		// Without DF the kernel fragments the outer packet.
 	}
-}
-
-func (f *forwarder) portAt(i int) *port {
-	if i < 0 || i >= len(f.ports) {
-		return nil
-	}
-	return f.ports[i]
-}
-
-func ipDropReason(e packet.ParseError) DropReason {
-	switch e {
-	case packet.ErrBadVersion:
-		return DropBadIPVersion
-	case packet.ErrBadIHL:
-		return DropBadIHL
-	case packet.ErrBadTotalLength:
-		return DropBadTotalLength
-	default:
-		return DropTooShort
-	}
-}
-
-// toPod writes a frame to pod port eg. buf[l2:end] is the Ethernet frame,
-// already rewritten; buf[off:l2] its virtio header when in.offload.
-func (f *forwarder) toPod(in, eg *port, buf []byte, off, l2, end int, hdr packet.VirtioNetHdr) {
-	var err error
-	switch {
-	case in.offload && eg.offload:
-		// Both sides speak virtio headers: a TSO superframe with its partial
-		// checksum goes through unchanged and the pod's kernel takes it as is.
-		err = eg.dev.WriteOne(buf[off:end])
-	case !in.offload && eg.offload:
-		// Plain frames are complete; prepend an all-zero header (no GSO, no
-		// checksum work) in the headroom.
-		clear(buf[l2-vnetLen : l2])
-		err = eg.dev.WriteOne(buf[l2-vnetLen : end])
-	case in.offload && !eg.offload:
-		// A plain TAP takes only complete MTU-sized frames.
-		f.toPlainPod(in, eg, buf, l2, end, hdr)
-		return
-	default:
-		err = eg.dev.WriteOne(buf[l2:end])
-	}
-	f.countTx(in, eg, err, end-l2)
-}
-
-func (f *forwarder) countTx(in, eg *port, err error, n int) {
-	if err != nil {
-		in.c.drop(DropEgressError)
-		return
-	}
-	eg.c.txFrames.Add(1)
-	eg.c.txBytes.Add(uint64(n))
-}
-
-// toPlainPod segments a superframe (or completes a partial checksum) for a
-// port without offloads and writes each resulting frame.
-func (f *forwarder) toPlainPod(in, eg *port, buf []byte, l2, end int, hdr packet.VirtioNetHdr) {
-	ipStart := l2 + ethLen
-	if hdr.GSOType == packet.GSONone {
-		if err := packet.CompleteChecksum(buf[ipStart:end], l3Hdr(hdr)); err != nil {
-			in.c.drop(DropBadVirtioHeader)
+	if caps.coalesce && in.segmented() && !p.superframe() && !p.partialChecksum() {
+		if f.gro.Add(p.buf, p.ip, p.n) {
+			f.groIn = in
 			return
 		}
-		f.countTx(in, eg, eg.dev.WriteOne(buf[l2:end]), end-l2)
-		return
+		// Not TCP (or the table is full): keep the order of what is held.
+		f.flushGRO()
 	}
-	// Segments go into the unused part of the batch's scratch and are
-	// written at once, so the slots stay free for the host queue.
+	h.eg.send(f, in, p, h)
+}
+
+// segment splits superframe p into MSS-sized segments in the batch's
+// scratch and sends each one.
+func (f *forwarder) segment(in ingress, p packetRef, h *hop) {
 	seg := f.borrowSeg()
-	if segScratchLen-f.segUsed < maxSegments(buf[ipStart:end], hdr) {
+	if segScratchLen-f.segUsed < maxSegments(p) {
 		f.flushAll()
 		seg = f.borrowSeg()
 	}
 	bufs, sizes := seg.bufs[f.segUsed:], seg.sizes[f.segUsed:]
-	n, err := packet.SegmentTCPv4(buf[ipStart:end], l3Hdr(hdr), bufs, sizes, packet.Headroom)
+	cnt, err := packet.SegmentTCPv4(p.ipv4(), p.gso, bufs, sizes, packet.Headroom)
 	if err != nil {
-		in.c.drop(DropBadGSO)
+		in.stats().drop(DropBadGSO)
 		return
-	}
-	ethHdr := buf[l2:ipStart]
-	for i := 0; i < n; i++ {
-		b := bufs[i]
-		copy(b[packet.Headroom-ethLen:], ethHdr)
-		frame := b[packet.Headroom-ethLen : packet.Headroom+sizes[i]]
-		f.countTx(in, eg, eg.dev.WriteOne(frame), len(frame))
-	}
-}
-
-// l3Hdr converts a virtio header whose offsets count from the Ethernet
-// header into one counting from the IP header, as package packet wants.
-func l3Hdr(h packet.VirtioNetHdr) packet.VirtioNetHdr {
-	if h.CsumStart >= ethLen {
-		h.CsumStart -= ethLen
-	}
-	if h.HdrLen >= ethLen {
-		h.HdrLen -= ethLen
-	}
-	return h
-}
-
-// toHost queues the IPv4 packet buf[ip:ip+n] for the host TUN. Superframes
-// are split into segments (the TUN write coalesces them again) and partial
-// checksums completed: the TUN side wants plain packets.
-func (f *forwarder) toHost(in *port, buf []byte, ip, n int, hdr packet.VirtioNetHdr) {
-	pkt := buf[ip : ip+n]
-	if hdr.GSOType == packet.GSONone {
-		if err := packet.CompleteChecksum(pkt, l3Hdr(hdr)); err != nil {
-			in.c.drop(DropBadVirtioHeader)
-			return
-		}
-		// The TUN writes its own virtio header in the bytes before the
-		// packet: the Ethernet header we no longer need.
-		f.queueHost(buf[ip-tunOffset : ip+n])
-		return
-	}
-	seg := f.borrowSeg()
-	if segScratchLen-f.segUsed < maxSegments(pkt, hdr) || cap(f.hostBufs)-len(f.hostBufs) < segScratchLen {
-		f.flushAll()
-		seg = f.borrowSeg()
-	}
-	cnt, err := packet.SegmentTCPv4(pkt, l3Hdr(hdr), seg.bufs[f.segUsed:], seg.sizes[f.segUsed:], tunOffset)
-	if err != nil {
-		in.c.drop(DropBadGSO)
-		return
-	}
-	for i := 0; i < cnt; i++ {
-		j := f.segUsed + i
-		f.hostBufs = append(f.hostBufs, seg.bufs[j][:tunOffset+seg.sizes[j]])
 	}
 	f.segUsed += cnt
+	for i := 0; i < cnt; i++ {
+		h.eg.send(f, in, packetRef{buf: bufs[i], ip: packet.Headroom, n: sizes[i]}, h)
+	}
 }
 
-// maxSegments bounds how many segments pkt splits into.
-func maxSegments(pkt []byte, hdr packet.VirtioNetHdr) int {
-	if hdr.GSOSize == 0 {
+// maxSegments bounds how many segments p splits into.
+func maxSegments(p packetRef) int {
+	if p.gso.GSOSize == 0 {
 		return 1
 	}
-	return len(pkt)/int(hdr.GSOSize) + 1
+	return p.n/int(p.gso.GSOSize) + 1
 }
 
 func (f *forwarder) borrowSeg() *segScratch {
@@ -373,96 +232,62 @@ func (f *forwarder) borrowSeg() *segScratch {
 	return f.seg
 }
 
-func (f *forwarder) returnSeg() {
+// laneOf returns this reader's lane toward b, making it on first use.
+func (f *forwarder) laneOf(b batcher) lane {
+	id := b.laneID()
+	if id < len(f.lanes) && f.lanes[id] != nil {
+		return f.lanes[id]
+	}
+	if id >= len(f.lanes) {
+		f.lanes = append(f.lanes, make([]lane, id+1-len(f.lanes))...)
+	}
+	l := b.newLane()
+	f.lanes[id] = l
+	return l
+}
+
+// markDirty records that l holds packets to flush.
+func (f *forwarder) markDirty(l lane) { f.dirty = append(f.dirty, l) }
+
+// flushAll sends everything held (GRO, then every lane) and gives back
+// the segment scratch the lanes pointed into.
+func (f *forwarder) flushAll() {
+	f.flushGRO()
+	f.flushLanes()
 	if f.seg != nil {
 		f.s.segPool.Put(f.seg)
 		f.seg, f.segUsed = nil, 0
 	}
 }
 
-// flushHost writes the queued packets to the host TUN in one call.
-func (f *forwarder) flushHost() {
-	if len(f.hostBufs) > 0 && f.host != nil {
-		var bytes int
-		for _, b := range f.hostBufs {
-			bytes += len(b) - tunOffset
-		}
-		if _, err := f.host.tun.Write(f.hostBufs, tunOffset); err != nil {
-			f.host.c.drop(DropEgressError)
-		} else {
-			f.host.c.txFrames.Add(uint64(len(f.hostBufs)))
-			f.host.c.txBytes.Add(uint64(bytes))
-		}
+// flushLanes sends what every lane holds.
+func (f *forwarder) flushLanes() {
+	for i, l := range f.dirty {
+		l.flush()
+		f.dirty[i] = nil
 	}
-	clear(f.hostBufs)
-	f.hostBufs = f.hostBufs[:0]
+	f.dirty = f.dirty[:0]
 }
 
-// flushAll sends everything queued and frees the segment scratch the
-// queues pointed into.
-func (f *forwarder) flushAll() {
-	f.flushGRO()
-	f.flushVXLAN()
-	f.flushRemote()
-	f.flushHost()
-	f.returnSeg()
+// toL3 converts a virtio header whose offsets count from the Ethernet
+// header (as a TAP writes it) into one counting from the IP header.
+func toL3(h packet.VirtioNetHdr) packet.VirtioNetHdr {
+	if h.CsumStart >= ethLen {
+		h.CsumStart -= ethLen
+	}
+	if h.HdrLen >= ethLen {
+		h.HdrLen -= ethLen
+	}
+	return h
 }
 
-// icmpToPod sends an ICMP error about ip back to pod port p.
-func (f *forwarder) icmpToPod(p *port, ip packet.IPv4, typ, code uint8) {
-	l3 := packet.Headroom + vnetLen + ethLen
-	n := packet.BuildICMPError(f.icmp[l3:], ip, typ, code, 0, GatewayIP.As4(), 64)
-	if n == 0 {
-		return
+// toL2 is the inverse of toL3 for a header that asks for offload work.
+func toL2(h packet.VirtioNetHdr) packet.VirtioNetHdr {
+	if h.Flags&packet.VirtioNetHdrFNeedsCsum != 0 {
+		h.CsumStart += ethLen
 	}
-	f.writeL3ToPod(p, l3, n)
-	p.c.icmpErrors.Add(1)
-}
-
-// writeL3ToPod frames the IPv4 packet f.icmp[l3:l3+n] for pod p and
-// writes it.
-func (f *forwarder) writeL3ToPod(p *port, l3, n int) {
-	eth := packet.Ethernet(f.icmp[l3-ethLen : l3])
-	eth.SetDst(p.mac)
-	eth.SetSrc(packet.GatewayMAC)
-	eth.SetEtherType(packet.EtherTypeIPv4)
-	start := l3 - ethLen
-	if p.offload {
-		start -= vnetLen
-		clear(f.icmp[start : start+vnetLen])
+	if h.GSOType != packet.GSONone {
+		h.HdrLen += ethLen
 	}
-	if err := p.dev.WriteOne(f.icmp[start : l3+n]); err == nil {
-		p.c.txFrames.Add(1)
-		p.c.txBytes.Add(uint64(l3 + n - start))
-	}
-}
-
-// arp answers ARP requests from a pod with the gateway MAC, whatever
-// address they ask for (proxy ARP, as Calico does on its veths): every
-// destination is reached through the switch. Requests for the pod's own
-// address (duplicate address detection) get no answer.
-func (f *forwarder) arp(in *port, eth packet.Ethernet) {
-	a, perr := packet.ParseARPFrame(eth)
-	if perr != packet.ParseOK {
-		in.c.drop(DropBadARP)
-		return
-	}
-	if a.Op() != packet.ARPRequest || a.TargetIP() == in.ip {
-		return // replies and probes need nothing from us
-	}
-	start := packet.Headroom
-	l2 := start
-	if in.offload {
-		l2 += vnetLen
-		clear(f.icmp[start:l2])
-	}
-	n := packet.BuildARPReply(f.icmp[l2:], a, packet.GatewayMAC)
-	if n == 0 {
-		return
-	}
-	if err := in.dev.WriteOne(f.icmp[start : l2+n]); err == nil {
-		in.c.arpReplies.Add(1)
-		in.c.txFrames.Add(1)
-		in.c.txBytes.Add(uint64(l2 + n - start))
-	}
+	return h
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 
 	"podnet/internal/packet"
-	"podnet/router"
 )
 
 // Receive coalescing (GRO) toward pod TAPs: segments that arrive one by
@@ -16,53 +15,25 @@ import (
 // reads never exceeds it.
 const groMax = 128
 
-// toPodCoalesced delivers the complete IPv4 packet buf[ip:ip+n] to pod
-// port eg, through the batch's GRO when eg takes superframes.
-func (f *forwarder) toPodCoalesced(in, eg *port, buf []byte, ip, n int) {
-	if eg.offload && f.gro.Add(buf, ip, n) {
-		f.groIn = in
-		return
-	}
-	// Not TCP (or the table is full): keep the order of what is pending.
-	f.flushGRO()
-	f.l3ToPod(in, eg, buf, ip, n)
-}
-
 // flushGRO writes what GRO holds.
 func (f *forwarder) flushGRO() {
+	if f.groIn == nil {
+		return
+	}
 	f.gro.Flush(f.groEmit)
 	f.groIn = nil
 }
 
-// emitGRO writes one packet GRO produced: a superframe with its virtio
-// header, or a lone segment as it came.
+// emitGRO sends one packet GRO produced, a superframe with its offload
+// metadata or a lone segment, to the pod its route resolves to.
 func (f *forwarder) emitGRO(buf []byte, off, n int, hdr packet.VirtioNetHdr) {
 	in := f.groIn
-	ip := packet.IPv4(buf[off : off+n])
-	r, ok := f.rt.Lookup(ip.Dst())
-	if !ok || r.Kind != router.KindLocalPod {
-		in.c.drop(DropNoRoute)
+	h, ok := f.fib.lookup(packet.IPv4(buf[off : off+n]).Dst())
+	if !ok || h.eg.kind() != egressPod {
+		in.stats().drop(DropNoRoute)
 		return
 	}
-	eg := f.portAt(r.Port)
-	if eg == nil {
-		in.c.drop(DropPortGone)
-		return
-	}
-	eth := packet.Ethernet(buf[off-ethLen : off])
-	eth.SetDst(eg.mac)
-	eth.SetSrc(packet.GatewayMAC)
-	eth.SetEtherType(packet.EtherTypeIPv4)
-	start := off - ethLen - vnetLen
-	if hdr.GSOType != packet.GSONone || hdr.Flags != 0 {
-		// GRO counts offsets from the IP header; the TAP from Ethernet.
-		hdr.CsumStart += ethLen
-		hdr.HdrLen += ethLen
-		hdr.Encode(buf[start : start+vnetLen])
-	} else {
-		clear(buf[start : start+vnetLen])
-	}
-	f.countTx(in, eg, eg.dev.WriteOne(buf[start:off+n]), off+n-start)
+	h.eg.send(f, in, packetRef{buf: buf, ip: off, n: n, gso: hdr}, h)
 }
 
 // repairPartialChecksum completes a TCP or UDP checksum that a sender

@@ -1,9 +1,13 @@
 // Package vswitch is podnet's data path on one node: pod ports (a TAP per
-// pod), the host port (a TUN joining the node itself), proxy ARP, L2
-// rewrite, TTL handling, anti-spoofing and forwarding by the current route
-// snapshot. Each port has one reader goroutine that reads a batch, looks up
-// one route snapshot for the whole batch and writes straight to the egress
-// device: no per-packet channels or goroutines.
+// pod), the host port (a TUN joining the node itself), tunnels to other
+// nodes (IP-in-IP, VXLAN) and NAT outgoing, with proxy ARP, L2 rewrite,
+// TTL handling, anti-spoofing and forwarding by a compiled route table.
+//
+// Each port has one reader goroutine that reads a batch, loads one FIB
+// snapshot for the whole batch, hands each packet to the egress its route
+// resolves to, and flushes the egresses' batches at the end: no
+// per-packet channels or goroutines. egress.go describes the steps;
+// docs/datapath.md follows each packet path through the files.
 //
 // The directory is named switch; the package is vswitch because switch is
 // a Go keyword.
@@ -11,23 +15,19 @@ package vswitch
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 
-	"golang.zx2c4.com/wireguard/tun"
-
 	"podnet/internal/packet"
 	"podnet/router"
-	"podnet/switch/tap"
 )
 
 // GatewayIP is the address pods use as their default gateway (Calico's
 // convention); the switch also uses it as the source of ICMP errors it
-// generates.
+// generates toward pods and the host.
 var GatewayIP = netip.AddrFrom4([4]byte{169, 254, 1, 1})
 
 // Config configures a Switch.
@@ -45,22 +45,23 @@ type Switch struct {
 	log      *slog.Logger
 	podBatch int
 
-	routes router.Snapshot
-	// ports is the immutable port table the data path reads, indexed by
-	// port index; nil entries are free slots. mu serialises writers.
-	ports atomic.Pointer[[]*port]
-	host  atomic.Pointer[port]
-	// underlay is the port toward other nodes; nodes the set of their
-	// addresses.
-	underlay atomic.Pointer[port]
-	vxlan    atomic.Pointer[port]
-	nodes    atomic.Pointer[NodeSet]
-	nat      atomic.Pointer[NATConfig]
+	// fib is what the data path reads; nodes the set of node addresses
+	// tunnels accept packets from.
+	fib   atomic.Pointer[fib]
+	nodes atomic.Pointer[NodeSet]
+	// host is the host port, for counting injected packets.
+	host   atomic.Pointer[hostPort]
+	noHost countOnly
+
+	// mu serialises the control plane's changes: the route table and the
+	// attachments it resolves against, from which fib is compiled.
+	mu     sync.Mutex
+	routes *router.Table
+	att    attachments
+	lanes  int // lane IDs handed out to batching egresses
 
 	injectPool *packet.Pool // buffers for Inject
-	mu         sync.Mutex
-
-	segPool sync.Pool // *segScratch, borrowed while a batch is segmented
+	segPool    sync.Pool    // *segScratch, borrowed while a batch is segmented
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -75,111 +76,52 @@ func New(cfg Config) *Switch {
 	if s.podBatch <= 0 {
 		s.podBatch = 8
 	}
-	empty := []*port{}
-	s.ports.Store(&empty)
+	s.att.nat = &natEgress{}
 	s.segPool.New = func() any { return newSegScratch() }
 	s.injectPool = packet.NewPool()
+	s.fib.Store(compile(nil, &s.att))
 	return s
 }
 
 // SetRoutes publishes a new route table to the data path.
-func (s *Switch) SetRoutes(t *router.Table) { s.routes.Store(t) }
-
-// Routes returns the table the data path uses now.
-func (s *Switch) Routes() *router.Table { return s.routes.Load() }
-
-// PodPort describes a pod port to add.
-type PodPort struct {
-	Name string      // pod name, for people
-	IP   netip.Addr  // the pod's /32; frames from other sources are dropped
-	MAC  packet.MAC  // the pod's eth0 MAC: frames to the pod are addressed to it
-	Dev  *tap.Device // open TAP; the switch reads it until RemovePort or Close
-}
-
-// AddPodPort starts forwarding for a pod and returns its port index, which
-// local-pod routes refer to.
-func (s *Switch) AddPodPort(pp PodPort) (int, error) {
-	if !pp.IP.Is4() {
-		return 0, fmt.Errorf("add port %s: pod IP %s is not IPv4", pp.Name, pp.IP)
-	}
-	if pp.Dev == nil {
-		return 0, fmt.Errorf("add port %s: no device", pp.Name)
-	}
+func (s *Switch) SetRoutes(t *router.Table) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := *s.ports.Load()
-	idx := len(old)
-	for i, p := range old {
-		if p == nil {
-			idx = i
-			break
+	s.routes = t
+	s.recompileLocked()
+}
+
+// Routes returns the table the data path uses now.
+func (s *Switch) Routes() *router.Table { return s.fib.Load().routes }
+
+// recompileLocked publishes a FIB for the current routes and attachments.
+func (s *Switch) recompileLocked() { s.fib.Store(compile(s.routes, &s.att)) }
+
+// NodeSet is the immutable set of node addresses the switch accepts
+// encapsulated packets from.
+type NodeSet map[netip.Addr]bool
+
+// SetNodes publishes the set of known node addresses: decapsulated
+// packets from any other source are dropped ("unknown-source").
+func (s *Switch) SetNodes(n NodeSet) { s.nodes.Store(&n) }
+
+// Stats returns every port's counters: the host port first, then the
+// tunnels, then the pods.
+func (s *Switch) Stats() []PortStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []PortStats
+	if h := s.att.host; h != nil {
+		out = append(out, h.portStats())
+	}
+	for _, t := range s.att.tunnels {
+		if t != nil {
+			out = append(out, t.portStats())
 		}
 	}
-	p := &port{
-		index: idx, name: pp.Name, kind: kindPod, ip: pp.IP, ip4: pp.IP.As4(),
-		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), done: make(chan struct{}),
-	}
-	next := make([]*port, max(len(old), idx+1))
-	copy(next, old)
-	next[idx] = p
-	s.ports.Store(&next)
-	s.wg.Add(1)
-	go s.routinePodReader(p)
-	s.log.Debug("port added", "port", idx, "pod", pp.Name, "ip", pp.IP, "dev", pp.Dev.Name())
-	return idx, nil
-}
-
-// RemovePort stops forwarding for a pod port, closes its device fd and
-// waits for its reader to exit. A persistent TAP stays in the kernel; the
-// caller deletes it if the pod is gone.
-func (s *Switch) RemovePort(idx int) error {
-	s.mu.Lock()
-	old := *s.ports.Load()
-	if idx < 0 || idx >= len(old) || old[idx] == nil {
-		s.mu.Unlock()
-		return fmt.Errorf("remove port %d: no such port", idx)
-	}
-	p := old[idx]
-	next := make([]*port, len(old))
-	copy(next, old)
-	next[idx] = nil
-	for len(next) > 0 && next[len(next)-1] == nil {
-		next = next[:len(next)-1]
-	}
-	s.ports.Store(&next)
-	s.mu.Unlock()
-	err := p.dev.Close()
-	<-p.done
-	return err
-}
-
-// AttachHost makes dev (a TUN in the node's namespace, see OpenHostTUN) the
-// host port and starts its reader.
-func (s *Switch) AttachHost(dev tun.Device) error {
-	p := &port{index: -1, name: "host", kind: kindHost, tun: dev, done: make(chan struct{})}
-	if !s.host.CompareAndSwap(nil, p) {
-		return errors.New("attach host: host port already attached")
-	}
-	s.wg.Add(1)
-	go s.routineHostReader(p)
-	return nil
-}
-
-// Stats returns every port's counters; the host port first.
-func (s *Switch) Stats() []PortStats {
-	var out []PortStats
-	if h := s.host.Load(); h != nil {
-		out = append(out, h.stats())
-	}
-	if u := s.underlay.Load(); u != nil {
-		out = append(out, u.stats())
-	}
-	if u := s.vxlan.Load(); u != nil {
-		out = append(out, u.stats())
-	}
-	for _, p := range *s.ports.Load() {
+	for _, p := range s.att.pods {
 		if p != nil {
-			out = append(out, p.stats())
+			out = append(out, p.portStats())
 		}
 	}
 	return out
@@ -191,32 +133,32 @@ func (s *Switch) Close() error {
 	var errs []error
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
-		ports := *s.ports.Load()
-		empty := []*port{}
-		s.ports.Store(&empty)
+		att := s.att
+		s.att = attachments{nat: att.nat}
+		s.recompileLocked()
 		s.mu.Unlock()
-		for _, p := range ports {
+		for _, p := range att.pods {
 			if p != nil {
 				errs = append(errs, p.dev.Close())
 			}
 		}
-		if h := s.host.Load(); h != nil {
-			errs = append(errs, h.tun.Close())
+		if att.host != nil {
+			errs = append(errs, att.host.dev.Close())
 		}
-		if u := s.underlay.Load(); u != nil {
-			errs = append(errs, u.under.Close())
-		}
-		if u := s.vxlan.Load(); u != nil {
-			errs = append(errs, u.vx.Close())
-			for _, c := range u.vxSenders {
-				if c != u.vx {
-					errs = append(errs, c.Close())
-				}
+		for _, t := range att.tunnels {
+			if t != nil {
+				errs = append(errs, t.t.Close())
 			}
 		}
 		s.wg.Wait()
 	})
 	return errors.Join(errs...)
+}
+
+// newLaneIDLocked hands out a lane ID for a batching egress.
+func (s *Switch) newLaneIDLocked() int {
+	s.lanes++
+	return s.lanes - 1
 }
 
 func isClosed(err error) bool {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
@@ -108,6 +109,12 @@ func TestOffloadToOffload(t *testing.T) {
 	if tn.stats("a").GSOFrames == 0 {
 		t.Errorf("no superframes from a")
 	}
+	// The receiver can finish reading before the switch has added the
+	// last write to the counters: give it a moment.
+	deadline := time.Now().Add(time.Second)
+	for tn.stats("b").TxBytes < 8<<20 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if tn.stats("b").TxBytes < 8<<20 {
 		t.Errorf("b got %d bytes, want ≥ %d", tn.stats("b").TxBytes, 8<<20)
 	}
@@ -144,7 +151,11 @@ func udpFrame(src, dst *testPod, offload bool, payloadLen int) ([]byte, int) {
 	return buf, off - packet.Headroom + ethLen + total
 }
 
-func (tn *testNet) port(p *testPod) *port { return (*tn.s.ports.Load())[p.port] }
+func (tn *testNet) port(p *testPod) *podPort {
+	tn.s.mu.Lock()
+	defer tn.s.mu.Unlock()
+	return tn.s.att.pods[p.port]
+}
 
 // TestForwardAllocs requires that forwarding a frame pod to pod allocates
 // nothing (the write goes to the real egress TAP).

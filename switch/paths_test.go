@@ -1,0 +1,673 @@
+package vswitch
+
+// Every packet path and every drop reason, on in-memory ports: no root.
+//
+//	pod a 10.0.0.1 (TAP with offloads)   pod b 10.0.0.2 (offloads)
+//	pod c 10.0.0.3 (plain TAP)           pod d 10.5.0.1 (pool without NAT)
+//	host port (node 172.16.0.1)
+//	IP-in-IP  → 10.0.1.0/26 via node 172.16.0.2
+//	VXLAN     → 10.0.2.0/26 via node 172.16.0.3 (VTEP 66:00:00:00:00:03)
+//	NAT       → 0.0.0.0/0 for pool 10.0.0.0/16
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"podnet/encap"
+	"podnet/internal/packet"
+	"podnet/router"
+)
+
+var (
+	nodeSelf  = netip.MustParseAddr("172.16.0.1")
+	nodeIPIP  = netip.MustParseAddr("172.16.0.2")
+	nodeVXLAN = netip.MustParseAddr("172.16.0.3")
+	vtepPeer  = packet.MAC{0x66, 0, 0, 0, 0, 3}
+	vtepSelf  = packet.MAC{0x66, 0, 0, 0, 0, 1}
+	stranger  = netip.MustParseAddr("203.0.113.9")
+)
+
+type fakePod struct {
+	dev  *fakePodDev
+	ip   netip.Addr
+	mac  packet.MAC
+	port int
+}
+
+type fakeNet struct {
+	s          *Switch
+	a, b, c, d *fakePod
+	host       *fakeHostDev
+	ipip       *fakeIPIP
+	vx         *fakeVXLAN
+	nat        *fakeNAT
+}
+
+func newFakeNet(t testing.TB) *fakeNet {
+	t.Helper()
+	n := &fakeNet{
+		s:    New(Config{}),
+		host: &fakeHostDev{fakeQueue: newFakeQueue()},
+		ipip: &fakeIPIP{fakeQueue: newFakeQueue()},
+		vx:   newFakeVXLAN(),
+		nat:  &fakeNAT{},
+	}
+	t.Cleanup(func() { n.s.Close() })
+	n.a = n.addPod(t, "a", "10.0.0.1", true)
+	n.b = n.addPod(t, "b", "10.0.0.2", true)
+	n.c = n.addPod(t, "c", "10.0.0.3", false)
+	n.d = n.addPod(t, "d", "10.5.0.1", true)
+	if err := n.s.AttachHost(n.host); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.s.AttachUnderlay(UnderlayConfig{Conn: n.ipip, MTU: 1500, LocalAddr: nodeSelf}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.s.AttachVXLAN(VXLANConfig{Conn: n.vx, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf}); err != nil {
+		t.Fatal(err)
+	}
+	n.s.SetNodes(NodeSet{nodeIPIP: true, nodeVXLAN: true})
+	n.s.SetNAT(NATConfig{Handler: n.nat, Allowed: []netip.Prefix{pfx("10.0.0.0/16")},
+		Pools: []netip.Prefix{pfx("10.0.0.0/16"), pfx("10.5.0.0/16")}})
+	routes := []router.Route{
+		{Prefix: pfx("172.16.0.1/32"), Kind: router.KindHost, Dev: HostTUNName},
+		{Prefix: pfx("10.0.1.0/26"), Kind: router.KindRemote, NextHop: nodeIPIP, Encap: router.EncapIPIP},
+		{Prefix: pfx("10.0.2.0/26"), Kind: router.KindRemote, NextHop: nodeVXLAN, Encap: router.EncapVXLAN, NextHopMAC: router.MAC(vtepPeer)},
+		{Prefix: pfx("10.0.3.0/26"), Kind: router.KindRemote, NextHop: nodeIPIP, Encap: router.EncapNone},
+		{Prefix: pfx("10.0.4.0/26"), Kind: router.KindBlackhole},
+		{Prefix: pfx("10.0.5.5/32"), Kind: router.KindLocalPod, Port: 99},
+		{Prefix: pfx("0.0.0.0/0"), Kind: router.KindNAT},
+	}
+	for _, p := range []*fakePod{n.a, n.b, n.c, n.d} {
+		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(p.ip, 32), Kind: router.KindLocalPod, Port: p.port, Dev: p.dev.name})
+	}
+	tab, err := router.NewTable(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.s.SetRoutes(tab)
+	return n
+}
+
+func (n *fakeNet) addPod(t testing.TB, name, ip string, offload bool) *fakePod {
+	t.Helper()
+	p := &fakePod{dev: newFakePodDev(name, offload), ip: netip.MustParseAddr(ip), mac: packet.MAC{2, 0, 0, 0, 0, byte(len(name) + int(ip[len(ip)-1]))}}
+	var err error
+	if p.port, err = n.s.AddPodPort(PodPort{Name: name, IP: p.ip, MAC: p.mac, Dev: p.dev}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func (n *fakeNet) stats(name string) PortStats {
+	for _, s := range n.s.Stats() {
+		if s.Name == name {
+			return s
+		}
+	}
+	return PortStats{}
+}
+
+// waitDrop waits until port has counted reason once more than before.
+func (n *fakeNet) waitDrop(t testing.TB, port string, reason DropReason, before uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for n.stats(port).Drops[reason.String()] <= before {
+		if time.Now().After(deadline) {
+			t.Fatalf("port %s: drop %s not counted (drops %v)", port, reason, n.stats(port).Drops)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// ipSpec describes an IPv4 packet to build.
+type ipSpec struct {
+	src, dst string
+	ttl      uint8
+	df       bool
+	proto    string // "udp" (default), "tcp", "icmp"
+	payload  int
+	seq      uint32
+	flags    string // TCP: "A", "PA", "S"
+}
+
+// build returns the packet with correct checksums.
+func (s ipSpec) build() []byte {
+	ip := &layers.IPv4{Version: 4, TTL: s.ttl, SrcIP: netip.MustParseAddr(s.src).AsSlice(), DstIP: netip.MustParseAddr(s.dst).AsSlice()}
+	if ip.TTL == 0 {
+		ip.TTL = 64
+	}
+	if s.df {
+		ip.Flags = layers.IPv4DontFragment
+	}
+	payload := gopacket.Payload(make([]byte, s.payload))
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	var l4 gopacket.SerializableLayer
+	switch s.proto {
+	case "tcp":
+		ip.Protocol = layers.IPProtocolTCP
+		tcp := &layers.TCP{SrcPort: 40000, DstPort: 80, Seq: s.seq, Ack: 7, Window: 500, ACK: true, PSH: s.flags == "PA", SYN: s.flags == "S"}
+		tcp.SetNetworkLayerForChecksum(ip)
+		l4 = tcp
+	case "icmp":
+		ip.Protocol = layers.IPProtocolICMPv4
+		l4 = &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: 1, Seq: 1}
+	default:
+		ip.Protocol = layers.IPProtocolUDP
+		udp := &layers.UDP{SrcPort: 40000, DstPort: 9}
+		udp.SetNetworkLayerForChecksum(ip)
+		l4 = udp
+	}
+	b := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, l4, payload); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+// podFrame frames ip as pod p sends it: a zero virtio header when p's TAP
+// has offloads, Ethernet to the gateway.
+func podFrame(p *fakePod, ip []byte) []byte {
+	var b []byte
+	if p.dev.offload {
+		b = make([]byte, vnetLen)
+	}
+	eth := make([]byte, ethLen)
+	packet.Ethernet(eth).SetDst(packet.GatewayMAC)
+	packet.Ethernet(eth).SetSrc(p.mac)
+	packet.Ethernet(eth).SetEtherType(packet.EtherTypeIPv4)
+	return append(append(b, eth...), ip...)
+}
+
+// superframe is a TSO superframe from pod p as its kernel writes it: one
+// TCP packet of payload bytes with gso_size mss and a partial checksum.
+func superframe(p *fakePod, dst string, payload, mss int) []byte {
+	ip := ipSpec{src: p.ip.String(), dst: dst, proto: "tcp", payload: payload, df: true}.build()
+	tcp := ip[20:]
+	partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(tcp))))
+	binary.BigEndian.PutUint16(tcp[16:], partial)
+	f := podFrame(p, ip)
+	packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: ethLen + 40,
+		GSOSize: uint16(mss), CsumStart: ethLen + 20, CsumOffset: 16}.Encode(f)
+	return f
+}
+
+// decoded parses an IPv4 packet and checks its checksums: every packet the
+// switch hands to a kernel that wants complete ones must pass.
+func decoded(t testing.TB, b []byte) (*layers.IPv4, gopacket.Packet) {
+	t.Helper()
+	pkt := gopacket.NewPacket(b, layers.LayerTypeIPv4, gopacket.Default)
+	ip, ok := pkt.NetworkLayer().(*layers.IPv4)
+	if !ok {
+		t.Fatalf("not IPv4: %v", pkt)
+	}
+	if packet.Checksum(b[:ip.IHL*4], 0) != 0 {
+		t.Errorf("bad IPv4 header checksum")
+	}
+	if ip.Protocol == layers.IPProtocolTCP || ip.Protocol == layers.IPProtocolUDP {
+		if !packet.TransportChecksumValid(packet.IPv4(b)) {
+			t.Errorf("bad %s checksum", ip.Protocol)
+		}
+	}
+	return ip, pkt
+}
+
+// podRx splits a frame written to pod p into its virtio header and the IPv4
+// packet, checking the Ethernet header.
+func podRx(t testing.TB, p *fakePod, frame []byte) (packet.VirtioNetHdr, []byte) {
+	t.Helper()
+	var h packet.VirtioNetHdr
+	if p.dev.offload {
+		if err := h.Decode(frame); err != nil {
+			t.Fatal(err)
+		}
+		frame = frame[vnetLen:]
+	}
+	eth := packet.Ethernet(frame)
+	if eth.Dst() != p.mac || eth.Src() != packet.GatewayMAC || eth.EtherType() != packet.EtherTypeIPv4 {
+		t.Errorf("frame to %s: Ethernet %s → %s type %#x, want gateway → %s IPv4", p.dev.name, eth.Src(), eth.Dst(), eth.EtherType(), p.mac)
+	}
+	return h, frame[ethLen:]
+}
+
+// vxlanDatagram wraps inner for VXLAN: header with vni, inner Ethernet
+// from the peer's VTEP to ours.
+func vxlanDatagram(inner []byte, vni uint32) []byte {
+	b := make([]byte, encap.VXLANHeaderLen+ethLen+len(inner))
+	eth := packet.Ethernet(b[encap.VXLANHeaderLen:])
+	eth.SetDst(vtepSelf)
+	eth.SetSrc(vtepPeer)
+	eth.SetEtherType(packet.EtherTypeIPv4)
+	copy(b[encap.VXLANHeaderLen+ethLen:], inner)
+	encap.EncapVXLAN(b, encap.VXLANHeaderLen, vni)
+	return b
+}
+
+// ipipPacket wraps inner in an outer IPv4 header from src to this node.
+func ipipPacket(src netip.Addr, inner []byte) []byte {
+	outer := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolIPv4, SrcIP: src.AsSlice(), DstIP: nodeSelf.AsSlice()}
+	b := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, outer, gopacket.Payload(inner)); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+func TestPodToPod(t *testing.T) {
+	n := newFakeNet(t)
+	udp := ipSpec{src: "10.0.0.1", dst: "10.0.0.2", payload: 100}.build()
+	n.a.dev.offer(podFrame(n.a, udp))
+	frames, _ := n.b.dev.wait(t, 1)
+	h, ip := podRx(t, n.b, frames[0])
+	got, _ := decoded(t, ip)
+	if got.TTL != 63 || got.SrcIP.String() != "10.0.0.1" || got.DstIP.String() != "10.0.0.2" {
+		t.Errorf("pod b got %v → %v TTL %d, want 10.0.0.1 → 10.0.0.2 TTL 63", got.SrcIP, got.DstIP, got.TTL)
+	}
+	if h != (packet.VirtioNetHdr{}) {
+		t.Errorf("complete packet got virtio header %+v, want zero", h)
+	}
+	if s := n.stats("b"); s.TxFrames != 1 {
+		t.Errorf("b TxFrames = %d, want 1", s.TxFrames)
+	}
+}
+
+// A superframe crosses between offload TAPs whole, its partial checksum
+// left for the receiving kernel.
+func TestPodToPodSuperframe(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(superframe(n.a, "10.0.0.2", 4000, 1000))
+	frames, _ := n.b.dev.wait(t, 1)
+	h, ip := podRx(t, n.b, frames[0])
+	if h.GSOType != packet.GSOTCPv4 || h.GSOSize != 1000 || h.CsumStart != ethLen+20 || h.CsumOffset != 16 || h.Flags != packet.VirtioNetHdrFNeedsCsum {
+		t.Errorf("virtio header %+v, want the sender's (GSO TCPv4, size 1000, csum at 34+16)", h)
+	}
+	if len(ip) != 20+20+4000 {
+		t.Errorf("superframe of %d bytes, want %d", len(ip), 4040)
+	}
+}
+
+// Toward a plain TAP a superframe is segmented, each segment complete.
+func TestPodToPlainPodSegments(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(superframe(n.a, "10.0.0.3", 4000, 1000))
+	frames, _ := n.c.dev.wait(t, 4)
+	var seq uint32
+	for i, f := range frames {
+		_, ip := podRx(t, n.c, f)
+		_, pkt := decoded(t, ip)
+		tcp := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		if len(tcp.Payload) != 1000 {
+			t.Errorf("segment %d: %d payload bytes, want 1000", i, len(tcp.Payload))
+		}
+		if i > 0 && tcp.Seq != seq+1000 {
+			t.Errorf("segment %d: seq %d, want %d", i, tcp.Seq, seq+1000)
+		}
+		seq = tcp.Seq
+	}
+}
+
+// A plain pod's frames reach an offload pod with a zero virtio header.
+func TestPlainPodToPod(t *testing.T) {
+	n := newFakeNet(t)
+	n.c.dev.offer(podFrame(n.c, ipSpec{src: "10.0.0.3", dst: "10.0.0.1", payload: 10}.build()))
+	frames, _ := n.a.dev.wait(t, 1)
+	h, ip := podRx(t, n.a, frames[0])
+	decoded(t, ip)
+	if h != (packet.VirtioNetHdr{}) {
+		t.Errorf("virtio header %+v, want zero", h)
+	}
+}
+
+func TestPodToHost(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(superframe(n.a, "172.16.0.1", 3000, 1000))
+	pkts, _ := n.host.wait(t, 3)
+	for _, p := range pkts {
+		ip, _ := decoded(t, p)
+		if ip.DstIP.String() != "172.16.0.1" || ip.TTL != 63 {
+			t.Errorf("host got %v TTL %d", ip.DstIP, ip.TTL)
+		}
+	}
+}
+
+func TestPodToIPIP(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(superframe(n.a, "10.0.1.5", 3000, 1000))
+	pkts, dsts := n.ipip.wait(t, 3)
+	for i, p := range pkts {
+		ip, _ := decoded(t, p)
+		if ip.DstIP.String() != "10.0.1.5" || dsts[i] != nodeIPIP {
+			t.Errorf("ipip sent %v to node %v, want 10.0.1.5 to %v", ip.DstIP, dsts[i], nodeIPIP)
+		}
+	}
+}
+
+func TestPodToVXLAN(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 200}.build()))
+	pkts, dsts := n.vx.wait(t, 1)
+	if want := netip.AddrPortFrom(nodeVXLAN, encap.VXLANPort); dsts[0] != want {
+		t.Errorf("VXLAN datagram to %v, want %v", dsts[0], want)
+	}
+	v := encap.VXLAN(pkts[0])
+	if !v.HasVNI() || v.VNI() != encap.DefaultVNI {
+		t.Errorf("VXLAN header %x, want I flag and VNI %d", pkts[0][:8], encap.DefaultVNI)
+	}
+	eth := packet.Ethernet(v.Payload())
+	if eth.Dst() != vtepPeer || eth.Src() != vtepSelf {
+		t.Errorf("inner Ethernet %s → %s, want %s → %s", eth.Src(), eth.Dst(), vtepSelf, vtepPeer)
+	}
+	ip, _ := decoded(t, eth.Payload())
+	if ip.DstIP.String() != "10.0.2.9" || ip.TTL != 63 {
+		t.Errorf("inner %v TTL %d", ip.DstIP, ip.TTL)
+	}
+}
+
+func TestPodToNAT(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(superframe(n.a, "198.51.100.7", 2000, 1000))
+	pkts, _ := n.nat.wait(t, 2)
+	for _, p := range pkts {
+		decoded(t, p)
+	}
+	if got := n.stats("a").NATPackets; got != 2 {
+		t.Errorf("NATPackets = %d, want 2", got)
+	}
+}
+
+func TestHostToPod(t *testing.T) {
+	n := newFakeNet(t)
+	n.host.offer(ipSpec{src: "172.16.0.1", dst: "10.0.0.3", payload: 50}.build())
+	frames, _ := n.c.dev.wait(t, 1)
+	_, ip := podRx(t, n.c, frames[0])
+	decoded(t, ip)
+}
+
+// Segments from the host arrive one by one; toward an offload pod they
+// leave merged (GRO) as one superframe.
+func TestHostToPodCoalesced(t *testing.T) {
+	n := newFakeNet(t)
+	var segs [][]byte
+	for i := range 4 {
+		segs = append(segs, ipSpec{src: "172.16.0.1", dst: "10.0.0.1", proto: "tcp", payload: 1000, seq: uint32(1000 * i), df: true}.build())
+	}
+	n.host.offer(segs...) // one read takes them all
+	frames, _ := n.a.dev.wait(t, 1)
+	time.Sleep(20 * time.Millisecond)
+	if got := n.a.dev.count(); got != 1 {
+		t.Fatalf("4 in-order segments written as %d frames, want 1 superframe", got)
+	}
+	h, ip := podRx(t, n.a, frames[0])
+	if h.GSOType != packet.GSOTCPv4 || h.GSOSize != 1000 || len(ip) != 40+4000 {
+		t.Errorf("frame of %d bytes with virtio header %+v, want a 4040-byte GSO superframe of 1000-byte segments", len(ip), h)
+	}
+}
+
+func TestHostToTunnels(t *testing.T) {
+	n := newFakeNet(t)
+	n.host.offer(ipSpec{src: "172.16.0.1", dst: "10.0.1.7", payload: 10}.build())
+	n.host.offer(ipSpec{src: "172.16.0.1", dst: "10.0.2.7", payload: 10}.build())
+	n.ipip.wait(t, 1)
+	n.vx.wait(t, 1)
+}
+
+func TestIPIPToPodAndHost(t *testing.T) {
+	n := newFakeNet(t)
+	n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", payload: 30}.build()))
+	frames, _ := n.b.dev.wait(t, 1)
+	_, ip := podRx(t, n.b, frames[0])
+	decoded(t, ip)
+	n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "172.16.0.1", payload: 30}.build()))
+	n.host.wait(t, 1)
+}
+
+func TestVXLANToPodAndHost(t *testing.T) {
+	n := newFakeNet(t)
+	n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.3", payload: 30}.build(), encap.DefaultVNI))
+	frames, _ := n.c.dev.wait(t, 1)
+	_, ip := podRx(t, n.c, frames[0])
+	decoded(t, ip)
+	n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "172.16.0.1", payload: 30}.build(), encap.DefaultVNI))
+	n.host.wait(t, 1)
+}
+
+// A Linux VXLAN peer on a veth underlay sends inner packets whose
+// checksum holds only the pseudo-header sum: completed, then delivered.
+func TestVXLANPartialChecksumRepaired(t *testing.T) {
+	n := newFakeNet(t)
+	inner := ipSpec{src: "10.0.2.5", dst: "10.0.0.3", proto: "tcp", payload: 100}.build()
+	partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, [4]byte(inner[12:16]), [4]byte(inner[16:20]), uint16(len(inner)-20)))
+	binary.BigEndian.PutUint16(inner[20+16:], partial)
+	n.vx.offer(nodeVXLAN, vxlanDatagram(inner, encap.DefaultVNI))
+	frames, _ := n.c.dev.wait(t, 1)
+	_, ip := podRx(t, n.c, frames[0])
+	decoded(t, ip)
+}
+
+// Proxy ARP: any question gets the gateway MAC, except the pod's own
+// address (duplicate address detection).
+func TestProxyARP(t *testing.T) {
+	n := newFakeNet(t)
+	arp := func(target string) []byte {
+		b := gopacket.NewSerializeBuffer()
+		eth := &layers.Ethernet{SrcMAC: n.c.mac[:], DstMAC: packet.BroadcastMAC[:], EthernetType: layers.EthernetTypeARP}
+		a := &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPRequest, SourceHwAddress: n.c.mac[:], SourceProtAddress: n.c.ip.AsSlice(),
+			DstHwAddress: make([]byte, 6), DstProtAddress: netip.MustParseAddr(target).AsSlice()}
+		if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{}, eth, a); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	n.c.dev.offer(arp("10.0.0.3")) // DAD: no answer
+	n.c.dev.offer(arp("169.254.1.1"))
+	frames, _ := n.c.dev.wait(t, 1)
+	pkt := gopacket.NewPacket(frames[0], layers.LayerTypeEthernet, gopacket.Default)
+	a, ok := pkt.Layer(layers.LayerTypeARP).(*layers.ARP)
+	if !ok || a.Operation != layers.ARPReply || packet.MAC(a.SourceHwAddress) != packet.GatewayMAC ||
+		netip.AddrFrom4([4]byte(a.SourceProtAddress)).String() != "169.254.1.1" {
+		t.Fatalf("ARP answer %v, want a reply: 169.254.1.1 is-at the gateway MAC", pkt)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got := n.c.dev.count(); got != 1 {
+		t.Errorf("%d ARP answers, want 1 (none to the DAD probe)", got)
+	}
+}
+
+// A packet from another node whose TTL runs out here is answered with
+// ICMP time-exceeded back through the tunnel, from this node's address, so
+// traceroute across the overlay names this node.
+func TestTunnelTTLExceededAnswered(t *testing.T) {
+	n := newFakeNet(t)
+	n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", ttl: 1, proto: "udp", payload: 8}.build()))
+	n.waitDrop(t, "ipip", DropTTLExceeded, 0)
+	pkts, dsts := n.ipip.wait(t, 1)
+	ip, pkt := decoded(t, pkts[0])
+	icmp, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if !ok || icmp.TypeCode.Type() != layers.ICMPv4TypeTimeExceeded || dsts[0] != nodeIPIP ||
+		ip.SrcIP.String() != nodeSelf.String() || ip.DstIP.String() != "10.0.1.5" {
+		t.Fatalf("answer %v to node %v, want ICMP time exceeded %v → 10.0.1.5 via %v", pkt, dsts[0], nodeSelf, nodeIPIP)
+	}
+}
+
+// dropCase sends something that must be dropped on port for reason.
+type dropCase struct {
+	name   string
+	port   string
+	reason DropReason
+	send   func(n *fakeNet)
+	// icmp, when set, is the ICMP type the sender must get back.
+	icmp *layers.ICMPv4TypeCode
+}
+
+func icmpTC(typ, code uint8) *layers.ICMPv4TypeCode {
+	tc := layers.CreateICMPv4TypeCode(typ, code)
+	return &tc
+}
+
+func dropCases() []dropCase {
+	udpA := func(dst string) []byte { return ipSpec{src: "10.0.0.1", dst: dst, payload: 20}.build() }
+	ethOnly := func(n *fakeNet, ethType uint16, payload []byte) []byte {
+		f := podFrame(n.a, payload)
+		packet.Ethernet(f[vnetLen:]).SetEtherType(ethType)
+		return f
+	}
+	return []dropCase{
+		{name: "runt frame", port: "c", reason: DropTooShort, send: func(n *fakeNet) { n.c.dev.offer([]byte{1, 2, 3}) }},
+		{name: "no virtio header", port: "a", reason: DropBadVirtioHeader, send: func(n *fakeNet) { n.a.dev.offer([]byte{1, 2, 3}) }},
+		{name: "UDP superframe", port: "a", reason: DropBadGSO, send: func(n *fakeNet) {
+			f := podFrame(n.a, udpA("10.0.0.2"))
+			packet.VirtioNetHdr{GSOType: packet.GSOTCPv4, GSOSize: 100}.Encode(f)
+			n.a.dev.offer(f)
+		}},
+		{name: "ethertype", port: "a", reason: DropUnknownEtherType, send: func(n *fakeNet) { n.a.dev.offer(ethOnly(n, 0x88cc, make([]byte, 40))) }},
+		{name: "ipv6", port: "a", reason: DropIPv6, send: func(n *fakeNet) { n.a.dev.offer(ethOnly(n, packet.EtherTypeIPv6, make([]byte, 40))) }},
+		{name: "version", port: "a", reason: DropBadIPVersion, send: func(n *fakeNet) {
+			b := udpA("10.0.0.2")
+			b[0] = 0x55
+			n.a.dev.offer(podFrame(n.a, b))
+		}},
+		{name: "ihl", port: "a", reason: DropBadIHL, send: func(n *fakeNet) {
+			b := udpA("10.0.0.2")
+			b[0] = 0x43
+			n.a.dev.offer(podFrame(n.a, b))
+		}},
+		{name: "total length", port: "a", reason: DropBadTotalLength, send: func(n *fakeNet) {
+			b := udpA("10.0.0.2")
+			binary.BigEndian.PutUint16(b[2:], 9000)
+			n.a.dev.offer(podFrame(n.a, b))
+		}},
+		{name: "arp", port: "a", reason: DropBadARP, send: func(n *fakeNet) { n.a.dev.offer(ethOnly(n, packet.EtherTypeARP, make([]byte, 28))) }},
+		{name: "spoofed", port: "a", reason: DropSpoofedSource, send: func(n *fakeNet) {
+			n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.9", dst: "10.0.0.2"}.build()))
+		}},
+		{name: "ttl from pod", port: "a", reason: DropTTLExceeded, icmp: icmpTC(11, 0), send: func(n *fakeNet) {
+			n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.0.2", ttl: 1}.build()))
+		}},
+		{name: "blackhole", port: "a", reason: DropBlackhole, send: func(n *fakeNet) { n.a.dev.offer(podFrame(n.a, udpA("10.0.4.1"))) }},
+		{name: "no encapsulation", port: "a", reason: DropRemoteUnsupported, send: func(n *fakeNet) { n.a.dev.offer(podFrame(n.a, udpA("10.0.3.1"))) }},
+		{name: "port gone", port: "a", reason: DropPortGone, send: func(n *fakeNet) { n.a.dev.offer(podFrame(n.a, udpA("10.0.5.5"))) }},
+		{name: "egress refuses", port: "a", reason: DropEgressError, send: func(n *fakeNet) {
+			n.b.dev.setFail(true)
+			n.a.dev.offer(podFrame(n.a, udpA("10.0.0.2")))
+		}},
+		{name: "too big for the tunnel", port: "a", reason: DropFragNeeded, icmp: icmpTC(3, 4), send: func(n *fakeNet) {
+			n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.1.1", df: true, payload: 1480}.build()))
+		}},
+		{name: "stranger over ipip", port: "ipip", reason: DropUnknownSource, send: func(n *fakeNet) {
+			n.ipip.offer(ipipPacket(stranger, ipSpec{src: "10.0.1.5", dst: "10.0.0.2"}.build()))
+		}},
+		{name: "stranger over vxlan", port: "vxlan", reason: DropUnknownSource, send: func(n *fakeNet) {
+			n.vx.offer(stranger, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build(), encap.DefaultVNI))
+		}},
+		{name: "not ipip", port: "ipip", reason: DropBadOuter, send: func(n *fakeNet) {
+			n.ipip.offer(ipSpec{src: nodeIPIP.String(), dst: "172.16.0.1"}.build())
+		}},
+		{name: "bad inner", port: "ipip", reason: DropBadInner, send: func(n *fakeNet) {
+			n.ipip.offer(ipipPacket(nodeIPIP, []byte{0x45, 0, 0, 99, 0, 0}))
+		}},
+		{name: "transit", port: "ipip", reason: DropNoTransit, send: func(n *fakeNet) {
+			n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.2.5"}.build()))
+		}},
+		{name: "no route to the pool", port: "a", reason: DropNoRoute, icmp: icmpTC(3, 0), send: func(n *fakeNet) {
+			n.a.dev.offer(podFrame(n.a, udpA("10.0.7.7")))
+		}},
+		{name: "nat not allowed", port: "d", reason: DropNATNotAllowed, icmp: icmpTC(3, 13), send: func(n *fakeNet) {
+			n.d.dev.offer(podFrame(n.d, ipSpec{src: "10.5.0.1", dst: "198.51.100.1"}.build()))
+		}},
+		{name: "nat unavailable", port: "a", reason: DropNATUnavailable, icmp: icmpTC(3, 0), send: func(n *fakeNet) {
+			n.s.SetNAT(NATConfig{})
+			n.a.dev.offer(podFrame(n.a, udpA("198.51.100.1")))
+		}},
+		{name: "inner checksum", port: "vxlan", reason: DropBadInnerChecksum, send: func(n *fakeNet) {
+			inner := ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 10}.build()
+			inner[len(inner)-1] ^= 0xff
+			n.vx.offer(nodeVXLAN, vxlanDatagram(inner, encap.DefaultVNI))
+		}},
+		{name: "other vni", port: "vxlan", reason: DropWrongVNI, send: func(n *fakeNet) {
+			n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build(), 77))
+		}},
+		{name: "host loop", port: "host", reason: DropNoRoute, send: func(n *fakeNet) {
+			n.host.offer(ipSpec{src: "172.16.0.1", dst: "172.16.0.1"}.build())
+		}},
+		{name: "ttl from host", port: "host", reason: DropTTLExceeded, send: func(n *fakeNet) {
+			n.host.offer(ipSpec{src: "172.16.0.1", dst: "10.0.0.1", ttl: 1}.build())
+		}},
+	}
+}
+
+// TestDrops sends each kind of bad or refused packet and checks it is
+// counted under its reason on the port it came in on, nothing is
+// delivered, and the pod gets the ICMP error the case asks for.
+func TestDrops(t *testing.T) {
+	for _, tc := range dropCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newFakeNet(t)
+			tc.send(n)
+			n.waitDrop(t, tc.port, tc.reason, 0)
+			if tc.icmp != nil {
+				src := n.a
+				if tc.port == "d" {
+					src = n.d
+				}
+				frames, _ := src.dev.wait(t, 1)
+				_, ip := podRx(t, src, frames[0])
+				_, pkt := decoded(t, ip)
+				icmp, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+				if !ok || icmp.TypeCode != *tc.icmp {
+					t.Fatalf("sender got %v, want ICMP %v", pkt, *tc.icmp)
+				}
+				if ip4 := pkt.NetworkLayer().(*layers.IPv4); ip4.SrcIP.String() != GatewayIP.String() {
+					t.Errorf("ICMP error from %v, want the gateway %v", ip4.SrcIP, GatewayIP)
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+			delivered := n.b.dev.count() + n.c.dev.count() + n.nat.count()
+			if tc.port != "host" {
+				delivered += n.host.count()
+			}
+			if tc.icmp == nil {
+				delivered += n.a.dev.count() + n.d.dev.count()
+			}
+			if delivered != 0 {
+				t.Errorf("%d packets delivered, want none", delivered)
+			}
+		})
+	}
+}
+
+// TestEveryDropReasonTested keeps TestDrops complete: each reason the
+// switch counts has a case.
+func TestEveryDropReasonTested(t *testing.T) {
+	seen := map[DropReason]bool{}
+	for _, tc := range dropCases() {
+		seen[tc.reason] = true
+	}
+	for r := DropReason(0); r < numDropReasons; r++ {
+		if !seen[r] {
+			t.Errorf("drop reason %s has no case in dropCases", r)
+		}
+	}
+}
+
+// TestInject delivers NAT's replies to pods and counts what it cannot.
+func TestInject(t *testing.T) {
+	n := newFakeNet(t)
+	n.s.Inject(ipSpec{src: "198.51.100.7", dst: "10.0.0.3", payload: 10}.build())
+	frames, _ := n.c.dev.wait(t, 1)
+	_, ip := podRx(t, n.c, frames[0])
+	decoded(t, ip)
+	n.s.Inject(ipSpec{src: "198.51.100.7", dst: "10.0.1.1"}.build())
+	if got := n.stats("host").Drops[DropNoRoute.String()]; got != 1 {
+		t.Errorf("host no-route drops = %d, want 1 (an injected packet for no local pod)", got)
+	}
+}

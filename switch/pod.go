@@ -1,0 +1,252 @@
+package vswitch
+
+import (
+	"fmt"
+	"net/netip"
+
+	"podnet/internal/packet"
+)
+
+// PodDevice is a pod port's device: a TAP (package tap) in the daemon, an
+// in-memory device in tests. Reads and writes follow wireguard-go's batch
+// shape; with Offload every frame starts with a virtio-net header.
+type PodDevice interface {
+	Name() string
+	Offload() bool
+	// Read reads one or more frames into bufs[i][offset:] and their lengths
+	// into sizes; it blocks until at least one is there.
+	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	// WriteOne writes one frame.
+	WriteOne(frame []byte) error
+	Close() error
+}
+
+// PodPort describes a pod port to add.
+type PodPort struct {
+	Name string     // pod name, for people
+	IP   netip.Addr // the pod's /32; frames from other sources are dropped
+	MAC  packet.MAC // the pod's eth0 MAC: frames to the pod are addressed to it
+	Dev  PodDevice  // open device; the switch reads it until RemovePort or Close
+}
+
+// podPort is a pod's attachment: an ingress (what the pod sends) and an
+// egress (what routes to the pod deliver). Fields never change once the
+// port is published; only the counters move.
+type podPort struct {
+	index   int
+	name    string
+	ip      netip.Addr
+	ip4     [4]byte
+	mac     packet.MAC
+	dev     PodDevice
+	offload bool // dev frames carry a virtio-net header
+	c       counters
+	done    chan struct{} // closed when the reader exits
+}
+
+// AddPodPort starts forwarding for a pod and returns its port index, which
+// local-pod routes refer to.
+func (s *Switch) AddPodPort(pp PodPort) (int, error) {
+	if !pp.IP.Is4() {
+		return 0, fmt.Errorf("add port %s: pod IP %s is not IPv4", pp.Name, pp.IP)
+	}
+	if pp.Dev == nil {
+		return 0, fmt.Errorf("add port %s: no device", pp.Name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx := len(s.att.pods)
+	for i, p := range s.att.pods {
+		if p == nil {
+			idx = i
+			break
+		}
+	}
+	p := &podPort{
+		index: idx, name: pp.Name, ip: pp.IP, ip4: pp.IP.As4(),
+		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), done: make(chan struct{}),
+	}
+	// A new slice: readers may still hold the FIB compiled from the old one.
+	next := make([]*podPort, max(len(s.att.pods), idx+1))
+	copy(next, s.att.pods)
+	next[idx] = p
+	s.att.pods = next
+	s.recompileLocked()
+	s.wg.Add(1)
+	go s.routinePodReader(p)
+	s.log.Debug("port added", "port", idx, "pod", pp.Name, "ip", pp.IP, "dev", pp.Dev.Name())
+	return idx, nil
+}
+
+// RemovePort stops forwarding for a pod port, closes its device and waits
+// for its reader to exit. A persistent TAP stays in the kernel; the
+// caller deletes it if the pod is gone.
+func (s *Switch) RemovePort(idx int) error {
+	s.mu.Lock()
+	if idx < 0 || idx >= len(s.att.pods) || s.att.pods[idx] == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("remove port %d: no such port", idx)
+	}
+	p := s.att.pods[idx]
+	next := make([]*podPort, len(s.att.pods))
+	copy(next, s.att.pods)
+	next[idx] = nil
+	for len(next) > 0 && next[len(next)-1] == nil {
+		next = next[:len(next)-1]
+	}
+	s.att.pods = next
+	s.recompileLocked()
+	s.mu.Unlock()
+	err := p.dev.Close()
+	<-p.done
+	return err
+}
+
+// routinePodReader forwards frames a pod sends. AddPodPort starts it; it
+// exits when the port's device is closed (RemovePort, Close) and then
+// closes p.done.
+func (s *Switch) routinePodReader(p *podPort) {
+	defer s.wg.Done()
+	defer close(p.done)
+	s.readLoop(p.name, &p.c, s.podBatch,
+		func(bufs [][]byte, sizes []int) (int, error) { return p.dev.Read(bufs, sizes, packet.Headroom) },
+		func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) })
+}
+
+// fromPod classifies one frame read from pod port in: buf[off:off+size] is
+// the frame, with its virtio header first when in.offload.
+func (f *forwarder) fromPod(in *podPort, buf []byte, off, size int) {
+	var hdr packet.VirtioNetHdr
+	l2 := off
+	if in.offload {
+		if size < vnetLen || hdr.Decode(buf[off:]) != nil {
+			in.c.drop(DropBadVirtioHeader)
+			return
+		}
+		l2 += vnetLen
+	}
+	end := off + size
+	if end-l2 < ethLen {
+		in.c.drop(DropTooShort)
+		return
+	}
+	eth := packet.Ethernet(buf[l2:end])
+	switch eth.EtherType() {
+	case packet.EtherTypeARP:
+		f.arp(in, eth)
+		return
+	case packet.EtherTypeIPv4:
+	case packet.EtherTypeIPv6:
+		in.c.drop(DropIPv6)
+		return
+	default:
+		in.c.drop(DropUnknownEtherType)
+		return
+	}
+	ip, perr := packet.ParseIPv4Frame(eth)
+	if perr != packet.ParseOK {
+		in.c.drop(ipDropReason(perr))
+		return
+	}
+	if hdr.GSOType != packet.GSONone {
+		in.c.gsoFrames.Add(1)
+		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
+			in.c.drop(DropBadGSO)
+			return
+		}
+	}
+	if ip.SrcBytes() != in.ip4 {
+		in.c.drop(DropSpoofedSource)
+		return
+	}
+	f.forward(in, packetRef{buf: buf, ip: l2 + ethLen, n: len(ip), gso: toL3(hdr)})
+}
+
+func ipDropReason(e packet.ParseError) DropReason {
+	switch e {
+	case packet.ErrBadVersion:
+		return DropBadIPVersion
+	case packet.ErrBadIHL:
+		return DropBadIHL
+	case packet.ErrBadTotalLength:
+		return DropBadTotalLength
+	default:
+		return DropTooShort
+	}
+}
+
+// arp answers ARP requests from a pod with the gateway MAC, whatever
+// address they ask for (proxy ARP, as Calico does on its veths): every
+// destination is reached through the switch. Requests for the pod's own
+// address (duplicate address detection) get no answer.
+func (f *forwarder) arp(in *podPort, eth packet.Ethernet) {
+	a, perr := packet.ParseARPFrame(eth)
+	if perr != packet.ParseOK {
+		in.c.drop(DropBadARP)
+		return
+	}
+	if a.Op() != packet.ARPRequest || a.TargetIP() == in.ip {
+		return // replies and probes need nothing from us
+	}
+	start := packet.Headroom
+	l2 := start
+	if in.offload {
+		l2 += vnetLen
+		clear(f.icmp[start:l2])
+	}
+	n := packet.BuildARPReply(f.icmp[l2:], a, packet.GatewayMAC)
+	if n == 0 {
+		return
+	}
+	if err := in.dev.WriteOne(f.icmp[start : l2+n]); err == nil {
+		in.c.arpReplies.Add(1)
+		in.c.txFrames.Add(1)
+		in.c.txBytes.Add(uint64(l2 + n - start))
+	}
+}
+
+// A pod reaches every egress: other pods, the host, tunnels, NAT.
+func (p *podPort) stats() *counters                   { return &p.c }
+func (p *podPort) mayReach(egressKind) (bool, DropReason) { return true, 0 }
+func (p *podPort) segmented() bool                    { return false }
+func (p *podPort) reply() egress                      { return p }
+func (p *podPort) icmpSource() [4]byte                { return GatewayIP.As4() }
+
+func (p *podPort) kind() egressKind { return egressPod }
+
+func (p *podPort) caps() egressCaps {
+	return egressCaps{superframes: p.offload, partialChecksums: p.offload, coalesce: p.offload}
+}
+
+// send frames p for the pod in the headroom before the IP header (a
+// virtio header when the TAP takes one, Ethernet from the gateway MAC to
+// the pod's) and writes it: the one place pod frames are built.
+func (p *podPort) send(_ *forwarder, in ingress, pkt packetRef, _ *hop) {
+	l2 := pkt.ip - ethLen
+	start := l2
+	eth := packet.Ethernet(pkt.buf[l2:pkt.ip])
+	eth.SetDst(p.mac)
+	eth.SetSrc(packet.GatewayMAC)
+	eth.SetEtherType(packet.EtherTypeIPv4)
+	if p.offload {
+		start -= vnetLen
+		if pkt.gso == (packet.VirtioNetHdr{}) {
+			clear(pkt.buf[start : start+vnetLen])
+		} else {
+			toL2(pkt.gso).Encode(pkt.buf[start : start+vnetLen])
+		}
+	}
+	end := pkt.ip + pkt.n
+	if err := p.dev.WriteOne(pkt.buf[start:end]); err != nil {
+		in.stats().drop(DropEgressError)
+		return
+	}
+	p.c.txFrames.Add(1)
+	p.c.txBytes.Add(uint64(end - l2))
+}
+
+func (p *podPort) portStats() PortStats {
+	s := p.c.snapshot()
+	s.Index, s.Name, s.Kind, s.Device, s.IP, s.Offload = p.index, p.name, "pod", p.dev.Name(), p.ip.String(), p.offload
+	return s
+}

@@ -1,0 +1,194 @@
+package vswitch
+
+import (
+	"fmt"
+	"net/netip"
+
+	"podnet/internal/packet"
+	"podnet/router"
+)
+
+// Tunnel is one encapsulation's transport between nodes, as the switch
+// sees it: it reads datagrams and takes them apart (Decap), and its
+// senders put outer headers on inner packets and send them in batches.
+// ipip.go and vxlan.go adapt package encap's transports; a new
+// encapsulation is one more such file (docs/datapath.md).
+type Tunnel interface {
+	// Encap is the route encapsulation the tunnel carries.
+	Encap() router.Encap
+	// Overhead is what the encapsulation adds to an inner packet.
+	Overhead() int
+	BatchSize() int
+	// ReadBatch reads datagrams into bufs[i][offset:].
+	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
+	// Decap checks datagram i of the last ReadBatch, buf[off:off+size],
+	// and finds the inner IPv4 packet: the sender's underlay address, the
+	// inner packet's offset in buf and its length, or the drop reason.
+	Decap(i int, buf []byte, off, size int) (src netip.Addr, ip, n int, reason DropReason)
+	// NewSender makes one reader's sender.
+	NewSender() TunnelSender
+	// Device names the tunnel in port stats ("ipip", "vxlan").
+	Device() string
+	Close() error
+}
+
+// TunnelSender queues one reader's inner packets and sends them.
+type TunnelSender interface {
+	// Queue writes the outer headers for the route's next hop in the
+	// headroom before buf[ip:ip+n] and holds the datagram until Flush. It
+	// reports false, having done nothing, when it is full.
+	Queue(buf []byte, ip, n int, r *router.Route) bool
+	// Flush sends what is queued; it returns how many datagrams it held,
+	// how many were sent and their bytes.
+	Flush() (queued, sent, bytes int, err error)
+}
+
+// TunnelConfig attaches a tunnel.
+type TunnelConfig struct {
+	// Tunnel is the transport. Required.
+	Tunnel Tunnel
+	// MTU is the underlay's MTU; inner packets longer than MTU − overhead
+	// with DF set are answered with ICMP fragmentation-needed. 0 means 1500.
+	MTU int
+	// LocalAddr is the source of ICMP errors about packets that arrived
+	// through the tunnel (this node's tunnel or underlay address, so the
+	// error passes the sender's source checks and traceroute names this
+	// node). Invalid: the gateway address.
+	LocalAddr netip.Addr
+}
+
+// tunnelPort is an attached tunnel: an ingress for what other nodes send,
+// an egress (batched per reader) for routes to them.
+type tunnelPort struct {
+	t        Tunnel
+	mtu      int
+	icmpSrc  [4]byte
+	lane     int
+	c        counters
+	done     chan struct{}
+	maxInner int
+}
+
+// AttachTunnel makes the switch send routes of cfg.Tunnel's encapsulation
+// over it and starts the reader of what other nodes send that way.
+func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
+	if cfg.Tunnel == nil {
+		return fmt.Errorf("attach tunnel: Tunnel is required")
+	}
+	e := cfg.Tunnel.Encap()
+	if e == router.EncapNone || int(e) >= len(s.att.tunnels) {
+		return fmt.Errorf("attach tunnel: unknown encapsulation %s", e)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	t := &tunnelPort{t: cfg.Tunnel, mtu: cfg.MTU, icmpSrc: GatewayIP.As4(), done: make(chan struct{})}
+	t.maxInner = cfg.MTU - cfg.Tunnel.Overhead()
+	if cfg.LocalAddr.Is4() {
+		t.icmpSrc = cfg.LocalAddr.As4()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.att.tunnels[e] != nil {
+		return fmt.Errorf("attach tunnel: %s already attached", e)
+	}
+	t.lane = s.newLaneIDLocked()
+	s.att.tunnels[e] = t
+	s.recompileLocked()
+	s.wg.Add(1)
+	go s.routineTunnelReader(t)
+	return nil
+}
+
+// routineTunnelReader takes apart what other nodes send and delivers the
+// inner packets. AttachTunnel starts it; it exits when the tunnel closes.
+func (s *Switch) routineTunnelReader(t *tunnelPort) {
+	defer s.wg.Done()
+	defer close(t.done)
+	s.readLoop(t.t.Device(), &t.c, t.t.BatchSize(),
+		func(bufs [][]byte, sizes []int) (int, error) { return t.t.ReadBatch(bufs, sizes, packet.Headroom) },
+		func(f *forwarder, i int, buf []byte, size int) { f.fromTunnel(t, i, buf, packet.Headroom, size) })
+}
+
+// fromTunnel classifies datagram i of a batch, buf[off:off+size]. Only
+// known nodes may send: a tunnel socket receives from anyone who can reach
+// the underlay.
+func (f *forwarder) fromTunnel(t *tunnelPort, i int, buf []byte, off, size int) {
+	src, ip, n, reason := t.t.Decap(i, buf, off, size)
+	if reason != dropNone {
+		t.c.drop(reason)
+		return
+	}
+	if !f.nodes[src] {
+		t.c.drop(DropUnknownSource)
+		return
+	}
+	f.forward(t, packetRef{buf: buf, ip: ip, n: n})
+}
+
+func (t *tunnelPort) stats() *counters { return &t.c }
+
+// mayReach: what arrives from another node is for this node's pods or
+// the node itself; the switch is no transit router between nodes.
+func (t *tunnelPort) mayReach(k egressKind) (bool, DropReason) {
+	switch k {
+	case egressPod, egressHost, egressDrop:
+		return true, 0
+	}
+	return false, DropNoTransit
+}
+func (t *tunnelPort) segmented() bool     { return true }
+func (t *tunnelPort) reply() egress       { return nil }
+func (t *tunnelPort) icmpSource() [4]byte { return t.icmpSrc }
+
+func (t *tunnelPort) kind() egressKind { return egressTunnel }
+
+// caps: tunnels carry complete packets (the transport may batch segments
+// with UDP GSO, but each is a whole inner packet) within the tunnel MTU.
+func (t *tunnelPort) caps() egressCaps { return egressCaps{innerMTU: t.maxInner} }
+
+func (t *tunnelPort) laneID() int   { return t.lane }
+func (t *tunnelPort) newLane() lane { return &tunnelLane{t: t, s: t.t.NewSender()} }
+
+func (t *tunnelPort) send(f *forwarder, _ ingress, p packetRef, h *hop) {
+	l := f.laneOf(t).(*tunnelLane)
+	if !l.dirty {
+		l.dirty = true
+		f.markDirty(l)
+	}
+	if !l.s.Queue(p.buf, p.ip, p.n, h.r) {
+		l.send()
+		if !l.s.Queue(p.buf, p.ip, p.n, h.r) {
+			t.c.drop(DropEgressError)
+		}
+	}
+}
+
+// tunnelLane is one reader's sender toward a tunnel.
+type tunnelLane struct {
+	t     *tunnelPort
+	s     TunnelSender
+	dirty bool
+}
+
+func (l *tunnelLane) flush() {
+	l.send()
+	l.dirty = false
+}
+
+func (l *tunnelLane) send() {
+	queued, sent, bytes, err := l.s.Flush()
+	l.t.c.txFrames.Add(uint64(sent))
+	l.t.c.txBytes.Add(uint64(bytes))
+	if err != nil || sent < queued {
+		for range queued - sent {
+			l.t.c.drop(DropEgressError)
+		}
+	}
+}
+
+func (t *tunnelPort) portStats() PortStats {
+	s := t.c.snapshot()
+	s.Index, s.Name, s.Kind, s.Device = -1, t.t.Device(), "underlay", t.t.Device()
+	return s
+}
