@@ -401,7 +401,7 @@ func (n *Node) openUnderlay() error {
 	if mtu == 0 {
 		mtu = 1500
 	}
-	if err := n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: mtu}); err != nil {
+	if err := n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: mtu, LocalAddr: n.underlayAddr.Addr()}); err != nil {
 		return err
 	}
 	vni, port := n.cfg.VXLANVNI, n.cfg.VXLANPort
@@ -429,7 +429,8 @@ func (n *Node) openUnderlay() error {
 		}
 		senders[i] = s
 	}
-	return n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: mtu, VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders})
+	return n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: mtu, VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders,
+		LocalAddr: n.underlayAddr.Addr()})
 }
 
 // vxlanSenders is how many source ports VXLAN flows are spread over.
