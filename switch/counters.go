@@ -10,31 +10,32 @@ import (
 type DropReason uint8
 
 const (
-	DropTooShort          DropReason = iota // shorter than an Ethernet header
-	DropBadVirtioHeader                     // virtio-net header we cannot honour
-	DropBadGSO                              // superframe that cannot be segmented
-	DropUnknownEtherType                    // neither IPv4 nor ARP
-	DropIPv6                                // IPv6 is not routed yet
-	DropBadIPVersion                        // IP version field is not 4
-	DropBadIHL                              // IPv4 header length out of range
-	DropBadTotalLength                      // IPv4 total length disagrees with the frame
-	DropBadARP                              // ARP that is not Ethernet/IPv4
-	DropSpoofedSource                       // source IP is not the pod's
-	DropTTLExceeded                         // TTL would reach 0 (ICMP time exceeded sent)
-	DropNoRoute                             // no route (ICMP unreachable sent)
-	DropBlackhole                           // matched a blackhole route
-	DropRemoteUnsupported                   // remote route, encapsulation not available
-	DropPortGone                            // route points at a port that was removed
-	DropEgressError                         // the egress device refused the frame
-	DropFragNeeded                          // DF set and too big for the tunnel (ICMP frag-needed sent)
-	DropUnknownSource                       // encapsulated packet from an address that is no node
-	DropBadOuter                            // outer header of an encapsulated packet invalid
-	DropBadInner                            // inner packet of an encapsulated packet invalid
-	DropNoTransit                           // decapsulated packet for another node
-	DropNATUnavailable                      // outside the cluster, and NAT outgoing is not running
-	DropNATNotAllowed                       // outside the cluster from a pool without natOutgoing (ICMP admin prohibited sent)
-	DropBadInnerChecksum                    // decapsulated TCP/UDP with a wrong checksum
-	DropWrongVNI                            // VXLAN with another network identifier
+	DropTooShort           DropReason = iota // shorter than an Ethernet header
+	DropBadVirtioHeader                      // virtio-net header we cannot honour
+	DropBadGSO                               // superframe that cannot be segmented
+	DropUnknownEtherType                     // neither IPv4 nor ARP
+	DropIPv6                                 // IPv6 is not routed yet
+	DropBadIPVersion                         // IP version field is not 4
+	DropBadIHL                               // IPv4 header length out of range
+	DropBadTotalLength                       // IPv4 total length disagrees with the frame
+	DropBadARP                               // ARP that is not Ethernet/IPv4
+	DropSpoofedSource                        // source IP is not the pod's
+	DropTTLExceeded                          // TTL would reach 0 (ICMP time exceeded sent)
+	DropNoRoute                              // no route (ICMP unreachable sent)
+	DropBlackhole                            // matched a blackhole route
+	DropRemoteUnsupported                    // remote route, encapsulation not available
+	DropPortGone                             // route points at a port that was removed
+	DropEgressError                          // the egress device refused the frame
+	DropFragNeeded                           // DF set and too big for the tunnel (ICMP frag-needed sent)
+	DropUnknownSource                        // encapsulated packet from an address that is no node
+	DropBadOuter                             // outer header of an encapsulated packet invalid
+	DropBadInner                             // inner packet of an encapsulated packet invalid
+	DropNoTransit                            // decapsulated packet for another node
+	DropNATUnavailable                       // outside the cluster, and NAT outgoing is not running
+	DropNATNotAllowed                        // outside the cluster from a pool without natOutgoing (ICMP admin prohibited sent)
+	DropBadInnerChecksum                     // decapsulated TCP/UDP with a wrong checksum
+	DropWrongVNI                             // VXLAN with another network identifier
+	DropForeignInnerSource                   // decapsulated packet whose source the sending node does not route
 	numDropReasons
 
 	// dropNone is what a classifier returns for a packet it accepts.
@@ -47,7 +48,7 @@ var dropNames = [numDropReasons]string{
 	"blackhole", "remote-unsupported", "port-gone", "egress-error",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
 	"nat-unavailable", "nat-not-allowed", "bad-inner-checksum",
-	"wrong-vni",
+	"wrong-vni", "foreign-inner-source",
 }
 
 func (r DropReason) String() string {

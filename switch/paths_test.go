@@ -596,6 +596,12 @@ func dropCases() []dropCase {
 		{name: "other vni", port: "vxlan", reason: DropWrongVNI, send: func(n *fakeNet) {
 			n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build(), 77))
 		}},
+		{name: "another node's pod over ipip", port: "ipip", reason: DropForeignInnerSource, send: func(n *fakeNet) {
+			n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build()))
+		}},
+		{name: "outside source over vxlan", port: "vxlan", reason: DropForeignInnerSource, send: func(n *fakeNet) {
+			n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "203.0.113.9", dst: "10.0.0.2"}.build(), encap.DefaultVNI))
+		}},
 		{name: "host loop", port: "host", reason: DropNoRoute, send: func(n *fakeNet) {
 			n.host.offer(ipSpec{src: "172.16.0.1", dst: "172.16.0.1"}.build())
 		}},

@@ -111,8 +111,11 @@ func (s *Switch) routineTunnelReader(t *tunnelPort) {
 }
 
 // fromTunnel classifies datagram i of a batch, buf[off:off+size]. Only
-// known nodes may send: a tunnel socket receives from anyone who can reach
-// the underlay.
+// known nodes may send (a tunnel socket receives from anyone who can
+// reach the underlay), and only for addresses behind them: the inner
+// source must be the node itself or routed via it (its blocks, borrowed
+// addresses and tunnel address), a strict reverse-path check against the
+// FIB, so a node cannot speak for another node's pods.
 func (f *forwarder) fromTunnel(t *tunnelPort, i int, buf []byte, off, size int) {
 	src, ip, n, reason := t.t.Decap(i, buf, off, size)
 	if reason != dropNone {
@@ -123,7 +126,14 @@ func (f *forwarder) fromTunnel(t *tunnelPort, i int, buf []byte, off, size int) 
 		t.c.drop(DropUnknownSource)
 		return
 	}
-	f.forward(t, packetRef{buf: buf, ip: ip, n: n})
+	p := packetRef{buf: buf, ip: ip, n: n}
+	if inner := p.ipv4().Src(); inner != src {
+		if h, ok := f.fib.lookup(inner); !ok || h.r.NextHop != src {
+			t.c.drop(DropForeignInnerSource)
+			return
+		}
+	}
+	f.forward(t, p)
 }
 
 func (t *tunnelPort) stats() *counters { return &t.c }
