@@ -51,6 +51,43 @@ var dropNames = [numDropReasons]string{
 	"wrong-vni", "foreign-inner-source",
 }
 
+var dropExplanations = [numDropReasons]string{
+	"the frame is shorter than an Ethernet header",
+	"the virtio-net header is missing or asks for something the switch cannot do",
+	"a superframe that is not TCP/IPv4 or cannot be segmented",
+	"neither IPv4 nor ARP",
+	"IPv6 is not routed yet",
+	"the IP version field is not 4",
+	"the IPv4 header length is out of range",
+	"the IPv4 total length disagrees with the frame",
+	"ARP that is not Ethernet/IPv4",
+	"a pod may only send from its own address",
+	"the TTL would reach 0; ICMP time exceeded goes back to the sender",
+	"no route, or a destination inside a pool that no node announces; ICMP net unreachable goes back",
+	"the route is a blackhole (this node's own block: the address is not in use here)",
+	"the route needs an encapsulation this node has not attached",
+	"the route points at a pod port that was removed",
+	"the egress device refused the packet",
+	"DF is set and the packet does not fit the tunnel; ICMP fragmentation-needed goes back with the tunnel MTU",
+	"encapsulated packets are accepted only from known nodes",
+	"the outer header of an encapsulated packet is invalid",
+	"the inner packet of an encapsulated packet is invalid",
+	"packets from another node may only go to this node's pods or the node itself",
+	"the destination is outside the cluster and NAT outgoing is not running",
+	"the destination is outside the cluster and the pod's pool does not have natOutgoing; ICMP administratively prohibited goes back",
+	"the inner TCP/UDP checksum is wrong",
+	"VXLAN with another network identifier (VNI)",
+	"the inner source is not an address the sending node routes (its blocks, borrowed addresses, its own address)",
+}
+
+// Explain says in a sentence why packets are dropped for r.
+func (r DropReason) Explain() string {
+	if r < numDropReasons {
+		return dropExplanations[r]
+	}
+	return r.String()
+}
+
 func (r DropReason) String() string {
 	if r < numDropReasons {
 		return dropNames[r]

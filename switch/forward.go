@@ -57,6 +57,10 @@ type forwarder struct {
 	lanes []lane // this reader's queue per batching egress, by lane ID
 	dirty []lane // lanes holding packets
 
+	// dry, when set, makes this a tracing forwarder: what would be sent
+	// is recorded instead (trace.go).
+	dry *traceRecorder
+
 	gro     *packet.GRO // segments bound for pods, coalesced per flow
 	groIn   ingress     // where the held segments came from
 	groEmit func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
@@ -185,13 +189,22 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		}
 		// Without DF the kernel fragments the outer packet.
 	}
-	if caps.coalesce && in.segmented() && !p.superframe() && !p.partialChecksum() {
+	if caps.coalesce && in.segmented() && !p.superframe() && !p.partialChecksum() && f.dry == nil {
 		if f.gro.Add(p.buf, p.ip, p.n) {
 			f.groIn = in
 			return
 		}
 		// Not TCP (or the table is full): keep the order of what is held.
 		f.flushGRO()
+	}
+	f.send(in, p, h)
+}
+
+// send hands p to h's egress (or to the trace recorder).
+func (f *forwarder) send(in ingress, p packetRef, h *hop) {
+	if f.dry != nil {
+		f.dry.sent(h, p)
+		return
 	}
 	h.eg.send(f, in, p, h)
 }
@@ -212,7 +225,7 @@ func (f *forwarder) segment(in ingress, p packetRef, h *hop) {
 	}
 	f.segUsed += cnt
 	for i := 0; i < cnt; i++ {
-		h.eg.send(f, in, packetRef{buf: bufs[i], ip: packet.Headroom, n: sizes[i]}, h)
+		f.send(in, packetRef{buf: bufs[i], ip: packet.Headroom, n: sizes[i]}, h)
 	}
 }
 

@@ -26,6 +26,10 @@ func (f *forwarder) icmpError(in ingress, ip packet.IPv4, typ, code uint8, mtu u
 		}
 		eg = h.eg
 	}
+	if f.dry != nil {
+		f.dry.icmp(typ, code, mtu, eg)
+		return
+	}
 	eg.send(f, in, packetRef{buf: f.icmp, ip: l3, n: n}, h)
 	in.stats().icmpErrors.Add(1)
 	// The scratch is reused by the next error: a lane must not hold it.

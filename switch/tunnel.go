@@ -122,11 +122,15 @@ func (f *forwarder) fromTunnel(t *tunnelPort, i int, buf []byte, off, size int) 
 		t.c.drop(reason)
 		return
 	}
+	f.fromNode(t, src, packetRef{buf: buf, ip: ip, n: n})
+}
+
+// fromNode checks and forwards inner packet p that node src sent.
+func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 	if !f.nodes[src] {
 		t.c.drop(DropUnknownSource)
 		return
 	}
-	p := packetRef{buf: buf, ip: ip, n: n}
 	if inner := p.ipv4().Src(); inner != src {
 		if h, ok := f.fib.lookup(inner); !ok || h.r.NextHop != src {
 			t.c.drop(DropForeignInnerSource)
