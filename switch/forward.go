@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"sync/atomic"
 	"time"
 
 	"podnet/internal/packet"
@@ -102,7 +103,11 @@ func (f *forwarder) end() {
 // read fills bufs[i][packet.Headroom:] and sizes; classify takes packet i
 // of the batch. Both are made once per reader, so the loop allocates
 // nothing.
+//
+// When a capture is attached to capt, each packet read is copied to it
+// from byte skip on (past a virtio header) as link.
 func (s *Switch) readLoop(name string, c *counters, batch int,
+	capt *atomic.Pointer[Capture], skip int, link LinkType,
 	read func(bufs [][]byte, sizes []int) (int, error),
 	classify func(f *forwarder, i int, buf []byte, size int)) {
 	s.log.Debug("reader started", "port", name)
@@ -122,6 +127,13 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 			s.log.Warn("port read failed", "port", name, "err", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
+		}
+		if cp := capt.Load(); cp != nil {
+			for i := 0; i < n; i++ {
+				if sizes[i] > skip {
+					cp.put(false, link, bufs[i][packet.Headroom+skip:packet.Headroom+sizes[i]])
+				}
+			}
 		}
 		f.begin()
 		var bytes uint64

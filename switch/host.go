@@ -3,6 +3,7 @@ package vswitch
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -46,6 +47,7 @@ type hostPort struct {
 	dev  HostDevice
 	lane int
 	c    counters
+	capt atomic.Pointer[Capture]
 	done chan struct{}
 }
 
@@ -73,7 +75,7 @@ func (s *Switch) routineHostReader(h *hostPort) {
 	defer close(h.done)
 	// wireguard-go reports ErrTooManySegments and the like per read; they
 	// "should not cause reads to cease", and readLoop retries.
-	s.readLoop("host", &h.c, h.dev.BatchSize(),
+	s.readLoop("host", &h.c, h.dev.BatchSize(), &h.capt, 0, LinkIPv4,
 		func(bufs [][]byte, sizes []int) (int, error) { return h.dev.Read(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, _ int, buf []byte, size int) { f.fromHost(h, buf, packet.Headroom, size) })
 }
@@ -135,6 +137,9 @@ func (h *hostPort) send(f *forwarder, _ ingress, p packetRef, _ *hop) {
 		f.markDirty(l)
 	}
 	l.bufs = append(l.bufs, p.buf[p.ip-tunOffset:p.ip+p.n])
+	if cp := h.capt.Load(); cp != nil {
+		cp.put(true, LinkIPv4, p.buf[p.ip:p.ip+p.n])
+	}
 }
 
 // hostLane holds one reader's packets for the TUN, written in one call.

@@ -3,6 +3,7 @@ package vswitch
 import (
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 
 	"podnet/internal/packet"
 )
@@ -41,6 +42,7 @@ type podPort struct {
 	dev     PodDevice
 	offload bool // dev frames carry a virtio-net header
 	c       counters
+	capt    atomic.Pointer[Capture]
 	done    chan struct{} // closed when the reader exits
 }
 
@@ -108,7 +110,11 @@ func (s *Switch) RemovePort(idx int) error {
 func (s *Switch) routinePodReader(p *podPort) {
 	defer s.wg.Done()
 	defer close(p.done)
-	s.readLoop(p.name, &p.c, s.podBatch,
+	skip := 0
+	if p.offload {
+		skip = vnetLen
+	}
+	s.readLoop(p.name, &p.c, s.podBatch, &p.capt, skip, LinkEthernet,
 		func(bufs [][]byte, sizes []int) (int, error) { return p.dev.Read(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) })
 }
@@ -243,6 +249,9 @@ func (p *podPort) send(_ *forwarder, in ingress, pkt packetRef, _ *hop) {
 	}
 	p.c.txFrames.Add(1)
 	p.c.txBytes.Add(uint64(end - l2))
+	if cp := p.capt.Load(); cp != nil {
+		cp.put(true, LinkEthernet, pkt.buf[l2:end])
+	}
 }
 
 func (p *podPort) portStats() PortStats {

@@ -3,6 +3,7 @@ package vswitch
 import (
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 
 	"podnet/internal/packet"
 	"podnet/router"
@@ -65,6 +66,7 @@ type tunnelPort struct {
 	icmpSrc  [4]byte
 	lane     int
 	c        counters
+	capt     atomic.Pointer[Capture] // inner packets, both ways
 	done     chan struct{}
 	maxInner int
 }
@@ -105,7 +107,10 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 func (s *Switch) routineTunnelReader(t *tunnelPort) {
 	defer s.wg.Done()
 	defer close(t.done)
-	s.readLoop(t.t.Device(), &t.c, t.t.BatchSize(),
+	// Captures see inner packets (fromNode, send): the wire format is the
+	// underlay's to show.
+	var none atomic.Pointer[Capture]
+	s.readLoop(t.t.Device(), &t.c, t.t.BatchSize(), &none, 0, LinkIPv4,
 		func(bufs [][]byte, sizes []int) (int, error) { return t.t.ReadBatch(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, i int, buf []byte, size int) { f.fromTunnel(t, i, buf, packet.Headroom, size) })
 }
@@ -137,6 +142,9 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 			return
 		}
 	}
+	if cp := t.capt.Load(); cp != nil {
+		cp.put(false, LinkIPv4, p.buf[p.ip:p.ip+p.n])
+	}
 	f.forward(t, p)
 }
 
@@ -165,6 +173,9 @@ func (t *tunnelPort) laneID() int   { return t.lane }
 func (t *tunnelPort) newLane() lane { return &tunnelLane{t: t, s: t.t.NewSender()} }
 
 func (t *tunnelPort) send(f *forwarder, _ ingress, p packetRef, h *hop) {
+	if cp := t.capt.Load(); cp != nil {
+		cp.put(true, LinkIPv4, p.buf[p.ip:p.ip+p.n])
+	}
 	l := f.laneOf(t).(*tunnelLane)
 	if !l.dirty {
 		l.dirty = true
