@@ -10,35 +10,72 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// WriteBatch sends each UDP payload pkts[i] (a VXLAN header and inner
-// frame, see EncapVXLAN) to dsts[i], a node's underlay address and VXLAN
-// port. It sends in sendmmsg calls of up to BatchSize() packets, waits for
-// buffer space when the socket is full, and returns how many packets the
-// kernel accepted.
+// writeToAddrs is WriteBatch for a raw IP transport: packet pkts[i] goes
+// to dsts[i], and the kernel adds the outer IPv4 header.
+func (c *batchConn) writeToAddrs(pkts [][]byte, dsts []netip.Addr) (int, error) {
+	if len(dsts) < len(pkts) {
+		return 0, fmt.Errorf("encap: %s write: %d destinations for %d packets", c.name, len(dsts), len(pkts))
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.waddrs = dsts
+	return c.write(pkts)
+}
+
+// writeToAddrPorts is WriteBatch for a UDP transport: datagram payload
+// pkts[i] goes to dsts[i], and the kernel adds the outer IPv4 and UDP
+// headers.
+func (c *batchConn) writeToAddrPorts(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	if len(dsts) < len(pkts) {
+		return 0, fmt.Errorf("encap: %s write: %d destinations for %d packets", c.name, len(dsts), len(pkts))
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.wports = dsts
+	return c.write(pkts)
+}
+
+// dst returns packet i's destination (port 0 on a raw IP socket). Raw IP
+// transports address nodes, UDP ones a node's port: the two slice types
+// keep each transport's WriteBatch signature its own without converting
+// the caller's slice.
+func (c *batchConn) dst(i int) netip.AddrPort {
+	if c.udp {
+		return c.wports[i]
+	}
+	return netip.AddrPortFrom(c.waddrs[i], 0)
+}
+
+// dstString formats packet i's destination as the caller gave it, for
+// errors.
+func (c *batchConn) dstString(i int) string {
+	if c.udp {
+		return c.wports[i].String()
+	}
+	return c.waddrs[i].String()
+}
+
+// write sends pkts to the destinations in waddrs (raw IP sockets) or
+// wports (UDP), which the caller set holding writeMu. It sends in sendmmsg calls of up to BatchSize() packets, waits
+// for buffer space when the socket is full, and returns how many packets
+// the kernel accepted.
 //
-// With GSO, consecutive packets to the same destination whose lengths are
-// equal (the last of a run may be shorter) go out as one message with a
-// UDP_SEGMENT control message: at most 64 packets and 65000 bytes each,
-// one iovec per packet, nothing copied. The receiver sees the same
+// With GSO, consecutive packets to the same destination whose lengths
+// are equal (the last of a run may be shorter) go out as one message
+// with a UDP_SEGMENT control message: at most 64 packets and 65000 bytes
+// each, one iovec per packet, nothing copied. The receiver sees the same
 // datagrams either way. If the kernel refuses a segmented message with
 // EIO or EINVAL, GSO is turned off for good and the packets are resent
 // one per message; with EMSGSIZE (segments larger than the route MTU
 // allows) only that run is resent plainly, and the kernel fragments them.
 //
 // A packet the kernel refuses (no route to its node, too big), an empty
-// packet or a destination that is not IPv4 with a port is skipped and its
-// error joined into the returned error; the rest are still sent. After
-// Close it returns os.ErrClosed.
-//
-// It allocates nothing unless a packet is refused. len(dsts) must be at
-// least len(pkts).
-func (c *VXLANConn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
-	if len(dsts) < len(pkts) {
-		return 0, fmt.Errorf("encap: vxlan write: %d destinations for %d packets", len(dsts), len(pkts))
-	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	c.wpkts, c.wdsts = pkts, dsts
+// packet or a destination that is not IPv4 (on UDP, with a port) is
+// skipped and its error joined into the returned error; the rest are
+// still sent. After Close it returns os.ErrClosed. It allocates nothing
+// unless a packet is refused.
+func (c *batchConn) write(pkts [][]byte) (int, error) {
+	c.wpkts = pkts
 	c.wsent, c.wfatal, c.wplainUntil = 0, nil, 0
 	c.werrs = c.werrs[:0]
 	for start := 0; start < len(pkts) && c.wfatal == nil; {
@@ -66,29 +103,34 @@ func (c *VXLANConn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error
 		err = errors.Join(c.werrs...)
 	}
 	clear(c.werrs)
-	c.wpkts, c.wdsts, c.wfatal = nil, nil, nil
+	c.wpkts, c.waddrs, c.wports, c.wfatal = nil, nil, nil, nil
 	return sent, err
 }
 
 // fillWrite fills whdrs with the next chunk of messages, up to batch
-// packets from wpkts[start:], coalescing runs when GSO is on, and returns
+// packets from wpkts[start:], grouping runs when GSO is on, and returns
 // where the next chunk starts. Packets that can not be sent at all are
 // refused here without a syscall.
-func (c *VXLANConn) fillWrite(start int) int {
+func (c *batchConn) fillWrite(start int) int {
 	gso := c.gso.Load()
-	pkts, dsts := c.wpkts, c.wdsts
+	pkts := c.wpkts
 	c.wcount = 0
 	niov := 0
 	i := start
 	for i < len(pkts) && niov < len(c.wiovs) {
-		p, dst := pkts[i], dsts[i]
+		p, dst := pkts[i], c.dst(i)
 		if len(p) == 0 {
-			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packet %d is empty", i))
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d is empty", c.name, i))
 			i++
 			continue
 		}
-		if !dst.Addr().Is4() || dst.Port() == 0 {
-			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packet %d: destination %s is not IPv4 with a port", i, dst))
+		if !dst.Addr().Is4() {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d: destination %s is not IPv4", c.name, i, c.dstString(i)))
+			i++
+			continue
+		}
+		if c.udp && dst.Port() == 0 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d: destination %s has no port", c.name, i, c.dstString(i)))
 			i++
 			continue
 		}
@@ -102,7 +144,7 @@ func (c *VXLANConn) fillWrite(start int) int {
 		if gso && i-1 >= c.wplainUntil {
 			for i < len(pkts) && niov < len(c.wiovs) && c.wsegs[j] < maxGSOSegments {
 				q := pkts[i]
-				if dsts[i] != dst || len(q) == 0 || len(q) > seg || total+len(q) > maxGSOBytes {
+				if c.dst(i) != dst || len(q) == 0 || len(q) > seg || total+len(q) > maxGSOBytes {
 					break
 				}
 				c.wiovs[niov].Base = &q[0]
@@ -135,8 +177,9 @@ func (c *VXLANConn) fillWrite(start int) int {
 	return i
 }
 
-// clearWriteIovs drops the references to the caller's packets.
-func (c *VXLANConn) clearWriteIovs() {
+// clearWriteIovs drops the references to the caller's packets. The
+// iovecs in use are always a prefix of wiovs.
+func (c *batchConn) clearWriteIovs() {
 	for j := range c.wiovs {
 		if c.wiovs[j].Base == nil {
 			break
@@ -149,9 +192,9 @@ func (c *VXLANConn) clearWriteIovs() {
 // when the first message fails (after that it returns the count sent and
 // the error is lost), so each failure is pinned on whdrs[wdone]. A plain
 // message is then skipped and the rest retried; a segmented one that the
-// kernel could not segment ends the chunk and WriteBatch refills from its
+// kernel could not segment ends the chunk and write refills from its
 // first packet without (this run's) GSO.
-func (c *VXLANConn) sendBatch(fd uintptr) bool {
+func (c *batchConn) sendBatch(fd uintptr) bool {
 	for c.wdone < c.wcount {
 		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
 			uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone), 0, 0, 0)
@@ -192,9 +235,9 @@ func (c *VXLANConn) sendBatch(fd uintptr) bool {
 		}
 		i := c.wfirst[j]
 		if k := c.wsegs[j]; k > 1 {
-			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packets %d to %d to %s: %w", i, i+k-1, c.wdsts[i], errno))
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packets %d to %d to %s: %w", c.name, i, i+k-1, c.dstString(i), errno))
 		} else {
-			c.werrs = append(c.werrs, fmt.Errorf("encap: vxlan write: packet %d to %s: %w", i, c.wdsts[i], errno))
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d to %s: %w", c.name, i, c.dstString(i), errno))
 		}
 		c.wdone++
 	}
