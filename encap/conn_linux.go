@@ -59,6 +59,11 @@ type socketSpec struct {
 
 	batch  int // 0 means DefaultBatchSize
 	buffer int // 0 means DefaultSocketBuffer
+
+	// Raw only: header is the length of the outer IPv4 header the
+	// transport builds for each packet (IP_HDRINCL), 0 to let the kernel
+	// build it. The transport sets batchConn.buildHeader after open.
+	header int
 }
 
 // batchConn is the batched datagram core that every transport embeds: one
@@ -124,7 +129,7 @@ type batchConn struct {
 	// shares with it.
 	writeMu sync.Mutex
 	whdrs   []unix.Mmsghdr
-	wiovs   []unix.Iovec // one per packet; a message uses a run of them
+	wiovs   []unix.Iovec // one per packet (and header); a message uses a run of them
 	wnames  []unix.RawSockaddrInet4
 	wctrl   []gsoCmsg
 	wfirst  []int // wfirst[j] is the index in wpkts of message j's first packet
@@ -142,6 +147,13 @@ type batchConn struct {
 	werrs       []error
 	wfatal      error // error that ends the write (closed socket)
 	writeFn     func(fd uintptr) bool
+
+	// With socketSpec.header, each message is two iovecs: the outer
+	// header buildHeader wrote into the message's slice of wouter, then
+	// the caller's packet.
+	header      int
+	wouter      []byte
+	buildHeader func(outer, pkt []byte, dst netip.Addr)
 }
 
 // gsoCmsg is a control message carrying UDP_SEGMENT, laid out as the
@@ -169,6 +181,9 @@ func (c *batchConn) open(s socketSpec) error {
 	}
 	udp := s.typ == unix.SOCK_DGRAM
 	port := 0
+	if s.header != 0 && (udp || s.header < 20 || s.header > 60 || s.header%4 != 0) {
+		return fmt.Errorf("encap: %s: own outer header of %d bytes: needs a raw socket and 20 to 60 bytes in steps of 4", s.name, s.header)
+	}
 	if udp {
 		switch port = s.port; port {
 		case 0:
@@ -195,6 +210,14 @@ func (c *batchConn) open(s socketSpec) error {
 			unix.Close(fd)
 		}
 	}()
+	if s.header > 0 {
+		// The kernel then takes the outer header from the message:
+		// it fills in the checksum and total length, the source if
+		// zero and the ID if zero, and never fragments (EMSGSIZE).
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
+			return fmt.Errorf("encap: %s: setsockopt IP_HDRINCL: %w", s.name, err)
+		}
+	}
 	// A raw socket left unbound receives on every address; a UDP socket
 	// is always bound, to its port.
 	if s.local.IsValid() || udp {
@@ -262,6 +285,11 @@ func (c *batchConn) open(s socketSpec) error {
 	c.sports = make([]uint16, batch)
 	c.whdrs = make([]unix.Mmsghdr, batch)
 	c.wiovs = make([]unix.Iovec, batch)
+	if s.header > 0 {
+		c.header = s.header
+		c.wouter = make([]byte, batch*s.header)
+		c.wiovs = make([]unix.Iovec, 2*batch)
+	}
 	c.wnames = make([]unix.RawSockaddrInet4, batch)
 	c.wfirst = make([]int, batch)
 	c.wsegs = make([]int, batch)

@@ -533,6 +533,7 @@ func TestOpenErrors(t *testing.T) {
 		{"local", func(s *socketSpec) { s.local = netip.MustParseAddr("::1") }, "encap: udp: Local ::1 is not an IPv4 address"},
 		{"port", func(s *socketSpec) { s.port = -2 }, "encap: udp: Port -2 outside [1, 65535]"},
 		{"bind", func(s *socketSpec) { s.local = netip.MustParseAddr("10.9.9.9"); s.port = 7 }, "encap: udp: bind 10.9.9.9:7: cannot assign requested address"},
+		{"header on UDP", func(s *socketSpec) { s.header = 20 }, "encap: udp: own outer header of 20 bytes: needs a raw socket"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := udpSpec(true, true)

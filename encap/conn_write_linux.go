@@ -136,6 +136,13 @@ func (c *batchConn) fillWrite(start int) int {
 		}
 		j, first := c.wcount, niov
 		c.wfirst[j], c.wsegs[j] = i, 1
+		if c.header > 0 {
+			outer := c.wouter[j*c.header : (j+1)*c.header]
+			c.buildHeader(outer, p, dst.Addr())
+			c.wiovs[niov].Base = &outer[0]
+			c.wiovs[niov].SetLen(c.header)
+			niov++
+		}
 		c.wiovs[niov].Base = &p[0]
 		c.wiovs[niov].SetLen(len(p))
 		niov++
@@ -160,7 +167,7 @@ func (c *batchConn) fillWrite(start int) int {
 		}
 		h := &c.whdrs[j].Hdr
 		h.Iov = &c.wiovs[first]
-		h.SetIovlen(c.wsegs[j])
+		h.SetIovlen(niov - first)
 		c.wnames[j].Addr = dst.Addr().As4()
 		pp := (*[2]byte)(unsafe.Pointer(&c.wnames[j].Port)) // network byte order
 		pp[0], pp[1] = byte(dst.Port()>>8), byte(dst.Port())
@@ -214,6 +221,23 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 			return true
 		}
 		j := c.wdone
+		if errno == unix.EMSGSIZE && c.header > 0 {
+			// IP_HDRINCL never fragments: send this one packet with
+			// the kernel's own outer header instead, which it
+			// fragments under IP_PMTUDISC_DONT.
+			errno = c.sendKernelHeader(fd, j)
+			if c.wfatal != nil {
+				return true
+			}
+			if errno == 0 {
+				c.wsent++
+				c.wdone++
+				continue
+			}
+			if errno == unix.EAGAIN {
+				return false
+			}
+		}
 		if c.wsegs[j] > 1 {
 			switch errno {
 			case unix.EIO, unix.EINVAL:
@@ -242,4 +266,27 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 		c.wdone++
 	}
 	return true
+}
+
+// sendKernelHeader sends message j's packet without the outer header the
+// transport built, with IP_HDRINCL off for that one sendmsg, so that the
+// kernel builds the header and fragments the packet. Only packets too big
+// for the route take this path.
+func (c *batchConn) sendKernelHeader(fd uintptr, j int) unix.Errno {
+	if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL, 0); err != nil {
+		if errno, ok := err.(unix.Errno); ok {
+			return errno
+		}
+		return unix.EINVAL
+	}
+	msg := c.whdrs[j].Hdr
+	msg.Iov = (*unix.Iovec)(unsafe.Add(unsafe.Pointer(msg.Iov), unsafe.Sizeof(unix.Iovec{}))) // skip the header
+	msg.SetIovlen(1)
+	_, _, errno := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), 0)
+	if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil && errno == 0 {
+		// The packet went out, but the socket is left in the wrong
+		// mode: the next sends would carry two outer headers.
+		c.wfatal = fmt.Errorf("encap: %s write: restore IP_HDRINCL: %w", c.name, err)
+	}
+	return errno
 }

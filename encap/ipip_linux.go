@@ -4,6 +4,8 @@ import (
 	"net/netip"
 
 	"golang.org/x/sys/unix"
+
+	"podnet/internal/packet"
 )
 
 // IPIPConfig configures ListenIPIP. The zero value is usable.
@@ -25,6 +27,25 @@ type IPIPConfig struct {
 	// net.core.rmem_max/wmem_max); without the capability the plain options
 	// are used and the kernel caps them at the sysctl limits.
 	SocketBuffer int
+
+	// OuterFromInner makes the conn build each outer header itself
+	// (IP_HDRINCL) instead of the kernel: DF is copied from the inner
+	// header (RFC 2003 §3.1), and so is the IP ID when DF is set, so the
+	// outer IDs of each inner flow run in step with its inner IDs. The
+	// kernel's outer IDs come from one counter per destination, so two
+	// flows to the same node interleave them, and receive GRO then merges
+	// nothing: Linux 6.18 merges only segments whose outer IDs increment
+	// or stay fixed (older kernels skipped that check for outer DF). Without DF the ID is left to the
+	// kernel, and a packet too big for the route is sent with the
+	// kernel's header instead (IP_HDRINCL never fragments). False: the
+	// kernel builds the header, DF clear, as described on IPIPConn.
+	//
+	// The price of an outer DF: where the underlay's path MTU is smaller
+	// than the local link's, the DF packets that do not fit are dropped
+	// on the way, and the ICMP that says so reaches this node, not the
+	// pod. Turn it on only where nodes share a link or the path MTU is
+	// the link MTU.
+	OuterFromInner bool
 }
 
 // IPIPConn sends inner IPv4 packets to other nodes inside IP-in-IP and
@@ -32,12 +53,13 @@ type IPIPConfig struct {
 // IPPROTO_IPIP socket. ReadBatch, Sources, BatchSize, the deadlines and
 // Close come from the batched datagram core (see docs/encap.md).
 //
-// The socket does not use IP_HDRINCL: on send the kernel builds the outer
-// header from the destination and its routing table (protocol 4, TTL from
-// net.ipv4.ip_default_ttl, TOS 0, outer source from Local or the route), so
-// the caller passes the inner packet alone. On receive the raw socket
-// delivers the outer header too; take it apart with DecapIPIP and check
-// the outer source against the node set.
+// By default the socket does not use IP_HDRINCL: on send the kernel
+// builds the outer header from the destination and its routing table
+// (protocol 4, TTL from net.ipv4.ip_default_ttl, TOS 0, outer source from
+// Local or the route). With IPIPConfig.OuterFromInner the conn builds it
+// (see there). Either way the caller passes the inner packet alone. On
+// receive the raw socket delivers the outer header too; take it apart
+// with DecapIPIP and check the outer source against the node set.
 //
 // Outer DF: the socket sets IP_MTU_DISCOVER to IP_PMTUDISC_DONT, so outer
 // packets leave with DF clear and the kernel fragments those larger than
@@ -47,8 +69,8 @@ type IPIPConfig struct {
 // − IPIPOverhead with ICMP fragmentation-needed (packet.BuildICMPError), as
 // a kernel tunnel would. The price is that a path MTU smaller than the
 // local link's is never learned; the underlay fragments instead of
-// dropping. The simpler alternative, copying the inner DF into the outer
-// header, would need IP_HDRINCL and our own outer header.
+// dropping. OuterFromInner copies the inner DF into the outer header
+// instead, for packets that fit the route.
 //
 // Coexistence with the kernel's ipip module: when it is loaded, every
 // namespace has a fallback device tunl0. If tunl0 (or another ipip device
@@ -63,20 +85,57 @@ type IPIPConfig struct {
 type IPIPConn struct {
 	batchConn
 	local netip.Addr
+	ttl   uint8 // outer TTL with OuterFromInner
 }
 
 // ListenIPIP opens a raw IP-in-IP socket in the calling thread's network
 // namespace (use netnsutil.Do to open it elsewhere). It needs CAP_NET_RAW.
 func ListenIPIP(cfg IPIPConfig) (*IPIPConn, error) {
-	c := &IPIPConn{local: cfg.Local}
-	err := c.open(socketSpec{
+	c := &IPIPConn{local: cfg.Local, ttl: defaultTTL}
+	s := socketSpec{
 		name: "ipip", typ: unix.SOCK_RAW, proto: unix.IPPROTO_IPIP,
 		local: cfg.Local, batch: cfg.BatchSize, buffer: cfg.SocketBuffer,
-	})
-	if err != nil {
+	}
+	if cfg.OuterFromInner {
+		s.header = packet.IPv4MinHeaderLen
+	}
+	if err := c.open(s); err != nil {
 		return nil, err
 	}
+	if cfg.OuterFromInner {
+		// The TTL the kernel would have used (net.ipv4.ip_default_ttl).
+		c.raw.Control(func(fd uintptr) {
+			if ttl, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL); err == nil && ttl > 0 && ttl < 256 {
+				c.ttl = uint8(ttl)
+			}
+		})
+		c.buildHeader = c.outerFromInner
+	}
 	return c, nil
+}
+
+// defaultTTL is the outer TTL if the socket's own cannot be read.
+const defaultTTL = 64
+
+// outerFromInner writes the outer IPv4 header for inner to dst into
+// outer (20 bytes), for IP_HDRINCL: version and IHL, DF and (with DF) the
+// ID copied from inner, the TTL, protocol 4, the bound source (zero: the
+// kernel picks one by route) and dst. The kernel fills in the total
+// length and checksum, and an ID of zero without DF.
+func (c *IPIPConn) outerFromInner(outer, inner []byte, dst netip.Addr) {
+	o := packet.IPv4(outer)
+	clear(o)
+	o[0] = 4<<4 | packet.IPv4MinHeaderLen/4 // version, IHL
+	if in := packet.IPv4(inner); len(in) >= packet.IPv4MinHeaderLen && in[0]>>4 == 4 && in.DontFragment() {
+		o.SetID(in.ID())
+		o[6] = packet.IPv4FlagDontFragment << 5 // flags DF, offset 0
+	}
+	o[8] = c.ttl
+	o[9] = packet.ProtoIPIP
+	if c.local.IsValid() {
+		o.SetSrc(c.local.As4())
+	}
+	o.SetDst(dst.As4())
 }
 
 // Local returns the address the socket is bound to, or the zero Addr.
