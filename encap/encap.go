@@ -5,9 +5,12 @@
 //
 // Decapsulation and encapsulation are pure logic on []byte views
 // (DecapIPIP, DecapVXLAN, EncapVXLAN) and make no syscalls. The transports
-// (IPIPConn, VXLANConn) live in *_linux.go files; they move batches with
-// recvmmsg/sendmmsg (VXLAN with UDP GSO/GRO) and allocate nothing per
-// packet.
+// (IPIPConn, VXLANConn) live in *_linux.go files and are thin: each embeds
+// the batched datagram core (conn*_linux.go), which moves batches with
+// recvmmsg/sendmmsg, uses UDP GSO/GRO where the socket is UDP, turns a
+// closed socket's errors into os.ErrClosed and allocates nothing per
+// packet. docs/encap.md shows the layering and what adding an
+// encapsulation takes.
 //
 // What this package does not do: decide whether an outer source is one of
 // the cluster's nodes. A raw IPPROTO_IPIP socket receives every IP-in-IP

@@ -223,6 +223,7 @@ func TestListenIPIPConfig(t *testing.T) {
 	}{
 		{name: "defaults", cfg: IPIPConfig{}},
 		{name: "bound", cfg: IPIPConfig{Local: u.addrA, BatchSize: 8}},
+		{name: "own outer header", cfg: IPIPConfig{Local: u.addrA, OuterFromInner: true}},
 		{name: "IPv6 local", cfg: IPIPConfig{Local: netip.MustParseAddr("fd00::1")}, want: "not an IPv4 address"},
 		{name: "negative batch", cfg: IPIPConfig{BatchSize: -1}, want: "BatchSize -1"},
 		{name: "huge batch", cfg: IPIPConfig{BatchSize: 5000}, want: "BatchSize 5000"},
@@ -258,49 +259,55 @@ func TestListenIPIPConfig(t *testing.T) {
 }
 
 // TestIPIPConnAllocs requires WriteBatch and ReadBatch to allocate nothing
-// once warmed up.
+// once warmed up, with the kernel's outer header and with our own.
 func TestIPIPConnAllocs(t *testing.T) {
 	u := newUnderlay(t)
-	a := listen(t, u.nsA, IPIPConfig{})
-	b := listen(t, u.nsB, IPIPConfig{})
+	for _, cfg := range []IPIPConfig{{}, {OuterFromInner: true}} {
+		t.Run(fmt.Sprintf("outer-from-inner=%v", cfg.OuterFromInner), func(t *testing.T) {
+			a := listen(t, u.nsA, cfg)
+			b := listen(t, u.nsB, IPIPConfig{})
+			defer a.Close()
+			defer b.Close()
 
-	const per, runs = 16, 50
-	pkts := make([][]byte, per)
-	dsts := make([]netip.Addr, per)
-	for i := range pkts {
-		pkts[i] = udpPacket(t, podA, podB, make([]byte, 200))
-		dsts[i] = u.addrB
-	}
-	bufs := readBufs(b.BatchSize(), 2048)
-	sizes := make([]int, len(bufs))
-	// Warm up: one round trip, so the poller and both conns are set up.
-	if n, err := a.WriteBatch(pkts[:1], dsts[:1]); n != 1 || err != nil {
-		t.Fatalf("warm-up WriteBatch: %d, %v", n, err)
-	}
-	readN(t, b, 1, 5*time.Second)
-
-	// AllocsPerRun calls f runs+1 times; each writes per packets, all of
-	// which stay queued on B's 4 MiB receive buffer for the read phase.
-	allocs := testing.AllocsPerRun(runs, func() {
-		if n, err := a.WriteBatch(pkts, dsts); n != per || err != nil {
-			t.Fatalf("WriteBatch: %d, %v", n, err)
-		}
-	})
-	if allocs != 0 {
-		t.Errorf("WriteBatch allocs per run: got %v, want 0", allocs)
-	}
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	allocs = testing.AllocsPerRun(runs, func() {
-		for got := 0; got < per; {
-			n, err := b.ReadBatch(bufs[:per-got], sizes, 0)
-			if err != nil {
-				t.Fatalf("ReadBatch: %v", err)
+			const per, runs = 16, 50
+			pkts := make([][]byte, per)
+			dsts := make([]netip.Addr, per)
+			for i := range pkts {
+				pkts[i] = udpPacket(t, podA, podB, make([]byte, 200))
+				dsts[i] = u.addrB
 			}
-			got += n
-		}
-	})
-	if allocs != 0 {
-		t.Errorf("ReadBatch allocs per run: got %v, want 0", allocs)
+			bufs := readBufs(b.BatchSize(), 2048)
+			sizes := make([]int, len(bufs))
+			// Warm up: one round trip, so the poller and both conns are set up.
+			if n, err := a.WriteBatch(pkts[:1], dsts[:1]); n != 1 || err != nil {
+				t.Fatalf("warm-up WriteBatch: %d, %v", n, err)
+			}
+			readN(t, b, 1, 5*time.Second)
+
+			// AllocsPerRun calls f runs+1 times; each writes per packets, all of
+			// which stay queued on B's 4 MiB receive buffer for the read phase.
+			allocs := testing.AllocsPerRun(runs, func() {
+				if n, err := a.WriteBatch(pkts, dsts); n != per || err != nil {
+					t.Fatalf("WriteBatch: %d, %v", n, err)
+				}
+			})
+			if allocs != 0 {
+				t.Errorf("WriteBatch allocs per run: got %v, want 0", allocs)
+			}
+			b.SetReadDeadline(time.Now().Add(5 * time.Second))
+			allocs = testing.AllocsPerRun(runs, func() {
+				for got := 0; got < per; {
+					n, err := b.ReadBatch(bufs[:per-got], sizes, 0)
+					if err != nil {
+						t.Fatalf("ReadBatch: %v", err)
+					}
+					got += n
+				}
+			})
+			if allocs != 0 {
+				t.Errorf("ReadBatch allocs per run: got %v, want 0", allocs)
+			}
+		})
 	}
 }
 

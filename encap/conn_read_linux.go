@@ -8,27 +8,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ReadBatch reads up to min(len(bufs), len(sizes), BatchSize()) VXLAN
-// datagrams, each UDP payload (VXLAN header and inner frame) into
-// bufs[i][offset:], and sets sizes[i] to its length. It blocks until at
-// least one datagram is there, then takes everything queued up to the
-// batch size in one recvmmsg. Sources reports where each came from.
+// ReadBatch reads up to min(len(bufs), len(sizes), BatchSize()) datagrams,
+// each as the socket delivers it into bufs[i][offset:], and sets sizes[i]
+// to its length. A raw IP socket delivers the outer IPv4 header and its
+// payload, a UDP socket the UDP payload. It blocks until at least one
+// datagram is there, then takes everything queued up to the batch size in
+// one recvmmsg. Sources reports where each came from.
 //
 // Without GRO the kernel writes straight into the caller's buffers. With
-// GRO (see VXLANConn) one slot can hold up to 64 coalesced datagrams, so
-// recvmmsg reads into the conn's own 64 KiB-per-slot scratch and
-// ReadBatch copies each datagram into its own buffer, in arrival order.
-// Datagrams that do not fit in this call's buffers stay queued in the
-// conn, and the next ReadBatch returns them first without a syscall.
+// UDP GRO one slot can hold up to 64 coalesced datagrams, so recvmmsg
+// reads into the conn's own 64 KiB-per-slot scratch and ReadBatch copies
+// each datagram into its own buffer, in arrival order. Datagrams that do
+// not fit in this call's buffers stay queued in the conn, and the next
+// ReadBatch returns them first without a syscall.
 //
-// A datagram longer than its buffer is cut short; the inner IPv4 total
-// length then runs past the frame, which the switch's IPv4 check catches.
-// Size buffers for the underlay MTU at least (packet.BufferSize is always
-// enough).
+// A datagram longer than its buffer is cut short (the rest is lost). Size
+// buffers for 64 KiB (packet.BufferSize): GRO on the underlay NIC can
+// deliver IP-in-IP packets far larger than the MTU.
 //
 // It allocates nothing in steady state. Every bufs[i] used must have room
 // after offset.
-func (c *VXLANConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+func (c *batchConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
 	c.nsrc = 0
@@ -38,7 +38,7 @@ func (c *VXLANConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 	}
 	for i := range n {
 		if offset < 0 || offset >= len(bufs[i]) {
-			return 0, fmt.Errorf("encap: vxlan read: buffer %d (len %d) has no room after offset %d", i, len(bufs[i]), offset)
+			return 0, fmt.Errorf("encap: %s read: buffer %d (len %d) has no room after offset %d", c.name, i, len(bufs[i]), offset)
 		}
 	}
 	if c.gro {
@@ -55,8 +55,9 @@ func (c *VXLANConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 		c.srcs[i], c.sports[i] = sockaddrInet4(&c.rnames[i], c.rhdrs[i].Hdr.Namelen)
 	}
 	c.nsrc = got
-	// Drop the references to the caller's buffers (wireguard-go's
-	// clearPointers hygiene): the conn must not keep them alive.
+	// Drop the references to the caller's buffers, so the conn neither
+	// keeps them alive nor points into them after the call (the
+	// use-after-free hygiene wireguard-go's clearPointers is for).
 	for i := range n {
 		c.riovs[i].Base = nil
 	}
@@ -65,7 +66,7 @@ func (c *VXLANConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 
 // readGRO is ReadBatch with UDP_GRO on: split what is pending, or read a
 // new batch into scratch and split that.
-func (c *VXLANConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, error) {
+func (c *batchConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, error) {
 	if c.pslot >= c.pend {
 		c.pend, c.pslot, c.poff = 0, 0, 0
 		// Each slot yields at least one datagram, so n slots never
@@ -107,7 +108,7 @@ func (c *VXLANConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, err
 
 // recv runs one recvmmsg over the first n slots, waiting for data, and
 // returns how many it filled.
-func (c *VXLANConn) recv(n int) (int, error) {
+func (c *batchConn) recv(n int) (int, error) {
 	for i := range n {
 		h := &c.rhdrs[i].Hdr
 		// The kernel overwrites these with what it wrote.
@@ -135,7 +136,7 @@ func (c *VXLANConn) recv(n int) (int, error) {
 
 // recvBatch is the RawConn read callback: false means "wait for
 // readability and call again", true means done.
-func (c *VXLANConn) recvBatch(fd uintptr) bool {
+func (c *batchConn) recvBatch(fd uintptr) bool {
 	for {
 		// Flags 0: the socket is non-blocking, so recvmmsg stops at the
 		// first empty read and returns what it has.
@@ -160,12 +161,8 @@ func (c *VXLANConn) recvBatch(fd uintptr) bool {
 // ReadBatch returned, by index. The slice is the conn's own and is
 // overwritten by the next ReadBatch; call it from the reading goroutine.
 // The switch checks these against its node set before it trusts an inner
-// frame (see the package comment).
-func (c *VXLANConn) Sources() []netip.Addr { return c.srcs[:c.nsrc] }
-
-// SourcePorts returns the outer UDP source port of each datagram the last
-// ReadBatch returned, with the same validity as Sources.
-func (c *VXLANConn) SourcePorts() []uint16 { return c.sports[:c.nsrc] }
+// packet (see the package comment).
+func (c *batchConn) Sources() []netip.Addr { return c.srcs[:c.nsrc] }
 
 // sockaddrInet4 converts a sockaddr_in the kernel filled in (namelen
 // bytes of it) without allocating. Anything but a full AF_INET address

@@ -1,0 +1,402 @@
+package encap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Implementation constants of the batched datagram core.
+const (
+	// maxBatch is UIO_MAXIOV, the kernel's limit on recvmmsg and
+	// sendmmsg's vlen (and on one message's iovecs).
+	maxBatch = 1024
+
+	// maxGSOSegments is the most datagrams one UDP_SEGMENT send carries:
+	// UDP_MAX_SEGMENTS, "a hard limit imposed by the kernel" (wireguard-go
+	// conn/bind_std.go). Kernels since 6.9 allow 128; 64 works on all.
+	maxGSOSegments = 64
+
+	// maxGSOBytes bounds the payload of one UDP_SEGMENT send, in bytes.
+	// The kernel's limit is the largest UDP datagram, 65535 − 20 − 8;
+	// 65000 leaves room for IP options and keeps clear of the edge.
+	maxGSOBytes = 65000
+
+	// groSlotSize is the scratch space per recvmmsg slot when UDP_GRO is
+	// on, in bytes: one coalesced datagram is at most a 64 KiB skb.
+	groSlotSize = 1 << 16
+)
+
+// AnyPort, as VXLANConfig.Port, binds a kernel-chosen port.
+const AnyPort = -1
+
+// socketSpec is what a transport asks of the core: the socket kind, and
+// the address, batch and buffer settings from the transport's config
+// (zero values mean the defaults, as in the configs).
+type socketSpec struct {
+	name  string // transport name, first word of every error: "ipip", "vxlan"
+	typ   int    // unix.SOCK_RAW or unix.SOCK_DGRAM
+	proto int    // unix.IPPROTO_IPIP, unix.IPPROTO_UDP, …
+
+	// local, if valid, is bound: the outer source of what is sent and the
+	// only destination received on.
+	local netip.Addr
+
+	// UDP only: port is the config's Port (0 means defaultPort, AnyPort a
+	// kernel-chosen one), and gso and gro ask for the offloads where the
+	// kernel has them.
+	port        int
+	defaultPort int
+	gso, gro    bool
+
+	batch  int // 0 means DefaultBatchSize
+	buffer int // 0 means DefaultSocketBuffer
+
+	// Raw only: header is the length of the outer IPv4 header the
+	// transport builds for each packet (IP_HDRINCL), 0 to let the kernel
+	// build it. The transport sets batchConn.buildHeader after open.
+	header int
+}
+
+// batchConn is the batched datagram core that every transport embeds: one
+// non-blocking IPv4 socket on the netpoller, moved with recvmmsg and
+// sendmmsg in batches the caller owns, with UDP GSO and GRO where the
+// socket is UDP and the kernel has them, and every error from a closed
+// socket turned into os.ErrClosed. A transport adds only its socket kind
+// (socketSpec), its destination type and its documentation; headers are
+// built and taken apart outside, by pure functions (EncapVXLAN,
+// DecapIPIP, DecapVXLAN).
+//
+// ReadBatch may be called from one goroutine at a time (calls are
+// serialised), WriteBatch likewise; a read and a write may run at the same
+// time. Close may be called from any goroutine.
+type batchConn struct {
+	name  string
+	file  *os.File
+	raw   syscall.RawConn
+	batch int
+	local netip.AddrPort // as getsockname reports it
+	udp   bool           // destinations carry ports; GSO and GRO are possible
+	gro   bool
+	// gso is cleared for good when the kernel refuses a UDP_SEGMENT send
+	// with EIO or EINVAL (e.g. an egress device without checksum
+	// offload), as wireguard-go does.
+	gso atomic.Bool
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+	closeErr  error
+
+	// readMu serialises ReadBatch and guards every r* and p* field and
+	// srcs, sports and nsrc; readFn shares them with it.
+	readMu sync.Mutex
+	rhdrs  []unix.Mmsghdr
+	riovs  []unix.Iovec
+	rnames []unix.RawSockaddrInet4
+	rctrl  [][8]uint64 // per slot, for the UDP_GRO cmsg; 8-byte aligned
+	rcount int         // entries of rhdrs offered to recvmmsg
+	rn     int         // entries filled by recvmmsg
+	rerr   error       // error from inside readFn
+	// readFn is c.recvBatch bound once: a method value made per call
+	// would allocate a closure on every ReadBatch.
+	readFn func(fd uintptr) bool
+
+	// GRO only: recvmmsg reads into scratch (groSlotSize per slot), and
+	// ReadBatch copies segments out into the caller's buffers. Segments
+	// that did not fit stay pending for the next ReadBatch, which returns
+	// them without a syscall.
+	scratch []byte
+	rsize   []int // per slot: bytes received
+	rseg    []int // per slot: segment size (rsize when not coalesced)
+	rsrc    []netip.AddrPort
+	pend    int // slots holding data from the last recvmmsg
+	pslot   int // next slot to split
+	poff    int // offset of the next segment in that slot
+
+	srcs   []netip.Addr // source of each datagram of the last ReadBatch
+	sports []uint16
+	nsrc   int
+
+	// writeMu serialises writes and guards every w* field, which writeFn
+	// shares with it.
+	writeMu sync.Mutex
+	whdrs   []unix.Mmsghdr
+	wiovs   []unix.Iovec // one per packet (and header); a message uses a run of them
+	wnames  []unix.RawSockaddrInet4
+	wctrl   []gsoCmsg
+	wfirst  []int // wfirst[j] is the index in wpkts of message j's first packet
+	wsegs   []int // packets in message j
+	wpkts   [][]byte
+	// The caller's destinations: waddrs for raw IP sockets (no port),
+	// wports for UDP. dst reads whichever is set.
+	waddrs      []netip.Addr
+	wports      []netip.AddrPort
+	wcount      int // messages filled for this chunk
+	wdone       int // messages sent or refused so far
+	wsent       int // packets the kernel accepted, over the whole write
+	wretry      int // ≥ 0: refill from this packet (GSO refused), else -1
+	wplainUntil int // packets before this index are sent without GSO
+	werrs       []error
+	wfatal      error // error that ends the write (closed socket)
+	writeFn     func(fd uintptr) bool
+
+	// With socketSpec.header, each message is two iovecs: the outer
+	// header buildHeader wrote into the message's slice of wouter, then
+	// the caller's packet.
+	header      int
+	wouter      []byte
+	buildHeader func(outer, pkt []byte, dst netip.Addr)
+}
+
+// gsoCmsg is a control message carrying UDP_SEGMENT, laid out as the
+// kernel reads it: cmsghdr, then a u16 segment size, padded to
+// CMSG_SPACE(2) = 24 bytes.
+type gsoCmsg struct {
+	hdr  unix.Cmsghdr
+	size uint16
+	_    [6]byte
+}
+
+// open opens the socket s describes in the calling thread's network
+// namespace and sets c up around it. c must be the zero value and must
+// not move afterwards (the headers point into it).
+func (c *batchConn) open(s socketSpec) error {
+	batch := s.batch
+	if batch == 0 {
+		batch = DefaultBatchSize
+	}
+	if batch < 0 || batch > maxBatch {
+		return fmt.Errorf("encap: %s: BatchSize %d outside [1, %d]", s.name, batch, maxBatch)
+	}
+	if s.local.IsValid() && !s.local.Is4() {
+		return fmt.Errorf("encap: %s: Local %s is not an IPv4 address", s.name, s.local)
+	}
+	udp := s.typ == unix.SOCK_DGRAM
+	port := 0
+	if s.header != 0 && (udp || s.header < 20 || s.header > 60 || s.header%4 != 0) {
+		return fmt.Errorf("encap: %s: own outer header of %d bytes: needs a raw socket and 20 to 60 bytes in steps of 4", s.name, s.header)
+	}
+	if udp {
+		switch port = s.port; port {
+		case 0:
+			port = s.defaultPort
+		case AnyPort:
+			port = 0
+		}
+		if port < 0 || port > 65535 {
+			return fmt.Errorf("encap: %s: Port %d outside [1, 65535]", s.name, s.port)
+		}
+	}
+	buffer := s.buffer
+	if buffer == 0 {
+		buffer = DefaultSocketBuffer
+	}
+
+	fd, err := underlaySocket(s.name, s.typ, s.proto, buffer)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	if s.header > 0 {
+		// The kernel then takes the outer header from the message:
+		// it fills in the checksum and total length, the source if
+		// zero and the ID if zero, and never fragments (EMSGSIZE).
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
+			return fmt.Errorf("encap: %s: setsockopt IP_HDRINCL: %w", s.name, err)
+		}
+	}
+	// A raw socket left unbound receives on every address; a UDP socket
+	// is always bound, to its port.
+	if s.local.IsValid() || udp {
+		local := s.local
+		if !local.IsValid() {
+			local = netip.IPv4Unspecified()
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: local.As4(), Port: port}); err != nil {
+			where := local.String()
+			if udp {
+				where = netip.AddrPortFrom(local, uint16(port)).String()
+			}
+			return fmt.Errorf("encap: %s: bind %s: %w", s.name, where, err)
+		}
+	}
+	bound, err := unix.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("encap: %s: getsockname: %w", s.name, err)
+	}
+	if sa, isV4 := bound.(*unix.SockaddrInet4); isV4 {
+		c.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), 0)
+		if udp { // a raw socket reports its protocol as the port
+			c.local = netip.AddrPortFrom(c.local.Addr(), uint16(sa.Port))
+		}
+	}
+	gso, gro := false, false
+	if udp {
+		// GSO: getsockopt(UDP_SEGMENT) succeeds on kernels that can
+		// send with it (4.18+). Whether the egress device can is only
+		// learnt from the first send; see sendBatch.
+		if s.gso {
+			_, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT)
+			gso = err == nil
+		}
+		// GRO: setsockopt fails on kernels without it (< 5.0); then the
+		// socket simply receives one datagram per slot.
+		if s.gro {
+			gro = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1) == nil
+		}
+	}
+
+	name := s.name
+	switch {
+	case udp:
+		name += ":" + c.local.String()
+	case s.local.IsValid():
+		name += ":" + s.local.String()
+	}
+	// fd is non-blocking, so os.NewFile registers it with the netpoller and
+	// RawConn.Read/Write park the goroutine instead of a thread.
+	f := os.NewFile(uintptr(fd), name)
+	ok = true // f owns fd now
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("encap: %s: %w", s.name, err)
+	}
+
+	c.name, c.file, c.raw, c.batch, c.udp, c.gro = s.name, f, raw, batch, udp, gro
+	c.gso.Store(gso)
+	c.rhdrs = make([]unix.Mmsghdr, batch)
+	c.riovs = make([]unix.Iovec, batch)
+	c.rnames = make([]unix.RawSockaddrInet4, batch)
+	c.srcs = make([]netip.Addr, batch)
+	c.sports = make([]uint16, batch)
+	c.whdrs = make([]unix.Mmsghdr, batch)
+	c.wiovs = make([]unix.Iovec, batch)
+	if s.header > 0 {
+		c.header = s.header
+		c.wouter = make([]byte, batch*s.header)
+		c.wiovs = make([]unix.Iovec, 2*batch)
+	}
+	c.wnames = make([]unix.RawSockaddrInet4, batch)
+	c.wfirst = make([]int, batch)
+	c.wsegs = make([]int, batch)
+	if udp {
+		c.wctrl = make([]gsoCmsg, batch)
+	}
+	if gro {
+		c.rctrl = make([][8]uint64, batch)
+		c.scratch = make([]byte, batch*groSlotSize)
+		c.rsize = make([]int, batch)
+		c.rseg = make([]int, batch)
+		c.rsrc = make([]netip.AddrPort, batch)
+	}
+	// Each header points at its own address, control buffer and (for
+	// reads, and for GRO's scratch) iovec for the life of the conn; per
+	// call only lengths, bases and addresses change.
+	for i := range batch {
+		h := &c.rhdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&c.rnames[i]))
+		h.Iov = &c.riovs[i]
+		h.SetIovlen(1)
+		if gro {
+			h.Control = (*byte)(unsafe.Pointer(&c.rctrl[i]))
+			c.riovs[i].Base = &c.scratch[i*groSlotSize]
+			c.riovs[i].SetLen(groSlotSize)
+		}
+		w := &c.whdrs[i].Hdr
+		w.Name = (*byte)(unsafe.Pointer(&c.wnames[i]))
+		w.Namelen = unix.SizeofSockaddrInet4
+		c.wnames[i].Family = unix.AF_INET
+		if udp {
+			c.wctrl[i].hdr.Level = unix.SOL_UDP
+			c.wctrl[i].hdr.Type = unix.UDP_SEGMENT
+			c.wctrl[i].hdr.SetLen(unix.CmsgLen(2))
+		}
+	}
+	c.readFn = c.recvBatch
+	c.writeFn = c.sendBatch
+	return nil
+}
+
+// underlaySocket opens the non-blocking IPv4 socket a transport sends and
+// receives on (name says which, for errors). DF stays clear on what it
+// sends: the kernel fragments an outer packet that does not fit the
+// underlay, and the switch itself answers DF inner packets that would not
+// fit with ICMP fragmentation-needed (see IPIPConn and VXLANConn).
+// Buffers are asked for with the FORCE options first.
+func underlaySocket(name string, typ, proto, buf int) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return -1, fmt.Errorf("encap: %s: socket: %w", name, err)
+	}
+	fail := func(what string, err error) (int, error) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("encap: %s: %s: %w", name, what, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT); err != nil {
+		return fail("setsockopt IP_MTU_DISCOVER", err)
+	}
+	if err := setBuffer(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, buf); err != nil {
+		return fail(fmt.Sprintf("receive buffer %d", buf), err)
+	}
+	if err := setBuffer(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, buf); err != nil {
+		return fail(fmt.Sprintf("send buffer %d", buf), err)
+	}
+	return fd, nil
+}
+
+// setBuffer asks for n bytes with the FORCE option and falls back to the
+// plain one when the process lacks CAP_NET_ADMIN.
+func setBuffer(fd, force, plain, n int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, n); err == nil {
+		return nil
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, n)
+}
+
+// BatchSize is the most datagrams one ReadBatch returns and one sendmmsg
+// carries; size the caller's vectors to it.
+func (c *batchConn) BatchSize() int { return c.batch }
+
+// SetReadDeadline makes a blocked or future ReadBatch return an error
+// wrapping os.ErrDeadlineExceeded after t; the zero time means none.
+func (c *batchConn) SetReadDeadline(t time.Time) error { return c.file.SetReadDeadline(t) }
+
+// SetWriteDeadline bounds how long WriteBatch waits for send buffer space.
+func (c *batchConn) SetWriteDeadline(t time.Time) error { return c.file.SetWriteDeadline(t) }
+
+// Close closes the socket. A ReadBatch or WriteBatch blocked in it returns
+// os.ErrClosed, and so does every later call. Close is idempotent: later
+// calls return what the first one did.
+func (c *batchConn) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		if err := c.file.Close(); err != nil {
+			c.closeErr = fmt.Errorf("encap: %s: close: %w", c.name, err)
+		}
+	})
+	return c.closeErr
+}
+
+// mapErr turns errors from a closed or closing file into os.ErrClosed
+// (RawConn reports poll's internal "use of closed file", a racing
+// syscall EBADF) and wraps the rest with the transport and operation.
+func (c *batchConn) mapErr(op string, err error) error {
+	if c.closed.Load() || errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADF) {
+		return os.ErrClosed
+	}
+	return fmt.Errorf("encap: %s %s: %w", c.name, op, err)
+}

@@ -1,0 +1,292 @@
+package encap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// writeToAddrs is WriteBatch for a raw IP transport: packet pkts[i] goes
+// to dsts[i], and the kernel adds the outer IPv4 header.
+func (c *batchConn) writeToAddrs(pkts [][]byte, dsts []netip.Addr) (int, error) {
+	if len(dsts) < len(pkts) {
+		return 0, fmt.Errorf("encap: %s write: %d destinations for %d packets", c.name, len(dsts), len(pkts))
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.waddrs = dsts
+	return c.write(pkts)
+}
+
+// writeToAddrPorts is WriteBatch for a UDP transport: datagram payload
+// pkts[i] goes to dsts[i], and the kernel adds the outer IPv4 and UDP
+// headers.
+func (c *batchConn) writeToAddrPorts(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	if len(dsts) < len(pkts) {
+		return 0, fmt.Errorf("encap: %s write: %d destinations for %d packets", c.name, len(dsts), len(pkts))
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.wports = dsts
+	return c.write(pkts)
+}
+
+// dst returns packet i's destination (port 0 on a raw IP socket). Raw IP
+// transports address nodes, UDP ones a node's port: the two slice types
+// keep each transport's WriteBatch signature its own without converting
+// the caller's slice.
+func (c *batchConn) dst(i int) netip.AddrPort {
+	if c.udp {
+		return c.wports[i]
+	}
+	return netip.AddrPortFrom(c.waddrs[i], 0)
+}
+
+// dstString formats packet i's destination as the caller gave it, for
+// errors.
+func (c *batchConn) dstString(i int) string {
+	if c.udp {
+		return c.wports[i].String()
+	}
+	return c.waddrs[i].String()
+}
+
+// write sends pkts to the destinations in waddrs (raw IP sockets) or
+// wports (UDP), which the caller set holding writeMu. It sends in sendmmsg calls of up to BatchSize() packets, waits
+// for buffer space when the socket is full, and returns how many packets
+// the kernel accepted.
+//
+// With GSO, consecutive packets to the same destination whose lengths
+// are equal (the last of a run may be shorter) go out as one message
+// with a UDP_SEGMENT control message: at most 64 packets and 65000 bytes
+// each, one iovec per packet, nothing copied. The receiver sees the same
+// datagrams either way. If the kernel refuses a segmented message with
+// EIO or EINVAL, GSO is turned off for good and the packets are resent
+// one per message; with EMSGSIZE (segments larger than the route MTU
+// allows) only that run is resent plainly, and the kernel fragments them.
+//
+// A packet the kernel refuses (no route to its node, too big), an empty
+// packet or a destination that is not IPv4 (on UDP, with a port) is
+// skipped and its error joined into the returned error; the rest are
+// still sent. After Close it returns os.ErrClosed. It allocates nothing
+// unless a packet is refused.
+func (c *batchConn) write(pkts [][]byte) (int, error) {
+	c.wpkts = pkts
+	c.wsent, c.wfatal, c.wplainUntil = 0, nil, 0
+	c.werrs = c.werrs[:0]
+	for start := 0; start < len(pkts) && c.wfatal == nil; {
+		next := c.fillWrite(start)
+		if c.wcount == 0 {
+			start = next
+			continue
+		}
+		c.wdone, c.wretry = 0, -1
+		if err := c.raw.Write(c.writeFn); err != nil && c.wfatal == nil {
+			c.wfatal = c.mapErr("write", err)
+		}
+		c.clearWriteIovs()
+		if c.wretry >= 0 {
+			start = c.wretry
+		} else {
+			start = next
+		}
+	}
+	sent := c.wsent
+	var err error
+	if c.wfatal != nil {
+		err = c.wfatal
+	} else if len(c.werrs) > 0 {
+		err = errors.Join(c.werrs...)
+	}
+	clear(c.werrs)
+	c.wpkts, c.waddrs, c.wports, c.wfatal = nil, nil, nil, nil
+	return sent, err
+}
+
+// fillWrite fills whdrs with the next chunk of messages, up to batch
+// packets from wpkts[start:], grouping runs when GSO is on, and returns
+// where the next chunk starts. Packets that can not be sent at all are
+// refused here without a syscall.
+func (c *batchConn) fillWrite(start int) int {
+	gso := c.gso.Load()
+	pkts := c.wpkts
+	c.wcount = 0
+	niov := 0
+	i := start
+	for i < len(pkts) && niov < len(c.wiovs) {
+		p, dst := pkts[i], c.dst(i)
+		if len(p) == 0 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d is empty", c.name, i))
+			i++
+			continue
+		}
+		if !dst.Addr().Is4() {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d: destination %s is not IPv4", c.name, i, c.dstString(i)))
+			i++
+			continue
+		}
+		if c.udp && dst.Port() == 0 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d: destination %s has no port", c.name, i, c.dstString(i)))
+			i++
+			continue
+		}
+		j, first := c.wcount, niov
+		c.wfirst[j], c.wsegs[j] = i, 1
+		if c.header > 0 {
+			outer := c.wouter[j*c.header : (j+1)*c.header]
+			c.buildHeader(outer, p, dst.Addr())
+			c.wiovs[niov].Base = &outer[0]
+			c.wiovs[niov].SetLen(c.header)
+			niov++
+		}
+		c.wiovs[niov].Base = &p[0]
+		c.wiovs[niov].SetLen(len(p))
+		niov++
+		i++
+		seg, total := len(p), len(p)
+		if gso && i-1 >= c.wplainUntil {
+			for i < len(pkts) && niov < len(c.wiovs) && c.wsegs[j] < maxGSOSegments {
+				q := pkts[i]
+				if c.dst(i) != dst || len(q) == 0 || len(q) > seg || total+len(q) > maxGSOBytes {
+					break
+				}
+				c.wiovs[niov].Base = &q[0]
+				c.wiovs[niov].SetLen(len(q))
+				niov++
+				i++
+				total += len(q)
+				c.wsegs[j]++
+				if len(q) < seg {
+					break // only the last segment may be short
+				}
+			}
+		}
+		h := &c.whdrs[j].Hdr
+		h.Iov = &c.wiovs[first]
+		h.SetIovlen(niov - first)
+		c.wnames[j].Addr = dst.Addr().As4()
+		pp := (*[2]byte)(unsafe.Pointer(&c.wnames[j].Port)) // network byte order
+		pp[0], pp[1] = byte(dst.Port()>>8), byte(dst.Port())
+		if c.wsegs[j] > 1 {
+			c.wctrl[j].size = uint16(seg)
+			h.Control = (*byte)(unsafe.Pointer(&c.wctrl[j]))
+			h.SetControllen(int(unsafe.Sizeof(c.wctrl[j])))
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
+		c.wcount++
+	}
+	return i
+}
+
+// clearWriteIovs drops the references to the caller's packets. The
+// iovecs in use are always a prefix of wiovs.
+func (c *batchConn) clearWriteIovs() {
+	for j := range c.wiovs {
+		if c.wiovs[j].Base == nil {
+			break
+		}
+		c.wiovs[j].Base = nil
+	}
+}
+
+// sendBatch is the RawConn write callback. sendmmsg reports an error only
+// when the first message fails (after that it returns the count sent and
+// the error is lost), so each failure is pinned on whdrs[wdone]. A plain
+// message is then skipped and the rest retried; a segmented one that the
+// kernel could not segment ends the chunk and write refills from its
+// first packet without (this run's) GSO.
+func (c *batchConn) sendBatch(fd uintptr) bool {
+	for c.wdone < c.wcount {
+		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+			uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone), 0, 0, 0)
+		switch errno {
+		case 0:
+			for k := range int(r) {
+				c.wsent += c.wsegs[c.wdone+k]
+			}
+			c.wdone += int(r)
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // socket buffer full: wait for POLLOUT
+		case unix.EBADF:
+			c.wfatal = os.ErrClosed
+			return true
+		}
+		j := c.wdone
+		if errno == unix.EMSGSIZE && c.header > 0 {
+			// IP_HDRINCL never fragments: send this one packet with
+			// the kernel's own outer header instead, which it
+			// fragments under IP_PMTUDISC_DONT.
+			errno = c.sendKernelHeader(fd, j)
+			if c.wfatal != nil {
+				return true
+			}
+			if errno == 0 {
+				c.wsent++
+				c.wdone++
+				continue
+			}
+			if errno == unix.EAGAIN {
+				return false
+			}
+		}
+		if c.wsegs[j] > 1 {
+			switch errno {
+			case unix.EIO, unix.EINVAL:
+				// EIO: the egress device cannot checksum (udp_send_skb
+				// needs CHECKSUM_PARTIAL), or xfrm is in the path; the
+				// kernel will refuse every segmented send, so stop
+				// trying (wireguard-go does the same).
+				c.gso.Store(false)
+				c.wretry = c.wfirst[j]
+				return true
+			case unix.EMSGSIZE:
+				// A segment plus headers exceeds the route MTU: the
+				// kernel never fragments GSO segments, but it does
+				// fragment plain datagrams under IP_PMTUDISC_DONT.
+				c.wplainUntil = c.wfirst[j] + c.wsegs[j]
+				c.wretry = c.wfirst[j]
+				return true
+			}
+		}
+		i := c.wfirst[j]
+		if k := c.wsegs[j]; k > 1 {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packets %d to %d to %s: %w", c.name, i, i+k-1, c.dstString(i), errno))
+		} else {
+			c.werrs = append(c.werrs, fmt.Errorf("encap: %s write: packet %d to %s: %w", c.name, i, c.dstString(i), errno))
+		}
+		c.wdone++
+	}
+	return true
+}
+
+// sendKernelHeader sends message j's packet without the outer header the
+// transport built, with IP_HDRINCL off for that one sendmsg, so that the
+// kernel builds the header and fragments the packet. Only packets too big
+// for the route take this path.
+func (c *batchConn) sendKernelHeader(fd uintptr, j int) unix.Errno {
+	if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL, 0); err != nil {
+		if errno, ok := err.(unix.Errno); ok {
+			return errno
+		}
+		return unix.EINVAL
+	}
+	msg := c.whdrs[j].Hdr
+	msg.Iov = (*unix.Iovec)(unsafe.Add(unsafe.Pointer(msg.Iov), unsafe.Sizeof(unix.Iovec{}))) // skip the header
+	msg.SetIovlen(1)
+	_, _, errno := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), 0)
+	if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil && errno == 0 {
+		// The packet went out, but the socket is left in the wrong
+		// mode: the next sends would carry two outer headers.
+		c.wfatal = fmt.Errorf("encap: %s write: restore IP_HDRINCL: %w", c.name, err)
+	}
+	return errno
+}
