@@ -77,9 +77,11 @@ type egress interface {
 }
 
 // admitter is an egress with a policy to apply before any shaping (NAT
-// outgoing: which pools may use it); admit counts and answers a refusal.
+// outgoing: which pools may use it, and which packets are answers that go
+// back routed). admit returns the hop to use instead, or false after
+// counting and answering a refusal.
 type admitter interface {
-	admit(f *forwarder, in ingress, ip packet.IPv4) bool
+	admit(f *forwarder, in ingress, ip packet.IPv4, h *hop) (*hop, bool)
 }
 
 // lane is one reader's queue toward a batching egress (the host TUN, a

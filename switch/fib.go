@@ -16,6 +16,12 @@ type fib struct {
 	lpm    bart.Table[*hop]
 	hops   []hop
 	routes *router.Table
+	// hostHop sends to the host port (answers to inbound connections that
+	// NAT must not take); nil without a host port.
+	hostHop *hop
+	// pools are the cluster's pools: sources outside them are outside the
+	// cluster.
+	pools []netip.Prefix
 }
 
 // lookup returns the hop for the most specific route containing addr. It
@@ -34,6 +40,12 @@ type attachments struct {
 // compile resolves every route of t against a.
 func compile(t *router.Table, a *attachments) *fib {
 	f := &fib{routes: t}
+	if a.host != nil {
+		f.hostHop = &hop{eg: a.host, r: &router.Route{Prefix: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Kind: router.KindHost, Dev: HostTUNName, Source: "answer to an inbound connection"}}
+	}
+	if a.nat != nil {
+		f.pools = a.nat.cfg.Pools
+	}
 	if t == nil {
 		return f
 	}

@@ -167,8 +167,10 @@ func (f *forwarder) forward(in ingress, p packetRef) {
 		in.stats().drop(reason)
 		return
 	}
-	if a, ok := h.eg.(admitter); ok && !a.admit(f, in, ip) {
-		return
+	if a, ok := h.eg.(admitter); ok {
+		if h, ok = a.admit(f, in, ip, h); !ok {
+			return
+		}
 	}
 	if h.eg.kind() != egressDrop {
 		ip.DecrementTTL()

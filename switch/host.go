@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -96,7 +97,13 @@ func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
 		h.c.drop(ipDropReason(perr))
 		return
 	}
-	f.forward(h, packetRef{buf: buf, ip: off, n: ip.TotalLen()})
+	ip = ip[:ip.TotalLen()]
+	if !containsAddr(f.fib.pools, ip.Src()) && f.dry == nil {
+		// From outside the cluster, routed to us by the node: remember the
+		// flow so the pod's answers go back the same way.
+		f.s.inbound.record(ip, time.Now())
+	}
+	f.forward(h, packetRef{buf: buf, ip: off, n: len(ip)})
 }
 
 func (h *hostPort) stats() *counters { return &h.c }

@@ -2,6 +2,7 @@ package vswitch
 
 import (
 	"net/netip"
+	"time"
 
 	"podnet/internal/packet"
 )
@@ -41,26 +42,30 @@ func (e *natEgress) kind() egressKind { return egressNAT }
 // caps: NAT takes complete, checksummed packets one by one.
 func (e *natEgress) caps() egressCaps { return egressCaps{} }
 
-// admit refuses, with an ICMP error the pod can see, what NAT must not
-// take.
-func (e *natEgress) admit(f *forwarder, in ingress, ip packet.IPv4) bool {
+// admit sends answers to connections that came in from outside back
+// through the node (see inboundFlows), and refuses, with an ICMP error the
+// pod can see, what NAT must not take.
+func (e *natEgress) admit(f *forwarder, in ingress, ip packet.IPv4, h *hop) (*hop, bool) {
 	c := &e.cfg
+	if f.fib.hostHop != nil && f.s.inbound.isReply(ip, time.Now()) {
+		return f.fib.hostHop, true
+	}
 	switch {
 	case c.Handler == nil:
 		in.stats().drop(DropNATUnavailable)
 		f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPNetUnreachable, 0)
-		return false
+		return nil, false
 	case containsAddr(c.Pools, ip.Dst()):
 		// Inside the cluster but not routed: not NAT's business.
 		in.stats().drop(DropNoRoute)
 		f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPNetUnreachable, 0)
-		return false
+		return nil, false
 	case !containsAddr(c.Allowed, ip.Src()):
 		in.stats().drop(DropNATNotAllowed)
 		f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPAdminProhibited, 0)
-		return false
+		return nil, false
 	}
-	return true
+	return h, true
 }
 
 func (e *natEgress) send(_ *forwarder, in ingress, p packetRef, _ *hop) {

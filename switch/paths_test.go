@@ -677,3 +677,43 @@ func TestInject(t *testing.T) {
 		t.Errorf("host no-route drops = %d, want 1 (an injected packet for no local pod)", got)
 	}
 }
+
+// A connection that came in from outside the cluster through the node is
+// answered through the node, not through NAT; a connection the pod opens
+// to the same host still goes through NAT.
+func TestInboundAnswersSkipNAT(t *testing.T) {
+	n := newFakeNet(t)
+	in := ipSpec{src: "198.51.100.7", dst: "10.0.0.1", proto: "tcp", flags: "S", payload: 0}.build()
+	binary.BigEndian.PutUint16(in[20:], 5555) // remote port
+	binary.BigEndian.PutUint16(in[22:], 80)   // pod port
+	fixTransport(in)
+	n.host.offer(in)
+	n.a.dev.wait(t, 1)
+
+	answer := ipSpec{src: "10.0.0.1", dst: "198.51.100.7", proto: "tcp", payload: 0}.build()
+	binary.BigEndian.PutUint16(answer[20:], 80)
+	binary.BigEndian.PutUint16(answer[22:], 5555)
+	fixTransport(answer)
+	n.a.dev.offer(podFrame(n.a, answer))
+	pkts, _ := n.host.wait(t, 1)
+	if ip, _ := decoded(t, pkts[0]); ip.DstIP.String() != "198.51.100.7" {
+		t.Fatalf("host got %v, want the answer to 198.51.100.7", ip.DstIP)
+	}
+	if n.nat.count() != 0 {
+		t.Fatalf("the answer went to NAT")
+	}
+	own := ipSpec{src: "10.0.0.1", dst: "198.51.100.7", proto: "tcp", flags: "S"}.build() // ports 40000 → 80
+	n.a.dev.offer(podFrame(n.a, own))
+	n.nat.wait(t, 1)
+}
+
+// fixTransport recomputes a TCP/UDP checksum after a test edited ports.
+func fixTransport(b []byte) {
+	ip := packet.IPv4(b)
+	off := 16
+	if ip.Protocol() == packet.ProtoUDP {
+		off = 6
+	}
+	binary.BigEndian.PutUint16(b[20+off:], 0)
+	binary.BigEndian.PutUint16(b[20+off:], packet.TransportChecksum(ip))
+}

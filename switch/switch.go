@@ -60,6 +60,8 @@ type Switch struct {
 	att    attachments
 	lanes  int // lane IDs handed out to batching egresses
 
+	inbound inboundFlows // connections from outside, whose answers skip NAT
+
 	injectPool *packet.Pool // buffers for Inject
 	segPool    sync.Pool    // *segScratch, borrowed while a batch is segmented
 
