@@ -328,3 +328,24 @@ func (n *NAT) reap(now int64, dead *[]*flow) {
 	*dead = d[:0]
 	n.syns.expire(now)
 }
+
+// ForgetPod ends every flow of the pod at addr at once: TCP connections
+// are reset toward the remote, datagram sockets closed, entries removed.
+// The daemon calls it when a pod is deleted, so nothing of the old pod's
+// connections can reach a later pod given the same address. It returns
+// how many flows it ended.
+func (n *NAT) ForgetPod(addr netip.Addr) int {
+	var dead []*flow
+	n.table.mu.Lock()
+	for k, f := range n.table.flows {
+		if k.pod.Addr() == addr {
+			delete(n.table.flows, k)
+			dead = append(dead, f)
+		}
+	}
+	n.table.mu.Unlock()
+	for _, f := range dead {
+		f.close()
+	}
+	return len(dead)
+}
