@@ -13,6 +13,7 @@ want tcpdump tcpdump
 want ethtool ethtool
 want bird bird2
 want nft nftables
+want tshark tshark
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
