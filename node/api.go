@@ -101,6 +101,7 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.PortStats())
 	})
+	n.registerInspect(mux)
 	// Go's profiler, for engineers measuring the data path
 	// (curl --unix-socket SOCKET http://podnet/debug/pprof/profile?seconds=10).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

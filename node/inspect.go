@@ -1,0 +1,133 @@
+package node
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"podnet/capture"
+	vswitch "podnet/switch"
+)
+
+// The endpoints that let people look at the data path: trace (what the
+// switch would do with a packet) and capture (copies of what crosses a
+// port, or the underlay interface, as a pcap stream).
+
+// maxCapture bounds one capture, so a forgotten client cannot keep one
+// running forever.
+const maxCapture = time.Hour
+
+func (n *Node) registerInspect(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
+		var q vswitch.TraceQuery
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&q); err != nil {
+			writeErr(w, badRequest("bad trace request: %v", err))
+			return
+		}
+		res, err := n.sw.Trace(q)
+		if err != nil {
+			writeErr(w, badRequest("%v", err))
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("GET /v1/capture", n.serveCapture)
+}
+
+// serveCapture streams a pcap of port (a pod, host, ipip, vxlan, or
+// "underlay": the underlay interface itself) until count packets, seconds,
+// or the client going away. The filter is package capture's.
+func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	port := q.Get("port")
+	count, _ := strconv.Atoi(q.Get("count"))
+	secs, _ := strconv.ParseFloat(q.Get("seconds"), 64)
+	filter, err := capture.ParseFilter(q.Get("filter"))
+	if err != nil {
+		writeErr(w, badRequest("%v", err))
+		return
+	}
+	limit := maxCapture
+	if secs > 0 && time.Duration(secs*float64(time.Second)) < limit {
+		limit = time.Duration(secs * float64(time.Second))
+	}
+	deadline := time.Now().Add(limit)
+	flusher, _ := w.(http.Flusher)
+	var pw *capture.Writer
+	start := func(link capture.Link) bool {
+		w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
+		w.WriteHeader(http.StatusOK)
+		var err error
+		if pw, err = capture.NewWriter(w, link); err != nil {
+			return false
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return true
+	}
+	sent := 0
+	emit := func(t time.Time, data []byte, link capture.Link) bool {
+		if !filter.Match(capture.Decode(data, link)) {
+			return true
+		}
+		if pw.Write(t, data) != nil {
+			return false
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		sent++
+		return count <= 0 || sent < count
+	}
+
+	if port == "underlay" {
+		ifc, err := capture.OpenInterface(n.underlay)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		defer ifc.Close()
+		go func() { <-r.Context().Done(); ifc.Close() }()
+		if !start(capture.Ethernet) {
+			return
+		}
+		for {
+			frame, err := ifc.Read(deadline)
+			if err != nil || !emit(time.Now(), frame, capture.Ethernet) {
+				return
+			}
+		}
+	}
+
+	c, err := n.sw.StartCapture(port, 0)
+	if err != nil {
+		writeErr(w, badRequest("%v", err))
+		return
+	}
+	defer c.Stop()
+	link := capture.Ethernet
+	if port == "host" || port == vswitch.HostTUNName || port == "ipip" || port == "vxlan" {
+		link = capture.IPv4
+	}
+	if !start(link) {
+		return
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case p, ok := <-c.C:
+			if !ok || !emit(p.Time, p.Data, link) {
+				return
+			}
+		case <-timer.C:
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
