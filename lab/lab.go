@@ -160,6 +160,9 @@ const (
 	HTTPBuiltin = "builtin"
 )
 
+// NginxPackage is the smallest Debian package with an nginx binary.
+const NginxPackage = "nginx-light"
+
 // withDefaults returns cfg with every zero field filled in, or an error
 // naming the first invalid field.
 func (cfg Config) withDefaults() (Config, error) {
@@ -216,7 +219,11 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.RunDir = DefaultRunDir(cfg.Name)
 	}
 	switch cfg.HTTPServer {
-	case HTTPNginx, HTTPBuiltin:
+	case HTTPNginx:
+		if nginxPath() == "" {
+			return cfg, fmt.Errorf("lab config: HTTPServer %q: nginx is not installed (install it with: apt-get install %s, or use --http-server builtin)", cfg.HTTPServer, NginxPackage)
+		}
+	case HTTPBuiltin:
 	case "":
 		cfg.HTTPServer = HTTPBuiltin
 		if nginxPath() != "" {
