@@ -39,7 +39,7 @@ node commands on the host at that lab.`,
 	}
 	name := cmd.PersistentFlags().String("name", defaultLabName(), "lab name: prefix of all its namespaces (^[a-z][a-z0-9]{0,11}$; default $"+labEnv+", else "+lab.DefaultName+")")
 	cmd.AddCommand(newLabUpCmd(name), newLabStatusCmd(name), newLabExecCmd(name), newLabDownCmd(name),
-		newLabListCmd(), newLabEnvCmd(name), newLabPodCmd(name), newLabScaleCmd(name),
+		newLabListCmd(), newLabEnvCmd(name), newLabGraphCmd(name), newLabPodCmd(name), newLabScaleCmd(name),
 		newLabServeHTTPCmd(), newLabServeUDPEchoCmd())
 	return cmd
 }
@@ -186,6 +186,12 @@ func newLabStatusCmd(name *string) *cobra.Command {
 				return enc.Encode(s)
 			}
 			printLabStatus(w, s)
+			if g, err := l.Graph(cmd.Context()); err != nil {
+				fmt.Fprintf(w, "\n(no diagram: %v)\n", err)
+			} else {
+				fmt.Fprintln(w)
+				g.Write(w, lab.GraphText)
+			}
 			return nil
 		},
 	}
