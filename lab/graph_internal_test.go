@@ -171,7 +171,6 @@ func TestScaleBookkeeping(t *testing.T) {
 	}
 }
 
-
 func TestCheckPodName(t *testing.T) {
 	l := &Lab{st: state{Name: "demo", Pods: []podState{{Name: "test-1", Node: "worker1"}}}}
 	for _, tt := range []struct{ name, wantErr string }{
