@@ -182,3 +182,44 @@ pods, and removes test-6 and above. Each pod serves HTTP on port 80.`,
 		},
 	}
 }
+
+// newLabIPCmd is `podnet lab ip TARGET`: a pod's or node's address, for
+// command lines such as wget -qO- http://$(podnet lab ip test-2)/.
+func newLabIPCmd(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ip POD|NODE|external",
+		Short: "Print the address of a pod, a node (its underlay address) or the external host",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := openLab(*name)
+			if err != nil {
+				return err
+			}
+			s := l.Status()
+			for _, p := range s.Pods {
+				if p.Name == args[0] {
+					fmt.Fprintln(cmd.OutOrStdout(), p.IP)
+					return nil
+				}
+			}
+			for _, n := range s.Nodes {
+				if n.Name == args[0] {
+					fmt.Fprintln(cmd.OutOrStdout(), n.Address.Addr())
+					return nil
+				}
+			}
+			if args[0] == "external" && s.External != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), s.External.Address.Addr())
+				return nil
+			}
+			var names []string
+			for _, p := range s.Pods {
+				names = append(names, p.Name)
+			}
+			for _, n := range s.Nodes {
+				names = append(names, n.Name)
+			}
+			return fmt.Errorf("lab %s has no pod or node %q (have: %s)", s.Name, args[0], strings.Join(names, ", "))
+		},
+	}
+}
