@@ -20,10 +20,12 @@ import (
 const killGrace = 3 * time.Second
 
 // Down removes everything of lab name: what its state.json records (when
-// present) and every namespace matching exactly
+// present: every name- namespace it lists, pods added later included) and
+// every namespace matching exactly
 // ^name-(fabric|external|worker[0-9]+|test-[0-9]+)$, after killing the
-// processes inside them; the lab's etcd (found by its recorded identity or
-// by its command line); then the run dir. It is idempotent and tries
+// processes inside them; pods attached by hand to its running daemons;
+// the lab's etcd (found by its recorded identity or by its command line);
+// then the run dir. It is idempotent and tries
 // every step, returning the joined errors.
 func Down(name string) error { return Teardown(Config{Name: name}) }
 

@@ -18,7 +18,9 @@
 // 192.168.0.0/16, in blocks each node claims), not from the lab.
 //
 // Namespace names are an interface: other tests and tools rely on
-// NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external).
+// NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external). Pods
+// added to a running lab (AddPod, Scale) are NAME-<pod>. Lab names have
+// no "-", so the prefix NAME- belongs to one lab only.
 package lab
 
 import (

@@ -30,7 +30,8 @@ func newLabCmd() *cobra.Command {
 (NAME-fabric, br0 10.77.0.1/24), one etcd datastore for the lab
 (/run/podnet/lab/NAME/etcd.sock), nodes NAME-worker<K> running podnet daemon,
 and pods NAME-test-<J> with addresses from IPAM, serving HTTP on port 80.
-It needs root.
+More pods come and go with 'lab pod add|del' and 'lab scale'; 'lab graph'
+draws the lab and 'lab tour' walks the overlay lesson in it. It needs root.
 
 --name picks the lab (default $PODNET_LAB, else podnet) and may come
 anywhere on the command line; 'eval "$(podnet lab env --name NAME)"' makes
