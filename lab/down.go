@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -19,10 +20,12 @@ import (
 const killGrace = 3 * time.Second
 
 // Down removes everything of lab name: what its state.json records (when
-// present) and every namespace matching exactly
+// present: every name- namespace it lists, pods added later included) and
+// every namespace matching exactly
 // ^name-(fabric|external|worker[0-9]+|test-[0-9]+)$, after killing the
-// processes inside them; the lab's etcd (found by its recorded identity or
-// by its command line); then the run dir. It is idempotent and tries
+// processes inside them; pods attached by hand to its running daemons;
+// the lab's etcd (found by its recorded identity or by its command line);
+// then the run dir. It is idempotent and tries
 // every step, returning the joined errors.
 func Down(name string) error { return Teardown(Config{Name: name}) }
 
@@ -68,6 +71,12 @@ func (l *Lab) Down() error {
 
 	var errs []error
 	l.r.progressf("removing lab %s", st.Name)
+	// Pods attached by hand (`podnet pod add --new` on a node) are not in
+	// the state: their daemon knows them, and deletes the namespaces it
+	// made for them, so ask it while it still runs.
+	if err := l.dropForeignPods(st); err != nil {
+		errs = append(errs, err)
+	}
 	// Recorded processes first, by identity, so a daemon gets SIGTERM and
 	// a chance to shut down cleanly before its namespace disappears.
 	if err := stopAll(procs, unix.SIGTERM, killGrace); err != nil {
@@ -81,12 +90,12 @@ func (l *Lab) Down() error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	re := memberRE(st.Name)
 	nss := swept
 	for _, ns := range st.Namespaces {
 		// Only names of this lab: a hand-edited state must not make Down
-		// delete someone else's namespace.
-		if re.MatchString(ns) && !slices.Contains(nss, ns) {
+		// delete someone else's namespace. Lab names have no "-", so
+		// NAME- is this lab's alone (pods added later have any name).
+		if strings.HasPrefix(ns, st.Name+"-") && !slices.Contains(nss, ns) {
 			nss = append(nss, ns)
 		}
 	}
@@ -162,4 +171,38 @@ func (l *Lab) netnsPids(ns string) ([]procID, error) {
 		}
 	}
 	return ids, nil
+}
+
+// dropForeignPods asks each running daemon of the lab to delete the pods
+// the lab did not create. Their namespaces are not the lab's (the daemon
+// names them NODE-POD), so only the daemon can tell which are its own.
+func (l *Lab) dropForeignPods(st state) error {
+	var errs []error
+	for _, n := range st.Nodes {
+		if st.Binary == "" || !n.Daemon.running() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		env := []string{"PODNET_SOCKET=" + n.Socket}
+		out, err := l.r.runEnv(ctx, env, "ip", "netns", "exec", n.Netns, st.Binary, "pod", "list", "-o", "json")
+		var pods []struct {
+			Name string `json:"name"`
+		}
+		if err == nil {
+			err = json.Unmarshal(out, &pods)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list pods of %s: %w", n.Name, err))
+		}
+		for _, p := range pods {
+			if sp := st.pod(p.Name); sp != nil && sp.Node == n.Name {
+				continue
+			}
+			if _, err := l.r.runEnv(ctx, env, "ip", "netns", "exec", n.Netns, st.Binary, "pod", "del", p.Name); err != nil {
+				errs = append(errs, fmt.Errorf("delete pod %s of %s: %w", p.Name, n.Name, err))
+			}
+		}
+		cancel()
+	}
+	return errors.Join(errs...)
 }

@@ -40,6 +40,8 @@ import (
 //	    workerK (a counter file beside $PODNET_SOCKET), so tests can
 //	    predict addresses; appends "NAME A P ipam|fixed" to pods.log beside
 //	    $PODNET_SOCKET and prints the pod (as JSON with -o json)
+//	podnet pod list -o json        the pods of pods.log beside
+//	    $PODNET_SOCKET, as JSON (lab.Down asks for pods it did not add)
 //	podnet lab serve-http ...      the real lab.ServeHTTP
 //
 // plus test tools the machine may lack: `podnet ping ADDR` (one ICMP
@@ -101,6 +103,8 @@ func fakeMain(args []string) int {
 		err = fakeStatus()
 	case cmd == "pod add":
 		err = fakePodAdd(args[2:])
+	case cmd == "pod list":
+		err = fakePodList()
 	case cmd == "route list":
 		// Everything routed: the lab only waits for convergence.
 		fmt.Println(`[{"prefix":"0.0.0.0/1","kind":"remote"},{"prefix":"128.0.0.0/1","kind":"remote"}]`)
@@ -361,4 +365,23 @@ func fakeGet(args []string) error {
 	}
 	_, err = io.Copy(os.Stdout, resp.Body)
 	return err
+}
+
+// fakePodList prints the pods fakePodAdd recorded for this node.
+func fakePodList() error {
+	if err := fakeStatus(); err != nil {
+		return fmt.Errorf("pod list: daemon: %w", err)
+	}
+	nodeDir := filepath.Dir(os.Getenv("PODNET_SOCKET"))
+	b, err := os.ReadFile(filepath.Join(nodeDir, "pods.log"))
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	pods := []map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 {
+			pods = append(pods, map[string]string{"name": f[0], "ip": f[1], "netns": f[2], "node": filepath.Base(nodeDir)})
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(pods)
 }

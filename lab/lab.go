@@ -18,7 +18,9 @@
 // 192.168.0.0/16, in blocks each node claims), not from the lab.
 //
 // Namespace names are an interface: other tests and tools rely on
-// NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external).
+// NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external). Pods
+// added to a running lab (AddPod, Scale) are NAME-<pod>. Lab names have
+// no "-", so the prefix NAME- belongs to one lab only.
 package lab
 
 import (
@@ -160,6 +162,9 @@ const (
 	HTTPBuiltin = "builtin"
 )
 
+// NginxPackage is the smallest Debian package with an nginx binary.
+const NginxPackage = "nginx-light"
+
 // withDefaults returns cfg with every zero field filled in, or an error
 // naming the first invalid field.
 func (cfg Config) withDefaults() (Config, error) {
@@ -216,7 +221,11 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.RunDir = DefaultRunDir(cfg.Name)
 	}
 	switch cfg.HTTPServer {
-	case HTTPNginx, HTTPBuiltin:
+	case HTTPNginx:
+		if nginxPath() == "" {
+			return cfg, fmt.Errorf("lab config: HTTPServer %q: nginx is not installed (install it with: apt-get install %s, or use --http-server builtin)", cfg.HTTPServer, NginxPackage)
+		}
+	case HTTPBuiltin:
 	case "":
 		cfg.HTTPServer = HTTPBuiltin
 		if nginxPath() != "" {

@@ -112,9 +112,9 @@ func TestMemberRE(t *testing.T) {
 }
 
 func TestSortTeardown(t *testing.T) {
-	nss := []string{"l-fabric", "l-worker10", "l-test-2", "l-external", "l-worker2", "l-test-10", "l-test-1"}
+	nss := []string{"l-fabric", "l-worker10", "l-web", "l-test-2", "l-external", "l-worker2", "l-test-10", "l-test-1"}
 	sortTeardown("l", nss)
-	want := []string{"l-test-1", "l-test-2", "l-test-10", "l-worker2", "l-worker10", "l-external", "l-fabric"}
+	want := []string{"l-test-1", "l-test-2", "l-test-10", "l-web", "l-worker2", "l-worker10", "l-external", "l-fabric"}
 	if !slices.Equal(nss, want) {
 		t.Errorf("got %v, want %v", nss, want)
 	}

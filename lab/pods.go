@@ -46,7 +46,7 @@ func (l *Lab) addPods(ctx context.Context, pods int) error {
 	nodes := len(l.st.Nodes)
 	l.mu.Unlock()
 	for _, p := range placePods(pods, nodes) {
-		if err := l.addPod(ctx, p.Pod, p.Node); err != nil {
+		if err := l.addPod(ctx, podName(p.Pod), nodeName(p.Node), ""); err != nil {
 			return err
 		}
 	}
@@ -59,8 +59,10 @@ type podAdded struct {
 	IP   string `json:"ip"`
 }
 
-func (l *Lab) addPod(ctx context.Context, j, k int) error {
-	pod, node := podName(j), nodeName(k)
+// addPod creates namespace NAME-pod, attaches it to node's daemon (with
+// an address from pool, "" = the daemon's choice) and starts its HTTP
+// server, recording each step in the state.
+func (l *Lab) addPod(ctx context.Context, pod, node, pool string) error {
 	ns := netnsOf(l.st.Name, pod)
 	dir := filepath.Join(l.st.RunDir, "pods", pod)
 	l.r.progressf("creating pod %s on %s (%s)", pod, node, ns)
@@ -80,8 +82,11 @@ func (l *Lab) addPod(ctx context.Context, j, k int) error {
 	n := *l.st.node(node)
 	bin := l.st.Binary
 	l.mu.Unlock()
-	out, err := l.r.runEnv(ctx, []string{"PODNET_SOCKET=" + n.Socket},
-		"ip", "netns", "exec", n.Netns, bin, "pod", "add", pod, "--netns", netnsPath(ns), "-o", "json")
+	args := []string{"ip", "netns", "exec", n.Netns, bin, "pod", "add", pod, "--netns", netnsPath(ns), "-o", "json"}
+	if pool != "" {
+		args = append(args, "--pool", pool)
+	}
+	out, err := l.r.runEnv(ctx, []string{"PODNET_SOCKET=" + n.Socket}, args...)
 	if err != nil {
 		return fmt.Errorf("create pod %s: attach to %s: %w", pod, node, err)
 	}

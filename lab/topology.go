@@ -139,7 +139,8 @@ func labNamespaces(name string) ([]string, error) {
 }
 
 // sortTeardown orders namespaces of lab name for removal: pods, then
-// nodes, then external, then the fabric; numbers in numeric order.
+// nodes, then external, then the fabric; numbers in numeric order, and
+// pods with other names after the test-N ones.
 func sortTeardown(name string, nss []string) {
 	rank := func(ns string) (int, int) {
 		m := strings.TrimPrefix(ns, name+"-")
@@ -152,8 +153,11 @@ func sortTeardown(name string, nss []string) {
 			return 1, n
 		case m == "external":
 			return 2, 0
-		default:
+		case m == "fabric":
 			return 3, 0
+		default:
+			// Pods added to the running lab under other names.
+			return 0, 1 << 30
 		}
 	}
 	sort.SliceStable(nss, func(i, j int) bool {

@@ -50,12 +50,15 @@ func pct(n, total int) string {
 
 func newIPAMShowCmd() *cobra.Command {
 	var showBlocks, showBorrowed bool
-	var ipStr string
+	var ipStr, output string
 	cmd := &cobra.Command{
 		Use:   "show [--show-blocks] [--show-borrowed] [--ip=A.B.C.D]",
 		Short: "Pools and blocks: how many addresses are in use, where; who holds an address",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(output, "table", "json"); err != nil {
+				return err
+			}
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				m := ipam.New(c.Store())
 				switch {
@@ -72,6 +75,9 @@ func newIPAMShowCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if output == "json" {
+					return printJSON(stdout, usage)
+				}
 				writeUsage(stdout, usage, showBlocks)
 				return nil
 			})
@@ -80,6 +86,7 @@ func newIPAMShowCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&showBlocks, "show-blocks", false, "also show each block, its node and its use")
 	cmd.Flags().BoolVar(&showBorrowed, "show-borrowed", false, "show addresses borrowed from other nodes' blocks")
 	cmd.Flags().StringVar(&ipStr, "ip", "", "show who holds this address")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format for pools and blocks: table or json")
 	return cmd
 }
 

@@ -30,13 +30,32 @@ func newLabCmd() *cobra.Command {
 (NAME-fabric, br0 10.77.0.1/24), one etcd datastore for the lab
 (/run/podnet/lab/NAME/etcd.sock), nodes NAME-worker<K> running podnet daemon,
 and pods NAME-test-<J> with addresses from IPAM, serving HTTP on port 80.
-It needs root.`,
+More pods come and go with 'lab pod add|del' and 'lab scale'; 'lab graph'
+draws the lab and 'lab tour' walks the overlay lesson in it. It needs root.
+
+--name picks the lab (default $PODNET_LAB, else podnet) and may come
+anywhere on the command line; 'eval "$(podnet lab env --name NAME)"' makes
+NAME the default for this shell and points podnet's resource, IPAM and
+node commands on the host at that lab.`,
 	}
-	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabExecCmd(), newLabDownCmd(), newLabServeHTTPCmd(), newLabServeUDPEchoCmd())
+	name := cmd.PersistentFlags().String("name", defaultLabName(), "lab name: prefix of all its namespaces (^[a-z][a-z0-9]{0,11}$; default $"+labEnv+", else "+lab.DefaultName+")")
+	cmd.AddCommand(newLabUpCmd(name), newLabStatusCmd(name), newLabExecCmd(name), newLabDownCmd(name),
+		newLabListCmd(), newLabEnvCmd(name), newLabGraphCmd(name), newLabIPCmd(name), newLabTourCmd(name), newLabPodCmd(name), newLabScaleCmd(name),
+		newLabServeHTTPCmd(), newLabServeUDPEchoCmd())
 	return cmd
 }
 
-func newLabUpCmd() *cobra.Command {
+// labEnv names the default lab, as `podnet lab env` sets it.
+const labEnv = "PODNET_LAB"
+
+func defaultLabName() string {
+	if n := os.Getenv(labEnv); n != "" {
+		return n
+	}
+	return lab.DefaultName
+}
+
+func newLabUpCmd(name *string) *cobra.Command {
 	var (
 		cfg  lab.Config
 		pods int
@@ -46,6 +65,7 @@ func newLabUpCmd() *cobra.Command {
 		Short: "Create a lab: fabric, nodes with daemons, pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Name = *name
 			cfg.Pods = pods
 			if pods == 0 {
 				cfg.Pods = lab.NoPods
@@ -67,7 +87,6 @@ func newLabUpCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Name, "name", lab.DefaultName, "lab name: prefix of all its namespaces (^[a-z][a-z0-9]{0,11}$)")
 	f.IntVar(&cfg.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	f.IntVar(&pods, "pods", lab.DefaultPods, "number of pods (0 = none)")
 	f.BoolVar(&cfg.NoDaemon, "no-daemon", false, "build only namespaces and the fabric: no daemons, no pods")
@@ -146,8 +165,8 @@ func nameFlag(name string) string {
 	return " --name " + name
 }
 
-func newLabStatusCmd() *cobra.Command {
-	var name, output string
+func newLabStatusCmd(name *string) *cobra.Command {
+	var output string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show a lab's nodes and pods",
@@ -156,7 +175,7 @@ func newLabStatusCmd() *cobra.Command {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("-o %q: want table or json", output)
 			}
-			l, err := openLab(name)
+			l, err := openLab(*name)
 			if err != nil {
 				return err
 			}
@@ -168,10 +187,15 @@ func newLabStatusCmd() *cobra.Command {
 				return enc.Encode(s)
 			}
 			printLabStatus(w, s)
+			if g, err := l.Graph(cmd.Context()); err != nil {
+				fmt.Fprintf(w, "\n(no diagram: %v)\n", err)
+			} else {
+				fmt.Fprintln(w)
+				g.Write(w, lab.GraphText)
+			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", lab.DefaultName, "lab name")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	return cmd
 }
@@ -196,19 +220,30 @@ func printLabStatus(w io.Writer, s lab.Status) {
 	}
 }
 
-// openLab opens lab name, turning "not found" into a hint.
+// openLab opens lab name; when it is not up the error names the labs that
+// are, or says how to start one.
 func openLab(name string) (*lab.Lab, error) {
 	l, err := lab.Open(name)
-	if errors.Is(err, lab.ErrNotFound) {
-		return nil, fmt.Errorf("lab %s is not up (start it with: podnet lab up%s)", name, nameFlag(name))
+	if !errors.Is(err, lab.ErrNotFound) {
+		return l, err
 	}
-	return l, err
+	return nil, notUp(name)
 }
 
-func newLabExecCmd() *cobra.Command {
-	var name string
+func notUp(name string) error {
+	names, err := lab.List()
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("no lab is up; start one with: podnet lab up%s", nameFlag(name))
+	}
+	return fmt.Errorf("lab %s is not up; labs up: %s (pick one with --name)", name, strings.Join(names, ", "))
+}
+
+func newLabExecCmd(name *string) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "exec [--name NAME] TARGET -- CMD [ARG...]",
+		Use:   "exec [--name NAME] TARGET [--name NAME] -- CMD [ARG...]",
 		Short: "Run a command in a lab namespace (fabric, a node or a pod)",
 		Long: `Run CMD inside TARGET's network namespace: "fabric", a node (worker1; podnet
 commands there talk to that node's daemon) or a pod (test-1). Everywhere,
@@ -216,15 +251,13 @@ PODNET_DATASTORE_ENDPOINTS points at the lab's etcd, so 'podnet get ippool'
 and 'podnet ipam show' work. The exit code is CMD's.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// Flag parsing stops at TARGET, so a "--" after it is still here.
-			target, argv := args[0], args[1:]
-			if argv[0] == "--" {
-				argv = argv[1:]
+			// Flag parsing stops at TARGET, so a "--" after it is still here,
+			// and so are our flags between TARGET and "--".
+			target, argv, err := splitExecArgs(args, name)
+			if err != nil {
+				return err
 			}
-			if len(argv) == 0 {
-				return errors.New("no command: usage: podnet lab exec TARGET -- CMD [ARG...]")
-			}
-			l, err := openLab(name)
+			l, err := openLab(*name)
 			if err != nil {
 				return err
 			}
@@ -248,31 +281,51 @@ and 'podnet ipam show' work. The exit code is CMD's.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", lab.DefaultName, "lab name")
-	// Flags after TARGET belong to CMD (ping -c3), not to us.
+	// Flags after TARGET belong to CMD (ping -c3), not to us, unless a
+	// "--" follows them.
 	cmd.Flags().SetInterspersed(false)
 	return cmd
 }
 
-func newLabDownCmd() *cobra.Command {
-	var (
-		name    string
-		verbose bool
-	)
+// splitExecArgs splits `lab exec`'s arguments into TARGET and CMD. Right
+// after TARGET, --name NAME (or --name=NAME) still sets *name, so it is
+// never silently taken for CMD; a "--" then starts CMD.
+func splitExecArgs(args []string, name *string) (string, []string, error) {
+	const usage = "usage: podnet lab exec [--name NAME] TARGET -- CMD [ARG...]"
+	target, rest := args[0], args[1:]
+	for len(rest) > 0 {
+		if f := rest[0]; f == "--name" && len(rest) > 1 {
+			*name, rest = rest[1], rest[2:]
+		} else if v, ok := strings.CutPrefix(f, "--name="); ok {
+			*name, rest = v, rest[1:]
+		} else {
+			break
+		}
+	}
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	if len(rest) == 0 {
+		return "", nil, errors.New("no command: " + usage)
+	}
+	return target, rest, nil
+}
+
+func newLabDownCmd(name *string) *cobra.Command {
+	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "Remove a lab: its processes (etcd too), namespaces and run dir",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := lab.Teardown(lab.Config{Name: name, Verbose: verbose, Progress: progressOut(verbose, cmd.OutOrStdout())})
+			err := lab.Teardown(lab.Config{Name: *name, Verbose: verbose, Progress: progressOut(verbose, cmd.OutOrStdout())})
 			if err != nil {
 				return flatten(err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "lab %s removed\n", name)
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s removed\n", *name)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", lab.DefaultName, "lab name")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every command")
 	return cmd
 }
