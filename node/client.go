@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -138,4 +140,42 @@ func (c *Client) NATEntries() ([]nat.Entry, error) {
 func (c *Client) NATStats() (nat.Stats, error) {
 	var s nat.Stats
 	return s, c.do("GET", "/v1/nat/stats", nil, &s)
+}
+
+// Trace asks the daemon's switch what it would do with a packet.
+func (c *Client) Trace(q vswitch.TraceQuery) (vswitch.TraceResult, error) {
+	var out vswitch.TraceResult
+	err := c.do("POST", "/v1/trace", q, &out)
+	return out, err
+}
+
+// Capture streams a pcap of port (a pod, host, ipip, vxlan or underlay)
+// until count packets (0: no limit), seconds (0: no limit) or Close.
+func (c *Client) Capture(port string, count int, seconds float64, filter string) (io.ReadCloser, error) {
+	v := url.Values{"port": {port}, "filter": {filter}}
+	if count > 0 {
+		v.Set("count", strconv.Itoa(count))
+	}
+	if seconds > 0 {
+		v.Set("seconds", strconv.FormatFloat(seconds, 'f', -1, 64))
+	}
+	req, err := http.NewRequest("GET", "http://podnet/v1/capture?"+v.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	// A capture runs as long as it runs: no client timeout.
+	hc := &http.Client{Transport: c.hc.Transport}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("podnet daemon at %s: %w", c.socket, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var e apiError
+		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
+			return nil, errors.New(e.Error)
+		}
+		return nil, fmt.Errorf("podnet daemon: %s", resp.Status)
+	}
+	return resp.Body, nil
 }

@@ -9,6 +9,8 @@ func commands() []*cobra.Command {
 		newStatusCmd(),
 		newPodCmd(),
 		newRouteCmd(),
+		newTraceCmd(),
+		newCaptureCmd(),
 		newPortCmd(),
 		newGetCmd(),
 		newCreateCmd(),

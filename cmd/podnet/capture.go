@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"podnet/capture"
+)
+
+func newCaptureCmd() *cobra.Command {
+	var file string
+	var count int
+	var seconds float64
+	cmd := &cobra.Command{
+		Use:   "capture PORT [FILTER...]",
+		Short: "Show or save the packets crossing a port of this node's switch",
+		Long: `capture copies the packets crossing one port of this node's switch: a
+pod's port (by pod name, as Ethernet frames), the host port (host or
+podnet0), a tunnel (ipip, vxlan: the inner packets), or the underlay
+interface itself ("underlay": the wire, outer headers and all). Each
+packet is printed on one line, or with -w written to a pcap file that
+tcpdump, tshark and Wireshark read.
+
+FILTER terms, joined by "and": host ADDR, port N, tcp, udp, icmp; each
+must hold for some IPv4 header of the packet, outer or inner.`,
+		Example: `  podnet capture test-1
+  podnet capture underlay -c 10 host 192.168.14.2
+  podnet capture vxlan -w /tmp/vxlan.pcap --seconds 5`,
+		Args: cobra.MinimumNArgs(1),
+	}
+	sock := socketFlag(cmd)
+	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcap file instead of printing")
+	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
+	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		filter := strings.Join(args[1:], " ")
+		if _, err := capture.ParseFilter(filter); err != nil {
+			return err
+		}
+		body, err := client(*sock).Capture(args[0], count, seconds, filter)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		// ^C ends the capture cleanly: the file is complete up to there.
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt)
+		defer signal.Stop(sig)
+		go func() { <-sig; body.Close() }()
+		if file != "" {
+			f, err := os.Create(file)
+			if err != nil {
+				return err
+			}
+			n, err := io.Copy(f, body)
+			if cerr := f.Close(); err == nil || isClosedBody(err) {
+				err = cerr
+			}
+			fmt.Fprintf(os.Stderr, "wrote %d bytes to %s\n", n, file)
+			return err
+		}
+		r, err := capture.NewReader(body)
+		if err != nil {
+			return err
+		}
+		for {
+			t, data, err := r.Next()
+			if err != nil {
+				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
+					return nil
+				}
+				return err
+			}
+			fmt.Fprintln(stdout, capture.Line(t, "", capture.Decode(data, r.Link())))
+		}
+	}
+	return cmd
+}
+
+func isClosedBody(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "closed")
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"podnet/lab"
+	"podnet/lab/labtest"
+)
+
+// TestLabTraceAndCapture: what `lab trace` says happens is what happens
+// (--probe checks it from each node's counters), for a packet delivered
+// across nodes, one leaving through NAT, one dropped at the far node and
+// one whose TTL runs out there; `capture` shows the underlay's VXLAN
+// with the pod packets inside, and its pcap opens in tshark.
+func TestLabTraceAndCapture(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapVXLAN})
+	bin := labtest.Binary(t)
+	cfg := filepath.Join(t.TempDir(), "podnet.cfg")
+	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "PODNET_CONFIG="+cfg, "PODNET_LAB="+l.Name())
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	ip2 := l.PodIP("test-2")
+	// An address of test-2's block that no pod has: worker2 blackholes it.
+	b := ip2.As4()
+	b[3] ^= 0x20 // the same /26, another address
+	unused := netip.AddrFrom4(b)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"across nodes", []string{"test-1", "test-2"}, []string{"on worker1:", "encapsulated to node " + l.NodeAddr("worker2").String() + " over vxlan", "on worker2:", "result: delivered to pod test-2", "probe: confirmed on 2 node(s)"}},
+		{"outside", []string{"test-1", "external"}, []string{"result: leaves the cluster through NAT on worker1 as " + l.NodeAddr("worker1").String(), "probe: confirmed on 1 node(s)"}},
+		{"unused address", []string{"test-1", unused.String()}, []string{"result: dropped on worker2 (blackhole)", "probe: confirmed on 2 node(s)", "the last node dropped it"}},
+		{"ttl 2", []string{"test-1", "test-2", "--ttl", "2"}, []string{"result: dropped on worker2 (ttl-exceeded)", "icmp back to the sender: time exceeded", "probe: confirmed on 2 node(s)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := run(append([]string{"lab", "trace", "--probe"}, tc.args...)...)
+			if err != nil {
+				t.Fatalf("lab trace %v: %v\n%s", tc.args, err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("lab trace %v: no %q in\n%s", tc.args, w, out)
+				}
+			}
+		})
+	}
+
+	// Capture while pinging: the underlay shows VXLAN around the pods'
+	// ICMP; a pcap of the tunnel's inner packets opens in tshark.
+	ping := func() {
+		time.Sleep(500 * time.Millisecond)
+		l.Output(t.Context(), "test-1", "ping", "-c", "3", "-i", "0.2", ip2.String())
+	}
+	go ping()
+	out, err := run("lab", "exec", "worker1", "--", bin, "capture", "underlay", "-c", "2", "--seconds", "10", "host", ip2.String())
+	if err != nil || strings.Count(out, "VXLAN vni 4096 | ") != 2 || !strings.Contains(out, "> "+ip2.String()) {
+		t.Errorf("capture underlay: %v\n%s\nwant 2 VXLAN lines with the pod packets inside", err, out)
+	}
+	file := filepath.Join(t.TempDir(), "vxlan.pcap")
+	go ping()
+	if out, err := run("lab", "exec", "worker1", "--", bin, "capture", "vxlan", "-c", "2", "--seconds", "10", "-w", file); err != nil {
+		t.Fatalf("capture -w: %v\n%s", err, out)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "ip.dst")
+	cmd.Stderr = &stderr
+	got, err := cmd.Output()
+	if err != nil || !strings.Contains(string(got), ip2.String()) {
+		t.Errorf("tshark -r %s: %v\n%s%s", file, err, got, stderr.Bytes())
+	}
+}
