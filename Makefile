@@ -11,7 +11,8 @@ FUZZTIME  ?= 300000x
 FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARPFrame \
              ./internal/packet:FuzzSegmentTCPv4 ./internal/packet:FuzzVirtioDecode \
              ./internal/packet:FuzzBuildICMPError ./encap:FuzzDecapIPIP \
-             ./encap:FuzzDecapVXLAN ./api:FuzzDecode ./ipam:FuzzDecodeBlock
+             ./encap:FuzzDecapVXLAN ./api:FuzzDecode ./ipam:FuzzDecodeBlock \
+             ./selector:FuzzParse
 
 .PHONY: build deps test unit race fuzz lab lab-down bench lint clean
 
