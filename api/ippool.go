@@ -57,7 +57,8 @@ type IPPoolSpec struct {
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
 	// Disabled stops new allocations; existing addresses keep working.
 	Disabled bool `json:"disabled,omitempty"`
-	// DisableBGPExport keeps the pool's routes out of BGP.
+	// DisableBGPExport keeps the pool's routes out of BGP. Refused (true)
+	// until the BGP export policy honours it.
 	DisableBGPExport bool `json:"disableBGPExport,omitempty"`
 	// NodeSelector picks the nodes IPAM may assign from this pool for;
 	// default all().
@@ -182,6 +183,9 @@ func (p *IPPool) Validate() error {
 		fe.add("IPPool.Spec.IPIPMode", s.IPIPMode, "IPIP is not supported on an IPv6 IP pool")
 	}
 	validateSelector(&fe, "IPPool.Spec.NodeSelector", s.NodeSelector)
+	if s.DisableBGPExport {
+		fe.add("IPPool.Spec.DisableBGPExport", true, notYet("disableBGPExport", "every pool's blocks are advertised to every peer"))
+	}
 	lb := false
 	for _, u := range s.AllowedUses {
 		switch u {

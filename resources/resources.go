@@ -91,7 +91,9 @@ func FromKV(kind string, kv datastore.KV) (api.Resource, error) {
 	} else if err := json.Unmarshal(kv.Value, r); err != nil {
 		return nil, fmt.Errorf("decode stored %s(%s): %w", kind, kv.Name, err)
 	}
-	*r.GetTypeMeta() = api.TypeMeta{APIVersion: api.APIVersion, Kind: kind}
+	// The apiVersion it was written with (podnet.io/v1 or, for Calico's
+	// kinds, projectcalico.org/v3) is kept, so get prints it back.
+	*r.GetTypeMeta() = api.TypeMeta{APIVersion: api.OutputAPIVersion(kind, r.GetTypeMeta().APIVersion), Kind: kind}
 	m := r.GetObjectMeta()
 	m.Name = kv.Name
 	m.ResourceVersion = strconv.FormatInt(kv.Revision, 10)
