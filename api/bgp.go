@@ -30,7 +30,9 @@ type BGPConfiguration struct {
 
 // BGPConfigurationSpec has the Calico fields podnet implements.
 type BGPConfigurationSpec struct {
-	// LogSeverityScreen: Debug, Info (default), Warning, Error, Fatal.
+	// LogSeverityScreen: Debug, Info (default), Warning, Error, Fatal in
+	// Calico; podnet accepts Info only until the BGP speaker's log level
+	// follows it (its messages go to the daemon's log at --log-level).
 	LogSeverityScreen string `json:"logSeverityScreen,omitempty"`
 	// NodeToNodeMeshEnabled: iBGP full mesh between nodes; default true.
 	// Global only.
@@ -86,7 +88,9 @@ func (c *BGPConfiguration) Validate() error {
 	}
 	s := &c.Spec
 	switch s.LogSeverityScreen {
-	case "", "Debug", "Info", "Warning", "Error", "Fatal":
+	case "", DefaultLogSeverityScreen:
+	case "Debug", "Warning", "Error", "Fatal":
+		fe.add("BGPConfiguration.Spec.LogSeverityScreen", s.LogSeverityScreen, notYet("logSeverityScreen other than Info", "BGP messages go to the daemon's log at its --log-level"))
 	default:
 		fe.add("BGPConfiguration.Spec.LogSeverityScreen", s.LogSeverityScreen, "must be one of Debug, Info, Warning, Error, Fatal")
 	}
