@@ -44,8 +44,10 @@ func (e *UnknownFieldError) Error() string {
 // from a <Kind>List. Decoding is strict: an unknown field, a missing
 // apiVersion or kind, an unknown kind or an apiVersion other than
 // podnet.io/v1 (or projectcalico.org/v3 for the kinds Calico shares) is a
-// *DecodeError. Empty documents are skipped. Decoded resources carry
-// apiVersion podnet.io/v1; defaults are not applied (see SetDefaults).
+// *DecodeError. An unknown field or kind that Calico has is an
+// *UnsupportedError instead, saying podnet does not support it. Empty
+// documents are skipped. Decoded resources keep the apiVersion they were
+// written with; defaults are not applied (see SetDefaults).
 func Decode(r io.Reader) ([]Resource, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {

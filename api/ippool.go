@@ -3,6 +3,8 @@ package api
 import (
 	"fmt"
 	"net/netip"
+
+	"podnet/selector"
 )
 
 // Encapsulation modes of an IPPool (ipipMode, vxlanMode).
@@ -204,7 +206,7 @@ func (p *IPPool) Validate() error {
 			fe.add("IPPool.Spec.AllowedUses", UseLoadBalancer, "LoadBalancer pools cannot use IPIP or VXLAN")
 		case s.DisableBGPExport:
 			fe.add("IPPool.Spec.AllowedUses", UseLoadBalancer, "LoadBalancer pools cannot disable BGP export")
-		case s.NodeSelector != DefaultNodeSelector:
+		case !selectsAll(s.NodeSelector):
 			fe.add("IPPool.Spec.AllowedUses", UseLoadBalancer, "LoadBalancer pools need nodeSelector all()")
 		}
 	}
@@ -212,6 +214,12 @@ func (p *IPPool) Validate() error {
 		fe.add("IPPool.Spec.AssignmentMode", s.AssignmentMode, "must be one of Automatic, Manual")
 	}
 	return fe.err()
+}
+
+// selectsAll reports whether selector s is all() (however written).
+func selectsAll(s string) bool {
+	sel, err := selector.Parse(s)
+	return err == nil && sel.String() == DefaultNodeSelector
 }
 
 // ValidateUpdate checks what may not change between the stored pool old

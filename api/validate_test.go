@@ -51,6 +51,8 @@ func TestIPPoolValidate(t *testing.T) {
 		{"disableBGPExport", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.DisableBGPExport = true }),
 			"error with field IPPool.Spec.DisableBGPExport = 'true' (podnet does not support disableBGPExport yet: every pool's blocks are advertised to every peer)"},
 		{"lb ok", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AllowedUses = []string{UseLoadBalancer} }), ""},
+		{"lb all() spaced", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AllowedUses, s.NodeSelector = []string{UseLoadBalancer}, " all( ) " }), ""},
+		{"lb selector", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AllowedUses, s.NodeSelector = []string{UseLoadBalancer}, "zone == 'a'" }), "LoadBalancer pools need nodeSelector all()"},
 		{"tunnel only ok", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.AllowedUses = []string{UseTunnel} }), ""},
 		{"several", pool("p", "10.0.0.1/16", func(s *IPPoolSpec) { s.BlockSize = 40 }),
 			"error with the following fields:\n-  IPPool.Spec.CIDR = '10.0.0.1/16' (IPPool CIDR is not strictly masked)\n-  IPPool.Spec.BlockSize = '40' (IPv4 block size must be between 20 and 32)"},

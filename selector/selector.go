@@ -274,11 +274,12 @@ func (p *parser) parseOperation(k string) (node, error) {
 	case p.word("contains"):
 		op, p.pos = opContains, p.pos+len("contains")
 	case p.word("starts"), p.word("ends"):
+		w := "starts"
 		op = opStartsWith
 		if p.word("ends") {
-			op = opEndsWith
+			w, op = "ends", opEndsWith
 		}
-		p.pos += len(strings.Fields(op.String())[0])
+		p.pos += len(w)
 		p.skipBlanks()
 		if !p.word("with") {
 			return nil, p.errorf("expected 'with', found %s", p.describe())
