@@ -12,7 +12,7 @@ FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARP
              ./internal/packet:FuzzSegmentTCPv4 ./internal/packet:FuzzVirtioDecode \
              ./internal/packet:FuzzBuildICMPError ./encap:FuzzDecapIPIP \
              ./encap:FuzzDecapVXLAN ./api:FuzzDecode ./ipam:FuzzDecodeBlock \
-             ./switch:FuzzForward
+             ./switch:FuzzForward ./selector:FuzzParse
 
 .PHONY: build deps test unit race fuzz lab lab-down bench lint clean
 

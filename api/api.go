@@ -8,7 +8,9 @@
 // metadata, spec, optional status) and implements Resource. Our
 // apiVersion is podnet.io/v1; documents written for Calico
 // (projectcalico.org/v3) are accepted for the kinds podnet shares with
-// Calico and converted on Decode. Output is always podnet.io/v1.
+// Calico. A resource keeps the apiVersion it was written with, and is
+// printed with it, so that Calico's documents go back to calicoctl
+// unchanged (SetAPIVersion converts).
 package api
 
 import (
@@ -24,6 +26,29 @@ const (
 	// CalicoAPIVersion is accepted on input for the kinds in CalicoKinds.
 	CalicoAPIVersion = "projectcalico.org/v3"
 )
+
+// OutputAPIVersion is the apiVersion a resource of kind that carries
+// apiVersion v is printed and stored with: projectcalico.org/v3 stays
+// for Calico's kinds, anything else becomes podnet.io/v1.
+func OutputAPIVersion(kind, v string) string {
+	if k, ok := kindByName(kind); ok && k.Calico && v == CalicoAPIVersion {
+		return CalicoAPIVersion
+	}
+	return APIVersion
+}
+
+// SetAPIVersion sets the apiVersion r is printed with: podnet.io/v1, or
+// projectcalico.org/v3 for the kinds podnet shares with Calico.
+func SetAPIVersion(r Resource, v string) error {
+	switch k, _ := kindByName(r.ResourceKind()); {
+	case v == APIVersion, v == CalicoAPIVersion && k.Calico:
+		r.GetTypeMeta().APIVersion = v
+		return nil
+	case v == CalicoAPIVersion:
+		return fmt.Errorf("%s has no %s form: it is podnet's own kind", r.ResourceKind(), CalicoAPIVersion)
+	}
+	return fmt.Errorf("unknown apiVersion %q (want %s or %s)", v, APIVersion, CalicoAPIVersion)
+}
 
 // Kind names.
 const (

@@ -30,16 +30,20 @@ type BGPConfiguration struct {
 
 // BGPConfigurationSpec has the Calico fields podnet implements.
 type BGPConfigurationSpec struct {
-	// LogSeverityScreen: Debug, Info (default), Warning, Error, Fatal.
+	// LogSeverityScreen: Debug, Info (default), Warning, Error, Fatal in
+	// Calico; podnet accepts Info only until the BGP speaker's log level
+	// follows it (its messages go to the daemon's log at --log-level).
 	LogSeverityScreen string `json:"logSeverityScreen,omitempty"`
 	// NodeToNodeMeshEnabled: iBGP full mesh between nodes; default true.
 	// Global only.
 	NodeToNodeMeshEnabled *bool `json:"nodeToNodeMeshEnabled,omitempty"`
 	// ASNumber is the default AS of nodes; default 64512. Global only.
 	ASNumber *ASNumber `json:"asNumber,omitempty"`
-	// ListenPort is the BGP port; default 179.
+	// ListenPort is the BGP port; default 179, the only one podnet
+	// accepts until its peers dial the port the other node listens on.
 	ListenPort int `json:"listenPort,omitempty"`
-	// BindMode: None (listen on all addresses, default) or NodeIP.
+	// BindMode: None (listen on all addresses, default); Calico's NodeIP
+	// is refused until the speaker can bind to the node address.
 	BindMode string `json:"bindMode,omitempty"`
 }
 
@@ -84,7 +88,9 @@ func (c *BGPConfiguration) Validate() error {
 	}
 	s := &c.Spec
 	switch s.LogSeverityScreen {
-	case "", "Debug", "Info", "Warning", "Error", "Fatal":
+	case "", DefaultLogSeverityScreen:
+	case "Debug", "Warning", "Error", "Fatal":
+		fe.add("BGPConfiguration.Spec.LogSeverityScreen", s.LogSeverityScreen, notYet("logSeverityScreen other than Info", "BGP messages go to the daemon's log at its --log-level"))
 	default:
 		fe.add("BGPConfiguration.Spec.LogSeverityScreen", s.LogSeverityScreen, "must be one of Debug, Info, Warning, Error, Fatal")
 	}
@@ -95,9 +101,14 @@ func (c *BGPConfiguration) Validate() error {
 		fe.add("BGPConfiguration.Spec.ASNumber", 0, "AS number must be between 1 and 4294967295")
 	}
 	switch s.BindMode {
-	case "", "None", "NodeIP":
+	case "", "None":
+	case "NodeIP":
+		fe.add("BGPConfiguration.Spec.BindMode", s.BindMode, notYet("bindMode NodeIP", "the BGP speaker listens on all addresses (bindMode None)"))
 	default:
 		fe.add("BGPConfiguration.Spec.BindMode", s.BindMode, "must be one of None, NodeIP")
+	}
+	if s.ListenPort != 0 && s.ListenPort != DefaultBGPListenPort && s.ListenPort > 0 && s.ListenPort <= 65535 {
+		fe.add("BGPConfiguration.Spec.ListenPort", s.ListenPort, notYet("a listenPort other than 179", "mesh and selector peers would still dial 179"))
 	}
 	if !global {
 		if s.NodeToNodeMeshEnabled != nil {
@@ -143,8 +154,6 @@ type BGPPeerSpec struct {
 	// speaker's defaults (30s, 90s).
 	KeepaliveTime *Duration `json:"keepaliveTime,omitempty"`
 	HoldTime      *Duration `json:"holdTime,omitempty"`
-	// MaxRestartTime is the graceful-restart time; unset = 120s.
-	MaxRestartTime *Duration `json:"maxRestartTime,omitempty"`
 }
 
 // BGPPassword says where the session password comes from: exactly one of
@@ -212,6 +221,8 @@ func (p *BGPPeer) Validate() error {
 			fe.add("BGPPeer.Spec.PeerIP", "", "peerIP is required unless peerSelector is set")
 		} else if a, _, err := ParsePeerIP(s.PeerIP); err != nil || a.Zone() != "" {
 			fe.add("BGPPeer.Spec.PeerIP", s.PeerIP, "must be <IPv4>[:port] or [<IPv6>]:port")
+		} else if !a.Unmap().Is4() {
+			fe.add("BGPPeer.Spec.PeerIP", s.PeerIP, notYet("IPv6 BGP peers", noteNoIPv6+" (IPv6 pools are refused too)"))
 		}
 		if s.ASNumber == 0 {
 			fe.add("BGPPeer.Spec.ASNumber", 0, "asNumber is required (1..4294967295) unless peerSelector is set")
@@ -241,9 +252,6 @@ func (p *BGPPeer) Validate() error {
 		case s.HoldTime != nil && s.HoldTime.Duration > 0 && k.Duration >= s.HoldTime.Duration:
 			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, "keepalive time must be less than the hold time")
 		}
-	}
-	if m := s.MaxRestartTime; m != nil && m.Duration < 0 {
-		fe.add("BGPPeer.Spec.MaxRestartTime", m.Duration, "must not be negative")
 	}
 	return fe.err()
 }

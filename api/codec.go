@@ -44,8 +44,10 @@ func (e *UnknownFieldError) Error() string {
 // from a <Kind>List. Decoding is strict: an unknown field, a missing
 // apiVersion or kind, an unknown kind or an apiVersion other than
 // podnet.io/v1 (or projectcalico.org/v3 for the kinds Calico shares) is a
-// *DecodeError. Empty documents are skipped. Decoded resources carry
-// apiVersion podnet.io/v1; defaults are not applied (see SetDefaults).
+// *DecodeError. An unknown field or kind that Calico has is an
+// *UnsupportedError instead, saying podnet does not support it. Empty
+// documents are skipped. Decoded resources keep the apiVersion they were
+// written with; defaults are not applied (see SetDefaults).
 func Decode(r io.Reader) ([]Resource, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -205,7 +207,7 @@ func decodeObject(obj map[string]any, path, inheritAPI, inheritKind string) ([]R
 		if kind != "List" {
 			k, ok := kindByName(strings.TrimSuffix(kind, "List"))
 			if !ok {
-				return nil, fmt.Errorf("unknown kind %q", kind)
+				return nil, unknownKind(kind)
 			}
 			itemKind = k.Kind
 			if err := checkAPIVersion(k, apiVersion, path); err != nil {
@@ -252,13 +254,18 @@ func decodeObject(obj map[string]any, path, inheritAPI, inheritKind string) ([]R
 	}
 	k, ok := kindByName(kind)
 	if !ok {
-		return nil, fmt.Errorf("unknown kind %q", kind)
+		return nil, unknownKind(kind)
 	}
 	if err := checkAPIVersion(k, apiVersion, path); err != nil {
 		return nil, err
 	}
 	r := k.New()
 	norm, err := walk(obj, reflect.TypeOf(r).Elem(), strings.TrimSuffix(path, "."))
+	if ue := (*UnknownFieldError)(nil); errors.As(err, &ue) {
+		if u := unsupportedField(k.Kind, strings.TrimPrefix(ue.Field, path), ue.Field); u != nil {
+			return nil, u
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -273,8 +280,17 @@ func decodeObject(obj map[string]any, path, inheritAPI, inheritKind string) ([]R
 		}
 		return nil, fmt.Errorf("%s%v", path, err)
 	}
-	*r.GetTypeMeta() = TypeMeta{APIVersion: APIVersion, Kind: k.Kind}
+	// The apiVersion is kept, so that what was written as Calico's is
+	// read back (get -o yaml) as Calico's.
+	*r.GetTypeMeta() = TypeMeta{APIVersion: apiVersion, Kind: k.Kind}
 	return []Resource{r}, nil
+}
+
+func unknownKind(kind string) error {
+	if err := unsupportedKind(kind); err != nil {
+		return err
+	}
+	return fmt.Errorf("unknown kind %q", kind)
 }
 
 func goTypeName(t reflect.Type) string {
@@ -398,6 +414,9 @@ func walk(v any, t reflect.Type, path string) (any, error) {
 		}
 		out := make(map[string]any, len(m))
 		for k, e := range m {
+			if err := mapString(e, t.Elem(), joinPath(path, k)); err != nil {
+				return nil, err
+			}
 			nv, err := walk(e, t.Elem(), joinPath(path, k))
 			if err != nil {
 				return nil, err
@@ -407,6 +426,23 @@ func walk(v any, t reflect.Type, path string) (any, error) {
 		return out, nil
 	}
 	return v, nil
+}
+
+// mapString refuses a boolean or number where a map (labels,
+// annotations) holds strings, as calicoctl does: YAML reads `x: true`
+// (or yes, on) as a boolean, and storing it as "true" without a word
+// would hide that the value was not quoted.
+func mapString(v any, t reflect.Type, path string) error {
+	if t.Kind() != reflect.String {
+		return nil
+	}
+	switch x := v.(type) {
+	case bool:
+		return fmt.Errorf("%s: label and annotation values are strings, got the boolean %v; quote it: '%v'", path, x, x)
+	case json.Number:
+		return fmt.Errorf("%s: label and annotation values are strings, got the number %s; quote it: '%s'", path, x, x)
+	}
+	return nil
 }
 
 func joinPath(path, k string) string {
@@ -460,9 +496,10 @@ const (
 )
 
 // Encode writes resources as YAML or JSON, with keys sorted
-// alphabetically (calicoctl marshals through JSON, calico.md §1.5) and
-// apiVersion podnet.io/v1. One resource is written as itself; several
-// (or none) as a list: "<Kind>List" when they share a kind, else "List".
+// alphabetically (calicoctl marshals through JSON, calico.md §1.5), each
+// with the apiVersion it was written with (OutputAPIVersion). One
+// resource is written as itself; several (or none) as a list:
+// "<Kind>List" when they share a kind, else "List".
 func Encode(w io.Writer, rs []Resource, format string) error {
 	if len(rs) == 1 {
 		v, err := toGeneric(rs[0])
@@ -484,14 +521,24 @@ func Encode(w io.Writer, rs []Resource, format string) error {
 
 // EncodeList writes resources as a list, "<kind>List" (or "List" when
 // kind is ""), with meta as the list's metadata, whatever their number.
+// The list has the apiVersion its items share, else podnet.io/v1.
 func EncodeList(w io.Writer, kind string, rs []Resource, meta ListMeta, format string) error {
 	items := make([]any, 0, len(rs))
-	for _, r := range rs {
+	listAPI := ""
+	for i, r := range rs {
 		v, err := toGeneric(r)
 		if err != nil {
 			return err
 		}
 		items = append(items, v)
+		if a := v["apiVersion"].(string); i == 0 {
+			listAPI = a
+		} else if a != listAPI {
+			listAPI = APIVersion
+		}
+	}
+	if listAPI == "" {
+		listAPI = APIVersion
 	}
 	listKind := "List"
 	if kind != "" {
@@ -501,15 +548,15 @@ func EncodeList(w io.Writer, kind string, rs []Resource, meta ListMeta, format s
 		}
 		listKind = k.ListKind
 	}
-	list := map[string]any{"apiVersion": APIVersion, "kind": listKind, "items": items, "metadata": map[string]any{}}
+	list := map[string]any{"apiVersion": listAPI, "kind": listKind, "items": items, "metadata": map[string]any{}}
 	if meta.ResourceVersion != "" {
 		list["metadata"] = map[string]any{"resourceVersion": meta.ResourceVersion}
 	}
 	return write(w, list, format)
 }
 
-// toGeneric marshals r to a generic JSON value with our apiVersion and
-// its canonical kind, so that maps, hence keys, come out sorted.
+// toGeneric marshals r to a generic JSON value with its apiVersion and
+// canonical kind, so that maps, hence keys, come out sorted.
 func toGeneric(r Resource) (map[string]any, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -521,7 +568,7 @@ func toGeneric(r Resource) (map[string]any, error) {
 	if err := dec.Decode(&m); err != nil {
 		return nil, err
 	}
-	m["apiVersion"], m["kind"] = APIVersion, r.ResourceKind()
+	m["apiVersion"], m["kind"] = OutputAPIVersion(r.ResourceKind(), r.GetTypeMeta().APIVersion), r.ResourceKind()
 	return m, nil
 }
 

@@ -14,6 +14,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 1.2.3.4, asNumber: 64567, holdTime: 90s, keepaliveTime: 30s, password: {env: PW}}\n---\napiVersion: podnet.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false}\n"))
 	f.Add([]byte("apiVersion: podnet.io/v1\nkind: WorkloadEndpoint\nmetadata: {name: w-p}\nspec: {node: w, workload: p, interfaceName: pn0, ipNetworks: [192.168.0.1/32], mac: 'ee:ee:ee:ee:ee:ee'}\n"))
 	f.Add([]byte("apiVersion: podnet.io/v1\nkind: IPAMConfiguration\nmetadata: {name: default, creationTimestamp: '2024-01-01T00:00:00+02:00'}\nspec: {strictAffinity: true, maxBlocksPerHost: 3}\n"))
+	f.Add([]byte("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: rr, labels: {a: 'true'}}\nspec: {nodeSelector: \"!has(routeReflector) || zone in {'a', \\\"b\\\"}\", peerSelector: has(routeReflector)}\n"))
+	f.Add([]byte("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {communities: [{name: a, value: '1:2'}]}\n"))
 	var b bytes.Buffer
 	EncodeList(&b, KindIPPool, goldenPools(), ListMeta{ResourceVersion: "9"}, FormatJSON)
 	f.Add(b.Bytes())

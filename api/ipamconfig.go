@@ -16,7 +16,8 @@ type IPAMConfigurationSpec struct {
 	// StrictAffinity forbids borrowing addresses from other nodes' blocks.
 	StrictAffinity bool `json:"strictAffinity"`
 	// MaxBlocksPerHost limits the blocks one node may claim; 0 = no limit.
-	// Needs StrictAffinity.
+	// A node at the limit gets no address even when it could borrow one,
+	// whatever StrictAffinity says (as in Calico).
 	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
 	// AutoAllocateBlocks lets a node claim new blocks; nil means true.
 	AutoAllocateBlocks *bool `json:"autoAllocateBlocks,omitempty"`
@@ -43,7 +44,13 @@ func (c *IPAMConfiguration) AutoAllocate() bool {
 	return c.Spec.AutoAllocateBlocks == nil || *c.Spec.AutoAllocateBlocks
 }
 
-// Validate implements Resource.
+// Validate implements Resource with the rules Calico applies to the
+// resource: its name, and MaxBlocksPerHost ≥ 0. Calico's `ipam
+// configure` (podnet ipam configure, ipam.Config.Check) also refuses
+// MaxBlocksPerHost without StrictAffinity and turning off both
+// StrictAffinity and AutoAllocateBlocks, but the resource is accepted
+// with either, as Calico's own sample (strictAffinity: false,
+// maxBlocksPerHost: 4) is, and IPAM honours each field as it stands.
 func (c *IPAMConfiguration) Validate() error {
 	var fe fieldErrors
 	validateMeta(&fe, &c.ObjectMeta)
@@ -51,13 +58,7 @@ func (c *IPAMConfiguration) Validate() error {
 		fe.add("Metadata.Name", c.Name, `Cannot create an IPAMConfiguration resource with a name other than "default"`)
 	}
 	if c.Spec.MaxBlocksPerHost < 0 {
-		fe.add("IPAMConfiguration.Spec.MaxBlocksPerHost", c.Spec.MaxBlocksPerHost, "must not be negative")
-	}
-	if c.Spec.MaxBlocksPerHost > 0 && !c.Spec.StrictAffinity {
-		fe.add("IPAMConfiguration.Spec.MaxBlocksPerHost", c.Spec.MaxBlocksPerHost, "MaxBlocksPerHost requires StrictAffinity to be enabled")
-	}
-	if !c.Spec.StrictAffinity && !c.AutoAllocate() {
-		fe.add("IPAMConfiguration.Spec.AutoAllocateBlocks", false, "Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time")
+		fe.add("IPAMConfiguration.Spec.MaxBlocksPerHost", c.Spec.MaxBlocksPerHost, "must be greater than or equal to 0")
 	}
 	return fe.err()
 }

@@ -3,6 +3,8 @@ package api
 import (
 	"fmt"
 	"net/netip"
+
+	"podnet/selector"
 )
 
 // Encapsulation modes of an IPPool (ipipMode, vxlanMode).
@@ -57,7 +59,8 @@ type IPPoolSpec struct {
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
 	// Disabled stops new allocations; existing addresses keep working.
 	Disabled bool `json:"disabled,omitempty"`
-	// DisableBGPExport keeps the pool's routes out of BGP.
+	// DisableBGPExport keeps the pool's routes out of BGP. Refused (true)
+	// until the BGP export policy honours it.
 	DisableBGPExport bool `json:"disableBGPExport,omitempty"`
 	// NodeSelector picks the nodes IPAM may assign from this pool for;
 	// default all().
@@ -182,6 +185,9 @@ func (p *IPPool) Validate() error {
 		fe.add("IPPool.Spec.IPIPMode", s.IPIPMode, "IPIP is not supported on an IPv6 IP pool")
 	}
 	validateSelector(&fe, "IPPool.Spec.NodeSelector", s.NodeSelector)
+	if s.DisableBGPExport {
+		fe.add("IPPool.Spec.DisableBGPExport", true, notYet("disableBGPExport", "every pool's blocks are advertised to every peer"))
+	}
 	lb := false
 	for _, u := range s.AllowedUses {
 		switch u {
@@ -200,7 +206,7 @@ func (p *IPPool) Validate() error {
 			fe.add("IPPool.Spec.AllowedUses", UseLoadBalancer, "LoadBalancer pools cannot use IPIP or VXLAN")
 		case s.DisableBGPExport:
 			fe.add("IPPool.Spec.AllowedUses", UseLoadBalancer, "LoadBalancer pools cannot disable BGP export")
-		case s.NodeSelector != DefaultNodeSelector:
+		case !selectsAll(s.NodeSelector):
 			fe.add("IPPool.Spec.AllowedUses", UseLoadBalancer, "LoadBalancer pools need nodeSelector all()")
 		}
 	}
@@ -208,6 +214,12 @@ func (p *IPPool) Validate() error {
 		fe.add("IPPool.Spec.AssignmentMode", s.AssignmentMode, "must be one of Automatic, Manual")
 	}
 	return fe.err()
+}
+
+// selectsAll reports whether selector s is all() (however written).
+func selectsAll(s string) bool {
+	sel, err := selector.Parse(s)
+	return err == nil && sel.String() == DefaultNodeSelector
 }
 
 // ValidateUpdate checks what may not change between the stored pool old

@@ -32,6 +32,7 @@ type NodeBGPSpec struct {
 	// e.g. 10.0.0.11/24; the prefix defines the node's subnet
 	// (CrossSubnet).
 	IPv4Address string `json:"ipv4Address,omitempty"`
+	// IPv6Address is Calico's; podnet refuses it until it routes IPv6.
 	IPv6Address string `json:"ipv6Address,omitempty"`
 	// ASNumber overrides the global AS; nil inherits BGPConfiguration's.
 	ASNumber *ASNumber `json:"asNumber,omitempty"`
@@ -90,6 +91,8 @@ func (n *Node) Validate() error {
 		if b.IPv6Address != "" {
 			if p, err := netip.ParsePrefix(b.IPv6Address); err != nil || !p.Addr().Is6() {
 				fe.add("Node.Spec.BGP.IPv6Address", b.IPv6Address, "must be an IPv6 address with prefix length")
+			} else {
+				fe.add("Node.Spec.BGP.IPv6Address", b.IPv6Address, notYet("IPv6 node addresses", noteNoIPv6+" (IPv6 pools are refused too); leave ipv6Address unset"))
 			}
 		}
 		if b.ASNumber != nil && *b.ASNumber == 0 {

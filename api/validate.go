@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"podnet/selector"
 )
 
 // FieldError is one invalid field: Field is the Go-style path Calico
@@ -133,37 +135,12 @@ func ValidLabel(key, value string) error {
 	return nil
 }
 
-// validateSelector is a light check of a Calico selector expression: the
-// full grammar (all(), has(k), k == 'v', k in {...}, &&, ||, !) is
-// evaluated by whoever uses the selector; here we reject what can never
-// parse: over-long input, unbalanced quotes or brackets.
+// validateSelector parses a selector with package selector, the
+// evaluator every user of the selector shares; the reason gives the
+// position where parsing stopped.
 func validateSelector(fe *fieldErrors, field, s string) {
-	if len(s) > 1024 {
-		fe.add(field, s, "selector is longer than 1024 characters")
-		return
-	}
-	depth := 0
-	var quote rune
-	for _, c := range s {
-		switch {
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			}
-		case c == '\'' || c == '"':
-			quote = c
-		case c == '(' || c == '{':
-			depth++
-		case c == ')' || c == '}':
-			depth--
-			if depth < 0 {
-				fe.add(field, s, "invalid selector: unbalanced brackets")
-				return
-			}
-		}
-	}
-	if quote != 0 || depth != 0 {
-		fe.add(field, s, "invalid selector: unterminated string or bracket")
+	if _, err := selector.Parse(s); err != nil {
+		fe.add(field, s, err.Error())
 	}
 }
 

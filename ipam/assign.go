@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"podnet/datastore"
@@ -23,10 +24,28 @@ type AssignArgs struct {
 	// "node" is set to Node when missing, so that borrowed addresses can be
 	// told apart.
 	Attrs map[string]string
-	// Pools are the candidate pools in order of preference. Disabled pools
-	// are skipped, unless one is the only candidate: then AutoAssign fails
-	// naming it.
+	// Pools are the candidate pools in order of preference. AutoAssign
+	// uses those that are enabled, allow Use and (unless Requested)
+	// select the node and are not Manual; with none left it fails naming
+	// each pool and why it was left out.
 	Pools []Pool
+	// NodeLabels are the node's labels, matched by the pools' node
+	// selectors.
+	NodeLabels map[string]string
+	// Use is what the address is for; "" means UseWorkload (a pod).
+	Use Use
+	// Requested says the caller named Pools itself (podnet pod add
+	// --pool). As in Calico, node selectors and assignment mode are then
+	// not applied: naming a pool is the way to use one for a node it
+	// does not select. Disabled pools and allowed uses still count.
+	Requested bool
+}
+
+func (a AssignArgs) use() Use {
+	if a.Use == "" {
+		return UseWorkload
+	}
+	return a.Use
 }
 
 // AssignIPArgs says which address AssignIP allocates, and for what.
@@ -52,27 +71,67 @@ func ownerAttrs(node string, attrs map[string]string) map[string]string {
 	return a
 }
 
-// candidatePools checks the pools given and keeps the enabled ones.
-func candidatePools(pools []Pool) ([]Pool, error) {
+// candidatePools checks the pools of a and keeps those AutoAssign may
+// use (see AssignArgs.Pools). With none left, the error says, pool by
+// pool, why: disabled, not for this use, manual only, or its node
+// selector does not select the node.
+func candidatePools(a AssignArgs) ([]Pool, error) {
+	use := a.use()
 	var out []Pool
-	for _, p := range pools {
+	var why []string
+	disabled := 0
+	for _, p := range a.Pools {
 		if err := p.check(); err != nil {
 			return nil, err
 		}
-		if !p.Disabled {
+		switch {
+		case p.Disabled:
+			disabled++
+			why = append(why, fmt.Sprintf("%s (%s) is disabled", p, p.CIDR))
+		case !p.allows(use):
+			why = append(why, fmt.Sprintf("%s (%s) allows %s, not %s", p, p.CIDR, usesString(p), use))
+		case a.Requested:
+			out = append(out, p)
+		case p.Manual:
+			why = append(why, fmt.Sprintf("%s (%s) is for manual assignment only (assignmentMode Manual; name it to use it)", p, p.CIDR))
+		case !p.selects(a.NodeLabels):
+			why = append(why, fmt.Sprintf("%s (%s) has nodeSelector %s, which does not select the node", p, p.CIDR, p.NodeSelector))
+		default:
 			out = append(out, p)
 		}
 	}
-	if len(out) > 0 {
+	switch {
+	case len(out) > 0:
 		return out, nil
-	}
-	switch len(pools) {
-	case 0:
+	case len(a.Pools) == 0:
 		return nil, ErrNoPools
-	case 1:
-		return nil, fmt.Errorf("%w: IP pool %s (%s) is disabled", ErrNoPools, pools[0], pools[0].CIDR)
+	case disabled == 1 && len(a.Pools) == 1:
+		return nil, fmt.Errorf("%w: IP pool %s (%s) is disabled", ErrNoPools, a.Pools[0], a.Pools[0].CIDR)
+	case disabled == len(a.Pools):
+		return nil, fmt.Errorf("%w: IP pools %s are all disabled", ErrNoPools, poolNames(a.Pools))
 	}
-	return nil, fmt.Errorf("%w: IP pools %s are all disabled", ErrNoPools, poolNames(pools))
+	return nil, fmt.Errorf("%w: none serves %s addresses on node %s (labels: %s): %s",
+		ErrNoPools, use, a.Node, labelsString(a.NodeLabels), strings.Join(why, "; "))
+}
+
+func usesString(p Pool) string {
+	if p.AllowedUses == nil {
+		return "[Workload Tunnel]"
+	}
+	return fmt.Sprint(p.AllowedUses)
+}
+
+// labelsString prints labels as k=v, sorted.
+func labelsString(labels map[string]string) string {
+	if len(labels) == 0 {
+		return "none"
+	}
+	kv := make([]string, 0, len(labels))
+	for k, v := range labels {
+		kv = append(kv, k+"="+v)
+	}
+	slices.Sort(kv)
+	return strings.Join(kv, ",")
 }
 
 func poolNames(pools []Pool) string {
@@ -98,7 +157,7 @@ func (m *IPAM) AutoAssign(ctx context.Context, a AssignArgs) (netip.Addr, error)
 	if a.Node == "" || a.HandleID == "" {
 		return netip.Addr{}, errors.New("auto-assign: node and handle ID are required")
 	}
-	pools, err := candidatePools(a.Pools)
+	pools, err := candidatePools(a)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("auto-assign for node %s: %w", a.Node, err)
 	}

@@ -24,9 +24,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"time"
 
 	"podnet/datastore"
+	"podnet/selector"
 )
 
 // Errors callers can test with errors.Is. Each is wrapped with the
@@ -47,7 +49,9 @@ var (
 	// claimed, and strict affinity forbids borrowing. Add a pool, or turn
 	// strict affinity off.
 	ErrStrictAffinity = errors.New("no more free affine blocks and strict affinity enabled")
-	// ErrNoPools: no enabled pool to allocate from.
+	// ErrNoPools: no enabled pool to allocate from, or none that selects
+	// the node and allows the use; the message names each pool and why
+	// it was left out.
 	ErrNoPools = errors.New("no enabled IP pools to assign from")
 	// ErrBlockLimit: the node holds MaxBlocksPerHost blocks already. As in
 	// Calico, this is returned at once, without borrowing.
@@ -85,6 +89,44 @@ type Pool struct {
 	BlockSize int
 	// Disabled pools get no new allocations; existing ones keep working.
 	Disabled bool
+	// NodeSelector is the pool's nodeSelector: AutoAssign gives its
+	// addresses only to nodes whose labels (AssignArgs.NodeLabels) it
+	// matches. nil selects every node, as all() does.
+	NodeSelector selector.Selector
+	// AllowedUses are the uses the pool's addresses may serve; nil means
+	// Workload and Tunnel, Calico's default.
+	AllowedUses []Use
+	// Manual pools (assignmentMode Manual) are left out of automatic
+	// assignment unless the caller names them (AssignArgs.Requested).
+	Manual bool
+}
+
+// Use is what an address is for; a pool serves the uses in its
+// AllowedUses.
+type Use string
+
+// Uses of an address (Calico's IPPool allowedUses).
+const (
+	// UseWorkload is a pod's address.
+	UseWorkload Use = "Workload"
+	// UseTunnel is a node's IP-in-IP or VXLAN tunnel address.
+	UseTunnel Use = "Tunnel"
+	// UseLoadBalancer is a service address; podnet assigns none, so a
+	// LoadBalancer-only pool never gives out addresses.
+	UseLoadBalancer Use = "LoadBalancer"
+)
+
+// allows reports whether the pool's addresses may serve use.
+func (p Pool) allows(use Use) bool {
+	if p.AllowedUses == nil {
+		return use == UseWorkload || use == UseTunnel
+	}
+	return slices.Contains(p.AllowedUses, use)
+}
+
+// selects reports whether the pool's node selector matches labels.
+func (p Pool) selects(labels map[string]string) bool {
+	return p.NodeSelector == nil || p.NodeSelector.Matches(labels)
 }
 
 func (p Pool) blockBits() int {

@@ -338,6 +338,12 @@ func (p *planner) planDelete(ctx context.Context, in api.Resource) (step, error)
 	if name == "" {
 		return step{}, errors.New("metadata.name: required")
 	}
+	if kind == api.KindBGPConfiguration && name == api.BGPConfigurationGlobal {
+		// As in Calico: every node reads it, and without it the mesh and
+		// AS number would silently fall back to their defaults.
+		return step{}, &OperationNotSupportedError{Operation: "Delete", Key: kind + "(" + name + ")",
+			Reason: "the global BGP configuration cannot be deleted; change it with apply, replace or patch"}
+	}
 	rv, err := parseRV(in)
 	if err != nil {
 		return step{}, err

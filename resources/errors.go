@@ -99,3 +99,14 @@ func (e *BatchError) Error() string {
 
 // Unwrap gives errors.Is/As access to the underlying errors.
 func (e *BatchError) Unwrap() []error { return e.Errs }
+
+// OperationNotSupportedError is an operation the kind does not allow on
+// that resource, in calicoctl's words: "operation Delete is not supported
+// on BGPConfiguration(default): ...".
+type OperationNotSupportedError struct {
+	Operation, Key, Reason string
+}
+
+func (e *OperationNotSupportedError) Error() string {
+	return fmt.Sprintf("operation %s is not supported on %s: %s", e.Operation, e.Key, e.Reason)
+}

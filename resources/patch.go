@@ -49,7 +49,7 @@ func (c *Client) Patch(ctx context.Context, kind, name string, patch []byte) (ap
 		if n, _ := nested(merged, "metadata", "name"); n != name {
 			return nil, fmt.Errorf("metadata.name cannot be patched (from %q to %v)", name, n)
 		}
-		if merged["kind"] != cur.ResourceKind() || merged["apiVersion"] != api.APIVersion {
+		if merged["kind"] != cur.ResourceKind() || merged["apiVersion"] != cur.GetTypeMeta().APIVersion {
 			return nil, errors.New("apiVersion and kind cannot be patched")
 		}
 		out, err := json.Marshal(merged)

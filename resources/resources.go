@@ -86,12 +86,15 @@ func FromKV(kind string, kv datastore.KV) (api.Resource, error) {
 		if st.Metadata != nil {
 			c.ObjectMeta = *st.Metadata
 		}
+		c.APIVersion = st.APIVersion
 		auto := st.AutoAllocateBlocks
 		c.Spec = api.IPAMConfigurationSpec{StrictAffinity: st.StrictAffinity, MaxBlocksPerHost: st.MaxBlocksPerHost, AutoAllocateBlocks: &auto}
 	} else if err := json.Unmarshal(kv.Value, r); err != nil {
 		return nil, fmt.Errorf("decode stored %s(%s): %w", kind, kv.Name, err)
 	}
-	*r.GetTypeMeta() = api.TypeMeta{APIVersion: api.APIVersion, Kind: kind}
+	// The apiVersion it was written with (podnet.io/v1 or, for Calico's
+	// kinds, projectcalico.org/v3) is kept, so get prints it back.
+	*r.GetTypeMeta() = api.TypeMeta{APIVersion: api.OutputAPIVersion(kind, r.GetTypeMeta().APIVersion), Kind: kind}
 	m := r.GetObjectMeta()
 	m.Name = kv.Name
 	m.ResourceVersion = strconv.FormatInt(kv.Revision, 10)
@@ -103,6 +106,7 @@ func FromKV(kind string, kv datastore.KV) (api.Resource, error) {
 // writes, plus the resource's metadata, which it ignores (and drops when
 // it writes the configuration itself).
 type ipamConfigStored struct {
+	APIVersion         string          `json:"apiVersion,omitempty"`
 	StrictAffinity     bool            `json:"strict_affinity"`
 	AutoAllocateBlocks bool            `json:"auto_allocate_blocks"`
 	MaxBlocksPerHost   int             `json:"maxBlocksPerHost"`
@@ -117,7 +121,7 @@ func toStored(r api.Resource) ([]byte, error) {
 	var v any = r
 	if c, ok := r.(*api.IPAMConfiguration); ok {
 		meta := c.ObjectMeta
-		v = ipamConfigStored{StrictAffinity: c.Spec.StrictAffinity, AutoAllocateBlocks: c.AutoAllocate(),
+		v = ipamConfigStored{APIVersion: c.APIVersion, StrictAffinity: c.Spec.StrictAffinity, AutoAllocateBlocks: c.AutoAllocate(),
 			MaxBlocksPerHost: c.Spec.MaxBlocksPerHost, Metadata: &meta}
 	}
 	b, err := json.Marshal(v)

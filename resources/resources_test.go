@@ -320,3 +320,90 @@ func TestIPAMConfigurationKey(t *testing.T) {
 	_, err = c.Create(ctx, api.NewIPAMConfiguration("other"))
 	wantErr(t, err, `with a name other than "default"`)
 }
+
+// TestCalicoDocuments: what was written as projectcalico.org/v3 is read
+// back as such (get -o yaml goes back to calicoctl unchanged), patching
+// keeps it, and Calico's IPAMConfiguration sample is accepted.
+func TestCalicoDocuments(t *testing.T) {
+	ctx := context.Background()
+	c := New(startStore(t), Options{})
+	docs := `apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: west}
+spec: {cidr: 10.20.0.0/16, nodeSelector: "zone == 'west' || !has(zone)"}
+---
+apiVersion: projectcalico.org/v3
+kind: IPAMConfiguration
+metadata: {name: default}
+spec: {strictAffinity: false, maxBlocksPerHost: 4}
+---
+apiVersion: podnet.io/v1
+kind: BGPPeer
+metadata: {name: rr}
+spec: {nodeSelector: "!has(routeReflector)", peerSelector: has(routeReflector)}
+`
+	rs, err := api.Decode(strings.NewReader(docs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ApplyAll(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ kind, name, api string }{
+		{api.KindIPPool, "west", api.CalicoAPIVersion},
+		{api.KindIPAMConfiguration, "default", api.CalicoAPIVersion},
+		{api.KindBGPPeer, "rr", api.APIVersion},
+	} {
+		r, err := c.Get(ctx, tt.kind, tt.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.GetTypeMeta().APIVersion; got != tt.api {
+			t.Errorf("%s(%s): apiVersion %s, want %s", tt.kind, tt.name, got, tt.api)
+		}
+	}
+	cfg, _ := c.Get(ctx, api.KindIPAMConfiguration, "default")
+	if s := cfg.(*api.IPAMConfiguration).Spec; s.StrictAffinity || s.MaxBlocksPerHost != 4 {
+		t.Fatalf("IPAMConfiguration: got %+v", s)
+	}
+	r, err := c.Patch(ctx, "ippool", "west", []byte(`{"spec":{"disabled":true}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.GetTypeMeta().APIVersion; got != api.CalicoAPIVersion {
+		t.Fatalf("patched: apiVersion %s", got)
+	}
+	_, err = c.Patch(ctx, "ippool", "west", []byte(`{"apiVersion":"podnet.io/v1"}`))
+	wantErr(t, err, "apiVersion and kind cannot be patched")
+	var b strings.Builder
+	if err := api.Encode(&b, []api.Resource{r}, api.FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(b.String(), "apiVersion: projectcalico.org/v3\nkind: IPPool\n") {
+		t.Fatalf("get -o yaml: got\n%s", b.String())
+	}
+}
+
+// TestDefaultBGPConfigurationDelete: as in Calico, the global BGP
+// configuration cannot be deleted; a per-node one can.
+func TestDefaultBGPConfigurationDelete(t *testing.T) {
+	ctx := context.Background()
+	c := New(startStore(t), Options{})
+	for _, name := range []string{"default", "node.worker1"} {
+		if _, err := c.Create(ctx, api.NewBGPConfiguration(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Delete(ctx, "bgpconfig", "default", DeleteOptions{Force: true})
+	wantErr(t, err, "operation Delete is not supported on BGPConfiguration(default): the global BGP configuration cannot be deleted; change it with apply, replace or patch")
+	var ons *OperationNotSupportedError
+	if !errors.As(err, &ons) {
+		t.Fatalf("got %T, want *OperationNotSupportedError", err)
+	}
+	if _, err := c.Get(ctx, "bgpconfig", "default"); err != nil {
+		t.Fatalf("default is gone: %v", err)
+	}
+	if _, err := c.Delete(ctx, "bgpconfig", "node.worker1", DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -29,16 +29,7 @@ func ipamPools(ctx context.Context, c *resources.Client) ([]ipam.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	var pools []ipam.Pool
-	for _, r := range rs {
-		p := r.(*api.IPPool)
-		cidr, err := p.Prefix()
-		if err != nil || !cidr.Addr().Is4() {
-			continue
-		}
-		pools = append(pools, ipam.Pool{Name: p.Name, CIDR: cidr, BlockSize: p.Spec.BlockSize, Disabled: p.Spec.Disabled})
-	}
-	return pools, nil
+	return ipam.PoolsFromResources(rs)
 }
 
 func pct(n, total int) string {

@@ -92,14 +92,21 @@ func newGetCmd() *cobra.Command {
 		Short: "Show resources: ippool, node, bgppeer, bgpconfig, ipamconfig, wep",
 		Long: "Show resources of one kind, all or by name. Kinds are case-insensitive and accept calicoctl's aliases\n" +
 			"(ippool|ippools|ipp|pool, node|no, bgppeer|bp, bgpconfig, ipamconfig, workloadendpoint|wep).\n" +
-			"-o yaml output can be edited and given back to apply (its resourceVersion guards against lost updates).",
+			"-o yaml output can be edited and given back to apply (its resourceVersion guards against lost updates).\n" +
+			"Each resource is printed with the apiVersion it was written with: what was applied as\n" +
+			"projectcalico.org/v3 goes back to calicoctl unchanged. --api-version converts the output.",
 		Args: cobra.MinimumNArgs(1),
 	}
 	datastoreFlag(cmd)
 	out := outputFlag(cmd, "ps", "wide", "yaml", "json")
+	apiVersion := cmd.Flags().String("api-version", "",
+		"with -o yaml|json, print every resource with this apiVersion: "+api.APIVersion+" or "+api.CalicoAPIVersion+" (default: the one each was written with)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := checkFormat(*out, "ps", "wide", "yaml", "json"); err != nil {
 			return err
+		}
+		if *apiVersion != "" && *out != "yaml" && *out != "json" {
+			return errors.New("--api-version needs -o yaml or -o json")
 		}
 		k, err := api.LookupKind(args[0])
 		if err != nil {
@@ -124,6 +131,13 @@ func newGetCmd() *cobra.Command {
 			}
 			switch *out {
 			case "yaml", "json":
+				if *apiVersion != "" {
+					for _, r := range rs {
+						if err := api.SetAPIVersion(r, *apiVersion); err != nil {
+							return fmt.Errorf("--api-version: %w", err)
+						}
+					}
+				}
 				if len(args) == 1 {
 					return api.EncodeList(w, k.Kind, rs, api.ListMeta{ResourceVersion: rev}, *out)
 				}

@@ -155,10 +155,10 @@ func TestResourceWalk(t *testing.T) {
 	c.fails("document 2: field in document is not recognized or is in the wrong location: spec.ipipmode",
 		newPoolYAML+"---\napiVersion: podnet.io/v1\nkind: IPPool\nmetadata: {name: x}\nspec: {cidr: 10.40.0.0/16, ipipmode: Always}\n", "apply", "-f", "-")
 
-	// Calico's own YAML is accepted.
+	// Calico's own YAML is accepted, and printed back as Calico's.
 	calico := "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: calico-pool\nspec:\n  cidr: 172.20.0.0/16\n  ipipMode: CrossSubnet\n  natOutgoing: true\n  nodeSelector: all()\n"
 	wantOut(t, c.ok(calico, "create", "-f", "-"), "Successfully created 1 'IPPool' resource(s)\n")
-	if y := c.ok("", "get", "ipp", "calico-pool", "-o", "yaml"); !strings.HasPrefix(y, "apiVersion: podnet.io/v1\n") || !strings.Contains(y, "ipipMode: CrossSubnet") {
+	if y := c.ok("", "get", "ipp", "calico-pool", "-o", "yaml"); !strings.HasPrefix(y, "apiVersion: projectcalico.org/v3\n") || !strings.Contains(y, "ipipMode: CrossSubnet") {
 		t.Fatalf("calico pool:\n%s", y)
 	}
 
@@ -218,4 +218,54 @@ func TestResourceCLIUnreachable(t *testing.T) {
 	os.WriteFile(os.Getenv("PODNET_CONFIG"), []byte("datastore: {}\n"), 0o600)
 	c := &cli{t: t, endpoint: "unix://" + filepath.Join(t.TempDir(), "no.sock")}
 	c.fails("Failed to create podnet API client: etcd at unix://", "", "get", "ippool")
+}
+
+// TestResourceCLICalico: Calico's documents, as a user migrating with
+// calicoctl habits would give them.
+func TestResourceCLICalico(t *testing.T) {
+	c := newCLI(t)
+	pool := `apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: west
+spec:
+  cidr: 10.20.0.0/16
+  nodeSelector: zone == 'west'
+`
+	c.ok(pool, "apply", "-f", "-")
+	// Written as Calico's, printed as Calico's: calicoctl reads it back.
+	y := c.ok("", "get", "ippool", "west", "-o", "yaml")
+	if !strings.HasPrefix(y, "apiVersion: projectcalico.org/v3\nkind: IPPool\n") {
+		t.Fatalf("get -o yaml:\n%s", y)
+	}
+	if y := c.ok("", "get", "ippools", "-o", "yaml"); !strings.HasPrefix(y, "apiVersion: projectcalico.org/v3\nitems:\n- apiVersion: projectcalico.org/v3\n") {
+		t.Fatalf("get (list) -o yaml:\n%s", y)
+	}
+	if j := c.ok("", "get", "ippool", "west", "-o", "json", "--api-version", "podnet.io/v1"); !strings.Contains(j, `"apiVersion": "podnet.io/v1"`) {
+		t.Fatalf("--api-version podnet.io/v1:\n%s", j)
+	}
+	c.ok("apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 192.20.30.40, asNumber: 64567}\n", "apply", "-f", "-")
+	if y := c.ok("", "get", "bgppeer", "tor", "-o", "yaml", "--api-version", "projectcalico.org/v3"); !strings.HasPrefix(y, "apiVersion: projectcalico.org/v3\n") {
+		t.Fatalf("--api-version projectcalico.org/v3:\n%s", y)
+	}
+	c.fails("--api-version needs -o yaml or -o json", "", "get", "ippool", "--api-version", "podnet.io/v1")
+	c.fails(`--api-version: unknown apiVersion "v3"`, "", "get", "ippool", "-o", "yaml", "--api-version", "v3")
+
+	// The default BGPConfiguration stays.
+	c.ok("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 63400}\n", "apply", "-f", "-")
+	c.fails("operation Delete is not supported on BGPConfiguration(default)", "", "delete", "bgpconfig", "default")
+	wantOut(t, c.ok("", "get", "bgpconfig"), "NAME      LOGSEVERITY   MESHENABLED   ASNUMBER\ndefault   Info          true          63400\n")
+
+	// Refusals that say podnet does not support it, not that it is a typo.
+	c.fails("podnet does not support BGPPeer field spec.password.secretKeyRef (yet): Kubernetes secrets are not available; give the password with password.secretFile",
+		"apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec:\n  peerIP: 192.20.30.40\n  asNumber: 64567\n  password:\n    secretKeyRef: {name: bgp-secrets, key: rr-password}\n", "apply", "-f", "-")
+	c.fails("podnet does not support kind BGPFilter (yet)", "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata: {name: f}\nspec: {}\n", "apply", "-f", "-")
+	c.fails("podnet does not support IPv6 BGP peers yet", "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: v6}\nspec: {peerIP: '[ac13::57]:50', asNumber: 64567}\n", "apply", "-f", "-")
+	c.fails("IPPool.Spec.NodeSelector = 'zone = west' (invalid selector at position 6",
+		"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: bad}\nspec: {cidr: 10.30.0.0/16, nodeSelector: zone = west}\n", "apply", "-f", "-")
+	c.fails("metadata.labels.x: label and annotation values are strings, got the boolean true; quote it: 'true'",
+		"apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: w\n  labels: {x: true}\n", "apply", "-f", "-")
+	// Calico's IPAMConfiguration sample.
+	c.ok("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {strictAffinity: false, maxBlocksPerHost: 4}\n", "apply", "-f", "-")
+	wantOut(t, c.ok("", "get", "ipamconfig"), "NAME      STRICTAFFINITY   MAXBLOCKSPERHOST\ndefault   false            4\n")
 }
