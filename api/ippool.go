@@ -27,7 +27,7 @@ const (
 	AssignManual    = "Manual"
 )
 
-// Defaults of an IPPool (calico.md §1.1) and of the pool the daemon
+// Defaults of an IPPool (docs/calico.md §1.1) and of the pool the daemon
 // creates when there is none (§1.4).
 const (
 	DefaultBlockSizeIPv4 = 26
@@ -45,7 +45,7 @@ type IPPool struct {
 	Spec       IPPoolSpec `json:"spec"`
 }
 
-// IPPoolSpec has Calico's IPPool fields (calico.md §1.1).
+// IPPoolSpec has Calico's IPPool fields (docs/calico.md §1.1).
 type IPPoolSpec struct {
 	// CIDR is the pool's range; required, strictly masked, immutable.
 	CIDR string `json:"cidr"`
@@ -78,7 +78,7 @@ func NewIPPool(name string) *IPPool {
 
 // DefaultIPPool is the pool the daemon creates when no IPv4 pool exists:
 // 192.168.0.0/16, blocks of /26 and, unlike a pool written by hand,
-// natOutgoing true (calico.md §1.4).
+// natOutgoing true (docs/calico.md §1.4).
 func DefaultIPPool() *IPPool {
 	p := NewIPPool(DefaultPoolName)
 	p.Spec.CIDR = DefaultPoolCIDR
@@ -128,7 +128,7 @@ var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
 var linkLocal6 = netip.MustParsePrefix("fe80::/10")
 
 // Validate implements Resource with Calico's checks and reason texts
-// (calico.md §1.2). Call SetDefaults first: empty modes are invalid here.
+// (docs/calico.md §1.2). Call SetDefaults first: empty modes are invalid here.
 func (p *IPPool) Validate() error {
 	var fe fieldErrors
 	validateMeta(&fe, &p.ObjectMeta)

@@ -3,5 +3,5 @@
 package nat
 
 // raceEnabled shrinks data sizes: the race detector slows the netstack
-// about 60-fold (deps.md).
+// about 60-fold (measured on the TCP transfer tests).
 const raceEnabled = true

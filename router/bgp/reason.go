@@ -141,8 +141,8 @@ func dialReason(err error, hasPassword bool) string {
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
 		return "Local address not available"
 	case errors.Is(err, syscall.ENOPROTOOPT):
-		// Go ≥1.24 listens/dials with MPTCP, which rejects TCP_MD5SIG; see
-		// shared/reference/deps.md Pitfalls #1.
+		// Go ≥1.24 listens/dials with MPTCP, which rejects TCP_MD5SIG:
+		// go.mod sets godebug multipathtcp=0 for that reason.
 		return "Cannot set TCP MD5 on the socket (protocol not available; is GODEBUG multipathtcp=0 set?)"
 	}
 	// Keep the innermost text: "dial tcp 1.2.3.4:0->5.6.7.8:179: connect: x"
