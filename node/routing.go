@@ -469,7 +469,7 @@ func remoteRoutes(paths []bgp.Path, pools []api.Resource, mySubnet netip.Prefix,
 		mac, known := macs[path.NextHop]
 		switch {
 		case pool != nil && encapsulate(pool.Spec.VXLANMode) && known:
-			r.Kind, r.Encap, r.Dev, r.NextHopMAC = router.KindRemote, router.EncapVXLAN, "vxlan", router.MAC(mac)
+			r.Kind, r.Encap, r.Dev, r.NextHopMAC = router.KindRemote, router.EncapVXLAN, "vxlan", mac
 		case pool != nil && encapsulate(pool.Spec.IPIPMode):
 			r.Kind, r.Encap, r.Dev = router.KindRemote, router.EncapIPIP, "ipip"
 		default:

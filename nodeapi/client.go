@@ -1,0 +1,118 @@
+package nodeapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"podnet/router"
+)
+
+// DefaultClientSocket is $PODNET_SOCKET, else DefaultSocket.
+func DefaultClientSocket() string {
+	if s := os.Getenv(SocketEnv); s != "" {
+		return s
+	}
+	return DefaultSocket
+}
+
+// Client talks to a node daemon over its unix socket.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	return &Client{
+		socket: socket,
+		hc: &http.Client{
+			Timeout: 60 * time.Second,
+			Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", socket)
+				},
+			},
+		},
+	}
+}
+
+func (c *Client) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://podnet"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("podnet daemon is not running (no answer on %s)", c.socket)
+		}
+		return fmt.Errorf("podnet daemon at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e Error
+		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("podnet daemon: %s", resp.Status)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// Get reads the JSON answer of a GET on path (one of the Path constants)
+// into out. It serves the answers whose types belong to the daemon's
+// packages (switch ports, BGP sessions, NAT), which this package does not
+// import.
+func (c *Client) Get(path string, out any) error {
+	return c.do("GET", path, nil, out)
+}
+
+// Status asks for the node's status.
+func (c *Client) Status() (Status, error) {
+	var s Status
+	return s, c.Get(PathStatus, &s)
+}
+
+// Pods lists the node's pods, sorted by name.
+func (c *Client) Pods() ([]PodInfo, error) {
+	var p []PodInfo
+	return p, c.Get(PathPods, &p)
+}
+
+// AddPod attaches a pod.
+func (c *Client) AddPod(req AddPodRequest) (PodInfo, error) {
+	var p PodInfo
+	return p, c.do("POST", PathPods, req, &p)
+}
+
+// DeletePod detaches and removes a pod.
+func (c *Client) DeletePod(name string) error {
+	return c.do("DELETE", PathPod+name, nil, nil)
+}
+
+// Routes returns the node's route table.
+func (c *Client) Routes() ([]router.Route, error) {
+	var r []router.Route
+	return r, c.Get(PathRoutes, &r)
+}
