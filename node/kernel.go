@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 
@@ -56,24 +57,34 @@ func (n *Node) syncKernelRoutes(s *state, remote []router.Route) {
 		if old, ok := s.kernel[p]; ok && old == kr {
 			continue
 		}
-		rt := &netlink.Route{Dst: prefixNet(p), Protocol: kernelProto}
-		if kr.via.IsValid() {
-			rt.Gw = kr.via.AsSlice()
-		} else {
-			rt.LinkIndex, rt.Scope = n.hostIndex, netlink.SCOPE_LINK
-		}
-		if err := netlink.RouteReplace(rt); err != nil {
+		if err := netlink.RouteReplace(kr.route(p, n.hostIndex)); err != nil {
 			n.log.Warn("kernel route", "prefix", p, "err", err)
 			continue
 		}
 		s.kernel[p] = kr
 	}
-	for p := range s.kernel {
-		if _, ok := want[p]; !ok {
-			netlink.RouteDel(&netlink.Route{Dst: prefixNet(p), Protocol: kernelProto})
-			delete(s.kernel, p)
+	for p, kr := range s.kernel {
+		if _, ok := want[p]; ok {
+			continue
 		}
+		if err := netlink.RouteDel(kr.route(p, n.hostIndex)); err != nil && !errors.Is(err, syscall.ESRCH) {
+			n.log.Warn("delete kernel route", "prefix", p, "err", err)
+		}
+		delete(s.kernel, p)
 	}
+}
+
+// route is the kernel route to p. Deleting takes the same route: the
+// kernel matches the scope too, and a delete with netlink's default scope
+// (universe) misses a scope-link route.
+func (kr kernelRoute) route(p netip.Prefix, hostIndex int) *netlink.Route {
+	rt := &netlink.Route{Dst: prefixNet(p), Protocol: kernelProto}
+	if kr.via.IsValid() {
+		rt.Gw = kr.via.AsSlice()
+	} else {
+		rt.LinkIndex, rt.Scope = hostIndex, netlink.SCOPE_LINK
+	}
+	return rt
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {
