@@ -480,9 +480,12 @@ spec:
 }
 
 // TestRouteReflector turns worker1 into a route reflector, switches the
-// mesh off and peers everyone with it (calico.md §5.4): worker2 and
-// worker3 no longer talk to each other but still learn each other's
-// blocks, through worker1, with the right next hops.
+// mesh off and peers everyone with it, the way Calico sets up reflectors:
+// a routeReflectorClusterID on the reflector's Node, and one BGPPeer
+// whose peerSelector picks the reflectors (they peer back with the nodes
+// it applies to). worker2 and worker3 no longer talk to each other but
+// still learn each other's blocks, through worker1, with the right next
+// hops.
 func TestRouteReflector(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3})
