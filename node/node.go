@@ -214,13 +214,15 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 
+	// From here on the state is the loop's: read what the log wants now.
+	startMTU, startPods := s.podMTU(n.cfg.PodMTU), len(s.pods)
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	dsCtx, stopDatastore := context.WithCancel(ctx)
 	done := make(chan struct{})
 	defer func() {
-		// The datastore goroutine first: it closes the speaker, whose
-		// last OnRoutes may still be handing paths to the loop.
+		// Work handed to a stopped loop fails with errStopped, so the
+		// others need not wait for each other.
 		close(done)
 		stopDatastore()
 		stopLoop()
@@ -235,7 +237,7 @@ func (n *Node) Run(ctx context.Context) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	n.log.Info("node started", "underlay", n.underlay, "address", n.underlayAddr,
-		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", s.podMTU(n.cfg.PodMTU), "pods", len(s.pods))
+		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", startMTU, "pods", startPods)
 
 	select {
 	case <-ctx.Done():
