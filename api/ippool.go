@@ -7,12 +7,23 @@ import (
 	"podnet/selector"
 )
 
-// Encapsulation modes of an IPPool (ipipMode, vxlanMode).
+// EncapMode is an IPPool's ipipMode or vxlanMode: when traffic to the
+// pool's addresses on other nodes is encapsulated.
+type EncapMode string
+
+// Encapsulation modes of an IPPool. "" reads as Never.
 const (
-	EncapNever       = "Never"
-	EncapAlways      = "Always"
-	EncapCrossSubnet = "CrossSubnet"
+	// EncapNever sends pod traffic unencapsulated: the underlay routes it.
+	EncapNever EncapMode = "Never"
+	// EncapAlways encapsulates traffic to every other node.
+	EncapAlways EncapMode = "Always"
+	// EncapCrossSubnet encapsulates traffic only to nodes outside this
+	// node's underlay subnet.
+	EncapCrossSubnet EncapMode = "CrossSubnet"
 )
+
+// Enabled reports whether the mode encapsulates any traffic.
+func (m EncapMode) Enabled() bool { return m == EncapAlways || m == EncapCrossSubnet }
 
 // Allowed uses of an IPPool.
 const (
@@ -53,8 +64,8 @@ type IPPoolSpec struct {
 	BlockSize int `json:"blockSize,omitempty"`
 	// IPIPMode and VXLANMode: Never (default), Always or CrossSubnet; not
 	// both on.
-	IPIPMode  string `json:"ipipMode,omitempty"`
-	VXLANMode string `json:"vxlanMode,omitempty"`
+	IPIPMode  EncapMode `json:"ipipMode,omitempty"`
+	VXLANMode EncapMode `json:"vxlanMode,omitempty"`
 	// NATOutgoing masquerades traffic to destinations outside all pools.
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
 	// Disabled stops new allocations; existing addresses keep working.
@@ -172,7 +183,10 @@ func (p *IPPool) Validate() error {
 	if cidrOK && bsOK && !s.Disabled && pfx.Bits() > s.BlockSize {
 		fe.add(cidrField, s.CIDR, "IP pool size is too small for use with Calico IPAM. It must be equal to or greater than the block size.")
 	}
-	for _, m := range []struct{ field, v string }{{"IPPool.Spec.IPIPMode", s.IPIPMode}, {"IPPool.Spec.VXLANMode", s.VXLANMode}} {
+	for _, m := range []struct {
+		field string
+		v     EncapMode
+	}{{"IPPool.Spec.IPIPMode", s.IPIPMode}, {"IPPool.Spec.VXLANMode", s.VXLANMode}} {
 		if m.v != EncapNever && m.v != EncapAlways && m.v != EncapCrossSubnet {
 			fe.add(m.field, m.v, "must be one of Never, Always, CrossSubnet")
 		}

@@ -129,11 +129,11 @@ func TableRow(r Resource, o TableOptions) []string {
 	return []string{r.GetObjectMeta().Name}
 }
 
-func orNever(m string) string {
+func orNever(m EncapMode) string {
 	if m == "" {
-		return EncapNever
+		return string(EncapNever)
 	}
-	return m
+	return string(m)
 }
 
 // PrintTable writes resources of one kind as a table: the headings, then

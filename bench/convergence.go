@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"podnet/lab"
-	"podnet/node"
+	"podnet/nodeapi"
 	"podnet/router"
 )
 
@@ -39,7 +39,7 @@ func Convergence(ctx context.Context, binary string, runs int, progress io.Write
 	}
 	defer l.Down()
 	st := l.Status()
-	w1, w2 := node.NewClient(st.Nodes[0].Socket), node.NewClient(st.Nodes[1].Socket)
+	w1, w2 := nodeapi.NewClient(st.Nodes[0].Socket), nodeapi.NewClient(st.Nodes[1].Socket)
 	podnet := func(args ...string) error {
 		var out strings.Builder
 		if err := l.Exec(ctx, "worker1", nil, &out, &out, append([]string{"podnet"}, args...)...); err != nil {
@@ -57,7 +57,7 @@ func Convergence(ctx context.Context, binary string, runs int, progress io.Write
 		}
 		pod := fmt.Sprintf("conv%d", i)
 		t0 := time.Now()
-		info, err := w2.AddPod(node.AddPodRequest{Name: pod, New: true, Pool: pool})
+		info, err := w2.AddPod(nodeapi.AddPodRequest{Name: pod, New: true, Pool: pool})
 		if err != nil {
 			return ConvergenceResult{}, err
 		}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"podnet/lab"
-	"podnet/node"
+	"podnet/nodeapi"
 )
 
 // PodAddResult is the time to attach pods to one node.
@@ -36,7 +36,7 @@ func PodAdd(ctx context.Context, binary string, n int, progress io.Writer) (PodA
 		return PodAddResult{}, err
 	}
 	defer l.Down()
-	c := node.NewClient(l.Status().Nodes[0].Socket)
+	c := nodeapi.NewClient(l.Status().Nodes[0].Socket)
 	lat := make([]time.Duration, 0, n)
 	start := time.Now()
 	var added []string
@@ -48,7 +48,7 @@ func PodAdd(ctx context.Context, binary string, n int, progress io.Writer) (PodA
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("bench%d", i)
 		t0 := time.Now()
-		if _, err := c.AddPod(node.AddPodRequest{Name: name, New: true}); err != nil {
+		if _, err := c.AddPod(nodeapi.AddPodRequest{Name: name, New: true}); err != nil {
 			return PodAddResult{}, fmt.Errorf("pod %d: %w", i, err)
 		}
 		lat = append(lat, time.Since(t0))

@@ -33,6 +33,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+
+	"podnet/api"
 )
 
 // Defaults and limits of a lab.
@@ -142,18 +144,18 @@ const (
 // poolModeArgs are the daemon flags that give the default pool the
 // modes of an encapsulation.
 func poolModeArgs(encap string) []string {
-	ipip, vxlan := "Never", "Never"
+	ipip, vxlan := api.EncapNever, api.EncapNever
 	switch encap {
 	case EncapIPIP:
-		ipip = "Always"
+		ipip = api.EncapAlways
 	case EncapIPIPCrossSubnet:
-		ipip = "CrossSubnet"
+		ipip = api.EncapCrossSubnet
 	case EncapVXLAN:
-		vxlan = "Always"
+		vxlan = api.EncapAlways
 	case EncapCrossSubnet:
-		vxlan = "CrossSubnet"
+		vxlan = api.EncapCrossSubnet
 	}
-	return []string{"--default-ipv4-pool-ipip", ipip, "--default-ipv4-pool-vxlan", vxlan}
+	return []string{"--default-ipv4-pool-ipip", string(ipip), "--default-ipv4-pool-vxlan", string(vxlan)}
 }
 
 // HTTP server kinds for Config.HTTPServer.

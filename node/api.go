@@ -5,37 +5,24 @@ import (
 	"errors"
 	"net/http"
 	"net/http/pprof"
-	"time"
 
+	"podnet/nodeapi"
 	"podnet/router"
 	vswitch "podnet/switch"
 )
 
-// Status is the node's summary for `podnet status`.
-type Status struct {
-	Node       string    `json:"node"`
-	Underlay   string    `json:"underlay"`
-	Address    string    `json:"address"`
-	HostPort   string    `json:"hostPort"`
-	TapOffload bool      `json:"tapOffload"`
-	PodMTU     int       `json:"podMTU"`
-	Pods       int       `json:"pods"`
-	Routes     int       `json:"routes"`
-	Started    time.Time `json:"started"`
-	StateDir   string    `json:"stateDir"`
-}
-
 // Status reports the node's state.
-func (n *Node) Status() Status {
-	n.mu.Lock()
-	pods := len(n.pods)
-	mtu := n.podMTU() // the routing loop changes it under mu
-	n.mu.Unlock()
+func (n *Node) Status() nodeapi.Status {
+	var pods, mtu int
+	n.do(func(s *state) error {
+		pods, mtu = len(s.listed()), s.podMTU(n.cfg.PodMTU)
+		return nil
+	})
 	addr := ""
 	if n.underlayAddr.IsValid() {
 		addr = n.underlayAddr.String()
 	}
-	return Status{
+	return nodeapi.Status{
 		Node: n.cfg.Name, Underlay: n.underlay, Address: addr, HostPort: vswitch.HostTUNName,
 		TapOffload: n.cfg.TapOffload, PodMTU: mtu, Pods: pods,
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
@@ -48,19 +35,17 @@ func (n *Node) Routes() []router.Route { return n.sw.Routes().Routes() }
 // PortStats returns every port's counters.
 func (n *Node) PortStats() []vswitch.PortStats { return n.sw.Stats() }
 
-// apiHandler serves the local API. Every answer is JSON; errors are
-// {"error": "..."} with 400 for a bad request, 404 for an unknown pod and
-// 500 for a failure of the node.
+// apiHandler serves the local API (package nodeapi describes it).
 func (n *Node) apiHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Status())
 	})
-	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathPods, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Pods())
 	})
-	mux.HandleFunc("POST /v1/pods", func(w http.ResponseWriter, r *http.Request) {
-		var req AddPodRequest
+	mux.HandleFunc("POST "+nodeapi.PathPods, func(w http.ResponseWriter, r *http.Request) {
+		var req nodeapi.AddPodRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
@@ -74,17 +59,17 @@ func (n *Node) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusCreated, info)
 	})
-	mux.HandleFunc("DELETE /v1/pods/{name}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE "+nodeapi.PathPod+"{name}", func(w http.ResponseWriter, r *http.Request) {
 		if err := n.DeletePod(r.PathValue("name")); err != nil {
 			writeErr(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathRoutes, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Routes())
 	})
-	mux.HandleFunc("GET /v1/bgp/peers", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathBGPPeers, func(w http.ResponseWriter, r *http.Request) {
 		peers, err := n.BGPPeers(r.Context())
 		if err != nil {
 			writeErr(w, err)
@@ -92,13 +77,13 @@ func (n *Node) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, peers)
 	})
-	mux.HandleFunc("GET /v1/nat/entries", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathNATEntries, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.nat.Entries())
 	})
-	mux.HandleFunc("GET /v1/nat/stats", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathNATStats, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.nat.Stats())
 	})
-	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+nodeapi.PathPorts, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.PortStats())
 	})
 	n.registerInspect(mux)
@@ -109,10 +94,6 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
-}
-
-type apiError struct {
-	Error string `json:"error"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -129,5 +110,5 @@ func writeErr(w http.ResponseWriter, err error) {
 	if errors.As(err, &ue) {
 		code = http.StatusBadRequest
 	}
-	writeJSON(w, code, apiError{Error: err.Error()})
+	writeJSON(w, code, nodeapi.Error{Error: err.Error()})
 }

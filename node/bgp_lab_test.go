@@ -27,8 +27,10 @@ import (
 	"podnet/internal/netnsutil"
 	"podnet/lab"
 	"podnet/lab/labtest"
+	"podnet/nodeapi"
 	"podnet/router"
 	"podnet/router/bgp"
+	vswitch "podnet/switch"
 )
 
 // waitFor polls cond every 50 ms until it returns "" or timeout passes,
@@ -50,7 +52,8 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() strin
 
 func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
 	t.Helper()
-	p, err := nodeClient(t, l, nodeName).BGPPeers()
+	var p []bgp.PeerStatus
+	err := nodeClient(t, l, nodeName).Get(nodeapi.PathBGPPeers, &p)
 	if err != nil {
 		t.Fatalf("node status on %s: %v", nodeName, err)
 	}
@@ -239,7 +242,8 @@ func underlayDrops(t *testing.T, l *lab.Lab, nodeName string) map[string]uint64 
 // underlayDropsOf returns the drop counters of nodeName's underlay port
 // named name ("ipip" or "vxlan").
 func underlayDropsOf(t *testing.T, l *lab.Lab, nodeName, name string) map[string]uint64 {
-	ports, err := nodeClient(t, l, nodeName).Ports()
+	var ports []vswitch.PortStats
+	err := nodeClient(t, l, nodeName).Get(nodeapi.PathPorts, &ports)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,9 +480,12 @@ spec:
 }
 
 // TestRouteReflector turns worker1 into a route reflector, switches the
-// mesh off and peers everyone with it (calico.md §5.4): worker2 and
-// worker3 no longer talk to each other but still learn each other's
-// blocks, through worker1, with the right next hops.
+// mesh off and peers everyone with it, the way Calico sets up reflectors:
+// a routeReflectorClusterID on the reflector's Node, and one BGPPeer
+// whose peerSelector picks the reflectors (they peer back with the nodes
+// it applies to). worker2 and worker3 no longer talk to each other but
+// still learn each other's blocks, through worker1, with the right next
+// hops.
 func TestRouteReflector(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3})

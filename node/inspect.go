@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"podnet/capture"
+	"podnet/nodeapi"
 	vswitch "podnet/switch"
 )
 
@@ -19,7 +20,7 @@ import (
 const maxCapture = time.Hour
 
 func (n *Node) registerInspect(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+nodeapi.PathTrace, func(w http.ResponseWriter, r *http.Request) {
 		var q vswitch.TraceQuery
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 		dec.DisallowUnknownFields()
@@ -34,7 +35,7 @@ func (n *Node) registerInspect(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
-	mux.HandleFunc("GET /v1/capture", n.serveCapture)
+	mux.HandleFunc("GET "+nodeapi.PathCapture, n.serveCapture)
 }
 
 // serveCapture streams a pcap of port (a pod, host, ipip, vxlan, or

@@ -32,7 +32,7 @@ import (
 	"podnet/internal/nettest"
 	"podnet/lab"
 	"podnet/lab/labtest"
-	"podnet/node"
+	"podnet/nodeapi"
 	vswitch "podnet/switch"
 )
 
@@ -45,11 +45,11 @@ func nsPath(t *testing.T, l *lab.Lab, target string) string {
 	return filepath.Join("/run/netns", ns)
 }
 
-func nodeClient(t *testing.T, l *lab.Lab, nodeName string) *node.Client {
+func nodeClient(t *testing.T, l *lab.Lab, nodeName string) *nodeapi.Client {
 	t.Helper()
 	for _, n := range l.Status().Nodes {
 		if n.Name == nodeName {
-			return node.NewClient(n.Socket)
+			return nodeapi.NewClient(n.Socket)
 		}
 	}
 	t.Fatalf("no node %s in lab", nodeName)
@@ -69,9 +69,10 @@ func ping(t *testing.T, l *lab.Lab, from string, to netip.Addr) {
 	}
 }
 
-func portStats(t *testing.T, c *node.Client, pod string) vswitch.PortStats {
+func portStats(t *testing.T, c *nodeapi.Client, pod string) vswitch.PortStats {
 	t.Helper()
-	ports, err := c.Ports()
+	var ports []vswitch.PortStats
+	err := c.Get(nodeapi.PathPorts, &ports)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,8 @@ import (
 	"podnet/internal/netnsutil"
 	"podnet/lab"
 	"podnet/lab/labtest"
+	"podnet/nat"
+	"podnet/nodeapi"
 )
 
 var external = lab.ExternalAddress.Addr()
@@ -146,7 +148,8 @@ func TestNATOutgoing(t *testing.T) {
 			}
 		}
 		waitFor(t, 15*time.Second, "NAT entries expire", func() string {
-			es, err := nodeClient(t, l, "worker1").NATEntries()
+			var es []nat.Entry
+			err := nodeClient(t, l, "worker1").Get(nodeapi.PathNATEntries, &es)
 			if err != nil {
 				return err.Error()
 			}

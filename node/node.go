@@ -1,12 +1,14 @@
 // Package node assembles one podnet node: the switch with its pod and host
-// ports, the route table the control plane builds for it, the pod records
-// that survive restarts, and the local API on a unix socket that the CLI
-// talks to.
+// ports, the control loop that owns the node's state (pods, addresses,
+// what the datastore and BGP say) and publishes route tables to the
+// switch, the pod records that survive restarts, and the server side of
+// the local API (package nodeapi is its client). Routing policy is
+// package routing's; this package reads its inputs and applies its
+// answers.
 package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -26,17 +29,16 @@ import (
 	"podnet/internal/packet"
 	"podnet/ipam"
 	"podnet/nat"
+	"podnet/nodeapi"
 	"podnet/resources"
-	"podnet/router"
 	"podnet/router/bgp"
+	"podnet/routing"
 	vswitch "podnet/switch"
 )
 
-// Defaults for Config fields left empty.
-const (
-	DefaultStateDir = "/var/lib/podnet"
-	DefaultSocket   = "/run/podnet/podnet.sock"
-)
+// DefaultStateDir is where pod records (and the embedded etcd) live
+// unless configured.
+const DefaultStateDir = "/var/lib/podnet"
 
 // Config configures a node daemon.
 type Config struct {
@@ -48,7 +50,8 @@ type Config struct {
 	Underlay string
 	// StateDir holds the pod records; "" means DefaultStateDir.
 	StateDir string
-	// Socket is the local API's unix socket; "" means DefaultSocket.
+	// Socket is the local API's unix socket; "" means
+	// nodeapi.DefaultSocket.
 	Socket string
 	// TapOffload opens pod TAPs with virtio headers and TSO. When false
 	// pods get plain TAPs (github.com/songgao/water), one frame per read.
@@ -57,10 +60,10 @@ type Config struct {
 	// when there is no underlay).
 	PodMTU int
 	// DefaultPoolIPIPMode is the ipipMode of the default pool the daemon
-	// creates when no pool exists: Always, CrossSubnet or "" (Never).
-	DefaultPoolIPIPMode string
+	// creates when no pool exists; "" means Never.
+	DefaultPoolIPIPMode api.EncapMode
 	// DefaultPoolVXLANMode is the default pool's vxlanMode likewise.
-	DefaultPoolVXLANMode string
+	DefaultPoolVXLANMode api.EncapMode
 	// VXLANVNI and VXLANPort are the cluster's VXLAN settings; 0 means
 	// 4096 and 4789 (Calico's).
 	VXLANVNI  uint32
@@ -83,7 +86,9 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Node is a running daemon.
+// Node is a running daemon. Its fields are set before the control loop
+// starts and not changed after; the mutable state is the loop's (state,
+// loop.go).
 type Node struct {
 	cfg   Config
 	log   *slog.Logger
@@ -98,37 +103,20 @@ type Node struct {
 	underlay     string
 	underlayAddr netip.Prefix
 	underlayMTU  int
-	hostAddrs    []netip.Addr
 
 	host      tun.Device
 	hostIndex int // podnet0's ifindex, for kernel routes
-	// encapOverhead is what the pools' encapsulation costs pods in MTU:
-	// 20 for IP-in-IP, 50 for VXLAN, the most any pool needs.
-	encapOverhead int
+	nat       *nat.NAT
+	started   time.Time
 
-	// speaker is the BGP speaker; the routing loop creates and replaces
-	// it (under mu), speakerKey says with which settings.
-	nat *nat.NAT
+	// ops carries work to the control loop; loopDone is closed when the
+	// loop has returned.
+	ops      chan func(*state)
+	loopDone chan struct{}
 
-	speaker    *bgp.Speaker
-	speakerKey string
-	onRoutes   func([]bgp.Path)
-
-	started time.Time
-
-	// mu serialises control-plane changes (pod add/del, route rebuilds)
-	// and guards pods.
-	mu      sync.Mutex
-	pods    map[string]*pod
-	routing routingState
-}
-
-// pod is a pod the node knows: its record and, when attached, its port.
-type pod struct {
-	rec      PodRecord
-	port     int
-	attached bool
-	err      string // why it is not attached
+	// speaker is the BGP speaker. The datastore goroutine creates and
+	// replaces it; the API reads it.
+	speaker atomic.Pointer[bgp.Speaker]
 }
 
 // New validates cfg and fills defaults; Run starts the node.
@@ -144,7 +132,7 @@ func New(cfg Config) (*Node, error) {
 		cfg.StateDir = DefaultStateDir
 	}
 	if cfg.Socket == "" {
-		cfg.Socket = DefaultSocket
+		cfg.Socket = nodeapi.DefaultSocket
 	}
 	if cfg.VXLANVNI > 1<<24-1 {
 		return nil, fmt.Errorf("VXLAN VNI %d out of range (1..16777215)", cfg.VXLANVNI)
@@ -157,16 +145,24 @@ func New(cfg Config) (*Node, error) {
 		log = slog.Default()
 	}
 	return &Node{
-		cfg:   cfg,
-		log:   log.With("component", "node", "node", cfg.Name),
-		local: podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
-		pods:  map[string]*pod{},
+		cfg:      cfg,
+		log:      log.With("component", "node", "node", cfg.Name),
+		local:    podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
+		ops:      make(chan func(*state)),
+		loopDone: make(chan struct{}),
 	}, nil
 }
 
 // Run brings the node up, serves the local API and blocks until ctx is
 // done; then it stops forwarding. Pods' TAPs persist, so a node started
 // again with the same state dir picks them up.
+//
+// Goroutines: the control loop (routineLoop) owns the node's state; the
+// datastore goroutine (routineDatastore) reads resources and drives the
+// BGP speaker; the address watcher follows the node's addresses; the API
+// server serves requests. Only the loop changes the state, and it does
+// no datastore or network I/O, so a slow etcd never holds up route
+// learning or the API.
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
@@ -178,7 +174,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer ln.Close()
 
-	if err := n.detectUnderlay(); err != nil {
+	// Until the loop starts, this goroutine owns the state.
+	s := newState()
+	if s.hostAddrs, err = n.detectUnderlay(); err != nil {
 		return err
 	}
 	closeStore, err := n.openDatastore(ctx)
@@ -189,15 +187,17 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.ensureDefaultPool(ctx); err != nil {
 		return err
 	}
+	if pools, _, err := n.res.List(ctx, api.KindIPPool); err == nil {
+		s.view.overhead = routing.EncapOverhead(ippools(pools))
+	}
 	aliveCtx, stopAlive := context.WithCancel(ctx)
 	defer stopAlive()
-	if err := n.registerNode(aliveCtx); err != nil {
+	if err := n.registerNode(aliveCtx, s.podMTU(n.cfg.PodMTU)); err != nil {
 		return err
 	}
 	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})
 	defer n.sw.Close()
-	n.encapOverhead = n.poolsOverhead(ctx)
-	if err := n.openHost(); err != nil {
+	if err := n.openHost(s.podMTU(n.cfg.PodMTU)); err != nil {
 		return err
 	}
 	if err := n.openUnderlay(); err != nil {
@@ -210,23 +210,34 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("start NAT outgoing: %w", err)
 	}
 	defer n.nat.Close()
-	if err := n.restorePods(); err != nil {
+	if err := n.restorePods(s); err != nil {
 		return err
 	}
 
+	// From here on the state is the loop's: read what the log wants now.
+	startMTU, startPods := s.podMTU(n.cfg.PodMTU), len(s.pods)
 	var wg sync.WaitGroup
+	loopCtx, stopLoop := context.WithCancel(context.Background())
+	dsCtx, stopDatastore := context.WithCancel(ctx)
 	done := make(chan struct{})
-	routingCtx, stopRouting := context.WithCancel(ctx)
-	defer func() { close(done); stopRouting(); wg.Wait() }()
-	wg.Add(2)
+	defer func() {
+		// Work handed to a stopped loop fails with errStopped, so the
+		// others need not wait for each other.
+		close(done)
+		stopDatastore()
+		stopLoop()
+		wg.Wait()
+	}()
+	wg.Add(3)
+	go func() { defer wg.Done(); n.routineLoop(loopCtx, s) }()
 	go func() { defer wg.Done(); n.routineWatchAddrs(done) }()
-	go func() { defer wg.Done(); n.routineRouting(routingCtx) }()
+	go func() { defer wg.Done(); n.routineDatastore(dsCtx) }()
 
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	n.log.Info("node started", "underlay", n.underlay, "address", n.underlayAddr,
-		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", n.podMTU(), "pods", len(n.pods))
+		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", startMTU, "pods", startPods)
 
 	select {
 	case <-ctx.Done():
@@ -258,7 +269,9 @@ func listenSocket(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-func (n *Node) detectUnderlay() error {
+// detectUnderlay finds the underlay interface, its address and MTU, and
+// returns the node's addresses.
+func (n *Node) detectUnderlay() ([]netip.Addr, error) {
 	name := n.cfg.Underlay
 	if name == "" {
 		name = defaultRouteIface()
@@ -279,12 +292,12 @@ func (n *Node) detectUnderlay() error {
 	if name != "" {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
-			return fmt.Errorf("underlay interface %q: %w", name, err)
+			return nil, fmt.Errorf("underlay interface %q: %w", name, err)
 		}
 		n.underlay = name
 		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
 		if err != nil {
-			return fmt.Errorf("underlay %s addresses: %w", name, err)
+			return nil, fmt.Errorf("underlay %s addresses: %w", name, err)
 		}
 		if len(addrs) > 0 {
 			a, _ := netip.AddrFromSlice(addrs[0].IP.To4())
@@ -299,12 +312,7 @@ func (n *Node) detectUnderlay() error {
 	if n.cfg.PodMTU == 0 {
 		n.cfg.PodMTU = 1500
 	}
-	addrs, err := nodeAddrs()
-	if err != nil {
-		return err
-	}
-	n.hostAddrs = addrs
-	return nil
+	return nodeAddrs()
 }
 
 // nodeAddrs lists the node's IPv4 addresses but loopback. Each is reached
@@ -345,12 +353,12 @@ func (n *Node) routineWatchAddrs(done <-chan struct{}) {
 				n.log.Warn("node addresses", "err", err)
 				continue
 			}
-			n.mu.Lock()
-			n.hostAddrs = addrs
-			err = n.rebuildRoutes()
-			n.mu.Unlock()
+			err = n.do(func(s *state) error {
+				s.hostAddrs = addrs
+				return n.publish(s)
+			})
 			if err != nil {
-				n.log.Warn("rebuild routes", "err", err)
+				n.log.Warn("publish routes", "err", err)
 			}
 		}
 	}
@@ -369,22 +377,6 @@ func defaultRouteIface() string {
 		}
 	}
 	return ""
-}
-
-func (n *Node) podMTU() int {
-	if n.cfg.PodMTU > n.encapOverhead+576 {
-		return n.cfg.PodMTU - n.encapOverhead
-	}
-	return n.cfg.PodMTU
-}
-
-// poolsOverhead reads the pools' encapsulation overhead.
-func (n *Node) poolsOverhead(ctx context.Context) int {
-	pools, _, err := n.res.List(ctx, api.KindIPPool)
-	if err != nil {
-		return 0
-	}
-	return encapOverhead(pools)
 }
 
 // openUnderlay opens the IP-in-IP socket and attaches it to the switch,
@@ -445,9 +437,10 @@ func (n *Node) vtepMAC() packet.MAC {
 	return encap.VTEPMAC(n.cfg.Name)
 }
 
-// openHost creates podnet0, sets it up and attaches it as the host port.
-func (n *Node) openHost() error {
-	dev, err := vswitch.OpenHostTUN(vswitch.HostTUNName, n.podMTU())
+// openHost creates podnet0 with the pods' MTU, sets it up and attaches it
+// as the host port.
+func (n *Node) openHost(mtu int) error {
+	dev, err := vswitch.OpenHostTUN(vswitch.HostTUNName, mtu)
 	if err != nil {
 		return err
 	}
@@ -464,72 +457,4 @@ func (n *Node) openHost() error {
 	os.WriteFile("/proc/sys/net/ipv6/conf/"+vswitch.HostTUNName+"/disable_ipv6", []byte("1"), 0)
 	n.host, n.hostIndex = dev, l.Attrs().Index
 	return n.sw.AttachHost(dev)
-}
-
-// rebuildRoutes publishes a new route table from the pods and the node's
-// addresses. Callers hold n.mu.
-func (n *Node) rebuildRoutes() error {
-	var routes []router.Route
-	for _, p := range n.pods {
-		if !p.attached {
-			continue
-		}
-		routes = append(routes, router.Route{
-			Prefix: netip.PrefixFrom(p.rec.IP, 32), Kind: router.KindLocalPod,
-			Port: p.port, Dev: p.rec.Name, Source: "local",
-		})
-	}
-	for _, a := range n.hostAddrs {
-		routes = append(routes, router.Route{
-			Prefix: netip.PrefixFrom(a, 32), Kind: router.KindHost,
-			Dev: vswitch.HostTUNName, Source: "host",
-		})
-	}
-	// Other nodes are reached through this node's kernel, on the underlay.
-	for _, p := range n.routing.nodeAddrs {
-		routes = append(routes, router.Route{Prefix: p, Kind: router.KindHost, Dev: vswitch.HostTUNName, Source: "node"})
-	}
-	// This node's blocks: addresses in them that no local pod holds go
-	// nowhere, rather than following a less specific route.
-	for _, b := range n.routing.ownBlocks {
-		routes = append(routes, router.Route{Prefix: b, Kind: router.KindBlackhole, Source: "ipam block"})
-	}
-	routes = append(routes, n.routing.remote...)
-	// Everything else leaves the cluster through NAT outgoing; the switch
-	// lets only pods of natOutgoing pools use it (ICMP admin-prohibited
-	// for the others) and never NATs a destination inside a pool.
-	routes = append(routes, router.Route{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Kind: router.KindNAT, Dev: "nat", Source: "nat-outgoing"})
-	// The first route for a prefix wins: local pods, then the node, then
-	// blocks, then what BGP learned.
-	seen := map[netip.Prefix]bool{}
-	uniq := routes[:0]
-	for _, r := range routes {
-		if !seen[r.Prefix] {
-			seen[r.Prefix] = true
-			uniq = append(uniq, r)
-		}
-	}
-	t, err := router.NewTable(uniq)
-	if err != nil {
-		return fmt.Errorf("build route table: %w", err)
-	}
-	n.sw.SetRoutes(t)
-	return nil
-}
-
-// kernelRoute makes the node's own stack send traffic for a pod into
-// podnet0.
-func (n *Node) kernelRoute(ip netip.Addr, add bool) error {
-	r := &netlink.Route{LinkIndex: n.hostIndex, Scope: netlink.SCOPE_LINK,
-		Dst: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	if add {
-		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("kernel route %s dev %s: %w", ip, vswitch.HostTUNName, err)
-		}
-		return nil
-	}
-	if err := netlink.RouteDel(r); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("delete kernel route %s: %w", ip, err)
-	}
-	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"podnet/internal/packet"
 )
 
 // Kind says what the switch does with a packet that matches a route.
@@ -94,7 +96,7 @@ type Route struct {
 	Encap   Encap      `json:"encap"`
 	// NextHopMAC is the remote node's VTEP MAC (VXLAN): the inner
 	// Ethernet destination.
-	NextHopMAC MAC `json:"nextHopMAC,omitzero"`
+	NextHopMAC packet.MAC `json:"nextHopMAC,omitzero"`
 	// Source says who installed the route: "local", "host", "bgp <peer>".
 	Source string `json:"source"`
 }
@@ -109,24 +111,4 @@ func (r Route) String() string {
 		fmt.Fprintf(&b, " via %s encap %s", r.NextHop, r.Encap)
 	}
 	return b.String()
-}
-
-// MAC is an Ethernet address in a route.
-type MAC [6]byte
-
-func (m MAC) String() string {
-	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
-// MarshalText prints aa:bb:cc:dd:ee:ff.
-func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
-
-// UnmarshalText parses aa:bb:cc:dd:ee:ff.
-func (m *MAC) UnmarshalText(b []byte) error {
-	var v [6]byte
-	if _, err := fmt.Sscanf(string(b), "%02x:%02x:%02x:%02x:%02x:%02x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]); err != nil {
-		return fmt.Errorf("bad MAC %q: %w", b, err)
-	}
-	*m = v
-	return nil
 }

@@ -1,10 +1,13 @@
 package router
 
 import (
+	"encoding/json"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"podnet/internal/packet"
 )
 
 // slowLookup is the obviously correct twin of Table.Lookup: a linear scan
@@ -95,5 +98,33 @@ func BenchmarkLookup(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		tab.Lookup(a)
+	}
+}
+
+// TestRouteJSON pins the wire form of a route in the daemon's API: kinds,
+// encapsulations and the VTEP MAC as text.
+func TestRouteJSON(t *testing.T) {
+	r := Route{Prefix: netip.MustParsePrefix("192.168.9.0/26"), Kind: KindRemote, Dev: "vxlan",
+		NextHop: netip.MustParseAddr("10.0.0.2"), Encap: EncapVXLAN,
+		NextHopMAC: packet.MAC{0x66, 0x0a, 0xbb, 0x01, 0x02, 0xff}, Source: "bgp 10.0.0.2"}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"prefix":"192.168.9.0/26","kind":"remote","dev":"vxlan","nextHop":"10.0.0.2","encap":"vxlan","nextHopMAC":"66:0a:bb:01:02:ff","source":"bgp 10.0.0.2"}`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+	var back Route
+	if err := json.Unmarshal(b, &back); err != nil || back != r {
+		t.Fatalf("round trip: got %+v, %v, want %+v", back, err, r)
+	}
+	// No MAC: the field is left out.
+	b, _ = json.Marshal(Route{Prefix: r.Prefix, Kind: KindHost})
+	if strings.Contains(string(b), "nextHopMAC") {
+		t.Fatalf("zero MAC marshalled: %s", b)
+	}
+	if err := json.Unmarshal([]byte(`{"nextHopMAC":"66:0a:bb"}`), &back); err == nil {
+		t.Fatal("short MAC accepted")
 	}
 }

@@ -77,7 +77,7 @@ func newFakeNet(t testing.TB) *fakeNet {
 	routes := []router.Route{
 		{Prefix: pfx("172.16.0.1/32"), Kind: router.KindHost, Dev: HostTUNName},
 		{Prefix: pfx("10.0.1.0/26"), Kind: router.KindRemote, NextHop: nodeIPIP, Encap: router.EncapIPIP},
-		{Prefix: pfx("10.0.2.0/26"), Kind: router.KindRemote, NextHop: nodeVXLAN, Encap: router.EncapVXLAN, NextHopMAC: router.MAC(vtepPeer)},
+		{Prefix: pfx("10.0.2.0/26"), Kind: router.KindRemote, NextHop: nodeVXLAN, Encap: router.EncapVXLAN, NextHopMAC: vtepPeer},
 		{Prefix: pfx("10.0.3.0/26"), Kind: router.KindRemote, NextHop: nodeIPIP, Encap: router.EncapNone},
 		{Prefix: pfx("10.0.4.0/26"), Kind: router.KindBlackhole},
 		{Prefix: pfx("10.0.5.5/32"), Kind: router.KindLocalPod, Port: 99},

@@ -13,8 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"podnet/api"
 	"podnet/datastore"
 	"podnet/node"
+	"podnet/nodeapi"
 	"podnet/resources"
 )
 
@@ -36,7 +38,7 @@ func daemonDatastore(flag string) (datastore.Config, error) {
 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
-	var logLevel, endpoints, natRange, natAddr string
+	var logLevel, endpoints, natRange, natAddr, ipipMode, vxlanMode string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node's virtual switch (one per node)",
@@ -71,6 +73,7 @@ port podnet0, re-attaches recorded pods and serves the local API that
 				}
 				cfg.NAT.SourceAddr = a
 			}
+			cfg.DefaultPoolIPIPMode, cfg.DefaultPoolVXLANMode = api.EncapMode(ipipMode), api.EncapMode(vxlanMode)
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
@@ -84,11 +87,11 @@ port podnet0, re-attaches recorded pods and serves the local API that
 	f.StringVar(&cfg.Name, "node", "", "node name (default: the host name)")
 	f.StringVar(&cfg.Underlay, "underlay", "", "interface toward other nodes (default: the default route's)")
 	f.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for pod records")
-	f.StringVar(&cfg.Socket, "socket", node.DefaultSocket, "unix socket of the local API")
+	f.StringVar(&cfg.Socket, "socket", nodeapi.DefaultSocket, "unix socket of the local API")
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
 	f.IntVar(&cfg.PodMTU, "pod-mtu", 0, "MTU of pods' eth0 (default: the underlay's)")
-	f.StringVar(&cfg.DefaultPoolIPIPMode, "default-ipv4-pool-ipip", "", "ipipMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_IPIP)")
-	f.StringVar(&cfg.DefaultPoolVXLANMode, "default-ipv4-pool-vxlan", "", "vxlanMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_VXLAN)")
+	f.StringVar(&ipipMode, "default-ipv4-pool-ipip", "", "ipipMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_IPIP)")
+	f.StringVar(&vxlanMode, "default-ipv4-pool-vxlan", "", "vxlanMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_VXLAN)")
 	f.Uint32Var(&cfg.VXLANVNI, "vxlan-vni", 4096, "VXLAN network identifier, 1..16777215 (the same on every node)")
 	f.Uint16Var(&cfg.VXLANPort, "vxlan-port", 4789, "VXLAN UDP port (the same on every node)")
 	f.StringVar(&natRange, "nat-port-range", "", "local ports for NAT outgoing, MIN:MAX (default: the kernel's ephemeral range)")

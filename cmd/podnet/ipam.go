@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -23,7 +24,7 @@ func newIPAMCmd() *cobra.Command {
 	return cmd
 }
 
-// ipamPools reads the pools as IPAM sees them, in name order.
+// ipamPools reads the pools as IPAM sees them.
 func ipamPools(ctx context.Context, c *resources.Client) ([]ipam.Pool, error) {
 	rs, _, err := c.List(ctx, api.KindIPPool)
 	if err != nil {
@@ -171,72 +172,113 @@ func showBorrowedIPs(ctx context.Context, w io.Writer, m *ipam.IPAM) error {
 	return nil
 }
 
-// leak is an allocation nothing uses.
-type leak struct {
-	a   ipam.Allocation
-	why string
+// ipamCheck is IPAM's own check (ipam.IPAM.Check) with the cluster's
+// answer to "who uses this address", and the reverse check IPAM cannot
+// make: workload endpoints whose address IPAM never allocated.
+type ipamCheck struct {
+	ipam.CheckReport
+	// why says why each leaked address counts as leaked.
+	why map[netip.Addr]string
+	// unallocated maps addresses that endpoints use but IPAM does not
+	// hold to the endpoint's name.
+	unallocated        map[netip.Addr]string
+	weps, nodes, alive int
 }
 
-// findLeaks compares IPAM's allocations with the WorkloadEndpoints and
-// the nodes whose daemons are alive. A pod address is leaked when no
-// WorkloadEndpoint has it; a tunnel address when its node is gone.
-func findLeaks(ctx context.Context, c *resources.Client, m *ipam.IPAM, w io.Writer) ([]leak, int, error) {
-	allocs, err := m.Allocations(ctx)
+// checkIPAM runs the check. A pod's address (type pod, or a pod
+// attribute) is in use while a WorkloadEndpoint has it; any other address
+// of a node (a tunnel address) while its Node exists.
+func checkIPAM(ctx context.Context, c *resources.Client, m *ipam.IPAM) (ipamCheck, error) {
+	pools, err := ipamPools(ctx, c)
 	if err != nil {
-		return nil, 0, err
+		return ipamCheck{}, err
 	}
 	weps, _, err := c.List(ctx, api.KindWorkloadEndpoint)
 	if err != nil {
-		return nil, 0, err
+		return ipamCheck{}, err
 	}
 	nodes, _, err := c.List(ctx, api.KindNode)
 	if err != nil {
-		return nil, 0, err
+		return ipamCheck{}, err
 	}
 	alive, err := c.Store().AliveNodes(ctx)
 	if err != nil {
-		return nil, 0, err
+		return ipamCheck{}, err
 	}
 	known := map[string]bool{}
 	for _, n := range nodes {
 		known[n.GetObjectMeta().Name] = true
 	}
-	inUse := map[netip.Addr]string{} // address → endpoint name
+	usedBy := map[netip.Addr]string{} // address → endpoint name
 	for _, r := range weps {
 		wep := r.(*api.WorkloadEndpoint)
 		for _, n := range wep.Spec.IPNetworks {
 			if p, err := netip.ParsePrefix(n); err == nil {
-				inUse[p.Addr()] = wep.Name
+				usedBy[p.Addr()] = wep.Name
 			}
 		}
 	}
-	fmt.Fprintf(w, "Found %d allocations, %d workload endpoints, %d nodes (%d with a running daemon).\n", len(allocs), len(weps), len(nodes), len(alive))
-	var leaks []leak
+	why := map[netip.Addr]string{}
 	allocated := map[netip.Addr]bool{}
-	for _, a := range allocs {
+	inUse := func(a ipam.Allocation) bool {
 		allocated[a.IP] = true
 		node := a.Attrs["node"]
 		switch {
 		case a.Attrs["type"] == "pod" || a.Attrs["pod"] != "":
-			if _, ok := inUse[a.IP]; !ok {
-				why := "no workload endpoint has it"
-				if node != "" && !alive[node] {
-					why += fmt.Sprintf(" (node %s has no running daemon)", node)
-				}
-				leaks = append(leaks, leak{a, why})
+			if _, ok := usedBy[a.IP]; ok {
+				return true
 			}
+			why[a.IP] = "no workload endpoint has it"
+			if node != "" && !alive[node] {
+				why[a.IP] += fmt.Sprintf(" (node %s has no running daemon)", node)
+			}
+			return false
 		case node != "" && !known[node]:
-			leaks = append(leaks, leak{a, fmt.Sprintf("node %s does not exist", node)})
+			why[a.IP] = fmt.Sprintf("node %s does not exist", node)
+			return false
 		}
+		return true
 	}
-	problems := len(leaks)
-	for ip, wep := range inUse {
+	report, err := m.Check(ctx, pools, inUse)
+	if err != nil {
+		return ipamCheck{}, err
+	}
+	r := ipamCheck{CheckReport: report, why: why, unallocated: map[netip.Addr]string{},
+		weps: len(weps), nodes: len(nodes), alive: len(alive)}
+	for ip, wep := range usedBy {
 		if !allocated[ip] {
-			fmt.Fprintf(w, "  %s is used by workload endpoint %s but not allocated in IPAM\n", ip, wep)
-			problems++
+			r.unallocated[ip] = wep
 		}
 	}
-	return leaks, problems, nil
+	return r, nil
+}
+
+// problems counts what the check found.
+func (r ipamCheck) problems() int { return r.Problems() + len(r.unallocated) }
+
+// write prints the report as `podnet ipam check` shows it.
+func (r ipamCheck) write(w io.Writer) {
+	fmt.Fprintf(w, "Found %d allocations in %d blocks, %d workload endpoints, %d nodes (%d with a running daemon).\n",
+		r.Allocations, r.Blocks, r.weps, r.nodes, r.alive)
+	for _, ip := range slices.SortedFunc(maps.Keys(r.unallocated), netip.Addr.Compare) {
+		fmt.Fprintf(w, "  %s is used by workload endpoint %s but not allocated in IPAM\n", ip, r.unallocated[ip])
+	}
+	for _, a := range r.Leaked {
+		fmt.Fprintf(w, "  %s leaked: %s; handle %s, attrs %s\n", a.IP, r.why[a.IP], a.HandleID, attrString(a.Attrs))
+	}
+	fmt.Fprintf(w, "Found %d IPs that are allocated in IPAM but not actually in use.\n", len(r.Leaked))
+	for _, a := range r.NotInPool {
+		fmt.Fprintf(w, "  %s is allocated in block %s, which no IP pool holds; handle %s\n", a.IP, a.Block, a.HandleID)
+	}
+	fmt.Fprintf(w, "Found %d in-use IPs that are not in active IP pools.\n", len(r.NotInPool))
+	for _, h := range r.Handles {
+		fmt.Fprintf(w, "  %s\n", h)
+	}
+	fmt.Fprintf(w, "Found %d handle counts that do not match the blocks.\n", len(r.Handles))
+	fmt.Fprintf(w, "Check complete; found %d problems.\n", r.problems())
+	if len(r.Leaked) > 0 {
+		fmt.Fprintln(w, "Release leaked addresses with: podnet ipam release --leaked")
+	}
 }
 
 func newIPAMCheckCmd() *cobra.Command {
@@ -247,18 +289,11 @@ func newIPAMCheckCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				fmt.Fprintln(stdout, "Checking IPAM for inconsistencies...")
-				leaks, problems, err := findLeaks(ctx, c, ipam.New(c.Store()), stdout)
+				r, err := checkIPAM(ctx, c, ipam.New(c.Store()))
 				if err != nil {
 					return err
 				}
-				for _, l := range leaks {
-					fmt.Fprintf(stdout, "  %s leaked: %s; handle %s, attrs %s\n", l.a.IP, l.why, l.a.HandleID, attrString(l.a.Attrs))
-				}
-				fmt.Fprintf(stdout, "Found %d IPs that are allocated in IPAM but not actually in use.\n", len(leaks))
-				fmt.Fprintf(stdout, "Check complete; found %d problems.\n", problems)
-				if len(leaks) > 0 {
-					fmt.Fprintln(stdout, "Release leaked addresses with: podnet ipam release --leaked")
-				}
+				r.write(stdout)
 				return nil
 			})
 		},
@@ -289,12 +324,12 @@ func newIPAMReleaseCmd() *cobra.Command {
 				m := ipam.New(c.Store())
 				var addrs []netip.Addr
 				if leaked {
-					leaks, _, err := findLeaks(ctx, c, m, io.Discard)
+					r, err := checkIPAM(ctx, c, m)
 					if err != nil {
 						return err
 					}
-					for _, l := range leaks {
-						addrs = append(addrs, l.a.IP)
+					for _, a := range r.Leaked {
+						addrs = append(addrs, a.IP)
 					}
 					if len(addrs) == 0 {
 						fmt.Fprintln(stdout, "No leaked addresses found")

@@ -2,13 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"podnet/api"
+	"podnet/datastore"
 	"podnet/ipam"
+	"podnet/resources"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -50,5 +55,89 @@ func TestIPAMShowGolden(t *testing.T) {
 			writeUsage(&b, usage, tt.blocks)
 			golden(t, tt.name, b.Bytes())
 		})
+	}
+}
+
+// TestIPAMCheck runs `ipam check` and `ipam release --leaked` on a real
+// datastore holding each kind of problem: a pod address no endpoint has,
+// a tunnel address of a node that is gone, an endpoint whose address IPAM
+// never allocated, next to addresses that are fine.
+func TestIPAMCheck(t *testing.T) {
+	c := newCLI(t)
+	ctx := context.Background()
+	s, err := datastore.Open(ctx, datastore.Config{Endpoints: []string{c.endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res := resources.New(s, resources.Options{})
+	m := ipam.New(s)
+	pool := api.NewIPPool("p")
+	pool.Spec.CIDR = "10.40.0.0/24"
+	if _, err := res.Create(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := res.Create(ctx, api.NewNode("worker1")); err != nil {
+		t.Fatal(err)
+	}
+	pools := []ipam.Pool{{Name: "p", CIDR: netip.MustParsePrefix("10.40.0.0/24"), BlockSize: 26}}
+	assign := func(ip, node, handle string, attrs map[string]string) {
+		t.Helper()
+		if err := m.AssignIP(ctx, ipam.AssignIPArgs{IP: netip.MustParseAddr(ip), Node: node, HandleID: handle, Attrs: attrs, Pools: pools}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wep := func(node, pod, ip string) {
+		t.Helper()
+		w := api.NewWorkloadEndpoint(api.WorkloadEndpointName(node, pod))
+		w.Spec = api.WorkloadEndpointSpec{Node: node, Workload: pod, InterfaceName: "eth0", IPNetworks: []string{ip + "/32"}}
+		if _, err := res.Create(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assign("10.40.0.1", "worker1", "pod.worker1.a", map[string]string{"type": "pod", "pod": "a"})
+	wep("worker1", "a", "10.40.0.1")
+	assign("10.40.0.2", "worker1", "pod.worker1.b", map[string]string{"type": "pod", "pod": "b"}) // leaked
+	assign("10.40.0.3", "worker1", "ipip-tunnel-addr-worker1", map[string]string{"type": "ipipTunnelAddress"})
+	assign("10.40.0.4", "gone", "ipip-tunnel-addr-gone", map[string]string{"type": "ipipTunnelAddress"}) // leaked
+	wep("worker1", "c", "10.40.0.9")                                                                     // not allocated
+
+	ipamCmd := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		old := stdout
+		stdout = &out
+		defer func() { stdout = old }()
+		cmd := newIPAMCmd()
+		cmd.SetArgs(append(args, "--datastore", c.endpoint))
+		if err := cmd.ExecuteContext(ctx); err != nil {
+			t.Fatalf("ipam %v: %v", args, err)
+		}
+		return out.String()
+	}
+	wantOut(t, ipamCmd("check"), `Checking IPAM for inconsistencies...
+Found 4 allocations in 1 blocks, 2 workload endpoints, 1 nodes (0 with a running daemon).
+  10.40.0.9 is used by workload endpoint worker1-c but not allocated in IPAM
+  10.40.0.2 leaked: no workload endpoint has it (node worker1 has no running daemon); handle pod.worker1.b, attrs node=worker1,pod=b,type=pod
+  10.40.0.4 leaked: node gone does not exist; handle ipip-tunnel-addr-gone, attrs node=gone,type=ipipTunnelAddress
+Found 2 IPs that are allocated in IPAM but not actually in use.
+Found 0 in-use IPs that are not in active IP pools.
+Found 0 handle counts that do not match the blocks.
+Check complete; found 3 problems.
+Release leaked addresses with: podnet ipam release --leaked
+`)
+	wantOut(t, ipamCmd("release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
+	out := ipamCmd("check")
+	if !strings.Contains(out, "Found 0 IPs that are allocated") || !strings.Contains(out, "Check complete; found 1 problems.") {
+		t.Fatalf("after release: got\n%s", out)
+	}
+
+	// A pool deleted under its allocations: IPAM's own check notices.
+	if _, err := res.Delete(ctx, api.KindIPPool, "p", resources.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out = ipamCmd("check")
+	if !strings.Contains(out, "Found 2 in-use IPs that are not in active IP pools.") || !strings.Contains(out, "10.40.0.1 is allocated in block 10.40.0.0/26, which no IP pool holds") {
+		t.Fatalf("after pool delete: got\n%s", out)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"podnet/lab"
-	"podnet/node"
+	"podnet/nodeapi"
 	vswitch "podnet/switch"
 )
 
@@ -120,8 +120,8 @@ func labTrace(st lab.Status, first string, q vswitch.TraceQuery) ([]traceHop, er
 		if n == nil {
 			return hops, fmt.Errorf("no node %s in lab %s", cur, st.Name)
 		}
-		res, err := node.NewClient(n.Socket).Trace(q)
-		if err != nil {
+		var res vswitch.TraceResult
+		if err := nodeapi.NewClient(n.Socket).Post(nodeapi.PathTrace, q, &res); err != nil {
 			return hops, fmt.Errorf("trace on %s: %w", cur, err)
 		}
 		hops = append(hops, traceHop{cur, res})
@@ -193,7 +193,8 @@ func traceSummary(st lab.Status, hops []traceHop) string {
 func probeTrace(ctx context.Context, l *lab.Lab, st lab.Status, src string, q vswitch.TraceQuery, hops []traceHop, w io.Writer) error {
 	before := map[string][]vswitch.PortStats{}
 	for _, h := range hops {
-		ports, err := node.NewClient(labNode(st, h.node).Socket).Ports()
+		var ports []vswitch.PortStats
+		err := nodeapi.NewClient(labNode(st, h.node).Socket).Get(nodeapi.PathPorts, &ports)
 		if err != nil {
 			return err
 		}
@@ -213,7 +214,8 @@ func probeTrace(ctx context.Context, l *lab.Lab, st lab.Status, src string, q vs
 	fmt.Fprintf(w, "probe: %s\n", firstLines(string(out), 2))
 	var failed []string
 	for i, h := range hops {
-		after, err := node.NewClient(labNode(st, h.node).Socket).Ports()
+		var after []vswitch.PortStats
+		err := nodeapi.NewClient(labNode(st, h.node).Socket).Get(nodeapi.PathPorts, &after)
 		if err != nil {
 			return err
 		}

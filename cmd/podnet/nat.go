@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"podnet/nat"
+	"podnet/nodeapi"
 )
 
 func newNATCmd() *cobra.Command {
@@ -18,7 +21,7 @@ func newNATCmd() *cobra.Command {
 		if err := checkFormat(*lout, "table", "wide", "json"); err != nil {
 			return err
 		}
-		es, err := client(*lsock).NATEntries()
+		es, err := daemonGet[[]nat.Entry](*lsock, nodeapi.PathNATEntries)
 		if err != nil {
 			return err
 		}
@@ -52,7 +55,7 @@ func newNATCmd() *cobra.Command {
 		if err := checkFormat(*sout, "text", "json"); err != nil {
 			return err
 		}
-		s, err := client(*ssock).NATStats()
+		s, err := daemonGet[nat.Stats](*ssock, nodeapi.PathNATStats)
 		if err != nil {
 			return err
 		}

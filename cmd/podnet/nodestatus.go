@@ -4,6 +4,9 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"podnet/nodeapi"
+	"podnet/router/bgp"
 )
 
 func newNodeCmd() *cobra.Command {
@@ -19,8 +22,7 @@ func newNodeCmd() *cobra.Command {
 		if err := checkFormat(*out, "table", "json"); err != nil {
 			return err
 		}
-		c := client(*sock)
-		peers, err := c.BGPPeers()
+		peers, err := daemonGet[[]bgp.PeerStatus](*sock, nodeapi.PathBGPPeers)
 		if err != nil {
 			return err
 		}

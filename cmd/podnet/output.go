@@ -9,21 +9,29 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"podnet/node"
+	"podnet/nodeapi"
 )
 
 // socketFlag adds --socket to a command that talks to the local daemon.
 func socketFlag(cmd *cobra.Command) *string {
 	s := new(string)
-	cmd.Flags().StringVar(s, "socket", "", "daemon socket (default $"+node.SocketEnv+" or "+node.DefaultSocket+")")
+	cmd.Flags().StringVar(s, "socket", "", "daemon socket (default $"+nodeapi.SocketEnv+" or "+nodeapi.DefaultSocket+")")
 	return s
 }
 
-func client(socket string) *node.Client {
+func client(socket string) *nodeapi.Client {
 	if socket == "" {
-		socket = node.DefaultClientSocket()
+		socket = nodeapi.DefaultClientSocket()
 	}
-	return node.NewClient(socket)
+	return nodeapi.NewClient(socket)
+}
+
+// daemonGet reads an answer of the local daemon whose type belongs to
+// the daemon's packages (switch ports, BGP sessions, NAT), which nodeapi
+// leaves to its callers.
+func daemonGet[T any](socket, path string) (T, error) {
+	var v T
+	return v, client(socket).Get(path, &v)
 }
 
 // outputFlag adds -o with the given formats; the first is the default.

@@ -5,13 +5,13 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"podnet/node"
+	"podnet/nodeapi"
 )
 
 func newPodCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "pod", Short: "Attach, detach and list pods on this node"}
 
-	var req node.AddPodRequest
+	var req nodeapi.AddPodRequest
 	add := &cobra.Command{
 		Use:   "add NAME (--netns PATH | --new) [--ip A.B.C.D | --pool NAME]",
 		Short: "Give a pod (a network namespace) an eth0 on this node's switch",

@@ -6,6 +6,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"podnet/nodeapi"
+	vswitch "podnet/switch"
 )
 
 func newPortCmd() *cobra.Command {
@@ -17,7 +20,7 @@ func newPortCmd() *cobra.Command {
 		if err := checkFormat(*out, "table", "json"); err != nil {
 			return err
 		}
-		ports, err := client(*sock).Ports()
+		ports, err := daemonGet[[]vswitch.PortStats](*sock, nodeapi.PathPorts)
 		if err != nil {
 			return err
 		}

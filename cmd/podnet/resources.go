@@ -16,7 +16,6 @@ import (
 	"podnet/api"
 	"podnet/datastore"
 	"podnet/ipam"
-	"podnet/node"
 	"podnet/resources"
 )
 
@@ -60,7 +59,7 @@ func resourcesClient(cmd *cobra.Command) (*resources.Client, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Failed to create podnet API client: %w", err)
 	}
-	opts := node.PoolHooks(ipam.New(s))
+	opts := resources.PoolHooks(ipam.New(s))
 	if poolInUse != nil {
 		opts.PoolInUse = poolInUse
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"podnet/node"
+	"podnet/nodeapi"
 	vswitch "podnet/switch"
 )
 
@@ -57,8 +57,8 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 				return fmt.Errorf("--node %q: want the sending node's IPv4 underlay address", node)
 			}
 		}
-		res, err := c.Trace(q)
-		if err != nil {
+		var res vswitch.TraceResult
+		if err := c.Post(nodeapi.PathTrace, q, &res); err != nil {
 			return err
 		}
 		if *out == "json" {
@@ -72,7 +72,7 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 
 // resolveAddr turns a pod name of this node into its address; a pod named
 // as the source is also where the packet enters, unless --from says.
-func resolveAddr(c *node.Client, s string, from *string) (netip.Addr, error) {
+func resolveAddr(c *nodeapi.Client, s string, from *string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		if !a.Is4() {
 			return netip.Addr{}, fmt.Errorf("%s: only IPv4 is routed", s)

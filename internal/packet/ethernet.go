@@ -3,6 +3,7 @@ package packet
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 )
 
 // Ethernet II header (IEEE 802.3, DIX framing):
@@ -60,6 +61,19 @@ func (m MAC) String() string {
 		s[i*3+1] = hexDigits[b&0x0f]
 	}
 	return string(s[:])
+}
+
+// MarshalText formats m as String does, so that JSON shows aa:bb:cc:dd:ee:ff.
+func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText parses what MarshalText writes (ParseMAC).
+func (m *MAC) UnmarshalText(b []byte) error {
+	v, err := ParseMAC(string(b))
+	if err != nil {
+		return fmt.Errorf("%w: %q", err, b)
+	}
+	*m = v
+	return nil
 }
 
 // IsBroadcast reports whether m is ff:ff:ff:ff:ff:ff.

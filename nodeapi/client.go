@@ -1,4 +1,4 @@
-package node
+package nodeapi
 
 import (
 	"bytes"
@@ -15,15 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"podnet/nat"
 	"podnet/router"
-	"podnet/router/bgp"
-	vswitch "podnet/switch"
 )
-
-// SocketEnv names the environment variable that points the CLI at a
-// daemon's socket (the lab sets it inside each node).
-const SocketEnv = "PODNET_SOCKET"
 
 // DefaultClientSocket is $PODNET_SOCKET, else DefaultSocket.
 func DefaultClientSocket() string {
@@ -77,7 +70,7 @@ func (c *Client) do(method, path string, body, out any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		var e apiError
+		var e Error
 		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
 			return errors.New(e.Error)
 		}
@@ -89,64 +82,47 @@ func (c *Client) do(method, path string, body, out any) error {
 	return nil
 }
 
+// Get reads the JSON answer of a GET on path (one of the Path constants)
+// into out. It serves the answers whose types belong to the daemon's
+// packages (switch ports, BGP sessions, NAT), which this package does not
+// import.
+func (c *Client) Get(path string, out any) error {
+	return c.do("GET", path, nil, out)
+}
+
 // Status asks for the node's status.
 func (c *Client) Status() (Status, error) {
 	var s Status
-	return s, c.do("GET", "/v1/status", nil, &s)
+	return s, c.Get(PathStatus, &s)
 }
 
-// Pods lists the node's pods.
+// Pods lists the node's pods, sorted by name.
 func (c *Client) Pods() ([]PodInfo, error) {
 	var p []PodInfo
-	return p, c.do("GET", "/v1/pods", nil, &p)
+	return p, c.Get(PathPods, &p)
 }
 
 // AddPod attaches a pod.
 func (c *Client) AddPod(req AddPodRequest) (PodInfo, error) {
 	var p PodInfo
-	return p, c.do("POST", "/v1/pods", req, &p)
+	return p, c.do("POST", PathPods, req, &p)
 }
 
 // DeletePod detaches and removes a pod.
 func (c *Client) DeletePod(name string) error {
-	return c.do("DELETE", "/v1/pods/"+name, nil, nil)
+	return c.do("DELETE", PathPod+name, nil, nil)
 }
 
 // Routes returns the node's route table.
 func (c *Client) Routes() ([]router.Route, error) {
 	var r []router.Route
-	return r, c.do("GET", "/v1/routes", nil, &r)
+	return r, c.Get(PathRoutes, &r)
 }
 
-// Ports returns per-port counters.
-func (c *Client) Ports() ([]vswitch.PortStats, error) {
-	var p []vswitch.PortStats
-	return p, c.do("GET", "/v1/ports", nil, &p)
-}
-
-// BGPPeers returns the node's BGP sessions.
-func (c *Client) BGPPeers() ([]bgp.PeerStatus, error) {
-	var p []bgp.PeerStatus
-	return p, c.do("GET", "/v1/bgp/peers", nil, &p)
-}
-
-// NATEntries returns the NAT connection table.
-func (c *Client) NATEntries() ([]nat.Entry, error) {
-	var e []nat.Entry
-	return e, c.do("GET", "/v1/nat/entries", nil, &e)
-}
-
-// NATStats returns NAT counters.
-func (c *Client) NATStats() (nat.Stats, error) {
-	var s nat.Stats
-	return s, c.do("GET", "/v1/nat/stats", nil, &s)
-}
-
-// Trace asks the daemon's switch what it would do with a packet.
-func (c *Client) Trace(q vswitch.TraceQuery) (vswitch.TraceResult, error) {
-	var out vswitch.TraceResult
-	err := c.do("POST", "/v1/trace", q, &out)
-	return out, err
+// Post sends in as JSON to path and reads the JSON answer into out, for
+// requests whose types belong to the daemon's packages (PathTrace).
+func (c *Client) Post(path string, in, out any) error {
+	return c.do("POST", path, in, out)
 }
 
 // Capture streams a pcap of port (a pod, host, ipip, vxlan or underlay)
@@ -159,7 +135,7 @@ func (c *Client) Capture(port string, count int, seconds float64, filter string)
 	if seconds > 0 {
 		v.Set("seconds", strconv.FormatFloat(seconds, 'f', -1, 64))
 	}
-	req, err := http.NewRequest("GET", "http://podnet/v1/capture?"+v.Encode(), nil)
+	req, err := http.NewRequest("GET", "http://podnet"+PathCapture+"?"+v.Encode(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +147,7 @@ func (c *Client) Capture(port string, count int, seconds float64, filter string)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
-		var e apiError
+		var e Error
 		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
 			return nil, errors.New(e.Error)
 		}

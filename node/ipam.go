@@ -1,0 +1,129 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"podnet/api"
+	"podnet/datastore"
+	"podnet/ipam"
+	"podnet/resources"
+)
+
+// Pods' addresses from IPAM and their WorkloadEndpoints. These talk to
+// the datastore: callers must not run them on the control loop.
+
+// opContext bounds one pod operation's datastore calls.
+func opContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// ipamPools converts pool resources for IPAM (nodeSelector parsed,
+// allowedUses and assignmentMode carried), with the resources by name.
+func ipamPools(rs []api.Resource) ([]ipam.Pool, map[string]*api.IPPool, error) {
+	pools, err := ipam.PoolsFromResources(rs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("IP pools: %w", err)
+	}
+	byName := map[string]*api.IPPool{}
+	for _, p := range ippools(rs) {
+		byName[p.Name] = p
+	}
+	return pools, byName, nil
+}
+
+// nodeLabels are this node's labels, for the pools' node selectors.
+func (n *Node) nodeLabels(ctx context.Context) (map[string]string, error) {
+	r, err := n.res.Get(ctx, api.KindNode, n.cfg.Name)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read node %s: %w", n.cfg.Name, err)
+	}
+	return r.GetObjectMeta().Labels, nil
+}
+
+// podHandle is the IPAM handle of a pod's address on this node.
+func (n *Node) podHandle(pod string) string { return "pod." + n.cfg.Name + "." + pod }
+
+// allocate gets an address for pod: the given one, or one from the named
+// pool, or one from the enabled pools.
+func (n *Node) allocate(ctx context.Context, pod, ipStr, poolName string) (netip.Addr, error) {
+	rs, _, err := n.res.List(ctx, api.KindIPPool)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list pools: %w", err)
+	}
+	pools, byName, err := ipamPools(rs)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	attrs := map[string]string{"node": n.cfg.Name, "pod": pod, "type": "pod"}
+	if ipStr != "" {
+		ip, err := netip.ParseAddr(ipStr)
+		if err != nil || !ip.Is4() {
+			return netip.Addr{}, badRequest("pod %s: invalid IPv4 address %q", pod, ipStr)
+		}
+		err = n.ipam.AssignIP(ctx, ipam.AssignIPArgs{IP: ip, Node: n.cfg.Name, HandleID: n.podHandle(pod), Attrs: attrs, Pools: pools})
+		if err != nil {
+			return netip.Addr{}, ipamError(err)
+		}
+		return ip, nil
+	}
+	labels, err := n.nodeLabels(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	args := ipam.AssignArgs{Node: n.cfg.Name, HandleID: n.podHandle(pod), Attrs: attrs, Pools: pools,
+		NodeLabels: labels, Use: ipam.UseWorkload}
+	if poolName != "" {
+		p, ok := byName[poolName]
+		if !ok {
+			return netip.Addr{}, badRequest("pool %s does not exist", poolName)
+		}
+		if p.Spec.Disabled {
+			return netip.Addr{}, badRequest("pool %s is disabled: it gives no new addresses", poolName)
+		}
+		args.Pools = slices.DeleteFunc(pools, func(c ipam.Pool) bool { return c.Name != poolName })
+		args.Requested = true
+	}
+	ip, err := n.ipam.AutoAssign(ctx, args)
+	if err != nil {
+		return netip.Addr{}, ipamError(err)
+	}
+	return ip, nil
+}
+
+// ipamError marks IPAM refusals (exhausted, taken, outside pools) as the
+// user's to fix rather than the node's failure.
+func ipamError(err error) error {
+	for _, e := range []error{ipam.ErrPoolsExhausted, ipam.ErrNotInPool, ipam.ErrAlreadyAssigned, ipam.ErrStrictAffinity, ipam.ErrNoPools, ipam.ErrPoolDisabled} {
+		if errors.Is(err, e) {
+			return &userError{err.Error()}
+		}
+	}
+	return err
+}
+
+// recordEndpoint writes (or removes) the pod's WorkloadEndpoint.
+func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) error {
+	name := api.WorkloadEndpointName(n.cfg.Name, rec.Name)
+	if !add {
+		_, err := n.res.Delete(ctx, api.KindWorkloadEndpoint, name, resources.DeleteOptions{})
+		if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+			return err
+		}
+		return nil
+	}
+	w := api.NewWorkloadEndpoint(name)
+	w.Spec = api.WorkloadEndpointSpec{
+		Node: n.cfg.Name, Workload: rec.Name, InterfaceName: "eth0",
+		IPNetworks: []string{netip.PrefixFrom(rec.IP, 32).String()}, MAC: rec.MAC, Netns: rec.Netns,
+	}
+	_, err := n.res.Apply(ctx, w)
+	return err
+}

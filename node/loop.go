@@ -1,0 +1,173 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"podnet/api"
+	"podnet/internal/packet"
+	"podnet/router"
+	"podnet/router/bgp"
+	"podnet/routing"
+	vswitch "podnet/switch"
+)
+
+// The control loop: one goroutine owns the node's mutable state and is
+// the only one that publishes to the switch (route tables, nodes, NAT
+// pools) and installs kernel routes. Everyone else hands it work through
+// n.do: the API (pods), BGP (learned paths), the address watcher and the
+// datastore goroutine (what the resources say). The loop never waits on
+// the datastore or the network, so whatever etcd does, learned routes
+// reach the switch and the API answers.
+
+// errStopped answers requests that come after the loop has stopped.
+var errStopped = errors.New("the node is stopping")
+
+// state is what the control loop owns.
+type state struct {
+	pods      map[string]*pod
+	hostAddrs []netip.Addr // the node's own addresses
+	learned   []bgp.Path   // best paths from BGP peers
+	view      view         // what the datastore said last
+	kernel    map[netip.Prefix]kernelRoute
+}
+
+// view is what the datastore goroutine read last, digested for routing.
+type view struct {
+	pools     []*api.IPPool
+	blocks    []netip.Prefix // this node's affine blocks
+	nodeAddrs []netip.Addr   // other nodes' underlay addresses
+	vteps     map[netip.Addr]packet.MAC
+	// overhead is what the pools' encapsulation costs pods in MTU: 20
+	// for IP-in-IP, 50 for VXLAN, the most any pool needs.
+	overhead int
+}
+
+// podPhase says where a pod is in its life.
+type podPhase uint8
+
+const (
+	// podAdding: AddPod holds the name (and address) while it talks to
+	// IPAM and creates the link; not listed yet.
+	podAdding podPhase = iota
+	// podReady: listed, attached or not.
+	podReady
+	// podDeleting: detached, not listed; DeletePod is releasing its
+	// address and endpoint. The name stays taken until it is done, so
+	// a new pod of that name cannot get its IPAM handle released.
+	podDeleting
+)
+
+// pod is a pod the node knows: its record and, when attached, its port.
+type pod struct {
+	rec      PodRecord
+	phase    podPhase
+	port     int
+	attached bool
+	err      string // why it is not attached
+}
+
+func newState() *state {
+	return &state{pods: map[string]*pod{}, kernel: map[netip.Prefix]kernelRoute{}}
+}
+
+// podMTU is the pods' MTU: the configured one less what encapsulation
+// costs, unless that would leave less than IPv4's minimum of 576.
+func (s *state) podMTU(configured int) int {
+	if configured > s.view.overhead+576 {
+		return configured - s.view.overhead
+	}
+	return configured
+}
+
+// listed are the pods the API shows, sorted by name.
+func (s *state) listed() []*pod {
+	var out []*pod
+	for _, p := range s.pods {
+		if p.phase == podReady {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *pod) int { return strings.Compare(a.rec.Name, b.rec.Name) })
+	return out
+}
+
+// routineLoop runs the control loop until ctx is done, then removes the
+// kernel routes it installed. Run starts it.
+func (n *Node) routineLoop(ctx context.Context, s *state) {
+	defer close(n.loopDone)
+	for {
+		select {
+		case <-ctx.Done():
+			n.syncKernelRoutes(s, nil)
+			return
+		case op := <-n.ops:
+			op(s)
+		}
+	}
+}
+
+// do runs f on the control loop and returns its error, or errStopped
+// when the loop has stopped. f must not block: no datastore, no network,
+// no n.do.
+func (n *Node) do(f func(*state) error) error {
+	res := make(chan error, 1)
+	select {
+	case n.ops <- func(s *state) { res <- f(s) }:
+		return <-res
+	case <-n.loopDone:
+		return errStopped
+	}
+}
+
+// onRoutes is the BGP speaker's OnRoutes: the loop takes the paths.
+func (n *Node) onRoutes(paths []bgp.Path) {
+	err := n.do(func(s *state) error {
+		s.learned = paths
+		return n.publish(s)
+	})
+	if err != nil && !errors.Is(err, errStopped) {
+		n.log.Warn("publish routes", "err", err)
+	}
+}
+
+// setView takes what the datastore goroutine read: the switch learns the
+// nodes and NAT pools, and the routes follow.
+func (n *Node) setView(s *state, v view) error {
+	s.view = v
+	nodes := vswitch.NodeSet{}
+	for _, a := range v.nodeAddrs {
+		nodes[a] = true
+	}
+	n.sw.SetNodes(nodes)
+	nc := vswitch.NATConfig{Handler: n.nat}
+	nc.Pools, nc.Allowed = routing.NATPools(v.pools)
+	n.sw.SetNAT(nc)
+	return n.publish(s)
+}
+
+// publish builds the route table from the state, hands it to the switch
+// and brings the kernel routes to remote pods in line.
+func (n *Node) publish(s *state) error {
+	remote := routing.RemoteRoutes(s.learned, s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
+	tab := routing.Table{
+		HostAddrs: s.hostAddrs, NodeAddrs: s.view.nodeAddrs, OwnBlocks: s.view.blocks,
+		Remote: remote, HostDev: vswitch.HostTUNName,
+	}
+	for _, p := range s.listed() {
+		if p.attached {
+			tab.Pods = append(tab.Pods, routing.LocalPod{Name: p.rec.Name, IP: p.rec.IP, Port: p.port})
+		}
+	}
+	t, err := router.NewTable(tab.Routes())
+	if err != nil {
+		return fmt.Errorf("build route table: %w", err)
+	}
+	n.sw.SetRoutes(t)
+	n.syncKernelRoutes(s, remote)
+	return nil
+}

@@ -1,0 +1,316 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"podnet/api"
+	"podnet/datastore"
+	"podnet/ipam"
+	"podnet/resources"
+	"podnet/router/bgp"
+	"podnet/routing"
+)
+
+// The datastore goroutine: it follows the resources that shape routing,
+// drives the BGP speaker and hands what it read to the control loop.
+
+// routineDatastore follows the resources that shape routing (pools,
+// nodes, BGP peers and configuration, IPAM blocks) until ctx is done:
+// on every change it reconciles. It owns the BGP speaker and closes it
+// when it returns. Run starts it.
+func (n *Node) routineDatastore(ctx context.Context) {
+	dirty := make(chan struct{}, 1)
+	mark := func() {
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	// The watchers stop with ctx; this goroutine waits for them before
+	// it returns.
+	var watchers sync.WaitGroup
+	defer watchers.Wait()
+	for _, kind := range []string{api.KindIPPool, api.KindNode, api.KindBGPPeer, api.KindBGPConfiguration} {
+		watchers.Add(1)
+		go func() { defer watchers.Done(); n.watchKind(ctx, kind, mark) }()
+	}
+	watchers.Add(1)
+	go func() {
+		defer watchers.Done()
+		for range n.ipam.Changes(ctx) {
+			mark()
+		}
+	}()
+	var sp speakerState
+	defer sp.close(n)
+	resync := time.NewTicker(30 * time.Second)
+	defer resync.Stop()
+	mark()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-dirty:
+		case <-resync.C:
+		}
+		// Let a burst of changes settle into one reconcile.
+		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-dirty:
+		default:
+		}
+		if err := n.reconcile(ctx, &sp); err != nil && ctx.Err() == nil {
+			n.log.Warn("routing reconcile", "err", err)
+		}
+	}
+}
+
+// watchKind calls mark on every change of one resource kind, re-watching
+// when a watch ends before ctx does.
+func (n *Node) watchKind(ctx context.Context, kind string, mark func()) {
+	coll, err := resources.Collection(n.store, kind)
+	if err != nil {
+		n.log.Warn("watch", "kind", kind, "err", err)
+		return
+	}
+	for ctx.Err() == nil {
+		for range coll.Watch(ctx, 0) {
+			mark()
+		}
+		mark()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// reconcile reads the datastore, brings the BGP speaker in line with it
+// and hands the control loop what it read. It runs on the datastore
+// goroutine, never on the loop: the reads may take as long as etcd does.
+func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
+	poolRs, _, err := n.res.List(ctx, api.KindIPPool)
+	if err != nil {
+		return err
+	}
+	nodeRs, _, err := n.res.List(ctx, api.KindNode)
+	if err != nil {
+		return err
+	}
+	peerRs, _, err := n.res.List(ctx, api.KindBGPPeer)
+	if err != nil {
+		return err
+	}
+	global := api.NewBGPConfiguration(api.BGPConfigurationGlobal)
+	if r, err := n.res.Get(ctx, api.KindBGPConfiguration, api.BGPConfigurationGlobal); err == nil {
+		global = r.(*api.BGPConfiguration)
+	} else if !errors.Is(err, datastore.ErrNotFound) {
+		return err
+	}
+	global.SetDefaults()
+	blocks, err := n.ipam.NodeBlocks(ctx, n.cfg.Name)
+	if err != nil {
+		return err
+	}
+	allocs, err := n.ipam.Allocations(ctx)
+	if err != nil {
+		return err
+	}
+	pools := ippools(poolRs)
+	self, others := routing.SplitNodes(resourcesOf[*api.Node](nodeRs), n.cfg.Name)
+	if err := n.ensureTunnelAddrs(ctx, poolRs, self); err != nil {
+		n.log.Warn("tunnel addresses", "err", err)
+	}
+
+	if me := n.underlayAddr.Addr(); me.IsValid() {
+		// Addresses this node borrowed from other nodes' blocks are
+		// advertised one by one, beside its own blocks.
+		adverts := slices.Clone(blocks)
+		for _, a := range allocs {
+			if a.Borrowed && a.Attrs["node"] == n.cfg.Name {
+				adverts = append(adverts, netip.PrefixFrom(a.IP, 32))
+			}
+		}
+		asn := routing.NodeASN(self, routing.GlobalASN(global))
+		speaker, err := sp.ensure(ctx, n, asn, global.Spec.ListenPort, routing.RouteReflectorClusterID(self))
+		if err != nil {
+			return err
+		}
+		want := routing.DesiredPeers(n.cfg.Name, me, self, others, resourcesOf[*api.BGPPeer](peerRs), global)
+		if err := speaker.SetPeers(ctx, want); err != nil {
+			return fmt.Errorf("set BGP peers: %w", err)
+		}
+		if err := speaker.Advertise(ctx, adverts, me); err != nil {
+			return fmt.Errorf("advertise blocks: %w", err)
+		}
+	}
+
+	v := view{pools: pools, blocks: blocks, vteps: routing.VTEPMACs(others), overhead: routing.EncapOverhead(pools)}
+	for _, o := range others {
+		if p, ok := routing.NodeAddr(o); ok {
+			v.nodeAddrs = append(v.nodeAddrs, p.Addr())
+		}
+	}
+	return n.do(func(s *state) error { return n.setView(s, v) })
+}
+
+// speakerState is the BGP speaker and the settings it was started with;
+// the datastore goroutine owns it.
+type speakerState struct {
+	sp  *bgp.Speaker
+	key string
+}
+
+// ensure starts the BGP speaker, or restarts it when its AS, port or
+// route reflector cluster changed.
+func (ss *speakerState) ensure(ctx context.Context, n *Node, asn uint32, port int, cluster netip.Addr) (*bgp.Speaker, error) {
+	key := fmt.Sprintf("%d/%d/%s", asn, port, cluster)
+	if ss.sp != nil && ss.key == key {
+		return ss.sp, nil
+	}
+	ss.close(n)
+	sp, err := bgp.New(ctx, bgp.Config{
+		RouterID: n.underlayAddr.Addr(), ASN: asn, ListenPort: port,
+		RouteReflectorClusterID: cluster,
+		Logger:                  n.log.With("component", "bgp"),
+		OnRoutes:                n.onRoutes,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start BGP speaker: %w", err)
+	}
+	ss.sp, ss.key = sp, key
+	n.speaker.Store(sp)
+	n.log.Info("BGP speaker started", "as", asn, "port", port, "routeReflector", cluster.IsValid())
+	return sp, nil
+}
+
+func (ss *speakerState) close(n *Node) {
+	if ss.sp == nil {
+		return
+	}
+	n.speaker.Store(nil)
+	ss.sp.Close()
+	ss.sp, ss.key = nil, ""
+}
+
+// BGPPeers reports the speaker's sessions for `podnet node status`.
+func (n *Node) BGPPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
+	sp := n.speaker.Load()
+	if sp == nil {
+		return nil, errors.New("the BGP speaker is not running (no underlay address?)")
+	}
+	return sp.Peers(ctx)
+}
+
+// Tunnel address kinds (Calico's handles and attribute types).
+var tunnelKinds = []struct {
+	handle, attrType string
+	wants            func(p *api.IPPool) bool
+	field            func(nd *api.Node) *string
+}{
+	{"vxlan-tunnel-addr-", "vxlanTunnelAddress",
+		func(p *api.IPPool) bool { return p.Spec.VXLANMode.Enabled() },
+		func(nd *api.Node) *string { return &nd.Spec.IPv4VXLANTunnelAddr }},
+	{"ipip-tunnel-addr-", "ipipTunnelAddress",
+		func(p *api.IPPool) bool { return p.Spec.IPIPMode.Enabled() },
+		func(nd *api.Node) *string {
+			if nd.Spec.BGP == nil {
+				nd.Spec.BGP = &api.NodeBGPSpec{}
+			}
+			return &nd.Spec.BGP.IPv4IPIPTunnelAddr
+		}},
+}
+
+// ensureTunnelAddrs gives the node a tunnel address from IPAM for each
+// encapsulation its pools use (as calico/node does), records it in the
+// Node resource and puts it on podnet0, so that the node's own traffic to
+// remote pods leaves with an address inside the pools (routed back to
+// this node with its blocks). The datastore goroutine calls it.
+func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, self *api.Node) error {
+	if self == nil {
+		return nil
+	}
+	pools, byName, err := ipamPools(poolRs)
+	if err != nil {
+		return err
+	}
+	for _, k := range tunnelKinds {
+		var cands []ipam.Pool
+		for _, p := range pools {
+			if k.wants(byName[p.Name]) {
+				cands = append(cands, p)
+			}
+		}
+		cur := *k.field(self)
+		if len(cands) == 0 || cur != "" {
+			if cur != "" {
+				n.addHostAddr(cur)
+			}
+			continue
+		}
+		handle := k.handle + n.cfg.Name
+		ip, err := n.ipam.AutoAssign(ctx, ipam.AssignArgs{Node: n.cfg.Name, HandleID: handle,
+			Attrs: map[string]string{"node": n.cfg.Name, "type": k.attrType}, Pools: cands,
+			NodeLabels: self.Labels, Use: ipam.UseTunnel})
+		if errors.Is(err, ipam.ErrNoPools) {
+			continue // no encapsulating pool selects this node, or allows Tunnel
+		}
+		if err != nil {
+			return fmt.Errorf("tunnel address: %w", err)
+		}
+		r, err := n.res.Get(ctx, api.KindNode, n.cfg.Name)
+		if err != nil {
+			n.ipam.ReleaseByHandle(ctx, handle)
+			return err
+		}
+		nd := r.(*api.Node)
+		*k.field(nd) = ip.String()
+		if _, err := n.res.Apply(ctx, nd); err != nil {
+			n.ipam.ReleaseByHandle(ctx, handle)
+			return fmt.Errorf("record tunnel address: %w", err)
+		}
+		n.log.Info("tunnel address assigned", "type", k.attrType, "ip", ip)
+		n.addHostAddr(ip.String())
+	}
+	return nil
+}
+
+// addHostAddr puts ip/32 on podnet0 (once); the address watcher then
+// routes it to the host.
+func (n *Node) addHostAddr(s string) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return
+	}
+	l, err := netlink.LinkByIndex(n.hostIndex)
+	if err != nil {
+		return
+	}
+	a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 32))}
+	if err := netlink.AddrAdd(l, a); err != nil && !errors.Is(err, syscall.EEXIST) {
+		n.log.Warn("tunnel address on podnet0", "ip", ip, "err", err)
+	}
+}
+
+// resourcesOf picks the resources of type T from rs.
+func resourcesOf[T api.Resource](rs []api.Resource) []T {
+	out := make([]T, 0, len(rs))
+	for _, r := range rs {
+		if t, ok := r.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// ippools picks the IPPools from rs.
+func ippools(rs []api.Resource) []*api.IPPool { return resourcesOf[*api.IPPool](rs) }

@@ -1,0 +1,97 @@
+package nodeapi
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// serve answers the client's requests on a unix socket in a temp dir
+// with handler and returns the socket's path.
+func serve(t *testing.T, handler http.Handler) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+func TestClient(t *testing.T) {
+	var got AddPodRequest
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(Status{Node: "worker1", Pods: 2, PodMTU: 1480})
+	})
+	mux.HandleFunc("POST "+PathPods, func(w http.ResponseWriter, r *http.Request) {
+		if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+			t.Errorf("decode request: %v", err)
+		}
+		if got.Name == "taken" {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(Error{Error: "pod taken already exists"})
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(PodInfo{Name: got.Name, IP: "192.168.0.5", Attached: true})
+	})
+	mux.HandleFunc("DELETE "+PathPod+"{name}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("name") != "a" {
+			http.Error(w, "no JSON here", http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	c := NewClient(serve(t, mux))
+
+	st, err := c.Status()
+	if err != nil || st.Node != "worker1" || st.Pods != 2 || st.PodMTU != 1480 {
+		t.Fatalf("Status: got %+v, %v", st, err)
+	}
+	info, err := c.AddPod(AddPodRequest{Name: "a", New: true, Pool: "p"})
+	if err != nil || info.Name != "a" || !info.Attached || got != (AddPodRequest{Name: "a", New: true, Pool: "p"}) {
+		t.Fatalf("AddPod: got %+v, %v; server saw %+v", info, err, got)
+	}
+	// An error answer's text is the error.
+	if _, err := c.AddPod(AddPodRequest{Name: "taken", New: true}); err == nil || err.Error() != "pod taken already exists" {
+		t.Fatalf("AddPod taken: got %v", err)
+	}
+	if err := c.DeletePod("a"); err != nil {
+		t.Fatalf("DeletePod: %v", err)
+	}
+	// No JSON error body: the HTTP status.
+	if err := c.DeletePod("b"); err == nil || !strings.Contains(err.Error(), "500 Internal Server Error") {
+		t.Fatalf("DeletePod b: got %v", err)
+	}
+	// Unknown path: 404.
+	var v any
+	if err := c.Get("/v1/nothing", &v); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("Get unknown: got %v", err)
+	}
+}
+
+func TestClientNoDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	_, err := NewClient(sock).Status()
+	if err == nil || err.Error() != "podnet daemon is not running (no answer on "+sock+")" {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestDefaultClientSocket(t *testing.T) {
+	t.Setenv(SocketEnv, "")
+	if got := DefaultClientSocket(); got != DefaultSocket {
+		t.Errorf("unset: got %q, want %q", got, DefaultSocket)
+	}
+	t.Setenv(SocketEnv, "/tmp/x.sock")
+	if got := DefaultClientSocket(); got != "/tmp/x.sock" {
+		t.Errorf("set: got %q", got)
+	}
+}

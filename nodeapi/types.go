@@ -1,0 +1,88 @@
+// Package nodeapi is the node daemon's local API as its clients see it:
+// the wire types and a client for the unix socket. The CLI and a CNI
+// plugin import it without importing the daemon (package node serves it).
+//
+// Every answer is JSON. Errors are {"error": "..."} with status 400 for a
+// bad request and 500 for a failure of the node.
+package nodeapi
+
+import "time"
+
+// Where the daemon listens, and how a client finds it.
+const (
+	// DefaultSocket is the daemon's unix socket unless configured.
+	DefaultSocket = "/run/podnet/podnet.sock"
+	// SocketEnv names the environment variable that points clients at a
+	// daemon's socket (the lab sets it inside each node).
+	SocketEnv = "PODNET_SOCKET"
+)
+
+// API paths. GET unless said otherwise.
+const (
+	PathStatus = "/v1/status"
+	// PathPods lists pods ([]PodInfo); POST adds one (AddPodRequest).
+	PathPods = "/v1/pods"
+	// PathPod + name: DELETE removes a pod.
+	PathPod = "/v1/pods/"
+	// PathRoutes is the route table ([]router.Route).
+	PathRoutes = "/v1/routes"
+	// PathBGPPeers are the BGP sessions ([]bgp.PeerStatus).
+	PathBGPPeers = "/v1/bgp/peers"
+	// PathNATEntries is the NAT connection table ([]nat.Entry).
+	PathNATEntries = "/v1/nat/entries"
+	// PathNATStats are the NAT counters (nat.Stats).
+	PathNATStats = "/v1/nat/stats"
+	// PathPorts are the switch ports' counters ([]vswitch.PortStats).
+	PathPorts = "/v1/ports"
+	// PathTrace: POST a vswitch.TraceQuery, get a vswitch.TraceResult.
+	PathTrace = "/v1/trace"
+	// PathCapture streams a pcap (see Client.Capture).
+	PathCapture = "/v1/capture"
+)
+
+// Status is the node's summary for `podnet status`.
+type Status struct {
+	Node       string    `json:"node"`
+	Underlay   string    `json:"underlay"`
+	Address    string    `json:"address"`
+	HostPort   string    `json:"hostPort"`
+	TapOffload bool      `json:"tapOffload"`
+	PodMTU     int       `json:"podMTU"`
+	Pods       int       `json:"pods"`
+	Routes     int       `json:"routes"`
+	Started    time.Time `json:"started"`
+	StateDir   string    `json:"stateDir"`
+}
+
+// AddPodRequest asks for a pod to be attached.
+type AddPodRequest struct {
+	Name string `json:"name"`
+	// Netns is the path of an existing network namespace; or set New.
+	Netns string `json:"netns,omitempty"`
+	// New makes the daemon create a named namespace for the pod
+	// (/run/netns/<node>-<name>), which it deletes with the pod.
+	New bool `json:"new,omitempty"`
+	// IP asks for this address; "" lets IPAM pick one.
+	IP string `json:"ip,omitempty"`
+	// Pool names the pool IPAM picks from; "" means any enabled pool.
+	Pool string `json:"pool,omitempty"`
+}
+
+// PodInfo is a pod as the API shows it.
+type PodInfo struct {
+	Name     string `json:"name"`
+	IP       string `json:"ip"`
+	Netns    string `json:"netns"`
+	Tap      string `json:"tap"`
+	MAC      string `json:"mac"`
+	Node     string `json:"node"`
+	Port     int    `json:"port"`
+	Attached bool   `json:"attached"`
+	Error    string `json:"error,omitempty"`
+	Created  string `json:"created"`
+}
+
+// Error is the body of an error answer.
+type Error struct {
+	Error string `json:"error"`
+}

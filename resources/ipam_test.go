@@ -1,0 +1,61 @@
+package resources
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"podnet/api"
+	"podnet/ipam"
+)
+
+// TestPoolHooks deletes a pool through the hooks backed by real IPAM: in
+// use, it is refused with the nodes holding addresses; empty, it goes and
+// takes its blocks' affinities with it.
+func TestPoolHooks(t *testing.T) {
+	ctx := context.Background()
+	s := startStore(t)
+	m := ipam.New(s)
+	c := New(s, PoolHooks(m))
+	p := newPool("spare", "10.20.0.0/16")
+	if _, err := c.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	rs, _, err := c.List(ctx, api.KindIPPool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pools, err := ipam.PoolsFromResources(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, nd := range []string{"worker1", "worker2", "worker1"} {
+		if _, err := m.AutoAssign(ctx, ipam.AssignArgs{Node: nd, HandleID: "h" + string(rune('0'+i)), Pools: pools}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = c.Delete(ctx, api.KindIPPool, "spare", DeleteOptions{})
+	var pe *PoolInUseError
+	if !errors.As(err, &pe) || pe.Count != 3 || pe.Where != "worker1: 2, worker2: 1" {
+		t.Fatalf("delete in use: got %v (%+v), want PoolInUseError 3 at worker1: 2, worker2: 1", err, pe)
+	}
+	for i := range 3 {
+		if err := m.ReleaseByHandle(ctx, "h"+string(rune('0'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Delete(ctx, api.KindIPPool, "spare", DeleteOptions{}); err != nil {
+		t.Fatalf("delete empty pool: %v", err)
+	}
+	for _, nd := range []string{"worker1", "worker2"} {
+		if blocks, err := m.NodeBlocks(ctx, nd); err != nil || len(blocks) != 0 {
+			t.Errorf("%s keeps blocks %v (%v) after its pool was deleted", nd, blocks, err)
+		}
+	}
+}
+
+func TestFormatByNode(t *testing.T) {
+	if got, want := formatByNode(map[string]int{"worker2": 2, "": 1, "worker1": 3}), "(no node): 1, worker1: 3, worker2: 2"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,162 @@
+package routing
+
+import (
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"podnet/api"
+	"podnet/router/bgp"
+)
+
+// Session types, as calicoctl node status prints them.
+const (
+	PeerMesh   = "node-to-node mesh"
+	PeerGlobal = "global"
+	PeerNode   = "node specific"
+)
+
+// DesiredPeers computes the BGP sessions of node me (at myAddr; self is
+// its Node, nil before it registered), sorted by address:
+//
+//   - the node-to-node mesh, unless the BGPConfiguration turns it off:
+//     one session to every other node with an address;
+//   - every BGPPeer that applies here: all nodes when it names neither
+//     node nor nodeSelector, else the node it names or the nodes its
+//     nodeSelector matches. It peers with its peerIP, or with every node
+//     its peerSelector matches;
+//   - the other end of a peerSelector peering (Calico's reversePeering
+//     Auto): a node the peerSelector matches peers back with the nodes
+//     the BGPPeer applies to. This is how a route reflector learns its
+//     clients.
+//
+// A route reflector (a node with a cluster ID) treats the non-reflector
+// nodes it peers with as its clients. global must have its defaults set.
+func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.Node, peers []*api.BGPPeer, global *api.BGPConfiguration) []bgp.Peer {
+	byAddr := map[netip.Addr]bgp.Peer{}
+	globalASN := GlobalASN(global)
+	if global.Spec.NodeToNodeMeshEnabled == nil || *global.Spec.NodeToNodeMeshEnabled {
+		for _, o := range others {
+			if p, ok := NodeAddr(o); ok {
+				// Only the lower address of each pair dials: two speakers
+				// dialling each other after a restart collide and back off
+				// (gobgp v3 stays Idle 5 s after a Cease), which can delay
+				// a mesh session by tens of seconds.
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: NodeASN(o, globalASN), Type: PeerMesh,
+					Passive: myAddr.Compare(p.Addr()) > 0}
+			}
+		}
+	}
+	for _, bp := range peers {
+		s := bp.Spec
+		if s.PeerSelector != "" && self != nil && SelectorMatches(s.PeerSelector, self.Labels) {
+			for _, o := range others {
+				p, ok := NodeAddr(o)
+				if !ok || !appliesTo(s, o) {
+					continue
+				}
+				if _, dup := byAddr[p.Addr()]; dup {
+					continue
+				}
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: NodeASN(o, globalASN), Type: PeerNode,
+					Password: peerPassword(s.Password), RRClient: IsRouteReflector(self) && !IsRouteReflector(o)}
+			}
+		}
+		typ := PeerGlobal
+		switch {
+		case s.Node != "":
+			if s.Node != me {
+				continue
+			}
+			typ = PeerNode
+		case s.NodeSelector != "":
+			if self == nil || !SelectorMatches(s.NodeSelector, self.Labels) {
+				continue
+			}
+			typ = PeerNode
+		}
+		base := bgp.Peer{Type: typ, Password: peerPassword(s.Password)}
+		if s.KeepaliveTime != nil {
+			base.KeepaliveTime = s.KeepaliveTime.Duration
+		}
+		if s.HoldTime != nil {
+			base.HoldTime = s.HoldTime.Duration
+		}
+		if s.LocalASNumber != nil {
+			base.LocalASN = uint32(*s.LocalASNumber)
+		}
+		if s.PeerSelector != "" {
+			for _, o := range others {
+				p, ok := NodeAddr(o)
+				if !ok || !SelectorMatches(s.PeerSelector, o.Labels) {
+					continue
+				}
+				pe := base
+				pe.Address, pe.ASN = p.Addr(), NodeASN(o, globalASN)
+				pe.RRClient = IsRouteReflector(self) && !IsRouteReflector(o)
+				byAddr[pe.Address] = pe
+			}
+			continue
+		}
+		addr, port, err := api.ParsePeerIP(s.PeerIP)
+		if err != nil || !addr.Is4() {
+			continue
+		}
+		pe := base
+		pe.Address, pe.Port, pe.ASN = addr, port, uint32(s.ASNumber)
+		byAddr[addr] = pe
+	}
+	// Two route reflectors of one cluster, or a reflector and its
+	// clients, found via the mesh too: keep the reflector role.
+	if IsRouteReflector(self) {
+		for a, p := range byAddr {
+			if p.Type != PeerMesh {
+				continue
+			}
+			for _, o := range others {
+				if q, ok := NodeAddr(o); ok && q.Addr() == a && !IsRouteReflector(o) {
+					p.RRClient = true
+					byAddr[a] = p
+				}
+			}
+		}
+	}
+	out := make([]bgp.Peer, 0, len(byAddr))
+	for _, p := range byAddr {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b bgp.Peer) int { return a.Address.Compare(b.Address) })
+	return out
+}
+
+// appliesTo says whether BGPPeer spec s configures sessions on node nd.
+func appliesTo(s api.BGPPeerSpec, nd *api.Node) bool {
+	switch {
+	case s.Node != "":
+		return s.Node == nd.Name
+	case s.NodeSelector != "":
+		return SelectorMatches(s.NodeSelector, nd.Labels)
+	}
+	return true
+}
+
+// peerPassword reads a BGPPeer password from its file or environment
+// variable; an unreadable source gives no password (the session then
+// fails and node status says so).
+func peerPassword(p *api.BGPPassword) string {
+	if p == nil {
+		return ""
+	}
+	if p.SecretFile != "" {
+		b, err := os.ReadFile(p.SecretFile)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if p.Env != "" {
+		return os.Getenv(p.Env)
+	}
+	return ""
+}

@@ -1,0 +1,174 @@
+package routing
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"podnet/api"
+	"podnet/router/bgp"
+)
+
+func bgpPeer(name string, f func(s *api.BGPPeerSpec)) *api.BGPPeer {
+	p := api.NewBGPPeer(name)
+	f(&p.Spec)
+	return p
+}
+
+func TestDesiredPeers(t *testing.T) {
+	asn := func(a api.ASNumber) *api.ASNumber { return &a }
+	w1 := node("w1", "10.0.0.1/24", "rack", "r1")
+	w2 := node("w2", "10.0.0.2/24", "rack", "r1")
+	w3 := node("w3", "10.0.1.3/24", "rack", "r2")
+	noAddr := node("w4", "")
+	w2own := node("w2", "10.0.0.2/24")
+	w2own.Spec.BGP.ASNumber = asn(65002)
+	rr := reflector(node("rr", "10.0.0.9/24", "role", "rr"), "1.1.1.1")
+	rr2 := reflector(node("rr2", "10.0.0.8/24", "role", "rr"), "1.1.1.1")
+	const as = uint32(api.DefaultASNumber)
+
+	tests := []struct {
+		name   string
+		me     *api.Node
+		others []*api.Node
+		peers  []*api.BGPPeer
+		mesh   bool
+		want   []bgp.Peer
+	}{
+		{
+			name: "mesh: the higher address listens", me: w2, others: []*api.Node{w1, w3, noAddr}, mesh: true,
+			want: []bgp.Peer{
+				{Address: addr("10.0.0.1"), ASN: as, Type: PeerMesh, Passive: true},
+				{Address: addr("10.0.1.3"), ASN: as, Type: PeerMesh},
+			},
+		},
+		{
+			name: "mesh: a node's own AS", me: w1, others: []*api.Node{w2own}, mesh: true,
+			want: []bgp.Peer{{Address: addr("10.0.0.2"), ASN: 65002, Type: PeerMesh}},
+		},
+		{name: "mesh off, no peers", me: w1, others: []*api.Node{w2, w3}, mesh: false, want: []bgp.Peer{}},
+		{
+			name: "global peer with timers and local AS", me: w1, others: []*api.Node{w2},
+			peers: []*api.BGPPeer{bgpPeer("tor", func(s *api.BGPPeerSpec) {
+				s.PeerIP, s.ASNumber = "10.0.0.254:1179", 65000
+				s.KeepaliveTime, s.HoldTime = &api.Duration{Duration: 10 * time.Second}, &api.Duration{Duration: 30 * time.Second}
+				s.LocalASNumber = asn(65100)
+			})},
+			want: []bgp.Peer{{Address: addr("10.0.0.254"), Port: 1179, ASN: 65000, Type: PeerGlobal,
+				KeepaliveTime: 10 * time.Second, HoldTime: 30 * time.Second, LocalASN: 65100}},
+		},
+		{
+			name: "node-specific peer for another node is skipped", me: w1,
+			peers: []*api.BGPPeer{
+				bgpPeer("mine", func(s *api.BGPPeerSpec) { s.Node, s.PeerIP, s.ASNumber = "w1", "192.0.2.1", 65001 }),
+				bgpPeer("theirs", func(s *api.BGPPeerSpec) { s.Node, s.PeerIP, s.ASNumber = "w2", "192.0.2.2", 65001 }),
+				bgpPeer("ipv6", func(s *api.BGPPeerSpec) { s.PeerIP, s.ASNumber = "2001:db8::1", 65001 }),
+			},
+			want: []bgp.Peer{{Address: addr("192.0.2.1"), ASN: 65001, Type: PeerNode}},
+		},
+		{
+			name: "nodeSelector picks the nodes the peer applies to", me: w3,
+			peers: []*api.BGPPeer{
+				bgpPeer("r1", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerIP, s.ASNumber = "rack == 'r1'", "192.0.2.1", 65001 }),
+				bgpPeer("r2", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerIP, s.ASNumber = "rack == 'r2'", "192.0.2.2", 65002 }),
+			},
+			want: []bgp.Peer{{Address: addr("192.0.2.2"), ASN: 65002, Type: PeerNode}},
+		},
+		{
+			// Route reflection: clients peer with nodes matching the
+			// peerSelector; the reflector peers back with every node the
+			// BGPPeer applies to and serves the non-reflectors.
+			name: "client side of a peerSelector", me: w1, others: []*api.Node{w2, rr, rr2},
+			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "!has(role)", "role == 'rr'" })},
+			// Calico's route-reflector example: w1 has no role, so it peers
+			// with both reflectors.
+			want: []bgp.Peer{
+				{Address: addr("10.0.0.8"), ASN: as, Type: PeerNode},
+				{Address: addr("10.0.0.9"), ASN: as, Type: PeerNode},
+			},
+		},
+		{
+			name: "client side of a peerSelector (supported selector)", me: w1, others: []*api.Node{w2, rr, rr2},
+			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "rack == 'r1'", "role == 'rr'" })},
+			want: []bgp.Peer{
+				{Address: addr("10.0.0.8"), ASN: as, Type: PeerNode},
+				{Address: addr("10.0.0.9"), ASN: as, Type: PeerNode},
+			},
+		},
+		{
+			name: "reflector side: reverse peering with clients", me: rr, others: []*api.Node{w1, w2, w3, rr2},
+			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "rack == 'r1'", "role == 'rr'" })},
+			want: []bgp.Peer{
+				{Address: addr("10.0.0.1"), ASN: as, Type: PeerNode, RRClient: true},
+				{Address: addr("10.0.0.2"), ASN: as, Type: PeerNode, RRClient: true},
+				// rr2 matches the peerSelector but not the nodeSelector: the
+				// BGPPeer does not apply to rr, so no session.
+			},
+		},
+		{
+			name: "reflector in the mesh keeps its clients", me: rr, others: []*api.Node{w1, rr2}, mesh: true,
+			want: []bgp.Peer{
+				{Address: addr("10.0.0.1"), ASN: as, Type: PeerMesh, RRClient: true, Passive: true},
+				{Address: addr("10.0.0.8"), ASN: as, Type: PeerMesh, Passive: true},
+			},
+		},
+		{
+			name: "mesh session wins over a reverse peering", me: rr, others: []*api.Node{w1}, mesh: true,
+			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.PeerSelector = "role == 'rr'" })},
+			want:  []bgp.Peer{{Address: addr("10.0.0.1"), ASN: as, Type: PeerMesh, RRClient: true, Passive: true}},
+		},
+		{
+			name: "not registered yet: selectors match nothing", me: nil, others: []*api.Node{w1},
+			peers: []*api.BGPPeer{bgpPeer("sel", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerIP, s.ASNumber = "all()", "192.0.2.1", 65001 })},
+			want:  []bgp.Peer{},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name, me := "w9", addr("10.0.0.50")
+			if tt.me != nil {
+				p, _ := NodeAddr(tt.me)
+				name, me = tt.me.Name, p.Addr()
+			}
+			got := DesiredPeers(name, me, tt.me, tt.others, tt.peers, globalConfig(tt.mesh))
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPeerPassword(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PODNET_TEST_BGP_PASSWORD", "from-env")
+	tests := []struct {
+		name string
+		p    *api.BGPPassword
+		want string
+	}{
+		{"none", nil, ""},
+		{"file, trimmed", &api.BGPPassword{SecretFile: file}, "s3cret"},
+		{"missing file", &api.BGPPassword{SecretFile: file + ".gone"}, ""},
+		{"env", &api.BGPPassword{Env: "PODNET_TEST_BGP_PASSWORD"}, "from-env"},
+		{"unset env", &api.BGPPassword{Env: "PODNET_TEST_BGP_PASSWORD_UNSET"}, ""},
+	}
+	for _, tt := range tests {
+		if got := peerPassword(tt.p); got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	// The password reaches the session.
+	w1, w2 := node("w1", "10.0.0.1/24"), node("w2", "10.0.0.2/24")
+	got := DesiredPeers("w1", addr("10.0.0.1"), w1, []*api.Node{w2},
+		[]*api.BGPPeer{bgpPeer("p", func(s *api.BGPPeerSpec) {
+			s.PeerIP, s.ASNumber, s.Password = "192.0.2.1", 65001, &api.BGPPassword{SecretFile: file}
+		})}, globalConfig(false))
+	if len(got) != 1 || got[0].Password != "s3cret" {
+		t.Fatalf("got %+v, want one peer with password s3cret", got)
+	}
+}
