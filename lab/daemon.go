@@ -77,6 +77,13 @@ func (l *Lab) StartDaemon(ctx context.Context, node string) error {
 // spawnDaemon starts `podnet daemon` detached inside node's namespace and
 // records its PID. The process outlives the caller: it has its own session,
 // stdin from /dev/null and its output appended to daemon.log.
+// HandPodNetnsPrefix starts the namespace names of pods that
+// `podnet pod add --new` creates on node of lab name.
+func HandPodNetnsPrefix(lab, node string) string { return lab + "-" + node + "-" }
+
+// HandPodNetns is the namespace of such a pod.
+func (l *Lab) HandPodNetns(node, pod string) string { return HandPodNetnsPrefix(l.Name(), node) + pod }
+
 func (l *Lab) spawnDaemon(ctx context.Context, node string) error {
 	l.mu.Lock()
 	n := *l.st.node(node)
@@ -88,7 +95,10 @@ func (l *Lab) spawnDaemon(ctx context.Context, node string) error {
 	// (pod add --new) would then be invisible outside it.
 	args := []string{"nsenter", "--net=" + netnsPath(n.Netns), "--", bin, "daemon",
 		"--node", n.Name, "--underlay", n.Iface,
-		"--state-dir", n.StateDir, "--socket", n.Socket}
+		"--state-dir", n.StateDir, "--socket", n.Socket,
+		// Namespaces of pods added by hand carry the lab's name too, so
+		// two labs never collide on them.
+		"--pod-netns-prefix", HandPodNetnsPrefix(l.st.Name, n.Name)}
 	if ds != "" {
 		// The etcd socket is in the root namespace's file system, which
 		// ip netns exec keeps: unix sockets ignore network namespaces.

@@ -78,8 +78,8 @@ func TestLabPodsAndGraph(t *testing.T) {
 	if out, err := l.Output(ctx, "worker1", "podnet", "pod", "add", hand, "--new"); err != nil {
 		t.Fatalf("podnet pod add %s --new on worker1: %v (%s)", hand, err, out)
 	}
-	if !namespaces(t)["worker1-"+hand] {
-		t.Fatalf("pod add --new made no namespace worker1-%s", hand)
+	if !namespaces(t)[l.HandPodNetns("worker1", hand)] {
+		t.Fatalf("pod add --new made no namespace %s", l.HandPodNetns("worker1", hand))
 	}
 
 	g, err := l.Graph(ctx)
@@ -127,8 +127,8 @@ func TestLabPodsAndGraph(t *testing.T) {
 		t.Fatalf("Down: %v", err)
 	}
 	requireGone(t, name)
-	if namespaces(t)["worker1-"+hand] {
-		t.Errorf("Down left the namespace worker1-%s of the pod added by hand", hand)
+	if namespaces(t)[l.HandPodNetns("worker1", hand)] {
+		t.Errorf("Down left the namespace %s of the pod added by hand", l.HandPodNetns("worker1", hand))
 	}
 }
 

@@ -430,7 +430,7 @@ func TestPodAddBadInput(t *testing.T) {
 
 	// A pod added with --new and deleted again leaves nothing.
 	t.Run("new and del", func(t *testing.T) {
-		t.Cleanup(func() { removeNetns("worker1-tmp" + l.Name()) })
+		t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", "tmp"+l.Name())) })
 		if out, err := l.Output(ctx, "worker1", "podnet", "pod", "add", "tmp"+l.Name(), "--new", "--ip", "192.168.1.60"); err != nil {
 			t.Fatalf("pod add --new: %v\n%s", err, out)
 		}
@@ -438,7 +438,7 @@ func TestPodAddBadInput(t *testing.T) {
 		if out, err := l.Output(ctx, "worker1", "podnet", "pod", "del", "tmp"+l.Name()); err != nil {
 			t.Fatalf("pod del: %v\n%s", err, out)
 		}
-		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "worker1-tmp"+l.Name()) {
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), l.HandPodNetns("worker1", "tmp"+l.Name())) {
 			t.Fatalf("netns of deleted pod still there:\n%s", out)
 		}
 	})
@@ -500,7 +500,7 @@ spec:
 
 	// A new pod gets 10.10.x.x; the old ones still answer it.
 	pod := "walk" + l.Name()
-	t.Cleanup(func() { removeNetns("worker1-" + pod) }) // a failed test must not leave it
+	t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", pod)) }) // a failed test must not leave it
 	out := run("", "pod", "add", pod, "--new", "-o", "json")
 	var info struct{ IP string }
 	if err := json.Unmarshal([]byte(out), &info); err != nil {

@@ -211,15 +211,15 @@ func TestNATOutgoing(t *testing.T) {
 		}
 		run("apiVersion: podnet.io/v1\nkind: IPPool\nmetadata:\n  name: no-nat\nspec:\n  cidr: 10.30.0.0/16\n  ipipMode: Always\n", "apply", "-f", "-")
 		pod := "nonat" + l.Name()
-		t.Cleanup(func() { removeNetns("worker1-" + pod) })
+		t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", pod)) })
 		run("", "pod", "add", pod, "--new", "--pool", "no-nat")
-		out, _ := exec_(ctx, "ip", "netns", "exec", "worker1-"+pod, "ping", "-c", "1", "-W", "2", external.String())
+		out, _ := exec_(ctx, "ip", "netns", "exec", l.HandPodNetns("worker1", pod), "ping", "-c", "1", "-W", "2", external.String())
 		if !strings.Contains(out, "Packet filtered") {
 			t.Fatalf("ping outside from a pool without natOutgoing: want ICMP admin prohibited (Packet filtered), got:\n%s", out)
 		}
 		// Pod to pod still works once worker2 has learned the new block.
 		waitFor(t, 15*time.Second, "pod-to-pod from the no-nat pool", func() string {
-			if out, err := exec_(ctx, "ip", "netns", "exec", "worker1-"+pod, "ping", "-c", "1", "-W", "1", l.PodIP("test-2").String()); err != nil {
+			if out, err := exec_(ctx, "ip", "netns", "exec", l.HandPodNetns("worker1", pod), "ping", "-c", "1", "-W", "1", l.PodIP("test-2").String()); err != nil {
 				return out
 			}
 			return ""

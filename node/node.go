@@ -53,6 +53,10 @@ type Config struct {
 	// Socket is the local API's unix socket; "" means
 	// nodeapi.DefaultSocket.
 	Socket string
+	// PodNetnsPrefix starts the names of the network namespaces that pod
+	// add --new creates; "" means "<node name>-". A lab gives its own
+	// prefix so that two labs' pods never share a name.
+	PodNetnsPrefix string
 	// TapOffload opens pod TAPs with virtio headers and TSO. When false
 	// pods get plain TAPs (github.com/songgao/water), one frame per read.
 	TapOffload bool

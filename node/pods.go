@@ -113,7 +113,11 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 	undo = append(undo, func() { n.ipam.ReleaseByHandle(context.Background(), handle) })
 	rec := PodRecord{Name: req.Name, IP: ip, Netns: req.Netns, Handle: handle, Created: time.Now().UTC()}
 	if req.New {
-		nsName := n.cfg.Name + "-" + req.Name
+		prefix := n.cfg.PodNetnsPrefix
+		if prefix == "" {
+			prefix = n.cfg.Name + "-"
+		}
+		nsName := prefix + req.Name
 		if err := createNamedNetns(nsName); err != nil {
 			return fail(fmt.Errorf("pod %s: %w", req.Name, err))
 		}
@@ -196,6 +200,13 @@ func (n *Node) DeletePod(name string) error {
 	})
 	if err != nil {
 		return err
+	}
+	// End the pod's NAT flows before its address can go to another pod:
+	// nothing of the old connections may reach the new one.
+	if n.nat != nil {
+		if k := n.nat.ForgetPod(rec.IP); k > 0 {
+			n.log.Info("NAT flows of deleted pod reset", "pod", name, "flows", k)
+		}
 	}
 	errs = append(errs, vswitch.DeletePodLink(rec.Netns))
 	if rec.OwnsNetns {

@@ -36,7 +36,7 @@ func TestPoolSelectorLab(t *testing.T) {
 	}
 	podIP := func(pod string, extra ...string) netip.Addr {
 		t.Helper()
-		t.Cleanup(func() { removeNetns("worker1-" + pod) })
+		t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", pod)) })
 		out := run("", append([]string{"pod", "add", pod, "--new", "-o", "json"}, extra...)...)
 		var info struct{ IP string }
 		if err := json.Unmarshal([]byte(out), &info); err != nil {
@@ -62,7 +62,10 @@ spec: {cidr: 10.30.0.0/16, nodeSelector: "zone in {'east'} && !has(gpu)"}
 	run("", "patch", "ippool", "default-ipv4-ippool", "-p", `{"spec":{"disabled":true}}`)
 
 	// Pods that must not be created are cleaned up if they are.
-	t.Cleanup(func() { removeNetns("worker1-none" + l.Name()); removeNetns("worker1-lb" + l.Name()) })
+	t.Cleanup(func() {
+		removeNetns(l.HandPodNetns("worker1", "none"+l.Name()))
+		removeNetns(l.HandPodNetns("worker1", "lb"+l.Name()))
+	})
 	// Unlabelled: no pool selects the node; the error says why.
 	out, err := exec("", "pod", "add", "none"+l.Name(), "--new")
 	for _, want := range []string{"lb (10.9.0.0/24) allows [LoadBalancer], not Workload", `west (10.20.0.0/16) has nodeSelector zone == "west", which does not select the node`} {

@@ -83,7 +83,7 @@ func TestDatastoreStall(t *testing.T) {
 		case <-addDone:
 		case <-time.After(40 * time.Second):
 		}
-		removeNetns("worker1-" + pod)
+		removeNetns(l.HandPodNetns("worker1", pod))
 	})
 	go func() {
 		defer close(addDone)
