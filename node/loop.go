@@ -33,6 +33,9 @@ type state struct {
 	hostAddrs []netip.Addr // the node's own addresses
 	learned   []bgp.Path   // best paths from BGP peers
 	view      view         // what the datastore said last
+	// haveView is false until the first view arrives: until then
+	// learned paths wait, as their pools decide how to reach them.
+	haveView bool
 	kernel    map[netip.Prefix]kernelRoute
 }
 
@@ -138,7 +141,7 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 // setView takes what the datastore goroutine read: the switch learns the
 // nodes and NAT pools, and the routes follow.
 func (n *Node) setView(s *state, v view) error {
-	s.view = v
+	s.view, s.haveView = v, true
 	nodes := vswitch.NodeSet{}
 	for _, a := range v.nodeAddrs {
 		nodes[a] = true
@@ -153,7 +156,10 @@ func (n *Node) setView(s *state, v view) error {
 // publish builds the route table from the state, hands it to the switch
 // and brings the kernel routes to remote pods in line.
 func (n *Node) publish(s *state) error {
-	remote := routing.RemoteRoutes(s.learned, s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
+	var remote []router.Route
+	if s.haveView {
+		remote = routing.RemoteRoutes(s.learned, s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
+	}
 	tab := routing.Table{
 		HostAddrs: s.hostAddrs, NodeAddrs: s.view.nodeAddrs, OwnBlocks: s.view.blocks,
 		Remote: remote, HostDev: vswitch.HostTUNName,
