@@ -36,7 +36,7 @@ type state struct {
 	// haveView is false until the first view arrives: until then
 	// learned paths wait, as their pools decide how to reach them.
 	haveView bool
-	kernel    map[netip.Prefix]kernelRoute
+	kernel   map[netip.Prefix]kernelRoute
 }
 
 // view is what the datastore goroutine read last, digested for routing.
