@@ -127,7 +127,10 @@ func (n *Node) do(f func(*state) error) error {
 	}
 }
 
-// onRoutes is the BGP speaker's OnRoutes: the loop takes the paths.
+// onRoutes is the BGP speaker's OnRoutes: the loop takes the paths and
+// publishes at once. A change in what BGP says often follows a change in
+// the cluster (a node came or went), so the datastore is read again too,
+// in case a watch missed it; the routes do not wait for that.
 func (n *Node) onRoutes(paths []bgp.Path) {
 	err := n.do(func(s *state) error {
 		s.learned = paths
@@ -136,6 +139,7 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 	if err != nil && !errors.Is(err, errStopped) {
 		n.log.Warn("publish routes", "err", err)
 	}
+	n.markReread()
 }
 
 // setView takes what the datastore goroutine read: the switch learns the
