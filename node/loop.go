@@ -33,7 +33,10 @@ type state struct {
 	hostAddrs []netip.Addr // the node's own addresses
 	learned   []bgp.Path   // best paths from BGP peers
 	view      view         // what the datastore said last
-	kernel    map[netip.Prefix]kernelRoute
+	// haveView is false until the first view arrives: until then
+	// learned paths wait, as their pools decide how to reach them.
+	haveView bool
+	kernel   map[netip.Prefix]kernelRoute
 }
 
 // view is what the datastore goroutine read last, digested for routing.
@@ -124,7 +127,10 @@ func (n *Node) do(f func(*state) error) error {
 	}
 }
 
-// onRoutes is the BGP speaker's OnRoutes: the loop takes the paths.
+// onRoutes is the BGP speaker's OnRoutes: the loop takes the paths and
+// publishes at once. A change in what BGP says often follows a change in
+// the cluster (a node came or went), so the datastore is read again too,
+// in case a watch missed it; the routes do not wait for that.
 func (n *Node) onRoutes(paths []bgp.Path) {
 	err := n.do(func(s *state) error {
 		s.learned = paths
@@ -133,12 +139,13 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 	if err != nil && !errors.Is(err, errStopped) {
 		n.log.Warn("publish routes", "err", err)
 	}
+	n.markReread()
 }
 
 // setView takes what the datastore goroutine read: the switch learns the
 // nodes and NAT pools, and the routes follow.
 func (n *Node) setView(s *state, v view) error {
-	s.view = v
+	s.view, s.haveView = v, true
 	nodes := vswitch.NodeSet{}
 	for _, a := range v.nodeAddrs {
 		nodes[a] = true
@@ -153,7 +160,10 @@ func (n *Node) setView(s *state, v view) error {
 // publish builds the route table from the state, hands it to the switch
 // and brings the kernel routes to remote pods in line.
 func (n *Node) publish(s *state) error {
-	remote := routing.RemoteRoutes(s.learned, s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
+	var remote []router.Route
+	if s.haveView {
+		remote = routing.RemoteRoutes(s.learned, s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
+	}
 	tab := routing.Table{
 		HostAddrs: s.hostAddrs, NodeAddrs: s.view.nodeAddrs, OwnBlocks: s.view.blocks,
 		Remote: remote, HostDev: vswitch.HostTUNName,

@@ -117,6 +117,8 @@ type Node struct {
 	// loop has returned.
 	ops      chan func(*state)
 	loopDone chan struct{}
+	// reread asks the datastore goroutine to read the datastore again.
+	reread chan struct{}
 
 	// speaker is the BGP speaker. The datastore goroutine creates and
 	// replaces it; the API reads it.
@@ -154,6 +156,7 @@ func New(cfg Config) (*Node, error) {
 		local:    podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
 		ops:      make(chan func(*state)),
 		loopDone: make(chan struct{}),
+		reread:   make(chan struct{}, 1),
 	}, nil
 }
 

@@ -28,13 +28,7 @@ import (
 // on every change it reconciles. It owns the BGP speaker and closes it
 // when it returns. Run starts it.
 func (n *Node) routineDatastore(ctx context.Context) {
-	dirty := make(chan struct{}, 1)
-	mark := func() {
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
-	}
+	dirty, mark := n.reread, n.markReread
 	// The watchers stop with ctx; this goroutine waits for them before
 	// it returns.
 	var watchers sync.WaitGroup
@@ -71,6 +65,15 @@ func (n *Node) routineDatastore(ctx context.Context) {
 		if err := n.reconcile(ctx, &sp); err != nil && ctx.Err() == nil {
 			n.log.Warn("routing reconcile", "err", err)
 		}
+	}
+}
+
+// markReread makes the datastore goroutine read the datastore again soon;
+// it never blocks.
+func (n *Node) markReread() {
+	select {
+	case n.reread <- struct{}{}:
+	default:
 	}
 }
 
