@@ -207,7 +207,7 @@ func TestCNIToolLab(t *testing.T) {
 			{"DEL", 11, "podnet daemon at " + sock + " not ready after 2s"},
 			{"STATUS", 50, "podnet daemon at " + sock + " is not available"},
 		} {
-			cmd := exec.Command(pluginDir+"/podnet-cni")
+			cmd := exec.Command(pluginDir + "/podnet-cni")
 			cmd.Env = append(os.Environ(), "CNI_COMMAND="+tc.cmd, "CNI_CONTAINERID=down-test", "CNI_NETNS="+netns,
 				"CNI_IFNAME=eth0", "CNI_PATH="+pluginDir, "PODNET_SOCKET="+sock)
 			cmd.Stdin = bytes.NewReader(stdin)
