@@ -104,9 +104,9 @@ func TestCNIToolLab(t *testing.T) {
 	t.Run("ping and HTTP across nodes", func(t *testing.T) {
 		peer := l.PodIP("test-2") // on worker2
 		inNetns(t, nsName, "ping", "-c", "2", "-i", "0.2", "-W", "2", peer.String())
-		body := inNetns(t, nsName, "curl", "-sS", "--max-time", "10", "http://"+peer.String()+"/")
-		if !strings.Contains(body, "test-2") {
-			t.Errorf("GET http://%s/ from the CNI pod: %q, want test-2's page", peer, body)
+		body, err := httpGet(netns, netip.AddrPortFrom(peer, 80), "/")
+		if want := lab.PageText("test-2", "worker2", peer); err != nil || body != want {
+			t.Errorf("GET http://%s/ from the CNI pod: %q, %v; want %q", peer, body, err, want)
 		}
 		// And back: test-2 reaches the CNI pod.
 		if out, err := l.Output(context.Background(), "test-2", "ping", "-c", "2", "-i", "0.2", "-W", "2", ip.String()); err != nil {

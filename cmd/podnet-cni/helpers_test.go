@@ -1,16 +1,23 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"podnet/internal/netnsutil"
 	"podnet/lab"
 	"podnet/nodeapi"
 )
@@ -138,6 +145,29 @@ func podsOf(t *testing.T, l *lab.Lab, node string) map[string]nodeapi.PodInfo {
 		m[p.Name] = p
 	}
 	return m
+}
+
+// httpGet does GET path on addr from inside the namespace at nsPath and
+// returns the body.
+func httpGet(nsPath string, addr netip.AddrPort, path string) (string, error) {
+	var c net.Conn
+	err := netnsutil.Do(nsPath, func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr.String(), 10*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, addr.Addr())
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 // cniResult is the part of a CNI result the tests check.
