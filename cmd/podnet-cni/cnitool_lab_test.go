@@ -21,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"podnet/lab"
 	"podnet/lab/labtest"
@@ -153,9 +154,30 @@ func TestCNIToolLab(t *testing.T) {
 			t.Fatalf("no pod %s on worker1 after a second add", pod)
 		}
 	})
+	t.Run("del after the namespace is gone", func(t *testing.T) {
+		p, ok := podsOf(t, l, "worker1")[pod]
+		if !ok {
+			t.Fatalf("no pod %s on worker1", pod)
+		}
+		if out, err := exec.Command("ip", "netns", "del", nsName).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns del %s: %v: %s", nsName, err, out)
+		}
+		run(t, "del")
+		if _, ok := podsOf(t, l, "worker1")[pod]; ok {
+			t.Errorf("pod %s still on worker1 after del", pod)
+		}
+		out, err := l.Output(context.Background(), "worker1", "podnet", "ipam", "show", "--ip", p.IP)
+		if err != nil || !strings.Contains(string(out), "is not assigned") {
+			t.Errorf("podnet ipam show --ip %s after del: %v\n%s", p.IP, err, out)
+		}
+		if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", nsName, err, out)
+		}
+	})
 	t.Run("gc removes attachments the runtime no longer lists", func(t *testing.T) {
 		// cnitool's gc lists no valid attachment: every pod of network
 		// podnet goes; the lab's own pods stay.
+		run(t, "add")
 		run(t, "gc")
 		pods := podsOf(t, l, "worker1")
 		if _, ok := pods[pod]; ok {
@@ -171,6 +193,17 @@ func TestCNIToolLab(t *testing.T) {
 			t.Fatalf("cnitool add with CNI_IFNAME=eth1: err %v, stderr %q; want an error naming CNI_IFNAME", err, errOut)
 		}
 	})
+	// The plugin itself, as a runtime calls it: errors are CNI's JSON on
+	// stdout with the code the runtime acts on.
+	sock := nodeSocket(t, l, "worker1")
+	plugin := func(cmd, containerID, readyTimeout string) *exec.Cmd {
+		stdin, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "podnet", "type": "podnet-cni", "readyTimeout": readyTimeout})
+		c := exec.Command(pluginDir + "/podnet-cni")
+		c.Env = append(os.Environ(), "CNI_COMMAND="+cmd, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netns,
+			"CNI_IFNAME=eth0", "CNI_PATH="+pluginDir, "PODNET_SOCKET="+sock)
+		c.Stdin = bytes.NewReader(stdin)
+		return c
+	}
 	t.Run("daemon down: try again later", func(t *testing.T) {
 		if err := l.StopDaemon("worker1", syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -180,24 +213,6 @@ func TestCNIToolLab(t *testing.T) {
 				t.Fatal(err)
 			}
 		}()
-		sock := nodeSocket(t, l, "worker1")
-		conf, err := os.ReadFile(confDir + "/10-podnet.conflist")
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The plugin itself, as a runtime calls it: the error is CNI's
-		// JSON on stdout with the code the runtime acts on.
-		var list struct {
-			CNIVersion string           `json:"cniVersion"`
-			Name       string           `json:"name"`
-			Plugins    []map[string]any `json:"plugins"`
-		}
-		if err := json.Unmarshal(conf, &list); err != nil {
-			t.Fatal(err)
-		}
-		plugin := list.Plugins[0]
-		plugin["cniVersion"], plugin["name"] = list.CNIVersion, list.Name
-		stdin, _ := json.Marshal(plugin)
 		for _, tc := range []struct {
 			cmd  string
 			code uint
@@ -207,15 +222,40 @@ func TestCNIToolLab(t *testing.T) {
 			{"DEL", 11, "podnet daemon at " + sock + " not ready after 2s"},
 			{"STATUS", 50, "podnet daemon at " + sock + " is not available"},
 		} {
-			cmd := exec.Command(pluginDir + "/podnet-cni")
-			cmd.Env = append(os.Environ(), "CNI_COMMAND="+tc.cmd, "CNI_CONTAINERID=down-test", "CNI_NETNS="+netns,
-				"CNI_IFNAME=eth0", "CNI_PATH="+pluginDir, "PODNET_SOCKET="+sock)
-			cmd.Stdin = bytes.NewReader(stdin)
-			out, err := cmd.Output()
+			out, err := plugin(tc.cmd, "down-test", "2s").Output()
 			e, ok := decodeError(out)
 			if err == nil || !ok || e.Code != tc.code || e.Msg != tc.msg {
 				t.Errorf("%s with the daemon down: err %v, answer %s; want code %d %q", tc.cmd, err, out, tc.code, tc.msg)
 			}
+		}
+	})
+	t.Run("add waits for a daemon that is starting", func(t *testing.T) {
+		if err := l.StopDaemon("worker1", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		add := plugin("ADD", "wait-test", "60s")
+		var stdout, stderr bytes.Buffer
+		add.Stdout, add.Stderr = &stdout, &stderr
+		if err := add.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the plugin is now polling a dead socket
+		startErr := l.StartDaemon(context.Background(), "worker1")
+		if err := add.Wait(); err != nil {
+			t.Fatalf("ADD while the daemon started: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+		}
+		if startErr != nil {
+			t.Fatal(startErr)
+		}
+		var res cniResult
+		if err := json.Unmarshal(stdout.Bytes(), &res); err != nil || len(res.IPs) != 1 {
+			t.Fatalf("ADD result %q: %v", stdout.String(), err)
+		}
+		if out, err := plugin("DEL", "wait-test", "10s").CombinedOutput(); err != nil {
+			t.Fatalf("DEL: %v: %s", err, out)
+		}
+		if _, ok := podsOf(t, l, "worker1")[podName("podnet", "wait-test", "eth0")]; ok {
+			t.Errorf("pod of wait-test still on worker1 after DEL")
 		}
 	})
 }
