@@ -102,10 +102,11 @@ func (p *podman) must(t *testing.T, args ...string) string {
 	return out
 }
 
-// rootfs makes a root file system of static busybox serving page at /.
+// rootfs makes a root file system of static busybox serving page at /,
+// in dir (the podman's: removed after its containers).
 // The tests bound wget with busybox timeout: Debian's static busybox
 // 1.35 wget crashes on its own -T.
-func rootfs(t *testing.T, page string) string {
+func rootfs(t *testing.T, dir, page string) string {
 	t.Helper()
 	f, err := elf.Open(busybox)
 	if err != nil {
@@ -118,7 +119,6 @@ func rootfs(t *testing.T, page string) string {
 		}
 	}
 	f.Close()
-	dir := t.TempDir()
 	for _, d := range []string{"bin", "www", "proc", "sys", "dev", "etc", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -163,7 +163,7 @@ func TestPodmanLab(t *testing.T) {
 		c.page = "container " + c.name + "\n"
 		c.pm = newPodman(t, l, c.node, pluginDir)
 		c.pm.must(t, "run", "-d", "--name", c.name, "--network", "podnet", "--cap-add", "NET_RAW",
-			"--rootfs", rootfs(t, c.page), "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+			"--rootfs", rootfs(t, filepath.Join(c.pm.dir, "rootfs"), c.page), "/bin/httpd", "-f", "-p", "80", "-h", "/www")
 		out := strings.TrimSpace(c.pm.must(t, "inspect", "--format", `{{(index .NetworkSettings.Networks "podnet").IPAddress}}`, c.name))
 		ip, err := netip.ParseAddr(out)
 		if err != nil {
