@@ -3,6 +3,15 @@
 GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 export GOTOOLCHAIN := local
 BIN       := bin/podnet
+CNI_BIN   := bin/podnet-cni
+# make install: DESTDIR stages a package root. /opt/cni/bin and
+# /etc/cni/net.d are where containerd, CRI-O, Kubernetes and podman's CNI
+# backend all look for plugins and network configurations.
+DESTDIR   ?=
+PREFIX    ?= /usr/local
+CNI_BIN_DIR  ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+CNI_CONF  := deploy/cni/10-podnet.conflist
 # An execution count, not a duration: go1.26's fuzz coordinator can fail a
 # target with a bare "context deadline exceeded" when a duration runs out
 # (golang/go#75804, fixed in go1.27).
@@ -14,10 +23,28 @@ FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARP
              ./encap:FuzzDecapVXLAN ./api:FuzzDecode ./ipam:FuzzDecodeBlock \
              ./switch:FuzzForward ./selector:FuzzParse
 
-.PHONY: build deps test unit race fuzz lab lab-down bench lint clean
+.PHONY: build deps test unit race fuzz lab lab-down bench lint clean \
+        install uninstall install-cni uninstall-cni
 
 build:
 	$(GO) build -o $(BIN) ./cmd/podnet
+	$(GO) build -o $(CNI_BIN) ./cmd/podnet-cni
+
+# podnet into $(PREFIX)/bin, the CNI plugin and its conflist where
+# runtimes look (an edited conflist is replaced: keep changes elsewhere).
+install: build install-cni
+	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/podnet
+
+uninstall: uninstall-cni
+	rm -f $(DESTDIR)$(PREFIX)/bin/podnet
+
+install-cni:
+	$(GO) build -o $(CNI_BIN) ./cmd/podnet-cni
+	install -D -m 755 $(CNI_BIN) $(DESTDIR)$(CNI_BIN_DIR)/podnet-cni
+	install -D -m 644 $(CNI_CONF) $(DESTDIR)$(CNI_CONF_DIR)/$(notdir $(CNI_CONF))
+
+uninstall-cni:
+	rm -f $(DESTDIR)$(CNI_BIN_DIR)/podnet-cni $(DESTDIR)$(CNI_CONF_DIR)/$(notdir $(CNI_CONF))
 
 deps:
 	@scripts/deps.sh

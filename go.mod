@@ -5,6 +5,7 @@ go 1.26.8
 godebug multipathtcp=0
 
 require (
+	github.com/containernetworking/cni v1.3.0
 	github.com/gaissmai/bart v0.30.0
 	github.com/google/gopacket v1.1.19
 	github.com/osrg/gobgp/v3 v3.37.0

@@ -14,6 +14,14 @@ want ethtool ethtool
 want bird bird2
 want nft nftables
 want tshark tshark
+# The CNI plugin's tests: podman with its CNI backend, run by runc (crun
+# refuses hybrid cgroup hierarchies), containers from a static busybox.
+want podman podman
+want runc runc
+want nsenter util-linux
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+  need+=(busybox-static)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
