@@ -109,6 +109,9 @@ func parseListenURLs(what string, urls []string, hasTLS, insecure bool) ([]url.U
 		if err != nil {
 			return nil, fmt.Errorf("%s URL %q: %w", what, s, err)
 		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return nil, fmt.Errorf("%s URL %q: scheme must be http or https (the unix socket is configured apart)", what, s)
+		}
 		host, port, err := net.SplitHostPort(u.Host)
 		if err != nil || port == "" || u.Path != "" && u.Path != "/" {
 			return nil, fmt.Errorf("%s URL %q: want http(s)://IP:PORT", what, s)
@@ -122,14 +125,12 @@ func parseListenURLs(what string, urls []string, hasTLS, insecure bool) ([]url.U
 			if !hasTLS {
 				return nil, fmt.Errorf("%s URL %q: https needs a CA, a certificate and a key (make test ones with `podnet datastore certs`)", what, s)
 			}
-		case "http":
+		default:
 			if !ip.IsLoopback() && !insecure {
 				return nil, fmt.Errorf("%s URL %q: refusing a plain-text listener on a non-loopback address: "+
 					"anyone who reaches it can rewrite pools, nodes and BGP peers; use https:// with certificates "+
 					"(`podnet datastore certs`), or ask for it with the insecure flag", what, s)
 			}
-		default:
-			return nil, fmt.Errorf("%s URL %q: scheme must be http or https (the unix socket is configured apart)", what, s)
 		}
 		out = append(out, *u)
 	}
@@ -232,9 +233,9 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newEtcdLogger(log))
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	ec.QuotaBackendBytes = cfg.QuotaBytes
-	// etcd's own revision compactor runs on a fixed 5-minute period;
-	// compactLoop does the same with a period that can be set.
-	ec.AutoCompactionMode, ec.AutoCompactionRetention = "", ""
+	// etcd's own auto-compaction stays off (its default): its revision
+	// mode runs on a fixed 5-minute period; compactLoop does the same
+	// with a period that can be set.
 	if hasTLS {
 		info := transport.TLSInfo{
 			CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile,

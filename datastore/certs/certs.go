@@ -87,17 +87,6 @@ func Make(o Options) ([]string, error) {
 			return nil, fmt.Errorf("certs: node name %q: want lower-case letters, digits, '.' and '-' (not ca or client)", n.Name)
 		}
 	}
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("certs: %w", err)
-	}
-	var wrote []string
-	ca, caKey, created, err := loadOrMakeCA(o.Dir)
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		wrote = append(wrote, filepath.Join(o.Dir, CAFile), filepath.Join(o.Dir, CAKeyFile))
-	}
 	type leaf struct {
 		cert, key string
 		tmpl      *x509.Certificate
@@ -106,7 +95,7 @@ func Make(o Options) ([]string, error) {
 	for _, n := range o.Nodes {
 		t, err := nodeTemplate(n, o.Hosts)
 		if err != nil {
-			return wrote, err
+			return nil, err
 		}
 		leaves = append(leaves, leaf{NodeFile(n.Name), NodeKeyFile(n.Name), t})
 	}
@@ -118,10 +107,21 @@ func Make(o Options) ([]string, error) {
 		for _, l := range leaves {
 			for _, f := range []string{l.cert, l.key} {
 				if _, err := os.Stat(filepath.Join(o.Dir, f)); err == nil {
-					return wrote, fmt.Errorf("certs: %s exists (--force replaces it)", filepath.Join(o.Dir, f))
+					return nil, fmt.Errorf("certs: %s exists (--force replaces it)", filepath.Join(o.Dir, f))
 				}
 			}
 		}
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("certs: %w", err)
+	}
+	var wrote []string
+	ca, caKey, created, err := loadOrMakeCA(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		wrote = append(wrote, filepath.Join(o.Dir, CAFile), filepath.Join(o.Dir, CAKeyFile))
 	}
 	for _, l := range leaves {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
