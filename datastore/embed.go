@@ -167,6 +167,33 @@ func (cfg EmbedConfig) checkTLSFiles() (bool, error) {
 	return true, nil
 }
 
+// Check reports what StartEmbedded would refuse in cfg's listeners, TLS
+// files and limits, so that a daemon can refuse them before it sets
+// anything up.
+func (cfg EmbedConfig) Check() error {
+	_, _, _, err := cfg.check()
+	return err
+}
+
+func (cfg EmbedConfig) check() (hasTLS bool, client, peer []url.URL, err error) {
+	if cfg.CompactionRetention < 0 || cfg.CompactionInterval < 0 || cfg.QuotaBytes < 0 {
+		return false, nil, nil, errors.New("embedded etcd: compaction retention, interval and quota must not be negative")
+	}
+	if hasTLS, err = cfg.checkTLSFiles(); err != nil {
+		return false, nil, nil, err
+	}
+	if client, err = parseListenURLs("embedded etcd client", cfg.ListenClientURLs, hasTLS, cfg.Insecure); err != nil {
+		return false, nil, nil, err
+	}
+	if peer, err = parseListenURLs("embedded etcd peer", cfg.ListenPeerURLs, hasTLS, cfg.Insecure); err != nil {
+		return false, nil, nil, err
+	}
+	if len(peer) == 0 && (cfg.InitialCluster != "" || cfg.JoinExisting) {
+		return false, nil, nil, errors.New("embedded etcd: a cluster (initial cluster, join) needs peer URLs")
+	}
+	return hasTLS, client, peer, nil
+}
+
 // StartEmbedded starts etcd in this process and waits until it serves.
 func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if cfg.Dir == "" {
@@ -193,23 +220,9 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.CompactionRetention < 0 || cfg.CompactionInterval < 0 || cfg.QuotaBytes < 0 {
-		return nil, errors.New("embedded etcd: compaction retention, interval and quota must not be negative")
-	}
-	hasTLS, err := cfg.checkTLSFiles()
+	hasTLS, clientTCP, peerTCP, err := cfg.check()
 	if err != nil {
 		return nil, err
-	}
-	clientTCP, err := parseListenURLs("embedded etcd client", cfg.ListenClientURLs, hasTLS, cfg.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	peerTCP, err := parseListenURLs("embedded etcd peer", cfg.ListenPeerURLs, hasTLS, cfg.Insecure)
-	if err != nil {
-		return nil, err
-	}
-	if len(peerTCP) == 0 && (cfg.InitialCluster != "" || cfg.JoinExisting) {
-		return nil, errors.New("embedded etcd: a cluster (initial cluster, join) needs peer URLs")
 	}
 
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
