@@ -7,12 +7,109 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"podnet/datastore"
 )
+
+// mainEnv makes the test binary run podnet's main with the arguments
+// after "--" instead of the tests: a real process to signal.
+const mainEnv = "PODNET_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		for i, a := range os.Args {
+			if a == "--" {
+				os.Args = append([]string{"podnet"}, os.Args[i+1:]...)
+				break
+			}
+		}
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// freeAddr returns a loopback TCP address nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestDatastoreServeMember runs `podnet datastore serve` as README's
+// cluster member does (name, https client and peer listeners, initial
+// cluster, TLS files), here a cluster of one, reaches it over TLS with
+// `datastore status`, and stops it with SIGTERM.
+func TestDatastoreServeMember(t *testing.T) {
+	pki := filepath.Join(t.TempDir(), "pki")
+	if _, err := runPodnet(t, "datastore", "certs", "--out", pki, "--nodes", "m1=127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	client, peer := freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "run", "etcd.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "datastore", "serve", "--name", "m1",
+		"--dir", filepath.Join(dir, "etcd"), "--socket", sock,
+		"--listen-client", "https://"+client, "--listen-peer", "https://"+peer,
+		"--initial-cluster", "m1=https://"+peer,
+		"--ca-file", filepath.Join(pki, "ca.pem"), "--cert-file", filepath.Join(pki, "m1.pem"), "--key-file", filepath.Join(pki, "m1-key.pem"))
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	logFile := filepath.Join(dir, "serve.log")
+	lf, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	cmd.Stdout, cmd.Stderr = lf, lf
+	logs := func() string { b, _ := os.ReadFile(logFile); return string(b) }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+
+	writeConfig(t, fmt.Sprintf("datastore:\n  endpoints: [https://%s]\n  caFile: %s\n  certFile: %s\n  keyFile: %s\n",
+		client, filepath.Join(pki, "ca.pem"), filepath.Join(pki, "client.pem"), filepath.Join(pki, "client-key.pem")))
+	var out string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if out, err = runPodnet(t, "datastore", "status"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("datastore status: %v\nserve's log:\n%s", err, logs())
+		}
+	}
+	if !strings.Contains(out, "m1") || !strings.Contains(out, "https://"+client) || !strings.Contains(out, "true") {
+		t.Errorf("status: want m1 leading at https://%s, got\n%s", client, out)
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket %s: %v, mode %v, want 0600", sock, err, fi.Mode().Perm())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		exited <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("serve after SIGTERM: %v\n%s", err, logs())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve still running 15s after SIGTERM")
+	}
+}
 
 // runPodnet runs "podnet ARGS..." in-process and returns its stdout and
 // the error main would print.
@@ -68,12 +165,7 @@ func TestDatastoreCertsAndTLSClients(t *testing.T) {
 		t.Errorf("certs with an empty address: got %v, want an error naming it", err)
 	}
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	e, err := datastore.StartEmbedded(datastore.EmbedConfig{
 		Dir: t.TempDir(), ListenClientURLs: []string{"https://" + addr}, UnsafeNoFsync: true,
 		CAFile: filepath.Join(pki, "ca.pem"), CertFile: filepath.Join(pki, "n1.pem"), KeyFile: filepath.Join(pki, "n1-key.pem"),
