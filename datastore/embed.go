@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -95,6 +96,7 @@ type Embedded struct {
 	log       *slog.Logger
 	endpoints []string
 	stop      context.CancelFunc
+	closing   *atomic.Bool
 	done      sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -243,7 +245,8 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	ec.Name = cfg.Name
 	ec.Dir = filepath.Join(cfg.Dir, "data")
 	log := cfg.Logger.With("component", "etcd")
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newEtcdLogger(log))
+	closing := new(atomic.Bool)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newEtcdLogger(log, closing))
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	ec.QuotaBackendBytes = cfg.QuotaBytes
 	// etcd's own auto-compaction stays off (its default): its revision
@@ -299,7 +302,7 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 		eps[i] = u.String()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	em := &Embedded{e: e, log: log, endpoints: eps, stop: cancel}
+	em := &Embedded{e: e, log: log, endpoints: eps, stop: cancel, closing: closing}
 	em.done.Add(2)
 	go em.watchErrors(ctx)
 	go em.compactLoop(ctx, cfg.CompactionRetention, cfg.CompactionInterval)
@@ -372,6 +375,7 @@ func (e *Embedded) SocketEndpoint() string { return e.endpoints[0] }
 // them (seconds). Safe to call more than once: embed's own Close is not.
 func (e *Embedded) Close() {
 	e.closeOnce.Do(func() {
+		e.closing.Store(true)
 		e.stop()
 		e.done.Wait()
 		e.e.Close()

@@ -118,8 +118,10 @@ func TestTLSClientCertificates(t *testing.T) {
 	pki := makeCerts(t, certs.Node{Name: "n1"})
 	other := makeCerts(t, certs.Node{Name: "n1"})
 	addr := freePort(t)
+	logs := &syncBuffer{}
 	old := syscall.Umask(0)
 	e, err := datastore.StartEmbedded(datastore.EmbedConfig{
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		Dir: t.TempDir(), Socket: filepath.Join(t.TempDir(), "run", "etcd.sock"),
 		ListenClientURLs: []string{"https://" + addr},
 		CAFile:           filepath.Join(pki, certs.CAFile),
@@ -179,6 +181,12 @@ func TestTLSClientCertificates(t *testing.T) {
 		if s, err := datastore.Open(ctx, cfg); err == nil {
 			s.Close()
 			t.Errorf("%s: Open succeeded", name)
+		}
+	}
+	// Refused by the TLS handshake, not by a timeout, and logged.
+	for _, want := range []string{"certificate signed by unknown authority", "does not look like a TLS handshake"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("etcd's log lacks the rejection %q:\n%s", want, logs)
 		}
 	}
 	// A client without a certificate is refused before it dials.

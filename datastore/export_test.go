@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -23,5 +24,5 @@ func (s *Store) GetAt(ctx context.Context, c Collection, name string, rev int64)
 // LogFatalForTest logs msg at zap's fatal level through the etcd bridge,
 // as etcd does before it gives up; zap then exits the process.
 func LogFatalForTest(l *slog.Logger, msg string) {
-	newEtcdLogger(l.With("component", "etcd")).With(zap.String("member", "m1")).Fatal(msg)
+	newEtcdLogger(l.With("component", "etcd"), new(atomic.Bool)).With(zap.String("member", "m1")).Fatal(msg)
 }
