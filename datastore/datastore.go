@@ -9,12 +9,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Root is the prefix of every podnet key.
@@ -36,10 +38,55 @@ type Config struct {
 	// Endpoints of the etcd cluster, e.g. http://10.0.0.1:2379 or
 	// unix:///run/podnet/etcd.sock. Required.
 	Endpoints []string
-	// CAFile, CertFile, KeyFile enable TLS when set.
+	// CAFile, CertFile, KeyFile: the CA that signed the servers'
+	// certificates, and this client's certificate and key. https://
+	// endpoints need all three (podnet's etcd asks clients for a
+	// certificate). unix:// endpoints ignore them: the socket's file mode
+	// is their access control, and they speak plain text.
 	CAFile, CertFile, KeyFile string
 	// DialTimeout bounds connecting; 0 means 5s.
 	DialTimeout time.Duration
+	// Dialer, if set, makes the TCP connections (tests use it to reach
+	// etcd in another network namespace).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// tlsConfig checks that the endpoints agree on one transport (etcd's
+// client uses the first endpoint's for all) and loads the TLS files when
+// they are used.
+func (cfg Config) tlsConfig() (*tls.Config, error) {
+	scheme := func(ep string) string {
+		s, _, _ := strings.Cut(ep, "://")
+		return s
+	}
+	first := scheme(cfg.Endpoints[0])
+	for _, ep := range cfg.Endpoints {
+		switch s := scheme(ep); {
+		case s != "unix" && s != "http" && s != "https":
+			return nil, fmt.Errorf("datastore endpoint %q: want https://, http:// or unix://", ep)
+		case s != first:
+			return nil, fmt.Errorf("datastore endpoints %s mix %s:// and %s://: use one kind", strings.Join(cfg.Endpoints, ","), first, s)
+		}
+	}
+	files := cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != ""
+	switch first {
+	case "unix":
+		return nil, nil
+	case "http":
+		if files {
+			return nil, fmt.Errorf("datastore endpoint %s is plain http but TLS files are configured: use https://", cfg.Endpoints[0])
+		}
+		return nil, nil
+	}
+	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" {
+		return nil, fmt.Errorf("datastore endpoint %s is https: caFile, certFile and keyFile are all required (etcd asks for a client certificate)", cfg.Endpoints[0])
+	}
+	info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+	t, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("datastore TLS: %w", err)
+	}
+	return t, nil
 }
 
 // Store is a connection to etcd.
@@ -58,18 +105,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
-	var tlsCfg *tls.Config
-	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
-		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
-		var err error
-		if tlsCfg, err = info.ClientConfig(); err != nil {
-			return nil, fmt.Errorf("datastore TLS: %w", err)
-		}
+	tlsCfg, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	ccfg := clientv3.Config{
 		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: tlsCfg,
 		Logger: zap.NewNop(),
-	})
+	}
+	if cfg.Dialer != nil {
+		ccfg.DialOptions = []grpc.DialOption{grpc.WithContextDialer(cfg.Dialer)}
+	}
+	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}

@@ -32,9 +32,10 @@ func (n *Node) openDatastore(ctx context.Context) (func(), error) {
 			sock = DefaultEtcdSocket
 		}
 		var err error
-		emb, err = datastore.StartEmbedded(datastore.EmbedConfig{
-			Dir: filepath.Join(n.cfg.StateDir, "etcd"), Socket: sock, ListenClientURLs: n.cfg.EtcdListen,
-		})
+		ec := n.cfg.EtcdServer
+		ec.Dir, ec.Socket, ec.Logger = filepath.Join(n.cfg.StateDir, "etcd"), sock, n.log
+		ec.ListenClientURLs = append(ec.ListenClientURLs, n.cfg.EtcdListen...)
+		emb, err = datastore.StartEmbedded(ec)
 		if err != nil {
 			return nil, err
 		}

@@ -27,6 +27,7 @@ import (
 	"podnet/datastore"
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/internal/privsock"
 	"podnet/ipam"
 	"podnet/nat"
 	"podnet/nodeapi"
@@ -86,6 +87,9 @@ type Config struct {
 	// EtcdListen are extra client URLs for the embedded etcd (for other
 	// machines); nil: the socket only.
 	EtcdListen []string
+	// EtcdServer holds the embedded etcd's other settings (TLS, more
+	// listeners); the node fills in its Dir, Socket and Logger.
+	EtcdServer datastore.EmbedConfig
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -261,8 +265,8 @@ func (n *Node) Run(ctx context.Context) error {
 // listenSocket listens on the API socket, replacing a stale socket file
 // but refusing to take over from a daemon that still answers on it.
 func listenSocket(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("socket dir: %w", err)
+	if err := privsock.PrepareDir(path); err != nil {
+		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -272,6 +276,10 @@ func listenSocket(path string) (net.Listener, error) {
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := privsock.Restrict(path); err != nil {
+		ln.Close()
+		return nil, err
 	}
 	return ln, nil
 }

@@ -22,8 +22,9 @@ import (
 
 // daemonDatastore picks the daemon's etcd: --datastore, else what the CLI
 // configuration says ($PODNET_DATASTORE_ENDPOINTS, /etc/podnet/podnet.cfg),
-// else none, which makes the daemon run an embedded etcd.
-func daemonDatastore(flag string) (datastore.Config, error) {
+// else none, which makes the daemon run an embedded etcd. The TLS files
+// come from the flags, else from the configuration file.
+func daemonDatastore(flag string, tlsFlags datastore.Config) (datastore.Config, error) {
 	cfg, err := resources.LoadClientConfig()
 	if err != nil {
 		return cfg, err
@@ -33,12 +34,20 @@ func daemonDatastore(flag string) (datastore.Config, error) {
 	} else if len(cfg.Endpoints) == 1 && cfg.Endpoints[0] == resources.DefaultEndpoint {
 		cfg.Endpoints = nil // nothing configured: embedded
 	}
+	for _, f := range []struct{ flag, cfg *string }{
+		{&tlsFlags.CAFile, &cfg.CAFile}, {&tlsFlags.CertFile, &cfg.CertFile}, {&tlsFlags.KeyFile, &cfg.KeyFile},
+	} {
+		if *f.flag != "" {
+			*f.cfg = *f.flag
+		}
+	}
 	return cfg, nil
 }
 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
 	var logLevel, endpoints, natRange, natAddr, ipipMode, vxlanMode string
+	var dsTLS datastore.Config
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node's virtual switch (one per node)",
@@ -52,11 +61,18 @@ port podnet0, re-attaches recorded pods and serves the local API that
 				return err
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-			ds, err := daemonDatastore(endpoints)
+			ds, err := daemonDatastore(endpoints, dsTLS)
 			if err != nil {
 				return err
 			}
 			cfg.Datastore = ds
+			if len(ds.Endpoints) == 0 {
+				// The daemon will run an embedded etcd: refuse a bad
+				// listener now, before the switch is set up.
+				if err := cfg.EtcdServer.Check(); err != nil {
+					return err
+				}
+			}
 			if natRange != "" {
 				lo, hi, ok := strings.Cut(natRange, ":")
 				a, err1 := strconv.ParseUint(lo, 10, 16)
@@ -103,7 +119,10 @@ port podnet0, re-attaches recorded pods and serves the local API that
 	f.DurationVar(&cfg.NAT.ICMP, "nat-icmp-timeout", 0, "idle timeout of ICMP echo NAT flows (default 30s)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&endpoints, "datastore", "", "etcd endpoints, comma-separated (default: $"+resources.EndpointsEnv+", the config file, else an embedded etcd)")
-	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd")
-	f.StringSliceVar(&cfg.EtcdListen, "etcd-listen", nil, "extra client URLs for the embedded etcd, e.g. http://10.0.0.1:2379")
+	f.StringVar(&dsTLS.CAFile, "datastore-ca-file", "", "CA of the etcd servers' certificates (default: the config file's caFile)")
+	f.StringVar(&dsTLS.CertFile, "datastore-cert-file", "", "this node's client certificate for etcd (default: the config file's certFile)")
+	f.StringVar(&dsTLS.KeyFile, "datastore-key-file", "", "its private key (default: the config file's keyFile)")
+	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd (mode 0600)")
+	etcdServerFlags(cmd, "etcd-", "etcd-listen", &cfg.EtcdServer)
 	return cmd
 }
