@@ -1,22 +1,24 @@
 // Package bench measures podnet's data path against the kernel's, in the
-// same run on the same machine: iperf3 between namespaces, over a kernel
-// veth pair and through podnet labs in each mode.
+// same run on the same machine: pods in namespaces talking over kernel
+// veths, routes and tunnels, and through podnet labs in each mode. Every
+// path is measured in rounds, kernel and podnet interleaved, for bulk TCP
+// (iperf3), latency (ping and a TCP request/response test), packet rate
+// (bench/udpgen) and the CPU the forwarding costs. Run gives a Report;
+// schema.json describes its JSON.
 package bench
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os/exec"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// Result is one measured path.
+// Result is one iperf3 run.
 type Result struct {
-	Path    string  `json:"path"`
 	Streams int     `json:"streams"`
 	Gbps    float64 `json:"gbps"`
 	Retrans int     `json:"retransmits"`
@@ -29,8 +31,9 @@ type Result struct {
 
 // iperf3 runs a TCP test from netns client to server address addr (the
 // server runs in netns server) and returns the receiver's rate.
-func iperf3(ctx context.Context, client, server, addr string, secs, streams int) (Result, error) {
-	port := "5299"
+// omit seconds of slow start are left out of the figure (iperf3 -O).
+func iperf3(ctx context.Context, client, server, addr string, secs, streams, omit int) (Result, error) {
+	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
 		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
@@ -41,7 +44,7 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 	// The server needs a moment to listen; retry the client briefly.
 	for try := 0; try < 50; try++ {
 		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-c", addr, "-p", port,
-			"-t", strconv.Itoa(secs), "-O", "1", "-P", strconv.Itoa(streams)).Output()
+			"-t", strconv.Itoa(secs), "-O", strconv.Itoa(omit), "-P", strconv.Itoa(streams)).Output()
 		// iperf3 -J may exit 0 even when it could not connect.
 		if !strings.Contains(string(out), "Connection refused") {
 			break
@@ -77,10 +80,11 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 	}, nil
 }
 
-// iperf3UDP sends 18-byte UDP payloads (64-byte Ethernet frames with
-// FCS) as fast as the client can for secs and returns what arrived.
-func iperf3UDP(ctx context.Context, client, server, addr string, secs int) (Result, error) {
-	port := "5298"
+// iperf3UDP sends UDP payloads of payload bytes (18: 64-byte Ethernet
+// frames with FCS) as fast as iperf3 can for secs and returns what
+// arrived.
+func iperf3UDP(ctx context.Context, client, server, addr string, secs, payload int) (Result, error) {
+	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
 		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
@@ -88,7 +92,7 @@ func iperf3UDP(ctx context.Context, client, server, addr string, secs int) (Resu
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	var out []byte
 	for try := 0; try < 50; try++ {
-		out, _ = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-u", "-b", "0", "-l", "18",
+		out, _ = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-u", "-b", "0", "-l", strconv.Itoa(payload),
 			"-c", addr, "-p", port, "-t", strconv.Itoa(secs)).Output()
 		if !strings.Contains(string(out), "Connection refused") {
 			break
@@ -115,33 +119,4 @@ func iperf3UDP(ctx context.Context, client, server, addr string, secs int) (Resu
 	s := rep.End.Sum
 	got := s.Packets * (1 - s.LostPercent/100)
 	return Result{UDP: true, Seconds: s.Seconds, PPS: got / s.Seconds, LossPct: s.LostPercent, Gbps: s.BPS / 1e9 * (1 - s.LostPercent/100)}, nil
-}
-
-// WriteTable prints results with each path's ratio to the first (the
-// kernel baseline).
-func WriteTable(w io.Writer, rs []Result) {
-	fmt.Fprintf(w, "%-34s %8s %10s %9s %8s\n", "PATH", "STREAMS", "GBIT/S", "% KERNEL", "RETRANS")
-	var base = map[int]float64{}
-	for _, r := range rs {
-		if r.UDP {
-			continue
-		}
-		if _, ok := base[r.Streams]; !ok {
-			base[r.Streams] = r.Gbps
-		}
-		pct := 100 * r.Gbps / base[r.Streams]
-		fmt.Fprintf(w, "%-34s %8d %10.2f %8.0f%% %8d\n", r.Path, r.Streams, r.Gbps, pct, r.Retrans)
-	}
-	first := true
-	var basePPS float64
-	for _, r := range rs {
-		if !r.UDP {
-			continue
-		}
-		if first {
-			fmt.Fprintf(w, "\n%-34s %12s %9s %8s\n", "PATH (UDP, 64-byte frames)", "PKTS/S", "% KERNEL", "LOSS")
-			first, basePPS = false, r.PPS
-		}
-		fmt.Fprintf(w, "%-34s %12.0f %8.0f%% %7.1f%%\n", r.Path, r.PPS, 100*r.PPS/basePPS, r.LossPct)
-	}
 }

@@ -26,6 +26,13 @@ type Trial struct {
 // Passed says whether the trial lost under MaxLossPct.
 func (t Trial) Passed() bool { return t.Sent > 0 && t.LossPct < MaxLossPct }
 
+// Counter counts the packets of one run at the receiving end: a Sink,
+// or a sink on another host reached through a control connection.
+type Counter interface {
+	Begin(run uint32) error
+	Count() (uint64, error)
+}
+
 // SearchConfig is a rate search on one path.
 type SearchConfig struct {
 	Send SendConfig // Rate, Duration and Run are set by the search
@@ -59,7 +66,7 @@ type SearchResult struct {
 // possible; what arrived bounds the path's capacity. Later trials offer
 // a little under the received rate of the last failure, then bisect
 // between the best pass and the lowest failure.
-func Search(ctx context.Context, sink *Sink, cfg SearchConfig, run uint32) (SearchResult, error) {
+func Search(ctx context.Context, sink Counter, cfg SearchConfig, run uint32) (SearchResult, error) {
 	if cfg.Trial <= 0 {
 		cfg.Trial = 500 * time.Millisecond
 	}
@@ -114,10 +121,12 @@ func Search(ctx context.Context, sink *Sink, cfg SearchConfig, run uint32) (Sear
 	return res, nil
 }
 
-func trial(sink *Sink, cfg SearchConfig, rate float64, run uint32) (Trial, error) {
+func trial(sink Counter, cfg SearchConfig, rate float64, run uint32) (Trial, error) {
 	s := cfg.Send
 	s.Rate, s.Duration, s.Packets, s.Run = rate, cfg.Trial, 0, run
-	sink.Begin(run)
+	if err := sink.Begin(run); err != nil {
+		return Trial{}, err
+	}
 	var cpu0 float64
 	if cfg.CPU != nil {
 		cpu0 = cfg.CPU()
@@ -127,7 +136,10 @@ func trial(sink *Sink, cfg SearchConfig, rate float64, run uint32) (Trial, error
 		return Trial{}, err
 	}
 	time.Sleep(cfg.Drain)
-	recv := sink.Count()
+	recv, err := sink.Count()
+	if err != nil {
+		return Trial{}, err
+	}
 	t := Trial{OfferedPPS: rate, Sent: rep.Sent, Recv: recv, SentPPS: rep.PPS(),
 		RecvPPS: float64(recv) / rep.Elapsed.Seconds(), Seconds: rep.Elapsed.Seconds()}
 	if cfg.CPU != nil {

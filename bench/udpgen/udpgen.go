@@ -125,13 +125,17 @@ func (s *Sink) receive(c *net.UDPConn) {
 }
 
 // Begin starts counting run from zero; packets of other runs are ignored.
-func (s *Sink) Begin(run uint32) {
+func (s *Sink) Begin(run uint32) error {
 	s.run.Store(run)
 	s.pkts.Store(0)
+	return nil
 }
 
 // Count returns the packets of the current run received so far.
-func (s *Sink) Count() uint64 { return s.pkts.Load() }
+func (s *Sink) Count() (uint64, error) { return s.pkts.Load(), nil }
+
+// Received is Count for callers on the same host.
+func (s *Sink) Received() uint64 { return s.pkts.Load() }
 
 // Close stops the sink and waits for its goroutines.
 func (s *Sink) Close() error {

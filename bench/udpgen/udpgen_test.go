@@ -66,11 +66,11 @@ func TestSinkCountsExactly(t *testing.T) {
 			t.Errorf("payload %d: %d packets at 40 kpps took %s, want about 500ms (pacing broken)", payload, want, rep.Elapsed)
 		}
 		deadline := time.Now().Add(2 * time.Second)
-		for sink.Count() < want && time.Now().Before(deadline) {
+		for sink.Received() < want && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		time.Sleep(50 * time.Millisecond) // any excess would show now
-		if got := sink.Count(); got != want {
+		if got := sink.Received(); got != want {
 			t.Errorf("payload %d: sink counted %d, want %d", payload, got, want)
 		}
 	}
@@ -80,7 +80,7 @@ func TestSinkCountsExactly(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	if got := sink.Count(); got != 0 {
+	if got := sink.Received(); got != 0 {
 		t.Errorf("sink counted %d packets of run 6 while counting run 7", got)
 	}
 }
