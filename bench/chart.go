@@ -119,7 +119,7 @@ func drawChart(r *Report, c chartSeries) (*plot.Plot, bool, error) {
 		return nil, false, nil
 	}
 	for _, kind := range []string{KindKernel, KindPodnet} {
-		bc, err := plotter.NewBarChart(vals[kind], vg.Points(22))
+		bc, err := plotter.NewBarChart(vals[kind], vg.Points(36))
 		if err != nil {
 			return nil, false, fmt.Errorf("chart %s: %w", c.file, err)
 		}

@@ -36,7 +36,11 @@ func Preflight(cfg Config) error {
 			}
 		}
 	}
-	if in := labsInTheWay(); len(in) > 0 {
+	prefix := cfg.LabPrefix
+	if prefix == "" {
+		prefix = DefaultLabPrefix
+	}
+	if in := labsInTheWay(prefix); len(in) > 0 {
 		errs = append(errs, fmt.Errorf("a lab or namespace the suite builds is already there (%s), left by another run: remove it with podnet lab down --name NAME (or ip netns del NAME)",
 			strings.Join(in, ", ")))
 	}
@@ -45,7 +49,7 @@ func Preflight(cfg Config) error {
 
 // labsInTheWay lists the suite's labs (run dir or namespaces) and
 // scratch namespaces that exist now.
-func labsInTheWay() []string {
+func labsInTheWay(prefix string) []string {
 	var in []string
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	var nss []string
@@ -54,13 +58,14 @@ func labsInTheWay() []string {
 			nss = append(nss, f[0])
 		}
 	}
-	for _, name := range LabNames() {
+	// Convergence and pod add build labs of fixed names.
+	for _, name := range append(LabNames(prefix), "pnbenchc", "pnbenchadd") {
 		_, err := os.Stat(lab.DefaultRunDir(name))
 		if err == nil || slices.ContainsFunc(nss, func(ns string) bool { return strings.HasPrefix(ns, name+"-") }) {
 			in = append(in, "lab "+name)
 		}
 	}
-	for _, ns := range []string{vethA, vethB} {
+	for _, ns := range []string{prefix + "-vetha", prefix + "-vethb", prefix + "-probe"} {
 		if slices.Contains(nss, ns) {
 			in = append(in, "namespace "+ns)
 		}

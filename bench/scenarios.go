@@ -11,16 +11,25 @@ import (
 	"podnet/lab"
 )
 
-// Lab names the suite uses (preflight checks that none is taken).
-const (
-	vethA, vethB = "pnbench-vetha", "pnbench-vethb"
-)
+// DefaultLabPrefix starts the name of every lab and namespace the suite
+// makes (Config.LabPrefix).
+const DefaultLabPrefix = "pnb"
+
+// labSuffixes are the suite's labs, each named LabPrefix+suffix.
+var labSuffixes = []string{"same", "samep", "kd", "xvx", "xip", "xrt", "nk", "nm", "nat"}
+
+func (cfg *Config) labName(suffix string) string { return cfg.LabPrefix + suffix }
+
+// vethNames are the namespaces of the kernel veth pair path.
+func (cfg *Config) vethNames() (string, string) {
+	return cfg.LabPrefix + "-vetha", cfg.LabPrefix + "-vethb"
+}
 
 // kernelTunnel is a kernel encapsulation measured as the reference for
 // cross-node paths: a link of that type on each node, pods routed over it.
 type kernelTunnel struct {
 	name    string // path name
-	lab     string
+	lab     string // lab name suffix
 	kind    string // ip link type
 	args    func(local, remote string) []string
 	podMTU  int
@@ -28,13 +37,13 @@ type kernelTunnel struct {
 }
 
 var kernelTunnels = []kernelTunnel{
-	{name: "kernel VXLAN (vxlan device)", lab: "pnbkvx", kind: "vxlan", podMTU: 1450,
+	{name: "kernel VXLAN (vxlan device)", lab: "kvx", kind: "vxlan", podMTU: 1450,
 		args: func(l, r string) []string { return []string{"id", "4096", "dstport", "4789", "local", l, "remote", r} }},
-	{name: "kernel IP-in-IP (ipip device)", lab: "pnbkipip", kind: "ipip", podMTU: 1480,
+	{name: "kernel IP-in-IP (ipip device)", lab: "kipip", kind: "ipip", podMTU: 1480,
 		args: func(l, r string) []string { return []string{"local", l, "remote", r} }},
-	{name: "kernel GRE (gre device)", lab: "pnbkgre", kind: "gre", podMTU: 1476,
+	{name: "kernel GRE (gre device)", lab: "kgre", kind: "gre", podMTU: 1476,
 		args: func(l, r string) []string { return []string{"local", l, "remote", r} }},
-	{name: "kernel Geneve (geneve device)", lab: "pnbkgnv", kind: "geneve", podMTU: 1450,
+	{name: "kernel Geneve (geneve device)", lab: "kgnv", kind: "geneve", podMTU: 1450,
 		args: func(l, r string) []string { return []string{"id", "4096", "remote", r} }},
 }
 
@@ -59,8 +68,8 @@ const (
 
 // probeLinkType says whether the kernel can create a link of kind, by
 // trying in a scratch namespace; the error is the reason it cannot.
-func probeLinkType(kind string) error {
-	ns := "pnbench-probe"
+func probeLinkType(prefix, kind string) error {
+	ns := prefix + "-probe"
 	exec.Command("ip", "netns", "del", ns).Run()
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return fmt.Errorf("ip netns add: %v: %s", err, strings.TrimSpace(string(out)))
@@ -77,14 +86,14 @@ func probeLinkType(kind string) error {
 		args = append(args, "local", "10.0.0.1", "remote", "10.0.0.2")
 	}
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("this kernel cannot create a %s link (ip link add type %s: %s)", kind, kind, strings.TrimSpace(string(out)))
+		return fmt.Errorf("this kernel cannot create links of type %s (ip link add: %s)", kind, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
 // scenarioPaths lists the paths of a scenario, kernel first, and the
 // kernel references this machine cannot build.
-func scenarioPaths(sc string) ([]pathSpec, []Skipped) {
+func scenarioPaths(cfg *Config, sc string) ([]pathSpec, []Skipped) {
 	podnet := func(name, ref string, build func(context.Context, *Config) (*target, func(), error)) pathSpec {
 		return pathSpec{Path: Path{Name: name, Scenario: sc, Kind: KindPodnet, Reference: ref, CPUSource: CPUDaemon}, build: build}
 	}
@@ -95,22 +104,22 @@ func scenarioPaths(sc string) ([]pathSpec, []Skipped) {
 	case ScenarioSameNode:
 		return []pathSpec{
 			kernel(pathVeth, buildVeth),
-			podnet(pathTAPOffload, pathVeth, buildPodnet("pnbsame", 1, "", nil)),
-			podnet(pathTAPPlain, pathVeth, buildPodnet("pnbsamep", 1, "", []string{"--tap-offload=false"})),
+			podnet(pathTAPOffload, pathVeth, buildPodnet("same", 1, "", nil)),
+			podnet(pathTAPPlain, pathVeth, buildPodnet("samep", 1, "", []string{"--tap-offload=false"})),
 		}, nil
 	case ScenarioCrossNode:
-		specs := []pathSpec{kernel(pathDirect, buildKernelRouted("pnbkd", nil))}
+		specs := []pathSpec{kernel(pathDirect, buildKernelRouted("kd", nil))}
 		var skipped []Skipped
 		have := map[string]bool{}
 		for _, k := range kernelTunnels {
-			if err := probeLinkType(k.kind); err != nil {
+			if err := probeLinkType(cfg.LabPrefix, k.kind); err != nil {
 				skipped = append(skipped, Skipped{Name: k.name, Reason: err.Error()})
 				continue
 			}
 			have[k.kind] = true
 			specs = append(specs, kernel(k.name, buildKernelRouted(k.lab, &k)))
 		}
-		if err := probeLinkType("wireguard"); err != nil {
+		if err := probeLinkType(cfg.LabPrefix, "wireguard"); err != nil {
 			skipped = append(skipped, Skipped{Name: wireguardName, Reason: err.Error()})
 		} else {
 			skipped = append(skipped, Skipped{Name: wireguardName, Reason: "the suite does not set up WireGuard keys between nodes yet"})
@@ -123,26 +132,29 @@ func scenarioPaths(sc string) ([]pathSpec, []Skipped) {
 			ipipRef = kernelTunnels[1].name
 		}
 		specs = append(specs,
-			podnet(pathPodnetVXLAN, vxRef, buildPodnet("pnbxvx", 2, lab.EncapVXLAN, nil)),
-			podnet(pathPodnetIPIP, ipipRef, buildPodnet("pnbxip", 2, lab.EncapIPIP, nil)),
-			podnet(pathPodnetNone, pathDirect, buildPodnet("pnbxrt", 2, lab.EncapNone, nil)))
+			podnet(pathPodnetVXLAN, vxRef, buildPodnet("xvx", 2, lab.EncapVXLAN, nil)),
+			podnet(pathPodnetIPIP, ipipRef, buildPodnet("xip", 2, lab.EncapIPIP, nil)),
+			podnet(pathPodnetNone, pathDirect, buildPodnet("xrt", 2, lab.EncapNone, nil)))
 		return specs, skipped
 	case ScenarioNAT:
 		return []pathSpec{
-			kernel(pathNATRouting, buildKernelNAT("pnbnk", false)),
-			kernel(pathNATMasq, buildKernelNAT("pnbnm", true)),
-			podnet(pathPodnetNAT, pathNATMasq, buildPodnetNAT("pnbnat")),
+			kernel(pathNATRouting, buildKernelNAT("nk", false)),
+			kernel(pathNATMasq, buildKernelNAT("nm", true)),
+			podnet(pathPodnetNAT, pathNATMasq, buildPodnetNAT("nat")),
 		}, nil
 	}
 	return nil, nil
 }
 
-// LabNames are the labs the suite builds; a lab of one of these names
-// already up is in the way.
-func LabNames() []string {
-	names := []string{"pnbsame", "pnbsamep", "pnbkd", "pnbxvx", "pnbxip", "pnbxrt", "pnbnk", "pnbnm", "pnbnat"}
+// LabNames are the labs the suite builds with prefix; a lab of one of
+// these names already up is in the way.
+func LabNames(prefix string) []string {
+	var names []string
+	for _, s := range labSuffixes {
+		names = append(names, prefix+s)
+	}
 	for _, k := range kernelTunnels {
-		names = append(names, k.lab)
+		names = append(names, prefix+k.lab)
 	}
 	return names
 }
@@ -159,6 +171,7 @@ func ipSteps(ctx context.Context, steps [][]string) error {
 // buildVeth is two namespaces on a kernel veth pair: the ceiling for two
 // namespaces talking on this machine.
 func buildVeth(ctx context.Context, cfg *Config) (*target, func(), error) {
+	vethA, vethB := cfg.vethNames()
 	down := func() {
 		exec.Command("ip", "netns", "del", vethA).Run()
 		exec.Command("ip", "netns", "del", vethB).Run()
@@ -176,9 +189,9 @@ func buildVeth(ctx context.Context, cfg *Config) (*target, func(), error) {
 
 // buildPodnet is a podnet lab with pods test-1 and test-2 (on two nodes
 // when nodes is 2); the CPU is its daemons'.
-func buildPodnet(name string, nodes int, encap string, daemonArgs []string) func(context.Context, *Config) (*target, func(), error) {
+func buildPodnet(suffix string, nodes int, encap string, daemonArgs []string) func(context.Context, *Config) (*target, func(), error) {
 	return func(ctx context.Context, cfg *Config) (*target, func(), error) {
-		l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, Pods: 2, Binary: cfg.Binary, Encap: encap,
+		l, err := lab.Up(ctx, lab.Config{Name: cfg.labName(suffix), Nodes: nodes, Pods: 2, Binary: cfg.Binary, Encap: encap,
 			DaemonArgs: daemonArgs, HTTPServer: lab.HTTPBuiltin})
 		if err != nil {
 			return nil, nil, err
@@ -202,9 +215,9 @@ func buildPodnet(name string, nodes int, encap string, daemonArgs []string) func
 // is a namespace on a veth into its node; the nodes route the other
 // pod's subnet to each other over the fabric, directly or (tun != nil)
 // through a kernel tunnel device.
-func buildKernelRouted(name string, tun *kernelTunnel) func(context.Context, *Config) (*target, func(), error) {
+func buildKernelRouted(suffix string, tun *kernelTunnel) func(context.Context, *Config) (*target, func(), error) {
 	return func(ctx context.Context, cfg *Config) (*target, func(), error) {
-		l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: 2, NoDaemon: true, Binary: cfg.Binary})
+		l, err := lab.Up(ctx, lab.Config{Name: cfg.labName(suffix), Nodes: 2, NoDaemon: true, Binary: cfg.Binary})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -255,9 +268,9 @@ func buildKernelRouted(name string, tun *kernelTunnel) func(context.Context, *Co
 // buildKernelNAT is a pod on a node reaching a host outside the cluster
 // through the node's kernel: routed with its own address (the outside
 // host has a route back), or masqueraded by nftables (it has none).
-func buildKernelNAT(name string, masq bool) func(context.Context, *Config) (*target, func(), error) {
+func buildKernelNAT(suffix string, masq bool) func(context.Context, *Config) (*target, func(), error) {
 	return func(ctx context.Context, cfg *Config) (*target, func(), error) {
-		k, err := lab.Up(ctx, lab.Config{Name: name, Nodes: 1, NoDaemon: true, Binary: cfg.Binary})
+		k, err := lab.Up(ctx, lab.Config{Name: cfg.labName(suffix), Nodes: 1, NoDaemon: true, Binary: cfg.Binary})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -293,9 +306,9 @@ func buildKernelNAT(name string, masq bool) func(context.Context, *Config) (*tar
 
 // buildPodnetNAT is a one-node podnet lab whose pod reaches the lab's
 // outside host through podnet's NAT outgoing.
-func buildPodnetNAT(name string) func(context.Context, *Config) (*target, func(), error) {
+func buildPodnetNAT(suffix string) func(context.Context, *Config) (*target, func(), error) {
 	return func(ctx context.Context, cfg *Config) (*target, func(), error) {
-		l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: 1, Pods: 1, Binary: cfg.Binary, HTTPServer: lab.HTTPBuiltin})
+		l, err := lab.Up(ctx, lab.Config{Name: cfg.labName(suffix), Nodes: 1, Pods: 1, Binary: cfg.Binary, HTTPServer: lab.HTTPBuiltin})
 		if err != nil {
 			return nil, nil, err
 		}

@@ -32,8 +32,9 @@ type Config struct {
 	Seconds int
 	// Streams lists the parallel TCP stream counts; nil = {1}.
 	Streams []int
-	// Payloads are the UDP payload sizes searched; nil = 18, 64 and 1400
-	// bytes (64 with Quick).
+	// Payloads are the UDP payload sizes searched; nil = 18 (a 64-byte
+	// Ethernet frame), 64 and 1400 bytes (18 with Quick). iperf3 runs
+	// beside the generator with the first size on kernel paths.
 	Payloads []int
 	// NoUDP leaves out the UDP rate searches.
 	NoUDP bool
@@ -41,9 +42,20 @@ type Config struct {
 	Progress io.Writer
 	// Command is recorded in the report's metadata.
 	Command string
+	// LabPrefix starts the names of the suite's labs and namespaces;
+	// "" = DefaultLabPrefix. At most 5 characters, [a-z][a-z0-9]*.
+	LabPrefix string
 }
 
+var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,4}$`)
+
 func (cfg *Config) defaults() error {
+	if cfg.LabPrefix == "" {
+		cfg.LabPrefix = DefaultLabPrefix
+	}
+	if !prefixRE.MatchString(cfg.LabPrefix) {
+		return fmt.Errorf("bench: lab prefix %q: must match %s", cfg.LabPrefix, prefixRE)
+	}
 	if cfg.Rounds == 0 {
 		cfg.Rounds = 3
 		if cfg.Quick {
@@ -73,7 +85,7 @@ func (cfg *Config) defaults() error {
 	if len(cfg.Payloads) == 0 {
 		cfg.Payloads = []int{18, 64, 1400}
 		if cfg.Quick {
-			cfg.Payloads = []int{64}
+			cfg.Payloads = []int{18}
 		}
 	}
 	for _, p := range cfg.Payloads {
@@ -114,9 +126,9 @@ func (cfg *Config) rrDuration() time.Duration {
 
 func (cfg *Config) search() udpgen.SearchConfig {
 	if cfg.Quick {
-		return udpgen.SearchConfig{Trial: 250 * time.Millisecond, Trials: 4, Drain: 50 * time.Millisecond}
+		return udpgen.SearchConfig{Trial: 250 * time.Millisecond, Trials: 5, Drain: 50 * time.Millisecond}
 	}
-	return udpgen.SearchConfig{Trial: 400 * time.Millisecond, Trials: 6, Drain: 80 * time.Millisecond}
+	return udpgen.SearchConfig{Trial: 300 * time.Millisecond, Trials: 7, Drain: 60 * time.Millisecond}
 }
 
 // omit is iperf3's -O: seconds of slow start left out of the figure.
@@ -250,7 +262,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var plan [][]pathSpec
 	total := 0
 	for _, sc := range cfg.Scenarios {
-		specs, skipped := scenarioPaths(sc)
+		specs, skipped := scenarioPaths(&cfg, sc)
 		var keep []pathSpec
 		for _, p := range specs {
 			if cfg.Paths == nil || cfg.Paths.MatchString(p.Name) {
@@ -465,7 +477,7 @@ func measureUDP(ctx context.Context, cfg *Config, r int, sp pathSpec, t *target,
 		if cfg.Quick {
 			secs = 1
 		}
-		res, err := iperf3UDP(ctx, t.client, t.server, t.addr.String(), secs, 18)
+		res, err := iperf3UDP(ctx, t.client, t.server, t.addr.String(), secs, cfg.Payloads[0])
 		line := ""
 		if err != nil {
 			line = fail("iperf3 udp", err)
@@ -473,7 +485,7 @@ func measureUDP(ctx context.Context, cfg *Config, r int, sp pathSpec, t *target,
 			d.iperfRate[r], d.iperfLoss[r] = res.PPS, res.LossPct
 			line = fmt.Sprintf("%.0f pps received, %.1f%% lost", res.PPS, res.LossPct)
 		}
-		pr.step(r, cfg.Rounds, sp.Name, "iperf3 18B", line)
+		pr.step(r, cfg.Rounds, sp.Name, fmt.Sprintf("iperf3 %dB", cfg.Payloads[0]), line)
 	}
 }
 
@@ -503,7 +515,7 @@ func summarise(cfg *Config, p *Path, d *samples) {
 		}
 		u := UDP{PayloadBytes: pl, RatePps: NewStat(v), LossPercent: NewStat(d.udpLoss[pl]),
 			CPUSecondsPerMillionPackets: NewStat(series(d.udpCPU, pl, cfg.Rounds)), GeneratorBound: d.udpGenBound[pl]}
-		if pl == 18 {
+		if pl == cfg.Payloads[0] {
 			if s := NewStat(d.iperfRate); s.Valid() {
 				l := NewStat(d.iperfLoss)
 				u.Iperf3RatePps, u.Iperf3LossPercent = &s, &l

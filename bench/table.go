@@ -74,7 +74,7 @@ func scaled(s Stat, k float64) Stat {
 func (r *Report) grids() []*grid {
 	tcp := &grid{title: "Bulk TCP (iperf3) and latency; median [min–max] over the rounds, % of the reference path in the same round",
 		head: []string{"PATH", "SCENARIO", "STREAMS", "GBIT/S", "% REF", "CPU S/GBIT", "PING P50 µS", "TCP RR P50 µS", "RR P99 µS", "RR P50 % REF"}}
-	udp := &grid{title: "UDP: highest rate with under 1 % loss (bench/udpgen: sendmmsg/recvmmsg, 2 flows)",
+	udp := &grid{title: "UDP: highest rate with under 1 % loss (bench/udpgen: sendmmsg/recvmmsg, 2 flows; ≥: the generator's limit)",
 		head: []string{"PATH", "PAYLOAD", "KPPS", "% REF", "LOSS %", "CPU S/MPKT", "IPERF3 KPPS (-b 0)"}}
 	for _, p := range r.Paths {
 		lat := func(f func(*Latency) Stat) string {

@@ -104,6 +104,12 @@ func Search(ctx context.Context, sink Counter, cfg SearchConfig, run uint32) (Se
 			pass = max(pass, offered)
 		} else if fail == 0 || offered < fail {
 			fail = offered
+			if i == 0 {
+				// An overloaded path delivers about its capacity, or
+				// less when overload costs it (receive livelock): the
+				// capacity is likely below half again what arrived.
+				fail = math.Min(offered, 1.5*t.RecvPPS)
+			}
 		}
 		switch {
 		case pass == 0:
