@@ -1,10 +1,3 @@
-// Package bench measures podnet's data path against the kernel's, in the
-// same run on the same machine: pods in namespaces talking over kernel
-// veths, routes and tunnels, and through podnet labs in each mode. Every
-// path is measured in rounds, kernel and podnet interleaved, for bulk TCP
-// (iperf3), latency (ping and a TCP request/response test), packet rate
-// (bench/udpgen) and the CPU the forwarding costs. Run gives a Report;
-// schema.json describes its JSON.
 package bench
 
 import (

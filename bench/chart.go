@@ -98,6 +98,7 @@ func drawChart(r *Report, c chartSeries) (*plot.Plot, bool, error) {
 	vals := map[string]plotter.Values{KindKernel: {}, KindPodnet: {}}
 	bars := map[string]*errBars{KindKernel: {}, KindPodnet: {}}
 	drawn := false
+	top := 0.0
 	for i, path := range r.Paths {
 		names = append(names, path.Name)
 		s, ok := c.value(path)
@@ -111,6 +112,7 @@ func drawChart(r *Report, c chartSeries) (*plot.Plot, bool, error) {
 				b.y = append(b.y, s.Median)
 				b.lo = append(b.lo, s.Median-s.Min)
 				b.hi = append(b.hi, s.Max-s.Median)
+				top = math.Max(top, s.Max)
 			}
 			vals[kind] = append(vals[kind], v)
 		}
@@ -137,6 +139,8 @@ func drawChart(r *Report, c chartSeries) (*plot.Plot, bool, error) {
 		}
 	}
 	p.Legend.Top = true
+	// Room above the tallest whisker for the legend.
+	p.Y.Max = 1.15 * top
 	p.NominalX(names...)
 	p.X.Tick.Label.Rotation = math.Pi / 6
 	p.X.Tick.Label.XAlign = draw.XRight

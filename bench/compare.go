@@ -99,6 +99,9 @@ func WriteComparison(w io.Writer, a, b *Report, an, bn string) int {
 			flagged++
 		}
 		f := "%.3g"
+		if d.A.Max >= 1000 || d.B.Max >= 1000 {
+			f = "%.0f"
+		}
 		g.rows = append(g.rows, []string{d.Path, d.Metric, spread(d.A, f), spread(d.B, f), fmt.Sprintf("%+.1f %%", d.ChangePercent), mark})
 	}
 	g.text(w)

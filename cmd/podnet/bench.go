@@ -198,6 +198,28 @@ ping and TCP request/response latency, the highest UDP rate under 1 % loss
 			return nil
 		},
 	}
+	var showOut string
+	showCmd := &cobra.Command{
+		Use:   "show RESULTS.json",
+		Short: "Print a results.json as tables; with --out, write its results.md and charts again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rep, err := bench.ReadReport(args[0])
+			if err != nil {
+				return err
+			}
+			if showOut != "" {
+				files, err := bench.WriteDir(rep, showOut)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "wrote %s in %s\n", strings.Join(files, ", "), showOut)
+			}
+			bench.WriteTable(stdout, rep)
+			return nil
+		},
+	}
+	showCmd.Flags().StringVar(&showOut, "out", "", "write results.json, results.md and charts into this directory")
 	schemaCmd := &cobra.Command{
 		Use:   "schema",
 		Short: "Print the JSON Schema of podnet bench -o json and results.json",
@@ -207,6 +229,6 @@ ping and TCP request/response latency, the highest UDP rate under 1 % loss
 			return err
 		},
 	}
-	cmd.AddCommand(sameCmd, crossCmd, natCmd, podAddCmd, convCmd, compareCmd, schemaCmd, newBenchPairCmd())
+	cmd.AddCommand(sameCmd, crossCmd, natCmd, podAddCmd, convCmd, compareCmd, showCmd, schemaCmd, newBenchPairCmd())
 	return cmd
 }
