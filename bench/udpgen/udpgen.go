@@ -44,7 +44,7 @@ const (
 	Batch = 64
 	// sockBuf is SO_{SND,RCV}BUFFORCE: bursts of a batch per socket must
 	// not overflow the socket itself.
-	sockBuf = 4 << 20
+	sockBuf = 16 << 20
 )
 
 // Sink receives and counts generator packets on one UDP port.

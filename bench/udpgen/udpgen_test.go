@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,9 +43,47 @@ func vethPair(t *testing.T) (string, string) {
 
 var sinkAddr = netip.MustParseAddrPort("10.251.0.2:5400")
 
-// TestSinkCountsExactly sends a fixed number of packets at a rate a veth
-// carries without loss and expects the sink to count every one, and no
-// more, for each payload size; packets of another run must not count.
+// udpCounters reads the kernel's UDP counters of the namespace at nsPath:
+// datagrams delivered to sockets and datagrams sent.
+func udpCounters(t *testing.T, nsPath string) (in, out uint64) {
+	t.Helper()
+	b, err := exec.Command("ip", "netns", "exec", filepath.Base(nsPath), "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		t.Fatalf("read /proc/net/snmp in %s: %v", nsPath, err)
+	}
+	var head []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, name := range head {
+			v, _ := strconv.ParseUint(f[i], 10, 64)
+			switch name {
+			case "InDatagrams":
+				in = v
+			case "OutDatagrams":
+				out = v
+			}
+		}
+		return in, out
+	}
+	t.Fatalf("no Udp counters in %s", nsPath)
+	return 0, 0
+}
+
+// TestSinkCountsExactly sends a fixed number of packets and checks both
+// ends against the kernel's own counters: the sender sent exactly that
+// many (OutDatagrams in its namespace), and the sink counted exactly the
+// datagrams the kernel handed to its reads (InDatagrams in its
+// namespace). At 40 kpps a veth normally loses nothing, so those are the
+// same number; on a heavily loaded machine (or under the race detector)
+// the sink's socket buffers may overflow, which is logged. Packets of
+// another run must not count.
 func TestSinkCountsExactly(t *testing.T) {
 	src, dst := vethPair(t)
 	sink, err := Listen(dst, sinkAddr.Port(), 2)
@@ -53,6 +94,8 @@ func TestSinkCountsExactly(t *testing.T) {
 	for i, payload := range []int{18, 64, 1400} {
 		run := uint32(100 + i)
 		sink.Begin(run)
+		_, out0 := udpCounters(t, src)
+		in0, _ := udpCounters(t, dst)
 		const want = 20000
 		rep, err := Send(SendConfig{Netns: src, Dst: sinkAddr, Payload: payload, Sockets: 3, Rate: 40000, Packets: want, Run: run})
 		if err != nil {
@@ -65,13 +108,31 @@ func TestSinkCountsExactly(t *testing.T) {
 		if rep.Elapsed < 400*time.Millisecond {
 			t.Errorf("payload %d: %d packets at 40 kpps took %s, want about 500ms (pacing broken)", payload, want, rep.Elapsed)
 		}
-		deadline := time.Now().Add(2 * time.Second)
-		for sink.Received() < want && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
+		_, out1 := udpCounters(t, src)
+		if out1-out0 != want {
+			t.Errorf("payload %d: kernel counted %d datagrams sent, generator says %d", payload, out1-out0, want)
 		}
-		time.Sleep(50 * time.Millisecond) // any excess would show now
-		if got := sink.Received(); got != want {
-			t.Errorf("payload %d: sink counted %d, want %d", payload, got, want)
+		// Wait until neither the sink's count nor the kernel's moves.
+		var delivered, got uint64
+		for stable, deadline := 0, time.Now().Add(5*time.Second); stable < 3 && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+			in1, _ := udpCounters(t, dst)
+			g := sink.Received()
+			if in1-in0 == delivered && g == got {
+				stable++
+			} else {
+				stable = 0
+			}
+			delivered, got = in1-in0, g
+		}
+		if got := sink.Received(); got != delivered {
+			t.Errorf("payload %d: sink counted %d, kernel delivered %d to its sockets (read errors: %d)", payload, got, delivered, sink.errs.Load())
+		}
+		if delivered != want {
+			t.Logf("payload %d: the kernel delivered %d of %d (dropped on the way: a loaded machine)", payload, delivered, want)
+		}
+		if delivered < want/2 {
+			t.Errorf("payload %d: only %d of %d delivered at 40 kpps over a veth", payload, delivered, want)
 		}
 	}
 	// Stragglers of another run are not counted.
