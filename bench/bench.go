@@ -10,26 +10,25 @@ import (
 	"time"
 )
 
-// Result is one iperf3 run.
-type Result struct {
-	Streams int     `json:"streams"`
-	Gbps    float64 `json:"gbps"`
-	Retrans int     `json:"retransmits"`
-	Seconds float64 `json:"seconds"`
-	// UDP results: packets per second received and the loss.
-	UDP     bool    `json:"udp,omitempty"`
-	PPS     float64 `json:"pps,omitempty"`
-	LossPct float64 `json:"lossPercent,omitempty"`
+// iperfResult is one iperf3 run, as the receiver saw it.
+type iperfResult struct {
+	Streams int
+	Gbps    float64
+	Retrans int
+	Seconds float64
+	// UDP runs: packets per second received and the loss.
+	PPS     float64
+	LossPct float64
 }
 
 // iperf3 runs a TCP test from netns client to server address addr (the
 // server runs in netns server) and returns the receiver's rate.
 // omit seconds of slow start are left out of the figure (iperf3 -O).
-func iperf3(ctx context.Context, client, server, addr string, secs, streams, omit int) (Result, error) {
+func iperf3(ctx context.Context, client, server, addr string, secs, streams, omit int) (iperfResult, error) {
 	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
-		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
+		return iperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	var out []byte
@@ -45,7 +44,7 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams, omi
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		return Result{}, fmt.Errorf("iperf3 %s -> %s: %w\n%s", client, addr, err, out)
+		return iperfResult{}, fmt.Errorf("iperf3 %s -> %s: %w\n%s", client, addr, err, out)
 	}
 	var rep struct {
 		End struct {
@@ -60,12 +59,12 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams, omi
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
-		return Result{}, fmt.Errorf("parse iperf3 output: %w", err)
+		return iperfResult{}, fmt.Errorf("parse iperf3 output: %w", err)
 	}
 	if rep.Error != "" {
-		return Result{}, fmt.Errorf("iperf3: %s", rep.Error)
+		return iperfResult{}, fmt.Errorf("iperf3: %s", rep.Error)
 	}
-	return Result{
+	return iperfResult{
 		Streams: streams,
 		Gbps:    rep.End.SumReceived.BitsPerSecond / 1e9,
 		Retrans: rep.End.SumSent.Retransmits,
@@ -76,11 +75,11 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams, omi
 // iperf3UDP sends UDP payloads of payload bytes (18: 64-byte Ethernet
 // frames with FCS) as fast as iperf3 can for secs and returns what
 // arrived.
-func iperf3UDP(ctx context.Context, client, server, addr string, secs, payload int) (Result, error) {
+func iperf3UDP(ctx context.Context, client, server, addr string, secs, payload int) (iperfResult, error) {
 	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
-		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
+		return iperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	var out []byte
@@ -104,12 +103,12 @@ func iperf3UDP(ctx context.Context, client, server, addr string, secs, payload i
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
-		return Result{}, fmt.Errorf("parse iperf3 -u output: %w", err)
+		return iperfResult{}, fmt.Errorf("parse iperf3 -u output: %w", err)
 	}
 	if rep.Error != "" {
-		return Result{}, fmt.Errorf("iperf3 -u: %s", rep.Error)
+		return iperfResult{}, fmt.Errorf("iperf3 -u: %s", rep.Error)
 	}
 	s := rep.End.Sum
 	got := s.Packets * (1 - s.LostPercent/100)
-	return Result{UDP: true, Seconds: s.Seconds, PPS: got / s.Seconds, LossPct: s.LostPercent, Gbps: s.BPS / 1e9 * (1 - s.LostPercent/100)}, nil
+	return iperfResult{Seconds: s.Seconds, PPS: got / s.Seconds, LossPct: s.LostPercent, Gbps: s.BPS / 1e9 * (1 - s.LostPercent/100)}, nil
 }

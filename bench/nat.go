@@ -30,7 +30,7 @@ func masquerade(ctx context.Context, node, ext string) error {
 }
 
 // connRate opens and closes TCP connections one after another from netns
-// from to addr:5201 (an iperf3-free listener started in netns to) for
+// from to addr:5300 (a listener of this process in netns to) for
 // secs seconds and returns connections per second.
 func connRate(ctx context.Context, from, to, addr string, secs int) (float64, error) {
 	var ln net.Listener
