@@ -35,7 +35,7 @@ func masquerade(ctx context.Context, node, ext string) error {
 func connRate(ctx context.Context, from, to, addr string, secs int) (float64, error) {
 	var ln net.Listener
 	if err := netnsutil.Do("/run/netns/"+to, func() (err error) {
-		ln, err = net.Listen("tcp4", ":5300")
+		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", connPort))
 		return err
 	}); err != nil {
 		return 0, err
@@ -50,7 +50,7 @@ func connRate(ctx context.Context, from, to, addr string, secs int) (float64, er
 			c.Close()
 		}
 	}()
-	dst := netip.AddrPortFrom(netip.MustParseAddr(addr), 5300).String()
+	dst := netip.AddrPortFrom(netip.MustParseAddr(addr), connPort).String()
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
 	n := 0
 	start := time.Now()

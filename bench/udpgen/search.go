@@ -10,6 +10,15 @@ import (
 // MaxLossPct is the loss under which a rate counts as carried.
 const MaxLossPct = 1.0
 
+// After a trial's drain, while packets are missing, the count is read
+// every settleStep until it has not grown settleSteps times in a row,
+// for at most settleMax.
+const (
+	settleStep  = 30 * time.Millisecond
+	settleSteps = 3
+	settleMax   = time.Second
+)
+
 // Trial is one fixed-rate run of a search.
 type Trial struct {
 	// OfferedPPS is the rate asked for; 0 = as fast as possible.
@@ -141,8 +150,21 @@ func trial(sink Counter, cfg SearchConfig, rate float64, run uint32) (Trial, err
 	if err != nil {
 		return Trial{}, err
 	}
+	// Packets still on the path, or read but not yet counted by a sink
+	// whose goroutines a busy machine has not scheduled, are late, not
+	// lost: wait for the count to settle.
 	time.Sleep(cfg.Drain)
 	recv, err := sink.Count()
+	for stable, settle := 0, time.Now().Add(settleMax); err == nil && recv < rep.Sent && stable < settleSteps && time.Now().Before(settle); {
+		time.Sleep(settleStep)
+		var again uint64
+		again, err = sink.Count()
+		if again == recv {
+			stable++
+		} else {
+			stable, recv = 0, again
+		}
+	}
 	if err != nil {
 		return Trial{}, err
 	}
