@@ -184,6 +184,11 @@ func buildVeth(ctx context.Context, cfg *Config) (*target, func(), error) {
 		{"-n", vethA, "link", "set", "eth0", "up"}, {"-n", vethB, "link", "set", "eth0", "up"},
 		{"-n", vethA, "link", "set", "lo", "up"}, {"-n", vethB, "link", "set", "lo", "up"},
 	})
+	if err == nil {
+		// The veth carries packets only once the kernel has activated
+		// its queue, which can be a second after it is set up.
+		err = waitPing(ctx, vethA, "10.201.0.2")
+	}
 	return &target{client: vethA, server: vethB, addr: netip.MustParseAddr("10.201.0.2"), cpu: machineCPU, iperfUDP: true}, down, err
 }
 

@@ -188,6 +188,9 @@ func TestPair(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	if err := waitPing(context.Background(), a, "10.252.0.2"); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- ServePair(ctx, b, nil) }()

@@ -38,6 +38,18 @@ func vethPair(t *testing.T) (string, string) {
 			t.Fatalf("ip %v: %v\n%s", s, err, out)
 		}
 	}
+	// A link set up is not carrying packets until the kernel's link
+	// watcher has activated its queue, up to a second later.
+	for try := 0; ; try++ {
+		err := exec.Command("ip", "netns", "exec", a, "ping", "-c1", "-W1", "10.251.0.2").Run()
+		if err == nil {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("10.251.0.2 does not answer over the veth: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	return "/run/netns/" + a, "/run/netns/" + b
 }
 
