@@ -102,8 +102,9 @@ const rrMessage = 64
 // rrServer answers fixed-size requests with as many bytes, on port in
 // netns ns, until closed.
 type rrServer struct {
-	ln net.Listener
-	wg sync.WaitGroup
+	ln    net.Listener
+	conns connSet
+	wg    sync.WaitGroup
 }
 
 func startRRServer(ns string, port uint16) (*rrServer, error) {
@@ -122,10 +123,13 @@ func startRRServer(ns string, port uint16) (*rrServer, error) {
 			if err != nil {
 				return
 			}
+			if !s.conns.add(c) {
+				return
+			}
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				defer c.Close()
+				defer s.conns.remove(c)
 				buf := make([]byte, rrMessage)
 				for {
 					if _, err := io.ReadFull(c, buf); err != nil {
@@ -143,6 +147,7 @@ func startRRServer(ns string, port uint16) (*rrServer, error) {
 
 func (s *rrServer) Close() {
 	s.ln.Close()
+	s.conns.closeAll()
 	s.wg.Wait()
 }
 

@@ -60,9 +60,10 @@ func ServePair(ctx context.Context, netns string, log io.Writer) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	var conns connSet
 	wg.Add(2)
-	go func() { defer wg.Done(); serveBulk(bulk) }()
-	go func() { defer wg.Done(); serveControl(ctl, sink, log) }()
+	go func() { defer wg.Done(); serveBulk(bulk, &conns) }()
+	go func() { defer wg.Done(); serveControl(ctl, &conns, sink, log) }()
 	if log != nil {
 		fmt.Fprintf(log, "bench pair server: control :%d, bulk TCP :%d, request/response :%d, UDP sink :%d\n",
 			PairControlPort, pairBulkPort, rrPort, udpSinkPort)
@@ -70,6 +71,7 @@ func ServePair(ctx context.Context, netns string, log io.Writer) error {
 	<-ctx.Done()
 	ctl.Close()
 	bulk.Close()
+	conns.closeAll()
 	rr.Close()
 	sink.Close()
 	wg.Wait()
@@ -78,18 +80,18 @@ func ServePair(ctx context.Context, netns string, log io.Writer) error {
 
 // serveBulk counts the bytes of each connection and, when the client
 // has finished sending, answers with the count (8 bytes, big endian).
-func serveBulk(ln net.Listener) {
+func serveBulk(ln net.Listener, conns *connSet) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		c, err := ln.Accept()
-		if err != nil {
+		if err != nil || !conns.add(c) {
 			return
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer c.Close()
+			defer conns.remove(c)
 			n, _ := io.Copy(io.Discard, c)
 			binary.Write(c, binary.BigEndian, uint64(n))
 		}()
@@ -99,12 +101,12 @@ func serveBulk(ln net.Listener) {
 // serveControl answers one command per line: "begin RUN" (start counting
 // a UDP run) -> "ok", "count" -> packets of the run, "cpu" -> this
 // host's podnet daemon CPU seconds and machine system+softirq seconds.
-func serveControl(ln net.Listener, sink *udpgen.Sink, log io.Writer) {
+func serveControl(ln net.Listener, conns *connSet, sink *udpgen.Sink, log io.Writer) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		c, err := ln.Accept()
-		if err != nil {
+		if err != nil || !conns.add(c) {
 			return
 		}
 		if log != nil {
@@ -113,7 +115,7 @@ func serveControl(ln net.Listener, sink *udpgen.Sink, log io.Writer) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer c.Close()
+			defer conns.remove(c)
 			sc := bufio.NewScanner(c)
 			for sc.Scan() {
 				f := strings.Fields(sc.Text())

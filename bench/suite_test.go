@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"podnet/internal/netnsutil"
 	"podnet/lab"
 	"podnet/lab/labtest"
 )
@@ -195,9 +197,25 @@ func TestPair(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- ServePair(ctx, b, nil) }()
 	defer func() {
+		// A client that keeps its control connection open must not
+		// keep the server from stopping.
+		var idle net.Conn
+		if err := netnsutil.Do(nsPath(a), func() (err error) {
+			idle, err = net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("10.252.0.2"), PairControlPort).String())
+			return err
+		}); err != nil {
+			t.Errorf("idle control connection: %v", err)
+		} else {
+			defer idle.Close()
+		}
 		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("ServePair: %v", err)
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("ServePair: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("ServePair did not stop within 10s of its context ending")
 		}
 	}()
 	var rep *Report
