@@ -74,8 +74,12 @@ lab: deps build
 lab-down: build
 	$(BIN) lab down
 
+# Micro-benchmarks of the hot paths, then the bench suite (quick by
+# default; the full suite: make bench BENCH_ARGS="--out bench/results").
+BENCH_ARGS ?= --quick
 bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/packet ./router ./switch
+	$(BIN) bench $(BENCH_ARGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi

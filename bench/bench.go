@@ -1,39 +1,34 @@
-// Package bench measures podnet's data path against the kernel's, in the
-// same run on the same machine: iperf3 between namespaces, over a kernel
-// veth pair and through podnet labs in each mode.
 package bench
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os/exec"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// Result is one measured path.
-type Result struct {
-	Path    string  `json:"path"`
-	Streams int     `json:"streams"`
-	Gbps    float64 `json:"gbps"`
-	Retrans int     `json:"retransmits"`
-	Seconds float64 `json:"seconds"`
-	// UDP results: packets per second received and the loss.
-	UDP     bool    `json:"udp,omitempty"`
-	PPS     float64 `json:"pps,omitempty"`
-	LossPct float64 `json:"lossPercent,omitempty"`
+// iperfResult is one iperf3 run, as the receiver saw it.
+type iperfResult struct {
+	Streams int
+	Gbps    float64
+	Retrans int
+	Seconds float64
+	// UDP runs: packets per second received and the loss.
+	PPS     float64
+	LossPct float64
 }
 
 // iperf3 runs a TCP test from netns client to server address addr (the
 // server runs in netns server) and returns the receiver's rate.
-func iperf3(ctx context.Context, client, server, addr string, secs, streams int) (Result, error) {
-	port := "5299"
+// omit seconds of slow start are left out of the figure (iperf3 -O).
+func iperf3(ctx context.Context, client, server, addr string, secs, streams, omit int) (iperfResult, error) {
+	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
-		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
+		return iperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	var out []byte
@@ -41,7 +36,7 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 	// The server needs a moment to listen; retry the client briefly.
 	for try := 0; try < 50; try++ {
 		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-c", addr, "-p", port,
-			"-t", strconv.Itoa(secs), "-O", "1", "-P", strconv.Itoa(streams)).Output()
+			"-t", strconv.Itoa(secs), "-O", strconv.Itoa(omit), "-P", strconv.Itoa(streams)).Output()
 		// iperf3 -J may exit 0 even when it could not connect.
 		if !strings.Contains(string(out), "Connection refused") {
 			break
@@ -49,7 +44,7 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		return Result{}, fmt.Errorf("iperf3 %s -> %s: %w\n%s", client, addr, err, out)
+		return iperfResult{}, fmt.Errorf("iperf3 %s -> %s: %w\n%s", client, addr, err, out)
 	}
 	var rep struct {
 		End struct {
@@ -64,12 +59,12 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
-		return Result{}, fmt.Errorf("parse iperf3 output: %w", err)
+		return iperfResult{}, fmt.Errorf("parse iperf3 output: %w", err)
 	}
 	if rep.Error != "" {
-		return Result{}, fmt.Errorf("iperf3: %s", rep.Error)
+		return iperfResult{}, fmt.Errorf("iperf3: %s", rep.Error)
 	}
-	return Result{
+	return iperfResult{
 		Streams: streams,
 		Gbps:    rep.End.SumReceived.BitsPerSecond / 1e9,
 		Retrans: rep.End.SumSent.Retransmits,
@@ -77,18 +72,19 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams int)
 	}, nil
 }
 
-// iperf3UDP sends 18-byte UDP payloads (64-byte Ethernet frames with
-// FCS) as fast as the client can for secs and returns what arrived.
-func iperf3UDP(ctx context.Context, client, server, addr string, secs int) (Result, error) {
-	port := "5298"
+// iperf3UDP sends UDP payloads of payload bytes (18: 64-byte Ethernet
+// frames with FCS) as fast as iperf3 can for secs and returns what
+// arrived.
+func iperf3UDP(ctx context.Context, client, server, addr string, secs, payload int) (iperfResult, error) {
+	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
-		return Result{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
+		return iperfResult{}, fmt.Errorf("start iperf3 server in %s: %w", server, err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	var out []byte
 	for try := 0; try < 50; try++ {
-		out, _ = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-u", "-b", "0", "-l", "18",
+		out, _ = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-u", "-b", "0", "-l", strconv.Itoa(payload),
 			"-c", addr, "-p", port, "-t", strconv.Itoa(secs)).Output()
 		if !strings.Contains(string(out), "Connection refused") {
 			break
@@ -107,41 +103,12 @@ func iperf3UDP(ctx context.Context, client, server, addr string, secs int) (Resu
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
-		return Result{}, fmt.Errorf("parse iperf3 -u output: %w", err)
+		return iperfResult{}, fmt.Errorf("parse iperf3 -u output: %w", err)
 	}
 	if rep.Error != "" {
-		return Result{}, fmt.Errorf("iperf3 -u: %s", rep.Error)
+		return iperfResult{}, fmt.Errorf("iperf3 -u: %s", rep.Error)
 	}
 	s := rep.End.Sum
 	got := s.Packets * (1 - s.LostPercent/100)
-	return Result{UDP: true, Seconds: s.Seconds, PPS: got / s.Seconds, LossPct: s.LostPercent, Gbps: s.BPS / 1e9 * (1 - s.LostPercent/100)}, nil
-}
-
-// WriteTable prints results with each path's ratio to the first (the
-// kernel baseline).
-func WriteTable(w io.Writer, rs []Result) {
-	fmt.Fprintf(w, "%-34s %8s %10s %9s %8s\n", "PATH", "STREAMS", "GBIT/S", "% KERNEL", "RETRANS")
-	var base = map[int]float64{}
-	for _, r := range rs {
-		if r.UDP {
-			continue
-		}
-		if _, ok := base[r.Streams]; !ok {
-			base[r.Streams] = r.Gbps
-		}
-		pct := 100 * r.Gbps / base[r.Streams]
-		fmt.Fprintf(w, "%-34s %8d %10.2f %8.0f%% %8d\n", r.Path, r.Streams, r.Gbps, pct, r.Retrans)
-	}
-	first := true
-	var basePPS float64
-	for _, r := range rs {
-		if !r.UDP {
-			continue
-		}
-		if first {
-			fmt.Fprintf(w, "\n%-34s %12s %9s %8s\n", "PATH (UDP, 64-byte frames)", "PKTS/S", "% KERNEL", "LOSS")
-			first, basePPS = false, r.PPS
-		}
-		fmt.Fprintf(w, "%-34s %12.0f %8.0f%% %7.1f%%\n", r.Path, r.PPS, 100*r.PPS/basePPS, r.LossPct)
-	}
+	return iperfResult{Seconds: s.Seconds, PPS: got / s.Seconds, LossPct: s.LostPercent, Gbps: s.BPS / 1e9 * (1 - s.LostPercent/100)}, nil
 }

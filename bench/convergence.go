@@ -17,16 +17,14 @@ import (
 // ConvergenceResult is how long a newly claimed block takes to become a
 // route on another node.
 type ConvergenceResult struct {
-	Runs   int             `json:"runs"`
-	Median time.Duration   `json:"median"`
-	Min    time.Duration   `json:"min"`
-	Max    time.Duration   `json:"max"`
-	All    []time.Duration `json:"all"`
+	Runs int `json:"runs"`
+	// Milliseconds: the median, range and every run.
+	Milliseconds Stat `json:"milliseconds"`
 }
 
 func (r ConvergenceResult) String() string {
-	return fmt.Sprintf("block claimed on worker2 -> route on worker1: median %s (min %s, max %s, %d runs)",
-		r.Median.Round(time.Millisecond), r.Min.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Runs)
+	return fmt.Sprintf("block claimed on worker2 -> route on worker1: median %.1f ms (min %.1f, max %.1f, %d runs)",
+		r.Milliseconds.Median, r.Milliseconds.Min, r.Milliseconds.Max, r.Runs)
 }
 
 // Convergence adds a pod on worker2 from a fresh pool (so that worker2
@@ -86,7 +84,9 @@ func Convergence(ctx context.Context, binary string, runs int, progress io.Write
 			fmt.Fprintf(progress, "run %d: %s\n", i+1, all[len(all)-1].Round(time.Millisecond))
 		}
 	}
-	s := slices.Clone(all)
-	slices.Sort(s)
-	return ConvergenceResult{Runs: runs, Median: s[len(s)/2], Min: s[0], Max: s[len(s)-1], All: all}, nil
+	ms := make([]float64, len(all))
+	for i, d := range all {
+		ms[i] = float64(d.Microseconds()) / 1000
+	}
+	return ConvergenceResult{Runs: runs, Milliseconds: NewStat(ms)}, nil
 }

@@ -13,17 +13,18 @@ import (
 
 // PodAddResult is the time to attach pods to one node.
 type PodAddResult struct {
-	Pods  int           `json:"pods"`
-	Total time.Duration `json:"total"`
-	P50   time.Duration `json:"p50"`
-	P99   time.Duration `json:"p99"`
-	Max   time.Duration `json:"max"`
+	Pods          int     `json:"pods"`
+	TotalSeconds  float64 `json:"totalSeconds"`
+	PodsPerSecond float64 `json:"podsPerSecond"`
+	// Per pod.
+	P50Ms float64 `json:"p50Ms"`
+	P99Ms float64 `json:"p99Ms"`
+	MaxMs float64 `json:"maxMs"`
 }
 
 func (r PodAddResult) String() string {
-	return fmt.Sprintf("%d pods in %s (%.1f pods/s): per pod p50 %s, p99 %s, max %s",
-		r.Pods, r.Total.Round(time.Millisecond), float64(r.Pods)/r.Total.Seconds(),
-		r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond))
+	return fmt.Sprintf("%d pods in %.2fs (%.1f pods/s): per pod p50 %.2f ms, p99 %.2f ms, max %.2f ms",
+		r.Pods, r.TotalSeconds, r.PodsPerSecond, r.P50Ms, r.P99Ms, r.MaxMs)
 }
 
 // PodAdd times `pod add --new` of n pods, one after another, on a one-node
@@ -59,6 +60,8 @@ func PodAdd(ctx context.Context, binary string, n int, progress io.Writer) (PodA
 	}
 	total := time.Since(start)
 	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	return PodAddResult{Pods: n, Total: total, P50: q(0.5), P99: q(0.99), Max: lat[len(lat)-1]}, nil
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	q := func(p float64) float64 { return ms(lat[min(len(lat)-1, int(p*float64(len(lat))))]) }
+	return PodAddResult{Pods: n, TotalSeconds: total.Seconds(), PodsPerSecond: float64(n) / total.Seconds(),
+		P50Ms: q(0.5), P99Ms: q(0.99), MaxMs: ms(lat[len(lat)-1])}, nil
 }

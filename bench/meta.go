@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// NewMeta describes this machine and a run of cfg, starting now.
+func NewMeta(cfg Config) Meta {
+	m := Meta{
+		Command:   cfg.Command,
+		Commit:    commit(cfg.Binary),
+		Kernel:    kernelRelease(),
+		CPUModel:  cpuModel(),
+		CPUs:      runtime.NumCPU(),
+		GoVersion: runtime.Version(),
+		Date:      time.Now().UTC().Format(time.RFC3339),
+		Rounds:    cfg.Rounds,
+		Quick:     cfg.Quick,
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			m.LoadAverage1m, _ = strconv.ParseFloat(f[0], 64)
+		}
+	}
+	return m
+}
+
+// commit is the revision the daemon under test was built from: the
+// binary's own VCS stamp, else the git checkout it lives in (bin/podnet
+// of a work tree), with "-dirty" for uncommitted changes.
+func commit(binary string) string {
+	if binary == "" {
+		binary, _ = os.Executable()
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && binary != "" {
+		if self, _ := os.Executable(); self == binary {
+			rev, dirty := "", false
+			for _, s := range bi.Settings {
+				switch s.Key {
+				case "vcs.revision":
+					rev = s.Value
+				case "vcs.modified":
+					dirty = s.Value == "true"
+				}
+			}
+			if rev != "" {
+				if dirty {
+					rev += "-dirty"
+				}
+				return rev
+			}
+		}
+	}
+	if binary == "" {
+		return "unknown"
+	}
+	dir := filepath.Dir(binary)
+	out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	rev := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", dir, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
