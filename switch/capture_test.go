@@ -28,6 +28,7 @@ func TestCapture(t *testing.T) {
 	}
 	out := ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 10}.build()
 	n.a.dev.offer(podFrame(n.a, out))
+	n.vx.wait(t, 1) // out first, then the answer: two readers, one order
 	back := ipSpec{src: "10.0.2.9", dst: "10.0.0.1", payload: 10}.build()
 	n.vx.offer(nodeVXLAN, vxlanDatagram(back, 4096))
 	n.a.dev.wait(t, 1)

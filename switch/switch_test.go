@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -35,6 +36,12 @@ type testNet struct {
 
 func newTestNet(t testing.TB) *testNet {
 	t.Helper()
+	// These tests need real TAPs and namespaces. Without root only the
+	// in-memory tests (paths_test.go) run; make test runs as root, so CI
+	// always runs these too.
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for TAP devices and namespaces; the in-memory path tests cover the forwarding logic")
+	}
 	prefix := nettest.UniqueName("sw")
 	tn := &testNet{s: New(Config{}), nodeNS: nettest.Netns(t, prefix+"n")}
 	t.Cleanup(func() { tn.s.Close() })
