@@ -14,10 +14,16 @@ const (
 	DefaultASNumber          ASNumber = 64512
 	DefaultBGPListenPort              = 179
 	DefaultLogSeverityScreen          = "Info"
+	// BindModeNone listens on all addresses; BindModeNodeIP on the
+	// node's address only.
+	BindModeNone   = "None"
+	BindModeNodeIP = "NodeIP"
 	// BGPConfigurationGlobal is the name of the global BGPConfiguration;
 	// "node.<nodename>" names a per-node override.
 	BGPConfigurationGlobal = "default"
-	bgpNodeConfigPrefix    = "node."
+	// BGPConfigurationNodePrefix starts the name of a node's own
+	// BGPConfiguration: node.<nodename>.
+	BGPConfigurationNodePrefix = "node."
 )
 
 // BGPConfiguration is the global ("default") or per-node ("node.<name>")
@@ -39,11 +45,12 @@ type BGPConfigurationSpec struct {
 	NodeToNodeMeshEnabled *bool `json:"nodeToNodeMeshEnabled,omitempty"`
 	// ASNumber is the default AS of nodes; default 64512. Global only.
 	ASNumber *ASNumber `json:"asNumber,omitempty"`
-	// ListenPort is the BGP port; default 179, the only one podnet
-	// accepts until its peers dial the port the other node listens on.
+	// ListenPort is the port the BGP speaker listens on; default 179. A
+	// node's own BGPConfiguration overrides the global one; peers dial
+	// the port the other node listens on.
 	ListenPort int `json:"listenPort,omitempty"`
-	// BindMode: None (listen on all addresses, default); Calico's NodeIP
-	// is refused until the speaker can bind to the node address.
+	// BindMode: None (listen on all addresses, default) or NodeIP
+	// (listen on the node's address only). Global only.
 	BindMode string `json:"bindMode,omitempty"`
 }
 
@@ -83,7 +90,7 @@ func (c *BGPConfiguration) Validate() error {
 	var fe fieldErrors
 	validateMeta(&fe, &c.ObjectMeta)
 	global := c.Name == BGPConfigurationGlobal
-	if c.Name != "" && !global && (!strings.HasPrefix(c.Name, bgpNodeConfigPrefix) || len(c.Name) == len(bgpNodeConfigPrefix)) {
+	if c.Name != "" && !global && (!strings.HasPrefix(c.Name, BGPConfigurationNodePrefix) || len(c.Name) == len(BGPConfigurationNodePrefix)) {
 		fe.add("Metadata.Name", c.Name, `BGPConfiguration name must be "default" or "node.<nodename>"`)
 	}
 	s := &c.Spec
@@ -101,18 +108,18 @@ func (c *BGPConfiguration) Validate() error {
 		fe.add("BGPConfiguration.Spec.ASNumber", 0, "AS number must be between 1 and 4294967295")
 	}
 	switch s.BindMode {
-	case "", "None":
-	case "NodeIP":
-		fe.add("BGPConfiguration.Spec.BindMode", s.BindMode, notYet("bindMode NodeIP", "the BGP speaker listens on all addresses (bindMode None)"))
+	case "", BindModeNone, BindModeNodeIP:
 	default:
 		fe.add("BGPConfiguration.Spec.BindMode", s.BindMode, "must be one of None, NodeIP")
-	}
-	if s.ListenPort != 0 && s.ListenPort != DefaultBGPListenPort && s.ListenPort > 0 && s.ListenPort <= 65535 {
-		fe.add("BGPConfiguration.Spec.ListenPort", s.ListenPort, notYet("a listenPort other than 179", "mesh and selector peers would still dial 179"))
 	}
 	if !global {
 		if s.NodeToNodeMeshEnabled != nil {
 			fe.add("BGPConfiguration.Spec.NodeToNodeMeshEnabled", *s.NodeToNodeMeshEnabled, "NodeToNodeMeshEnabled can only be set on the global BGPConfiguration (default)")
+		}
+		if s.BindMode != "" {
+			// Calico's speaker reads the bind mode from the global
+			// configuration only.
+			fe.add("BGPConfiguration.Spec.BindMode", s.BindMode, notYet("bindMode on a node's BGPConfiguration", "set it on the global BGPConfiguration (default)"))
 		}
 		if s.ASNumber != nil {
 			fe.add("BGPConfiguration.Spec.ASNumber", *s.ASNumber, "ASNumber can only be set on the global BGPConfiguration (default); set Node.Spec.BGP.ASNumber instead")

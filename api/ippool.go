@@ -70,8 +70,9 @@ type IPPoolSpec struct {
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
 	// Disabled stops new allocations; existing addresses keep working.
 	Disabled bool `json:"disabled,omitempty"`
-	// DisableBGPExport keeps the pool's routes out of BGP. Refused (true)
-	// until the BGP export policy honours it.
+	// DisableBGPExport keeps the pool's blocks (and addresses borrowed
+	// from them) out of BGP: they are advertised to no peer. Refused on
+	// VXLAN pools, whose routes nodes learn from BGP too.
 	DisableBGPExport bool `json:"disableBGPExport,omitempty"`
 	// NodeSelector picks the nodes IPAM may assign from this pool for;
 	// default all().
@@ -199,8 +200,11 @@ func (p *IPPool) Validate() error {
 		fe.add("IPPool.Spec.IPIPMode", s.IPIPMode, "IPIP is not supported on an IPv6 IP pool")
 	}
 	validateSelector(&fe, "IPPool.Spec.NodeSelector", s.NodeSelector)
-	if s.DisableBGPExport {
-		fe.add("IPPool.Spec.DisableBGPExport", true, notYet("disableBGPExport", "every pool's blocks are advertised to every peer"))
+	if s.DisableBGPExport && vxlan {
+		// Nodes learn VXLAN routes from BGP too (Calico's Felix derives
+		// them from block affinities instead): a VXLAN pool kept out of
+		// BGP would be unreachable from every other node.
+		fe.add("IPPool.Spec.DisableBGPExport", true, notYet("disableBGPExport on a VXLAN pool", "nodes learn VXLAN routes from BGP; use vxlanMode Never, or export the pool"))
 	}
 	lb := false
 	for _, u := range s.AllowedUses {

@@ -13,7 +13,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"podnet/api"
-	"podnet/datastore"
 	"podnet/ipam"
 	"podnet/resources"
 	"podnet/router/bgp"
@@ -113,13 +112,11 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 	if err != nil {
 		return err
 	}
-	global := api.NewBGPConfiguration(api.BGPConfigurationGlobal)
-	if r, err := n.res.Get(ctx, api.KindBGPConfiguration, api.BGPConfigurationGlobal); err == nil {
-		global = r.(*api.BGPConfiguration)
-	} else if !errors.Is(err, datastore.ErrNotFound) {
+	cfgRs, _, err := n.res.List(ctx, api.KindBGPConfiguration)
+	if err != nil {
 		return err
 	}
-	global.SetDefaults()
+	settings := routing.NewBGPSettings(resourcesOf[*api.BGPConfiguration](cfgRs))
 	blocks, err := n.ipam.NodeBlocks(ctx, n.cfg.Name)
 	if err != nil {
 		return err
@@ -143,12 +140,13 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 				adverts = append(adverts, netip.PrefixFrom(a.IP, 32))
 			}
 		}
-		asn := routing.NodeASN(self, routing.GlobalASN(global))
-		speaker, err := sp.ensure(ctx, n, asn, global.Spec.ListenPort, routing.RouteReflectorClusterID(self))
+		adverts = routing.Exported(adverts, pools)
+		asn := routing.NodeASN(self, routing.GlobalASN(settings.Global))
+		speaker, err := sp.ensure(ctx, n, asn, settings.ListenPort(n.cfg.Name), settings.ListenAddrs(me), routing.RouteReflectorClusterID(self))
 		if err != nil {
 			return err
 		}
-		want := routing.DesiredPeers(n.cfg.Name, me, self, others, resourcesOf[*api.BGPPeer](peerRs), global)
+		want := routing.DesiredPeers(n.cfg.Name, me, self, others, resourcesOf[*api.BGPPeer](peerRs), settings)
 		if err := speaker.SetPeers(ctx, want); err != nil {
 			return fmt.Errorf("set BGP peers: %w", err)
 		}
@@ -173,16 +171,16 @@ type speakerState struct {
 	key string
 }
 
-// ensure starts the BGP speaker, or restarts it when its AS, port or
-// route reflector cluster changed.
-func (ss *speakerState) ensure(ctx context.Context, n *Node, asn uint32, port int, cluster netip.Addr) (*bgp.Speaker, error) {
-	key := fmt.Sprintf("%d/%d/%s", asn, port, cluster)
+// ensure starts the BGP speaker, or restarts it when its AS, port,
+// listen addresses (nil: all) or route reflector cluster changed.
+func (ss *speakerState) ensure(ctx context.Context, n *Node, asn uint32, port int, listen []netip.Addr, cluster netip.Addr) (*bgp.Speaker, error) {
+	key := fmt.Sprintf("%d/%d/%v/%s", asn, port, listen, cluster)
 	if ss.sp != nil && ss.key == key {
 		return ss.sp, nil
 	}
 	ss.close(n)
 	sp, err := bgp.New(ctx, bgp.Config{
-		RouterID: n.underlayAddr.Addr(), ASN: asn, ListenPort: port,
+		RouterID: n.underlayAddr.Addr(), ASN: asn, ListenPort: port, ListenAddrs: listen,
 		RouteReflectorClusterID: cluster,
 		Logger:                  n.log.With("component", "bgp"),
 		OnRoutes:                n.onRoutes,
@@ -192,7 +190,7 @@ func (ss *speakerState) ensure(ctx context.Context, n *Node, asn uint32, port in
 	}
 	ss.sp, ss.key = sp, key
 	n.speaker.Store(sp)
-	n.log.Info("BGP speaker started", "as", asn, "port", port, "routeReflector", cluster.IsValid())
+	n.log.Info("BGP speaker started", "as", asn, "port", port, "listen", listen, "routeReflector", cluster.IsValid())
 	return sp, nil
 }
 

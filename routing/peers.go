@@ -32,9 +32,11 @@ const (
 //     clients.
 //
 // A route reflector (a node with a cluster ID) treats the non-reflector
-// nodes it peers with as its clients. global must have its defaults set.
-func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.Node, peers []*api.BGPPeer, global *api.BGPConfiguration) []bgp.Peer {
+// nodes it peers with as its clients. A session with another node dials
+// the port that node listens on (settings.ListenPort).
+func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.Node, peers []*api.BGPPeer, settings BGPSettings) []bgp.Peer {
 	byAddr := map[netip.Addr]bgp.Peer{}
+	global := settings.Global
 	globalASN := GlobalASN(global)
 	if global.Spec.NodeToNodeMeshEnabled == nil || *global.Spec.NodeToNodeMeshEnabled {
 		for _, o := range others {
@@ -43,7 +45,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				// dialling each other after a restart collide and back off
 				// (gobgp v3 stays Idle 5 s after a Cease), which can delay
 				// a mesh session by tens of seconds.
-				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: NodeASN(o, globalASN), Type: PeerMesh,
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerMesh,
 					Passive: myAddr.Compare(p.Addr()) > 0}
 			}
 		}
@@ -59,7 +61,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				if _, dup := byAddr[p.Addr()]; dup {
 					continue
 				}
-				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), ASN: NodeASN(o, globalASN), Type: PeerNode,
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerNode,
 					Password: peerPassword(s.Password), RRClient: IsRouteReflector(self) && !IsRouteReflector(o)}
 			}
 		}
@@ -93,7 +95,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 					continue
 				}
 				pe := base
-				pe.Address, pe.ASN = p.Addr(), NodeASN(o, globalASN)
+				pe.Address, pe.Port, pe.ASN = p.Addr(), settings.ListenPort(o.Name), NodeASN(o, globalASN)
 				pe.RRClient = IsRouteReflector(self) && !IsRouteReflector(o)
 				byAddr[pe.Address] = pe
 			}

@@ -40,13 +40,13 @@ func TestDesiredPeers(t *testing.T) {
 		{
 			name: "mesh: the higher address listens", me: w2, others: []*api.Node{w1, w3, noAddr}, mesh: true,
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.1"), ASN: as, Type: PeerMesh, Passive: true},
-				{Address: addr("10.0.1.3"), ASN: as, Type: PeerMesh},
+				{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerMesh, Passive: true},
+				{Address: addr("10.0.1.3"), Port: 179, ASN: as, Type: PeerMesh},
 			},
 		},
 		{
 			name: "mesh: a node's own AS", me: w1, others: []*api.Node{w2own}, mesh: true,
-			want: []bgp.Peer{{Address: addr("10.0.0.2"), ASN: 65002, Type: PeerMesh}},
+			want: []bgp.Peer{{Address: addr("10.0.0.2"), Port: 179, ASN: 65002, Type: PeerMesh}},
 		},
 		{name: "mesh off, no peers", me: w1, others: []*api.Node{w2, w3}, mesh: false, want: []bgp.Peer{}},
 		{
@@ -85,24 +85,24 @@ func TestDesiredPeers(t *testing.T) {
 			// Calico's route-reflector example: w1 has no role, so it peers
 			// with both reflectors.
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.8"), ASN: as, Type: PeerNode},
-				{Address: addr("10.0.0.9"), ASN: as, Type: PeerNode},
+				{Address: addr("10.0.0.8"), Port: 179, ASN: as, Type: PeerNode},
+				{Address: addr("10.0.0.9"), Port: 179, ASN: as, Type: PeerNode},
 			},
 		},
 		{
 			name: "client side of a peerSelector (supported selector)", me: w1, others: []*api.Node{w2, rr, rr2},
 			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "rack == 'r1'", "role == 'rr'" })},
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.8"), ASN: as, Type: PeerNode},
-				{Address: addr("10.0.0.9"), ASN: as, Type: PeerNode},
+				{Address: addr("10.0.0.8"), Port: 179, ASN: as, Type: PeerNode},
+				{Address: addr("10.0.0.9"), Port: 179, ASN: as, Type: PeerNode},
 			},
 		},
 		{
 			name: "reflector side: reverse peering with clients", me: rr, others: []*api.Node{w1, w2, w3, rr2},
 			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "rack == 'r1'", "role == 'rr'" })},
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.1"), ASN: as, Type: PeerNode, RRClient: true},
-				{Address: addr("10.0.0.2"), ASN: as, Type: PeerNode, RRClient: true},
+				{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerNode, RRClient: true},
+				{Address: addr("10.0.0.2"), Port: 179, ASN: as, Type: PeerNode, RRClient: true},
 				// rr2 matches the peerSelector but not the nodeSelector: the
 				// BGPPeer does not apply to rr, so no session.
 			},
@@ -110,14 +110,14 @@ func TestDesiredPeers(t *testing.T) {
 		{
 			name: "reflector in the mesh keeps its clients", me: rr, others: []*api.Node{w1, rr2}, mesh: true,
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.1"), ASN: as, Type: PeerMesh, RRClient: true, Passive: true},
-				{Address: addr("10.0.0.8"), ASN: as, Type: PeerMesh, Passive: true},
+				{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerMesh, RRClient: true, Passive: true},
+				{Address: addr("10.0.0.8"), Port: 179, ASN: as, Type: PeerMesh, Passive: true},
 			},
 		},
 		{
 			name: "mesh session wins over a reverse peering", me: rr, others: []*api.Node{w1}, mesh: true,
 			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.PeerSelector = "role == 'rr'" })},
-			want:  []bgp.Peer{{Address: addr("10.0.0.1"), ASN: as, Type: PeerMesh, RRClient: true, Passive: true}},
+			want:  []bgp.Peer{{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerMesh, RRClient: true, Passive: true}},
 		},
 		{
 			name: "not registered yet: selectors match nothing", me: nil, others: []*api.Node{w1},
@@ -132,7 +132,7 @@ func TestDesiredPeers(t *testing.T) {
 				p, _ := NodeAddr(tt.me)
 				name, me = tt.me.Name, p.Addr()
 			}
-			got := DesiredPeers(name, me, tt.me, tt.others, tt.peers, globalConfig(tt.mesh))
+			got := DesiredPeers(name, me, tt.me, tt.others, tt.peers, NewBGPSettings([]*api.BGPConfiguration{globalConfig(tt.mesh)}))
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
 			}
@@ -167,7 +167,7 @@ func TestPeerPassword(t *testing.T) {
 	got := DesiredPeers("w1", addr("10.0.0.1"), w1, []*api.Node{w2},
 		[]*api.BGPPeer{bgpPeer("p", func(s *api.BGPPeerSpec) {
 			s.PeerIP, s.ASNumber, s.Password = "192.0.2.1", 65001, &api.BGPPassword{SecretFile: file}
-		})}, globalConfig(false))
+		})}, NewBGPSettings([]*api.BGPConfiguration{globalConfig(false)}))
 	if len(got) != 1 || got[0].Password != "s3cret" {
 		t.Fatalf("got %+v, want one peer with password s3cret", got)
 	}
