@@ -7,7 +7,6 @@ godebug multipathtcp=0
 require (
 	github.com/gaissmai/bart v0.30.0
 	github.com/google/gopacket v1.1.19
-	github.com/osrg/gobgp/v3 v3.37.0
 	github.com/osrg/gobgp/v4 v4.8.0
 	github.com/songgao/water v0.0.0-20200317203138-2b4b6d7c09d8
 	github.com/spf13/cobra v1.10.2

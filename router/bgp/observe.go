@@ -29,9 +29,9 @@ type peerObs struct {
 	state   string
 	since   time.Time
 	reason  string
-	// notifSent is set by a "sent notification" record and cleared by the
-	// next FSM state change: it marks the reason as the precise one for
-	// this attempt (see rejectedOpenReason).
+	// notifSent is set by a "sent notification" record that gave a reason
+	// and cleared by the next FSM state change: that reason is the precise
+	// one for this attempt (see rejectedOpenReason).
 	notifSent bool
 }
 
@@ -115,7 +115,7 @@ func (o *observer) record(addr netip.Addr, msg string, f logFields) {
 	}
 	switch msg {
 	case logSentNotification:
-		p.notifSent = true
+		p.notifSent = r != ""
 	case logStateChanged:
 		p.notifSent = false
 	}
