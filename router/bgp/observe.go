@@ -89,8 +89,10 @@ func (o *observer) stateChanged(addr netip.Addr, state string, now time.Time) {
 }
 
 // record feeds one GoBGP log record about a peer to the reason mapping. A
-// new reason is logged once (rate-limited per peer and reason): GoBGP itself
-// logs most failures at Info or Debug, which the handler does not forward.
+// new reason for a session that is not up is logged once (rate-limited per
+// peer and reason): GoBGP logs most failures at Info or Debug, which the
+// handler does not forward. (The end of an Established session is logged by
+// stateChanged, with its reason.)
 func (o *observer) record(addr netip.Addr, msg string, f logFields) {
 	o.mu.Lock()
 	p, ok := o.peers[addr]
@@ -110,7 +112,7 @@ func (o *observer) record(addr netip.Addr, msg string, f logFields) {
 	case msg == logStateChanged && p.notifSent:
 		// The state change's guess yields to the notification we sent.
 	default:
-		changed = p.reason != r
+		changed = p.reason != r && p.state != "Established"
 		p.reason = r
 	}
 	switch msg {
