@@ -96,8 +96,8 @@ func originPath(p netip.Prefix, nextHop netip.Addr) (*apiutil.Path, error) {
 	return &apiutil.Path{
 		Family: bgppkt.RF_IPv4_UC,
 		Nlri:   nlri,
-		// GoBGP stamps the path with Age; without it the path would date
-		// from 1970.
+		// GoBGP takes the path's timestamp from Age; left 0, the path
+		// would date from 1970.
 		Age:   time.Now().Unix(),
 		Attrs: []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP), nh},
 	}, nil
