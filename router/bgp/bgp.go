@@ -1,4 +1,4 @@
-// Package bgp runs an embedded GoBGP (v3) speaker for one podnet node: it
+// Package bgp runs an embedded GoBGP (v4) speaker for one podnet node: it
 // keeps sessions with the configured peers (node-to-node mesh, global and
 // node-specific peers, route reflector clients), originates the node's pod
 // address blocks, reports the best paths it learns, and explains in plain
@@ -10,22 +10,21 @@
 //
 // Goroutines. A Speaker owns one goroutine (routineRoutes) that rebuilds the
 // learned route set and calls Config.OnRoutes; Close stops it and waits.
-// GoBGP v3 starts more: BgpServer.Serve, which has no exit in v3.37.0 (it is
-// the one goroutine this package cannot stop; tests ignore it in their leak
-// checks), plus per-peer FSM, listener and watcher goroutines, which StopBgp
-// and the cancelled watch context end.
+// GoBGP starts more: BgpServer.Serve, its BFD loop, and per-peer FSM,
+// listener and watcher goroutines. Close ends all of them (BgpServer.Stop
+// and the cancelled watch context); so does New when it fails.
 //
-// One Speaker per process. GoBGP v3's StartBgp writes package-level
-// variables (table.SelectionOptions, table.UseMultiplePaths) that every
-// server's goroutines read, so two Speakers in one process are a data race.
-// The values written are always the same here, so it is benign, but -race
+// One Speaker per process. GoBGP's StartBgp writes package-level variables
+// (table.SelectionOptions, table.UseMultiplePaths) that every server's
+// goroutines read, so two Speakers in one process are a data race. The
+// values written are always the same here, so it is benign, but -race
 // reports it; tests run their speakers sequentially for that reason.
 //
-// Known GoBGP v3.37.0 crash: a peer that sends a BGP header with an unknown
-// message type makes GoBGP dereference nil in its FSM goroutine and the
-// process dies (osrg/gobgp#3325, fixed on the v4 line by #3327, in no v3
-// release). Peers are configured by address and TCP-MD5 can protect the
-// session; TestGoBGPv3CrashesOnUnknownMessageType tracks the bug.
+// A misbehaving peer costs only its own session: a malformed or unknown
+// message is answered with a NOTIFICATION and the session is reset, with the
+// reason in PeerStatus.Info. (GoBGP v3 up to v3.37.0, the last v3 release,
+// dereferenced nil on a message of unknown type and took the whole process
+// down; TestMisbehavingPeer checks that this stays fixed.)
 package bgp
 
 import (
@@ -38,8 +37,10 @@ import (
 	"sync"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // Config configures a Speaker.
@@ -143,7 +144,7 @@ type Speaker struct {
 	srv *server.BgpServer
 
 	// opMu serialises SetPeers, Advertise and Close. It may be held across
-	// calls into GoBGP, so neither GoBGP's callbacks nor the log adapter may
+	// calls into GoBGP, so neither GoBGP's callbacks nor the log handler may
 	// take it.
 	opMu sync.Mutex
 	// peers and adverts are guarded by opMu.
@@ -165,7 +166,8 @@ var ErrClosed = errors.New("bgp: speaker closed")
 
 // New starts a speaker: it starts GoBGP, opens the listeners and begins
 // watching for route and peer changes. It has no peers and advertises
-// nothing until SetPeers and Advertise are called.
+// nothing until SetPeers and Advertise are called. When it fails, nothing it
+// started is left running (listeners closed, GoBGP's goroutines ended).
 func New(ctx context.Context, cfg Config) (*Speaker, error) {
 	if !cfg.RouterID.Is4() || cfg.RouterID.IsUnspecified() {
 		return nil, fmt.Errorf("bgp: Config.RouterID: need an IPv4 address, got %v", cfg.RouterID)
@@ -197,8 +199,11 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 		done:        make(chan struct{}),
 	}
 	s.obs = newObserver(lg)
-	s.srv = server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: lg, obs: s.obs}))
-	// GoBGP v3's Serve never returns; see the package comment.
+	// GoBGP only consults the LevelVar when asked to change its level over
+	// gRPC, which we never serve; the handler decides what is kept.
+	level := new(slog.LevelVar)
+	level.Set(slog.LevelDebug)
+	s.srv = server.NewBgpServer(server.LoggerOption(slog.New(newGobgpHandler(lg, s.obs)), level))
 	go s.srv.Serve()
 
 	port := int32(cfg.ListenPort)
@@ -215,23 +220,21 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 		g.ListenAddresses = append(g.ListenAddresses, a.String())
 	}
 	if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
-		// StartBgp may have opened some listeners before failing; StopBgp
-		// closes them.
-		_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		// StartBgp may have opened some listeners before failing; Stop
+		// closes them and ends Serve.
+		s.srv.Stop()
 		return nil, fmt.Errorf("bgp: start speaker %v AS %d port %d: %w", cfg.RouterID, cfg.ASN, port, err)
 	}
 
 	wctx, cancel := context.WithCancel(context.Background())
 	s.watchCancel = cancel
-	err := s.srv.WatchEvent(wctx, &api.WatchEventRequest{
-		Peer: &api.WatchEventRequest_Peer{},
-		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
-			{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
-		}},
-	}, s.onWatchEvent)
+	err := s.srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{
+		OnBestPath:   s.onBestPath,
+		OnPeerUpdate: s.onPeerUpdate,
+	}, server.WatchBestPath(true), server.WatchPeer())
 	if err != nil {
 		cancel()
-		_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		s.srv.Stop()
 		return nil, fmt.Errorf("bgp: watch events: %w", err)
 	}
 
@@ -241,22 +244,21 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 	return s, nil
 }
 
-// onWatchEvent runs on GoBGP's watcher goroutine: it must never block. Table
-// events only mark the route set dirty; peer events update the observer
-// (which takes a short, never-contended-across-GoBGP-calls lock).
-func (s *Speaker) onWatchEvent(r *api.WatchEventResponse) {
-	if t := r.GetTable(); t != nil {
-		s.markRoutesDirty()
+// onBestPath and onPeerUpdate run on GoBGP's watcher goroutine: they must
+// never block. A best-path change only marks the route set dirty; a peer
+// state change updates the observer (which takes a short lock, never held
+// across a call into GoBGP).
+func (s *Speaker) onBestPath([]*apiutil.Path, time.Time) { s.markRoutesDirty() }
+
+func (s *Speaker) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
-	if pe := r.GetPeer(); pe != nil && pe.GetType() == api.WatchEventResponse_PeerEvent_STATE {
-		st := pe.GetPeer().GetState()
-		addr, err := netip.ParseAddr(st.GetNeighborAddress())
-		if err != nil {
-			return
-		}
-		s.obs.stateChanged(addr.Unmap(), sessionStateName(st.GetSessionState()), time.Now())
+	st := ev.Peer.State
+	if !st.NeighborAddress.IsValid() {
+		return
 	}
+	s.obs.stateChanged(st.NeighborAddress.Unmap(), fsmStateName(st.SessionState), time.Now())
 }
 
 func (s *Speaker) markRoutesDirty() {
@@ -267,11 +269,10 @@ func (s *Speaker) markRoutesDirty() {
 }
 
 // Close stops the speaker: it stops the route goroutine, the event watch and
-// GoBGP (StopBgp sends Cease to every peer and closes the listeners). It is
-// idempotent; later calls return nil. GoBGP v3's Serve goroutine stays behind
-// (see the package comment).
+// GoBGP (which sends Cease to every peer, closes the listeners and ends its
+// goroutines). It is idempotent and returns nil: GoBGP reports a failure to
+// stop only to its log, which reaches Config.Logger.
 func (s *Speaker) Close() error {
-	var err error
 	s.closeOnce.Do(func() {
 		s.opMu.Lock()
 		s.closed = true
@@ -280,27 +281,46 @@ func (s *Speaker) Close() error {
 		close(s.done)
 		s.wg.Wait() // routineRoutes has returned: no OnRoutes call after this
 		s.watchCancel()
-		if e := s.srv.StopBgp(context.Background(), &api.StopBgpRequest{}); e != nil {
-			err = fmt.Errorf("bgp: stop speaker: %w", e)
-		}
+		s.srv.Stop()
 		s.log.Debug("stopped")
 	})
-	return err
+	return nil
+}
+
+// fsmStateName names a session state as BIRD and calicoctl do. GoBGP uses
+// two encodings: the FSM's own (watch events) and the API enum (ListPeer).
+func fsmStateName(st bgppkt.FSMState) string {
+	switch st {
+	case bgppkt.BGP_FSM_IDLE:
+		return "Idle"
+	case bgppkt.BGP_FSM_CONNECT:
+		return "Connect"
+	case bgppkt.BGP_FSM_ACTIVE:
+		return "Active"
+	case bgppkt.BGP_FSM_OPENSENT:
+		return "OpenSent"
+	case bgppkt.BGP_FSM_OPENCONFIRM:
+		return "OpenConfirm"
+	case bgppkt.BGP_FSM_ESTABLISHED:
+		return "Established"
+	default:
+		return "Unknown(" + strconv.Itoa(int(st)) + ")"
+	}
 }
 
 func sessionStateName(st api.PeerState_SessionState) string {
 	switch st {
-	case api.PeerState_IDLE:
+	case api.PeerState_SESSION_STATE_IDLE:
 		return "Idle"
-	case api.PeerState_CONNECT:
+	case api.PeerState_SESSION_STATE_CONNECT:
 		return "Connect"
-	case api.PeerState_ACTIVE:
+	case api.PeerState_SESSION_STATE_ACTIVE:
 		return "Active"
-	case api.PeerState_OPENSENT:
+	case api.PeerState_SESSION_STATE_OPENSENT:
 		return "OpenSent"
-	case api.PeerState_OPENCONFIRM:
+	case api.PeerState_SESSION_STATE_OPENCONFIRM:
 		return "OpenConfirm"
-	case api.PeerState_ESTABLISHED:
+	case api.PeerState_SESSION_STATE_ESTABLISHED:
 		return "Established"
 	default:
 		return "Unknown(" + strconv.Itoa(int(st)) + ")"

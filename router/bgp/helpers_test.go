@@ -3,16 +3,20 @@ package bgp
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // Tests run real GoBGP sessions over TCP on loopback. Every speaker gets its
@@ -246,18 +250,208 @@ func goroutines() map[string]string {
 	return out
 }
 
-// leaked returns goroutines that exist now but not in before, ignoring GoBGP
-// v3's Serve goroutine, which has no way to stop (see the package comment).
+// leaked returns goroutines that exist now but not in before.
 func leaked(before map[string]string) []string {
 	var out []string
 	for id, g := range goroutines() {
-		if _, ok := before[id]; ok {
-			continue
+		if _, ok := before[id]; !ok {
+			out = append(out, g)
 		}
-		if strings.Contains(g, "BgpServer).Serve(") {
-			continue
-		}
-		out = append(out, g)
 	}
 	return out
+}
+
+// waitNoLeak fails t unless every goroutine started since before has ended.
+// GoBGP's watcher and channel goroutines end asynchronously once the watch
+// context is cancelled; they get a moment.
+func waitNoLeak(t *testing.T, before map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l := leaked(before)
+		if len(l) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines left behind:\n%s", len(l), strings.Join(l, "\n\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// fakePeer is a scripted BGP neighbor on a fresh loopback address, for
+// peers that misbehave in ways a real speaker cannot be made to.
+type fakePeer struct {
+	addr netip.Addr
+	port int           // listening port; 0 for a dialling fakePeer
+	sent atomic.Int32  // unknown-type messages written
+	done chan struct{} // closed when the test ends
+
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	open []io.Closer // guarded by mu: listener and connections, closed at the end of the test
+}
+
+func newFakePeer(t *testing.T) *fakePeer {
+	g := &fakePeer{addr: newAddr(t), done: make(chan struct{})}
+	t.Cleanup(func() {
+		close(g.done)
+		g.mu.Lock()
+		for _, c := range g.open {
+			c.Close()
+		}
+		g.mu.Unlock()
+		g.wg.Wait()
+	})
+	return g
+}
+
+// serve runs script on c, then keeps c open and silent (reading and
+// discarding) until the other side or the test closes it, so that the
+// speaker's reason for this peer stays the one the script caused.
+func (g *fakePeer) serve(t *testing.T, c net.Conn, script func(*fakePeer, net.Conn) error) {
+	defer g.wg.Done()
+	defer c.Close()
+	g.mu.Lock()
+	g.open = append(g.open, c)
+	g.mu.Unlock()
+	if script != nil {
+		if err := script(g, c); err != nil {
+			select {
+			case <-g.done: // the test is over; errors are expected now
+			default:
+				t.Errorf("fake peer %v: %v", g.addr, err)
+			}
+			return
+		}
+	}
+	io.Copy(io.Discard, c)
+}
+
+// listeningFakePeer accepts connections; the first one gets script, later
+// ones are kept silent.
+func listeningFakePeer(t *testing.T, script func(*fakePeer, net.Conn) error) *fakePeer {
+	t.Helper()
+	g := newFakePeer(t)
+	l, err := net.Listen("tcp", netip.AddrPortFrom(g.addr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.port = l.Addr().(*net.TCPAddr).Port
+	g.mu.Lock()
+	g.open = append(g.open, l)
+	g.mu.Unlock()
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for first := true; ; first = false {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s := script
+			if !first {
+				s = nil
+			}
+			g.wg.Add(1)
+			go g.serve(t, c, s)
+		}
+	}()
+	return g
+}
+
+// dialingFakePeer connects once to target from its own address and runs
+// script on the connection.
+func dialingFakePeer(t *testing.T, target netip.AddrPort, script func(*fakePeer, net.Conn) error) *fakePeer {
+	t.Helper()
+	g := newFakePeer(t)
+	g.wg.Add(1)
+	go func() {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(g.addr, 0)), Timeout: waitTimeout}
+		c, err := d.Dial("tcp", target.String())
+		if err != nil {
+			g.wg.Done()
+			t.Errorf("fake peer %v: dial %v: %v", g.addr, target, err)
+			return
+		}
+		g.serve(t, c, script)
+	}()
+	return g
+}
+
+// unknownTypeMsg is a well-formed BGP header (all-ones marker, length 19)
+// of message type 9, which no RFC defines.
+var unknownTypeMsg = append(slices.Clone(bgpMarker), 0, 19, 9)
+
+// sendUnknownType writes unknownTypeMsg and counts it.
+func (g *fakePeer) sendUnknownType(c net.Conn) error {
+	if err := writeRaw(c, unknownTypeMsg); err != nil {
+		return err
+	}
+	g.sent.Add(1)
+	return nil
+}
+
+func writeRaw(c net.Conn, msgs ...[]byte) error {
+	for _, m := range msgs {
+		if _, err := c.Write(m); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+	}
+	return nil
+}
+
+// readMsg reads one BGP message and returns its type.
+func readMsg(c net.Conn) (uint8, error) {
+	c.SetReadDeadline(time.Now().Add(waitTimeout))
+	hdr := make([]byte, bgppkt.BGP_HEADER_LENGTH)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		return 0, fmt.Errorf("read header: %w", err)
+	}
+	n := int(hdr[16])<<8 | int(hdr[17])
+	if n < bgppkt.BGP_HEADER_LENGTH {
+		return 0, fmt.Errorf("message length %d", n)
+	}
+	if _, err := io.CopyN(io.Discard, c, int64(n-bgppkt.BGP_HEADER_LENGTH)); err != nil {
+		return 0, fmt.Errorf("read body: %w", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	return hdr[18], nil
+}
+
+// expectMsg reads messages until one of type typ arrives.
+func expectMsg(c net.Conn, typ uint8) error {
+	for {
+		got, err := readMsg(c)
+		if err != nil {
+			return fmt.Errorf("waiting for message type %d: %w", typ, err)
+		}
+		if got == typ {
+			return nil
+		}
+	}
+}
+
+// openMsg is an OPEN from AS asn (2-octet) with router ID id and a 90 s hold
+// time (so the fake peer need not send KEEPALIVEs during a test).
+func openMsg(t *testing.T, asn uint16, id netip.Addr) []byte {
+	t.Helper()
+	m, err := bgppkt.NewBGPOpenMessage(asn, 90, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func keepaliveMsg(t *testing.T) []byte {
+	t.Helper()
+	b, err := bgppkt.NewBGPKeepAliveMessage().Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

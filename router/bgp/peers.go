@@ -8,7 +8,7 @@ import (
 	"slices"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
+	api "github.com/osrg/gobgp/v4/api"
 )
 
 // SetPeers makes the speaker's peers exactly peers: new addresses are added,

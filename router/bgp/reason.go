@@ -3,19 +3,16 @@ package bgp
 // This file turns what GoBGP tells us about a failing peer (log records,
 // NOTIFICATION codes, dial errors) into the short reason shown in
 // PeerStatus.Info. The functions are pure so the mapping can be unit-tested
-// with the error values GoBGP really produces.
+// with the records GoBGP really produces.
 
 import (
-	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"os"
-	"reflect"
 	"strings"
 	"syscall"
 
-	"github.com/osrg/gobgp/v3/pkg/log"
-	bgppkt "github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // reasonInput is what the mapping needs to know about the peer.
@@ -25,52 +22,70 @@ type reasonInput struct {
 	LocalASN    uint32 // AS we announce to this peer
 }
 
-// GoBGP v3.37.0 log messages that carry a peer's failure reason. They are
+// GoBGP v4.8.0 log messages that carry a peer's failure reason. They are
 // matched exactly; a GoBGP upgrade that rewords them makes the reasons fall
 // back to the bare FSM state, which TestReasonFromLog would catch only for
-// the messages it knows, so re-read fsm.go on upgrade.
+// the messages it knows, so re-read pkg/server/fsm.go on upgrade.
 const (
-	logFailedToConnect  = "failed to connect"     // Debug; field "Error" (error)
-	logSentNotification = "sent notification"     // Warn; "Code"/"Subcode" (uint8) or "Data" (*bgp.MessageError)
-	logRecvNotification = "received notification" // Warn; "Code", "Subcode", optional "Communicated-Reason"
+	logFailedToConnect  = "failed to connect"     // Debug; "Error" (string: the dial error's text)
+	logSentNotification = "sent notification"     // Info; "Code", "Subcode" (int)
+	logRecvNotification = "received notification" // Info; "Code", "Subcode", optional "Communicated-Reason"
 	logHoldTimerExpired = "hold timer expired"    // Warn
 	logPeerDown         = "Peer Down"             // Info; "Reason" (fsmStateReason.String())
-	logStateChanged     = "state changed"         // Debug; "old", "new" (FSMState.String()), "reason" (*fsmStateReason)
+	logStateChanged     = "state changed"         // Debug; "old", "new" (FSMState.String()), "reason" (fsmStateReason.String())
 )
+
+// logFields is one GoBGP log record's attributes by name, with the names of
+// groups joined by dots.
+type logFields map[string]slog.Value
+
+func (f logFields) str(name string) (string, bool) {
+	v, ok := f[name]
+	if !ok || v.Kind() != slog.KindString {
+		return "", false
+	}
+	return v.String(), true
+}
+
+// code reads a NOTIFICATION code or subcode, which GoBGP logs as an int.
+func (f logFields) code(name string) (uint8, bool) {
+	v, ok := f[name]
+	if !ok || v.Kind() != slog.KindInt64 || v.Int64() < 0 || v.Int64() > 255 {
+		return 0, false
+	}
+	return uint8(v.Int64()), true
+}
 
 // reasonFromLog maps one GoBGP log record about a peer to a short human
 // reason, or "" when the record says nothing new about why the session is
 // not up (the caller then keeps the previous reason).
-func reasonFromLog(msg string, f log.Fields, in reasonInput) string {
+func reasonFromLog(msg string, f logFields, in reasonInput) string {
 	switch msg {
 	case logFailedToConnect:
-		err, _ := f["Error"].(error)
-		if err == nil {
+		text, ok := f.str("Error")
+		if !ok || text == "" {
 			return ""
 		}
-		return dialReason(err, in.HasPassword)
+		return dialReason(text, in.HasPassword)
 	case logSentNotification:
-		if me, ok := f["Data"].(*bgppkt.MessageError); ok {
-			return sentNotificationReason(me.TypeCode, me.SubTypeCode, me.Message, in)
-		}
-		code, ok1 := f["Code"].(uint8)
-		sub, ok2 := f["Subcode"].(uint8)
+		code, ok1 := f.code("Code")
+		sub, ok2 := f.code("Subcode")
 		if !ok1 || !ok2 {
 			return ""
 		}
-		return sentNotificationReason(code, sub, "", in)
+		return sentNotificationReason(code, sub, in)
 	case logRecvNotification:
-		code, ok1 := f["Code"].(uint8)
-		sub, ok2 := f["Subcode"].(uint8)
+		code, ok1 := f.code("Code")
+		sub, ok2 := f.code("Subcode")
 		if !ok1 || !ok2 {
 			return ""
 		}
-		comm, _ := f["Communicated-Reason"].(string)
+		comm, _ := f.str("Communicated-Reason")
 		return receivedNotificationReason(code, sub, comm, in)
 	case logHoldTimerExpired:
 		return "Hold timer expired"
 	case logPeerDown:
-		r, _ := f["Reason"].(string)
+		r, _ := f.str("Reason")
 		return peerDownReason(r)
 	case logStateChanged:
 		return rejectedOpenReason(f, in)
@@ -78,55 +93,48 @@ func reasonFromLog(msg string, f log.Fields, in reasonInput) string {
 	return ""
 }
 
-// rejectedOpenReason covers a gap in GoBGP v3's logging: a NOTIFICATION
+// rejectedOpenReason covers a gap in GoBGP's logging: a NOTIFICATION
 // received before the session is Established (typically the peer refusing
-// our OPEN because of the AS number) is never logged. The FSM only drops
-// from OpenSent/OpenConfirm to Idle with reason "invalid-msg" and no
-// notification of its own attached (when we send one, fsmStateReason carries
-// it, and "sent notification" has already said why).
-func rejectedOpenReason(f log.Fields, in reasonInput) string {
-	from, _ := f["old"].(string)
-	to, _ := f["new"].(string)
-	if to != "BGP_FSM_IDLE" || (from != "BGP_FSM_OPENSENT" && from != "BGP_FSM_OPENCONFIRM") {
-		return ""
-	}
-	r, ok := f["reason"].(fmt.Stringer)
-	if !ok || r.String() != "invalid-msg" || stateReasonHasNotification(f["reason"]) {
+// our OPEN because of the AS number, after it sent its own OPEN) is never
+// logged. The FSM only drops from OpenConfirm to Idle with reason
+// "invalid-msg". GoBGP gives the same reason when it found a malformed
+// message there, but then it logged "sent notification" first, and the
+// observer keeps that more precise reason.
+func rejectedOpenReason(f logFields, in reasonInput) string {
+	from, _ := f.str("old")
+	to, _ := f.str("new")
+	r, _ := f.str("reason")
+	if from != "BGP_FSM_OPENCONFIRM" || to != "BGP_FSM_IDLE" || r != "invalid-msg" {
 		return ""
 	}
 	return fmt.Sprintf("Peer rejected our OPEN (AS mismatch? we announce AS %d)", in.LocalASN)
 }
 
-// stateReasonHasNotification reports whether GoBGP's unexported
-// fsmStateReason has its exported BGPNotification field set. Reflection is
-// the only way in from outside GoBGP's package; an unknown shape reads as
-// "has one", so the caller stays quiet rather than guess.
-func stateReasonHasNotification(v any) bool {
-	rv := reflect.ValueOf(v)
-	if rv.Kind() == reflect.Pointer {
-		if rv.IsNil() {
-			return true
-		}
-		rv = rv.Elem()
-	}
-	if rv.Kind() != reflect.Struct {
-		return true
-	}
-	n := rv.FieldByName("BGPNotification")
-	if !n.IsValid() || n.Kind() != reflect.Pointer {
-		return true
-	}
-	return !n.IsNil()
+// Dial errors reach us as text ("dial tcp 10.0.0.1:0->10.0.0.2:179: connect:
+// connection refused"); GoBGP v4 logs err.Error(), not the error. The last
+// ": "-separated part is the system's message, compared with the messages of
+// the errors we explain.
+var dialReasons = []struct {
+	err    error
+	reason string
+}{
+	{syscall.ECONNREFUSED, "Connection refused"},
+	{syscall.EHOSTUNREACH, "No route to host"},
+	{syscall.ENETUNREACH, "Network is unreachable"},
+	{syscall.EADDRNOTAVAIL, "Local address not available"},
+	// Go ≥1.24 may use MPTCP, which rejects TCP_MD5SIG; go.mod sets
+	// godebug multipathtcp=0 so that it does not.
+	{syscall.ENOPROTOOPT, "Cannot set TCP MD5 on the socket (protocol not available; is GODEBUG multipathtcp=0 set?)"},
 }
 
-// dialReason explains a failed outgoing TCP connection.
-func dialReason(err error, hasPassword bool) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "Connection refused"
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT),
-		errors.As(err, &ne) && ne.Timeout():
+// dialReason explains a failed outgoing TCP connection from the error's
+// text.
+func dialReason(text string, hasPassword bool) string {
+	last := text
+	if i := strings.LastIndex(text, ": "); i >= 0 {
+		last = text[i+2:]
+	}
+	if last == os.ErrDeadlineExceeded.Error() || last == syscall.ETIMEDOUT.Error() {
 		// With TCP MD5 (RFC 2385) the kernel silently drops a SYN whose
 		// signature is wrong, missing or unexpected, so a password problem
 		// looks exactly like a dead peer: no answer at all.
@@ -134,41 +142,22 @@ func dialReason(err error, hasPassword bool) string {
 			return "TCP MD5 password mismatch or missing (no answer to SYN)"
 		}
 		return "Connection timed out (peer down or filtered, or it expects a TCP MD5 password)"
-	case errors.Is(err, syscall.EHOSTUNREACH):
-		return "No route to host"
-	case errors.Is(err, syscall.ENETUNREACH):
-		return "Network is unreachable"
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return "Local address not available"
-	case errors.Is(err, syscall.ENOPROTOOPT):
-		// Go ≥1.24 listens/dials with MPTCP, which rejects TCP_MD5SIG:
-		// go.mod sets godebug multipathtcp=0 for that reason.
-		return "Cannot set TCP MD5 on the socket (protocol not available; is GODEBUG multipathtcp=0 set?)"
 	}
-	// Keep the innermost text: "dial tcp 1.2.3.4:0->5.6.7.8:179: connect: x"
-	// becomes "x".
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			break
+	for _, d := range dialReasons {
+		if last == d.err.Error() {
+			return d.reason
 		}
-		err = u
 	}
-	return "Connect failed: " + err.Error()
+	return "Connect failed: " + last
 }
 
 // sentNotificationReason explains a NOTIFICATION we sent: we found the error.
-// text is GoBGP's MessageError.Message when known.
-func sentNotificationReason(code, sub uint8, text string, in reasonInput) string {
+func sentNotificationReason(code, sub uint8, in reasonInput) string {
 	switch code {
 	case bgppkt.BGP_ERROR_OPEN_MESSAGE_ERROR:
 		switch sub {
 		case bgppkt.BGP_ERROR_SUB_BAD_PEER_AS:
-			var want, got uint32
-			// GoBGP's text: "as number mismatch expected %d, received %d".
-			if _, err := fmt.Sscanf(text, "as number mismatch expected %d, received %d", &want, &got); err == nil {
-				return fmt.Sprintf("AS mismatch: peer says %d, configured %d", got, want)
-			}
+			// GoBGP v4 logs neither the AS the peer announced nor its OPEN.
 			return fmt.Sprintf("AS mismatch: peer's AS is not the configured %d", in.PeerASN)
 		case bgppkt.BGP_ERROR_SUB_BAD_BGP_IDENTIFIER:
 			return "Bad BGP identifier from peer (0.0.0.0, or the same router ID as ours)"
@@ -182,6 +171,13 @@ func sentNotificationReason(code, sub uint8, text string, in reasonInput) string
 		// We sent Cease because we are deconfiguring, resetting or shutting
 		// down the peer, or resolving a connection collision: not a failure.
 		return ""
+	case bgppkt.BGP_ERROR_FSM_ERROR:
+		if sub == bgppkt.BGP_ERROR_SUB_RECEIVE_UNEXPECTED_MESSAGE_IN_OPENSENT_STATE {
+			// GoBGP answers anything but an OPEN in OpenSent with this,
+			// including a NOTIFICATION refusing our OPEN sent before the
+			// peer's own OPEN (see rejectedOpenReason for the usual order).
+			return fmt.Sprintf("Peer rejected our OPEN (AS mismatch? we announce AS %d)", in.LocalASN)
+		}
 	case bgppkt.BGP_ERROR_MESSAGE_HEADER_ERROR, bgppkt.BGP_ERROR_UPDATE_MESSAGE_ERROR:
 		return "Malformed message from peer: " + notificationName(code, sub)
 	}

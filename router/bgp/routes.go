@@ -8,8 +8,10 @@ import (
 	"slices"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"google.golang.org/protobuf/types/known/anypb"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // Advertise makes the set of prefixes this node originates exactly
@@ -21,7 +23,10 @@ import (
 // locally originated path even towards eBGP peers (it rewrites only learned
 // paths to the session's local address), so a top-of-rack router sees the
 // node address.
-func (s *Speaker) Advertise(ctx context.Context, prefixes []netip.Prefix, nextHop netip.Addr) error {
+//
+// ctx is accepted for symmetry with SetPeers; GoBGP v4's path calls take
+// none, and they only wait for GoBGP's own loop.
+func (s *Speaker) Advertise(_ context.Context, prefixes []netip.Prefix, nextHop netip.Addr) error {
 	if !nextHop.IsValid() {
 		nextHop = s.cfg.RouterID
 	}
@@ -47,11 +52,10 @@ func (s *Speaker) Advertise(ctx context.Context, prefixes []netip.Prefix, nextHo
 		if _, ok := want[p]; ok {
 			continue
 		}
-		err := s.srv.DeletePath(ctx, &api.DeletePathRequest{
-			TableType: api.TableType_GLOBAL,
-			Family:    v4Unicast,
-			Path:      originPath(p, s.adverts[p]),
-		})
+		path, err := originPath(p, s.adverts[p])
+		if err == nil {
+			err = s.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{path}})
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("bgp: withdraw %v: %w", p, err))
 			continue
@@ -64,10 +68,10 @@ func (s *Speaker) Advertise(ctx context.Context, prefixes []netip.Prefix, nextHo
 		}
 		// Announcing a prefix we already originate replaces our old path
 		// (implicit withdraw), so a next-hop change needs no DeletePath.
-		_, err := s.srv.AddPath(ctx, &api.AddPathRequest{
-			TableType: api.TableType_GLOBAL,
-			Path:      originPath(p, want[p]),
-		})
+		path, err := originPath(p, want[p])
+		if err == nil {
+			err = addPath(s.srv, path)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("bgp: announce %v via %v: %w", p, want[p], err))
 			continue
@@ -78,14 +82,40 @@ func (s *Speaker) Advertise(ctx context.Context, prefixes []netip.Prefix, nextHo
 }
 
 // originPath builds a locally originated IPv4 unicast path (ORIGIN IGP, as
-// BIRD's static blackhole routes in Calico).
-func originPath(p netip.Prefix, nextHop netip.Addr) *api.Path {
-	// anypb.New only fails on a message that cannot be marshalled; these
-	// are plain generated messages.
-	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
-	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0})
-	nh, _ := anypb.New(&api.NextHopAttribute{NextHop: nextHop.String()})
-	return &api.Path{Family: v4Unicast, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
+// BIRD's static blackhole routes in Calico). PeerASN stays 0: GoBGP takes
+// such a path as our own.
+func originPath(p netip.Prefix, nextHop netip.Addr) (*apiutil.Path, error) {
+	nlri, err := bgppkt.NewIPAddrPrefix(p)
+	if err != nil {
+		return nil, err
+	}
+	nh, err := bgppkt.NewPathAttributeNextHop(nextHop)
+	if err != nil {
+		return nil, err
+	}
+	return &apiutil.Path{
+		Family: bgppkt.RF_IPv4_UC,
+		Nlri:   nlri,
+		// GoBGP takes the path's timestamp from Age; left 0, the path
+		// would date from 1970.
+		Age:   time.Now().Unix(),
+		Attrs: []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP), nh},
+	}, nil
+}
+
+// addPath adds one path. GoBGP reports a per-path failure both in the
+// returned error and in the response list; either is enough.
+func addPath(srv *server.BgpServer, p *apiutil.Path) error {
+	resps, err := srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{p}})
+	if err != nil {
+		return err
+	}
+	for _, r := range resps {
+		if r.Error != nil {
+			return r.Error
+		}
+	}
+	return nil
 }
 
 // routineRoutes rebuilds the learned route set whenever GoBGP reports a
@@ -119,7 +149,7 @@ func (s *Speaker) routineRoutes() {
 			return
 		case <-timer.C:
 		}
-		paths, err := s.learnedPaths(context.Background())
+		paths, err := s.learnedPaths()
 		if err != nil {
 			s.log.Warn("list learned paths", "err", err)
 			continue
@@ -135,16 +165,16 @@ func (s *Speaker) routineRoutes() {
 
 // learnedPaths lists the best path of every prefix in the global RIB that
 // was learned from a peer, sorted by prefix. Locally originated paths have
-// no neighbor address and are skipped.
-func (s *Speaker) learnedPaths(ctx context.Context) ([]Path, error) {
+// no peer address and are skipped.
+func (s *Speaker) learnedPaths() ([]Path, error) {
 	var out []Path
-	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: v4Unicast},
-		func(d *api.Destination) {
-			for _, p := range d.GetPaths() {
-				if !p.GetBest() || p.GetIsWithdraw() {
+	err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgppkt.RF_IPv4_UC},
+		func(_ bgppkt.NLRI, paths []*apiutil.Path) {
+			for _, p := range paths {
+				if !p.Best || p.Withdrawal {
 					continue
 				}
-				if lp, ok := pathFromAPI(d.GetPrefix(), p); ok {
+				if lp, ok := pathFromAPI(p); ok {
 					out = append(out, lp)
 				}
 			}
@@ -156,40 +186,32 @@ func (s *Speaker) learnedPaths(ctx context.Context) ([]Path, error) {
 	return out, nil
 }
 
-// pathFromAPI converts a GoBGP path; ok is false for local or unparsable
+// pathFromAPI converts a GoBGP path; ok is false for local or unusable
 // paths.
-func pathFromAPI(prefix string, p *api.Path) (Path, bool) {
-	pfx, err := netip.ParsePrefix(prefix)
-	if err != nil || !pfx.Addr().Is4() {
+func pathFromAPI(p *apiutil.Path) (Path, bool) {
+	nlri, ok := p.Nlri.(*bgppkt.IPAddrPrefix)
+	if !ok || !nlri.Prefix.Addr().Is4() {
 		return Path{}, false
 	}
-	peer, err := netip.ParseAddr(p.GetNeighborIp())
-	if err != nil || peer.IsUnspecified() {
-		return Path{}, false // originated by us: GoBGP prints its nil source address as "<nil>"
+	peer := p.PeerAddress
+	if !peer.IsValid() || peer.IsUnspecified() {
+		return Path{}, false // originated by us
 	}
-	out := Path{Prefix: pfx, Peer: peer.Unmap(), Origin: "Incomplete"}
-	for _, a := range p.GetPattrs() {
-		m, err := a.UnmarshalNew()
-		if err != nil {
-			continue
-		}
-		switch v := m.(type) {
-		case *api.NextHopAttribute:
-			if nh, err := netip.ParseAddr(v.GetNextHop()); err == nil {
-				out.NextHop = nh.Unmap()
+	out := Path{Prefix: nlri.Prefix, Peer: peer.Unmap(), Origin: "Incomplete"}
+	for _, a := range p.Attrs {
+		switch v := a.(type) {
+		case *bgppkt.PathAttributeNextHop:
+			out.NextHop = v.Value.Unmap()
+		case *bgppkt.PathAttributeMpReachNLRI:
+			if !out.NextHop.IsValid() && v.Nexthop.IsValid() {
+				out.NextHop = v.Nexthop.Unmap()
 			}
-		case *api.MpReachNLRIAttribute:
-			if nhs := v.GetNextHops(); len(nhs) > 0 && !out.NextHop.IsValid() {
-				if nh, err := netip.ParseAddr(nhs[0]); err == nil {
-					out.NextHop = nh.Unmap()
-				}
+		case *bgppkt.PathAttributeAsPath:
+			for _, seg := range v.Value {
+				out.ASPath = append(out.ASPath, seg.GetAS()...)
 			}
-		case *api.AsPathAttribute:
-			for _, seg := range v.GetSegments() {
-				out.ASPath = append(out.ASPath, seg.GetNumbers()...)
-			}
-		case *api.OriginAttribute:
-			out.Origin = originName(v.GetOrigin())
+		case *bgppkt.PathAttributeOrigin:
+			out.Origin = originName(v.Value)
 		}
 	}
 	if !out.NextHop.IsValid() {
@@ -199,7 +221,7 @@ func pathFromAPI(prefix string, p *api.Path) (Path, bool) {
 }
 
 // originName follows BIRD's spelling of the ORIGIN attribute (RFC 4271 §5.1.1).
-func originName(o uint32) string {
+func originName(o uint8) string {
 	switch o {
 	case 0:
 		return "IGP"

@@ -6,20 +6,20 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 const podnetASN = 64512
 
 // The tests that run speakers in this process are deliberately not parallel:
-// GoBGP v3's StartBgp writes package-level variables (table.SelectionOptions,
+// GoBGP's StartBgp writes package-level variables (table.SelectionOptions,
 // table.UseMultiplePaths) that every server's goroutines read, so speakers of
 // concurrent tests race (see the package comment). Within one test the
 // calls into each speaker order those accesses.
@@ -167,11 +167,11 @@ func TestASMismatch(t *testing.T) {
 	a.setPeers(t, pc)
 	c.setPeers(t, c.peerOf(a))
 	row := a.waitPeer(t, c.addr, "AS mismatch", func(p PeerStatus) bool { return strings.HasPrefix(p.Info, "AS mismatch") })
-	if want := "AS mismatch: peer says 65001, configured 65002"; row.Info != want {
+	if want := "AS mismatch: peer's AS is not the configured 65002"; row.Info != want {
 		t.Errorf("A's Info: got %q, want %q", row.Info, want)
 	}
-	// GoBGP v3 does not log a NOTIFICATION received before Established, so
-	// C can only say that A rejected its OPEN.
+	// GoBGP does not log a NOTIFICATION received before Established, so C
+	// can only say that A rejected its OPEN.
 	row = c.waitPeer(t, a.addr, "rejected OPEN", func(p PeerStatus) bool { return strings.HasPrefix(p.Info, "Peer rejected our OPEN") })
 	if want := "Peer rejected our OPEN (AS mismatch? we announce AS 65001)"; row.Info != want {
 		t.Errorf("C's Info: got %q, want %q", row.Info, want)
@@ -374,19 +374,7 @@ func TestCloseIdempotentNoLeak(t *testing.T) {
 		}
 	}()
 
-	// GoBGP's watcher and channel goroutines end asynchronously once the
-	// watch context is cancelled; give them a moment.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l := leaked(before)
-		if len(l) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines left after Close:\n%s", len(l), strings.Join(l, "\n\n"))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitNoLeak(t, before)
 }
 
 func TestConfigValidation(t *testing.T) {
@@ -453,33 +441,131 @@ func TestSetPeersValidation(t *testing.T) {
 	}
 }
 
-// GoBGP v3.37.0 dereferences a nil message when a peer sends a header with an
-// unknown message type, and the whole process dies (osrg/gobgp#3325, fixed
-// on the v4 line by #3327; there is no v3 release with the fix). This test
-// runs that scenario in a child process and expects the crash, so that it
-// fails, and this note gets revisited, once the dependency is fixed.
-func TestGoBGPv3CrashesOnUnknownMessageType(t *testing.T) {
-	if os.Getenv("PODNET_BGP_CRASH_CHILD") == "1" {
-		nextAddr.Store(60000) // stay clear of the parent's addresses
-		b := newNode(t, podnetASN, nil)
-		g, port := garbagePeer(t, append(slices.Clone(bgpMarker), 0, 19, 9))
-		b.setPeers(t, Peer{Address: g, Port: port, ASN: podnetASN})
-		// Either the process dies, or this wait ends and the child passes.
-		b.waitPeer(t, g, "a malformed-message reason", func(p PeerStatus) bool {
-			return strings.HasPrefix(p.Info, "Malformed message from peer")
+// G misbehaves by sending a BGP header of unknown message type 9, the
+// message that made GoBGP v3.37.0 dereference nil and kill the process
+// (osrg/gobgp#3325). B must survive it in every session state: it answers
+// with a NOTIFICATION, shows why in G's row, and its session with A neither
+// flaps nor loses A's routes. (Under v3 the first case killed the test
+// binary.)
+//
+//	A ---- B ---- G (AS 64512, misbehaving)
+func TestMisbehavingPeer(t *testing.T) {
+	const wantInfo = "Malformed message from peer: message header error: bad message type"
+	tests := []struct {
+		name string
+		// start starts G against B. gUp is closed once B reports G
+		// Established (only when needsUp). passive means B must not dial G.
+		start   func(t *testing.T, b *node, gUp <-chan struct{}) *fakePeer
+		needsUp bool
+		passive bool
+	}{
+		{name: "answers our OPEN with type 9", start: func(t *testing.T, b *node, _ <-chan struct{}) *fakePeer {
+			return listeningFakePeer(t, func(g *fakePeer, c net.Conn) error {
+				if err := expectMsg(c, bgppkt.BGP_MSG_OPEN); err != nil {
+					return err
+				}
+				return g.sendUnknownType(c)
+			})
+		}},
+		{name: "sends type 9 once Established", needsUp: true, start: func(t *testing.T, b *node, gUp <-chan struct{}) *fakePeer {
+			return listeningFakePeer(t, func(g *fakePeer, c net.Conn) error {
+				if err := expectMsg(c, bgppkt.BGP_MSG_OPEN); err != nil {
+					return err
+				}
+				if err := writeRaw(c, openMsg(t, podnetASN, g.addr), keepaliveMsg(t)); err != nil {
+					return err
+				}
+				if err := expectMsg(c, bgppkt.BGP_MSG_KEEPALIVE); err != nil {
+					return err
+				}
+				select {
+				case <-gUp:
+				case <-g.done:
+					return nil // the test failed waiting for Established
+				}
+				return g.sendUnknownType(c)
+			})
+		}},
+		{name: "dials in with type 9 instead of OPEN", passive: true, start: func(t *testing.T, b *node, _ <-chan struct{}) *fakePeer {
+			return dialingFakePeer(t, netip.AddrPortFrom(b.addr, uint16(b.port)), func(g *fakePeer, c net.Conn) error {
+				return g.sendUnknownType(c)
+			})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newNode(t, podnetASN, nil)
+			b := newNode(t, podnetASN, nil)
+			a.setPeers(t, a.peerOf(b))
+			b.setPeers(t, b.peerOf(a))
+			a.advertise(t, a.addr, "10.244.9.0/26")
+			before := b.waitEstablished(t, a)
+			aBefore := a.waitEstablished(t, b)
+			b.routes.wait(t, "A's block", func(ps []Path) bool { return len(ps) == 1 })
+			_, calls := b.routes.snapshot()
+
+			gUp := make(chan struct{})
+			g := tt.start(t, b, gUp)
+			// Port 0 (179) for the dialling G: B is passive and never uses it.
+			b.setPeers(t, b.peerOf(a), Peer{Address: g.addr, Port: g.port, ASN: podnetASN, Type: "global", Passive: tt.passive})
+			if tt.needsUp {
+				b.waitPeer(t, g.addr, "G Established", established)
+				close(gUp)
+			}
+
+			row := b.waitPeer(t, g.addr, "malformed message reason", func(p PeerStatus) bool { return p.Info == wantInfo })
+			if row.State == "Established" || row.Type != "global" {
+				t.Errorf("B's row for G: got %+v, want a global peer that is not Established", row)
+			}
+			if g.sent.Load() == 0 {
+				t.Errorf("G never sent its message, yet B reports %q", row.Info)
+			}
+			t.Logf("B's row for G: %+v", row)
+
+			if p, _ := b.peerStatus(t, a.addr); !established(p) || !p.Since.Equal(before.Since) {
+				t.Errorf("B's session with A after G: got %+v, want Established since %v (no flap)", p, before.Since)
+			}
+			if p, _ := a.peerStatus(t, b.addr); !established(p) || !p.Since.Equal(aBefore.Since) {
+				t.Errorf("A's session with B after G: got %+v, want Established since %v (no flap)", p, aBefore.Since)
+			}
+			if cur, n := b.routes.snapshot(); len(cur) != 1 || n != calls {
+				t.Errorf("B's routes after G: got %s after %d more OnRoutes calls, want A's block and none", prefixesOf(cur), n-calls)
+			}
 		})
-		return
 	}
-	t.Parallel()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestGoBGPv3CrashesOnUnknownMessageType$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "PODNET_BGP_CRASH_CHILD=1")
-	out, err := cmd.CombinedOutput()
+}
+
+// New fails when one of its listen addresses is taken, and leaves nothing
+// behind: the listener it had already opened is closed and no GoBGP
+// goroutine is left running.
+func TestNewFailureLeavesNothing(t *testing.T) {
+	before := goroutines()
+	x, y := newAddr(t), newAddr(t)
+	port := freePort(t, x)
+	taken, err := net.Listen("tcp", netip.AddrPortFrom(y, uint16(port)).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+
+	s, err := New(context.Background(), Config{
+		RouterID: x, ASN: podnetASN, ListenPort: port, ListenAddrs: []netip.Addr{x, y},
+		Logger: testLogger(t), OnRoutes: func([]Path) {},
+	})
 	if err == nil {
-		t.Fatalf("GoBGP survived an unknown message type: the dependency is fixed; update this test and the package docs.\n%s", out)
+		s.Close()
+		t.Fatalf("New with %v:%d taken: got no error", y, port)
 	}
-	if !strings.Contains(string(out), "handlingError") {
-		t.Fatalf("child failed for another reason: %v\n%s", err, out)
+	if !strings.Contains(err.Error(), "start speaker") {
+		t.Errorf("got %v, want it to name the start", err)
 	}
+	l, err := net.Listen("tcp", netip.AddrPortFrom(x, uint16(port)).String())
+	if err != nil {
+		t.Errorf("%v:%d still taken after New failed: %v", x, port, err)
+	} else {
+		l.Close()
+	}
+	waitNoLeak(t, before)
 }
 
 // freezer is a TCP relay that can stop delivering bytes while keeping both
