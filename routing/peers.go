@@ -43,7 +43,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 			if p, ok := NodeAddr(o); ok {
 				// Only the lower address of each pair dials: two speakers
 				// dialling each other after a restart collide and back off
-				// (gobgp v3 stays Idle 5 s after a Cease), which can delay
+				// (gobgp stays Idle 5 s after a Cease), which can delay
 				// a mesh session by tens of seconds.
 				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerMesh,
 					Passive: myAddr.Compare(p.Addr()) > 0}
