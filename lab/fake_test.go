@@ -153,6 +153,7 @@ func fakeDaemon(args []string) error {
 	stateDir := fs.String("state-dir", "", "")
 	sock := fs.String("socket", "", "")
 	ds := fs.String("datastore", "", "")
+	netnsPrefix := fs.String("pod-netns-prefix", "", "")
 	fail := fs.Bool("fake-fail", false, "")
 	fs.Bool("fake-flag", false, "")
 	ipip := fs.String("default-ipv4-pool-ipip", "", "")
@@ -163,6 +164,10 @@ func fakeDaemon(args []string) error {
 	fmt.Printf("fake daemon: node=%s underlay=%s state-dir=%s datastore=%s args=%q\n", *node, *underlay, *stateDir, *ds, args)
 	if *fail {
 		return fmt.Errorf("daemon failing on purpose")
+	}
+	// The lab names hand-made pods' namespaces after itself and the node.
+	if want := filepath.Base(filepath.Dir(filepath.Dir(*stateDir))) + "-" + *node + "-"; *netnsPrefix != want {
+		return fmt.Errorf("--pod-netns-prefix %q, want %q", *netnsPrefix, want)
 	}
 	switch *ipip {
 	case "Always", "CrossSubnet", "Never":
