@@ -182,7 +182,9 @@ func (l *Lab) dropForeignPods(st state) error {
 		if st.Binary == "" || !n.Daemon.running() {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Generous: under the race detector on a busy machine a CLI start
+		// and an API call can take seconds.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		env := []string{"PODNET_SOCKET=" + n.Socket}
 		out, err := l.r.runEnv(ctx, env, "ip", "netns", "exec", n.Netns, st.Binary, "pod", "list", "-o", "json")
 		var pods []struct {

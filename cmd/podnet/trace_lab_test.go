@@ -2,13 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"podnet/lab"
 	"podnet/lab/labtest"
@@ -63,18 +63,28 @@ func TestLabTraceAndCapture(t *testing.T) {
 
 	// Capture while pinging: the underlay shows VXLAN around the pods'
 	// ICMP; a pcap of the tunnel's inner packets opens in tshark.
-	ping := func() {
-		time.Sleep(500 * time.Millisecond)
-		l.Output(t.Context(), "test-1", "ping", "-c", "3", "-i", "0.2", ip2.String())
+	// Pings go on until the capture has what it needs: on a busy machine
+	// the capture can take a while to start.
+	ping := func() (stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			l.Output(ctx, "test-1", "ping", "-c", "100", "-i", "0.2", ip2.String())
+		}()
+		return func() { cancel(); <-done }
 	}
-	go ping()
-	out, err := run("lab", "exec", "worker1", "--", bin, "capture", "underlay", "-c", "2", "--seconds", "10", "host", ip2.String())
+	stop := ping()
+	out, err := run("lab", "exec", "worker1", "--", bin, "capture", "underlay", "-c", "2", "--seconds", "20", "host", ip2.String())
+	stop()
 	if err != nil || strings.Count(out, "VXLAN vni 4096 | ") != 2 || !strings.Contains(out, "> "+ip2.String()) {
 		t.Errorf("capture underlay: %v\n%s\nwant 2 VXLAN lines with the pod packets inside", err, out)
 	}
 	file := filepath.Join(t.TempDir(), "vxlan.pcap")
-	go ping()
-	if out, err := run("lab", "exec", "worker1", "--", bin, "capture", "vxlan", "-c", "2", "--seconds", "10", "-w", file); err != nil {
+	stop = ping()
+	out, err = run("lab", "exec", "worker1", "--", bin, "capture", "vxlan", "-c", "2", "--seconds", "20", "-w", file)
+	stop()
+	if err != nil {
 		t.Fatalf("capture -w: %v\n%s", err, out)
 	}
 	var stderr bytes.Buffer
