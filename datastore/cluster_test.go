@@ -197,7 +197,9 @@ func TestClusterTLSFailover(t *testing.T) {
 	}
 	open := func(eps ...string) *datastore.Store {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
+		// Three members electing a leader over TLS under the race detector
+		// on a busy machine: give them a minute.
+		deadline := time.Now().Add(60 * time.Second)
 		for {
 			s, err := datastore.Open(context.Background(), clientCfg(eps...))
 			if err == nil {
@@ -205,7 +207,7 @@ func TestClusterTLSFailover(t *testing.T) {
 				return s
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("cluster not serving at %v after 30s: %v", eps, err)
+				t.Fatalf("cluster not serving at %v after 60s: %v", eps, err)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
