@@ -23,7 +23,7 @@ FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARP
              ./encap:FuzzDecapVXLAN ./api:FuzzDecode ./ipam:FuzzDecodeBlock \
              ./switch:FuzzForward ./selector:FuzzParse
 
-.PHONY: build deps test unit race fuzz lab lab-down bench lint clean \
+.PHONY: build deps test unit race allocs fuzz lab lab-down bench lint clean \
         install uninstall install-cni uninstall-cni
 
 build:
@@ -52,10 +52,15 @@ deps:
 # The test command of README.md and CI: vet, every test with the race
 # detector (real namespaces, TAPs and daemons; needs root), then each fuzz
 # target for $(FUZZTIME).
-test: deps lint race fuzz
+test: deps lint race allocs fuzz
 
 race:
 	$(GO) test -race -count=1 -timeout 25m ./...
+
+# The zero-allocation tests again without -race: under it sync.Pool drops
+# entries on purpose, so the pooled paths skip their counts there.
+allocs:
+	$(GO) test -count=1 -run 'Allocs' ./switch ./encap ./internal/packet ./nat
 
 unit:
 	$(GO) test -count=1 ./...

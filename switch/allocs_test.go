@@ -56,6 +56,9 @@ func (discardNAT) Handle([]byte) {}
 // TestForwardAllocsInMemory requires 0 allocations per packet on every
 // path, TSO superframes included (segmentation, GRO, lanes), without root.
 func TestForwardAllocsInMemory(t *testing.T) {
+	if raceEnabled {
+		t.Skip("under -race sync.Pool drops entries on purpose; make allocs runs this test without -race")
+	}
 	s := New(Config{})
 	t.Cleanup(func() { s.Close() })
 	src := &fakePod{dev: newFakePodDev("a", true), ip: netip.MustParseAddr("10.0.0.1"), mac: packet.MAC{2, 0, 0, 0, 0, 1}}
