@@ -45,7 +45,8 @@ type FileConfig struct {
 // $PODNET_DATASTORE_ENDPOINTS, else from the configuration file
 // ($PODNET_CONFIG or /etc/podnet/podnet.cfg), else DefaultEndpoint; TLS
 // files from the configuration file. A missing default file is not an
-// error; a missing file named by $PODNET_CONFIG, or a bad one, is.
+// error; a missing file named by $PODNET_CONFIG, or a bad one (unknown
+// fields, an empty endpoint), is. Endpoints are trimmed of blanks.
 func LoadClientConfig() (datastore.Config, error) {
 	var cfg datastore.Config
 	path, explicit := os.LookupEnv(ConfigEnv)
@@ -59,7 +60,13 @@ func LoadClientConfig() (datastore.Config, error) {
 		if err := yaml.UnmarshalStrict(data, &fc); err != nil {
 			return cfg, fmt.Errorf("config file %s: %v", path, err)
 		}
-		cfg.Endpoints = fc.Datastore.Endpoints
+		for i, e := range fc.Datastore.Endpoints {
+			e = strings.TrimSpace(e)
+			if e == "" {
+				return cfg, fmt.Errorf("config file %s: datastore.endpoints[%d]: empty endpoint", path, i)
+			}
+			cfg.Endpoints = append(cfg.Endpoints, e)
+		}
 		cfg.CAFile, cfg.CertFile, cfg.KeyFile = fc.Datastore.CAFile, fc.Datastore.CertFile, fc.Datastore.KeyFile
 	case explicit || !errors.Is(err, fs.ErrNotExist):
 		return cfg, fmt.Errorf("config file: %w", err)
