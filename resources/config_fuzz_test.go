@@ -1,8 +1,6 @@
 package resources
 
 import (
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,8 +8,9 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// FuzzLoadClientConfig loads arbitrary configuration files, with an
-// arbitrary $PODNET_DATASTORE_ENDPOINTS. A file is refused with an error
+// FuzzLoadClientConfig gives LoadClientConfig's parser arbitrary
+// configuration files, with an arbitrary $PODNET_DATASTORE_ENDPOINTS
+// (reading the file and the environment is TestLoadClientConfig's). A file is refused with an error
 // naming it, or gives what a plain reading of it says: TLS files as
 // written, the environment's endpoints if it lists any, else the file's,
 // else the default; never an empty or padded endpoint. (Its invariant
@@ -26,28 +25,9 @@ func FuzzLoadClientConfig(f *testing.F) {
 	f.Add("datastore:\n  endpoints: ['', ' ']\n", "")
 	f.Add("datastore:\n  endpoints: [' unix:///a.sock ']\n", "")
 
-	path := filepath.Join(f.TempDir(), "podnet.cfg")
-	for _, k := range []string{ConfigEnv, EndpointsEnv} {
-		old, had := os.LookupEnv(k)
-		f.Cleanup(func() {
-			if had {
-				os.Setenv(k, old)
-			} else {
-				os.Unsetenv(k)
-			}
-		})
-	}
-	os.Setenv(ConfigEnv, path)
+	const path = "/etc/podnet/podnet.cfg"
 	f.Fuzz(func(t *testing.T, file, env string) {
-		if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		// An environment value cannot hold NUL (setenv refuses it).
-		env = strings.ReplaceAll(env, "\x00", "")
-		if err := os.Setenv(EndpointsEnv, env); err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := LoadClientConfig()
+		cfg, err := clientConfig(path, []byte(file), env)
 		if err != nil {
 			if !strings.Contains(err.Error(), "config file "+path) {
 				t.Fatalf("error does not name the file: %v", err)
