@@ -14,7 +14,7 @@ import (
 // naming it, or gives what a plain reading of it says: TLS files as
 // written, the environment's endpoints if it lists any, else the file's,
 // else the default; never an empty or padded endpoint. (Its invariant
-// found that an empty endpoint in the file was passed on to the dialer.)
+// found that an empty endpoint in the file was accepted as one.)
 func FuzzLoadClientConfig(f *testing.F) {
 	f.Add("datastore:\n  endpoints: [http://10.0.0.1:2379, http://10.0.0.2:2379]\n  caFile: /ca.pem\n", "")
 	f.Add("datastore: {}\n", "unix:///tmp/a.sock, http://x:2379")
