@@ -136,9 +136,6 @@ func (p *IPPool) SetDefaults() {
 	}
 }
 
-var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
-var linkLocal6 = netip.MustParsePrefix("fe80::/10")
-
 // Validate implements Resource with Calico's checks and reason texts
 // (docs/calico.md §1.2). Call SetDefaults first: empty modes are invalid here.
 func (p *IPPool) Validate() error {
@@ -160,14 +157,13 @@ func (p *IPPool) Validate() error {
 	}
 	v6 := cidrOK && pfx.Addr().Is6()
 	if cidrOK {
-		switch {
-		case v6 && pfx.Overlaps(linkLocal6):
-			fe.add(cidrField, s.CIDR, "IPPool CIDR overlaps with IPv6 Link Local range fe80::/10")
-		case !v6 && pfx.Overlaps(linkLocal4):
-			fe.add(cidrField, s.CIDR, "IPPool CIDR overlaps with IPv4 Link Local range 169.254.0.0/16")
-		}
 		if v6 {
+			if pfx.Overlaps(linkLocal6) {
+				fe.add(cidrField, s.CIDR, "IPPool CIDR overlaps with IPv6 Link Local range fe80::/10")
+			}
 			fe.add(cidrField, s.CIDR, "IPv6 pools are not supported yet")
+		} else {
+			checkPoolRangeIPv4(&fe, cidrField, s.CIDR, pfx)
 		}
 	}
 	const bsField = "IPPool.Spec.BlockSize"

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strconv"
 
 	"podnet/api"
@@ -226,6 +228,10 @@ type planner struct {
 	// read on first need.
 	pools []*api.IPPool
 	read  bool
+	// nodes are the stored Nodes, by name, read on first need, with
+	// the ones this request writes in their place.
+	nodes     map[string]*api.Node
+	readNodes bool
 }
 
 func (p *planner) plan(ctx context.Context, v verb, in api.Resource) (step, error) {
@@ -270,6 +276,9 @@ func (p *planner) plan(ctx context.Context, v verb, in api.Resource) (step, erro
 		if err := p.checkOverlap(ctx, r); err != nil {
 			return step{}, err
 		}
+		if err := p.checkUnderlay(ctx, r); err != nil {
+			return step{}, err
+		}
 		s.create = true
 		m.ResourceVersion = ""
 		m.UID = newUID()
@@ -296,6 +305,12 @@ func (p *planner) plan(ctx context.Context, v verb, in api.Resource) (step, erro
 	}
 	if s.value, err = toStored(r); err != nil {
 		return step{}, err
+	}
+	if n, ok := r.(*api.Node); ok {
+		if p.nodes == nil {
+			p.nodes = map[string]*api.Node{}
+		}
+		p.nodes[n.Name] = n
 	}
 	return s, nil
 }
@@ -330,6 +345,62 @@ func (p *planner) checkOverlap(ctx context.Context, r api.Resource) error {
 		}
 	}
 	p.pools = append(p.pools, pool)
+	return nil
+}
+
+// checkUnderlay refuses a new IPPool whose CIDR overlaps a node's
+// underlay subnet (its Node's spec.bgp.ipv4Address, stored or written
+// earlier in the same request): the node would take pod addresses for
+// hosts on its own link, and traffic to those hosts would never be NATed
+// or leave the node. A pool's CIDR cannot change, so a create is the only
+// write that needs the check.
+func (p *planner) checkUnderlay(ctx context.Context, r api.Resource) error {
+	pool, ok := r.(*api.IPPool)
+	if !ok {
+		return nil
+	}
+	cidr, err := pool.Prefix()
+	if err != nil {
+		return nil // Validate has refused it already
+	}
+	if !p.readNodes {
+		rs, _, err := p.c.List(ctx, api.KindNode)
+		if err != nil {
+			return fmt.Errorf("check IPPool %s against the nodes' subnets: %w", pool.Name, err)
+		}
+		if p.nodes == nil {
+			p.nodes = make(map[string]*api.Node, len(rs))
+		}
+		for _, o := range rs {
+			// A Node this request writes replaces the stored one.
+			if name := o.GetObjectMeta().Name; p.nodes[name] == nil {
+				p.nodes[name] = o.(*api.Node)
+			}
+		}
+		p.readNodes = true
+	}
+	names := make([]string, 0, len(p.nodes))
+	for name := range p.nodes {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		n := p.nodes[name]
+		if n.Spec.BGP == nil || n.Spec.BGP.IPv4Address == "" {
+			continue
+		}
+		addr, err := netip.ParsePrefix(n.Spec.BGP.IPv4Address)
+		if err != nil {
+			continue // an invalid Node is not this pool's problem
+		}
+		if subnet := addr.Masked(); subnet.Overlaps(cidr) {
+			return &api.ValidationError{Fields: []api.FieldError{{
+				Field: "IPPool.Spec.CIDR", Value: pool.Spec.CIDR,
+				Reason: fmt.Sprintf("IPPool(%s) CIDR overlaps with the underlay subnet %s of Node(%s) (spec.bgp.ipv4Address %s)",
+					pool.Name, subnet, name, n.Spec.BGP.IPv4Address),
+			}}}
+		}
+	}
 	return nil
 }
 

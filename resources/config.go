@@ -45,26 +45,40 @@ type FileConfig struct {
 // $PODNET_DATASTORE_ENDPOINTS, else from the configuration file
 // ($PODNET_CONFIG or /etc/podnet/podnet.cfg), else DefaultEndpoint; TLS
 // files from the configuration file. A missing default file is not an
-// error; a missing file named by $PODNET_CONFIG, or a bad one, is.
+// error; a missing file named by $PODNET_CONFIG, or a bad one (unknown
+// fields, an empty endpoint), is. Endpoints are trimmed of blanks.
 func LoadClientConfig() (datastore.Config, error) {
-	var cfg datastore.Config
 	path, explicit := os.LookupEnv(ConfigEnv)
 	if !explicit || path == "" {
 		path, explicit = DefaultConfigFile, false
 	}
 	data, err := os.ReadFile(path)
-	switch {
-	case err == nil:
+	if err != nil && (explicit || !errors.Is(err, fs.ErrNotExist)) {
+		return datastore.Config{}, fmt.Errorf("config file: %w", err)
+	}
+	return clientConfig(path, data, os.Getenv(EndpointsEnv))
+}
+
+// clientConfig is LoadClientConfig on what it read: data, the contents
+// of the configuration file at path (nil: there is none), and env, the
+// value of $PODNET_DATASTORE_ENDPOINTS.
+func clientConfig(path string, data []byte, env string) (datastore.Config, error) {
+	var cfg datastore.Config
+	if data != nil {
 		var fc FileConfig
 		if err := yaml.UnmarshalStrict(data, &fc); err != nil {
 			return cfg, fmt.Errorf("config file %s: %v", path, err)
 		}
-		cfg.Endpoints = fc.Datastore.Endpoints
+		for i, e := range fc.Datastore.Endpoints {
+			e = strings.TrimSpace(e)
+			if e == "" {
+				return cfg, fmt.Errorf("config file %s: datastore.endpoints[%d]: empty endpoint", path, i)
+			}
+			cfg.Endpoints = append(cfg.Endpoints, e)
+		}
 		cfg.CAFile, cfg.CertFile, cfg.KeyFile = fc.Datastore.CAFile, fc.Datastore.CertFile, fc.Datastore.KeyFile
-	case explicit || !errors.Is(err, fs.ErrNotExist):
-		return cfg, fmt.Errorf("config file: %w", err)
 	}
-	if env := SplitEndpoints(os.Getenv(EndpointsEnv)); len(env) > 0 {
+	if env := SplitEndpoints(env); len(env) > 0 {
 		cfg.Endpoints = env
 	}
 	if len(cfg.Endpoints) == 0 {

@@ -1,10 +1,11 @@
 // Package resources is the resource client of podnet: create, apply,
 // replace, delete, get, list, patch and label API resources (package api)
 // in the datastore, with defaults and validation before any write, the
-// per-kind rules (IPPool overlap, immutable fields, pool-in-use check
-// before delete), optimistic concurrency on resourceVersion and
-// all-or-nothing validation of multi-resource requests. The CLI's
-// resource verbs and the daemon both use it.
+// per-kind rules (IPPool overlap with other pools and with the nodes'
+// underlay subnets, immutable fields, pool-in-use check before delete),
+// optimistic concurrency on resourceVersion and all-or-nothing
+// validation of multi-resource requests. The CLI's resource verbs and
+// the daemon both use it.
 package resources
 
 import (

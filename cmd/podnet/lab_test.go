@@ -57,7 +57,13 @@ func TestLabCLI(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	base := []string{"PATH=" + filepath.Dir(bin) + ":" + os.Getenv("PATH"), "PODNET_CONFIG=" + cfg}
+	// The shell below says `podnet`: give it that name whatever the test
+	// binary is called (podnet-race under -race).
+	pathDir := t.TempDir()
+	if err := os.Symlink(bin, filepath.Join(pathDir, "podnet")); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"PATH=" + pathDir + ":" + os.Getenv("PATH"), "PODNET_CONFIG=" + cfg}
 	run := func(env []string, args ...string) (string, error) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
