@@ -122,7 +122,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	old := syscall.Umask(0)
 	e, err := datastore.StartEmbedded(datastore.EmbedConfig{
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
-		Dir: t.TempDir(), Socket: filepath.Join(t.TempDir(), "run", "etcd.sock"),
+		Dir:    t.TempDir(), Socket: filepath.Join(t.TempDir(), "run", "etcd.sock"),
 		ListenClientURLs: []string{"https://" + addr},
 		CAFile:           filepath.Join(pki, certs.CAFile),
 		CertFile:         filepath.Join(pki, certs.NodeFile("n1")), KeyFile: filepath.Join(pki, certs.NodeKeyFile("n1")),
