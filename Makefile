@@ -12,6 +12,14 @@ PREFIX    ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 CNI_CONF  := deploy/cni/10-podnet.conflist
+SYSTEMD_DIR ?= /etc/systemd/system
+UNIT      := deploy/systemd/podnet.service
+DAEMON_CONF := deploy/systemd/daemon.yaml
+# What `podnet version` and /metrics report: git's view of the tree, since
+# builds here run with -buildvcs=false and carry no VCS stamp.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -X podnet/internal/buildinfo.version=$(VERSION) -X podnet/internal/buildinfo.commit=$(COMMIT)
 # An execution count, not a duration: go1.26's fuzz coordinator can fail a
 # target with a bare "context deadline exceeded" when a duration runs out
 # (golang/go#75804, fixed in go1.27).
@@ -32,16 +40,25 @@ FUZZLOG   ?= /tmp/podnet-fuzz-logs
         install uninstall install-cni uninstall-cni
 
 build:
-	$(GO) build -o $(BIN) ./cmd/podnet
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/podnet
 	$(GO) build -o $(CNI_BIN) ./cmd/podnet-cni
 
 # podnet into $(PREFIX)/bin, the CNI plugin and its conflist where
-# runtimes look (an edited conflist is replaced: keep changes elsewhere).
+# runtimes look (an edited conflist is replaced: keep changes elsewhere),
+# the systemd unit (installed, not enabled: `systemctl enable --now podnet`)
+# and an example daemon config, which never replaces an existing one.
 install: build install-cni
 	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/podnet
+	sed 's|/usr/local/bin/podnet|$(PREFIX)/bin/podnet|' $(UNIT) > $(UNIT).tmp
+	install -D -m 644 $(UNIT).tmp $(DESTDIR)$(SYSTEMD_DIR)/podnet.service
+	rm -f $(UNIT).tmp
+	test -e $(DESTDIR)/etc/podnet/daemon.yaml || install -D -m 644 $(DAEMON_CONF) $(DESTDIR)/etc/podnet/daemon.yaml
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
+# The daemon config in /etc/podnet stays: it is the administrator's.
 uninstall: uninstall-cni
-	rm -f $(DESTDIR)$(PREFIX)/bin/podnet
+	rm -f $(DESTDIR)$(PREFIX)/bin/podnet $(DESTDIR)$(SYSTEMD_DIR)/podnet.service
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 install-cni:
 	$(GO) build -o $(CNI_BIN) ./cmd/podnet-cni

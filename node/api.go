@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 
+	"podnet/internal/buildinfo"
 	"podnet/nodeapi"
 	"podnet/router"
 	vswitch "podnet/switch"
@@ -22,10 +23,12 @@ func (n *Node) Status() nodeapi.Status {
 	if n.underlayAddr.IsValid() {
 		addr = n.underlayAddr.String()
 	}
+	build := buildinfo.Get()
 	return nodeapi.Status{
 		Node: n.cfg.Name, Underlay: n.underlay, Address: addr, HostPort: vswitch.HostTUNName,
 		TapOffload: n.cfg.TapOffload, PodMTU: mtu, Pods: pods,
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
+		Version: build.Version, Commit: build.Commit,
 	}
 }
 

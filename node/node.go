@@ -92,6 +92,12 @@ type Config struct {
 	EtcdServer datastore.EmbedConfig
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// MetricsListen is the host:port of the Prometheus /metrics server;
+	// "" serves none.
+	MetricsListen string
+	// OnReady, if set, is called once the node forwards and serves its
+	// API (the daemon tells systemd).
+	OnReady func()
 }
 
 // Node is a running daemon. Its fields are set before the control loop
@@ -247,8 +253,16 @@ func (n *Node) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
+	stopMetrics, err := n.startMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	n.log.Info("node started", "underlay", n.underlay, "address", n.underlayAddr,
 		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", startMTU, "pods", startPods)
+	if n.cfg.OnReady != nil {
+		n.cfg.OnReady()
+	}
 
 	select {
 	case <-ctx.Done():

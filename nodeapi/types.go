@@ -52,6 +52,9 @@ type Status struct {
 	Routes     int       `json:"routes"`
 	Started    time.Time `json:"started"`
 	StateDir   string    `json:"stateDir"`
+	// Version and Commit say which podnet build the daemon runs.
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
 }
 
 // AddPodRequest asks for a pod to be attached.

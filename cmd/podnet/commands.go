@@ -25,5 +25,6 @@ func commands() []*cobra.Command {
 		newLabCmd(),
 		newBenchCmd(),
 		newDatastoreCmd(),
+		newVersionCmd(),
 	}
 }

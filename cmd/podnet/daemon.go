@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
 	"podnet/api"
@@ -46,16 +48,28 @@ func daemonDatastore(flag string, tlsFlags datastore.Config) (datastore.Config, 
 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
-	var logLevel, endpoints, natRange, natAddr, ipipMode, vxlanMode string
+	var logLevel, endpoints, natRange, natAddr, ipipMode, vxlanMode, configFile string
 	var dsTLS datastore.Config
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node's virtual switch (one per node)",
 		Long: `Run the podnet daemon: the node's virtual L3 switch. It creates the host
 port podnet0, re-attaches recorded pods and serves the local API that
-'podnet pod', 'podnet route' and 'podnet port' use.`,
+'podnet pod', 'podnet route' and 'podnet port' use.
+
+Settings come from the flags, else from the configuration file (--config,
+default ` + DefaultDaemonConfig + ` when it exists): a YAML map whose keys are
+the flag names, e.g. "metrics-listen: 127.0.0.1:9091". Under systemd
+(Type=notify) the daemon reports READY=1 once it forwards and serves its API.
+
+--metrics-listen serves Prometheus metrics at /metrics without
+authentication: give a loopback address, or one only the monitoring
+system can reach.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyDaemonConfig(cmd.Flags(), configFile, cmd.Flags().Changed("config")); err != nil {
+				return err
+			}
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 				return err
@@ -90,13 +104,21 @@ port podnet0, re-attaches recorded pods and serves the local API that
 				cfg.NAT.SourceAddr = a
 			}
 			cfg.DefaultPoolIPIPMode, cfg.DefaultPoolVXLANMode = api.EncapMode(ipipMode), api.EncapMode(vxlanMode)
+			if cfg.MetricsListen != "" {
+				if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
+					return fmt.Errorf("--metrics-listen %q: want HOST:PORT, e.g. 127.0.0.1:9091", cfg.MetricsListen)
+				}
+			}
+			cfg.OnReady = func() { notifySystemd(cfg.Logger, sddaemon.SdNotifyReady) }
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return n.Run(ctx)
+			err = n.Run(ctx)
+			notifySystemd(cfg.Logger, sddaemon.SdNotifyStopping)
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -118,11 +140,23 @@ port podnet0, re-attaches recorded pods and serves the local API that
 	f.DurationVar(&cfg.NAT.TCPClosing, "nat-tcp-closing-timeout", 0, "timeout of closing TCP NAT flows (default 2m)")
 	f.DurationVar(&cfg.NAT.ICMP, "nat-icmp-timeout", 0, "idle timeout of ICMP echo NAT flows (default 30s)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&endpoints, "datastore", "", "etcd endpoints, comma-separated (default: $"+resources.EndpointsEnv+", the config file, else an embedded etcd)")
-	f.StringVar(&dsTLS.CAFile, "datastore-ca-file", "", "CA of the etcd servers' certificates (default: the config file's caFile)")
-	f.StringVar(&dsTLS.CertFile, "datastore-cert-file", "", "this node's client certificate for etcd (default: the config file's certFile)")
-	f.StringVar(&dsTLS.KeyFile, "datastore-key-file", "", "its private key (default: the config file's keyFile)")
+	f.StringVar(&configFile, "config", DefaultDaemonConfig, "YAML file of daemon settings, keys named as these flags (flags win; the default file may be absent)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "HOST:PORT to serve Prometheus /metrics on, unauthenticated: loopback or a protected address (default: off)")
+	f.StringVar(&endpoints, "datastore", "", "etcd endpoints, comma-separated (default: $"+resources.EndpointsEnv+", the CLI config file podnet.cfg, else an embedded etcd)")
+	f.StringVar(&dsTLS.CAFile, "datastore-ca-file", "", "CA of the etcd servers' certificates (default: podnet.cfg's caFile)")
+	f.StringVar(&dsTLS.CertFile, "datastore-cert-file", "", "this node's client certificate for etcd (default: podnet.cfg's certFile)")
+	f.StringVar(&dsTLS.KeyFile, "datastore-key-file", "", "its private key (default: podnet.cfg's keyFile)")
 	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd (mode 0600)")
 	etcdServerFlags(cmd, "etcd-", "etcd-listen", &cfg.EtcdServer)
 	return cmd
+}
+
+// notifySystemd tells systemd about the daemon's state when it runs as a
+// Type=notify service ($NOTIFY_SOCKET set); elsewhere it does nothing.
+func notifySystemd(log *slog.Logger, state string) {
+	if sent, err := sddaemon.SdNotify(false, state); err != nil {
+		log.Warn("cannot notify systemd", "state", state, "err", err)
+	} else if sent {
+		log.Debug("notified systemd", "state", state)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"podnet/internal/buildinfo"
 )
 
 func main() {
@@ -24,7 +26,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "podnet: a userspace virtual L3 switch and router for pods",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Get().Version,
 	}
+	root.SetVersionTemplate(versionLine(buildinfo.Get()) + "\n")
 	root.AddCommand(commands()...)
 	return root
 }
