@@ -287,6 +287,9 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 				return err
 			}
 			n.log.Info("tunnel address released", "type", k.attrType, "ip", cur)
+			if err := n.restoreKernelRoutes(); err != nil {
+				n.log.Warn("kernel routes after the tunnel address went", "err", err)
+			}
 		}
 		if len(cands) == 0 {
 			continue
@@ -328,6 +331,24 @@ func (n *Node) releaseTunnelAddr(ctx context.Context, field func(*api.Node) *str
 	}
 	n.delHostAddr(cur)
 	return nil
+}
+
+// restoreKernelRoutes installs the kernel routes through podnet0 again:
+// removing the last IPv4 address of a device makes the kernel flush
+// every route through it (fib_disable_ip), and a tunnel address is
+// often podnet0's only one.
+func (n *Node) restoreKernelRoutes() error {
+	return n.do(func(s *state) error {
+		var errs []error
+		for _, p := range s.listed() {
+			if p.attached {
+				errs = append(errs, n.podKernelRoute(p.rec.IP, true))
+			}
+		}
+		clear(s.kernel) // publish installs the remote prefixes' routes anew
+		errs = append(errs, n.publish(s))
+		return errors.Join(errs...)
+	})
 }
 
 // updateNode applies change to this node's Node resource, read afresh,
