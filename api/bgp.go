@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/netip"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -244,6 +245,11 @@ func (p *BGPPeer) Validate() error {
 			fe.add("BGPPeer.Spec.Password", pw.SecretFile+pw.Env, "set exactly one of password.secretFile and password.env")
 		case pw.SecretFile != "" && !strings.HasPrefix(pw.SecretFile, "/"):
 			fe.add("BGPPeer.Spec.Password.SecretFile", pw.SecretFile, "must be an absolute path")
+		case pw.SecretFile != "" && path.Clean(pw.SecretFile) != pw.SecretFile:
+			// Only the form can be checked here: the file is read by the
+			// daemon of each node the peering applies to, and node status
+			// says when it cannot be.
+			fe.add("BGPPeer.Spec.Password.SecretFile", pw.SecretFile, "must be the path of a file, written plainly (no trailing /, no . or .. parts, no //): "+path.Clean(pw.SecretFile)+"?")
 		case pw.Env != "" && !envName.MatchString(pw.Env):
 			fe.add("BGPPeer.Spec.Password.Env", pw.Env, "must be an environment variable name")
 		}

@@ -184,6 +184,10 @@ func TestOtherKindsValidate(t *testing.T) {
 		{"peer node+selector", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Node: "w1", NodeSelector: "all()"}}, "node and nodeSelector cannot both be set"},
 		{"peer selector+ip", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", PeerSelector: "all()"}}, "peerIP must be empty when peerSelector is set"},
 		{"peer password both", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{Env: "A", SecretFile: "/x"}}}, "set exactly one of password.secretFile and password.env"},
+		{"peer password relative", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{SecretFile: "etc/pw"}}}, "BGPPeer.Spec.Password.SecretFile = 'etc/pw' (must be an absolute path)"},
+		{"peer password dir", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{SecretFile: "/etc/podnet/"}}}, "BGPPeer.Spec.Password.SecretFile = '/etc/podnet/' (must be the path of a file, written plainly (no trailing /, no . or .. parts, no //): /etc/podnet?)"},
+		{"peer password dotdot", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{SecretFile: "/etc/../pw"}}}, "must be the path of a file"},
+		{"peer password file absent here", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{SecretFile: "/nonexistent/podnet/peer.pw"}}}, ""},
 		{"peer hold", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, HoldTime: dur("2s")}}, "hold time must be 0 or"},
 		{"peer keepalive", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, HoldTime: dur("9s"), KeepaliveTime: dur("9s")}}, "keepalive time must be less than the hold time"},
 	}

@@ -19,6 +19,10 @@ type CheckReport struct {
 	Leaked []Allocation
 	// NotInPool are allocated addresses in blocks outside every pool.
 	NotInPool []Allocation
+	// OrphanBlocks are blocks outside every pool (their pool was deleted
+	// with --force). An empty one should have been released by its
+	// node; one with addresses goes when they are released.
+	OrphanBlocks []OrphanBlock
 	// Handles are handles whose counts differ from what the blocks hold,
 	// including handles with no addresses and addresses with no handle.
 	Handles []HandleProblem
@@ -32,12 +36,31 @@ type HandleProblem struct {
 	Counted, Found int
 }
 
+// OrphanBlock is a block that no pool holds.
+type OrphanBlock struct {
+	Block netip.Prefix
+	// Node is the node the block is affine to; "" for none.
+	Node string
+	// InUse counts its allocated addresses.
+	InUse int
+}
+
+func (o OrphanBlock) String() string {
+	node := "no node"
+	if o.Node != "" {
+		node = "node " + o.Node
+	}
+	return fmt.Sprintf("block %s (affine to %s, %d addresses in use) is in no IP pool", o.Block, node, o.InUse)
+}
+
 func (p HandleProblem) String() string {
 	return fmt.Sprintf("handle %s: %d addresses counted in %s, %d found", p.ID, p.Counted, p.Block, p.Found)
 }
 
 // Problems is the number of problems found.
-func (r CheckReport) Problems() int { return len(r.Leaked) + len(r.NotInPool) + len(r.Handles) }
+func (r CheckReport) Problems() int {
+	return len(r.Leaked) + len(r.NotInPool) + len(r.OrphanBlocks) + len(r.Handles)
+}
 
 func (r CheckReport) String() string {
 	var b strings.Builder
@@ -47,6 +70,10 @@ func (r CheckReport) String() string {
 	}
 	fmt.Fprintf(&b, "Found %d IPs that are allocated in IPAM but not actually in use.\n", len(r.Leaked))
 	fmt.Fprintf(&b, "Found %d in-use IPs that are not in active IP pools.\n", len(r.NotInPool))
+	for _, o := range r.OrphanBlocks {
+		fmt.Fprintf(&b, "  %s\n", o)
+	}
+	fmt.Fprintf(&b, "Found %d blocks that are in no IP pool.\n", len(r.OrphanBlocks))
 	for _, p := range r.Handles {
 		fmt.Fprintf(&b, "  %s\n", p)
 	}
@@ -77,6 +104,9 @@ func (m *IPAM) Check(ctx context.Context, pools []Pool, inUse func(Allocation) b
 	for _, b := range blocks {
 		r.Blocks++
 		inPool := slices.ContainsFunc(pools, func(p Pool) bool { return p.holds(b.prefix) })
+		if !inPool {
+			r.OrphanBlocks = append(r.OrphanBlocks, OrphanBlock{Block: b.prefix, Node: b.owner(), InUse: b.inUse()})
+		}
 		for o, a := range b.Allocations {
 			if a == nil {
 				continue

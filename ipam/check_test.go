@@ -36,11 +36,16 @@ func TestCheck(t *testing.T) {
 	if len(r.NotInPool) != 1 || r.NotInPool[0].IP != orphan {
 		t.Fatalf("not in pool: got %+v, want %v", r.NotInPool, orphan)
 	}
+	orphanBlk := netip.PrefixFrom(orphan, 28).Masked()
+	if wantO := []OrphanBlock{{Block: orphanBlk, Node: "a", InUse: 1}}; !slices.Equal(r.OrphanBlocks, wantO) {
+		t.Fatalf("orphan blocks: got %+v, want %+v", r.OrphanBlocks, wantO)
+	}
 	want := []HandleProblem{{ID: "pod.a.crashed", Block: blk, Counted: 1, Found: 0}}
 	if !slices.Equal(r.Handles, want) {
 		t.Fatalf("handles: got %+v, want %+v", r.Handles, want)
 	}
-	if r.Problems() != 3 || !strings.Contains(r.String(), "Check complete; found 3 problems.") {
+	if r.Problems() != 4 || !strings.Contains(r.String(), "Check complete; found 4 problems.") ||
+		!strings.Contains(r.String(), "block "+orphanBlk.String()+" (affine to node a, 1 addresses in use) is in no IP pool") {
 		t.Fatalf("report:\n%s", r)
 	}
 	// ReleaseByHandle clears the crashed handle's count.
@@ -73,5 +78,42 @@ func TestChanges(t *testing.T) {
 	recv("after assign")
 	cancel()
 	for range ch {
+	}
+}
+
+// TestReleaseEmptyBlock: the block of a pool deleted with --force is
+// reported by Check while it is outside every pool, cannot be released
+// while it holds an address, and is released (affinity and block gone)
+// once it is empty.
+func TestReleaseEmptyBlock(t *testing.T) {
+	t.Parallel()
+	m, _ := startTest(t)
+	ctx := context.Background()
+	p1 := pool("p1", "10.1.0.0/24", 28)
+	gone := pool("gone", "10.9.0.0/24", 28)
+	assign(t, m, "a", "pod.a.keep", p1)
+	ip := assign(t, m, "a", "pod.a.old", gone)
+	blk := netip.PrefixFrom(ip, 28).Masked()
+	if ok, err := m.ReleaseEmptyBlock(ctx, "a", blk); err != nil || ok {
+		t.Fatalf("release of a block in use: got %v %v, want false nil", ok, err)
+	}
+	if bs, _ := m.NodeBlocks(ctx, "a"); !slices.Contains(bs, blk) {
+		t.Fatalf("block in use lost its affinity: %v", bs)
+	}
+	if err := m.ReleaseByHandle(ctx, "pod.a.old"); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := m.Check(ctx, []Pool{p1}, nil)
+	if want := []OrphanBlock{{Block: blk, Node: "a"}}; !slices.Equal(r.OrphanBlocks, want) || r.Problems() != 1 {
+		t.Fatalf("check of the empty orphan block: got %+v (%d problems), want %+v", r.OrphanBlocks, r.Problems(), want)
+	}
+	if ok, err := m.ReleaseEmptyBlock(ctx, "a", blk); err != nil || !ok {
+		t.Fatalf("release of the empty block: got %v %v, want true nil", ok, err)
+	}
+	if bs, _ := m.NodeBlocks(ctx, "a"); slices.Contains(bs, blk) || len(bs) != 1 {
+		t.Fatalf("blocks of a after release: got %v, want p1's only", bs)
+	}
+	if r, _ := m.Check(ctx, []Pool{p1}, nil); r.Problems() != 0 || r.Blocks != 1 {
+		t.Fatalf("after release:\n%s", r)
 	}
 }

@@ -317,6 +317,14 @@ func (m *IPAM) ReleasePoolAffinities(ctx context.Context, cidr netip.Prefix) err
 	return errors.Join(errs...)
 }
 
+// ReleaseEmptyBlock drops node's affinity for block cidr and deletes the
+// block if it holds no addresses, and reports whether it did. A node
+// calls it for its blocks that no pool holds any more (the pool was
+// deleted with --force while pods still had addresses in them).
+func (m *IPAM) ReleaseEmptyBlock(ctx context.Context, node string, cidr netip.Prefix) (bool, error) {
+	return m.releaseAffinity(ctx, node, cidr)
+}
+
 // releaseAffinity drops node's affinity for block cidr if the block is
 // empty (deleting the block) or missing. It reports whether it did.
 // Calico's order: mark the affinity pendingDeletion so that the node's

@@ -508,8 +508,8 @@ var tourSteps = []tourStep{
 		Title: "IP-in-IP to VXLAN and back, live",
 		Why: "Every daemon watches the pool and rebuilt its routes with the new encapsulation: no restart, no pod " +
 			"lost. On the wire the outer header changed from IP protocol 4 to UDP port 4789 with a VXLAN header " +
-			"(VNI 4096). A pod's MTU is set when it is added (1480 for IP-in-IP, 1450 for VXLAN), so old pods keep " +
-			"theirs and rely on the switch's frag-needed answers until recreated.",
+			"(VNI 4096). The pods' MTU follows the overhead (1480 for IP-in-IP, 1450 for VXLAN): the daemons set it " +
+			"live on every pod, and the node's unused tunnel address goes back to IPAM.",
 		Run: func(ctx context.Context, t *tour) error {
 			orig := t.pool
 			to := poolModes{"Never", "Always"}

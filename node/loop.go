@@ -37,6 +37,9 @@ type state struct {
 	// learned paths wait, as their pools decide how to reach them.
 	haveView bool
 	kernel   map[netip.Prefix]kernelRoute
+	// appliedMTU is the pod MTU podnet0 and the pods' eth0 have (0:
+	// not set yet); applyPodMTU brings them to podMTU.
+	appliedMTU int
 }
 
 // view is what the datastore goroutine read last, digested for routing.
@@ -78,14 +81,8 @@ func newState() *state {
 	return &state{pods: map[string]*pod{}, kernel: map[netip.Prefix]kernelRoute{}}
 }
 
-// podMTU is the pods' MTU: the configured one less what encapsulation
-// costs, unless that would leave less than IPv4's minimum of 576.
-func (s *state) podMTU(configured int) int {
-	if configured > s.view.overhead+576 {
-		return configured - s.view.overhead
-	}
-	return configured
-}
+// podMTU is the pods' MTU with the encapsulation the pools use now.
+func (s *state) podMTU(configured int) int { return podMTUFor(configured, s.view.overhead) }
 
 // listed are the pods the API shows, sorted by name.
 func (s *state) listed() []*pod {
@@ -143,9 +140,10 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 }
 
 // setView takes what the datastore goroutine read: the switch learns the
-// nodes and NAT pools, and the routes follow.
+// nodes and NAT pools, the routes follow, and so does the pods' MTU.
 func (n *Node) setView(s *state, v view) error {
 	s.view, s.haveView = v, true
+	n.applyPodMTU(s)
 	nodes := vswitch.NodeSet{}
 	for _, a := range v.nodeAddrs {
 		nodes[a] = true

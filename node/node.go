@@ -133,6 +133,10 @@ type Node struct {
 	// speaker is the BGP speaker. The datastore goroutine creates and
 	// replaces it; the API reads it.
 	speaker atomic.Pointer[bgp.Speaker]
+	// refusedPeers are the sessions not started because their BGPPeer's
+	// password cannot be read, with the reason; the datastore goroutine
+	// sets them, node status shows them.
+	refusedPeers atomic.Pointer[[]bgp.PeerStatus]
 }
 
 // New validates cfg and fills defaults; Run starts the node.
@@ -217,6 +221,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.openHost(s.podMTU(n.cfg.PodMTU)); err != nil {
 		return err
 	}
+	s.appliedMTU = s.podMTU(n.cfg.PodMTU)
 	if err := n.openUnderlay(); err != nil {
 		return err
 	}

@@ -150,6 +150,12 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 			return err
 		}
 		p.rec, p.port, p.attached, p.phase = rec, idx, true, podReady
+		// The pools' encapsulation changed while the link was made.
+		if now := s.podMTU(n.cfg.PodMTU); now != mtu {
+			if err := setPodMTU(rec.Netns, now); err != nil {
+				n.log.Warn("pod MTU", "pod", req.Name, "mtu", now, "err", err)
+			}
+		}
 		if err = n.publish(s); err == nil {
 			if err = n.podKernelRoute(ip, true); err == nil {
 				if err = n.save(s); err != nil {
@@ -292,6 +298,11 @@ func (n *Node) restorePods(s *state) error {
 			continue
 		}
 		p.port, p.attached = idx, true
+		// The pools' encapsulation may have changed while the daemon
+		// was down.
+		if err := setPodMTU(rec.Netns, s.podMTU(n.cfg.PodMTU)); err != nil {
+			n.log.Warn("pod MTU", "pod", rec.Name, "err", err)
+		}
 		if err := n.podKernelRoute(rec.IP, true); err != nil {
 			n.log.Warn("pod kernel route", "pod", rec.Name, "err", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"podnet/api"
+	"podnet/datastore"
 	"podnet/ipam"
 	"podnet/resources"
 	"podnet/router/bgp"
@@ -126,9 +127,14 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		return err
 	}
 	pools := ippools(poolRs)
+	blocks = n.releaseOrphanBlocks(ctx, blocks, pools)
 	self, others := routing.SplitNodes(resourcesOf[*api.Node](nodeRs), n.cfg.Name)
 	if err := n.ensureTunnelAddrs(ctx, poolRs, self); err != nil {
 		n.log.Warn("tunnel addresses", "err", err)
+	}
+	overhead := routing.EncapOverhead(pools)
+	if err := n.recordPodMTU(ctx, self, podMTUFor(n.cfg.PodMTU, overhead)); err != nil {
+		n.log.Warn("record pod MTU", "err", err)
 	}
 
 	if me := n.underlayAddr.Addr(); me.IsValid() {
@@ -146,7 +152,12 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		if err != nil {
 			return err
 		}
-		want := routing.DesiredPeers(n.cfg.Name, me, self, others, resourcesOf[*api.BGPPeer](peerRs), settings)
+		usable, broken := withoutPasswordProblems(resourcesOf[*api.BGPPeer](peerRs))
+		desired := func(peers []*api.BGPPeer) []bgp.Peer {
+			return routing.DesiredPeers(n.cfg.Name, me, self, others, peers, settings)
+		}
+		want, refused := refusedSessions(desired(usable), usable, broken, desired)
+		n.refusedPeers.Store(&refused)
 		if err := speaker.SetPeers(ctx, want); err != nil {
 			return fmt.Errorf("set BGP peers: %w", err)
 		}
@@ -155,7 +166,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		}
 	}
 
-	v := view{pools: pools, blocks: blocks, vteps: routing.VTEPMACs(others), overhead: routing.EncapOverhead(pools)}
+	v := view{pools: pools, blocks: blocks, vteps: routing.VTEPMACs(others), overhead: overhead}
 	for _, o := range others {
 		if p, ok := routing.NodeAddr(o); ok {
 			v.nodeAddrs = append(v.nodeAddrs, p.Addr())
@@ -209,7 +220,20 @@ func (n *Node) BGPPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
 	if sp == nil {
 		return nil, errors.New("the BGP speaker is not running (no underlay address?)")
 	}
-	return sp.Peers(ctx)
+	peers, err := sp.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Sessions refused for an unreadable password show with the reason.
+	if r := n.refusedPeers.Load(); r != nil && len(*r) > 0 {
+		for _, rp := range *r {
+			if !slices.ContainsFunc(peers, func(p bgp.PeerStatus) bool { return p.Address == rp.Address }) {
+				peers = append(peers, rp)
+			}
+		}
+		slices.SortFunc(peers, func(a, b bgp.PeerStatus) int { return a.Address.Compare(b.Address) })
+	}
+	return peers, nil
 }
 
 // Tunnel address kinds (Calico's handles and attribute types).
@@ -251,14 +275,27 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 				cands = append(cands, p)
 			}
 		}
+		handle := k.handle + n.cfg.Name
 		cur := *k.field(self)
-		if len(cands) == 0 || cur != "" {
-			if cur != "" {
+		if cur != "" {
+			if ip, err := netip.ParseAddr(cur); err == nil && slices.ContainsFunc(cands, func(p ipam.Pool) bool { return p.CIDR.Contains(ip) }) {
 				n.addHostAddr(cur)
+				continue
 			}
+			// No pool of this encapsulation holds the address any more
+			// (the pools switched encapsulation, or its pool went): it
+			// goes back to IPAM and off podnet0 and the Node.
+			if err := n.releaseTunnelAddr(ctx, k.field, handle, cur); err != nil {
+				return err
+			}
+			n.log.Info("tunnel address released", "type", k.attrType, "ip", cur)
+			if err := n.restoreKernelRoutes(); err != nil {
+				n.log.Warn("kernel routes after the tunnel address went", "err", err)
+			}
+		}
+		if len(cands) == 0 {
 			continue
 		}
-		handle := k.handle + n.cfg.Name
 		ip, err := n.ipam.AutoAssign(ctx, ipam.AssignArgs{Node: n.cfg.Name, HandleID: handle,
 			Attrs: map[string]string{"node": n.cfg.Name, "type": k.attrType}, Pools: cands,
 			NodeLabels: self.Labels, Use: ipam.UseTunnel})
@@ -268,14 +305,7 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 		if err != nil {
 			return fmt.Errorf("tunnel address: %w", err)
 		}
-		r, err := n.res.Get(ctx, api.KindNode, n.cfg.Name)
-		if err != nil {
-			n.ipam.ReleaseByHandle(ctx, handle)
-			return err
-		}
-		nd := r.(*api.Node)
-		*k.field(nd) = ip.String()
-		if _, err := n.res.Apply(ctx, nd); err != nil {
+		if err := n.updateNode(ctx, func(nd *api.Node) { *k.field(nd) = ip.String() }); err != nil {
 			n.ipam.ReleaseByHandle(ctx, handle)
 			return fmt.Errorf("record tunnel address: %w", err)
 		}
@@ -283,6 +313,117 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 		n.addHostAddr(ip.String())
 	}
 	return nil
+}
+
+// releaseTunnelAddr takes tunnel address cur off the Node resource
+// (field), gives it back to IPAM and removes it from podnet0. The Node
+// goes first: a Node naming an address IPAM has given to a pod would
+// be worse than an address allocated a little longer.
+func (n *Node) releaseTunnelAddr(ctx context.Context, field func(*api.Node) *string, handle, cur string) error {
+	err := n.updateNode(ctx, func(nd *api.Node) {
+		if *field(nd) == cur {
+			*field(nd) = ""
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("release tunnel address %s: %w", cur, err)
+	}
+	if err := n.ipam.ReleaseByHandle(ctx, handle); err != nil && !errors.Is(err, ipam.ErrNotAssigned) {
+		return fmt.Errorf("release tunnel address %s: %w", cur, err)
+	}
+	n.delHostAddr(cur)
+	return nil
+}
+
+// restoreKernelRoutes installs the kernel routes through podnet0 again:
+// removing the last IPv4 address of a device makes the kernel flush
+// every route through it (fib_disable_ip), and a tunnel address is
+// often podnet0's only one.
+func (n *Node) restoreKernelRoutes() error {
+	return n.do(func(s *state) error {
+		var errs []error
+		for _, p := range s.listed() {
+			if p.attached {
+				errs = append(errs, n.podKernelRoute(p.rec.IP, true))
+			}
+		}
+		clear(s.kernel) // publish installs the remote prefixes' routes anew
+		errs = append(errs, n.publish(s))
+		return errors.Join(errs...)
+	})
+}
+
+// updateNode applies change to this node's Node resource, read afresh,
+// retrying when another writer got there first.
+func (n *Node) updateNode(ctx context.Context, change func(*api.Node)) error {
+	for try := 0; ; try++ {
+		r, err := n.res.Get(ctx, api.KindNode, n.cfg.Name)
+		if err != nil {
+			return fmt.Errorf("read node %s: %w", n.cfg.Name, err)
+		}
+		nd := r.(*api.Node)
+		change(nd)
+		_, err = n.res.Apply(ctx, nd)
+		if err == nil || !errors.Is(err, datastore.ErrConflict) || try >= 3 {
+			return err
+		}
+	}
+}
+
+// recordPodMTU writes the pods' MTU into the Node's status when it
+// differs from what the Node says (self as just read).
+func (n *Node) recordPodMTU(ctx context.Context, self *api.Node, mtu int) error {
+	if self == nil || self.Status != nil && self.Status.PodMTU == mtu {
+		return nil
+	}
+	return n.updateNode(ctx, func(nd *api.Node) {
+		if nd.Status == nil {
+			nd.Status = &api.NodeStatus{}
+		}
+		nd.Status.PodMTU = mtu
+	})
+}
+
+// releaseOrphanBlocks gives back this node's blocks that no pool holds
+// (their pool was deleted with --force while pods had addresses in
+// them) as soon as they are empty: they are then neither advertised
+// nor blackholed. It returns the blocks the node keeps.
+func (n *Node) releaseOrphanBlocks(ctx context.Context, blocks []netip.Prefix, pools []*api.IPPool) []netip.Prefix {
+	var keep []netip.Prefix
+	for _, b := range blocks {
+		held := slices.ContainsFunc(pools, func(p *api.IPPool) bool {
+			c, err := p.Prefix()
+			return err == nil && c.Bits() <= b.Bits() && c.Contains(b.Addr())
+		})
+		if !held {
+			ok, err := n.ipam.ReleaseEmptyBlock(ctx, n.cfg.Name, b)
+			if err != nil {
+				n.log.Warn("release block of no pool", "block", b, "err", err)
+			}
+			if ok {
+				n.log.Info("block of no pool released", "block", b)
+				continue
+			}
+		}
+		keep = append(keep, b)
+	}
+	return keep
+}
+
+// delHostAddr removes ip/32 from podnet0, if it is there.
+func (n *Node) delHostAddr(s string) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return
+	}
+	l, err := netlink.LinkByIndex(n.hostIndex)
+	if err != nil {
+		return
+	}
+	a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 32))}
+	if err := netlink.AddrDel(l, a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		n.log.Warn("remove tunnel address from podnet0", "ip", ip, "err", err)
+	}
 }
 
 // addHostAddr puts ip/32 on podnet0 (once); the address watcher then

@@ -65,18 +65,10 @@ func LoadClientConfig() (datastore.Config, error) {
 func clientConfig(path string, data []byte, env string) (datastore.Config, error) {
 	var cfg datastore.Config
 	if data != nil {
-		var fc FileConfig
-		if err := yaml.UnmarshalStrict(data, &fc); err != nil {
-			return cfg, fmt.Errorf("config file %s: %v", path, err)
+		var err error
+		if cfg, err = parseConfigFile(data); err != nil {
+			return datastore.Config{}, fmt.Errorf("config file %s: %w", path, err)
 		}
-		for i, e := range fc.Datastore.Endpoints {
-			e = strings.TrimSpace(e)
-			if e == "" {
-				return cfg, fmt.Errorf("config file %s: datastore.endpoints[%d]: empty endpoint", path, i)
-			}
-			cfg.Endpoints = append(cfg.Endpoints, e)
-		}
-		cfg.CAFile, cfg.CertFile, cfg.KeyFile = fc.Datastore.CAFile, fc.Datastore.CertFile, fc.Datastore.KeyFile
 	}
 	if env := SplitEndpoints(env); len(env) > 0 {
 		cfg.Endpoints = env
@@ -96,4 +88,102 @@ func SplitEndpoints(s string) []string {
 		}
 	}
 	return out
+}
+
+// CalicoAPIConfig is calicoctl's configuration file (calicoctl.cfg), which
+// the CLI also reads, so that an existing one can be pointed at with
+// $PODNET_CONFIG:
+//
+//	apiVersion: projectcalico.org/v3
+//	kind: CalicoAPIConfig
+//	spec:
+//	  datastoreType: etcdv3
+//	  etcdEndpoints: https://10.0.0.1:2379,https://10.0.0.2:2379
+//	  etcdCACertFile: /etc/calico/ca.pem
+//	  etcdCertFile: /etc/calico/cert.pem
+//	  etcdKeyFile: /etc/calico/key.pem
+//
+// Only the etcdv3 datastore exists here (no Kubernetes API), and the
+// certificates come from files.
+type CalicoAPIConfig struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   map[string]any `json:"metadata,omitempty"`
+	Spec       struct {
+		DatastoreType  string `json:"datastoreType,omitempty"`
+		EtcdEndpoints  string `json:"etcdEndpoints,omitempty"`
+		EtcdCACertFile string `json:"etcdCACertFile,omitempty"`
+		EtcdCertFile   string `json:"etcdCertFile,omitempty"`
+		EtcdKeyFile    string `json:"etcdKeyFile,omitempty"`
+		// Known to calicoctl, refused here with a reason rather than as
+		// unknown fields.
+		EtcdUsername   string `json:"etcdUsername,omitempty"`
+		EtcdPassword   string `json:"etcdPassword,omitempty"`
+		EtcdCACert     string `json:"etcdCACert,omitempty"`
+		EtcdCert       string `json:"etcdCert,omitempty"`
+		EtcdKey        string `json:"etcdKey,omitempty"`
+		EtcdDiscovery  string `json:"etcdDiscoverySrv,omitempty"`
+		Kubeconfig     string `json:"kubeconfig,omitempty"`
+		K8sAPIEndpoint string `json:"k8sAPIEndpoint,omitempty"`
+	} `json:"spec"`
+}
+
+// parseConfigFile reads podnet's own FileConfig or, when the document
+// names an apiVersion or kind, calicoctl's CalicoAPIConfig.
+func parseConfigFile(data []byte) (datastore.Config, error) {
+	var cfg datastore.Config
+	var head struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := yaml.Unmarshal(data, &head); err != nil {
+		return cfg, err
+	}
+	if head.APIVersion == "" && head.Kind == "" {
+		var fc FileConfig
+		if err := yaml.UnmarshalStrict(data, &fc); err != nil {
+			return cfg, err
+		}
+		for i, e := range fc.Datastore.Endpoints {
+			e = strings.TrimSpace(e)
+			if e == "" {
+				return cfg, fmt.Errorf("datastore.endpoints[%d]: empty endpoint", i)
+			}
+			cfg.Endpoints = append(cfg.Endpoints, e)
+		}
+		cfg.CAFile, cfg.CertFile, cfg.KeyFile = fc.Datastore.CAFile, fc.Datastore.CertFile, fc.Datastore.KeyFile
+		return cfg, nil
+	}
+	if head.Kind != "CalicoAPIConfig" || head.APIVersion != "projectcalico.org/v3" {
+		return cfg, fmt.Errorf("apiVersion %q kind %q: want apiVersion projectcalico.org/v3, kind CalicoAPIConfig (calicoctl.cfg), or podnet's own file with a datastore: map", head.APIVersion, head.Kind)
+	}
+	var cc CalicoAPIConfig
+	if err := yaml.UnmarshalStrict(data, &cc); err != nil {
+		return cfg, err
+	}
+	s := cc.Spec
+	switch s.DatastoreType {
+	case "etcdv3":
+	case "":
+		return cfg, errors.New("spec.datastoreType is missing: podnet keeps its resources in etcd, set datastoreType: etcdv3")
+	default:
+		return cfg, fmt.Errorf("spec.datastoreType %q is not supported: podnet keeps its resources in etcd only (datastoreType: etcdv3), there is no Kubernetes API datastore", s.DatastoreType)
+	}
+	for _, f := range []struct{ name, val, why string }{
+		{"etcdUsername", s.EtcdUsername, "etcd user authentication is not supported; use client certificates (etcdCertFile, etcdKeyFile)"},
+		{"etcdPassword", s.EtcdPassword, "etcd user authentication is not supported; use client certificates (etcdCertFile, etcdKeyFile)"},
+		{"etcdCACert", s.EtcdCACert, "inline certificates are not supported; put it in a file and give etcdCACertFile"},
+		{"etcdCert", s.EtcdCert, "inline certificates are not supported; put it in a file and give etcdCertFile"},
+		{"etcdKey", s.EtcdKey, "inline keys are not supported; put it in a file and give etcdKeyFile"},
+		{"etcdDiscoverySrv", s.EtcdDiscovery, "DNS discovery is not supported; list the members in etcdEndpoints"},
+		{"kubeconfig", s.Kubeconfig, "there is no Kubernetes API datastore"},
+		{"k8sAPIEndpoint", s.K8sAPIEndpoint, "there is no Kubernetes API datastore"},
+	} {
+		if f.val != "" {
+			return cfg, fmt.Errorf("spec.%s: %s", f.name, f.why)
+		}
+	}
+	cfg.Endpoints = SplitEndpoints(s.EtcdEndpoints)
+	cfg.CAFile, cfg.CertFile, cfg.KeyFile = s.EtcdCACertFile, s.EtcdCertFile, s.EtcdKeyFile
+	return cfg, nil
 }

@@ -271,6 +271,10 @@ func (r ipamCheck) write(w io.Writer) {
 		fmt.Fprintf(w, "  %s is allocated in block %s, which no IP pool holds; handle %s\n", a.IP, a.Block, a.HandleID)
 	}
 	fmt.Fprintf(w, "Found %d in-use IPs that are not in active IP pools.\n", len(r.NotInPool))
+	for _, o := range r.OrphanBlocks {
+		fmt.Fprintf(w, "  %s\n", o)
+	}
+	fmt.Fprintf(w, "Found %d blocks that are in no IP pool.\n", len(r.OrphanBlocks))
 	for _, h := range r.Handles {
 		fmt.Fprintf(w, "  %s\n", h)
 	}
@@ -284,7 +288,7 @@ func (r ipamCheck) write(w io.Writer) {
 func newIPAMCheckCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
-		Short: "Find addresses allocated but not used by any pod (leaks), and pods using unallocated addresses",
+		Short: "Find addresses allocated but not used by any pod (leaks), pods using unallocated addresses, and blocks of no pool; exit status 1 when anything is found",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
@@ -294,6 +298,10 @@ func newIPAMCheckCmd() *cobra.Command {
 					return err
 				}
 				r.write(stdout)
+				if n := r.problems(); n > 0 {
+					// Scripts and CI see the problems in the exit status.
+					return fmt.Errorf("ipam check: %d problems found", n)
+				}
 				return nil
 			})
 		},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -102,7 +103,7 @@ func TestIPAMCheck(t *testing.T) {
 	assign("10.40.0.4", "gone", "ipip-tunnel-addr-gone", map[string]string{"type": "ipipTunnelAddress"}) // leaked
 	wep("worker1", "c", "10.40.0.9")                                                                     // not allocated
 
-	ipamCmd := func(args ...string) string {
+	ipamCmdErr := func(args ...string) (string, error) {
 		t.Helper()
 		var out bytes.Buffer
 		old := stdout
@@ -110,34 +111,61 @@ func TestIPAMCheck(t *testing.T) {
 		defer func() { stdout = old }()
 		cmd := newIPAMCmd()
 		cmd.SetArgs(append(args, "--datastore", c.endpoint))
-		if err := cmd.ExecuteContext(ctx); err != nil {
+		err := cmd.ExecuteContext(ctx)
+		return out.String(), err
+	}
+	ipamCmd := func(args ...string) string {
+		t.Helper()
+		out, err := ipamCmdErr(args...)
+		if err != nil {
 			t.Fatalf("ipam %v: %v", args, err)
 		}
-		return out.String()
+		return out
 	}
-	wantOut(t, ipamCmd("check"), `Checking IPAM for inconsistencies...
+	// check fails (exit status 1) whenever it finds problems.
+	check := func(problems int) string {
+		t.Helper()
+		out, err := ipamCmdErr("check")
+		want := fmt.Sprintf("ipam check: %d problems found", problems)
+		if problems == 0 && err != nil || problems > 0 && (err == nil || err.Error() != want) {
+			t.Fatalf("ipam check: got error %v, want %q\n%s", err, want, out)
+		}
+		return out
+	}
+	wantOut(t, check(3), `Checking IPAM for inconsistencies...
 Found 4 allocations in 1 blocks, 2 workload endpoints, 1 nodes (0 with a running daemon).
   10.40.0.9 is used by workload endpoint worker1-c but not allocated in IPAM
   10.40.0.2 leaked: no workload endpoint has it (node worker1 has no running daemon); handle pod.worker1.b, attrs node=worker1,pod=b,type=pod
   10.40.0.4 leaked: node gone does not exist; handle ipip-tunnel-addr-gone, attrs node=gone,type=ipipTunnelAddress
 Found 2 IPs that are allocated in IPAM but not actually in use.
 Found 0 in-use IPs that are not in active IP pools.
+Found 0 blocks that are in no IP pool.
 Found 0 handle counts that do not match the blocks.
 Check complete; found 3 problems.
 Release leaked addresses with: podnet ipam release --leaked
 `)
 	wantOut(t, ipamCmd("release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
-	out := ipamCmd("check")
+	out := check(1)
 	if !strings.Contains(out, "Found 0 IPs that are allocated") || !strings.Contains(out, "Check complete; found 1 problems.") {
 		t.Fatalf("after release: got\n%s", out)
 	}
+	res.Delete(ctx, api.KindWorkloadEndpoint, api.WorkloadEndpointName("worker1", "c"), resources.DeleteOptions{})
+	if out := check(0); !strings.Contains(out, "Check complete; found 0 problems.") {
+		t.Fatalf("clean: got\n%s", out)
+	}
 
-	// A pool deleted under its allocations: IPAM's own check notices.
+	// A pool deleted under its allocations: IPAM's own check notices the
+	// addresses and their block.
 	if _, err := res.Delete(ctx, api.KindIPPool, "p", resources.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out = ipamCmd("check")
-	if !strings.Contains(out, "Found 2 in-use IPs that are not in active IP pools.") || !strings.Contains(out, "10.40.0.1 is allocated in block 10.40.0.0/26, which no IP pool holds") {
-		t.Fatalf("after pool delete: got\n%s", out)
+	out = check(3)
+	for _, want := range []string{"Found 2 in-use IPs that are not in active IP pools.",
+		"10.40.0.1 is allocated in block 10.40.0.0/26, which no IP pool holds",
+		"block 10.40.0.0/26 (affine to node worker1, 2 addresses in use) is in no IP pool",
+		"Found 1 blocks that are in no IP pool."} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("after pool delete: want %q in\n%s", want, out)
+		}
 	}
 }

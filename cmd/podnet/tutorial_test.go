@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -84,14 +85,19 @@ func TestTutorial(t *testing.T) {
 		"10.77.0.11:",                     // /whoami: the node's address, through NAT
 		"from 10.77.0.100: icmp_seq=1 ttl=64",
 		"remote     vxlan",
-		"mtu 1450",
-		"Frag needed and DF set (mtu = 1450)",
+		"mtu 1450",     // existing pods follow the switch to VXLAN
+		"podMTU: 1450", // and the Node resource
+		"1430 bytes from ",
+		"message too long, mtu=1450",
 		"refused: new1 still holds an address",
 		"lab " + name + " removed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("tutorial output lacks %q", want)
 		}
+	}
+	if !regexp.MustCompile(`(?m)^pod MTU: +1450$`).MatchString(out) {
+		t.Errorf("tutorial: podnet status does not say pod MTU 1450 after the switch to VXLAN")
 	}
 	if !strings.Contains(out, "pod new1 added on ") || !strings.Contains(out, ": 10.10.") {
 		t.Errorf("tutorial: new1 did not get an address of the new pool 10.10.0.0/16")
