@@ -382,6 +382,8 @@ func TestPodAddBadInput(t *testing.T) {
 		{"bad name", []string{"pod", "add", "Bad_Name", "--netns", spare, "--ip", "192.168.1.52"}, "invalid pod name"},
 		{"netns and new", []string{"pod", "add", "both", "--netns", spare, "--new", "--ip", "192.168.1.53"}, "exactly one of"},
 		{"node address", []string{"pod", "add", "nodeip", "--netns", spare, "--ip", l.NodeAddr("worker1").String()}, "belongs to the node"},
+		{"loopback", []string{"pod", "add", "lo", "--netns", spare, "--ip", "127.0.0.5"}, "--ip"},
+		{"reserved", []string{"pod", "add", "res", "--netns", spare, "--ip", "240.0.0.1"}, "--ip"},
 		{"unknown pod del", []string{"pod", "del", "nosuchpod"}, "not found"},
 	}
 	c := nodeClient(t, l, "worker1")

@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"podnet/internal/netnsutil"
+	"podnet/api"
 	"podnet/ipam"
 	"podnet/nodeapi"
 	vswitch "podnet/switch"
@@ -51,8 +52,10 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 		if err != nil || !ip.Is4() {
 			return nodeapi.PodInfo{}, badRequest("pod %s: invalid IPv4 address %q", req.Name, req.IP)
 		}
-		if ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-			return nodeapi.PodInfo{}, badRequest("pod %s: address %s cannot be a pod address", req.Name, ip)
+		// The same address rules as pools (api.ValidatePodIPv4): no
+		// loopback, link-local, multicast, reserved or 0/8 addresses.
+		if err := api.ValidatePodIPv4(ip); err != nil {
+			return nodeapi.PodInfo{}, badRequest("pod %s: --ip: %v", req.Name, err)
 		}
 		wantIP = ip
 	}
