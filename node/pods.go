@@ -14,8 +14,8 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"podnet/internal/netnsutil"
 	"podnet/api"
+	"podnet/internal/netnsutil"
 	"podnet/ipam"
 	"podnet/nodeapi"
 	vswitch "podnet/switch"
