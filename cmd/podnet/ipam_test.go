@@ -95,27 +95,33 @@ func TestIPAMCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	assign("10.40.0.1", "worker1", "pod.worker1.a", map[string]string{"type": "pod", "pod": "a"})
-	wep("worker1", "a", "10.40.0.1")
-	assign("10.40.0.2", "worker1", "pod.worker1.b", map[string]string{"type": "pod", "pod": "b"}) // leaked
-	assign("10.40.0.3", "worker1", "ipip-tunnel-addr-worker1", map[string]string{"type": "ipipTunnelAddress"})
-	assign("10.40.0.4", "gone", "ipip-tunnel-addr-gone", map[string]string{"type": "ipipTunnelAddress"}) // leaked
-	wep("worker1", "c", "10.40.0.9")                                                                     // not allocated
-
-	ipamCmd := func(args ...string) string {
+	// ipamCmd runs "ipam ARGS..." and checks the exit code main would
+	// give: 3 while the check finds problems, else 0.
+	ipamCmd := func(code int, args ...string) string {
 		t.Helper()
 		var out bytes.Buffer
 		old := stdout
 		stdout = &out
 		defer func() { stdout = old }()
 		cmd := newIPAMCmd()
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
 		cmd.SetArgs(append(args, "--datastore", c.endpoint))
-		if err := cmd.ExecuteContext(ctx); err != nil {
-			t.Fatalf("ipam %v: %v", args, err)
+		if err := cmd.ExecuteContext(ctx); exitCode(err) != code {
+			t.Fatalf("ipam %v: exit code %d (error %v), want %d", args, exitCode(err), err, code)
 		}
 		return out.String()
 	}
-	wantOut(t, ipamCmd("check"), `Checking IPAM for inconsistencies...
+	assign("10.40.0.1", "worker1", "pod.worker1.a", map[string]string{"type": "pod", "pod": "a"})
+	wep("worker1", "a", "10.40.0.1")
+	assign("10.40.0.3", "worker1", "ipip-tunnel-addr-worker1", map[string]string{"type": "ipipTunnelAddress"})
+	if out := ipamCmd(exitOK, "check"); !strings.Contains(out, "Check complete; found 0 problems.") {
+		t.Fatalf("before the problems: got\n%s", out)
+	}
+	assign("10.40.0.2", "worker1", "pod.worker1.b", map[string]string{"type": "pod", "pod": "b"})        // leaked
+	assign("10.40.0.4", "gone", "ipip-tunnel-addr-gone", map[string]string{"type": "ipipTunnelAddress"}) // leaked
+	wep("worker1", "c", "10.40.0.9")                                                                     // not allocated
+
+	wantOut(t, ipamCmd(exitProblems, "check"), `Checking IPAM for inconsistencies...
 Found 4 allocations in 1 blocks, 2 workload endpoints, 1 nodes (0 with a running daemon).
   10.40.0.9 is used by workload endpoint worker1-c but not allocated in IPAM
   10.40.0.2 leaked: no workload endpoint has it (node worker1 has no running daemon); handle pod.worker1.b, attrs node=worker1,pod=b,type=pod
@@ -126,8 +132,8 @@ Found 0 handle counts that do not match the blocks.
 Check complete; found 3 problems.
 Release leaked addresses with: podnet ipam release --leaked
 `)
-	wantOut(t, ipamCmd("release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
-	out := ipamCmd("check")
+	wantOut(t, ipamCmd(exitOK, "release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
+	out := ipamCmd(exitProblems, "check")
 	if !strings.Contains(out, "Found 0 IPs that are allocated") || !strings.Contains(out, "Check complete; found 1 problems.") {
 		t.Fatalf("after release: got\n%s", out)
 	}
@@ -136,7 +142,7 @@ Release leaked addresses with: podnet ipam release --leaked
 	if _, err := res.Delete(ctx, api.KindIPPool, "p", resources.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out = ipamCmd("check")
+	out = ipamCmd(exitProblems, "check")
 	if !strings.Contains(out, "Found 2 in-use IPs that are not in active IP pools.") || !strings.Contains(out, "10.40.0.1 is allocated in block 10.40.0.0/26, which no IP pool holds") {
 		t.Fatalf("after pool delete: got\n%s", out)
 	}
