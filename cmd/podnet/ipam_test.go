@@ -138,6 +138,11 @@ Release leaked addresses with: podnet ipam release --leaked
 		t.Fatalf("after release: got\n%s", out)
 	}
 
+	// -o json: camelCase keys, the block's node among them.
+	if j := ipamCmd(exitOK, "show", "-o", "json"); !strings.Contains(j, `"inUse": 2`) || !strings.Contains(j, `"node": "worker1"`) || !strings.Contains(j, `"cidr": "10.40.0.0/26"`) {
+		t.Fatalf("ipam show -o json: got\n%s", j)
+	}
+
 	// A pool deleted under its allocations: IPAM's own check notices.
 	if _, err := res.Delete(ctx, api.KindIPPool, "p", resources.DeleteOptions{}); err != nil {
 		t.Fatal(err)
