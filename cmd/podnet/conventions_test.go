@@ -185,6 +185,8 @@ func TestExitCodes(t *testing.T) {
 		want []string
 	}{
 		{[]string{"--help"}, 0, nil},
+		// A group without a subcommand shows its help.
+		{[]string{"nat"}, 0, []string{"Usage:\n  podnet nat [command]\n\nAvailable Commands:"}},
 		{[]string{"nosuch"}, 2, []string{`unknown command "nosuch" for "podnet"`, "Run 'podnet --help' for usage."}},
 		{[]string{"stat"}, 2, []string{`unknown command "stat" for "podnet"; did you mean status?`}},
 		{[]string{"nat", "lsit"}, 2, []string{`unknown command "lsit" for "podnet nat"`, "Run 'podnet nat --help' for usage."}},

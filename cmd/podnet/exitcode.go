@@ -69,6 +69,10 @@ func setUsageErrors(root *cobra.Command) {
 			}
 		}
 		if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+			if c.Annotations == nil {
+				c.Annotations = map[string]string{}
+			}
+			c.Annotations[groupAnnotation] = "true"
 			c.Args = cobra.ArbitraryArgs
 			c.RunE = func(cmd *cobra.Command, a []string) error {
 				if len(a) == 0 {
@@ -86,4 +90,14 @@ func setUsageErrors(root *cobra.Command) {
 		}
 	}
 	walk(root)
+	// A group is runnable now only to refuse unknown subcommands; its
+	// help shows "podnet nat [command]" alone, as before, not also
+	// "podnet nat [flags]".
+	const runnable = "Usage:{{if .Runnable}}"
+	if t := root.UsageTemplate(); strings.HasPrefix(t, runnable) {
+		root.SetUsageTemplate(strings.Replace(t, runnable,
+			`Usage:{{if and .Runnable (ne (index .Annotations "`+groupAnnotation+`") "true")}}`, 1))
+	}
 }
+
+const groupAnnotation = "podnet/group"
