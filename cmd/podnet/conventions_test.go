@@ -198,6 +198,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"get", "foo"}, 2, []string{"resource type 'foo' is not supported; the kinds podnet knows",
 			"  ippool             ippools, ipp, ipps, pool, pools\n", "  bgppeer            bgppeers, bgpp, bgpps, bp, bps\n"}},
 		{[]string{"ipam", "release"}, 2, []string{"give --ip or --leaked"}},
+		{[]string{"delete", "ippool"}, 2, []string{"usage: podnet delete -f FILE | podnet delete KIND NAME..."}},
 		// A command called rightly that cannot do its work: 1.
 		{[]string{"status", "--socket", "/nonexistent/podnet-conv-test.sock"}, 1, []string{"/nonexistent/podnet-conv-test.sock"}},
 	} {
@@ -220,4 +221,15 @@ func TestExitCodes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestEveryCommandChecksArgs: a command without an Args check would take
+// stray arguments silently (cobra checks only under the root), so every
+// command has one, and wrong arguments are a usage error.
+func TestEveryCommandChecksArgs(t *testing.T) {
+	walkCommands(newRootCmd(), func(c *cobra.Command) {
+		if c.Args == nil {
+			t.Errorf("%s: no Args check (cobra.NoArgs, ExactArgs, ...)", c.CommandPath())
+		}
+	})
 }

@@ -312,6 +312,8 @@ func newDeleteCmd() *cobra.Command {
 		Short: "Delete resources named in a file or on the command line",
 		Long: "Delete resources named in a file or on the command line. An IPPool that still has allocated\n" +
 			"addresses is kept unless --force is given.",
+		// RunE checks the arguments: -f FILE or KIND NAME..., not both.
+		Args: cobra.ArbitraryArgs,
 	}
 	datastoreFlag(cmd)
 	file := filenameFlag(cmd)
