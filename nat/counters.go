@@ -101,19 +101,19 @@ func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 // Stats is a snapshot of the NAT's counters.
 type Stats struct {
 	// Entries is the number of flows in the table, closing ones included.
-	Entries int
+	Entries int `json:"entries"`
 	// ByProto counts Entries by protocol ("tcp", "udp", "icmp").
-	ByProto map[string]int
+	ByProto map[string]int `json:"byProto"`
 	// Drops counts dropped packets and refused flows by DropReason name.
 	// Every reason is present, zero or not.
-	Drops map[string]uint64
+	Drops map[string]uint64 `json:"drops"`
 	// PortsInUse is the number of host TCP and UDP sockets holding a local
 	// port.
-	PortsInUse int
+	PortsInUse int `json:"portsInUse"`
 	// PortsTotal is the number of local ports those sockets draw from:
 	// PortMax-PortMin+1 (or the kernel's ephemeral range) for each of TCP
 	// and UDP.
-	PortsTotal int
+	PortsTotal int `json:"portsTotal"`
 	// ConnsTotal counts flows ever admitted to the table.
-	ConnsTotal uint64
+	ConnsTotal uint64 `json:"connsTotal"`
 }

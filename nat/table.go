@@ -182,19 +182,19 @@ func (t *table) len() int {
 
 // Entry is one flow of the connection table.
 type Entry struct {
-	Proto string // "tcp", "udp" or "icmp"
+	Proto string `json:"proto"` // "tcp", "udp" or "icmp"
 	// Pod is the pod's address and port (ICMP: echo identifier).
-	Pod netip.AddrPort
+	Pod netip.AddrPort `json:"pod"`
 	// Node is the host socket's local address and port (ICMP: the
 	// identifier the kernel chose); invalid while a TCP dial is pending.
-	Node netip.AddrPort
+	Node netip.AddrPort `json:"node"`
 	// Remote is the destination outside the cluster (ICMP: port 0).
-	Remote   netip.AddrPort
-	State    string
-	BytesOut uint64 // pod to remote, payload bytes
-	BytesIn  uint64 // remote to pod, payload bytes
-	Age      time.Duration
-	Idle     time.Duration
+	Remote   netip.AddrPort `json:"remote"`
+	State    string         `json:"state"`
+	BytesOut uint64         `json:"bytesOut"` // pod to remote, payload bytes
+	BytesIn  uint64         `json:"bytesIn"`  // remote to pod, payload bytes
+	Age      time.Duration  `json:"age"`
+	Idle     time.Duration  `json:"idle"`
 }
 
 // Entries returns a snapshot of the connection table sorted by protocol,

@@ -39,15 +39,12 @@ func (f *suiteFlags) register(cmd *cobra.Command, scenarios bool) {
 		fl.StringSliceVar(&f.cfg.Scenarios, "scenarios", nil, "scenarios to run: same-node, cross-node, nat (default all)")
 		fl.BoolVar(&f.controlP, "control-plane", true, "also time route convergence (5 blocks) and pod add (50 pods); off with --quick")
 	}
-	fl.StringVarP(&f.output, "output", "o", "table", "table or json (the schema: podnet bench schema)")
+	outputFlagVar(cmd, &f.output, nil, formatTable, formatJSON)
 	fl.StringVar(&f.outDir, "out", "", "also write results.json, results.md and charts (PNG, SVG) into this directory")
 }
 
 // run runs the suite as configured and prints or writes the report.
 func (f *suiteFlags) run(cmd *cobra.Command) error {
-	if err := checkFormat(f.output, "table", "json"); err != nil {
-		return err
-	}
 	if f.paths != "" {
 		re, err := regexp.Compile(f.paths)
 		if err != nil {
@@ -83,7 +80,7 @@ func (f *suiteFlags) run(cmd *cobra.Command) error {
 		fmt.Fprintf(os.Stderr, "wrote %s in %s\n", strings.Join(files, ", "), f.outDir)
 	}
 	if f.output == "json" {
-		return printJSON(stdout, rep)
+		return printJSON(cmd, stdout, rep)
 	}
 	bench.WriteTable(stdout, rep)
 	return nil
@@ -137,9 +134,6 @@ ping and TCP request/response latency, the highest UDP rate under 1 % loss
 		var out string
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := checkFormat(out, "table", "json"); err != nil {
-					return err
-				}
 				if os.Geteuid() != 0 {
 					return errors.New("podnet bench must run as root: it creates network namespaces, veths and TAPs (try sudo)")
 				}
@@ -153,7 +147,7 @@ ping and TCP request/response latency, the highest UDP rate under 1 % loss
 				}
 				rep.ControlPlane = cp
 				if out == "json" {
-					return printJSON(stdout, rep)
+					return printJSON(cmd, stdout, rep)
 				}
 				if cp.Convergence != nil {
 					fmt.Fprintln(stdout, cp.Convergence)
@@ -163,7 +157,7 @@ ping and TCP request/response latency, the highest UDP rate under 1 % loss
 				}
 				return nil
 			}}
-		c.Flags().StringVarP(&out, "output", "o", "table", "table or json")
+		outputFlagVar(c, &out, nil, formatTable, formatJSON)
 		return c
 	}
 	var pods int

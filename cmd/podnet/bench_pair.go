@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -45,10 +44,7 @@ time when neither runs podnet). The output has the suite's schema.`, bench.PairC
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if server == (client != "") {
-				return errors.New("bench pair: give either --server or --client ADDR")
-			}
-			if err := checkFormat(output, "table", "json"); err != nil {
-				return err
+				return usagef("bench pair: give either --server or --client ADDR")
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -73,7 +69,7 @@ time when neither runs podnet). The output has the suite's schema.`, bench.PairC
 				fmt.Fprintf(os.Stderr, "wrote %s in %s\n", strings.Join(files, ", "), outDir)
 			}
 			if output == "json" {
-				return printJSON(stdout, rep)
+				return printJSON(cmd, stdout, rep)
 			}
 			bench.WriteTable(stdout, rep)
 			return nil
@@ -87,7 +83,7 @@ time when neither runs podnet). The output has the suite's schema.`, bench.PairC
 	f.IntVar(&cfg.Rounds, "rounds", 0, "rounds (default 3, 1 with --quick)")
 	f.IntVar(&cfg.Seconds, "seconds", 0, "seconds of bulk TCP per round (default 4, 2 with --quick)")
 	f.IntSliceVar(&payloads, "payloads", nil, "UDP payload sizes (default 18,64,1400; 64 with --quick)")
-	f.StringVarP(&output, "output", "o", "table", "table or json")
+	outputFlagVar(cmd, &output, nil, formatTable, formatJSON)
 	f.StringVar(&outDir, "out", "", "also write results.json, results.md and charts into this directory")
 	return cmd
 }

@@ -92,14 +92,14 @@ system can reach.`,
 				a, err1 := strconv.ParseUint(lo, 10, 16)
 				b, err2 := strconv.ParseUint(hi, 10, 16)
 				if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
-					return fmt.Errorf("--nat-port-range %q: want MIN:MAX with 1 <= MIN <= MAX <= 65535", natRange)
+					return usagef("--nat-port-range %q: want MIN:MAX with 1 <= MIN <= MAX <= 65535", natRange)
 				}
 				cfg.NAT.PortMin, cfg.NAT.PortMax = uint16(a), uint16(b)
 			}
 			if natAddr != "" {
 				a, err := netip.ParseAddr(natAddr)
 				if err != nil || !a.Is4() {
-					return fmt.Errorf("--nat-outgoing-address %q: not an IPv4 address", natAddr)
+					return usagef("--nat-outgoing-address %q: not an IPv4 address", natAddr)
 				}
 				cfg.NAT.SourceAddr = a
 			}

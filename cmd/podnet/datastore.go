@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -64,7 +64,7 @@ History older than --compaction-retention revisions is compacted every
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+				return usagef("--log-level: %v", err)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 			e, err := datastore.StartEmbedded(cfg)
@@ -101,7 +101,7 @@ func parseCertNodes(list []string) ([]certs.Node, error) {
 	for _, s := range list {
 		name, host, hasHost := strings.Cut(strings.TrimSpace(s), "=")
 		if name == "" || hasHost && host == "" {
-			return nil, fmt.Errorf("--nodes %q: want NAME or NAME=ADDRESS", s)
+			return nil, usagef("--nodes %q: want NAME or NAME=ADDRESS", s)
 		}
 		i, ok := idx[name]
 		if !ok {
@@ -143,14 +143,14 @@ subject alternative names).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.Dir == "" {
-				return errors.New("--out is required")
+				return usagef("--out is required")
 			}
 			var err error
 			if o.Nodes, err = parseCertNodes(nodes); err != nil {
 				return err
 			}
 			if len(o.Nodes) == 0 {
-				return errors.New("--nodes is required")
+				return usagef("--nodes is required")
 			}
 			wrote, err := certs.Make(o)
 			for _, p := range wrote {
@@ -176,9 +176,6 @@ func newDatastoreStatusCmd() *cobra.Command {
 	out := outputFlag(cmd, "table", "json")
 	datastoreFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "table", "json"); err != nil {
-			return err
-		}
 		cfg, err := resources.LoadClientConfig()
 		if err != nil {
 			return err
@@ -197,29 +194,40 @@ func newDatastoreStatusCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if *out == "json" {
-			return printJSON(cmd.OutOrStdout(), ms)
-		}
-		tw := newTable(cmd.OutOrStdout())
-		fmt.Fprintln(tw, "NAME\tENDPOINT\tLEADER\tREVISION\tDB SIZE\tIN USE\tSTATUS")
+		// Members that do not answer make exit code 3 whatever the format.
 		down := 0
 		for _, m := range ms {
-			status := "ok"
 			if m.Error != "" {
-				status, down = m.Error, down+1
+				down++
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\t%s\t%s\n", m.Name, m.Endpoint, m.Leader, m.Revision,
-				mib(m.DBSize), mib(m.DBSizeInUse), status)
 		}
-		if err := tw.Flush(); err != nil {
+		if *out == "json" {
+			if err := printJSON(cmd, cmd.OutOrStdout(), ms); err != nil {
+				return err
+			}
+		} else if err := printMembers(cmd.OutOrStdout(), ms); err != nil {
 			return err
 		}
 		if down > 0 {
-			return fmt.Errorf("%d of %d members do not answer", down, len(ms))
+			return problemsError{fmt.Sprintf("%d of %d members do not answer", down, len(ms))}
 		}
 		return nil
 	}
 	return cmd
+}
+
+func printMembers(w io.Writer, ms []datastore.MemberStatus) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "NAME\tENDPOINT\tLEADER\tREVISION\tDB SIZE\tIN USE\tSTATUS")
+	for _, m := range ms {
+		status := "ok"
+		if m.Error != "" {
+			status = m.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\t%s\t%s\n", m.Name, m.Endpoint, m.Leader, m.Revision,
+			mib(m.DBSize), mib(m.DBSizeInUse), status)
+	}
+	return tw.Flush()
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20)) }

@@ -48,9 +48,6 @@ func newIPAMShowCmd() *cobra.Command {
 		Short: "Pools and blocks: how many addresses are in use, where; who holds an address",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkFormat(output, "table", "json"); err != nil {
-				return err
-			}
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				m := ipam.New(c.Store())
 				switch {
@@ -68,7 +65,7 @@ func newIPAMShowCmd() *cobra.Command {
 					return err
 				}
 				if output == "json" {
-					return printJSON(stdout, usage)
+					return printJSON(cmd, stdout, poolUsageJSON(usage))
 				}
 				writeUsage(stdout, usage, showBlocks)
 				return nil
@@ -78,8 +75,38 @@ func newIPAMShowCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&showBlocks, "show-blocks", false, "also show each block, its node and its use")
 	cmd.Flags().BoolVar(&showBorrowed, "show-borrowed", false, "show addresses borrowed from other nodes' blocks")
 	cmd.Flags().StringVar(&ipStr, "ip", "", "show who holds this address")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format for pools and blocks: table or json")
+	outputFlagVar(cmd, &output, nil, formatTable, formatJSON)
 	return cmd
+}
+
+// poolUsage and blockUsage are ipam.PoolUsage and ipam.BlockUsage as
+// `ipam show -o json` prints them, with the CLI's camelCase keys.
+type poolUsage struct {
+	Name   string       `json:"name"` // "" for blocks outside every pool
+	CIDR   netip.Prefix `json:"cidr"`
+	Total  int          `json:"total"`
+	InUse  int          `json:"inUse"`
+	Blocks []blockUsage `json:"blocks"`
+}
+
+type blockUsage struct {
+	CIDR  netip.Prefix `json:"cidr"`
+	Pool  string       `json:"pool"`
+	Node  string       `json:"node"`
+	Total int          `json:"total"`
+	InUse int          `json:"inUse"`
+}
+
+func poolUsageJSON(us []ipam.PoolUsage) []poolUsage {
+	out := make([]poolUsage, 0, len(us))
+	for _, u := range us {
+		p := poolUsage{Name: u.Name, CIDR: u.CIDR, Total: u.Total, InUse: u.InUse, Blocks: make([]blockUsage, 0, len(u.Blocks))}
+		for _, b := range u.Blocks {
+			p.Blocks = append(p.Blocks, blockUsage{CIDR: b.CIDR, Pool: b.Pool, Node: b.Node, Total: b.Total, InUse: b.InUse})
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func writeUsage(w io.Writer, usage []ipam.PoolUsage, blocks bool) {
@@ -298,9 +325,9 @@ func newIPAMCheckCmd() *cobra.Command {
 					return err
 				}
 				r.write(stdout)
+				// Exit code 3: the check ran and found something to repair.
 				if n := r.problems(); n > 0 {
-					// Scripts and CI see the problems in the exit status.
-					return fmt.Errorf("ipam check: %d problems found", n)
+					return problemsError{fmt.Sprintf("ipam check: %d problems found", n)}
 				}
 				return nil
 			})
@@ -326,7 +353,7 @@ func newIPAMReleaseCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (len(ips) == 0) == !leaked {
-				return fmt.Errorf("give --ip or --leaked")
+				return usagef("give --ip or --leaked")
 			}
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				m := ipam.New(c.Store())
@@ -347,7 +374,7 @@ func newIPAMReleaseCmd() *cobra.Command {
 				for _, s := range ips {
 					ip, err := netip.ParseAddr(s)
 					if err != nil || !ip.Is4() {
-						return fmt.Errorf("invalid IPv4 address %q", s)
+						return usagef("invalid IPv4 address %q", s)
 					}
 					addrs = append(addrs, ip)
 				}
@@ -381,7 +408,7 @@ func newIPAMConfigureCmd() *cobra.Command {
 				if cmd.Flags().Changed("strictaffinity") {
 					v, err := strconv.ParseBool(strict)
 					if err != nil {
-						return fmt.Errorf("--strictaffinity: want true or false, got %q", strict)
+						return usagef("--strictaffinity: want true or false, got %q", strict)
 					}
 					cfg.StrictAffinity = v
 				}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -96,43 +95,33 @@ func TestIPAMCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	assign("10.40.0.1", "worker1", "pod.worker1.a", map[string]string{"type": "pod", "pod": "a"})
-	wep("worker1", "a", "10.40.0.1")
-	assign("10.40.0.2", "worker1", "pod.worker1.b", map[string]string{"type": "pod", "pod": "b"}) // leaked
-	assign("10.40.0.3", "worker1", "ipip-tunnel-addr-worker1", map[string]string{"type": "ipipTunnelAddress"})
-	assign("10.40.0.4", "gone", "ipip-tunnel-addr-gone", map[string]string{"type": "ipipTunnelAddress"}) // leaked
-	wep("worker1", "c", "10.40.0.9")                                                                     // not allocated
-
-	ipamCmdErr := func(args ...string) (string, error) {
+	// ipamCmd runs "ipam ARGS..." and checks the exit code main would
+	// give: 3 while the check finds problems, else 0.
+	ipamCmd := func(code int, args ...string) string {
 		t.Helper()
 		var out bytes.Buffer
 		old := stdout
 		stdout = &out
 		defer func() { stdout = old }()
 		cmd := newIPAMCmd()
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
 		cmd.SetArgs(append(args, "--datastore", c.endpoint))
-		err := cmd.ExecuteContext(ctx)
-		return out.String(), err
-	}
-	ipamCmd := func(args ...string) string {
-		t.Helper()
-		out, err := ipamCmdErr(args...)
-		if err != nil {
-			t.Fatalf("ipam %v: %v", args, err)
+		if err := cmd.ExecuteContext(ctx); exitCode(err) != code {
+			t.Fatalf("ipam %v: exit code %d (error %v), want %d", args, exitCode(err), err, code)
 		}
-		return out
+		return out.String()
 	}
-	// check fails (exit status 1) whenever it finds problems.
-	check := func(problems int) string {
-		t.Helper()
-		out, err := ipamCmdErr("check")
-		want := fmt.Sprintf("ipam check: %d problems found", problems)
-		if problems == 0 && err != nil || problems > 0 && (err == nil || err.Error() != want) {
-			t.Fatalf("ipam check: got error %v, want %q\n%s", err, want, out)
-		}
-		return out
+	assign("10.40.0.1", "worker1", "pod.worker1.a", map[string]string{"type": "pod", "pod": "a"})
+	wep("worker1", "a", "10.40.0.1")
+	assign("10.40.0.3", "worker1", "ipip-tunnel-addr-worker1", map[string]string{"type": "ipipTunnelAddress"})
+	if out := ipamCmd(exitOK, "check"); !strings.Contains(out, "Check complete; found 0 problems.") {
+		t.Fatalf("before the problems: got\n%s", out)
 	}
-	wantOut(t, check(3), `Checking IPAM for inconsistencies...
+	assign("10.40.0.2", "worker1", "pod.worker1.b", map[string]string{"type": "pod", "pod": "b"})        // leaked
+	assign("10.40.0.4", "gone", "ipip-tunnel-addr-gone", map[string]string{"type": "ipipTunnelAddress"}) // leaked
+	wep("worker1", "c", "10.40.0.9")                                                                     // not allocated
+
+	wantOut(t, ipamCmd(exitProblems, "check"), `Checking IPAM for inconsistencies...
 Found 4 allocations in 1 blocks, 2 workload endpoints, 1 nodes (0 with a running daemon).
   10.40.0.9 is used by workload endpoint worker1-c but not allocated in IPAM
   10.40.0.2 leaked: no workload endpoint has it (node worker1 has no running daemon); handle pod.worker1.b, attrs node=worker1,pod=b,type=pod
@@ -144,13 +133,19 @@ Found 0 handle counts that do not match the blocks.
 Check complete; found 3 problems.
 Release leaked addresses with: podnet ipam release --leaked
 `)
-	wantOut(t, ipamCmd("release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
-	out := check(1)
+	wantOut(t, ipamCmd(exitOK, "release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
+	out := ipamCmd(exitProblems, "check")
 	if !strings.Contains(out, "Found 0 IPs that are allocated") || !strings.Contains(out, "Check complete; found 1 problems.") {
 		t.Fatalf("after release: got\n%s", out)
 	}
+
+	// -o json: camelCase keys, the block's node among them.
+	if j := ipamCmd(exitOK, "show", "-o", "json"); !strings.Contains(j, `"inUse": 2`) || !strings.Contains(j, `"node": "worker1"`) || !strings.Contains(j, `"cidr": "10.40.0.0/26"`) {
+		t.Fatalf("ipam show -o json: got\n%s", j)
+	}
+
 	res.Delete(ctx, api.KindWorkloadEndpoint, api.WorkloadEndpointName("worker1", "c"), resources.DeleteOptions{})
-	if out := check(0); !strings.Contains(out, "Check complete; found 0 problems.") {
+	if out := ipamCmd(exitOK, "check"); !strings.Contains(out, "Check complete; found 0 problems.") {
 		t.Fatalf("clean: got\n%s", out)
 	}
 
@@ -159,7 +154,7 @@ Release leaked addresses with: podnet ipam release --leaked
 	if _, err := res.Delete(ctx, api.KindIPPool, "p", resources.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out = check(3)
+	out = ipamCmd(exitProblems, "check")
 	for _, want := range []string{"Found 2 in-use IPs that are not in active IP pools.",
 		"10.40.0.1 is allocated in block 10.40.0.0/26, which no IP pool holds",
 		"block 10.40.0.0/26 (affine to node worker1, 2 addresses in use) is in no IP pool",

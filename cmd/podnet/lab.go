@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +70,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 				cfg.Pods = lab.NoPods
 			}
 			if pods < 0 {
-				return fmt.Errorf("--pods %d: must be 0 or more", pods)
+				return usagef("--pods %d: must be 0 or more", pods)
 			}
 			cfg.Progress = cmd.OutOrStdout()
 			// An interrupted up cancels ctx; lab.Up then tears down what
@@ -172,9 +171,6 @@ func newLabStatusCmd(name *string) *cobra.Command {
 		Short: "Show a lab's nodes and pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("-o %q: want table or json", output)
-			}
 			l, err := openLab(*name)
 			if err != nil {
 				return err
@@ -182,9 +178,7 @@ func newLabStatusCmd(name *string) *cobra.Command {
 			s := l.Status()
 			w := cmd.OutOrStdout()
 			if output == "json" {
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(s)
+				return printJSON(cmd, w, s)
 			}
 			printLabStatus(w, s)
 			if g, err := l.Graph(cmd.Context()); err != nil {
@@ -196,7 +190,7 @@ func newLabStatusCmd(name *string) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	outputFlagVar(cmd, &output, nil, formatTable, formatJSON)
 	return cmd
 }
 
@@ -306,7 +300,7 @@ func splitExecArgs(args []string, name *string) (string, []string, error) {
 		rest = rest[1:]
 	}
 	if len(rest) == 0 {
-		return "", nil, errors.New("no command: " + usage)
+		return "", nil, usagef("no command: %s", usage)
 	}
 	return target, rest, nil
 }

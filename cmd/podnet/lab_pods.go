@@ -154,7 +154,7 @@ pods, and removes test-6 and above. Each pod serves HTTP on port 80.`,
 			dep, n, ok := strings.Cut(args[0], "=")
 			replicas, err := strconv.Atoi(n)
 			if !ok || dep == "" || err != nil {
-				return fmt.Errorf("scale %q: want DEPLOYMENT=REPLICAS, e.g. test=5", args[0])
+				return usagef("scale %q: want DEPLOYMENT=REPLICAS, e.g. test=5", args[0])
 			}
 			l, err := openLab(*name)
 			if err != nil {

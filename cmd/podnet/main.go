@@ -14,10 +14,14 @@ import (
 
 func main() {
 	root := newRootCmd()
-	if err := root.Execute(); err != nil {
+	cmd, err := root.ExecuteC()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		if isUsage(err) {
+			fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		}
 	}
+	os.Exit(exitCode(err))
 }
 
 func newRootCmd() *cobra.Command {
@@ -30,5 +34,6 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetVersionTemplate(versionLine(buildinfo.Get()) + "\n")
 	root.AddCommand(commands()...)
+	setUsageErrors(root)
 	return root
 }

@@ -18,15 +18,12 @@ func newNATCmd() *cobra.Command {
 	lsock := socketFlag(list)
 	lout := outputFlag(list, "table", "wide", "json")
 	list.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*lout, "table", "wide", "json"); err != nil {
-			return err
-		}
 		es, err := daemonGet[[]nat.Entry](*lsock, nodeapi.PathNATEntries)
 		if err != nil {
 			return err
 		}
 		if *lout == "json" {
-			return printJSON(stdout, es)
+			return printJSON(cmd, stdout, es)
 		}
 		tw := newTable(stdout)
 		if *lout == "wide" {
@@ -50,17 +47,14 @@ func newNATCmd() *cobra.Command {
 	}
 	stats := &cobra.Command{Use: "stats", Short: "Entries by protocol, drops by reason, port use", Args: cobra.NoArgs}
 	ssock := socketFlag(stats)
-	sout := outputFlag(stats, "text", "json")
+	sout := outputFlag(stats, formatTable, formatJSON)
 	stats.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*sout, "text", "json"); err != nil {
-			return err
-		}
 		s, err := daemonGet[nat.Stats](*ssock, nodeapi.PathNATStats)
 		if err != nil {
 			return err
 		}
 		if *sout == "json" {
-			return printJSON(stdout, s)
+			return printJSON(cmd, stdout, s)
 		}
 		fmt.Fprintf(stdout, "entries: %d (tcp %d, udp %d, icmp %d), %d admitted since start\n",
 			s.Entries, s.ByProto["tcp"], s.ByProto["udp"], s.ByProto["icmp"], s.ConnsTotal)

@@ -19,15 +19,12 @@ func newNodeCmd() *cobra.Command {
 	sock := socketFlag(status)
 	out := outputFlag(status, "table", "json")
 	status.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "table", "json"); err != nil {
-			return err
-		}
 		peers, err := daemonGet[[]bgp.PeerStatus](*sock, nodeapi.PathBGPPeers)
 		if err != nil {
 			return err
 		}
 		if *out == "json" {
-			return printJSON(stdout, peers)
+			return printJSON(cmd, stdout, peers)
 		}
 		fmt.Fprintln(stdout, "podnet process is running.")
 		fmt.Fprintln(stdout)

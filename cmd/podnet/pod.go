@@ -18,22 +18,19 @@ func newPodCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	}
 	addSock := socketFlag(add)
-	addOut := outputFlag(add, "text", "json")
+	addOut := outputFlag(add, formatTable, formatJSON)
 	add.Flags().StringVar(&req.Netns, "netns", "", "path of the pod's network namespace")
 	add.Flags().BoolVar(&req.New, "new", false, "create a namespace for the pod (deleted with it)")
 	add.Flags().StringVar(&req.IP, "ip", "", "the pod's IPv4 address (default: one from IPAM)")
 	add.Flags().StringVar(&req.Pool, "pool", "", "IP pool to take the address from (default: any enabled pool)")
 	add.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*addOut, "text", "json"); err != nil {
-			return err
-		}
 		req.Name = args[0]
 		info, err := client(*addSock).AddPod(req)
 		if err != nil {
 			return err
 		}
 		if *addOut == "json" {
-			return printJSON(stdout, info)
+			return printJSON(cmd, stdout, info)
 		}
 		fmt.Fprintf(stdout, "pod %s added: %s on %s (%s, mac %s)\n", info.Name, info.IP, info.Node, info.Netns, info.MAC)
 		return nil
@@ -57,15 +54,12 @@ func newPodCmd() *cobra.Command {
 	listSock := socketFlag(list)
 	listOut := outputFlag(list, "table", "wide", "json")
 	list.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*listOut, "table", "wide", "json"); err != nil {
-			return err
-		}
 		pods, err := client(*listSock).Pods()
 		if err != nil {
 			return err
 		}
 		if *listOut == "json" {
-			return printJSON(stdout, pods)
+			return printJSON(cmd, stdout, pods)
 		}
 		tw := newTable(stdout)
 		if *listOut == "wide" {

@@ -17,15 +17,12 @@ func newPortCmd() *cobra.Command {
 	sock := socketFlag(stats)
 	out := outputFlag(stats, "table", "json")
 	stats.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "table", "json"); err != nil {
-			return err
-		}
 		ports, err := daemonGet[[]vswitch.PortStats](*sock, nodeapi.PathPorts)
 		if err != nil {
 			return err
 		}
 		if *out == "json" {
-			return printJSON(stdout, ports)
+			return printJSON(cmd, stdout, ports)
 		}
 		tw := newTable(stdout)
 		fmt.Fprintln(tw, "PORT\tNAME\tKIND\tDEVICE\tIP\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tGSO\tARP\tICMP ERR\tNAT\tDROPS")

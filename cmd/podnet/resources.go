@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -97,17 +98,16 @@ func newGetCmd() *cobra.Command {
 		Args: cobra.MinimumNArgs(1),
 	}
 	datastoreFlag(cmd)
-	out := outputFlag(cmd, "ps", "wide", "yaml", "json")
+	// calicoctl calls its table "ps".
+	out := new(string)
+	outputFlagVar(cmd, out, map[string]string{"ps": formatTable}, formatTable, formatWide, formatYAML, formatJSON)
 	apiVersion := cmd.Flags().String("api-version", "",
 		"with -o yaml|json, print every resource with this apiVersion: "+api.APIVersion+" or "+api.CalicoAPIVersion+" (default: the one each was written with)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "ps", "wide", "yaml", "json"); err != nil {
-			return err
-		}
 		if *apiVersion != "" && *out != "yaml" && *out != "json" {
-			return errors.New("--api-version needs -o yaml or -o json")
+			return usagef("--api-version needs -o yaml or -o json")
 		}
-		k, err := api.LookupKind(args[0])
+		k, err := lookupKind(args[0])
 		if err != nil {
 			return err
 		}
@@ -150,6 +150,29 @@ func newGetCmd() *cobra.Command {
 		})
 	}
 	return cmd
+}
+
+// lookupKind is api.LookupKind for a command-line argument: an unknown
+// kind is a usage error that lists the kinds podnet knows.
+func lookupKind(name string) (api.KindInfo, error) {
+	k, err := api.LookupKind(name)
+	if err != nil {
+		return k, usageError{fmt.Errorf("%w; the kinds podnet knows, and their other names:\n%s", err, kindList())}
+	}
+	return k, nil
+}
+
+// kindList is one line per kind: its name and its aliases.
+func kindList() string {
+	var b strings.Builder
+	tw := newTable(&b)
+	for _, k := range api.Kinds() {
+		name := strings.ToLower(k.Kind)
+		aliases := slices.DeleteFunc(slices.Clone(k.Aliases), func(a string) bool { return a == name })
+		fmt.Fprintf(tw, "  %s\t%s\n", name, strings.Join(aliases, ", "))
+	}
+	tw.Flush()
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // globalASN is the AS of nodes without their own, for get node -o wide.
@@ -289,6 +312,8 @@ func newDeleteCmd() *cobra.Command {
 		Short: "Delete resources named in a file or on the command line",
 		Long: "Delete resources named in a file or on the command line. An IPPool that still has allocated\n" +
 			"addresses is kept unless --force is given.",
+		// RunE checks the arguments: -f FILE or KIND NAME..., not both.
+		Args: cobra.ArbitraryArgs,
 	}
 	datastoreFlag(cmd)
 	file := filenameFlag(cmd)
@@ -297,14 +322,14 @@ func newDeleteCmd() *cobra.Command {
 		var rs []api.Resource
 		switch {
 		case *file != "" && len(args) > 0:
-			return errors.New("give either -f FILE or KIND NAME..., not both")
+			return usagef("give either -f FILE or KIND NAME..., not both")
 		case *file != "":
 			var err error
 			if rs, err = readResources(cmd, *file); err != nil {
 				return fmt.Errorf("Failed to execute command: %w", err)
 			}
 		case len(args) >= 2:
-			k, err := api.LookupKind(args[0])
+			k, err := lookupKind(args[0])
 			if err != nil {
 				return err
 			}
@@ -314,7 +339,7 @@ func newDeleteCmd() *cobra.Command {
 				rs = append(rs, r)
 			}
 		default:
-			return errors.New("usage: podnet delete -f FILE | podnet delete KIND NAME...")
+			return usagef("usage: podnet delete -f FILE | podnet delete KIND NAME...")
 		}
 		if len(rs) == 0 {
 			return errors.New("No resources specified")
@@ -368,7 +393,7 @@ func newLabelCmd() *cobra.Command {
 	remove := cmd.Flags().Bool("remove", false, "remove the label")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		kind, name := args[0], args[1]
-		k, err := api.LookupKind(kind)
+		k, err := lookupKind(kind)
 		if err != nil {
 			return err
 		}

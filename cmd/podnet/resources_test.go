@@ -193,6 +193,9 @@ spec: {peerIP: 192.20.30.40, asNumber: 64567}
 	wantOut(t, c.ok(nodes, "apply", "-f", "-"), "Successfully applied 3 resource(s)\n")
 	wantOut(t, c.ok("", "get", "nodes", "-o", "wide"), "NAME      ASN       IPV4           IPV6   VXLANMAC   PODMTU\nworker1   (64512)   10.0.0.11/24\nworker2   64513     10.0.0.12/24\n")
 	wantOut(t, c.ok("", "get", "no"), "NAME\nworker1\nworker2\n")
+	// calicoctl's -o ps is the table, and so is -o table.
+	wantOut(t, c.ok("", "get", "no", "-o", "ps"), "NAME\nworker1\nworker2\n")
+	wantOut(t, c.ok("", "get", "no", "-o", "table"), "NAME\nworker1\nworker2\n")
 	c.ok("apiVersion: podnet.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 65000}\n", "create", "-f", "-")
 	wantOut(t, c.ok("", "get", "bgpconfig"), "NAME      LOGSEVERITY   MESHENABLED   ASNUMBER\ndefault   Info          true          65000\n")
 	wantOut(t, c.ok("", "get", "node", "-o", "wide"), "NAME      ASN       IPV4           IPV6   VXLANMAC   PODMTU\nworker1   (65000)   10.0.0.11/24\nworker2   64513     10.0.0.12/24\n")
@@ -207,7 +210,9 @@ spec: {peerIP: 192.20.30.40, asNumber: 64567}
 	}
 	wantOut(t, c.ok("", "label", "node", "worker1", "route-reflector", "--remove"), "Successfully removed label route-reflector from node worker1\n")
 
-	c.fails("resource type 'foo' is not supported", "", "get", "foo")
+	c.fails("resource type 'foo' is not supported; the kinds podnet knows", "", "get", "foo")
+	c.fails("resource type 'foo' is not supported; the kinds podnet knows", "", "delete", "foo", "x")
+	c.fails("resource type 'foo' is not supported; the kinds podnet knows", "", "label", "foo", "x", "a=b")
 	c.fails("No resources specified", "# empty\n", "apply", "-f", "-")
 	c.fails(`Failed to execute command: document 1: unknown kind "Foo"`, "apiVersion: podnet.io/v1\nkind: Foo\n", "create", "-f", "-")
 	c.fails("unknown output format", "", "get", "node", "-o", "xml")

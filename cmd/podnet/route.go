@@ -12,15 +12,12 @@ func newRouteCmd() *cobra.Command {
 	sock := socketFlag(list)
 	out := outputFlag(list, "table", "wide", "json")
 	list.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "table", "wide", "json"); err != nil {
-			return err
-		}
 		routes, err := client(*sock).Routes()
 		if err != nil {
 			return err
 		}
 		if *out == "json" {
-			return printJSON(stdout, routes)
+			return printJSON(cmd, stdout, routes)
 		}
 		tw := newTable(stdout)
 		if *out == "wide" {

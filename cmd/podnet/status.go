@@ -10,17 +10,14 @@ import (
 func newStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "status", Short: "Show whether this node's daemon runs, and its summary", Args: cobra.NoArgs}
 	sock := socketFlag(cmd)
-	out := outputFlag(cmd, "text", "json")
+	out := outputFlag(cmd, formatTable, formatJSON)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "text", "json"); err != nil {
-			return err
-		}
 		s, err := client(*sock).Status()
 		if err != nil {
 			return err
 		}
 		if *out == "json" {
-			return printJSON(stdout, s)
+			return printJSON(cmd, stdout, s)
 		}
 		tw := newTable(stdout)
 		fmt.Fprintf(tw, "node:\t%s\n", s.Node)

@@ -40,9 +40,6 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 	cmd.Flags().Uint8Var(&q.TTL, "ttl", 0, "TTL on arrival (default 64)")
 	cmd.Flags().BoolVar(&q.DF, "df", false, "set don't-fragment")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "table", "json"); err != nil {
-			return err
-		}
 		c := client(*sock)
 		var err error
 		if q.Src, err = resolveAddr(c, args[0], &q.From); err != nil {
@@ -54,7 +51,7 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 		}
 		if node != "" {
 			if q.Node, err = netip.ParseAddr(node); err != nil || !q.Node.Is4() {
-				return fmt.Errorf("--node %q: want the sending node's IPv4 underlay address", node)
+				return usagef("--node %q: want the sending node's IPv4 underlay address", node)
 			}
 		}
 		var res vswitch.TraceResult
@@ -62,7 +59,7 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 			return err
 		}
 		if *out == "json" {
-			return printJSON(stdout, res)
+			return printJSON(cmd, stdout, res)
 		}
 		printTrace(stdout, "", res)
 		return nil

@@ -36,12 +36,9 @@ version; --client asks for the client only.`,
 		Args: cobra.NoArgs,
 	}
 	sock := socketFlag(cmd)
-	out := outputFlag(cmd, "text", "json")
+	out := outputFlag(cmd, formatTable, formatJSON)
 	clientOnly := cmd.Flags().Bool("client", false, "show only this binary's version; do not ask the daemon")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := checkFormat(*out, "text", "json"); err != nil {
-			return err
-		}
 		r := versionReport{Client: buildinfo.Get()}
 		var daemonErr error
 		if !*clientOnly {
@@ -53,7 +50,7 @@ version; --client asks for the client only.`,
 			}
 		}
 		if *out == "json" {
-			if err := printJSON(stdout, r); err != nil {
+			if err := printJSON(cmd, stdout, r); err != nil {
 				return err
 			}
 			return daemonErr

@@ -111,17 +111,17 @@ type Path struct {
 
 // PeerStatus is one row of "calicoctl node status".
 type PeerStatus struct {
-	Address netip.Addr
-	Type    string
+	Address netip.Addr `json:"address"`
+	Type    string     `json:"type"`
 	// State is the BGP FSM state: Idle, Connect, Active, OpenSent,
 	// OpenConfirm or Established.
-	State string
+	State string `json:"state"`
 	// Since is when the peer entered State (for Established, when the
 	// session came up).
-	Since time.Time
+	Since time.Time `json:"since"`
 	// Info is "Established", or a short reason why not, e.g.
 	// "Connection refused" or "AS mismatch: peer says 65001, configured 65002".
-	Info string
+	Info string `json:"info"`
 }
 
 // connectRetry is the ConnectRetry timer given to GoBGP. GoBGP's default is
