@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -18,6 +20,7 @@ func newNodeCmd() *cobra.Command {
 	}
 	sock := socketFlag(status)
 	out := outputFlag(status, "table", "json")
+	withRoutes := status.Flags().Bool("routes", false, "also list, under each peer, the prefixes received from it and advertised to it")
 	status.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := checkFormat(*out, "table", "json"); err != nil {
 			return err
@@ -26,8 +29,27 @@ func newNodeCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		var routes map[netip.Addr]bgp.PeerRoutes
+		if *withRoutes {
+			list, err := daemonGet[[]bgp.PeerRoutes](*sock, nodeapi.PathBGPRoutes)
+			if err != nil {
+				return err
+			}
+			routes = make(map[netip.Addr]bgp.PeerRoutes, len(list))
+			for _, r := range list {
+				routes[r.Peer] = r
+			}
+		}
 		if *out == "json" {
-			return printJSON(stdout, peers)
+			if !*withRoutes {
+				return printJSON(stdout, peers)
+			}
+			rows := make([]peerWithRoutes, 0, len(peers))
+			for _, p := range peers {
+				r := routes[p.Address]
+				rows = append(rows, peerWithRoutes{PeerStatus: p, Received: orEmpty(r.Received), Advertised: orEmpty(r.Advertised)})
+			}
+			return printJSON(stdout, rows)
 		}
 		fmt.Fprintln(stdout, "podnet process is running.")
 		fmt.Fprintln(stdout)
@@ -52,8 +74,42 @@ func newNodeCmd() *cobra.Command {
 			rows = append(rows, []string{p.Address.String(), p.Type, state, since, info})
 		}
 		borderTable(stdout, []string{"PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"}, rows)
+		if *withRoutes {
+			for _, p := range peers {
+				r := routes[p.Address]
+				fmt.Fprintln(stdout)
+				fmt.Fprintf(stdout, "Peer %s (%s)\n", p.Address, p.Type)
+				fmt.Fprintf(stdout, "  received (%d):   %s\n", len(r.Received), prefixList(r.Received))
+				fmt.Fprintf(stdout, "  advertised (%d): %s\n", len(r.Advertised), prefixList(r.Advertised))
+			}
+		}
 		return nil
 	}
 	cmd.AddCommand(status)
 	return cmd
+}
+
+// peerWithRoutes is one row of `podnet node status --routes -o json`.
+type peerWithRoutes struct {
+	bgp.PeerStatus
+	Received   []netip.Prefix
+	Advertised []netip.Prefix
+}
+
+func orEmpty(ps []netip.Prefix) []netip.Prefix {
+	if ps == nil {
+		return []netip.Prefix{}
+	}
+	return ps
+}
+
+func prefixList(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return "-"
+	}
+	ss := make([]string, len(ps))
+	for i, p := range ps {
+		ss[i] = p.String()
+	}
+	return strings.Join(ss, " ")
 }
