@@ -185,8 +185,12 @@ func TestLabBGPVisibility(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), `msg="route added" prefix=`+newBlock.String()+" peer="+w1.String()+" nextHop="+w1.String()) {
-		t.Errorf("worker2's daemon log has no route added line for %v", newBlock)
+	logged := slices.ContainsFunc(strings.Split(string(b), "\n"), func(s string) bool {
+		return strings.Contains(s, ` level=INFO msg="route added" `) && strings.Contains(s, " prefix="+newBlock.String()+" ") &&
+			strings.Contains(s, " peer="+w1.String()+" ") && strings.HasSuffix(s, " nextHop="+w1.String())
+	})
+	if !logged {
+		t.Errorf("worker2's daemon log has no route added line for %v from %v", newBlock, w1)
 	}
 	// worker1 originates the block: no event for it there.
 	mu.Lock()
