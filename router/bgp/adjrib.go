@@ -42,15 +42,28 @@ func (s *Speaker) PeerRoutes(_ context.Context) ([]PeerRoutes, error) {
 	for _, a := range addrs {
 		in, err := s.adjRIB(api.TableType_TABLE_TYPE_ADJ_IN, a)
 		if err != nil {
+			if !s.hasPeer(a) {
+				continue // removed by SetPeers meanwhile
+			}
 			return nil, fmt.Errorf("bgp: list routes received from %v: %w", a, err)
 		}
 		adv, err := s.adjRIB(api.TableType_TABLE_TYPE_ADJ_OUT, a)
 		if err != nil {
+			if !s.hasPeer(a) {
+				continue
+			}
 			return nil, fmt.Errorf("bgp: list routes advertised to %v: %w", a, err)
 		}
 		out = append(out, PeerRoutes{Peer: a, Received: in, Advertised: adv})
 	}
 	return out, nil
+}
+
+func (s *Speaker) hasPeer(a netip.Addr) bool {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	_, ok := s.peers[a]
+	return ok && !s.closed
 }
 
 // adjRIB lists the IPv4 unicast prefixes of one peer's adj-RIB-in or -out.
