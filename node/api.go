@@ -90,6 +90,7 @@ func (n *Node) apiHandler() http.Handler {
 		writeJSON(w, http.StatusOK, n.PortStats())
 	})
 	n.registerInspect(mux)
+	n.registerBGPRoutes(mux)
 	// Go's profiler, for engineers measuring the data path
 	// (curl --unix-socket SOCKET http://podnet/debug/pprof/profile?seconds=10).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -194,7 +194,7 @@ func (ss *speakerState) ensure(ctx context.Context, n *Node, asn uint32, port in
 		RouterID: n.underlayAddr.Addr(), ASN: asn, ListenPort: port, ListenAddrs: listen,
 		RouteReflectorClusterID: cluster,
 		Logger:                  n.log.With("component", "bgp"),
-		OnRoutes:                n.onRoutes,
+		OnRoutes:                n.logRouteEvents(n.onRoutes),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start BGP speaker: %w", err)

@@ -28,6 +28,9 @@ const (
 	PathRoutes = "/v1/routes"
 	// PathBGPPeers are the BGP sessions ([]bgp.PeerStatus).
 	PathBGPPeers = "/v1/bgp/peers"
+	// PathBGPRoutes are the prefixes received from and advertised to each
+	// BGP peer ([]bgp.PeerRoutes).
+	PathBGPRoutes = "/v1/bgp/routes"
 	// PathNATEntries is the NAT connection table ([]nat.Entry).
 	PathNATEntries = "/v1/nat/entries"
 	// PathNATStats are the NAT counters (nat.Stats).

@@ -18,7 +18,6 @@ import (
 	"podnet/nat"
 	"podnet/nodeapi"
 	"podnet/router"
-	"podnet/router/bgp"
 	vswitch "podnet/switch"
 )
 
@@ -111,7 +110,7 @@ var jsonTypes = map[string]any{
 	"port stats":        []vswitch.PortStats{},
 	"nat list":          []nat.Entry{},
 	"nat stats":         nat.Stats{},
-	"node status":       []bgp.PeerStatus{},
+	"node status":       []peerWithRoutes{},
 	"trace":             vswitch.TraceResult{},
 	"version":           versionReport{},
 	"ipam show":         []poolUsage{},
