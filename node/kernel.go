@@ -57,11 +57,27 @@ func (n *Node) syncKernelRoutes(s *state, remote []router.Route) {
 		if old, ok := s.kernel[p]; ok && old == kr {
 			continue
 		}
+		if owner, ok := foreignKernelRoute(p); ok {
+			// Someone else's route (the node's default route, a pod's
+			// route, an operator's): never replaced. The switch still
+			// forwards by what was learned.
+			if s.kernelSkipped[p] != owner {
+				n.log.Warn("kernel route not ours, left alone", "prefix", p, "protocol", owner)
+			}
+			s.kernelSkipped[p] = owner
+			continue
+		}
+		delete(s.kernelSkipped, p)
 		if err := netlink.RouteReplace(kr.route(p, n.hostIndex)); err != nil {
 			n.log.Warn("kernel route", "prefix", p, "err", err)
 			continue
 		}
 		s.kernel[p] = kr
+	}
+	for p := range s.kernelSkipped {
+		if _, ok := want[p]; !ok {
+			delete(s.kernelSkipped, p)
+		}
 	}
 	for p, kr := range s.kernel {
 		if _, ok := want[p]; ok {
@@ -71,6 +87,50 @@ func (n *Node) syncKernelRoutes(s *state, remote []router.Route) {
 			n.log.Warn("delete kernel route", "prefix", p, "err", err)
 		}
 		delete(s.kernel, p)
+	}
+}
+
+// foreignKernelRoute reports whether the main table has a route to
+// exactly p that the daemon did not install (another protocol than
+// kernelProto), and that route's protocol. A failed lookup counts as
+// foreign: better no kernel route than someone else's replaced.
+func foreignKernelRoute(p netip.Prefix) (netlink.RouteProtocol, bool) {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4,
+		&netlink.Route{Dst: prefixNet(p), Table: syscall.RT_TABLE_MAIN},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return -1, true
+	}
+	for _, r := range routes {
+		if r.Protocol != kernelProto {
+			return r.Protocol, true
+		}
+	}
+	return 0, false
+}
+
+// cleanStaleKernelRoutes deletes the routes of kernelProto a previous
+// daemon left in the main table (it was killed before it could): they
+// name prefixes nobody may announce any more. Only the daemon's own are
+// touched; the loop reinstalls what is still learned.
+func (n *Node) cleanStaleKernelRoutes() {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4,
+		&netlink.Route{Protocol: kernelProto, Table: syscall.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		n.log.Warn("list stale kernel routes", "err", err)
+		return
+	}
+	for i := range routes {
+		r := &routes[i]
+		if r.Protocol != kernelProto {
+			continue
+		}
+		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, syscall.ESRCH) {
+			n.log.Warn("delete stale kernel route", "prefix", r.Dst, "err", err)
+			continue
+		}
+		n.log.Info("deleted stale kernel route", "prefix", r.Dst)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/vishvananda/netlink"
+
 	"podnet/api"
 	"podnet/internal/packet"
 	"podnet/router"
@@ -37,6 +39,12 @@ type state struct {
 	// learned paths wait, as their pools decide how to reach them.
 	haveView bool
 	kernel   map[netip.Prefix]kernelRoute
+	// kernelSkipped are prefixes whose kernel route belongs to someone
+	// else (with its protocol), so the daemon left it alone.
+	kernelSkipped map[netip.Prefix]netlink.RouteProtocol
+	// rejected are the learned paths the import policy refuses now,
+	// with the reason (importPaths).
+	rejected map[rejectKey]string
 	// appliedMTU is the pod MTU podnet0 and the pods' eth0 have (0:
 	// not set yet); applyPodMTU brings them to podMTU.
 	appliedMTU int
@@ -51,6 +59,10 @@ type view struct {
 	// overhead is what the pools' encapsulation costs pods in MTU: 20
 	// for IP-in-IP, 50 for VXLAN, the most any pool needs.
 	overhead int
+	// explicitPeers are the sessions a BGPPeer configures (not the
+	// mesh): the import policy takes prefixes outside the pools only
+	// from them.
+	explicitPeers map[netip.Addr]bool
 }
 
 // podPhase says where a pod is in its life.
@@ -78,7 +90,8 @@ type pod struct {
 }
 
 func newState() *state {
-	return &state{pods: map[string]*pod{}, kernel: map[netip.Prefix]kernelRoute{}}
+	return &state{pods: map[string]*pod{}, kernel: map[netip.Prefix]kernelRoute{},
+		kernelSkipped: map[netip.Prefix]netlink.RouteProtocol{}}
 }
 
 // podMTU is the pods' MTU with the encapsulation the pools use now.
@@ -100,6 +113,7 @@ func (s *state) listed() []*pod {
 // kernel routes it installed. Run starts it.
 func (n *Node) routineLoop(ctx context.Context, s *state) {
 	defer close(n.loopDone)
+	n.cleanStaleKernelRoutes()
 	for {
 		select {
 		case <-ctx.Done():
@@ -160,7 +174,7 @@ func (n *Node) setView(s *state, v view) error {
 func (n *Node) publish(s *state) error {
 	var remote []router.Route
 	if s.haveView {
-		remote = routing.RemoteRoutes(s.learned, s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
+		remote = routing.RemoteRoutes(n.importPaths(s), s.view.pools, n.underlayAddr, s.view.blocks, s.view.vteps, vswitch.HostTUNName)
 	}
 	tab := routing.Table{
 		HostAddrs: s.hostAddrs, NodeAddrs: s.view.nodeAddrs, OwnBlocks: s.view.blocks,

@@ -137,6 +137,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		n.log.Warn("record pod MTU", "err", err)
 	}
 
+	explicit := map[netip.Addr]bool{}
 	if me := n.underlayAddr.Addr(); me.IsValid() {
 		// Addresses this node borrowed from other nodes' blocks are
 		// advertised one by one, beside its own blocks.
@@ -158,6 +159,11 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		}
 		want, refused := refusedSessions(desired(usable), usable, broken, desired)
 		n.refusedPeers.Store(&refused)
+		for _, p := range want {
+			if p.Type != routing.PeerMesh {
+				explicit[p.Address] = true
+			}
+		}
 		if err := speaker.SetPeers(ctx, want); err != nil {
 			return fmt.Errorf("set BGP peers: %w", err)
 		}
@@ -166,7 +172,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		}
 	}
 
-	v := view{pools: pools, blocks: blocks, vteps: routing.VTEPMACs(others), overhead: overhead}
+	v := view{pools: pools, blocks: blocks, vteps: routing.VTEPMACs(others), overhead: overhead, explicitPeers: explicit}
 	for _, o := range others {
 		if p, ok := routing.NodeAddr(o); ok {
 			v.nodeAddrs = append(v.nodeAddrs, p.Addr())

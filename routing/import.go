@@ -1,0 +1,133 @@
+package routing
+
+import (
+	"net/netip"
+
+	"podnet/api"
+	"podnet/router"
+	"podnet/router/bgp"
+)
+
+// DefaultMaxPrefixes is how many learned prefixes one peer may place in
+// a node's table; the rest of its paths are refused. A cluster's own
+// blocks and borrowed /32s stay far below it.
+const DefaultMaxPrefixes = 10000
+
+// Import is what the import policy checks learned paths against.
+type Import struct {
+	Pools []*api.IPPool
+	// OwnBlocks are this node's IPAM blocks; PodAddrs its pods' addresses.
+	OwnBlocks []netip.Prefix
+	PodAddrs  []netip.Addr
+	// Subnet is this node's underlay address and prefix length.
+	Subnet netip.Prefix
+	// NodeAddrs are the other nodes' underlay addresses.
+	NodeAddrs []netip.Addr
+	// Explicit are the peers configured by a BGPPeer (not the mesh):
+	// only they may announce prefixes outside the pools.
+	Explicit map[netip.Addr]bool
+	// MaxPrefixes is the most prefixes accepted from one peer (0:
+	// DefaultMaxPrefixes).
+	MaxPrefixes int
+}
+
+// Rejected is a learned path the import policy refused, and why.
+type Rejected struct {
+	Path   bgp.Path
+	Reason string
+}
+
+// Reasons a path is refused (Rejected.Reason).
+const (
+	RejectNotIPv4       = "not IPv4"
+	RejectDefault       = "default route"
+	RejectOwnBlock      = "overlaps this node's block"
+	RejectLocalPod      = "covers a local pod"
+	RejectCoversPool    = "covers an IP pool"
+	RejectOutsidePools  = "outside the IP pools from a mesh peer"
+	RejectUnknownNode   = "encapsulated next hop is no known node"
+	RejectSelfNextHop   = "next hop is this node"
+	RejectTooManyPrefix = "peer exceeds its maximum prefixes"
+)
+
+// Filter applies the import policy to learned paths. A path is
+// accepted when:
+//
+//   - its prefix is IPv4 and not 0.0.0.0/0 (NAT outgoing and the
+//     node's own default route are never displaced);
+//   - it neither covers nor lies inside one of this node's blocks, nor
+//     covers one of its pods (a peer cannot take the node's own traffic);
+//   - it lies inside an IP pool, or else comes from a peer a BGPPeer
+//     configures and covers no pool: a ToR may give the pods routes to
+//     the outside, a mesh peer only gives pool routes. This is the only
+//     opt-in; Calico has no per-peer import setting to mirror;
+//   - when its pool encapsulates it, the next hop is a known node (a
+//     tunnel to any other address would send pod traffic off the
+//     cluster);
+//   - its peer has not already placed max prefixes (paths are taken in
+//     their order, which the speaker sorts by prefix).
+func (im Import) Filter(paths []bgp.Path) (accepted []bgp.Path, rejected []Rejected) {
+	limit := im.MaxPrefixes
+	if limit <= 0 {
+		limit = DefaultMaxPrefixes
+	}
+	nodes := map[netip.Addr]bool{}
+	for _, a := range im.NodeAddrs {
+		nodes[a] = true
+	}
+	perPeer := map[netip.Addr]int{}
+	for _, p := range paths {
+		reason := im.check(p, nodes)
+		if reason == "" && perPeer[p.Peer] >= limit {
+			reason = RejectTooManyPrefix
+		}
+		if reason != "" {
+			rejected = append(rejected, Rejected{Path: p, Reason: reason})
+			continue
+		}
+		perPeer[p.Peer]++
+		accepted = append(accepted, p)
+	}
+	return accepted, rejected
+}
+
+// check is why p is refused; "" when it is not.
+func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool) string {
+	pfx := p.Prefix.Masked()
+	switch {
+	case !pfx.Addr().Is4():
+		return RejectNotIPv4
+	case pfx.Bits() == 0:
+		return RejectDefault
+	case im.Subnet.IsValid() && p.NextHop == im.Subnet.Addr():
+		return RejectSelfNextHop
+	}
+	for _, b := range im.OwnBlocks {
+		if b.Overlaps(pfx) {
+			return RejectOwnBlock
+		}
+	}
+	for _, a := range im.PodAddrs {
+		if pfx.Contains(a) {
+			return RejectLocalPod
+		}
+	}
+	pool := PoolOf(im.Pools, pfx)
+	if pool == nil {
+		if !im.Explicit[p.Peer] {
+			return RejectOutsidePools
+		}
+		for _, pl := range im.Pools {
+			if c, err := pl.Prefix(); err == nil && c.Overlaps(pfx) {
+				return RejectCoversPool
+			}
+		}
+		return ""
+	}
+	// Whether the pool's mode would tunnel to this next hop, VTEP known
+	// or not: a VXLAN pool's route without one would leave by the kernel.
+	if Encapsulation(pool, p.NextHop, im.Subnet, true) != router.EncapNone && !nodes[p.NextHop] {
+		return RejectUnknownNode
+	}
+	return ""
+}

@@ -1,0 +1,96 @@
+package routing
+
+import (
+	"net/netip"
+	"testing"
+
+	"podnet/api"
+	"podnet/router/bgp"
+)
+
+func TestImportFilter(t *testing.T) {
+	const (
+		mesh = "10.0.0.2" // another node, a mesh peer
+		tor  = "10.0.0.254"
+	)
+	im := Import{
+		Pools: []*api.IPPool{
+			pool("ipip", "192.168.0.0/16", api.EncapAlways, api.EncapNever, true),
+			pool("plain", "172.20.0.0/16", api.EncapNever, api.EncapNever, true),
+			pool("vx", "172.30.0.0/16", api.EncapNever, api.EncapAlways, true),
+		},
+		OwnBlocks: []netip.Prefix{prefix("192.168.9.0/26")},
+		PodAddrs:  []netip.Addr{addr("192.168.9.1"), addr("192.168.200.7")}, // the second is borrowed
+		Subnet:    prefix("10.0.0.1/24"),
+		NodeAddrs: []netip.Addr{addr(mesh), addr("10.0.0.3")},
+		Explicit:  map[netip.Addr]bool{addr(tor): true},
+	}
+	tests := []struct {
+		prefix, nextHop, peer string
+		reason                string
+	}{
+		{"192.168.5.0/26", mesh, mesh, ""},
+		{"192.168.5.0/26", "10.0.0.3", tor, ""}, // reflected: the next hop is a node
+		{"172.20.1.0/26", "10.0.0.99", tor, ""}, // unencapsulated pool: any next hop
+		{"172.30.1.0/26", mesh, mesh, ""},
+		{"203.0.113.0/24", tor, tor, ""}, // outside the pools, from a BGPPeer
+		{"0.0.0.0/0", tor, tor, RejectDefault},
+		{"0.0.0.0/0", mesh, mesh, RejectDefault},
+		{"192.168.9.0/26", mesh, mesh, RejectOwnBlock},
+		{"192.168.9.0/24", mesh, mesh, RejectOwnBlock},   // covers the block
+		{"192.168.9.8/29", mesh, mesh, RejectOwnBlock},   // inside the block
+		{"192.168.9.1/32", tor, tor, RejectOwnBlock},     // a local pod
+		{"192.168.200.7/32", mesh, mesh, RejectLocalPod}, // a borrowed local pod
+		{"192.168.200.0/26", mesh, mesh, RejectLocalPod}, // covers it
+		{"203.0.113.0/24", mesh, mesh, RejectOutsidePools},
+		{"172.16.0.0/12", tor, tor, RejectCoversPool},
+		{"172.20.0.0/15", tor, tor, RejectCoversPool},
+		{"192.168.5.0/26", "10.0.0.99", tor, RejectUnknownNode}, // IP-in-IP to a stranger
+		{"172.30.1.0/26", "10.0.0.99", tor, RejectUnknownNode},  // VXLAN to a stranger
+		{"192.168.5.0/26", "10.0.0.1", mesh, RejectSelfNextHop},
+	}
+	for _, tt := range tests {
+		p := bgp.Path{Prefix: prefix(tt.prefix), NextHop: addr(tt.nextHop), Peer: addr(tt.peer)}
+		acc, rej := im.Filter([]bgp.Path{p})
+		got := ""
+		if len(rej) == 1 {
+			got = rej[0].Reason
+		}
+		if got != tt.reason || len(acc)+len(rej) != 1 {
+			t.Errorf("%s via %s from %s: refused for %q (accepted %d), want %q", tt.prefix, tt.nextHop, tt.peer, got, len(acc), tt.reason)
+		}
+	}
+}
+
+func TestImportMaxPrefixes(t *testing.T) {
+	im := Import{
+		Pools:       []*api.IPPool{pool("p", "192.168.0.0/16", api.EncapNever, api.EncapNever, true)},
+		MaxPrefixes: 3,
+	}
+	var paths []bgp.Path
+	for i := range 5 {
+		for _, peer := range []string{"10.0.0.2", "10.0.0.3"} {
+			pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(i), 0}), 24)
+			paths = append(paths, bgp.Path{Prefix: pfx, NextHop: addr(peer), Peer: addr(peer)})
+		}
+	}
+	acc, rej := im.Filter(paths)
+	count := map[netip.Addr]int{}
+	for _, p := range acc {
+		count[p.Peer]++
+	}
+	if count[addr("10.0.0.2")] != 3 || count[addr("10.0.0.3")] != 3 || len(rej) != 4 {
+		t.Fatalf("accepted per peer %v, %d refused; want 3 each, 4 refused", count, len(rej))
+	}
+	for _, r := range rej {
+		if r.Reason != RejectTooManyPrefix || r.Path.Prefix.Addr().As4()[2] < 3 {
+			t.Errorf("refused %v for %q; want the prefixes after the third for %q", r.Path.Prefix, r.Reason, RejectTooManyPrefix)
+		}
+	}
+
+	// The default limit applies when none is set.
+	im.MaxPrefixes = 0
+	if acc, _ := im.Filter(paths); len(acc) != len(paths) {
+		t.Fatalf("default limit: accepted %d of %d", len(acc), len(paths))
+	}
+}
