@@ -50,12 +50,14 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() strin
 	}
 }
 
+// peersOf is the node's BGP sessions, or none while its speaker restarts
+// (every caller is a waitFor condition, which then retries).
 func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
 	t.Helper()
 	var p []bgp.PeerStatus
-	err := nodeClient(t, l, nodeName).Get(nodeapi.PathBGPPeers, &p)
-	if err != nil {
-		t.Fatalf("node status on %s: %v", nodeName, err)
+	if err := nodeClient(t, l, nodeName).Get(nodeapi.PathBGPPeers, &p); err != nil {
+		t.Logf("node status on %s: %v (retrying)", nodeName, err)
+		return nil
 	}
 	return p
 }
@@ -63,7 +65,13 @@ func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
 // established says "" when nodeName has an Established session with each
 // of want, else what is missing.
 func established(t *testing.T, l *lab.Lab, nodeName string, want ...netip.Addr) string {
-	peers := peersOf(t, l, nodeName)
+	// Not peersOf: while a speaker restarts (it became a route reflector,
+	// its port changed) the daemon briefly has none and says so; a
+	// waitFor condition retries that instead of failing the test.
+	var peers []bgp.PeerStatus
+	if err := nodeClient(t, l, nodeName).Get(nodeapi.PathBGPPeers, &peers); err != nil {
+		return fmt.Sprintf("%s: node status: %v", nodeName, err)
+	}
 	for _, w := range want {
 		found := false
 		for _, p := range peers {
