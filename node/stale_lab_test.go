@@ -196,9 +196,10 @@ func TestModeSwitchLab(t *testing.T) {
 
 // TestForceDeletedPoolLab: a pool deleted with --force while a pod has
 // an address in it. ipam check reports the block of no pool (and fails);
-// the block stays while the pod lives, and once the pod is deleted the
-// node releases it: its affinity goes, worker2 no longer learns it, and
-// ipam check is clean again.
+// the owning node keeps the block while the pod lives, but other nodes
+// refuse it from then on (their import policy takes only prefixes inside
+// a known pool from mesh peers); once the pod is deleted the node
+// releases the block: its affinity goes, and ipam check is clean again.
 func TestForceDeletedPoolLab(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapNone})
@@ -225,10 +226,16 @@ func TestForceDeletedPoolLab(t *testing.T) {
 			t.Fatalf("ipam check with the pod still there: got %v, want failure with %q\n%s", err, want, out)
 		}
 	}
-	// The pod still has its address: its block stays routed.
-	time.Sleep(500 * time.Millisecond)
-	if _, ok := routeTo(t, l, "worker2", block); !ok {
-		t.Fatalf("block %s withdrawn while a pod still uses it", block)
+	// The pod still has its address: worker1 keeps the block, worker2's
+	// import policy refuses a prefix that is in no pool any more.
+	waitFor(t, 10*time.Second, "worker2 refuses the block of no pool", func() string {
+		if _, ok := routeTo(t, l, "worker2", block); ok {
+			return "worker2 still routes " + block.String()
+		}
+		return ""
+	})
+	if _, ok := routeTo(t, l, "worker1", block); !ok {
+		t.Fatalf("worker1 dropped block %s while its pod still uses it", block)
 	}
 
 	mustPodnet(t, l, "", "pod", "del", pod)
