@@ -58,6 +58,13 @@ func Teardown(cfg Config) error {
 // namespaces (recorded and swept) and the run dir. It is idempotent and
 // tries every step.
 func (l *Lab) Down() error {
+	// Another process (podnet lab pod add, lab scale) may have added pods
+	// since this Lab was opened: what is on disk is the truth.
+	if fresh, err := loadState(l.stFile); err == nil {
+		l.mu.Lock()
+		l.st = *fresh
+		l.mu.Unlock()
+	}
 	l.mu.Lock()
 	st := l.st
 	var procs []procID
