@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"podnet/capture"
+	"podnet/nodeapi"
 )
 
 func newCaptureCmd() *cobra.Command {
@@ -39,48 +40,53 @@ must hold for some IPv4 header of the packet, outer or inner.`,
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
 	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		filter := strings.Join(args[1:], " ")
-		if _, err := capture.ParseFilter(filter); err != nil {
-			return err
-		}
-		body, err := client(*sock).Capture(args[0], count, seconds, filter)
-		if err != nil {
-			return err
-		}
-		defer body.Close()
-		// ^C ends the capture cleanly: the file is complete up to there.
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt)
-		defer signal.Stop(sig)
-		go func() { <-sig; body.Close() }()
-		if file != "" {
-			f, err := os.Create(file)
-			if err != nil {
-				return err
-			}
-			n, err := io.Copy(f, body)
-			if cerr := f.Close(); err == nil || isClosedBody(err) {
-				err = cerr
-			}
-			fmt.Fprintf(os.Stderr, "wrote %d bytes to %s\n", n, file)
-			return err
-		}
-		r, err := capture.NewReader(body)
-		if err != nil {
-			return err
-		}
-		for {
-			t, data, err := r.Next()
-			if err != nil {
-				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
-					return nil
-				}
-				return err
-			}
-			fmt.Fprintln(stdout, capture.Line(t, "", capture.Decode(data, r.Link())))
-		}
+		return runCapture(client(*sock), args[0], strings.Join(args[1:], " "), count, seconds, file)
 	}
 	return cmd
+}
+
+// runCapture streams a capture of port from the daemon c talks to: one
+// line per packet, or a pcap file.
+func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float64, file string) error {
+	if _, err := capture.ParseFilter(filter); err != nil {
+		return usageError{err}
+	}
+	body, err := c.Capture(port, count, seconds, filter)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	// ^C ends the capture cleanly: the file is complete up to there.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt)
+	defer signal.Stop(sig)
+	go func() { <-sig; body.Close() }()
+	if file != "" {
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(f, body)
+		if cerr := f.Close(); err == nil || isClosedBody(err) {
+			err = cerr
+		}
+		fmt.Fprintf(os.Stderr, "wrote %d bytes to %s\n", n, file)
+		return err
+	}
+	r, err := capture.NewReader(body)
+	if err != nil {
+		return err
+	}
+	for {
+		t, data, err := r.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
+				return nil
+			}
+			return err
+		}
+		fmt.Fprintln(stdout, capture.Line(t, "", capture.Decode(data, r.Link())))
+	}
 }
 
 func isClosedBody(err error) bool {

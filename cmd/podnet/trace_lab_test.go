@@ -80,6 +80,13 @@ func TestLabTraceAndCapture(t *testing.T) {
 	if err != nil || strings.Count(out, "VXLAN vni 4096 | ") != 2 || !strings.Contains(out, "> "+ip2.String()) {
 		t.Errorf("capture underlay: %v\n%s\nwant 2 VXLAN lines with the pod packets inside", err, out)
 	}
+	// lab capture: the same, named the lab's way (a pod's port here).
+	stop = ping()
+	out, err = run("lab", "capture", "test-2", "-c", "2", "--seconds", "20", "icmp")
+	stop()
+	if err != nil || strings.Count(out, ip2.String()) < 2 || strings.Contains(out, "VXLAN") {
+		t.Errorf("lab capture test-2: %v\n%s\nwant 2 plain ICMP lines with %s", err, out, ip2)
+	}
 	file := filepath.Join(t.TempDir(), "vxlan.pcap")
 	stop = ping()
 	out, err = run("lab", "exec", "worker1", "--", bin, "capture", "vxlan", "-c", "2", "--seconds", "20", "-w", file)
