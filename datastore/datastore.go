@@ -1,7 +1,7 @@
 // Package datastore is podnet's only door to etcd v3: typed collections of
 // JSON objects with compare-and-swap on etcd revisions, watches, and an
 // embedded etcd server for one machine and for labs. It is the only
-// package that knows the key layout (after Calico's etcd v3 layout, docs/calico.md §2.1).
+// package that knows the key layout (keys.go).
 package datastore
 
 import (

@@ -2,7 +2,8 @@ package datastore
 
 import "strings"
 
-// The key layout, after Calico's etcd v3 layout (docs/calico.md §2.1):
+// The key layout, modelled on Calico's etcd v3 layout (the IPAM keys
+// keep Calico's names, so a reader of one recognises the other):
 //
 //	/podnet/resources/v3/<plural kind>/<name>          resources (IPPool, Node, ...)
 //	/podnet/ipam/v2/assignment/ipv4/block/<a.b.c.d-nn> allocation blocks

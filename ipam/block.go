@@ -13,7 +13,8 @@ import (
 )
 
 // block is one allocation block as stored in etcd, with Calico's
-// AllocationBlock field names (docs/calico.md §2.2) so that the JSON reads the
+// AllocationBlock field names (cidr, affinity, allocations, unallocated,
+// attributes, sequenceNumber, deleted) so that the JSON reads the
 // same as Calico's under /calico/ipam/v2/assignment.
 //
 // Invariants (checked by decodeBlock, kept by the methods):

@@ -13,7 +13,7 @@ import (
 	"podnet/datastore"
 )
 
-// Affinity states (docs/calico.md §2.1). A claim writes pending, creates the
+// Affinity states, as Calico names them. A claim writes pending, creates the
 // block, then confirms; a release marks pendingDeletion, deletes the
 // block if it is empty, then deletes the affinity. Only confirmed
 // affinities count as the node's blocks.

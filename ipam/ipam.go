@@ -1,5 +1,5 @@
-// Package ipam is podnet's IP address management, after Calico's model
-// (docs/calico.md §2): IP pools are cut into blocks (the pool's blockSize,
+// Package ipam is podnet's IP address management, on Calico's model:
+// IP pools are cut into blocks (the pool's blockSize,
 // default /26) that nodes claim through block affinities, and addresses
 // are handed out from blocks under handles that carry owner attributes.
 // Everything lives in etcd through package datastore, and every write is
