@@ -49,6 +49,7 @@ type forwarder struct {
 	s     *Switch
 	fib   *fib
 	nodes NodeSet
+	now   time.Time // when the batch was read: one clock read per batch
 
 	icmp []byte // scratch for ARP replies and ICMP errors
 
@@ -80,6 +81,7 @@ func newForwarder(s *Switch) *forwarder {
 
 // begin loads the snapshots for one batch.
 func (f *forwarder) begin() {
+	f.now = time.Now()
 	f.fib = f.s.fib.Load()
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -101,7 +100,7 @@ func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
 	if !containsAddr(f.fib.pools, ip.Src()) && f.dry == nil {
 		// From outside the cluster, routed to us by the node: remember the
 		// flow so the pod's answers go back the same way.
-		f.s.inbound.record(ip, time.Now())
+		f.s.inbound.record(ip, f.now)
 	}
 	f.forward(h, packetRef{buf: buf, ip: off, n: len(ip)})
 }

@@ -2,7 +2,6 @@ package vswitch
 
 import (
 	"net/netip"
-	"time"
 
 	"podnet/internal/packet"
 )
@@ -47,7 +46,7 @@ func (e *natEgress) caps() egressCaps { return egressCaps{} }
 // pod can see, what NAT must not take.
 func (e *natEgress) admit(f *forwarder, in ingress, ip packet.IPv4, h *hop) (*hop, bool) {
 	c := &e.cfg
-	if f.fib.hostHop != nil && f.s.inbound.isReply(ip, time.Now()) {
+	if f.fib.hostHop != nil && f.s.inbound.isReply(ip, f.now) {
 		return f.fib.hostHop, true
 	}
 	switch {
