@@ -418,23 +418,18 @@ func (n *Node) releaseOrphanBlocks(ctx context.Context, blocks []netip.Prefix, p
 
 // delHostAddr removes ip/32 from podnet0, if it is there.
 func (n *Node) delHostAddr(s string) {
-	ip, err := netip.ParseAddr(s)
-	if err != nil {
-		return
-	}
-	l, err := netlink.LinkByIndex(n.hostIndex)
-	if err != nil {
-		return
-	}
-	a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 32))}
-	if err := netlink.AddrDel(l, a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
-		n.log.Warn("remove tunnel address from podnet0", "ip", ip, "err", err)
-	}
+	n.hostAddr(s, netlink.AddrDel, syscall.EADDRNOTAVAIL, "remove tunnel address from podnet0")
 }
 
 // addHostAddr puts ip/32 on podnet0 (once); the address watcher then
 // routes it to the host.
 func (n *Node) addHostAddr(s string) {
+	n.hostAddr(s, netlink.AddrAdd, syscall.EEXIST, "tunnel address on podnet0")
+}
+
+// hostAddr applies op (add or delete) to ip/32 on podnet0; ok is the
+// errno that means it was already done.
+func (n *Node) hostAddr(s string, op func(netlink.Link, *netlink.Addr) error, ok syscall.Errno, what string) {
 	ip, err := netip.ParseAddr(s)
 	if err != nil {
 		return
@@ -443,9 +438,8 @@ func (n *Node) addHostAddr(s string) {
 	if err != nil {
 		return
 	}
-	a := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 32))}
-	if err := netlink.AddrAdd(l, a); err != nil && !errors.Is(err, syscall.EEXIST) {
-		n.log.Warn("tunnel address on podnet0", "ip", ip, "err", err)
+	if err := op(l, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 32))}); err != nil && !errors.Is(err, ok) {
+		n.log.Warn(what, "ip", ip, "err", err)
 	}
 }
 
