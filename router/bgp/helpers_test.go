@@ -360,21 +360,47 @@ func listeningFakePeer(t *testing.T, script func(*fakePeer, net.Conn) error) *fa
 	return g
 }
 
-// dialingFakePeer connects once to target from its own address and runs
-// script on the connection.
+// dialingFakePeer connects to target from its own address and runs script
+// on the connection. A speaker that is not yet ready for this neighbour
+// closes the connection without a word, as GoBGP does before the peer's
+// FSM has left Idle; like a real speaker, the fake peer then dials again
+// until the other side answers (or the test ends).
 func dialingFakePeer(t *testing.T, target netip.AddrPort, script func(*fakePeer, net.Conn) error) *fakePeer {
 	t.Helper()
 	g := newFakePeer(t)
 	g.wg.Add(1)
 	go func() {
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(g.addr, 0)), Timeout: waitTimeout}
-		c, err := d.Dial("tcp", target.String())
-		if err != nil {
-			g.wg.Done()
-			t.Errorf("fake peer %v: dial %v: %v", g.addr, target, err)
-			return
+		defer g.wg.Done()
+		for {
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(g.addr, 0)), Timeout: waitTimeout}
+			c, err := d.Dial("tcp", target.String())
+			if err != nil {
+				t.Errorf("fake peer %v: dial %v: %v", g.addr, target, err)
+				return
+			}
+			g.mu.Lock()
+			g.open = append(g.open, c)
+			g.mu.Unlock()
+			if err := script(g, c); err != nil {
+				c.Close()
+				select {
+				case <-g.done:
+				default:
+					t.Errorf("fake peer %v: %v", g.addr, err)
+				}
+				return
+			}
+			n, _ := io.Copy(io.Discard, c) // the answer, if any, until B closes
+			c.Close()
+			if n > 0 {
+				return
+			}
+			select {
+			case <-g.done:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
-		g.serve(t, c, script)
 	}()
 	return g
 }
