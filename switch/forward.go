@@ -205,12 +205,13 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		}
 		// Without DF the kernel fragments the outer packet.
 	}
-	if caps.coalesce && in.segmented() && !p.superframe() && !p.partialChecksum() && f.dry == nil {
-		if f.gro.Add(p.buf, p.ip, p.n) {
+	if caps.coalesce && in.segmented() && f.dry == nil {
+		if !p.superframe() && !p.partialChecksum() && f.gro.Add(p.buf, p.ip, p.n) {
 			f.groIn = in
 			return
 		}
-		// Not TCP (or the table is full): keep the order of what is held.
+		// Not TCP, already merged (a superpacket from a tunnel) or the
+		// table is full: keep the order of what is held.
 		f.flushGRO()
 	}
 	f.send(in, p, h)

@@ -430,6 +430,74 @@ func TestIPIPToPodAndHost(t *testing.T) {
 	n.host.wait(t, 1)
 }
 
+// groSuperpacket is what a raw socket receives when the underlay's GRO
+// merged an inner TCP flow: one packet of payload bytes starting at seq,
+// lengths for the whole, and only the pseudo-header sum in the TCP
+// checksum.
+func groSuperpacket(dst string, seq uint32, payload int) []byte {
+	ip := ipSpec{src: "10.0.1.5", dst: dst, proto: "tcp", payload: payload, df: true, seq: seq}.build()
+	partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(ip)-20)))
+	binary.BigEndian.PutUint16(ip[20+16:], partial)
+	return ip
+}
+
+// A superpacket that GRO merged on the underlay (IP-in-IP) travels on as
+// a superframe to a pod with offloads, segments of the tunnel's inner MTU
+// (1480 − 40 bytes of headers) otherwise; segments the switch itself
+// holds for coalescing leave before it, in order.
+func TestIPIPSuperpacketToPods(t *testing.T) {
+	n := newFakeNet(t)
+	before := n.stats("ipip").GSOFrames
+	n.ipip.offer(
+		ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", proto: "tcp", payload: 1000, df: true, seq: 0}.build()),
+		ipipPacket(nodeIPIP, groSuperpacket("10.0.0.2", 1000, 4000)))
+	frames, _ := n.b.dev.wait(t, 2)
+	var seqs []uint32
+	for _, f := range frames {
+		_, ip := podRx(t, n.b, f)
+		seqs = append(seqs, packet.TCP(ip[20:]).Seq())
+	}
+	if seqs[0] != 0 || seqs[1] != 1000 {
+		t.Errorf("pod b got sequence numbers %v, want [0 1000]: the held segment first", seqs)
+	}
+	h, ip := podRx(t, n.b, frames[1])
+	if h.GSOType != packet.GSOTCPv4 || h.GSOSize != 1440 || h.Flags != packet.VirtioNetHdrFNeedsCsum ||
+		h.CsumStart != ethLen+20 || h.CsumOffset != 16 || len(ip) != 4040 {
+		t.Errorf("superpacket to pod b: header %+v, %d bytes; want GSO TCPv4 size 1440 with a partial checksum, 4040 bytes", h, len(ip))
+	}
+	if got := n.stats("ipip").GSOFrames - before; got != 1 {
+		t.Errorf("ipip port counted %d superframes received, want 1", got)
+	}
+
+	n.ipip.offer(ipipPacket(nodeIPIP, groSuperpacket("10.0.0.3", 0, 4000)))
+	frames, _ = n.c.dev.wait(t, 3)
+	next := uint32(0)
+	for i, f := range frames {
+		_, ip := podRx(t, n.c, f)
+		_, pkt := decoded(t, ip)
+		tcp := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		want := min(1440, 4000-int(next))
+		if tcp.Seq != next || len(tcp.Payload) != want {
+			t.Errorf("segment %d to plain pod c: seq %d with %d bytes, want seq %d with %d", i, tcp.Seq, len(tcp.Payload), next, want)
+		}
+		next += uint32(len(tcp.Payload))
+	}
+}
+
+// A large TCP packet with a complete checksum was reassembled from outer
+// fragments, not merged: it is delivered as it is, with no offload
+// metadata that would have the pod's kernel overwrite its checksum.
+func TestIPIPReassembledNotSuperframe(t *testing.T) {
+	n := newFakeNet(t)
+	n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", proto: "tcp", payload: 3000}.build()))
+	frames, _ := n.b.dev.wait(t, 1)
+	h, ip := podRx(t, n.b, frames[0])
+	if h != (packet.VirtioNetHdr{}) || len(ip) != 3040 {
+		t.Errorf("reassembled packet to pod b: header %+v, %d bytes; want no offload metadata, 3040 bytes", h, len(ip))
+	}
+	decoded(t, ip)
+}
+
 func TestVXLANToPodAndHost(t *testing.T) {
 	n := newFakeNet(t)
 	n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.3", payload: 30}.build(), encap.DefaultVNI))

@@ -142,6 +142,15 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 			return
 		}
 	}
+	if p.n > t.maxInner {
+		// Larger than the tunnel carries: a TCP superpacket the kernel's
+		// GRO merged (IP-in-IP on an underlay with GRO) goes on as a
+		// superframe; anything else was reassembled from fragments.
+		if h, ok := packet.KernelSuperpacket(p.ipv4(), t.maxInner); ok {
+			p.gso = h
+			t.c.gsoFrames.Add(1)
+		}
+	}
 	if cp := t.capt.Load(); cp != nil {
 		cp.put(false, LinkIPv4, p.buf[p.ip:p.ip+p.n])
 	}

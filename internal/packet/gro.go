@@ -365,3 +365,50 @@ func (g *GRO) Flush(emit func(buf []byte, off, n int, hdr VirtioNetHdr)) {
 	g.entries = g.entries[:0]
 	clear(g.slots)
 }
+
+// KernelSuperpacket recognises a TCP superpacket that the kernel's
+// receive GRO merged before a raw socket got it (IP-in-IP on an underlay
+// with GRO) and describes it as a TSO superframe, so that it travels on
+// whole. The kernel leaves such a packet as tcp_gro_complete made it: IP
+// total length and checksum for the whole, and in the TCP checksum field
+// only the pseudo-header sum, as a partial checksum. That field is what
+// tells it apart from a large packet reassembled from fragments, whose
+// checksum is complete (a complete checksum equal to the pseudo-header sum
+// is a 1 in 65,536 coincidence that only such reassembled packets can
+// meet).
+//
+// The segment size is not on the wire; the largest that fits mtu, the
+// packet size of the path the segments came over, is what
+// re-segmentation uses. ok is false for anything else: not TCP, a
+// fragment, no payload, headers that leave no room in mtu, or a complete
+// checksum. ip must be valid (IPv4.Validate).
+func KernelSuperpacket(ip IPv4, mtu int) (h VirtioNetHdr, ok bool) {
+	if ip.Protocol() != ProtoTCP || ip.IsFragment() {
+		return VirtioNetHdr{}, false
+	}
+	ip = ip[:ip.TotalLen()]
+	iphLen := ip.HeaderLen()
+	if len(ip)-iphLen < TCPMinHeaderLen {
+		return VirtioNetHdr{}, false
+	}
+	t := TCP(ip[iphLen:])
+	hdrLen := iphLen + t.DataOffset()
+	if t.DataOffset() < TCPMinHeaderLen || hdrLen >= len(ip) || hdrLen >= mtu || mtu-hdrLen > 0xffff {
+		return VirtioNetHdr{}, false
+	}
+	if t.Checksum() != Fold(PseudoHeaderSum(ProtoTCP, ip.SrcBytes(), ip.DstBytes(), uint16(len(ip)-iphLen))) {
+		return VirtioNetHdr{}, false
+	}
+	gsoType := uint8(GSOTCPv4)
+	if t.Flags()&TCPFlagCWR != 0 {
+		gsoType |= GSOECN
+	}
+	return VirtioNetHdr{
+		Flags:      VirtioNetHdrFNeedsCsum,
+		GSOType:    gsoType,
+		HdrLen:     uint16(hdrLen),
+		GSOSize:    uint16(mtu - hdrLen),
+		CsumStart:  uint16(iphLen),
+		CsumOffset: tcpChecksum,
+	}, true
+}

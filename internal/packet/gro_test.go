@@ -836,3 +836,54 @@ func BenchmarkGRO(b *testing.B) {
 		})
 	}
 }
+
+// TestKernelSuperpacket: a merged packet as GRO leaves it (the kernel's
+// does the same) is recognised with the header GRO would give it when mtu
+// fits the segments exactly; the same bytes with a complete checksum, a
+// fragment, UDP, or an mtu with no room past the headers are not.
+func TestKernelSuperpacket(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	segs := groStream(r, 1000, repeat(4, 1400)...)
+	g := NewGRO(8)
+	var sink groSink
+	bufs := make([][]byte, len(segs))
+	for i, s := range segs {
+		bufs[i] = groInput(s.build())
+		if !g.Add(bufs[i], Headroom, len(s.build())) {
+			t.Fatalf("GRO refused segment %d", i)
+		}
+	}
+	g.Flush(sink.emit)
+	if len(sink.out) != 1 {
+		t.Fatalf("GRO emitted %d packets, want 1 merged", len(sink.out))
+	}
+	merged, want := sink.out[0].pkt, sink.out[0].hdr
+	mtu := int(want.HdrLen) + int(want.GSOSize) // the segments filled the path
+
+	if h, ok := KernelSuperpacket(IPv4(merged), mtu); !ok || h != want {
+		t.Errorf("merged packet: got (%+v, %v), want (%+v, true)", h, ok, want)
+	}
+	complete := bytes.Clone(merged)
+	csumOnly := want
+	csumOnly.GSOType, csumOnly.GSOSize = GSONone, 0
+	if err := CompleteChecksum(complete, csumOnly); err != nil {
+		t.Fatal(err)
+	}
+	fragment := bytes.Clone(merged)
+	IPv4(fragment)[6] |= 0x20 // more fragments
+	udp := buildUDPv4(ipv4Spec{ttl: 64, src: podA, dst: podB}, 1, 2, make([]byte, 3000))
+	for _, tt := range []struct {
+		name string
+		pkt  []byte
+		mtu  int
+	}{
+		{"complete checksum (reassembled)", complete, mtu},
+		{"fragment", fragment, mtu},
+		{"UDP", udp, mtu},
+		{"mtu no larger than the headers", merged, int(want.HdrLen)},
+	} {
+		if h, ok := KernelSuperpacket(IPv4(tt.pkt), tt.mtu); ok {
+			t.Errorf("%s: recognised as a superpacket (%+v)", tt.name, h)
+		}
+	}
+}
