@@ -61,6 +61,9 @@ type Config struct {
 	// TapOffload opens pod TAPs with virtio headers and TSO. When false
 	// pods get plain TAPs (github.com/songgao/water), one frame per read.
 	TapOffload bool
+	// ReplyPoll is how long a port's reader polls a pod it has just
+	// written to for the answer (vswitch.Config.ReplyPoll); 0 turns it off.
+	ReplyPoll time.Duration
 	// PodMTU is the MTU of pods' eth0; 0 means the underlay's MTU (1500
 	// when there is no underlay).
 	PodMTU int
@@ -216,7 +219,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.registerNode(aliveCtx, s.podMTU(n.cfg.PodMTU)); err != nil {
 		return err
 	}
-	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})
+	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch"), ReplyPoll: n.cfg.ReplyPoll})
 	defer n.sw.Close()
 	if err := n.openHost(s.podMTU(n.cfg.PodMTU)); err != nil {
 		return err

@@ -2,10 +2,13 @@ package vswitch
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/internal/turn"
 	"podnet/router"
 )
 
@@ -139,5 +142,88 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	}
 	if d := a.c.snapshot().Drops; len(d) != 0 {
 		t.Errorf("drops on a: %v (the paths above must all forward)", d)
+	}
+}
+
+// answeringPod answers every frame written to it with one prepared reply
+// that only TryRead returns (its own reader sleeps).
+type answeringPod struct {
+	fakeQueue
+	reply []byte
+	has   atomic.Bool
+	turn  *turn.Turn
+}
+
+func (d *answeringPod) Name() string                                 { return "answering" }
+func (d *answeringPod) Offload() bool                                { return false }
+func (d *answeringPod) Read(b [][]byte, s []int, o int) (int, error) { return d.read(b, s, o) }
+func (d *answeringPod) WriteOne([]byte) error                        { d.has.Store(true); return nil }
+func (d *answeringPod) Close() error                                 { return d.close() }
+func (d *answeringPod) SetTurn(t *turn.Turn)                         { d.turn = t }
+func (d *answeringPod) TryRead(b [][]byte, s []int, o int) (int, error) {
+	if !d.turn.Try() {
+		return 0, turn.ErrHeld
+	}
+	if !d.has.Swap(false) {
+		d.turn.Done()
+		return 0, nil
+	}
+	s[0] = copy(b[0][o:], d.reply)
+	return 1, nil
+}
+
+// TestReplyPollAllocs: a request forwarded and its answer polled and
+// forwarded back allocate nothing.
+func TestReplyPollAllocs(t *testing.T) {
+	s := New(Config{ReplyPoll: time.Second})
+	t.Cleanup(func() { s.Close() })
+	a := &fakePod{dev: newFakePodDev("a", false), ip: netip.MustParseAddr("10.0.0.1"), mac: packet.MAC{2, 0, 0, 0, 0, 1}}
+	e := &fakePod{dev: newFakePodDev("e", false), ip: netip.MustParseAddr("10.0.0.9"), mac: packet.MAC{2, 0, 0, 0, 0, 9}}
+	ans := &answeringPod{fakeQueue: newFakeQueue(), reply: podFrame(e, ipSpec{src: "10.0.0.9", dst: "10.0.0.1", payload: 64}.build())}
+	ia, err := s.AddPodPort(PodPort{Name: "a", IP: a.ip, MAC: a.mac, Dev: &discardPod{newFakeQueue()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ie, err := s.AddPodPort(PodPort{Name: "e", IP: e.ip, MAC: e.mac, Dev: ans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := router.NewTable([]router.Route{
+		{Prefix: pfx("10.0.0.1/32"), Kind: router.KindLocalPod, Port: ia},
+		{Prefix: pfx("10.0.0.9/32"), Kind: router.KindLocalPod, Port: ie},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetRoutes(tab)
+	s.mu.Lock()
+	pa, pe := s.att.pods[ia], s.att.pods[ie]
+	s.mu.Unlock()
+	// discardPod has offloads: its frames carry a virtio header.
+	req := podFrame(&fakePod{dev: newFakePodDev("a", true), ip: a.ip, mac: a.mac}, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 64}.build())
+	f := newForwarder(s)
+	bufs := [][]byte{make([]byte, packet.BufferSize)}
+	sizes := make([]int, 1)
+	run := func() {
+		n := copy(bufs[0][packet.Headroom:], req)
+		f.begin()
+		f.fromPod(pa, bufs[0], packet.Headroom, n)
+		f.end()
+		if f.replyFrom != pe {
+			t.Fatalf("after a write to e, the reader would poll %v, want e", f.replyFrom)
+		}
+		f.replyFrom = nil
+		s.pollReply(f, pe, bufs, sizes)
+	}
+	run()
+	before := pe.c.repliesPolled.Load()
+	if allocs := testing.AllocsPerRun(200, run); allocs != 0 {
+		t.Errorf("%v allocations per request and polled answer, want 0", allocs)
+	}
+	if got := pe.c.repliesPolled.Load() - before; got < 200 {
+		t.Errorf("%d answers polled in 201 runs, want each", got)
+	}
+	if d := pa.c.snapshot().Drops; len(d) != 0 {
+		t.Errorf("drops on a: %v", d)
 	}
 }

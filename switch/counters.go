@@ -105,6 +105,7 @@ type counters struct {
 	icmpErrors        atomic.Uint64 // ICMP errors the switch generated toward this port
 	gsoFrames         atomic.Uint64 // superframes received
 	natPackets        atomic.Uint64 // packets handed to NAT outgoing
+	repliesPolled     atomic.Uint64 // batches another port's reader took from this pod (replies.go)
 	drops             [numDropReasons]atomic.Uint64
 }
 
@@ -112,21 +113,24 @@ func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
 // PortStats is a snapshot of one port's counters, as the API shows it.
 type PortStats struct {
-	Index      int               `json:"index"`
-	Name       string            `json:"name"`
-	Kind       string            `json:"kind"`
-	Device     string            `json:"device"`
-	IP         string            `json:"ip,omitempty"`
-	Offload    bool              `json:"offload"`
-	RxFrames   uint64            `json:"rxFrames"`
-	RxBytes    uint64            `json:"rxBytes"`
-	TxFrames   uint64            `json:"txFrames"`
-	TxBytes    uint64            `json:"txBytes"`
-	GSOFrames  uint64            `json:"gsoFrames"`
-	ARPReplies uint64            `json:"arpReplies"`
-	ICMPErrors uint64            `json:"icmpErrors"`
-	NATPackets uint64            `json:"natPackets"`
-	Drops      map[string]uint64 `json:"drops"`
+	Index      int    `json:"index"`
+	Name       string `json:"name"`
+	Kind       string `json:"kind"`
+	Device     string `json:"device"`
+	IP         string `json:"ip,omitempty"`
+	Offload    bool   `json:"offload"`
+	RxFrames   uint64 `json:"rxFrames"`
+	RxBytes    uint64 `json:"rxBytes"`
+	TxFrames   uint64 `json:"txFrames"`
+	TxBytes    uint64 `json:"txBytes"`
+	GSOFrames  uint64 `json:"gsoFrames"`
+	ARPReplies uint64 `json:"arpReplies"`
+	ICMPErrors uint64 `json:"icmpErrors"`
+	NATPackets uint64 `json:"natPackets"`
+	// RepliesPolled counts batches of this pod's packets that another
+	// port's reader forwarded (reply polling) instead of its own.
+	RepliesPolled uint64            `json:"repliesPolled"`
+	Drops         map[string]uint64 `json:"drops"`
 }
 
 func (c *counters) snapshot() PortStats {
@@ -134,7 +138,8 @@ func (c *counters) snapshot() PortStats {
 		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
 		GSOFrames: c.gsoFrames.Load(), ARPReplies: c.arpReplies.Load(),
-		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(), Drops: map[string]uint64{},
+		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(),
+		RepliesPolled: c.repliesPolled.Load(), Drops: map[string]uint64{},
 	}
 	for i := range c.drops {
 		if v := c.drops[i].Load(); v > 0 {

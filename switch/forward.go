@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"podnet/internal/packet"
+	"podnet/internal/turn"
 )
 
 // Buffer layout of every read slot: the port reads at offset
@@ -59,6 +60,10 @@ type forwarder struct {
 	lanes []lane // this reader's queue per batching egress, by lane ID
 	dirty []lane // lanes holding packets
 
+	// replyFrom is the pollable pod the batch last sent to: the reader
+	// polls it for the answer (replies.go).
+	replyFrom *podPort
+
 	// dry, when set, makes this a tracing forwarder: what would be sent
 	// is recorded instead (trace.go).
 	dry *traceRecorder
@@ -109,7 +114,7 @@ func (f *forwarder) end() {
 // When a capture is attached to capt, each packet read is copied to it
 // from byte skip on (past a virtio header) as link.
 func (s *Switch) readLoop(name string, c *counters, batch int,
-	capt *atomic.Pointer[Capture], skip int, link LinkType,
+	capt *atomic.Pointer[Capture], skip int, link LinkType, tn *turn.Turn,
 	read func(bufs [][]byte, sizes []int) (int, error),
 	classify func(f *forwarder, i int, buf []byte, size int)) {
 	s.log.Debug("reader started", "port", name)
@@ -130,23 +135,38 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if cp := capt.Load(); cp != nil {
-			for i := 0; i < n; i++ {
-				if sizes[i] > skip {
-					cp.put(false, link, bufs[i][packet.Headroom+skip:packet.Headroom+sizes[i]])
-				}
+		s.forwardBatch(f, c, n, bufs, sizes, capt, skip, link, classify)
+		if tn != nil && n > 0 {
+			tn.Done() // read returned frames holding the turn
+		}
+		if p := f.replyFrom; p != nil {
+			f.replyFrom = nil
+			s.pollReply(f, p, bufs, sizes)
+		}
+	}
+}
+
+// forwardBatch captures, classifies and forwards the n packets read into
+// bufs, flushes what they queued, and counts them on c.
+func (s *Switch) forwardBatch(f *forwarder, c *counters, n int, bufs [][]byte, sizes []int,
+	capt *atomic.Pointer[Capture], skip int, link LinkType,
+	classify func(f *forwarder, i int, buf []byte, size int)) {
+	if cp := capt.Load(); cp != nil {
+		for i := 0; i < n; i++ {
+			if sizes[i] > skip {
+				cp.put(false, link, bufs[i][packet.Headroom+skip:packet.Headroom+sizes[i]])
 			}
 		}
-		f.begin()
-		var bytes uint64
-		for i := 0; i < n; i++ {
-			bytes += uint64(sizes[i])
-			classify(f, i, bufs[i], sizes[i])
-		}
-		f.end()
-		c.rxFrames.Add(uint64(n))
-		c.rxBytes.Add(bytes)
 	}
+	f.begin()
+	var bytes uint64
+	for i := 0; i < n; i++ {
+		bytes += uint64(sizes[i])
+		classify(f, i, bufs[i], sizes[i])
+	}
+	f.end()
+	c.rxFrames.Add(uint64(n))
+	c.rxBytes.Add(bytes)
 }
 
 // forward routes one IPv4 packet that an ingress has classified: TTL,

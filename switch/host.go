@@ -75,7 +75,7 @@ func (s *Switch) routineHostReader(h *hostPort) {
 	defer close(h.done)
 	// wireguard-go reports ErrTooManySegments and the like per read; they
 	// "should not cause reads to cease", and readLoop retries.
-	s.readLoop("host", &h.c, h.dev.BatchSize(), &h.capt, 0, LinkIPv4,
+	s.readLoop("host", &h.c, h.dev.BatchSize(), &h.capt, 0, LinkIPv4, nil,
 		func(bufs [][]byte, sizes []int) (int, error) { return h.dev.Read(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, _ int, buf []byte, size int) { f.fromHost(h, buf, packet.Headroom, size) })
 }

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"podnet/internal/packet"
+	"podnet/internal/turn"
 )
 
 // PodDevice is a pod port's device: a TAP (package tap) in the daemon, an
@@ -20,6 +21,16 @@ type PodDevice interface {
 	// WriteOne writes one frame.
 	WriteOne(frame []byte) error
 	Close() error
+}
+
+// pollable is a device that readers other than its own may read without
+// waiting (reply polling): TryRead returns what is queued, or 0, or
+// turn.ErrHeld while its own reader is at work. Read and TryRead return
+// frames holding the turn set with SetTurn; the caller gives it back
+// once it has forwarded them. tap.Device is one.
+type pollable interface {
+	SetTurn(*turn.Turn)
+	TryRead(bufs [][]byte, sizes []int, offset int) (int, error)
 }
 
 // PodPort describes a pod port to add.
@@ -44,6 +55,15 @@ type podPort struct {
 	c       counters
 	capt    atomic.Pointer[Capture]
 	done    chan struct{} // closed when the reader exits
+
+	// Reply polling (replies.go): poll is dev when other readers may poll
+	// it, turn says who reads it now, and misses and quietUntil let
+	// pollers leave alone a pod that does not answer quickly.
+	poll       pollable
+	classify   func(f *forwarder, i int, buf []byte, size int) // fromPod for this port, made once
+	turn       turn.Turn
+	misses     atomic.Int32
+	quietUntil atomic.Int64 // unix nanoseconds
 }
 
 // AddPodPort starts forwarding for a pod and returns its port index, which
@@ -67,6 +87,11 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	p := &podPort{
 		index: idx, name: pp.Name, ip: pp.IP, ip4: pp.IP.As4(),
 		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), done: make(chan struct{}),
+	}
+	p.classify = func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) }
+	if pd, ok := pp.Dev.(pollable); ok {
+		pd.SetTurn(&p.turn)
+		p.poll = pd
 	}
 	// A new slice: readers may still hold the FIB compiled from the old one.
 	next := make([]*podPort, max(len(s.att.pods), idx+1))
@@ -110,13 +135,21 @@ func (s *Switch) RemovePort(idx int) error {
 func (s *Switch) routinePodReader(p *podPort) {
 	defer s.wg.Done()
 	defer close(p.done)
-	skip := 0
-	if p.offload {
-		skip = vnetLen
+	var tn *turn.Turn
+	if p.poll != nil {
+		tn = &p.turn
 	}
-	s.readLoop(p.name, &p.c, s.podBatch, &p.capt, skip, LinkEthernet,
+	s.readLoop(p.name, &p.c, s.podBatch, &p.capt, p.skip(), LinkEthernet, tn,
 		func(bufs [][]byte, sizes []int) (int, error) { return p.dev.Read(bufs, sizes, packet.Headroom) },
-		func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) })
+		p.classify)
+}
+
+// skip is how many bytes precede the Ethernet header of a frame read.
+func (p *podPort) skip() int {
+	if p.offload {
+		return vnetLen
+	}
+	return 0
 }
 
 // fromPod classifies one frame read from pod port in: buf[off:off+size] is
@@ -227,7 +260,7 @@ func (p *podPort) caps() egressCaps {
 // send frames p for the pod in the headroom before the IP header (a
 // virtio header when the TAP takes one, Ethernet from the gateway MAC to
 // the pod's) and writes it: the one place pod frames are built.
-func (p *podPort) send(_ *forwarder, in ingress, pkt packetRef, _ *hop) {
+func (p *podPort) send(f *forwarder, in ingress, pkt packetRef, _ *hop) {
 	l2 := pkt.ip - ethLen
 	start := l2
 	eth := packet.Ethernet(pkt.buf[l2:pkt.ip])
@@ -251,6 +284,9 @@ func (p *podPort) send(_ *forwarder, in ingress, pkt packetRef, _ *hop) {
 	p.c.txBytes.Add(uint64(end - l2))
 	if cp := p.capt.Load(); cp != nil {
 		cp.put(true, LinkEthernet, pkt.buf[l2:end])
+	}
+	if p.poll != nil {
+		f.replyFrom = p
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"podnet/internal/packet"
 	"podnet/router"
@@ -38,12 +39,18 @@ type Config struct {
 	// PodBatch is how many frames a pod port reads per wake-up; 0 means 8.
 	// Each slot is a 64 KiB buffer because a TSO superframe can be that big.
 	PodBatch int
+	// ReplyPoll is how long a reader that has just sent packets to a pod
+	// polls that pod for its answer before leaving it to the pod's own
+	// reader, which would have to be woken (replies.go). 0 turns reply
+	// polling off.
+	ReplyPoll time.Duration
 }
 
 // Switch is one node's virtual switch.
 type Switch struct {
-	log      *slog.Logger
-	podBatch int
+	log       *slog.Logger
+	podBatch  int
+	replyPoll time.Duration
 
 	// fib is what the data path reads; nodes the set of node addresses
 	// tunnels accept packets from.
@@ -71,7 +78,7 @@ type Switch struct {
 
 // New returns a switch with no ports and an empty route table.
 func New(cfg Config) *Switch {
-	s := &Switch{log: cfg.Logger, podBatch: cfg.PodBatch}
+	s := &Switch{log: cfg.Logger, podBatch: cfg.PodBatch, replyPoll: max(cfg.ReplyPoll, 0)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

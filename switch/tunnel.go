@@ -110,7 +110,7 @@ func (s *Switch) routineTunnelReader(t *tunnelPort) {
 	// Captures see inner packets (fromNode, send): the wire format is the
 	// underlay's to show.
 	var none atomic.Pointer[Capture]
-	s.readLoop(t.t.Device(), &t.c, t.t.BatchSize(), &none, 0, LinkIPv4,
+	s.readLoop(t.t.Device(), &t.c, t.t.BatchSize(), &none, 0, LinkIPv4, nil,
 		func(bufs [][]byte, sizes []int) (int, error) { return t.t.ReadBatch(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, i int, buf []byte, size int) { f.fromTunnel(t, i, buf, packet.Headroom, size) })
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/songgao/water"
 	"golang.org/x/sys/unix"
+
+	"podnet/internal/turn"
 )
 
 // Config says how to open a TAP.
@@ -45,6 +47,10 @@ type Device struct {
 	rn     int
 	rerr   error
 	readFn func(fd uintptr) bool
+	// turn, when set (SetTurn), is taken by every read that returns frames
+	// and held by the caller until it has forwarded them; TryRead needs it.
+	turn    *turn.Turn
+	hasTurn bool // Read's callback holds turn
 
 	// fd is file's descriptor, used directly by writers. closeMu guards
 	// closed; writers hold it shared so Close cannot release the number
@@ -170,11 +176,20 @@ func (d *Device) SetPersist(on bool) error {
 // until the device has no more (EAGAIN) or the batch is full, so one wake-up
 // drains a burst. With offload on each frame starts with its 10-byte
 // virtio-net header. Only one goroutine may call Read.
+//
+// With a turn set (SetTurn), Read takes it before reading, gives it back
+// before it parks, and returns holding it when it returns frames: the
+// caller calls Done on the turn once they are forwarded.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	d.rbufs, d.rsizes, d.roff, d.rn, d.rerr = bufs, sizes, offset, 0, nil
 	err := d.raw.Read(d.readFn)
 	n, rerr := d.rn, d.rerr
 	d.rbufs, d.rsizes = nil, nil
+	if d.hasTurn && n == 0 {
+		d.hasTurn = false
+		d.turn.Done()
+	}
+	d.hasTurn = false
 	if n > 0 {
 		return n, nil
 	}
@@ -192,6 +207,48 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return 0, nil
 }
 
+// SetTurn makes reads take turns with other goroutines on t (see Read and
+// TryRead). Call it before the first Read.
+func (d *Device) SetTurn(t *turn.Turn) { d.turn = t }
+
+// TryRead reads the frames queued now, without waiting, for a goroutine
+// other than the device's reader: it returns 0 when the device is empty or
+// no turn is set, and turn.ErrHeld when another goroutine holds the turn.
+// When it returns frames it holds the turn, and the caller calls Done on
+// it once they are forwarded. It does not allocate.
+func (d *Device) TryRead(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if d.turn == nil {
+		return 0, nil
+	}
+	if !d.turn.Try() {
+		return 0, turn.ErrHeld
+	}
+	d.closeMu.RLock()
+	defer d.closeMu.RUnlock()
+	n := 0
+	var err error
+	for !d.closed && n < len(bufs) {
+		m, rerr := unix.Read(d.fd, bufs[n][offset:])
+		if rerr == unix.EINTR {
+			continue
+		}
+		if rerr != nil {
+			if rerr != unix.EAGAIN {
+				err = mapClosed(fmt.Errorf("tap %q: read: %w", d.name, rerr))
+			}
+			break
+		}
+		if m > 0 {
+			sizes[n] = m
+			n++
+		}
+	}
+	if n == 0 {
+		d.turn.Done()
+	}
+	return n, err
+}
+
 func (d *Device) isClosed() bool {
 	d.closeMu.RLock()
 	defer d.closeMu.RUnlock()
@@ -199,12 +256,21 @@ func (d *Device) isClosed() bool {
 }
 
 // readBatch is the RawConn callback: it returns false to wait for
-// readability, true when done.
+// readability, true when done. With a turn it reads only while holding
+// it, and gives it back before returning false (parking).
 func (d *Device) readBatch(fd uintptr) bool {
+	if d.turn != nil && !d.hasTurn {
+		d.turn.Take()
+		d.hasTurn = true
+	}
 	for d.rn < len(d.rbufs) {
 		n, err := unix.Read(int(fd), d.rbufs[d.rn][d.roff:])
 		if err != nil {
 			if err == unix.EAGAIN || err == unix.EINTR {
+				if d.rn == 0 && d.hasTurn {
+					d.hasTurn = false
+					d.turn.Done()
+				}
 				return d.rn > 0
 			}
 			d.rerr = mapClosed(fmt.Errorf("tap %q: read: %w", d.name, err))

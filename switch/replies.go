@@ -1,0 +1,60 @@
+package vswitch
+
+import (
+	"errors"
+	"time"
+
+	"podnet/internal/packet"
+	"podnet/internal/turn"
+)
+
+// Reply polling: a reader that has just written to a pod polls that pod's
+// TAP for a moment before it goes back to its own port. An answer that
+// comes within ReplyPoll (a ping reply, which the pod's kernel makes while
+// our write is still in progress, or a server's response) is forwarded at
+// once by the reader already running, instead of by the pod's own reader,
+// which the kernel would first have to wake: on a virtual machine each
+// such wake-up costs tens of microseconds, and a round trip has several.
+//
+// The pod's turn (package turn) keeps its packets in order: whoever reads
+// the TAP holds it until what it read is forwarded. A pod that does not
+// answer within the window pollMisses times in a row is left alone for
+// pollQuiet, so one-way traffic costs little polling.
+const (
+	pollMisses = 4
+	pollQuiet  = 10 * time.Millisecond
+)
+
+// pollReply polls pod p for up to s.replyPoll and forwards what it finds
+// as the pod's own reader would, using f and the reader's buffers.
+func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int) {
+	if s.replyPoll == 0 {
+		return
+	}
+	now := time.Now()
+	if now.UnixNano() < p.quietUntil.Load() {
+		return
+	}
+	deadline := now.Add(s.replyPoll)
+	for {
+		n, err := p.poll.TryRead(bufs, sizes, packet.Headroom)
+		if n > 0 {
+			s.forwardBatch(f, &p.c, n, bufs, sizes, &p.capt, p.skip(), LinkEthernet, p.classify)
+			p.turn.Done()
+			p.c.repliesPolled.Add(1)
+			p.misses.Store(0)
+			f.replyFrom = nil // one answer per poll: the reader's own port waits
+			return
+		}
+		if errors.Is(err, turn.ErrHeld) || err != nil {
+			return // its own reader is at it, or the port is closing
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+	}
+	if p.misses.Add(1) >= pollMisses {
+		p.misses.Store(0)
+		p.quietUntil.Store(time.Now().Add(pollQuiet).UnixNano())
+	}
+}

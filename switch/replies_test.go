@@ -1,0 +1,153 @@
+package vswitch
+
+import (
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"podnet/internal/packet"
+	"podnet/internal/turn"
+	"podnet/router"
+)
+
+// echoPodDev is a pod whose kernel answers at once and whose own reader
+// never wakes: every frame the switch writes to it queues `answers`
+// replies (the packet back, payload byte 0 numbering them 1, 2, ...) that
+// only TryRead can take. Whatever of them reaches another pod was taken
+// by reply polling.
+type echoPodDev struct {
+	fakeSink
+	name    string
+	ip      netip.Addr
+	mac     packet.MAC
+	answers int
+
+	mu      sync.Mutex
+	pending [][]byte
+	turn    *turn.Turn
+	closed  chan struct{}
+}
+
+func (d *echoPodDev) Name() string  { return d.name }
+func (d *echoPodDev) Offload() bool { return false }
+
+// Read is the pod's own reader, asleep until the port closes.
+func (d *echoPodDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	<-d.closed
+	return 0, os.ErrClosed
+}
+
+func (d *echoPodDev) Close() error {
+	select {
+	case <-d.closed:
+	default:
+		close(d.closed)
+	}
+	return nil
+}
+
+func (d *echoPodDev) SetTurn(t *turn.Turn) { d.turn = t }
+
+func (d *echoPodDev) TryRead(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if !d.turn.Try() {
+		return 0, turn.ErrHeld
+	}
+	d.mu.Lock()
+	n := 0
+	for n < len(bufs) && len(d.pending) > 0 {
+		sizes[n] = copy(bufs[n][offset:], d.pending[0])
+		d.pending = d.pending[1:]
+		n++
+	}
+	d.mu.Unlock()
+	if n == 0 {
+		d.turn.Done()
+	}
+	return n, nil
+}
+
+// WriteOne records the frame and queues the answers.
+func (d *echoPodDev) WriteOne(b []byte) error {
+	d.put(b, nil)
+	ip := packet.IPv4(b[ethLen:])
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range d.answers {
+		reply := ipSpec{src: d.ip.String(), dst: ip.Src().String(), payload: 8}.build()
+		reply[len(reply)-8] = byte(i + 1)
+		packet.UDP(reply[20:]).SetChecksum(0) // payload changed; 0 means none
+		p := &fakePod{dev: &fakePodDev{}, ip: d.ip, mac: d.mac}
+		d.pending = append(d.pending, podFrame(p, reply))
+	}
+	return nil
+}
+
+// replyNet is a switch with pod a (a fake TAP that the test feeds) and
+// pod e (an echoPodDev).
+func replyNet(t *testing.T, poll time.Duration, answers int) (*Switch, *fakePod, *echoPodDev, int) {
+	t.Helper()
+	s := New(Config{ReplyPoll: poll})
+	t.Cleanup(func() { s.Close() })
+	a := &fakePod{dev: newFakePodDev("a", false), ip: netip.MustParseAddr("10.0.0.1"), mac: packet.MAC{2, 0, 0, 0, 0, 1}}
+	e := &echoPodDev{name: "e", ip: netip.MustParseAddr("10.0.0.9"), mac: packet.MAC{2, 0, 0, 0, 0, 9}, answers: answers, closed: make(chan struct{})}
+	var err error
+	if a.port, err = s.AddPodPort(PodPort{Name: "a", IP: a.ip, MAC: a.mac, Dev: a.dev}); err != nil {
+		t.Fatal(err)
+	}
+	ePort, err := s.AddPodPort(PodPort{Name: "e", IP: e.ip, MAC: e.mac, Dev: e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := router.NewTable([]router.Route{
+		{Prefix: netip.PrefixFrom(a.ip, 32), Kind: router.KindLocalPod, Port: a.port, Dev: "a"},
+		{Prefix: netip.PrefixFrom(e.ip, 32), Kind: router.KindLocalPod, Port: ePort, Dev: "e"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetRoutes(tab)
+	return s, a, e, ePort
+}
+
+// The reader that wrote to a pod forwards the pod's answers itself, all
+// of them and in order, while the pod's own reader sleeps.
+func TestReplyPolling(t *testing.T) {
+	s, a, e, _ := replyNet(t, time.Second, 3)
+	a.dev.offer(podFrame(a, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 8}.build()))
+	frames, _ := a.dev.wait(t, 3)
+	for i, f := range frames {
+		_, ip := podRx(t, a, f)
+		if got := packet.IPv4(ip).Src(); got != e.ip || ip[len(ip)-8] != byte(i+1) {
+			t.Errorf("frame %d to a: from %v, answer %d; want from %v, answer %d", i, got, ip[len(ip)-8], e.ip, i+1)
+		}
+	}
+	var st PortStats
+	for _, p := range s.Stats() {
+		if p.Name == "e" {
+			st = p
+		}
+	}
+	if st.RepliesPolled != 1 || st.RxFrames != 3 {
+		t.Errorf("pod e: %d batches polled, %d frames received; want 1 and 3", st.RepliesPolled, st.RxFrames)
+	}
+}
+
+// A pod that does not answer within the window pollMisses times in a row
+// is left alone for a while.
+func TestReplyPollingBacksOff(t *testing.T) {
+	s, a, e, ePort := replyNet(t, time.Millisecond, 0)
+	for i := range pollMisses {
+		a.dev.offer(podFrame(a, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 8}.build()))
+		e.wait(t, i+1)
+	}
+	p := s.att.pods[ePort]
+	deadline := time.Now().Add(5 * time.Second)
+	for p.quietUntil.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d unanswered writes, pod e is still polled (misses %d)", pollMisses, p.misses.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
