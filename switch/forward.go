@@ -141,9 +141,27 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 		}
 		if p := f.replyFrom; p != nil {
 			f.replyFrom = nil
-			s.pollReply(f, p, bufs, sizes)
+			if smallBatch(n, sizes) {
+				s.pollReply(f, p, bufs, sizes)
+			}
 		}
 	}
+}
+
+// smallBatch says whether a batch looks like a request that waits for its
+// answer (a ping, an RPC): at most pollBatch packets of at most
+// pollFrameSize bytes. Bulk transfers, whose batches are full or carry
+// superframes, keep their readers on their own ports.
+func smallBatch(n int, sizes []int) bool {
+	if n > pollBatch {
+		return false
+	}
+	for _, sz := range sizes[:n] {
+		if sz > pollFrameSize {
+			return false
+		}
+	}
+	return true
 }
 
 // forwardBatch captures, classifies and forwards the n packets read into

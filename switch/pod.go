@@ -285,7 +285,7 @@ func (p *podPort) send(f *forwarder, in ingress, pkt packetRef, _ *hop) {
 	if cp := p.capt.Load(); cp != nil {
 		cp.put(true, LinkEthernet, pkt.buf[l2:end])
 	}
-	if p.poll != nil {
+	if p.poll != nil && f != nil { // Inject sends without a reader
 		f.replyFrom = p
 	}
 }

@@ -16,13 +16,20 @@ import (
 // which the kernel would first have to wake: on a virtual machine each
 // such wake-up costs tens of microseconds, and a round trip has several.
 //
+// Only small batches are followed by polling (smallBatch): a request that
+// waits for its answer is one or two small packets, while bulk transfers
+// come in full batches or superframes and are better left to their own
+// readers, which keep the CPU for the pods' own work.
+//
 // The pod's turn (package turn) keeps its packets in order: whoever reads
 // the TAP holds it until what it read is forwarded. A pod that does not
 // answer within the window pollMisses times in a row is left alone for
 // pollQuiet, so one-way traffic costs little polling.
 const (
-	pollMisses = 4
-	pollQuiet  = 10 * time.Millisecond
+	pollMisses    = 4
+	pollQuiet     = 10 * time.Millisecond
+	pollBatch     = 2
+	pollFrameSize = 1600 // an MTU-sized frame and its headers
 )
 
 // pollReply polls pod p for up to s.replyPoll and forwards what it finds

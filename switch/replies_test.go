@@ -151,3 +151,11 @@ func TestReplyPollingBacksOff(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// NAT's replies come through Inject, which no reader runs: delivering to
+// a pollable pod must not try to poll it.
+func TestInjectToPollablePod(t *testing.T) {
+	s, _, e, _ := replyNet(t, time.Second, 0)
+	s.Inject(ipSpec{src: "198.51.100.1", dst: "10.0.0.9", payload: 8}.build())
+	e.wait(t, 1)
+}
