@@ -57,8 +57,9 @@ type ServeConfig struct {
 	AccessLog io.Writer
 }
 
-// Handler returns the pod page handler: GET / answers PageText, and
-// GET /bytes?n=N streams N bytes of the PatternByte stream.
+// Handler returns the pod page handler: GET / answers PageText,
+// GET /bytes?n=N streams N bytes of the PatternByte stream, and POST
+// /check checks that a body is that stream.
 func Handler(cfg ServeConfig) http.Handler {
 	page := PageText(cfg.Pod, cfg.Node, cfg.IP)
 	mux := http.NewServeMux()
@@ -86,6 +87,35 @@ func Handler(cfg ServeConfig) http.Handler {
 			}
 			n -= c
 		}
+	})
+	// POST /check reads the body and answers "ok N" when it is the first
+	// N bytes of the PatternByte stream, else where it first differs: an
+	// upload checked end to end.
+	mux.HandleFunc("POST /check", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		got, want := make([]byte, 1<<16), make([]byte, 1<<16)
+		var off int64
+		for {
+			k, err := io.ReadFull(r.Body, got)
+			if k > 0 {
+				FillPattern(want[:k], off)
+				for i := range k {
+					if got[i] != want[i] {
+						fmt.Fprintf(w, "differs at byte %d\n", off+int64(i))
+						return
+					}
+				}
+				off += int64(k)
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				break
+			}
+			if err != nil {
+				fmt.Fprintf(w, "read failed after %d bytes: %v\n", off, err)
+				return
+			}
+		}
+		fmt.Fprintf(w, "ok %d\n", off)
 	})
 	// GET /whoami answers with the client address the server sees.
 	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {

@@ -85,10 +85,13 @@ func (n *NAT) newNetstack() error {
 		}
 	}
 	ep := channel.New(linkQueueLen, linkMTU, "")
-	// No checksum offload either way: the netstack verifies the checksums
-	// of what pods send and computes full checksums on what it sends, so
-	// Deliver gets packets a pod's kernel accepts as they are.
-	ep.LinkEPCapabilities = 0
+	// Receive checksum offload: Handle takes pods' TCP packets as the
+	// switch reads them from their TAPs, TSO superframes whole with only
+	// the pseudo-header sum in the TCP checksum (a partial checksum), as
+	// a NIC driver hands its stack packets whose checksums it vouches
+	// for. What the netstack sends gets full checksums (no transmit
+	// offload), so Deliver gets packets a pod's kernel accepts as they are.
+	ep.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
 	if err := s.CreateNIC(nicID, ep); err != nil {
 		s.Destroy()
 		return tcpipErr("netstack create nic", err)

@@ -117,6 +117,42 @@ func TestNATOutgoing(t *testing.T) {
 			t.Fatalf("downloaded %d bytes, want %d", off, n)
 		}
 	})
+	// Uploads leave a pod as TSO superframes, which NAT's netstack takes
+	// whole with their partial checksums: the bytes must arrive intact.
+	t.Run("50 MB upload checked", func(t *testing.T) {
+		const n = 50 << 20
+		c, err := dialFrom(nsPath(t, l, "test-2"), netip.AddrPortFrom(external, 80), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		fmt.Fprintf(c, "POST /check HTTP/1.1\r\nHost: external\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n)
+		buf := make([]byte, 1<<16)
+		for off := int64(0); off < n; off += int64(len(buf)) {
+			lab.FillPattern(buf, off)
+			if _, err := c.Write(buf); err != nil {
+				t.Fatalf("upload after %d bytes: %v", off, err)
+			}
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if got := strings.TrimSpace(string(body)); got != fmt.Sprintf("ok %d", n) {
+			t.Fatalf("external host checked the upload: %q, want \"ok %d\"", got, n)
+		}
+		node := ""
+		for _, p := range l.Status().Pods {
+			if p.Name == "test-2" {
+				node = p.Node
+			}
+		}
+		if gso := portStats(t, nodeClient(t, l, node), "test-2").GSOFrames; gso == 0 {
+			t.Errorf("test-2 sent no superframes: the upload did not exercise NAT's superframe path")
+		}
+	})
 	t.Run("udp echo and ping", func(t *testing.T) {
 		var c net.Conn
 		if err := netnsutil.Do(nsPath(t, l, "test-1"), func() (err error) {
