@@ -183,3 +183,28 @@ func TestDiagsNothingAnswers(t *testing.T) {
 		t.Error("bundle has a status.json though the daemon did not answer")
 	}
 }
+
+func TestTailFile(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		n    int
+		want string
+	}{
+		{"a\nb\nc\n", 2, "b\nc\n"},
+		{"a\nb\nc", 2, "b\nc\n"},
+		{"a\nb\nc\n", 3, "a\nb\nc\n"},
+		{"a\nb\nc\n", 10, "a\nb\nc\n"},
+		{"", 5, ""},
+		{"one\n", 1, "one\n"},
+	} {
+		p := filepath.Join(t.TempDir(), "log")
+		os.WriteFile(p, []byte(tc.text), 0o600)
+		got, err := tailFile(p, tc.n)
+		if err != nil || string(got) != tc.want {
+			t.Errorf("tailFile(%q, %d) = %q, %v; want %q", tc.text, tc.n, got, err, tc.want)
+		}
+	}
+	if _, err := tailFile(filepath.Join(t.TempDir(), "none"), 1); err == nil {
+		t.Error("tailFile of a missing file: no error")
+	}
+}
