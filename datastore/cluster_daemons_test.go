@@ -228,7 +228,7 @@ func TestClusterTLSDaemons(t *testing.T) {
 	members[victim].start(t)
 	phase.Store(2)
 	t.Logf("restarted %s after %.1fs down, %d pods added meanwhile", victim, time.Since(killed).Seconds(), okByPhase[1].Load())
-	time.Sleep(3 * time.Second)
+	time.Sleep(4 * time.Second)
 	stopWorkers()
 
 	t.Logf("pods: %d before, %d with 2 of 3 members, %d after; %d adds failed; longest add %v",
