@@ -92,7 +92,7 @@ func checkConfig(cmd *cobra.Command, configFile, sock, underlay, endpoints strin
 		cfg.DaemonInfo = fmt.Sprintf("podnet %s on node %s, underlay %s", st.Version, st.Node, st.Underlay)
 		node = st.Node
 		if cfg.Underlay == "" {
-			cfg.Underlay = st.Underlay
+			cfg.Underlay, cfg.UnderlayFrom = st.Underlay, "the running daemon's"
 		}
 		path := sock
 		if path == "" {

@@ -218,7 +218,7 @@ func TestCheckSystemLabNode(t *testing.T) {
 	wantCheck(t, m, "bgp-port", syscheck.OK, "TCP port 179 is held by the podnet daemon "+pid)
 	wantCheck(t, m, "vxlan-port", syscheck.OK, "UDP port 4789 is held by the podnet daemon "+pid)
 	wantCheck(t, m, "ip-forward", syscheck.OK, "= 1")
-	wantCheck(t, m, "mtu", syscheck.OK, "underlay "+node.Iface)
+	wantCheck(t, m, "mtu", syscheck.OK, "underlay "+node.Iface+" (the running daemon's)")
 	wantCheck(t, m, "datastore", syscheck.OK, "1 of 1 members answer")
 
 	sysctl := func(v string) {

@@ -244,7 +244,10 @@ func checkVXLANPort(cfg Config) Result {
 func checkMTU(cfg Config) Result {
 	const name = "mtu"
 	iface := cfg.Underlay
-	how := "given"
+	how := cfg.UnderlayFrom
+	if how == "" {
+		how = "given"
+	}
 	if iface == "" {
 		iface, how = defaultRouteIface(), "the default route's"
 		if iface == "" {

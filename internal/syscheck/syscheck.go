@@ -43,6 +43,9 @@ type Config struct {
 	// Underlay is the interface toward other nodes; "" means the default
 	// route's, as the daemon picks it.
 	Underlay string
+	// UnderlayFrom says where Underlay came from, for the report; ""
+	// means "given".
+	UnderlayFrom string
 	// PodMTU is the daemon's --pod-mtu; 0 means derived from the underlay.
 	PodMTU int
 	// BGPPort is the TCP port the BGP speaker listens on; 0 means 179.
