@@ -84,7 +84,7 @@ func newNodeCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(status)
+	cmd.AddCommand(status, newCheckSystemCmd(), newDiagsCmd())
 	return cmd
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"podnet/bench"
 	"podnet/datastore"
+	"podnet/internal/syscheck"
 	"podnet/lab"
 	"podnet/nat"
 	"podnet/nodeapi"
@@ -111,6 +112,7 @@ var jsonTypes = map[string]any{
 	"nat list":          []nat.Entry{},
 	"nat stats":         nat.Stats{},
 	"node status":       []peerWithRoutes{},
+	"node checksystem":  []syscheck.Result{},
 	"trace":             vswitch.TraceResult{},
 	"version":           versionReport{},
 	"ipam show":         []poolUsage{},

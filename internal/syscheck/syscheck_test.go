@@ -1,0 +1,104 @@
+package syscheck
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestListeners: a TCP listener and a UDP socket this test opens are
+// found on their ports with this process as holder; a port nobody holds
+// has none.
+func TestListeners(t *testing.T) {
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tl.Close()
+	ul, err := net.ListenPacket("udp", "[::]:0") // tcp6/udp6 files too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	for _, tc := range []struct {
+		proto string
+		port  int
+	}{
+		{"tcp", tl.Addr().(*net.TCPAddr).Port},
+		{"udp", ul.LocalAddr().(*net.UDPAddr).Port},
+	} {
+		hs, err := listeners(tc.proto, tc.port)
+		if err != nil {
+			t.Fatalf("%s %d: %v", tc.proto, tc.port, err)
+		}
+		if len(hs) != 1 || hs[0].pid != os.Getpid() || hs[0].comm == "" {
+			t.Errorf("%s %d: holders %+v, want this process (pid %d)", tc.proto, tc.port, hs, os.Getpid())
+		}
+		if got := describe(hs); !strings.Contains(got, "(pid ") {
+			t.Errorf("describe: %q", got)
+		}
+		if others := notDaemon(hs, os.Getpid()); len(others) != 0 {
+			t.Errorf("notDaemon with this process as the daemon: %+v, want none", others)
+		}
+	}
+	// The port of a listener just closed is free.
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := free.Addr().(*net.TCPAddr).Port
+	free.Close()
+	if hs, err := listeners("tcp", port); err != nil || len(hs) != 0 {
+		t.Errorf("closed port %d: %+v, %v; want no holder", port, hs, err)
+	}
+}
+
+// TestDaemonPID: the process serving a unix socket is found by its
+// credentials; here it is this test.
+func TestDaemonPID(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if pid, err := DaemonPID(path); err != nil || pid != os.Getpid() {
+		t.Errorf("DaemonPID = %d, %v; want %d", pid, err, os.Getpid())
+	}
+	if _, err := DaemonPID(filepath.Join(t.TempDir(), "none.sock")); err == nil {
+		t.Error("DaemonPID of a missing socket: no error")
+	}
+}
+
+func TestPodMTU(t *testing.T) {
+	for _, tc := range []struct{ mtu, overhead, want int }{
+		{1500, IPIPOverhead, 1480},
+		{1500, VXLANOverhead, 1450},
+		{9000, VXLANOverhead, 8950},
+		// Never below IPv4's minimum: the daemon keeps the underlay's.
+		{626, VXLANOverhead, 626},
+		{627, VXLANOverhead, 577},
+	} {
+		if got := podMTU(tc.mtu, tc.overhead); got != tc.want {
+			t.Errorf("podMTU(%d, %d) = %d, want %d", tc.mtu, tc.overhead, got, tc.want)
+		}
+	}
+}
+
+func TestProblems(t *testing.T) {
+	rs := []Result{ok("a", ""), warn("b", "", "x"), problem("c", "", "y"), problem("d", "", "z")}
+	if n := Problems(rs); n != 2 {
+		t.Errorf("Problems = %d, want 2 (warnings do not count)", n)
+	}
+}
