@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.zx2c4.com/wireguard/tun"
 
 	"podnet/api"
 	"podnet/datastore"
@@ -121,7 +120,7 @@ type Node struct {
 	underlayAddr netip.Prefix
 	underlayMTU  int
 
-	host      tun.Device
+	host      vswitch.HostDevice
 	hostIndex int // podnet0's ifindex, for kernel routes
 	nat       *nat.NAT
 	started   time.Time

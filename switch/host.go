@@ -5,33 +5,46 @@ import (
 	"fmt"
 	"sync/atomic"
 
-	"golang.zx2c4.com/wireguard/tun"
+	"github.com/vishvananda/netlink"
 
 	"podnet/internal/packet"
+	"podnet/switch/tap"
 )
 
 // HostTUNName is the host port's device in the node's namespace.
 const HostTUNName = "podnet0"
 
-// tunOffset is where IP packets start in buffers handed to the host TUN:
-// wireguard-go's tun writes its virtio header in the bytes before them.
+// tunOffset is the headroom hostLane leaves in front of each packet it
+// hands the host device: the offload TUN (hostTUN) finds there the virtio
+// header hostPort.send wrote; other devices may use it as they like.
 const tunOffset = 16
 
 // OpenHostTUN creates the host port's TUN in the calling thread's network
-// namespace with virtio offloads on (wireguard-go splits the superframes
-// the node's stack sends and coalesces what we write).
-func OpenHostTUN(name string, mtu int) (tun.Device, error) {
-	dev, err := tun.CreateTUN(name, mtu)
+// namespace, with virtio-net headers and TSO and checksum offloads (package
+// tap), and sets its MTU. Superframes cross it whole both ways: the node's
+// stack hands us its TSO packets unsplit, and takes ours as they are.
+func OpenHostTUN(name string, mtu int) (HostDevice, error) {
+	d, err := tap.Open(tap.Config{Name: name, Offload: true, L3: true})
 	if err != nil {
 		return nil, fmt.Errorf("create host tun %s: %w", name, err)
 	}
-	return dev, nil
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetMTU(l, mtu)
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("set host tun %s MTU %d: %w", name, mtu, err)
+	}
+	return &hostTUN{d: d}, nil
 }
 
-// HostDevice is the host port's device: wireguard-go's tun.Device in the
-// daemon (which has more methods), an in-memory device in tests. Packets
-// are plain IPv4, no link header; Read has already split superframes and
-// completed checksums, Write may coalesce what it is given.
+// HostDevice is the host port's device. Packets are IPv4, no link
+// header; Write takes bufs[i][offset:] and may use the bytes before
+// offset. A device whose Offload reports true (hostTUN) reads and writes
+// a virtio-net header in front of each packet, and superframes with
+// partial checksums; others (the tests' in-memory devices) read complete
+// packets and take complete packets.
 type HostDevice interface {
 	Read(bufs [][]byte, sizes []int, offset int) (int, error)
 	Write(bufs [][]byte, offset int) (int, error)
@@ -40,11 +53,47 @@ type HostDevice interface {
 	Close() error
 }
 
+// offloader is a HostDevice with virtio-net headers.
+type offloader interface{ Offload() bool }
+
+// hostTUN is the offload TUN as a HostDevice.
+type hostTUN struct{ d *tap.Device }
+
+func (t *hostTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return t.d.Read(bufs, sizes, offset)
+}
+
+// Write writes each packet with the virtio header hostPort.send put in
+// the vnetLen bytes before offset.
+func (t *hostTUN) Write(bufs [][]byte, offset int) (int, error) {
+	n := 0
+	var first error
+	for _, b := range bufs {
+		if err := t.d.WriteOne(b[offset-vnetLen:]); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		n++
+	}
+	return n, first
+}
+
+func (t *hostTUN) BatchSize() int        { return hostTUNBatch }
+func (t *hostTUN) Name() (string, error) { return t.d.Name(), nil }
+func (t *hostTUN) Close() error          { return t.d.Close() }
+func (t *hostTUN) Offload() bool         { return true }
+
+// hostTUNBatch is how many packets the host reader takes per wake-up.
+const hostTUNBatch = 8
+
 // hostPort joins the node itself to the switch: an ingress for what the
 // node sends to pods and tunnels, an egress (batched) for what routes of
 // kind host deliver.
 type hostPort struct {
-	dev  HostDevice
+	dev     HostDevice
+	offload bool // dev reads and writes virtio-net headers
 	lane int
 	c    counters
 	capt atomic.Pointer[Capture]
@@ -60,6 +109,9 @@ func (s *Switch) AttachHost(dev HostDevice) error {
 		return errors.New("attach host: host port already attached")
 	}
 	h := &hostPort{dev: dev, lane: s.newLaneIDLocked(), done: make(chan struct{})}
+	if o, ok := dev.(offloader); ok {
+		h.offload = o.Offload()
+	}
 	s.att.host = h
 	s.host.Store(h)
 	s.recompileLocked()
@@ -73,15 +125,27 @@ func (s *Switch) AttachHost(dev HostDevice) error {
 func (s *Switch) routineHostReader(h *hostPort) {
 	defer s.wg.Done()
 	defer close(h.done)
-	// wireguard-go reports ErrTooManySegments and the like per read; they
-	// "should not cause reads to cease", and readLoop retries.
-	s.readLoop("host", &h.c, h.dev.BatchSize(), &h.capt, 0, LinkIPv4, nil,
+	skip := 0
+	if h.offload {
+		skip = vnetLen
+	}
+	s.readLoop("host", &h.c, h.dev.BatchSize(), &h.capt, skip, LinkIPv4, nil,
 		func(bufs [][]byte, sizes []int) (int, error) { return h.dev.Read(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, _ int, buf []byte, size int) { f.fromHost(h, buf, packet.Headroom, size) })
 }
 
-// fromHost classifies one IPv4 packet buf[off:off+size] from the host TUN.
+// fromHost classifies one IPv4 packet buf[off:off+size] from the host TUN
+// (after its virtio-net header when h.offload).
 func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
+	var hdr packet.VirtioNetHdr
+	if h.offload {
+		if size < vnetLen || hdr.Decode(buf[off:]) != nil {
+			h.c.drop(DropBadVirtioHeader)
+			return
+		}
+		off += vnetLen
+		size -= vnetLen
+	}
 	pkt := buf[off : off+size]
 	if size < 1 || pkt[0]>>4 != 4 {
 		if size >= 1 && pkt[0]>>4 == 6 {
@@ -97,12 +161,19 @@ func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
 		return
 	}
 	ip = ip[:ip.TotalLen()]
+	if hdr.GSOType != packet.GSONone {
+		h.c.gsoFrames.Add(1)
+		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
+			h.c.drop(DropBadGSO)
+			return
+		}
+	}
 	if !containsAddr(f.fib.pools, ip.Src()) && f.dry == nil {
 		// From outside the cluster, routed to us by the node: remember the
 		// flow so the pod's answers go back the same way.
 		f.s.inbound.record(ip, f.now)
 	}
-	f.forward(h, packetRef{buf: buf, ip: off, n: len(ip)})
+	f.forward(h, packetRef{buf: buf, ip: off, n: len(ip), gso: hdr})
 }
 
 func (h *hostPort) stats() *counters { return &h.c }
@@ -125,8 +196,11 @@ func (h *hostPort) icmpSource() [4]byte { return GatewayIP.As4() }
 
 func (h *hostPort) kind() egressKind { return egressHost }
 
-// caps: wireguard-go's Write takes complete packets and merges them itself.
-func (h *hostPort) caps() egressCaps { return egressCaps{} }
+// caps: the offload TUN takes superframes and partial checksums as they
+// are; other host devices take complete packets.
+func (h *hostPort) caps() egressCaps {
+	return egressCaps{superframes: h.offload, partialChecksums: h.offload}
+}
 
 func (h *hostPort) laneID() int { return h.lane }
 
@@ -141,6 +215,9 @@ func (h *hostPort) send(f *forwarder, _ ingress, p packetRef, _ *hop) {
 	} else if len(l.bufs) == cap(l.bufs) {
 		l.flush()
 		f.markDirty(l)
+	}
+	if h.offload {
+		p.gso.Encode(p.buf[p.ip-vnetLen : p.ip]) // zero for a complete packet
 	}
 	l.bufs = append(l.bufs, p.buf[p.ip-tunOffset:p.ip+p.n])
 	if cp := h.capt.Load(); cp != nil {
@@ -174,7 +251,7 @@ func (l *hostLane) flush() {
 
 func (h *hostPort) portStats() PortStats {
 	s := h.c.snapshot()
-	s.Index, s.Name, s.Kind, s.Device, s.Offload = -1, "host", "host", HostTUNName, true
+	s.Index, s.Name, s.Kind, s.Device, s.Offload = -1, "host", "host", HostTUNName, h.offload
 	if n, err := h.dev.Name(); err == nil {
 		s.Device = n
 	}

@@ -152,6 +152,72 @@ func TestReplyPollingTAP(t *testing.T) {
 	}
 }
 
+// TestHostTUNOffload: the host port's own TUN passes superframes whole
+// both ways. The node's stack sends TSO packets into podnet0, which reach
+// an offload pod whole and a plain pod in segments; a pod's superframes
+// reach the node's stack whole. Every byte arrives (SHA-256).
+func TestHostTUNOffload(t *testing.T) {
+	tn := newTestNet(t)
+	nodeIP := netip.MustParseAddr("10.99.1.1")
+	var host HostDevice
+	err := netnsutil.Do(tn.nodeNS, func() (err error) {
+		if host, err = OpenHostTUN(nettest.UniqueName("pn"), 1500); err != nil {
+			return err
+		}
+		name, _ := host.Name()
+		// As the daemon does: the node's IPv6 chatter stays off the port.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0); err != nil {
+			return err
+		}
+		for _, args := range [][]string{
+			{"addr", "add", nodeIP.String() + "/32", "dev", name},
+			{"link", "set", name, "up"},
+			{"route", "add", "10.99.0.0/24", "dev", name, "src", nodeIP.String()},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.s.AttachHost(host); err != nil {
+		host.Close()
+		t.Fatal(err)
+	}
+	a := tn.addPod(t, "a", "10.99.0.1", true)
+	b := tn.addPod(t, "b", "10.99.0.2", false)
+	name, _ := host.Name()
+	var routes []router.Route
+	for _, p := range tn.pods {
+		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(p.ip, 32), Kind: router.KindLocalPod, Port: p.port, Dev: p.name})
+	}
+	routes = append(routes, router.Route{Prefix: netip.PrefixFrom(nodeIP, 32), Kind: router.KindHost, Dev: name})
+	tab, err := router.NewTable(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.s.SetRoutes(tab)
+
+	nettest.Transfer(t, tn.nodeNS, a.ns, a.ip, 8<<20)
+	nettest.Transfer(t, a.ns, tn.nodeNS, nodeIP, 8<<20)
+	nettest.Transfer(t, tn.nodeNS, b.ns, b.ip, 4<<20)
+	h := tn.stats("host")
+	if h.GSOFrames == 0 || tn.stats("a").GSOFrames == 0 {
+		t.Errorf("superframes read: %d from the node, %d from pod a; want both > 0", h.GSOFrames, tn.stats("a").GSOFrames)
+	}
+	if !h.Offload {
+		t.Errorf("host port reports no offload")
+	}
+	for _, n := range []string{"host", "a", "b"} {
+		if d := tn.stats(n).Drops; len(d) != 0 {
+			t.Errorf("drops on %s: %v", n, d)
+		}
+	}
+}
+
 // udpFrame builds, in a fresh buffer at packet.Headroom, a pod frame from
 // src to dst: virtio header (zero) when offload, Ethernet, IPv4, UDP with
 // payloadLen bytes. It returns the buffer and the frame length.

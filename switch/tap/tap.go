@@ -1,7 +1,9 @@
 // Package tap opens Linux TAP devices for pod ports: with IFF_VNET_HDR and
 // TUNSETOFFLOAD so the kernel hands us (and accepts from us) TSO
 // superframes with partial checksums, or in a plain mode through
-// github.com/songgao/water with one MTU-sized frame per read.
+// github.com/songgao/water with one MTU-sized frame per read. The same
+// offload mode opens the host port's TUN (Config.L3): IPv4 packets
+// behind the virtio-net header instead of Ethernet frames.
 //
 // Reads and writes use the batch shape of wireguard-go's tun.Device: the
 // caller owns the buffers and passes the headroom as offset.
@@ -30,6 +32,9 @@ type Config struct {
 	// Persist keeps the device when the fd closes, so a restarted daemon
 	// can attach again. Attach leaves the persist flag as it finds it.
 	Persist bool
+	// L3 opens a TUN (IP packets, no link header) instead of a TAP. It
+	// needs Offload.
+	L3 bool
 }
 
 // Device is an open TAP fd.
@@ -73,7 +78,14 @@ func Open(cfg Config) (*Device, error) {
 		return nil, errors.New("tap: Config.Name is required")
 	}
 	if !cfg.Offload {
+		if cfg.L3 {
+			return nil, fmt.Errorf("tun %q: a TUN is opened only with offloads", cfg.Name)
+		}
 		return openPlain(cfg)
+	}
+	kind := uint16(unix.IFF_TAP)
+	if cfg.L3 {
+		kind = unix.IFF_TUN
 	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -89,7 +101,7 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tap %q: %w", cfg.Name, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	ifr.SetUint16(kind | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return nil, fmt.Errorf("tap %q: TUNSETIFF: %w", cfg.Name, err)
 	}
