@@ -94,10 +94,10 @@ const hostTUNBatch = 8
 type hostPort struct {
 	dev     HostDevice
 	offload bool // dev reads and writes virtio-net headers
-	lane int
-	c    counters
-	capt atomic.Pointer[Capture]
-	done chan struct{}
+	lane    int
+	c       counters
+	capt    atomic.Pointer[Capture]
+	done    chan struct{}
 }
 
 // AttachHost makes dev (a TUN in the node's namespace, see OpenHostTUN) the
