@@ -67,7 +67,7 @@ var (
 	descTxPackets = desc("port_tx_packets_total", "Frames the switch wrote to the port.", "port", "kind")
 	descTxBytes   = desc("port_tx_bytes_total", "Bytes the switch wrote to the port.", "port", "kind")
 	descGSO       = desc("port_gso_frames_total", "Segmentation-offload superframes read from the port.", "port", "kind")
-	descPolled    = desc("port_replies_polled_total", "Batches of a pod's packets forwarded by another port's reader polling for replies.", "port", "kind")
+	descPolled    = desc("port_polled_batches_total", "Batches of a pod's packets read by polling rather than after a wake-up (reply polling).", "port", "kind")
 	descICMPErr   = desc("port_icmp_errors_total", "ICMP errors the switch sent for packets from the port.", "port", "kind")
 	descNATPkts   = desc("port_nat_packets_total", "Packets from the port handed to NAT outgoing.", "port", "kind")
 	descPortDrops = desc("port_drops_total", "Packets from the port the switch dropped, by reason.", "port", "kind", "reason")
@@ -154,7 +154,7 @@ func collectPorts(ch chan<- prometheus.Metric, ports []vswitch.PortStats) {
 		counter(descTxPackets, p.TxFrames)
 		counter(descTxBytes, p.TxBytes)
 		counter(descGSO, p.GSOFrames)
-		counter(descPolled, p.RepliesPolled)
+		counter(descPolled, p.Polled)
 		counter(descICMPErr, p.ICMPErrors)
 		counter(descNATPkts, p.NATPackets)
 		for reason, v := range p.Drops {

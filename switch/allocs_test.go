@@ -216,11 +216,11 @@ func TestReplyPollAllocs(t *testing.T) {
 		s.pollReply(f, pe, bufs, sizes)
 	}
 	run()
-	before := pe.c.repliesPolled.Load()
+	before := pe.c.polled.Load()
 	if allocs := testing.AllocsPerRun(200, run); allocs != 0 {
 		t.Errorf("%v allocations per request and polled answer, want 0", allocs)
 	}
-	if got := pe.c.repliesPolled.Load() - before; got < 200 {
+	if got := pe.c.polled.Load() - before; got < 200 {
 		t.Errorf("%d answers polled in 201 runs, want each", got)
 	}
 	if d := pa.c.snapshot().Drops; len(d) != 0 {

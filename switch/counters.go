@@ -105,7 +105,7 @@ type counters struct {
 	icmpErrors        atomic.Uint64 // ICMP errors the switch generated toward this port
 	gsoFrames         atomic.Uint64 // superframes received
 	natPackets        atomic.Uint64 // packets handed to NAT outgoing
-	repliesPolled     atomic.Uint64 // batches another port's reader took from this pod (replies.go)
+	polled            atomic.Uint64 // batches of a pod's packets read by polling, not after a wake-up (replies.go)
 	drops             [numDropReasons]atomic.Uint64
 }
 
@@ -127,10 +127,11 @@ type PortStats struct {
 	ARPReplies uint64 `json:"arpReplies"`
 	ICMPErrors uint64 `json:"icmpErrors"`
 	NATPackets uint64 `json:"natPackets"`
-	// RepliesPolled counts batches of this pod's packets that another
-	// port's reader forwarded (reply polling) instead of its own.
-	RepliesPolled uint64            `json:"repliesPolled"`
-	Drops         map[string]uint64 `json:"drops"`
+	// Polled counts batches of this pod's packets read by polling
+	// rather than after a wake-up: answers another port's reader took
+	// (reply polling) and requests its own reader found before parking.
+	Polled uint64            `json:"polled"`
+	Drops  map[string]uint64 `json:"drops"`
 }
 
 func (c *counters) snapshot() PortStats {
@@ -139,7 +140,7 @@ func (c *counters) snapshot() PortStats {
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
 		GSOFrames: c.gsoFrames.Load(), ARPReplies: c.arpReplies.Load(),
 		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(),
-		RepliesPolled: c.repliesPolled.Load(), Drops: map[string]uint64{},
+		Polled: c.polled.Load(), Drops: map[string]uint64{},
 	}
 	for i := range c.drops {
 		if v := c.drops[i].Load(); v > 0 {

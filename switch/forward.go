@@ -61,8 +61,10 @@ type forwarder struct {
 	dirty []lane // lanes holding packets
 
 	// replyFrom is the pollable pod the batch last sent to: the reader
-	// polls it for the answer (replies.go).
+	// polls it for the answer (replies.go). spinUntil, when set, is how
+	// long the reader polls its own pod before it parks.
 	replyFrom *podPort
+	spinUntil time.Time
 
 	// dry, when set, makes this a tracing forwarder: what would be sent
 	// is recorded instead (trace.go).
@@ -114,7 +116,7 @@ func (f *forwarder) end() {
 // When a capture is attached to capt, each packet read is copied to it
 // from byte skip on (past a virtio header) as link.
 func (s *Switch) readLoop(name string, c *counters, batch int,
-	capt *atomic.Pointer[Capture], skip int, link LinkType, tn *turn.Turn,
+	capt *atomic.Pointer[Capture], skip int, link LinkType, self *podPort,
 	read func(bufs [][]byte, sizes []int) (int, error),
 	classify func(f *forwarder, i int, buf []byte, size int)) {
 	s.log.Debug("reader started", "port", name)
@@ -125,8 +127,19 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 		bufs[i] = make([]byte, packet.BufferSize)
 	}
 	f := newForwarder(s)
+	var tn *turn.Turn // taken by every read that returns packets
+	if self != nil && self.poll != nil {
+		tn = &self.turn
+	}
 	for {
-		n, err := read(bufs, sizes)
+		n, err := 0, error(nil)
+		if !f.spinUntil.IsZero() {
+			n, err = s.spinOwn(self, bufs, sizes, f.spinUntil)
+			f.spinUntil = time.Time{}
+		}
+		if n == 0 && err == nil {
+			n, err = read(bufs, sizes)
+		}
 		if err != nil && n == 0 {
 			if isClosed(err) {
 				return
@@ -141,8 +154,10 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 		}
 		if p := f.replyFrom; p != nil {
 			f.replyFrom = nil
-			if smallBatch(n, sizes) {
-				s.pollReply(f, p, bufs, sizes)
+			if smallBatch(n, sizes) && s.pollReply(f, p, bufs, sizes) && tn != nil {
+				// An answer went back to our own pod, whose next request
+				// may follow as quickly: look for it before parking.
+				f.spinUntil = time.Now().Add(s.replyPoll)
 			}
 		}
 	}

@@ -33,14 +33,15 @@ const (
 )
 
 // pollReply polls pod p for up to s.replyPoll and forwards what it finds
-// as the pod's own reader would, using f and the reader's buffers.
-func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int) {
+// as the pod's own reader would, using f and the reader's buffers. It
+// reports whether it found an answer.
+func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int) bool {
 	if s.replyPoll == 0 {
-		return
+		return false
 	}
 	now := time.Now()
 	if now.UnixNano() < p.quietUntil.Load() {
-		return
+		return false
 	}
 	deadline := now.Add(s.replyPoll)
 	for {
@@ -48,13 +49,13 @@ func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int)
 		if n > 0 {
 			s.forwardBatch(f, &p.c, n, bufs, sizes, &p.capt, p.skip(), LinkEthernet, p.classify)
 			p.turn.Done()
-			p.c.repliesPolled.Add(1)
+			p.c.polled.Add(1)
 			p.misses.Store(0)
 			f.replyFrom = nil // one answer per poll: the reader's own port waits
-			return
+			return true
 		}
 		if errors.Is(err, turn.ErrHeld) || err != nil {
-			return // its own reader is at it, or the port is closing
+			return false // its own reader is at it, or the port is closing
 		}
 		if !time.Now().Before(deadline) {
 			break
@@ -63,5 +64,26 @@ func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int)
 	if p.misses.Add(1) >= pollMisses {
 		p.misses.Store(0)
 		p.quietUntil.Store(time.Now().Add(pollQuiet).UnixNano())
+	}
+	return false
+}
+
+// spinOwn polls the reader's own pod until deadline, for the request that
+// tends to follow an answer delivered to it (request/response traffic).
+// It returns what TryRead returned, holding the turn when n > 0, or 0 and
+// no error at the deadline or when the turn is held elsewhere.
+func (s *Switch) spinOwn(self *podPort, bufs [][]byte, sizes []int, deadline time.Time) (int, error) {
+	for {
+		n, err := self.poll.TryRead(bufs, sizes, packet.Headroom)
+		if n > 0 {
+			self.c.polled.Add(1)
+			return n, nil
+		}
+		if err != nil && !errors.Is(err, turn.ErrHeld) {
+			return 0, err
+		}
+		if err != nil || !time.Now().Before(deadline) {
+			return 0, nil
+		}
 	}
 }

@@ -129,8 +129,8 @@ func TestReplyPolling(t *testing.T) {
 			st = p
 		}
 	}
-	if st.RepliesPolled != 1 || st.RxFrames != 3 {
-		t.Errorf("pod e: %d batches polled, %d frames received; want 1 and 3", st.RepliesPolled, st.RxFrames)
+	if st.Polled != 1 || st.RxFrames != 3 {
+		t.Errorf("pod e: %d batches polled, %d frames received; want 1 and 3", st.Polled, st.RxFrames)
 	}
 }
 
@@ -158,4 +158,74 @@ func TestInjectToPollablePod(t *testing.T) {
 	s, _, e, _ := replyNet(t, time.Second, 0)
 	s.Inject(ipSpec{src: "198.51.100.1", dst: "10.0.0.9", payload: 8}.build())
 	e.wait(t, 1)
+}
+
+// clientPodDev is a pod that runs request/response: its first request
+// comes through Read (a wake-up), and every answer written to it queues
+// its next request, up to rounds, where only TryRead sees it.
+type clientPodDev struct {
+	echoPodDev
+	first  chan []byte
+	rounds int
+	req    func(i int) []byte
+}
+
+func (d *clientPodDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	select {
+	case b := <-d.first:
+		d.turn.Take()
+		sizes[0] = copy(bufs[0][offset:], b)
+		return 1, nil
+	case <-d.closed:
+		return 0, os.ErrClosed
+	}
+}
+
+func (d *clientPodDev) WriteOne(b []byte) error {
+	d.put(b, nil)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if got := d.count(); got < d.rounds {
+		d.pending = append(d.pending, d.req(got))
+	}
+	return nil
+}
+
+// After an answer goes back to a pod, its reader looks for the pod's next
+// request before parking: a request/response loop of 5 rounds runs on
+// one wake-up.
+func TestOwnPodPolledAfterAnswer(t *testing.T) {
+	s, _, e, _ := replyNet(t, time.Second, 1)
+	c := &clientPodDev{
+		echoPodDev: echoPodDev{name: "c", ip: netip.MustParseAddr("10.0.0.5"), mac: packet.MAC{2, 0, 0, 0, 0, 5}, closed: make(chan struct{})},
+		first:      make(chan []byte, 1),
+		rounds:     5,
+	}
+	c.req = func(int) []byte {
+		ip := ipSpec{src: "10.0.0.5", dst: "10.0.0.9", payload: 8}.build()
+		return podFrame(&fakePod{dev: &fakePodDev{}, ip: c.ip, mac: c.mac}, ip)
+	}
+	port, err := s.AddPodPort(PodPort{Name: "c", IP: c.ip, MAC: c.mac, Dev: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := s.Routes().Routes()
+	routes = append(routes, router.Route{Prefix: netip.PrefixFrom(c.ip, 32), Kind: router.KindLocalPod, Port: port, Dev: "c"})
+	tab, err := router.NewTable(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetRoutes(tab)
+	c.first <- c.req(0)
+	c.wait(t, 5) // five answers
+	e.wait(t, 5) // to five requests
+	var st PortStats
+	for _, p := range s.Stats() {
+		if p.Name == "c" {
+			st = p
+		}
+	}
+	if st.RxFrames != 5 || st.Polled != 4 {
+		t.Errorf("pod c: %d requests read, %d of them by polling; want 5 and 4 (one wake-up)", st.RxFrames, st.Polled)
+	}
 }

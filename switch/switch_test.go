@@ -142,7 +142,7 @@ func TestReplyPollingTAP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ping a → b: %v\n%s", err, out)
 	}
-	if polled := tn.stats("b").RepliesPolled; polled == 0 {
+	if polled := tn.stats("b").Polled; polled == 0 {
 		t.Errorf("none of b's 20 ping replies was polled by a's reader; b's counters %+v", tn.stats("b"))
 	}
 	nettest.Transfer(t, a.ns, b.ns, b.ip, 4<<20)
