@@ -598,15 +598,31 @@ func TestCrossSubnet(t *testing.T) {
 		t.Run(tc.encap, func(t *testing.T) {
 			l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3, Subnets: 2, Encap: tc.encap})
 			// worker1 and worker3 share 10.77.0.0/24; worker2 is on 10.78.0.0/24.
-			n2, n3 := l.NodeAddr("worker2"), l.NodeAddr("worker3")
-			waitFor(t, 30*time.Second, "routes on worker1", func() string {
+			n1, n2, n3 := l.NodeAddr("worker1"), l.NodeAddr("worker2"), l.NodeAddr("worker3")
+			// Both ways: a ping needs the route back as much as the route
+			// there (waiting on worker1 alone lost the first pings whenever
+			// worker2 learned worker1's block a moment later).
+			waitFor(t, 30*time.Second, "routes between worker1 and the others", func() string {
 				r2, ok2 := routeTo(t, l, "worker1", blockOf(l, "test-2"))
 				r3, ok3 := routeTo(t, l, "worker1", blockOf(l, "test-3"))
+				b2, okb2 := routeTo(t, l, "worker2", blockOf(l, "test-1"))
+				b3, okb3 := routeTo(t, l, "worker3", blockOf(l, "test-1"))
 				switch {
 				case !ok2 || r2.Kind != router.KindRemote || r2.Encap != tc.kind || r2.NextHop != n2:
-					return fmt.Sprintf("to worker2's block: %+v, want %s via %s", r2, tc.kind, n2)
+					return fmt.Sprintf("worker1 to worker2's block: %+v, want %s via %s", r2, tc.kind, n2)
 				case !ok3 || r3.Kind != router.KindHost || r3.NextHop != n3:
-					return fmt.Sprintf("to worker3's block: %+v, want plain via %s", r3, n3)
+					return fmt.Sprintf("worker1 to worker3's block: %+v, want plain via %s", r3, n3)
+				case !okb2 || b2.Kind != router.KindRemote || b2.Encap != tc.kind || b2.NextHop != n1:
+					return fmt.Sprintf("worker2 to worker1's block: %+v, want %s via %s", b2, tc.kind, n1)
+				case !okb3 || b3.Kind != router.KindHost || b3.NextHop != n1:
+					return fmt.Sprintf("worker3 to worker1's block: %+v, want plain via %s", b3, n1)
+				}
+				// The transfer at the end runs between worker3 and worker2.
+				if r, ok := routeTo(t, l, "worker3", blockOf(l, "test-2")); !ok || r.Encap != tc.kind || r.NextHop != n2 {
+					return fmt.Sprintf("worker3 to worker2's block: %+v, want %s via %s", r, tc.kind, n2)
+				}
+				if r, ok := routeTo(t, l, "worker2", blockOf(l, "test-3")); !ok || r.Encap != tc.kind || r.NextHop != n3 {
+					return fmt.Sprintf("worker2 to worker3's block: %+v, want %s via %s", r, tc.kind, n3)
 				}
 				return ""
 			})
