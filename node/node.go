@@ -33,7 +33,6 @@ import (
 	"podnet/nodeapi"
 	"podnet/resources"
 	"podnet/router/bgp"
-	"podnet/routing"
 	vswitch "podnet/switch"
 )
 
@@ -137,6 +136,11 @@ type Node struct {
 	// password cannot be read, with the reason; the datastore goroutine
 	// sets them, node status shows them.
 	refusedPeers atomic.Pointer[[]bgp.PeerStatus]
+	// health is whether etcd answers (health.go); registered is set
+	// once the Node resource is written. The datastore goroutine sets
+	// them, the API reads them.
+	health     atomic.Pointer[dsHealth]
+	registered atomic.Bool
 }
 
 // New validates cfg and fills defaults; Run starts the node.
@@ -200,21 +204,28 @@ func (n *Node) Run(ctx context.Context) error {
 	if s.hostAddrs, err = n.detectUnderlay(); err != nil {
 		return err
 	}
-	closeStore, err := n.openDatastore(ctx)
+	closeStore, err := n.openDatastore()
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	if err := n.ensureDefaultPool(ctx); err != nil {
-		return err
-	}
-	if pools, _, err := n.res.List(ctx, api.KindIPPool); err == nil {
-		s.view.overhead = routing.EncapOverhead(ippools(pools))
-	}
-	aliveCtx, stopAlive := context.WithCancel(ctx)
-	defer stopAlive()
-	if err := n.registerNode(aliveCtx, s.podMTU(n.cfg.PodMTU)); err != nil {
-		return err
+	// A first, bounded talk with etcd: the default pool, the pools'
+	// MTU and the Node resource before the switch starts. When etcd does
+	// not answer, the node starts anyway (the pods it recorded need no
+	// datastore to forward) and the datastore goroutine registers it
+	// once etcd is back.
+	cctx, cancelContact := context.WithTimeout(ctx, firstContactTimeout)
+	err = n.firstContact(cctx, s)
+	cancelContact()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n.setHealth(err)
+		n.log.Warn("starting without the datastore; registering once it answers", "err", err)
+	} else {
+		n.setHealth(nil)
+		n.registered.Store(true)
 	}
 	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch")})
 	defer n.sw.Close()
@@ -237,7 +248,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 
 	// From here on the state is the loop's: read what the log wants now.
-	startMTU, startPods := s.podMTU(n.cfg.PodMTU), len(s.pods)
+	startMTU, startPods := s.podMTU(n.cfg.PodMTU), len(s.listed())
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	dsCtx, stopDatastore := context.WithCancel(ctx)

@@ -44,10 +44,17 @@ func (n *Node) routineDatastore(ctx context.Context) {
 			mark()
 		}
 	}()
+	watchers.Add(2)
+	go func() { defer watchers.Done(); n.routineProbe(ctx) }()
+	go func() { defer watchers.Done(); n.routineAlive(ctx) }()
 	var sp speakerState
 	defer sp.close(n)
 	resync := time.NewTicker(30 * time.Second)
 	defer resync.Stop()
+	// retry wakes the loop again soon while work waits on etcd (the
+	// node's registration, pending address releases).
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
 	mark()
 	for {
 		select {
@@ -55,6 +62,7 @@ func (n *Node) routineDatastore(ctx context.Context) {
 			return
 		case <-dirty:
 		case <-resync.C:
+		case <-retry.C:
 		}
 		// Let a burst of changes settle into one reconcile.
 		time.Sleep(20 * time.Millisecond)
@@ -62,8 +70,25 @@ func (n *Node) routineDatastore(ctx context.Context) {
 		case <-dirty:
 		default:
 		}
+		if !n.registered.Load() {
+			// The node started while etcd did not answer. This waits
+			// for etcd: nothing else on this goroutine can go on
+			// without it.
+			if err := n.register(ctx); err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("register node", "err", err)
+					retry.Reset(retryInterval)
+				}
+				continue
+			}
+			n.registered.Store(true)
+			n.log.Info("node registered in the datastore")
+		}
 		if err := n.reconcile(ctx, &sp); err != nil && ctx.Err() == nil {
 			n.log.Warn("routing reconcile", "err", err)
+		}
+		if n.retryReleases(ctx) > 0 && ctx.Err() == nil {
+			retry.Reset(retryInterval)
 		}
 	}
 }
@@ -224,6 +249,9 @@ func (ss *speakerState) close(n *Node) {
 func (n *Node) BGPPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
 	sp := n.speaker.Load()
 	if sp == nil {
+		if !n.registered.Load() {
+			return nil, &unavailableError{"the BGP speaker starts once the datastore answers (the node is not registered yet; see podnet status)"}
+		}
 		return nil, errors.New("the BGP speaker is not running (no underlay address?)")
 	}
 	peers, err := sp.Peers(ctx)
