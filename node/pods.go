@@ -222,6 +222,7 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 	if err != nil {
 		return fail(err)
 	}
+	crashPoint("add-done")
 	n.log.Info("pod added", "pod", req.Name, "ip", ip, "netns", rec.Netns, "port", info.Port)
 	return info, nil
 }

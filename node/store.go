@@ -41,7 +41,7 @@ const (
 
 // crashAt names the step at which the daemon kills itself
 // (PODNET_TEST_CRASH_AT: add-intent, add-alloc, add-link, add-wep,
-// del-start, del-local). Test-only: the lab's crash tests use it to
+// add-done, del-start, del-local). Test-only: the lab's crash tests use it to
 // check that a restarted daemon recovers from a death at each step of
 // pod add and delete. Unset, as in real use, it does nothing.
 var crashAt = os.Getenv("PODNET_TEST_CRASH_AT")

@@ -1,0 +1,166 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"podnet/lab"
+	"podnet/lab/labtest"
+	"podnet/nodeapi"
+)
+
+// TestPodCrashRecovery kills worker1's daemon at each step of pod add
+// and pod delete (the daemon's test-only PODNET_TEST_CRASH_AT hook
+// SIGKILLs it there) and starts it again. Whatever the step: the client
+// is told the daemon went away (not a bare EOF); after the restart the
+// add is rolled back or the delete finished (an add that was done but
+// not yet answered stays), ipam check finds nothing leaked, the pod's
+// namespace is gone, the name can be added again, and no address is
+// used twice.
+func TestPodCrashRecovery(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: 1})
+	ctx := context.Background()
+	name := "crash" + l.Name()
+	other := "other" + l.Name()
+	for _, p := range []string{name, other} {
+		t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", p)) })
+	}
+	// restart starts worker1's daemon again, dying at step crash ("":
+	// never).
+	restart := func(crash string) {
+		t.Helper()
+		if err := l.StopDaemon("worker1", syscall.SIGKILL); err != nil && !strings.Contains(err.Error(), "not running") {
+			t.Fatal(err)
+		}
+		// The daemon inherits the test's environment.
+		os.Setenv("PODNET_TEST_CRASH_AT", crash)
+		err := l.StartDaemon(ctx, "worker1")
+		os.Unsetenv("PODNET_TEST_CRASH_AT")
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		os.Unsetenv("PODNET_TEST_CRASH_AT")
+		// Leave the lab with a daemon that does not crash, for its
+		// teardown and logs.
+		l.StopDaemon("worker1", syscall.SIGKILL)
+		l.StartDaemon(ctx, "worker1")
+	})
+	nsGone := func(pod string) string {
+		if _, err := os.Stat("/run/netns/" + l.HandPodNetns("worker1", pod)); err == nil {
+			return "netns " + l.HandPodNetns("worker1", pod) + " still there"
+		}
+		return ""
+	}
+
+	for _, step := range []string{"add-intent", "add-alloc", "add-link", "add-wep", "add-done", "del-start", "del-local"} {
+		t.Run(step, func(t *testing.T) {
+			restart(step)
+			w1 := nodeClient(t, l, "worker1")
+			var err error
+			if strings.HasPrefix(step, "add-") {
+				_, err = w1.AddPod(nodeapi.AddPodRequest{Name: name, New: true})
+			} else {
+				if _, err := w1.AddPod(nodeapi.AddPodRequest{Name: name, New: true}); err != nil {
+					t.Fatalf("pod add: %v", err)
+				}
+				err = w1.DeletePod(name)
+			}
+			if err == nil || !strings.Contains(err.Error(), "went away") {
+				t.Fatalf("the daemon died at %s; the client said %v, want that the daemon went away", step, err)
+			}
+
+			restart("")
+			if step == "add-done" {
+				// Done before the daemon died: the pod stays, and
+				// forwards; then it is deleted as any pod.
+				var ip string
+				waitFor(t, 15*time.Second, "the added pod is back", func() string {
+					pods, err := w1.Pods()
+					if err != nil {
+						return err.Error()
+					}
+					for _, p := range pods {
+						if p.Name == name && p.Attached {
+							ip = p.IP
+							return ""
+						}
+					}
+					return fmt.Sprintf("pods %+v", pods)
+				})
+				ping(t, l, "test-1", netip.MustParseAddr(ip))
+				ipamCheck(t, l)
+				if _, err := w1.AddPod(nodeapi.AddPodRequest{Name: name, New: true}); err == nil || !strings.Contains(err.Error(), "already exists") {
+					t.Fatalf("pod add of the pod that exists: %v, want already exists", err)
+				}
+				if err := w1.DeletePod(name); err != nil {
+					t.Fatalf("pod del: %v", err)
+				}
+			}
+			waitFor(t, 15*time.Second, "the interrupted operation finished", func() string {
+				st, err := w1.Status()
+				if err != nil {
+					return err.Error()
+				}
+				if len(st.PendingReleases) > 0 {
+					return fmt.Sprintf("pending releases %v", st.PendingReleases)
+				}
+				return nsGone(name)
+			})
+			pods, err := w1.Pods()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range pods {
+				if p.Name == name {
+					t.Fatalf("pod %s listed after the restart: %+v", name, p)
+				}
+			}
+			ipamCheck(t, l)
+
+			// The name comes back, and a second pod gets an address of
+			// its own.
+			a, err := w1.AddPod(nodeapi.AddPodRequest{Name: name, New: true})
+			if err != nil {
+				t.Fatalf("pod add %s after the restart: %v", name, err)
+			}
+			b, err := w1.AddPod(nodeapi.AddPodRequest{Name: other, New: true})
+			if err != nil {
+				t.Fatalf("pod add %s: %v", other, err)
+			}
+			seen := map[string]string{}
+			pods, _ = w1.Pods()
+			for _, p := range pods {
+				if q, dup := seen[p.IP]; dup {
+					t.Fatalf("address %s used by %s and %s", p.IP, q, p.Name)
+				}
+				seen[p.IP] = p.Name
+			}
+			ping(t, l, "test-1", netip.MustParseAddr(a.IP))
+			ping(t, l, "test-1", netip.MustParseAddr(b.IP))
+			ipamCheck(t, l)
+			for _, p := range []string{name, other} {
+				if err := w1.DeletePod(p); err != nil {
+					t.Fatalf("pod del %s: %v", p, err)
+				}
+			}
+			ipamCheck(t, l)
+		})
+	}
+}
+
+// ipamCheck fails unless `podnet ipam check` on worker1 finds nothing.
+func ipamCheck(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err != nil {
+		t.Fatalf("ipam check: %v\n%s", err, out)
+	}
+}
