@@ -194,3 +194,49 @@ func TestEtcdDownRestart(t *testing.T) {
 		t.Fatalf("ipam check at the end: %v\n%s", err, out)
 	}
 }
+
+// TestAliveAfterEtcdStall freezes etcd past the liveness lease's TTL
+// under a running daemon: the lease is lost (the client stops renewing
+// after 15 s without an answer, and etcd expires it), and the daemon
+// must grant itself a new one, or `ipam check` takes it for dead.
+func TestAliveAfterEtcdStall(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: lab.NoPods})
+	store, err := datastore.Open(context.Background(), datastore.Config{Endpoints: []string{l.Datastore()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	alive := func() string {
+		a, err := store.AliveNodes(context.Background())
+		if err != nil {
+			return err.Error()
+		}
+		if !a["worker1"] {
+			return fmt.Sprintf("alive: %v", a)
+		}
+		return ""
+	}
+	waitFor(t, 10*time.Second, "worker1 alive", alive)
+	etcd := l.Status().EtcdPID
+	if err := syscall.Kill(etcd, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop etcd: %v", err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			syscall.Kill(etcd, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	time.Sleep(18 * time.Second)
+	resume()
+	time.Sleep(2 * time.Second) // etcd expires the stalled lease now
+	waitFor(t, 20*time.Second, "worker1 alive again after the stall", alive)
+	// And it stays: the new lease is renewed.
+	time.Sleep(16 * time.Second)
+	if msg := alive(); msg != "" {
+		t.Fatalf("a lease's TTL later: %s", msg)
+	}
+}
