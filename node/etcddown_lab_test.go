@@ -18,16 +18,22 @@ import (
 
 // TestEtcdDownRestart restarts worker1's daemon while the lab's etcd is
 // frozen (SIGSTOP) for longer than the liveness lease's 15 s:
+//
 //   - the daemon starts, re-attaches its recorded pods, and they forward;
+//
+//   - BGP comes up by the view cache (view.json in the state dir): the
+//     mesh session to worker2 and the route to its pod;
+//
 //   - status says the datastore is unreachable, at once; pod add is
 //     refused at once, saying why; a pod deleted meanwhile is listed as
 //     a pending release;
-//   - once etcd runs again: the node registers, BGP comes up and routes
-//     worker2's pod, the pending release is done (ipam check is clean),
+//
+//   - once etcd runs again: the node registers, routes by a fresh read
+//     of the datastore, the pending release is done (ipam check is clean),
 //     pod add works, and both daemons hold a liveness lease again
 //     (worker2's, running all along, was lost in the stall).
 //
-//	etcd (stopped 20 s+) ··· worker1 (restarted meanwhile) ══ BGP ══ worker2
+//     etcd (stopped 20 s+) ··· worker1 (restarted meanwhile) ══ BGP ══ worker2
 func TestEtcdDownRestart(t *testing.T) {
 	labtest.RequireRoot(t)
 	// test-1 and test-3 on worker1, test-2 on worker2.
@@ -73,6 +79,17 @@ func TestEtcdDownRestart(t *testing.T) {
 	}
 	ping(t, l, "test-1", l.PodIP("test-3"))
 	ping(t, l, "test-3", l.NodeAddr("worker1"))
+	// BGP by the view cache: the mesh session to worker2 comes back and
+	// worker2's pod is reached both ways, etcd still stopped.
+	took := waitFor(t, 15*time.Second, "worker1 routes worker2's block by its view cache, etcd stopped", func() string {
+		if r, ok := routeTo(t, l, "worker1", block); !ok || r.Kind != router.KindRemote {
+			return fmt.Sprintf("route %+v (found %v)", r, ok)
+		}
+		return ""
+	})
+	t.Logf("worker2's block routed %v after the restart, etcd stopped", took)
+	ping(t, l, "test-1", l.PodIP("test-2"))
+	ping(t, l, "test-2", l.PodIP("test-3"))
 
 	// quick fails unless f answers within 2 s: nothing here may wait
 	// for etcd.
@@ -142,7 +159,7 @@ func TestEtcdDownRestart(t *testing.T) {
 	time.Sleep(time.Until(stopped.Add(20 * time.Second)))
 	resume()
 
-	waitFor(t, 30*time.Second, "worker1 registered, BGP routes worker2's block, release done", func() string {
+	took = waitFor(t, 30*time.Second, "worker1 registered, BGP routes worker2's block, release done", func() string {
 		st, err := w1.Status()
 		if err != nil {
 			return err.Error()
@@ -155,6 +172,7 @@ func TestEtcdDownRestart(t *testing.T) {
 		}
 		return ""
 	})
+	t.Logf("worker1 registered %v after etcd resumed", took)
 	ping(t, l, "test-1", l.PodIP("test-2"))
 	if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err != nil {
 		t.Fatalf("ipam check after etcd came back: %v\n%s", err, out)
@@ -167,7 +185,7 @@ func TestEtcdDownRestart(t *testing.T) {
 	}
 	defer store.Close()
 	time.Sleep(2 * time.Second) // the stalled leases expire now, if they do
-	waitFor(t, 20*time.Second, "both daemons alive in the datastore", func() string {
+	took = waitFor(t, 20*time.Second, "both daemons alive in the datastore", func() string {
 		alive, err := store.AliveNodes(context.Background())
 		if err != nil {
 			return err.Error()
@@ -178,6 +196,7 @@ func TestEtcdDownRestart(t *testing.T) {
 		return ""
 	})
 
+	t.Logf("both daemons alive %v later", took)
 	// Pod add works again; the released address may be reused, once.
 	again := "again" + l.Name()
 	t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", again)) })

@@ -213,7 +213,8 @@ func (n *Node) Run(ctx context.Context) error {
 	// MTU and the Node resource before the switch starts. When etcd does
 	// not answer, the node starts anyway (the pods it recorded need no
 	// datastore to forward) and the datastore goroutine registers it
-	// once etcd is back.
+	// once etcd is back; until then it routes by the view cache.
+	var cached *dsInputs // the view cache, read when etcd does not answer
 	cctx, cancelContact := context.WithTimeout(ctx, firstContactTimeout)
 	err = n.firstContact(cctx, s)
 	cancelContact()
@@ -223,6 +224,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.setHealth(err)
 		n.log.Warn("starting without the datastore; registering once it answers", "err", err)
+		if cached, err = n.loadViewCache(); err != nil || cached == nil {
+			n.log.Warn("no view cache: BGP starts once the datastore answers", "err", err)
+		} else {
+			n.useCachedView(s, cached)
+		}
 	} else {
 		n.setHealth(nil)
 		n.registered.Store(true)
@@ -264,7 +270,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); n.routineLoop(loopCtx, s) }()
 	go func() { defer wg.Done(); n.routineWatchAddrs(done) }()
-	go func() { defer wg.Done(); n.routineDatastore(dsCtx) }()
+	go func() { defer wg.Done(); n.routineDatastore(dsCtx, cached) }()
 
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
 	srvErr := make(chan error, 1)

@@ -81,20 +81,29 @@ func (s podStore) save(recs []PodRecord) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.path), ".pods-*.json")
-	if err != nil {
+	if err := writeFileAtomic(s.path, append(b, '\n')); err != nil {
 		return fmt.Errorf("save pod records: %w", err)
 	}
-	_, werr := tmp.Write(append(b, '\n'))
+	return nil
+}
+
+// writeFileAtomic replaces path with b, synced: a crash leaves the old
+// file or the new one, never half of one.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(b)
 	serr := tmp.Sync()
 	cerr := tmp.Close()
 	if err := errors.Join(werr, serr, cerr); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("save pod records: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("save pod records: %w", err)
+		return err
 	}
 	return nil
 }
