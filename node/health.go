@@ -18,6 +18,7 @@ const (
 	// whether it answers; probeTimeout bounds one question.
 	probeInterval = 2 * time.Second
 	probeTimeout  = 2 * time.Second
+	probeFailures = 2
 	// firstContactTimeout bounds the start's datastore work (default
 	// pool, Node resource): past it the node starts without etcd.
 	firstContactTimeout = 5 * time.Second
@@ -78,11 +79,14 @@ type unavailableError struct{ msg string }
 func (e *unavailableError) Error() string { return e.msg }
 
 // routineProbe pings etcd every probeInterval until ctx ends, keeping
-// the node's idea of the datastore's health current. The datastore
-// goroutine starts it.
+// the node's idea of the datastore's health current: reachable at the
+// first answer, unreachable after probeFailures unanswered pings in a
+// row (one slow answer from a busy etcd must not refuse pod adds). The
+// datastore goroutine starts it.
 func (n *Node) routineProbe(ctx context.Context) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
+	failed := 0
 	for {
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		err := n.store.Ping(pctx)
@@ -90,7 +94,12 @@ func (n *Node) routineProbe(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		n.setHealth(err)
+		if failed++; err == nil {
+			failed = 0
+		}
+		if err == nil || failed >= probeFailures {
+			n.setHealth(err)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -184,10 +184,12 @@ func New(cfg Config) (*Node, error) {
 //
 // Goroutines: the control loop (routineLoop) owns the node's state; the
 // datastore goroutine (routineDatastore) reads resources and drives the
-// BGP speaker; the address watcher follows the node's addresses; the API
-// server serves requests. Only the loop changes the state, and it does
-// no datastore or network I/O, so a slow etcd never holds up route
-// learning or the API.
+// BGP speaker, with helpers that probe etcd and keep the liveness lease;
+// the address watcher follows the node's addresses; the API server
+// serves requests. Only the loop changes the state, and it does no
+// datastore or network I/O, so a slow etcd never holds up route
+// learning or the API. Run does not need etcd: when it does not answer,
+// the node starts by its pod records and view cache (health.go).
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
