@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"podnet/api"
 	"podnet/lab"
 	"podnet/lab/labtest"
 	"podnet/nodeapi"
@@ -155,6 +156,58 @@ func TestPodCrashRecovery(t *testing.T) {
 			ipamCheck(t, l)
 		})
 	}
+}
+
+// TestPodRecordsLost is issue 14's report: a pod that runs but whose
+// WorkloadEndpoint is missing looks leaked to ipam check, and `ipam
+// release --leaked` frees its address for the next pod. A restarted
+// daemon puts both records back (checkPods): ipam check is clean and
+// the next pod gets another address.
+func TestPodRecordsLost(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: 1})
+	w1 := nodeClient(t, l, "worker1")
+	name, next := "lost"+l.Name(), "next"+l.Name()
+	for _, p := range []string{name, next} {
+		t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", p)) })
+	}
+	a, err := w1.AddPod(nodeapi.AddPodRequest{Name: name, New: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPodnet(t, l, "", "delete", "wep", api.WorkloadEndpointName("worker1", name))
+	if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err == nil || !strings.Contains(out, a.IP+" leaked") {
+		t.Fatalf("ipam check with the endpoint gone: %v, want %s leaked:\n%s", err, a.IP, out)
+	}
+	mustPodnet(t, l, "", "ipam", "release", "--leaked")
+
+	if err := l.StopDaemon("worker1", syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartDaemon(context.Background(), "worker1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "ipam check clean after the restart", func() string {
+		if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err != nil {
+			return fmt.Sprintf("%v: %s", err, out)
+		}
+		return ""
+	})
+	b, err := w1.AddPod(nodeapi.AddPodRequest{Name: next, New: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.IP == a.IP {
+		t.Fatalf("the next pod got %s, the address of running pod %s", b.IP, name)
+	}
+	ping(t, l, "test-1", netip.MustParseAddr(a.IP))
+	ping(t, l, "test-1", netip.MustParseAddr(b.IP))
+	for _, p := range []string{name, next} {
+		if err := w1.DeletePod(p); err != nil {
+			t.Fatalf("pod del %s: %v", p, err)
+		}
+	}
+	ipamCheck(t, l)
 }
 
 // ipamCheck fails unless `podnet ipam check` on worker1 finds nothing.

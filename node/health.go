@@ -50,6 +50,7 @@ func (n *Node) setHealth(err error) {
 		return // another report won; it says the same or newer
 	}
 	if reachable {
+		n.reachableEpoch.Add(1)
 		if old != nil {
 			n.log.Info("datastore reachable again", "down", time.Since(old.since).Round(time.Millisecond))
 		}

@@ -96,6 +96,9 @@ type pod struct {
 	port     int
 	attached bool
 	err      string // why it is not attached
+	// busy: checkPods is comparing it with the datastore; a delete
+	// waits until it is done.
+	busy bool
 }
 
 func newState() *state {

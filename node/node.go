@@ -141,6 +141,9 @@ type Node struct {
 	// them, the API reads them.
 	health     atomic.Pointer[dsHealth]
 	registered atomic.Bool
+	// reachableEpoch counts the times etcd became reachable (the
+	// start's first answer included).
+	reachableEpoch atomic.Uint64
 }
 
 // New validates cfg and fills defaults; Run starts the node.

@@ -250,24 +250,38 @@ func addrTaken(s *state, name string, ip netip.Addr) error {
 func (n *Node) DeletePod(name string) error {
 	var rec PodRecord
 	var errs []error
-	err := n.do(func(s *state) error {
-		p, ok := s.pods[name]
-		switch {
-		case !ok:
-			return badRequest("pod %s not found", name)
-		case p.phase == podAdding:
-			return badRequest("pod %s is being added", name)
-		case p.phase == podDeleting, p.phase == podReleasing:
-			return badRequest("pod %s is being deleted", name)
+	var err error
+	for wait := time.Now().Add(opTimeout); ; {
+		busy := false
+		err = n.do(func(s *state) error {
+			p, ok := s.pods[name]
+			switch {
+			case !ok:
+				return badRequest("pod %s not found", name)
+			case p.phase == podAdding:
+				return badRequest("pod %s is being added", name)
+			case p.phase == podDeleting, p.phase == podReleasing:
+				return badRequest("pod %s is being deleted", name)
+			case p.busy:
+				busy = true
+				return nil
+			}
+			if p.attached {
+				errs = append(errs, n.sw.RemovePort(p.port), n.podKernelRoute(p.rec.IP, false))
+				p.attached = false
+			}
+			p.phase, rec = podDeleting, p.rec
+			errs = append(errs, n.save(s), n.publish(s))
+			return nil
+		})
+		if !busy || err != nil {
+			break
 		}
-		if p.attached {
-			errs = append(errs, n.sw.RemovePort(p.port), n.podKernelRoute(p.rec.IP, false))
-			p.attached = false
+		if time.Now().After(wait) {
+			return fmt.Errorf("pod %s: still being checked against the datastore after %v; try again", name, opTimeout)
 		}
-		p.phase, rec = podDeleting, p.rec
-		errs = append(errs, n.save(s), n.publish(s))
-		return nil
-	})
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		return err
 	}

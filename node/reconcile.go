@@ -66,6 +66,7 @@ func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 	// node's registration, pending address releases).
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	var checkedEpoch uint64 // the reachableEpoch checkPods last ran in
 	mark()
 	for {
 		select {
@@ -97,6 +98,13 @@ func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 		}
 		if err := n.reconcile(ctx, &sp, cache); err != nil && ctx.Err() == nil {
 			n.log.Warn("routing reconcile", "err", err)
+		}
+		if e := n.reachableEpoch.Load(); e != checkedEpoch && n.datastoreDown() == nil {
+			// Once per start and per return of etcd.
+			checkedEpoch = e
+			if err := n.checkPods(ctx); err != nil && ctx.Err() == nil {
+				n.log.Warn("pods against the datastore", "err", err)
+			}
 		}
 		if n.retryReleases(ctx) > 0 && ctx.Err() == nil {
 			retry.Reset(retryInterval)
