@@ -19,6 +19,8 @@ const (
 	probeInterval = 2 * time.Second
 	probeTimeout  = 2 * time.Second
 	probeFailures = 2
+	// recheckTimeout bounds requireDatastore's second look.
+	recheckTimeout = time.Second
 	// firstContactTimeout bounds the start's datastore work (default
 	// pool, Node resource): past it the node starts without etcd.
 	firstContactTimeout = 5 * time.Second
@@ -71,6 +73,23 @@ func (n *Node) datastoreDown() error {
 	}
 	return &unavailableError{fmt.Sprintf("datastore unreachable since %s (%s): pod add needs it for the address; pods already here keep forwarding; try again once `podnet status` says the datastore is reachable",
 		h.since.UTC().Format(time.RFC3339), h.err)}
+}
+
+// requireDatastore is datastoreDown with a second look: while the node
+// holds etcd for unreachable it asks once more (recheckTimeout), so that
+// an etcd back since the last probe serves the request now.
+func (n *Node) requireDatastore() error {
+	err := n.datastoreDown()
+	if err == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), recheckTimeout)
+	defer cancel()
+	if n.store.Ping(ctx) == nil {
+		n.setHealth(nil)
+		return nil
+	}
+	return err
 }
 
 // unavailableError is a refusal because a dependency (etcd) is down,

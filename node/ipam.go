@@ -137,8 +137,9 @@ func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) erro
 // --leaked` run while an endpoint was missing; IPAM would then give the
 // address to another pod. An address IPAM gave to another handle is
 // reported, not taken back. The datastore goroutine runs it each time
-// etcd answers again (and once after start); the pods it checks are
-// marked busy, so that a delete waits instead of racing it.
+// etcd answers again (the start included) and every checkPodsInterval;
+// the pods it checks are marked busy, so that a delete waits instead of
+// racing it.
 func (n *Node) checkPods(ctx context.Context) error {
 	var recs []PodRecord
 	n.do(func(s *state) error {

@@ -91,7 +91,7 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 		}
 	}
 	// No address without etcd: say so now rather than after a timeout.
-	if err := n.datastoreDown(); err != nil {
+	if err := n.requireDatastore(); err != nil {
 		return nodeapi.PodInfo{}, fmt.Errorf("pod %s: %w", req.Name, err)
 	}
 
@@ -332,7 +332,7 @@ func (n *Node) removeLocal(rec PodRecord) error {
 // and the datastore goroutine retries it (retryReleases); the error
 // says why.
 func (n *Node) finishRemoval(rec PodRecord) error {
-	err := n.datastoreDown()
+	err := n.requireDatastore()
 	if err == nil {
 		ctx, cancel := opContext()
 		err = n.releaseInDatastore(ctx, rec)

@@ -66,7 +66,9 @@ func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 	// node's registration, pending address releases).
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
-	var checkedEpoch uint64 // the reachableEpoch checkPods last ran in
+	// When checkPods last ran, and in which reachableEpoch.
+	var checkedEpoch uint64
+	var checked time.Time
 	mark()
 	for {
 		select {
@@ -99,9 +101,9 @@ func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 		if err := n.reconcile(ctx, &sp, cache); err != nil && ctx.Err() == nil {
 			n.log.Warn("routing reconcile", "err", err)
 		}
-		if e := n.reachableEpoch.Load(); e != checkedEpoch && n.datastoreDown() == nil {
-			// Once per start and per return of etcd.
-			checkedEpoch = e
+		if e := n.reachableEpoch.Load(); (e != checkedEpoch || time.Since(checked) >= checkPodsInterval) && n.datastoreDown() == nil {
+			// At start, at each return of etcd, and now and then.
+			checkedEpoch, checked = e, time.Now()
 			if err := n.checkPods(ctx); err != nil && ctx.Err() == nil {
 				n.log.Warn("pods against the datastore", "err", err)
 			}
@@ -111,6 +113,10 @@ func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 		}
 	}
 }
+
+// checkPodsInterval is how often the datastore goroutine checks the
+// pods against the datastore besides each time etcd comes back.
+const checkPodsInterval = 30 * time.Second
 
 // markReread makes the datastore goroutine read the datastore again soon;
 // it never blocks.
