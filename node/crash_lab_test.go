@@ -187,7 +187,13 @@ func TestPodRecordsLost(t *testing.T) {
 	if err := l.StartDaemon(context.Background(), "worker1"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "ipam check clean after the restart", func() string {
+	// ipam check is clean before the daemon's check too (a free
+	// address without endpoint is no problem to it): wait for the
+	// endpoint to be back.
+	waitFor(t, 15*time.Second, "the pod's endpoint back, ipam check clean", func() string {
+		if out, err := podnetIn(l, "worker1", "", "get", "wep", api.WorkloadEndpointName("worker1", name)); err != nil {
+			return fmt.Sprintf("get wep: %v: %s", err, out)
+		}
 		if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err != nil {
 			return fmt.Sprintf("%v: %s", err, out)
 		}
