@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -152,6 +153,78 @@ func TestPodCrashRecovery(t *testing.T) {
 				if err := w1.DeletePod(p); err != nil {
 					t.Fatalf("pod del %s: %v", p, err)
 				}
+			}
+			ipamCheck(t, l)
+		})
+	}
+}
+
+// TestPodCrashRecoveryGivenNetns is TestPodCrashRecovery for a pod added
+// into a namespace the caller made (--netns): the rollback removes the
+// eth0 the add made there and leaves the namespace, which takes the pod
+// again.
+func TestPodCrashRecoveryGivenNetns(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: 1})
+	ctx := context.Background()
+	name := "given" + l.Name()
+	ns := l.Name() + "-given"
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { removeNetns(ns) })
+	nsPath := "/run/netns/" + ns
+	hasEth0 := func() bool { return exec.Command("ip", "-n", ns, "link", "show", "eth0").Run() == nil }
+	t.Cleanup(func() {
+		os.Unsetenv("PODNET_TEST_CRASH_AT")
+		l.StopDaemon("worker1", syscall.SIGKILL)
+		l.StartDaemon(ctx, "worker1")
+	})
+	for _, step := range []string{"add-link", "add-wep"} {
+		t.Run(step, func(t *testing.T) {
+			if err := l.StopDaemon("worker1", syscall.SIGKILL); err != nil && !strings.Contains(err.Error(), "not running") {
+				t.Fatal(err)
+			}
+			os.Setenv("PODNET_TEST_CRASH_AT", step)
+			err := l.StartDaemon(ctx, "worker1")
+			os.Unsetenv("PODNET_TEST_CRASH_AT")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w1 := nodeClient(t, l, "worker1")
+			if _, err := w1.AddPod(nodeapi.AddPodRequest{Name: name, Netns: nsPath}); err == nil || !strings.Contains(err.Error(), "went away") {
+				t.Fatalf("the daemon died at %s; the client said %v", step, err)
+			}
+			if !hasEth0() {
+				t.Fatal("the add died after making eth0, but there is none: the crash point is wrong")
+			}
+			l.StopDaemon("worker1", syscall.SIGKILL)
+			if err := l.StartDaemon(ctx, "worker1"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 15*time.Second, "the add rolled back", func() string {
+				st, err := w1.Status()
+				switch {
+				case err != nil:
+					return err.Error()
+				case len(st.PendingReleases) > 0:
+					return fmt.Sprintf("pending releases %v", st.PendingReleases)
+				case hasEth0():
+					return "eth0 still in " + ns
+				}
+				return ""
+			})
+			if _, err := os.Stat(nsPath); err != nil {
+				t.Fatalf("the caller's namespace went with the rollback: %v", err)
+			}
+			ipamCheck(t, l)
+			a, err := w1.AddPod(nodeapi.AddPodRequest{Name: name, Netns: nsPath})
+			if err != nil {
+				t.Fatalf("pod add into the same namespace after the restart: %v", err)
+			}
+			ping(t, l, "test-1", netip.MustParseAddr(a.IP))
+			if err := w1.DeletePod(name); err != nil {
+				t.Fatal(err)
 			}
 			ipamCheck(t, l)
 		})
