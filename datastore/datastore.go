@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Root is the prefix of every podnet key.
@@ -99,6 +100,27 @@ type Store struct {
 // datastore is reported here, naming the endpoints, and not as a timeout
 // later.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
+	s, err := Dial(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if err := s.Ping(pctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Dial makes a client for etcd without waiting for etcd to answer: the
+// node daemon must start, and forward, while etcd is down. Calls then
+// wait for etcd until their context ends; Ping says whether it answers.
+// Only a configuration error (TLS files, endpoints) fails here.
+func Dial(cfg Config) (*Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("datastore: no etcd endpoints configured")
 	}
@@ -113,20 +135,29 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: tlsCfg,
 		Logger: zap.NewNop(),
 	}
+	// Reconnect within seconds of etcd's return: gRPC's default backoff
+	// grows to two minutes, during which a daemon would wait for an
+	// etcd that is back.
+	ccfg.DialOptions = []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	})}
 	if cfg.Dialer != nil {
-		ccfg.DialOptions = []grpc.DialOption{grpc.WithContextDialer(cfg.Dialer)}
+		ccfg.DialOptions = append(ccfg.DialOptions, grpc.WithContextDialer(cfg.Dialer))
 	}
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	if _, err := cli.Get(pctx, Root+"/ping"); err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("etcd at %s is unreachable: %w", strings.Join(cfg.Endpoints, ","), err)
-	}
 	return &Store{cli: cli, endpoints: cfg.Endpoints}, nil
+}
+
+// Ping reads one key to see whether etcd answers before ctx ends.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.cli.Get(ctx, Root+"/ping"); err != nil {
+		return fmt.Errorf("etcd at %s is unreachable: %w", strings.Join(s.endpoints, ","), err)
+	}
+	return nil
 }
 
 // Close closes the connection.

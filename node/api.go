@@ -15,8 +15,9 @@ import (
 // Status reports the node's state.
 func (n *Node) Status() nodeapi.Status {
 	var pods, mtu int
+	var pending []string
 	n.do(func(s *state) error {
-		pods, mtu = len(s.listed()), s.podMTU(n.cfg.PodMTU)
+		pods, mtu, pending = len(s.listed()), s.podMTU(n.cfg.PodMTU), s.pendingReleases()
 		return nil
 	})
 	addr := ""
@@ -24,12 +25,14 @@ func (n *Node) Status() nodeapi.Status {
 		addr = n.underlayAddr.String()
 	}
 	build := buildinfo.Get()
-	return nodeapi.Status{
+	st := nodeapi.Status{
 		Node: n.cfg.Name, Underlay: n.underlay, Address: addr, HostPort: vswitch.HostTUNName,
 		TapOffload: n.cfg.TapOffload, PodMTU: mtu, Pods: pods,
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
-		Version: build.Version, Commit: build.Commit,
+		Version: build.Version, Commit: build.Commit, PendingReleases: pending,
 	}
+	n.datastoreStatus(&st)
+	return st
 }
 
 // Routes returns the route table the data path uses now.
@@ -111,8 +114,12 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func writeErr(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
 	var ue *userError
-	if errors.As(err, &ue) {
+	var unavailable *unavailableError
+	switch {
+	case errors.As(err, &ue):
 		code = http.StatusBadRequest
+	case errors.As(err, &unavailable):
+		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, nodeapi.Error{Error: err.Error()})
 }

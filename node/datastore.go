@@ -11,6 +11,7 @@ import (
 	"podnet/internal/packet"
 	"podnet/ipam"
 	"podnet/resources"
+	"podnet/routing"
 )
 
 // The node's link to the datastore: the daemon's own etcd (or the
@@ -20,10 +21,11 @@ import (
 // CLI looks there when nothing else is configured.
 const DefaultEtcdSocket = "/run/podnet/etcd.sock"
 
-// openDatastore connects to the configured etcd, or starts an embedded one
-// in the state dir when no endpoints are configured. The returned func
-// closes both.
-func (n *Node) openDatastore(ctx context.Context) (func(), error) {
+// openDatastore makes the client for the configured etcd, or starts an
+// embedded one in the state dir when no endpoints are configured. It
+// does not wait for etcd to answer: the node runs without it. The
+// returned func closes both.
+func (n *Node) openDatastore() (func(), error) {
 	cfg := n.cfg.Datastore
 	var emb *datastore.Embedded
 	if len(cfg.Endpoints) == 0 {
@@ -42,7 +44,7 @@ func (n *Node) openDatastore(ctx context.Context) (func(), error) {
 		cfg.Endpoints = emb.Endpoints()[:1]
 		n.log.Info("embedded etcd started", "endpoints", emb.Endpoints())
 	}
-	store, err := datastore.Open(ctx, cfg)
+	store, err := datastore.Dial(cfg)
 	if err != nil {
 		if emb != nil {
 			emb.Close()
@@ -87,9 +89,40 @@ func (n *Node) ensureDefaultPool(ctx context.Context) error {
 	return nil
 }
 
-// registerNode writes this node's Node resource (address, pod MTU) and
-// keeps a liveness key alive while the daemon runs.
-func (n *Node) registerNode(ctx context.Context, podMTU int) error {
+// firstContact is the start's datastore work: the default pool, the
+// pools' encapsulation overhead (for the MTU podnet0 and the pods get)
+// and the Node resource. Run bounds it with a timeout; the datastore
+// goroutine calls register when it fails.
+func (n *Node) firstContact(ctx context.Context, s *state) error {
+	if err := n.store.Ping(ctx); err != nil {
+		return err
+	}
+	if err := n.ensureDefaultPool(ctx); err != nil {
+		return err
+	}
+	pools, _, err := n.res.List(ctx, api.KindIPPool)
+	if err != nil {
+		return fmt.Errorf("list pools: %w", err)
+	}
+	s.view.overhead, s.overheadKnown = routing.EncapOverhead(ippools(pools)), true
+	return n.registerNode(ctx, s.podMTU(n.cfg.PodMTU), true)
+}
+
+// register is firstContact late: the node started while etcd did not
+// answer, and the datastore goroutine registers it now. The pods' MTU
+// follows with the first view.
+func (n *Node) register(ctx context.Context) error {
+	if err := n.ensureDefaultPool(ctx); err != nil {
+		return err
+	}
+	return n.registerNode(ctx, podMTUFor(n.cfg.PodMTU, 0), false)
+}
+
+// registerNode writes this node's Node resource (address, pod MTU).
+// atStart is true before the switch exists: a VXLAN MAC the Node
+// resource sets then replaces the derived one; later it can only be
+// reported (the VXLAN port already has its MAC).
+func (n *Node) registerNode(ctx context.Context, podMTU int, atStart bool) error {
 	for try := 0; ; try++ {
 		var node *api.Node
 		r, err := n.res.Get(ctx, api.KindNode, n.cfg.Name)
@@ -109,17 +142,21 @@ func (n *Node) registerNode(ctx context.Context, podMTU int) error {
 		}
 		if node.Spec.VXLANTunnelMACAddr == "" {
 			node.Spec.VXLANTunnelMACAddr = n.vtepMAC().String()
-		} else if m, err := packet.ParseMAC(node.Spec.VXLANTunnelMACAddr); err == nil {
-			n.cfg.VTEPMAC = m
+		} else if m, err := packet.ParseMAC(node.Spec.VXLANTunnelMACAddr); err == nil && m != n.vtepMAC() {
+			if atStart {
+				n.cfg.VTEPMAC = m
+			} else {
+				n.log.Warn("the Node's vxlanTunnelMACAddr differs from the MAC this daemon started with (etcd was unreachable then); restart the daemon to use it",
+					"node", m, "inUse", n.vtepMAC())
+			}
 		}
 		node.Status = &api.NodeStatus{PodMTU: podMTU, UnderlayInterface: n.underlay, Started: api.NewTime(n.started)}
 		_, err = n.res.Apply(ctx, node)
 		if err == nil {
-			break
+			return nil
 		}
 		if !errors.Is(err, datastore.ErrConflict) || try > 5 {
 			return fmt.Errorf("register node: %w", err)
 		}
 	}
-	return n.store.KeepAlive(ctx, n.cfg.Name)
 }

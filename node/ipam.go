@@ -17,9 +17,11 @@ import (
 // Pods' addresses from IPAM and their WorkloadEndpoints. These talk to
 // the datastore: callers must not run them on the control loop.
 
-// opContext bounds one pod operation's datastore calls.
+// opTimeout bounds one pod operation's datastore calls.
+const opTimeout = 30 * time.Second
+
 func opContext() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 30*time.Second)
+	return context.WithTimeout(context.Background(), opTimeout)
 }
 
 // ipamPools converts pool resources for IPAM (nodeSelector parsed,
@@ -126,4 +128,88 @@ func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) erro
 	}
 	_, err := n.res.Apply(ctx, w)
 	return err
+}
+
+// checkPods brings the datastore in line with the pods this node has:
+// each pod's address is allocated to its handle in IPAM and its
+// WorkloadEndpoint names it. A record can be missing after a crash in
+// an older daemon, a datastore restored from backup, or `ipam release
+// --leaked` run while an endpoint was missing; IPAM would then give the
+// address to another pod. An address IPAM gave to another handle is
+// reported, not taken back. The datastore goroutine runs it each time
+// etcd answers again (the start included) and every checkPodsInterval;
+// the pods it checks are marked busy, so that a delete waits instead of
+// racing it.
+func (n *Node) checkPods(ctx context.Context) error {
+	var recs []PodRecord
+	n.do(func(s *state) error {
+		for _, p := range s.pods {
+			if p.phase == podReady && p.rec.IP.IsValid() && p.rec.Handle != "" {
+				p.busy = true
+				recs = append(recs, p.rec)
+			}
+		}
+		return nil
+	})
+	defer n.do(func(s *state) error {
+		for _, rec := range recs {
+			if p, ok := s.pods[rec.Name]; ok {
+				p.busy = false
+			}
+		}
+		return nil
+	})
+	if len(recs) == 0 {
+		return nil
+	}
+	allocs, err := n.ipam.Allocations(ctx)
+	if err != nil {
+		return err
+	}
+	held := make(map[netip.Addr]string, len(allocs))
+	for _, a := range allocs {
+		held[a.IP] = a.HandleID
+	}
+	var pools []ipam.Pool
+	var errs []error
+	for _, rec := range recs {
+		switch h, ok := held[rec.IP]; {
+		case !ok:
+			if pools == nil {
+				rs, _, err := n.res.List(ctx, api.KindIPPool)
+				if err != nil {
+					return fmt.Errorf("list pools: %w", err)
+				}
+				if pools, _, err = ipamPools(rs); err != nil {
+					return err
+				}
+			}
+			err := n.ipam.AssignIP(ctx, ipam.AssignIPArgs{IP: rec.IP, Node: n.cfg.Name, HandleID: rec.Handle,
+				Attrs: map[string]string{"node": n.cfg.Name, "pod": rec.Name, "type": "pod"}, Pools: pools})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: address %s is not allocated in IPAM, and allocating it failed: %w", rec.Name, rec.IP, err))
+				continue
+			}
+			n.log.Warn("pod's address was free in IPAM; allocated to it again", "pod", rec.Name, "ip", rec.IP)
+		case h != rec.Handle:
+			errs = append(errs, fmt.Errorf("pod %s: its address %s is held in IPAM by handle %s (run podnet ipam check)", rec.Name, rec.IP, h))
+			continue
+		}
+		r, err := n.res.Get(ctx, api.KindWorkloadEndpoint, api.WorkloadEndpointName(n.cfg.Name, rec.Name))
+		if err == nil {
+			w := r.(*api.WorkloadEndpoint)
+			if slices.Equal(w.Spec.IPNetworks, []string{netip.PrefixFrom(rec.IP, 32).String()}) {
+				continue
+			}
+		} else if !errors.Is(err, datastore.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("pod %s: read workload endpoint: %w", rec.Name, err))
+			continue
+		}
+		if err := n.recordEndpoint(ctx, rec, true); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: write workload endpoint: %w", rec.Name, err))
+			continue
+		}
+		n.log.Warn("pod's workload endpoint was missing or wrong; written again", "pod", rec.Name, "ip", rec.IP)
+	}
+	return errors.Join(errs...)
 }

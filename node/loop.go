@@ -48,6 +48,10 @@ type state struct {
 	// appliedMTU is the pod MTU podnet0 and the pods' eth0 have (0:
 	// not set yet); applyPodMTU brings them to podMTU.
 	appliedMTU int
+	// overheadKnown is false until the pools were read (at start, or
+	// with the first view when etcd did not answer then): until then
+	// the pods keep the MTU they have.
+	overheadKnown bool
 }
 
 // view is what the datastore goroutine read last, digested for routing.
@@ -78,6 +82,11 @@ const (
 	// address and endpoint. The name stays taken until it is done, so
 	// a new pod of that name cannot get its IPAM handle released.
 	podDeleting
+	// podReleasing: gone from the node (link, namespace); its address
+	// and WorkloadEndpoint wait for the datastore, which the datastore
+	// goroutine retries (retryReleases). Not listed; the name stays
+	// taken, as for podDeleting.
+	podReleasing
 )
 
 // pod is a pod the node knows: its record and, when attached, its port.
@@ -87,6 +96,9 @@ type pod struct {
 	port     int
 	attached bool
 	err      string // why it is not attached
+	// busy: checkPods is comparing it with the datastore; a delete
+	// waits until it is done.
+	busy bool
 }
 
 func newState() *state {
@@ -156,7 +168,7 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 // setView takes what the datastore goroutine read: the switch learns the
 // nodes and NAT pools, the routes follow, and so does the pods' MTU.
 func (n *Node) setView(s *state, v view) error {
-	s.view, s.haveView = v, true
+	s.view, s.haveView, s.overheadKnown = v, true, true
 	n.applyPodMTU(s)
 	nodes := vswitch.NodeSet{}
 	for _, a := range v.nodeAddrs {

@@ -32,7 +32,6 @@ import (
 	"podnet/nodeapi"
 	"podnet/resources"
 	"podnet/router/bgp"
-	"podnet/routing"
 	vswitch "podnet/switch"
 )
 
@@ -139,6 +138,14 @@ type Node struct {
 	// password cannot be read, with the reason; the datastore goroutine
 	// sets them, node status shows them.
 	refusedPeers atomic.Pointer[[]bgp.PeerStatus]
+	// health is whether etcd answers (health.go); registered is set
+	// once the Node resource is written. The datastore goroutine sets
+	// them, the API reads them.
+	health     atomic.Pointer[dsHealth]
+	registered atomic.Bool
+	// reachableEpoch counts the times etcd became reachable (the
+	// start's first answer included).
+	reachableEpoch atomic.Uint64
 }
 
 // New validates cfg and fills defaults; Run starts the node.
@@ -182,10 +189,12 @@ func New(cfg Config) (*Node, error) {
 //
 // Goroutines: the control loop (routineLoop) owns the node's state; the
 // datastore goroutine (routineDatastore) reads resources and drives the
-// BGP speaker; the address watcher follows the node's addresses; the API
-// server serves requests. Only the loop changes the state, and it does
-// no datastore or network I/O, so a slow etcd never holds up route
-// learning or the API.
+// BGP speaker, with helpers that probe etcd and keep the liveness lease;
+// the address watcher follows the node's addresses; the API server
+// serves requests. Only the loop changes the state, and it does no
+// datastore or network I/O, so a slow etcd never holds up route
+// learning or the API. Run does not need etcd: when it does not answer,
+// the node starts by its pod records and view cache (health.go).
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
@@ -202,21 +211,34 @@ func (n *Node) Run(ctx context.Context) error {
 	if s.hostAddrs, err = n.detectUnderlay(); err != nil {
 		return err
 	}
-	closeStore, err := n.openDatastore(ctx)
+	closeStore, err := n.openDatastore()
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	if err := n.ensureDefaultPool(ctx); err != nil {
-		return err
-	}
-	if pools, _, err := n.res.List(ctx, api.KindIPPool); err == nil {
-		s.view.overhead = routing.EncapOverhead(ippools(pools))
-	}
-	aliveCtx, stopAlive := context.WithCancel(ctx)
-	defer stopAlive()
-	if err := n.registerNode(aliveCtx, s.podMTU(n.cfg.PodMTU)); err != nil {
-		return err
+	// A first, bounded talk with etcd: the default pool, the pools'
+	// MTU and the Node resource before the switch starts. When etcd does
+	// not answer, the node starts anyway (the pods it recorded need no
+	// datastore to forward) and the datastore goroutine registers it
+	// once etcd is back; until then it routes by the view cache.
+	var cached *dsInputs // the view cache, read when etcd does not answer
+	cctx, cancelContact := context.WithTimeout(ctx, firstContactTimeout)
+	err = n.firstContact(cctx, s)
+	cancelContact()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n.setHealth(err)
+		n.log.Warn("starting without the datastore; registering once it answers", "err", err)
+		if cached, err = n.loadViewCache(); err != nil || cached == nil {
+			n.log.Warn("no view cache: BGP starts once the datastore answers", "err", err)
+		} else {
+			n.useCachedView(s, cached)
+		}
+	} else {
+		n.setHealth(nil)
+		n.registered.Store(true)
 	}
 	n.sw = vswitch.New(vswitch.Config{Logger: n.log.With("component", "switch"), ReplyPoll: n.cfg.ReplyPoll})
 	defer n.sw.Close()
@@ -239,7 +261,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 
 	// From here on the state is the loop's: read what the log wants now.
-	startMTU, startPods := s.podMTU(n.cfg.PodMTU), len(s.pods)
+	startMTU, startPods := s.podMTU(n.cfg.PodMTU), len(s.listed())
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	dsCtx, stopDatastore := context.WithCancel(ctx)
@@ -255,7 +277,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); n.routineLoop(loopCtx, s) }()
 	go func() { defer wg.Done(); n.routineWatchAddrs(done) }()
-	go func() { defer wg.Done(); n.routineDatastore(dsCtx) }()
+	go func() { defer wg.Done(); n.routineDatastore(dsCtx, cached) }()
 
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
 	srvErr := make(chan error, 1)

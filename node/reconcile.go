@@ -26,8 +26,9 @@ import (
 // routineDatastore follows the resources that shape routing (pools,
 // nodes, BGP peers and configuration, IPAM blocks) until ctx is done:
 // on every change it reconciles. It owns the BGP speaker and closes it
-// when it returns. Run starts it.
-func (n *Node) routineDatastore(ctx context.Context) {
+// when it returns. Run starts it, with the view cache when the node
+// started while etcd did not answer.
+func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 	dirty, mark := n.reread, n.markReread
 	// The watchers stop with ctx; this goroutine waits for them before
 	// it returns.
@@ -44,10 +45,30 @@ func (n *Node) routineDatastore(ctx context.Context) {
 			mark()
 		}
 	}()
+	watchers.Add(2)
+	go func() { defer watchers.Done(); n.routineProbe(ctx) }()
+	go func() { defer watchers.Done(); n.routineAlive(ctx) }()
 	var sp speakerState
 	defer sp.close(n)
+	cache := &viewCache{path: n.viewCachePath()}
+	if cached != nil && !n.registered.Load() {
+		// Started while etcd is down: route by what it said last, so
+		// that BGP comes up with the peers the node knew.
+		n.log.Info("routing by the cached view until the datastore answers", "saved", cached.Saved, "nodes", len(cached.Nodes), "pools", len(cached.Pools))
+		n.addCachedTunnelAddrs(*cached)
+		if err := n.route(ctx, &sp, *cached); err != nil && ctx.Err() == nil {
+			n.log.Warn("routing by the cached view", "err", err)
+		}
+	}
 	resync := time.NewTicker(30 * time.Second)
 	defer resync.Stop()
+	// retry wakes the loop again soon while work waits on etcd (the
+	// node's registration, pending address releases).
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	// When checkPods last ran, and in which reachableEpoch.
+	var checkedEpoch uint64
+	var checked time.Time
 	mark()
 	for {
 		select {
@@ -55,6 +76,7 @@ func (n *Node) routineDatastore(ctx context.Context) {
 			return
 		case <-dirty:
 		case <-resync.C:
+		case <-retry.C:
 		}
 		// Let a burst of changes settle into one reconcile.
 		time.Sleep(20 * time.Millisecond)
@@ -62,11 +84,39 @@ func (n *Node) routineDatastore(ctx context.Context) {
 		case <-dirty:
 		default:
 		}
-		if err := n.reconcile(ctx, &sp); err != nil && ctx.Err() == nil {
+		if !n.registered.Load() {
+			// The node started while etcd did not answer. This waits
+			// for etcd: nothing else on this goroutine can go on
+			// without it.
+			if err := n.register(ctx); err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("register node", "err", err)
+					retry.Reset(retryInterval)
+				}
+				continue
+			}
+			n.registered.Store(true)
+			n.log.Info("node registered in the datastore")
+		}
+		if err := n.reconcile(ctx, &sp, cache); err != nil && ctx.Err() == nil {
 			n.log.Warn("routing reconcile", "err", err)
+		}
+		if e := n.reachableEpoch.Load(); (e != checkedEpoch || time.Since(checked) >= checkPodsInterval) && n.datastoreDown() == nil {
+			// At start, at each return of etcd, and now and then.
+			checkedEpoch, checked = e, time.Now()
+			if err := n.checkPods(ctx); err != nil && ctx.Err() == nil {
+				n.log.Warn("pods against the datastore", "err", err)
+			}
+		}
+		if n.retryReleases(ctx) > 0 && ctx.Err() == nil {
+			retry.Reset(retryInterval)
 		}
 	}
 }
+
+// checkPodsInterval is how often the datastore goroutine checks the
+// pods against the datastore besides each time etcd comes back.
+const checkPodsInterval = 30 * time.Second
 
 // markReread makes the datastore goroutine read the datastore again soon;
 // it never blocks.
@@ -97,10 +147,11 @@ func (n *Node) watchKind(ctx context.Context, kind string, mark func()) {
 	}
 }
 
-// reconcile reads the datastore, brings the BGP speaker in line with it
-// and hands the control loop what it read. It runs on the datastore
-// goroutine, never on the loop: the reads may take as long as etcd does.
-func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
+// reconcile reads the datastore, does the node's own writes (tunnel
+// addresses, pod MTU, blocks of no pool), keeps what it read in the view
+// cache, and routes by it. It runs on the datastore goroutine, never on
+// the loop: the reads may take as long as etcd does.
+func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache) error {
 	poolRs, _, err := n.res.List(ctx, api.KindIPPool)
 	if err != nil {
 		return err
@@ -117,7 +168,6 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 	if err != nil {
 		return err
 	}
-	settings := routing.NewBGPSettings(resourcesOf[*api.BGPConfiguration](cfgRs))
 	blocks, err := n.ipam.NodeBlocks(ctx, n.cfg.Name)
 	if err != nil {
 		return err
@@ -126,34 +176,47 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 	if err != nil {
 		return err
 	}
-	pools := ippools(poolRs)
-	blocks = n.releaseOrphanBlocks(ctx, blocks, pools)
-	self, others := routing.SplitNodes(resourcesOf[*api.Node](nodeRs), n.cfg.Name)
+	in := dsInputs{Pools: ippools(poolRs), Nodes: resourcesOf[*api.Node](nodeRs),
+		Peers: resourcesOf[*api.BGPPeer](peerRs), Configs: resourcesOf[*api.BGPConfiguration](cfgRs)}
+	in.Blocks = n.releaseOrphanBlocks(ctx, blocks, in.Pools)
+	// Addresses this node borrowed from other nodes' blocks are
+	// advertised one by one, beside its own blocks.
+	for _, a := range allocs {
+		if a.Borrowed && a.Attrs["node"] == n.cfg.Name {
+			in.Borrowed = append(in.Borrowed, a.IP)
+		}
+	}
+	self, _ := routing.SplitNodes(in.Nodes, n.cfg.Name)
 	if err := n.ensureTunnelAddrs(ctx, poolRs, self); err != nil {
 		n.log.Warn("tunnel addresses", "err", err)
 	}
-	overhead := routing.EncapOverhead(pools)
-	if err := n.recordPodMTU(ctx, self, podMTUFor(n.cfg.PodMTU, overhead)); err != nil {
+	if err := n.recordPodMTU(ctx, self, podMTUFor(n.cfg.PodMTU, routing.EncapOverhead(in.Pools))); err != nil {
 		n.log.Warn("record pod MTU", "err", err)
 	}
+	cache.save(n, in)
+	return n.route(ctx, sp, in)
+}
 
+// route brings the BGP speaker in line with in and hands the control
+// loop the view for routing. No datastore I/O: it also runs on the view
+// cache when the node starts while etcd is down.
+func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
+	settings := routing.NewBGPSettings(in.Configs)
+	self, others := routing.SplitNodes(in.Nodes, n.cfg.Name)
+	overhead := routing.EncapOverhead(in.Pools)
 	explicit := map[netip.Addr]bool{}
 	if me := n.underlayAddr.Addr(); me.IsValid() {
-		// Addresses this node borrowed from other nodes' blocks are
-		// advertised one by one, beside its own blocks.
-		adverts := slices.Clone(blocks)
-		for _, a := range allocs {
-			if a.Borrowed && a.Attrs["node"] == n.cfg.Name {
-				adverts = append(adverts, netip.PrefixFrom(a.IP, 32))
-			}
+		adverts := slices.Clone(in.Blocks)
+		for _, a := range in.Borrowed {
+			adverts = append(adverts, netip.PrefixFrom(a, 32))
 		}
-		adverts = routing.Exported(adverts, pools)
+		adverts = routing.Exported(adverts, in.Pools)
 		asn := routing.NodeASN(self, routing.GlobalASN(settings.Global))
 		speaker, err := sp.ensure(ctx, n, asn, settings.ListenPort(n.cfg.Name), settings.ListenAddrs(me), routing.RouteReflectorClusterID(self))
 		if err != nil {
 			return err
 		}
-		usable, broken := withoutPasswordProblems(resourcesOf[*api.BGPPeer](peerRs))
+		usable, broken := withoutPasswordProblems(in.Peers)
 		desired := func(peers []*api.BGPPeer) []bgp.Peer {
 			return routing.DesiredPeers(n.cfg.Name, me, self, others, peers, settings)
 		}
@@ -172,7 +235,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState) error {
 		}
 	}
 
-	v := view{pools: pools, blocks: blocks, vteps: routing.VTEPMACs(others), overhead: overhead, explicitPeers: explicit}
+	v := view{pools: in.Pools, blocks: in.Blocks, vteps: routing.VTEPMACs(others), overhead: overhead, explicitPeers: explicit}
 	for _, o := range others {
 		if p, ok := routing.NodeAddr(o); ok {
 			v.nodeAddrs = append(v.nodeAddrs, p.Addr())
@@ -224,6 +287,9 @@ func (ss *speakerState) close(n *Node) {
 func (n *Node) BGPPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
 	sp := n.speaker.Load()
 	if sp == nil {
+		if !n.registered.Load() {
+			return nil, &unavailableError{"the BGP speaker starts once the datastore answers (the node is not registered yet; see podnet status)"}
+		}
 		return nil, errors.New("the BGP speaker is not running (no underlay address?)")
 	}
 	peers, err := sp.Peers(ctx)

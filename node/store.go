@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +24,35 @@ type PodRecord struct {
 	Handle  string    `json:"handle,omitempty"`
 	MAC     string    `json:"mac"`
 	Created time.Time `json:"created"`
+	// State is "" for a pod the node has, else what a daemon restarted
+	// in the middle must finish: recAdding or recDeleting.
+	State string `json:"state,omitempty"`
+}
+
+// PodRecord.State values.
+const (
+	// recAdding: an add was under way (written before the address is
+	// allocated); a restarted daemon rolls it back.
+	recAdding = "adding"
+	// recDeleting: a delete was under way, or its address release
+	// waits for the datastore; a restarted daemon finishes it.
+	recDeleting = "deleting"
+)
+
+// crashAt names the step at which the daemon kills itself
+// (PODNET_TEST_CRASH_AT: add-intent, add-alloc, add-link, add-wep,
+// add-done, del-start, del-local). Test-only: the lab's crash tests use it to
+// check that a restarted daemon recovers from a death at each step of
+// pod add and delete. Unset, as in real use, it does nothing.
+var crashAt = os.Getenv("PODNET_TEST_CRASH_AT")
+
+// crashPoint kills the daemon on the spot (SIGKILL: no deferred
+// cleanup, as in a real crash) when step is crashAt.
+func crashPoint(step string) {
+	if crashAt != "" && crashAt == step {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal is on its way
+	}
 }
 
 // podStore keeps the pod records in one JSON file in the state dir,
@@ -51,20 +81,29 @@ func (s podStore) save(recs []PodRecord) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.path), ".pods-*.json")
-	if err != nil {
+	if err := writeFileAtomic(s.path, append(b, '\n')); err != nil {
 		return fmt.Errorf("save pod records: %w", err)
 	}
-	_, werr := tmp.Write(append(b, '\n'))
+	return nil
+}
+
+// writeFileAtomic replaces path with b, synced: a crash leaves the old
+// file or the new one, never half of one.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(b)
 	serr := tmp.Sync()
 	cerr := tmp.Close()
 	if err := errors.Join(werr, serr, cerr); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("save pod records: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("save pod records: %w", err)
+		return err
 	}
 	return nil
 }

@@ -66,6 +66,14 @@ func (c *Client) do(method, path string, body, out any) error {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("podnet daemon is not running (no answer on %s)", c.socket)
 		}
+		if wentAway(err) {
+			if method == "GET" {
+				return fmt.Errorf("podnet daemon at %s went away before answering (it stopped or crashed)", c.socket)
+			}
+			// The request may have been done, in part or in full: the
+			// restarted daemon finishes or rolls back what it was doing.
+			return fmt.Errorf("podnet daemon at %s went away before answering (it stopped or crashed); the request may or may not have taken effect: once the daemon runs again, check `podnet pod list`", c.socket)
+		}
 		return fmt.Errorf("podnet daemon at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
@@ -154,4 +162,11 @@ func (c *Client) Capture(port string, count int, seconds float64, filter string)
 		return nil, fmt.Errorf("podnet daemon: %s", resp.Status)
 	}
 	return resp.Body, nil
+}
+
+// wentAway says whether err is the connection ending before the answer:
+// the daemon died (or was stopped) while serving the request.
+func wentAway(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

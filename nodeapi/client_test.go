@@ -95,3 +95,34 @@ func TestDefaultClientSocket(t *testing.T) {
 		t.Errorf("set: got %q", got)
 	}
 }
+
+// TestClientDaemonWentAway: a daemon that dies mid-request (the
+// connection closes without an answer) gives an error that says so and
+// where to look, not a bare EOF.
+func TestClientDaemonWentAway(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// Read the request, then die without a word.
+			c.Read(make([]byte, 4096))
+			c.Close()
+		}
+	}()
+	c := NewClient(sock)
+	_, err = c.AddPod(AddPodRequest{Name: "a", New: true})
+	if err == nil || !strings.Contains(err.Error(), "went away") || !strings.Contains(err.Error(), "podnet pod list") {
+		t.Fatalf("AddPod against a dying daemon: %v, want that it went away and to check podnet pod list", err)
+	}
+	if _, err := c.Status(); err == nil || !strings.Contains(err.Error(), "went away") {
+		t.Fatalf("Status against a dying daemon: %v, want that it went away", err)
+	}
+}

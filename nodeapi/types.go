@@ -58,7 +58,31 @@ type Status struct {
 	// Version and Commit say which podnet build the daemon runs.
 	Version string `json:"version"`
 	Commit  string `json:"commit"`
+	// Datastore is whether the daemon reaches etcd now (one of the
+	// Datastore constants), since when, and the last error when it does
+	// not. Forwarding does not need it; pod add does.
+	Datastore      string    `json:"datastore"`
+	DatastoreSince time.Time `json:"datastoreSince,omitempty"`
+	DatastoreError string    `json:"datastoreError,omitempty"`
+	// Registered is true once this daemon has written its Node resource
+	// (at start, or once etcd answered if it did not then); BGP starts
+	// after that.
+	Registered bool `json:"registered"`
+	// PendingReleases are pods gone from this node whose address and
+	// WorkloadEndpoint still wait to be released in the datastore
+	// (deleted while etcd was unreachable, or an add or delete a
+	// restarted daemon is finishing). The daemon retries them; their
+	// names stay taken until done.
+	PendingReleases []string `json:"pendingReleases,omitempty"`
 }
+
+// Status.Datastore values.
+const (
+	DatastoreReachable   = "reachable"
+	DatastoreUnreachable = "unreachable"
+	// DatastoreUnknown: the daemon has not asked yet.
+	DatastoreUnknown = "unknown"
+)
 
 // AddPodRequest asks for a pod to be attached.
 type AddPodRequest struct {

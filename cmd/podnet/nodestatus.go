@@ -22,6 +22,13 @@ func newNodeCmd() *cobra.Command {
 	out := outputFlag(status, "table", "json")
 	withRoutes := status.Flags().Bool("routes", false, "also list, under each peer, the prefixes received from it and advertised to it")
 	status.RunE = func(cmd *cobra.Command, args []string) error {
+		st, err := client(*sock).Status()
+		if err != nil {
+			return err
+		}
+		if *out != "json" && st.Datastore == nodeapi.DatastoreUnreachable {
+			fmt.Fprintf(stdout, "datastore: %s\n\n", datastoreLine(st))
+		}
 		peers, err := daemonGet[[]bgp.PeerStatus](*sock, nodeapi.PathBGPPeers)
 		if err != nil {
 			return err

@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"podnet/nodeapi"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -28,7 +31,27 @@ func newStatusCmd() *cobra.Command {
 		fmt.Fprintf(tw, "pods:\t%d\n", s.Pods)
 		fmt.Fprintf(tw, "routes:\t%d\n", s.Routes)
 		fmt.Fprintf(tw, "up since:\t%s (%s)\n", s.Started.Format(time.RFC3339), time.Since(s.Started).Round(time.Second))
+		fmt.Fprintf(tw, "datastore:\t%s\n", datastoreLine(s))
+		if len(s.PendingReleases) > 0 {
+			fmt.Fprintf(tw, "pending releases:\t%s (retried while the datastore answers)\n", strings.Join(s.PendingReleases, ", "))
+		}
 		return tw.Flush()
 	}
 	return cmd
+}
+
+// datastoreLine says whether the daemon reaches etcd, for status and
+// node status.
+func datastoreLine(s nodeapi.Status) string {
+	switch s.Datastore {
+	case nodeapi.DatastoreUnreachable:
+		line := fmt.Sprintf("unreachable since %s (%s): pods here keep forwarding; pod add is refused until it is back", s.DatastoreSince.Format(time.RFC3339), s.DatastoreError)
+		if !s.Registered {
+			line += "; the node registers, and BGP starts, once it answers"
+		}
+		return line
+	case nodeapi.DatastoreReachable:
+		return "reachable"
+	}
+	return s.Datastore
 }
