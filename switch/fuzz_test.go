@@ -23,10 +23,18 @@ func FuzzForward(f *testing.F) {
 	f.Add(uint8(1), ipSpec{src: "172.16.0.1", dst: "10.0.0.1", proto: "tcp", payload: 100}.build())
 	f.Add(uint8(2), ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", ttl: 1}.build()))
 	f.Add(uint8(3), vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.3", proto: "tcp", payload: 10}.build(), encap.DefaultVNI))
+	// The host port's offload TUN: a virtio header, then a superframe.
+	hostSuper := superframe(&fakePod{dev: &fakePodDev{offload: true}, ip: nodeSelf}, "10.0.0.2", 3000, 1000)
+	hostSuper = append(hostSuper[:vnetLen:vnetLen], hostSuper[vnetLen+ethLen:]...)
+	packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: 40, GSOSize: 1000, CsumStart: 20, CsumOffset: 16}.Encode(hostSuper)
+	f.Add(uint8(4), hostSuper)
 
 	n.s.mu.Lock()
 	a, host := n.s.att.pods[n.a.port], n.s.att.host
 	ipip, vx := n.s.att.tunnels[1], n.s.att.tunnels[2]
+	// The same host device, read as the offload TUN reads (virtio header
+	// first), on a lane of its own.
+	hostOffload := &hostPort{dev: host.dev, offload: true, lane: n.s.newLaneIDLocked()}
 	n.s.mu.Unlock()
 	fw := newForwarder(n.s)
 	buf := make([]byte, packet.BufferSize)
@@ -40,7 +48,7 @@ func FuzzForward(f *testing.F) {
 		clear(buf)
 		size := copy(buf[packet.Headroom:], data)
 		fw.begin()
-		switch which % 4 {
+		switch which % 5 {
 		case 0:
 			fw.fromPod(a, buf, packet.Headroom, size)
 		case 1:
@@ -50,6 +58,8 @@ func FuzzForward(f *testing.F) {
 		case 3:
 			n.vx.srcs = append(n.vx.srcs[:0], nodeVXLAN)
 			fw.fromTunnel(vx, 0, buf, packet.Headroom, size)
+		case 4:
+			fw.fromHost(hostOffload, buf, packet.Headroom, size)
 		}
 		fw.end()
 		for _, p := range []*fakePod{n.a, n.b, n.c, n.d} {
