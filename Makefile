@@ -32,7 +32,8 @@ FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARP
              ./switch:FuzzForward ./selector:FuzzParse \
              ./encap:FuzzGROSplit ./encap:FuzzGROSegment \
              ./nat:FuzzDatagramReply ./nat:FuzzICMPErrorToPod \
-             ./resources:FuzzLoadClientConfig
+             ./resources:FuzzLoadClientConfig ./internal/packet:FuzzGRO \
+             ./nat:FuzzHandle ./node:FuzzPodRecords
 # Where fuzz-long writes one log per target.
 FUZZLOG   ?= /tmp/podnet-fuzz-logs
 

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"podnet/api"
 )
 
 // PodRecord is what the daemon remembers about a pod so that a restarted
@@ -69,9 +71,42 @@ func (s podStore) load() ([]PodRecord, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read pod records: %w", err)
 	}
+	recs, err := parsePodRecords(b)
+	if err != nil {
+		return nil, fmt.Errorf("pod records %s: %w", s.path, err)
+	}
+	return recs, nil
+}
+
+// parsePodRecords decodes pods.json and checks every record, so that a
+// damaged or hand-edited file stops the daemon with the record and field
+// at fault instead of attaching a TAP in the wrong place: a DNS-label
+// name used once, an IPv4 pod address used once, an absolute netns path,
+// a known state.
+func parsePodRecords(b []byte) ([]PodRecord, error) {
 	var recs []PodRecord
 	if err := json.Unmarshal(b, &recs); err != nil {
-		return nil, fmt.Errorf("parse pod records %s: %w", s.path, err)
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	names := make(map[string]bool, len(recs))
+	ips := make(map[netip.Addr]string, len(recs))
+	for i, r := range recs {
+		switch {
+		case !podNameRE.MatchString(r.Name):
+			return nil, fmt.Errorf("record %d: name %q is not a DNS label", i, r.Name)
+		case names[r.Name]:
+			return nil, fmt.Errorf("record %d: pod %s recorded twice", i, r.Name)
+		case !r.IP.Is4() || api.ValidatePodIPv4(r.IP) != nil:
+			return nil, fmt.Errorf("record %d (pod %s): ip %v is not a pod IPv4 address", i, r.Name, r.IP)
+		case ips[r.IP] != "":
+			return nil, fmt.Errorf("record %d (pod %s): ip %v is also pod %s's", i, r.Name, r.IP, ips[r.IP])
+		case !filepath.IsAbs(r.Netns) || filepath.Clean(r.Netns) != r.Netns:
+			return nil, fmt.Errorf("record %d (pod %s): netns %q is not a clean absolute path", i, r.Name, r.Netns)
+		case r.State != "" && r.State != recAdding && r.State != recDeleting:
+			return nil, fmt.Errorf("record %d (pod %s): unknown state %q", i, r.Name, r.State)
+		}
+		names[r.Name] = true
+		ips[r.IP] = r.Name
 	}
 	return recs, nil
 }
