@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"podnet/datastore"
 )
 
 func assign(t *testing.T, m *IPAM, node, handle string, pools ...Pool) netip.Addr {
@@ -306,5 +308,86 @@ func TestHandleSharedAcrossBlocks(t *testing.T) {
 	hs, err := m.Handles(ctx)
 	if err != nil || len(hs) != 1 || hs[0].ID != "shared" {
 		t.Fatalf("handles: got %+v %v", hs, err)
+	}
+}
+
+// A block write whose answer is lost (a member dying mid-call) may or
+// may not have been applied. Applied: the allocation stands and the
+// caller gets the address. Not applied: the handle is uncounted and
+// nothing is held. Unknown (the block cannot be read either): an error,
+// and the handle still holds whatever the write did, so a release by
+// handle settles it. In every case ipam check finds nothing leaked.
+func TestAssignLostWrite(t *testing.T) {
+	p := pool("p", "10.30.0.0/16", 26)
+	errLost := errors.New("rpc error: code = Unavailable desc = error reading from server: EOF")
+	for _, tt := range []struct {
+		name    string
+		apply   bool // etcd applied the write
+		readErr bool // and the block cannot be read after it
+	}{
+		{"applied-answer-lost", true, false},
+		{"not-applied", false, false},
+		{"applied-then-unreadable", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, _ := startTest(t)
+			assign(t, m, "n1", "warm", p) // the block exists; the next write is an update
+			real := m.updateBlock
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			m.updateBlock = func(_ context.Context, name string, value []byte, rev int64) (int64, error) {
+				m.updateBlock = real // once
+				if tt.apply {
+					if _, err := real(context.Background(), name, value, rev); err != nil {
+						return 0, err
+					}
+				}
+				if tt.readErr {
+					cancel() // the caller's next read fails
+				}
+				return 0, errLost
+			}
+			ip, err := m.AutoAssign(ctx, AssignArgs{Node: "n1", HandleID: "pod-x", Pools: []Pool{p}})
+			switch {
+			case tt.apply && !tt.readErr:
+				if err != nil {
+					t.Fatalf("AutoAssign: %v, want the address the applied write allocated", err)
+				}
+				if a, ok, _ := m.Lookup(context.Background(), ip); !ok || a.HandleID != "pod-x" {
+					t.Fatalf("%v: lookup %+v (found %v), want held by pod-x", ip, a, ok)
+				}
+			case !tt.apply:
+				if !errors.Is(err, errLost) {
+					t.Fatalf("AutoAssign: %v, want the lost write's error", err)
+				}
+				if _, err := m.handles.Get(context.Background(), "pod-x"); !errors.Is(err, datastore.ErrNotFound) {
+					t.Fatalf("handle pod-x after a write that was not applied: %v, want it gone", err)
+				}
+			default:
+				if err == nil || !strings.Contains(err.Error(), "outcome unknown") {
+					t.Fatalf("AutoAssign: %v, want an error saying the outcome is unknown", err)
+				}
+			}
+			// What the caller does after a failed add: release by handle.
+			if err != nil {
+				if err := m.ReleaseByHandle(context.Background(), "pod-x"); err != nil && !errors.Is(err, ErrNotAssigned) {
+					t.Fatalf("release by handle: %v", err)
+				}
+			}
+			if err := m.ReleaseByHandle(context.Background(), "warm"); err != nil {
+				t.Fatal(err)
+			}
+			allocs, err := m.Allocations(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			if tt.apply && !tt.readErr {
+				want = 1 // pod-x's address, which the caller now uses
+			}
+			if len(allocs) != want {
+				t.Fatalf("allocations left: %+v, want %d", allocs, want)
+			}
+		})
 	}
 }

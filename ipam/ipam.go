@@ -216,17 +216,22 @@ type IPAM struct {
 	blocks, affinities, handles, config datastore.Collection
 	// now is the clock for claim times and sequence numbers.
 	now func() time.Time
+	// updateBlock is blocks.Update; tests replace it to lose the answer
+	// of a write that etcd applied, as a member dying mid-call does.
+	updateBlock func(ctx context.Context, name string, value []byte, rev int64) (int64, error)
 }
 
 // New returns an IPAM on store.
 func New(store *datastore.Store) *IPAM {
-	return &IPAM{
+	m := &IPAM{
 		blocks:     store.IPAMBlocks(),
 		affinities: store.IPAMAffinities(),
 		handles:    store.IPAMHandles(),
 		config:     store.IPAMConfig(),
 		now:        time.Now,
 	}
+	m.updateBlock = m.blocks.Update
+	return m
 }
 
 const configName = "default"
