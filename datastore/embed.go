@@ -236,7 +236,13 @@ func StartEmbedded(cfg EmbedConfig) (*Embedded, error) {
 	if err := privsock.PrepareDir(cfg.Socket); err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	}
-	// A socket file left by a killed etcd would make the listen fail.
+	// A socket file left by a killed etcd would make the listen fail;
+	// one that still answers belongs to a running etcd, which we must
+	// not cut off (another daemon's embedded etcd, say).
+	if c, err := net.DialTimeout("unix", cfg.Socket, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("embedded etcd: %s is in use by a running etcd (another podnet daemon's?); give this one --etcd-socket or --datastore", cfg.Socket)
+	}
 	os.Remove(cfg.Socket)
 	peerSock := filepath.Join(cfg.Dir, "etcd-peer.sock")
 	os.Remove(peerSock)

@@ -200,6 +200,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := os.MkdirAll(n.cfg.StateDir, 0o755); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
+	unlock, err := lockStateDir(n.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	ln, err := listenSocket(n.cfg.Socket)
 	if err != nil {
 		return err

@@ -171,6 +171,44 @@ func TestDaemonService(t *testing.T) {
 		t.Errorf("podnet version without a daemon: %v\n%s; want the client's line and a failure", err, out)
 	}
 
+	// A second daemon started by mistake on the same node must refuse to
+	// start and leave the first alone: with the same state dir (another
+	// API socket), and with its own state dir but the first one's
+	// embedded etcd socket.
+	for _, tt := range []struct {
+		name, want string
+		args       []string
+	}{
+		{"same state dir", "is in use by another podnet daemon (pid", []string{
+			"--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "api2.sock"), "--etcd-socket", filepath.Join(dir, "etcd2.sock")}},
+		{"same etcd socket", "is in use by a running etcd", []string{
+			"--state-dir", filepath.Join(dir, "state3"), "--socket", filepath.Join(dir, "api3.sock"), "--etcd-socket", filepath.Join(dir, "etcd.sock")}},
+	} {
+		second := exec.Command("nsenter", append([]string{"--net=/run/netns/" + node.Netns, "--",
+			bin, "daemon", "--node", node.Name, "--underlay", node.Iface}, tt.args...)...)
+		second.Env = []string{"PATH=" + os.Getenv("PATH"), "PODNET_CONFIG=" + clientCfg}
+		done := make(chan struct{})
+		var out []byte
+		var err error
+		go func() { out, err = second.CombinedOutput(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			second.Process.Kill()
+			<-done
+			t.Fatalf("%s: the second daemon did not exit within 30s", tt.name)
+		}
+		if err == nil || !strings.Contains(string(out), tt.want) {
+			t.Errorf("%s: second daemon: %v\n%s\nwant a failure saying %q", tt.name, err, out, tt.want)
+		}
+		if _, err := nodeapi.NewClient(apiSock).Status(); err != nil {
+			t.Errorf("%s: the first daemon stopped answering: %v", tt.name, err)
+		}
+		if out, err := exec.Command(bin, "get", "ippools", "--datastore", "unix://"+filepath.Join(dir, "etcd.sock")).CombinedOutput(); err != nil {
+			t.Errorf("%s: the first daemon's etcd no longer answers: %v\n%s", tt.name, err, out)
+		}
+	}
+
 	// metrics-listen came from the file.
 	body := getInNetns(t, "/run/netns/"+node.Netns, "http://127.0.0.1:9092/metrics")
 	want := `podnet_build_info{commit="` + commit + `",goversion="` + runtime.Version() + `",version="` + version + `"} 1`
