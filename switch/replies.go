@@ -29,12 +29,13 @@ const (
 	pollMisses    = 4
 	pollQuiet     = 10 * time.Millisecond
 	pollBatch     = 2
-	pollFrameSize = 1600 // an MTU-sized frame and its headers
+	pollFrameSize = 512 // a request or an answer, not a full-sized segment
 )
 
 // pollReply polls pod p for up to s.replyPoll and forwards what it finds
 // as the pod's own reader would, using f and the reader's buffers. It
-// reports whether it found an answer.
+// reports whether it found an answer that looks like one (small): bulk
+// data found instead quiets the pod for pollQuiet.
 func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int) bool {
 	if s.replyPoll == 0 {
 		return false
@@ -47,11 +48,20 @@ func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int)
 	for {
 		n, err := p.poll.TryRead(bufs, sizes, packet.Headroom)
 		if n > 0 {
+			small := smallBatch(n, sizes)
 			s.forwardBatch(f, &p.c, n, bufs, sizes, &p.capt, p.skip(), LinkEthernet, p.classify)
 			p.turn.Done()
 			p.c.polled.Add(1)
 			p.misses.Store(0)
 			f.replyFrom = nil // one answer per poll: the reader's own port waits
+			if !small {
+				// Bulk data answering an ACK, not a reply to a request:
+				// leave this pod to its own reader for a while, so that
+				// one reader does not end up carrying both directions of
+				// a transfer.
+				p.quietUntil.Store(time.Now().Add(pollQuiet).UnixNano())
+				return false
+			}
 			return true
 		}
 		if errors.Is(err, turn.ErrHeld) || err != nil {

@@ -23,6 +23,7 @@ type echoPodDev struct {
 	ip      netip.Addr
 	mac     packet.MAC
 	answers int
+	size    int // answer payload bytes; 0 means 8
 
 	mu      sync.Mutex
 	pending [][]byte
@@ -74,9 +75,13 @@ func (d *echoPodDev) WriteOne(b []byte) error {
 	ip := packet.IPv4(b[ethLen:])
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	size := d.size
+	if size == 0 {
+		size = 8
+	}
 	for i := range d.answers {
-		reply := ipSpec{src: d.ip.String(), dst: ip.Src().String(), payload: 8}.build()
-		reply[len(reply)-8] = byte(i + 1)
+		reply := ipSpec{src: d.ip.String(), dst: ip.Src().String(), payload: size}.build()
+		reply[len(reply)-size] = byte(i + 1)
 		packet.UDP(reply[20:]).SetChecksum(0) // payload changed; 0 means none
 		p := &fakePod{dev: &fakePodDev{}, ip: d.ip, mac: d.mac}
 		d.pending = append(d.pending, podFrame(p, reply))
@@ -227,5 +232,19 @@ func TestOwnPodPolledAfterAnswer(t *testing.T) {
 	}
 	if st.RxFrames != 5 || st.Polled != 4 {
 		t.Errorf("pod c: %d requests read, %d of them by polling; want 5 and 4 (one wake-up)", st.RxFrames, st.Polled)
+	}
+}
+
+// Bulk data found while polling (a sender's next segments answering an
+// ACK) is forwarded, but the pod is then left to its own reader for a
+// while: one reader must not end up carrying both directions.
+func TestReplyPollingLeavesBulkAlone(t *testing.T) {
+	s, a, e, ePort := replyNet(t, time.Second, 2)
+	e.size = 1000
+	a.dev.offer(podFrame(a, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 8}.build()))
+	a.dev.wait(t, 2)
+	p := s.att.pods[ePort]
+	if p.quietUntil.Load() <= time.Now().UnixNano() {
+		t.Errorf("pod e answered with 1000-byte packets and is still polled")
 	}
 }
