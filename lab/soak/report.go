@@ -295,6 +295,11 @@ func (r *Report) Write(w io.Writer) {
 		if fl.Err != "" {
 			detail = "FAILED: " + fl.Err
 		}
+		if fl.Kind == "iperf3-tcp" {
+			// TCP retransmits what it loses: its count is in detail.
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t%s\n", fl.Name, detail)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f%%\t%s\n", fl.Name, fl.Sent, fl.Received, fl.LossPct, detail)
 	}
 	tw.Flush()
