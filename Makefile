@@ -126,9 +126,12 @@ lab-down: build
 # switches encapsulation live, for $(SOAK) (make soak SOAK=2m for less);
 # fails on daemon memory, goroutine or fd growth, an IPAM leak or a
 # duplicated address. docs/soak.md has the rules.
+# Each daemon's heap profile and goroutine stacks at the start and end go
+# to $(SOAK_PROFILES).
 SOAK      ?= 20m
+SOAK_PROFILES ?= /tmp/podnet-soak
 soak: deps build
-	$(BIN) lab soak --duration $(SOAK)
+	$(BIN) lab soak --duration $(SOAK) --profiles $(SOAK_PROFILES)
 
 # Micro-benchmarks of the hot paths, then the bench suite (quick by
 # default; the full suite: make bench BENCH_ARGS="--out bench/results").

@@ -65,5 +65,6 @@ less).`,
 	f.DurationVar(&cfg.Duration, "duration", soak.DefaultDuration, "how long pods are churned under traffic (at least 20s)")
 	f.IntVar(&cfg.Nodes, "nodes", soak.DefaultNodes, "number of nodes")
 	f.DurationVar(&cfg.Interval, "interval", 0, "how often the daemons are sampled (default: duration/40 within 1s..10s)")
+	f.StringVar(&cfg.ProfileDir, "profiles", "", "directory for each daemon's heap profile and goroutine stacks at the start and end (default: none)")
 	return cmd
 }

@@ -56,6 +56,10 @@ type Sample struct {
 	Goroutines int
 	// FDs is the number of entries in /proc/PID/fd.
 	FDs int
+	// HeapInuseKiB is the Go heap's in-use spans (runtime.MemStats
+	// HeapInuse): not judged, shown beside RSS to tell a growing heap
+	// from memory the runtime keeps.
+	HeapInuseKiB int64
 }
 
 // DaemonSeries is what was read from one node's daemon.
@@ -276,14 +280,15 @@ func (d DaemonSeries) maxOf(field func(Sample) int64) int64 {
 func (r *Report) Write(w io.Writer) {
 	fmt.Fprintf(w, "soak of lab %s: %d nodes, %v of churn, a sample every %v\n\n", r.Lab, r.Nodes, r.Duration, r.Interval)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DAEMON\tPID\tRSS START\tRSS END\tRSS MAX\tRSS GROWTH Q2→Q4\tGOROUTINES START\tEND\tMAX\tFDS START\tEND\tMAX")
+	fmt.Fprintln(tw, "DAEMON\tPID\tRSS START\tRSS END\tRSS MAX\tRSS GROWTH Q2→Q4\tHEAP START\tEND\tGOROUTINES START\tEND\tMAX\tFDS START\tEND\tMAX")
 	for _, d := range r.Daemons {
 		growth := "n/a"
 		if g, ok := RSSGrowth(d.Churn); ok {
 			growth = fmt.Sprintf("%+.1f%%", 100*g)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", d.Node, d.PID,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", d.Node, d.PID,
 			mib(d.Start.RSSKiB), mib(d.End.RSSKiB), mib(d.maxOf(func(s Sample) int64 { return s.RSSKiB })), growth,
+			mib(d.Start.HeapInuseKiB), mib(d.End.HeapInuseKiB),
 			d.Start.Goroutines, d.End.Goroutines, d.maxOf(func(s Sample) int64 { return int64(s.Goroutines) }),
 			d.Start.FDs, d.End.FDs, d.maxOf(func(s Sample) int64 { return int64(s.FDs) }))
 	}

@@ -145,6 +145,12 @@ func TestParsers(t *testing.T) {
 	if n, err := parseGoroutineTotal(strings.NewReader("goroutine profile: total 73\n5 @ 0x1\n")); err != nil || n != 73 {
 		t.Errorf("parseGoroutineTotal = %d, %v; want 73", n, err)
 	}
+	if n, err := parseHeapInuse("heap profile: 1: 2 [3: 4] @ heap/1048576\n\n# runtime.MemStats\n# HeapIdle = 6160384\n# HeapInuse = 101089280\n"); err != nil || n != 98720 {
+		t.Errorf("parseHeapInuse = %d, %v; want 98720", n, err)
+	}
+	if _, err := parseHeapInuse("heap profile: 0\n"); err == nil {
+		t.Error("parseHeapInuse without MemStats: no error")
+	}
 	if _, err := parseGoroutineTotal(strings.NewReader("<html>404</html>\n")); err == nil {
 		t.Error("parseGoroutineTotal of a wrong page: no error")
 	}

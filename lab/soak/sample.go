@@ -2,12 +2,14 @@ package soak
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -51,7 +53,71 @@ func (p *daemonProbe) read(at time.Duration) (Sample, error) {
 	if s.Goroutines, err = p.goroutines(); err != nil {
 		return s, err
 	}
+	if s.HeapInuseKiB, err = p.heapInuse(); err != nil {
+		return s, err
+	}
 	return s, nil
+}
+
+// get fetches path from the daemon's API.
+func (p *daemonProbe) get(path string) ([]byte, error) {
+	resp, err := p.client.Get("http://podnet" + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return b, nil
+}
+
+// heapInuse reads the Go heap's in-use bytes from the memory statistics
+// that end the daemon's debug=1 heap profile: beside RSS it tells a heap
+// that holds more objects from memory the runtime has not returned yet.
+func (p *daemonProbe) heapInuse() (int64, error) {
+	b, err := p.get("/debug/pprof/heap?debug=1")
+	if err != nil {
+		return 0, fmt.Errorf("read heap: %w", err)
+	}
+	return parseHeapInuse(string(b))
+}
+
+// parseHeapInuse finds "# HeapInuse = 101089280" and returns KiB.
+func parseHeapInuse(profile string) (int64, error) {
+	for _, line := range strings.Split(profile, "\n") {
+		if rest, ok := strings.CutPrefix(line, "# HeapInuse = "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read heap: %w", err)
+			}
+			return n / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("read heap: no HeapInuse in the heap profile")
+}
+
+// saveProfiles writes the daemon's heap profile (for go tool pprof, with
+// -diff_base between two of them) and its goroutine stacks to dir as
+// NODE-WHAT.heap.pb.gz and NODE-WHAT.goroutines.txt.
+func (p *daemonProbe) saveProfiles(dir, what string) error {
+	for _, f := range []struct{ path, file string }{
+		{"/debug/pprof/heap", p.node + "-" + what + ".heap.pb.gz"},
+		{"/debug/pprof/goroutine?debug=1", p.node + "-" + what + ".goroutines.txt"},
+	} {
+		b, err := p.get(f.path)
+		if err != nil {
+			return fmt.Errorf("save profile of %s: %w", p.node, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.file), b, 0o644); err != nil {
+			return fmt.Errorf("save profile of %s: %w", p.node, err)
+		}
+	}
+	return nil
 }
 
 // readRSS returns VmRSS of pid in KiB.
@@ -91,15 +157,11 @@ func countFDs(pid int) (int, error) {
 
 // goroutines asks the daemon's pprof for its goroutine count.
 func (p *daemonProbe) goroutines() (int, error) {
-	resp, err := p.client.Get("http://podnet/debug/pprof/goroutine?debug=1")
+	b, err := p.get("/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		return 0, fmt.Errorf("read goroutines: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("read goroutines: %s", resp.Status)
-	}
-	return parseGoroutineTotal(resp.Body)
+	return parseGoroutineTotal(bytes.NewReader(b))
 }
 
 // parseGoroutineTotal reads the first line of a debug=1 goroutine

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -71,6 +72,11 @@ type Config struct {
 	// Progress receives a line per step and a status line per minute.
 	// nil = none.
 	Progress io.Writer
+	// ProfileDir, when set, receives each daemon's heap profile and
+	// goroutine stacks at the start and end readings
+	// (NODE-start.heap.pb.gz, NODE-end.goroutines.txt, ...): the evidence
+	// behind a broken rule. It is created if missing. "" = none.
+	ProfileDir string
 }
 
 func (cfg Config) withDefaults() (Config, error) {
@@ -97,6 +103,11 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
+	}
+	if cfg.ProfileDir != "" {
+		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
+			return cfg, fmt.Errorf("soak config: ProfileDir: %w", err)
+		}
 	}
 	return cfg, nil
 }
@@ -130,6 +141,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	s := &soak{cfg: cfg, start: time.Now()}
+	if cfg.ProfileDir != "" {
+		s.logf("profiles of the start and end readings go to %s", cfg.ProfileDir)
+	}
 	s.logf("building lab %s: %d nodes, %d stable pods, IP-in-IP", cfg.Name, cfg.Nodes, 2*cfg.Nodes)
 	l, err := lab.Up(ctx, lab.Config{Name: cfg.Name, Nodes: cfg.Nodes, Pods: 2 * cfg.Nodes,
 		Encap: lab.EncapIPIP, Binary: cfg.Binary, HTTPServer: lab.HTTPBuiltin})
@@ -334,7 +348,12 @@ func (s *soak) readAll(rep *Report, set func(*DaemonSeries, Sample), what string
 			continue
 		}
 		set(d, smp)
-		s.logf("%s reading %s: RSS %s, %d goroutines, %d fds", what, d.Node, mib(smp.RSSKiB), smp.Goroutines, smp.FDs)
+		s.logf("%s reading %s: RSS %s, heap %s, %d goroutines, %d fds", what, d.Node, mib(smp.RSSKiB), mib(smp.HeapInuseKiB), smp.Goroutines, smp.FDs)
+		if s.cfg.ProfileDir != "" {
+			if err := s.probes[d.Node].saveProfiles(s.cfg.ProfileDir, what); err != nil {
+				d.Errors = append(d.Errors, err.Error())
+			}
+		}
 	}
 }
 
@@ -366,7 +385,8 @@ func (s *soak) sample(ctx context.Context, stop <-chan struct{}, rep *Report) {
 			line := ""
 			for _, d := range rep.Daemons {
 				if n := len(d.Churn); n > 0 {
-					line += fmt.Sprintf("; %s %s %dg %dfd", d.Node, mib(d.Churn[n-1].RSSKiB), d.Churn[n-1].Goroutines, d.Churn[n-1].FDs)
+					last := d.Churn[n-1]
+					line += fmt.Sprintf("; %s rss %s heap %s %dg %dfd", d.Node, mib(last.RSSKiB), mib(last.HeapInuseKiB), last.Goroutines, last.FDs)
 				}
 			}
 			s.logf("status%s", line)
