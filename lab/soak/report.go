@@ -184,78 +184,116 @@ func rssMedian(s []Sample) int64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-// Failures returns every broken rule, one line each; none means the soak
-// passed.
-func (r *Report) Failures() []string {
-	var f []string
+// Rule names the kind of rule a Failure broke.
+type Rule string
+
+// The rules of a soak.
+const (
+	// RuleGoroutines, RuleFDs and RuleRSS: a daemon grew.
+	RuleGoroutines Rule = "goroutines"
+	RuleFDs        Rule = "fds"
+	RuleRSS        Rule = "rss"
+	// RuleLoss: a flow lost more than MaxLossPct, or a path's HTTP
+	// requests failed more than MaxProbeFailPct.
+	RuleLoss Rule = "loss"
+	// RuleFlow: a flow did not run to its end, or carried nothing.
+	RuleFlow Rule = "flow"
+	// RuleChurn: a pod add or delete failed, a new pod did not answer,
+	// or an address was handed out twice.
+	RuleChurn Rule = "churn"
+	// RuleIPAM and RulePods: the end checks.
+	RuleIPAM Rule = "ipam"
+	RulePods Rule = "pods"
+	// RuleHarness: a reading failed, or the soak was interrupted.
+	RuleHarness Rule = "harness"
+)
+
+// Failure is one broken rule.
+type Failure struct {
+	Rule Rule
+	Msg  string
+}
+
+func (f Failure) String() string { return f.Msg }
+
+// Failures returns every broken rule; none means the soak passed.
+func (r *Report) Failures() []Failure {
+	var f []Failure
+	add := func(rule Rule, format string, args ...any) {
+		f = append(f, Failure{rule, fmt.Sprintf(format, args...)})
+	}
 	for _, d := range r.Daemons {
 		f = append(f, d.failures()...)
 	}
 	for _, fl := range r.Flows {
 		switch {
 		case fl.Err != "":
-			f = append(f, fmt.Sprintf("flow %s: %s", fl.Name, fl.Err))
-		case fl.Kind != "iperf3-tcp" && fl.Sent == 0:
-			f = append(f, fmt.Sprintf("flow %s: nothing sent", fl.Name))
+			add(RuleFlow, "flow %s: %s", fl.Name, fl.Err)
+		case fl.Kind != "iperf3-tcp" && fl.Received == 0:
+			add(RuleFlow, "flow %s: nothing came back (%d sent)", fl.Name, fl.Sent)
 		case fl.LossPct > MaxLossPct:
-			f = append(f, fmt.Sprintf("flow %s: %.2f%% lost (bound %.1f%%)", fl.Name, fl.LossPct, MaxLossPct))
+			add(RuleLoss, "flow %s: %.2f%% lost (bound %.1f%%)", fl.Name, fl.LossPct, MaxLossPct)
 		}
 	}
 	for _, p := range r.Probes {
 		total := p.OK + p.Failed
 		switch {
-		case total == 0:
-			f = append(f, fmt.Sprintf("http %s: no request made", p.Name))
+		case p.OK == 0:
+			add(RuleFlow, "http %s: no request answered (%d failed; last: %s)", p.Name, p.Failed, p.LastErr)
 		case pct(p.Failed, total) > MaxProbeFailPct:
-			f = append(f, fmt.Sprintf("http %s: %d of %d requests failed (bound %.1f%%; last: %s)", p.Name, p.Failed, total, MaxProbeFailPct, p.LastErr))
+			add(RuleLoss, "http %s: %d of %d requests failed (bound %.1f%%; last: %s)", p.Name, p.Failed, total, MaxProbeFailPct, p.LastErr)
 		}
 	}
 	c := r.Churn
 	if c.Added == 0 {
-		f = append(f, "churn: no pod was added")
+		add(RuleChurn, "churn: no pod was added")
 	}
 	if c.AddFailed > 0 || c.DelFailed > 0 {
-		f = append(f, fmt.Sprintf("churn: %d pod adds and %d deletes failed", c.AddFailed, c.DelFailed))
+		add(RuleChurn, "churn: %d pod adds and %d deletes failed", c.AddFailed, c.DelFailed)
 	}
 	if c.Unreachable > 0 {
-		f = append(f, fmt.Sprintf("churn: %d added pods did not answer HTTP", c.Unreachable))
+		add(RuleChurn, "churn: %d added pods did not answer HTTP", c.Unreachable)
 	}
 	for _, d := range c.Duplicates {
-		f = append(f, "churn: duplicate address: "+d)
+		add(RuleChurn, "churn: duplicate address: %s", d)
 	}
 	if r.End.IPAMErr != "" {
-		f = append(f, "ipam check: "+r.End.IPAMErr)
+		add(RuleIPAM, "ipam check: %s", r.End.IPAMErr)
 	}
 	for _, p := range r.End.PodProblems {
-		f = append(f, "pods: "+p)
+		add(RulePods, "pods: %s", p)
 	}
-	return append(f, r.Errors...)
+	for _, e := range r.Errors {
+		add(RuleHarness, "%s", e)
+	}
+	return f
 }
 
 // failures applies the goroutine, fd and RSS rules to one daemon.
-func (d DaemonSeries) failures() []string {
-	var f []string
+func (d DaemonSeries) failures() []Failure {
+	var f []Failure
+	add := func(rule Rule, format string, args ...any) {
+		f = append(f, Failure{rule, fmt.Sprintf("daemon %s: ", d.Node) + fmt.Sprintf(format, args...)})
+	}
 	for _, e := range d.Errors {
-		f = append(f, fmt.Sprintf("daemon %s: %s", d.Node, e))
+		add(RuleHarness, "%s", e)
 	}
 	if d.Start.Goroutines == 0 || d.End.Goroutines == 0 {
-		return append(f, fmt.Sprintf("daemon %s: no start or end reading of goroutines", d.Node))
+		add(RuleHarness, "no start or end reading of goroutines")
+		return f
 	}
 	if d.End.Goroutines > d.Start.Goroutines+GoroutineSlack {
-		f = append(f, fmt.Sprintf("daemon %s: goroutines %d at the start, %d at the end (bound start+%d)",
-			d.Node, d.Start.Goroutines, d.End.Goroutines, GoroutineSlack))
+		add(RuleGoroutines, "goroutines %d at the start, %d at the end (bound start+%d)", d.Start.Goroutines, d.End.Goroutines, GoroutineSlack)
 	}
 	if d.End.FDs > d.Start.FDs+FDSlack {
-		f = append(f, fmt.Sprintf("daemon %s: open fds %d at the start, %d at the end (bound start+%d)",
-			d.Node, d.Start.FDs, d.End.FDs, FDSlack))
+		add(RuleFDs, "open fds %d at the start, %d at the end (bound start+%d)", d.Start.FDs, d.End.FDs, FDSlack)
 	}
 	g, ok := RSSGrowth(d.Churn)
 	switch {
 	case !ok:
-		f = append(f, fmt.Sprintf("daemon %s: RSS not judged: %d samples, need %d", d.Node, len(d.Churn), MinRSSSamples))
+		add(RuleRSS, "RSS not judged: %d samples, need %d", len(d.Churn), MinRSSSamples)
 	case g > RSSGrowthMax:
-		f = append(f, fmt.Sprintf("daemon %s: RSS grew %.0f%% from the second to the last quarter (bound %.0f%%)",
-			d.Node, 100*g, 100*RSSGrowthMax))
+		add(RuleRSS, "RSS grew %.0f%% from the second to the last quarter (bound %.0f%%)", 100*g, 100*RSSGrowthMax)
 	}
 	return f
 }

@@ -70,35 +70,37 @@ func TestFailures(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		breakIt func(*Report)
+		rule    Rule
 		want    string // "" = passes
 	}{
-		{"passing at every bound", func(*Report) {}, ""},
-		{"goroutines grew", func(r *Report) { r.Daemons[0].End.Goroutines = 91 }, "daemon worker1: goroutines 70 at the start, 91 at the end (bound start+20)"},
-		{"fds grew", func(r *Report) { r.Daemons[1].End.FDs = 41 }, "daemon worker2: open fds 30 at the start, 41 at the end (bound start+10)"},
-		{"no end reading", func(r *Report) { r.Daemons[1].End = Sample{} }, "daemon worker2: no start or end reading of goroutines"},
+		{"passing at every bound", func(*Report) {}, "", ""},
+		{"goroutines grew", func(r *Report) { r.Daemons[0].End.Goroutines = 91 }, RuleGoroutines, "daemon worker1: goroutines 70 at the start, 91 at the end (bound start+20)"},
+		{"fds grew", func(r *Report) { r.Daemons[1].End.FDs = 41 }, RuleFDs, "daemon worker2: open fds 30 at the start, 41 at the end (bound start+10)"},
+		{"no end reading", func(r *Report) { r.Daemons[1].End = Sample{} }, RuleHarness, "daemon worker2: no start or end reading of goroutines"},
 		{"rss grew", func(r *Report) { r.Daemons[0].Churn = rss(100, 100, 100, 100, 120, 120, 126, 126) },
-			"daemon worker1: RSS grew 26% from the second to the last quarter (bound 25%)"},
-		{"rss unjudged", func(r *Report) { r.Daemons[0].Churn = rss(100, 100) }, "daemon worker1: RSS not judged: 2 samples, need 8"},
-		{"reading failed", func(r *Report) { r.Daemons[0].Errors = []string{"end reading: gone"} }, "daemon worker1: end reading: gone"},
-		{"ping loss", func(r *Report) { r.Flows[0].Received, r.Flows[0].LossPct = 989, 1.1 }, "flow ping a: 1.10% lost (bound 1.0%)"},
-		{"ping sent nothing", func(r *Report) { r.Flows[0] = FlowResult{Name: "ping a", Kind: "ping"} }, "flow ping a: nothing sent"},
-		{"iperf died", func(r *Report) { r.Flows[1].Err = "iperf3: the server has terminated" }, "flow iperf tcp: iperf3: the server has terminated"},
+			RuleRSS, "daemon worker1: RSS grew 26% from the second to the last quarter (bound 25%)"},
+		{"rss unjudged", func(r *Report) { r.Daemons[0].Churn = rss(100, 100) }, RuleRSS, "daemon worker1: RSS not judged: 2 samples, need 8"},
+		{"reading failed", func(r *Report) { r.Daemons[0].Errors = []string{"end reading: gone"} }, RuleHarness, "daemon worker1: end reading: gone"},
+		{"ping loss", func(r *Report) { r.Flows[0].Received, r.Flows[0].LossPct = 989, 1.1 }, RuleLoss, "flow ping a: 1.10% lost (bound 1.0%)"},
+		{"ping answered nothing", func(r *Report) { r.Flows[0] = FlowResult{Name: "ping a", Kind: "ping", Sent: 9} }, RuleFlow, "flow ping a: nothing came back (9 sent)"},
+		{"iperf died", func(r *Report) { r.Flows[1].Err = "iperf3: the server has terminated" }, RuleFlow, "flow iperf tcp: iperf3: the server has terminated"},
 		{"http failures", func(r *Report) { r.Probes[0].Failed, r.Probes[0].LastErr = 2, "timeout" },
-			"http http a: 2 of 101 requests failed (bound 1.0%; last: timeout)"},
-		{"http never ran", func(r *Report) { r.Probes[0] = ProbeResult{Name: "http a"} }, "http http a: no request made"},
-		{"no churn", func(r *Report) { r.Churn.Added = 0 }, "churn: no pod was added"},
-		{"add failed", func(r *Report) { r.Churn.AddFailed = 1 }, "churn: 1 pod adds and 0 deletes failed"},
-		{"unreachable", func(r *Report) { r.Churn.Unreachable = 2 }, "churn: 2 added pods did not answer HTTP"},
+			RuleLoss, "http http a: 2 of 101 requests failed (bound 1.0%; last: timeout)"},
+		{"http never answered", func(r *Report) { r.Probes[0] = ProbeResult{Name: "http a", Failed: 3, LastErr: "refused"} }, RuleFlow,
+			"http http a: no request answered (3 failed; last: refused)"},
+		{"no churn", func(r *Report) { r.Churn.Added = 0 }, RuleChurn, "churn: no pod was added"},
+		{"add failed", func(r *Report) { r.Churn.AddFailed = 1 }, RuleChurn, "churn: 1 pod adds and 0 deletes failed"},
+		{"unreachable", func(r *Report) { r.Churn.Unreachable = 2 }, RuleChurn, "churn: 2 added pods did not answer HTTP"},
 		{"duplicate", func(r *Report) {
 			r.Churn.Duplicates = []string{"192.168.1.5 given to churn-9 while held by [test-1 churn-9]"}
 		},
-			"churn: duplicate address: 192.168.1.5 given to churn-9 while held by [test-1 churn-9]"},
-		{"leak", func(r *Report) { r.End.IPAMErr = "exit status 3: 1 leaked" }, "ipam check: exit status 3: 1 leaked"},
+			RuleChurn, "churn: duplicate address: 192.168.1.5 given to churn-9 while held by [test-1 churn-9]"},
+		{"leak", func(r *Report) { r.End.IPAMErr = "exit status 3: 1 leaked" }, RuleIPAM, "ipam check: exit status 3: 1 leaked"},
 		{"pods", func(r *Report) {
 			r.End.PodProblems = []string{"churn-3 (192.168.1.9 on worker1) is on a daemon but not in the lab"}
 		},
-			"pods: churn-3 (192.168.1.9 on worker1) is on a daemon but not in the lab"},
-		{"harness", func(r *Report) { r.Errors = []string{"interrupted: context canceled"} }, "interrupted: context canceled"},
+			RulePods, "pods: churn-3 (192.168.1.9 on worker1) is on a daemon but not in the lab"},
+		{"harness", func(r *Report) { r.Errors = []string{"interrupted: context canceled"} }, RuleHarness, "interrupted: context canceled"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := passing()
@@ -110,8 +112,8 @@ func TestFailures(t *testing.T) {
 				}
 				return
 			}
-			if len(got) != 1 || got[0] != tc.want {
-				t.Fatalf("Failures() = %q, want [%q]", got, tc.want)
+			if len(got) != 1 || got[0] != (Failure{tc.rule, tc.want}) {
+				t.Fatalf("Failures() = %+v, want [{%s %q}]", got, tc.rule, tc.want)
 			}
 		})
 	}
