@@ -29,7 +29,7 @@ throughout. At the end IPAM must be clean and the daemons' pods must be
 the lab's. The lab is removed however the soak ends (Ctrl-C too).
 
 The summary table ends with PASS or FAIL and the rules broken; the exit
-status is 3 when a rule is broken. The rules and their reasons are in
+status is 3 when a rule is broken, 1 when the soak was interrupted. The rules and their reasons are in
 docs/soak.md. make soak runs it for 20 minutes (make soak SOAK=2m for
 less).`,
 		Args: cobra.NoArgs,
@@ -54,6 +54,10 @@ less).`,
 			}
 			if err != nil {
 				return flatten(err)
+			}
+			if ctx.Err() != nil {
+				// Not a verdict: the soak did not run its course.
+				return fmt.Errorf("lab soak: interrupted after the summary above; lab %s removed", rep.Lab)
 			}
 			if n := len(rep.Failures()); n > 0 {
 				return problemsError{fmt.Sprintf("lab soak: %d problems", n)}
