@@ -37,7 +37,7 @@ FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARP
 # Where fuzz-long writes one log per target.
 FUZZLOG   ?= /tmp/podnet-fuzz-logs
 
-.PHONY: build deps test unit race allocs fuzz fuzz-long lab lab-down bench lint clean \
+.PHONY: build deps test unit race allocs fuzz fuzz-long lab lab-down soak bench lint clean \
         install uninstall install-cni uninstall-cni
 
 build:
@@ -121,6 +121,18 @@ lab: deps build
 
 lab-down: build
 	$(BIN) lab down
+
+# The soak (not in CI): a lab of its own ("soak"), traffic on every path
+# while a pod is added and one removed every second and the default pool
+# switches encapsulation live, for $(SOAK) (make soak SOAK=2m for less);
+# fails on daemon memory, goroutine or fd growth, an IPAM leak or a
+# duplicated address. docs/soak.md has the rules.
+# Each daemon's heap profile and goroutine stacks at the start and end go
+# to $(SOAK_PROFILES).
+SOAK      ?= 20m
+SOAK_PROFILES ?= /tmp/podnet-soak
+soak: deps build
+	$(BIN) lab soak --duration $(SOAK) --profiles $(SOAK_PROFILES)
 
 # Micro-benchmarks of the hot paths, then the bench suite (quick by
 # default; the full suite: make bench BENCH_ARGS="--out bench/results").

@@ -40,7 +40,7 @@ node commands on the host at that lab.`,
 	name := cmd.PersistentFlags().String("name", defaultLabName(), "lab name: prefix of all its namespaces (^[a-z][a-z0-9]{0,11}$; default $"+labEnv+", else "+lab.DefaultName+")")
 	cmd.AddCommand(newLabUpCmd(name), newLabStatusCmd(name), newLabExecCmd(name), newLabDownCmd(name),
 		newLabListCmd(), newLabEnvCmd(name), newLabGraphCmd(name), newLabIPCmd(name), newLabTourCmd(name), newLabTraceCmd(name), newLabCaptureCmd(name), newLabPodCmd(name), newLabScaleCmd(name),
-		newLabEventsCmd(name), newLabServeHTTPCmd(), newLabServeUDPEchoCmd())
+		newLabEventsCmd(name), newLabSoakCmd(name), newLabServeHTTPCmd(), newLabServeUDPEchoCmd())
 	return cmd
 }
 

@@ -24,11 +24,14 @@ import (
 // upTimeout bounds one lab.Up from a test.
 const upTimeout = 2 * time.Minute
 
-var build struct {
+type builtBinary struct {
 	once sync.Once
 	path string
 	err  error
 }
+
+// build is Binary's podnet, plain the one of PlainBinary.
+var build, plain builtBinary
 
 // Binary returns the path of a podnet binary built from the module that
 // contains the test's working directory. It is built once per test process
@@ -38,14 +41,27 @@ var build struct {
 // the compiler output.
 func Binary(t testing.TB) string {
 	t.Helper()
-	build.once.Do(func() { build.path, build.err = buildPodnet() })
+	build.once.Do(func() { build.path, build.err = buildPodnet(raceEnabled) })
 	if build.err != nil {
 		t.Fatalf("labtest: build podnet: %v", build.err)
 	}
 	return build.path
 }
 
-func buildPodnet() (string, error) {
+// PlainBinary is Binary built without the race detector, also when the
+// tests run under it: for tests that measure the daemon (its memory, how
+// many pods a second it takes), which would otherwise measure the race
+// detector's own cost (several times the memory and the time).
+func PlainBinary(t testing.TB) string {
+	t.Helper()
+	plain.once.Do(func() { plain.path, plain.err = buildPodnet(false) })
+	if plain.err != nil {
+		t.Fatalf("labtest: build podnet: %v", plain.err)
+	}
+	return plain.path
+}
+
+func buildPodnet(race bool) (string, error) {
 	gobin := goBinary()
 	out, err := exec.Command(gobin, "env", "GOMOD").Output()
 	if err != nil {
@@ -62,7 +78,7 @@ func buildPodnet() (string, error) {
 		return "", fmt.Errorf("make build dir: %w", err)
 	}
 	name := "podnet"
-	if raceEnabled {
+	if race {
 		name = "podnet-race"
 	}
 	bin := filepath.Join(dir, name)
@@ -70,7 +86,7 @@ func buildPodnet() (string, error) {
 	// the current binary, and a rename never changes a file being run.
 	tmp := fmt.Sprintf("%s.%d.tmp", bin, os.Getpid())
 	args := []string{"build", "-o", tmp}
-	if raceEnabled {
+	if race {
 		// The daemons' data and control planes are then checked too; a
 		// race makes the daemon exit, which fails the test that saw it.
 		args = append(args, "-race")
