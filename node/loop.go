@@ -32,6 +32,7 @@ var errStopped = errors.New("the node is stopping")
 // state is what the control loop owns.
 type state struct {
 	pods      map[string]*pod
+	tunnels   tunnelState  // which encapsulations have their sockets open
 	hostAddrs []netip.Addr // the node's own addresses
 	learned   []bgp.Path   // best paths from BGP peers
 	view      view         // what the datastore said last
@@ -170,6 +171,7 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 func (n *Node) setView(s *state, v view) error {
 	s.view, s.haveView, s.overheadKnown = v, true, true
 	n.applyPodMTU(s)
+	n.syncTunnels(s)
 	nodes := vswitch.NodeSet{}
 	for _, a := range v.nodeAddrs {
 		nodes[a] = true

@@ -59,6 +59,9 @@ type Config struct {
 	// TapOffload opens pod TAPs with virtio headers and TSO. When false
 	// pods get plain TAPs (github.com/songgao/water), one frame per read.
 	TapOffload bool
+	// TunnelGrace is how long the sockets of an encapsulation no pool
+	// uses any more stay open; 0 means 30 s.
+	TunnelGrace time.Duration
 	// ReplyPoll is how long a port's reader polls a pod it has just
 	// written to for the answer (vswitch.Config.ReplyPoll); 0 turns it off.
 	ReplyPoll time.Duration
@@ -251,9 +254,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	s.appliedMTU = s.podMTU(n.cfg.PodMTU)
-	if err := n.openUnderlay(); err != nil {
-		return err
-	}
+	n.enableForwarding()
 	ncfg := n.cfg.NAT
 	ncfg.Deliver = n.sw.Inject
 	ncfg.Logger = n.log.With("component", "nat")
@@ -442,23 +443,38 @@ func defaultRouteIface() string {
 	return ""
 }
 
-// openUnderlay opens the IP-in-IP socket and attaches it to the switch,
-// and lets the node's kernel forward (pods reach other nodes through it).
-func (n *Node) openUnderlay() error {
+// enableForwarding lets the node's kernel forward: pods reach other
+// nodes through it when their routes are not encapsulated.
+func (n *Node) enableForwarding() {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
 		n.log.Warn("cannot enable IPv4 forwarding; pods will not reach beyond this node unencapsulated", "err", err)
 	}
+}
+
+// tunnelMTU is the underlay MTU the tunnels carry.
+func (n *Node) tunnelMTU() int {
+	if n.underlayMTU == 0 {
+		return 1500
+	}
+	return n.underlayMTU
+}
+
+// openIPIP opens the IP-in-IP socket and attaches it to the switch.
+func (n *Node) openIPIP() error {
 	conn, err := encap.ListenIPIP(encap.IPIPConfig{})
 	if err != nil {
 		return fmt.Errorf("open IP-in-IP socket: %w", err)
 	}
-	mtu := n.underlayMTU
-	if mtu == 0 {
-		mtu = 1500
-	}
-	if err := n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: mtu, LocalAddr: n.underlayAddr.Addr()}); err != nil {
+	if err := n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: n.tunnelMTU(), LocalAddr: n.underlayAddr.Addr()}); err != nil {
+		conn.Close()
 		return err
 	}
+	return nil
+}
+
+// openVXLAN opens the VXLAN sockets (the one on the VXLAN port that
+// receives, and the per-flow senders) and attaches them to the switch.
+func (n *Node) openVXLAN() error {
 	vni, port := n.cfg.VXLANVNI, n.cfg.VXLANPort
 	if vni == 0 {
 		vni = encap.DefaultVNI
@@ -473,19 +489,26 @@ func (n *Node) openUnderlay() error {
 	// Datagrams leave from several ports, picked per flow, so that an
 	// ECMP underlay can spread the flows; replies all come to port.
 	senders := make([]vswitch.VXLANUnderlay, vxlanSenders)
+	closeAll := func(k int) {
+		for _, c := range senders[:k] {
+			c.Close()
+		}
+		vx.Close()
+	}
 	for i := range senders {
 		s, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: encap.AnyPort})
 		if err != nil {
-			for _, c := range senders[:i] {
-				c.Close()
-			}
-			vx.Close()
+			closeAll(i)
 			return fmt.Errorf("open VXLAN sender socket: %w", err)
 		}
 		senders[i] = s
 	}
-	return n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: mtu, VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders,
+	err = n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: n.tunnelMTU(), VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders,
 		LocalAddr: n.underlayAddr.Addr()})
+	if err != nil {
+		closeAll(len(senders))
+	}
+	return err
 }
 
 // vxlanSenders is how many source ports VXLAN flows are spread over.

@@ -124,3 +124,14 @@ func EncapOverhead(pools []*api.IPPool) int {
 	}
 	return o
 }
+
+// EncapsInUse reports whether any pool, disabled ones included (their
+// pods still route), uses IP-in-IP or VXLAN in any mode: the node needs
+// those tunnels open, and no others.
+func EncapsInUse(pools []*api.IPPool) (ipip, vxlan bool) {
+	for _, p := range pools {
+		ipip = ipip || p.Spec.IPIPMode.Enabled()
+		vxlan = vxlan || p.Spec.VXLANMode.Enabled()
+	}
+	return ipip, vxlan
+}

@@ -162,6 +162,26 @@ func TestEncapOverhead(t *testing.T) {
 	}
 }
 
+func TestEncapsInUse(t *testing.T) {
+	disabledVXLAN := pool("b", "10.1.0.0/16", "", api.EncapCrossSubnet, false)
+	disabledVXLAN.Spec.Disabled = true // its pods still route over VXLAN
+	tests := []struct {
+		name        string
+		pools       []*api.IPPool
+		ipip, vxlan bool
+	}{
+		{"no pools", nil, false, false},
+		{"never", []*api.IPPool{pool("a", "10.0.0.0/16", api.EncapNever, api.EncapNever, false)}, false, false},
+		{"ipip cross-subnet", []*api.IPPool{pool("a", "10.0.0.0/16", api.EncapCrossSubnet, "", false)}, true, false},
+		{"ipip and a disabled vxlan pool", []*api.IPPool{pool("a", "10.0.0.0/16", api.EncapAlways, "", false), disabledVXLAN}, true, true},
+	}
+	for _, tt := range tests {
+		if ipip, vxlan := EncapsInUse(tt.pools); ipip != tt.ipip || vxlan != tt.vxlan {
+			t.Errorf("%s: got ipip %v vxlan %v, want %v %v", tt.name, ipip, vxlan, tt.ipip, tt.vxlan)
+		}
+	}
+}
+
 func TestNATPools(t *testing.T) {
 	pools := []*api.IPPool{
 		pool("nat", "192.168.0.0/16", "", "", true),

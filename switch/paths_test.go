@@ -791,3 +791,34 @@ func fixTransport(b []byte) {
 	binary.BigEndian.PutUint16(b[20+off:], 0)
 	binary.BigEndian.PutUint16(b[20+off:], packet.TransportChecksum(ip))
 }
+
+// A detached tunnel's routes drop (no egress) and its reader stops; the
+// encapsulation can be attached again.
+func TestDetachTunnel(t *testing.T) {
+	n := newFakeNet(t)
+	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.vx.closed:
+	default:
+		t.Fatal("the VXLAN conn is still open after DetachTunnel")
+	}
+	for _, p := range n.s.Stats() {
+		if p.Kind == "underlay" && p.Device == "vxlan" {
+			t.Fatalf("port list still has the detached tunnel: %+v", p)
+		}
+	}
+	before := n.stats("a").Drops[DropRemoteUnsupported.String()]
+	n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 20}.build()))
+	n.waitDrop(t, "a", DropRemoteUnsupported, before)
+	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+		t.Fatalf("second detach: %v", err)
+	}
+	vx := newFakeVXLAN()
+	if err := n.s.AttachVXLAN(VXLANConfig{Conn: vx, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf}); err != nil {
+		t.Fatalf("attach again: %v", err)
+	}
+	n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 20}.build()))
+	vx.wait(t, 1)
+}

@@ -102,6 +102,25 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	return nil
 }
 
+// DetachTunnel stops the tunnel of encapsulation e, if one is attached:
+// routes of that encapsulation have no egress (and drop, counted) until
+// one is attached again, its reader stops and its sockets close. The
+// daemon closes the tunnel of an encapsulation no pool uses.
+func (s *Switch) DetachTunnel(e router.Encap) error {
+	s.mu.Lock()
+	if int(e) >= len(s.att.tunnels) || s.att.tunnels[e] == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	t := s.att.tunnels[e]
+	s.att.tunnels[e] = nil
+	s.recompileLocked()
+	s.mu.Unlock()
+	err := t.t.Close()
+	<-t.done
+	return err
+}
+
 // routineTunnelReader takes apart what other nodes send and delivers the
 // inner packets. AttachTunnel starts it; it exits when the tunnel closes.
 func (s *Switch) routineTunnelReader(t *tunnelPort) {

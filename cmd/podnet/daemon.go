@@ -129,6 +129,7 @@ system can reach.`,
 	f.StringVar(&cfg.Socket, "socket", nodeapi.DefaultSocket, "unix socket of the local API")
 	f.StringVar(&cfg.PodNetnsPrefix, "pod-netns-prefix", "", `name prefix of the namespaces "pod add --new" creates (default "<node>-")`)
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
+	f.DurationVar(&cfg.TunnelGrace, "tunnel-grace", 30*time.Second, "how long the sockets of an encapsulation no pool uses any more stay open")
 	f.DurationVar(&cfg.ReplyPoll, "reply-poll", 50*time.Microsecond, "how long a reader polls a pod it has just written to for the answer, saving a wake-up per hop (0: off)")
 	f.IntVar(&cfg.PodMTU, "pod-mtu", 0, "MTU of pods' eth0 (default: the underlay's)")
 	f.StringVar(&ipipMode, "default-ipv4-pool-ipip", "", "ipipMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_IPIP)")
