@@ -28,6 +28,9 @@ type packetRef struct {
 	// IP header: GSOType TCPv4 for a TSO superframe, Flags NeedsCsum for a
 	// partial transport checksum. Zero for a complete packet.
 	gso packet.VirtioNetHdr
+	// verified: the transport checksum was checked on the way in
+	// (VXLAN's decap does), so GRO need not sum it again.
+	verified bool
 }
 
 func (p packetRef) ipv4() packet.IPv4 { return packet.IPv4(p.buf[p.ip : p.ip+p.n]) }

@@ -259,7 +259,7 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		// Without DF the kernel fragments the outer packet.
 	}
 	if caps.coalesce && in.segmented() && f.dry == nil {
-		if !p.superframe() && !p.partialChecksum() && f.gro.Add(p.buf, p.ip, p.n) {
+		if !p.superframe() && !p.partialChecksum() && f.groAdd(p) {
 			f.groIn = in
 			return
 		}

@@ -16,6 +16,15 @@ import (
 const groMax = 128
 
 // flushGRO writes what GRO holds.
+// groAdd offers p to GRO, without summing its checksum again when the
+// ingress verified it.
+func (f *forwarder) groAdd(p packetRef) bool {
+	if p.verified {
+		return f.gro.AddVerified(p.buf, p.ip, p.n)
+	}
+	return f.gro.Add(p.buf, p.ip, p.n)
+}
+
 func (f *forwarder) flushGRO() {
 	if f.groIn == nil {
 		return

@@ -69,7 +69,12 @@ type tunnelPort struct {
 	capt     atomic.Pointer[Capture] // inner packets, both ways
 	done     chan struct{}
 	maxInner int
+	verifies bool // Decap checks inner transport checksums (checksumVerifier)
 }
+
+// checksumVerifier is a Tunnel whose Decap drops inner TCP and UDP
+// packets with a wrong checksum, so those it returns are known good.
+type checksumVerifier interface{ VerifiesChecksums() bool }
 
 // AttachTunnel makes the switch send routes of cfg.Tunnel's encapsulation
 // over it and starts the reader of what other nodes send that way.
@@ -86,6 +91,9 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	}
 	t := &tunnelPort{t: cfg.Tunnel, mtu: cfg.MTU, icmpSrc: GatewayIP.As4(), done: make(chan struct{})}
 	t.maxInner = cfg.MTU - cfg.Tunnel.Overhead()
+	if v, ok := cfg.Tunnel.(checksumVerifier); ok {
+		t.verifies = v.VerifiesChecksums()
+	}
 	if cfg.LocalAddr.Is4() {
 		t.icmpSrc = cfg.LocalAddr.As4()
 	}
@@ -146,7 +154,7 @@ func (f *forwarder) fromTunnel(t *tunnelPort, i int, buf []byte, off, size int) 
 		t.c.drop(reason)
 		return
 	}
-	f.fromNode(t, src, packetRef{buf: buf, ip: ip, n: n})
+	f.fromNode(t, src, packetRef{buf: buf, ip: ip, n: n, verified: t.verifies})
 }
 
 // fromNode checks and forwards inner packet p that node src sent.

@@ -124,6 +124,9 @@ func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, 
 	return src, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
 }
 
+// VerifiesChecksums: Decap drops inner TCP and UDP with a wrong checksum.
+func (t *vxlanTunnel) VerifiesChecksums() bool { return true }
+
 func (t *vxlanTunnel) NewSender() TunnelSender {
 	s := &vxlanSender{t: t, queues: make([]vxQueue, len(t.senders))}
 	for i := range s.queues {
