@@ -81,8 +81,9 @@ func (s podStore) load() ([]PodRecord, error) {
 // parsePodRecords decodes pods.json and checks every record, so that a
 // damaged or hand-edited file stops the daemon with the record and field
 // at fault instead of attaching a TAP in the wrong place: a DNS-label
-// name used once, an IPv4 pod address used once, an absolute netns path,
-// a known state.
+// name used once, an IPv4 pod address used once (none yet only in an
+// add's intent, written before the address is allocated), a clean
+// absolute netns path, a known state.
 func parsePodRecords(b []byte) ([]PodRecord, error) {
 	var recs []PodRecord
 	if err := json.Unmarshal(b, &recs); err != nil {
@@ -96,9 +97,10 @@ func parsePodRecords(b []byte) ([]PodRecord, error) {
 			return nil, fmt.Errorf("record %d: name %q is not a DNS label", i, r.Name)
 		case names[r.Name]:
 			return nil, fmt.Errorf("record %d: pod %s recorded twice", i, r.Name)
-		case !r.IP.Is4() || api.ValidatePodIPv4(r.IP) != nil:
+		case r.IP.IsValid() && (!r.IP.Is4() || api.ValidatePodIPv4(r.IP) != nil),
+			!r.IP.IsValid() && r.State != recAdding: // only an add's intent precedes its address
 			return nil, fmt.Errorf("record %d (pod %s): ip %v is not a pod IPv4 address", i, r.Name, r.IP)
-		case ips[r.IP] != "":
+		case r.IP.IsValid() && ips[r.IP] != "":
 			return nil, fmt.Errorf("record %d (pod %s): ip %v is also pod %s's", i, r.Name, r.IP, ips[r.IP])
 		case !filepath.IsAbs(r.Netns) || filepath.Clean(r.Netns) != r.Netns:
 			return nil, fmt.Errorf("record %d (pod %s): netns %q is not a clean absolute path", i, r.Name, r.Netns)
@@ -106,7 +108,9 @@ func parsePodRecords(b []byte) ([]PodRecord, error) {
 			return nil, fmt.Errorf("record %d (pod %s): unknown state %q", i, r.Name, r.State)
 		}
 		names[r.Name] = true
-		ips[r.IP] = r.Name
+		if r.IP.IsValid() {
+			ips[r.IP] = r.Name
+		}
 	}
 	return recs, nil
 }

@@ -22,6 +22,7 @@ func FuzzPodRecords(f *testing.F) {
 	f.Add([]byte(`[{"name":"a","ip":"10.0.0.1","netns":"../x"}]`))
 	f.Add([]byte(`[{"name":"a","ip":"10.0.0.1","netns":"/x"},{"name":"b","ip":"10.0.0.1","netns":"/y"}]`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`[{"name":"a","netns":"/run/netns/a","state":"adding"}]`)) // an add's intent, before its address
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, err := parsePodRecords(b)
 		if err != nil {
@@ -29,7 +30,7 @@ func FuzzPodRecords(f *testing.F) {
 		}
 		names := map[string]bool{}
 		for _, r := range recs {
-			if !podNameRE.MatchString(r.Name) || names[r.Name] || !r.IP.Is4() || len(r.Netns) == 0 || r.Netns[0] != '/' {
+			if !podNameRE.MatchString(r.Name) || names[r.Name] || (!r.IP.Is4() && r.State != recAdding) || len(r.Netns) == 0 || r.Netns[0] != '/' {
 				t.Fatalf("accepted a bad record %+v", r)
 			}
 			names[r.Name] = true
@@ -58,11 +59,20 @@ func TestPodRecordsRefused(t *testing.T) {
 		{`[{"name":"a","ip":"10.0.0.1","netns":"/x"},{"name":"b","ip":"10.0.0.1","netns":"/y"}]`, "ip 10.0.0.1 is also pod a's"},
 		{`[{"name":"a","ip":"10.0.0.1","netns":"/run/netns/../../etc"}]`, `netns "/run/netns/../../etc"`},
 		{`[{"name":"a","ip":"10.0.0.1","netns":"/x","state":"odd"}]`, `unknown state "odd"`},
+		{`[{"name":"a","netns":"/x"}]`, "record 0 (pod a): ip invalid IP"},
 		{`{`, "parse:"},
 	} {
 		_, err := parsePodRecords([]byte(tt.file))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: got %v, want an error with %q", tt.file, err, tt.want)
 		}
+	}
+}
+
+// An add's intent record has no address yet, and loads.
+func TestPodRecordsIntentLoads(t *testing.T) {
+	recs, err := parsePodRecords([]byte(`[{"name":"a","netns":"/run/netns/a","state":"adding"},{"name":"b","netns":"/run/netns/b","state":"adding"}]`))
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("intent records: %v, %+v", err, recs)
 	}
 }
