@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -65,8 +66,28 @@ func ping(t *testing.T, l *lab.Lab, from string, to netip.Addr) {
 	t.Helper()
 	out, err := l.Output(context.Background(), from, "ping", "-c", "2", "-i", "0.2", "-W", "2", to.String())
 	if err != nil {
-		t.Fatalf("ping %s from %s: %v\n%s", to, from, err, out)
+		t.Fatalf("ping %s from %s: %v\n%s%s", to, from, err, out, pathState(l))
 	}
+}
+
+// pathState describes what each node's switch counted and routes, for a
+// failure message: where a lost packet went.
+func pathState(l *lab.Lab) string {
+	var b strings.Builder
+	for _, n := range l.Status().Nodes {
+		var ports []vswitch.PortStats
+		if err := nodeapi.NewClient(n.Socket).Get(nodeapi.PathPorts, &ports); err != nil {
+			fmt.Fprintf(&b, "\n%s: ports: %v", n.Name, err)
+			continue
+		}
+		for _, p := range ports {
+			fmt.Fprintf(&b, "\n%s %s %s: rx %d tx %d drops %v", n.Name, p.Kind, p.Name, p.RxFrames, p.TxFrames, p.Drops)
+		}
+		if out, err := l.Output(context.Background(), n.Name, "ip", "-4", "route"); err == nil {
+			fmt.Fprintf(&b, "\n%s kernel routes:\n%s", n.Name, out)
+		}
+	}
+	return b.String()
 }
 
 func portStats(t *testing.T, c *nodeapi.Client, pod string) vswitch.PortStats {
