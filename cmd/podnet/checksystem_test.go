@@ -8,14 +8,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
 	"podnet/internal/syscheck"
 	"podnet/lab"
 	"podnet/lab/labtest"
+	"podnet/nodeapi"
+	vswitch "podnet/switch"
 )
 
 // checkRun runs bin with args and returns stdout, stderr and the exit code.
@@ -189,12 +193,13 @@ func TestCheckSystemNetns(t *testing.T) {
 }
 
 // TestCheckSystemLabNode runs checksystem on a lab node whose daemon
-// runs: the daemon's own BGP and VXLAN ports count as podnet's, the lab's
-// datastore answers; then, with IP forwarding turned off under the
+// runs: the daemon's own BGP and VXLAN ports count as podnet's (a VXLAN
+// lab: the daemon opens the VXLAN port only while a pool uses VXLAN), the
+// lab's datastore answers; then, with IP forwarding turned off under the
 // running daemon, the check fails (exit 3) and says how to fix it.
 func TestCheckSystemLabNode(t *testing.T) {
 	labtest.RequireRoot(t)
-	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: lab.NoPods})
+	l := labtest.Up(t, lab.Config{Nodes: 1, Pods: lab.NoPods, Encap: lab.EncapVXLAN})
 	bin := labtest.Binary(t)
 	node := l.Status().Nodes[0]
 	dir := t.TempDir()
@@ -208,6 +213,19 @@ func TestCheckSystemLabNode(t *testing.T) {
 			t.Fatalf("checksystem: exit %d\n%s%s", code, out, stderr)
 		}
 		return checksByName(t, out), code
+	}
+	// The daemon opens its tunnels once it has read the pools.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ports []vswitch.PortStats
+		err := nodeapi.NewClient(node.Socket).Get(nodeapi.PathPorts, &ports)
+		if err == nil && slices.ContainsFunc(ports, func(p vswitch.PortStats) bool { return p.Kind == "underlay" && p.Device == "vxlan" }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon has no VXLAN tunnel after 30s (%v): %+v", err, ports)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	m, code := check()
 	if code != 0 {
