@@ -168,6 +168,10 @@ func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
 			return
 		}
 	}
+	if !csumInTransport(hdr, 0, ip) {
+		h.c.drop(DropBadVirtioHeader)
+		return
+	}
 	if !containsAddr(f.fib.pools, ip.Src()) && f.dry == nil {
 		// From outside the cluster, routed to us by the node: remember the
 		// flow so the pod's answers go back the same way.

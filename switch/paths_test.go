@@ -598,6 +598,11 @@ func dropCases() []dropCase {
 	return []dropCase{
 		{name: "runt frame", port: "c", reason: DropTooShort, send: func(n *fakeNet) { n.c.dev.offer([]byte{1, 2, 3}) }},
 		{name: "no virtio header", port: "a", reason: DropBadVirtioHeader, send: func(n *fakeNet) { n.a.dev.offer([]byte{1, 2, 3}) }},
+		{name: "partial checksum inside the IP header", port: "a", reason: DropBadVirtioHeader, send: func(n *fakeNet) {
+			f := podFrame(n.a, udpA("10.0.0.2"))
+			packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, CsumStart: ethLen + 2}.Encode(f)
+			n.a.dev.offer(f)
+		}},
 		{name: "UDP superframe", port: "a", reason: DropBadGSO, send: func(n *fakeNet) {
 			f := podFrame(n.a, udpA("10.0.0.2"))
 			packet.VirtioNetHdr{GSOType: packet.GSOTCPv4, GSOSize: 100}.Encode(f)
