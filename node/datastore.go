@@ -115,7 +115,7 @@ func (n *Node) register(ctx context.Context) error {
 	if err := n.ensureDefaultPool(ctx); err != nil {
 		return err
 	}
-	return n.registerNode(ctx, podMTUFor(n.cfg.PodMTU, 0), false)
+	return n.registerNode(ctx, routing.PodMTU(n.cfg.PodMTU, 0), false)
 }
 
 // registerNode writes this node's Node resource (address, pod MTU).

@@ -108,7 +108,7 @@ func newState() *state {
 }
 
 // podMTU is the pods' MTU with the encapsulation the pools use now.
-func (s *state) podMTU(configured int) int { return podMTUFor(configured, s.view.overhead) }
+func (s *state) podMTU(configured int) int { return routing.PodMTU(configured, s.view.overhead) }
 
 // listed are the pods the API shows, sorted by name.
 func (s *state) listed() []*pod {

@@ -19,15 +19,6 @@ import (
 // packet already too big for a tunnel still gets ICMP
 // fragmentation-needed from the switch.
 
-// podMTUFor is the pods' MTU: the configured one less what encapsulation
-// costs, unless that would leave less than IPv4's minimum of 576.
-func podMTUFor(configured, overhead int) int {
-	if configured > overhead+576 {
-		return configured - overhead
-	}
-	return configured
-}
-
 // setPodMTU sets the MTU of the pod's eth0 inside its namespace.
 func setPodMTU(netnsPath string, mtu int) error {
 	ns, err := netns.GetFromPath(netnsPath)

@@ -25,6 +25,7 @@ import (
 	"podnet/api"
 	"podnet/datastore"
 	"podnet/encap"
+	"podnet/internal/netnsutil"
 	"podnet/internal/packet"
 	"podnet/internal/privsock"
 	"podnet/ipam"
@@ -338,7 +339,7 @@ func listenSocket(path string) (net.Listener, error) {
 func (n *Node) detectUnderlay() ([]netip.Addr, error) {
 	name := n.cfg.Underlay
 	if name == "" {
-		name = defaultRouteIface()
+		name = netnsutil.DefaultRouteLink()
 	}
 	if name == "" {
 		links, _ := netlink.LinkList()
@@ -426,21 +427,6 @@ func (n *Node) routineWatchAddrs(done <-chan struct{}) {
 			}
 		}
 	}
-}
-
-func defaultRouteIface() string {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return ""
-	}
-	for _, r := range routes {
-		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-				return l.Attrs().Name
-			}
-		}
-	}
-	return ""
 }
 
 // enableForwarding lets the node's kernel forward: pods reach other

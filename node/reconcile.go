@@ -190,7 +190,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache
 	if err := n.ensureTunnelAddrs(ctx, poolRs, self); err != nil {
 		n.log.Warn("tunnel addresses", "err", err)
 	}
-	if err := n.recordPodMTU(ctx, self, podMTUFor(n.cfg.PodMTU, routing.EncapOverhead(in.Pools))); err != nil {
+	if err := n.recordPodMTU(ctx, self, routing.PodMTU(n.cfg.PodMTU, routing.EncapOverhead(in.Pools))); err != nil {
 		n.log.Warn("record pod MTU", "err", err)
 	}
 	cache.save(n, in)

@@ -135,3 +135,16 @@ func EncapsInUse(pools []*api.IPPool) (ipip, vxlan bool) {
 	}
 	return ipip, vxlan
 }
+
+// MinPodMTU is IPv4's minimum MTU: encapsulation never takes pods below it.
+const MinPodMTU = 576
+
+// PodMTU is the pods' MTU for an underlay (or configured) MTU: less what
+// the pools' encapsulation costs (EncapOverhead), unless that would leave
+// less than MinPodMTU.
+func PodMTU(mtu, overhead int) int {
+	if mtu > overhead+MinPodMTU {
+		return mtu - overhead
+	}
+	return mtu
+}

@@ -197,3 +197,18 @@ func TestNATPools(t *testing.T) {
 		t.Errorf("allowed: got %v, want %v", allowed, want)
 	}
 }
+
+func TestPodMTU(t *testing.T) {
+	for _, tc := range []struct{ mtu, overhead, want int }{
+		{1500, encap.IPIPOverhead, 1480},
+		{1500, encap.VXLANOverhead, 1450},
+		{9000, encap.VXLANOverhead, 8950},
+		// Never below IPv4's minimum: the underlay's is kept.
+		{626, encap.VXLANOverhead, 626},
+		{627, encap.VXLANOverhead, 577},
+	} {
+		if got := PodMTU(tc.mtu, tc.overhead); got != tc.want {
+			t.Errorf("PodMTU(%d, %d) = %d, want %d", tc.mtu, tc.overhead, got, tc.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -51,4 +52,22 @@ func Do(nsPath string, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// DefaultRouteLink is the name of the interface the calling thread's
+// namespace's IPv4 default route leaves through, or "" if there is none:
+// the underlay a node uses when none is named.
+func DefaultRouteLink() string {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return ""
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				return l.Attrs().Name
+			}
+		}
+	}
+	return ""
 }

@@ -13,16 +13,20 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"podnet/encap"
+	"podnet/internal/netnsutil"
+	"podnet/routing"
 )
 
 // Encapsulation overheads, as the daemon subtracts them from the
 // underlay's MTU for pods: an outer IPv4 header, and for VXLAN also the
 // UDP and VXLAN headers and the inner Ethernet header.
 const (
-	IPIPOverhead  = 20
-	VXLANOverhead = 50
+	IPIPOverhead  = encap.IPIPOverhead
+	VXLANOverhead = encap.VXLANOverhead
 	// minPodMTU is IPv4's minimum; the daemon never goes below it.
-	minPodMTU = 576
+	minPodMTU = routing.MinPodMTU
 )
 
 // The capabilities the daemon uses, and for what.
@@ -249,7 +253,7 @@ func checkMTU(cfg Config) Result {
 		how = "given"
 	}
 	if iface == "" {
-		iface, how = defaultRouteIface(), "the default route's"
+		iface, how = netnsutil.DefaultRouteLink(), "the default route's"
 		if iface == "" {
 			return problem(name, "no default route, so no underlay interface to pick",
 				"give the daemon --underlay IFACE (underlay: in /etc/podnet/daemon.yaml)")
@@ -261,7 +265,7 @@ func checkMTU(cfg Config) Result {
 	}
 	mtu := l.Attrs().MTU
 	detail := fmt.Sprintf("underlay %s (%s) MTU %d: pod MTU %d with IP-in-IP (-%d), %d with VXLAN (-%d), %d without encapsulation",
-		iface, how, mtu, podMTU(mtu, IPIPOverhead), IPIPOverhead, podMTU(mtu, VXLANOverhead), VXLANOverhead, mtu)
+		iface, how, mtu, routing.PodMTU(mtu, IPIPOverhead), IPIPOverhead, routing.PodMTU(mtu, VXLANOverhead), VXLANOverhead, mtu)
 	if cfg.PodMTU > 0 {
 		detail += fmt.Sprintf("; --pod-mtu %d is set", cfg.PodMTU)
 		if cfg.PodMTU > mtu-IPIPOverhead {
@@ -275,30 +279,6 @@ func checkMTU(cfg Config) Result {
 		return warn(name, detail, "the underlay's MTU is too small for an encapsulated pod MTU of at least 576: raise it, or use pools without encapsulation")
 	}
 	return ok(name, detail)
-}
-
-// podMTU is the daemon's rule (node.podMTUFor): the underlay's MTU less
-// the overhead, unless that leaves less than IPv4's minimum.
-func podMTU(mtu, overhead int) int {
-	if mtu > overhead+minPodMTU {
-		return mtu - overhead
-	}
-	return mtu
-}
-
-func defaultRouteIface() string {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return ""
-	}
-	for _, r := range routes {
-		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-				return l.Attrs().Name
-			}
-		}
-	}
-	return ""
 }
 
 // checkUDPOffload asks for what the VXLAN transport uses when it can:

@@ -81,21 +81,6 @@ func TestDaemonPID(t *testing.T) {
 	}
 }
 
-func TestPodMTU(t *testing.T) {
-	for _, tc := range []struct{ mtu, overhead, want int }{
-		{1500, IPIPOverhead, 1480},
-		{1500, VXLANOverhead, 1450},
-		{9000, VXLANOverhead, 8950},
-		// Never below IPv4's minimum: the daemon keeps the underlay's.
-		{626, VXLANOverhead, 626},
-		{627, VXLANOverhead, 577},
-	} {
-		if got := podMTU(tc.mtu, tc.overhead); got != tc.want {
-			t.Errorf("podMTU(%d, %d) = %d, want %d", tc.mtu, tc.overhead, got, tc.want)
-		}
-	}
-}
-
 func TestProblems(t *testing.T) {
 	rs := []Result{ok("a", ""), warn("b", "", "x"), problem("c", "", "y"), problem("d", "", "z")}
 	if n := Problems(rs); n != 2 {
