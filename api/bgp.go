@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// BGP defaults (docs/calico.md §5.1).
+// BGP defaults (docs/calico-conventions.md §5.1).
 const (
 	DefaultASNumber          ASNumber = 64512
 	DefaultBGPListenPort              = 179
@@ -28,7 +28,7 @@ const (
 )
 
 // BGPConfiguration is the global ("default") or per-node ("node.<name>")
-// BGP configuration (docs/calico.md §5.2).
+// BGP configuration (docs/calico-conventions.md §5.2).
 type BGPConfiguration struct {
 	TypeMeta
 	ObjectMeta `json:"metadata"`
@@ -131,7 +131,7 @@ func (c *BGPConfiguration) Validate() error {
 
 // BGPPeer is a BGP session to configure: with a fixed peer (peerIP and
 // asNumber) or with the nodes matching peerSelector; on all nodes, on one
-// node, or on the nodes matching nodeSelector (docs/calico.md §5.3).
+// node, or on the nodes matching nodeSelector (docs/calico-conventions.md §5.3).
 type BGPPeer struct {
 	TypeMeta
 	ObjectMeta `json:"metadata"`

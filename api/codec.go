@@ -496,7 +496,7 @@ const (
 )
 
 // Encode writes resources as YAML or JSON, with keys sorted
-// alphabetically (calicoctl marshals through JSON, docs/calico.md §1.5), each
+// alphabetically (calicoctl marshals through JSON, docs/calico-conventions.md §1.5), each
 // with the apiVersion it was written with (OutputAPIVersion). One
 // resource is written as itself; several (or none) as a list:
 // "<Kind>List" when they share a kind, else "List".

@@ -3,7 +3,7 @@ package api
 // IPAMConfigurationName is the only name an IPAMConfiguration may have.
 const IPAMConfigurationName = "default"
 
-// IPAMConfiguration is the cluster-wide IPAM configuration (docs/calico.md
+// IPAMConfiguration is the cluster-wide IPAM configuration (docs/calico-conventions.md
 // §2.4), a singleton named "default".
 type IPAMConfiguration struct {
 	TypeMeta

@@ -38,7 +38,7 @@ const (
 	AssignManual    = "Manual"
 )
 
-// Defaults of an IPPool (docs/calico.md §1.1) and of the pool the daemon
+// Defaults of an IPPool (docs/calico-conventions.md §1.1) and of the pool the daemon
 // creates when there is none (§1.4).
 const (
 	DefaultBlockSizeIPv4 = 26
@@ -56,7 +56,7 @@ type IPPool struct {
 	Spec       IPPoolSpec `json:"spec"`
 }
 
-// IPPoolSpec has Calico's IPPool fields (docs/calico.md §1.1).
+// IPPoolSpec has Calico's IPPool fields (docs/calico-conventions.md §1.1).
 type IPPoolSpec struct {
 	// CIDR is the pool's range; required, strictly masked, immutable.
 	CIDR string `json:"cidr"`
@@ -90,7 +90,7 @@ func NewIPPool(name string) *IPPool {
 
 // DefaultIPPool is the pool the daemon creates when no IPv4 pool exists:
 // 192.168.0.0/16, blocks of /26 and, unlike a pool written by hand,
-// natOutgoing true (docs/calico.md §1.4).
+// natOutgoing true (docs/calico-conventions.md §1.4).
 func DefaultIPPool() *IPPool {
 	p := NewIPPool(DefaultPoolName)
 	p.Spec.CIDR = DefaultPoolCIDR
@@ -137,7 +137,7 @@ func (p *IPPool) SetDefaults() {
 }
 
 // Validate implements Resource with Calico's checks and reason texts
-// (docs/calico.md §1.2). Call SetDefaults first: empty modes are invalid here.
+// (docs/calico-conventions.md §1.2). Call SetDefaults first: empty modes are invalid here.
 func (p *IPPool) Validate() error {
 	var fe fieldErrors
 	validateMeta(&fe, &p.ObjectMeta)

@@ -13,12 +13,12 @@ type Node struct {
 	Status     *NodeStatus `json:"status,omitempty"`
 }
 
-// NodeSpec has Calico's Node fields that podnet uses (docs/calico.md §5.4).
+// NodeSpec has Calico's Node fields that podnet uses (docs/calico-conventions.md §5.4).
 type NodeSpec struct {
 	BGP *NodeBGPSpec `json:"bgp,omitempty"`
 	// IPv4VXLANTunnelAddr is the node's VXLAN tunnel address (from a pool).
 	IPv4VXLANTunnelAddr string `json:"ipv4VXLANTunnelAddr,omitempty"`
-	// VXLANTunnelMACAddr is the node's VTEP MAC; empty: 0x66 + SHA-1(node name)[:5] (docs/calico.md §3.3).
+	// VXLANTunnelMACAddr is the node's VTEP MAC; empty: 0x66 + SHA-1(node name)[:5] (docs/calico-conventions.md §3.3).
 	VXLANTunnelMACAddr string `json:"vxlanTunnelMACAddr,omitempty"`
 	// Addresses and OrchRefs are accepted from Calico Node documents.
 	Addresses []NodeAddress `json:"addresses,omitempty"`

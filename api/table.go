@@ -20,7 +20,7 @@ type TableOptions struct {
 }
 
 // TableHeadings returns the column headings of kind for -o ps or wide
-// (docs/calico.md §1.6).
+// (docs/calico-conventions.md §1.6).
 func TableHeadings(kind string, wide bool) []string {
 	switch kind {
 	case KindIPPool:

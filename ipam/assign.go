@@ -144,7 +144,7 @@ func poolNames(pools []Pool) string {
 }
 
 // AutoAssign allocates one address for a.Node from a.Pools with Calico's
-// algorithm (docs/calico.md §2.3):
+// algorithm (docs/calico-conventions.md §2.3):
 //
 //  1. the lowest free address of the first block affine to the node (in
 //     pool preference order, then block order) that has one;

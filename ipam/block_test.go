@@ -110,7 +110,7 @@ func TestBlockJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := b.encode()
-	// Calico's AllocationBlock field names (docs/calico.md §2.2).
+	// Calico's AllocationBlock field names (docs/calico-conventions.md §2.2).
 	var raw map[string]any
 	if err := json.Unmarshal(data, &raw); err != nil {
 		t.Fatal(err)
