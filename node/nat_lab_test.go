@@ -86,12 +86,7 @@ func TestNATOutgoing(t *testing.T) {
 	})
 	t.Run("50 MB download checked", func(t *testing.T) {
 		const n = 50 << 20
-		c, err := dialFrom(nsPath(t, l, "test-2"), netip.AddrPortFrom(external, 80), 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		c := dialExternalHTTP(t, l, "test-2", external)
 		fmt.Fprintf(c, "GET /bytes?n=%d HTTP/1.1\r\nHost: external\r\nConnection: close\r\n\r\n", n)
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
@@ -121,12 +116,7 @@ func TestNATOutgoing(t *testing.T) {
 	// whole with their partial checksums: the bytes must arrive intact.
 	t.Run("50 MB upload checked", func(t *testing.T) {
 		const n = 50 << 20
-		c, err := dialFrom(nsPath(t, l, "test-2"), netip.AddrPortFrom(external, 80), 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		c := dialExternalHTTP(t, l, "test-2", external)
 		fmt.Fprintf(c, "POST /check HTTP/1.1\r\nHost: external\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n)
 		buf := make([]byte, 1<<16)
 		for off := int64(0); off < n; off += int64(len(buf)) {
@@ -267,4 +257,17 @@ func TestNATOutgoing(t *testing.T) {
 func exec_(ctx context.Context, name string, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// dialExternalHTTP connects from pod to the outside host's HTTP port
+// through NAT, with two minutes for the whole exchange; the test closes it.
+func dialExternalHTTP(t *testing.T, l *lab.Lab, pod string, external netip.Addr) net.Conn {
+	t.Helper()
+	c, err := dialFrom(nsPath(t, l, pod), netip.AddrPortFrom(external, 80), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	return c
 }

@@ -147,7 +147,9 @@ func TestReplyPollingBacksOff(t *testing.T) {
 		a.dev.offer(podFrame(a, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 8}.build()))
 		e.wait(t, i+1)
 	}
+	s.mu.Lock()
 	p := s.att.pods[ePort]
+	s.mu.Unlock()
 	deadline := time.Now().Add(5 * time.Second)
 	for p.quietUntil.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -243,7 +245,9 @@ func TestReplyPollingLeavesBulkAlone(t *testing.T) {
 	e.size = 1000
 	a.dev.offer(podFrame(a, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 8}.build()))
 	a.dev.wait(t, 2)
+	s.mu.Lock()
 	p := s.att.pods[ePort]
+	s.mu.Unlock()
 	if p.quietUntil.Load() <= time.Now().UnixNano() {
 		t.Errorf("pod e answered with 1000-byte packets and is still polled")
 	}
