@@ -5,13 +5,16 @@ import (
 	"encoding/binary"
 )
 
-// TCP receive coalescing (GRO) for packets bound for one pod's TAP. The
-// switch gets a bulk TCP stream from the underlay or the host TUN as one
-// ~1.4 KB segment per packet; written one write(2) each, the TAP caps
-// cross-node throughput. A TAP opened with IFF_VNET_HDR and TUN_F_TSO4
-// also accepts one 64 KiB superframe plus a virtio-net header asking for
-// GSO_TCPV4, so GRO merges consecutive in-order segments of a flow into
-// such a superframe and the pod's kernel takes the burst in one write.
+// Receive coalescing (GRO) for packets bound for a TAP or TUN. The switch
+// gets a bulk TCP stream from the underlay or the host TUN as one ~1.4 KB
+// segment per packet, and a UDP stream always as one datagram per packet;
+// written one write(2) each, every packet pays the whole receive path of
+// the kernel behind the device. A TAP opened with IFF_VNET_HDR also
+// accepts one superframe of up to 64 KiB plus a virtio-net header asking
+// for GSO_TCPV4 (or, on kernels with USO, GSO_UDP_L4), so GRO merges
+// consecutive segments of a flow into such a superframe and the kernel
+// takes the burst in one write, cutting it again only where it must (a
+// UDP socket gets its datagrams one by one, exactly as they were sent).
 //
 // The rules follow the kernel's tcp_gro_receive and inet_gro_receive
 // (net/ipv4/tcp_offload.c, af_inet.c), as wireguard-go's
@@ -40,7 +43,21 @@ import (
 // superframe has its own GSO count up from the head's ID again. IDs of
 // DF packets carry no meaning anyway (RFC 6864 §4.1).
 //
-// A flow's segments are keyed by addresses and ports only. A segment that
+// UDP datagrams merge as the kernel's udp_gro_receive_segment merges them
+// for forwarding (GSO_UDP_L4), and only when the caller says the device
+// takes that (GROOpts.UDP): the same IPv4 rules; a UDP length field equal
+// to what the packet holds and a non-empty payload; every datagram of the
+// first one's size except a shorter last one; the checksum present in all
+// or in none (a zero UDP checksum is "none"); valid checksums as for TCP.
+// A USO superframe is cut back at exactly those boundaries, so each
+// datagram reaches the socket as it was sent.
+//
+// A packet whose checksum is partial (virtio-net NEEDS_CSUM: it comes from
+// a local kernel, which will finish it) merges only with partial ones, and
+// unverified: there is no checksum to verify yet. A lone one comes back
+// from Flush with its NEEDS_CSUM header.
+//
+// A flow's segments are keyed by protocol, addresses and ports. A segment that
 // cannot be appended, the ACK number changing included, closes the flow's
 // pending packet and becomes the flow's newest entry, so Flush emits each
 // flow's packets in arrival order, as the kernel's GRO flush does.
@@ -62,7 +79,8 @@ const (
 	groMaxLen = 65535
 )
 
-// groFlowKey identifies a TCP flow: addresses and ports of one direction.
+// groFlowKey identifies a flow: protocol, addresses and ports of one
+// direction.
 // Unlike wireguard-go's, it leaves out the ACK number: a segment with a new
 // ACK ends the flow's pending packet (as in tcp_gro_receive) instead of
 // opening a parallel one that a later segment could merge into out of
@@ -70,10 +88,11 @@ const (
 type groFlowKey struct {
 	addrs uint64 // source << 32 | destination
 	ports uint32 // source << 16 | destination
+	proto uint8
 }
 
 func (k groFlowKey) hash() uint64 {
-	h := k.addrs*0x9e3779b97f4a7c15 ^ uint64(k.ports)*0xc2b2ae3d27d4eb4f
+	h := k.addrs*0x9e3779b97f4a7c15 ^ (uint64(k.ports)|uint64(k.proto)<<32)*0xc2b2ae3d27d4eb4f
 	return h ^ h>>31
 }
 
@@ -86,14 +105,18 @@ type groEntry struct {
 	key      groFlowKey
 	keyed    bool   // key is valid (the packet has a TCP header)
 	open     bool   // segments may still be appended
-	verified bool   // the head's TCP checksum has been checked and is valid
+	verified bool   // the head's checksum has been checked and is valid
+	partial  bool   // the head's checksum is partial (GROOpts.Partial)
 	segs     uint16 // segments merged so far, the head included
 	gsoSize  uint16 // the head's payload length: every segment's but the last
-	hdrLen   uint8  // IPv4 + TCP header length
-	nextSeq  uint32 // sequence number the next segment must carry
+	hdrLen   uint8  // IPv4 + transport header length
+	proto    uint8  // ProtoTCP or ProtoUDP
+	nextSeq  uint32 // TCP: sequence number the next segment must carry
+	noCsum   bool   // UDP: the head's checksum field is 0 (none)
 }
 
-// GRO merges TCP/IPv4 segments bound for one pod port into superframes.
+// GRO merges TCP/IPv4 segments and UDP/IPv4 datagrams bound for pod
+// ports or the host TUN into superframes.
 // The zero value is not usable; call NewGRO. A GRO is not safe for
 // concurrent use: each port's writer owns one.
 //
@@ -125,16 +148,42 @@ func NewGRO(maxPackets int) *GRO {
 	}
 }
 
-// groSegment is what Add learns about an offered TCP packet.
+// groSegment is what Add learns about an offered TCP or UDP packet.
 type groSegment struct {
 	key        groFlowKey
-	keyed      bool // has a complete TCP header, so key is valid
+	keyed      bool // has a complete transport header, so key is valid
 	coalescing bool // may take part in a merge at all
 	iphLen     int
-	tcpLen     int
+	tcpLen     int // transport header length (8 for UDP)
 	payload    int
 	seq        uint32
 	flags      uint8
+	noCsum     bool // UDP checksum field is 0
+}
+
+// parseGRODatagram inspects ip, an IPv4/UDP packet resliced to its total
+// length.
+func parseGRODatagram(ip IPv4) (s groSegment) {
+	s.iphLen = ip.HeaderLen()
+	if ip.FragmentOffset() != 0 || len(ip)-s.iphLen < UDPHeaderLen {
+		return s
+	}
+	u := UDP(ip[s.iphLen:])
+	s.tcpLen = UDPHeaderLen
+	s.keyed = true
+	s.key = groFlowKey{
+		addrs: uint64(binary.BigEndian.Uint32(ip[ipv4Src:]))<<32 | uint64(binary.BigEndian.Uint32(ip[ipv4Dst:])),
+		ports: uint32(u.SrcPort())<<16 | uint32(u.DstPort()),
+		proto: ProtoUDP,
+	}
+	s.payload = len(u) - UDPHeaderLen
+	s.noCsum = u.Checksum() == 0
+	// udp_gro_receive_segment refuses a length field that disagrees with
+	// the packet (padding, or a lie) and empty datagrams, which GSO cannot
+	// describe.
+	s.coalescing = s.iphLen == IPv4MinHeaderLen && !ip.MoreFragments() &&
+		int(u.Length()) == len(u) && s.payload > 0
+	return s
 }
 
 // parseGROSegment inspects ip, an IPv4/TCP packet resliced to its total
@@ -153,6 +202,7 @@ func parseGROSegment(ip IPv4) (s groSegment) {
 	s.key = groFlowKey{
 		addrs: uint64(binary.BigEndian.Uint32(ip[ipv4Src:]))<<32 | uint64(binary.BigEndian.Uint32(ip[ipv4Dst:])),
 		ports: uint32(t.SrcPort())<<16 | uint32(t.DstPort()),
+		proto: ProtoTCP,
 	}
 	s.payload = len(t) - s.tcpLen
 	s.seq = t.Seq()
@@ -163,6 +213,20 @@ func parseGROSegment(ip IPv4) (s groSegment) {
 		s.payload > 0 && s.flags&TCPFlagACK != 0 &&
 		s.flags&(TCPFlagSYN|TCPFlagFIN|TCPFlagRST|TCPFlagURG) == 0
 	return s
+}
+
+// GROOpts is what the caller knows about a packet it offers (AddWith).
+type GROOpts struct {
+	// Verified: the caller has checked the transport checksum and found
+	// it valid, so it is not summed a second time.
+	Verified bool
+	// Partial: the transport checksum is partial (virtio-net NEEDS_CSUM)
+	// with CsumStart at the end of the IPv4 header and CsumOffset at the
+	// protocol's checksum field; nothing is verified.
+	Partial bool
+	// UDP: UDP datagrams may merge too; set it only when the device the
+	// result goes to takes GSO_UDP_L4. Without it UDP is refused.
+	UDP bool
 }
 
 // Add offers the IPv4 packet buf[off:off+n] and reports whether g took
@@ -183,30 +247,42 @@ func parseGROSegment(ip IPv4) (s groSegment) {
 // after the IPv4 total length, such as Ethernet padding, are not part of
 // the packet.
 //
-// Checksums must be complete: a packet with a partial checksum (virtio-net
-// NEEDS_CSUM) does not merge, and Flush hands it back with an all-zero
-// header. Each segment's TCP checksum is verified before it is merged,
-// because the merged packet goes out with NEEDS_CSUM, which the pod's
-// kernel takes as "checksum already good" (CHECKSUM_PARTIAL): a corrupt
-// segment inside it would reach the socket. A segment that fails stays a
-// lone packet, untouched, and the pod's kernel drops it.
-func (g *GRO) Add(buf []byte, off, n int) bool { return g.add(buf, off, n, false) }
+// Checksums must be complete (AddWith takes partial ones). Each segment's
+// checksum is verified before it is merged, because the merged packet
+// goes out with NEEDS_CSUM, which the receiving kernel takes as "checksum
+// already good" (CHECKSUM_PARTIAL): a corrupt segment inside it would
+// reach the socket. A segment that fails stays a lone packet, untouched,
+// and the receiving kernel drops it.
+func (g *GRO) Add(buf []byte, off, n int) bool { return g.AddWith(buf, off, n, GROOpts{}) }
 
 // AddVerified is Add for a packet whose TCP checksum the caller has just
 // verified (the switch checks what arrives from a tunnel anyway): it is
 // not summed a second time.
-func (g *GRO) AddVerified(buf []byte, off, n int) bool { return g.add(buf, off, n, true) }
+func (g *GRO) AddVerified(buf []byte, off, n int) bool {
+	return g.AddWith(buf, off, n, GROOpts{Verified: true})
+}
 
-func (g *GRO) add(buf []byte, off, n int, verified bool) bool {
+// AddWith is Add with what the caller knows of the packet: a verified or
+// partial checksum, and whether UDP may merge. With opts.UDP, UDP packets
+// are taken as TCP ones are (held in order, merged when the rules allow).
+func (g *GRO) AddWith(buf []byte, off, n int, opts GROOpts) bool {
 	if off < 0 || n < 0 || off > len(buf) || n > len(buf)-off {
 		return false
 	}
 	ip := IPv4(buf[off : off+n])
-	if ip.Validate() != ParseOK || ip.Protocol() != ProtoTCP {
+	if ip.Validate() != ParseOK {
 		return false
 	}
 	ip = ip[:ip.TotalLen()]
-	s := parseGROSegment(ip)
+	var s groSegment
+	switch {
+	case ip.Protocol() == ProtoTCP:
+		s = parseGROSegment(ip)
+	case ip.Protocol() == ProtoUDP && opts.UDP:
+		s = parseGRODatagram(ip)
+	default:
+		return false
+	}
 
 	slot := -1
 	if s.keyed {
@@ -214,7 +290,7 @@ func (g *GRO) add(buf []byte, off, n int, verified bool) bool {
 		if i := g.slots[slot]; i != 0 {
 			e := &g.entries[i-1]
 			if e.open {
-				if g.merge(e, ip, &s, verified) {
+				if g.merge(e, ip, &s, opts) {
 					return true
 				}
 				// Whatever failed, nothing of this flow may be appended to
@@ -226,6 +302,10 @@ func (g *GRO) add(buf []byte, off, n int, verified bool) bool {
 	if len(g.entries) == cap(g.entries) {
 		return false
 	}
+	open := s.coalescing
+	if ip.Protocol() == ProtoTCP {
+		open = open && s.flags&TCPFlagPSH == 0
+	}
 	g.entries = append(g.entries, groEntry{
 		buf:     buf[:cap(buf)],
 		off:     off,
@@ -233,14 +313,17 @@ func (g *GRO) add(buf []byte, off, n int, verified bool) bool {
 		ipLen:   len(ip),
 		key:     s.key,
 		keyed:   s.keyed,
-		open:    s.coalescing && s.flags&TCPFlagPSH == 0,
+		open:    open,
 		segs:    1,
 		gsoSize: uint16(s.payload),
 		hdrLen:  uint8(s.iphLen + s.tcpLen),
+		proto:   ip.Protocol(),
 		nextSeq: s.seq + uint32(s.payload),
+		noCsum:  s.noCsum,
 		// The head is checked when a second segment comes to merge,
 		// unless the caller has checked it already.
-		verified: verified,
+		verified: opts.Verified,
+		partial:  opts.Partial,
 	})
 	if slot >= 0 {
 		g.slots[slot] = int32(len(g.entries))
@@ -264,11 +347,11 @@ func (g *GRO) lookup(key groFlowKey) int {
 // merge appends segment ip, described by s, to the open entry e of the
 // same flow if the rules in the file comment allow, and reports whether
 // it did.
-func (g *GRO) merge(e *groEntry, ip IPv4, s *groSegment, verified bool) bool {
-	if !s.coalescing || int(e.hdrLen) != s.iphLen+s.tcpLen {
+func (g *GRO) merge(e *groEntry, ip IPv4, s *groSegment, opts GROOpts) bool {
+	if !s.coalescing || int(e.hdrLen) != s.iphLen+s.tcpLen || e.partial != opts.Partial {
 		return false
 	}
-	if s.seq != e.nextSeq || s.payload > int(e.gsoSize) || e.segs >= GROMaxSegments {
+	if s.payload > int(e.gsoSize) || e.segs >= GROMaxSegments {
 		return false
 	}
 	newLen := e.ipLen + s.payload
@@ -282,25 +365,21 @@ func (g *GRO) merge(e *groEntry, ip IPv4, s *groSegment, verified bool) bool {
 		ip[ipv4FlagsFrag]&0xe0 != head[ipv4FlagsFrag]&0xe0 {
 		return false
 	}
-	ht, st := TCP(head[s.iphLen:]), TCP(ip[s.iphLen:])
-	// tcp_gro_receive compares the whole word at offset 12 (data offset,
-	// reserved bits, flags, window) except CWR, FIN and PSH, and flushes
-	// when the new segment has CWR: CWR may only be on the first segment,
-	// which is also where tcp_gso_segment puts it back.
-	if st.Flags()&^TCPFlagPSH != ht.Flags()&^TCPFlagCWR ||
-		st[tcpDataOffset] != ht[tcpDataOffset] || st.Window() != ht.Window() ||
-		st.Ack() != ht.Ack() ||
-		!bytes.Equal(st[TCPMinHeaderLen:s.tcpLen], ht[TCPMinHeaderLen:s.tcpLen]) {
-		return false
+	if e.proto == ProtoTCP {
+		if !mergeableTCP(e, head, ip, s) {
+			return false
+		}
+	} else if s.noCsum != e.noCsum {
+		return false // udp_gro_receive_segment: checksum in all or none
 	}
-	if !e.verified {
+	if !e.verified && !e.partial {
 		// The head is still exactly as it arrived: merging starts here.
 		if !TransportChecksumValid(head) {
 			return false
 		}
 		e.verified = true
 	}
-	if !verified && !TransportChecksumValid(ip) {
+	if !opts.Verified && !opts.Partial && !TransportChecksumValid(ip) {
 		return false
 	}
 
@@ -309,9 +388,10 @@ func (g *GRO) merge(e *groEntry, ip IPv4, s *groSegment, verified bool) bool {
 	e.n = newLen
 	e.segs++
 	e.nextSeq += uint32(s.payload)
-	if s.flags&TCPFlagPSH != 0 {
+	if e.proto == ProtoTCP && s.flags&TCPFlagPSH != 0 {
 		// PSH ends the packet and is carried on it, as tcp_gro_receive
 		// ORs the new segment's FIN/PSH into the held head.
+		ht := TCP(head[s.iphLen:])
 		ht.SetFlags(ht.Flags() | TCPFlagPSH)
 		e.open = false
 	}
@@ -321,19 +401,39 @@ func (g *GRO) merge(e *groEntry, ip IPv4, s *groSegment, verified bool) bool {
 	return true
 }
 
+// mergeableTCP applies the TCP rules of the file comment to segment ip
+// and the head of e.
+func mergeableTCP(e *groEntry, head, ip IPv4, s *groSegment) bool {
+	if s.seq != e.nextSeq {
+		return false
+	}
+	ht, st := TCP(head[s.iphLen:]), TCP(ip[s.iphLen:])
+	// tcp_gro_receive compares the whole word at offset 12 (data offset,
+	// reserved bits, flags, window) except CWR, FIN and PSH, and flushes
+	// when the new segment has CWR: CWR may only be on the first segment,
+	// which is also where tcp_gso_segment puts it back.
+	return st.Flags()&^TCPFlagPSH == ht.Flags()&^TCPFlagCWR &&
+		st[tcpDataOffset] == ht[tcpDataOffset] && st.Window() == ht.Window() &&
+		st.Ack() == ht.Ack() &&
+		bytes.Equal(st[TCPMinHeaderLen:s.tcpLen], ht[TCPMinHeaderLen:s.tcpLen])
+}
+
 // Flush calls emit for every pending packet, in the arrival order of each
 // one's first segment, then empties g; it holds no buffers afterwards.
 // buf[off:off+n] is a complete IPv4 packet, and hdr the virtio-net header
 // to write with it, with CsumStart and HdrLen relative to the IPv4 header
 // (the caller adds EthernetHeaderLen to both).
 //
-// A lone packet comes back untouched with an all-zero hdr. A merged one
-// has its total length and IPv4 header checksum rewritten, PSH if its last
-// segment had it, and, as tcp_gro_complete leaves it, CHECKSUM_PARTIAL:
-// the TCP checksum field holds the folded pseudo-header sum, and hdr says
-// VirtioNetHdrFNeedsCsum, GSOTCPv4 (with GSOECN when the head has CWR),
-// GSOSize the first segment's payload, CsumStart the IPv4 header length
-// and CsumOffset 16.
+// A lone packet comes back untouched, with an all-zero hdr, or with just
+// NEEDS_CSUM at the standard offsets when it came in partial. A merged
+// one has its total length and IPv4 header checksum rewritten and, as the
+// kernel's tcp_gro_complete and udp_gro_complete leave it,
+// CHECKSUM_PARTIAL: the transport checksum field holds the folded
+// pseudo-header sum of the whole, and hdr says VirtioNetHdrFNeedsCsum,
+// GSOSize the first segment's payload, CsumStart the IPv4 header length,
+// and for TCP GSOTCPv4 (with GSOECN when the head has CWR), PSH if its
+// last segment had it, CsumOffset 16; for UDP GSOUDPL4, the UDP length
+// field of the whole, CsumOffset 6.
 //
 // emit must not call g's methods. Pass a func value the caller keeps (a
 // method value made once, not a fresh closure) to keep Flush free of
@@ -345,29 +445,45 @@ func (g *GRO) Flush(emit func(buf []byte, off, n int, hdr VirtioNetHdr)) {
 	for i := range g.entries {
 		e := &g.entries[i]
 		if e.segs == 1 {
-			emit(e.buf, e.off, e.n, VirtioNetHdr{})
+			var h VirtioNetHdr
+			if e.partial {
+				off, _, _ := transportChecksumOffset(e.proto)
+				h = VirtioNetHdr{
+					Flags:      VirtioNetHdrFNeedsCsum,
+					CsumStart:  uint16(IPv4(e.buf[e.off:]).HeaderLen()),
+					CsumOffset: uint16(off),
+				}
+			}
+			emit(e.buf, e.off, e.n, h)
 			continue
 		}
 		pkt := IPv4(e.buf[e.off : e.off+e.ipLen])
 		iphLen := pkt.HeaderLen()
 		pkt.SetTotalLen(uint16(e.ipLen))
 		pkt.ComputeChecksum()
-		t := TCP(pkt[iphLen:])
-		t.SetChecksum(Fold(PseudoHeaderSum(ProtoTCP, pkt.SrcBytes(), pkt.DstBytes(), uint16(e.ipLen-iphLen))))
-		gsoType := uint8(GSOTCPv4)
-		if t.Flags()&TCPFlagCWR != 0 {
-			// tcp_gro_complete sets SKB_GSO_TCP_ECN for a CWR head, so
-			// that re-segmentation keeps CWR on the first segment only.
-			gsoType |= GSOECN
+		partial := Fold(PseudoHeaderSum(e.proto, pkt.SrcBytes(), pkt.DstBytes(), uint16(e.ipLen-iphLen)))
+		h := VirtioNetHdr{
+			Flags:     VirtioNetHdrFNeedsCsum,
+			HdrLen:    uint16(e.hdrLen),
+			GSOSize:   e.gsoSize,
+			CsumStart: uint16(iphLen),
 		}
-		emit(e.buf, e.off, e.n, VirtioNetHdr{
-			Flags:      VirtioNetHdrFNeedsCsum,
-			GSOType:    gsoType,
-			HdrLen:     uint16(e.hdrLen),
-			GSOSize:    e.gsoSize,
-			CsumStart:  uint16(iphLen),
-			CsumOffset: tcpChecksum,
-		})
+		if e.proto == ProtoUDP {
+			u := UDP(pkt[iphLen:])
+			u.SetLength(uint16(e.ipLen - iphLen))
+			u.SetChecksum(partial)
+			h.GSOType, h.CsumOffset = GSOUDPL4, udpChecksum
+		} else {
+			t := TCP(pkt[iphLen:])
+			t.SetChecksum(partial)
+			h.GSOType, h.CsumOffset = GSOTCPv4, tcpChecksum
+			if t.Flags()&TCPFlagCWR != 0 {
+				// tcp_gro_complete sets SKB_GSO_TCP_ECN for a CWR head, so
+				// that re-segmentation keeps CWR on the first segment only.
+				h.GSOType |= GSOECN
+			}
+		}
+		emit(e.buf, e.off, e.n, h)
 	}
 	// Drop the buffer references, so a stale GRO pins nothing and cannot
 	// write into a buffer its owner has reused.

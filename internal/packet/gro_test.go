@@ -652,15 +652,21 @@ func groFuzzRecord(ctl byte, pkt []byte) []byte {
 	return append([]byte{ctl, byte(len(pkt) >> 8), byte(len(pkt))}, pkt...)
 }
 
-// groPayloadLen is the TCP payload length of a packet as the fuzz target
-// counts it: 0 unless it is IPv4/TCP with a complete header.
+// groPayloadLen is the TCP or UDP payload length of a packet as the fuzz
+// target counts it: 0 unless it is IPv4/TCP or UDP with a complete header.
 func groPayloadLen(b []byte) int {
 	ip := IPv4(b)
-	if ip.Validate() != ParseOK || ip.Protocol() != ProtoTCP || ip.FragmentOffset() != 0 {
+	if ip.Validate() != ParseOK || ip.FragmentOffset() != 0 {
 		return 0
 	}
 	ip = ip[:ip.TotalLen()]
 	p := ip.Payload()
+	if ip.Protocol() == ProtoUDP && len(p) >= UDPHeaderLen {
+		return len(p) - UDPHeaderLen
+	}
+	if ip.Protocol() != ProtoTCP {
+		return 0
+	}
 	if len(p) < TCPMinHeaderLen {
 		return 0
 	}
@@ -690,6 +696,16 @@ func FuzzGRO(f *testing.F) {
 	seed(1, groStream(r, 1, repeat(70, 10)...))
 	seed(1, groStream(r, 1, repeat(3, 30000)...))
 	f.Add(groFuzzRecord(1, buildUDPv4(ipv4Spec{ttl: 1, src: podA, dst: podB}, 1, 2, []byte("x"))))
+	var udp []byte
+	for _, p := range udpFlow(r, 30, 30, 30, 10) {
+		udp = append(udp, groFuzzRecord(0x11, p)...)
+	}
+	f.Add(udp)
+	udp = nil
+	for _, p := range udpFlow(r, 30, 30, 30) {
+		udp = append(udp, groFuzzRecord(0x31, p)...)
+	}
+	f.Add(udp)
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pkts, ctl := groFuzzPackets(data)
@@ -697,6 +713,7 @@ func FuzzGRO(f *testing.F) {
 		orig := make([][]byte, len(pkts))
 		heads := make(map[*byte]int)
 		taken := make([]bool, len(pkts))
+		partial := make([]bool, len(pkts))
 		payloadIn := 0
 		for i, p := range pkts {
 			n := len(p) + int(ctl[i]>>2&3)
@@ -707,26 +724,41 @@ func FuzzGRO(f *testing.F) {
 			buf := make([]byte, size)
 			copy(buf[Headroom:], p)
 			// Every packet gets a valid IPv4 header checksum, so that every
-			// emitted one must have one too. Most mutations break the TCP
-			// checksum, which stops all merging; repair it on request so
-			// the merge paths get exercised.
-			if ip := IPv4(buf[Headroom : Headroom+n]); ip.Validate() == ParseOK {
+			// emitted one must have one too. Most mutations break the
+			// transport checksum, which stops all merging; repair it on
+			// request (or make it partial) so the merge paths get
+			// exercised. Bit 0x10 lets UDP merge, 0x20 marks the packet
+			// partial.
+			opts := GROOpts{UDP: ctl[i]&0x10 != 0, Partial: ctl[i]&0x20 != 0}
+			ip := IPv4(buf[Headroom : Headroom+n])
+			valid := ip.Validate() == ParseOK
+			isTCP := valid && ip.Protocol() == ProtoTCP
+			isUDP := valid && ip.Protocol() == ProtoUDP
+			if !isTCP && !isUDP {
+				opts.Partial = false
+			}
+			if valid {
 				ip.ComputeChecksum()
-				if ctl[i]&1 != 0 && ip.Protocol() == ProtoTCP && !ip.IsFragment() {
-					ip = ip[:ip.TotalLen()]
-					if pl := ip.Payload(); len(pl) >= TCPMinHeaderLen {
-						TCP(pl).SetChecksum(TransportChecksum(ip))
+				ip = ip[:ip.TotalLen()]
+				if off, minLen, ok := transportChecksumOffset(ip.Protocol()); ok && (isTCP || isUDP) && !ip.IsFragment() && len(ip.Payload()) >= minLen {
+					pl := ip.Payload()
+					switch {
+					case opts.Partial:
+						binary.BigEndian.PutUint16(pl[off:], Fold(PseudoHeaderSum(ip.Protocol(), ip.SrcBytes(), ip.DstBytes(), uint16(len(pl)))))
+					case ctl[i]&1 != 0:
+						binary.BigEndian.PutUint16(pl[off:], TransportChecksum(ip))
 					}
 				}
 			}
 			orig[i] = bytes.Clone(buf[Headroom : Headroom+n])
+			partial[i] = opts.Partial
 			full := len(g.entries) == cap(g.entries)
-			if g.Add(buf, Headroom, n) {
+			if g.AddWith(buf, Headroom, n, opts) {
 				taken[i] = true
 				heads[&buf[Headroom]] = i
 				payloadIn += groPayloadLen(orig[i])
-			} else if ip := IPv4(orig[i]); ip.Validate() == ParseOK && ip.Protocol() == ProtoTCP && !full {
-				t.Fatalf("Add(%d) = false for an IPv4/TCP packet with room left", i)
+			} else if (isTCP || isUDP && opts.UDP) && !full {
+				t.Fatalf("AddWith(%d) = false for an IPv4/TCP or UDP packet with room left", i)
 			}
 		}
 		payloadOut, last, nOut := 0, -1, 0
@@ -746,11 +778,17 @@ func FuzzGRO(f *testing.F) {
 			if ip.Validate() != ParseOK || !ip.HeaderChecksumValid() {
 				t.Fatalf("emitted packet %d: invalid IPv4 header or header checksum", i)
 			}
-			if hdr == (VirtioNetHdr{}) {
+			if hdr.GSOType == GSONone {
 				if !bytes.Equal(pkt, orig[i]) {
 					t.Fatalf("lone packet %d modified", i)
 				}
+				if (hdr != VirtioNetHdr{}) != partial[i] || partial[i] && int(hdr.CsumStart) != ip.HeaderLen() {
+					t.Fatalf("lone packet %d (partial %v): hdr %+v", i, partial[i], hdr)
+				}
 				return
+			}
+			if ip.Protocol() == ProtoUDP && int(UDP(ip.Payload()).Length()) != len(ip.Payload()) {
+				t.Fatalf("merged datagram %d: UDP length %d for %d bytes", i, UDP(ip.Payload()).Length(), len(ip.Payload()))
 			}
 			if ip.TotalLen() != n || hdr.GSOSize == 0 || int(hdr.CsumStart) != ip.HeaderLen() {
 				t.Fatalf("merged packet %d: total length %d, n %d, hdr %+v", i, ip.TotalLen(), n, hdr)
@@ -762,7 +800,7 @@ func FuzzGRO(f *testing.F) {
 			h.GSOType = GSONone
 			c := bytes.Clone(pkt)
 			if err := CompleteChecksum(c, h); err != nil || !TransportChecksumValid(IPv4(c)) {
-				t.Fatalf("merged packet %d: completed TCP checksum invalid (%v)", i, err)
+				t.Fatalf("merged packet %d: completed transport checksum invalid (%v)", i, err)
 			}
 		})
 		if payloadOut != payloadIn {
@@ -912,5 +950,165 @@ func TestGROAddVerifiedTrusts(t *testing.T) {
 		if got := len(sink.out) == 1; got != tt.merged {
 			t.Errorf("%s: %d packets out, merged %v; want merged %v", tt.name, len(sink.out), got, tt.merged)
 		}
+	}
+}
+
+// udpFlow builds datagrams of one UDP flow with the given payload sizes,
+// both checksums correct.
+func udpFlow(r *rand.Rand, sizes ...int) [][]byte {
+	out := make([][]byte, len(sizes))
+	for i, n := range sizes {
+		out[i] = buildUDPv4(ipv4Spec{ttl: 64, id: 0x200 + uint16(i), flags: IPv4FlagDontFragment, src: podA, dst: podB},
+			5353, 53, randBytes(r, n))
+	}
+	return out
+}
+
+// asPartial turns a datagram's checksum into the partial one a local
+// kernel leaves for the device (the pseudo-header sum).
+func asPartial(p []byte) []byte {
+	ip := IPv4(p)
+	UDP(ip.Payload()).SetChecksum(Fold(PseudoHeaderSum(ProtoUDP, ip.SrcBytes(), ip.DstBytes(), uint16(len(ip.Payload())))))
+	return p
+}
+
+// TestGROUDP: datagrams of one flow merge into a GSO_UDP_L4 superframe
+// under udp_gro_receive_segment's rules, and only with GROOpts.UDP.
+func TestGROUDP(t *testing.T) {
+	r := rand.New(rand.NewPCG(41, 42))
+	edit := func(p []byte, f func(ip IPv4)) []byte { f(IPv4(p)); return p }
+	tests := []struct {
+		name  string
+		pkts  [][]byte
+		opts  GROOpts
+		want  []int // datagrams per emitted packet, in order
+		taken bool  // Add takes them at all
+	}{
+		{"equal sizes", udpFlow(r, 64, 64, 64, 64, 64), GROOpts{UDP: true}, []int{5}, true},
+		{"shorter last", udpFlow(r, 100, 100, 40), GROOpts{UDP: true}, []int{3}, true},
+		{"bigger after smaller", udpFlow(r, 40, 100), GROOpts{UDP: true}, []int{1, 1}, true},
+		{"equal after shorter", udpFlow(r, 100, 40, 100), GROOpts{UDP: true}, []int{2, 1}, true},
+		{"without opts.UDP", udpFlow(r, 64, 64), GROOpts{}, nil, false},
+		{"empty payloads", udpFlow(r, 0, 0), GROOpts{UDP: true}, []int{1, 1}, true},
+		{"checksum in one only", func() [][]byte {
+			p := udpFlow(r, 64, 64)
+			UDP(IPv4(p[0]).Payload()).SetChecksum(0)
+			return p
+		}(), GROOpts{UDP: true}, []int{1, 1}, true},
+		{"checksum in none", func() [][]byte {
+			p := udpFlow(r, 64, 64, 64)
+			for _, q := range p {
+				UDP(IPv4(q).Payload()).SetChecksum(0)
+			}
+			return p
+		}(), GROOpts{UDP: true}, []int{3}, true},
+		{"bad checksum", func() [][]byte {
+			p := udpFlow(r, 64, 64)
+			p[1][len(p[1])-1] ^= 0x55
+			return p
+		}(), GROOpts{UDP: true}, []int{1, 1}, true},
+		{"length field disagrees", func() [][]byte {
+			p := udpFlow(r, 64, 64)
+			u := UDP(IPv4(p[1]).Payload())
+			u.SetLength(u.Length() - 4)
+			return p
+		}(), GROOpts{UDP: true}, []int{1, 1}, true},
+		{"TOS differs", func() [][]byte {
+			p := udpFlow(r, 64, 64)
+			edit(p[1], func(ip IPv4) { ip[1] = 0x10; ip.ComputeChecksum() })
+			return p
+		}(), GROOpts{UDP: true}, []int{1, 1}, true},
+		{"partial checksums", func() [][]byte {
+			p := udpFlow(r, 64, 64, 64)
+			for _, q := range p {
+				asPartial(q)
+			}
+			return p
+		}(), GROOpts{UDP: true, Partial: true}, []int{3}, true},
+		{"lone partial", [][]byte{asPartial(udpFlow(r, 64)[0])}, GROOpts{UDP: true, Partial: true}, []int{1}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewGRO(8)
+			for i, p := range tt.pkts {
+				if got := g.AddWith(groInput(bytes.Clone(p)), Headroom, len(p), tt.opts); got != tt.taken {
+					t.Fatalf("AddWith(%d) = %v, want %v", i, got, tt.taken)
+				}
+			}
+			var sink groSink
+			g.Flush(sink.emit)
+			if len(sink.out) != len(tt.want) {
+				t.Fatalf("got %d packets, want %d", len(sink.out), len(tt.want))
+			}
+			next := 0
+			for i, n := range tt.want {
+				checkUDPPacket(t, sink.out[i], tt.pkts[next:next+n], tt.opts.Partial)
+				next += n
+			}
+		})
+	}
+}
+
+// checkUDPPacket checks one emitted packet against the datagrams it
+// should hold: a lone one is the original bytes (with NEEDS_CSUM when it
+// came in partial), a merged one the datagram of all their payload once
+// its partial checksum is completed, with a GSO_UDP_L4 header.
+func checkUDPPacket(t *testing.T, got groOut, in [][]byte, partial bool) {
+	t.Helper()
+	if len(in) == 1 {
+		want := VirtioNetHdr{}
+		if partial {
+			want = VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 20, CsumOffset: 6}
+		}
+		if got.hdr != want || !bytes.Equal(got.pkt, in[0]) {
+			t.Errorf("lone datagram: hdr %+v (want %+v), unchanged %v", got.hdr, want, bytes.Equal(got.pkt, in[0]))
+		}
+		return
+	}
+	head := IPv4(in[0])
+	size := len(head.Payload()) - UDPHeaderLen
+	wantHdr := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, GSOType: GSOUDPL4, HdrLen: 28, GSOSize: uint16(size), CsumStart: 20, CsumOffset: 6}
+	if got.hdr != wantHdr {
+		t.Errorf("hdr: got %+v, want %+v", got.hdr, wantHdr)
+	}
+	ip := IPv4(got.pkt)
+	if ip.Validate() != ParseOK || ip.TotalLen() != len(got.pkt) || !ip.HeaderChecksumValid() {
+		t.Fatal("merged datagram: bad IPv4 header")
+	}
+	var payload []byte
+	for _, p := range in {
+		payload = append(payload, IPv4(p).Payload()[UDPHeaderLen:]...)
+	}
+	spec := ipv4Spec{ttl: head.TTL(), tos: head.TOS(), id: head.ID(), flags: head.Flags(), src: head.SrcBytes(), dst: head.DstBytes()}
+	want := buildUDPv4(spec, 5353, 53, payload)
+	completed := bytes.Clone(got.pkt)
+	h := got.hdr
+	h.GSOType = GSONone
+	if err := CompleteChecksum(completed, h); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(completed, want) {
+		t.Errorf("merged datagram differs from the slow twin at byte %d", firstDiff(completed, want))
+	}
+}
+
+// TCP and UDP packets with the same addresses and ports are two flows.
+func TestGROProtocolsApart(t *testing.T) {
+	r := rand.New(rand.NewPCG(43, 44))
+	tcp := groStream(r, 1, 64, 64)
+	udp := udpFlow(r, 64, 64)
+	for i := range tcp {
+		tcp[i].tcp.srcPort, tcp[i].tcp.dstPort = 5353, 53
+	}
+	g := NewGRO(8)
+	for _, p := range [][]byte{tcp[0].build(), udp[0], tcp[1].build(), udp[1]} {
+		if !g.AddWith(groInput(p), Headroom, len(p), GROOpts{UDP: true}) {
+			t.Fatal("AddWith refused a packet")
+		}
+	}
+	var sink groSink
+	g.Flush(sink.emit)
+	if len(sink.out) != 2 || sink.out[0].hdr.GSOType != GSOTCPv4 || sink.out[1].hdr.GSOType != GSOUDPL4 {
+		t.Fatalf("got %d packets, want a TCP and a UDP superframe", len(sink.out))
 	}
 }
