@@ -18,6 +18,7 @@ type discardPod struct{ fakeQueue }
 
 func (d *discardPod) Name() string                                 { return "discard" }
 func (d *discardPod) Offload() bool                                { return true }
+func (d *discardPod) UDPSegmentation() bool                        { return true }
 func (d *discardPod) Read(b [][]byte, s []int, o int) (int, error) { return d.read(b, s, o) }
 func (d *discardPod) WriteOne([]byte) error                        { return nil }
 func (d *discardPod) Close() error                                 { return d.close() }
@@ -111,10 +112,21 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	for i := range 4 {
 		segs = vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 1000, seq: uint32(1000 * i), df: true}.build(), encap.DefaultVNI)
 	}
+	burst := udpBurst(src, "10.0.0.2", 4, 64)
+	burstBufs := make([][]byte, len(burst))
+	for i := range burstBufs {
+		burstBufs[i] = make([]byte, packet.BufferSize)
+	}
 	for _, tc := range []struct {
 		name string
 		send func(f *forwarder, buf []byte)
 	}{
+		{"udp burst to pod (GRO)", func(f *forwarder, _ []byte) {
+			for i, fr := range burst {
+				n := copy(burstBufs[i][packet.Headroom:], fr)
+				f.fromPod(a, burstBufs[i], packet.Headroom, n)
+			}
+		}},
 		{"pod to pod", fromA(podFrame(src, ipSpec{src: "10.0.0.1", dst: "10.0.0.2", payload: 64}.build()))},
 		{"superframe to pod", fromA(superframe(src, "10.0.0.2", 8000, 1000))},
 		{"superframe to host", fromA(superframe(src, "172.16.0.1", 8000, 1000))},

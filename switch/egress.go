@@ -63,6 +63,9 @@ type egressCaps struct {
 	// coalesce: segments that arrive one by one are worth merging into
 	// superframes for it (GRO); only with superframes.
 	coalesce bool
+	// coalesceUDP: it also takes UDP superframes (GSO_UDP_L4), so GRO
+	// merges the datagrams of a flow for it, from any ingress.
+	coalesceUDP bool
 	// innerMTU is the largest IPv4 packet the egress carries whole; a
 	// bigger one with DF set is answered with ICMP fragmentation-needed.
 	// 0: no limit here.
@@ -107,8 +110,9 @@ type ingress interface {
 	// mayReach says whether packets from this ingress may leave through an
 	// egress of kind k, and the drop reason when not.
 	mayReach(k egressKind) (bool, DropReason)
-	// segmented: packets arrive as separate segments (from the host
-	// stack or another node), so GRO toward pods pays off.
+	// segmented: TCP arrives as separate segments (from the host stack
+	// or another node), so TCP GRO pays off. Pods send TSO superframes;
+	// UDP is merged from every ingress (egressCaps.coalesceUDP).
 	segmented() bool
 	// reply is the egress that reaches the ingress's sender directly (a
 	// pod's own port, the host port); nil: route replies by the FIB.

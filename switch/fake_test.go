@@ -119,6 +119,7 @@ type fakePodDev struct {
 	fakeSink
 	name    string
 	offload bool
+	uso     bool // takes GSO_UDP_L4 superframes, as a TAP on a kernel with USO
 }
 
 func newFakePodDev(name string, offload bool) *fakePodDev {
@@ -127,6 +128,10 @@ func newFakePodDev(name string, offload bool) *fakePodDev {
 
 func (d *fakePodDev) Name() string  { return d.name }
 func (d *fakePodDev) Offload() bool { return d.offload }
+
+// UDPSegmentation says what the fake was made to say: the switch must
+// merge datagrams toward it only when true.
+func (d *fakePodDev) UDPSegmentation() bool { return d.uso }
 func (d *fakePodDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return d.read(bufs, sizes, offset)
 }

@@ -258,14 +258,8 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		}
 		// Without DF the kernel fragments the outer packet.
 	}
-	if caps.coalesce && in.segmented() && f.dry == nil {
-		if !p.superframe() && !p.partialChecksum() && f.groAdd(p) {
-			f.groIn = in
-			return
-		}
-		// Not TCP, already merged (a superpacket from a tunnel) or the
-		// table is full: keep the order of what is held.
-		f.flushGRO()
+	if caps.coalesce && f.dry == nil && f.coalesce(in, p, caps) {
+		return
 	}
 	f.send(in, p, h)
 }

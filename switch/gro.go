@@ -15,16 +15,63 @@ import (
 // reads never exceeds it.
 const groMax = 128
 
-// flushGRO writes what GRO holds.
-// groAdd offers p to GRO, without summing its checksum again when the
-// ingress verified it.
-func (f *forwarder) groAdd(p packetRef) bool {
-	if p.verified {
-		return f.gro.AddVerified(p.buf, p.ip, p.n)
+// coalesce offers p to GRO when the egress's caps and the ingress make
+// merging worth it, and reports whether GRO took it. A packet GRO refuses
+// first has what GRO holds written, so its flow stays in order.
+func (f *forwarder) coalesce(in ingress, p packetRef, caps egressCaps) bool {
+	if p.superframe() {
+		// Already merged (a superpacket from a tunnel): keep the order of
+		// what is held.
+		f.flushGRO()
+		return false
 	}
-	return f.gro.Add(p.buf, p.ip, p.n)
+	ip := p.ipv4()
+	opts := packet.GROOpts{Verified: p.verified}
+	switch ip.Protocol() {
+	case packet.ProtoTCP:
+		if !in.segmented() {
+			return false
+		}
+	case packet.ProtoUDP:
+		if !caps.coalesceUDP {
+			return false
+		}
+		opts.UDP = true
+	default:
+		return false
+	}
+	if p.partialChecksum() {
+		// GRO trusts a partial checksum only where the kernel puts it.
+		if !standardPartial(ip, p.gso) {
+			f.flushGRO()
+			return false
+		}
+		opts.Partial = true
+	}
+	if f.gro.AddWith(p.buf, p.ip, p.n, opts) {
+		f.groIn = in
+		return true
+	}
+	f.flushGRO() // the table is full
+	return false
 }
 
+// standardPartial says whether a partial checksum starts right after the
+// IPv4 header at the protocol's checksum field, as every kernel sends it.
+func standardPartial(ip packet.IPv4, h packet.VirtioNetHdr) bool {
+	if int(h.CsumStart) != ip.HeaderLen() {
+		return false
+	}
+	switch ip.Protocol() {
+	case packet.ProtoTCP:
+		return h.CsumOffset == 16
+	case packet.ProtoUDP:
+		return h.CsumOffset == 6
+	}
+	return false
+}
+
+// flushGRO writes what GRO holds.
 func (f *forwarder) flushGRO() {
 	if f.groIn == nil {
 		return
@@ -34,11 +81,13 @@ func (f *forwarder) flushGRO() {
 }
 
 // emitGRO sends one packet GRO produced, a superframe with its offload
-// metadata or a lone segment, to the pod its route resolves to.
+// metadata or a lone segment, to the egress its route resolves to (one
+// that coalesces: the batch's FIB snapshot resolves it as when it was
+// taken).
 func (f *forwarder) emitGRO(buf []byte, off, n int, hdr packet.VirtioNetHdr) {
 	in := f.groIn
 	h, ok := f.fib.lookup(packet.IPv4(buf[off : off+n]).Dst())
-	if !ok || h.eg.kind() != egressPod {
+	if !ok || !h.eg.caps().coalesce {
 		in.stats().drop(DropNoRoute)
 		return
 	}

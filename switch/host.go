@@ -84,6 +84,7 @@ func (t *hostTUN) BatchSize() int        { return hostTUNBatch }
 func (t *hostTUN) Name() (string, error) { return t.d.Name(), nil }
 func (t *hostTUN) Close() error          { return t.d.Close() }
 func (t *hostTUN) Offload() bool         { return true }
+func (t *hostTUN) UDPSegmentation() bool { return t.d.UDPSegmentation() }
 
 // hostTUNBatch is how many packets the host reader takes per wake-up.
 const hostTUNBatch = 8
@@ -94,6 +95,7 @@ const hostTUNBatch = 8
 type hostPort struct {
 	dev     HostDevice
 	offload bool // dev reads and writes virtio-net headers
+	uso     bool // dev takes GSO_UDP_L4 superframes
 	lane    int
 	c       counters
 	capt    atomic.Pointer[Capture]
@@ -112,6 +114,7 @@ func (s *Switch) AttachHost(dev HostDevice) error {
 	if o, ok := dev.(offloader); ok {
 		h.offload = o.Offload()
 	}
+	h.uso = takesUDPGSO(dev, h.offload)
 	s.att.host = h
 	s.host.Store(h)
 	s.recompileLocked()
@@ -201,9 +204,10 @@ func (h *hostPort) icmpSource() [4]byte { return GatewayIP.As4() }
 func (h *hostPort) kind() egressKind { return egressHost }
 
 // caps: the offload TUN takes superframes and partial checksums as they
-// are; other host devices take complete packets.
+// are, so segments from tunnels and datagrams are merged for it as for
+// pods; other host devices take complete packets.
 func (h *hostPort) caps() egressCaps {
-	return egressCaps{superframes: h.offload, partialChecksums: h.offload}
+	return egressCaps{superframes: h.offload, partialChecksums: h.offload, coalesce: h.offload, coalesceUDP: h.uso}
 }
 
 func (h *hostPort) laneID() int { return h.lane }

@@ -827,3 +827,78 @@ func TestDetachTunnel(t *testing.T) {
 	n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 20}.build()))
 	vx.wait(t, 1)
 }
+
+// udpBurst is n datagrams of one flow from pod p to dst as p's kernel
+// writes them to an offload TAP: partial UDP checksums (NEEDS_CSUM).
+func udpBurst(p *fakePod, dst string, n, size int) [][]byte {
+	var frames [][]byte
+	for range n {
+		ip := ipSpec{src: p.ip.String(), dst: dst, payload: size}.build()
+		udp := ip[20:]
+		partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(udp))))
+		binary.BigEndian.PutUint16(udp[6:], partial)
+		f := podFrame(p, ip)
+		if p.dev.offload {
+			packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, CsumStart: ethLen + 20, CsumOffset: 6}.Encode(f)
+		}
+		frames = append(frames, f)
+	}
+	return frames
+}
+
+// Datagrams of one flow read in one batch reach a TAP that takes UDP
+// superframes as one GSO_UDP_L4 frame, from a pod (partial checksums) and
+// from the host (complete ones); a TAP without USO gets them one by one.
+func TestUDPCoalesced(t *testing.T) {
+	n := newFakeNet(t)
+	e := &fakePod{dev: newFakePodDev("e", true), ip: netip.MustParseAddr("10.0.0.9"), mac: packet.MAC{2, 0, 0, 0, 0, 9}}
+	e.dev.uso = true
+	var err error
+	if e.port, err = n.s.AddPodPort(PodPort{Name: "e", IP: e.ip, MAC: e.mac, Dev: e.dev}); err != nil {
+		t.Fatal(err)
+	}
+	routes := append(n.s.Routes().Routes(), router.Route{Prefix: netip.PrefixFrom(e.ip, 32), Kind: router.KindLocalPod, Port: e.port, Dev: "e"})
+	next, err := router.NewTable(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.s.SetRoutes(next)
+
+	check := func(frame []byte, want int) {
+		t.Helper()
+		h, ip := podRx(t, e, frame)
+		wantHdr := packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4,
+			HdrLen: ethLen + 28, GSOSize: 64, CsumStart: ethLen + 20, CsumOffset: 6}
+		if h != wantHdr || len(ip) != 28+want*64 {
+			t.Fatalf("frame of %d bytes with %+v, want %d bytes with %+v", len(ip), h, 28+want*64, wantHdr)
+		}
+		if err := packet.CompleteChecksum(ip, packet.VirtioNetHdr{Flags: h.Flags, CsumStart: 20, CsumOffset: 6}); err != nil {
+			t.Fatal(err)
+		}
+		decoded(t, ip) // both checksums good once the kernel completes the UDP one
+	}
+
+	n.a.dev.offer(udpBurst(n.a, "10.0.0.9", 4, 64)...)
+	frames, _ := e.dev.wait(t, 1)
+	check(frames[0], 4)
+
+	var fromHost [][]byte
+	for range 3 {
+		fromHost = append(fromHost, ipSpec{src: "172.16.0.1", dst: "10.0.0.9", payload: 64}.build())
+	}
+	n.host.offer(fromHost...)
+	frames, _ = e.dev.wait(t, 2)
+	check(frames[1], 3)
+
+	n.a.dev.offer(udpBurst(n.a, "10.0.0.2", 4, 64)...)
+	frames, _ = n.b.dev.wait(t, 4)
+	for _, f := range frames {
+		if h, ip := podRx(t, n.b, f); h.GSOType != packet.GSONone || len(ip) != 28+64 {
+			t.Errorf("to a TAP without USO: frame of %d bytes with %+v, want single datagrams", len(ip), h)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got := e.dev.count(); got != 2 {
+		t.Errorf("USO pod got %d frames, want 2", got)
+	}
+}

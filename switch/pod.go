@@ -33,6 +33,17 @@ type pollable interface {
 	TryRead(bufs [][]byte, sizes []int, offset int) (int, error)
 }
 
+// udpSegmenter is a device that takes GSO_UDP_L4 superframes on write
+// (tap.Device on a kernel with USO): GRO merges datagrams toward it.
+type udpSegmenter interface{ UDPSegmentation() bool }
+
+// takesUDPGSO says whether dev is an offload device that takes UDP
+// superframes.
+func takesUDPGSO(dev any, offload bool) bool {
+	u, ok := dev.(udpSegmenter)
+	return offload && ok && u.UDPSegmentation()
+}
+
 // PodPort describes a pod port to add.
 type PodPort struct {
 	Name string     // pod name, for people
@@ -52,6 +63,7 @@ type podPort struct {
 	mac     packet.MAC
 	dev     PodDevice
 	offload bool // dev frames carry a virtio-net header
+	uso     bool // dev takes GSO_UDP_L4 superframes
 	c       counters
 	capt    atomic.Pointer[Capture]
 	done    chan struct{} // closed when the reader exits
@@ -86,7 +98,8 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	}
 	p := &podPort{
 		index: idx, name: pp.Name, ip: pp.IP, ip4: pp.IP.As4(),
-		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), done: make(chan struct{}),
+		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), uso: takesUDPGSO(pp.Dev, pp.Dev.Offload()),
+		done: make(chan struct{}),
 	}
 	p.classify = func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) }
 	if pd, ok := pp.Dev.(pollable); ok {
@@ -268,7 +281,7 @@ func (p *podPort) icmpSource() [4]byte                    { return GatewayIP.As4
 func (p *podPort) kind() egressKind { return egressPod }
 
 func (p *podPort) caps() egressCaps {
-	return egressCaps{superframes: p.offload, partialChecksums: p.offload, coalesce: p.offload}
+	return egressCaps{superframes: p.offload, partialChecksums: p.offload, coalesce: p.offload, coalesceUDP: p.uso}
 }
 
 // send frames p for the pod in the headroom before the IP header (a

@@ -41,6 +41,7 @@ type Config struct {
 type Device struct {
 	name    string
 	offload bool
+	uso     bool // the kernel takes GSO_UDP_L4 superframes we write
 	file    *os.File
 	raw     syscall.RawConn
 
@@ -67,9 +68,25 @@ type Device struct {
 
 // offloadFlags are what we can take from the kernel: partial checksums and
 // TCP segmentation offload for IPv4 and IPv6. UDP segmentation (USO) is left
-// off because nothing on the pod side needs it and every consumer of a
-// superframe would have to split it.
+// off for reads because every consumer of a UDP superframe would have to
+// split it; see probeUSO for writes.
 const offloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+
+// TUN_F_USO4 and TUN_F_USO6 (linux/if_tun.h, Linux 6.2), not in x/sys yet.
+const (
+	tunFUSO4 = 0x20
+	tunFUSO6 = 0x40
+)
+
+// probeUSO reports whether the kernel knows UDP segmentation offload for
+// TUN/TAP devices. The same kernels accept a GSO_UDP_L4 virtio header on
+// write (virtio_net_hdr_to_skb learnt it with TUN_F_USO4), so a writer may
+// hand one superframe of datagrams to the device. The probe turns USO on,
+// which the kernel refuses with EINVAL if it does not know it, and leaves
+// the flags at offloadFlags either way.
+func probeUSO(fd int) bool {
+	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags|tunFUSO4|tunFUSO6) == nil
+}
 
 // Open creates the TAP named cfg.Name in the calling thread's network
 // namespace, or attaches to it when a persistent one already exists there.
@@ -108,6 +125,7 @@ func Open(cfg Config) (*Device, error) {
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen); err != nil {
 		return nil, fmt.Errorf("tap %q: TUNSETVNETHDRSZ: %w", cfg.Name, err)
 	}
+	uso := probeUSO(fd)
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags); err != nil {
 		return nil, fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", cfg.Name, err)
 	}
@@ -120,6 +138,7 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.uso = uso
 	ok = true
 	return d, nil
 }
@@ -162,6 +181,10 @@ func (d *Device) Name() string { return d.name }
 
 // Offload reports whether every frame carries a virtio-net header.
 func (d *Device) Offload() bool { return d.offload }
+
+// UDPSegmentation reports whether frames written may be GSO_UDP_L4
+// superframes (an offload device on a kernel with USO).
+func (d *Device) UDPSegmentation() bool { return d.uso }
 
 // SetPersist turns the persist flag on or off; turning it off before Close
 // makes the kernel delete the device when the fd closes.
