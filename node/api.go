@@ -27,7 +27,7 @@ func (n *Node) Status() nodeapi.Status {
 	build := buildinfo.Get()
 	st := nodeapi.Status{
 		Node: n.cfg.Name, Underlay: n.underlay, Address: addr, HostPort: vswitch.HostTUNName,
-		TapOffload: n.cfg.TapOffload, PodMTU: mtu, Pods: pods,
+		TapOffload: n.cfg.TapOffload, UDPSuperframes: n.sw.UDPSuperframes(), PodMTU: mtu, Pods: pods,
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
 		Version: build.Version, Commit: build.Commit, PendingReleases: pending,
 	}

@@ -45,16 +45,19 @@ const (
 
 // Status is the node's summary for `podnet status`.
 type Status struct {
-	Node       string    `json:"node"`
-	Underlay   string    `json:"underlay"`
-	Address    string    `json:"address"`
-	HostPort   string    `json:"hostPort"`
-	TapOffload bool      `json:"tapOffload"`
-	PodMTU     int       `json:"podMTU"`
-	Pods       int       `json:"pods"`
-	Routes     int       `json:"routes"`
-	Started    time.Time `json:"started"`
-	StateDir   string    `json:"stateDir"`
+	Node       string `json:"node"`
+	Underlay   string `json:"underlay"`
+	Address    string `json:"address"`
+	HostPort   string `json:"hostPort"`
+	TapOffload bool   `json:"tapOffload"`
+	// UDPSuperframes: the kernel takes bursts of datagrams as one
+	// GSO_UDP_L4 write (USO, Linux 6.2+), so the switch merges them.
+	UDPSuperframes bool      `json:"udpSuperframes"`
+	PodMTU         int       `json:"podMTU"`
+	Pods           int       `json:"pods"`
+	Routes         int       `json:"routes"`
+	Started        time.Time `json:"started"`
+	StateDir       string    `json:"stateDir"`
 	// Version and Commit say which podnet build the daemon runs.
 	Version string `json:"version"`
 	Commit  string `json:"commit"`

@@ -123,6 +123,14 @@ func (s *Switch) AttachHost(dev HostDevice) error {
 	return nil
 }
 
+// UDPSuperframes reports whether the host port takes UDP superframes
+// (GSO_UDP_L4), which tells whether this kernel has USO: pod TAPs opened
+// with offloads take them too.
+func (s *Switch) UDPSuperframes() bool {
+	h := s.host.Load()
+	return h != nil && h.uso
+}
+
 // routineHostReader forwards packets the node itself sends into the
 // switch. AttachHost starts it; it exits when the TUN is closed (Close).
 func (s *Switch) routineHostReader(h *hostPort) {

@@ -27,6 +27,7 @@ func newStatusCmd() *cobra.Command {
 		fmt.Fprintf(tw, "underlay:\t%s %s\n", s.Underlay, s.Address)
 		fmt.Fprintf(tw, "host port:\t%s\n", s.HostPort)
 		fmt.Fprintf(tw, "tap offload:\t%v\n", s.TapOffload)
+		fmt.Fprintf(tw, "udp superframes:\t%s\n", udpSuperframesLine(s.UDPSuperframes))
 		fmt.Fprintf(tw, "pod MTU:\t%d\n", s.PodMTU)
 		fmt.Fprintf(tw, "pods:\t%d\n", s.Pods)
 		fmt.Fprintf(tw, "routes:\t%d\n", s.Routes)
@@ -54,4 +55,12 @@ func datastoreLine(s nodeapi.Status) string {
 		return "reachable"
 	}
 	return s.Datastore
+}
+
+// udpSuperframesLine says whether datagram bursts are merged, and why not.
+func udpSuperframesLine(on bool) string {
+	if on {
+		return "true (a burst of one flow's datagrams reaches an offload pod or the node in one write)"
+	}
+	return "false (one write per datagram: plain TAPs, or a kernel without USO, before Linux 6.2)"
 }
