@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,11 @@ type forwarder struct {
 	// is recorded instead (trace.go).
 	dry *traceRecorder
 
+	// The last FIB answer of this batch: a batch's packets mostly share
+	// one destination (route).
+	lastDst netip.Addr
+	lastHop *hop
+
 	gro     *packet.GRO // segments bound for pods, coalesced per flow
 	groIn   ingress     // where the held segments came from
 	groEmit func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
@@ -90,6 +96,7 @@ func newForwarder(s *Switch) *forwarder {
 func (f *forwarder) begin() {
 	f.now = time.Now()
 	f.fib = f.s.fib.Load()
+	f.lastHop = nil
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n
 	} else {
@@ -100,7 +107,20 @@ func (f *forwarder) begin() {
 // end flushes what the batch queued and drops the snapshots.
 func (f *forwarder) end() {
 	f.flushAll()
-	f.fib, f.nodes = nil, nil
+	f.fib, f.nodes, f.lastHop = nil, nil, nil
+}
+
+// route returns the hop for dst from the batch's FIB, remembering the
+// last answer.
+func (f *forwarder) route(dst netip.Addr) (*hop, bool) {
+	if f.lastHop != nil && dst == f.lastDst {
+		return f.lastHop, true
+	}
+	h, ok := f.fib.lookup(dst)
+	if ok {
+		f.lastDst, f.lastHop = dst, h
+	}
+	return h, ok
 }
 
 // readLoop is the body of every port reader: read a batch into buffers
@@ -212,7 +232,7 @@ func (f *forwarder) forward(in ingress, p packetRef) {
 		f.icmpError(in, ip, packet.ICMPTimeExceeded, packet.ICMPTTLExceeded, 0)
 		return
 	}
-	h, ok := f.fib.lookup(ip.Dst())
+	h, ok := f.route(ip.Dst())
 	if !ok {
 		in.stats().drop(DropNoRoute)
 		f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPNetUnreachable, 0)

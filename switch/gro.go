@@ -86,7 +86,7 @@ func (f *forwarder) flushGRO() {
 // taken).
 func (f *forwarder) emitGRO(buf []byte, off, n int, hdr packet.VirtioNetHdr) {
 	in := f.groIn
-	h, ok := f.fib.lookup(packet.IPv4(buf[off : off+n]).Dst())
+	h, ok := f.route(packet.IPv4(buf[off : off+n]).Dst())
 	if !ok || !h.eg.caps().coalesce {
 		in.stats().drop(DropNoRoute)
 		return
