@@ -3,6 +3,7 @@ package vswitch
 import (
 	"encoding/binary"
 	"net"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -22,6 +23,12 @@ func TestUDPSuperframesTAP(t *testing.T) {
 	b := tn.addPod(t, "b", "10.99.0.2", true)
 	uso := tn.port(b).uso
 	t.Logf("kernel takes UDP superframes (USO): %v", uso)
+
+	// Resolve the gateway first: datagrams sent while ARP is pending wait
+	// in a short queue that a burst overflows.
+	if out, err := exec.Command("nsenter", "--net="+a.ns, "ping", "-c", "1", "-W", "2", b.ip.String()).CombinedOutput(); err != nil {
+		t.Fatalf("ping a → b: %v\n%s", err, out)
+	}
 
 	var rx *net.UDPConn
 	err := netnsutil.Do(b.ns, func() error {
