@@ -6,12 +6,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"podnet/internal/buildinfo"
 )
 
 // NewMeta describes this machine and a run of cfg, starting now.
@@ -35,30 +36,20 @@ func NewMeta(cfg Config) Meta {
 	return m
 }
 
-// commit is the revision the daemon under test was built from: the
-// binary's own VCS stamp, else the git checkout it lives in (bin/podnet
-// of a work tree), with "-dirty" for uncommitted changes.
+// commit is the revision the daemon under test was built from: this
+// binary's own stamp (internal/buildinfo: the Makefile's link-time value,
+// else Go's VCS stamp) when it is the binary under test, else the git
+// checkout the binary lives in (bin/podnet of a work tree).
 func commit(binary string) string {
 	if binary == "" {
 		binary, _ = os.Executable()
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && binary != "" {
-		if self, _ := os.Executable(); self == binary {
-			rev, dirty := "", false
-			for _, s := range bi.Settings {
-				switch s.Key {
-				case "vcs.revision":
-					rev = s.Value
-				case "vcs.modified":
-					dirty = s.Value == "true"
-				}
+	if self, _ := os.Executable(); binary != "" && self == binary {
+		if in := buildinfo.Get(); in.Commit != "unknown" {
+			if in.Modified {
+				return in.Commit + "-dirty"
 			}
-			if rev != "" {
-				if dirty {
-					rev += "-dirty"
-				}
-				return rev
-			}
+			return in.Commit
 		}
 	}
 	if binary == "" {
