@@ -76,7 +76,7 @@ type forwarder struct {
 	lastDst netip.Addr
 	lastHop *hop
 
-	gro     *packet.GRO // segments bound for pods, coalesced per flow
+	gro     *packet.GRO // packets bound for pods and podnet0, merged per flow
 	groIn   ingress     // where the held segments came from
 	groEmit func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
 }

@@ -6,10 +6,11 @@ import (
 	"podnet/internal/packet"
 )
 
-// Receive coalescing (GRO) toward pod TAPs: segments that arrive one by
-// one from other nodes or from the host TUN are merged per TCP flow into
-// superframes, so the pod's kernel takes a burst in one write(2) instead
-// of one per 1.4 KB segment.
+// Receive coalescing (GRO) toward pod TAPs and podnet0: TCP segments that
+// arrive one by one from other nodes or from the host TUN, and UDP
+// datagrams from anywhere, are merged per flow into superframes, so the
+// receiving kernel takes a burst in one write(2) instead of one per
+// packet.
 
 // groMax bounds the packets one batch holds for coalescing: a batch of
 // reads never exceeds it.
