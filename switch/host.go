@@ -66,18 +66,7 @@ func (t *hostTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // Write writes each packet with the virtio header hostPort.send put in
 // the vnetLen bytes before offset.
 func (t *hostTUN) Write(bufs [][]byte, offset int) (int, error) {
-	n := 0
-	var first error
-	for _, b := range bufs {
-		if err := t.d.WriteOne(b[offset-vnetLen:]); err != nil {
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		n++
-	}
-	return n, first
+	return t.d.Write(bufs, offset-vnetLen)
 }
 
 func (t *hostTUN) BatchSize() int        { return hostTUNBatch }
@@ -175,15 +164,7 @@ func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
 		return
 	}
 	ip = ip[:ip.TotalLen()]
-	if hdr.GSOType != packet.GSONone {
-		h.c.gsoFrames.Add(1)
-		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
-			h.c.drop(DropBadGSO)
-			return
-		}
-	}
-	if !csumInTransport(hdr, 0, ip) {
-		h.c.drop(DropBadVirtioHeader)
+	if !offloadValid(&h.c, hdr, 0, ip) {
 		return
 	}
 	if !containsAddr(f.fib.pools, ip.Src()) && f.dry == nil {

@@ -196,15 +196,7 @@ func (f *forwarder) fromPod(in *podPort, buf []byte, off, size int) {
 		in.c.drop(ipDropReason(perr))
 		return
 	}
-	if hdr.GSOType != packet.GSONone {
-		in.c.gsoFrames.Add(1)
-		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
-			in.c.drop(DropBadGSO)
-			return
-		}
-	}
-	if !csumInTransport(hdr, ethLen, ip) {
-		in.c.drop(DropBadVirtioHeader)
+	if !offloadValid(&in.c, hdr, ethLen, ip) {
 		return
 	}
 	if ip.SrcBytes() != in.ip4 {
@@ -212,6 +204,25 @@ func (f *forwarder) fromPod(in *podPort, buf []byte, off, size int) {
 		return
 	}
 	f.forward(in, packetRef{buf: buf, ip: l2 + ethLen, n: len(ip), gso: toL3(hdr)})
+}
+
+// offloadValid checks what a kernel's virtio header asks of the switch for
+// ip, with l2 bytes of link header counted in its offsets: a superframe
+// must be TCP/IPv4 (counted in gsoFrames), a partial checksum must lie in
+// the transport header. A refusal is counted on c.
+func offloadValid(c *counters, hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4) bool {
+	if hdr.GSOType != packet.GSONone {
+		c.gsoFrames.Add(1)
+		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
+			c.drop(DropBadGSO)
+			return false
+		}
+	}
+	if !csumInTransport(hdr, l2, ip) {
+		c.drop(DropBadVirtioHeader)
+		return false
+	}
+	return true
 }
 
 // csumInTransport says whether a virtio header's partial checksum (if it
