@@ -113,6 +113,16 @@ func (s *fakeSink) reset() {
 	s.mu.Unlock()
 }
 
+// portStats returns the counters of s's port named name (zero if none).
+func portStats(s *Switch, name string) PortStats {
+	for _, st := range s.Stats() {
+		if st.Name == name {
+			return st
+		}
+	}
+	return PortStats{}
+}
+
 // fakePodDev is a pod's TAP.
 type fakePodDev struct {
 	fakeQueue

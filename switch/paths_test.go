@@ -106,14 +106,7 @@ func (n *fakeNet) addPod(t testing.TB, name, ip string, offload bool) *fakePod {
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
-func (n *fakeNet) stats(name string) PortStats {
-	for _, s := range n.s.Stats() {
-		if s.Name == name {
-			return s
-		}
-	}
-	return PortStats{}
-}
+func (n *fakeNet) stats(name string) PortStats { return portStats(n.s, name) }
 
 // waitDrop waits until port has counted reason once more than before.
 func (n *fakeNet) waitDrop(t testing.TB, port string, reason DropReason, before uint64) {

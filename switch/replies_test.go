@@ -128,12 +128,7 @@ func TestReplyPolling(t *testing.T) {
 			t.Errorf("frame %d to a: from %v, answer %d; want from %v, answer %d", i, got, ip[len(ip)-8], e.ip, i+1)
 		}
 	}
-	var st PortStats
-	for _, p := range s.Stats() {
-		if p.Name == "e" {
-			st = p
-		}
-	}
+	st := portStats(s, "e")
 	if st.Polled != 1 || st.RxFrames != 3 {
 		t.Errorf("pod e: %d batches polled, %d frames received; want 1 and 3", st.Polled, st.RxFrames)
 	}
@@ -226,12 +221,7 @@ func TestOwnPodPolledAfterAnswer(t *testing.T) {
 	c.first <- c.req(0)
 	c.wait(t, 5) // five answers
 	e.wait(t, 5) // to five requests
-	var st PortStats
-	for _, p := range s.Stats() {
-		if p.Name == "c" {
-			st = p
-		}
-	}
+	st := portStats(s, "c")
 	if st.RxFrames != 5 || st.Polled != 4 {
 		t.Errorf("pod c: %d requests read, %d of them by polling; want 5 and 4 (one wake-up)", st.RxFrames, st.Polled)
 	}

@@ -83,14 +83,7 @@ func (tn *testNet) publish(t testing.TB) {
 	tn.s.SetRoutes(tab)
 }
 
-func (tn *testNet) stats(name string) PortStats {
-	for _, s := range tn.s.Stats() {
-		if s.Name == name {
-			return s
-		}
-	}
-	return PortStats{}
-}
+func (tn *testNet) stats(name string) PortStats { return portStats(tn.s, name) }
 
 // TestMixedOffload moves TCP between a pod whose TAP takes TSO superframes
 // and one with a plain TAP: superframes from a must be segmented, with
