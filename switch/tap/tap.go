@@ -82,8 +82,8 @@ const (
 // TUN/TAP devices. The same kernels accept a GSO_UDP_L4 virtio header on
 // write (virtio_net_hdr_to_skb learnt it with TUN_F_USO4), so a writer may
 // hand one superframe of datagrams to the device. The probe turns USO on,
-// which the kernel refuses with EINVAL if it does not know it, and leaves
-// the flags at offloadFlags either way.
+// which the kernel refuses with EINVAL if it does not know it; Open then
+// sets the flags back to offloadFlags.
 func probeUSO(fd int) bool {
 	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags|tunFUSO4|tunFUSO6) == nil
 }
