@@ -132,7 +132,7 @@ lab-down: build
 SOAK      ?= 20m
 SOAK_PROFILES ?= /tmp/podnet-soak
 soak: deps build
-	$(BIN) lab soak --duration $(SOAK) --profiles $(SOAK_PROFILES)
+	$(BIN) lab soak --duration $(SOAK) --profiles=$(SOAK_PROFILES)
 
 # Micro-benchmarks of the hot paths, then the bench suite (quick by
 # default; the full suite: make bench BENCH_ARGS="--out bench/results").

@@ -46,7 +46,9 @@ func commit(binary string) string {
 	}
 	if self, _ := os.Executable(); binary != "" && self == binary {
 		if in := buildinfo.Get(); in.Commit != "unknown" {
-			if in.Modified {
+			// The Makefile builds with -buildvcs=false; its version
+			// (git describe --dirty) says what Go's stamp cannot.
+			if in.Modified || strings.HasSuffix(in.Version, "-dirty") {
 				return in.Commit + "-dirty"
 			}
 			return in.Commit

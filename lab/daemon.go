@@ -93,7 +93,7 @@ func (l *Lab) spawnDaemon(ctx context.Context, node string) error {
 	// nsenter, not `ip netns exec`: the latter also gives the daemon a
 	// private mount namespace, and namespaces it creates for pods
 	// (pod add --new) would then be invisible outside it.
-	args := []string{"nsenter", "--net=" + netnsPath(n.Netns), "--", bin, "daemon",
+	args := []string{"nsenter", "--net=" + NetnsPath(n.Netns), "--", bin, "daemon",
 		"--node", n.Name, "--underlay", n.Iface,
 		"--state-dir", n.StateDir, "--socket", n.Socket,
 		// Namespaces of pods added by hand carry the lab's name too, so

@@ -128,7 +128,7 @@ func (l *Lab) Down() error {
 	}
 	l.reap(st.Etcd.PID)
 	for _, ns := range nss {
-		if _, err := os.Stat(netnsPath(ns)); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(NetnsPath(ns)); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if _, err := l.r.run(context.Background(), "ip", "netns", "del", ns); err != nil {
@@ -159,7 +159,7 @@ func (l *Lab) etcds(st state) []procID {
 
 // netnsPids lists the processes in ns (`ip netns pids`), with identities.
 func (l *Lab) netnsPids(ns string) ([]procID, error) {
-	if _, err := os.Stat(netnsPath(ns)); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(NetnsPath(ns)); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	out, err := l.r.run(context.Background(), "ip", "netns", "pids", ns)

@@ -2,8 +2,10 @@ package lab
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestValidateName(t *testing.T) {
@@ -330,5 +333,29 @@ func TestWriteNginxConf(t *testing.T) {
 	}
 	if want := "pod test-1 on worker1 (192.168.1.2)\n"; string(page) != want {
 		t.Errorf("index page: got %q, want %q", page, want)
+	}
+}
+
+// WaitListen sees a socket of this process that listens, and not a port
+// nobody listens on or one that is only connected.
+func TestWaitListen(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := WaitListen(ctx, os.Getpid(), port, time.Second); err != nil {
+		t.Errorf("listening port %d: %v", port, err)
+	}
+	connected := c.LocalAddr().(*net.TCPAddr).Port
+	if err := WaitListen(ctx, os.Getpid(), connected, 100*time.Millisecond); err == nil {
+		t.Errorf("port %d is only connected, yet WaitListen says it listens", connected)
 	}
 }

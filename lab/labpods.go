@@ -163,7 +163,7 @@ func (l *Lab) removePod(ctx context.Context, name string) error {
 		}
 	}
 	ns := netnsOf(l.Name(), name)
-	if _, err := os.Stat(netnsPath(ns)); err == nil {
+	if _, err := os.Stat(NetnsPath(ns)); err == nil {
 		if _, err := l.r.run(ctx, "ip", "netns", "del", ns); err != nil {
 			errs = append(errs, fmt.Errorf("delete namespace %s: %w", ns, err))
 		}

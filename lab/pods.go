@@ -82,7 +82,7 @@ func (l *Lab) addPod(ctx context.Context, pod, node, pool string) error {
 	n := *l.st.node(node)
 	bin := l.st.Binary
 	l.mu.Unlock()
-	args := []string{"ip", "netns", "exec", n.Netns, bin, "pod", "add", pod, "--netns", netnsPath(ns), "-o", "json"}
+	args := []string{"ip", "netns", "exec", n.Netns, bin, "pod", "add", pod, "--netns", NetnsPath(ns), "-o", "json"}
 	if pool != "" {
 		args = append(args, "--pool", pool)
 	}
@@ -152,6 +152,18 @@ func (l *Lab) startHTTP(ctx context.Context, pod string) error {
 	}
 	l.r.progressf("creating pod %s ... serving http on %s:80 (pid %d)", pod, p.IP, id.PID)
 	return nil
+}
+
+// WaitListen waits until process pid has a TCP socket listening on port
+// (in the namespace pid lives in), and stops early if the process exits.
+// It does not connect: a server such as `iperf3 -s -1` would take that
+// connection for its one test.
+func WaitListen(ctx context.Context, pid, port int, timeout time.Duration) error {
+	id, err := identify(pid)
+	if err != nil {
+		return fmt.Errorf("server exited at once")
+	}
+	return waitListen(ctx, id, port, timeout)
 }
 
 // waitListen waits until a TCP socket listens on port in the network

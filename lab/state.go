@@ -160,7 +160,9 @@ func nodeName(k int) string             { return "worker" + strconv.Itoa(k) }
 func podName(j int) string              { return "test-" + strconv.Itoa(j) }
 func netnsOf(lab, member string) string { return lab + "-" + member }
 func fabricPort(k int) string           { return "w" + strconv.Itoa(k) }
-func netnsPath(ns string) string        { return filepath.Join(NetnsDir, ns) }
+
+// NetnsPath is where `ip netns` mounts the namespace named ns.
+func NetnsPath(ns string) string { return filepath.Join(NetnsDir, ns) }
 
 // nodeSubnet is the underlay subnet node k sits on when the fabric has
 // subnets of them: worker1 on 0, worker2 on 1, worker3 on 0, ...

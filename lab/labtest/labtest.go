@@ -54,6 +54,9 @@ func Binary(t testing.TB) string {
 // detector's own cost (several times the memory and the time).
 func PlainBinary(t testing.TB) string {
 	t.Helper()
+	if !raceEnabled {
+		return Binary(t)
+	}
 	plain.once.Do(func() { plain.path, plain.err = buildPodnet(false) })
 	if plain.err != nil {
 		t.Fatalf("labtest: build podnet: %v", plain.err)

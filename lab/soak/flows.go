@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -37,9 +34,6 @@ const (
 	// so an encapsulation switch never has them fragmented.
 	iperfUDPLen = "1200"
 )
-
-// netnsPath is where `ip netns` mounts the lab's namespaces.
-func netnsPath(ns string) string { return filepath.Join(lab.NetnsDir, ns) }
 
 // pingFlow is `ping` running in a namespace until stopped.
 type pingFlow struct {
@@ -131,7 +125,7 @@ func startIperf(ctx context.Context, name string, udp bool, clientNS, serverNS, 
 	if err := f.server.Start(); err != nil {
 		return nil, fmt.Errorf("start %s server: %w", name, err)
 	}
-	if err := waitListen(ctx, f.server.Process.Pid, port, 10*time.Second); err != nil {
+	if err := lab.WaitListen(ctx, f.server.Process.Pid, port, 10*time.Second); err != nil {
 		f.server.Process.Kill()
 		f.server.Wait()
 		return nil, fmt.Errorf("start %s server: %w: %s", name, err, tail(f.sout.String(), 200))
@@ -240,59 +234,6 @@ func parseIperf(out []byte) (iperfReport, error) {
 	return r, nil
 }
 
-// waitListen waits until process pid has a TCP socket listening on
-// port, read from /proc/PID/net/tcp (the sockets of the namespace pid
-// lives in). It does not connect: `iperf3 -s -1` would take that
-// connection for its one test and exit.
-func waitListen(ctx context.Context, pid, port int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, err := listening(pid, port)
-		if err == nil && ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if err == nil {
-				err = errors.New("no listening socket")
-			}
-			return fmt.Errorf("port %d not listening after %v: %w", port, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// listening reports whether /proc/PID/net/tcp or tcp6 has a LISTEN
-// socket (state 0A) on port; iperf3 listens on a dual-stack tcp6 one.
-func listening(pid, port int) (bool, error) {
-	for _, t := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, t))
-		if err != nil {
-			return false, err
-		}
-		if hasListener(string(b), port) {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// hasListener reads a /proc/net/tcp table: "sl local_address rem_address
-// st ...", addresses as HEXIP:HEXPORT.
-func hasListener(table string, port int) bool {
-	want := fmt.Sprintf(":%04X", port)
-	for _, line := range strings.Split(table, "\n") {
-		f := strings.Fields(line)
-		if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
-			return true
-		}
-	}
-	return false
-}
-
 // dialIn opens a TCP connection from inside the namespace at nsPath: the
 // socket belongs to the namespace it was created in, so only the dial
 // needs to run there.
@@ -333,7 +274,7 @@ func newProbe(name, ns, url, expect string) *probe {
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-				return dialIn(ctx, netnsPath(ns), addr, probeTimeout)
+				return dialIn(ctx, lab.NetnsPath(ns), addr, probeTimeout)
 			},
 		},
 	}
