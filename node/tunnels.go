@@ -15,9 +15,39 @@ const defaultTunnelGrace = 30 * time.Second
 // tunnelState is which tunnels the node has open; the loop owns it.
 type tunnelState struct {
 	open [router.EncapVXLAN + 1]bool
-	// closeGen counts the closes scheduled per encapsulation; a scheduled
-	// close runs only if no later one (or a reopening) replaced it.
+	// closing: a close is scheduled. closeGen counts the closes scheduled
+	// per encapsulation; a scheduled close runs only if it is still the
+	// latest and no pool took the tunnel up again meanwhile.
+	closing  [router.EncapVXLAN + 1]bool
 	closeGen [router.EncapVXLAN + 1]int
+}
+
+// wanted records that a pool uses e: a close scheduled for it no longer
+// applies.
+func (t *tunnelState) wanted(e router.Encap) {
+	if t.closing[e] {
+		t.closing[e] = false
+		t.closeGen[e]++
+	}
+}
+
+// unused records that no pool uses e's open tunnel, and reports whether a
+// close is to be scheduled now, with its generation. A close already
+// scheduled keeps its time: the reconciles that keep finding the tunnel
+// unused must not put it off.
+func (t *tunnelState) unused(e router.Encap) (schedule bool, gen int) {
+	if t.closing[e] {
+		return false, 0
+	}
+	t.closing[e] = true
+	t.closeGen[e]++
+	return true, t.closeGen[e]
+}
+
+// due says whether the close of generation gen scheduled for e still
+// applies.
+func (t *tunnelState) due(e router.Encap, gen int) bool {
+	return t.open[e] && t.closing[e] && t.closeGen[e] == gen
 }
 
 // syncTunnels opens the tunnel of each encapsulation a pool uses
@@ -43,20 +73,22 @@ func (n *Node) syncTunnels(s *state) {
 				continue
 			}
 			s.tunnels.open[e] = true
-			s.tunnels.closeGen[e]++ // a close scheduled earlier no longer applies
+			s.tunnels.wanted(e)
 			n.log.Info("tunnel opened", "encap", e)
 		case t.want:
-			s.tunnels.closeGen[e]++
+			s.tunnels.wanted(e)
 		case s.tunnels.open[e]:
-			s.tunnels.closeGen[e]++
-			gen := s.tunnels.closeGen[e]
+			schedule, gen := s.tunnels.unused(e)
+			if !schedule {
+				continue
+			}
 			grace := n.cfg.TunnelGrace
 			if grace <= 0 {
 				grace = defaultTunnelGrace
 			}
 			time.AfterFunc(grace, func() {
 				n.do(func(s *state) error {
-					if s.tunnels.open[e] && s.tunnels.closeGen[e] == gen {
+					if s.tunnels.due(e, gen) {
 						n.closeTunnel(s, e)
 					}
 					return nil
@@ -71,6 +103,6 @@ func (n *Node) closeTunnel(s *state, e router.Encap) {
 	if err := n.sw.DetachTunnel(e); err != nil {
 		n.log.Warn("tunnel close", "encap", e, "err", err)
 	}
-	s.tunnels.open[e] = false
+	s.tunnels.open[e], s.tunnels.closing[e] = false, false
 	n.log.Info("tunnel closed: no pool uses it", "encap", e)
 }
