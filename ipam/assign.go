@@ -327,34 +327,41 @@ func (m *IPAM) updateBlockAssign(ctx context.Context, cidr netip.Prefix, handleI
 			return ip, nil
 		}
 		if !errors.Is(err, datastore.ErrConflict) {
-			return m.lostWrite(ctx, cidr, ip, handleID, seq, err)
+			applied, rerr := m.lostWrite(ctx, cidr, ip, handleID, seq)
+			switch {
+			case rerr != nil:
+				return netip.Addr{}, fmt.Errorf("assign %s from block %s: outcome unknown (release handle %s to settle it): %w", ip, cidr, handleID, errors.Join(err, rerr))
+			case applied:
+				return ip, nil
+			default:
+				return fail(err)
+			}
 		}
 	}
 	return fail(fmt.Errorf("assign from block %s: %w", cidr, ErrTooManyRetries))
 }
 
-// lostWrite settles a block write that failed with werr other than a
+// lostWrite settles a block write that failed other than by a
 // conflict: the request may have reached etcd and been applied, its
 // answer lost (a member dying mid-call answers EOF or Unavailable). It
 // reads the block again: ip held by handleID since this write (its
 // sequence number seq) means the write took effect and the allocation
-// stands; not held means it did not, and the handle is
-// uncounted. When the block cannot be read either, the handle stays
-// counted and the error says the outcome is unknown, so that the
+// stands (applied); not held means it did not, and the caller uncounts
+// the handle. When the block cannot be read either, the error says so:
+// the handle stays counted and the outcome is unknown, so that the
 // caller's release by handle (which frees whatever the handle holds)
 // settles it: never an address allocated that nobody will release.
-func (m *IPAM) lostWrite(ctx context.Context, cidr netip.Prefix, ip netip.Addr, handleID string, seq uint64, werr error) (netip.Addr, error) {
+func (m *IPAM) lostWrite(ctx context.Context, cidr netip.Prefix, ip netip.Addr, handleID string, seq uint64) (applied bool, err error) {
 	kv, err := m.blocks.Get(ctx, cidr.String())
-	if err == nil {
-		var b *block
-		if b, err = decodeBlock(kv.Value); err == nil {
-			if o, ok := b.ordinal(ip); ok && b.handleOf(o) == handleID && b.SequenceNumberForAllocation[strconv.Itoa(o)] == seq {
-				return ip, nil
-			}
-			return netip.Addr{}, errors.Join(werr, m.changeHandle(ctx, handleID, cidr, -1))
-		}
+	if err != nil {
+		return false, err
 	}
-	return netip.Addr{}, fmt.Errorf("assign %s from block %s: outcome unknown (release handle %s to settle it): %w", ip, cidr, handleID, errors.Join(werr, err))
+	b, err := decodeBlock(kv.Value)
+	if err != nil {
+		return false, err
+	}
+	o, ok := b.ordinal(ip)
+	return ok && b.handleOf(o) == handleID && b.SequenceNumberForAllocation[strconv.Itoa(o)] == seq, nil
 }
 
 // AssignIP allocates a.IP. If its block does not exist yet it is claimed
