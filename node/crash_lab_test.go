@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"podnet/api"
+	"podnet/internal/nettest"
 	"podnet/lab"
 	"podnet/lab/labtest"
 	"podnet/nodeapi"
@@ -169,11 +170,7 @@ func TestPodCrashRecoveryGivenNetns(t *testing.T) {
 	ctx := context.Background()
 	name := "given" + l.Name()
 	ns := l.Name() + "-given"
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { removeNetns(ns) })
-	nsPath := "/run/netns/" + ns
+	nsPath := nettest.Netns(t, ns)
 	hasEth0 := func() bool { return exec.Command("ip", "-n", ns, "link", "show", "eth0").Run() == nil }
 	t.Cleanup(func() {
 		os.Unsetenv("PODNET_TEST_CRASH_AT")

@@ -54,25 +54,11 @@ func TestEtcdDownRestart(t *testing.T) {
 		t.Fatalf("pod add %s: %v", gone, err)
 	}
 
-	etcd := l.Status().EtcdPID
-	if etcd == 0 {
-		t.Fatal("the lab has no etcd process")
-	}
 	if err := l.StopDaemon("worker1", syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(etcd, syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop etcd: %v", err)
-	}
+	resume := freezeEtcd(t, l)
 	stopped := time.Now()
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			syscall.Kill(etcd, syscall.SIGCONT)
-		}
-	}
-	t.Cleanup(resume) // before the lab goes down, even on failure
 
 	if err := l.StartDaemon(context.Background(), "worker1"); err != nil {
 		t.Fatalf("daemon restart with etcd stopped: %v", err)
@@ -174,9 +160,7 @@ func TestEtcdDownRestart(t *testing.T) {
 	})
 	t.Logf("worker1 registered %v after etcd resumed", took)
 	ping(t, l, "test-1", l.PodIP("test-2"))
-	if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err != nil {
-		t.Fatalf("ipam check after etcd came back: %v\n%s", err, out)
-	}
+	ipamCheck(t, l)
 
 	// Both daemons hold a liveness lease again.
 	store, err := datastore.Open(context.Background(), datastore.Config{Endpoints: []string{l.Datastore()}})
@@ -209,9 +193,7 @@ func TestEtcdDownRestart(t *testing.T) {
 	if err := w1.DeletePod(again); err != nil {
 		t.Fatalf("pod del: %v", err)
 	}
-	if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err != nil {
-		t.Fatalf("ipam check at the end: %v\n%s", err, out)
-	}
+	ipamCheck(t, l)
 }
 
 // TestAliveAfterEtcdStall freezes etcd past the liveness lease's TTL
@@ -237,18 +219,7 @@ func TestAliveAfterEtcdStall(t *testing.T) {
 		return ""
 	}
 	waitFor(t, 10*time.Second, "worker1 alive", alive)
-	etcd := l.Status().EtcdPID
-	if err := syscall.Kill(etcd, syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop etcd: %v", err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			syscall.Kill(etcd, syscall.SIGCONT)
-		}
-	}
-	t.Cleanup(resume)
+	resume := freezeEtcd(t, l)
 	time.Sleep(18 * time.Second)
 	resume()
 	time.Sleep(2 * time.Second) // etcd expires the stalled lease now

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -581,4 +582,22 @@ spec:
 	if out := run("", "ipam", "show"); strings.Contains(out, "10.10.0.0/16") || strings.Contains(out, "No pool") || !strings.Contains(out, "| 1 (0%)") {
 		t.Fatalf("ipam show at the end: got\n%s", out)
 	}
+}
+
+// freezeEtcd stops the lab's etcd (SIGSTOP) and returns resume, which
+// continues it once however often it is called. A cleanup resumes it in
+// any case, before the lab goes down (cleanups run last first).
+func freezeEtcd(t *testing.T, l *lab.Lab) (resume func()) {
+	t.Helper()
+	etcd := l.Status().EtcdPID
+	if etcd == 0 {
+		t.Fatal("the lab has no etcd process")
+	}
+	if err := syscall.Kill(etcd, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop etcd: %v", err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
 }

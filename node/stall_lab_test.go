@@ -53,20 +53,7 @@ func TestDatastoreStall(t *testing.T) {
 		return ""
 	})
 
-	etcd := l.Status().EtcdPID
-	if etcd == 0 {
-		t.Fatal("the lab has no etcd process")
-	}
-	if err := syscall.Kill(etcd, syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop etcd: %v", err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			syscall.Kill(etcd, syscall.SIGCONT)
-		}
-	}
+	resume := freezeEtcd(t, l)
 	// The daemon names the pod's netns <node>-<pod>: unique per lab.
 	pod := "stall" + l.Name()
 	type addResult struct {
