@@ -123,8 +123,9 @@ type soak struct {
 	probes map[string]*daemonProbe
 	// nodes are the node names in order.
 	nodes []string
-	// churnMu guards the report's ChurnResult, which the churner and the
-	// encapsulation switcher both write.
+	// churnMu guards ChurnResult.Errors, which the churner and the
+	// encapsulation switcher both append to. Each other field of the
+	// ChurnResult has one writer and is read after both have stopped.
 	churnMu sync.Mutex
 	// churnLeft are the churned pods alive when the churn stopped.
 	churnLeft []string
@@ -482,30 +483,22 @@ func (s *soak) churn(ctx context.Context, stop <-chan struct{}, c *ChurnResult) 
 			return
 		}
 		if err != nil {
-			s.churnMu.Lock()
 			c.AddFailed++
-			s.churnMu.Unlock()
 			s.churnErrorf(c, "add %s on %s: %v", name, node, err)
 		} else {
 			took := time.Since(t0)
-			s.churnMu.Lock()
 			c.Added++
 			c.AddTimes = append(c.AddTimes, took)
-			s.churnMu.Unlock()
 			live = append(live, name)
 			if holders := s.holders(p.IP); len(holders) > 1 {
-				s.churnMu.Lock()
 				c.Duplicates = append(c.Duplicates, fmt.Sprintf("%s given to %s while held by %v", p.IP, name, holders))
-				s.churnMu.Unlock()
 			}
 			checker := s.roles.a1
 			if node == s.roles.node1.Name {
 				checker = s.roles.b1
 			}
 			if err := httpGetOnce(ctx, checker.Netns, podURL(p.IP)); err != nil && ctx.Err() == nil {
-				s.churnMu.Lock()
 				c.Unreachable++
-				s.churnMu.Unlock()
 				s.churnErrorf(c, "%s (%s on %s) from %s: %v", name, p.IP, node, checker.Name, err)
 			}
 		}
@@ -514,14 +507,10 @@ func (s *soak) churn(ctx context.Context, stop <-chan struct{}, c *ChurnResult) 
 				if ctx.Err() != nil {
 					return
 				}
-				s.churnMu.Lock()
 				c.DelFailed++
-				s.churnMu.Unlock()
 				s.churnErrorf(c, "delete %s: %v", live[0], err)
 			} else {
-				s.churnMu.Lock()
 				c.Removed++
-				s.churnMu.Unlock()
 			}
 			live = live[1:]
 		}
