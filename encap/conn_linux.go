@@ -61,14 +61,38 @@ type socketSpec struct {
 	buffer int // 0 means DefaultSocketBuffer
 
 	// Raw only: header is the length of the outer IPv4 header the
-	// transport builds for each packet (IP_HDRINCL), 0 to let the kernel
-	// build it. The transport sets batchConn.buildHeader after open.
+	// transport builds for each packet, 0 to let the kernel build it.
+	// Writes then go through a second socket, IPPROTO_RAW, which takes
+	// the header from the message and receives nothing; the first socket
+	// only receives, and sends the rare packet too big for the route
+	// with the kernel's header instead (a header from the message is
+	// never fragmented). The transport sets batchConn.buildHeader after
+	// open.
 	header int
+
+	// sendOnly: the conn never reads. Its socket drops whatever arrives.
+	sendOnly bool
 }
 
-// batchConn is the batched datagram core that every transport embeds: one
-// non-blocking IPv4 socket on the netpoller, moved with recvmmsg and
-// sendmmsg in batches the caller owns, with UDP GSO and GRO where the
+// Sending sockets are kept off Go's netpoller. The poller registers every
+// socket for EPOLLOUT, edge-triggered, and the kernel signals write space
+// each time a packet the socket sent is freed, which for a datagram
+// socket is once per datagram (or per GSO message): each such signal
+// wakes a thread parked in epoll_wait, for nothing, since no goroutine
+// waits to write. With IP-in-IP, which sends one datagram per segment,
+// that was a fifth of all the daemon's wake-ups (docs/performance.md). A
+// blocking socket off the poller is never woken for: sendmmsg blocks in
+// the rare case the send buffer is full, for at most sendTimeout.
+//
+// sendTimeout bounds how long a write waits for send buffer space on such
+// a socket before the packets it holds are refused; it is also how long
+// Close may take to reach a writer blocked there.
+const sendTimeout = time.Second
+
+// batchConn is the batched datagram core that every transport embeds: an
+// IPv4 socket, non-blocking on the netpoller for reads, moved with recvmmsg
+// and sendmmsg in batches the caller owns (sends off the poller where they
+// can be: see sendTimeout), with UDP GSO and GRO where the
 // socket is UDP and the kernel has them, and every error from a closed
 // socket turned into os.ErrClosed. A transport adds only its socket kind
 // (socketSpec), its destination type and its documentation; headers are
@@ -86,6 +110,16 @@ type batchConn struct {
 	local netip.AddrPort // as getsockname reports it
 	udp   bool           // destinations carry ports; GSO and GRO are possible
 	gro   bool
+
+	// send is the socket writes go through: file itself, or with
+	// socketSpec.header a second one (IPPROTO_RAW). sendBlocks says it is
+	// blocking and off the netpoller (see sendTimeout), which a send-only
+	// conn's file is too.
+	send       *os.File
+	sendRaw    syscall.RawConn
+	sendBlocks bool
+	sendOnly   bool
+
 	// gso is cleared for good when the kernel refuses a UDP_SEGMENT send
 	// with EIO or EINVAL (e.g. an egress device without checksum
 	// offload), as wireguard-go does.
@@ -154,6 +188,13 @@ type batchConn struct {
 	header      int
 	wouter      []byte
 	buildHeader func(outer, pkt []byte, dst netip.Addr)
+
+	// A packet too big for the route goes out on file with the kernel's
+	// header (sendPlain): wplain is its message, wplainErr the result,
+	// plainFn the write callback, bound once.
+	wplain    unix.Msghdr
+	wplainErr unix.Errno
+	plainFn   func(fd uintptr) bool
 }
 
 // gsoCmsg is a control message carrying UDP_SEGMENT, laid out as the
@@ -200,7 +241,10 @@ func (c *batchConn) open(s socketSpec) error {
 		buffer = DefaultSocketBuffer
 	}
 
-	fd, err := underlaySocket(s.name, s.typ, s.proto, buffer)
+	if s.sendOnly && s.header > 0 {
+		return fmt.Errorf("encap: %s: a send-only conn with its own outer header", s.name)
+	}
+	fd, err := underlaySocket(s.name, s.typ, s.proto, buffer, !s.sendOnly)
 	if err != nil {
 		return err
 	}
@@ -210,12 +254,9 @@ func (c *batchConn) open(s socketSpec) error {
 			unix.Close(fd)
 		}
 	}()
-	if s.header > 0 {
-		// The kernel then takes the outer header from the message:
-		// it fills in the checksum and total length, the source if
-		// zero and the ID if zero, and never fragments (EMSGSIZE).
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
-			return fmt.Errorf("encap: %s: setsockopt IP_HDRINCL: %w", s.name, err)
+	if s.sendOnly {
+		if err := dropAll(fd); err != nil {
+			return fmt.Errorf("encap: %s: %w", s.name, err)
 		}
 	}
 	// A raw socket left unbound receives on every address; a UDP socket
@@ -254,7 +295,7 @@ func (c *batchConn) open(s socketSpec) error {
 		}
 		// GRO: setsockopt fails on kernels without it (< 5.0); then the
 		// socket simply receives one datagram per slot.
-		if s.gro {
+		if s.gro && !s.sendOnly {
 			gro = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1) == nil
 		}
 	}
@@ -266,14 +307,22 @@ func (c *batchConn) open(s socketSpec) error {
 	case s.local.IsValid():
 		name += ":" + s.local.String()
 	}
-	// fd is non-blocking, so os.NewFile registers it with the netpoller and
-	// RawConn.Read/Write park the goroutine instead of a thread.
+	// A non-blocking fd is registered with the netpoller by os.NewFile,
+	// and RawConn.Read/Write park the goroutine instead of a thread; a
+	// send-only one is blocking and stays off the poller.
 	f := os.NewFile(uintptr(fd), name)
 	ok = true // f owns fd now
 	raw, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("encap: %s: %w", s.name, err)
+	}
+	c.send, c.sendRaw, c.sendBlocks, c.sendOnly = f, raw, s.sendOnly, s.sendOnly
+	if s.header > 0 {
+		if err := c.openHeaderSender(s, name, buffer); err != nil {
+			f.Close()
+			return err
+		}
 	}
 
 	c.name, c.file, c.raw, c.batch, c.udp, c.gro = s.name, f, raw, batch, udp, gro
@@ -328,23 +377,74 @@ func (c *batchConn) open(s socketSpec) error {
 	}
 	c.readFn = c.recvBatch
 	c.writeFn = c.sendBatch
+	c.plainFn = c.sendPlainFn
 	return nil
 }
 
-// underlaySocket opens the non-blocking IPv4 socket a transport sends and
-// receives on (name says which, for errors). DF stays clear on what it
-// sends: the kernel fragments an outer packet that does not fit the
-// underlay, and the switch itself answers DF inner packets that would not
-// fit with ICMP fragmentation-needed (see IPIPConn and VXLANConn).
-// Buffers are asked for with the FORCE options first.
-func underlaySocket(name string, typ, proto, buf int) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+// openHeaderSender opens the socket that sends with the transport's own
+// outer header (socketSpec.header): IPPROTO_RAW, which implies IP_HDRINCL
+// and receives nothing, blocking and off the netpoller. The kernel takes
+// the outer header from each message, fills in its checksum and total
+// length, and the source and ID where they are zero, and never fragments
+// (EMSGSIZE: see sendPlain). It is bound to s.local, as the receiving
+// socket is, so that routing picks the same source.
+func (c *batchConn) openHeaderSender(s socketSpec, name string, buffer int) error {
+	fd, err := underlaySocket(s.name, unix.SOCK_RAW, unix.IPPROTO_RAW, buffer, false)
+	if err != nil {
+		return err
+	}
+	if s.local.IsValid() {
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: s.local.As4()}); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("encap: %s: bind sender %s: %w", s.name, s.local, err)
+		}
+	}
+	f := os.NewFile(uintptr(fd), name+" sender")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("encap: %s: sender: %w", s.name, err)
+	}
+	c.send, c.sendRaw, c.sendBlocks = f, raw, true
+	return nil
+}
+
+// dropAll attaches a socket filter that drops every packet, so that a
+// send-only socket, which nobody reads, queues nothing.
+func dropAll(fd int) error {
+	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	prog := unix.SockFprog{Len: uint16(len(drop)), Filter: &drop[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+		return fmt.Errorf("setsockopt SO_ATTACH_FILTER: %w", err)
+	}
+	return nil
+}
+
+// underlaySocket opens an IPv4 socket a transport sends or receives on
+// (name says which transport, for errors): non-blocking for the
+// netpoller, or blocking with sendTimeout for a socket that only sends.
+// DF stays clear on what it sends: the kernel fragments an outer packet
+// that does not fit the underlay, and the switch itself answers DF inner
+// packets that would not fit with ICMP fragmentation-needed (see IPIPConn
+// and VXLANConn). Buffers are asked for with the FORCE options first.
+func underlaySocket(name string, typ, proto, buf int, nonblock bool) (int, error) {
+	flags := unix.SOCK_CLOEXEC
+	if nonblock {
+		flags |= unix.SOCK_NONBLOCK
+	}
+	fd, err := unix.Socket(unix.AF_INET, typ|flags, proto)
 	if err != nil {
 		return -1, fmt.Errorf("encap: %s: socket: %w", name, err)
 	}
 	fail := func(what string, err error) (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("encap: %s: %s: %w", name, what, err)
+	}
+	if !nonblock {
+		tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+			return fail("setsockopt SO_SNDTIMEO", err)
+		}
 	}
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT); err != nil {
 		return fail("setsockopt IP_MTU_DISCOVER", err)
@@ -375,16 +475,30 @@ func (c *batchConn) BatchSize() int { return c.batch }
 // wrapping os.ErrDeadlineExceeded after t; the zero time means none.
 func (c *batchConn) SetReadDeadline(t time.Time) error { return c.file.SetReadDeadline(t) }
 
-// SetWriteDeadline bounds how long WriteBatch waits for send buffer space.
-func (c *batchConn) SetWriteDeadline(t time.Time) error { return c.file.SetWriteDeadline(t) }
+// SetWriteDeadline bounds how long WriteBatch waits for send buffer space
+// on a socket on the netpoller. A conn that sends on a blocking socket
+// (send-only conns, IP-in-IP) waits at most sendTimeout and refuses a
+// deadline.
+func (c *batchConn) SetWriteDeadline(t time.Time) error {
+	if c.sendBlocks {
+		return fmt.Errorf("encap: %s: sends on a blocking socket, which waits at most %v: no deadline", c.name, sendTimeout)
+	}
+	return c.file.SetWriteDeadline(t)
+}
 
-// Close closes the socket. A ReadBatch or WriteBatch blocked in it returns
-// os.ErrClosed, and so does every later call. Close is idempotent: later
+// Close closes the sockets. A ReadBatch blocked in one returns
+// os.ErrClosed at once, a WriteBatch waiting for send buffer space within
+// sendTimeout, and so does every later call. Close is idempotent: later
 // calls return what the first one did.
 func (c *batchConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
-		if err := c.file.Close(); err != nil {
+		var errs []error
+		if c.send != c.file {
+			errs = append(errs, c.send.Close())
+		}
+		errs = append(errs, c.file.Close())
+		if err := errors.Join(errs...); err != nil {
 			c.closeErr = fmt.Errorf("encap: %s: close: %w", c.name, err)
 		}
 	})

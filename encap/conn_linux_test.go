@@ -486,6 +486,100 @@ func TestBatchConnBlockedWriter(t *testing.T) {
 	})
 }
 
+// TestBatchConnSendOnly checks a send-only conn: it sends like any other,
+// from a blocking socket off the netpoller (no EPOLLOUT wake-ups per
+// datagram), drops whatever arrives at its port instead of queueing it,
+// refuses reads and write deadlines, and a write the send buffer holds up
+// gives up after sendTimeout, or at Close, instead of waiting per
+// message.
+func TestBatchConnSendOnly(t *testing.T) {
+	ns, name := coreNetns(t)
+	s := udpSpec(true, false)
+	s.sendOnly = true
+	a := openCore(t, ns, s)
+	b := openCore(t, ns, udpSpec(false, false))
+
+	// It sends; its socket is blocking, so os did not put it on the poller.
+	pkts := numbered(repeat(8, 100)...)
+	dsts := make([]netip.AddrPort, len(pkts))
+	for i := range dsts {
+		dsts[i] = b.local
+	}
+	if n, err := a.writeToAddrPorts(pkts, dsts); n != len(pkts) || err != nil {
+		t.Fatalf("write: %d, %v; want %d, nil", n, err, len(pkts))
+	}
+	readCore(t, b, len(pkts), len(pkts), 0)
+	a.raw.Control(func(fd uintptr) {
+		if fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+			t.Errorf("send-only socket flags %#x (%v): non-blocking, it would be on the netpoller", fl, err)
+		}
+	})
+
+	// What arrives at its port is dropped, not queued for no reader.
+	back := make([]netip.AddrPort, len(pkts))
+	for i := range back {
+		back[i] = a.local
+	}
+	if n, err := b.writeToAddrPorts(pkts, back); n != len(pkts) || err != nil {
+		t.Fatalf("write to the send-only port: %d, %v", n, err)
+	}
+	a.raw.Control(func(fd uintptr) {
+		if q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err != nil || q != 0 {
+			t.Errorf("send-only socket holds %d bytes (%v): want 0, everything dropped", q, err)
+		}
+	})
+	if _, err := a.ReadBatch(readBufs(1, 2048), make([]int, 1), 0); err == nil || !strings.Contains(err.Error(), "only sends") {
+		t.Errorf("ReadBatch on a send-only conn: got %v, want an error saying it only sends", err)
+	}
+	if err := a.SetWriteDeadline(time.Now().Add(time.Second)); err == nil {
+		t.Errorf("SetWriteDeadline on a blocking sender: got nil, want an error")
+	}
+
+	// Held up: a throttled egress and a small buffer.
+	dst := throttledPath(t, name)
+	s.local, s.buffer = netip.Addr{}, 4096
+	many := numbered(repeat(1000, 64)...)
+	far := make([]netip.AddrPort, len(many))
+	for i := range far {
+		far[i] = dst
+	}
+	t.Run("timeout", func(t *testing.T) {
+		c := openCore(t, ns, s)
+		start := time.Now()
+		n, err := c.writeToAddrPorts(many, far)
+		d := time.Since(start)
+		if !errors.Is(err, unix.EAGAIN) || !strings.Contains(err.Error(), "send buffer full") {
+			t.Errorf("held-up write: got %v, want send buffer full wrapping EAGAIN", err)
+		}
+		if n < 1 || n >= len(many) {
+			t.Errorf("sent: got %d, want some but not all of %d", n, len(many))
+		}
+		if d < sendTimeout/2 || d > 3*sendTimeout {
+			t.Errorf("held-up write returned after %v, want about sendTimeout (%v) once, not per message", d, sendTimeout)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		c := openCore(t, ns, s)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.writeToAddrPorts(many, far)
+			done <- err
+		}()
+		time.Sleep(100 * time.Millisecond) // let the writer fill the buffer and block
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		select {
+		case err := <-done:
+			if err != os.ErrClosed {
+				t.Errorf("blocked write after Close: got %v, want os.ErrClosed", err)
+			}
+		case <-time.After(sendTimeout + 5*time.Second):
+			t.Fatal("write still blocked long after Close")
+		}
+	})
+}
+
 // TestBatchConnMapErr checks the error mapping every syscall result
 // passes through: anything from a closed socket is os.ErrClosed itself,
 // the rest names the transport and operation and keeps its cause.
@@ -534,6 +628,7 @@ func TestOpenErrors(t *testing.T) {
 		{"port", func(s *socketSpec) { s.port = -2 }, "encap: udp: Port -2 outside [1, 65535]"},
 		{"bind", func(s *socketSpec) { s.local = netip.MustParseAddr("10.9.9.9"); s.port = 7 }, "encap: udp: bind 10.9.9.9:7: cannot assign requested address"},
 		{"header on UDP", func(s *socketSpec) { s.header = 20 }, "encap: udp: own outer header of 20 bytes: needs a raw socket"},
+		{"send-only with header", func(s *socketSpec) { s.typ, s.proto, s.header, s.sendOnly = unix.SOCK_RAW, protoExperiment, 20, true }, "encap: udp: a send-only conn with its own outer header"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := udpSpec(true, true)

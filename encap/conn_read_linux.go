@@ -32,6 +32,9 @@ func (c *batchConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
 	c.nsrc = 0
+	if c.sendOnly {
+		return 0, fmt.Errorf("encap: %s read: the conn only sends", c.name)
+	}
 	n := min(len(bufs), len(sizes), c.batch)
 	if n == 0 {
 		return 0, nil

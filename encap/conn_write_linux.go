@@ -11,7 +11,8 @@ import (
 )
 
 // writeToAddrs is WriteBatch for a raw IP transport: packet pkts[i] goes
-// to dsts[i], and the kernel adds the outer IPv4 header.
+// to dsts[i], under the outer IPv4 header the kernel or the transport
+// (socketSpec.header) writes.
 func (c *batchConn) writeToAddrs(pkts [][]byte, dsts []netip.Addr) (int, error) {
 	if len(dsts) < len(pkts) {
 		return 0, fmt.Errorf("encap: %s write: %d destinations for %d packets", c.name, len(dsts), len(pkts))
@@ -56,9 +57,11 @@ func (c *batchConn) dstString(i int) string {
 }
 
 // write sends pkts to the destinations in waddrs (raw IP sockets) or
-// wports (UDP), which the caller set holding writeMu. It sends in sendmmsg calls of up to BatchSize() packets, waits
-// for buffer space when the socket is full, and returns how many packets
-// the kernel accepted.
+// wports (UDP), which the caller set holding writeMu. It sends in
+// sendmmsg calls of up to BatchSize() packets, waits for buffer space
+// when the socket is full (on a blocking sender at most sendTimeout: then
+// the rest of the write is refused), and returns how many packets the
+// kernel accepted.
 //
 // With GSO, consecutive packets to the same destination whose lengths
 // are equal (the last of a run may be shorter) go out as one message
@@ -85,7 +88,7 @@ func (c *batchConn) write(pkts [][]byte) (int, error) {
 			continue
 		}
 		c.wdone, c.wretry = 0, -1
-		if err := c.raw.Write(c.writeFn); err != nil && c.wfatal == nil {
+		if err := c.sendRaw.Write(c.writeFn); err != nil && c.wfatal == nil {
 			c.wfatal = c.mapErr("write", err)
 		}
 		c.clearWriteIovs()
@@ -215,17 +218,29 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false // socket buffer full: wait for POLLOUT
+			if !c.sendBlocks {
+				return false // socket buffer full: wait for POLLOUT
+			}
+			// A blocking sender: Close came meanwhile, or the buffer
+			// stayed full for sendTimeout. Then the rest of the write
+			// is refused rather than waiting as long for each message.
+			if c.closed.Load() {
+				c.wfatal = os.ErrClosed
+			} else {
+				c.wfatal = fmt.Errorf("encap: %s write: send buffer full for %v: %d packets from packet %d on not sent: %w",
+					c.name, sendTimeout, len(c.wpkts)-c.wfirst[c.wdone], c.wfirst[c.wdone], errno)
+			}
+			return true
 		case unix.EBADF:
 			c.wfatal = os.ErrClosed
 			return true
 		}
 		j := c.wdone
 		if errno == unix.EMSGSIZE && c.header > 0 {
-			// IP_HDRINCL never fragments: send this one packet with
-			// the kernel's own outer header instead, which it
-			// fragments under IP_PMTUDISC_DONT.
-			errno = c.sendKernelHeader(fd, j)
+			// A header from the message is never fragmented: send
+			// this one packet with the kernel's own outer header
+			// instead, which it fragments under IP_PMTUDISC_DONT.
+			errno = c.sendPlain(j)
 			if c.wfatal != nil {
 				return true
 			}
@@ -233,9 +248,6 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 				c.wsent++
 				c.wdone++
 				continue
-			}
-			if errno == unix.EAGAIN {
-				return false
 			}
 		}
 		if c.wsegs[j] > 1 {
@@ -268,25 +280,33 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 	return true
 }
 
-// sendKernelHeader sends message j's packet without the outer header the
-// transport built, with IP_HDRINCL off for that one sendmsg, so that the
+// sendPlain sends message j's packet without the outer header the
+// transport built, on the receiving socket, which has no IP_HDRINCL: the
 // kernel builds the header and fragments the packet. Only packets too big
 // for the route take this path.
-func (c *batchConn) sendKernelHeader(fd uintptr, j int) unix.Errno {
-	if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL, 0); err != nil {
-		if errno, ok := err.(unix.Errno); ok {
-			return errno
+func (c *batchConn) sendPlain(j int) unix.Errno {
+	c.wplain = c.whdrs[j].Hdr
+	c.wplain.Iov = (*unix.Iovec)(unsafe.Add(unsafe.Pointer(c.wplain.Iov), unsafe.Sizeof(unix.Iovec{}))) // skip the header
+	c.wplain.SetIovlen(1)
+	c.wplainErr = 0
+	if err := c.raw.Write(c.plainFn); err != nil {
+		c.wfatal = c.mapErr("write", err)
+	}
+	c.wplain.Iov = nil
+	return c.wplainErr
+}
+
+// sendPlainFn is sendPlain's RawConn write callback.
+func (c *batchConn) sendPlainFn(fd uintptr) bool {
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&c.wplain)), 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // wait for POLLOUT
 		}
-		return unix.EINVAL
+		c.wplainErr = errno
+		return true
 	}
-	msg := c.whdrs[j].Hdr
-	msg.Iov = (*unix.Iovec)(unsafe.Add(unsafe.Pointer(msg.Iov), unsafe.Sizeof(unix.Iovec{}))) // skip the header
-	msg.SetIovlen(1)
-	_, _, errno := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), 0)
-	if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil && errno == 0 {
-		// The packet went out, but the socket is left in the wrong
-		// mode: the next sends would carry two outer headers.
-		c.wfatal = fmt.Errorf("encap: %s write: restore IP_HDRINCL: %w", c.name, err)
-	}
-	return errno
 }

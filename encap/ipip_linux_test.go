@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/packet"
@@ -245,6 +246,15 @@ func TestListenIPIPConfig(t *testing.T) {
 				if c.BatchSize() != wantBatch {
 					t.Errorf("BatchSize: got %d, want %d", c.BatchSize(), wantBatch)
 				}
+				// Sends go out on their own socket: IPPROTO_RAW (it
+				// receives nothing) and blocking (off the netpoller).
+				c.sendRaw.Control(func(fd uintptr) {
+					proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+					fl, ferr := unix.FcntlInt(fd, unix.F_GETFL, 0)
+					if err != nil || ferr != nil || proto != unix.IPPROTO_RAW || fl&unix.O_NONBLOCK != 0 {
+						t.Errorf("sending socket: protocol %d (%v), flags %#x (%v); want IPPROTO_RAW, blocking", proto, err, fl, ferr)
+					}
+				})
 				return
 			}
 			if err == nil {

@@ -39,6 +39,13 @@ type VXLANConfig struct {
 	// DisableGRO leaves UDP_GRO off on the socket. False means turn it on
 	// when the kernel has it.
 	DisableGRO bool
+
+	// SendOnly makes a conn that only sends (a per-flow source port): its
+	// socket is blocking and off Go's netpoller, which would otherwise wake
+	// a thread for every datagram or GSO message sent (see sendTimeout in
+	// conn_linux.go); it drops whatever arrives, ReadBatch fails, and a
+	// write waits at most a second for send buffer space.
+	SendOnly bool
 }
 
 // VXLANConn sends VXLAN datagrams to other nodes and receives them, in
@@ -86,7 +93,7 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 	err := c.open(socketSpec{
 		name: "vxlan", typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_UDP,
 		local: cfg.Local, port: cfg.Port, defaultPort: VXLANPort,
-		gso: !cfg.DisableGSO, gro: !cfg.DisableGRO,
+		gso: !cfg.DisableGSO, gro: !cfg.DisableGRO, sendOnly: cfg.SendOnly,
 		batch: cfg.BatchSize, buffer: cfg.SocketBuffer,
 	})
 	if err != nil {

@@ -482,7 +482,7 @@ func (n *Node) openVXLAN() error {
 		vx.Close()
 	}
 	for i := range senders {
-		s, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: encap.AnyPort})
+		s, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: encap.AnyPort, SendOnly: true})
 		if err != nil {
 			closeAll(i)
 			return fmt.Errorf("open VXLAN sender socket: %w", err)

@@ -14,8 +14,8 @@ type IPIPConn interface {
 	// ReadBatch reads IP-in-IP packets (outer header first) into
 	// bufs[i][offset:].
 	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
-	// WriteBatch sends inner packet pkts[i] to node dsts[i]; the kernel
-	// writes the outer header.
+	// WriteBatch sends inner packet pkts[i] to node dsts[i] inside an
+	// outer header.
 	WriteBatch(pkts [][]byte, dsts []netip.Addr) (int, error)
 	BatchSize() int
 	Close() error
@@ -65,7 +65,7 @@ func (t *ipipTunnel) NewSender() TunnelSender {
 	return &ipipSender{conn: t.conn, pkts: make([][]byte, 0, laneMax), dsts: make([]netip.Addr, 0, laneMax)}
 }
 
-// ipipSender queues inner packets; the raw socket adds the outer header.
+// ipipSender queues inner packets; the conn adds the outer header.
 type ipipSender struct {
 	conn IPIPConn
 	pkts [][]byte
