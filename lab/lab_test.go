@@ -153,6 +153,18 @@ func TestUpNoDaemon(t *testing.T) {
 		{"fabric port on bridge", "fabric", []string{"ip", "-o", "link", "show", "master", "br0"}, "w2@"},
 		{"lo up", "worker1", []string{"ip", "-o", "link", "show", "lo"}, "UP"},
 	}
+	// Where the kernel has bridge netfilter, the fabric's bridges must not
+	// pass frames through it (a per-packet cost no real switch puts on the
+	// nodes).
+	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil {
+		tests = append(tests, struct {
+			name   string
+			target string
+			args   []string
+			want   string
+		}{"fabric bridges skip netfilter", "fabric", []string{"cat", "/proc/sys/net/bridge/bridge-nf-call-iptables",
+			"/proc/sys/net/bridge/bridge-nf-call-ip6tables", "/proc/sys/net/bridge/bridge-nf-call-arptables"}, "0\n0\n0"})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := l.Output(ctx, tt.target, tt.args...)
