@@ -60,14 +60,19 @@ type socketSpec struct {
 	batch  int // 0 means DefaultBatchSize
 	buffer int // 0 means DefaultSocketBuffer
 
-	// Raw only: header is the length of the outer IPv4 header the
-	// transport builds for each packet, 0 to let the kernel build it.
-	// Writes then go through a second socket, IPPROTO_RAW, which takes
-	// the header from the message and receives nothing; the first socket
-	// only receives, and sends the rare packet too big for the route
-	// with the kernel's header instead (a header from the message is
-	// never fragmented). The transport sets batchConn.buildHeader after
-	// open.
+	// sender: writes go through a second socket of the same kind, kept
+	// off the netpoller (see sendTimeout), with a filter that drops
+	// whatever it receives (a raw socket gets a copy of every packet of
+	// its protocol); the first socket only receives.
+	sender bool
+
+	// Raw only, with sender: header is the length of the outer IPv4
+	// header the transport builds for each packet (IP_HDRINCL on the
+	// sending socket), 0 to let the kernel build it. The kernel never
+	// fragments a packet under a header from the message, so one too big
+	// for the device is sent on the receiving socket with the kernel's
+	// header instead (sendPlain). The transport sets
+	// batchConn.buildHeader after open.
 	header int
 
 	// sendOnly: the conn never reads. Its socket drops whatever arrives.
@@ -80,13 +85,14 @@ type socketSpec struct {
 // socket is once per datagram (or per GSO message): each such signal
 // wakes a thread parked in epoll_wait, for nothing, since no goroutine
 // waits to write. With IP-in-IP, which sends one datagram per segment,
-// that was a fifth of all the daemon's wake-ups (docs/performance.md). A
-// blocking socket off the poller is never woken for: sendmmsg blocks in
-// the rare case the send buffer is full, for at most sendTimeout.
+// that was about a fifth of the machine's wake-ups during a transfer
+// (docs/performance.md). A blocking socket off the poller is never woken
+// for: sendmmsg blocks in the rare case the send buffer is full.
 //
-// sendTimeout bounds how long a write waits for send buffer space on such
-// a socket before the packets it holds are refused; it is also how long
-// Close may take to reach a writer blocked there.
+// sendTimeout bounds each such wait (SO_SNDTIMEO): a write whose buffer
+// stays full that long refuses the rest of its packets. Close shuts the
+// socket down for writing first, which wakes a writer blocked there at
+// once.
 const sendTimeout = time.Second
 
 // batchConn is the batched datagram core that every transport embeds: an
@@ -112,9 +118,9 @@ type batchConn struct {
 	gro   bool
 
 	// send is the socket writes go through: file itself, or with
-	// socketSpec.header a second one (IPPROTO_RAW). sendBlocks says it is
-	// blocking and off the netpoller (see sendTimeout), which a send-only
-	// conn's file is too.
+	// socketSpec.sender a second one. sendBlocks says it is blocking and
+	// off the netpoller (see sendTimeout), which a send-only conn's file
+	// is too.
 	send       *os.File
 	sendRaw    syscall.RawConn
 	sendBlocks bool
@@ -222,8 +228,8 @@ func (c *batchConn) open(s socketSpec) error {
 	}
 	udp := s.typ == unix.SOCK_DGRAM
 	port := 0
-	if s.header != 0 && (udp || s.header < 20 || s.header > 60 || s.header%4 != 0) {
-		return fmt.Errorf("encap: %s: own outer header of %d bytes: needs a raw socket and 20 to 60 bytes in steps of 4", s.name, s.header)
+	if s.header != 0 && (udp || !s.sender || s.header < 20 || s.header > 60 || s.header%4 != 0) {
+		return fmt.Errorf("encap: %s: own outer header of %d bytes: needs a raw socket with a separate sender and 20 to 60 bytes in steps of 4", s.name, s.header)
 	}
 	if udp {
 		switch port = s.port; port {
@@ -241,8 +247,8 @@ func (c *batchConn) open(s socketSpec) error {
 		buffer = DefaultSocketBuffer
 	}
 
-	if s.sendOnly && s.header > 0 {
-		return fmt.Errorf("encap: %s: a send-only conn with its own outer header", s.name)
+	if s.sendOnly && s.sender {
+		return fmt.Errorf("encap: %s: a send-only conn with a separate sender", s.name)
 	}
 	fd, err := underlaySocket(s.name, s.typ, s.proto, buffer, !s.sendOnly)
 	if err != nil {
@@ -318,8 +324,8 @@ func (c *batchConn) open(s socketSpec) error {
 		return fmt.Errorf("encap: %s: %w", s.name, err)
 	}
 	c.send, c.sendRaw, c.sendBlocks, c.sendOnly = f, raw, s.sendOnly, s.sendOnly
-	if s.header > 0 {
-		if err := c.openHeaderSender(s, name, buffer); err != nil {
+	if s.sender {
+		if err := c.openSender(s, name, buffer); err != nil {
 			f.Close()
 			return err
 		}
@@ -381,22 +387,33 @@ func (c *batchConn) open(s socketSpec) error {
 	return nil
 }
 
-// openHeaderSender opens the socket that sends with the transport's own
-// outer header (socketSpec.header): IPPROTO_RAW, which implies IP_HDRINCL
-// and receives nothing, blocking and off the netpoller. The kernel takes
-// the outer header from each message, fills in its checksum and total
-// length, and the source and ID where they are zero, and never fragments
-// (EMSGSIZE: see sendPlain). It is bound to s.local, as the receiving
-// socket is, so that routing picks the same source.
-func (c *batchConn) openHeaderSender(s socketSpec, name string, buffer int) error {
-	fd, err := underlaySocket(s.name, unix.SOCK_RAW, unix.IPPROTO_RAW, buffer, false)
+// openSender opens the socket a conn with socketSpec.sender writes on: of
+// the receiving socket's kind and protocol, blocking and so off the
+// netpoller, dropping all it receives, with IP_HDRINCL when the transport
+// writes the outer header (the kernel then fills in its checksum and
+// total length, and the source and ID where they are zero), and bound to
+// s.local as the receiving socket is, so that routing picks the same
+// source.
+func (c *batchConn) openSender(s socketSpec, name string, buffer int) error {
+	fd, err := underlaySocket(s.name, s.typ, s.proto, buffer, false)
 	if err != nil {
 		return err
 	}
+	fail := func(what string, err error) error {
+		unix.Close(fd)
+		return fmt.Errorf("encap: %s: sender: %s: %w", s.name, what, err)
+	}
+	if err := dropAll(fd); err != nil {
+		return fail("drop filter", err)
+	}
+	if s.header > 0 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
+			return fail("setsockopt IP_HDRINCL", err)
+		}
+	}
 	if s.local.IsValid() {
 		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: s.local.As4()}); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("encap: %s: bind sender %s: %w", s.name, s.local, err)
+			return fail("bind "+s.local.String(), err)
 		}
 	}
 	f := os.NewFile(uintptr(fd), name+" sender")
@@ -410,7 +427,7 @@ func (c *batchConn) openHeaderSender(s socketSpec, name string, buffer int) erro
 }
 
 // dropAll attaches a socket filter that drops every packet, so that a
-// send-only socket, which nobody reads, queues nothing.
+// socket that only sends, which nobody reads, queues nothing.
 func dropAll(fd int) error {
 	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
 	prog := unix.SockFprog{Len: uint16(len(drop)), Filter: &drop[0]}
@@ -486,13 +503,19 @@ func (c *batchConn) SetWriteDeadline(t time.Time) error {
 	return c.file.SetWriteDeadline(t)
 }
 
-// Close closes the sockets. A ReadBatch blocked in one returns
-// os.ErrClosed at once, a WriteBatch waiting for send buffer space within
-// sendTimeout, and so does every later call. Close is idempotent: later
+// Close closes the sockets. A ReadBatch or WriteBatch blocked in one
+// returns os.ErrClosed at once, and so does every later call. Close is idempotent: later
 // calls return what the first one did.
 func (c *batchConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		if c.sendBlocks {
+			// Closing a file does not interrupt a system call blocked
+			// on it; shutting the socket down for writing wakes it (an
+			// unconnected socket still takes SEND_SHUTDOWN, and reports
+			// ENOTCONN, which says nothing here).
+			c.sendRaw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_WR) })
+		}
 		var errs []error
 		if c.send != c.file {
 			errs = append(errs, c.send.Close())

@@ -100,9 +100,14 @@ func (c *batchConn) write(pkts [][]byte) (int, error) {
 	}
 	sent := c.wsent
 	var err error
-	if c.wfatal != nil {
+	switch {
+	case c.wfatal == os.ErrClosed:
 		err = c.wfatal
-	} else if len(c.werrs) > 0 {
+	case c.wfatal != nil:
+		// A held-up write: keep what went wrong before it too.
+		c.werrs = append(c.werrs, c.wfatal)
+		err = errors.Join(c.werrs...)
+	case len(c.werrs) > 0:
 		err = errors.Join(c.werrs...)
 	}
 	clear(c.werrs)
@@ -207,7 +212,7 @@ func (c *batchConn) clearWriteIovs() {
 func (c *batchConn) sendBatch(fd uintptr) bool {
 	for c.wdone < c.wcount {
 		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
-			uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone), 0, 0, 0)
+			uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone), unix.MSG_NOSIGNAL, 0, 0)
 		switch errno {
 		case 0:
 			for k := range int(r) {
@@ -234,6 +239,11 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 		case unix.EBADF:
 			c.wfatal = os.ErrClosed
 			return true
+		case unix.EPIPE:
+			if c.closed.Load() { // Close shut a blocking sender down
+				c.wfatal = os.ErrClosed
+				return true
+			}
 		}
 		j := c.wdone
 		if errno == unix.EMSGSIZE && c.header > 0 {
@@ -283,7 +293,7 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 // sendPlain sends message j's packet without the outer header the
 // transport built, on the receiving socket, which has no IP_HDRINCL: the
 // kernel builds the header and fragments the packet. Only packets too big
-// for the route take this path.
+// for the device take this path.
 func (c *batchConn) sendPlain(j int) unix.Errno {
 	c.wplain = c.whdrs[j].Hdr
 	c.wplain.Iov = (*unix.Iovec)(unsafe.Add(unsafe.Pointer(c.wplain.Iov), unsafe.Sizeof(unix.Iovec{}))) // skip the header
@@ -299,12 +309,15 @@ func (c *batchConn) sendPlain(j int) unix.Errno {
 // sendPlainFn is sendPlain's RawConn write callback.
 func (c *batchConn) sendPlainFn(fd uintptr) bool {
 	for {
-		_, _, errno := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&c.wplain)), 0)
+		_, _, errno := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&c.wplain)), unix.MSG_NOSIGNAL)
 		switch errno {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			return false // wait for POLLOUT
+		case unix.EBADF:
+			c.wfatal = os.ErrClosed
+			return true
 		}
 		c.wplainErr = errno
 		return true

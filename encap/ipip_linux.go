@@ -28,54 +28,57 @@ type IPIPConfig struct {
 	// are used and the kernel caps them at the sysctl limits.
 	SocketBuffer int
 
-	// OuterFromInner copies DF from the inner header into the outer one
-	// (RFC 2003 §3.1), and the IP ID too when DF is set, so the outer IDs
-	// of each inner flow run in step with its inner IDs. The kernel's
-	// outer IDs come from one counter per destination, so two flows to
-	// the same node interleave them, and receive GRO then merges
+	// OuterFromInner makes the conn build each outer header itself
+	// (IP_HDRINCL) instead of the kernel: DF is copied from the inner
+	// header (RFC 2003 §3.1), and so is the IP ID when DF is set, so the
+	// outer IDs of each inner flow run in step with its inner IDs. The
+	// kernel's outer IDs come from one counter per destination, so two
+	// flows to the same node interleave them, and receive GRO then merges
 	// nothing: Linux 6.18 merges only segments whose outer IDs increment
 	// or stay fixed (older kernels skipped that check for outer DF).
 	// Without DF the ID is left to the kernel, and a packet too big for
-	// the route is sent with the kernel's header, DF clear, instead.
-	// False: every outer header has DF clear and a kernel-chosen ID, as
-	// described on IPIPConn.
+	// the device is sent with the kernel's header instead (a header from
+	// the message is never fragmented). False: the kernel builds the
+	// header, DF clear, as described on IPIPConn.
 	//
 	// The price of an outer DF: where the underlay's path MTU is smaller
 	// than the local link's, the DF packets that do not fit are dropped
 	// on the way, and the ICMP that says so reaches this node, not the
 	// pod. Turn it on only where nodes share a link or the path MTU is
-	// the link MTU.
+	// the link MTU. Routing (policy rules, IPsec selectors) sees packets
+	// under a header from the message as protocol 255, not 4.
 	OuterFromInner bool
 }
 
 // IPIPConn sends inner IPv4 packets to other nodes inside IP-in-IP and
-// receives IP-in-IP packets from them, in batches. ReadBatch, Sources,
+// receives IP-in-IP packets from them, in batches, on raw IPPROTO_IPIP
+// sockets: one receives, and a second one sends. ReadBatch, Sources,
 // BatchSize, the read deadline and Close come from the batched datagram
 // core (see docs/encap.md).
 //
-// Two raw sockets: an IPPROTO_IPIP one receives (with the outer header:
-// take it apart with DecapIPIP and check the outer source against the
-// node set), and an IPPROTO_RAW one, which receives nothing, sends. The
-// conn writes each outer header itself, as the kernel would for a raw
-// IPPROTO_IPIP socket: protocol 4, TTL from net.ipv4.ip_default_ttl, TOS
-// 0, DF clear, the ID left to the kernel (one counter per destination),
-// the source from Local or, when zero, from the route. The caller passes
-// the inner packet alone. The sending socket is blocking and stays off
-// Go's netpoller, which would otherwise wake a thread for every datagram
-// sent (see sendTimeout in conn_linux.go).
+// The sending socket is blocking, which keeps it off Go's netpoller (the
+// poller would wake a thread for every datagram sent: see sendTimeout in
+// conn_linux.go), and a filter drops the copy of every IP-in-IP packet it
+// would otherwise receive.
 //
-// Outer DF: clear, so the kernel fragments an outer packet larger than
-// the route's MTU (a header the conn wrote is never fragmented, so such
-// a packet is sent on the receiving socket with the kernel's own header,
-// under IP_PMTUDISC_DONT; the receiving kernel reassembles it before the
-// raw socket sees it). Path MTU is enforced one level up instead: the
-// switch answers an inner packet that has DF set and is larger than
-// underlay MTU − IPIPOverhead with ICMP fragmentation-needed
-// (packet.BuildICMPError), as a kernel tunnel would. The price is that a
-// path MTU smaller than the local link's is never learned; the underlay
-// fragments instead of dropping. IPIPConfig.OuterFromInner copies the
-// inner DF into the outer header instead, for packets that fit the
-// route.
+// By default the kernel builds the outer header from the destination and
+// its routing table (protocol 4, TTL from net.ipv4.ip_default_ttl, TOS 0,
+// outer source from Local or the route). With IPIPConfig.OuterFromInner
+// the conn builds it (see there). Either way the caller passes the inner
+// packet alone. On receive the raw socket delivers the outer header too;
+// take it apart with DecapIPIP and check the outer source against the
+// node set.
+//
+// Outer DF: the sockets set IP_MTU_DISCOVER to IP_PMTUDISC_DONT, so outer
+// packets leave with DF clear and the kernel fragments those larger than
+// the route's MTU (the receiving kernel reassembles them before the raw
+// socket sees them). Path MTU is enforced one level up instead: the switch
+// answers an inner packet that has DF set and is larger than underlay MTU
+// − IPIPOverhead with ICMP fragmentation-needed (packet.BuildICMPError), as
+// a kernel tunnel would. The price is that a path MTU smaller than the
+// local link's is never learned; the underlay fragments instead of
+// dropping. OuterFromInner copies the inner DF into the outer header
+// instead, for packets that fit the device.
 //
 // Coexistence with the kernel's ipip module: when it is loaded, every
 // namespace has a fallback device tunl0. If tunl0 (or another ipip device
@@ -89,47 +92,52 @@ type IPIPConfig struct {
 // time. Close may be called from any goroutine.
 type IPIPConn struct {
 	batchConn
-	local  netip.Addr
-	ttl    uint8 // outer TTL
-	copyDF bool  // IPIPConfig.OuterFromInner
+	local netip.Addr
+	ttl   uint8 // outer TTL with OuterFromInner
 }
 
 // ListenIPIP opens the raw IP-in-IP sockets in the calling thread's
 // network namespace (use netnsutil.Do to open them elsewhere). It needs
 // CAP_NET_RAW.
 func ListenIPIP(cfg IPIPConfig) (*IPIPConn, error) {
-	c := &IPIPConn{local: cfg.Local, ttl: defaultTTL, copyDF: cfg.OuterFromInner}
-	err := c.open(socketSpec{
+	c := &IPIPConn{local: cfg.Local, ttl: defaultTTL}
+	s := socketSpec{
 		name: "ipip", typ: unix.SOCK_RAW, proto: unix.IPPROTO_IPIP,
 		local: cfg.Local, batch: cfg.BatchSize, buffer: cfg.SocketBuffer,
-		header: packet.IPv4MinHeaderLen,
-	})
-	if err != nil {
+		sender: true,
+	}
+	if cfg.OuterFromInner {
+		s.header = packet.IPv4MinHeaderLen
+	}
+	if err := c.open(s); err != nil {
 		return nil, err
 	}
-	// The TTL the kernel would have used (net.ipv4.ip_default_ttl).
-	c.raw.Control(func(fd uintptr) {
-		if ttl, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL); err == nil && ttl > 0 && ttl < 256 {
-			c.ttl = uint8(ttl)
-		}
-	})
-	c.buildHeader = c.outerHeader
+	if cfg.OuterFromInner {
+		// The TTL the kernel would have used (net.ipv4.ip_default_ttl,
+		// read once, here).
+		c.raw.Control(func(fd uintptr) {
+			if ttl, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL); err == nil && ttl > 0 && ttl < 256 {
+				c.ttl = uint8(ttl)
+			}
+		})
+		c.buildHeader = c.outerFromInner
+	}
 	return c, nil
 }
 
 // defaultTTL is the outer TTL if the socket's own cannot be read.
 const defaultTTL = 64
 
-// outerHeader writes the outer IPv4 header for inner to dst into outer
-// (20 bytes): version and IHL, the TTL, protocol 4, the bound source
-// (zero: the kernel picks one by route) and dst; with copyDF also DF and
-// the ID from inner when inner has DF. The kernel fills in the total
-// length and checksum, and an ID of zero.
-func (c *IPIPConn) outerHeader(outer, inner []byte, dst netip.Addr) {
+// outerFromInner writes the outer IPv4 header for inner to dst into
+// outer (20 bytes), for IP_HDRINCL: version and IHL, DF and (with DF) the
+// ID copied from inner, the TTL, protocol 4, the bound source (zero: the
+// kernel picks one by route) and dst. The kernel fills in the total
+// length and checksum, and an ID of zero without DF.
+func (c *IPIPConn) outerFromInner(outer, inner []byte, dst netip.Addr) {
 	o := packet.IPv4(outer)
 	clear(o)
 	o[0] = 4<<4 | packet.IPv4MinHeaderLen/4 // version, IHL
-	if in := packet.IPv4(inner); c.copyDF && len(in) >= packet.IPv4MinHeaderLen && in[0]>>4 == 4 && in.DontFragment() {
+	if in := packet.IPv4(inner); len(in) >= packet.IPv4MinHeaderLen && in[0]>>4 == 4 && in.DontFragment() {
 		o.SetID(in.ID())
 		o[6] = packet.IPv4FlagDontFragment << 5 // flags DF, offset 0
 	}
@@ -145,14 +153,13 @@ func (c *IPIPConn) outerHeader(outer, inner []byte, dst netip.Addr) {
 func (c *IPIPConn) Local() netip.Addr { return c.local }
 
 // WriteBatch sends each inner IPv4 packet pkts[i] to the node dsts[i]
-// inside IP-in-IP, with the outer header described on IPIPConn. It sends in sendmmsg
-// calls of up to BatchSize() packets, waits for buffer space when the
-// socket is full (at most a second: then the packets waiting are refused),
-// and returns how many packets the kernel accepted. A
-// packet the kernel refuses (no route to its node, too big, an empty
-// packet, a non-IPv4 destination) is skipped and its error joined into the
-// returned error; the rest are still sent. After Close it returns
-// os.ErrClosed.
+// inside IP-in-IP, with the outer header described on IPIPConn. It sends
+// in sendmmsg calls of up to BatchSize() packets, waits for buffer space
+// when the socket is full (a second at most: then the rest of the write
+// is refused), and returns how many packets the kernel accepted. A packet
+// the kernel refuses (no route to its node, too big, an empty packet, a
+// non-IPv4 destination) is skipped and its error joined into the returned
+// error; the rest are still sent. After Close it returns os.ErrClosed.
 //
 // It allocates nothing unless a packet is refused. len(dsts) must be at
 // least len(pkts).

@@ -108,6 +108,9 @@ func TestIPIPConnVeth(t *testing.T) {
 			t.Errorf("inner packet %d:\ngot  %x\nwant %x", i, []byte(inner), pkts[i])
 		}
 	}
+	// B's sending socket got a copy of each too (it holds them all
+	// without its filter: checked by mutation), and dropped it.
+	waitDrops(t, b.sendRaw, 0)
 }
 
 // TestIPIPConnFragmentsOuter checks the documented DF choice end to end: an
@@ -246,13 +249,25 @@ func TestListenIPIPConfig(t *testing.T) {
 				if c.BatchSize() != wantBatch {
 					t.Errorf("BatchSize: got %d, want %d", c.BatchSize(), wantBatch)
 				}
-				// Sends go out on their own socket: IPPROTO_RAW (it
-				// receives nothing) and blocking (off the netpoller).
+				// Sends go out on their own socket: IP-in-IP, blocking
+				// (off the netpoller) with a send timeout, IP_HDRINCL
+				// only for OuterFromInner.
+				if c.send == c.file {
+					t.Fatalf("sends on the receiving socket")
+				}
 				c.sendRaw.Control(func(fd uintptr) {
 					proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
 					fl, ferr := unix.FcntlInt(fd, unix.F_GETFL, 0)
-					if err != nil || ferr != nil || proto != unix.IPPROTO_RAW || fl&unix.O_NONBLOCK != 0 {
-						t.Errorf("sending socket: protocol %d (%v), flags %#x (%v); want IPPROTO_RAW, blocking", proto, err, fl, ferr)
+					if err != nil || ferr != nil || proto != unix.IPPROTO_IPIP || fl&unix.O_NONBLOCK != 0 {
+						t.Errorf("sending socket: protocol %d (%v), flags %#x (%v); want IPPROTO_IPIP, blocking", proto, err, fl, ferr)
+					}
+					tv, err := unix.GetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_SNDTIMEO)
+					if err != nil || time.Duration(tv.Nano()) != sendTimeout {
+						t.Errorf("sending socket SO_SNDTIMEO: %v (%v), want %v", time.Duration(tv.Nano()), err, sendTimeout)
+					}
+					hdr, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_HDRINCL)
+					if err != nil || (hdr != 0) != tt.cfg.OuterFromInner {
+						t.Errorf("sending socket IP_HDRINCL %d (%v), want it on only with OuterFromInner", hdr, err)
 					}
 				})
 				return

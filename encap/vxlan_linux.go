@@ -55,7 +55,7 @@ type VXLANConfig struct {
 // and computes and verifies the UDP checksum (it is never zero, so
 // receivers' NICs and GRO can validate it). ReadBatch, Sources,
 // BatchSize, the deadlines and Close come from the batched datagram core
-// (see docs/encap.md).
+// (see docs/encap.md); a SendOnly conn refuses reads and deadlines.
 //
 // Outer source port: a UDP socket sends from its bound port, so every
 // datagram leaves from Port, not from a per-flow FlowSourcePort as the
@@ -105,8 +105,9 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 // WriteBatch sends each UDP payload pkts[i] (a VXLAN header and inner
 // frame, see EncapVXLAN) to dsts[i], a node's underlay address and VXLAN
 // port. It sends in sendmmsg calls of up to BatchSize() packets, waits for
-// buffer space when the socket is full, and returns how many packets the
-// kernel accepted.
+// buffer space when the socket is full (a SendOnly conn a second at most:
+// then the rest of the write is refused), and returns how many packets
+// the kernel accepted.
 //
 // With GSO, consecutive packets to the same destination whose lengths are
 // equal (the last of a run may be shorter) go out as one message with a

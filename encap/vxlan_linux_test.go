@@ -427,6 +427,7 @@ func TestListenVXLANConfig(t *testing.T) {
 	}{
 		{name: "defaults", cfg: VXLANConfig{}},
 		{name: "bound", cfg: VXLANConfig{Local: u.addrA, Port: 8472, BatchSize: 8, SocketBuffer: 1 << 20}},
+		{name: "send-only", cfg: VXLANConfig{Local: u.addrA, Port: 8473, SendOnly: true}},
 		{name: "IPv6 local", cfg: VXLANConfig{Local: netip.MustParseAddr("fd00::1")}, want: "not an IPv4 address"},
 		{name: "negative batch", cfg: VXLANConfig{BatchSize: -1}, want: "BatchSize -1"},
 		{name: "huge batch", cfg: VXLANConfig{BatchSize: 5000}, want: "BatchSize 5000"},
@@ -448,6 +449,10 @@ func TestListenVXLANConfig(t *testing.T) {
 				}
 				if got := int(c.LocalAddr().Port()); got != cmpOr(tt.cfg.Port, VXLANPort) {
 					t.Errorf("LocalAddr port: got %d, want %d", got, cmpOr(tt.cfg.Port, VXLANPort))
+				}
+				_, rerr := c.ReadBatch(make([][]byte, 1), make([]int, 1), 0)
+				if refused := rerr != nil && strings.Contains(rerr.Error(), "only sends"); refused != tt.cfg.SendOnly {
+					t.Errorf("ReadBatch on a conn with SendOnly %v: got %v", tt.cfg.SendOnly, rerr)
 				}
 				return
 			}
