@@ -195,7 +195,7 @@ type batchConn struct {
 	wouter      []byte
 	buildHeader func(outer, pkt []byte, dst netip.Addr)
 
-	// A packet too big for the route goes out on file with the kernel's
+	// A packet too big for the device goes out on file with the kernel's
 	// header (sendPlain): wplain is its message, wplainErr the result,
 	// plainFn the write callback, bound once.
 	wplain    unix.Msghdr
