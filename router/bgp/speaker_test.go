@@ -251,8 +251,12 @@ func TestSetPeersIdempotentChangeAndRemove(t *testing.T) {
 	a := newNode(t, podnetASN, nil)
 	b := newNode(t, podnetASN, nil)
 	c := newNode(t, podnetASN, nil)
-	a.setPeers(t, a.peerOf(b), a.peerOf(c))
-	b.setPeers(t, b.peerOf(a))
+	// B dials A throughout, whichever address is lower: the re-added
+	// peer below must be passive on A's side (see there).
+	ab, ba := a.peerOf(b), b.peerOf(a)
+	ab.Passive, ba.Passive = true, false
+	a.setPeers(t, ab, a.peerOf(c))
+	b.setPeers(t, ba)
 	c.setPeers(t, c.peerOf(a))
 	before := a.waitEstablished(t, b)
 	a.waitEstablished(t, c)
@@ -261,7 +265,7 @@ func TestSetPeersIdempotentChangeAndRemove(t *testing.T) {
 	_, calls := a.routes.snapshot()
 
 	// Same set again (different order): nothing is reset.
-	a.setPeers(t, a.peerOf(c), a.peerOf(b))
+	a.setPeers(t, a.peerOf(c), ab)
 	after, _ := a.peerStatus(t, b.addr)
 	if !established(after) || !after.Since.Equal(before.Since) {
 		t.Errorf("after idempotent SetPeers: got %+v, want Established since %v", after, before.Since)
@@ -275,10 +279,9 @@ func TestSetPeersIdempotentChangeAndRemove(t *testing.T) {
 	// closing connections meanwhile, so if both sides dialled they could
 	// miss each other for a few rounds (each Idle side refuses the other's
 	// attempt). Passive, A just waits for B's dial.
-	pb := a.peerOf(b)
+	pb := ab
 	pb.Type = "node specific"
 	pb.HoldTime = 6 * time.Second
-	pb.Passive = true
 	a.setPeers(t, pb, a.peerOf(c))
 	a.waitPeer(t, b.addr, "re-added and Established", func(p PeerStatus) bool {
 		return established(p) && p.Type == "node specific"
