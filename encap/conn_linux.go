@@ -118,13 +118,10 @@ type batchConn struct {
 	gro   bool
 
 	// send is the socket writes go through: file itself, or with
-	// socketSpec.sender a second one. sendBlocks says it is blocking and
-	// off the netpoller (see sendTimeout), which a send-only conn's file
-	// is too.
-	send       *os.File
-	sendRaw    syscall.RawConn
-	sendBlocks bool
-	sendOnly   bool
+	// socketSpec.sender a second one (see sendBlocks).
+	send     *os.File
+	sendRaw  syscall.RawConn
+	sendOnly bool
 
 	// gso is cleared for good when the kernel refuses a UDP_SEGMENT send
 	// with EIO or EINVAL (e.g. an egress device without checksum
@@ -231,6 +228,9 @@ func (c *batchConn) open(s socketSpec) error {
 	if s.header != 0 && (udp || !s.sender || s.header < 20 || s.header > 60 || s.header%4 != 0) {
 		return fmt.Errorf("encap: %s: own outer header of %d bytes: needs a raw socket with a separate sender and 20 to 60 bytes in steps of 4", s.name, s.header)
 	}
+	if s.sendOnly && s.sender {
+		return fmt.Errorf("encap: %s: a send-only conn with a separate sender", s.name)
+	}
 	if udp {
 		switch port = s.port; port {
 		case 0:
@@ -247,9 +247,6 @@ func (c *batchConn) open(s socketSpec) error {
 		buffer = DefaultSocketBuffer
 	}
 
-	if s.sendOnly && s.sender {
-		return fmt.Errorf("encap: %s: a send-only conn with a separate sender", s.name)
-	}
 	fd, err := underlaySocket(s.name, s.typ, s.proto, buffer, !s.sendOnly)
 	if err != nil {
 		return err
@@ -323,7 +320,7 @@ func (c *batchConn) open(s socketSpec) error {
 		f.Close()
 		return fmt.Errorf("encap: %s: %w", s.name, err)
 	}
-	c.send, c.sendRaw, c.sendBlocks, c.sendOnly = f, raw, s.sendOnly, s.sendOnly
+	c.send, c.sendRaw, c.sendOnly = f, raw, s.sendOnly
 	if s.sender {
 		if err := c.openSender(s, name, buffer); err != nil {
 			f.Close()
@@ -422,9 +419,14 @@ func (c *batchConn) openSender(s socketSpec, name string, buffer int) error {
 		f.Close()
 		return fmt.Errorf("encap: %s: sender: %w", s.name, err)
 	}
-	c.send, c.sendRaw, c.sendBlocks = f, raw, true
+	c.send, c.sendRaw = f, raw
 	return nil
 }
+
+// sendBlocks says whether writes go through a blocking socket off the
+// netpoller (see sendTimeout): a separate sender, or a send-only conn's
+// only socket.
+func (c *batchConn) sendBlocks() bool { return c.sendOnly || c.send != c.file }
 
 // dropAll attaches a socket filter that drops every packet, so that a
 // socket that only sends, which nobody reads, queues nothing.
@@ -497,7 +499,7 @@ func (c *batchConn) SetReadDeadline(t time.Time) error { return c.file.SetReadDe
 // (send-only conns, IP-in-IP) waits at most sendTimeout and refuses a
 // deadline.
 func (c *batchConn) SetWriteDeadline(t time.Time) error {
-	if c.sendBlocks {
+	if c.sendBlocks() {
 		return fmt.Errorf("encap: %s: sends on a blocking socket, which waits at most %v: no deadline", c.name, sendTimeout)
 	}
 	return c.file.SetWriteDeadline(t)
@@ -509,7 +511,7 @@ func (c *batchConn) SetWriteDeadline(t time.Time) error {
 func (c *batchConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
-		if c.sendBlocks {
+		if c.sendBlocks() {
 			// Closing a file does not interrupt a system call blocked
 			// on it; shutting the socket down for writing wakes it (an
 			// unconnected socket still takes SEND_SHUTDOWN, and reports

@@ -223,7 +223,7 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			if !c.sendBlocks {
+			if !c.sendBlocks() {
 				return false // socket buffer full: wait for POLLOUT
 			}
 			// A blocking sender: Close came meanwhile, or the buffer
