@@ -479,7 +479,7 @@ func TestBatchConnBlockedWriter(t *testing.T) {
 			n, err := c.writeToAddrPorts(pkts, dsts)
 			done <- result{n, err}
 		}()
-		time.Sleep(100 * time.Millisecond) // let the writer fill the buffer and park
+		waitSendBufferFull(t, c.sendRaw) // the writer waits for space
 		if err := c.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
@@ -568,7 +568,7 @@ func TestBatchConnSendOnly(t *testing.T) {
 			_, err := c.writeToAddrPorts(many, far)
 			done <- err
 		}()
-		time.Sleep(100 * time.Millisecond) // let the writer fill the buffer and block
+		waitSendBufferFull(t, c.sendRaw) // the writer blocks in sendmmsg
 		if err := c.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
@@ -595,24 +595,51 @@ func TestBatchConnSendOnly(t *testing.T) {
 // and only the empty queue is checked.
 func waitDrops(t testing.TB, rc syscall.RawConn, want int) {
 	t.Helper()
-	var drops, queued uint32
+	var mem sockMeminfo
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		rc.Control(func(fd uintptr) {
-			var mem [9]uint32 // SK_MEMINFO_RMEM_ALLOC … SK_MEMINFO_DROPS
-			size := uint32(unsafe.Sizeof(mem))
-			if _, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
-				uintptr(unsafe.Pointer(&mem)), uintptr(unsafe.Pointer(&size)), 0); errno != 0 {
-				t.Fatalf("getsockopt SO_MEMINFO: %v", errno)
-			}
-			queued, drops = mem[0], mem[8]
-		})
-		if int(drops) >= want {
+		if mem = meminfo(t, rc); int(mem[memDrops]) >= want {
 			break
 		}
 	}
-	if int(drops) < want || queued != 0 {
-		t.Errorf("socket dropped %d packets and holds %d bytes: want at least %d dropped, nothing held", drops, queued, want)
+	if int(mem[memDrops]) < want || mem[memRmemAlloc] != 0 {
+		t.Errorf("socket dropped %d packets and holds %d bytes: want at least %d dropped, nothing held", mem[memDrops], mem[memRmemAlloc], want)
 	}
+}
+
+// sockMeminfo is what getsockopt(SO_MEMINFO) fills in, up to the drops.
+type sockMeminfo [9]uint32
+
+// Indices into sockMeminfo (SK_MEMINFO_*).
+const (
+	memRmemAlloc = 0
+	memWmemAlloc = 2
+	memSndbuf    = 3
+	memDrops     = 8
+)
+
+func meminfo(t testing.TB, rc syscall.RawConn) sockMeminfo {
+	t.Helper()
+	var mem sockMeminfo
+	rc.Control(func(fd uintptr) {
+		size := uint32(unsafe.Sizeof(mem))
+		if _, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&mem)), uintptr(unsafe.Pointer(&size)), 0); errno != 0 {
+			t.Fatalf("getsockopt SO_MEMINFO: %v", errno)
+		}
+	})
+	return mem
+}
+
+// waitSendBufferFull waits until the socket behind rc has as much queued
+// for sending as its buffer holds: a writer on it then waits for space.
+func waitSendBufferFull(t testing.TB, rc syscall.RawConn) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if mem := meminfo(t, rc); mem[memWmemAlloc] >= mem[memSndbuf] {
+			return
+		}
+	}
+	t.Fatal("send buffer never filled up")
 }
 
 // TestBatchConnMapErr checks the error mapping every syscall result
