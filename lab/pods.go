@@ -161,7 +161,7 @@ func (l *Lab) startHTTP(ctx context.Context, pod string) error {
 func WaitListen(ctx context.Context, pid, port int, timeout time.Duration) error {
 	id, err := identify(pid)
 	if err != nil {
-		return fmt.Errorf("server exited at once")
+		return fmt.Errorf("server exited at once: %w", err)
 	}
 	return waitListen(ctx, id, port, timeout)
 }
