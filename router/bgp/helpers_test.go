@@ -272,19 +272,46 @@ func leaked(before map[string]string) []string {
 // waitNoLeak fails t unless every goroutine started since before has ended.
 // GoBGP's watcher and channel goroutines end asynchronously once the watch
 // context is cancelled; they get a moment.
-func waitNoLeak(t *testing.T, before map[string]string) {
+//
+// One leftover is GoBGP's, not ours, and up to sessions of them are
+// tolerated (and logged): when a session's FSM ends, GoBGP v4.8.0 closes its
+// outgoing InfiniteChannel and drains it without blocking
+// (cleanInfiniteChannel), so with two or more messages still queued the
+// channel's buffer goroutine can be left blocked on its output for good.
+// Nothing outside GoBGP can reach that channel. Any other goroutine, or more
+// of these than sessions ended, fails the test.
+func waitNoLeak(t *testing.T, before map[string]string, sessions int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		l := leaked(before)
-		if len(l) == 0 {
+		var ours, gobgps []string
+		for _, g := range leaked(before) {
+			if abandonedOutgoing(g) {
+				gobgps = append(gobgps, g)
+			} else {
+				ours = append(ours, g)
+			}
+		}
+		if len(ours) == 0 && len(gobgps) <= sessions {
+			if len(gobgps) > 0 {
+				t.Logf("%d GoBGP FSM channel goroutines left behind by GoBGP's own close (tolerated, at most %d)", len(gobgps), sessions)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines left behind:\n%s", len(l), strings.Join(l, "\n\n"))
+			l := append(ours, gobgps...)
+			t.Fatalf("%d goroutines left behind (%d of them GoBGP channel buffers, at most %d tolerated):\n%s",
+				len(l), len(gobgps), sessions, strings.Join(l, "\n\n"))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// abandonedOutgoing reports whether stack g is an InfiniteChannel buffer
+// goroutine blocked with items no one will read (see waitNoLeak).
+func abandonedOutgoing(g string) bool {
+	_, frames, _ := strings.Cut(g, "\n")
+	return strings.HasPrefix(frames, "github.com/eapache/channels.(*InfiniteChannel).infiniteBuffer(")
 }
 
 // fakePeer is a scripted BGP neighbor on a fresh loopback address, for

@@ -377,7 +377,8 @@ func TestCloseIdempotentNoLeak(t *testing.T) {
 		}
 	}()
 
-	waitNoLeak(t, before)
+	// Two sessions ended: A's FSM for B and B's for A.
+	waitNoLeak(t, before, 2)
 }
 
 func TestConfigValidation(t *testing.T) {
@@ -568,7 +569,7 @@ func TestNewFailureLeavesNothing(t *testing.T) {
 	} else {
 		l.Close()
 	}
-	waitNoLeak(t, before)
+	waitNoLeak(t, before, 0) // no session was ever configured
 }
 
 // freezer is a TCP relay that can stop delivering bytes while keeping both
