@@ -66,12 +66,17 @@ func (n *NAT) handleUDP(ip packet.IPv4) {
 			return
 		}
 	}
+	// conntrack's rule: a flow is assured once the originator speaks
+	// again after a reply. Decided before sending: the reply to this very
+	// datagram can come back, and mark the flow replied, before send
+	// returns.
+	again := f.getState() == stateReplied
 	if !n.send(f, u[packet.UDPHeaderLen:l]) {
 		return
 	}
-	// conntrack's rule: a flow is assured once the originator speaks
-	// again after a reply.
-	f.state.CompareAndSwap(uint32(stateReplied), uint32(stateAssured))
+	if again {
+		f.state.CompareAndSwap(uint32(stateReplied), uint32(stateAssured))
+	}
 }
 
 // handleICMP sends a pod's echo request through the flow's ping socket.

@@ -175,3 +175,45 @@ func TestHostUnreachableDatagrams(t *testing.T) {
 		seen[q.Protocol()] = true
 	}
 }
+
+// TestUDPAssuredOnlyAfterReply: one datagram and its reply leave a flow
+// "replied" (the short UDP timeout), however fast the reply comes; only
+// the pod's next datagram makes it "assured". The echo answers on
+// loopback-fast paths, so the reply often lands while the first
+// datagram's Handle is still returning: a flow promoted after sending
+// would be promoted by its own first datagram. Many flows make that
+// window show.
+func TestUDPAssuredOnlyAfterReply(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{UDP: time.Hour, UDPAssured: time.Hour})
+	ch := capture(d)
+	echo := netip.AddrPortFrom(remoteAddr, 7)
+	const flows = 200
+	state := func(src netip.AddrPort) string {
+		for _, e := range n.Entries() {
+			if e.Proto == "udp" && e.Pod == src {
+				return e.State
+			}
+		}
+		return "(none)"
+	}
+	isReplyTo := func(src netip.AddrPort) func(packet.IPv4) bool {
+		return func(ip packet.IPv4) bool {
+			return ip.Protocol() == packet.ProtoUDP && packet.UDP(ip.Payload()).DstPort() == src.Port()
+		}
+	}
+	for i := range flows {
+		src := netip.AddrPortFrom(podAddr, uint16(20000+i))
+		n.Handle(buildUDP(src, echo, []byte("one")))
+		expectPacket(t, ch, "echo reply", isReplyTo(src))
+		if got := state(src); got != "replied" {
+			t.Fatalf("flow %d after one datagram and its reply: state %q, want replied", i, got)
+		}
+	}
+	src := netip.AddrPortFrom(podAddr, 20000)
+	n.Handle(buildUDP(src, echo, []byte("two")))
+	expectPacket(t, ch, "second echo reply", isReplyTo(src))
+	if got := state(src); got != "assured" {
+		t.Errorf("after the pod spoke again: state %q, want assured", got)
+	}
+}
