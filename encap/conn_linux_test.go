@@ -428,6 +428,23 @@ func throttledPath(t testing.TB, name string) netip.AddrPort {
 	return netip.MustParseAddrPort("10.252.0.2:9")
 }
 
+// stalledPath is like throttledPath, but its egress drains a byte a
+// second: a socket sending there fills its buffer and it stays full for
+// the rest of the test.
+func stalledPath(t testing.TB, name string) netip.AddrPort {
+	t.Helper()
+	ip(t, "-n", name, "link", "add", "s0", "type", "veth", "peer", "name", "s1")
+	ip(t, "-n", name, "addr", "add", "10.253.0.1/24", "dev", "s0")
+	ip(t, "-n", name, "link", "set", "s0", "up")
+	ip(t, "-n", name, "link", "set", "s1", "up")
+	ip(t, "-n", name, "neigh", "add", "10.253.0.2", "lladdr", "02:00:00:00:00:03", "dev", "s0", "nud", "permanent")
+	if out, err := exec.Command("tc", "-n", name, "qdisc", "add", "dev", "s0", "root", "tbf",
+		"rate", "8bit", "burst", "1600", "limit", "1000000").CombinedOutput(); err != nil {
+		t.Fatalf("tc qdisc add tbf: %v\n%s", err, out)
+	}
+	return netip.MustParseAddrPort("10.253.0.2:9")
+}
+
 // heldUpWrite returns 1000 datagrams of 64 bytes, all to a throttledPath
 // in the namespace name: far more than a 4 KiB send buffer holds, so a
 // write of them has to wait for buffer space.
@@ -559,6 +576,29 @@ func TestBatchConnSendOnly(t *testing.T) {
 		// Waiting sendTimeout per message would take minutes.
 		if d < sendTimeout/2 || d > 10*sendTimeout {
 			t.Errorf("held-up write returned after %v, want about sendTimeout (%v) once, not per message", d, sendTimeout)
+		}
+	})
+	// A write of one or two packets first tries without blocking (and
+	// without the scheduler); on a full buffer it must still wait like
+	// any other write, not fail at once.
+	t.Run("small write waits", func(t *testing.T) {
+		c := openCore(t, ns, s)
+		stalled := stalledPath(t, name)
+		fill := make([]netip.AddrPort, len(many))
+		for i := range fill {
+			fill[i] = stalled
+		}
+		if n, err := c.writeToAddrPorts(many, fill); n == 0 || !errors.Is(err, unix.EAGAIN) {
+			t.Fatalf("filling the buffer toward a stalled path: %d sent, %v; want some, then send buffer full", n, err)
+		}
+		start := time.Now()
+		n, err := c.writeToAddrPorts(many[:1], fill[:1])
+		d := time.Since(start)
+		if n != 0 || !errors.Is(err, unix.EAGAIN) {
+			t.Errorf("one packet on a full buffer: %d sent, %v; want 0 and send buffer full", n, err)
+		}
+		if d < sendTimeout/2 {
+			t.Errorf("one packet on a full buffer gave up after %v, want a wait of about sendTimeout (%v)", d, sendTimeout)
 		}
 	})
 	t.Run("close", func(t *testing.T) {

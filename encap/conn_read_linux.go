@@ -142,8 +142,11 @@ func (c *batchConn) recv(n int) (int, error) {
 func (c *batchConn) recvBatch(fd uintptr) bool {
 	for {
 		// Flags 0: the socket is non-blocking, so recvmmsg stops at the
-		// first empty read and returns what it has.
-		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
+		// first empty read and returns what it has. It cannot block, so
+		// it goes without the scheduler's bookkeeping, which would wake
+		// Go's sysmon thread on the first call after an idle spell
+		// (docs/performance.md, "Wake-ups").
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd,
 			uintptr(unsafe.Pointer(&c.rhdrs[0])), uintptr(c.rcount), 0, 0, 0)
 		switch errno {
 		case 0:

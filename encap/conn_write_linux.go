@@ -211,8 +211,7 @@ func (c *batchConn) clearWriteIovs() {
 // first packet without (this run's) GSO.
 func (c *batchConn) sendBatch(fd uintptr) bool {
 	for c.wdone < c.wcount {
-		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
-			uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone), unix.MSG_NOSIGNAL, 0, 0)
+		r, errno := c.sendmmsg(fd)
 		switch errno {
 		case 0:
 			for k := range int(r) {
@@ -288,6 +287,31 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 		c.wdone++
 	}
 	return true
+}
+
+// smallWrite is the most packets a write may hold to be sent without the
+// scheduler's bookkeeping (see sendmmsg): a request and its answer are
+// one or two packets, and a call that small returns in microseconds.
+const smallWrite = 2
+
+// sendmmsg sends messages wdone..wcount-1 in one call and returns how many
+// the kernel took. A small write (smallWrite) is issued as a raw system
+// call that cannot block (MSG_DONTWAIT): entering an ordinary one wakes
+// Go's sysmon thread when the daemon was idle, a wake-up on the other
+// vCPU for every request (docs/performance.md, "Wake-ups"). Bulk writes,
+// whose calls can run for hundreds of microseconds on a veth underlay,
+// and a blocking sender whose buffer is full go through the scheduler,
+// which can then hand the P to another goroutine.
+func (c *batchConn) sendmmsg(fd uintptr) (int, unix.Errno) {
+	hdrs, n := uintptr(unsafe.Pointer(&c.whdrs[c.wdone])), uintptr(c.wcount-c.wdone)
+	if len(c.wpkts) <= smallWrite {
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, hdrs, n, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
+		if errno != unix.EAGAIN || !c.sendBlocks() {
+			return int(r), errno
+		}
+	}
+	r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, hdrs, n, unix.MSG_NOSIGNAL, 0, 0)
+	return int(r), errno
 }
 
 // sendPlain sends message j's packet without the outer header the
