@@ -255,6 +255,13 @@ func TestListenIPIPConfig(t *testing.T) {
 				if c.send == c.file {
 					t.Fatalf("sends on the receiving socket")
 				}
+				// The receiving socket is non-blocking: recvmmsg on it is
+				// a raw system call (recvBatch), which must not block.
+				c.raw.Control(func(fd uintptr) {
+					if fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
+						t.Errorf("receiving socket flags %#x (%v): want non-blocking", fl, err)
+					}
+				})
 				c.sendRaw.Control(func(fd uintptr) {
 					proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
 					fl, ferr := unix.FcntlInt(fd, unix.F_GETFL, 0)

@@ -450,6 +450,14 @@ func TestListenVXLANConfig(t *testing.T) {
 				if got := int(c.LocalAddr().Port()); got != cmpOr(tt.cfg.Port, VXLANPort) {
 					t.Errorf("LocalAddr port: got %d, want %d", got, cmpOr(tt.cfg.Port, VXLANPort))
 				}
+				// A socket that receives is non-blocking: recvmmsg on it
+				// is a raw system call (recvBatch), which must not block.
+				c.raw.Control(func(fd uintptr) {
+					fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+					if nb := err == nil && fl&unix.O_NONBLOCK != 0; nb == tt.cfg.SendOnly {
+						t.Errorf("socket flags %#x (%v) with SendOnly %v: want non-blocking exactly when it receives", fl, err, tt.cfg.SendOnly)
+					}
+				})
 				_, rerr := c.ReadBatch(make([][]byte, 1), make([]int, 1), 0)
 				if refused := rerr != nil && strings.Contains(rerr.Error(), "only sends"); refused != tt.cfg.SendOnly {
 					t.Errorf("ReadBatch on a conn with SendOnly %v: got %v", tt.cfg.SendOnly, rerr)
