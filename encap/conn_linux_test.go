@@ -171,6 +171,37 @@ func TestBatchConnRoundTrip(t *testing.T) {
 	}
 }
 
+// TestBatchConnReadWholeBatch: one ReadBatch returns everything queued,
+// up to the batch, although only the first rawRecvSlots slots are read
+// with a raw system call and the rest with an ordinary one (recvBatch);
+// in order, with the right sizes and sources.
+func TestBatchConnReadWholeBatch(t *testing.T) {
+	ns, _ := coreNetns(t)
+	a := openCore(t, ns, udpSpec(false, false))
+	b := openCore(t, ns, udpSpec(false, false))
+	const queued, vec = 3*rawRecvSlots + 1, 4 * rawRecvSlots
+	pkts := numbered(repeat(queued, 200)...)
+	dsts := make([]netip.AddrPort, len(pkts))
+	for i := range dsts {
+		dsts[i] = b.local
+	}
+	if n, err := a.writeToAddrPorts(pkts, dsts); n != len(pkts) || err != nil {
+		t.Fatalf("write: got (%d, %v), want (%d, nil)", n, err, len(pkts))
+	}
+	// Loopback delivers each datagram within the sending call (the
+	// softirq runs as the send returns), so all of them are queued now.
+	bufs, sizes := readBufs(vec, 2048), make([]int, vec)
+	n, err := b.ReadBatch(bufs, sizes, 0)
+	if err != nil || n != queued {
+		t.Fatalf("ReadBatch with %d datagrams queued: got (%d, %v), want all of them in one call", queued, n, err)
+	}
+	for i := range n {
+		if sizes[i] != len(pkts[i]) || string(bufs[i][:sizes[i]]) != string(pkts[i]) || b.Sources()[i] != loopback {
+			t.Fatalf("datagram %d: %d bytes from %v, want datagram %d (%d bytes) from %v", i, sizes[i], b.Sources()[i], i, len(pkts[i]), loopback)
+		}
+	}
+}
+
 // TestFillWriteGSO checks how the core groups packets into UDP_SEGMENT
 // messages, without sending: equal runs to one destination become one
 // message, limited to 64 segments, 65000 bytes and the batch; a shorter

@@ -291,7 +291,8 @@ func (c *batchConn) sendBatch(fd uintptr) bool {
 
 // smallWrite is the most packets a write may hold to be sent without the
 // scheduler's bookkeeping (see sendmmsg): a request and its answer are
-// one or two packets, and a call that small returns in microseconds.
+// one or two packets, and a call that small returns within tens of
+// microseconds even where it carries the receiving node's input path.
 const smallWrite = 2
 
 // sendmmsg sends messages wdone..wcount-1 in one call and returns how many

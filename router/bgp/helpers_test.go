@@ -274,12 +274,14 @@ func leaked(before map[string]string) []string {
 // context is cancelled; they get a moment.
 //
 // One leftover is GoBGP's, not ours, and up to sessions of them are
-// tolerated (and logged): when a session's FSM ends, GoBGP v4.8.0 closes its
-// outgoing InfiniteChannel and drains it without blocking
-// (cleanInfiniteChannel), so with two or more messages still queued the
-// channel's buffer goroutine can be left blocked on its output for good.
-// Nothing outside GoBGP can reach that channel. Any other goroutine, or more
-// of these than sessions ended, fails the test.
+// tolerated (and logged): when a peer's FSM ends (the peer removed or the
+// speaker stopped), GoBGP v4.8.0 closes the peer's outgoing
+// InfiniteChannel and drains it without blocking (cleanInfiniteChannel),
+// which returns before the channel's buffer goroutine, woken by the close,
+// is ready to hand anything over; with any message still queued that
+// goroutine stays blocked on its output for good. Nothing outside GoBGP
+// can reach that channel. Any other goroutine, or more of these than FSMs
+// ended, fails the test.
 func waitNoLeak(t *testing.T, before map[string]string, sessions int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -377,7 +377,7 @@ func TestCloseIdempotentNoLeak(t *testing.T) {
 		}
 	}()
 
-	// Two sessions ended: A's FSM for B and B's for A.
+	// Two FSMs ended: A's for B and B's for A.
 	waitNoLeak(t, before, 2)
 }
 

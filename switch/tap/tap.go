@@ -387,12 +387,17 @@ func mapClosed(err error) error {
 }
 
 // rawRead and rawWrite are read(2) and write(2) on the non-blocking fd,
-// issued without telling Go's scheduler (syscall.RawSyscall). Neither can
-// block: a read of an empty TAP returns EAGAIN, and a write runs the
-// pod's receive path in softirq and returns. Going through the scheduler
-// costs a wake-up per burst after the daemon was idle: entering a system
-// call wakes the runtime's monitor thread (sysmon) from its deep sleep, a
-// second thread woken on a second vCPU for each request a pod sends.
+// issued without telling Go's scheduler (unix.RawSyscall). Entering an
+// ordinary system call wakes the runtime's monitor thread (sysmon) when
+// it sleeps deeply after an idle spell: a second thread woken, usually on
+// the other vCPU, for each request a pod sends (docs/performance.md,
+// "Wake-ups"). Neither call can block: a read of an empty device returns
+// EAGAIN and copies at most one frame. A write runs the receiving side's
+// input path for that one frame before it returns, typically tens of
+// microseconds for a 64 KiB superframe, and while it runs it keeps its P
+// and holds off a garbage collector's stop-the-world; the kernel may also
+// run pending softirq work at its end, which is bounded to about 2 ms.
+// gVisor's link endpoints write packets to their fds the same way.
 func rawRead(fd int, b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil

@@ -9,6 +9,7 @@ import (
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
+	"podnet/internal/turn"
 )
 
 // TestDeviceNonBlocking: every device's fd is non-blocking, in both
@@ -42,9 +43,14 @@ func TestDeviceNonBlocking(t *testing.T) {
 			if _, err := rawRead(d.fd, make([]byte, 2048)); !errors.Is(err, unix.EAGAIN) {
 				t.Errorf("read of an empty device: got %v, want EAGAIN at once", err)
 			}
+			var tn turn.Turn
+			d.SetTurn(&tn)
 			n, err := d.TryRead([][]byte{make([]byte, 2048)}, []int{0}, 0)
 			if n != 0 || err != nil {
-				t.Errorf("TryRead without a turn: %d, %v; want 0, nil", n, err)
+				t.Errorf("TryRead of an empty device: %d, %v; want 0, nil", n, err)
+			}
+			if !tn.Try() {
+				t.Errorf("TryRead that found nothing kept the turn")
 			}
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
