@@ -446,34 +446,33 @@ func TestBatchConnCloseReader(t *testing.T) {
 //
 //	netns: w0 10.252.0.1/24 (tbf 8kbit) ── w1; 10.252.0.2 → 02:00:00:00:00:02 on w0
 func throttledPath(t testing.TB, name string) netip.AddrPort {
-	t.Helper()
-	ip(t, "-n", name, "link", "add", "w0", "type", "veth", "peer", "name", "w1")
-	ip(t, "-n", name, "addr", "add", "10.252.0.1/24", "dev", "w0")
-	ip(t, "-n", name, "link", "set", "w0", "up")
-	ip(t, "-n", name, "link", "set", "w1", "up")
-	ip(t, "-n", name, "neigh", "add", "10.252.0.2", "lladdr", "02:00:00:00:00:02", "dev", "w0", "nud", "permanent")
-	if out, err := exec.Command("tc", "-n", name, "qdisc", "add", "dev", "w0", "root", "tbf",
-		"rate", "8kbit", "burst", "1600", "limit", "1000000").CombinedOutput(); err != nil {
-		t.Fatalf("tc qdisc add tbf: %v\n%s", err, out)
-	}
-	return netip.MustParseAddrPort("10.252.0.2:9")
+	return slowPath(t, name, "w", 252, "8kbit")
 }
 
-// stalledPath is like throttledPath, but its egress drains a byte a
-// second: a socket sending there fills its buffer and it stays full for
-// the rest of the test.
+// stalledPath is like throttledPath (s0 ── s1, 10.253.0.0/24), but its
+// egress drains a byte a second: a socket sending there fills its buffer
+// and it stays full for the rest of the test.
 func stalledPath(t testing.TB, name string) netip.AddrPort {
+	return slowPath(t, name, "s", 253, "8bit")
+}
+
+// slowPath builds a throttledPath: veth pair dev0 ── dev1, dev0 at
+// 10.N.0.1/24 with egress rate limited to rate, and 10.N.0.2 resolved
+// statically on it. It returns 10.N.0.2:9.
+func slowPath(t testing.TB, name, dev string, n byte, rate string) netip.AddrPort {
 	t.Helper()
-	ip(t, "-n", name, "link", "add", "s0", "type", "veth", "peer", "name", "s1")
-	ip(t, "-n", name, "addr", "add", "10.253.0.1/24", "dev", "s0")
-	ip(t, "-n", name, "link", "set", "s0", "up")
-	ip(t, "-n", name, "link", "set", "s1", "up")
-	ip(t, "-n", name, "neigh", "add", "10.253.0.2", "lladdr", "02:00:00:00:00:03", "dev", "s0", "nud", "permanent")
-	if out, err := exec.Command("tc", "-n", name, "qdisc", "add", "dev", "s0", "root", "tbf",
-		"rate", "8bit", "burst", "1600", "limit", "1000000").CombinedOutput(); err != nil {
+	d0, d1 := dev+"0", dev+"1"
+	local, far := netip.AddrFrom4([4]byte{10, n, 0, 1}), netip.AddrFrom4([4]byte{10, n, 0, 2})
+	ip(t, "-n", name, "link", "add", d0, "type", "veth", "peer", "name", d1)
+	ip(t, "-n", name, "addr", "add", local.String()+"/24", "dev", d0)
+	ip(t, "-n", name, "link", "set", d0, "up")
+	ip(t, "-n", name, "link", "set", d1, "up")
+	ip(t, "-n", name, "neigh", "add", far.String(), "lladdr", "02:00:00:00:00:02", "dev", d0, "nud", "permanent")
+	if out, err := exec.Command("tc", "-n", name, "qdisc", "add", "dev", d0, "root", "tbf",
+		"rate", rate, "burst", "1600", "limit", "1000000").CombinedOutput(); err != nil {
 		t.Fatalf("tc qdisc add tbf: %v\n%s", err, out)
 	}
-	return netip.MustParseAddrPort("10.253.0.2:9")
+	return netip.AddrPortFrom(far, 9)
 }
 
 // heldUpWrite returns 1000 datagrams of 64 bytes, all to a throttledPath
