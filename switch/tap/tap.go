@@ -389,9 +389,8 @@ func mapClosed(err error) error {
 // rawRead and rawWrite are read(2) and write(2) on the non-blocking fd,
 // issued without telling Go's scheduler (unix.RawSyscall). Entering an
 // ordinary system call wakes the runtime's monitor thread (sysmon) when
-// it sleeps deeply after an idle spell: a second thread woken, usually on
-// the other vCPU, for each request a pod sends (docs/performance.md,
-// "Wake-ups"). Neither call can block: a read of an empty device returns
+// it sleeps deeply after an idle spell: a second thread woken for each
+// request a pod sends (docs/performance.md, "Wake-ups"). Neither call can block: a read of an empty device returns
 // EAGAIN and copies at most one frame. A write runs the receiving side's
 // input path for that one frame before it returns, typically tens of
 // microseconds for a 64 KiB superframe, and while it runs it keeps its P
