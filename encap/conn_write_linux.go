@@ -298,8 +298,8 @@ const smallWrite = 2
 // sendmmsg sends messages wdone..wcount-1 in one call and returns how many
 // the kernel took. A small write (smallWrite) is issued as a raw system
 // call that cannot block (MSG_DONTWAIT): entering an ordinary one wakes
-// Go's sysmon thread when the daemon was idle, a wake-up on the other
-// vCPU for every request (docs/performance.md, "Wake-ups"). Bulk writes,
+// Go's sysmon thread when the daemon was idle, an extra wake-up for every
+// request (docs/performance.md, "Wake-ups"). Bulk writes,
 // whose calls can run for hundreds of microseconds on a veth underlay,
 // and a blocking sender whose buffer is full go through the scheduler,
 // which can then hand the P to another goroutine.
