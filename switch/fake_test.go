@@ -174,6 +174,12 @@ func (d *fakeHostDev) BatchSize() int        { return 8 }
 func (d *fakeHostDev) Name() (string, error) { return "fake0", nil }
 func (d *fakeHostDev) Close() error          { return d.close() }
 
+// offloadHostDev is the host TUN with virtio-net headers and USO.
+type offloadHostDev struct{ *fakeHostDev }
+
+func (offloadHostDev) Offload() bool         { return true }
+func (offloadHostDev) UDPSegmentation() bool { return true }
+
 // fakeIPIP is the IP-in-IP socket: rx holds whole outer packets.
 type fakeIPIP struct {
 	fakeQueue

@@ -278,7 +278,7 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		}
 		// Without DF the kernel fragments the outer packet.
 	}
-	if caps.coalesce && f.dry == nil && f.coalesce(in, p, caps) {
+	if caps.coalesce && f.dry == nil && f.coalesce(in, p, h, caps) {
 		return
 	}
 	f.send(in, p, h)

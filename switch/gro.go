@@ -19,7 +19,7 @@ const groMax = 128
 // coalesce offers p to GRO when the egress's caps and the ingress make
 // merging worth it, and reports whether GRO took it. A packet GRO refuses
 // first has what GRO holds written, so its flow stays in order.
-func (f *forwarder) coalesce(in ingress, p packetRef, caps egressCaps) bool {
+func (f *forwarder) coalesce(in ingress, p packetRef, h *hop, caps egressCaps) bool {
 	if p.superframe() {
 		// Already merged (a superpacket from a tunnel): keep the order of
 		// what is held.
@@ -27,6 +27,13 @@ func (f *forwarder) coalesce(in ingress, p packetRef, caps egressCaps) bool {
 		return false
 	}
 	ip := p.ipv4()
+	if r, ok := f.route(ip.Dst()); !ok || r != h {
+		// emitGRO routes what GRO gives back by its destination, so only
+		// a packet going where the FIB sends it may be held: not a pod's
+		// answer to an inbound flow, which NAT's admit sent to the host.
+		f.flushGRO()
+		return false
+	}
 	opts := packet.GROOpts{Verified: p.verified}
 	switch ip.Protocol() {
 	case packet.ProtoTCP:

@@ -48,7 +48,12 @@ type fakeNet struct {
 	nat        *fakeNAT
 }
 
-func newFakeNet(t testing.TB) *fakeNet {
+func newFakeNet(t testing.TB) *fakeNet { return newFakeNetHost(t, false) }
+
+// newFakeNetHost is newFakeNet with, when offload is set, a host TUN
+// that reads and writes virtio-net headers and takes UDP superframes, as
+// podnet0 does on a kernel with USO.
+func newFakeNetHost(t testing.TB, offload bool) *fakeNet {
 	t.Helper()
 	n := &fakeNet{
 		s:    New(Config{}),
@@ -62,7 +67,11 @@ func newFakeNet(t testing.TB) *fakeNet {
 	n.b = n.addPod(t, "b", "10.0.0.2", true)
 	n.c = n.addPod(t, "c", "10.0.0.3", false)
 	n.d = n.addPod(t, "d", "10.5.0.1", true)
-	if err := n.s.AttachHost(n.host); err != nil {
+	var host HostDevice = n.host
+	if offload {
+		host = offloadHostDev{n.host}
+	}
+	if err := n.s.AttachHost(host); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.s.AttachUnderlay(UnderlayConfig{Conn: n.ipip, MTU: 1500, LocalAddr: nodeSelf}); err != nil {
@@ -777,6 +786,38 @@ func TestInboundAnswersSkipNAT(t *testing.T) {
 	own := ipSpec{src: "10.0.0.1", dst: "198.51.100.7", proto: "tcp", flags: "S"}.build() // ports 40000 → 80
 	n.a.dev.offer(podFrame(n.a, own))
 	n.nat.wait(t, 1)
+}
+
+// The same for UDP, toward a host port that takes UDP superframes: the
+// pod's answers, held back to be merged, still leave through the node
+// and not through NAT.
+func TestInboundUDPAnswersSkipNAT(t *testing.T) {
+	n := newFakeNetHost(t, true)
+	in := ipSpec{src: "198.51.100.7", dst: "10.0.0.1", payload: 10}.build()
+	binary.BigEndian.PutUint16(in[20:], 5555) // remote port
+	binary.BigEndian.PutUint16(in[22:], 53)   // pod port
+	fixTransport(in)
+	n.host.offer(append(make([]byte, vnetLen), in...))
+	n.a.dev.wait(t, 1)
+
+	var answers [][]byte
+	for _, f := range udpBurst(n.a, "198.51.100.7", 3, 64) {
+		binary.BigEndian.PutUint16(f[vnetLen+ethLen+20:], 53)
+		binary.BigEndian.PutUint16(f[vnetLen+ethLen+22:], 5555)
+		answers = append(answers, f)
+	}
+	n.a.dev.offer(answers...)
+	pkts, _ := n.host.wait(t, 1)
+	ip := packet.IPv4(pkts[0])
+	if ip.Dst() != netip.MustParseAddr("198.51.100.7") || ip.Protocol() != packet.ProtoUDP {
+		t.Fatalf("host got %v proto %d, want the UDP answers to 198.51.100.7", ip.Dst(), ip.Protocol())
+	}
+	if n.nat.count() != 0 {
+		t.Fatalf("an answer went to NAT")
+	}
+	if d := n.stats("a").Drops; len(d) != 0 {
+		t.Fatalf("pod a dropped %v", d)
+	}
 }
 
 // fixTransport recomputes a TCP/UDP checksum after a test edited ports.
