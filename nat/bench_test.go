@@ -16,18 +16,23 @@ func udpSink(tb testing.TB, tp *topo) netip.AddrPort {
 	return netip.AddrPortFrom(remoteAddr, 8)
 }
 
-// TestHandleUDPAllocs: forwarding a datagram of an existing flow does not
-// allocate.
+// TestHandleUDPAllocs: forwarding a datagram, or a superframe of them, of
+// an existing flow does not allocate.
 func TestHandleUDPAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("sync.Pool drops items under -race")
 	}
 	tp := newTopo(t)
 	n, _ := newNAT(t, tp, Config{})
-	pkt := buildUDP(netip.AddrPortFrom(podAddr, 5000), udpSink(t, tp), make([]byte, 100))
-	n.Handle(pkt) // opens the flow
-	if a := testing.AllocsPerRun(1000, func() { n.Handle(pkt) }); a != 0 {
+	sink := udpSink(t, tp)
+	pkt := buildUDP(netip.AddrPortFrom(podAddr, 5000), sink, make([]byte, 100))
+	n.Handle(pkt, 0) // opens the flow
+	if a := testing.AllocsPerRun(1000, func() { n.Handle(pkt, 0) }); a != 0 {
 		t.Errorf("Handle allocates %v times per UDP datagram, want 0", a)
+	}
+	burst := buildUDP(netip.AddrPortFrom(podAddr, 5000), sink, make([]byte, 16*64))
+	if a := testing.AllocsPerRun(1000, func() { n.Handle(burst, 64) }); a != 0 {
+		t.Errorf("Handle allocates %v times per UDP superframe, want 0", a)
 	}
 	if got := n.Stats().Drops["send-error"]; got != 0 {
 		t.Errorf("send-error = %d", got)
@@ -40,12 +45,12 @@ func BenchmarkHandleUDP(b *testing.B) {
 			tp := newTopo(b)
 			n, _ := newNAT(b, tp, Config{})
 			pkt := buildUDP(netip.AddrPortFrom(podAddr, 5000), udpSink(b, tp), make([]byte, size))
-			n.Handle(pkt)
+			n.Handle(pkt, 0)
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
 			b.ResetTimer()
 			for range b.N {
-				n.Handle(pkt)
+				n.Handle(pkt, 0)
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(n.Stats().Drops["send-error"])/float64(b.N), "drops/op")

@@ -56,7 +56,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	if _, err := u.Read(make([]byte, 10)); err != nil {
 		t.Fatalf("udp: %v", err)
 	}
-	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 1, 1, nil))
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 1, 1, nil), 0)
 	// A TCP dial that hangs: nobody answers ARP for .99, so the host
 	// connect waits ~3s before EHOSTUNREACH.
 	dialDone := make(chan error, 1)
@@ -87,7 +87,7 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 	before := n.Stats().Drops["closed"]
-	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 1), netip.AddrPortFrom(remoteAddr, 7), nil))
+	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 1), netip.AddrPortFrom(remoteAddr, 7), nil), 0)
 	if s := n.Stats(); s.Drops["closed"] != before+1 || s.Entries != 0 || s.PortsInUse != 0 {
 		t.Errorf("after Close: %+v", s)
 	}

@@ -98,6 +98,10 @@ type counters struct {
 
 func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
+// dropN counts n packets dropped for r at once (the datagrams of a UDP
+// superframe).
+func (c *counters) dropN(r DropReason, n int) { c.drops[r].Add(uint64(n)) }
+
 // Stats is a snapshot of the NAT's counters.
 type Stats struct {
 	// Entries is the number of flows in the table, closing ones included.

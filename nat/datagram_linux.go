@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -34,6 +36,9 @@ type dgramFlow struct {
 	conn net.Conn
 	rc   syscall.RawConn
 	port uint16 // reserved in the port range (UDP with PortMin..PortMax)
+	// noGSO: the kernel refused a UDP_SEGMENT send on this flow's path;
+	// its superframes go one datagram at a time.
+	noGSO atomic.Bool
 
 	closeOnce sync.Once
 
@@ -43,8 +48,9 @@ type dgramFlow struct {
 }
 
 // handleUDP sends a pod's UDP datagram through the flow's host socket,
-// opening it for a new flow.
-func (n *NAT) handleUDP(ip packet.IPv4) {
+// opening it for a new flow. With gsoSize set, ip is a UDP superframe
+// (see Handle) and its datagrams leave in one send.
+func (n *NAT) handleUDP(ip packet.IPv4, gsoSize int) {
 	if ip.IsFragment() {
 		n.c.drop(DropFragment)
 		return
@@ -59,6 +65,10 @@ func (n *NAT) handleUDP(ip packet.IPv4) {
 		n.c.drop(DropMalformed)
 		return
 	}
+	payload := u[packet.UDPHeaderLen:l]
+	if gsoSize < 0 || gsoSize >= len(payload) {
+		gsoSize = 0 // one datagram
+	}
 	k := flowKey{packet.ProtoUDP, netip.AddrPortFrom(ip.Src(), u.SrcPort()), netip.AddrPortFrom(ip.Dst(), u.DstPort())}
 	f := n.table.lookup(k)
 	if f == nil {
@@ -71,7 +81,7 @@ func (n *NAT) handleUDP(ip packet.IPv4) {
 	// datagram can come back, and mark the flow replied, before send
 	// returns.
 	again := f.getState() == stateReplied
-	if !n.send(f, u[packet.UDPHeaderLen:l]) {
+	if !n.send(f, payload, gsoSize) {
 		return
 	}
 	if again {
@@ -105,39 +115,100 @@ func (n *NAT) handleICMP(ip packet.IPv4) {
 	// The kernel replaces the identifier with the socket's own and
 	// recomputes the checksum (ping_v4_sendmsg); the sequence number and
 	// data go out as the pod sent them.
-	n.send(f, m)
+	n.send(f, m, 0)
 }
 
-// sender carries one datagram into a RawConn.Write callback. The callback
-// is a method value bound once per sender, and senders are pooled, so
+// sender carries one send into a RawConn.Write callback. The callback is
+// a method value bound once per sender, and senders are pooled, so
 // sending does not allocate.
 type sender struct {
-	b   []byte
-	err error
-	fn  func(fd uintptr) bool
+	b    []byte
+	gso  uint16 // non-zero: b is datagrams of gso bytes, sent with UDP_SEGMENT
+	cmsg gsoCmsg
+	err  error
+	fn   func(fd uintptr) bool
 }
+
+// gsoCmsg is a UDP_SEGMENT control message as the kernel reads it:
+// cmsghdr, then the u16 segment size, padded to CMSG_SPACE(2).
+type gsoCmsg struct {
+	hdr  unix.Cmsghdr
+	size uint16
+	_    [6]byte
+}
+
+// maxUDPSegments is the most datagrams one UDP_SEGMENT send may carry on
+// every kernel (UDP_MAX_SEGMENTS: 64 before Linux 6.9, 128 since); the
+// switch merges at most packet.GROMaxSegments, the same.
+const maxUDPSegments = 64
 
 var senderPool = sync.Pool{New: func() any {
 	s := new(sender)
 	s.fn = s.write
+	s.cmsg.hdr.Level = unix.SOL_UDP
+	s.cmsg.hdr.Type = unix.UDP_SEGMENT
+	s.cmsg.hdr.SetLen(unix.CmsgLen(2))
 	return s
 }}
 
 // write makes one non-blocking send attempt.
 func (s *sender) write(fd uintptr) bool {
-	_, s.err = unix.Write(int(fd), s.b)
+	if s.gso == 0 {
+		_, s.err = unix.Write(int(fd), s.b)
+	} else {
+		s.cmsg.size = s.gso
+		oob := unsafe.Slice((*byte)(unsafe.Pointer(&s.cmsg)), unsafe.Sizeof(s.cmsg))
+		_, s.err = unix.SendmsgN(int(fd), s.b, oob, nil, 0)
+	}
 	return true // never wait for room: a full send buffer drops, as a full qdisc would
 }
 
-// send writes one datagram without waiting.
-func (n *NAT) send(f *flow, b []byte) bool {
+// send writes one datagram, or with gsoSize set the datagrams of b cut
+// every gsoSize bytes, without waiting. It reports whether all were sent.
+func (n *NAT) send(f *flow, b []byte, gsoSize int) bool {
 	d := f.dgram
 	// Count before sending: the reply may be back (and the entry
 	// inspected) before the write returns.
 	f.bytesOut.Add(uint64(len(b)))
 	f.touch(n.now())
 	s := senderPool.Get().(*sender)
-	s.b = b
+	defer func() {
+		s.b, s.err = nil, nil
+		senderPool.Put(s)
+	}()
+	segs := 1
+	if gsoSize > 0 {
+		segs = (len(b) + gsoSize - 1) / gsoSize
+		if segs <= maxUDPSegments && !d.noGSO.Load() {
+			s.b, s.gso = b, uint16(gsoSize)
+			err := n.sendOne(d, s)
+			if err != unix.EIO && err != unix.EINVAL && err != unix.EMSGSIZE {
+				return n.sent(f, err, len(b), segs)
+			}
+			// The kernel refuses to segment on this path (udp_send_skb):
+			// a segment bigger than the path MTU (EMSGSIZE here, EINVAL
+			// on older kernels), an egress without checksum offload or
+			// through IPsec (EIO). The kernel fragments a datagram sent alone, so
+			// this flow sends one at a time from now on.
+			d.noGSO.Store(true)
+		}
+	}
+	s.gso = 0
+	if gsoSize == 0 {
+		s.b = b
+		return n.sent(f, n.sendOne(d, s), len(b), 1)
+	}
+	ok := true
+	for len(b) > 0 {
+		s.b = b[:min(gsoSize, len(b))]
+		b = b[len(s.b):]
+		ok = n.sent(f, n.sendOne(d, s), len(s.b), 1) && ok
+	}
+	return ok
+}
+
+// sendOne makes s's send on d's socket, again after a stale error.
+func (n *NAT) sendOne(d *dgramFlow, s *sender) error {
 	var err error
 	for range 2 {
 		if err = d.rc.Write(s.fn); err == nil {
@@ -150,14 +221,18 @@ func (n *NAT) send(f *flow, b []byte) bool {
 			break
 		}
 	}
-	s.b, s.err = nil, nil
-	senderPool.Put(s)
-	if err != nil {
-		f.bytesOut.Add(-uint64(len(b)))
-		n.c.drop(DropSend)
-		return false
+	return err
+}
+
+// sent accounts for the outcome of sending segs datagrams of bytes in
+// all: a failure takes them back out of the flow's count and drops them.
+func (n *NAT) sent(f *flow, err error, bytes, segs int) bool {
+	if err == nil {
+		return true
 	}
-	return true
+	f.bytesOut.Add(-uint64(bytes))
+	n.c.dropN(DropSend, segs)
+	return false
 }
 
 // newDatagramFlow opens the host socket of a new UDP or ICMP flow, starts

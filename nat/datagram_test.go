@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +74,7 @@ func TestUDPPortUnreachableICMP(t *testing.T) {
 	ch := capture(d)
 	src := netip.AddrPortFrom(podAddr, 5555)
 	dst := netip.AddrPortFrom(remoteAddr, 81)
-	n.Handle(buildUDP(src, dst, []byte("hello?")))
+	n.Handle(buildUDP(src, dst, []byte("hello?")), 0)
 	ip := expectPacket(t, ch, "ICMP port unreachable", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
 	m := packet.ICMP(ip.Payload())
 	if m.Type() != packet.ICMPDestUnreachable || m.Code() != packet.ICMPPortUnreachable {
@@ -97,7 +99,7 @@ func TestICMPEcho(t *testing.T) {
 	ch := capture(d)
 	payload := []byte("podnet ping payload 0123456789")
 	const id, seq = 0x1234, 7
-	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, id, seq, payload))
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, id, seq, payload), 0)
 	ip := expectPacket(t, ch, "echo reply", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
 	m := packet.ICMP(ip.Payload())
 	if m.Type() != packet.ICMPEchoReply || m.Code() != 0 {
@@ -117,7 +119,7 @@ func TestICMPEcho(t *testing.T) {
 		t.Errorf("entry %+v (found %v)", e, ok)
 	}
 	// A second request reuses the flow.
-	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, id, seq+1, payload))
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, id, seq+1, payload), 0)
 	ip = expectPacket(t, ch, "second echo reply", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
 	if s := binary.BigEndian.Uint16(ip.Payload()[6:]); s != seq+1 {
 		t.Errorf("second reply seq %d", s)
@@ -142,8 +144,8 @@ func TestHostUnreachableDatagrams(t *testing.T) {
 	n, d := newNAT(t, tp, Config{})
 	ch := capture(d)
 	dead := netip.MustParseAddr("10.252.0.99")
-	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 4444), netip.AddrPortFrom(dead, 53), []byte("q")))
-	n.Handle(buildEcho(podAddr, dead, packet.ICMPEcho, 0x4242, 1, []byte("ping")))
+	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 4444), netip.AddrPortFrom(dead, 53), []byte("q")), 0)
+	n.Handle(buildEcho(podAddr, dead, packet.ICMPEcho, 0x4242, 1, []byte("ping")), 0)
 	seen := map[uint8]bool{}
 	for len(seen) < 2 {
 		ip := expectPacket(t, ch, "ICMP host unreachable", func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoICMP })
@@ -204,16 +206,79 @@ func TestUDPAssuredOnlyAfterReply(t *testing.T) {
 	}
 	for i := range flows {
 		src := netip.AddrPortFrom(podAddr, uint16(20000+i))
-		n.Handle(buildUDP(src, echo, []byte("one")))
+		n.Handle(buildUDP(src, echo, []byte("one")), 0)
 		expectPacket(t, ch, "echo reply", isReplyTo(src))
 		if got := state(src); got != "replied" {
 			t.Fatalf("flow %d after one datagram and its reply: state %q, want replied", i, got)
 		}
 	}
 	src := netip.AddrPortFrom(podAddr, 20000)
-	n.Handle(buildUDP(src, echo, []byte("two")))
+	n.Handle(buildUDP(src, echo, []byte("two")), 0)
 	expectPacket(t, ch, "second echo reply", isReplyTo(src))
 	if got := state(src); got != "assured" {
 		t.Errorf("after the pod spoke again: state %q, want assured", got)
+	}
+}
+
+// A UDP superframe (a burst of one flow's datagrams that the switch
+// merged) leaves as the datagrams the pod sent: same boundaries, same
+// bytes, in order. Where the kernel refuses to segment (a segment bigger
+// than the path MTU), the flow falls back to one send per datagram.
+func TestUDPSuperframe(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		mtu     int // of N's link to R; 0: leave it
+		gsoSize int
+		sizes   []int
+		noGSO   bool // the flow must have fallen back
+	}{
+		{name: "one send", gsoSize: 100, sizes: []int{100, 100, 100, 100, 37}},
+		{name: "equal sizes", gsoSize: 64, sizes: []int{64, 64, 64}},
+		{name: "segment above path MTU", mtu: 1000, gsoSize: 1200, sizes: []int{1200, 1200, 500}, noGSO: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := newTopo(t)
+			if tc.mtu > 0 {
+				run(t, "-n", filepath.Base(tp.n), "link", "set", "vn0", "mtu", strconv.Itoa(tc.mtu))
+			}
+			n, _ := newNAT(t, tp, Config{})
+			_, pc := tp.listen(t, "udp4", "10.252.0.2:9100")
+			t.Cleanup(func() { pc.Close() })
+			dst := netip.AddrPortFrom(remoteAddr, 9100)
+			src := netip.AddrPortFrom(podAddr, 4000)
+
+			var payload []byte
+			for i, sz := range tc.sizes {
+				payload = append(payload, bytes.Repeat([]byte{byte('a' + i)}, sz)...)
+			}
+			n.Handle(buildUDP(src, dst, payload), tc.gsoSize)
+
+			pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 65536)
+			for i, sz := range tc.sizes {
+				nr, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					t.Fatalf("datagram %d: %v", i, err)
+				}
+				if want := bytes.Repeat([]byte{byte('a' + i)}, sz); !bytes.Equal(buf[:nr], want) {
+					t.Fatalf("datagram %d: %d bytes starting %q, want %d bytes of %q", i, nr, buf[:min(nr, 4)], sz, want[:1])
+				}
+			}
+			pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			if nr, _, err := pc.ReadFrom(buf); err == nil {
+				t.Fatalf("an extra datagram of %d bytes", nr)
+			}
+			e, ok := findEntry(n, "udp", dst)
+			if !ok || e.BytesOut != uint64(len(payload)) {
+				t.Errorf("entry %+v (found %v), want %d bytes out", e, ok, len(payload))
+			}
+			if got := n.Stats().Drops["send-error"]; got != 0 {
+				t.Errorf("send-error = %d", got)
+			}
+			f := n.table.lookup(flowKey{packet.ProtoUDP, src, dst})
+			if f == nil || f.dgram.noGSO.Load() != tc.noGSO {
+				t.Errorf("flow fell back to one send per datagram: %v, want %v", f != nil && f.dgram.noGSO.Load(), tc.noGSO)
+			}
+		})
 	}
 }

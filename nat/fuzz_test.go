@@ -50,7 +50,7 @@ func FuzzDatagramReply(f *testing.F) {
 	f.Cleanup(func() { pc.Close() })
 
 	// Open the UDP flow and learn its host socket's address at R.
-	n.Handle(buildUDP(pod, remote, []byte("open")))
+	n.Handle(buildUDP(pod, remote, []byte("open")), 0)
 	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 100)
 	nr, hostUDP, err := pc.ReadFrom(buf)
@@ -58,7 +58,7 @@ func FuzzDatagramReply(f *testing.F) {
 		f.Fatalf("R did not receive the pod's first datagram: %q, %v", buf[:nr], err)
 	}
 	// Open the echo flow; R's kernel answers the request itself.
-	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, podEchoID, 1, []byte("open")))
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, podEchoID, 1, []byte("open")), 0)
 	if ip := nextDelivered(f, ch, "echo reply from R's kernel"); ip.Protocol() != packet.ProtoICMP {
 		f.Fatalf("first delivery: protocol %d, want ICMP", ip.Protocol())
 	}

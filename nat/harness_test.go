@@ -318,7 +318,7 @@ func newPodStack(t testing.TB, n *NAT, d *deliverCheck) *podStack {
 				b = append(b, v...)
 			}
 			pkb.DecRef()
-			n.Handle(b)
+			n.Handle(b, 0)
 		}
 	}()
 	t.Cleanup(p.close)

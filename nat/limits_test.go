@@ -37,7 +37,7 @@ func TestMaxEntries(t *testing.T) {
 	}
 	roundTrip("first")
 	for i := range max - 1 {
-		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(20000+i)), echo, []byte("fill")))
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(20000+i)), echo, []byte("fill")), 0)
 	}
 	if s := n.Stats(); s.Entries != max {
 		t.Fatalf("entries %d, want %d", s.Entries, max)
@@ -46,9 +46,9 @@ func TestMaxEntries(t *testing.T) {
 	// Many more flows: all refused, nothing grows.
 	const extra = 1000
 	for i := range extra {
-		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(30000+i)), echo, []byte("more")))
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(30000+i)), echo, []byte("more")), 0)
 	}
-	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 99, 1, nil))
+	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 99, 1, nil), 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -83,7 +83,7 @@ func TestPortRange(t *testing.T) {
 	pod := newPodStack(t, n, d)
 	echo := netip.AddrPortFrom(remoteAddr, 7)
 	for i := range 3 {
-		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(20000+i)), echo, []byte("x")))
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(20000+i)), echo, []byte("x")), 0)
 	}
 	s := n.Stats()
 	if s.Entries != 2 || s.Drops["ports-exhausted"] != 1 || s.PortsInUse != 2 || s.PortsTotal != 4 {
@@ -210,7 +210,7 @@ func TestMalformed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := n.Stats().Drops[tt.reason]
-			n.Handle(tt.pkt)
+			n.Handle(tt.pkt, 0)
 			if got := n.Stats().Drops[tt.reason]; got != before+1 {
 				t.Errorf("%s = %d, want %d", tt.reason, got, before+1)
 			}
@@ -251,7 +251,7 @@ func FuzzHandle(f *testing.F) {
 	}
 	f.Cleanup(func() { n.Close() })
 	f.Fuzz(func(t *testing.T, b []byte) {
-		n.Handle(b)
+		n.Handle(b, 0)
 		if bad := d.bad.Load(); bad != 0 {
 			t.Fatalf("%d invalid packets delivered", bad)
 		}

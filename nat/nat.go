@@ -174,7 +174,13 @@ func setDefault[T comparable](p *T, def T) {
 // Handle takes one IPv4 packet from a pod bound outside the cluster. It
 // copies what it keeps and never waits on the network. Malformed and
 // unsupported packets are dropped and counted. Safe for concurrent use.
-func (n *NAT) Handle(pkt []byte) {
+//
+// gsoSize is non-zero for a UDP superframe: datagrams of one flow that
+// the switch merged (GSO_UDP_L4), each with gsoSize bytes of payload, the
+// last one at most that. They leave in one UDP_SEGMENT send. TCP
+// superframes need no size (the netstack takes them whole), and other
+// packets ignore it.
+func (n *NAT) Handle(pkt []byte, gsoSize int) {
 	ip := packet.IPv4(pkt)
 	if ip.Validate() != packet.ParseOK {
 		n.c.drop(DropMalformed)
@@ -195,7 +201,7 @@ func (n *NAT) Handle(pkt []byte) {
 	case packet.ProtoTCP:
 		n.handleTCP(ip)
 	case packet.ProtoUDP:
-		n.handleUDP(ip)
+		n.handleUDP(ip, gsoSize)
 	case packet.ProtoICMP:
 		n.handleICMP(ip)
 	default:

@@ -55,7 +55,7 @@ func (d *discardVXLAN) Close() error   { return d.close() }
 
 type discardNAT struct{}
 
-func (discardNAT) Handle([]byte) {}
+func (discardNAT) Handle([]byte, int) {}
 
 // TestForwardAllocsInMemory requires 0 allocations per packet on every
 // path, TSO superframes included (segmentation, GRO, lanes), without root.

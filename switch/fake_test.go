@@ -241,7 +241,7 @@ func (c *fakeVXLAN) Close() error   { return c.close() }
 // fakeNAT records what the switch hands to NAT.
 type fakeNAT struct{ fakeSink }
 
-func (n *fakeNAT) Handle(pkt []byte) { n.put(pkt, nil) }
+func (n *fakeNAT) Handle(pkt []byte, gsoSize int) { n.put(pkt, gsoSize) }
 
 // Compile-time checks: the fakes are the ports they stand for.
 var (

@@ -7,9 +7,11 @@ import (
 )
 
 // NATHandler translates packets from pods to the world outside the
-// cluster (package nat). Handle copies what it keeps.
+// cluster (package nat). Handle copies what it keeps. gsoSize is non-zero
+// for a UDP superframe (GSO_UDP_L4): the payload of each of its
+// datagrams but the last.
 type NATHandler interface {
-	Handle(pkt []byte)
+	Handle(pkt []byte, gsoSize int)
 }
 
 // NATConfig is the switch's view of NAT outgoing, published as a whole.
@@ -42,9 +44,11 @@ func (e *natEgress) kind() egressKind { return egressNAT }
 // all: its netstack treats it as one large TCP segment and, like a NIC
 // driver's stack, trusts the checksums of what the node's own pods send
 // (package nat). Cutting it into MSS segments first cost one netstack
-// pass per segment, most of NAT's CPU.
+// pass per segment, most of NAT's CPU. A burst of one flow's UDP
+// datagrams is merged for it, and leaves the host socket in one
+// UDP_SEGMENT send instead of one send each.
 func (e *natEgress) caps() egressCaps {
-	return egressCaps{superframes: true, partialChecksums: true}
+	return egressCaps{superframes: true, partialChecksums: true, coalesce: true, coalesceUDP: true}
 }
 
 // admit sends answers to connections that came in from outside back
@@ -74,7 +78,11 @@ func (e *natEgress) admit(f *forwarder, in ingress, ip packet.IPv4, h *hop) (*ho
 }
 
 func (e *natEgress) send(_ *forwarder, in ingress, p packetRef, _ *hop) {
-	e.cfg.Handler.Handle(p.ipv4())
+	gsoSize := 0
+	if p.gso.GSOType == packet.GSOUDPL4 {
+		gsoSize = int(p.gso.GSOSize)
+	}
+	e.cfg.Handler.Handle(p.ipv4(), gsoSize)
 	in.stats().natPackets.Add(1)
 }
 

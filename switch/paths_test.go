@@ -392,6 +392,21 @@ func TestPodToNAT(t *testing.T) {
 	}
 }
 
+// A burst of one flow's datagrams from a pod reaches NAT as one UDP
+// superframe with its segment size, for one UDP_SEGMENT send.
+func TestPodUDPToNATCoalesced(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(udpBurst(n.a, "198.51.100.7", 5, 64)...)
+	pkts, aux := n.nat.wait(t, 1)
+	if ip := packet.IPv4(pkts[0]); len(ip) != 28+5*64 || aux[0] != 64 {
+		t.Fatalf("NAT got %d bytes with gsoSize %v, want one %d-byte superframe with gsoSize 64", len(ip), aux[0], 28+5*64)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got := n.nat.count(); got != 1 {
+		t.Errorf("NAT got %d packets, want 1", got)
+	}
+}
+
 func TestHostToPod(t *testing.T) {
 	n := newFakeNet(t)
 	n.host.offer(ipSpec{src: "172.16.0.1", dst: "10.0.0.3", payload: 50}.build())
