@@ -378,7 +378,7 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	}
 	f.bytesIn.Add(uint64(nr))
 	f.touch(n.now())
-	n.cfg.Deliver(pkt)
+	n.cfg.Deliver(pkt, packet.VirtioNetHdr{})
 	return true
 }
 
@@ -433,7 +433,7 @@ func (n *NAT) icmpFromErrQueue(f *flow, quote, oob []byte) {
 		n.c.drop(DropICMPError)
 		return
 	}
-	n.cfg.Deliver(out[:m])
+	n.cfg.Deliver(out[:m], packet.VirtioNetHdr{})
 }
 
 // parseRecvErr finds the IP_RECVERR control message in oob: struct

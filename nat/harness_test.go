@@ -205,17 +205,53 @@ func (tp *topo) httpClients() []netip.AddrPort {
 
 // deliverCheck wraps what NAT delivers: every packet must be a valid IPv4
 // packet with a correct header checksum and, unless a fragment, a correct
-// transport checksum, addressed to a pod; then it goes to next.
+// transport checksum, addressed to a pod; then it goes to next. A
+// superframe or a partial checksum is first made complete packets, as the
+// switch does for a pod without offloads.
 type deliverCheck struct {
 	t     testing.TB
 	bad   atomic.Int64
 	count atomic.Int64
+	// superframes counts the TCP superframes delivered, segments the
+	// packets cut from them.
+	superframes, segments atomic.Int64
 	// unreach counts ICMP destination unreachables delivered.
 	unreach atomic.Int64
 	next    atomic.Pointer[func([]byte)]
+
+	mu  sync.Mutex // guards seg (deliver runs on several NAT goroutines)
+	seg [][]byte
 }
 
-func (d *deliverCheck) deliver(pkt []byte) {
+func (d *deliverCheck) deliver(pkt []byte, hdr packet.VirtioNetHdr) {
+	if hdr == (packet.VirtioNetHdr{}) {
+		d.deliverComplete(pkt)
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.seg == nil {
+		for range 64 {
+			d.seg = append(d.seg, make([]byte, 65536))
+		}
+	}
+	sizes := make([]int, len(d.seg))
+	n, err := packet.SegmentTCPv4(pkt, hdr, d.seg, sizes, 0)
+	if err != nil {
+		d.bad.Add(1)
+		d.t.Logf("bad delivered superframe %+v: %v", hdr, err)
+		return
+	}
+	if hdr.GSOType != packet.GSONone {
+		d.superframes.Add(1)
+		d.segments.Add(int64(n))
+	}
+	for i := range n {
+		d.deliverComplete(d.seg[i][:sizes[i]])
+	}
+}
+
+func (d *deliverCheck) deliverComplete(pkt []byte) {
 	d.count.Add(1)
 	if ip := packet.IPv4(pkt); len(pkt) > packet.IPv4MinHeaderLen && ip.Protocol() == packet.ProtoICMP && pkt[packet.IPv4MinHeaderLen] == packet.ICMPDestUnreachable {
 		d.unreach.Add(1)

@@ -57,10 +57,15 @@ type Config struct {
 	// closed, UDP until the pod sends again after a reply, UDPAssured
 	// after that, ICMP to echo flows.
 	TCPEstablished, TCPClosing, UDP, UDPAssured, ICMP time.Duration
-	// Deliver sends a complete IPv4 packet (destination = a pod) back into
-	// the switch. Required. It must not retain pkt after it returns. It is
-	// called from NAT goroutines, possibly concurrently.
-	Deliver func(pkt []byte)
+	// Deliver sends an IPv4 packet (destination = a pod) back into the
+	// switch. Required. It must not retain pkt after it returns. It is
+	// called from NAT goroutines, possibly concurrently. hdr is the
+	// packet's offload metadata, offsets counted from the IP header: zero
+	// for a complete packet; for TCP from the netstack, NeedsCsum (the
+	// checksum field holds only the pseudo-header sum) and, for a
+	// superframe, GSOType TCPv4 with segments of GSOSize payload bytes, as
+	// a pod's kernel takes them through a TAP with offloads.
+	Deliver func(pkt []byte, hdr packet.VirtioNetHdr)
 	// Logger gets "started"/"stopped" at debug level and rate-limited
 	// errors; nil = slog.Default().
 	Logger *slog.Logger

@@ -89,9 +89,14 @@ func (n *NAT) newNetstack() error {
 	// switch reads them from their TAPs, TSO superframes whole with only
 	// the pseudo-header sum in the TCP checksum (a partial checksum), as
 	// a NIC driver hands its stack packets whose checksums it vouches
-	// for. What the netstack sends gets full checksums (no transmit
-	// offload), so Deliver gets packets a pod's kernel accepts as they are.
+	// for.
 	ep.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
+	// Host GSO: what the netstack sends to pods leaves as TSO superframes
+	// with partial checksums (see deliverNetstack), which a pod's TAP takes
+	// in one write, instead of one write, and one pass of the pod's
+	// stack, per MSS segment. The switch cuts them for pods without
+	// offloads.
+	ep.SupportedGSOKind = stack.HostGSOSupported
 	if err := s.CreateNIC(nicID, ep); err != nil {
 		s.Destroy()
 		return tcpipErr("netstack create nic", err)
@@ -140,12 +145,48 @@ func (n *NAT) routineNetstackOut() {
 		for _, v := range pkb.AsSlices() {
 			b = append(b, v...)
 		}
+		gso := pkb.GSOOptions
 		pkb.DecRef()
 		ip := packet.IPv4(b)
 		if ip.Validate() != packet.ParseOK {
 			n.c.drop(DropNetstackOut)
 			continue
 		}
-		n.cfg.Deliver(b[:ip.TotalLen()])
+		ip = ip[:ip.TotalLen()]
+		hdr, ok := offloadOf(ip, gso)
+		if !ok {
+			n.c.drop(DropNetstackOut)
+			continue
+		}
+		n.cfg.Deliver(ip, hdr)
 	}
+}
+
+// offloadOf turns the netstack's GSO options for ip into the virtio-net
+// header a pod's TAP takes, offsets counted from the IP header. With host
+// GSO every TCP packet the netstack sends has a partial checksum; one
+// with more payload than the segment size is a superframe.
+func offloadOf(ip packet.IPv4, gso stack.GSO) (packet.VirtioNetHdr, bool) {
+	if gso.Type == stack.GSONone || !gso.NeedsCsum {
+		return packet.VirtioNetHdr{}, true
+	}
+	if gso.Type != stack.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP || ip.IsFragment() || len(ip.Payload()) < packet.TCPMinHeaderLen {
+		return packet.VirtioNetHdr{}, false
+	}
+	ihl := ip.HeaderLen()
+	hdr := packet.VirtioNetHdr{
+		Flags:      packet.VirtioNetHdrFNeedsCsum,
+		CsumStart:  uint16(ihl),
+		CsumOffset: gso.CsumOffset,
+	}
+	thl := packet.TCP(ip.Payload()).DataOffset()
+	if thl < packet.TCPMinHeaderLen || thl > len(ip.Payload()) || gso.MSS == 0 {
+		return packet.VirtioNetHdr{}, false
+	}
+	if len(ip.Payload())-thl > int(gso.MSS) {
+		hdr.GSOType = packet.GSOTCPv4
+		hdr.GSOSize = gso.MSS
+		hdr.HdrLen = uint16(ihl + thl)
+	}
+	return hdr, true
 }

@@ -78,6 +78,13 @@ func TestTCPDownload(t *testing.T) {
 		t.Fatalf("sha256 mismatch")
 	}
 	t.Logf("%d MiB in %v = %.2f Gbit/s through the NAT", size>>20, took, float64(size)*8/took.Seconds()/1e9)
+	// The netstack sends to the pod in superframes (host GSO), each checked
+	// by cutting it as the switch would for a pod without offloads.
+	sf, segs := d.superframes.Load(), d.segments.Load()
+	t.Logf("%d superframes delivered, %.1f segments each", sf, float64(segs)/float64(max(sf, 1)))
+	if sf == 0 || segs < 2*sf {
+		t.Errorf("%d superframes of %d segments delivered, want the download in superframes", sf, segs)
+	}
 	e, ok := findEntry(n, "tcp", netip.AddrPortFrom(remoteAddr, 80))
 	if !ok || e.BytesIn < uint64(size) {
 		t.Errorf("entry %+v (found %v): want BytesIn >= %d", e, ok, size)

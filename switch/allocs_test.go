@@ -112,6 +112,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	for i := range 4 {
 		segs = vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 1000, seq: uint32(1000 * i), df: true}.build(), encap.DefaultVNI)
 	}
+	injected, injectedHdr := injectedSuperframe("10.0.0.2")
 	burst := udpBurst(src, "10.0.0.2", 4, 64)
 	burstBufs := make([][]byte, len(burst))
 	for i := range burstBufs {
@@ -133,6 +134,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 		{"superframe over ipip", fromA(superframe(src, "10.0.1.9", 8000, 1000))},
 		{"superframe over vxlan", fromA(superframe(src, "10.0.2.9", 8000, 1000))},
 		{"superframe to nat", fromA(superframe(src, "198.51.100.1", 8000, 1000))},
+		{"nat superframe injected to pod", func(*forwarder, []byte) { s.Inject(injected, injectedHdr) }},
 		{"vxlan to pod (GRO)", func(f *forwarder, buf []byte) {
 			n := copy(buf[packet.Headroom:], segs)
 			f.fromTunnel(vxPort, 0, buf, packet.Headroom, n)

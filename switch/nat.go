@@ -96,10 +96,13 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 }
 
 // Inject delivers a packet NAT (or another local source) produced: an
-// IPv4 packet for a local pod. It copies pkt; safe for concurrent use.
-// Packets for anything but a local pod are dropped and counted on the
-// host port.
-func (s *Switch) Inject(pkt []byte) {
+// IPv4 packet for a local pod, with its offload metadata (hdr, offsets
+// counted from the IP header; zero for a complete packet): a partial
+// checksum, or a TCP superframe. A pod with offloads takes it as it is;
+// for one without, it is completed or cut into segments here. Inject
+// copies pkt; safe for concurrent use. Packets for anything but a local
+// pod are dropped and counted on the host port.
+func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
 	var in ingress = &s.noHost
 	if h := s.host.Load(); h != nil {
 		in = h
@@ -109,15 +112,39 @@ func (s *Switch) Inject(pkt []byte) {
 		in.stats().drop(DropBadIPVersion)
 		return
 	}
+	ip = ip[:ip.TotalLen()]
+	if (hdr.GSOType != packet.GSONone && (hdr.GSOType != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP)) || !csumInTransport(hdr, 0, ip) {
+		in.stats().drop(DropBadGSO)
+		return
+	}
 	h, ok := s.fib.Load().lookup(ip.Dst())
 	if !ok || h.eg.kind() != egressPod {
 		in.stats().drop(DropNoRoute)
 		return
 	}
+	if hdr != (packet.VirtioNetHdr{}) && !h.eg.caps().superframes {
+		s.injectSegments(in, ip, hdr, h)
+		return
+	}
 	b := s.injectPool.Get()
 	defer s.injectPool.Put(b)
-	n := copy(b[packet.Headroom:], pkt)
-	h.eg.send(nil, in, packetRef{buf: b[:], ip: packet.Headroom, n: n}, h)
+	n := copy(b[packet.Headroom:], ip)
+	h.eg.send(nil, in, packetRef{buf: b[:], ip: packet.Headroom, n: n, gso: hdr}, h)
+}
+
+// injectSegments sends an injected superframe, or a packet with a partial
+// checksum, as complete packets to a pod without offloads.
+func (s *Switch) injectSegments(in ingress, ip packet.IPv4, hdr packet.VirtioNetHdr, h *hop) {
+	seg := s.segPool.Get().(*segScratch)
+	defer s.segPool.Put(seg)
+	cnt, err := packet.SegmentTCPv4(ip, hdr, seg.bufs, seg.sizes, packet.Headroom)
+	if err != nil {
+		in.stats().drop(DropBadGSO)
+		return
+	}
+	for i := range cnt {
+		h.eg.send(nil, in, packetRef{buf: seg.bufs[i], ip: packet.Headroom, n: seg.sizes[i]}, h)
+	}
 }
 
 // countOnly stands in as the ingress of injected packets when no host

@@ -158,7 +158,7 @@ func TestReplyPollingBacksOff(t *testing.T) {
 // a pollable pod must not try to poll it.
 func TestInjectToPollablePod(t *testing.T) {
 	s, _, e, _ := replyNet(t, time.Second, 0)
-	s.Inject(ipSpec{src: "198.51.100.1", dst: "10.0.0.9", payload: 8}.build())
+	s.Inject(ipSpec{src: "198.51.100.1", dst: "10.0.0.9", payload: 8}.build(), packet.VirtioNetHdr{})
 	e.wait(t, 1)
 }
 
