@@ -24,7 +24,8 @@ type iperfResult struct {
 // iperf3 runs a TCP test from netns client to server address addr (the
 // server runs in netns server) and returns the receiver's rate.
 // omit seconds of slow start are left out of the figure (iperf3 -O).
-func iperf3(ctx context.Context, client, server, addr string, secs, streams, omit int) (iperfResult, error) {
+// With reverse the server sends and the client receives (iperf3 -R).
+func iperf3(ctx context.Context, client, server, addr string, secs, streams, omit int, reverse bool) (iperfResult, error) {
 	port := iperfPort
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port)
 	if err := srv.Start(); err != nil {
@@ -35,8 +36,12 @@ func iperf3(ctx context.Context, client, server, addr string, secs, streams, omi
 	var err error
 	// The server needs a moment to listen; retry the client briefly.
 	for try := 0; try < 50; try++ {
-		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", client, "iperf3", "-J", "-c", addr, "-p", port,
-			"-t", strconv.Itoa(secs), "-O", strconv.Itoa(omit), "-P", strconv.Itoa(streams)).Output()
+		args := []string{"netns", "exec", client, "iperf3", "-J", "-c", addr, "-p", port,
+			"-t", strconv.Itoa(secs), "-O", strconv.Itoa(omit), "-P", strconv.Itoa(streams)}
+		if reverse {
+			args = append(args, "-R")
+		}
+		out, err = exec.CommandContext(ctx, "ip", args...).Output()
 		// iperf3 -J may exit 0 even when it could not connect.
 		if !strings.Contains(string(out), "Connection refused") {
 			break

@@ -22,8 +22,12 @@ type Difference struct {
 func metrics(p Path) map[string]Stat {
 	m := map[string]Stat{}
 	for _, t := range p.TCP {
-		m[fmt.Sprintf("tcp x%d Gbit/s", t.Streams)] = t.ThroughputGbitPerS
-		m[fmt.Sprintf("tcp x%d CPU s/Gbit", t.Streams)] = t.CPUSecondsPerGbit
+		name := fmt.Sprintf("tcp x%d", t.Streams)
+		if t.Download {
+			name += " down"
+		}
+		m[name+" Gbit/s"] = t.ThroughputGbitPerS
+		m[name+" CPU s/Gbit"] = t.CPUSecondsPerGbit
 	}
 	for _, u := range p.UDP {
 		m[fmt.Sprintf("udp %dB pps", u.PayloadBytes)] = u.RatePps

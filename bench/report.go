@@ -89,7 +89,11 @@ type Path struct {
 
 // TCP is bulk TCP (iperf3) with a number of parallel streams.
 type TCP struct {
-	Streams            int  `json:"streams"`
+	Streams int `json:"streams"`
+	// Download: the server sent and the client received (iperf3 -R). NAT
+	// paths measure both ways: for them it is the outside host sending to
+	// the pod, through the netstack's own TCP.
+	Download           bool `json:"download,omitempty"`
 	ThroughputGbitPerS Stat `json:"throughputGbitPerS"`
 	Retransmits        Stat `json:"retransmits"`
 	// CPUSecondsPerGbit is CPU time per Gbit carried, which is also CPU

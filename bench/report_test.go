@@ -77,6 +77,12 @@ func fullReport() *Report {
 		}
 		if n.scenario == ScenarioNAT {
 			p.NewConnectionsPerSecond = statp(1000, 1100, 1200)
+			down := TCP{Streams: 1, Download: true, ThroughputGbitPerS: stat(k/2, k/2+1, k/2+0.5), Retransmits: stat(5, 6, 7),
+				CPUSecondsPerGbit: stat(0.3, 0.4, 0.35)}
+			if n.kind == KindPodnet {
+				down.RatioToReference = statp(0.2, 0.3, 0.25)
+			}
+			p.TCP = append(p.TCP, down)
 		}
 		r.Paths = append(r.Paths, p)
 	}
@@ -249,22 +255,32 @@ func TestCompareFlagsBeyondSpread(t *testing.T) {
 	b.Paths[1].TCP[0].ThroughputGbitPerS = stat(5, 5.5, 6)
 	// Beyond, the other way.
 	b.Paths[3].Latency.TCPRequestResponseUs.P50 = stat(300, 310, 320)
+	// A NAT download is its own figure, apart from the upload.
+	nat := len(b.Paths) - 1
+	b.Paths[nat].TCP[1].ThroughputGbitPerS = stat(50, 51, 52)
 	got := map[string]bool{}
 	for _, d := range Compare(a, b) {
 		got[d.Path+"/"+d.Metric] = d.Beyond
 	}
 	for key, want := range map[string]bool{
-		pathVeth + "/tcp x1 Gbit/s":       false,
-		pathTAPOffload + "/tcp x1 Gbit/s": true,
-		pathDirect + "/tcp rr p50 µs":     true,
-		pathDirect + "/tcp x1 Gbit/s":     false,
+		pathVeth + "/tcp x1 Gbit/s":           false,
+		pathTAPOffload + "/tcp x1 Gbit/s":     true,
+		pathDirect + "/tcp rr p50 µs":         true,
+		pathDirect + "/tcp x1 Gbit/s":         false,
+		pathPodnetNAT + "/tcp x1 Gbit/s":      false,
+		pathPodnetNAT + "/tcp x1 down Gbit/s": true,
 	} {
 		if beyond, ok := got[key]; !ok || beyond != want {
 			t.Errorf("%s: beyond = %v (present %v), want %v", key, beyond, ok, want)
 		}
 	}
 	var out bytes.Buffer
-	if n := WriteComparison(&out, a, b, "a.json", "b.json"); n != 2 {
-		t.Errorf("WriteComparison flagged %d, want 2:\n%s", n, out.String())
+	if n := WriteComparison(&out, a, b, "a.json", "b.json"); n != 3 {
+		t.Errorf("WriteComparison flagged %d, want 3:\n%s", n, out.String())
+	}
+	out.Reset()
+	WriteTable(&out, b)
+	if !strings.Contains(out.String(), "1 down") {
+		t.Errorf("the table has no download row:\n%s", out.String())
 	}
 }

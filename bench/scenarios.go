@@ -305,7 +305,7 @@ func buildKernelNAT(suffix string, masq bool) func(context.Context, *Config) (*t
 		if err != nil {
 			return nil, down, err
 		}
-		return &target{client: pod, server: extNS, addr: ext, cpu: machineCPU, conns: true}, down, nil
+		return &target{client: pod, server: extNS, addr: ext, cpu: machineCPU, conns: true, download: true}, down, nil
 	}
 }
 
@@ -325,7 +325,7 @@ func buildPodnetNAT(suffix string) func(context.Context, *Config) (*target, func
 		if err := waitPing(ctx, pns, ext.String()); err != nil {
 			return nil, down, err
 		}
-		return &target{client: pns, server: ens, addr: ext, cpu: func() float64 { return daemonCPU(pids) }, conns: true}, down, nil
+		return &target{client: pns, server: ens, addr: ext, cpu: func() float64 { return daemonCPU(pids) }, conns: true, download: true}, down, nil
 	}
 }
 

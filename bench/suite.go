@@ -159,6 +159,8 @@ type target struct {
 	iperfUDP bool
 	// conns also counts new TCP connections per second.
 	conns bool
+	// download also measures one TCP stream from server to client.
+	download bool
 }
 
 // pathSpec is a path the suite can build.
@@ -170,6 +172,8 @@ type pathSpec struct {
 // samples are one path's per-round raw values; NaN = that round failed.
 type samples struct {
 	tcpGbps, tcpRetrans, tcpCPU map[int][]float64
+	downGbps, downRetrans       []float64 // one stream, server to client
+	downCPU                     []float64
 	udpRate, udpLoss, udpCPU    map[int][]float64
 	udpGenBound                 map[int]bool
 	iperfRate, iperfLoss        []float64
@@ -188,7 +192,8 @@ func newSamples(rounds int) *samples {
 	}
 	s := &samples{tcpGbps: map[int][]float64{}, tcpRetrans: map[int][]float64{}, tcpCPU: map[int][]float64{},
 		udpRate: map[int][]float64{}, udpLoss: map[int][]float64{}, udpCPU: map[int][]float64{}, udpGenBound: map[int]bool{},
-		iperfRate: nan(), iperfLoss: nan(), conns: nan()}
+		iperfRate: nan(), iperfLoss: nan(), conns: nan(),
+		downGbps: nan(), downRetrans: nan(), downCPU: nan()}
 	for i := range s.ping {
 		s.ping[i], s.rr[i] = nan(), nan()
 	}
@@ -243,7 +248,7 @@ func (cfg *Config) measurements(p pathSpec) int {
 		n++ // iperf3 -u
 	}
 	if p.Scenario == ScenarioNAT {
-		n++
+		n += 2 // new connections, download
 	}
 	return n
 }
@@ -372,23 +377,28 @@ func measure(ctx context.Context, cfg *Config, r int, sp pathSpec, t *target, d 
 		return "FAILED: " + firstLine(err.Error())
 	}
 	addr := t.addr.String()
-	for _, st := range cfg.Streams {
-		what := fmt.Sprintf("tcp x%d", st)
+	bulk := func(what string, streams int, reverse bool, gbps, retrans, cpuPerGbit []float64) {
 		c0 := t.cpu()
-		res, err := iperf3(ctx, t.client, t.server, addr, cfg.Seconds, st, cfg.omit())
+		res, err := iperf3(ctx, t.client, t.server, addr, cfg.Seconds, streams, cfg.omit(), reverse)
 		cpu := t.cpu() - c0
 		line := ""
 		if err != nil {
 			line = fail(what, err)
 		} else {
-			series(d.tcpGbps, st, cfg.Rounds)[r] = res.Gbps
-			series(d.tcpRetrans, st, cfg.Rounds)[r] = float64(res.Retrans)
+			gbps[r], retrans[r] = res.Gbps, float64(res.Retrans)
 			if gbit := res.Gbps * float64(cfg.Seconds+cfg.omit()); gbit > 0 {
-				series(d.tcpCPU, st, cfg.Rounds)[r] = cpu / gbit
+				cpuPerGbit[r] = cpu / gbit
 			}
 			line = fmt.Sprintf("%.2f Gbit/s, %d retransmits", res.Gbps, res.Retrans)
 		}
 		pr.step(r, cfg.Rounds, sp.Name, what, line)
+	}
+	for _, st := range cfg.Streams {
+		bulk(fmt.Sprintf("tcp x%d", st), st, false,
+			series(d.tcpGbps, st, cfg.Rounds), series(d.tcpRetrans, st, cfg.Rounds), series(d.tcpCPU, st, cfg.Rounds))
+	}
+	if t.download {
+		bulk("tcp x1 down", 1, true, d.downGbps, d.downRetrans, d.downCPU)
 	}
 
 	if rtts, err := pingRTTs(ctx, t.client, addr, cfg.pingCount()); err != nil {
@@ -508,6 +518,10 @@ func summarise(cfg *Config, p *Path, d *samples) {
 				Retransmits: NewStat(d.tcpRetrans[st]), CPUSecondsPerGbit: NewStat(series(d.tcpCPU, st, cfg.Rounds))})
 		}
 	}
+	if s := NewStat(d.downGbps); s.Valid() {
+		p.TCP = append(p.TCP, TCP{Streams: 1, Download: true, ThroughputGbitPerS: s,
+			Retransmits: NewStat(d.downRetrans), CPUSecondsPerGbit: NewStat(d.downCPU)})
+	}
 	for _, pl := range cfg.Payloads {
 		v, ok := d.udpRate[pl]
 		if !ok {
@@ -559,8 +573,12 @@ func addRatios(cfg *Config, paths []Path, data []*samples, specs []pathSpec) {
 		}
 		me, them := data[i], data[ref]
 		for j := range paths[i].TCP {
-			st := paths[i].TCP[j].Streams
-			paths[i].TCP[j].RatioToReference = ratio(series(me.tcpGbps, st, cfg.Rounds), series(them.tcpGbps, st, cfg.Rounds))
+			t := &paths[i].TCP[j]
+			if t.Download {
+				t.RatioToReference = ratio(me.downGbps, them.downGbps)
+				continue
+			}
+			t.RatioToReference = ratio(series(me.tcpGbps, t.Streams, cfg.Rounds), series(them.tcpGbps, t.Streams, cfg.Rounds))
 		}
 		for j := range paths[i].UDP {
 			pl := paths[i].UDP[j].PayloadBytes

@@ -93,7 +93,11 @@ func (r *Report) grids() []*grid {
 				lat(func(l *Latency) Stat { return l.TCPRequestResponseUs.P99 }), rrRef})
 		}
 		for _, t := range p.TCP {
-			tcp.rows = append(tcp.rows, []string{p.Name, p.Scenario, fmt.Sprint(t.Streams),
+			streams := fmt.Sprint(t.Streams)
+			if t.Download {
+				streams += " down"
+			}
+			tcp.rows = append(tcp.rows, []string{p.Name, p.Scenario, streams,
 				spread(t.ThroughputGbitPerS, "%.2f"), pct(t.RatioToReference), spread(t.CPUSecondsPerGbit, "%.3f"),
 				lat(func(l *Latency) Stat { return l.PingRttUs.P50 }), lat(func(l *Latency) Stat { return l.TCPRequestResponseUs.P50 }),
 				lat(func(l *Latency) Stat { return l.TCPRequestResponseUs.P99 }), rrRef})
