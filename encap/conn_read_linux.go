@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"podnet/internal/udpgro"
 )
 
 // ReadBatch reads up to min(len(bufs), len(sizes), BatchSize()) datagrams,
@@ -212,29 +214,9 @@ func sockaddrInet4(sa *unix.RawSockaddrInet4, namelen uint32) (netip.Addr, uint1
 	return netip.AddrFrom4(sa.Addr), uint16(p[0])<<8 | uint16(p[1])
 }
 
-// groSegment finds the SOL_UDP/UDP_GRO control message (an int: the size
-// of each coalesced datagram but the last) in the first n bytes of ctrl
-// and returns it, or 0 if there is none. It walks the cmsghdrs by hand:
-// unix.ParseSocketControlMessage allocates.
+// groSegment returns the segment size UDP_GRO reports in the first n
+// bytes of ctrl (udpgro.SegmentSize), or 0 if there is none.
 func groSegment(ctrl []uint64, n uint64) int {
 	b := unsafe.Slice((*byte)(unsafe.Pointer(&ctrl[0])), len(ctrl)*8)
-	if n > uint64(len(b)) {
-		n = uint64(len(b)) // MSG_CTRUNC: trust only what fits
-	}
-	b = b[:n]
-	for len(b) >= unix.SizeofCmsghdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
-		if h.Len < unix.SizeofCmsghdr || h.Len > uint64(len(b)) {
-			return 0
-		}
-		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && h.Len >= uint64(unix.CmsgLen(4)) {
-			return int(*(*int32)(unsafe.Pointer(&b[unix.CmsgLen(0)])))
-		}
-		next := (h.Len + 7) &^ 7 // CMSG_ALIGN
-		if next >= uint64(len(b)) {
-			return 0
-		}
-		b = b[next:]
-	}
-	return 0
+	return udpgro.SegmentSize(b[:min(n, uint64(len(b)))]) // MSG_CTRUNC: trust only what fits
 }

@@ -53,6 +53,10 @@ const (
 	// DropNetstackOut: the netstack produced something that is not a
 	// valid IPv4 packet (never expected; counted, not delivered).
 	DropNetstackOut
+	// DropTruncated: a host socket read more than one IPv4 packet holds:
+	// UDP replies the kernel merged past 64 KiB (only where the node's GRO
+	// limit was raised above that). The read is lost.
+	DropTruncated
 	// DropICMPError: a host socket reported an ICMP error that could not
 	// be turned into an error for the pod (quote too short, forbidden by
 	// RFC 1812 §4.3.2.7).
@@ -77,6 +81,7 @@ var dropNames = [numDropReasons]string{
 	DropSend:                "send-error",
 	DropClosed:              "closed",
 	DropNetstackOut:         "netstack-invalid",
+	DropTruncated:           "truncated",
 	DropICMPError:           "icmp-error-untranslatable",
 }
 

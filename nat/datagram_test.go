@@ -3,12 +3,17 @@ package nat
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
 )
@@ -280,5 +285,58 @@ func TestUDPSuperframe(t *testing.T) {
 				t.Errorf("flow fell back to one send per datagram: %v, want %v", f != nil && f.dgram.noGSO.Load(), tc.noGSO)
 			}
 		})
+	}
+}
+
+// Replies the kernel reads merged (here the remote sends them with UDP
+// GSO; on a real node a NIC's GRO merges them too) reach the pod as one
+// UDP superframe, which cut back gives the datagrams as sent.
+func TestUDPRepliesCoalesced(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	ch := capture(d)
+	_, pc := tp.listen(t, "udp4", "10.252.0.2:9200")
+	t.Cleanup(func() { pc.Close() })
+	sizes := []int{100, 100, 100, 100, 100, 37}
+	var burst []byte
+	for i, sz := range sizes {
+		burst = append(burst, bytes.Repeat([]byte{byte('A' + i)}, sz)...)
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		ua := from.(*net.UDPAddr)
+		to := &unix.SockaddrInet4{Port: ua.Port, Addr: [4]byte(ua.IP.To4())}
+		var cmsg gsoCmsg
+		cmsg.hdr.Level, cmsg.hdr.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+		cmsg.hdr.SetLen(unix.CmsgLen(2))
+		cmsg.size = 100
+		oob := unsafe.Slice((*byte)(unsafe.Pointer(&cmsg)), unsafe.Sizeof(cmsg))
+		rc, _ := pc.(*net.UDPConn).SyscallConn()
+		rc.Write(func(fd uintptr) bool {
+			if err := unix.Sendmsg(int(fd), burst, oob, to, 0); err != nil {
+				t.Errorf("GSO send from R: %v", err)
+			}
+			return true
+		})
+	}()
+	src, dst := netip.AddrPortFrom(podAddr, 4000), netip.AddrPortFrom(remoteAddr, 9200)
+	n.Handle(buildUDP(src, dst, []byte("go")), 0)
+	for i, sz := range sizes {
+		ip := expectPacket(t, ch, fmt.Sprintf("reply datagram %d", i), func(ip packet.IPv4) bool { return ip.Protocol() == packet.ProtoUDP })
+		u := packet.UDP(ip.Payload())
+		if want := bytes.Repeat([]byte{byte('A' + i)}, sz); u.SrcPort() != 9200 || u.DstPort() != 4000 || !bytes.Equal(u[packet.UDPHeaderLen:], want) {
+			t.Fatalf("datagram %d: ports %d -> %d, %d bytes starting %q; want 9200 -> 4000, %d bytes of %q",
+				i, u.SrcPort(), u.DstPort(), len(u)-packet.UDPHeaderLen, u[packet.UDPHeaderLen:min(len(u), packet.UDPHeaderLen+1)], sz, want[:1])
+		}
+	}
+	if got := d.udpSuperframes.Load(); got != 1 {
+		t.Errorf("%d UDP superframes delivered (%d datagrams), want the burst as one", got, d.datagrams.Load())
+	}
+	if e, ok := findEntry(n, "udp", dst); !ok || e.BytesIn != uint64(len(burst)) {
+		t.Errorf("entry %+v (found %v), want %d bytes in", e, ok, len(burst))
 	}
 }

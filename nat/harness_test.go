@@ -213,8 +213,10 @@ type deliverCheck struct {
 	bad   atomic.Int64
 	count atomic.Int64
 	// superframes counts the TCP superframes delivered, segments the
-	// packets cut from them.
-	superframes, segments atomic.Int64
+	// packets cut from them; udpSuperframes and datagrams the same for
+	// UDP.
+	superframes, segments     atomic.Int64
+	udpSuperframes, datagrams atomic.Int64
 	// unreach counts ICMP destination unreachables delivered.
 	unreach atomic.Int64
 	next    atomic.Pointer[func([]byte)]
@@ -236,15 +238,23 @@ func (d *deliverCheck) deliver(pkt []byte, hdr packet.VirtioNetHdr) {
 		}
 	}
 	sizes := make([]int, len(d.seg))
-	n, err := packet.SegmentTCPv4(pkt, hdr, d.seg, sizes, 0)
+	segment := packet.SegmentTCPv4
+	if hdr.GSOType == packet.GSOUDPL4 {
+		segment = packet.SegmentUDPv4
+	}
+	n, err := segment(pkt, hdr, d.seg, sizes, 0)
 	if err != nil {
 		d.bad.Add(1)
 		d.t.Logf("bad delivered superframe %+v: %v", hdr, err)
 		return
 	}
-	if hdr.GSOType != packet.GSONone {
+	switch hdr.GSOType {
+	case packet.GSOTCPv4:
 		d.superframes.Add(1)
 		d.segments.Add(int64(n))
+	case packet.GSOUDPL4:
+		d.udpSuperframes.Add(1)
+		d.datagrams.Add(int64(n))
 	}
 	for i := range n {
 		d.deliverComplete(d.seg[i][:sizes[i]])

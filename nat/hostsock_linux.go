@@ -385,6 +385,12 @@ func (n *NAT) dialDatagram(proto int, remote netip.AddrPort, pr *portRange) (hos
 		unix.Close(fd)
 		return hostConn{}, fmt.Errorf("setsockopt IP_RECVERR: %w", err)
 	}
+	if proto == 0 {
+		// UDP GRO (Linux 5.0+): a burst of replies the kernel has merged
+		// (a NIC's GRO, a sender's GSO) is read in one call and reaches
+		// the pod as one superframe. Without it, one read per datagram.
+		_ = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1)
+	}
 	var port uint16
 	if pr != nil {
 		port, err = bind(fd, n.cfg.SourceAddr, pr, false)

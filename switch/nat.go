@@ -98,10 +98,10 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 // Inject delivers a packet NAT (or another local source) produced: an
 // IPv4 packet for a local pod, with its offload metadata (hdr, offsets
 // counted from the IP header; zero for a complete packet): a partial
-// checksum, or a TCP superframe. A pod with offloads takes it as it is;
-// for one without, it is completed or cut into segments here. Inject
-// copies pkt; safe for concurrent use. Packets for anything but a local
-// pod are dropped and counted on the host port.
+// checksum, a TCP superframe or a UDP one (GSO_UDP_L4). A pod that takes
+// it gets it as it is; for one that does not, it is completed or cut into
+// segments here. Inject copies pkt; safe for concurrent use. Packets for
+// anything but a local pod are dropped and counted on the host port.
 func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
 	var in ingress = &s.noHost
 	if h := s.host.Load(); h != nil {
@@ -113,7 +113,7 @@ func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
 		return
 	}
 	ip = ip[:ip.TotalLen()]
-	if (hdr.GSOType != packet.GSONone && (hdr.GSOType != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP)) || !csumInTransport(hdr, 0, ip) {
+	if !injectable(hdr, ip) {
 		in.stats().drop(DropBadGSO)
 		return
 	}
@@ -122,7 +122,7 @@ func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
 		in.stats().drop(DropNoRoute)
 		return
 	}
-	if hdr != (packet.VirtioNetHdr{}) && !h.eg.caps().superframes {
+	if !h.eg.caps().takes(hdr) {
 		s.injectSegments(in, ip, hdr, h)
 		return
 	}
@@ -132,12 +132,46 @@ func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
 	h.eg.send(nil, in, packetRef{buf: b[:], ip: packet.Headroom, n: n, gso: hdr}, h)
 }
 
+// injectable says whether hdr is offload metadata Inject can honour for
+// ip: a partial checksum inside the transport header, a TCP superframe of
+// TCP, a UDP superframe of UDP.
+func injectable(hdr packet.VirtioNetHdr, ip packet.IPv4) bool {
+	if !csumInTransport(hdr, 0, ip) {
+		return false
+	}
+	switch hdr.GSOType {
+	case packet.GSONone:
+		return true
+	case packet.GSOTCPv4:
+		return ip.Protocol() == packet.ProtoTCP
+	case packet.GSOUDPL4:
+		return ip.Protocol() == packet.ProtoUDP
+	}
+	return false
+}
+
+// takes says whether an egress with caps c takes a packet with offload
+// metadata hdr as it is.
+func (c egressCaps) takes(hdr packet.VirtioNetHdr) bool {
+	switch hdr.GSOType {
+	case packet.GSOTCPv4:
+		return c.superframes
+	case packet.GSOUDPL4:
+		return c.coalesceUDP
+	}
+	return c.partialChecksums || hdr.Flags&packet.VirtioNetHdrFNeedsCsum == 0
+}
+
 // injectSegments sends an injected superframe, or a packet with a partial
-// checksum, as complete packets to a pod without offloads.
+// checksum, as complete packets to a pod that does not take it.
 func (s *Switch) injectSegments(in ingress, ip packet.IPv4, hdr packet.VirtioNetHdr, h *hop) {
 	seg := s.segPool.Get().(*segScratch)
 	defer s.segPool.Put(seg)
-	cnt, err := packet.SegmentTCPv4(ip, hdr, seg.bufs, seg.sizes, packet.Headroom)
+	segment := packet.SegmentTCPv4 // also completes a lone packet's checksum
+	if hdr.GSOType == packet.GSOUDPL4 {
+		segment = packet.SegmentUDPv4
+	}
+	cnt, err := segment(ip, hdr, seg.bufs, seg.sizes, packet.Headroom)
 	if err != nil {
 		in.stats().drop(DropBadGSO)
 		return

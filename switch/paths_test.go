@@ -821,6 +821,40 @@ func TestInjectSuperframe(t *testing.T) {
 	}
 }
 
+// NAT's replies to a UDP flow can be a UDP superframe (the host socket
+// read them coalesced): a pod whose TAP takes them gets it whole, another
+// the datagrams, each complete.
+func TestInjectUDPSuperframe(t *testing.T) {
+	n := newFakeNet(t)
+	e := n.addUSOPod(t)
+	build := func(dst string) ([]byte, packet.VirtioNetHdr) {
+		ip := ipSpec{src: "198.51.100.7", dst: dst, payload: 3 * 100}.build()
+		partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(ip)-20)))
+		binary.BigEndian.PutUint16(ip[26:], partial)
+		return ip, packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4,
+			GSOSize: 100, HdrLen: 28, CsumStart: 20, CsumOffset: 6}
+	}
+	ip, hdr := build("10.0.0.9")
+	n.s.Inject(ip, hdr)
+	frames, _ := e.dev.wait(t, 1)
+	if h, got := podRx(t, e, frames[0]); h != toL2(hdr) || !bytes.Equal(got, ip) {
+		t.Errorf("USO pod got %d bytes with %+v, want the superframe whole", len(got), h)
+	}
+	ip, hdr = build("10.0.0.2") // offloads, but no USO
+	n.s.Inject(ip, hdr)
+	frames, _ = n.b.dev.wait(t, 3)
+	for i, f := range frames {
+		if h, seg := podRx(t, n.b, f); h.GSOType != packet.GSONone || len(seg) != 128 {
+			t.Errorf("datagram %d: %d bytes with %+v, want 128 bytes, no GSO", i, len(seg), h)
+		} else {
+			decoded(t, seg)
+		}
+	}
+	if d := n.stats("host").Drops; len(d) != 0 {
+		t.Errorf("host port dropped %v", d)
+	}
+}
+
 // A connection that came in from outside the cluster through the node is
 // answered through the node, not through NAT; a connection the pod opens
 // to the same host still goes through NAT.
@@ -942,11 +976,10 @@ func udpBurst(p *fakePod, dst string, n, size int) [][]byte {
 	return frames
 }
 
-// Datagrams of one flow read in one batch reach a TAP that takes UDP
-// superframes as one GSO_UDP_L4 frame, from a pod (partial checksums) and
-// from the host (complete ones); a TAP without USO gets them one by one.
-func TestUDPCoalesced(t *testing.T) {
-	n := newFakeNet(t)
+// addUSOPod adds pod e, 10.0.0.9, on a TAP that takes UDP superframes,
+// with its route.
+func (n *fakeNet) addUSOPod(t testing.TB) *fakePod {
+	t.Helper()
 	e := &fakePod{dev: newFakePodDev("e", true), ip: netip.MustParseAddr("10.0.0.9"), mac: packet.MAC{2, 0, 0, 0, 0, 9}}
 	e.dev.uso = true
 	var err error
@@ -959,6 +992,15 @@ func TestUDPCoalesced(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.s.SetRoutes(next)
+	return e
+}
+
+// Datagrams of one flow read in one batch reach a TAP that takes UDP
+// superframes as one GSO_UDP_L4 frame, from a pod (partial checksums) and
+// from the host (complete ones); a TAP without USO gets them one by one.
+func TestUDPCoalesced(t *testing.T) {
+	n := newFakeNet(t)
+	e := n.addUSOPod(t)
 
 	check := func(frame []byte, want int) {
 		t.Helper()

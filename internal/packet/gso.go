@@ -26,6 +26,10 @@ var (
 	errSegOut       = &Error{Op: "segment tcpv4", Reason: ErrTooManySegments, Detail: "out or sizes has fewer entries than segments"}
 	errSegOutSmall  = &Error{Op: "segment tcpv4", Reason: ErrBufferTooSmall, Detail: "an out buffer cannot hold its segment"}
 	errSegTCPShort  = &Error{Op: "segment tcpv4", Reason: ErrTruncatedL4, Detail: "TCP header truncated"}
+
+	errSegUDPType   = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "gso_type is not UDP_L4"}
+	errSegNotUDP    = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "protocol is not UDP"}
+	errSegUDPLength = &Error{Op: "segment udpv4", Reason: ErrTruncatedL4, Detail: "UDP length is not the packet's"}
 	errIPv4ByReason = [numParseErrors]*Error{
 		ErrTooShort:       {Op: "segment tcpv4", Reason: ErrTooShort, Detail: "shorter than an IPv4 header"},
 		ErrBadVersion:     {Op: "segment tcpv4", Reason: ErrBadVersion, Detail: "not IPv4"},
@@ -209,6 +213,89 @@ func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 		s = Sum(t, s)
 		s = Sum(chunk, s)
 		t.SetChecksum(^Fold(s))
+		sizes[i] = segLen
+	}
+	return nseg, nil
+}
+
+// SegmentUDPv4 cuts a UDP superframe (h.GSOType GSOUDPL4) into the
+// datagrams it carries, h.GSOSize payload bytes each and the last one at
+// most that, as the kernel's __udp_gso_segment does: each a complete IPv4
+// packet with a copy of the superframe's IP and UDP headers, its own
+// lengths and header checksum, the IP ID counting up from the original,
+// and its UDP checksum computed in full, unless the superframe carries
+// none (a zero checksum field without a partial checksum). The UDP length
+// field of the superframe must cover the whole packet, as GRO leaves it.
+// out, sizes and offset are as for SegmentTCPv4, and so are the checks:
+// nothing is written unless every datagram fits. It does not allocate.
+func SegmentUDPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset int) (n int, err error) {
+	if offset < 0 {
+		return 0, errSegOffset
+	}
+	ip := IPv4(pkt)
+	if r := ip.Validate(); r != ParseOK {
+		return 0, errIPv4ByReason[r]
+	}
+	ip = ip[:ip.TotalLen()]
+	switch {
+	case h.GSOType != GSOUDPL4:
+		return 0, errSegUDPType
+	case h.GSOSize == 0:
+		return 0, errSegGSOSize
+	case ip.Protocol() != ProtoUDP:
+		return 0, errSegNotUDP
+	case ip.IsFragment():
+		return 0, errSegFragment
+	}
+	iphLen := ip.HeaderLen()
+	partial := h.Flags&VirtioNetHdrFNeedsCsum != 0
+	if partial && (int(h.CsumStart) != iphLen || h.CsumOffset != udpChecksum) {
+		return 0, errSegCsumStart
+	}
+	if len(ip)-iphLen < UDPHeaderLen || int(UDP(ip[iphLen:]).Length()) != len(ip)-iphLen {
+		return 0, errSegUDPLength
+	}
+	hdrLen := iphLen + UDPHeaderLen
+	payload := ip[hdrLen:]
+	size := int(h.GSOSize)
+	nseg := max((len(payload)+size-1)/size, 1)
+	if nseg > len(out) || nseg > len(sizes) {
+		return 0, errSegOut
+	}
+	for i := range nseg {
+		segLen := hdrLen + min(size, len(payload)-i*size)
+		if len(out[i]) < offset || len(out[i])-offset < segLen {
+			return 0, errSegOutSmall
+		}
+	}
+	sum := partial || UDP(ip[iphLen:]).Checksum() != 0
+	origID := ip.ID()
+	src, dst := ip.SrcBytes(), ip.DstBytes()
+	for i := range nseg {
+		chunk := payload[i*size : min((i+1)*size, len(payload))]
+		segLen := hdrLen + len(chunk)
+		seg := out[i][offset : offset+segLen]
+		copy(seg, ip[:hdrLen])
+		copy(seg[hdrLen:], chunk)
+
+		sip := IPv4(seg)
+		sip.SetTotalLen(uint16(segLen))
+		sip.SetID(origID + uint16(i))
+		sip.ComputeChecksum()
+
+		u := UDP(seg[iphLen:hdrLen])
+		u.SetLength(uint16(UDPHeaderLen + len(chunk)))
+		u.SetChecksum(0)
+		if sum {
+			s := PseudoHeaderSum(ProtoUDP, src, dst, uint16(UDPHeaderLen+len(chunk)))
+			s = Sum(u, s)
+			s = Sum(chunk, s)
+			c := ^Fold(s)
+			if c == 0 {
+				c = 0xffff // 0 means "no checksum" in UDP
+			}
+			u.SetChecksum(c)
+		}
 		sizes[i] = segLen
 	}
 	return nseg, nil

@@ -475,3 +475,152 @@ func FuzzSegmentTCPv4(f *testing.F) {
 		}
 	})
 }
+
+// SegmentUDPv4 undoes GRO: a flow's datagrams merged into a UDP
+// superframe come back byte for byte, IP IDs and checksums included.
+func TestSegmentUDPv4RoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	noChecksum := func(p [][]byte) [][]byte {
+		for _, q := range p {
+			UDP(IPv4(q).Payload()).SetChecksum(0)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		pkts [][]byte
+	}{
+		{"equal sizes", udpFlow(r, 64, 64, 64, 64, 64)},
+		{"shorter last", udpFlow(r, 100, 100, 40)},
+		{"large", udpFlow(r, 1400, 1400, 1400)},
+		// GRO leaves the merged checksum partial either way, as the
+		// kernel does, so the datagrams come back with checksums.
+		{"no checksums", noChecksum(udpFlow(r, 64, 64, 64))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewGRO(8)
+			for i, p := range tc.pkts {
+				if !g.AddWith(groInput(bytes.Clone(p)), Headroom, len(p), GROOpts{UDP: true}) {
+					t.Fatalf("GRO refused datagram %d", i)
+				}
+			}
+			var sink groSink
+			g.Flush(sink.emit)
+			if len(sink.out) != 1 || sink.out[0].hdr.GSOType != GSOUDPL4 {
+				t.Fatalf("GRO gave %d packets (%+v), want one UDP superframe", len(sink.out), sink.out)
+			}
+			out, sizes := makeOut(64, 1600)
+			n, err := SegmentUDPv4(sink.out[0].pkt, sink.out[0].hdr, out, sizes, 0)
+			if err != nil || n != len(tc.pkts) {
+				t.Fatalf("SegmentUDPv4 = %d, %v; want %d datagrams", n, err, len(tc.pkts))
+			}
+			for i, p := range tc.pkts {
+				got := out[i][:sizes[i]]
+				if UDP(IPv4(p).Payload()).Checksum() == 0 {
+					if !TransportChecksumValid(IPv4(got)) {
+						t.Errorf("datagram %d: bad UDP checksum", i)
+					}
+					p = bytes.Clone(p)
+					UDP(IPv4(p).Payload()).SetChecksum(UDP(IPv4(got).Payload()).Checksum())
+				}
+				if !bytes.Equal(got, p) {
+					t.Errorf("datagram %d:\n got % x\nwant % x", i, got[:min(len(got), 40)], p[:min(len(p), 40)])
+				}
+			}
+		})
+	}
+}
+
+// A superframe whose checksum is neither there nor partial gives
+// datagrams without one.
+func TestSegmentUDPv4NoChecksum(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	var payload []byte
+	for range 3 {
+		payload = append(payload, randBytes(r, 50)...)
+	}
+	pkt := buildUDPv4(ipv4Spec{ttl: 64, id: 7, src: podA, dst: podB}, 1000, 2000, payload)
+	UDP(IPv4(pkt).Payload()).SetChecksum(0)
+	out, sizes := makeOut(4, 200)
+	n, err := SegmentUDPv4(pkt, VirtioNetHdr{GSOType: GSOUDPL4, GSOSize: 50, HdrLen: 28}, out, sizes, 0)
+	if err != nil || n != 3 {
+		t.Fatalf("SegmentUDPv4 = %d, %v; want 3", n, err)
+	}
+	for i := range n {
+		seg := IPv4(out[i][:sizes[i]])
+		u := UDP(seg.Payload())
+		if u.Checksum() != 0 || u.Length() != 58 || seg.ID() != uint16(7+i) || !seg.HeaderChecksumValid() || !bytes.Equal(u[8:], payload[50*i:50*(i+1)]) {
+			t.Errorf("datagram %d: checksum %#x, length %d, id %d: want no checksum, 58, %d and its payload", i, u.Checksum(), u.Length(), seg.ID(), 7+i)
+		}
+	}
+}
+
+func TestSegmentUDPv4Errors(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	build := func() ([]byte, VirtioNetHdr) {
+		g := NewGRO(8)
+		for _, p := range udpFlow(r, 100, 100, 100) {
+			g.AddWith(groInput(p), Headroom, len(p), GROOpts{UDP: true})
+		}
+		var sink groSink
+		g.Flush(sink.emit)
+		return sink.out[0].pkt, sink.out[0].hdr
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(pkt []byte, h *VirtioNetHdr) ([][]byte, int)
+		want ParseError
+	}{
+		{"not UDP_L4", func(_ []byte, h *VirtioNetHdr) ([][]byte, int) { h.GSOType = GSOTCPv4; return nil, 0 }, ErrBadGSO},
+		{"gso_size zero", func(_ []byte, h *VirtioNetHdr) ([][]byte, int) { h.GSOSize = 0; return nil, 0 }, ErrBadGSO},
+		{"not UDP", func(p []byte, _ *VirtioNetHdr) ([][]byte, int) {
+			p[9] = ProtoTCP
+			IPv4(p).ComputeChecksum()
+			return nil, 0
+		}, ErrBadGSO},
+		{"csum_start elsewhere", func(_ []byte, h *VirtioNetHdr) ([][]byte, int) { h.CsumStart = 24; return nil, 0 }, ErrBadVirtioHeader},
+		{"UDP length short", func(p []byte, _ *VirtioNetHdr) ([][]byte, int) {
+			UDP(IPv4(p).Payload()).SetLength(108)
+			return nil, 0
+		}, ErrTruncatedL4},
+		{"too few buffers", func(_ []byte, _ *VirtioNetHdr) ([][]byte, int) { o, _ := makeOut(2, 1600); return o, 0 }, ErrTooManySegments},
+		{"buffers too small", func(_ []byte, _ *VirtioNetHdr) ([][]byte, int) { o, _ := makeOut(8, 100); return o, 0 }, ErrBufferTooSmall},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pkt, h := build()
+			out, sizes := makeOut(8, 1600)
+			if o, _ := tc.edit(pkt, &h); o != nil {
+				out = o
+			}
+			for _, b := range out {
+				clear(b)
+			}
+			if _, err := SegmentUDPv4(pkt, h, out, sizes, 0); ReasonOf(err) != tc.want {
+				t.Fatalf("err %v (reason %v), want reason %v", err, ReasonOf(err), tc.want)
+			}
+			for i, b := range out {
+				if !bytes.Equal(b, make([]byte, len(b))) {
+					t.Fatalf("out[%d] written on error", i)
+				}
+			}
+		})
+	}
+}
+
+func TestAllocsSegmentUDPv4(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	g := NewGRO(64)
+	for _, p := range udpFlow(r, 64, 64, 64, 64, 64, 64, 64, 64) {
+		g.AddWith(groInput(p), Headroom, len(p), GROOpts{UDP: true})
+	}
+	var sink groSink
+	g.Flush(sink.emit)
+	out, sizes := makeOut(64, 1600)
+	if got := testing.AllocsPerRun(20, func() {
+		if _, err := SegmentUDPv4(sink.out[0].pkt, sink.out[0].hdr, out, sizes, 0); err != nil {
+			panic(err)
+		}
+	}); got != 0 {
+		t.Errorf("allocs: got %v, want 0", got)
+	}
+}

@@ -1,0 +1,45 @@
+package udpgro
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// cmsg lays out one control message as the kernel does (native byte
+// order; this package runs on little-endian Linux machines).
+func cmsg(level, typ int32, data []byte) []byte {
+	b := make([]byte, unix.CmsgSpace(len(data)))
+	binary.NativeEndian.PutUint64(b[0:], uint64(unix.CmsgLen(len(data))))
+	binary.NativeEndian.PutUint32(b[8:], uint32(level))
+	binary.NativeEndian.PutUint32(b[12:], uint32(typ))
+	copy(b[unix.CmsgLen(0):], data)
+	return b
+}
+
+func TestSegmentSize(t *testing.T) {
+	size := binary.NativeEndian.AppendUint32(nil, 1400)
+	gro := cmsg(unix.SOL_UDP, unix.UDP_GRO, size)
+	other := cmsg(unix.SOL_IP, unix.IP_TOS, []byte{0x10})
+	for _, tc := range []struct {
+		name string
+		oob  []byte
+		want int
+	}{
+		{"alone", gro, 1400},
+		{"after another message", append(append([]byte(nil), other...), gro...), 1400},
+		{"none", other, 0},
+		{"empty", nil, 0},
+		{"truncated", gro[:unix.CmsgLen(2)], 0},
+		{"length past the end", func() []byte {
+			b := append([]byte(nil), gro...)
+			binary.NativeEndian.PutUint64(b, 64)
+			return b
+		}(), 0},
+	} {
+		if got := SegmentSize(tc.oob); got != tc.want {
+			t.Errorf("%s: SegmentSize = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
