@@ -35,7 +35,7 @@ type segScratch struct {
 	sizes []int
 }
 
-const segScratchLen = 64 // a 64 KiB superframe at MSS ≥ 1024 fits
+const segScratchLen = 64 // a 64 KiB superframe at MSS ≥ 1024 fits in one round
 
 func newSegScratch() *segScratch {
 	s := &segScratch{bufs: make([][]byte, segScratchLen), sizes: make([]int, segScratchLen)}
@@ -294,22 +294,31 @@ func (f *forwarder) send(in ingress, p packetRef, h *hop) {
 }
 
 // segment splits superframe p into MSS-sized segments in the batch's
-// scratch and sends each one.
+// scratch and sends each one. A superframe of more segments than the
+// scratch holds (a small MSS) is cut in rounds, what the lanes hold
+// written out between them.
 func (f *forwarder) segment(in ingress, p packetRef, h *hop) {
 	seg := f.borrowSeg()
-	if segScratchLen-f.segUsed < maxSegments(p) {
+	if segScratchLen-f.segUsed < min(maxSegments(p), segScratchLen) {
 		f.flushAll()
 		seg = f.borrowSeg()
 	}
-	bufs, sizes := seg.bufs[f.segUsed:], seg.sizes[f.segUsed:]
-	cnt, err := packet.SegmentTCPv4(p.ipv4(), p.gso, bufs, sizes, packet.Headroom)
-	if err != nil {
-		in.stats().drop(DropBadGSO)
-		return
-	}
-	f.segUsed += cnt
-	for i := 0; i < cnt; i++ {
-		f.send(in, packetRef{buf: bufs[i], ip: packet.Headroom, n: sizes[i]}, h)
+	for first := 0; ; {
+		bufs, sizes := seg.bufs[f.segUsed:], seg.sizes[f.segUsed:]
+		cnt, total, err := packet.SegmentTCPv4From(p.ipv4(), p.gso, first, bufs, sizes, packet.Headroom)
+		if err != nil {
+			in.stats().drop(DropBadGSO)
+			return
+		}
+		f.segUsed += cnt
+		for i := 0; i < cnt; i++ {
+			f.send(in, packetRef{buf: bufs[i], ip: packet.Headroom, n: sizes[i]}, h)
+		}
+		if first += cnt; first == total {
+			return
+		}
+		f.flushAll()
+		seg = f.borrowSeg()
 	}
 }
 

@@ -167,17 +167,26 @@ func (c egressCaps) takes(hdr packet.VirtioNetHdr) bool {
 func (s *Switch) injectSegments(in ingress, ip packet.IPv4, hdr packet.VirtioNetHdr, h *hop) {
 	seg := s.segPool.Get().(*segScratch)
 	defer s.segPool.Put(seg)
-	segment := packet.SegmentTCPv4 // also completes a lone packet's checksum
-	if hdr.GSOType == packet.GSOUDPL4 {
-		segment = packet.SegmentUDPv4
-	}
-	cnt, err := segment(ip, hdr, seg.bufs, seg.sizes, packet.Headroom)
-	if err != nil {
-		in.stats().drop(DropBadGSO)
-		return
-	}
-	for i := range cnt {
-		h.eg.send(nil, in, packetRef{buf: seg.bufs[i], ip: packet.Headroom, n: seg.sizes[i]}, h)
+	for first := 0; ; {
+		var cnt, total int
+		var err error
+		if hdr.GSOType == packet.GSOUDPL4 {
+			// At most 64 datagrams: the kernel merges no more (UDP GRO).
+			cnt, err = packet.SegmentUDPv4(ip, hdr, seg.bufs, seg.sizes, packet.Headroom)
+			total = cnt
+		} else { // also completes a lone packet's partial checksum
+			cnt, total, err = packet.SegmentTCPv4From(ip, hdr, first, seg.bufs, seg.sizes, packet.Headroom)
+		}
+		if err != nil {
+			in.stats().drop(DropBadGSO)
+			return
+		}
+		for i := range cnt {
+			h.eg.send(nil, in, packetRef{buf: seg.bufs[i], ip: packet.Headroom, n: seg.sizes[i]}, h)
+		}
+		if first += cnt; first == total {
+			return
+		}
 	}
 }
 

@@ -354,6 +354,30 @@ func TestPodToIPIP(t *testing.T) {
 	}
 }
 
+// A superframe of more segments than the scratch holds (a pod with a
+// small MTU sends 64 KiB at MSS 900: 73 segments) is cut in rounds, every
+// byte in order.
+func TestPodToIPIPSmallMSS(t *testing.T) {
+	n := newFakeNet(t)
+	n.a.dev.offer(superframe(n.a, "10.0.1.5", 65000, 900))
+	pkts, _ := n.ipip.wait(t, 73)
+	var seq uint32
+	for i, p := range pkts {
+		_, pk := decoded(t, p)
+		tcp := pk.TransportLayer().(*layers.TCP)
+		if i > 0 && tcp.Seq != seq {
+			t.Fatalf("segment %d: seq %d, want %d", i, tcp.Seq, seq)
+		}
+		seq = tcp.Seq + uint32(len(tcp.Payload))
+		if want := min(900, 65000-900*i); len(tcp.Payload) != want {
+			t.Fatalf("segment %d: %d bytes, want %d", i, len(tcp.Payload), want)
+		}
+	}
+	if d := n.stats("a").Drops; len(d) != 0 {
+		t.Errorf("pod a dropped %v", d)
+	}
+}
+
 func TestPodToVXLAN(t *testing.T) {
 	n := newFakeNet(t)
 	n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 200}.build()))
@@ -779,11 +803,15 @@ func TestInject(t *testing.T) {
 // to a pod at dst: 3000 bytes of TCP in 1000-byte segments, with the
 // pseudo-header sum in the checksum field.
 func injectedSuperframe(dst string) ([]byte, packet.VirtioNetHdr) {
-	ip := ipSpec{src: "198.51.100.7", dst: dst, proto: "tcp", payload: 3000, flags: "PA"}.build()
+	return injectedSuperframeOf(dst, 3000, 1000)
+}
+
+func injectedSuperframeOf(dst string, payload, mss int) ([]byte, packet.VirtioNetHdr) {
+	ip := ipSpec{src: "198.51.100.7", dst: dst, proto: "tcp", payload: payload, flags: "PA"}.build()
 	partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(ip)-20)))
 	binary.BigEndian.PutUint16(ip[36:], partial)
 	return ip, packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4,
-		GSOSize: 1000, HdrLen: 40, CsumStart: 20, CsumOffset: 16}
+		GSOSize: uint16(mss), HdrLen: 40, CsumStart: 20, CsumOffset: 16}
 }
 
 // NAT's netstack hands the switch TCP superframes with partial checksums:
@@ -808,6 +836,17 @@ func TestInjectSuperframe(t *testing.T) {
 			t.Errorf("segment %d: %d bytes, want 1040", i, len(seg))
 		}
 		decoded(t, seg)
+	}
+	// More segments than one round of scratch (a pod with a small MSS).
+	ip, hdr = injectedSuperframeOf("10.0.0.3", 40000, 500)
+	n.s.Inject(ip, hdr)
+	frames, _ = n.c.dev.wait(t, 3+80)
+	for i, f := range frames[3:] {
+		if _, seg := podRx(t, n.c, f); len(seg) != 540 {
+			t.Fatalf("small-MSS segment %d: %d bytes, want 540", i, len(seg))
+		} else {
+			decoded(t, seg)
+		}
 	}
 	if d := n.stats("host").Drops; len(d) != 0 {
 		t.Errorf("host port dropped %v", d)

@@ -26,6 +26,7 @@ var (
 	errSegOut       = &Error{Op: "segment tcpv4", Reason: ErrTooManySegments, Detail: "out or sizes has fewer entries than segments"}
 	errSegOutSmall  = &Error{Op: "segment tcpv4", Reason: ErrBufferTooSmall, Detail: "an out buffer cannot hold its segment"}
 	errSegTCPShort  = &Error{Op: "segment tcpv4", Reason: ErrTruncatedL4, Detail: "TCP header truncated"}
+	errSegFirst     = &Error{Op: "segment tcpv4", Reason: ErrTooManySegments, Detail: "first segment past the last"}
 
 	errSegUDPType   = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "gso_type is not UDP_L4"}
 	errSegNotUDP    = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "protocol is not UDP"}
@@ -104,78 +105,102 @@ func checkCsumBounds(n int, h VirtioNetHdr) error {
 // must not overlap pkt. Errors carry a
 // ParseError reason (ReasonOf). SegmentTCPv4 does not allocate.
 func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset int) (n int, err error) {
+	n, _, err = segmentTCPv4(pkt, h, 0, out, sizes, offset, true)
+	return n, err
+}
+
+// SegmentTCPv4From is SegmentTCPv4 for a caller with fewer buffers than
+// segments: it writes segments first, first+1, … into out, as many as
+// out and sizes hold, and returns how many it wrote and how many the
+// superframe makes in all. Calling it again from first+n continues where
+// it stopped; each segment is the same as SegmentTCPv4 makes.
+func SegmentTCPv4From(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int) (n, total int, err error) {
+	return segmentTCPv4(pkt, h, first, out, sizes, offset, false)
+}
+
+// segmentTCPv4 writes segments first.. of pkt; with whole, all of them or
+// none.
+func segmentTCPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int, whole bool) (n, total int, err error) {
 	if offset < 0 {
-		return 0, errSegOffset
+		return 0, 0, errSegOffset
 	}
 	ip := IPv4(pkt)
 	if r := ip.Validate(); r != ParseOK {
-		return 0, errIPv4ByReason[r]
+		return 0, 0, errIPv4ByReason[r]
 	}
 	ip = ip[:ip.TotalLen()]
 
 	if h.GSOType == GSONone {
+		if first != 0 {
+			return 0, 1, errSegFirst
+		}
 		if len(out) < 1 || len(sizes) < 1 {
-			return 0, errSegOut
+			return 0, 1, errSegOut
 		}
 		if len(out[0]) < offset || len(out[0])-offset < len(ip) {
-			return 0, errSegOutSmall
+			return 0, 1, errSegOutSmall
 		}
 		if h.Flags&VirtioNetHdrFNeedsCsum != 0 {
 			// Check before copying, so a bad header writes nothing.
 			if err := checkCsumBounds(len(ip), h); err != nil {
-				return 0, err
+				return 0, 1, err
 			}
 		}
 		seg := out[0][offset : offset+len(ip)]
 		copy(seg, ip)
 		if err := CompleteChecksum(seg, h); err != nil {
-			return 0, err // unreachable: bounds checked above
+			return 0, 1, err // unreachable: bounds checked above
 		}
 		sizes[0] = len(seg)
-		return 1, nil
+		return 1, 1, nil
 	}
 
 	if h.GSOType&^GSOECN != GSOTCPv4 {
-		return 0, errSegGSOType
+		return 0, 0, errSegGSOType
 	}
 	if h.GSOSize == 0 {
-		return 0, errSegGSOSize
+		return 0, 0, errSegGSOSize
 	}
 	if ip.Protocol() != ProtoTCP {
-		return 0, errSegNotTCP
+		return 0, 0, errSegNotTCP
 	}
 	if ip.IsFragment() {
-		return 0, errSegFragment
+		return 0, 0, errSegFragment
 	}
 	// Don't trust h.HdrLen: the kernel has been seen to report a wrong
 	// value (wireguard-go tun_linux.go has the same rule). Derive the
 	// header lengths from IHL and the TCP data offset instead.
 	iphLen := ip.HeaderLen()
 	if int(h.CsumStart) != iphLen {
-		return 0, errSegCsumStart
+		return 0, 0, errSegCsumStart
 	}
 	if len(ip)-iphLen < TCPMinHeaderLen {
-		return 0, errSegTCPShort
+		return 0, 0, errSegTCPShort
 	}
 	tcpLen := TCP(ip[iphLen:]).DataOffset()
 	if tcpLen < TCPMinHeaderLen || iphLen+tcpLen > len(ip) {
-		return 0, errSegTCPShort
+		return 0, 0, errSegTCPShort
 	}
 	hdrLen := iphLen + tcpLen
 	payload := ip[hdrLen:]
 	mss := int(h.GSOSize)
 
-	nseg := (len(payload) + mss - 1) / mss
-	if nseg == 0 {
-		nseg = 1 // a header-only superframe still goes out, as one segment
+	total = (len(payload) + mss - 1) / mss
+	if total == 0 {
+		total = 1 // a header-only superframe still goes out, as one segment
 	}
-	if nseg > len(out) || nseg > len(sizes) {
-		return 0, errSegOut
+	if first < 0 || first >= total {
+		return 0, total, errSegFirst
 	}
-	for i := range nseg {
-		segLen := hdrLen + min(mss, len(payload)-i*mss)
+	n = min(total-first, len(out), len(sizes))
+	if n == 0 || (whole && n < total) {
+		return 0, total, errSegOut
+	}
+	for i := range n {
+		k := first + i
+		segLen := hdrLen + min(mss, len(payload)-k*mss)
 		if len(out[i]) < offset || len(out[i])-offset < segLen {
-			return 0, errSegOutSmall
+			return 0, total, errSegOutSmall
 		}
 	}
 
@@ -185,8 +210,9 @@ func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 	origFlags := origTCP.Flags()
 	src, dst := ip.SrcBytes(), ip.DstBytes()
 
-	for i := range nseg {
-		chunk := payload[i*mss : min((i+1)*mss, len(payload))]
+	for i := range n {
+		k := first + i
+		chunk := payload[k*mss : min((k+1)*mss, len(payload))]
 		segLen := hdrLen + len(chunk)
 		seg := out[i][offset : offset+segLen]
 		copy(seg, ip[:hdrLen])
@@ -194,16 +220,16 @@ func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 
 		sip := IPv4(seg)
 		sip.SetTotalLen(uint16(segLen))
-		sip.SetID(origID + uint16(i))
+		sip.SetID(origID + uint16(k))
 		sip.ComputeChecksum()
 
 		t := TCP(seg[iphLen:hdrLen])
-		t.SetSeq(origSeq + uint32(i*mss))
+		t.SetSeq(origSeq + uint32(k*mss))
 		flags := origFlags
-		if i != nseg-1 {
+		if k != total-1 {
 			flags &^= TCPFlagFIN | TCPFlagPSH
 		}
-		if i != 0 {
+		if k != 0 {
 			flags &^= TCPFlagCWR
 		}
 		t.SetFlags(flags)
@@ -215,7 +241,7 @@ func SegmentTCPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 		t.SetChecksum(^Fold(s))
 		sizes[i] = segLen
 	}
-	return nseg, nil
+	return n, total, nil
 }
 
 // SegmentUDPv4 cuts a UDP superframe (h.GSOType GSOUDPL4) into the

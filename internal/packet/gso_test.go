@@ -624,3 +624,40 @@ func TestAllocsSegmentUDPv4(t *testing.T) {
 		t.Errorf("allocs: got %v, want 0", got)
 	}
 }
+
+// SegmentTCPv4From cuts a superframe in several calls, with few buffers,
+// into exactly the segments SegmentTCPv4 makes in one.
+func TestSegmentTCPv4From(t *testing.T) {
+	sf := superframe{ip: ipv4Spec{ttl: 64, id: 100, src: podA, dst: podB},
+		tcp: tcpSpec{flags: TCPFlagACK | TCPFlagPSH | TCPFlagFIN | TCPFlagCWR, options: tsOption}, payload: make([]byte, 65000), mss: 500}
+	for i := range sf.payload {
+		sf.payload[i] = byte(i * 7)
+	}
+	pkt, h := sf.build()
+	all, allSizes := makeOut(200, 1600)
+	want, err := SegmentTCPv4(pkt, h, all, allSizes, 0)
+	if err != nil || want != 130 {
+		t.Fatalf("SegmentTCPv4 = %d, %v; want 130 segments", want, err)
+	}
+	if _, err := SegmentTCPv4(pkt, h, all[:64], allSizes, 0); ReasonOf(err) != ErrTooManySegments {
+		t.Errorf("SegmentTCPv4 with 64 buffers: %v, want too many segments", err)
+	}
+	out, sizes := makeOut(7, 1600)
+	got := 0
+	for first := 0; first < want; {
+		n, total, err := SegmentTCPv4From(pkt, h, first, out, sizes, 0)
+		if err != nil || total != want || n != min(7, want-first) {
+			t.Fatalf("From(%d) = %d of %d, %v; want %d of %d", first, n, total, err, min(7, want-first), want)
+		}
+		for i := range n {
+			if !bytes.Equal(out[i][:sizes[i]], all[first+i][:allSizes[first+i]]) {
+				t.Fatalf("segment %d differs from SegmentTCPv4's", first+i)
+			}
+		}
+		first += n
+		got += n
+	}
+	if _, _, err := SegmentTCPv4From(pkt, h, want, out, sizes, 0); err == nil {
+		t.Error("From past the last segment: no error")
+	}
+}
