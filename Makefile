@@ -33,7 +33,7 @@ FUZZ      := ./internal/packet:FuzzParseIPv4Frame ./internal/packet:FuzzParseARP
              ./encap:FuzzGROSplit ./encap:FuzzGROSegment \
              ./nat:FuzzDatagramReply ./nat:FuzzICMPErrorToPod \
              ./resources:FuzzLoadClientConfig ./internal/packet:FuzzGRO \
-             ./nat:FuzzHandle ./node:FuzzPodRecords
+             ./nat:FuzzHandle ./node:FuzzPodRecords ./internal/packet:FuzzSegmentUDPv4
 # Where fuzz-long writes one log per target.
 FUZZLOG   ?= /tmp/podnet-fuzz-logs
 

@@ -661,3 +661,62 @@ func TestSegmentTCPv4From(t *testing.T) {
 		t.Error("From past the last segment: no error")
 	}
 }
+
+// FuzzSegmentUDPv4: whatever the packet and header, SegmentUDPv4 either
+// refuses without writing a datagram it counts, or returns datagrams that
+// are valid IPv4/UDP packets, none over gso_size, carrying the payload in
+// order with IDs counting up.
+func FuzzSegmentUDPv4(f *testing.F) {
+	r := rand.New(rand.NewPCG(21, 22))
+	g := NewGRO(8)
+	for _, p := range udpFlow(r, 100, 100, 37) {
+		g.AddWith(groInput(p), Headroom, len(p), GROOpts{UDP: true})
+	}
+	var sink groSink
+	g.Flush(sink.emit)
+	h := sink.out[0].hdr
+	f.Add(sink.out[0].pkt, h.Flags, h.GSOType, h.GSOSize, h.CsumStart, h.CsumOffset, uint8(0))
+	f.Add(buildUDPv4(ipv4Spec{ttl: 64, src: podA, dst: podB}, 1, 2, make([]byte, 300)), uint8(0), uint8(GSOUDPL4), uint16(64), uint16(0), uint16(0), uint8(3))
+	f.Fuzz(func(t *testing.T, pkt []byte, flags, gsoType uint8, gsoSize, csumStart, csumOffset uint16, offset uint8) {
+		h := VirtioNetHdr{Flags: flags, GSOType: gsoType, GSOSize: gsoSize, CsumStart: csumStart, CsumOffset: csumOffset}
+		orig := append([]byte(nil), pkt...)
+		n, err := SegmentUDPv4(pkt, h, fuzzOut, fuzzSizes, int(offset))
+		if !bytes.Equal(pkt, orig) {
+			t.Fatal("input modified")
+		}
+		if err != nil {
+			if n != 0 || ReasonOf(err) == ParseOK || ReasonOf(err) >= numParseErrors {
+				t.Fatalf("n %d with error %v (reason %v)", n, err, ReasonOf(err))
+			}
+			return
+		}
+		in := IPv4(pkt)
+		in = in[:in.TotalLen()]
+		payload := in[in.HeaderLen()+UDPHeaderLen:]
+		checksummed := flags&VirtioNetHdrFNeedsCsum != 0 || UDP(in.Payload()).Checksum() != 0
+		var joined []byte
+		for i := range n {
+			if fuzzSizes[i] > len(fuzzOut[i])-int(offset) {
+				t.Fatalf("size %d exceeds buffer", fuzzSizes[i])
+			}
+			ip := IPv4(fuzzOut[i][offset : int(offset)+fuzzSizes[i]])
+			if ip.Validate() != ParseOK || ip.TotalLen() != len(ip) || ip.Protocol() != ProtoUDP || !ip.HeaderChecksumValid() {
+				t.Fatalf("datagram %d is not a valid IPv4/UDP packet", i)
+			}
+			if ip.ID() != in.ID()+uint16(i) {
+				t.Fatalf("datagram %d: ID %d, want %d", i, ip.ID(), in.ID()+uint16(i))
+			}
+			u := UDP(ip.Payload())
+			if int(u.Length()) != len(u) || len(u)-UDPHeaderLen > int(gsoSize) {
+				t.Fatalf("datagram %d: UDP length %d of %d, gso_size %d", i, u.Length(), len(u), gsoSize)
+			}
+			if checksummed != (u.Checksum() != 0) || (checksummed && !TransportChecksumValid(ip)) {
+				t.Fatalf("datagram %d: checksum %#x, want one: %v", i, u.Checksum(), checksummed)
+			}
+			joined = append(joined, u[UDPHeaderLen:]...)
+		}
+		if !bytes.Equal(joined, payload) {
+			t.Fatal("the datagrams do not carry the payload in order")
+		}
+	})
+}
