@@ -248,7 +248,7 @@ func (cfg *Config) measurements(p pathSpec) int {
 		n++ // iperf3 -u
 	}
 	if p.Scenario == ScenarioNAT {
-		n += 2 // new connections, download
+		n += 2 // new connections, download: every NAT target sets conns and download
 	}
 	return n
 }

@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"podnet/internal/udpoffload"
 )
 
 // Implementation constants of the batched datagram core.
@@ -168,7 +170,7 @@ type batchConn struct {
 	whdrs   []unix.Mmsghdr
 	wiovs   []unix.Iovec // one per packet (and header); a message uses a run of them
 	wnames  []unix.RawSockaddrInet4
-	wctrl   []gsoCmsg
+	wctrl   []udpoffload.SegmentCmsg
 	wfirst  []int // wfirst[j] is the index in wpkts of message j's first packet
 	wsegs   []int // packets in message j
 	wpkts   [][]byte
@@ -198,15 +200,6 @@ type batchConn struct {
 	wplain    unix.Msghdr
 	wplainErr unix.Errno
 	plainFn   func(fd uintptr) bool
-}
-
-// gsoCmsg is a control message carrying UDP_SEGMENT, laid out as the
-// kernel reads it: cmsghdr, then a u16 segment size, padded to
-// CMSG_SPACE(2) = 24 bytes.
-type gsoCmsg struct {
-	hdr  unix.Cmsghdr
-	size uint16
-	_    [6]byte
 }
 
 // open opens the socket s describes in the calling thread's network
@@ -346,7 +339,7 @@ func (c *batchConn) open(s socketSpec) error {
 	c.wfirst = make([]int, batch)
 	c.wsegs = make([]int, batch)
 	if udp {
-		c.wctrl = make([]gsoCmsg, batch)
+		c.wctrl = make([]udpoffload.SegmentCmsg, batch)
 	}
 	if gro {
 		c.rctrl = make([][8]uint64, batch)
@@ -373,9 +366,7 @@ func (c *batchConn) open(s socketSpec) error {
 		w.Namelen = unix.SizeofSockaddrInet4
 		c.wnames[i].Family = unix.AF_INET
 		if udp {
-			c.wctrl[i].hdr.Level = unix.SOL_UDP
-			c.wctrl[i].hdr.Type = unix.UDP_SEGMENT
-			c.wctrl[i].hdr.SetLen(unix.CmsgLen(2))
+			c.wctrl[i].Init()
 		}
 	}
 	c.readFn = c.recvBatch

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"podnet/internal/udpgro"
+	"podnet/internal/udpoffload"
 )
 
 // ReadBatch reads up to min(len(bufs), len(sizes), BatchSize()) datagrams,
@@ -215,8 +215,8 @@ func sockaddrInet4(sa *unix.RawSockaddrInet4, namelen uint32) (netip.Addr, uint1
 }
 
 // groSegment returns the segment size UDP_GRO reports in the first n
-// bytes of ctrl (udpgro.SegmentSize), or 0 if there is none.
+// bytes of ctrl (udpoffload.GROSize), or 0 if there is none.
 func groSegment(ctrl []uint64, n uint64) int {
 	b := unsafe.Slice((*byte)(unsafe.Pointer(&ctrl[0])), len(ctrl)*8)
-	return udpgro.SegmentSize(b[:min(n, uint64(len(b)))]) // MSG_CTRUNC: trust only what fits
+	return udpoffload.GROSize(b[:min(n, uint64(len(b)))]) // MSG_CTRUNC: trust only what fits
 }

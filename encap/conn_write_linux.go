@@ -180,9 +180,10 @@ func (c *batchConn) fillWrite(start int) int {
 		pp := (*[2]byte)(unsafe.Pointer(&c.wnames[j].Port)) // network byte order
 		pp[0], pp[1] = byte(dst.Port()>>8), byte(dst.Port())
 		if c.wsegs[j] > 1 {
-			c.wctrl[j].size = uint16(seg)
-			h.Control = (*byte)(unsafe.Pointer(&c.wctrl[j]))
-			h.SetControllen(int(unsafe.Sizeof(c.wctrl[j])))
+			c.wctrl[j].Size = uint16(seg)
+			ctrl := c.wctrl[j].Bytes()
+			h.Control = &ctrl[0]
+			h.SetControllen(len(ctrl))
 		} else {
 			h.Control = nil
 			h.SetControllen(0)

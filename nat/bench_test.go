@@ -1,10 +1,13 @@
 package nat
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
 	"strconv"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // udpSink binds a UDP socket in R that never reads: datagrams to it cost
@@ -101,4 +104,32 @@ func BenchmarkTCPDownload(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(size)*8*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gbit/s")
+}
+
+// TestRecvmsgAllocs: reading a reply and its control messages does not
+// allocate (unix.Recvmsg would, for the source address).
+func TestRecvmsgAllocs(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	buf, oob := make([]byte, 2048), make([]byte, 128)
+	msg := []byte("reply")
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := unix.Write(fds[0], msg); err != nil {
+			panic(err)
+		}
+		n, _, _, err := recvmsg(fds[1], buf, oob, unix.MSG_DONTWAIT)
+		if err != nil || string(buf[:n]) != "reply" {
+			panic(fmt.Sprint(n, err))
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("recvmsg allocates %v times per read, want 0", allocs)
+	}
+	if _, _, _, err := recvmsg(fds[1], buf, oob, unix.MSG_DONTWAIT); err != unix.EAGAIN {
+		t.Errorf("empty socket: %v, want EAGAIN", err)
+	}
 }

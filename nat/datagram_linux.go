@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
-	"podnet/internal/udpgro"
+	"podnet/internal/udpoffload"
 )
 
 const (
@@ -37,8 +37,8 @@ type dgramFlow struct {
 	conn net.Conn
 	rc   syscall.RawConn
 	port uint16 // reserved in the port range (UDP with PortMin..PortMax)
-	// noGSO: the kernel refused a UDP_SEGMENT send on this flow's path;
-	// its superframes go one datagram at a time.
+	// noGSO: the kernel has no UDP_SEGMENT, or refused a send with it on
+	// this flow's path; its superframes go one datagram at a time.
 	noGSO atomic.Bool
 
 	closeOnce sync.Once
@@ -127,17 +127,9 @@ func (n *NAT) handleICMP(ip packet.IPv4) {
 type sender struct {
 	b    []byte
 	gso  uint16 // non-zero: b is datagrams of gso bytes, sent with UDP_SEGMENT
-	cmsg gsoCmsg
+	cmsg udpoffload.SegmentCmsg
 	err  error
 	fn   func(fd uintptr) bool
-}
-
-// gsoCmsg is a UDP_SEGMENT control message as the kernel reads it:
-// cmsghdr, then the u16 segment size, padded to CMSG_SPACE(2).
-type gsoCmsg struct {
-	hdr  unix.Cmsghdr
-	size uint16
-	_    [6]byte
 }
 
 // maxUDPSegments is the most datagrams one UDP_SEGMENT send may carry on
@@ -148,9 +140,7 @@ const maxUDPSegments = 64
 var senderPool = sync.Pool{New: func() any {
 	s := new(sender)
 	s.fn = s.write
-	s.cmsg.hdr.Level = unix.SOL_UDP
-	s.cmsg.hdr.Type = unix.UDP_SEGMENT
-	s.cmsg.hdr.SetLen(unix.CmsgLen(2))
+	s.cmsg.Init()
 	return s
 }}
 
@@ -159,9 +149,8 @@ func (s *sender) write(fd uintptr) bool {
 	if s.gso == 0 {
 		_, s.err = unix.Write(int(fd), s.b)
 	} else {
-		s.cmsg.size = s.gso
-		oob := unsafe.Slice((*byte)(unsafe.Pointer(&s.cmsg)), unsafe.Sizeof(s.cmsg))
-		_, s.err = unix.SendmsgN(int(fd), s.b, oob, nil, 0)
+		s.cmsg.Size = s.gso
+		_, s.err = unix.SendmsgN(int(fd), s.b, s.cmsg.Bytes(), nil, 0)
 	}
 	return true // never wait for room: a full send buffer drops, as a full qdisc would
 }
@@ -277,6 +266,7 @@ func (n *NAT) newDatagramFlow(k flowKey) *flow {
 		return nil
 	}
 	d := &dgramFlow{conn: hc.conn, rc: rc, port: hc.port}
+	d.noGSO.Store(!hc.gso)
 	f := n.newFlow(k, state)
 	f.dgram = d
 	got, ok := n.table.insert(f)
@@ -332,7 +322,7 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	d := f.dgram
 	oob := unsafe.Slice((*byte)(unsafe.Pointer(&d.oob[0])), len(d.oob)*8)
 	for {
-		nb, oobn, _, _, err := unix.Recvmsg(fd, d.ebuf[:], oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		nb, oobn, _, err := recvmsg(fd, d.ebuf[:], oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {
 			break
 		}
@@ -340,7 +330,7 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	}
 	buf := dgramPool.Get().(*[dgramBufSize]byte)
 	defer dgramPool.Put(buf)
-	nr, oobn, flags, _, err := unix.Recvmsg(fd, buf[dgramHeadroom:], oob, unix.MSG_DONTWAIT)
+	nr, oobn, flags, err := recvmsg(fd, buf[dgramHeadroom:], oob, unix.MSG_DONTWAIT)
 	if errors.Is(err, unix.EAGAIN) {
 		return false
 	}
@@ -361,13 +351,23 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	case packet.ProtoUDP:
 		pkt = buf[:dgramHeadroom+nr]
 		ip := packet.IPv4(pkt)
-		writeIPv4Header(ip, len(pkt), packet.ProtoUDP, f.key.remote.Addr().As4(), f.key.pod.Addr().As4(), n.ipID.Add(1))
+		seg := udpoffload.GROSize(oob[:oobn])
+		if seg <= 0 || seg >= nr {
+			seg = 0 // one datagram
+		}
+		// A superframe's datagrams get IDs counting up from its own when
+		// cut, so it takes that many.
+		ids := uint32(1)
+		if seg > 0 {
+			ids = uint32((nr + seg - 1) / seg)
+		}
+		writeIPv4Header(ip, len(pkt), packet.ProtoUDP, f.key.remote.Addr().As4(), f.key.pod.Addr().As4(), n.ipID.Add(ids)-ids+1)
 		u := packet.UDP(pkt[packet.IPv4MinHeaderLen:])
 		u.SetSrcPort(f.key.remote.Port())
 		u.SetDstPort(f.key.pod.Port())
 		u.SetLength(uint16(packet.UDPHeaderLen + nr))
 		u.SetChecksum(0)
-		if seg := udpgro.SegmentSize(oob[:oobn]); seg > 0 && seg < nr {
+		if seg > 0 {
 			// The pseudo-header sum over the whole, as GRO leaves it:
 			// whoever cuts the superframe completes each datagram's.
 			u.SetChecksum(packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, ip.SrcBytes(), ip.DstBytes(), uint16(packet.UDPHeaderLen+nr))))
@@ -400,6 +400,25 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	f.touch(n.now())
 	n.cfg.Deliver(pkt, hdr)
 	return true
+}
+
+// recvmsg is recvmsg(2) without the source address: a flow's socket is
+// connected, and unix.Recvmsg allocates the address it returns (twice per
+// read). p must not be empty.
+func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err error) {
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Iov: &iov}
+	msg.SetIovlen(1)
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if e != 0 {
+		return 0, 0, 0, e
+	}
+	return int(r), int(msg.Controllen), int(msg.Flags), nil
 }
 
 // icmpFromErrQueue turns an ICMP error the kernel queued on a flow's

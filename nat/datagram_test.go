@@ -11,11 +11,11 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
+	"podnet/internal/udpoffload"
 )
 
 func TestUDPEcho(t *testing.T) {
@@ -310,14 +310,12 @@ func TestUDPRepliesCoalesced(t *testing.T) {
 		}
 		ua := from.(*net.UDPAddr)
 		to := &unix.SockaddrInet4{Port: ua.Port, Addr: [4]byte(ua.IP.To4())}
-		var cmsg gsoCmsg
-		cmsg.hdr.Level, cmsg.hdr.Type = unix.SOL_UDP, unix.UDP_SEGMENT
-		cmsg.hdr.SetLen(unix.CmsgLen(2))
-		cmsg.size = 100
-		oob := unsafe.Slice((*byte)(unsafe.Pointer(&cmsg)), unsafe.Sizeof(cmsg))
+		var cmsg udpoffload.SegmentCmsg
+		cmsg.Init()
+		cmsg.Size = 100
 		rc, _ := pc.(*net.UDPConn).SyscallConn()
 		rc.Write(func(fd uintptr) bool {
-			if err := unix.Sendmsg(int(fd), burst, oob, to, 0); err != nil {
+			if err := unix.Sendmsg(int(fd), burst, cmsg.Bytes(), to, 0); err != nil {
 				t.Errorf("GSO send from R: %v", err)
 			}
 			return true

@@ -3,6 +3,7 @@ package nat
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -235,6 +236,19 @@ func (d *deliverCheck) deliver(pkt []byte, hdr packet.VirtioNetHdr) {
 	if d.seg == nil {
 		for range 64 {
 			d.seg = append(d.seg, make([]byte, 65536))
+		}
+	}
+	if hdr.Flags&packet.VirtioNetHdrFNeedsCsum != 0 {
+		// A partial checksum is the pseudo-header sum over the whole
+		// transport segment, folded, not inverted: what the pod's kernel
+		// (and SegmentTCPv4/UDPv4, which recompute it) build on.
+		ip := packet.IPv4(pkt)
+		field := int(hdr.CsumStart) + int(hdr.CsumOffset)
+		want := packet.Fold(packet.PseudoHeaderSum(ip.Protocol(), ip.SrcBytes(), ip.DstBytes(), uint16(len(ip.Payload()))))
+		if field+2 > len(pkt) || binary.BigEndian.Uint16(pkt[field:]) != want {
+			d.bad.Add(1)
+			d.t.Logf("delivered partial checksum is not the pseudo-header sum %#x (%+v)", want, hdr)
+			return
 		}
 	}
 	sizes := make([]int, len(d.seg))

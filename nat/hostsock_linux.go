@@ -286,6 +286,10 @@ func sockaddr(ap netip.AddrPort) *unix.SockaddrInet4 {
 type hostConn struct {
 	conn net.Conn
 	port uint16
+	// gso: the socket sends with UDP_SEGMENT (Linux 4.18+). An older
+	// kernel ignores the control message and sends the burst as one
+	// datagram, so it must not be given one.
+	gso bool
 }
 
 // dialTCP connects a TCP socket in the namespace to remote. It waits at
@@ -385,11 +389,14 @@ func (n *NAT) dialDatagram(proto int, remote netip.AddrPort, pr *portRange) (hos
 		unix.Close(fd)
 		return hostConn{}, fmt.Errorf("setsockopt IP_RECVERR: %w", err)
 	}
+	gso := false
 	if proto == 0 {
 		// UDP GRO (Linux 5.0+): a burst of replies the kernel has merged
 		// (a NIC's GRO, a sender's GSO) is read in one call and reaches
 		// the pod as one superframe. Without it, one read per datagram.
 		_ = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1)
+		_, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT)
+		gso = err == nil
 	}
 	var port uint16
 	if pr != nil {
@@ -418,7 +425,7 @@ func (n *NAT) dialDatagram(proto int, remote netip.AddrPort, pr *portRange) (hos
 		release()
 		return hostConn{}, fmt.Errorf("wrap socket: %w", err)
 	}
-	return hostConn{conn: c, port: port}, nil
+	return hostConn{conn: c, port: port, gso: gso}, nil
 }
 
 // dialFailure classifies a failed TCP dial: refused (the pod gets a RST),

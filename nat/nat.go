@@ -63,8 +63,10 @@ type Config struct {
 	// packet's offload metadata, offsets counted from the IP header: zero
 	// for a complete packet; for TCP from the netstack, NeedsCsum (the
 	// checksum field holds only the pseudo-header sum) and, for a
-	// superframe, GSOType TCPv4 with segments of GSOSize payload bytes, as
-	// a pod's kernel takes them through a TAP with offloads.
+	// superframe, GSOType TCPv4 with segments of GSOSize payload bytes;
+	// for UDP replies the kernel merged, NeedsCsum and GSOType UDP_L4
+	// with datagrams of GSOSize bytes. A pod's kernel takes both through
+	// a TAP with offloads.
 	Deliver func(pkt []byte, hdr packet.VirtioNetHdr)
 	// Logger gets "started"/"stopped" at debug level and rate-limited
 	// errors; nil = slog.Default().

@@ -92,7 +92,7 @@ func (n *NAT) newNetstack() error {
 	// for.
 	ep.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
 	// Host GSO: what the netstack sends to pods leaves as TSO superframes
-	// with partial checksums (see deliverNetstack), which a pod's TAP takes
+	// with partial checksums (see offloadOf), which a pod's TAP takes
 	// in one write, instead of one write, and one pass of the pod's
 	// stack, per MSS segment. The switch cuts them for pods without
 	// offloads.

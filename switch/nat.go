@@ -168,15 +168,11 @@ func (s *Switch) injectSegments(in ingress, ip packet.IPv4, hdr packet.VirtioNet
 	seg := s.segPool.Get().(*segScratch)
 	defer s.segPool.Put(seg)
 	for first := 0; ; {
-		var cnt, total int
-		var err error
+		segment := packet.SegmentTCPv4From // also completes a lone packet's partial checksum
 		if hdr.GSOType == packet.GSOUDPL4 {
-			// At most 64 datagrams: the kernel merges no more (UDP GRO).
-			cnt, err = packet.SegmentUDPv4(ip, hdr, seg.bufs, seg.sizes, packet.Headroom)
-			total = cnt
-		} else { // also completes a lone packet's partial checksum
-			cnt, total, err = packet.SegmentTCPv4From(ip, hdr, first, seg.bufs, seg.sizes, packet.Headroom)
+			segment = packet.SegmentUDPv4From
 		}
+		cnt, total, err := segment(ip, hdr, first, seg.bufs, seg.sizes, packet.Headroom)
 		if err != nil {
 			in.stats().drop(DropBadGSO)
 			return

@@ -866,13 +866,14 @@ func TestInjectSuperframe(t *testing.T) {
 func TestInjectUDPSuperframe(t *testing.T) {
 	n := newFakeNet(t)
 	e := n.addUSOPod(t)
-	build := func(dst string) ([]byte, packet.VirtioNetHdr) {
-		ip := ipSpec{src: "198.51.100.7", dst: dst, payload: 3 * 100}.build()
+	buildN := func(dst string, count int) ([]byte, packet.VirtioNetHdr) {
+		ip := ipSpec{src: "198.51.100.7", dst: dst, payload: count * 100}.build()
 		partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(ip)-20)))
 		binary.BigEndian.PutUint16(ip[26:], partial)
 		return ip, packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4,
 			GSOSize: 100, HdrLen: 28, CsumStart: 20, CsumOffset: 6}
 	}
+	build := func(dst string) ([]byte, packet.VirtioNetHdr) { return buildN(dst, 3) }
 	ip, hdr := build("10.0.0.9")
 	n.s.Inject(ip, hdr)
 	frames, _ := e.dev.wait(t, 1)
@@ -887,6 +888,16 @@ func TestInjectUDPSuperframe(t *testing.T) {
 			t.Errorf("datagram %d: %d bytes with %+v, want 128 bytes, no GSO", i, len(seg), h)
 		} else {
 			decoded(t, seg)
+		}
+	}
+	// 100 datagrams (a sender's GSO of up to 128, kept whole by UDP_GRO):
+	// more than one round of scratch.
+	ip, hdr = buildN("10.0.0.2", 100)
+	n.s.Inject(ip, hdr)
+	frames, _ = n.b.dev.wait(t, 3+100)
+	for i, f := range frames[3:] {
+		if _, seg := podRx(t, n.b, f); len(seg) != 128 {
+			t.Fatalf("datagram %d of 100: %d bytes, want 128", i, len(seg))
 		}
 	}
 	if d := n.stats("host").Drops; len(d) != 0 {

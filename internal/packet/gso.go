@@ -28,10 +28,16 @@ var (
 	errSegTCPShort  = &Error{Op: "segment tcpv4", Reason: ErrTruncatedL4, Detail: "TCP header truncated"}
 	errSegFirst     = &Error{Op: "segment tcpv4", Reason: ErrTooManySegments, Detail: "first segment past the last"}
 
-	errSegUDPType   = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "gso_type is not UDP_L4"}
-	errSegNotUDP    = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "protocol is not UDP"}
-	errSegUDPLength = &Error{Op: "segment udpv4", Reason: ErrTruncatedL4, Detail: "UDP length is not the packet's"}
-	errIPv4ByReason = [numParseErrors]*Error{
+	errSegUDPType      = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "gso_type is not UDP_L4"}
+	errSegUDPSize      = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "gso_size is zero"}
+	errSegNotUDP       = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "protocol is not UDP"}
+	errSegUDPFragment  = &Error{Op: "segment udpv4", Reason: ErrBadGSO, Detail: "superframe is an IPv4 fragment"}
+	errSegUDPCsumStart = &Error{Op: "segment udpv4", Reason: ErrBadVirtioHeader, Detail: "partial checksum is not the UDP checksum"}
+	errSegUDPLength    = &Error{Op: "segment udpv4", Reason: ErrTruncatedL4, Detail: "UDP length is not the packet's"}
+	errSegUDPFirst     = &Error{Op: "segment udpv4", Reason: ErrTooManySegments, Detail: "first datagram past the last"}
+	errSegUDPOut       = &Error{Op: "segment udpv4", Reason: ErrTooManySegments, Detail: "out or sizes has fewer entries than datagrams"}
+	errSegUDPOutSmall  = &Error{Op: "segment udpv4", Reason: ErrBufferTooSmall, Detail: "an out buffer cannot hold its datagram"}
+	errIPv4ByReason    = [numParseErrors]*Error{
 		ErrTooShort:       {Op: "segment tcpv4", Reason: ErrTooShort, Detail: "shorter than an IPv4 header"},
 		ErrBadVersion:     {Op: "segment tcpv4", Reason: ErrBadVersion, Detail: "not IPv4"},
 		ErrBadIHL:         {Op: "segment tcpv4", Reason: ErrBadIHL, Detail: "bad IPv4 header length"},
@@ -255,50 +261,69 @@ func segmentTCPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []i
 // out, sizes and offset are as for SegmentTCPv4, and so are the checks:
 // nothing is written unless every datagram fits. It does not allocate.
 func SegmentUDPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset int) (n int, err error) {
+	n, _, err = segmentUDPv4(pkt, h, 0, out, sizes, offset, true)
+	return n, err
+}
+
+// SegmentUDPv4From is to SegmentUDPv4 what SegmentTCPv4From is to
+// SegmentTCPv4: datagrams first, first+1, … as many as out holds, and the
+// count in all.
+func SegmentUDPv4From(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int) (n, total int, err error) {
+	return segmentUDPv4(pkt, h, first, out, sizes, offset, false)
+}
+
+// segmentUDPv4 writes datagrams first.. of pkt; with whole, all of them
+// or none.
+func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int, whole bool) (n, total int, err error) {
 	if offset < 0 {
-		return 0, errSegOffset
+		return 0, 0, errSegOffset
 	}
 	ip := IPv4(pkt)
 	if r := ip.Validate(); r != ParseOK {
-		return 0, errIPv4ByReason[r]
+		return 0, 0, errIPv4ByReason[r]
 	}
 	ip = ip[:ip.TotalLen()]
 	switch {
 	case h.GSOType != GSOUDPL4:
-		return 0, errSegUDPType
+		return 0, 0, errSegUDPType
 	case h.GSOSize == 0:
-		return 0, errSegGSOSize
+		return 0, 0, errSegUDPSize
 	case ip.Protocol() != ProtoUDP:
-		return 0, errSegNotUDP
+		return 0, 0, errSegNotUDP
 	case ip.IsFragment():
-		return 0, errSegFragment
+		return 0, 0, errSegUDPFragment
 	}
 	iphLen := ip.HeaderLen()
 	partial := h.Flags&VirtioNetHdrFNeedsCsum != 0
 	if partial && (int(h.CsumStart) != iphLen || h.CsumOffset != udpChecksum) {
-		return 0, errSegCsumStart
+		return 0, 0, errSegUDPCsumStart
 	}
 	if len(ip)-iphLen < UDPHeaderLen || int(UDP(ip[iphLen:]).Length()) != len(ip)-iphLen {
-		return 0, errSegUDPLength
+		return 0, 0, errSegUDPLength
 	}
 	hdrLen := iphLen + UDPHeaderLen
 	payload := ip[hdrLen:]
 	size := int(h.GSOSize)
-	nseg := max((len(payload)+size-1)/size, 1)
-	if nseg > len(out) || nseg > len(sizes) {
-		return 0, errSegOut
+	total = max((len(payload)+size-1)/size, 1)
+	if first < 0 || first >= total {
+		return 0, total, errSegUDPFirst
 	}
-	for i := range nseg {
-		segLen := hdrLen + min(size, len(payload)-i*size)
+	n = min(total-first, len(out), len(sizes))
+	if n == 0 || (whole && n < total) {
+		return 0, total, errSegUDPOut
+	}
+	for i := range n {
+		segLen := hdrLen + min(size, len(payload)-(first+i)*size)
 		if len(out[i]) < offset || len(out[i])-offset < segLen {
-			return 0, errSegOutSmall
+			return 0, total, errSegUDPOutSmall
 		}
 	}
 	sum := partial || UDP(ip[iphLen:]).Checksum() != 0
 	origID := ip.ID()
 	src, dst := ip.SrcBytes(), ip.DstBytes()
-	for i := range nseg {
-		chunk := payload[i*size : min((i+1)*size, len(payload))]
+	for i := range n {
+		k := first + i
+		chunk := payload[k*size : min((k+1)*size, len(payload))]
 		segLen := hdrLen + len(chunk)
 		seg := out[i][offset : offset+segLen]
 		copy(seg, ip[:hdrLen])
@@ -306,7 +331,7 @@ func SegmentUDPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 
 		sip := IPv4(seg)
 		sip.SetTotalLen(uint16(segLen))
-		sip.SetID(origID + uint16(i))
+		sip.SetID(origID + uint16(k))
 		sip.ComputeChecksum()
 
 		u := UDP(seg[iphLen:hdrLen])
@@ -324,5 +349,5 @@ func SegmentUDPv4(pkt []byte, h VirtioNetHdr, out [][]byte, sizes []int, offset 
 		}
 		sizes[i] = segLen
 	}
-	return nseg, nil
+	return n, total, nil
 }

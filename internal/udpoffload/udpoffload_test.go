@@ -1,4 +1,4 @@
-package udpgro
+package udpoffload
 
 import (
 	"encoding/binary"
@@ -18,7 +18,7 @@ func cmsg(level, typ int32, data []byte) []byte {
 	return b
 }
 
-func TestSegmentSize(t *testing.T) {
+func TestGROSize(t *testing.T) {
 	size := binary.NativeEndian.AppendUint32(nil, 1400)
 	gro := cmsg(unix.SOL_UDP, unix.UDP_GRO, size)
 	other := cmsg(unix.SOL_IP, unix.IP_TOS, []byte{0x10})
@@ -38,8 +38,19 @@ func TestSegmentSize(t *testing.T) {
 			return b
 		}(), 0},
 	} {
-		if got := SegmentSize(tc.oob); got != tc.want {
-			t.Errorf("%s: SegmentSize = %d, want %d", tc.name, got, tc.want)
+		if got := GROSize(tc.oob); got != tc.want {
+			t.Errorf("%s: GROSize = %d, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestSegmentCmsg(t *testing.T) {
+	var c SegmentCmsg
+	c.Init()
+	c.Size = 1400
+	b := c.Bytes()
+	want := cmsg(unix.SOL_UDP, unix.UDP_SEGMENT, binary.NativeEndian.AppendUint16(nil, 1400))
+	if len(b) != unix.CmsgSpace(2) || string(b) != string(want) {
+		t.Errorf("UDP_SEGMENT message % x, want % x", b, want)
 	}
 }
