@@ -195,19 +195,9 @@ func segmentTCPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []i
 	if total == 0 {
 		total = 1 // a header-only superframe still goes out, as one segment
 	}
-	if first < 0 || first >= total {
-		return 0, total, errSegFirst
-	}
-	n = min(total-first, len(out), len(sizes))
-	if n == 0 || (whole && n < total) {
-		return 0, total, errSegOut
-	}
-	for i := range n {
-		k := first + i
-		segLen := hdrLen + min(mss, len(payload)-k*mss)
-		if len(out[i]) < offset || len(out[i])-offset < segLen {
-			return 0, total, errSegOutSmall
-		}
+	n, err = segmentsFit(&tcpFitErrs, total, first, hdrLen, len(payload), mss, out, sizes, offset, whole)
+	if err != nil {
+		return 0, total, err
 	}
 
 	origID := ip.ID()
@@ -305,18 +295,9 @@ func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []i
 	payload := ip[hdrLen:]
 	size := int(h.GSOSize)
 	total = max((len(payload)+size-1)/size, 1)
-	if first < 0 || first >= total {
-		return 0, total, errSegUDPFirst
-	}
-	n = min(total-first, len(out), len(sizes))
-	if n == 0 || (whole && n < total) {
-		return 0, total, errSegUDPOut
-	}
-	for i := range n {
-		segLen := hdrLen + min(size, len(payload)-(first+i)*size)
-		if len(out[i]) < offset || len(out[i])-offset < segLen {
-			return 0, total, errSegUDPOutSmall
-		}
+	n, err = segmentsFit(&udpFitErrs, total, first, hdrLen, len(payload), size, out, sizes, offset, whole)
+	if err != nil {
+		return 0, total, err
 	}
 	sum := partial || UDP(ip[iphLen:]).Checksum() != 0
 	origID := ip.ID()
@@ -350,4 +331,33 @@ func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []i
 		sizes[i] = segLen
 	}
 	return n, total, nil
+}
+
+// fitErrs are a segmenter's errors for segmentsFit.
+type fitErrs struct{ first, out, outSmall *Error }
+
+var (
+	tcpFitErrs = fitErrs{errSegFirst, errSegOut, errSegOutSmall}
+	udpFitErrs = fitErrs{errSegUDPFirst, errSegUDPOut, errSegUDPOutSmall}
+)
+
+// segmentsFit says how many of a superframe's total segments, from first
+// on, out and sizes take (with whole, all of them or it is an error), and
+// checks that each buffer holds its segment after offset: hdrLen bytes of
+// headers and up to size of the plen-byte payload.
+func segmentsFit(e *fitErrs, total, first, hdrLen, plen, size int, out [][]byte, sizes []int, offset int, whole bool) (int, error) {
+	if first < 0 || first >= total {
+		return 0, e.first
+	}
+	n := min(total-first, len(out), len(sizes))
+	if n == 0 || (whole && n < total) {
+		return 0, e.out
+	}
+	for i := range n {
+		segLen := hdrLen + min(size, plen-(first+i)*size)
+		if len(out[i]) < offset || len(out[i])-offset < segLen {
+			return 0, e.outSmall
+		}
+	}
+	return n, nil
 }

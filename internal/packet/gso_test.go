@@ -392,6 +392,22 @@ func BenchmarkSegmentTCPv4(b *testing.B) {
 	}
 }
 
+// refused checks a segmenter left its input alone and, if it refused it,
+// wrote nothing it counts and gave a reason; it reports whether it did.
+func refused(t *testing.T, pkt, orig []byte, n int, err error) bool {
+	t.Helper()
+	if !bytes.Equal(pkt, orig) {
+		t.Fatal("input modified")
+	}
+	if err == nil {
+		return false
+	}
+	if n != 0 || ReasonOf(err) == ParseOK || ReasonOf(err) >= numParseErrors {
+		t.Fatalf("n %d with error %v (reason %v)", n, err, ReasonOf(err))
+	}
+	return true
+}
+
 // fuzzOut is allocated once: the fuzz function runs serially per process.
 var fuzzOut, fuzzSizes = makeOut(64, 2048)
 
@@ -413,13 +429,7 @@ func FuzzSegmentTCPv4(f *testing.F) {
 		h := VirtioNetHdr{Flags: flags, GSOType: gsoType, HdrLen: hdrLen, GSOSize: gsoSize, CsumStart: csumStart, CsumOffset: csumOffset}
 		orig := append([]byte(nil), pkt...)
 		n, err := SegmentTCPv4(pkt, h, fuzzOut, fuzzSizes, int(offset))
-		if !bytes.Equal(pkt, orig) {
-			t.Fatal("input modified")
-		}
-		if err != nil {
-			if n != 0 || ReasonOf(err) == ParseOK || ReasonOf(err) >= numParseErrors {
-				t.Fatalf("n %d with error %v (reason %v)", n, err, ReasonOf(err))
-			}
+		if refused(t, pkt, orig, n, err) {
 			return
 		}
 		if n < 1 || n > len(fuzzOut) {
@@ -681,13 +691,7 @@ func FuzzSegmentUDPv4(f *testing.F) {
 		h := VirtioNetHdr{Flags: flags, GSOType: gsoType, GSOSize: gsoSize, CsumStart: csumStart, CsumOffset: csumOffset}
 		orig := append([]byte(nil), pkt...)
 		n, err := SegmentUDPv4(pkt, h, fuzzOut, fuzzSizes, int(offset))
-		if !bytes.Equal(pkt, orig) {
-			t.Fatal("input modified")
-		}
-		if err != nil {
-			if n != 0 || ReasonOf(err) == ParseOK || ReasonOf(err) >= numParseErrors {
-				t.Fatalf("n %d with error %v (reason %v)", n, err, ReasonOf(err))
-			}
+		if refused(t, pkt, orig, n, err) {
 			return
 		}
 		in := IPv4(pkt)
