@@ -281,10 +281,11 @@ func checkMTU(cfg Config) Result {
 	return ok(name, detail)
 }
 
-// checkUDPOffload asks for what the VXLAN transport uses when it can:
-// UDP_SEGMENT (GSO, Linux 4.18) to send many datagrams per call and
-// UDP_GRO (Linux 5.0) to receive many per call. Without them it sends
-// and receives one datagram at a time: slower, still correct.
+// checkUDPOffload asks for what the VXLAN transport and NAT's UDP flows
+// use when they can: UDP_SEGMENT (GSO, Linux 4.18) to send many datagrams
+// per call and UDP_GRO (Linux 5.0) to receive many per call. Without
+// them they send and receive one datagram at a time: slower, still
+// correct.
 func checkUDPOffload() Result {
 	const name = "udp-offload"
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -300,9 +301,9 @@ func checkUDPOffload() Result {
 		missing = append(missing, "UDP_GRO: "+err.Error())
 	}
 	if len(missing) > 0 {
-		return warn(name, "VXLAN without "+strings.Join(missing, "; ")+": one datagram per system call", "use Linux 5.0 or later for faster VXLAN")
+		return warn(name, "VXLAN and NAT's UDP without "+strings.Join(missing, "; ")+": one datagram per system call", "use Linux 5.0 or later for faster VXLAN and UDP through NAT")
 	}
-	return ok(name, "UDP_SEGMENT (GSO) and UDP_GRO for VXLAN")
+	return ok(name, "UDP_SEGMENT (GSO) and UDP_GRO for VXLAN and NAT's UDP")
 }
 
 // checkAFPacket opens what `podnet capture underlay` opens.
