@@ -180,8 +180,8 @@ func (n *NAT) send(f *flow, b []byte, gsoSize int) bool {
 			// The kernel refuses to segment on this path (udp_send_skb):
 			// a segment bigger than the path MTU (EMSGSIZE here, EINVAL
 			// on older kernels), an egress without checksum offload or
-			// through IPsec (EIO). The kernel fragments a datagram sent alone, so
-			// this flow sends one at a time from now on.
+			// through IPsec (EIO). It fragments a datagram sent alone,
+			// so this flow sends one at a time from now on.
 			d.noGSO.Store(true)
 		}
 	}
