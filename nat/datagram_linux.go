@@ -368,11 +368,9 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 		u.SetLength(uint16(packet.UDPHeaderLen + nr))
 		u.SetChecksum(0)
 		if seg > 0 {
-			// The pseudo-header sum over the whole, as GRO leaves it:
-			// whoever cuts the superframe completes each datagram's.
-			u.SetChecksum(packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, ip.SrcBytes(), ip.DstBytes(), uint16(packet.UDPHeaderLen+nr))))
-			hdr = packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4, GSOSize: uint16(seg),
-				HdrLen: dgramHeadroom, CsumStart: packet.IPv4MinHeaderLen, CsumOffset: 6}
+			// Whoever cuts the superframe completes each datagram's
+			// checksum.
+			hdr = packet.AsUDPSuperframe(ip, seg)
 		} else {
 			u.SetChecksum(packet.TransportChecksum(ip))
 		}

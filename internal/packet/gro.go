@@ -458,30 +458,27 @@ func (g *GRO) Flush(emit func(buf []byte, off, n int, hdr VirtioNetHdr)) {
 			continue
 		}
 		pkt := IPv4(e.buf[e.off : e.off+e.ipLen])
-		iphLen := pkt.HeaderLen()
 		pkt.SetTotalLen(uint16(e.ipLen))
 		pkt.ComputeChecksum()
-		partial := Fold(PseudoHeaderSum(e.proto, pkt.SrcBytes(), pkt.DstBytes(), uint16(e.ipLen-iphLen)))
-		h := VirtioNetHdr{
-			Flags:     VirtioNetHdrFNeedsCsum,
-			HdrLen:    uint16(e.hdrLen),
-			GSOSize:   e.gsoSize,
-			CsumStart: uint16(iphLen),
-		}
 		if e.proto == ProtoUDP {
-			u := UDP(pkt[iphLen:])
-			u.SetLength(uint16(e.ipLen - iphLen))
-			u.SetChecksum(partial)
-			h.GSOType, h.CsumOffset = GSOUDPL4, udpChecksum
-		} else {
-			t := TCP(pkt[iphLen:])
-			t.SetChecksum(partial)
-			h.GSOType, h.CsumOffset = GSOTCPv4, tcpChecksum
-			if t.Flags()&TCPFlagCWR != 0 {
-				// tcp_gro_complete sets SKB_GSO_TCP_ECN for a CWR head, so
-				// that re-segmentation keeps CWR on the first segment only.
-				h.GSOType |= GSOECN
-			}
+			emit(e.buf, e.off, e.n, AsUDPSuperframe(pkt, int(e.gsoSize)))
+			continue
+		}
+		iphLen := pkt.HeaderLen()
+		t := TCP(pkt[iphLen:])
+		t.SetChecksum(Fold(PseudoHeaderSum(ProtoTCP, pkt.SrcBytes(), pkt.DstBytes(), uint16(e.ipLen-iphLen))))
+		h := VirtioNetHdr{
+			Flags:      VirtioNetHdrFNeedsCsum,
+			GSOType:    GSOTCPv4,
+			HdrLen:     uint16(e.hdrLen),
+			GSOSize:    e.gsoSize,
+			CsumStart:  uint16(iphLen),
+			CsumOffset: tcpChecksum,
+		}
+		if t.Flags()&TCPFlagCWR != 0 {
+			// tcp_gro_complete sets SKB_GSO_TCP_ECN for a CWR head, so
+			// that re-segmentation keeps CWR on the first segment only.
+			h.GSOType |= GSOECN
 		}
 		emit(e.buf, e.off, e.n, h)
 	}
@@ -490,6 +487,27 @@ func (g *GRO) Flush(emit func(buf []byte, off, n int, hdr VirtioNetHdr)) {
 	clear(g.entries)
 	g.entries = g.entries[:0]
 	clear(g.slots)
+}
+
+// AsUDPSuperframe makes ip, one IPv4/UDP packet (total length and header
+// checksum set) whose payload is datagrams of gsoSize bytes, the last one
+// at most that, into a GSO_UDP_L4 superframe as udp_gro_complete leaves
+// one: the UDP length covers the whole and the checksum field holds the
+// pseudo-header sum, a partial checksum. It returns the virtio header that
+// says so, offsets counted from the IP header.
+func AsUDPSuperframe(ip IPv4, gsoSize int) VirtioNetHdr {
+	iphLen := ip.HeaderLen()
+	u := UDP(ip[iphLen:])
+	u.SetLength(uint16(len(ip) - iphLen))
+	u.SetChecksum(Fold(PseudoHeaderSum(ProtoUDP, ip.SrcBytes(), ip.DstBytes(), uint16(len(ip)-iphLen))))
+	return VirtioNetHdr{
+		Flags:      VirtioNetHdrFNeedsCsum,
+		GSOType:    GSOUDPL4,
+		HdrLen:     uint16(iphLen + UDPHeaderLen),
+		GSOSize:    uint16(gsoSize),
+		CsumStart:  uint16(iphLen),
+		CsumOffset: udpChecksum,
+	}
 }
 
 // KernelSuperpacket recognises a TCP superpacket that the kernel's

@@ -127,14 +127,10 @@ func SegmentTCPv4From(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes
 // segmentTCPv4 writes segments first.. of pkt; with whole, all of them or
 // none.
 func segmentTCPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int, whole bool) (n, total int, err error) {
-	if offset < 0 {
-		return 0, 0, errSegOffset
+	ip, err := segInput(pkt, offset)
+	if err != nil {
+		return 0, 0, err
 	}
-	ip := IPv4(pkt)
-	if r := ip.Validate(); r != ParseOK {
-		return 0, 0, errIPv4ByReason[r]
-	}
-	ip = ip[:ip.TotalLen()]
 
 	if h.GSOType == GSONone {
 		if first != 0 {
@@ -265,14 +261,10 @@ func SegmentUDPv4From(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes
 // segmentUDPv4 writes datagrams first.. of pkt; with whole, all of them
 // or none.
 func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int, whole bool) (n, total int, err error) {
-	if offset < 0 {
-		return 0, 0, errSegOffset
+	ip, err := segInput(pkt, offset)
+	if err != nil {
+		return 0, 0, err
 	}
-	ip := IPv4(pkt)
-	if r := ip.Validate(); r != ParseOK {
-		return 0, 0, errIPv4ByReason[r]
-	}
-	ip = ip[:ip.TotalLen()]
 	switch {
 	case h.GSOType != GSOUDPL4:
 		return 0, 0, errSegUDPType
@@ -331,6 +323,19 @@ func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []i
 		sizes[i] = segLen
 	}
 	return n, total, nil
+}
+
+// segInput checks what both segmenters take first: a valid IPv4 packet
+// and a usable offset. It returns the packet cut to its total length.
+func segInput(pkt []byte, offset int) (IPv4, error) {
+	if offset < 0 {
+		return nil, errSegOffset
+	}
+	ip := IPv4(pkt)
+	if r := ip.Validate(); r != ParseOK {
+		return nil, errIPv4ByReason[r]
+	}
+	return ip[:ip.TotalLen()], nil
 }
 
 // fitErrs are a segmenter's errors for segmentsFit.
