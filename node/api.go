@@ -31,6 +31,9 @@ func (n *Node) Status() nodeapi.Status {
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
 		Version: build.Version, Commit: build.Commit, PendingReleases: pending,
 	}
+	if v := n.vxlanSuperframes.Load(); v != nil {
+		st.VXLANSuperframes = *v
+	}
 	n.datastoreStatus(&st)
 	return st
 }

@@ -60,6 +60,11 @@ type Config struct {
 	// TapOffload opens pod TAPs with virtio headers and TSO. When false
 	// pods get plain TAPs (github.com/songgao/water), one frame per read.
 	TapOffload bool
+	// NoVXLANSuperframes makes the switch cut TCP superframes for VXLAN
+	// in userspace always. By default it sends them whole through a TAP
+	// of its own (VXLANTapName) for the kernel to segment, where the
+	// kernel can (Linux 6.17+) and a probe frame gets through.
+	NoVXLANSuperframes bool
 	// TunnelGrace is how long the sockets of an encapsulation no pool
 	// uses any more stay open; 0 means 30 s.
 	TunnelGrace time.Duration
@@ -138,6 +143,9 @@ type Node struct {
 	// speaker is the BGP speaker. The datastore goroutine creates and
 	// replaces it; the API reads it.
 	speaker atomic.Pointer[bgp.Speaker]
+	// vxlanSuperframes says whether VXLAN superframes leave whole and
+	// why not (openVXLANTap); nil until VXLAN is first opened.
+	vxlanSuperframes atomic.Pointer[string]
 	// refusedPeers are the sessions not started because their BGPPeer's
 	// password cannot be read, with the reason; the datastore goroutine
 	// sets them, node status shows them.
@@ -489,12 +497,46 @@ func (n *Node) openVXLAN() error {
 		}
 		senders[i] = s
 	}
-	err = n.sw.AttachVXLAN(vswitch.VXLANConfig{Conn: vx, MTU: n.tunnelMTU(), VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders,
-		LocalAddr: n.underlayAddr.Addr()})
-	if err != nil {
+	cfg := vswitch.VXLANConfig{Conn: vx, MTU: n.tunnelMTU(), VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders,
+		LocalAddr: n.underlayAddr.Addr()}
+	sf := n.openVXLANTap()
+	if sf != nil { // not a nil *VXLANTap in the interface
+		cfg.Superframes = sf
+	}
+	if err = n.sw.AttachVXLAN(cfg); err != nil {
 		closeAll(len(senders))
+		if sf != nil {
+			sf.Close()
+		}
 	}
 	return err
+}
+
+// VXLANTapName is the TAP through which VXLAN superframes leave whole.
+const VXLANTapName = "podnetvx0"
+
+// openVXLANTap opens the TAP for whole VXLAN superframes and checks that
+// the kernel lets its frames through; nil (and the reason in status) when
+// it is off or cannot work here, and superframes are cut in userspace.
+func (n *Node) openVXLANTap() *encap.VXLANTap {
+	set := func(s string) { n.vxlanSuperframes.Store(&s) }
+	if n.cfg.NoVXLANSuperframes {
+		set("off (--vxlan-superframes=false)")
+		return nil
+	}
+	t, err := encap.OpenVXLANTap(VXLANTapName, n.underlayAddr.Addr())
+	if err == nil {
+		if err = t.Probe(); err != nil {
+			t.Close()
+		}
+	}
+	if err != nil {
+		n.log.Info("vxlan: superframes are cut in userspace", "reason", err)
+		set("off: " + err.Error())
+		return nil
+	}
+	set("on (sent whole through " + VXLANTapName + "; the kernel segments them)")
+	return t
 }
 
 // vxlanSenders is how many source ports VXLAN flows are spread over.

@@ -146,6 +146,37 @@ protocol bgp n2 from podnet_node { neighbor 10.77.0.12 as 64512; }
 	}
 	transfer(t, nsPath(t, l, "test-2"), "/run/netns/"+kp, kernelPod, 8<<20)
 	transfer(t, "/run/netns/"+kp, nsPath(t, l, "test-1"), l.PodIP("test-1"), 8<<20)
+
+	// On this kernel (6.17+) podnet sends TCP superframes whole and the
+	// kernel's VXLAN device takes them; the kernel sends its own whole
+	// across the veth fabric and podnet takes them as superframes.
+	if !kernelAtLeast(t, 6, 17) {
+		return
+	}
+	st, err := nodeClient(t, l, "worker2").Status()
+	if err != nil || !strings.HasPrefix(st.VXLANSuperframes, "on") {
+		t.Fatalf("worker2 status: vxlan superframes %q (%v), want on", st.VXLANSuperframes, err)
+	}
+	if s := portStats(t, nodeClient(t, l, "worker2"), "vxlan"); s.TxSuperframes == 0 {
+		t.Errorf("worker2 sent the transfer to the kernel node with no superframe whole (vxlan port %+v)", s)
+	}
+	if s := portStats(t, nodeClient(t, l, "worker1"), "vxlan"); s.GSOFrames == 0 || len(s.Drops) != 0 {
+		t.Errorf("worker1 took the kernel node's transfer with %d superframes and drops %v, want some and none", s.GSOFrames, s.Drops)
+	}
+}
+
+// kernelAtLeast reports whether the running kernel is major.minor or newer.
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(string(b), "%d.%d", &ma, &mi); err != nil {
+		t.Fatalf("kernel release %q: %v", b, err)
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 // runBIRD runs BIRD 2 with conf in namespace ns until the test ends.

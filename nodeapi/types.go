@@ -52,12 +52,15 @@ type Status struct {
 	TapOffload bool   `json:"tapOffload"`
 	// UDPSuperframes: the kernel takes bursts of datagrams as one
 	// GSO_UDP_L4 write (USO, Linux 6.2+), so the switch merges them.
-	UDPSuperframes bool      `json:"udpSuperframes"`
-	PodMTU         int       `json:"podMTU"`
-	Pods           int       `json:"pods"`
-	Routes         int       `json:"routes"`
-	Started        time.Time `json:"started"`
-	StateDir       string    `json:"stateDir"`
+	UDPSuperframes bool `json:"udpSuperframes"`
+	// VXLANSuperframes says whether TCP superframes leave as VXLAN whole,
+	// for the kernel to segment, and if not why; "" before VXLAN is used.
+	VXLANSuperframes string    `json:"vxlanSuperframes,omitempty"`
+	PodMTU           int       `json:"podMTU"`
+	Pods             int       `json:"pods"`
+	Routes           int       `json:"routes"`
+	Started          time.Time `json:"started"`
+	StateDir         string    `json:"stateDir"`
 	// Version and Commit say which podnet build the daemon runs.
 	Version string `json:"version"`
 	Commit  string `json:"commit"`

@@ -104,6 +104,7 @@ type counters struct {
 	arpReplies        atomic.Uint64
 	icmpErrors        atomic.Uint64 // ICMP errors the switch generated toward this port
 	gsoFrames         atomic.Uint64 // superframes received
+	txSuperframes     atomic.Uint64 // superframes sent whole (a tunnel's VXLANSuperframes)
 	natPackets        atomic.Uint64 // packets handed to NAT outgoing
 	polled            atomic.Uint64 // batches of a pod's packets read by polling, not after a wake-up (replies.go)
 	drops             [numDropReasons]atomic.Uint64
@@ -113,20 +114,24 @@ func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
 // PortStats is a snapshot of one port's counters, as the API shows it.
 type PortStats struct {
-	Index      int    `json:"index"`
-	Name       string `json:"name"`
-	Kind       string `json:"kind"`
-	Device     string `json:"device"`
-	IP         string `json:"ip,omitempty"`
-	Offload    bool   `json:"offload"`
-	RxFrames   uint64 `json:"rxFrames"`
-	RxBytes    uint64 `json:"rxBytes"`
-	TxFrames   uint64 `json:"txFrames"`
-	TxBytes    uint64 `json:"txBytes"`
-	GSOFrames  uint64 `json:"gsoFrames"`
-	ARPReplies uint64 `json:"arpReplies"`
-	ICMPErrors uint64 `json:"icmpErrors"`
-	NATPackets uint64 `json:"natPackets"`
+	Index     int    `json:"index"`
+	Name      string `json:"name"`
+	Kind      string `json:"kind"`
+	Device    string `json:"device"`
+	IP        string `json:"ip,omitempty"`
+	Offload   bool   `json:"offload"`
+	RxFrames  uint64 `json:"rxFrames"`
+	RxBytes   uint64 `json:"rxBytes"`
+	TxFrames  uint64 `json:"txFrames"`
+	TxBytes   uint64 `json:"txBytes"`
+	GSOFrames uint64 `json:"gsoFrames"`
+	// TxSuperframes counts superframes a tunnel sent whole, for the
+	// kernel to segment (VXLAN through its TAP); each is also one of
+	// TxFrames.
+	TxSuperframes uint64 `json:"txSuperframes,omitempty"`
+	ARPReplies    uint64 `json:"arpReplies"`
+	ICMPErrors    uint64 `json:"icmpErrors"`
+	NATPackets    uint64 `json:"natPackets"`
 	// Polled counts batches of this pod's packets read by polling
 	// rather than after a wake-up: answers another port's reader took
 	// (reply polling) and requests its own reader found before parking.
@@ -138,7 +143,7 @@ func (c *counters) snapshot() PortStats {
 	s := PortStats{
 		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
-		GSOFrames: c.gsoFrames.Load(), ARPReplies: c.arpReplies.Load(),
+		GSOFrames: c.gsoFrames.Load(), TxSuperframes: c.txSuperframes.Load(), ARPReplies: c.arpReplies.Load(),
 		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(),
 		Polled: c.polled.Load(), Drops: map[string]uint64{},
 	}

@@ -66,10 +66,22 @@ type egressCaps struct {
 	// coalesceUDP: it also takes UDP superframes (GSO_UDP_L4), so GRO
 	// merges the datagrams of a flow for it, from any ingress.
 	coalesceUDP bool
+	// maxSuperframe, if not 0, limits the superframes it takes whole to
+	// those of at most this many bytes with a partial checksum (what a
+	// kernel segments); others are segmented first.
+	maxSuperframe int
 	// innerMTU is the largest IPv4 packet the egress carries whole; a
 	// bigger one with DF set is answered with ICMP fragmentation-needed.
 	// 0: no limit here.
 	innerMTU int
+}
+
+// takesWhole says whether superframe p goes to an egress with c whole.
+func (c egressCaps) takesWhole(p packetRef) bool {
+	if !c.superframes {
+		return false
+	}
+	return c.maxSuperframe == 0 || p.n <= c.maxSuperframe && p.partialChecksum()
 }
 
 // egress is where a route sends packets.

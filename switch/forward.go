@@ -258,11 +258,13 @@ func (f *forwarder) forward(in ingress, p packetRef) {
 // tunnel MTU enforced.
 func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 	caps := h.eg.caps()
-	if p.superframe() && !caps.superframes {
+	if p.superframe() && !caps.takesWhole(p) {
 		f.segment(in, p, h)
 		return
 	}
-	if p.partialChecksum() && !caps.partialChecksums {
+	// A superframe's checksum is partial by nature; an egress that takes
+	// superframes has the kernel complete it in every segment.
+	if p.partialChecksum() && !caps.partialChecksums && !p.superframe() {
 		if err := packet.CompleteChecksum(p.ipv4(), p.gso); err != nil {
 			in.stats().drop(DropBadVirtioHeader)
 			return

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"podnet/encap"
+	"podnet/internal/packet"
 	"podnet/router"
 )
 
@@ -72,7 +73,7 @@ type ipipSender struct {
 	dsts []netip.Addr
 }
 
-func (q *ipipSender) Queue(buf []byte, ip, n int, r *router.Route) bool {
+func (q *ipipSender) Queue(buf []byte, ip, n int, _ packet.VirtioNetHdr, r *router.Route) bool {
 	if len(q.pkts) == cap(q.pkts) {
 		return false
 	}
@@ -81,10 +82,10 @@ func (q *ipipSender) Queue(buf []byte, ip, n int, r *router.Route) bool {
 	return true
 }
 
-func (q *ipipSender) Flush() (queued, sent, bytes int, err error) {
+func (q *ipipSender) Flush() (queued, sent, bytes, superframes int, err error) {
 	queued = len(q.pkts)
 	if queued == 0 {
-		return 0, 0, 0, nil
+		return 0, 0, 0, 0, nil
 	}
 	for _, b := range q.pkts {
 		bytes += len(b)
@@ -92,7 +93,7 @@ func (q *ipipSender) Flush() (queued, sent, bytes int, err error) {
 	sent, err = q.conn.WriteBatch(q.pkts, q.dsts)
 	clear(q.pkts)
 	q.pkts, q.dsts = q.pkts[:0], q.dsts[:0]
-	return queued, sent, bytes, err
+	return queued, sent, bytes, 0, err
 }
 
 func decapDropReason(r encap.DecapError) DropReason {

@@ -155,7 +155,7 @@ func injectable(hdr packet.VirtioNetHdr, ip packet.IPv4) bool {
 func (c egressCaps) takes(hdr packet.VirtioNetHdr) bool {
 	switch hdr.GSOType {
 	case packet.GSOTCPv4:
-		return c.superframes
+		return c.superframes && c.maxSuperframe == 0 // a limit: cut it (injected packets are for pods)
 	case packet.GSOUDPL4:
 		return c.coalesceUDP
 	}

@@ -37,11 +37,23 @@ type Tunnel interface {
 type TunnelSender interface {
 	// Queue writes the outer headers for the route's next hop in the
 	// headroom before buf[ip:ip+n] and holds the datagram until Flush. It
-	// reports false, having done nothing, when it is full.
-	Queue(buf []byte, ip, n int, r *router.Route) bool
+	// reports false, having done nothing, when it is full. gso is the
+	// packet's offload metadata: a superframe only reaches a tunnel that
+	// takes them (superframeTunnel), a plain packet has none.
+	Queue(buf []byte, ip, n int, gso packet.VirtioNetHdr, r *router.Route) bool
 	// Flush sends what is queued; it returns how many datagrams it held,
-	// how many were sent and their bytes.
-	Flush() (queued, sent, bytes int, err error)
+	// how many were sent and their bytes, and how many of those sent were
+	// superframes.
+	Flush() (queued, sent, bytes, superframes int, err error)
+}
+
+// superframeTunnel is a Tunnel that can send TCP superframes whole, for
+// the kernel to segment (VXLAN through a TAP with UDP-tunnel GSO): the
+// switch then hands it superframes of up to maxSuperframe bytes instead of
+// cutting them first.
+type superframeTunnel interface {
+	// maxSuperframe is the largest superframe it takes now, 0 for none.
+	maxSuperframe() int
 }
 
 // TunnelConfig attaches a tunnel.
@@ -69,7 +81,8 @@ type tunnelPort struct {
 	capt     atomic.Pointer[Capture] // inner packets, both ways
 	done     chan struct{}
 	maxInner int
-	verifies bool // Decap checks inner transport checksums (checksumVerifier)
+	verifies bool             // Decap checks inner transport checksums (checksumVerifier)
+	sft      superframeTunnel // nil: superframes are cut before Queue
 }
 
 // checksumVerifier is a Tunnel whose Decap drops inner TCP and UDP
@@ -94,6 +107,7 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	if v, ok := cfg.Tunnel.(checksumVerifier); ok {
 		t.verifies = v.VerifiesChecksums()
 	}
+	t.sft, _ = cfg.Tunnel.(superframeTunnel)
 	if cfg.LocalAddr.Is4() {
 		t.icmpSrc = cfg.LocalAddr.As4()
 	}
@@ -202,8 +216,17 @@ func (t *tunnelPort) icmpSource() [4]byte { return t.icmpSrc }
 func (t *tunnelPort) kind() egressKind { return egressTunnel }
 
 // caps: tunnels carry complete packets (the transport may batch segments
-// with UDP GSO, but each is a whole inner packet) within the tunnel MTU.
-func (t *tunnelPort) caps() egressCaps { return egressCaps{innerMTU: t.maxInner} }
+// with UDP GSO, but each is a whole inner packet) within the tunnel MTU,
+// and TCP superframes whole where the tunnel can have the kernel cut them.
+func (t *tunnelPort) caps() egressCaps {
+	c := egressCaps{innerMTU: t.maxInner}
+	if t.sft != nil {
+		if m := t.sft.maxSuperframe(); m > 0 {
+			c.superframes, c.maxSuperframe = true, m
+		}
+	}
+	return c
+}
 
 func (t *tunnelPort) laneID() int   { return t.lane }
 func (t *tunnelPort) newLane() lane { return &tunnelLane{t: t, s: t.t.NewSender()} }
@@ -217,9 +240,9 @@ func (t *tunnelPort) send(f *forwarder, _ ingress, p packetRef, h *hop) {
 		l.dirty = true
 		f.markDirty(l)
 	}
-	if !l.s.Queue(p.buf, p.ip, p.n, h.r) {
+	if !l.s.Queue(p.buf, p.ip, p.n, p.gso, h.r) {
 		l.send()
-		if !l.s.Queue(p.buf, p.ip, p.n, h.r) {
+		if !l.s.Queue(p.buf, p.ip, p.n, p.gso, h.r) {
 			t.c.drop(DropEgressError)
 		}
 	}
@@ -238,8 +261,11 @@ func (l *tunnelLane) flush() {
 }
 
 func (l *tunnelLane) send() {
-	queued, sent, bytes, err := l.s.Flush()
+	queued, sent, bytes, super, err := l.s.Flush()
 	l.t.c.txFrames.Add(uint64(sent))
+	if super > 0 {
+		l.t.c.txSuperframes.Add(uint64(super))
+	}
 	l.t.c.txBytes.Add(uint64(bytes))
 	if err != nil || sent < queued {
 		for range queued - sent {

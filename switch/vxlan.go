@@ -3,7 +3,10 @@ package vswitch
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
+	"sync/atomic"
 
 	"podnet/encap"
 	"podnet/internal/packet"
@@ -22,6 +25,17 @@ type VXLANConn interface {
 	WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error)
 	BatchSize() int
 	Close() error
+}
+
+// VXLANSuperframes sends TCP superframes as VXLAN whole, for the node's
+// kernel (or its NIC) to cut into datagrams: encap.VXLANTap implements it.
+type VXLANSuperframes interface {
+	// Frame writes the outer headers before buf[start:] (a VXLAN header,
+	// the inner Ethernet header and the superframe, whose offload
+	// metadata is gso) and returns the frame to Send, or false if this
+	// packet cannot go that way.
+	Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) ([]byte, bool)
+	Send(frame []byte) error
 }
 
 // VXLANUnderlay is the former name of VXLANConn.
@@ -46,6 +60,11 @@ type VXLANConfig struct {
 	Senders []VXLANConn
 	// LocalAddr: see TunnelConfig.
 	LocalAddr netip.Addr
+	// Superframes, if set, sends TCP superframes whole, each from the
+	// source port of the sender socket its flow uses; nil: the switch
+	// cuts them into segments that leave with UDP GSO. A send error turns
+	// it off for good (logged; superframes are cut again).
+	Superframes VXLANSuperframes
 }
 
 // maxVXLANSenders bounds VXLANConfig.Senders.
@@ -70,18 +89,51 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	if len(senders) == 0 {
 		senders = []VXLANConn{cfg.Conn}
 	}
-	t := &vxlanTunnel{conn: cfg.Conn, senders: senders, vni: cfg.VNI, port: cfg.Port, mac: cfg.LocalMAC}
-	return s.AttachTunnel(TunnelConfig{Tunnel: t, MTU: cfg.MTU, LocalAddr: cfg.LocalAddr})
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = 1500
+	}
+	t := &vxlanTunnel{conn: cfg.Conn, senders: senders, vni: cfg.VNI, port: cfg.Port, mac: cfg.LocalMAC,
+		maxInner: mtu - encap.VXLANOverhead, sf: cfg.Superframes, log: s.log}
+	t.srcPorts = make([]uint16, len(senders))
+	for i, c := range senders {
+		t.srcPorts[i] = cfg.Port
+		if la, ok := c.(interface{ LocalAddr() netip.AddrPort }); ok && la.LocalAddr().Port() != 0 {
+			t.srcPorts[i] = la.LocalAddr().Port()
+		}
+	}
+	return s.AttachTunnel(TunnelConfig{Tunnel: t, MTU: mtu, LocalAddr: cfg.LocalAddr})
 }
 
 // vxlanTunnel adapts VXLAN sockets to Tunnel: one socket receives, and
 // datagrams leave from the sender socket the inner flow's hash picks.
 type vxlanTunnel struct {
-	conn    VXLANConn
-	senders []VXLANConn
-	vni     uint32
-	port    uint16
-	mac     packet.MAC
+	conn     VXLANConn
+	senders  []VXLANConn
+	srcPorts []uint16 // each sender's source port
+	vni      uint32
+	port     uint16
+	mac      packet.MAC
+	maxInner int // the largest inner packet a datagram carries
+
+	sf    VXLANSuperframes // nil: superframes are segmented
+	sfOff atomic.Bool      // sf failed and is no longer used
+	log   *slog.Logger
+}
+
+// maxSuperframe: superframes go whole through sf while it works.
+func (t *vxlanTunnel) maxSuperframe() int {
+	if t.sf == nil || t.sfOff.Load() {
+		return 0
+	}
+	return encap.MaxVXLANTapInner
+}
+
+// superframeFailed turns sf off after it failed to send.
+func (t *vxlanTunnel) superframeFailed(err error) {
+	if !t.sfOff.Swap(true) {
+		t.log.Warn("vxlan: sending superframes whole failed; cutting them in userspace from now on", "err", err)
+	}
 }
 
 func (t *vxlanTunnel) Encap() router.Encap { return router.EncapVXLAN }
@@ -96,6 +148,9 @@ func (t *vxlanTunnel) Close() error {
 			errs = append(errs, c.Close())
 		}
 	}
+	if c, ok := t.sf.(io.Closer); ok {
+		errs = append(errs, c.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -104,7 +159,10 @@ func (t *vxlanTunnel) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, er
 }
 
 // Decap takes the VXLAN header and the inner Ethernet header off, and
-// completes a partial inner checksum (see repairPartialChecksum).
+// completes a partial inner checksum (see repairPartialChecksum), except
+// in a TCP superframe that arrived whole (a sender's VXLANSuperframes
+// over a veth underlay, or the kernel's own VXLAN device there): that one
+// keeps its partial checksum and goes on as a superframe (fromNode).
 func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, int, DropReason) {
 	src := t.conn.Sources()[i]
 	eth, reason := encap.DecapVXLAN(buf[off:off+size], t.vni)
@@ -118,8 +176,10 @@ func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, 
 	if perr != packet.ParseOK {
 		return src, 0, 0, DropBadInner
 	}
-	if !repairPartialChecksum(inner) {
-		return src, 0, 0, DropBadInnerChecksum
+	if _, whole := packet.KernelSuperpacket(inner, t.maxInner); len(inner) <= t.maxInner || !whole {
+		if !repairPartialChecksum(inner) {
+			return src, 0, 0, DropBadInnerChecksum
+		}
 	}
 	return src, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
 }
@@ -130,28 +190,35 @@ func (t *vxlanTunnel) VerifiesChecksums() bool { return true }
 func (t *vxlanTunnel) NewSender() TunnelSender {
 	s := &vxlanSender{t: t, queues: make([]vxQueue, len(t.senders))}
 	for i := range s.queues {
-		s.queues[i] = vxQueue{pkts: make([][]byte, 0, laneMax), dsts: make([]netip.AddrPort, 0, laneMax)}
+		s.queues[i] = vxQueue{pkts: make([][]byte, 0, laneMax), dsts: make([]netip.AddrPort, 0, laneMax), whole: make([]bool, 0, laneMax)}
 	}
 	return s
 }
 
 // vxlanSender queues datagrams per sender socket.
 type vxlanSender struct {
-	t      *vxlanTunnel
-	queues []vxQueue
+	t       *vxlanTunnel
+	queues  []vxQueue
+	refused int // superframes Frame refused since the last Flush
 }
 
-// vxQueue holds the datagrams of one batch for one sender socket.
+// vxQueue holds the datagrams of one batch for one sender socket, in
+// order: UDP payloads for the socket, and whole superframes (whole[i]),
+// complete frames for the tunnel's VXLANSuperframes.
 type vxQueue struct {
-	pkts [][]byte
-	dsts []netip.AddrPort
+	pkts   [][]byte
+	dsts   []netip.AddrPort
+	whole  []bool
+	nwhole int
 }
 
 // Queue writes the inner Ethernet header (between the VTEP MACs) and the
-// VXLAN header in the headroom before buf[ip:ip+n].
-func (s *vxlanSender) Queue(buf []byte, ip, n int, r *router.Route) bool {
+// VXLAN header in the headroom before buf[ip:ip+n]; for a superframe, the
+// outer headers too (VXLANSuperframes.Frame).
+func (s *vxlanSender) Queue(buf []byte, ip, n int, gso packet.VirtioNetHdr, r *router.Route) bool {
 	l2 := ip - ethLen
-	q := &s.queues[int(encap.FlowSourcePort(buf[l2:ip+n]))%len(s.queues)]
+	qi := int(encap.FlowSourcePort(buf[l2:ip+n])) % len(s.queues)
+	q := &s.queues[qi]
 	if len(q.pkts) == cap(q.pkts) {
 		return false
 	}
@@ -160,33 +227,100 @@ func (s *vxlanSender) Queue(buf []byte, ip, n int, r *router.Route) bool {
 	eth.SetSrc(s.t.mac)
 	eth.SetEtherType(packet.EtherTypeIPv4)
 	start := encap.EncapVXLAN(buf, l2, s.t.vni)
-	q.pkts = append(q.pkts, buf[start:ip+n])
-	q.dsts = append(q.dsts, netip.AddrPortFrom(r.NextHop, s.t.port))
+	dst := netip.AddrPortFrom(r.NextHop, s.t.port)
+	whole := false
+	if gso.GSOType != packet.GSONone {
+		// Only a tunnel with sf gets superframes (maxSuperframe), and
+		// they are what Frame takes; a refusal is counted as refused.
+		frame, ok := s.t.sf.Frame(buf[:ip+n], start, dst, s.t.srcPorts[qi], gso)
+		if !ok {
+			s.refused++
+			return true
+		}
+		q.pkts = append(q.pkts, frame)
+		whole = true
+	} else {
+		q.pkts = append(q.pkts, buf[start:ip+n])
+	}
+	q.dsts = append(q.dsts, dst)
+	q.whole = append(q.whole, whole)
+	q.nwhole += btoi(whole)
 	return true
 }
 
-// Flush sends each socket's datagrams in one call.
-func (s *vxlanSender) Flush() (queued, sent, bytes int, err error) {
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Flush sends each socket's datagrams in one call, or, when superframes
+// are queued among them, the runs between them in one call each and the
+// superframes in order, so a flow's packets leave in the order they came.
+func (s *vxlanSender) Flush() (queued, sent, bytes, superframes int, err error) {
 	var errs []error
+	queued, s.refused = s.refused, 0
 	for i := range s.queues {
 		q := &s.queues[i]
 		if len(q.pkts) == 0 {
 			continue
 		}
 		queued += len(q.pkts)
-		for _, b := range q.pkts {
+		for j, b := range q.pkts {
+			if q.whole[j] {
+				b = b[encap.VXLANTapHeadroom:]
+			}
 			bytes += len(b)
 		}
-		n, err := s.t.senders[i].WriteBatch(q.pkts, q.dsts)
-		sent += n
-		if err != nil {
-			errs = append(errs, err)
+		if q.nwhole == 0 {
+			n, err := s.t.senders[i].WriteBatch(q.pkts, q.dsts)
+			sent += n
+			if err != nil {
+				errs = append(errs, err)
+			}
+		} else {
+			n, sf, err := s.flushMixed(i, q)
+			sent += n
+			superframes += sf
+			if err != nil {
+				errs = append(errs, err)
+			}
 		}
 		clear(q.pkts)
-		q.pkts, q.dsts = q.pkts[:0], q.dsts[:0]
+		q.pkts, q.dsts, q.whole, q.nwhole = q.pkts[:0], q.dsts[:0], q.whole[:0], 0
 	}
 	if len(errs) > 0 {
 		err = errors.Join(errs...)
 	}
-	return queued, sent, bytes, err
+	return queued, sent, bytes, superframes, err
+}
+
+// flushMixed sends queue q of sender i, which holds superframes.
+func (s *vxlanSender) flushMixed(i int, q *vxQueue) (sent, superframes int, err error) {
+	var errs []error
+	run := 0 // first datagram not sent yet
+	for j := 0; j <= len(q.pkts); j++ {
+		if j < len(q.pkts) && !q.whole[j] {
+			continue
+		}
+		if j > run {
+			n, err := s.t.senders[i].WriteBatch(q.pkts[run:j], q.dsts[run:j])
+			sent += n
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if j < len(q.pkts) {
+			if err := s.t.sf.Send(q.pkts[j]); err != nil {
+				s.t.superframeFailed(err)
+				errs = append(errs, err)
+			} else {
+				sent++
+				superframes++
+			}
+		}
+		run = j + 1
+	}
+	return sent, superframes, errors.Join(errs...)
 }

@@ -50,6 +50,7 @@ func daemonDatastore(flag string, tlsFlags datastore.Config) (datastore.Config, 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
 	var logLevel, endpoints, natRange, natAddr, ipipMode, vxlanMode, configFile string
+	var vxlanSF bool
 	var dsTLS datastore.Config
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -105,6 +106,7 @@ system can reach.`,
 				cfg.NAT.SourceAddr = a
 			}
 			cfg.DefaultPoolIPIPMode, cfg.DefaultPoolVXLANMode = api.EncapMode(ipipMode), api.EncapMode(vxlanMode)
+			cfg.NoVXLANSuperframes = !vxlanSF
 			if cfg.MetricsListen != "" {
 				if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
 					return fmt.Errorf("--metrics-listen %q: want HOST:PORT, e.g. 127.0.0.1:9091", cfg.MetricsListen)
@@ -129,6 +131,7 @@ system can reach.`,
 	f.StringVar(&cfg.Socket, "socket", nodeapi.DefaultSocket, "unix socket of the local API")
 	f.StringVar(&cfg.PodNetnsPrefix, "pod-netns-prefix", "", `name prefix of the namespaces "pod add --new" creates (default "<node>-")`)
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
+	f.BoolVar(&vxlanSF, "vxlan-superframes", true, "send TCP superframes as VXLAN whole through a TAP ("+node.VXLANTapName+") for the kernel to segment, where it can (Linux 6.17+); false: cut them in userspace")
 	f.DurationVar(&cfg.TunnelGrace, "tunnel-grace", 30*time.Second, "how long the sockets of an encapsulation no pool uses any more stay open")
 	f.DurationVar(&cfg.ReplyPoll, "reply-poll", 50*time.Microsecond, "how long a reader polls a pod it has just written to for the answer, saving a wake-up per hop (0: off)")
 	f.IntVar(&cfg.PodMTU, "pod-mtu", 0, "MTU of pods' eth0 (default: the underlay's)")

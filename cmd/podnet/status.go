@@ -28,6 +28,9 @@ func newStatusCmd() *cobra.Command {
 		fmt.Fprintf(tw, "host port:\t%s\n", s.HostPort)
 		fmt.Fprintf(tw, "tap offload:\t%v\n", s.TapOffload)
 		fmt.Fprintf(tw, "udp superframes:\t%s\n", udpSuperframesLine(s.UDPSuperframes))
+		if s.VXLANSuperframes != "" {
+			fmt.Fprintf(tw, "vxlan superframes:\t%s\n", s.VXLANSuperframes)
+		}
 		fmt.Fprintf(tw, "pod MTU:\t%d\n", s.PodMTU)
 		fmt.Fprintf(tw, "pods:\t%d\n", s.Pods)
 		fmt.Fprintf(tw, "routes:\t%d\n", s.Routes)

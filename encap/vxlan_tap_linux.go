@@ -1,0 +1,344 @@
+package encap
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"podnet/internal/packet"
+)
+
+// A VXLANTap sends TCP superframes as VXLAN without cutting them up: it
+// writes each one, outer Ethernet, IPv4 and UDP headers included, into a
+// TAP of the node's own with a virtio-net header that asks for UDP-tunnel
+// segmentation (Linux 6.17+, TUN_F_UDP_TUNNEL_GSO). The node's kernel
+// routes the frame out of the underlay like a packet it forwards, and the
+// underlay device, or the kernel just before it, cuts it into VXLAN
+// datagrams of the inner MSS, each with the inner TCP checksum filled in.
+// A veth underlay carries the superframe whole to the next namespace, as it
+// does the kernel's own VXLAN device's; a receiver then reads it as one
+// datagram (see VXLANConn about superframes).
+//
+// Without it every superframe is segmented in userspace (a copy and a
+// checksum per segment) and sent with UDP GSO.
+//
+// Because the kernel forwards these frames, the TAP needs IPv4
+// forwarding and a source address check that lets the node's own address
+// in: OpenVXLANTap turns on forwarding and accept_local and turns off
+// rp_filter on the TAP, and Probe checks that a frame gets through. A
+// strict rp_filter on "all" (it overrides the TAP's own) or a firewall
+// that drops forwarded traffic stops them; the switch then keeps
+// segmenting in userspace.
+type VXLANTap struct {
+	name  string
+	fd    int
+	file  *os.File
+	mac   [6]byte
+	local [4]byte
+	ipID  atomic.Uint32
+
+	sent atomic.Uint64
+	// mu keeps Close from closing the fd under a Send (a raw write to a
+	// closed, reused fd number would go elsewhere).
+	mu     sync.RWMutex
+	closed bool
+}
+
+// VXLANTapHeadroom is what Frame writes before the VXLAN header: the
+// tunnel virtio-net header, then Ethernet, IPv4 and UDP headers.
+const VXLANTapHeadroom = vnetTunnelHdrLen + packet.EthernetHeaderLen + packet.IPv4MinHeaderLen + udpHeaderLen
+
+// MaxVXLANTapInner is the largest inner IPv4 packet a VXLAN superframe can
+// carry: the outer IPv4 total length (16 bits) must cover it and the
+// outer headers.
+const MaxVXLANTapInner = 0xffff - packet.IPv4MinHeaderLen - udpHeaderLen - VXLANHeaderLen - packet.EthernetHeaderLen
+
+const (
+	udpHeaderLen = 8
+	// vnetTunnelHdrLen is sizeof(struct virtio_net_hdr_v1_hash_tunnel):
+	// the 12-byte v1 header, 8 bytes of hash report (unused), then the
+	// outer transport and inner network header offsets.
+	vnetTunnelHdrLen = 24
+
+	tunFUDPTunnelGSO      = 0x080 // TUN_F_UDP_TUNNEL_GSO (linux/if_tun.h, 6.17), not in x/sys yet
+	gsoUDPTunnelIPv4      = 0x20  // VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4
+	vxlanTapOffloadFlags  = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | tunFUDPTunnelGSO
+	vxlanTapOuterTTL      = 64
+	vxlanTapProbeDeadline = time.Second
+)
+
+// ErrNoUDPTunnelGSO means the kernel's TUN driver cannot take UDP-tunnel
+// superframes (Linux before 6.17).
+var ErrNoUDPTunnelGSO = errors.New("the kernel's TAP driver has no UDP-tunnel segmentation (TUN_F_UDP_TUNNEL_GSO, Linux 6.17+)")
+
+// OpenVXLANTap creates the TAP name in the calling thread's network
+// namespace, brings it up and sets its sysctls. local is the outer source
+// of every frame: the node's underlay address, which the VXLAN socket is
+// bound to.
+func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
+	if !local.Is4() || local.IsUnspecified() {
+		return nil, fmt.Errorf("vxlan tap %q: local address %s is not a unicast IPv4 address", name, local)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: open /dev/net/tun: %w", name, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_TUN_EXCL)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: TUNSETIFF: %w", name, err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetTunnelHdrLen); err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: TUNSETVNETHDRSZ: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			return nil, fmt.Errorf("vxlan tap %q: %w", name, ErrNoUDPTunnelGSO)
+		}
+		return nil, fmt.Errorf("vxlan tap %q: TUNSETOFFLOAD: %w", name, err)
+	}
+	t := &VXLANTap{name: name, fd: fd, local: local.As4()}
+	if err := t.configure(); err != nil {
+		return nil, err
+	}
+	t.file = os.NewFile(uintptr(fd), name)
+	ok = true
+	return t, nil
+}
+
+// configure brings the link up, learns its MAC (the Ethernet destination
+// of every frame, so the kernel takes them as addressed to it) and sets
+// the sysctls the forwarding needs. The TAP has no address; IPv6 is off
+// on it so the kernel sends nothing into it.
+func (t *VXLANTap) configure() error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("vxlan tap %q: %w", t.name, err)
+	}
+	defer unix.Close(s)
+	ifc, err := net.InterfaceByName(t.name)
+	if err != nil || len(ifc.HardwareAddr) != len(t.mac) {
+		return fmt.Errorf("vxlan tap %q: no MAC address: %v", t.name, err)
+	}
+	copy(t.mac[:], ifc.HardwareAddr)
+	// IPv6 first, while the link is down: no router solicitation leaves.
+	writeSysctl("net/ipv6/conf/"+t.name+"/disable_ipv6", "1") // absent without IPv6
+	for _, kv := range [][2]string{
+		{"net/ipv4/conf/" + t.name + "/forwarding", "1"},
+		{"net/ipv4/conf/" + t.name + "/accept_local", "1"},
+		{"net/ipv4/conf/" + t.name + "/rp_filter", "0"},
+	} {
+		if err := writeSysctl(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("vxlan tap %q: %w", t.name, err)
+		}
+	}
+	ifr, _ := unix.NewIfreq(t.name)
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("vxlan tap %q: SIOCGIFFLAGS: %w", t.name, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("vxlan tap %q: set up: %w", t.name, err)
+	}
+	return nil
+}
+
+func writeSysctl(name, val string) error {
+	return os.WriteFile("/proc/sys/"+name, []byte(val), 0o644)
+}
+
+// Name is the TAP's interface name.
+func (t *VXLANTap) Name() string { return t.name }
+
+// Sent is how many superframes Send has handed the kernel.
+func (t *VXLANTap) Sent() uint64 { return t.sent.Load() }
+
+// Frame writes the outer headers in the VXLANTapHeadroom bytes before
+// buf[start:], which holds a VXLAN header, the inner Ethernet header and
+// the inner IPv4 packet (a superframe whose offload metadata is gso), and
+// returns the frame to Send. The outer destination is dst, the outer
+// source port srcPort (the port the same flow's other datagrams leave
+// from, so the underlay sees one flow). ok is false if the packet cannot
+// go this way: too little headroom, too big, or not a TCPv4 superframe
+// with a partial checksum; send it segmented instead.
+func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) (frame []byte, ok bool) {
+	const innerIP = VXLANHeaderLen + packet.EthernetHeaderLen
+	if start < VXLANTapHeadroom || len(buf)-start < innerIP+packet.IPv4MinHeaderLen || !dst.Addr().Is4() {
+		return nil, false
+	}
+	inner := len(buf) - start - innerIP
+	if inner > MaxVXLANTapInner || gso.GSOType&^packet.GSOECN != packet.GSOTCPv4 ||
+		gso.Flags&packet.VirtioNetHdrFNeedsCsum == 0 || gso.GSOSize == 0 {
+		return nil, false
+	}
+	f := buf[start-VXLANTapHeadroom:]
+	const (
+		outerEth = vnetTunnelHdrLen
+		outerIP  = outerEth + packet.EthernetHeaderLen
+		outerUDP = outerIP + packet.IPv4MinHeaderLen
+		vxlan    = outerUDP + udpHeaderLen
+		frameOff = outerEth // virtio offsets count from the Ethernet header
+	)
+	// gso's offsets count from the inner IPv4 header.
+	innerNH := vxlan + innerIP - frameOff
+	h := f[:vnetTunnelHdrLen]
+	clear(h)
+	h[0] = packet.VirtioNetHdrFNeedsCsum
+	h[1] = gso.GSOType | gsoUDPTunnelIPv4
+	binary.LittleEndian.PutUint16(h[2:], uint16(innerNH)+gso.HdrLen)
+	binary.LittleEndian.PutUint16(h[4:], gso.GSOSize)
+	binary.LittleEndian.PutUint16(h[6:], uint16(innerNH)+gso.CsumStart)
+	binary.LittleEndian.PutUint16(h[8:], gso.CsumOffset)
+	binary.LittleEndian.PutUint16(h[20:], outerUDP-frameOff)
+	binary.LittleEndian.PutUint16(h[22:], uint16(innerNH))
+
+	eth := packet.Ethernet(f[outerEth:outerIP])
+	eth.SetDst(packet.MAC(t.mac))
+	eth.SetSrc(packet.MAC(t.mac))
+	eth.SetEtherType(packet.EtherTypeIPv4)
+
+	ip := f[outerIP:outerUDP]
+	total := len(f) - outerIP
+	ip[0] = 0x45
+	ip[1] = 0
+	binary.BigEndian.PutUint16(ip[2:], uint16(total))
+	// The kernel numbers the segments from this ID on.
+	binary.BigEndian.PutUint16(ip[4:], uint16(t.ipID.Add(64)))
+	binary.BigEndian.PutUint16(ip[6:], 0) // DF clear, as the VXLAN socket sends
+	ip[8] = vxlanTapOuterTTL
+	ip[9] = packet.ProtoUDP
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	copy(ip[12:16], t.local[:])
+	d := dst.Addr().As4()
+	copy(ip[16:20], d[:])
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
+
+	u := f[outerUDP:vxlan]
+	binary.BigEndian.PutUint16(u[0:], srcPort)
+	binary.BigEndian.PutUint16(u[2:], dst.Port())
+	binary.BigEndian.PutUint16(u[4:], uint16(total-packet.IPv4MinHeaderLen))
+	// No outer UDP checksum (RFC 7348 allows zero, and it is Linux's
+	// VXLAN default): the inner TCP checksum covers the payload.
+	binary.BigEndian.PutUint16(u[6:], 0)
+	return f, true
+}
+
+// Send writes a frame Frame built. It never blocks: the kernel forwards
+// the frame within the call.
+func (t *VXLANTap) Send(frame []byte) error {
+	if err := t.write(frame); err != nil {
+		return err
+	}
+	t.sent.Add(1)
+	return nil
+}
+
+func (t *VXLANTap) write(frame []byte) error {
+	t.mu.RLock()
+	if t.closed {
+		t.mu.RUnlock()
+		return os.ErrClosed
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(t.fd), uintptr(unsafe.Pointer(&frame[0])), uintptr(len(frame)))
+	t.mu.RUnlock()
+	if e != 0 {
+		return fmt.Errorf("vxlan tap %s: write: %w", t.name, e)
+	}
+	return nil
+}
+
+// Probe checks that a frame written into the TAP gets through the node's
+// source address checks: it sends a small VXLAN-like datagram from the
+// node's address to a socket of its own on that address and waits up to a
+// second for it. Run it in the TAP's namespace.
+func (t *VXLANTap) Probe() error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("vxlan tap %s probe: %w", t.name, err)
+	}
+	defer unix.Close(s)
+	if err := unix.Bind(s, &unix.SockaddrInet4{Addr: t.local}); err != nil {
+		return fmt.Errorf("vxlan tap %s probe: bind: %w", t.name, err)
+	}
+	sa, err := unix.Getsockname(s)
+	if err != nil {
+		return fmt.Errorf("vxlan tap %s probe: %w", t.name, err)
+	}
+	port := sa.(*unix.SockaddrInet4).Port
+	tv := unix.NsecToTimeval(vxlanTapProbeDeadline.Nanoseconds())
+	if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("vxlan tap %s probe: %w", t.name, err)
+	}
+	var nonce [8]byte
+	binary.BigEndian.PutUint64(nonce[:], uint64(time.Now().UnixNano()))
+	const (
+		ipOff  = vnetTunnelHdrLen + packet.EthernetHeaderLen
+		udpOff = ipOff + packet.IPv4MinHeaderLen
+	)
+	f := make([]byte, udpOff+udpHeaderLen+len(nonce))
+	eth := packet.Ethernet(f[vnetTunnelHdrLen:ipOff])
+	eth.SetDst(packet.MAC(t.mac))
+	eth.SetSrc(packet.MAC(t.mac))
+	eth.SetEtherType(packet.EtherTypeIPv4)
+	ip := f[ipOff:udpOff]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-ipOff))
+	ip[8] = vxlanTapOuterTTL
+	ip[9] = packet.ProtoUDP
+	copy(ip[12:16], t.local[:])
+	copy(ip[16:20], t.local[:])
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
+	u := f[udpOff:]
+	binary.BigEndian.PutUint16(u[0:], uint16(port))
+	binary.BigEndian.PutUint16(u[2:], uint16(port))
+	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+	copy(u[udpHeaderLen:], nonce[:])
+	if err := t.write(f); err != nil {
+		return err
+	}
+	var got [16]byte
+	for {
+		n, _, err := unix.Recvfrom(s, got[:], 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return fmt.Errorf("vxlan tap %s: a frame written into it did not arrive within %v: the kernel's source checks (rp_filter strict on \"all\"?) or its firewall drop it", t.name, vxlanTapProbeDeadline)
+			}
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return fmt.Errorf("vxlan tap %s probe: %w", t.name, err)
+		}
+		if n == len(nonce) && [8]byte(got[:8]) == nonce {
+			return nil
+		}
+	}
+}
+
+// Close removes the TAP.
+func (t *VXLANTap) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	return t.file.Close()
+}

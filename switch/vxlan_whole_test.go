@@ -1,0 +1,183 @@
+package vswitch
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"podnet/encap"
+	"podnet/internal/packet"
+	"podnet/router"
+)
+
+// fakeSuperframes stands for encap.VXLANTap: Frame claims the same
+// headroom, and Send puts the VXLAN datagram (what the kernel would cut
+// up) into the VXLAN socket's sink, so a test sees superframes and
+// ordinary datagrams in the order they left.
+type fakeSuperframes struct {
+	vx *fakeVXLAN
+
+	mu       sync.Mutex
+	srcPorts []uint16
+	gsos     []packet.VirtioNetHdr
+	fail     error // Send returns it
+}
+
+func (f *fakeSuperframes) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) ([]byte, bool) {
+	if start < encap.VXLANTapHeadroom {
+		return nil, false
+	}
+	f.mu.Lock()
+	f.srcPorts = append(f.srcPorts, srcPort)
+	f.gsos = append(f.gsos, gso)
+	f.mu.Unlock()
+	frame := buf[start-encap.VXLANTapHeadroom:]
+	// Mark the frame as Frame's own, as the real one fills this with a
+	// virtio-net header.
+	frame[0] = 0xfe
+	binary.BigEndian.PutUint16(frame[1:], dst.Port())
+	copy(frame[3:7], dst.Addr().AsSlice())
+	return frame, true
+}
+
+func (f *fakeSuperframes) Send(frame []byte) error {
+	f.mu.Lock()
+	err := f.fail
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if frame[0] != 0xfe {
+		return errors.New("fake: not a frame Frame built")
+	}
+	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(frame[3:7])), binary.BigEndian.Uint16(frame[1:]))
+	f.vx.put(frame[encap.VXLANTapHeadroom:], dst)
+	return nil
+}
+
+// newWholeNet is newFakeNet whose VXLAN tunnel sends superframes whole
+// through sf.
+func newWholeNet(t *testing.T) (*fakeNet, *fakeSuperframes) {
+	t.Helper()
+	n := newFakeNet(t)
+	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+		t.Fatal(err)
+	}
+	n.vx = newFakeVXLAN()
+	sf := &fakeSuperframes{vx: n.vx}
+	if err := n.s.AttachVXLAN(VXLANConfig{Conn: n.vx, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf, Superframes: sf}); err != nil {
+		t.Fatal(err)
+	}
+	return n, sf
+}
+
+// innerOf returns the inner IPv4 packet of a VXLAN datagram.
+func innerOf(t *testing.T, d []byte) packet.IPv4 {
+	t.Helper()
+	eth, r := encap.DecapVXLAN(d, encap.DefaultVNI)
+	if r != encap.DecapOK {
+		t.Fatalf("decap: %v", r)
+	}
+	ip, perr := packet.ParseIPv4Frame(eth)
+	if perr != packet.ParseOK {
+		t.Fatalf("inner: %v", perr)
+	}
+	return ip
+}
+
+// A pod's superframe toward a VXLAN route leaves whole, between the
+// datagrams that came before and after it, from the sender's port.
+func TestPodToVXLANWhole(t *testing.T) {
+	n, sf := newWholeNet(t)
+	before := ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 100}.build()
+	after := ipSpec{src: "10.0.0.1", dst: "10.0.2.9", payload: 200}.build()
+	n.a.dev.offer(podFrame(n.a, before), superframe(n.a, "10.0.2.9", 4000, 1000), podFrame(n.a, after))
+	got, dsts := n.vx.wait(t, 3)
+	for i, want := range []int{128, 4040, 228} {
+		ip := innerOf(t, got[i])
+		if len(ip) != want {
+			t.Fatalf("datagram %d: inner packet of %d bytes, want %d (in order: udp, superframe, udp)", i, len(ip), want)
+		}
+		if dsts[i].(netip.AddrPort) != netip.AddrPortFrom(nodeVXLAN, encap.VXLANPort) {
+			t.Errorf("datagram %d to %v, want %v:%d", i, dsts[i], nodeVXLAN, encap.VXLANPort)
+		}
+	}
+	whole := innerOf(t, got[1])
+	partial := packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, whole.SrcBytes(), whole.DstBytes(), uint16(len(whole)-20)))
+	if packet.TCP(whole.Payload()).Checksum() != partial || whole.TTL() != 63 {
+		t.Errorf("superframe: checksum %#04x TTL %d, want the partial sum %#04x (the kernel completes it) and TTL 63",
+			packet.TCP(whole.Payload()).Checksum(), whole.TTL(), partial)
+	}
+	want := packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: 40, GSOSize: 1000, CsumStart: 20, CsumOffset: 16}
+	if len(sf.gsos) != 1 || sf.gsos[0] != want || sf.srcPorts[0] != encap.VXLANPort {
+		t.Errorf("Frame got gso %+v port %v, want %+v from port %d", sf.gsos, sf.srcPorts, want, encap.VXLANPort)
+	}
+	if s := n.stats("vxlan"); s.TxSuperframes != 1 || s.TxFrames != 3 {
+		t.Errorf("vxlan TxSuperframes %d TxFrames %d, want 1 and 3", s.TxSuperframes, s.TxFrames)
+	}
+}
+
+// What the kernel cannot take whole is cut as before: a superframe too
+// big for one outer packet, or one without a partial checksum.
+func TestPodToVXLANWholeLimits(t *testing.T) {
+	n, _ := newWholeNet(t)
+	big := superframe(n.a, "10.0.2.9", encap.MaxVXLANTapInner-40+1, 1400)
+	n.a.dev.offer(big)
+	segs := (encap.MaxVXLANTapInner - 40 + 1 + 1399) / 1400
+	n.vx.wait(t, segs)
+	complete := superframe(n.a, "10.0.2.9", 3000, 1000)
+	complete[0] = 0 // no NEEDS_CSUM
+	n.a.dev.offer(complete)
+	got, _ := n.vx.wait(t, segs+3)
+	for i, d := range got {
+		if ip := innerOf(t, d); len(ip) > 1450 {
+			t.Fatalf("datagram %d: inner packet of %d bytes, want segments of at most 1450", i, len(ip))
+		}
+	}
+	if s := n.stats("vxlan"); s.TxSuperframes != 0 {
+		t.Errorf("TxSuperframes = %d, want 0", s.TxSuperframes)
+	}
+}
+
+// A failed whole send drops that superframe (counted) and turns the path
+// off: the next one is cut and sent as datagrams.
+func TestPodToVXLANWholeFails(t *testing.T) {
+	n, sf := newWholeNet(t)
+	sf.fail = errors.New("write: invalid argument")
+	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	for deadline := time.Now().Add(5 * time.Second); n.stats("vxlan").Drops["egress-error"] != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed superframe was not counted: vxlan drops %v", n.stats("vxlan").Drops)
+		}
+	}
+	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	got, _ := n.vx.wait(t, 4)
+	if len(got) != 4 {
+		t.Fatalf("%d datagrams after the failure, want the 4 segments", len(got))
+	}
+	if s := n.stats("vxlan"); s.TxSuperframes != 0 || s.TxFrames != 4 {
+		t.Errorf("TxSuperframes %d TxFrames %d, want 0 and 4", s.TxSuperframes, s.TxFrames)
+	}
+}
+
+// A superframe that arrived whole (sent whole over a veth) reaches the pod
+// as one, its partial checksum kept and its segment size the tunnel's.
+func TestVXLANWholeToPod(t *testing.T) {
+	n := newFakeNet(t)
+	ip := ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 20000, df: true}.build()
+	tcp := ip[20:]
+	binary.BigEndian.PutUint16(tcp[16:], packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, [4]byte(ip[12:16]), [4]byte(ip[16:20]), uint16(len(tcp)))))
+	n.vx.offer(nodeVXLAN, vxlanDatagram(ip, encap.DefaultVNI))
+	frames, _ := n.b.dev.wait(t, 1)
+	h, got := podRx(t, n.b, frames[0])
+	want := packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: ethLen + 40, GSOSize: 1450 - 40, CsumStart: ethLen + 20, CsumOffset: 16}
+	if h != want || len(got) != len(ip) {
+		t.Errorf("pod b got %d bytes with %+v, want %d with %+v", len(got), h, len(ip), want)
+	}
+	if s := n.stats("vxlan"); s.GSOFrames != 1 || len(s.Drops) != 0 {
+		t.Errorf("vxlan GSOFrames %d drops %v, want 1 and none", s.GSOFrames, s.Drops)
+	}
+}
