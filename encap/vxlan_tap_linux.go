@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +37,10 @@ import (
 // forwarding and a source address check that lets the node's own address
 // in: OpenVXLANTap turns on forwarding and accept_local and turns off
 // rp_filter on the TAP, and Probe checks that a frame gets through. A
-// strict rp_filter on "all" (it overrides the TAP's own) or a firewall
-// that drops forwarded traffic stops them; the switch then keeps
-// segmenting in userspace.
+// strict rp_filter on "all" (it overrides the TAP's own) fails the probe.
+// A firewall that drops forwarded traffic (a FORWARD chain with policy
+// drop) passes it; the TAP then watches the namespace's count of packets
+// transmitted, and Err reports when far fewer left than it wrote. Either way the switch goes back to segmenting in userspace.
 type VXLANTap struct {
 	name  string
 	fd    int
@@ -47,6 +50,16 @@ type VXLANTap struct {
 	ipID  atomic.Uint32
 
 	sent atomic.Uint64
+
+	// The forwarding watch (routineWatchForwarding): the namespace's
+	// /proc/net/snmp, and what it and sent said at the last look.
+	snmp              *os.File
+	watchMu           sync.Mutex
+	lastSent, lastOut uint64
+	err               atomic.Pointer[error]
+	stop              chan struct{}
+	watching          sync.WaitGroup
+
 	// mu keeps Close from closing the fd under a Send (a raw write to a
 	// closed, reused fd number would go elsewhere).
 	mu     sync.RWMutex
@@ -115,13 +128,106 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 		}
 		return nil, fmt.Errorf("vxlan tap %q: TUNSETOFFLOAD: %w", name, err)
 	}
-	t := &VXLANTap{name: name, fd: fd, local: local.As4()}
+	t := &VXLANTap{name: name, fd: fd, local: local.As4(), stop: make(chan struct{})}
 	if err := t.configure(); err != nil {
 		return nil, err
 	}
+	// The calling thread's namespace, whatever namespace the process is in.
+	if t.snmp, err = os.Open("/proc/thread-self/net/snmp"); err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
+	}
+	if t.lastOut, err = t.transmitted(); err != nil {
+		t.snmp.Close()
+		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
+	}
 	t.file = os.NewFile(uintptr(fd), name)
+	t.watching.Add(1)
+	go t.routineWatchForwarding()
 	ok = true
 	return t, nil
+}
+
+// Err is nil while the kernel forwards what Send writes, and says why not
+// once the forwarding watch saw it drop them.
+func (t *VXLANTap) Err() error {
+	if p := t.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// forwardWatchInterval is how often the forwarding watch looks, and
+// forwardWatchMin the superframes written in that time it needs to judge.
+const (
+	forwardWatchInterval = time.Second
+	forwardWatchMin      = 16
+)
+
+// routineWatchForwarding checks the forwarding every interval until Close,
+// and stops once it has found it failing. Started by OpenVXLANTap.
+func (t *VXLANTap) routineWatchForwarding() {
+	defer t.watching.Done()
+	tick := time.NewTicker(forwardWatchInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			if err := t.checkForwarding(); err != nil {
+				t.err.Store(&err)
+				return
+			}
+		}
+	}
+}
+
+// checkForwarding compares the superframes written since the last check
+// with the packets the namespace transmitted (Ip: OutTransmits, Linux
+// 6.3+, counts each superframe once, after the FORWARD hook and before it
+// is segmented; ForwDatagrams counts before the hook, so it misses a
+// firewall's drops). Other traffic only adds to that count, so fewer than
+// half means the kernel dropped ours.
+func (t *VXLANTap) checkForwarding() error {
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
+	out, err := t.transmitted()
+	if err != nil {
+		return fmt.Errorf("vxlan tap %s: %w", t.name, err)
+	}
+	sent := t.sent.Load()
+	ds, df := sent-t.lastSent, out-t.lastOut
+	t.lastSent, t.lastOut = sent, out
+	if ds >= forwardWatchMin && df < ds/2 {
+		return fmt.Errorf("vxlan tap %s: the kernel transmitted %d packets while %d superframes were written into it: a firewall (FORWARD chain) or policy drops them", t.name, df, ds)
+	}
+	return nil
+}
+
+// transmitted reads Ip: OutTransmits from the namespace's /proc/net/snmp.
+func (t *VXLANTap) transmitted() (uint64, error) {
+	var b [4096]byte
+	n, err := t.snmp.ReadAt(b[:], 0)
+	if n == 0 && err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, line := range strings.Split(string(b[:n]), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Ip:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "OutTransmits" && i < len(f) {
+				return strconv.ParseUint(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no Ip: OutTransmits in /proc/net/snmp (Linux 6.3+)")
 }
 
 // configure brings the link up, learns its MAC (the Ethernet destination
@@ -340,5 +446,8 @@ func (t *VXLANTap) Close() error {
 		return nil
 	}
 	t.closed = true
+	close(t.stop)
+	t.watching.Wait()
+	t.snmp.Close()
 	return t.file.Close()
 }

@@ -238,6 +238,50 @@ func checkSegment(d []byte, i, mss int, seq0 uint32) error {
 	return nil
 }
 
+// A firewall that drops forwarded traffic lets the probe through (it is
+// delivered locally) but not the superframes: the forwarding watch sees
+// that and Err says so. Without it, the same superframes pass the watch.
+func TestVXLANTapForwardingWatch(t *testing.T) {
+	u := newVXLANUnderlay(t)
+	tap, ok := openTap(t, u.nsA, u.addrA)
+	if !ok {
+		return
+	}
+	if err := netnsutil.Do(u.nsA, tap.Probe); err != nil {
+		t.Fatalf("Probe: %v", err)
+	}
+	rx := listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB})
+	dst := netip.AddrPortFrom(u.addrB, VXLANPort)
+	sendSome := func() {
+		t.Helper()
+		for range forwardWatchMin + 4 {
+			buf, start, gso := tcpSuperframe(8000, 1400, 1)
+			frame, _ := tap.Frame(buf, start, dst, 40000, gso)
+			if err := tap.Send(frame); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sendSome()
+	readDatagrams(t, rx, forwardWatchMin+4)
+	if err := tap.checkForwarding(); err != nil || tap.Err() != nil {
+		t.Fatalf("forwarded superframes: check %v, Err %v, want nil", err, tap.Err())
+	}
+	for _, rule := range []string{"add table ip pnfw", "add chain ip pnfw block { type filter hook forward priority 0 ; policy drop ; }"} {
+		if out, err := exec.Command("ip", "netns", "exec", u.nameA, "nft", rule).CombinedOutput(); err != nil {
+			t.Fatalf("nft %s: %v\n%s", rule, err, out)
+		}
+	}
+	sendSome()
+	err := tap.checkForwarding()
+	if err == nil {
+		err = tap.Err() // the watch got there first
+	}
+	if err == nil || !strings.Contains(err.Error(), "FORWARD") {
+		t.Fatalf("dropped superframes: %v, want an error naming the FORWARD chain", err)
+	}
+}
+
 // Probe fails, saying why, where the kernel drops what the TAP writes: a
 // strict rp_filter on "all" overrides the TAP's own setting.
 func TestVXLANTapProbeStrictRPFilter(t *testing.T) {

@@ -33,6 +33,9 @@ func (n *Node) Status() nodeapi.Status {
 	}
 	if v := n.vxlanSuperframes.Load(); v != nil {
 		st.VXLANSuperframes = *v
+		if err := n.sw.VXLANSuperframesFailure(); err != nil {
+			st.VXLANSuperframes = "off (stopped): " + err.Error()
+		}
 	}
 	n.datastoreStatus(&st)
 	return st

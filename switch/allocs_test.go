@@ -64,6 +64,7 @@ func (discardSuperframes) Frame(buf []byte, start int, _ netip.AddrPort, _ uint1
 	return buf[start-encap.VXLANTapHeadroom:], true
 }
 func (discardSuperframes) Send([]byte) error { return nil }
+func (discardSuperframes) Err() error        { return nil }
 
 // TestForwardAllocsInMemory requires 0 allocations per packet on every
 // path, TSO superframes included (segmentation, GRO, lanes), without root.

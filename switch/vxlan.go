@@ -36,6 +36,9 @@ type VXLANSuperframes interface {
 	// packet cannot go that way.
 	Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) ([]byte, bool)
 	Send(frame []byte) error
+	// Err is non-nil once what Send writes no longer gets through (the
+	// kernel drops it); the switch then stops using it.
+	Err() error
 }
 
 // VXLANUnderlay is the former name of VXLANConn.
@@ -105,6 +108,26 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	return s.AttachTunnel(TunnelConfig{Tunnel: t, MTU: mtu, LocalAddr: cfg.LocalAddr})
 }
 
+// VXLANSuperframesFailure says why the attached VXLAN tunnel no longer
+// sends superframes whole (VXLANConfig.Superframes), or nil: it does, or
+// it never did, or no VXLAN is attached.
+func (s *Switch) VXLANSuperframesFailure() error {
+	s.mu.Lock()
+	tp := s.att.tunnels[router.EncapVXLAN]
+	s.mu.Unlock()
+	if tp == nil {
+		return nil
+	}
+	t, ok := tp.t.(*vxlanTunnel)
+	if !ok || t.sf == nil {
+		return nil
+	}
+	if p := t.sfErr.Load(); p != nil {
+		return *p
+	}
+	return t.sf.Err()
+}
+
 // vxlanTunnel adapts VXLAN sockets to Tunnel: one socket receives, and
 // datagrams leave from the sender socket the inner flow's hash picks.
 type vxlanTunnel struct {
@@ -116,8 +139,9 @@ type vxlanTunnel struct {
 	mac      packet.MAC
 	maxInner int // the largest inner packet a datagram carries
 
-	sf    VXLANSuperframes // nil: superframes are segmented
-	sfOff atomic.Bool      // sf failed and is no longer used
+	sf    VXLANSuperframes      // nil: superframes are segmented
+	sfOff atomic.Bool           // sf failed and is no longer used
+	sfErr atomic.Pointer[error] // why, once sfOff
 	log   *slog.Logger
 }
 
@@ -126,13 +150,18 @@ func (t *vxlanTunnel) maxSuperframe() int {
 	if t.sf == nil || t.sfOff.Load() {
 		return 0
 	}
+	if err := t.sf.Err(); err != nil {
+		t.superframeFailed(err)
+		return 0
+	}
 	return encap.MaxVXLANTapInner
 }
 
 // superframeFailed turns sf off after it failed to send.
 func (t *vxlanTunnel) superframeFailed(err error) {
+	t.sfErr.CompareAndSwap(nil, &err)
 	if !t.sfOff.Swap(true) {
-		t.log.Warn("vxlan: sending superframes whole failed; cutting them in userspace from now on", "err", err)
+		t.log.Warn("vxlan: superframes sent whole do not get through; cutting them in userspace from now on", "err", err)
 	}
 }
 

@@ -24,6 +24,7 @@ type fakeSuperframes struct {
 	srcPorts []uint16
 	gsos     []packet.VirtioNetHdr
 	fail     error // Send returns it
+	broken   error // Err returns it
 }
 
 func (f *fakeSuperframes) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) ([]byte, bool) {
@@ -41,6 +42,12 @@ func (f *fakeSuperframes) Frame(buf []byte, start int, dst netip.AddrPort, srcPo
 	binary.BigEndian.PutUint16(frame[1:], dst.Port())
 	copy(frame[3:7], dst.Addr().AsSlice())
 	return frame, true
+}
+
+func (f *fakeSuperframes) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.broken
 }
 
 func (f *fakeSuperframes) Send(frame []byte) error {
@@ -160,6 +167,31 @@ func TestPodToVXLANWholeFails(t *testing.T) {
 	}
 	if s := n.stats("vxlan"); s.TxSuperframes != 0 || s.TxFrames != 4 {
 		t.Errorf("TxSuperframes %d TxFrames %d, want 0 and 4", s.TxSuperframes, s.TxFrames)
+	}
+	if err := n.s.VXLANSuperframesFailure(); err == nil {
+		t.Error("VXLANSuperframesFailure: nil after a failed send")
+	}
+}
+
+// Once what the tunnel sends whole no longer gets through (Err), the
+// switch cuts superframes again.
+func TestPodToVXLANWholeBroken(t *testing.T) {
+	n, sf := newWholeNet(t)
+	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	n.vx.wait(t, 1)
+	sf.mu.Lock()
+	sf.broken = errors.New("the kernel forwarded 0 datagrams")
+	sf.mu.Unlock()
+	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	got, _ := n.vx.wait(t, 5)
+	if len(got) != 5 || len(innerOf(t, got[4])) != 1040 {
+		t.Fatalf("after Err: %d datagrams, want the whole one and then 4 segments", len(got))
+	}
+	if s := n.stats("vxlan"); s.TxSuperframes != 1 {
+		t.Errorf("TxSuperframes = %d, want 1", s.TxSuperframes)
+	}
+	if err := n.s.VXLANSuperframesFailure(); err == nil || err.Error() != "the kernel forwarded 0 datagrams" {
+		t.Errorf("VXLANSuperframesFailure: %v, want the tunnel's error", err)
 	}
 }
 
