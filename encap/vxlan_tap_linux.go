@@ -14,6 +14,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
@@ -36,8 +37,9 @@ import (
 // Because the kernel forwards these frames, the TAP needs IPv4
 // forwarding and a source address check that lets the node's own address
 // in: OpenVXLANTap turns on forwarding and accept_local and turns off
-// rp_filter on the TAP, and Probe checks that a frame gets through. A
-// strict rp_filter on "all" (it overrides the TAP's own) fails the probe.
+// rp_filter on the TAP (giving it the node's address where rp_filter on
+// "all" is loose), and Probe checks that a frame gets through. A strict
+// rp_filter on "all" (it overrides the TAP's own) fails the probe.
 // A firewall that drops forwarded traffic (a FORWARD chain with policy
 // drop) passes it; the TAP then watches the namespace's count of packets
 // transmitted, and Err reports when far fewer left than it wrote. Either way the switch goes back to segmenting in userspace.
@@ -256,6 +258,9 @@ func (t *VXLANTap) configure() error {
 			return fmt.Errorf("vxlan tap %q: %w", t.name, err)
 		}
 	}
+	if err := t.addressForLooseRPFilter(); err != nil {
+		return fmt.Errorf("vxlan tap %q: %w", t.name, err)
+	}
 	ifr, _ := unix.NewIfreq(t.name)
 	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("vxlan tap %q: SIOCGIFFLAGS: %w", t.name, err)
@@ -263,6 +268,30 @@ func (t *VXLANTap) configure() error {
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("vxlan tap %q: set up: %w", t.name, err)
+	}
+	return nil
+}
+
+// addressForLooseRPFilter gives the TAP the node's address (host scope,
+// no prefix route) where rp_filter on "all" is loose (2, as on Ubuntu):
+// the kernel's source check fails every packet from a device without an
+// address once rp_filter is on at all, and "all" overrides the TAP's own
+// 0. The node already has that address, so this adds no route and no
+// address the node did not answer for. A strict "all" (1) cannot be
+// helped: the node's address is not routed via the TAP (Probe fails).
+func (t *VXLANTap) addressForLooseRPFilter() error {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
+	if err != nil || strings.TrimSpace(string(b)) != "2" {
+		return nil
+	}
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return err
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(t.local[:]), Mask: net.CIDRMask(32, 32)},
+		Scope: unix.RT_SCOPE_HOST, Flags: unix.IFA_F_NOPREFIXROUTE}
+	if err := netlink.AddrAdd(l, a); err != nil {
+		return fmt.Errorf("add %s for rp_filter 2 on all: %w", t.local, err)
 	}
 	return nil
 }

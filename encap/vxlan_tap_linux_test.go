@@ -299,6 +299,32 @@ func TestVXLANTapProbeStrictRPFilter(t *testing.T) {
 	}
 }
 
+// With a loose rp_filter on "all" (Ubuntu's default) the TAP gets the
+// node's address, without which the kernel's source check drops every
+// frame, and superframes get through.
+func TestVXLANTapLooseRPFilter(t *testing.T) {
+	u := newVXLANUnderlay(t)
+	if out, err := exec.Command("ip", "netns", "exec", u.nameA, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=2").CombinedOutput(); err != nil {
+		t.Fatalf("sysctl: %v\n%s", err, out)
+	}
+	tap, ok := openTap(t, u.nsA, u.addrA)
+	if !ok {
+		return
+	}
+	if err := netnsutil.Do(u.nsA, tap.Probe); err != nil {
+		t.Fatalf("Probe with rp_filter loose: %v", err)
+	}
+	rx := listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB})
+	buf, start, gso := tcpSuperframe(9000, 1400, 1)
+	frame, _ := tap.Frame(buf, start, netip.AddrPortFrom(u.addrB, VXLANPort), 40000, gso)
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readDatagrams(t, rx, 1); len(got[0]) != VXLANHeaderLen+packet.EthernetHeaderLen+9040 {
+		t.Fatalf("got %d bytes, want the whole superframe", len(got[0]))
+	}
+}
+
 // Frame refuses what cannot leave as one UDP-tunnel superframe, and takes
 // the largest one that can.
 func TestVXLANTapFrameRefuses(t *testing.T) {
