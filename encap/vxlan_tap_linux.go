@@ -95,6 +95,33 @@ const (
 // superframes (Linux before 6.17).
 var ErrNoUDPTunnelGSO = errors.New("the kernel's TAP driver has no UDP-tunnel segmentation (TUN_F_UDP_TUNNEL_GSO, Linux 6.17+)")
 
+// CheckUDPTunnelGSO says whether this kernel's TAPs take UDP-tunnel
+// superframes: it makes a TAP for a moment (the kernel names it
+// "pncheck<N>"; it goes away when the check closes it) and asks. nil:
+// they do; ErrNoUDPTunnelGSO: they do not.
+func CheckUDPTunnelGSO() error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, _ := unix.NewIfreq("pncheck%d")
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("TUNSETIFF: %w", err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetTunnelHdrLen); err != nil {
+		return fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			return ErrNoUDPTunnelGSO
+		}
+		return fmt.Errorf("TUNSETOFFLOAD: %w", err)
+	}
+	return nil
+}
+
 // OpenVXLANTap creates the TAP name in the calling thread's network
 // namespace, brings it up and sets its sysctls. local is the outer source
 // of every frame: the node's underlay address, which the VXLAN socket is

@@ -306,6 +306,23 @@ func checkUDPOffload() Result {
 	return ok(name, "UDP_SEGMENT (GSO) and UDP_GRO for VXLAN and NAT's UDP")
 }
 
+// checkVXLANSuperframes: where the kernel's TAPs take UDP-tunnel
+// superframes (Linux 6.17+), the daemon sends VXLAN TCP superframes whole
+// through a TAP of its own and the kernel forwards them; a strict
+// rp_filter on all stops that. Without it they are cut in userspace:
+// slower, still correct.
+func checkVXLANSuperframes() Result {
+	const name = "vxlan-superframes"
+	if err := encap.CheckUDPTunnelGSO(); err != nil {
+		return warn(name, "VXLAN TCP superframes are cut in userspace: "+err.Error(), "use Linux 6.17 or later for VXLAN at about twice the speed")
+	}
+	if n, err := sysctlInt("net.ipv4.conf.all.rp_filter"); err == nil && n == 1 {
+		return warn(name, "the kernel takes VXLAN superframes from a TAP, but net.ipv4.conf.all.rp_filter is 1 (strict), which drops them: they are cut in userspace",
+			"set net.ipv4.conf.all.rp_filter to 2 (loose) or 0")
+	}
+	return ok(name, "TAPs take UDP-tunnel superframes: VXLAN TCP superframes leave whole through podnetvx0 (the node must forward from it: a FORWARD chain that drops it turns this off)")
+}
+
 // checkAFPacket opens what `podnet capture underlay` opens.
 func checkAFPacket() Result {
 	const name = "af-packet"

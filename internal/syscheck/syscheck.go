@@ -91,6 +91,7 @@ func Run(ctx context.Context, cfg Config) []Result {
 		checkVXLANPort(cfg),
 		checkMTU(cfg),
 		checkUDPOffload(),
+		checkVXLANSuperframes(),
 		checkAFPacket(),
 		checkKernelTunnels(),
 		checkDatastore(ctx, cfg),

@@ -3,9 +3,14 @@ package syscheck
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"podnet/encap"
+	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
 )
 
 // TestListeners: a TCP listener and a UDP socket this test opens are
@@ -85,5 +90,39 @@ func TestProblems(t *testing.T) {
 	rs := []Result{ok("a", ""), warn("b", "", "x"), problem("c", "", "y"), problem("d", "", "z")}
 	if n := Problems(rs); n != 2 {
 		t.Errorf("Problems = %d, want 2 (warnings do not count)", n)
+	}
+}
+
+// TestVXLANSuperframesCheck: in a fresh namespace this kernel's TAPs take
+// UDP-tunnel superframes (Linux 6.17+, or the check warns that they do
+// not), and a strict rp_filter on all is named as what stops them.
+func TestVXLANSuperframesCheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: it makes a namespace and a TAP")
+	}
+	name := nettest.UniqueName("sck")
+	ns := nettest.Netns(t, name)
+	var r Result
+	run := func() {
+		if err := netnsutil.Do(ns, func() error { r = checkVXLANSuperframes(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run()
+	if encap.CheckUDPTunnelGSO() != nil {
+		if r.Status != Warn || !strings.Contains(r.Detail, "cut in userspace") {
+			t.Fatalf("kernel without UDP-tunnel GSO: %+v, want a warning", r)
+		}
+		return
+	}
+	if r.Status != OK {
+		t.Fatalf("fresh namespace: %+v, want OK", r)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1").CombinedOutput(); err != nil {
+		t.Fatalf("sysctl: %v\n%s", err, out)
+	}
+	run()
+	if r.Status != Warn || !strings.Contains(r.Detail, "rp_filter") || r.Fix == "" {
+		t.Fatalf("strict rp_filter: %+v, want a warning naming rp_filter, with a fix", r)
 	}
 }
