@@ -67,6 +67,7 @@ var (
 	descTxPackets = desc("port_tx_packets_total", "Frames the switch wrote to the port.", "port", "kind")
 	descTxBytes   = desc("port_tx_bytes_total", "Bytes the switch wrote to the port.", "port", "kind")
 	descGSO       = desc("port_gso_frames_total", "Segmentation-offload superframes read from the port.", "port", "kind")
+	descTxSuper   = desc("port_tx_superframes_total", "Superframes a tunnel sent whole for the kernel to segment (VXLAN through podnetvx0).", "port", "kind")
 	descPolled    = desc("port_polled_batches_total", "Batches of a pod's packets read by polling rather than after a wake-up (reply polling).", "port", "kind")
 	descICMPErr   = desc("port_icmp_errors_total", "ICMP errors the switch sent for packets from the port.", "port", "kind")
 	descNATPkts   = desc("port_nat_packets_total", "Packets from the port handed to NAT outgoing.", "port", "kind")
@@ -87,7 +88,7 @@ var (
 	descBlockAddrs  = desc("ipam_block_addresses", "Addresses in the IPAM blocks affine to this node.")
 	descAddrsInUse  = desc("ipam_addresses_in_use", "Pod addresses this node has assigned.")
 	allDescriptions = []*prometheus.Desc{
-		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descPolled, descICMPErr, descNATPkts, descPortDrops,
+		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descTxSuper, descPolled, descICMPErr, descNATPkts, descPortDrops,
 		descNATEntries, descNATInUse, descNATTotal, descNATConns, descNATDrops,
 		descBGPUp, descBGPState, descBGPEst, descBGPSince,
 		descBlocks, descBlockAddrs, descAddrsInUse,
@@ -154,6 +155,7 @@ func collectPorts(ch chan<- prometheus.Metric, ports []vswitch.PortStats) {
 		counter(descTxPackets, p.TxFrames)
 		counter(descTxBytes, p.TxBytes)
 		counter(descGSO, p.GSOFrames)
+		counter(descTxSuper, p.TxSuperframes)
 		counter(descPolled, p.Polled)
 		counter(descICMPErr, p.ICMPErrors)
 		counter(descNATPkts, p.NATPackets)

@@ -25,7 +25,7 @@ func newPortCmd() *cobra.Command {
 			return printJSON(cmd, stdout, ports)
 		}
 		tw := newTable(stdout)
-		fmt.Fprintln(tw, "PORT\tNAME\tKIND\tDEVICE\tIP\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tGSO\tARP\tICMP ERR\tNAT\tDROPS")
+		fmt.Fprintln(tw, "PORT\tNAME\tKIND\tDEVICE\tIP\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tGSO IN\tGSO OUT\tARP\tICMP ERR\tNAT\tDROPS")
 		for _, p := range ports {
 			var drops []string
 			for reason, n := range p.Drops {
@@ -44,8 +44,8 @@ func newPortCmd() *cobra.Command {
 			if ip == "" {
 				ip = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", idx, p.Name, p.Kind, p.Device, ip,
-				p.RxFrames, p.RxBytes, p.TxFrames, p.TxBytes, p.GSOFrames, p.ARPReplies, p.ICMPErrors, p.NATPackets, d)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", idx, p.Name, p.Kind, p.Device, ip,
+				p.RxFrames, p.RxBytes, p.TxFrames, p.TxBytes, p.GSOFrames, p.TxSuperframes, p.ARPReplies, p.ICMPErrors, p.NATPackets, d)
 		}
 		return tw.Flush()
 	}
