@@ -53,7 +53,8 @@ type VXLANConfig struct {
 // Ethernet frame (build them with EncapVXLAN, take them apart with
 // DecapVXLAN); the kernel adds and strips the outer IPv4 and UDP headers
 // and computes and verifies the UDP checksum (it is never zero, so
-// receivers' NICs and GRO can validate it). ReadBatch, Sources,
+// receivers' NICs and GRO can validate it). A datagram that holds a whole
+// TCP superframe, as VXLANTap's do after a veth, is read as one. ReadBatch, Sources,
 // BatchSize, the deadlines and Close come from the batched datagram core
 // (see docs/encap.md); a SendOnly conn refuses reads and deadlines.
 //

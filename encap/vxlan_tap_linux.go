@@ -44,12 +44,13 @@ import (
 // drop) passes it; the TAP then watches the namespace's count of packets
 // transmitted, and Err reports when far fewer left than it wrote. Either way the switch goes back to segmenting in userspace.
 type VXLANTap struct {
-	name  string
-	fd    int
-	file  *os.File
-	mac   [6]byte
-	local [4]byte
-	ipID  atomic.Uint32
+	name    string
+	fd      int
+	file    *os.File
+	mac     [6]byte
+	local   [4]byte
+	udpCsum bool // the kernel fills in the outer UDP checksum of each segment
+	ipID    atomic.Uint32
 
 	sent atomic.Uint64
 
@@ -60,6 +61,7 @@ type VXLANTap struct {
 	lastSent, lastOut uint64
 	err               atomic.Pointer[error]
 	stop              chan struct{}
+	stopOnce          sync.Once
 	watching          sync.WaitGroup
 
 	// mu keeps Close from closing the fd under a Send (a raw write to a
@@ -85,7 +87,9 @@ const (
 	vnetTunnelHdrLen = 24
 
 	tunFUDPTunnelGSO      = 0x080 // TUN_F_UDP_TUNNEL_GSO (linux/if_tun.h, 6.17), not in x/sys yet
+	tunFUDPTunnelGSOCsum  = 0x100 // TUN_F_UDP_TUNNEL_GSO_CSUM: with the outer UDP checksum
 	gsoUDPTunnelIPv4      = 0x20  // VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4
+	vnetFUDPTunnelCsum    = 0x08  // VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM
 	vxlanTapOffloadFlags  = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | tunFUDPTunnelGSO
 	vxlanTapOuterTTL      = 64
 	vxlanTapProbeDeadline = time.Second
@@ -151,13 +155,19 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetTunnelHdrLen); err != nil {
 		return nil, fmt.Errorf("vxlan tap %q: TUNSETVNETHDRSZ: %w", name, err)
 	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
-		if errors.Is(err, unix.EINVAL) {
-			return nil, fmt.Errorf("vxlan tap %q: %w", name, ErrNoUDPTunnelGSO)
+	// With the outer UDP checksum if the kernel can: receivers' GRO
+	// merges no datagrams whose checksum is zero.
+	udpCsum := true
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum); err != nil {
+		udpCsum = false
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return nil, fmt.Errorf("vxlan tap %q: %w", name, ErrNoUDPTunnelGSO)
+			}
+			return nil, fmt.Errorf("vxlan tap %q: TUNSETOFFLOAD: %w", name, err)
 		}
-		return nil, fmt.Errorf("vxlan tap %q: TUNSETOFFLOAD: %w", name, err)
 	}
-	t := &VXLANTap{name: name, fd: fd, local: local.As4(), stop: make(chan struct{})}
+	t := &VXLANTap{name: name, fd: fd, local: local.As4(), udpCsum: udpCsum, stop: make(chan struct{})}
 	if err := t.configure(); err != nil {
 		return nil, err
 	}
@@ -185,11 +195,13 @@ func (t *VXLANTap) Err() error {
 	return nil
 }
 
-// forwardWatchInterval is how often the forwarding watch looks, and
-// forwardWatchMin the superframes written in that time it needs to judge.
+// forwardWatchInterval is how often the forwarding watch looks;
+// forwardWatchMin is how many superframes written since it last judged it
+// needs to judge, or forwardWatchNone if nothing at all left meanwhile.
 const (
 	forwardWatchInterval = time.Second
 	forwardWatchMin      = 16
+	forwardWatchNone     = 4
 )
 
 // routineWatchForwarding checks the forwarding every interval until Close,
@@ -211,12 +223,15 @@ func (t *VXLANTap) routineWatchForwarding() {
 	}
 }
 
-// checkForwarding compares the superframes written since the last check
+// checkForwarding compares the superframes written since it last judged
 // with the packets the namespace transmitted (Ip: OutTransmits, Linux
 // 6.3+, counts each superframe once, after the FORWARD hook and before it
 // is segmented; ForwDatagrams counts before the hook, so it misses a
 // firewall's drops). Other traffic only adds to that count, so fewer than
-// half means the kernel dropped ours.
+// half means the kernel dropped ours. Until enough superframes were
+// written to judge, the counts go on adding up, so a flow that a firewall
+// has slowed to a trickle is judged too, later; heavy other traffic
+// meanwhile can hide it.
 func (t *VXLANTap) checkForwarding() error {
 	t.watchMu.Lock()
 	defer t.watchMu.Unlock()
@@ -225,10 +240,13 @@ func (t *VXLANTap) checkForwarding() error {
 		return fmt.Errorf("vxlan tap %s: %w", t.name, err)
 	}
 	sent := t.sent.Load()
-	ds, df := sent-t.lastSent, out-t.lastOut
-	t.lastSent, t.lastOut = sent, out
-	if ds >= forwardWatchMin && df < ds/2 {
-		return fmt.Errorf("vxlan tap %s: the kernel transmitted %d packets while %d superframes were written into it: a firewall (FORWARD chain) or policy drops them", t.name, df, ds)
+	ds, dout := sent-t.lastSent, out-t.lastOut
+	if ds >= forwardWatchNone && dout == 0 || ds >= forwardWatchMin && dout < ds/2 {
+		t.lastSent, t.lastOut = sent, out
+		return fmt.Errorf("vxlan tap %s: the kernel transmitted %d packets while %d superframes were written into it: a firewall (FORWARD chain) or policy drops them", t.name, dout, ds)
+	}
+	if ds >= forwardWatchMin {
+		t.lastSent, t.lastOut = sent, out
 	}
 	return nil
 }
@@ -261,8 +279,9 @@ func (t *VXLANTap) transmitted() (uint64, error) {
 
 // configure brings the link up, learns its MAC (the Ethernet destination
 // of every frame, so the kernel takes them as addressed to it) and sets
-// the sysctls the forwarding needs. The TAP has no address; IPv6 is off
-// on it so the kernel sends nothing into it.
+// the sysctls the forwarding needs. The TAP has no address of its own
+// (addressForLooseRPFilter); IPv6 is off on it so the kernel sends nothing
+// into it.
 func (t *VXLANTap) configure() error {
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -335,42 +354,48 @@ func (t *VXLANTap) Sent() uint64 { return t.sent.Load() }
 
 // Frame writes the outer headers in the VXLANTapHeadroom bytes before
 // buf[start:], which holds a VXLAN header, the inner Ethernet header and
-// the inner IPv4 packet (a superframe whose offload metadata is gso), and
-// returns the frame to Send. The outer destination is dst, the outer
-// source port srcPort (the port the same flow's other datagrams leave
-// from, so the underlay sees one flow). ok is false if the packet cannot
-// go this way: too little headroom, too big, or not a TCPv4 superframe
-// with a partial checksum; send it segmented instead.
+// the inner IPv4 packet (a superframe whose offload metadata is gso, its
+// offsets counted from the inner IPv4 header), and returns the frame to
+// Send. The outer destination is dst, the outer source port srcPort (the
+// port the same flow's other datagrams leave from, so the underlay sees
+// one flow). ok is false if the packet cannot go this way (send it
+// segmented instead): too little headroom, dst not IPv4, too big for one
+// outer packet, or not a TCPv4 superframe as a kernel writes one (a
+// partial checksum in the TCP header, a segment size); the header length
+// the kernel copies into each segment is taken from the packet, not gso.
 func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) (frame []byte, ok bool) {
 	const innerIP = VXLANHeaderLen + packet.EthernetHeaderLen
-	if start < VXLANTapHeadroom || len(buf)-start < innerIP+packet.IPv4MinHeaderLen || !dst.Addr().Is4() {
+	if start < VXLANTapHeadroom || len(buf)-start < innerIP+packet.IPv4MinHeaderLen+packet.TCPMinHeaderLen || !dst.Addr().Is4() {
 		return nil, false
 	}
-	inner := len(buf) - start - innerIP
-	if inner > MaxVXLANTapInner || gso.GSOType&^packet.GSOECN != packet.GSOTCPv4 ||
-		gso.Flags&packet.VirtioNetHdrFNeedsCsum == 0 || gso.GSOSize == 0 {
+	in := packet.IPv4(buf[start+innerIP:])
+	inner, ihl := len(in), in.HeaderLen()
+	if inner > MaxVXLANTapInner || !WholeTCPSuperframe(in, gso) {
 		return nil, false
 	}
+	hdrLen := ihl + packet.TCP(in[ihl:]).DataOffset()
+	segs := (inner - hdrLen + int(gso.GSOSize) - 1) / int(gso.GSOSize)
 	f := buf[start-VXLANTapHeadroom:]
 	const (
 		outerEth = vnetTunnelHdrLen
 		outerIP  = outerEth + packet.EthernetHeaderLen
 		outerUDP = outerIP + packet.IPv4MinHeaderLen
 		vxlan    = outerUDP + udpHeaderLen
-		frameOff = outerEth // virtio offsets count from the Ethernet header
+		innerNH  = vxlan + innerIP - outerEth // virtio offsets count from the Ethernet header
 	)
-	// gso's offsets count from the inner IPv4 header.
-	innerNH := vxlan + innerIP - frameOff
 	h := f[:vnetTunnelHdrLen]
 	clear(h)
 	h[0] = packet.VirtioNetHdrFNeedsCsum
+	if t.udpCsum {
+		h[0] |= vnetFUDPTunnelCsum
+	}
 	h[1] = gso.GSOType | gsoUDPTunnelIPv4
-	binary.LittleEndian.PutUint16(h[2:], uint16(innerNH)+gso.HdrLen)
+	binary.LittleEndian.PutUint16(h[2:], uint16(innerNH+hdrLen))
 	binary.LittleEndian.PutUint16(h[4:], gso.GSOSize)
-	binary.LittleEndian.PutUint16(h[6:], uint16(innerNH)+gso.CsumStart)
-	binary.LittleEndian.PutUint16(h[8:], gso.CsumOffset)
-	binary.LittleEndian.PutUint16(h[20:], outerUDP-frameOff)
-	binary.LittleEndian.PutUint16(h[22:], uint16(innerNH))
+	binary.LittleEndian.PutUint16(h[6:], uint16(innerNH+ihl))
+	binary.LittleEndian.PutUint16(h[8:], tcpChecksumOffset)
+	binary.LittleEndian.PutUint16(h[20:], outerUDP-outerEth)
+	binary.LittleEndian.PutUint16(h[22:], innerNH)
 
 	eth := packet.Ethernet(f[outerEth:outerIP])
 	eth.SetDst(packet.MAC(t.mac))
@@ -382,8 +407,8 @@ func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint
 	ip[0] = 0x45
 	ip[1] = 0
 	binary.BigEndian.PutUint16(ip[2:], uint16(total))
-	// The kernel numbers the segments from this ID on.
-	binary.BigEndian.PutUint16(ip[4:], uint16(t.ipID.Add(64)))
+	// The kernel numbers the segments from this ID on (DF is clear).
+	binary.BigEndian.PutUint16(ip[4:], uint16(t.ipID.Add(uint32(segs))-uint32(segs)))
 	binary.BigEndian.PutUint16(ip[6:], 0) // DF clear, as the VXLAN socket sends
 	ip[8] = vxlanTapOuterTTL
 	ip[9] = packet.ProtoUDP
@@ -394,17 +419,39 @@ func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint
 	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
 
 	u := f[outerUDP:vxlan]
+	udpLen := uint16(total - packet.IPv4MinHeaderLen)
 	binary.BigEndian.PutUint16(u[0:], srcPort)
 	binary.BigEndian.PutUint16(u[2:], dst.Port())
-	binary.BigEndian.PutUint16(u[4:], uint16(total-packet.IPv4MinHeaderLen))
-	// No outer UDP checksum (RFC 7348 allows zero, and it is Linux's
-	// VXLAN default): the inner TCP checksum covers the payload.
-	binary.BigEndian.PutUint16(u[6:], 0)
+	binary.BigEndian.PutUint16(u[4:], udpLen)
+	// With udpCsum the field holds the pseudo-header sum over the whole,
+	// which the kernel adjusts per segment and completes; without, zero
+	// (RFC 7348 allows it): the inner TCP checksum covers the payload.
+	var c uint16
+	if t.udpCsum {
+		c = packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, t.local, d, udpLen))
+	}
+	binary.BigEndian.PutUint16(u[6:], c)
 	return f, true
 }
 
-// Send writes a frame Frame built. It never blocks: the kernel forwards
-// the frame within the call.
+// tcpChecksumOffset is where the checksum sits in a TCP header.
+const tcpChecksumOffset = 16
+
+// WholeTCPSuperframe says whether ip, with offload metadata gso (offsets
+// from the IPv4 header), is a TCPv4 superframe as a kernel writes one,
+// which the kernel can segment again: TCP, a segment size, and a partial
+// checksum at the TCP checksum field. ip must be a valid IPv4 packet.
+func WholeTCPSuperframe(ip packet.IPv4, gso packet.VirtioNetHdr) bool {
+	ihl := ip.HeaderLen()
+	return gso.GSOType&^packet.GSOECN == packet.GSOTCPv4 && gso.GSOSize > 0 &&
+		gso.Flags&packet.VirtioNetHdrFNeedsCsum != 0 && ip.Protocol() == packet.ProtoTCP &&
+		int(gso.CsumStart) == ihl && gso.CsumOffset == tcpChecksumOffset &&
+		len(ip) >= ihl+packet.TCPMinHeaderLen && packet.TCP(ip[ihl:]).DataOffset() >= packet.TCPMinHeaderLen &&
+		ihl+packet.TCP(ip[ihl:]).DataOffset() < len(ip)
+}
+
+// Send writes a frame Frame built. It never blocks: the kernel takes the
+// frame within the call (and usually forwards it there too).
 func (t *VXLANTap) Send(frame []byte) error {
 	if err := t.write(frame); err != nil {
 		return err
@@ -502,8 +549,14 @@ func (t *VXLANTap) Close() error {
 		return nil
 	}
 	t.closed = true
-	close(t.stop)
-	t.watching.Wait()
+	t.stopWatch()
 	t.snmp.Close()
 	return t.file.Close()
+}
+
+// stopWatch ends the forwarding watch (Close; tests, to drive
+// checkForwarding themselves).
+func (t *VXLANTap) stopWatch() {
+	t.stopOnce.Do(func() { close(t.stop) })
+	t.watching.Wait()
 }

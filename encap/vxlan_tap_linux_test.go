@@ -95,7 +95,7 @@ func readDatagrams(t testing.TB, c *VXLANConn, want int) ([][]byte, []netip.Addr
 		t.Fatal(err)
 	}
 	defer c.SetReadDeadline(time.Time{})
-	bufs := readBufs(8, packet.BufferSize-packet.Headroom)
+	bufs := readBufs(8, packet.BufferSize)
 	sizes := make([]int, len(bufs))
 	var got [][]byte
 	var from []netip.AddrPort
@@ -147,6 +147,23 @@ func TestVXLANTapSuperframe(t *testing.T) {
 		t.Errorf("datagram from %v, want %v", from[0], netip.AddrPortFrom(u.addrA, sport))
 	}
 
+	// The largest a veth carries whole (a frame under its 64-KiB
+	// gso_max_size; a bigger one is cut by the kernel, as below) arrives
+	// whole too.
+	const vethWhole = 0xffff - packet.EthernetHeaderLen - packet.IPv4MinHeaderLen - udpHeaderLen - VXLANHeaderLen - packet.EthernetHeaderLen
+	big, bigStart, bigGSO := tcpSuperframe(vethWhole-40, mss, 1)
+	bigWant := append([]byte(nil), big[bigStart:]...)
+	frame, ok = tap.Frame(big, bigStart, dst, sport, bigGSO)
+	if !ok {
+		t.Fatal("Frame refused a superframe of 65471 bytes")
+	}
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = readDatagrams(t, rx, 1); !bytes.Equal(got[0], bigWant) {
+		t.Fatalf("superframe of 65471 bytes: got %d bytes, want the %d sent", len(got[0]), len(bigWant))
+	}
+
 	// The kernel segments in software when the device cannot.
 	if out, err := exec.Command("ip", "netns", "exec", u.nameA, "ethtool", "-K", "veth0",
 		"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off").CombinedOutput(); err != nil {
@@ -183,8 +200,11 @@ func TestVXLANTapSuperframe(t *testing.T) {
 	if len(data) != payload {
 		t.Errorf("segments carry %d payload bytes, want %d", len(data), payload)
 	}
-	if tap.Sent() != 2 {
-		t.Errorf("Sent() = %d, want 2", tap.Sent())
+	if tap.Sent() != 3 {
+		t.Errorf("Sent() = %d, want 3", tap.Sent())
+	}
+	if !tap.udpCsum {
+		t.Errorf("Linux %s: the TAP sends without the outer UDP checksum (TUN_F_UDP_TUNNEL_GSO_CSUM refused)", osRelease())
 	}
 }
 
@@ -250,6 +270,7 @@ func TestVXLANTapForwardingWatch(t *testing.T) {
 	if err := netnsutil.Do(u.nsA, tap.Probe); err != nil {
 		t.Fatalf("Probe: %v", err)
 	}
+	tap.stopWatch() // the test drives checkForwarding itself
 	rx := listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB})
 	dst := netip.AddrPortFrom(u.addrB, VXLANPort)
 	sendSome := func() {
@@ -273,12 +294,39 @@ func TestVXLANTapForwardingWatch(t *testing.T) {
 		}
 	}
 	sendSome()
-	err := tap.checkForwarding()
-	if err == nil {
-		err = tap.Err() // the watch got there first
-	}
-	if err == nil || !strings.Contains(err.Error(), "FORWARD") {
+	if err := tap.checkForwarding(); err == nil || !strings.Contains(err.Error(), "FORWARD") {
 		t.Fatalf("dropped superframes: %v, want an error naming the FORWARD chain", err)
+	}
+	// A trickle, one superframe per look, fewer than it takes to judge:
+	// forwarded, it passes; dropped, it is found once enough were written.
+	nft := func(rule string) {
+		t.Helper()
+		if out, err := exec.Command("ip", "netns", "exec", u.nameA, "nft", rule).CombinedOutput(); err != nil {
+			t.Fatalf("nft %s: %v\n%s", rule, err, out)
+		}
+	}
+	nft("delete table ip pnfw")
+	buf, start, gso := tcpSuperframe(8000, 1400, 1)
+	frame, _ := tap.Frame(buf, start, dst, 40000, gso)
+	for i := range forwardWatchMin + 1 {
+		if err := tap.Send(frame); err != nil {
+			t.Fatal(err)
+		}
+		if err := tap.checkForwarding(); err != nil {
+			t.Fatalf("forwarded trickle, superframe %d: %v", i, err)
+		}
+	}
+	nft("add table ip pnfw")
+	nft("add chain ip pnfw block { type filter hook forward priority 0 ; policy drop ; }")
+	var err error
+	for i := 0; i < forwardWatchMin && err == nil; i++ {
+		if serr := tap.Send(frame); serr != nil {
+			t.Fatal(serr)
+		}
+		err = tap.checkForwarding()
+	}
+	if err == nil {
+		t.Fatal("a trickle of dropped superframes, one per look: never judged")
 	}
 }
 
@@ -342,6 +390,8 @@ func TestVXLANTapFrameRefuses(t *testing.T) {
 		{"udp superframe", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOType = packet.GSOUDPL4; return b, s }, false},
 		{"complete checksum", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.Flags = 0; return b, s }, false},
 		{"no segment size", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOSize = 0; return b, s }, false},
+		{"checksum not in TCP", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.CsumOffset = 6; return b, s }, false},
+		{"checksum start past IP", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.CsumStart = 24; return b, s }, false},
 	} {
 		buf, start, gso := tcpSuperframe(4000, 1000, 1)
 		buf, start = tc.adjust(buf, start, &gso)
@@ -360,6 +410,73 @@ func TestVXLANTapFrameRefuses(t *testing.T) {
 		}
 		if ok && binary.BigEndian.Uint16(f[vnetTunnelHdrLen+packet.EthernetHeaderLen+2:]) != 0xffff {
 			t.Errorf("largest superframe: outer total length %d, want 65535", binary.BigEndian.Uint16(f[vnetTunnelHdrLen+packet.EthernetHeaderLen+2:]))
+		}
+	}
+}
+
+// Frame writes what the kernel's virtio_net_hdr_tnl_to_skb expects: the
+// offsets counted from the outer Ethernet header, the header length taken
+// from the packet (not from gso), the outer IPv4 and UDP headers right.
+func TestVXLANTapFrameBytes(t *testing.T) {
+	for _, udpCsum := range []bool{false, true} {
+		tap := &VXLANTap{local: [4]byte{10, 251, 0, 1}, mac: [6]byte{2, 0, 0, 0, 0, 7}, udpCsum: udpCsum}
+		dst := netip.MustParseAddrPort("10.251.0.2:4789")
+		buf, start, gso := tcpSuperframe(20000, 1400, 1)
+		gso.HdrLen = 9999 // a lie: Frame must not pass it on
+		f, ok := tap.Frame(buf, start, dst, 40000, gso)
+		if !ok {
+			t.Fatal("Frame refused")
+		}
+		le := binary.LittleEndian
+		flags := byte(packet.VirtioNetHdrFNeedsCsum)
+		if udpCsum {
+			flags |= vnetFUDPTunnelCsum
+		}
+		if f[0] != flags || f[1] != gsoUDPTunnelIPv4|packet.GSOTCPv4 {
+			t.Errorf("flags %#x gso type %#x, want %#x and %#x", f[0], f[1], flags, gsoUDPTunnelIPv4|packet.GSOTCPv4)
+		}
+		for _, c := range []struct {
+			name      string
+			off, want int
+		}{
+			{"hdr_len", 2, 14 + 20 + 8 + 8 + 14 + 40},
+			{"gso_size", 4, 1400},
+			{"csum_start", 6, 14 + 20 + 8 + 8 + 14 + 20},
+			{"csum_offset", 8, 16},
+			{"outer_th_offset", 20, 14 + 20},
+			{"inner_nh_offset", 22, 14 + 20 + 8 + 8 + 14},
+		} {
+			if got := int(le.Uint16(f[c.off:])); got != c.want {
+				t.Errorf("%s = %d, want %d", c.name, got, c.want)
+			}
+		}
+		eth := packet.Ethernet(f[vnetTunnelHdrLen:])
+		if eth.Dst() != packet.MAC(tap.mac) || eth.EtherType() != packet.EtherTypeIPv4 {
+			t.Errorf("Ethernet to %s type %#x, want the TAP's MAC, IPv4", eth.Dst(), eth.EtherType())
+		}
+		ip := packet.IPv4(f[vnetTunnelHdrLen+packet.EthernetHeaderLen:])
+		if ip.Validate() != packet.ParseOK || packet.Checksum(ip[:20], 0) != 0 || int(ip.TotalLen()) != len(ip) ||
+			ip.Protocol() != packet.ProtoUDP || ip.DontFragment() || ip.TTL() != 64 ||
+			ip.SrcBytes() != tap.local || ip.DstBytes() != dst.Addr().As4() {
+			t.Errorf("outer IPv4 header %x", ip[:20])
+		}
+		u := ip[20:28]
+		if be := binary.BigEndian; be.Uint16(u) != 40000 || be.Uint16(u[2:]) != 4789 || int(be.Uint16(u[4:])) != len(ip)-20 {
+			t.Errorf("outer UDP header %x", u)
+		}
+		want := uint16(0)
+		if udpCsum {
+			want = packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, tap.local, dst.Addr().As4(), uint16(len(ip)-20)))
+		}
+		if got := binary.BigEndian.Uint16(u[6:]); got != want {
+			t.Errorf("outer UDP checksum %#04x, want %#04x", got, want)
+		}
+		// Superframe after superframe, the IDs the kernel gives segments
+		// do not overlap: 15 segments each.
+		id1 := ip.ID()
+		f2, _ := tap.Frame(buf, start, dst, 40000, gso)
+		if id2 := packet.IPv4(f2[vnetTunnelHdrLen+packet.EthernetHeaderLen:]).ID(); id2-id1 != 15 {
+			t.Errorf("outer IP IDs %d then %d, want 15 apart (one per segment)", id1, id2)
 		}
 	}
 }

@@ -32,9 +32,11 @@ func (n *Node) Status() nodeapi.Status {
 		Version: build.Version, Commit: build.Commit, PendingReleases: pending,
 	}
 	if v := n.vxlanSuperframes.Load(); v != nil {
-		st.VXLANSuperframes = *v
-		if err := n.sw.VXLANSuperframesFailure(); err != nil {
-			st.VXLANSuperframes = "off (stopped): " + err.Error()
+		if attached, err := n.sw.VXLANSuperframes(); attached {
+			st.VXLANSuperframes = *v
+			if err != nil {
+				st.VXLANSuperframes = "off (stopped): " + err.Error()
+			}
 		}
 	}
 	n.datastoreStatus(&st)

@@ -167,6 +167,9 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	if d := a.c.snapshot().Drops; len(d) != 0 {
 		t.Errorf("drops on a: %v (the paths above must all forward)", d)
 	}
+	if vxPort.c.txSuperframes.Load() == 0 {
+		t.Error("no superframe left the VXLAN tunnel whole: the (whole) case measured another path")
+	}
 }
 
 // answeringPod answers every frame written to it with one prepared reply

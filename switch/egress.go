@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"podnet/encap"
 	"podnet/internal/packet"
 	"podnet/router"
 )
@@ -67,8 +68,8 @@ type egressCaps struct {
 	// merges the datagrams of a flow for it, from any ingress.
 	coalesceUDP bool
 	// maxSuperframe, if not 0, limits the superframes it takes whole to
-	// those of at most this many bytes with a partial checksum (what a
-	// kernel segments); others are segmented first.
+	// those of at most this many bytes that a kernel can segment again
+	// (encap.WholeTCPSuperframe); others are segmented first.
 	maxSuperframe int
 	// innerMTU is the largest IPv4 packet the egress carries whole; a
 	// bigger one with DF set is answered with ICMP fragmentation-needed.
@@ -81,7 +82,7 @@ func (c egressCaps) takesWhole(p packetRef) bool {
 	if !c.superframes {
 		return false
 	}
-	return c.maxSuperframe == 0 || p.n <= c.maxSuperframe && p.partialChecksum()
+	return c.maxSuperframe == 0 || p.n <= c.maxSuperframe && encap.WholeTCPSuperframe(p.ipv4(), p.gso)
 }
 
 // egress is where a route sends packets.

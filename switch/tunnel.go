@@ -189,6 +189,7 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 		// superframe; anything else was reassembled from fragments.
 		if h, ok := packet.KernelSuperpacket(p.ipv4(), t.maxInner); ok {
 			p.gso = h
+			p.verified = false // its checksum is partial: nothing checked it
 			t.c.gsoFrames.Add(1)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync/atomic"
 
 	"podnet/encap"
@@ -65,8 +66,9 @@ type VXLANConfig struct {
 	LocalAddr netip.Addr
 	// Superframes, if set, sends TCP superframes whole, each from the
 	// source port of the sender socket its flow uses; nil: the switch
-	// cuts them into segments that leave with UDP GSO. A send error turns
-	// it off for good (logged; superframes are cut again).
+	// cuts them into segments that leave with UDP GSO. A few send errors
+	// in a row, or its Err, turn it off for good (logged; superframes are
+	// cut again).
 	Superframes VXLANSuperframes
 }
 
@@ -108,24 +110,24 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	return s.AttachTunnel(TunnelConfig{Tunnel: t, MTU: mtu, LocalAddr: cfg.LocalAddr})
 }
 
-// VXLANSuperframesFailure says why the attached VXLAN tunnel no longer
-// sends superframes whole (VXLANConfig.Superframes), or nil: it does, or
-// it never did, or no VXLAN is attached.
-func (s *Switch) VXLANSuperframesFailure() error {
+// VXLANSuperframes says whether a VXLAN tunnel is attached and, if it
+// was given VXLANConfig.Superframes, why it no longer sends superframes
+// whole (nil: it does, or it never did).
+func (s *Switch) VXLANSuperframes() (attached bool, failure error) {
 	s.mu.Lock()
 	tp := s.att.tunnels[router.EncapVXLAN]
 	s.mu.Unlock()
 	if tp == nil {
-		return nil
+		return false, nil
 	}
 	t, ok := tp.t.(*vxlanTunnel)
 	if !ok || t.sf == nil {
-		return nil
+		return true, nil
 	}
 	if p := t.sfErr.Load(); p != nil {
-		return *p
+		return true, *p
 	}
-	return t.sf.Err()
+	return true, t.sf.Err()
 }
 
 // vxlanTunnel adapts VXLAN sockets to Tunnel: one socket receives, and
@@ -139,10 +141,11 @@ type vxlanTunnel struct {
 	mac      packet.MAC
 	maxInner int // the largest inner packet a datagram carries
 
-	sf    VXLANSuperframes      // nil: superframes are segmented
-	sfOff atomic.Bool           // sf failed and is no longer used
-	sfErr atomic.Pointer[error] // why, once sfOff
-	log   *slog.Logger
+	sf      VXLANSuperframes      // nil: superframes are segmented
+	sfOff   atomic.Bool           // sf failed and is no longer used
+	sfErr   atomic.Pointer[error] // why, once sfOff
+	sfFails atomic.Int32          // sends refused in a row
+	log     *slog.Logger
 }
 
 // maxSuperframe: superframes go whole through sf while it works.
@@ -157,7 +160,22 @@ func (t *vxlanTunnel) maxSuperframe() int {
 	return encap.MaxVXLANTapInner
 }
 
-// superframeFailed turns sf off after it failed to send.
+// sendFailed counts a superframe sf refused (the caller counts the drop).
+// A few refusals in a row turn sf off: one odd frame, or a moment without
+// memory, should not. A closed sf is the tunnel going away.
+func (t *vxlanTunnel) sendFailed(err error) {
+	if errors.Is(err, os.ErrClosed) {
+		return
+	}
+	if t.sfFails.Add(1) >= maxSuperframeFails {
+		t.superframeFailed(err)
+	}
+}
+
+// maxSuperframeFails is how many superframes in a row sf may refuse.
+const maxSuperframeFails = 3
+
+// superframeFailed turns sf off.
 func (t *vxlanTunnel) superframeFailed(err error) {
 	t.sfErr.CompareAndSwap(nil, &err)
 	if !t.sfOff.Swap(true) {
@@ -205,7 +223,7 @@ func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, 
 	if perr != packet.ParseOK {
 		return src, 0, 0, DropBadInner
 	}
-	if _, whole := packet.KernelSuperpacket(inner, t.maxInner); len(inner) <= t.maxInner || !whole {
+	if len(inner) <= t.maxInner || !isWhole(inner, t.maxInner) {
 		if !repairPartialChecksum(inner) {
 			return src, 0, 0, DropBadInnerChecksum
 		}
@@ -213,7 +231,16 @@ func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, 
 	return src, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
 }
 
-// VerifiesChecksums: Decap drops inner TCP and UDP with a wrong checksum.
+// isWhole says whether inner, bigger than a datagram carries, is a TCP
+// superframe sent whole (its checksum partial), not one reassembled from
+// fragments.
+func isWhole(inner packet.IPv4, maxInner int) bool {
+	_, ok := packet.KernelSuperpacket(inner, maxInner)
+	return ok
+}
+
+// VerifiesChecksums: Decap drops inner TCP and UDP with a wrong checksum
+// (a superframe that arrived whole keeps its partial one, unchecked).
 func (t *vxlanTunnel) VerifiesChecksums() bool { return true }
 
 func (t *vxlanTunnel) NewSender() TunnelSender {
@@ -342,9 +369,10 @@ func (s *vxlanSender) flushMixed(i int, q *vxQueue) (sent, superframes int, err 
 		}
 		if j < len(q.pkts) {
 			if err := s.t.sf.Send(q.pkts[j]); err != nil {
-				s.t.superframeFailed(err)
+				s.t.sendFailed(err)
 				errs = append(errs, err)
 			} else {
+				s.t.sfFails.Store(0)
 				sent++
 				superframes++
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -149,27 +150,70 @@ func TestPodToVXLANWholeLimits(t *testing.T) {
 	}
 }
 
-// A failed whole send drops that superframe (counted) and turns the path
-// off: the next one is cut and sent as datagrams.
+// A failed whole send drops that superframe (counted); the next goes
+// whole again. Three failures in a row turn the path off: the next
+// superframe is cut and sent as datagrams.
 func TestPodToVXLANWholeFails(t *testing.T) {
 	n, sf := newWholeNet(t)
-	sf.fail = errors.New("write: invalid argument")
-	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
-	for deadline := time.Now().Add(5 * time.Second); n.stats("vxlan").Drops["egress-error"] != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the failed superframe was not counted: vxlan drops %v", n.stats("vxlan").Drops)
+	setFail := func(err error) {
+		sf.mu.Lock()
+		sf.fail = err
+		sf.mu.Unlock()
+	}
+	waitDrops := func(want uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); n.stats("vxlan").Drops["egress-error"] != want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("vxlan drops %v, want %d egress-error", n.stats("vxlan").Drops, want)
+			}
 		}
 	}
+	setFail(errors.New("write: invalid argument"))
 	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
-	got, _ := n.vx.wait(t, 4)
-	if len(got) != 4 {
-		t.Fatalf("%d datagrams after the failure, want the 4 segments", len(got))
+	waitDrops(1)
+	setFail(nil)
+	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	if got, _ := n.vx.wait(t, 1); len(innerOf(t, got[0])) != 4040 {
+		t.Fatalf("after one failure: inner packet of %d bytes, want the superframe whole", len(innerOf(t, got[0])))
 	}
-	if s := n.stats("vxlan"); s.TxSuperframes != 0 || s.TxFrames != 4 {
-		t.Errorf("TxSuperframes %d TxFrames %d, want 0 and 4", s.TxSuperframes, s.TxFrames)
+	if _, err := n.s.VXLANSuperframes(); err != nil {
+		t.Fatalf("one failure turned the path off: %v", err)
 	}
-	if err := n.s.VXLANSuperframesFailure(); err == nil {
-		t.Error("VXLANSuperframesFailure: nil after a failed send")
+	setFail(errors.New("write: invalid argument"))
+	for i := range maxSuperframeFails {
+		n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+		waitDrops(uint64(2 + i))
+	}
+	setFail(nil)
+	n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	got, _ := n.vx.wait(t, 5)
+	if len(got) != 5 || len(innerOf(t, got[4])) != 1040 {
+		t.Fatalf("after %d failures in a row: %d datagrams, want the whole one and then 4 segments", maxSuperframeFails, len(got))
+	}
+	if s := n.stats("vxlan"); s.TxSuperframes != 1 {
+		t.Errorf("TxSuperframes %d, want 1", s.TxSuperframes)
+	}
+	if _, err := n.s.VXLANSuperframes(); err == nil {
+		t.Error("VXLANSuperframes: no failure after 3 failed sends in a row")
+	}
+}
+
+// The tunnel closing under a send (DetachTunnel) is no failure of the path.
+func TestPodToVXLANWholeClosed(t *testing.T) {
+	n, sf := newWholeNet(t)
+	sf.mu.Lock()
+	sf.fail = os.ErrClosed
+	sf.mu.Unlock()
+	for range maxSuperframeFails + 1 {
+		n.a.dev.offer(superframe(n.a, "10.0.2.9", 4000, 1000))
+	}
+	for deadline := time.Now().Add(5 * time.Second); n.stats("vxlan").Drops["egress-error"] != maxSuperframeFails+1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("vxlan drops %v", n.stats("vxlan").Drops)
+		}
+	}
+	if _, err := n.s.VXLANSuperframes(); err != nil {
+		t.Errorf("VXLANSuperframes after sends to a closed TAP: %v, want nil", err)
 	}
 }
 
@@ -190,8 +234,8 @@ func TestPodToVXLANWholeBroken(t *testing.T) {
 	if s := n.stats("vxlan"); s.TxSuperframes != 1 {
 		t.Errorf("TxSuperframes = %d, want 1", s.TxSuperframes)
 	}
-	if err := n.s.VXLANSuperframesFailure(); err == nil || err.Error() != "the kernel forwarded 0 datagrams" {
-		t.Errorf("VXLANSuperframesFailure: %v, want the tunnel's error", err)
+	if attached, err := n.s.VXLANSuperframes(); !attached || err == nil || err.Error() != "the kernel forwarded 0 datagrams" {
+		t.Errorf("VXLANSuperframes: %v, %v, want attached and the tunnel's error", attached, err)
 	}
 }
 
@@ -211,5 +255,30 @@ func TestVXLANWholeToPod(t *testing.T) {
 	}
 	if s := n.stats("vxlan"); s.GSOFrames != 1 || len(s.Drops) != 0 {
 		t.Errorf("vxlan GSOFrames %d drops %v, want 1 and none", s.GSOFrames, s.Drops)
+	}
+}
+
+// A datagram bigger than the tunnel carries that is no whole superframe
+// (a complete checksum: reassembled from fragments) is checked like any
+// other: passed on as a plain packet when right, dropped when wrong.
+func TestVXLANBigNotWhole(t *testing.T) {
+	n := newFakeNet(t)
+	ip := ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 3000, df: false}.build()
+	n.vx.offer(nodeVXLAN, vxlanDatagram(ip, encap.DefaultVNI))
+	frames, _ := n.b.dev.wait(t, 1)
+	h, got := podRx(t, n.b, frames[0])
+	if h.GSOType != packet.GSONone || len(got) != len(ip) {
+		t.Errorf("pod b got %d bytes with %+v, want %d as a plain packet", len(got), h, len(ip))
+	}
+	bad := append([]byte(nil), ip...)
+	bad[len(bad)-1] ^= 0xff
+	n.vx.offer(nodeVXLAN, vxlanDatagram(bad, encap.DefaultVNI))
+	for deadline := time.Now().Add(5 * time.Second); n.stats("vxlan").Drops["bad-inner-checksum"] != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("vxlan drops %v, want bad-inner-checksum", n.stats("vxlan").Drops)
+		}
+	}
+	if s := n.stats("vxlan"); s.GSOFrames != 0 {
+		t.Errorf("GSOFrames = %d, want 0", s.GSOFrames)
 	}
 }

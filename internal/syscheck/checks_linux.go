@@ -314,13 +314,17 @@ func checkUDPOffload() Result {
 func checkVXLANSuperframes() Result {
 	const name = "vxlan-superframes"
 	if err := encap.CheckUDPTunnelGSO(); err != nil {
-		return warn(name, "VXLAN TCP superframes are cut in userspace: "+err.Error(), "use Linux 6.17 or later for VXLAN at about twice the speed")
+		fix := "use Linux 6.17 or later for VXLAN at about twice the speed"
+		if !errors.Is(err, encap.ErrNoUDPTunnelGSO) {
+			fix = "see the tun check: the daemon needs /dev/net/tun and CAP_NET_ADMIN"
+		}
+		return warn(name, "VXLAN TCP superframes are cut in userspace: "+err.Error(), fix)
 	}
 	if n, err := sysctlInt("net.ipv4.conf.all.rp_filter"); err == nil && n == 1 {
 		return warn(name, "the kernel takes VXLAN superframes from a TAP, but net.ipv4.conf.all.rp_filter is 1 (strict), which drops them: they are cut in userspace",
 			"set net.ipv4.conf.all.rp_filter to 2 (loose) or 0")
 	}
-	return ok(name, "TAPs take UDP-tunnel superframes: VXLAN TCP superframes leave whole through podnetvx0 (the node must forward from it: a FORWARD chain that drops it turns this off)")
+	return ok(name, "TAPs take UDP-tunnel superframes: the daemon sends VXLAN TCP superframes whole through podnetvx0 unless --vxlan-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
 }
 
 // checkAFPacket opens what `podnet capture underlay` opens.
