@@ -104,26 +104,54 @@ var ErrNoUDPTunnelGSO = errors.New("the kernel's TAP driver has no UDP-tunnel se
 // "pncheck<N>"; it goes away when the check closes it) and asks. nil:
 // they do; ErrNoUDPTunnelGSO: they do not.
 func CheckUDPTunnelGSO() error {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, _, err := openTunnelTap("pncheck%d", 0)
 	if err != nil {
-		return fmt.Errorf("open /dev/net/tun: %w", err)
+		return err
 	}
-	defer unix.Close(fd)
-	ifr, _ := unix.NewIfreq("pncheck%d")
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	unix.Close(fd)
+	return nil
+}
+
+// openTunnelTap creates a TAP with the tunnel virtio-net header in the
+// calling thread's namespace and asks for UDP-tunnel segmentation, with
+// the outer UDP checksum if the kernel has it (udpCsum). extra adds TUN
+// flags (IFF_TUN_EXCL).
+func openTunnelTap(name string, extra uint16) (fd int, udpCsum bool, err error) {
+	fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, false, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return -1, false, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | extra)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return fmt.Errorf("TUNSETIFF: %w", err)
+		return -1, false, fmt.Errorf("TUNSETIFF: %w", err)
 	}
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetTunnelHdrLen); err != nil {
-		return fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+		return -1, false, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
 	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
-		if errors.Is(err, unix.EINVAL) {
-			return ErrNoUDPTunnelGSO
+	// With the outer UDP checksum if the kernel can: receivers' GRO
+	// merges no datagrams whose checksum is zero.
+	udpCsum = true
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum); err != nil {
+		udpCsum = false
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return -1, false, ErrNoUDPTunnelGSO
+			}
+			return -1, false, fmt.Errorf("TUNSETOFFLOAD: %w", err)
 		}
-		return fmt.Errorf("TUNSETOFFLOAD: %w", err)
 	}
-	return nil
+	ok = true
+	return fd, udpCsum, nil
 }
 
 // OpenVXLANTap creates the TAP name in the calling thread's network
@@ -134,9 +162,9 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 	if !local.Is4() || local.IsUnspecified() {
 		return nil, fmt.Errorf("vxlan tap %q: local address %s is not a unicast IPv4 address", name, local)
 	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, udpCsum, err := openTunnelTap(name, unix.IFF_TUN_EXCL)
 	if err != nil {
-		return nil, fmt.Errorf("vxlan tap %q: open /dev/net/tun: %w", name, err)
+		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
 	}
 	ok := false
 	defer func() {
@@ -144,29 +172,6 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 			unix.Close(fd)
 		}
 	}()
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
-	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_TUN_EXCL)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return nil, fmt.Errorf("vxlan tap %q: TUNSETIFF: %w", name, err)
-	}
-	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetTunnelHdrLen); err != nil {
-		return nil, fmt.Errorf("vxlan tap %q: TUNSETVNETHDRSZ: %w", name, err)
-	}
-	// With the outer UDP checksum if the kernel can: receivers' GRO
-	// merges no datagrams whose checksum is zero.
-	udpCsum := true
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum); err != nil {
-		udpCsum = false
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, vxlanTapOffloadFlags); err != nil {
-			if errors.Is(err, unix.EINVAL) {
-				return nil, fmt.Errorf("vxlan tap %q: %w", name, ErrNoUDPTunnelGSO)
-			}
-			return nil, fmt.Errorf("vxlan tap %q: TUNSETOFFLOAD: %w", name, err)
-		}
-	}
 	t := &VXLANTap{name: name, fd: fd, local: local.As4(), udpCsum: udpCsum, stop: make(chan struct{})}
 	if err := t.configure(); err != nil {
 		return nil, err

@@ -51,6 +51,21 @@ func openTap(t testing.TB, ns string, local netip.Addr) (*VXLANTap, bool) {
 	return tap, true
 }
 
+// probedTap is an underlay whose node A has a VXLANTap that passed its
+// probe; false on a kernel before 6.17 (openTap checked the refusal).
+func probedTap(t testing.TB) (*underlay, *VXLANTap, bool) {
+	t.Helper()
+	u := newVXLANUnderlay(t)
+	tap, ok := openTap(t, u.nsA, u.addrA)
+	if !ok {
+		return nil, nil, false
+	}
+	if err := netnsutil.Do(u.nsA, tap.Probe); err != nil {
+		t.Fatalf("Probe: %v", err)
+	}
+	return u, tap, true
+}
+
 // tcpSuperframe builds, at packet.Headroom in a buffer, a TCP superframe
 // from 10.0.0.1 to 10.0.0.2 with payload bytes (byte i is i*7), sequence
 // number seq and a partial checksum, as a pod's kernel hands one over, and
@@ -118,13 +133,9 @@ func readDatagrams(t testing.TB, c *VXLANConn, want int) ([][]byte, []netip.Addr
 // tunnels, the kernel cuts it into datagrams of the inner MSS, in order,
 // that together carry the same bytes.
 func TestVXLANTapSuperframe(t *testing.T) {
-	u := newVXLANUnderlay(t)
-	tap, ok := openTap(t, u.nsA, u.addrA)
+	u, tap, ok := probedTap(t)
 	if !ok {
 		return
-	}
-	if err := netnsutil.Do(u.nsA, tap.Probe); err != nil {
-		t.Fatalf("Probe: %v", err)
 	}
 	rx := listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB})
 	const payload, mss, sport = 20000, 1400, 40000
@@ -262,13 +273,9 @@ func checkSegment(d []byte, i, mss int, seq0 uint32) error {
 // delivered locally) but not the superframes: the forwarding watch sees
 // that and Err says so. Without it, the same superframes pass the watch.
 func TestVXLANTapForwardingWatch(t *testing.T) {
-	u := newVXLANUnderlay(t)
-	tap, ok := openTap(t, u.nsA, u.addrA)
+	u, tap, ok := probedTap(t)
 	if !ok {
 		return
-	}
-	if err := netnsutil.Do(u.nsA, tap.Probe); err != nil {
-		t.Fatalf("Probe: %v", err)
 	}
 	tap.stopWatch() // the test drives checkForwarding itself
 	rx := listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB})
