@@ -21,8 +21,12 @@ const (
 	// the datastore client's and BGP's keepalive and retry goroutines).
 	GoroutineSlack = 20
 	// FDSlack is the same rule for the daemon's open file descriptors (a
-	// TAP or socket leaked per pod would add one per added pod).
-	FDSlack = 10
+	// TAP or socket leaked per pod would add one per added pod). It leaves
+	// room for an encapsulation the churn switched away from, whose
+	// descriptors stay open for its grace period: VXLAN's are 11 (its
+	// socket, 8 sender sockets, the superframe TAP and the /proc file its
+	// forwarding watch reads).
+	FDSlack = 16
 	// RSSGrowthMax: the median RSS of the last quarter of the churn
 	// samples may exceed the median of the second quarter by at most this
 	// fraction. The first quarter is skipped because the heap is still

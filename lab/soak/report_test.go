@@ -75,7 +75,7 @@ func TestFailures(t *testing.T) {
 	}{
 		{"passing at every bound", func(*Report) {}, "", ""},
 		{"goroutines grew", func(r *Report) { r.Daemons[0].End.Goroutines = 91 }, RuleGoroutines, "daemon worker1: goroutines 70 at the start, 91 at the end (bound start+20)"},
-		{"fds grew", func(r *Report) { r.Daemons[1].End.FDs = 41 }, RuleFDs, "daemon worker2: open fds 30 at the start, 41 at the end (bound start+10)"},
+		{"fds grew", func(r *Report) { r.Daemons[1].End.FDs = 47 }, RuleFDs, "daemon worker2: open fds 30 at the start, 47 at the end (bound start+16)"},
 		{"no end reading", func(r *Report) { r.Daemons[1].End = Sample{} }, RuleHarness, "daemon worker2: no start or end reading of goroutines"},
 		{"rss grew", func(r *Report) { r.Daemons[0].Churn = rss(100, 100, 100, 100, 120, 120, 126, 126) },
 			RuleRSS, "daemon worker1: RSS grew 26% from the second to the last quarter (bound 25%)"},
