@@ -1,10 +1,12 @@
 package syscheck
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -325,6 +327,61 @@ func checkVXLANSuperframes() Result {
 			"set net.ipv4.conf.all.rp_filter to 2 (loose) or 0")
 	}
 	return ok(name, "TAPs take UDP-tunnel superframes: the daemon sends VXLAN TCP superframes whole through podnetvx0 unless --vxlan-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
+}
+
+// checkForwardFirewall looks for nftables chains on the forward hook
+// whose policy is drop (Docker sets one): the node's kernel forwards
+// routed pools' packets (from and to podnet0) and VXLAN superframes (from
+// podnetvx0), and such a chain drops them unless a rule accepts them.
+// listChains returns `nft -j list chains` of the namespace to look at.
+func checkForwardFirewall(listChains func() ([]byte, error)) Result {
+	const name = "forward-firewall"
+	out, err := listChains()
+	if errors.Is(err, exec.ErrNotFound) {
+		return ok(name, "nft is not installed: forward-hook chains not looked at")
+	}
+	if err != nil {
+		return warn(name, "nft -j list chains: "+err.Error(), "run as root to let checksystem read the ruleset")
+	}
+	var doc struct {
+		Nftables []struct {
+			Chain *struct {
+				Family, Table, Name, Hook, Policy string
+			} `json:"chain"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return warn(name, "nft -j list chains: "+err.Error(), "")
+	}
+	var dropping []string
+	for _, e := range doc.Nftables {
+		if c := e.Chain; c != nil && c.Hook == "forward" && c.Policy == "drop" {
+			dropping = append(dropping, c.Family+" "+c.Table+" "+c.Name)
+		}
+	}
+	if len(dropping) > 0 {
+		return warn(name, "forward chain(s) with policy drop: "+strings.Join(dropping, ", ")+
+			"; unless their rules accept them, packets of routed pools (podnet0) and VXLAN superframes (podnetvx0, which the daemon then stops using) are dropped",
+			"accept in those chains what comes in on podnet0 and podnetvx0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0 } accept")
+	}
+	return ok(name, "no nftables forward chain drops by default")
+}
+
+// nftListChains runs `nft -j list chains` in the caller's namespace.
+func nftListChains() ([]byte, error) {
+	path, err := exec.LookPath("nft")
+	if err != nil {
+		return nil, err
+	}
+	out, err := exec.Command(path, "-j", "list", "chains").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+			return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return nil, err
+	}
+	return out, nil
 }
 
 // checkAFPacket opens what `podnet capture underlay` opens.

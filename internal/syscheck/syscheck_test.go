@@ -126,3 +126,37 @@ func TestVXLANSuperframesCheck(t *testing.T) {
 		t.Fatalf("strict rp_filter: %+v, want a warning naming rp_filter, with a fix", r)
 	}
 }
+
+// TestForwardFirewallCheck: a forward-hook chain whose policy is drop, as
+// nft lists it in a namespace, is named; without one the check is OK.
+func TestForwardFirewallCheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: it makes a namespace and nftables chains")
+	}
+	name := nettest.UniqueName("fwc")
+	nettest.Netns(t, name)
+	nft := func(args ...string) ([]byte, error) {
+		return exec.Command("ip", append([]string{"netns", "exec", name, "nft"}, args...)...).Output()
+	}
+	list := func() ([]byte, error) { return nft("-j", "list", "chains") }
+	if r := checkForwardFirewall(list); r.Status != OK {
+		t.Fatalf("no chains: %+v, want OK", r)
+	}
+	for _, args := range [][]string{
+		{"add", "table", "ip", "filter"},
+		{"add", "chain", "ip", "filter", "FORWARD", "{ type filter hook forward priority 0 ; policy accept ; }"},
+		{"add", "table", "inet", "fw"},
+		{"add", "chain", "inet", "fw", "fwd_drop", "{ type filter hook forward priority 10 ; policy drop ; }"},
+	} {
+		if out, err := nft(args...); err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+	}
+	r := checkForwardFirewall(list)
+	if r.Status != Warn || !strings.Contains(r.Detail, "inet fw fwd_drop") || strings.Contains(r.Detail, "FORWARD") || r.Fix == "" {
+		t.Fatalf("a dropping forward chain: %+v, want a warning naming inet fw fwd_drop only, with a fix", r)
+	}
+	if r := checkForwardFirewall(func() ([]byte, error) { return nil, exec.ErrNotFound }); r.Status != OK {
+		t.Errorf("without nft: %+v, want OK (nothing to look at)", r)
+	}
+}
