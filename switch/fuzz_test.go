@@ -12,13 +12,16 @@ import (
 // end to end through forward, shape and the egresses (in-memory ports):
 // whatever a pod, the host or another node sends, the switch must not
 // panic, and everything it writes must be a whole IPv4 packet (pods:
-// inside an Ethernet frame) whose header it could parse.
+// inside an Ethernet frame) whose header it could parse. Its VXLAN
+// tunnel sends superframes whole: each one it hands over must be one a
+// kernel can segment again.
 func FuzzForward(f *testing.F) {
-	n := newFakeNet(f)
+	n, sf := newWholeNet(f)
 	pod := func(ip []byte) []byte { return podFrame(n.a, ip) }
 	udp := ipSpec{src: "10.0.0.1", dst: "10.0.0.2", payload: 20}.build()
 	f.Add(uint8(0), pod(udp))
 	f.Add(uint8(0), superframe(n.a, "10.0.1.5", 3000, 1000))
+	f.Add(uint8(0), superframe(n.a, "10.0.2.5", 3000, 1000))
 	f.Add(uint8(0), superframe(n.a, "198.51.100.1", 2000, 500))
 	f.Add(uint8(1), ipSpec{src: "172.16.0.1", dst: "10.0.0.1", proto: "tcp", payload: 100}.build())
 	f.Add(uint8(2), ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", ttl: 1}.build()))
@@ -45,6 +48,7 @@ func FuzzForward(f *testing.F) {
 		for _, s := range []*fakeSink{&n.a.dev.fakeSink, &n.b.dev.fakeSink, &n.c.dev.fakeSink, &n.d.dev.fakeSink, &n.host.fakeSink, &n.ipip.fakeSink, &n.vx.fakeSink, &n.nat.fakeSink} {
 			s.reset()
 		}
+		sf.reset()
 		clear(buf)
 		size := copy(buf[packet.Headroom:], data)
 		fw.begin()
@@ -77,6 +81,13 @@ func FuzzForward(f *testing.F) {
 		}
 		for _, d := range n.vx.snapshot() {
 			checkIPv4(t, d[encap.VXLANHeaderLen+ethLen:])
+		}
+		sf.mu.Lock()
+		defer sf.mu.Unlock()
+		for i, inner := range sf.inners {
+			if len(inner) > encap.MaxVXLANTapInner || !encap.WholeTCPSuperframe(inner, sf.gsos[i]) {
+				t.Fatalf("sent whole a superframe of %d bytes with %+v that a kernel cannot segment", len(inner), sf.gsos[i])
+			}
 		}
 	})
 }

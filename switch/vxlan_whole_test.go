@@ -24,6 +24,7 @@ type fakeSuperframes struct {
 	mu       sync.Mutex
 	srcPorts []uint16
 	gsos     []packet.VirtioNetHdr
+	inners   [][]byte // the inner IPv4 packet of each frame
 	fail     error // Send returns it
 	broken   error // Err returns it
 }
@@ -35,6 +36,7 @@ func (f *fakeSuperframes) Frame(buf []byte, start int, dst netip.AddrPort, srcPo
 	f.mu.Lock()
 	f.srcPorts = append(f.srcPorts, srcPort)
 	f.gsos = append(f.gsos, gso)
+	f.inners = append(f.inners, append([]byte(nil), buf[start+encap.VXLANHeaderLen+ethLen:]...))
 	f.mu.Unlock()
 	frame := buf[start-encap.VXLANTapHeadroom:]
 	// Mark the frame as Frame's own, as the real one fills this with a
@@ -66,9 +68,16 @@ func (f *fakeSuperframes) Send(frame []byte) error {
 	return nil
 }
 
+// reset forgets what Frame saw.
+func (f *fakeSuperframes) reset() {
+	f.mu.Lock()
+	f.srcPorts, f.gsos, f.inners = f.srcPorts[:0], f.gsos[:0], f.inners[:0]
+	f.mu.Unlock()
+}
+
 // newWholeNet is newFakeNet whose VXLAN tunnel sends superframes whole
 // through sf.
-func newWholeNet(t *testing.T) (*fakeNet, *fakeSuperframes) {
+func newWholeNet(t testing.TB) (*fakeNet, *fakeSuperframes) {
 	t.Helper()
 	n := newFakeNet(t)
 	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
@@ -83,7 +92,7 @@ func newWholeNet(t *testing.T) (*fakeNet, *fakeSuperframes) {
 }
 
 // innerOf returns the inner IPv4 packet of a VXLAN datagram.
-func innerOf(t *testing.T, d []byte) packet.IPv4 {
+func innerOf(t testing.TB, d []byte) packet.IPv4 {
 	t.Helper()
 	eth, r := encap.DecapVXLAN(d, encap.DefaultVNI)
 	if r != encap.DecapOK {
