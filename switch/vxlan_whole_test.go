@@ -25,8 +25,8 @@ type fakeSuperframes struct {
 	srcPorts []uint16
 	gsos     []packet.VirtioNetHdr
 	inners   [][]byte // the inner IPv4 packet of each frame
-	fail     error // Send returns it
-	broken   error // Err returns it
+	fail     error    // Send returns it
+	broken   error    // Err returns it
 }
 
 func (f *fakeSuperframes) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint16, gso packet.VirtioNetHdr) ([]byte, bool) {
