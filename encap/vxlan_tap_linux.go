@@ -42,7 +42,8 @@ import (
 // rp_filter on "all" (it overrides the TAP's own) fails the probe.
 // A firewall that drops forwarded traffic (a FORWARD chain with policy
 // drop) passes it; the TAP then watches the namespace's count of packets
-// transmitted, and Err reports when far fewer left than it wrote. Either way the switch goes back to segmenting in userspace.
+// transmitted, and Err reports when far fewer left than it wrote. Either
+// way the switch goes back to segmenting in userspace.
 type VXLANTap struct {
 	name    string
 	fd      int
@@ -282,22 +283,19 @@ func (t *VXLANTap) transmitted() (uint64, error) {
 	return 0, errors.New("no Ip: OutTransmits in /proc/net/snmp (Linux 6.3+)")
 }
 
-// configure brings the link up, learns its MAC (the Ethernet destination
-// of every frame, so the kernel takes them as addressed to it) and sets
-// the sysctls the forwarding needs. The TAP has no address of its own
-// (addressForLooseRPFilter); IPv6 is off on it so the kernel sends nothing
-// into it.
+// configure learns the TAP's MAC (the Ethernet destination of every
+// frame, so the kernel takes them as addressed to it), sets the sysctls
+// the forwarding needs and brings the link up. The TAP gets no address
+// except where addressForLooseRPFilter needs one; IPv6 is off on it so
+// the kernel sends nothing into it.
 func (t *VXLANTap) configure() error {
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	l, err := netlink.LinkByName(t.name)
 	if err != nil {
 		return fmt.Errorf("vxlan tap %q: %w", t.name, err)
 	}
-	defer unix.Close(s)
-	ifc, err := net.InterfaceByName(t.name)
-	if err != nil || len(ifc.HardwareAddr) != len(t.mac) {
-		return fmt.Errorf("vxlan tap %q: no MAC address: %v", t.name, err)
+	if copy(t.mac[:], l.Attrs().HardwareAddr) != len(t.mac) {
+		return fmt.Errorf("vxlan tap %q: no MAC address", t.name)
 	}
-	copy(t.mac[:], ifc.HardwareAddr)
 	// IPv6 first, while the link is down: no router solicitation leaves.
 	writeSysctl("net/ipv6/conf/"+t.name+"/disable_ipv6", "1") // absent without IPv6
 	for _, kv := range [][2]string{
@@ -309,15 +307,10 @@ func (t *VXLANTap) configure() error {
 			return fmt.Errorf("vxlan tap %q: %w", t.name, err)
 		}
 	}
-	if err := t.addressForLooseRPFilter(); err != nil {
+	if err := t.addressForLooseRPFilter(l); err != nil {
 		return fmt.Errorf("vxlan tap %q: %w", t.name, err)
 	}
-	ifr, _ := unix.NewIfreq(t.name)
-	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("vxlan tap %q: SIOCGIFFLAGS: %w", t.name, err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
+	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("vxlan tap %q: set up: %w", t.name, err)
 	}
 	return nil
@@ -330,14 +323,10 @@ func (t *VXLANTap) configure() error {
 // 0. The node already has that address, so this adds no route and no
 // address the node did not answer for. A strict "all" (1) cannot be
 // helped: the node's address is not routed via the TAP (Probe fails).
-func (t *VXLANTap) addressForLooseRPFilter() error {
+func (t *VXLANTap) addressForLooseRPFilter(l netlink.Link) error {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
 	if err != nil || strings.TrimSpace(string(b)) != "2" {
 		return nil
-	}
-	l, err := netlink.LinkByName(t.name)
-	if err != nil {
-		return err
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(t.local[:]), Mask: net.CIDRMask(32, 32)},
 		Scope: unix.RT_SCOPE_HOST, Flags: unix.IFA_F_NOPREFIXROUTE}
@@ -402,41 +391,53 @@ func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint
 	binary.LittleEndian.PutUint16(h[20:], outerUDP-outerEth)
 	binary.LittleEndian.PutUint16(h[22:], innerNH)
 
-	eth := packet.Ethernet(f[outerEth:outerIP])
+	// The kernel numbers the segments from this ID on (DF is clear).
+	id := uint16(t.ipID.Add(uint32(segs)) - uint32(segs))
+	d := dst.Addr().As4()
+	u := t.writeOuter(f, d, srcPort, dst.Port(), id)
+	// With udpCsum the field holds the pseudo-header sum over the whole,
+	// which the kernel adjusts per segment and completes; without, zero
+	// (RFC 7348 allows it): the inner TCP checksum covers the payload.
+	if t.udpCsum {
+		udpLen := uint16(len(f) - outerUDP)
+		binary.BigEndian.PutUint16(u[6:], packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, t.local, d, udpLen)))
+	}
+	return f, true
+}
+
+// writeOuter writes, after the virtio-net header at the start of frame f,
+// the Ethernet header to the TAP's own MAC and the outer IPv4 (from the
+// node, DF clear, TTL 64, IP ID id) and UDP headers (zero checksum), their
+// lengths covering the rest of f, and returns the UDP header.
+func (t *VXLANTap) writeOuter(f []byte, dst [4]byte, srcPort, dstPort, id uint16) []byte {
+	const (
+		outerIP  = vnetTunnelHdrLen + packet.EthernetHeaderLen
+		outerUDP = outerIP + packet.IPv4MinHeaderLen
+	)
+	eth := packet.Ethernet(f[vnetTunnelHdrLen:outerIP])
 	eth.SetDst(packet.MAC(t.mac))
 	eth.SetSrc(packet.MAC(t.mac))
 	eth.SetEtherType(packet.EtherTypeIPv4)
 
 	ip := f[outerIP:outerUDP]
-	total := len(f) - outerIP
 	ip[0] = 0x45
 	ip[1] = 0
-	binary.BigEndian.PutUint16(ip[2:], uint16(total))
-	// The kernel numbers the segments from this ID on (DF is clear).
-	binary.BigEndian.PutUint16(ip[4:], uint16(t.ipID.Add(uint32(segs))-uint32(segs)))
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-outerIP))
+	binary.BigEndian.PutUint16(ip[4:], id)
 	binary.BigEndian.PutUint16(ip[6:], 0) // DF clear, as the VXLAN socket sends
 	ip[8] = vxlanTapOuterTTL
 	ip[9] = packet.ProtoUDP
 	binary.BigEndian.PutUint16(ip[10:], 0)
 	copy(ip[12:16], t.local[:])
-	d := dst.Addr().As4()
-	copy(ip[16:20], d[:])
+	copy(ip[16:20], dst[:])
 	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
 
-	u := f[outerUDP:vxlan]
-	udpLen := uint16(total - packet.IPv4MinHeaderLen)
+	u := f[outerUDP : outerUDP+udpHeaderLen]
 	binary.BigEndian.PutUint16(u[0:], srcPort)
-	binary.BigEndian.PutUint16(u[2:], dst.Port())
-	binary.BigEndian.PutUint16(u[4:], udpLen)
-	// With udpCsum the field holds the pseudo-header sum over the whole,
-	// which the kernel adjusts per segment and completes; without, zero
-	// (RFC 7348 allows it): the inner TCP checksum covers the payload.
-	var c uint16
-	if t.udpCsum {
-		c = packet.Fold(packet.PseudoHeaderSum(packet.ProtoUDP, t.local, d, udpLen))
-	}
-	binary.BigEndian.PutUint16(u[6:], c)
-	return f, true
+	binary.BigEndian.PutUint16(u[2:], dstPort)
+	binary.BigEndian.PutUint16(u[4:], uint16(len(f)-outerUDP))
+	binary.BigEndian.PutUint16(u[6:], 0)
+	return u
 }
 
 // tcpChecksumOffset is where the checksum sits in a TCP header.
@@ -503,28 +504,9 @@ func (t *VXLANTap) Probe() error {
 	}
 	var nonce [8]byte
 	binary.BigEndian.PutUint64(nonce[:], uint64(time.Now().UnixNano()))
-	const (
-		ipOff  = vnetTunnelHdrLen + packet.EthernetHeaderLen
-		udpOff = ipOff + packet.IPv4MinHeaderLen
-	)
-	f := make([]byte, udpOff+udpHeaderLen+len(nonce))
-	eth := packet.Ethernet(f[vnetTunnelHdrLen:ipOff])
-	eth.SetDst(packet.MAC(t.mac))
-	eth.SetSrc(packet.MAC(t.mac))
-	eth.SetEtherType(packet.EtherTypeIPv4)
-	ip := f[ipOff:udpOff]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-ipOff))
-	ip[8] = vxlanTapOuterTTL
-	ip[9] = packet.ProtoUDP
-	copy(ip[12:16], t.local[:])
-	copy(ip[16:20], t.local[:])
-	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
-	u := f[udpOff:]
-	binary.BigEndian.PutUint16(u[0:], uint16(port))
-	binary.BigEndian.PutUint16(u[2:], uint16(port))
-	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
-	copy(u[udpHeaderLen:], nonce[:])
+	f := make([]byte, VXLANTapHeadroom+len(nonce))
+	t.writeOuter(f, t.local, uint16(port), uint16(port), 0)
+	copy(f[VXLANTapHeadroom:], nonce[:])
 	if err := t.write(f); err != nil {
 		return err
 	}

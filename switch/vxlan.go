@@ -223,18 +223,19 @@ func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, 
 	if perr != packet.ParseOK {
 		return src, 0, 0, DropBadInner
 	}
-	if len(inner) <= t.maxInner || !isWhole(inner, t.maxInner) {
-		if !repairPartialChecksum(inner) {
-			return src, 0, 0, DropBadInnerChecksum
-		}
+	if !isWhole(inner, t.maxInner) && !repairPartialChecksum(inner) {
+		return src, 0, 0, DropBadInnerChecksum
 	}
 	return src, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
 }
 
-// isWhole says whether inner, bigger than a datagram carries, is a TCP
-// superframe sent whole (its checksum partial), not one reassembled from
-// fragments.
+// isWhole says whether inner is bigger than a datagram carries and a TCP
+// superframe sent whole (its checksum partial), not a packet reassembled
+// from fragments.
 func isWhole(inner packet.IPv4, maxInner int) bool {
+	if len(inner) <= maxInner {
+		return false
+	}
 	_, ok := packet.KernelSuperpacket(inner, maxInner)
 	return ok
 }
@@ -262,10 +263,9 @@ type vxlanSender struct {
 // order: UDP payloads for the socket, and whole superframes (whole[i]),
 // complete frames for the tunnel's VXLANSuperframes.
 type vxQueue struct {
-	pkts   [][]byte
-	dsts   []netip.AddrPort
-	whole  []bool
-	nwhole int
+	pkts  [][]byte
+	dsts  []netip.AddrPort
+	whole []bool
 }
 
 // Queue writes the inner Ethernet header (between the VTEP MACs) and the
@@ -300,20 +300,10 @@ func (s *vxlanSender) Queue(buf []byte, ip, n int, gso packet.VirtioNetHdr, r *r
 	}
 	q.dsts = append(q.dsts, dst)
 	q.whole = append(q.whole, whole)
-	q.nwhole += btoi(whole)
 	return true
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// Flush sends each socket's datagrams in one call, or, when superframes
-// are queued among them, the runs between them in one call each and the
-// superframes in order, so a flow's packets leave in the order they came.
+// Flush sends each socket's queue (flushQueue).
 func (s *vxlanSender) Flush() (queued, sent, bytes, superframes int, err error) {
 	var errs []error
 	queued, s.refused = s.refused, 0
@@ -329,22 +319,14 @@ func (s *vxlanSender) Flush() (queued, sent, bytes, superframes int, err error) 
 			}
 			bytes += len(b)
 		}
-		if q.nwhole == 0 {
-			n, err := s.t.senders[i].WriteBatch(q.pkts, q.dsts)
-			sent += n
-			if err != nil {
-				errs = append(errs, err)
-			}
-		} else {
-			n, sf, err := s.flushMixed(i, q)
-			sent += n
-			superframes += sf
-			if err != nil {
-				errs = append(errs, err)
-			}
+		n, sf, err := s.flushQueue(i, q)
+		sent += n
+		superframes += sf
+		if err != nil {
+			errs = append(errs, err)
 		}
 		clear(q.pkts)
-		q.pkts, q.dsts, q.whole, q.nwhole = q.pkts[:0], q.dsts[:0], q.whole[:0], 0
+		q.pkts, q.dsts, q.whole = q.pkts[:0], q.dsts[:0], q.whole[:0]
 	}
 	if len(errs) > 0 {
 		err = errors.Join(errs...)
@@ -352,8 +334,11 @@ func (s *vxlanSender) Flush() (queued, sent, bytes, superframes int, err error) 
 	return queued, sent, bytes, superframes, err
 }
 
-// flushMixed sends queue q of sender i, which holds superframes.
-func (s *vxlanSender) flushMixed(i int, q *vxQueue) (sent, superframes int, err error) {
+// flushQueue sends queue q of sender i in order: the datagrams in one
+// call, or, when superframes are queued among them, the runs between them
+// in one call each and the superframes in their place, so a flow's packets
+// leave in the order they came.
+func (s *vxlanSender) flushQueue(i int, q *vxQueue) (sent, superframes int, err error) {
 	var errs []error
 	run := 0 // first datagram not sent yet
 	for j := 0; j <= len(q.pkts); j++ {
