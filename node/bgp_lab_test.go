@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,13 +51,21 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() strin
 	}
 }
 
+// peersErrLogged holds the last error peersOf logged, per test and node.
+var peersErrLogged sync.Map
+
 // peersOf is the node's BGP sessions, or none while its speaker restarts
 // (every caller is a waitFor condition, which then retries).
 func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
 	t.Helper()
 	var p []bgp.PeerStatus
 	if err := nodeClient(t, l, nodeName).Get(nodeapi.PathBGPPeers, &p); err != nil {
-		t.Logf("node status on %s: %v (retrying)", nodeName, err)
+		// Logged when it changes: a retry loop over a daemon that died
+		// would otherwise fill the test's output with one line.
+		key := t.Name() + "/" + nodeName
+		if last, _ := peersErrLogged.Swap(key, err.Error()); last != err.Error() {
+			t.Logf("node status on %s: %v (retrying)", nodeName, err)
+		}
 		return nil
 	}
 	return p

@@ -111,8 +111,8 @@ func TestDesiredPeersDialListenPort(t *testing.T) {
 		{
 			name: "peerSelector reflector side", me: rr, others: []*api.Node{w1, w2}, peers: []*api.BGPPeer{toRR},
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.1"), Port: 178, ASN: as, Type: PeerNode, RRClient: true},
-				{Address: addr("10.0.0.2"), Port: 1179, ASN: as, Type: PeerNode, RRClient: true},
+				{Address: addr("10.0.0.1"), Port: 178, ASN: as, Type: PeerNode, RRClient: true, Passive: true},
+				{Address: addr("10.0.0.2"), Port: 1179, ASN: as, Type: PeerNode, RRClient: true, Passive: true},
 			},
 		},
 	}

@@ -31,6 +31,12 @@ const (
 //     the BGPPeer applies to. This is how a route reflector learns its
 //     clients.
 //
+// A session between two nodes, of the mesh or of a peerSelector (both
+// ends configure it), is dialled by the lower address only: two ends
+// dialling at once collide, which costs seconds of back-off and, inside
+// gobgp v4.8.0, is resolved with a data race. A peerIP session dials,
+// since the router there may be configured to wait.
+//
 // A route reflector (a node with a cluster ID) treats the non-reflector
 // nodes it peers with as its clients. A session with another node dials
 // the port that node listens on (settings.ListenPort).
@@ -62,7 +68,8 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 					continue
 				}
 				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerNode,
-					Password: peerPassword(s.Password), RRClient: IsRouteReflector(self) && !IsRouteReflector(o)}
+					Password: peerPassword(s.Password), RRClient: IsRouteReflector(self) && !IsRouteReflector(o),
+					Passive: myAddr.Compare(p.Addr()) > 0}
 			}
 		}
 		typ := PeerGlobal
@@ -97,6 +104,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				pe := base
 				pe.Address, pe.Port, pe.ASN = p.Addr(), settings.ListenPort(o.Name), NodeASN(o, globalASN)
 				pe.RRClient = IsRouteReflector(self) && !IsRouteReflector(o)
+				pe.Passive = myAddr.Compare(pe.Address) > 0
 				byAddr[pe.Address] = pe
 			}
 			continue

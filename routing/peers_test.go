@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -101,8 +102,9 @@ func TestDesiredPeers(t *testing.T) {
 			name: "reflector side: reverse peering with clients", me: rr, others: []*api.Node{w1, w2, w3, rr2},
 			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "rack == 'r1'", "role == 'rr'" })},
 			want: []bgp.Peer{
-				{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerNode, RRClient: true},
-				{Address: addr("10.0.0.2"), Port: 179, ASN: as, Type: PeerNode, RRClient: true},
+				// The reflector's address is the higher: its clients dial.
+				{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerNode, RRClient: true, Passive: true},
+				{Address: addr("10.0.0.2"), Port: 179, ASN: as, Type: PeerNode, RRClient: true, Passive: true},
 				// rr2 matches the peerSelector but not the nodeSelector: the
 				// BGPPeer does not apply to rr, so no session.
 			},
@@ -170,5 +172,58 @@ func TestPeerPassword(t *testing.T) {
 		})}, NewBGPSettings([]*api.BGPConfiguration{globalConfig(false)}))
 	if len(got) != 1 || got[0].Password != "s3cret" {
 		t.Fatalf("got %+v, want one peer with password s3cret", got)
+	}
+}
+
+// TestNodeSessionsOneEndDials: of every session two nodes both configure,
+// whichever BGPPeer or the mesh made it, exactly one end dials. (Both
+// dialling collide; see DesiredPeers.)
+func TestNodeSessionsOneEndDials(t *testing.T) {
+	nodes := []*api.Node{
+		node("w1", "10.0.0.1/24", "rack", "r1"),
+		node("w2", "10.0.0.2/24", "rack", "r1"),
+		node("w3", "10.0.1.3/24", "rack", "r2"),
+		reflector(node("rr", "10.0.0.9/24", "role", "rr"), "1.1.1.1"),
+		reflector(node("rr2", "10.0.0.8/24", "role", "rr"), "1.1.1.1"),
+	}
+	cases := []struct {
+		name  string
+		mesh  bool
+		peers []*api.BGPPeer
+	}{
+		{name: "mesh", mesh: true},
+		{name: "reflectors", peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "!has(role)", "role == 'rr'" })}},
+		{name: "reflectors and mesh", mesh: true, peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.PeerSelector = "has(role)" })}},
+		{name: "everyone by selector", peers: []*api.BGPPeer{bgpPeer("all", func(s *api.BGPPeerSpec) { s.PeerSelector = "all()" })}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			sessions := map[[2]netip.Addr]bgp.Peer{} // [me, peer]
+			for _, me := range nodes {
+				var others []*api.Node
+				for _, o := range nodes {
+					if o != me {
+						others = append(others, o)
+					}
+				}
+				p, _ := NodeAddr(me)
+				for _, s := range DesiredPeers(me.Name, p.Addr(), me, others, c.peers, NewBGPSettings([]*api.BGPConfiguration{globalConfig(c.mesh)})) {
+					sessions[[2]netip.Addr{p.Addr(), s.Address}] = s
+				}
+			}
+			if len(sessions) == 0 {
+				t.Fatal("no sessions at all")
+			}
+			for k, s := range sessions {
+				back, ok := sessions[[2]netip.Addr{k[1], k[0]}]
+				if !ok {
+					t.Errorf("%v peers with %v, which does not peer back", k[0], k[1])
+					continue
+				}
+				if s.Passive == back.Passive {
+					t.Errorf("%v and %v: both Passive=%v, want exactly one end dialling", k[0], k[1], s.Passive)
+				}
+			}
+		})
 	}
 }

@@ -186,6 +186,30 @@ func logDaemons(t *testing.T, l *lab.Lab) {
 		}
 		t.Logf("labtest: last lines of %s (%s):\n\t%s", n.Log, n.Name, strings.Join(lines, "\n\t"))
 	}
+	// Last, where a shortened test log keeps them: a daemon that died of a
+	// panic or of a race the race detector found wrote why before its
+	// last lines, which may be only the goroutine dump.
+	for _, n := range l.Status().Nodes {
+		if lines := crashReport(n.Log, 80); len(lines) > 0 {
+			t.Logf("labtest: %s's daemon crashed; from %s:\n\t%s", n.Name, n.Log, strings.Join(lines, "\n\t"))
+		}
+	}
+}
+
+// crashReport returns up to n lines of path from its first panic, fatal
+// error or data race report, or nothing when it has none.
+func crashReport(path string, n int) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	for i, ln := range lines {
+		if strings.HasPrefix(ln, "panic: ") || strings.HasPrefix(ln, "fatal error: ") || strings.HasPrefix(ln, "WARNING: DATA RACE") {
+			return lines[i:min(i+n, len(lines))]
+		}
+	}
+	return nil
 }
 
 // goBinary is the go command: from PATH, else where the Go
