@@ -149,9 +149,10 @@ type batchConn struct {
 	readFn func(fd uintptr) bool
 
 	// GRO only: recvmmsg reads into scratch (groSlotSize per slot), and
-	// ReadBatch copies segments out into the caller's buffers. Segments
-	// that did not fit stay pending for the next ReadBatch, which returns
-	// them without a syscall.
+	// ReadBatch copies segments out into the caller's buffers, unless
+	// datagrams come one per slot (readGRO). Segments that did not fit
+	// stay pending for the next ReadBatch, which returns them without a
+	// syscall.
 	scratch []byte
 	rsize   []int // per slot: bytes received
 	rseg    []int // per slot: segment size (rsize when not coalesced)
@@ -159,6 +160,11 @@ type batchConn struct {
 	pend    int // slots holding data from the last recvmmsg
 	pslot   int // next slot to split
 	poff    int // offset of the next segment in that slot
+	// direct: the next batch is read straight into the caller's buffers
+	// (readDirect); plain counts scratch batches in a row that held no
+	// coalesced datagrams.
+	direct bool
+	plain  int
 
 	srcs   []netip.Addr // source of each datagram of the last ReadBatch
 	sports []uint16
@@ -347,6 +353,7 @@ func (c *batchConn) open(s socketSpec) error {
 		c.rsize = make([]int, batch)
 		c.rseg = make([]int, batch)
 		c.rsrc = make([]netip.AddrPort, batch)
+		c.direct = true
 	}
 	// Each header points at its own address, control buffer and (for
 	// reads, and for GRO's scratch) iovec for the life of the conn; per

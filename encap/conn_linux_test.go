@@ -334,6 +334,106 @@ func TestBatchConnGROSplit(t *testing.T) {
 	}
 }
 
+// TestBatchConnGRODirect: with UDP_GRO on, datagrams that come one per
+// slot are read straight into the caller's buffers (the scratch stays
+// untouched); a batch with a coalesced slot in the middle comes out
+// whole and in order, and turns the scratch on; directAfter batches
+// without coalesced slots turn it off again. Buffers too small for a
+// slot always go through the scratch.
+func TestBatchConnGRODirect(t *testing.T) {
+	ns, _ := coreNetns(t)
+	plain := openCore(t, ns, udpSpec(false, false))
+	gso := openCore(t, ns, udpSpec(true, false))
+	b := openCore(t, ns, udpSpec(false, true))
+	if !gso.gso.Load() || !b.gro {
+		t.Fatalf("offloads: GSO %v, GRO %v; want both (kernel %s)", gso.gso.Load(), b.gro, osRelease())
+	}
+	send := func(c *batchConn, pkts [][]byte) {
+		t.Helper()
+		dsts := make([]netip.AddrPort, len(pkts))
+		for i := range dsts {
+			dsts[i] = b.local
+		}
+		if n, err := c.writeToAddrPorts(pkts, dsts); n != len(pkts) || err != nil {
+			t.Fatalf("write: got (%d, %v), want (%d, nil)", n, err, len(pkts))
+		}
+	}
+	check := func(what string, got, want [][]byte) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: got %d datagrams, want %d", what, len(got), len(want))
+		}
+		for i := range got {
+			if string(got[i]) != string(want[i]) {
+				t.Errorf("%s: datagram %d: got %d bytes, want %d", what, i, len(got[i]), len(want[i]))
+			}
+		}
+	}
+	sentinel := func() {
+		for i := range b.scratch {
+			b.scratch[i] = 0xa5
+		}
+	}
+	untouched := func() bool {
+		for _, v := range b.scratch {
+			if v != 0xa5 {
+				return false
+			}
+		}
+		return true
+	}
+
+	// One per slot: straight into the buffers.
+	sentinel()
+	pkts := numbered(100, 1400, 9000, 60000)
+	send(plain, pkts)
+	got, _, _ := readCore(t, b, len(pkts), 64, 0)
+	check("one per slot", got, pkts)
+	if !b.direct || !untouched() {
+		t.Errorf("one per slot: direct %v, scratch untouched %v; want both", b.direct, untouched())
+	}
+
+	// plain, a coalesced burst, plain, queued before the read: one
+	// recvmmsg returns them in three slots.
+	want := numbered(append(append([]int{700}, repeat(5, 300)...), 800)...)
+	send(plain, want[:1])
+	send(gso, want[1:6])
+	send(plain, want[6:])
+	got, _, coalesced := readCore(t, b, len(want), 64, 0)
+	check("coalesced in the middle", got, want)
+	if !coalesced || b.direct {
+		t.Errorf("coalesced in the middle: coalesced %v, direct %v; want true, false", coalesced, b.direct)
+	}
+
+	// directAfter batches of one datagram each turn direct reads on again.
+	for i := range directAfter {
+		if b.direct {
+			t.Fatalf("direct again after %d plain batches, want %d", i, directAfter)
+		}
+		p := numbered(200 + i)
+		send(plain, p)
+		got, _, _ := readCore(t, b, 1, 64, 0)
+		check("plain batch", got, p)
+	}
+	if !b.direct {
+		t.Errorf("not direct after %d plain batches", directAfter)
+	}
+
+	// Buffers smaller than a slot: the scratch, whatever the mode.
+	sentinel()
+	p := numbered(500)
+	send(plain, p)
+	bufs, sizes := readBufs(4, 2048), make([]int, 4)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := b.ReadBatch(bufs, sizes, 0)
+	if err != nil || n != 1 || string(bufs[0][:sizes[0]]) != string(p[0]) {
+		t.Fatalf("small buffers: got (%d, %v), want the datagram", n, err)
+	}
+	if untouched() {
+		t.Errorf("small buffers: the scratch was not used")
+	}
+}
+
 // TestBatchConnPartialSend puts an unroutable destination in the middle
 // of a batch: sendmmsg stops there and returns the count before it, the
 // core pins the error on that packet and sends the rest, in order.
@@ -784,12 +884,16 @@ func TestOpenErrors(t *testing.T) {
 func TestBatchConnAllocs(t *testing.T) {
 	ns, _ := coreNetns(t)
 	for _, tt := range []struct {
-		name string
-		spec socketSpec
+		name   string
+		spec   socketSpec
+		buf    int
+		direct bool // read straight into the buffers (readDirect)
 	}{
-		{"raw", rawSpec()},
-		{"udp-gso-gro", udpSpec(true, true)},
-		{"udp-plain", udpSpec(false, false)},
+		{"raw", rawSpec(), 2048, false},
+		{"udp-gso-gro", udpSpec(true, true), 2048, false},
+		// Sent one by one, read into 64-KiB buffers.
+		{"udp-gro-direct", udpSpec(false, true), 1 << 16, true},
+		{"udp-plain", udpSpec(false, false), 2048, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			a := openCore(t, ns, tt.spec)
@@ -807,7 +911,7 @@ func TestBatchConnAllocs(t *testing.T) {
 				}
 				return a.writeToAddrPorts(pkts, ports)
 			}
-			bufs := readBufs(b.BatchSize(), 2048)
+			bufs := readBufs(b.BatchSize(), tt.buf)
 			sizes := make([]int, len(bufs))
 			// Warm up: one round trip, so the poller and both cores are set up.
 			if n, err := write(); n != per || err != nil {
@@ -838,6 +942,9 @@ func TestBatchConnAllocs(t *testing.T) {
 			})
 			if allocs != 0 {
 				t.Errorf("ReadBatch allocs per run: got %v, want 0", allocs)
+			}
+			if b.gro && b.direct != tt.direct {
+				t.Errorf("read straight into the buffers: %v, want %v", b.direct, tt.direct)
 			}
 		})
 	}

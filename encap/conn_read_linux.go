@@ -70,29 +70,107 @@ func (c *batchConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 }
 
 // readGRO is ReadBatch with UDP_GRO on: split what is pending, or read a
-// new batch into scratch and split that.
+// new batch and split that.
+//
+// A batch is read straight into the caller's buffers while datagrams
+// arrive one per slot (a VXLAN superframe sent whole is one datagram, and
+// so is everything on an underlay whose kernel merges nothing); that saves
+// copying every byte out of the scratch. The first slot that holds
+// coalesced datagrams switches the conn to the scratch (see
+// readDirect); directAfter batches in a row without one switch it back.
 func (c *batchConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, error) {
 	if c.pslot >= c.pend {
 		c.pend, c.pslot, c.poff = 0, 0, 0
+		if c.direct && fitsSlots(bufs[:n], offset) {
+			return c.readDirect(bufs, sizes, offset, n)
+		}
 		// Each slot yields at least one datagram, so n slots never
 		// produce fewer than n, and leftovers wait in pend.
 		got, err := c.recv(n)
 		if got == 0 {
 			return 0, err
 		}
-		for j := range got {
-			size := int(c.rhdrs[j].Len)
-			seg := groSegment(c.rctrl[j][:], c.rhdrs[j].Hdr.Controllen)
-			if seg <= 0 || seg > size {
-				seg = size // not coalesced
-			}
-			c.rsize[j], c.rseg[j] = size, seg
-			a, p := sockaddrInet4(&c.rnames[j], c.rhdrs[j].Hdr.Namelen)
-			c.rsrc[j] = netip.AddrPortFrom(a, p)
-		}
+		coalesced := c.noteSlots(got)
 		c.pend = got
+		if coalesced {
+			c.plain = 0
+		} else if c.plain++; c.plain >= directAfter {
+			c.direct, c.plain = true, 0
+		}
 	}
-	out := 0
+	return c.split(bufs, sizes, offset, 0, n), nil
+}
+
+// directAfter is how many batches in a row must come without coalesced
+// datagrams before reads go straight into the caller's buffers again.
+const directAfter = 16
+
+// readDirect reads up to n slots straight into bufs. Slots that each hold
+// one datagram are done as they are. From the first that holds coalesced
+// ones on, the slots are copied into the scratch and split from there,
+// as if read into it, and later batches use the scratch again.
+func (c *batchConn) readDirect(bufs [][]byte, sizes []int, offset, n int) (int, error) {
+	for i := range n {
+		c.riovs[i].Base = &bufs[i][offset]
+		c.riovs[i].SetLen(groSlotSize)
+	}
+	got, err := c.recv(n)
+	c.noteSlots(got)
+	first := got // the first slot with coalesced datagrams
+	for j := range got {
+		if c.rseg[j] < c.rsize[j] {
+			first = j
+			break
+		}
+	}
+	for j := range got {
+		if j >= first {
+			copy(c.scratch[j*groSlotSize:], bufs[j][offset:offset+c.rsize[j]])
+			continue
+		}
+		sizes[j] = c.rsize[j]
+		c.srcs[j], c.sports[j] = c.rsrc[j].Addr(), c.rsrc[j].Port()
+	}
+	// Point the slots at the scratch again: the conn keeps no reference
+	// to the caller's buffers after the call.
+	for i := range n {
+		c.riovs[i].Base = &c.scratch[i*groSlotSize]
+	}
+	if got == 0 {
+		return 0, err
+	}
+	out := first
+	if first < got {
+		c.direct = false
+		c.pend, c.pslot = got, first
+		out = c.split(bufs, sizes, offset, first, n)
+	}
+	c.nsrc = out
+	return out, nil
+}
+
+// noteSlots records the size, segment size and source of the first got
+// slots recvmmsg filled, and reports whether any holds coalesced
+// datagrams.
+func (c *batchConn) noteSlots(got int) bool {
+	coalesced := false
+	for j := range got {
+		size := int(c.rhdrs[j].Len)
+		seg := groSegment(c.rctrl[j][:], c.rhdrs[j].Hdr.Controllen)
+		if seg <= 0 || seg > size {
+			seg = size // not coalesced
+		}
+		coalesced = coalesced || seg < size
+		c.rsize[j], c.rseg[j] = size, seg
+		a, p := sockaddrInet4(&c.rnames[j], c.rhdrs[j].Hdr.Namelen)
+		c.rsrc[j] = netip.AddrPortFrom(a, p)
+	}
+	return coalesced
+}
+
+// split copies pending segments out of the scratch into bufs[out:n], in
+// arrival order, and returns how many of bufs hold a datagram.
+func (c *batchConn) split(bufs [][]byte, sizes []int, offset, out, n int) int {
 	for out < n && c.pslot < c.pend {
 		j := c.pslot
 		size := c.rsize[j]
@@ -108,7 +186,18 @@ func (c *batchConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, err
 		}
 	}
 	c.nsrc = out
-	return out, nil
+	return out
+}
+
+// fitsSlots says whether every buffer has room for a whole slot after
+// offset, as a direct read needs.
+func fitsSlots(bufs [][]byte, offset int) bool {
+	for _, b := range bufs {
+		if len(b)-offset < groSlotSize {
+			return false
+		}
+	}
+	return true
 }
 
 // recv runs one recvmmsg over the first n slots, waiting for data, and
