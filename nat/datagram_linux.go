@@ -20,8 +20,8 @@ const (
 	// dgramHeadroom is room for the IPv4 and UDP headers in front of a
 	// datagram read from a host socket, so replies are built in place.
 	dgramHeadroom = packet.IPv4MinHeaderLen + packet.UDPHeaderLen
-	// dgramBufSize holds the largest IPv4 datagram.
-	dgramBufSize = 65535
+	// dgramBufSize holds the largest IPv4 datagram, after DeliverRoom.
+	dgramBufSize = DeliverRoom + 65535
 	// errQuoteMax is how much of an ICMP error's quote is kept: enough for
 	// the 576-byte error the pod gets (RFC 1812 §4.3.2.3).
 	errQuoteMax = packet.ICMPErrorMaxLen
@@ -330,7 +330,7 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	}
 	buf := dgramPool.Get().(*[dgramBufSize]byte)
 	defer dgramPool.Put(buf)
-	nr, oobn, flags, err := recvmsg(fd, buf[dgramHeadroom:], oob, unix.MSG_DONTWAIT)
+	nr, oobn, flags, err := recvmsg(fd, buf[DeliverRoom+dgramHeadroom:], oob, unix.MSG_DONTWAIT)
 	if errors.Is(err, unix.EAGAIN) {
 		return false
 	}
@@ -347,9 +347,10 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	}
 	var pkt []byte
 	var hdr packet.VirtioNetHdr
+	start := DeliverRoom // of the IPv4 header built in front of the payload
 	switch f.key.proto {
 	case packet.ProtoUDP:
-		pkt = buf[:dgramHeadroom+nr]
+		pkt = buf[start : DeliverRoom+dgramHeadroom+nr]
 		ip := packet.IPv4(pkt)
 		seg := udpoffload.GROSize(oob[:oobn])
 		if seg <= 0 || seg >= nr {
@@ -381,8 +382,8 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 		if nr < packet.ICMPHeaderLen {
 			return true
 		}
-		start := dgramHeadroom - packet.IPv4MinHeaderLen
-		pkt = buf[start : dgramHeadroom+nr]
+		start += dgramHeadroom - packet.IPv4MinHeaderLen
+		pkt = buf[start : DeliverRoom+dgramHeadroom+nr]
 		m := packet.ICMP(pkt[packet.IPv4MinHeaderLen:])
 		if m.Type() != packet.ICMPEchoReply {
 			return true
@@ -396,7 +397,7 @@ func (n *NAT) readDatagram(f *flow, fd int) bool {
 	}
 	f.bytesIn.Add(uint64(nr))
 	f.touch(n.now())
-	n.cfg.Deliver(pkt, hdr)
+	n.cfg.Deliver(buf[:start+len(pkt)], start, hdr)
 	return true
 }
 
@@ -470,7 +471,7 @@ func (n *NAT) icmpFromErrQueue(f *flow, quote, oob []byte) {
 		n.c.drop(DropICMPError)
 		return
 	}
-	n.cfg.Deliver(out[:m], packet.VirtioNetHdr{})
+	n.cfg.Deliver(out[:m], 0, packet.VirtioNetHdr{})
 }
 
 // parseRecvErr finds the IP_RECVERR control message in oob: struct

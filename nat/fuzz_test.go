@@ -178,7 +178,7 @@ func FuzzICMPErrorToPod(f *testing.F) {
 	f.Add(true, uint16(9), uint16(0), uint32(0x01020304), []byte{0, 0}, uint8(unix.SO_EE_ORIGIN_ICMP), uint8(3), uint8(1), uint32(0), uint32(0), false, []byte{1, 2, 3})
 
 	var got [][]byte
-	n := &NAT{cfg: Config{Deliver: func(pkt []byte, _ packet.VirtioNetHdr) { got = append(got, append([]byte(nil), pkt...)) }}}
+	n := &NAT{cfg: Config{Deliver: func(buf []byte, off int, _ packet.VirtioNetHdr) { got = append(got, append([]byte(nil), buf[off:]...)) }}}
 	f.Fuzz(func(t *testing.T, icmp bool, podPort, remotePort uint16, remote uint32, quote []byte,
 		origin, typ, code uint8, info, offender uint32, withOffender bool, rawOOB []byte) {
 		got = got[:0]

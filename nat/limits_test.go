@@ -133,7 +133,7 @@ func TestSourceAddr(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	deliver := func([]byte, packet.VirtioNetHdr) {}
+	deliver := func([]byte, int, packet.VirtioNetHdr) {}
 	tests := []struct {
 		name string
 		cfg  Config

@@ -57,9 +57,12 @@ type Config struct {
 	// closed, UDP until the pod sends again after a reply, UDPAssured
 	// after that, ICMP to echo flows.
 	TCPEstablished, TCPClosing, UDP, UDPAssured, ICMP time.Duration
-	// Deliver sends an IPv4 packet (destination = a pod) back into the
-	// switch. Required. It must not retain pkt after it returns. It is
-	// called from NAT goroutines, possibly concurrently. hdr is the
+	// Deliver sends an IPv4 packet, buf[off:] (destination = a pod), back
+	// into the switch. Required. The off bytes before the packet are free
+	// for the switch's headers (DeliverRoom of them where NAT can, so that
+	// the packet need not be copied). It must not retain buf after it
+	// returns. It is called from NAT goroutines, possibly concurrently.
+	// hdr is the
 	// packet's offload metadata, offsets counted from the IP header: zero
 	// for a complete packet; for TCP from the netstack, NeedsCsum (the
 	// checksum field holds only the pseudo-header sum) and, for a
@@ -67,7 +70,7 @@ type Config struct {
 	// for UDP replies the kernel merged, NeedsCsum and GSOType UDP_L4
 	// with datagrams of GSOSize bytes. A pod's kernel takes both through
 	// a TAP with offloads.
-	Deliver func(pkt []byte, hdr packet.VirtioNetHdr)
+	Deliver func(buf []byte, off int, hdr packet.VirtioNetHdr)
 	// Logger gets "started"/"stopped" at debug level and rate-limited
 	// errors; nil = slog.Default().
 	Logger *slog.Logger

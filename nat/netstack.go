@@ -25,6 +25,10 @@ const (
 	// packet a pod cannot take, and the switch has already cut pods' GSO
 	// superframes down to their MTU.
 	linkMTU = 65535
+	// DeliverRoom is the room NAT leaves before the packets it delivers
+	// from the netstack and from host sockets (Config.Deliver): the
+	// switch's, for writing them to a pod in place.
+	DeliverRoom = packet.Headroom
 	// linkQueueLen is the channel endpoint's outbound queue, in packets.
 	// When routineNetstackOut falls behind, the netstack's writes fail
 	// with ErrNoBufferSpace and TCP retransmits.
@@ -135,19 +139,19 @@ func (n *NAT) routineNetstackOut() {
 	defer n.wg.Done()
 	n.log.Debug("netstack output started")
 	defer n.log.Debug("netstack output stopped")
-	scratch := make([]byte, 0, linkMTU)
+	scratch := make([]byte, DeliverRoom, DeliverRoom+linkMTU)
 	for {
 		pkb := n.link.ReadContext(n.ctx)
 		if pkb == nil {
 			return
 		}
-		b := scratch[:0]
+		b := scratch[:DeliverRoom]
 		for _, v := range pkb.AsSlices() {
 			b = append(b, v...)
 		}
 		gso := pkb.GSOOptions
 		pkb.DecRef()
-		ip := packet.IPv4(b)
+		ip := packet.IPv4(b[DeliverRoom:])
 		if ip.Validate() != packet.ParseOK {
 			n.c.drop(DropNetstackOut)
 			continue
@@ -158,7 +162,7 @@ func (n *NAT) routineNetstackOut() {
 			n.c.drop(DropNetstackOut)
 			continue
 		}
-		n.cfg.Deliver(ip, hdr)
+		n.cfg.Deliver(b[:DeliverRoom+len(ip)], DeliverRoom, hdr)
 	}
 }
 

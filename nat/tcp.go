@@ -198,7 +198,7 @@ func (n *NAT) tcpUnreachable(k flowKey, seq uint32) {
 		n.c.drop(DropICMPError)
 		return
 	}
-	n.cfg.Deliver(out[:m], packet.VirtioNetHdr{})
+	n.cfg.Deliver(out[:m], 0, packet.VirtioNetHdr{})
 }
 
 // splice copies one pod connection (netstack side) to and from its host

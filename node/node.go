@@ -265,7 +265,7 @@ func (n *Node) Run(ctx context.Context) error {
 	s.appliedMTU = s.podMTU(n.cfg.PodMTU)
 	n.enableForwarding()
 	ncfg := n.cfg.NAT
-	ncfg.Deliver = n.sw.Inject
+	ncfg.Deliver = n.sw.InjectInPlace
 	ncfg.Logger = n.log.With("component", "nat")
 	if n.nat, err = nat.New(ncfg); err != nil {
 		return fmt.Errorf("start NAT outgoing: %w", err)

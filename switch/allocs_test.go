@@ -145,6 +145,10 @@ func TestForwardAllocsInMemory(t *testing.T) {
 		{"superframe over vxlan (cut: too big whole)", fromA(superframe(src, "10.0.2.9", encap.MaxVXLANTapInner, 1400))},
 		{"superframe to nat", fromA(superframe(src, "198.51.100.1", 8000, 1000))},
 		{"nat superframe injected to pod", func(*forwarder, []byte) { s.Inject(injected, injectedHdr) }},
+		{"nat superframe injected in place", func(_ *forwarder, buf []byte) {
+			n := copy(buf[packet.Headroom:], injected)
+			s.InjectInPlace(buf[:packet.Headroom+n], packet.Headroom, injectedHdr)
+		}},
 		{"vxlan to pod (GRO)", func(f *forwarder, buf []byte) {
 			n := copy(buf[packet.Headroom:], segs)
 			f.fromTunnel(vxPort, 0, buf, packet.Headroom, n)

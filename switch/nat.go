@@ -102,13 +102,20 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 // it gets it as it is; for one that does not, it is completed or cut into
 // segments here. Inject copies pkt; safe for concurrent use. Packets for
 // anything but a local pod are dropped and counted on the host port.
-func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
+func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) { s.InjectInPlace(pkt, 0, hdr) }
+
+// InjectInPlace is Inject for the packet buf[off:] whose sender leaves
+// the off bytes before it free: with at least packet.Headroom of them,
+// the Ethernet and virtio-net headers are written there and the packet
+// goes out without a copy (a download through NAT is one copy lighter).
+// buf is the switch's until InjectInPlace returns.
+func (s *Switch) InjectInPlace(buf []byte, off int, hdr packet.VirtioNetHdr) {
 	var in ingress = &s.noHost
 	if h := s.host.Load(); h != nil {
 		in = h
 	}
-	ip := packet.IPv4(pkt)
-	if ip.Validate() != packet.ParseOK || len(pkt) > packet.MaxFrameLen-ethLen {
+	ip := packet.IPv4(buf[off:])
+	if ip.Validate() != packet.ParseOK || len(ip) > packet.MaxFrameLen-ethLen {
 		in.stats().drop(DropBadIPVersion)
 		return
 	}
@@ -124,6 +131,10 @@ func (s *Switch) Inject(pkt []byte, hdr packet.VirtioNetHdr) {
 	}
 	if !h.eg.caps().takes(hdr) {
 		s.injectSegments(in, ip, hdr, h)
+		return
+	}
+	if off >= packet.Headroom {
+		h.eg.send(nil, in, packetRef{buf: buf, ip: off, n: len(ip), gso: hdr}, h)
 		return
 	}
 	b := s.injectPool.Get()

@@ -860,6 +860,35 @@ func TestInjectSuperframe(t *testing.T) {
 	}
 }
 
+// InjectInPlace writes the headers into the room its caller left and
+// sends the packet from there; with too little room it copies, as Inject
+// does, and leaves the caller's bytes alone.
+func TestInjectInPlace(t *testing.T) {
+	n := newFakeNet(t)
+	ip, hdr := injectedSuperframe("10.0.0.1")
+	buf := append(make([]byte, packet.Headroom), ip...)
+	n.s.InjectInPlace(buf, packet.Headroom, hdr)
+	frames, _ := n.a.dev.wait(t, 1)
+	if h, got := podRx(t, n.a, frames[0]); h != toL2(hdr) || !bytes.Equal(got, ip) {
+		t.Errorf("in place: pod got %d bytes with %+v, want the %d-byte superframe with %+v", len(got), h, len(ip), toL2(hdr))
+	}
+	eth := packet.Ethernet(buf[packet.Headroom-ethLen : packet.Headroom])
+	if eth.Dst() != n.a.mac || eth.EtherType() != packet.EtherTypeIPv4 {
+		t.Errorf("in place: no Ethernet header in the room before the packet (% x): it was copied", eth)
+	}
+
+	short := append(make([]byte, 16), ip...)
+	before := append([]byte(nil), short...)
+	n.s.InjectInPlace(short, 16, hdr)
+	frames, _ = n.a.dev.wait(t, 2)
+	if _, got := podRx(t, n.a, frames[1]); !bytes.Equal(got, ip) {
+		t.Errorf("16 bytes of room: pod got %d bytes, want the superframe", len(got))
+	}
+	if !bytes.Equal(short, before) {
+		t.Errorf("16 bytes of room: the caller's buffer was written to")
+	}
+}
+
 // NAT's replies to a UDP flow can be a UDP superframe (the host socket
 // read them coalesced): a pod whose TAP takes them gets it whole, another
 // the datagrams, each complete.
