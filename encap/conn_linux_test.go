@@ -404,6 +404,18 @@ func TestBatchConnGRODirect(t *testing.T) {
 	if !coalesced || b.direct {
 		t.Errorf("coalesced in the middle: coalesced %v, direct %v; want true, false", coalesced, b.direct)
 	}
+	if b.nsrc != len(want) {
+		t.Fatalf("coalesced in the middle: the last read returned %d datagrams, want all %d in one", b.nsrc, len(want))
+	}
+	for i, port := range b.sports[:b.nsrc] {
+		from := plain
+		if i >= 1 && i <= 5 {
+			from = gso
+		}
+		if port != from.local.Port() {
+			t.Errorf("coalesced in the middle: datagram %d from port %d, want %d", i, port, from.local.Port())
+		}
+	}
 
 	// directAfter batches of one datagram each turn direct reads on again.
 	for i := range directAfter {
@@ -419,11 +431,34 @@ func TestBatchConnGRODirect(t *testing.T) {
 		t.Errorf("not direct after %d plain batches", directAfter)
 	}
 
+	// At an offset, as the switch reads (room for headers before each).
+	sentinel()
+	const off = 128
+	pkts = numbered(300, 65000)
+	send(plain, pkts)
+	bufs, sizes := readBufs(4, off+1<<16), make([]int, 4)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for got := 0; got < len(pkts); {
+		n, err := b.ReadBatch(bufs, sizes, off)
+		if err != nil {
+			t.Fatalf("at offset %d: %v", off, err)
+		}
+		for i := range n {
+			if string(bufs[i][off:off+sizes[i]]) != string(pkts[got]) {
+				t.Errorf("at offset %d: datagram %d: got %d bytes, want %d", off, got, sizes[i], len(pkts[got]))
+			}
+			got++
+		}
+	}
+	if !b.direct || !untouched() {
+		t.Errorf("at offset %d: direct %v, scratch untouched %v; want both", off, b.direct, untouched())
+	}
+
 	// Buffers smaller than a slot: the scratch, whatever the mode.
 	sentinel()
 	p := numbered(500)
 	send(plain, p)
-	bufs, sizes := readBufs(4, 2048), make([]int, 4)
+	bufs, sizes = readBufs(4, 2048), make([]int, 4)
 	b.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, err := b.ReadBatch(bufs, sizes, 0)
 	if err != nil || n != 1 || string(bufs[0][:sizes[0]]) != string(p[0]) {

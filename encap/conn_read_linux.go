@@ -18,11 +18,14 @@ import (
 // one recvmmsg. Sources reports where each came from.
 //
 // Without GRO the kernel writes straight into the caller's buffers. With
-// UDP GRO one slot can hold up to 64 coalesced datagrams, so recvmmsg
-// reads into the conn's own 64 KiB-per-slot scratch and ReadBatch copies
-// each datagram into its own buffer, in arrival order. Datagrams that do
-// not fit in this call's buffers stay queued in the conn, and the next
-// ReadBatch returns them first without a syscall.
+// UDP GRO one slot can hold up to 64 coalesced datagrams: while slots
+// hold one datagram each, the kernel still writes straight into the
+// caller's buffers (if each has 64 KiB after offset); once one holds
+// coalesced datagrams, recvmmsg reads into the conn's own
+// 64 KiB-per-slot scratch and ReadBatch copies each datagram into its own
+// buffer, in arrival order (readGRO). Datagrams that do not fit in this
+// call's buffers stay queued in the conn, and the next ReadBatch returns
+// them first without a syscall.
 //
 // A datagram longer than its buffer is cut short (the rest is lost). Size
 // buffers for 64 KiB (packet.BufferSize): GRO on the underlay NIC can

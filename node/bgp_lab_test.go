@@ -68,6 +68,7 @@ func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
 		}
 		return nil
 	}
+	peersErrLogged.Delete(t.Name() + "/" + nodeName)
 	return p
 }
 

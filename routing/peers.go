@@ -31,11 +31,12 @@ const (
 //     the BGPPeer applies to. This is how a route reflector learns its
 //     clients.
 //
-// A session between two nodes, of the mesh or of a peerSelector (both
-// ends configure it), is dialled by the lower address only: two ends
-// dialling at once collide, which costs seconds of back-off and, inside
-// gobgp v4.8.0, is resolved with a data race. A peerIP session dials,
-// since the router there may be configured to wait.
+// A session between two nodes (of the mesh, of a peerSelector, or a
+// peerIP that is another node's address) is dialled by the lower address
+// only: two ends dialling at once collide, which costs seconds of
+// back-off and, inside gobgp v4.8.0, is resolved with a data race. A
+// peerIP session to anything else dials, since the router there may be
+// configured to wait.
 //
 // A route reflector (a node with a cluster ID) treats the non-reflector
 // nodes it peers with as its clients. A session with another node dials
@@ -115,6 +116,11 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 		}
 		pe := base
 		pe.Address, pe.Port, pe.ASN = addr, port, uint32(s.ASNumber)
+		if isNodeAddr(others, addr) {
+			// Another node, which peers back (its mesh, a selector or a
+			// peerIP of its own) or not at all: the lower address dials.
+			pe.Passive = myAddr.Compare(addr) > 0
+		}
 		byAddr[addr] = pe
 	}
 	// Two route reflectors of one cluster, or a reflector and its
@@ -138,6 +144,16 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 	}
 	slices.SortFunc(out, func(a, b bgp.Peer) int { return a.Address.Compare(b.Address) })
 	return out
+}
+
+// isNodeAddr says whether addr is the address of one of nodes.
+func isNodeAddr(nodes []*api.Node, addr netip.Addr) bool {
+	for _, o := range nodes {
+		if p, ok := NodeAddr(o); ok && p.Addr() == addr {
+			return true
+		}
+	}
+	return false
 }
 
 // appliesTo says whether BGPPeer spec s configures sessions on node nd.

@@ -195,6 +195,16 @@ func TestNodeSessionsOneEndDials(t *testing.T) {
 		{name: "reflectors", peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "!has(role)", "role == 'rr'" })}},
 		{name: "reflectors and mesh", mesh: true, peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.PeerSelector = "has(role)" })}},
 		{name: "everyone by selector", peers: []*api.BGPPeer{bgpPeer("all", func(s *api.BGPPeerSpec) { s.PeerSelector = "all()" })}},
+		// A peerIP that is another node's address, on one side only: the
+		// other side has the session from the mesh.
+		{name: "peerIP to a node, mesh back", mesh: true, peers: []*api.BGPPeer{
+			bgpPeer("rr-to-w1", func(s *api.BGPPeerSpec) { s.Node, s.PeerIP, s.ASNumber = "rr", "10.0.0.1", api.DefaultASNumber }),
+			bgpPeer("w2-to-rr2", func(s *api.BGPPeerSpec) { s.Node, s.PeerIP, s.ASNumber = "w2", "10.0.0.8", api.DefaultASNumber }),
+		}},
+		{name: "node and selectors that overlap", peers: []*api.BGPPeer{
+			bgpPeer("r1", func(s *api.BGPPeerSpec) { s.NodeSelector, s.PeerSelector = "rack == 'r1'", "has(rack)" }),
+			bgpPeer("w3", func(s *api.BGPPeerSpec) { s.Node, s.PeerSelector = "w3", "has(role)" }),
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
