@@ -93,7 +93,7 @@ func (c *batchConn) readGRO(bufs [][]byte, sizes []int, offset, n int) (int, err
 		if got == 0 {
 			return 0, err
 		}
-		coalesced := c.noteSlots(got)
+		coalesced := c.noteSlots(got) < got
 		c.pend = got
 		if coalesced {
 			c.plain = 0
@@ -118,14 +118,7 @@ func (c *batchConn) readDirect(bufs [][]byte, sizes []int, offset, n int) (int, 
 		c.riovs[i].SetLen(groSlotSize)
 	}
 	got, err := c.recv(n)
-	c.noteSlots(got)
-	first := got // the first slot with coalesced datagrams
-	for j := range got {
-		if c.rseg[j] < c.rsize[j] {
-			first = j
-			break
-		}
-	}
+	first := c.noteSlots(got)
 	for j := range got {
 		if j >= first {
 			copy(c.scratch[j*groSlotSize:], bufs[j][offset:offset+c.rsize[j]])
@@ -153,22 +146,24 @@ func (c *batchConn) readDirect(bufs [][]byte, sizes []int, offset, n int) (int, 
 }
 
 // noteSlots records the size, segment size and source of the first got
-// slots recvmmsg filled, and reports whether any holds coalesced
-// datagrams.
-func (c *batchConn) noteSlots(got int) bool {
-	coalesced := false
+// slots recvmmsg filled, and returns the first that holds coalesced
+// datagrams (got if none does).
+func (c *batchConn) noteSlots(got int) int {
+	first := got
 	for j := range got {
 		size := int(c.rhdrs[j].Len)
 		seg := groSegment(c.rctrl[j][:], c.rhdrs[j].Hdr.Controllen)
 		if seg <= 0 || seg > size {
 			seg = size // not coalesced
 		}
-		coalesced = coalesced || seg < size
+		if seg < size && first == got {
+			first = j
+		}
 		c.rsize[j], c.rseg[j] = size, seg
 		a, p := sockaddrInet4(&c.rnames[j], c.rhdrs[j].Hdr.Namelen)
 		c.rsrc[j] = netip.AddrPortFrom(a, p)
 	}
-	return coalesced
+	return first
 }
 
 // split copies pending segments out of the scratch into bufs[out:n], in
