@@ -62,14 +62,13 @@ type Config struct {
 	// for the switch's headers (DeliverRoom of them where NAT can, so that
 	// the packet need not be copied). It must not retain buf after it
 	// returns. It is called from NAT goroutines, possibly concurrently.
-	// hdr is the
-	// packet's offload metadata, offsets counted from the IP header: zero
-	// for a complete packet; for TCP from the netstack, NeedsCsum (the
-	// checksum field holds only the pseudo-header sum) and, for a
-	// superframe, GSOType TCPv4 with segments of GSOSize payload bytes;
-	// for UDP replies the kernel merged, NeedsCsum and GSOType UDP_L4
-	// with datagrams of GSOSize bytes. A pod's kernel takes both through
-	// a TAP with offloads.
+	// hdr is the packet's offload metadata, offsets counted from the IP
+	// header: zero for a complete packet; for TCP from the netstack,
+	// NeedsCsum (the checksum field holds only the pseudo-header sum) and,
+	// for a superframe, GSOType TCPv4 with segments of GSOSize payload
+	// bytes; for UDP replies the kernel merged, NeedsCsum and GSOType
+	// UDP_L4 with datagrams of GSOSize bytes. A pod's kernel takes both
+	// through a TAP with offloads.
 	Deliver func(buf []byte, off int, hdr packet.VirtioNetHdr)
 	// Logger gets "started"/"stopped" at debug level and rate-limited
 	// errors; nil = slog.Default().
