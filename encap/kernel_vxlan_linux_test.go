@@ -12,6 +12,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
 	"podnet/internal/packet"
 )
 
@@ -28,9 +29,7 @@ import (
 func kernelVXLAN(t *testing.T, u *underlay) {
 	t.Helper()
 	// No IPv6 on vx0: its router solicitations and DAD would be noise.
-	if out, err := exec.Command("ip", "netns", "exec", u.nameB, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1").CombinedOutput(); err != nil {
-		t.Fatalf("disable IPv6 in %s: %v\n%s", u.nameB, err, out)
-	}
+	nettest.Sysctl(t, u.nameB, "net.ipv6.conf.default.disable_ipv6=1")
 	ip(t, "-n", u.nameB, "link", "add", "vx0", "address", vtepB.String(), "type", "vxlan",
 		"id", "4096", "dstport", "4789", "local", "10.251.0.2", "nolearning")
 	ip(t, "-n", u.nameB, "addr", "add", "192.168.2.1/24", "dev", "vx0")

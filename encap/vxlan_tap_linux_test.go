@@ -13,16 +13,9 @@ import (
 	"time"
 
 	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
 	"podnet/internal/packet"
 )
-
-// sysctlIn sets a sysctl (name=value) in namespace ns.
-func sysctlIn(t testing.TB, ns, kv string) {
-	t.Helper()
-	if out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-q", "-w", kv).CombinedOutput(); err != nil {
-		t.Fatalf("sysctl %s in %s: %v\n%s", kv, ns, err, out)
-	}
-}
 
 // kernelAtLeast reports whether the running kernel is major.minor or newer.
 func kernelAtLeast(t testing.TB, major, minor int) bool {
@@ -349,7 +342,7 @@ func TestVXLANTapForwardingWatch(t *testing.T) {
 // strict rp_filter on "all" overrides the TAP's own setting.
 func TestVXLANTapProbeStrictRPFilter(t *testing.T) {
 	u := newVXLANUnderlay(t)
-	sysctlIn(t, u.nameA, "net.ipv4.conf.all.rp_filter=1")
+	nettest.Sysctl(t, u.nameA, "net.ipv4.conf.all.rp_filter=1")
 	tap, ok := openTap(t, u.nsA, u.addrA)
 	if !ok {
 		return
@@ -365,7 +358,7 @@ func TestVXLANTapProbeStrictRPFilter(t *testing.T) {
 // frame, and superframes get through.
 func TestVXLANTapLooseRPFilter(t *testing.T) {
 	u := newVXLANUnderlay(t)
-	sysctlIn(t, u.nameA, "net.ipv4.conf.all.rp_filter=2")
+	nettest.Sysctl(t, u.nameA, "net.ipv4.conf.all.rp_filter=2")
 	tap, ok := openTap(t, u.nsA, u.addrA)
 	if !ok {
 		return

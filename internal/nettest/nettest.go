@@ -38,6 +38,15 @@ func Netns(t testing.TB, name string) string {
 	return "/run/netns/" + name
 }
 
+// Sysctl sets a sysctl (name=value, as sysctl -w takes it) in the
+// named namespace, failing the test if it cannot.
+func Sysctl(t testing.TB, name, kv string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-q", "-w", kv).CombinedOutput(); err != nil {
+		t.Fatalf("sysctl %s in %s: %v\n%s", kv, name, err, out)
+	}
+}
+
 // UniqueName returns prefix + a short random suffix, for namespace names
 // that do not collide between concurrent test processes.
 func UniqueName(prefix string) string {

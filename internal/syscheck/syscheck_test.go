@@ -118,9 +118,7 @@ func TestVXLANSuperframesCheck(t *testing.T) {
 	if r.Status != OK {
 		t.Fatalf("fresh namespace: %+v, want OK", r)
 	}
-	if out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1").CombinedOutput(); err != nil {
-		t.Fatalf("sysctl: %v\n%s", err, out)
-	}
+	nettest.Sysctl(t, name, "net.ipv4.conf.all.rp_filter=1")
 	run()
 	if r.Status != Warn || !strings.Contains(r.Detail, "rp_filter") || r.Fix == "" {
 		t.Fatalf("strict rp_filter: %+v, want a warning naming rp_filter, with a fix", r)
