@@ -59,16 +59,16 @@ var peersErrLogged sync.Map
 func peersOf(t *testing.T, l *lab.Lab, nodeName string) []bgp.PeerStatus {
 	t.Helper()
 	var p []bgp.PeerStatus
+	key := t.Name() + "/" + nodeName
 	if err := nodeClient(t, l, nodeName).Get(nodeapi.PathBGPPeers, &p); err != nil {
 		// Logged when it changes: a retry loop over a daemon that died
 		// would otherwise fill the test's output with one line.
-		key := t.Name() + "/" + nodeName
 		if last, _ := peersErrLogged.Swap(key, err.Error()); last != err.Error() {
 			t.Logf("node status on %s: %v (retrying)", nodeName, err)
 		}
 		return nil
 	}
-	peersErrLogged.Delete(t.Name() + "/" + nodeName)
+	peersErrLogged.Delete(key)
 	return p
 }
 

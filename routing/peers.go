@@ -43,17 +43,16 @@ const (
 // the port that node listens on (settings.ListenPort).
 func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.Node, peers []*api.BGPPeer, settings BGPSettings) []bgp.Peer {
 	byAddr := map[netip.Addr]bgp.Peer{}
+	// waits says whether the session with another node at addr is the
+	// other end's to dial: the lower address of a pair dials (see above).
+	waits := func(addr netip.Addr) bool { return myAddr.Compare(addr) > 0 }
 	global := settings.Global
 	globalASN := GlobalASN(global)
 	if global.Spec.NodeToNodeMeshEnabled == nil || *global.Spec.NodeToNodeMeshEnabled {
 		for _, o := range others {
 			if p, ok := NodeAddr(o); ok {
-				// Only the lower address of each pair dials: two speakers
-				// dialling each other after a restart collide and back off
-				// (gobgp stays Idle 5 s after a Cease), which can delay
-				// a mesh session by tens of seconds.
 				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerMesh,
-					Passive: myAddr.Compare(p.Addr()) > 0}
+					Passive: waits(p.Addr())}
 			}
 		}
 	}
@@ -70,7 +69,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				}
 				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerNode,
 					Password: peerPassword(s.Password), RRClient: IsRouteReflector(self) && !IsRouteReflector(o),
-					Passive: myAddr.Compare(p.Addr()) > 0}
+					Passive: waits(p.Addr())}
 			}
 		}
 		typ := PeerGlobal
@@ -105,7 +104,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				pe := base
 				pe.Address, pe.Port, pe.ASN = p.Addr(), settings.ListenPort(o.Name), NodeASN(o, globalASN)
 				pe.RRClient = IsRouteReflector(self) && !IsRouteReflector(o)
-				pe.Passive = myAddr.Compare(pe.Address) > 0
+				pe.Passive = waits(pe.Address)
 				byAddr[pe.Address] = pe
 			}
 			continue
@@ -119,7 +118,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 		if isNodeAddr(others, addr) {
 			// Another node, which peers back (its mesh, a selector or a
 			// peerIP of its own) or not at all: the lower address dials.
-			pe.Passive = myAddr.Compare(addr) > 0
+			pe.Passive = waits(addr)
 		}
 		byAddr[addr] = pe
 	}
