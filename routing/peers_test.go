@@ -210,12 +210,7 @@ func TestNodeSessionsOneEndDials(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			sessions := map[[2]netip.Addr]bgp.Peer{} // [me, peer]
 			for _, me := range nodes {
-				var others []*api.Node
-				for _, o := range nodes {
-					if o != me {
-						others = append(others, o)
-					}
-				}
+				_, others := SplitNodes(nodes, me.Name)
 				p, _ := NodeAddr(me)
 				for _, s := range DesiredPeers(me.Name, p.Addr(), me, others, c.peers, NewBGPSettings([]*api.BGPConfiguration{globalConfig(c.mesh)})) {
 					sessions[[2]netip.Addr{p.Addr(), s.Address}] = s
