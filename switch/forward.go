@@ -75,6 +75,10 @@ type forwarder struct {
 	// one destination (route).
 	lastDst netip.Addr
 	lastHop *hop
+	// The last inner source of this batch that passed the reverse-path
+	// check, and the node it came from: a tunnel batch is mostly one
+	// flow's segments.
+	lastSrc, lastSrcNode netip.Addr
 
 	gro     *packet.GRO // packets bound for pods and podnet0, merged per flow
 	groIn   ingress     // where the held segments came from
@@ -97,6 +101,7 @@ func (f *forwarder) begin() {
 	f.now = time.Now()
 	f.fib = f.s.fib.Load()
 	f.lastHop = nil
+	f.lastSrc = netip.Addr{}
 	if n := f.s.nodes.Load(); n != nil {
 		f.nodes = *n
 	} else {
@@ -121,6 +126,20 @@ func (f *forwarder) route(dst netip.Addr) (*hop, bool) {
 		f.lastDst, f.lastHop = dst, h
 	}
 	return h, ok
+}
+
+// routedVia reports whether the FIB routes inner via node, the reverse-path
+// check on what a node sends through a tunnel.
+func (f *forwarder) routedVia(inner, node netip.Addr) bool {
+	if inner == f.lastSrc && node == f.lastSrcNode {
+		return true
+	}
+	h, ok := f.fib.lookup(inner)
+	if !ok || h.r.NextHop != node {
+		return false
+	}
+	f.lastSrc, f.lastSrcNode = inner, node
+	return true
 }
 
 // readLoop is the body of every port reader: read a batch into buffers

@@ -772,6 +772,27 @@ func TestDrops(t *testing.T) {
 	}
 }
 
+// TestInnerSourceCheckedPerPacket sends one tunnel batch from a known
+// node in which a packet from a pod behind it is followed by one claiming
+// another node's pod and one from the first pod again: the reverse-path
+// check remembers a source it accepted, and must not let the second
+// through on the strength of the first.
+func TestInnerSourceCheckedPerPacket(t *testing.T) {
+	n := newFakeNet(t)
+	ok := ipSpec{src: "10.0.1.5", dst: "10.0.0.2"}.build()
+	spoofed := ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build()
+	n.ipip.offer(ipipPacket(nodeIPIP, ok), ipipPacket(nodeIPIP, spoofed), ipipPacket(nodeIPIP, ok))
+	n.waitDrop(t, "ipip", DropForeignInnerSource, 0)
+	n.b.dev.wait(t, 2)
+	time.Sleep(10 * time.Millisecond)
+	if got := n.b.dev.count(); got != 2 {
+		t.Errorf("pod b got %d packets, want the 2 from the pod behind the node", got)
+	}
+	if got := n.stats("ipip").Drops[DropForeignInnerSource.String()]; got != 1 {
+		t.Errorf("%d packets dropped as %s, want 1", got, DropForeignInnerSource)
+	}
+}
+
 // TestEveryDropReasonTested keeps TestDrops complete: each reason the
 // switch counts has a case.
 func TestEveryDropReasonTested(t *testing.T) {

@@ -178,7 +178,7 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 		return
 	}
 	if inner := p.ipv4().Src(); inner != src {
-		if h, ok := f.fib.lookup(inner); !ok || h.r.NextHop != src {
+		if !f.routedVia(inner, src) {
 			t.c.drop(DropForeignInnerSource)
 			return
 		}
