@@ -36,8 +36,11 @@ func TestMaxEntries(t *testing.T) {
 		}
 	}
 	roundTrip("first")
+	// The other flows' source ports lie below the pod stack's ephemeral
+	// range (16000 and up), so none of them is first's flow: a "more"
+	// datagram from first's port would be let through and echoed to it.
 	for i := range max - 1 {
-		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(20000+i)), echo, []byte("fill")), 0)
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(10000+i)), echo, []byte("fill")), 0)
 	}
 	if s := n.Stats(); s.Entries != max {
 		t.Fatalf("entries %d, want %d", s.Entries, max)
@@ -46,7 +49,7 @@ func TestMaxEntries(t *testing.T) {
 	// Many more flows: all refused, nothing grows.
 	const extra = 1000
 	for i := range extra {
-		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(30000+i)), echo, []byte("more")), 0)
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(11000+i)), echo, []byte("more")), 0)
 	}
 	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 99, 1, nil), 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
