@@ -24,6 +24,16 @@ func TestSumMatchesSlow(t *testing.T) {
 			t.Fatalf("len %d off %d initial %#x: got %#04x, want %#04x", n, off, initial, got, want)
 		}
 	}
+	// Every length across the 64-, 8-, 4- and 2-byte steps, at every
+	// alignment.
+	for n := range 260 {
+		for off := range 8 {
+			b := buf[off : off+n]
+			if got, want := Fold(Sum(b, 0xfffe)), slowSum(b, 0xfffe); got != want {
+				t.Fatalf("len %d off %d: got %#04x, want %#04x", n, off, got, want)
+			}
+		}
+	}
 }
 
 func TestSumEdgeCases(t *testing.T) {
