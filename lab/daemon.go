@@ -74,9 +74,6 @@ func (l *Lab) StartDaemon(ctx context.Context, node string) error {
 	return l.waitReady(ctx, node, start)
 }
 
-// spawnDaemon starts `podnet daemon` detached inside node's namespace and
-// records its PID. The process outlives the caller: it has its own session,
-// stdin from /dev/null and its output appended to daemon.log.
 // HandPodNetnsPrefix starts the namespace names of pods that
 // `podnet pod add --new` creates on node of lab name.
 func HandPodNetnsPrefix(lab, node string) string { return lab + "-" + node + "-" }
@@ -84,6 +81,9 @@ func HandPodNetnsPrefix(lab, node string) string { return lab + "-" + node + "-"
 // HandPodNetns is the namespace of such a pod.
 func (l *Lab) HandPodNetns(node, pod string) string { return HandPodNetnsPrefix(l.Name(), node) + pod }
 
+// spawnDaemon starts `podnet daemon` detached inside node's namespace and
+// records its PID. The process outlives the caller: it has its own session,
+// stdin from /dev/null and its output appended to daemon.log.
 func (l *Lab) spawnDaemon(ctx context.Context, node string) error {
 	l.mu.Lock()
 	n := *l.st.node(node)
