@@ -37,8 +37,9 @@ func TestMaxEntries(t *testing.T) {
 	}
 	roundTrip("first")
 	// The other flows' source ports lie below the pod stack's ephemeral
-	// range (16000 and up), so none of them is first's flow: a "more"
-	// datagram from first's port would be let through and echoed to it.
+	// range (16000 and up), so none of them is first's flow: a "fill"
+	// datagram from first's port would leave one entry short, a "more"
+	// one would be let through and echoed to it.
 	for i := range max - 1 {
 		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(10000+i)), echo, []byte("fill")), 0)
 	}

@@ -774,9 +774,10 @@ func TestDrops(t *testing.T) {
 
 // TestInnerSourceCheckedPerPacket sends one tunnel batch from a known
 // node in which a packet from a pod behind it is followed by one claiming
-// another node's pod and one from the first pod again: the reverse-path
-// check remembers a source it accepted, and must not let the second
-// through on the strength of the first.
+// another node's pod and one from the first pod again, then a batch with
+// the first pod's packet from its node and from another known node: the
+// reverse-path check remembers a source it accepted, and must not let
+// the others through on the strength of it.
 func TestInnerSourceCheckedPerPacket(t *testing.T) {
 	n := newFakeNet(t)
 	ok := ipSpec{src: "10.0.1.5", dst: "10.0.0.2"}.build()
@@ -790,6 +791,16 @@ func TestInnerSourceCheckedPerPacket(t *testing.T) {
 	}
 	if got := n.stats("ipip").Drops[DropForeignInnerSource.String()]; got != 1 {
 		t.Errorf("%d packets dropped as %s, want 1", got, DropForeignInnerSource)
+	}
+
+	// The same source from another known node, right after it was
+	// accepted from its own: the remembered pair is source and node.
+	n.ipip.offer(ipipPacket(nodeIPIP, ok), ipipPacket(nodeVXLAN, ok))
+	n.waitDrop(t, "ipip", DropForeignInnerSource, 1)
+	n.b.dev.wait(t, 3)
+	time.Sleep(10 * time.Millisecond)
+	if got := n.b.dev.count(); got != 3 {
+		t.Errorf("pod b got %d packets, want 3: the copy from the other node must be dropped", got)
 	}
 }
 
