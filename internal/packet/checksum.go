@@ -37,6 +37,13 @@ func Sum(b []byte, initial uint64) uint64 {
 		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[56:64]), carry)
 		b = b[64:]
 	}
+	if len(b) >= 32 {
+		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[0:8]), carry)
+		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[8:16]), carry)
+		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[16:24]), carry)
+		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[24:32]), carry)
+		b = b[32:]
+	}
 	for len(b) >= 8 {
 		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b), carry)
 		b = b[8:]
