@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"unicode"
 
 	"podnet/selector"
 )
@@ -98,7 +99,33 @@ func validateMeta(fe *fieldErrors, m *ObjectMeta) {
 		if !validLabelKey(k) {
 			fe.add("Metadata.Annotations", k, "invalid annotation key")
 		}
+		if !printable(m.Annotations[k]) {
+			fe.add("Metadata.Annotations["+k+"]", m.Annotations[k], notPrintable)
+		}
 	}
+	if !printable(m.UID) {
+		fe.add("Metadata.UID", m.UID, notPrintable)
+	}
+	if !printable(m.ResourceVersion) {
+		fe.add("Metadata.ResourceVersion", m.ResourceVersion, notPrintable)
+	}
+}
+
+const notPrintable = "control characters are not allowed (they cannot be shown or written as YAML)"
+
+// printable reports whether s holds only what YAML can carry in a
+// string: no control characters but tab, line feed and carriage return,
+// and neither U+FFFE nor U+FFFF. A resource that decodes must encode
+// again (podnet get -o yaml).
+func printable(s string) bool {
+	for _, r := range s {
+		switch {
+		case r == '\t' || r == '\n' || r == '\r':
+		case unicode.IsControl(r) && r != 0x85, r == 0xfffe, r == 0xffff:
+			return false
+		}
+	}
+	return true
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -15,6 +15,11 @@ func pool(name, cidr string, mod func(*IPPoolSpec)) *IPPool {
 	return p
 }
 
+func withMeta(p *IPPool, mod func(*ObjectMeta)) *IPPool {
+	mod(&p.ObjectMeta)
+	return p
+}
+
 func TestIPPoolValidate(t *testing.T) {
 	tests := []struct {
 		name string
@@ -26,6 +31,9 @@ func TestIPPoolValidate(t *testing.T) {
 		{"ok ipip crosssubnet", pool("p", "10.0.0.0/16", func(s *IPPoolSpec) { s.IPIPMode = EncapCrossSubnet }), ""},
 		{"missing name", pool("", "10.0.0.0/16", nil), "error with field Metadata.Name = '' (metadata.name: required)"},
 		{"bad name", pool("Bad_Name", "10.0.0.0/16", nil), "error with field Metadata.Name = 'Bad_Name' (name must consist of lower case"},
+		{"control character in uid", withMeta(pool("p", "10.0.0.0/16", nil), func(m *ObjectMeta) { m.UID = "\x7f" }), "Metadata.UID = '\x7f' (control characters are not allowed"},
+		{"control character in annotation", withMeta(pool("p", "10.0.0.0/16", nil), func(m *ObjectMeta) { m.Annotations = map[string]string{"note": "a\u0085b\u009fc"} }), "Metadata.Annotations[note]"},
+		{"line breaks in annotation", withMeta(pool("p", "10.0.0.0/16", nil), func(m *ObjectMeta) { m.Annotations = map[string]string{"note": "a\tb\nc\r\n\u0085"} }), ""},
 		{"empty cidr", pool("p", "", nil), "error with field IPPool.Spec.CIDR = '' (IPPool CIDR must be specified)"},
 		{"bad cidr", pool("p", "10.0.0/16", nil), "error with field IPPool.Spec.CIDR = '10.0.0/16' (IPPool CIDR must be a valid subnet)"},
 		{"not masked", pool("p", "10.0.0.1/16", nil), "error with field IPPool.Spec.CIDR = '10.0.0.1/16' (IPPool CIDR is not strictly masked)"},
