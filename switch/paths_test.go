@@ -130,6 +130,19 @@ func (n *fakeNet) waitDrop(t testing.TB, port string, reason DropReason, before 
 	}
 }
 
+// waitRx waits until port has counted n received frames: a reader counts
+// a batch after it has forwarded and flushed all of it.
+func (n *fakeNet) waitRx(t testing.TB, port string, frames uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for n.stats(port).RxFrames < frames {
+		if time.Now().After(deadline) {
+			t.Fatalf("port %s: %d frames counted, want %d", port, n.stats(port).RxFrames, frames)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // ipSpec describes an IPv4 packet to build.
 type ipSpec struct {
 	src, dst string
@@ -783,9 +796,7 @@ func TestInnerSourceCheckedPerPacket(t *testing.T) {
 	ok := ipSpec{src: "10.0.1.5", dst: "10.0.0.2"}.build()
 	spoofed := ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build()
 	n.ipip.offer(ipipPacket(nodeIPIP, ok), ipipPacket(nodeIPIP, spoofed), ipipPacket(nodeIPIP, ok))
-	n.waitDrop(t, "ipip", DropForeignInnerSource, 0)
-	n.b.dev.wait(t, 2)
-	time.Sleep(10 * time.Millisecond)
+	n.waitRx(t, "ipip", 3)
 	if got := n.b.dev.count(); got != 2 {
 		t.Errorf("pod b got %d packets, want the 2 from the pod behind the node", got)
 	}
@@ -796,11 +807,12 @@ func TestInnerSourceCheckedPerPacket(t *testing.T) {
 	// The same source from another known node, right after it was
 	// accepted from its own: the remembered pair is source and node.
 	n.ipip.offer(ipipPacket(nodeIPIP, ok), ipipPacket(nodeVXLAN, ok))
-	n.waitDrop(t, "ipip", DropForeignInnerSource, 1)
-	n.b.dev.wait(t, 3)
-	time.Sleep(10 * time.Millisecond)
+	n.waitRx(t, "ipip", 5)
 	if got := n.b.dev.count(); got != 3 {
 		t.Errorf("pod b got %d packets, want 3: the copy from the other node must be dropped", got)
+	}
+	if got := n.stats("ipip").Drops[DropForeignInnerSource.String()]; got != 2 {
+		t.Errorf("%d packets dropped as %s, want 2", got, DropForeignInnerSource)
 	}
 }
 
