@@ -37,6 +37,9 @@ func Sum(b []byte, initial uint64) uint64 {
 		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[56:64]), carry)
 		b = b[64:]
 	}
+	// The rest of a 64-byte block in one step too: a TCP header is 20 to
+	// 60 bytes. (A loop of 32-byte steps alone sums 1500 bytes about a
+	// fifth slower.)
 	if len(b) >= 32 {
 		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[0:8]), carry)
 		ac, carry = bits.Add64(ac, binary.LittleEndian.Uint64(b[8:16]), carry)

@@ -24,7 +24,7 @@ func TestSumMatchesSlow(t *testing.T) {
 			t.Fatalf("len %d off %d initial %#x: got %#04x, want %#04x", n, off, initial, got, want)
 		}
 	}
-	// Every length across the 64-, 8-, 4- and 2-byte steps, at every
+	// Every length across the 64-, 32-, 8-, 4- and 2-byte steps, at every
 	// alignment.
 	for n := range 260 {
 		for off := range 8 {
