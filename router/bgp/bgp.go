@@ -8,8 +8,9 @@
 // translates podnet resources (BGPConfiguration, BGPPeer, Node) into Config
 // and Peer values. Only IPv4 unicast is supported.
 //
-// Goroutines. A Speaker owns one goroutine (routineRoutes) that rebuilds the
-// learned route set and calls Config.OnRoutes; Close stops it and waits.
+// Goroutines. A Speaker owns two: routineRoutes rebuilds the learned route
+// set and calls Config.OnRoutes; routineResync sends each session that comes
+// up our table once more (resync.go says why). Close stops both and waits.
 // GoBGP starts more: BgpServer.Serve, its BFD loop, and per-peer FSM,
 // listener and watcher goroutines. Close ends all of them (BgpServer.Stop
 // and the cancelled watch context); so does New when it fails.
@@ -154,6 +155,7 @@ type Speaker struct {
 	obs *observer // per-peer state and failure reasons; has its own lock
 
 	routesDirty chan struct{} // capacity 1: a "rebuild" signal, never a queue
+	peerUp      chan struct{} // capacity 1: "a session came up" (routineResync)
 	watchCancel context.CancelFunc
 	done        chan struct{}
 	wg          sync.WaitGroup
@@ -196,6 +198,7 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 		peers:       make(map[netip.Addr]Peer),
 		adverts:     make(map[netip.Prefix]netip.Addr),
 		routesDirty: make(chan struct{}, 1),
+		peerUp:      make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
 	s.obs = newObserver(lg)
@@ -238,8 +241,9 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 		return nil, fmt.Errorf("bgp: watch events: %w", err)
 	}
 
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.routineRoutes()
+	go s.routineResync()
 	s.log.Debug("started", "router_id", cfg.RouterID, "asn", cfg.ASN, "port", port)
 	return s, nil
 }
@@ -258,7 +262,14 @@ func (s *Speaker) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, _ time.T
 	if !st.NeighborAddress.IsValid() {
 		return
 	}
-	s.obs.stateChanged(st.NeighborAddress.Unmap(), fsmStateName(st.SessionState), time.Now())
+	state := fsmStateName(st.SessionState)
+	s.obs.stateChanged(st.NeighborAddress.Unmap(), state, time.Now())
+	if state == "Established" {
+		select {
+		case s.peerUp <- struct{}{}:
+		default: // a resync pass is already pending; it will see this peer
+		}
+	}
 }
 
 func (s *Speaker) markRoutesDirty() {
@@ -279,7 +290,7 @@ func (s *Speaker) Close() error {
 		s.opMu.Unlock()
 
 		close(s.done)
-		s.wg.Wait() // routineRoutes has returned: no OnRoutes call after this
+		s.wg.Wait() // our routines have returned: no OnRoutes call after this
 		s.watchCancel()
 		s.srv.Stop()
 		s.log.Debug("stopped")

@@ -482,6 +482,36 @@ func readMsg(c net.Conn) (uint8, error) {
 	return hdr[18], nil
 }
 
+// readFullMsg reads and parses one BGP message.
+func readFullMsg(c net.Conn) (*bgppkt.BGPMessage, error) {
+	c.SetReadDeadline(time.Now().Add(waitTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	hdr := make([]byte, bgppkt.BGP_HEADER_LENGTH)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		return nil, fmt.Errorf("read header: %w", err)
+	}
+	n := int(hdr[16])<<8 | int(hdr[17])
+	if n < bgppkt.BGP_HEADER_LENGTH {
+		return nil, fmt.Errorf("message length %d", n)
+	}
+	msg := append(hdr, make([]byte, n-bgppkt.BGP_HEADER_LENGTH)...)
+	if _, err := io.ReadFull(c, msg[bgppkt.BGP_HEADER_LENGTH:]); err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	return bgppkt.ParseBGPMessage(msg)
+}
+
+// announces reports whether u announces prefix p (in its NLRI field, where
+// IPv4 unicast goes).
+func announces(u *bgppkt.BGPUpdate, p netip.Prefix) bool {
+	for _, n := range u.NLRI {
+		if a, ok := n.NLRI.(*bgppkt.IPAddrPrefix); ok && a.Prefix == p {
+			return true
+		}
+	}
+	return false
+}
+
 // expectMsg reads messages until one of type typ arrives.
 func expectMsg(c net.Conn, typ uint8) error {
 	for {

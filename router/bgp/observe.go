@@ -64,6 +64,20 @@ func (o *observer) get(addr netip.Addr) (peerObs, bool) {
 	return *p, true
 }
 
+// upSince returns, for every peer whose last reported state is Established,
+// when that state was reported: a new time means a new session.
+func (o *observer) upSince() map[netip.Addr]time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	up := make(map[netip.Addr]time.Time)
+	for addr, p := range o.peers {
+		if p.state == "Established" {
+			up[addr] = p.since
+		}
+	}
+	return up
+}
+
 // stateChanged records a peer FSM state from GoBGP's peer watch.
 func (o *observer) stateChanged(addr netip.Addr, state string, now time.Time) {
 	o.mu.Lock()

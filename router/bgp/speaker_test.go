@@ -3,6 +3,7 @@ package bgp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -342,6 +343,49 @@ func TestAdvertiseDiffAndNextHopChange(t *testing.T) {
 
 	a.advertise(t, netip.Addr{})
 	b.routes.wait(t, "nothing", func(ps []Path) bool { return len(ps) == 0 })
+}
+
+// GoBGP sends a peer its best paths before it marks the session
+// Established, and a path added in between never reaches that peer
+// (resync.go). The speaker therefore sends every session that comes up its
+// table a second time once GoBGP reports it Established. G, a scripted
+// peer, counts the announcements of A's block: without the resync there is
+// only the first.
+func TestSessionUpResendsTable(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	block := netip.MustParsePrefix("10.244.5.0/26")
+	a.advertise(t, a.addr, block.String())
+
+	twice := make(chan struct{})
+	g := listeningFakePeer(t, func(g *fakePeer, c net.Conn) error {
+		if err := expectMsg(c, bgppkt.BGP_MSG_OPEN); err != nil {
+			return err
+		}
+		if err := writeRaw(c, openMsg(t, podnetASN, g.addr), keepaliveMsg(t)); err != nil {
+			return err
+		}
+		for n := 0; n < 2; {
+			m, err := readFullMsg(c)
+			if err != nil {
+				return fmt.Errorf("after %d announcements of %v: %w", n, block, err)
+			}
+			if u, ok := m.Body.(*bgppkt.BGPUpdate); ok && announces(u, block) {
+				n++
+			}
+		}
+		close(twice)
+		return nil
+	})
+	a.setPeers(t, Peer{Address: g.addr, Port: g.port, ASN: podnetASN, Type: "global"})
+
+	select {
+	case <-twice:
+	case <-time.After(waitTimeout):
+		t.Fatalf("G did not get %v twice within %v: want one announcement when the session came up and one from the resync", block, waitTimeout)
+	}
+	if p, _ := a.peerStatus(t, g.addr); !established(p) {
+		t.Errorf("A's session with G after the resync: got %+v, want Established", p)
+	}
 }
 
 // Not parallel either: the goroutine comparison must not see other tests'
