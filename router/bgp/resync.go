@@ -11,8 +11,9 @@ import (
 // Why a session that comes up is sent our table twice.
 //
 // GoBGP (v4.8.0) brings a session up in two steps on the peer's FSM
-// goroutine: under its server lock it sends the peer every best path it has,
-// and only after releasing the lock does it mark the peer Established. A path
+// goroutine: under its server lock it sends the peer every best path it has
+// (and already reports the session up), and only after releasing the lock
+// does it set the FSM state that decides propagation to Established. A path
 // added in between (our Advertise, or an UPDATE from another peer that a
 // route reflector passes on) is propagated to Established peers only, so
 // this peer never gets it: the route is missing on that peer until the
@@ -31,10 +32,14 @@ import (
 // event has arrived but which GoBGP does not report Established yet. The gap
 // is one function return on GoBGP's side, so a few milliseconds is ample;
 // the delay doubles up to resyncRetryMax while the answer stays the same (a
-// session that went down again, until its down event arrives).
+// session that went down again, until its down event arrives). After
+// resyncGiveUp such tries it waits for the next up event: GoBGP sends no
+// event when a peer is deleted, so an up event of a session SetPeers has
+// just replaced can stay in the observer without a down event after it.
 const (
 	resyncRetry    = 5 * time.Millisecond
 	resyncRetryMax = time.Second
+	resyncGiveUp   = 20 // about 15 s in all
 )
 
 // routineResync sends every session that comes up our table once more,
@@ -47,6 +52,7 @@ func (s *Speaker) routineResync() {
 		// resynced for; an entry goes when its session is no longer up.
 		done  = make(map[netip.Addr]time.Time)
 		delay = resyncRetry
+		tries = 0
 		retry = time.NewTimer(time.Hour)
 	)
 	retry.Stop()
@@ -56,12 +62,12 @@ func (s *Speaker) routineResync() {
 		case <-s.done:
 			return
 		case <-s.peerUp:
-			delay = resyncRetry
+			delay, tries = resyncRetry, 0
 		case <-retry.C:
-			delay = min(2*delay, resyncRetryMax)
+			delay, tries = min(2*delay, resyncRetryMax), tries+1
 		}
 		retry.Stop()
-		if s.resyncNewSessions(done) {
+		if s.resyncNewSessions(done) && tries < resyncGiveUp {
 			retry.Reset(delay)
 		}
 	}

@@ -350,7 +350,9 @@ func TestAdvertiseDiffAndNextHopChange(t *testing.T) {
 // (resync.go). The speaker therefore sends every session that comes up its
 // table a second time once GoBGP reports it Established. G, a scripted
 // peer, counts the announcements of A's block: without the resync there is
-// only the first.
+// only the first. (The gap itself cannot be made to happen from here; with a
+// sleep put into GoBGP's gap, an Advertise made in it reached the peer only
+// with the resync.)
 func TestSessionUpResendsTable(t *testing.T) {
 	a := newNode(t, podnetASN, nil)
 	block := netip.MustParsePrefix("10.244.5.0/26")
