@@ -36,6 +36,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
@@ -148,14 +149,16 @@ type Speaker struct {
 	// calls into GoBGP, so neither GoBGP's callbacks nor the log handler may
 	// take it.
 	opMu sync.Mutex
-	// peers and adverts are guarded by opMu.
-	peers   map[netip.Addr]Peer
-	adverts map[netip.Prefix]netip.Addr // prefix -> next hop
+	// peers, adverts and withdrawn are guarded by opMu.
+	peers     map[netip.Addr]Peer
+	adverts   map[netip.Prefix]netip.Addr // prefix -> next hop
+	withdrawn map[netip.Prefix]withdrawal // recent withdrawals (resync.go)
 
 	obs *observer // per-peer state and failure reasons; has its own lock
 
 	routesDirty chan struct{} // capacity 1: a "rebuild" signal, never a queue
 	peerUp      chan struct{} // capacity 1: "a session came up" (routineResync)
+	resyncs     atomic.Int64  // soft resets out routineResync has done
 	watchCancel context.CancelFunc
 	done        chan struct{}
 	wg          sync.WaitGroup
@@ -197,6 +200,7 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 		log:         lg,
 		peers:       make(map[netip.Addr]Peer),
 		adverts:     make(map[netip.Prefix]netip.Addr),
+		withdrawn:   make(map[netip.Prefix]withdrawal),
 		routesDirty: make(chan struct{}, 1),
 		peerUp:      make(chan struct{}, 1),
 		done:        make(chan struct{}),
@@ -254,7 +258,9 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 // across a call into GoBGP).
 func (s *Speaker) onBestPath([]*apiutil.Path, time.Time) { s.markRoutesDirty() }
 
-func (s *Speaker) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+// The event's time is when GoBGP emitted it, inside its session-up step
+// (resync.go relies on that), not when it reached us.
+func (s *Speaker) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) {
 	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
@@ -263,7 +269,7 @@ func (s *Speaker) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, _ time.T
 		return
 	}
 	state := fsmStateName(st.SessionState)
-	s.obs.stateChanged(st.NeighborAddress.Unmap(), state, time.Now())
+	s.obs.stateChanged(st.NeighborAddress.Unmap(), state, at)
 	if state == "Established" {
 		select {
 		case s.peerUp <- struct{}{}:

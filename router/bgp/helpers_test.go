@@ -482,10 +482,122 @@ func readMsg(c net.Conn) (uint8, error) {
 	return hdr[18], nil
 }
 
-// readFullMsg reads and parses one BGP message.
+// routeStreamPeer is a scripted peer that listens, brings up the session
+// it is dialled for, and then reports every prefix announced to it
+// ("+10.244.5.0/26") or withdrawn ("-10.244.5.0/26"), in order of arrival.
+func routeStreamPeer(t *testing.T) (*fakePeer, <-chan string) {
+	t.Helper()
+	events := make(chan string, 1024)
+	g := listeningFakePeer(t, func(g *fakePeer, c net.Conn) error {
+		if err := expectMsg(c, bgppkt.BGP_MSG_OPEN); err != nil {
+			return err
+		}
+		if err := writeRaw(c, openMsg(t, podnetASN, g.addr), keepaliveMsg(t)); err != nil {
+			return err
+		}
+		for {
+			m, err := readFullMsg(c)
+			if err != nil {
+				return err
+			}
+			u, ok := m.Body.(*bgppkt.BGPUpdate)
+			if !ok {
+				continue
+			}
+			for _, w := range u.WithdrawnRoutes {
+				events <- "-" + w.NLRI.String()
+			}
+			for _, n := range u.NLRI {
+				events <- "+" + n.NLRI.String()
+			}
+		}
+	})
+	return g, events
+}
+
+// expectRoutes reads the next len(want) events of a routeStreamPeer and
+// fails unless they are want, in order.
+func expectRoutes(t *testing.T, events <-chan string, want ...string) {
+	t.Helper()
+	var got []string
+	for range want {
+		select {
+		case e := <-events:
+			got = append(got, e)
+		case <-time.After(waitTimeout):
+			t.Fatalf("peer got %q, then nothing for %v; want %q", got, waitTimeout, want)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("peer got %q, want %q", got, want)
+	}
+}
+
+// expectRouteSet is expectRoutes for events that may come in any order
+// (the prefixes of one table, which GoBGP sends in map order).
+func expectRouteSet(t *testing.T, events <-chan string, want ...string) {
+	t.Helper()
+	var got []string
+	for range want {
+		select {
+		case e := <-events:
+			got = append(got, e)
+		case <-time.After(waitTimeout):
+			t.Fatalf("peer got %q, then nothing for %v; want %q in any order", got, waitTimeout, want)
+		}
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		t.Fatalf("peer got %q, want %q in any order", got, want)
+	}
+}
+
+// settleResync waits until n's speaker has resynced `resyncs` sessions,
+// then advertises prefixes (the last one new, a marker) and reads the
+// peer's events up to the marker's announcement. Whatever the resync sent
+// is then behind the test: GoBGP queues a session's messages in order, and
+// may merge a table and its resync into one UPDATE, so their count is not
+// known.
+func settleResync(t *testing.T, n *node, events <-chan string, resyncs int64, prefixes ...string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for n.s.resyncs.Load() < resyncs {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v: %d sessions resynced after %v, want %d", n.addr, n.s.resyncs.Load(), waitTimeout, resyncs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	n.advertise(t, n.addr, prefixes...)
+	marker := "+" + prefixes[len(prefixes)-1]
+	for {
+		select {
+		case e := <-events:
+			if e == marker {
+				return
+			}
+			if !slices.Contains(prefixes, e[1:]) || e[0] != '+' {
+				t.Fatalf("peer got %q while settling, want only announcements of %q", e, prefixes)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("peer did not get %q within %v", marker, waitTimeout)
+		}
+	}
+}
+
+// forgeUp makes n's speaker see a new up event of addr's session, dated at:
+// what it would see after GoBGP's gap, which cannot be made to happen from
+// here.
+func forgeUp(n *node, addr netip.Addr, at time.Time) {
+	n.s.obs.stateChanged(addr, "OpenConfirm", at)
+	n.s.obs.stateChanged(addr, "Established", at)
+	select {
+	case n.s.peerUp <- struct{}{}:
+	default:
+	}
+}
+
+// readFullMsg reads and parses one BGP message. It waits as long as the
+// connection is open.
 func readFullMsg(c net.Conn) (*bgppkt.BGPMessage, error) {
-	c.SetReadDeadline(time.Now().Add(waitTimeout))
-	defer c.SetReadDeadline(time.Time{})
 	hdr := make([]byte, bgppkt.BGP_HEADER_LENGTH)
 	if _, err := io.ReadFull(c, hdr); err != nil {
 		return nil, fmt.Errorf("read header: %w", err)
@@ -499,17 +611,6 @@ func readFullMsg(c net.Conn) (*bgppkt.BGPMessage, error) {
 		return nil, fmt.Errorf("read body: %w", err)
 	}
 	return bgppkt.ParseBGPMessage(msg)
-}
-
-// announces reports whether u announces prefix p (in its NLRI field, where
-// IPv4 unicast goes).
-func announces(u *bgppkt.BGPUpdate, p netip.Prefix) bool {
-	for _, n := range u.NLRI {
-		if a, ok := n.NLRI.(*bgppkt.IPAddrPrefix); ok && a.Prefix == p {
-			return true
-		}
-	}
-	return false
 }
 
 // expectMsg reads messages until one of type typ arrives.

@@ -3,9 +3,11 @@ package bgp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
 )
 
 // Why a session that comes up is sent our table twice.
@@ -23,10 +25,19 @@ import (
 // So every time a session comes up, routineResync waits until GoBGP reports
 // it Established and then asks for a soft reset out, which sends the peer
 // every best path again. A path already there is replaced by an identical
-// one, which changes nothing on the peer. What this cannot repair is a
-// withdrawal made in the same gap: the peer keeps that stale path until the
-// prefix is announced again or the session restarts. Section 5.1 of
-// docs/calico-conventions.md lists both among GoBGP's known faults.
+// one, which changes nothing on the peer.
+//
+// A withdrawal of ours made in the same gap is lost the same way, and a soft
+// reset cannot send it: the path is no longer in the RIB. So Advertise
+// notes when it withdrew each prefix, and the resync announces and withdraws
+// again every prefix withdrawn after the session's up event that is still
+// not advertised. The up event's time is taken inside GoBGP's session-up
+// step, after the table was sent, and Advertise and the resync hold opMu,
+// so a withdrawal before that time was not in the table and one after the
+// resync reached the peer: only those in between can be missing. For the
+// moment between the two, the other peers see the prefix come and go once
+// more. A withdrawal a route reflector passes on from another peer in the
+// gap is not repaired; docs/calico-conventions.md says so.
 
 // resyncRetry is how soon routineResync looks again at a session whose up
 // event has arrived but which GoBGP does not report Established yet. The gap
@@ -74,9 +85,15 @@ func (s *Speaker) routineResync() {
 }
 
 // resyncNewSessions soft-resets out every session the observer saw come up
-// since its last resync (recorded in done). It reports whether one of them
-// is not Established in GoBGP yet and must be looked at again.
+// since its last resync (recorded in done), and repairs the withdrawals
+// such a session may have missed. It reports whether one of them is not
+// Established in GoBGP yet and must be looked at again.
 func (s *Speaker) resyncNewSessions(done map[netip.Addr]time.Time) (again bool) {
+	s.opMu.Lock() // no Advertise between the check and the repair
+	defer s.opMu.Unlock()
+	if s.closed {
+		return false
+	}
 	up := s.obs.upSince()
 	for addr := range done {
 		if _, ok := up[addr]; !ok {
@@ -97,6 +114,7 @@ func (s *Speaker) resyncNewSessions(done map[netip.Addr]time.Time) (again bool) 
 		s.log.Warn("resync: list peers", "err", err)
 		return true
 	}
+	var earliest time.Time // the earliest up event resynced in this pass
 	for _, addr := range want {
 		if !established[addr] {
 			again = true // the gap described above, or already down again
@@ -113,9 +131,71 @@ func (s *Speaker) resyncNewSessions(done map[netip.Addr]time.Time) (again bool) 
 			continue
 		}
 		done[addr] = up[addr]
+		s.resyncs.Add(1)
+		if earliest.IsZero() || up[addr].Before(earliest) {
+			earliest = up[addr]
+		}
 		s.log.Debug("resynced session", "peer", addr)
 	}
+	if !earliest.IsZero() {
+		s.rewithdraw(earliest)
+	}
 	return again
+}
+
+// withdrawal is when Advertise withdrew a prefix, and the next hop it had.
+type withdrawal struct {
+	nextHop netip.Addr
+	at      time.Time
+}
+
+// withdrawnKeep is how long a withdrawal is remembered for rewithdraw: far
+// longer than a session takes from its up event to its resync, which is
+// milliseconds unless the resync gives up (resyncGiveUp).
+const withdrawnKeep = 5 * time.Minute
+
+// noteWithdrawn records that Advertise withdrew p (which had next hop nh)
+// at now, and forgets withdrawals older than withdrawnKeep. opMu is held.
+func (s *Speaker) noteWithdrawn(p netip.Prefix, nh netip.Addr, now time.Time) {
+	for q, w := range s.withdrawn {
+		if now.Sub(w.at) > withdrawnKeep {
+			delete(s.withdrawn, q)
+		}
+	}
+	s.withdrawn[p] = withdrawal{nextHop: nh, at: now}
+}
+
+// rewithdraw announces and withdraws again every prefix withdrawn after
+// since and not advertised now, so that a session that came up at since
+// gets the withdrawals it may have missed. opMu is held.
+func (s *Speaker) rewithdraw(since time.Time) {
+	var again []netip.Prefix
+	for p, w := range s.withdrawn {
+		if _, ok := s.adverts[p]; !ok && w.at.After(since) {
+			again = append(again, p)
+		}
+	}
+	slices.SortFunc(again, comparePrefix)
+	for _, p := range again {
+		nh := s.withdrawn[p].nextHop
+		path, err := originPath(p, nh)
+		if err == nil {
+			err = addPath(s.srv, path)
+		}
+		if err != nil {
+			s.log.Warn("resync: announce again to withdraw", "prefix", p, "err", err)
+			continue
+		}
+		if err := s.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{path}}); err != nil {
+			// It is announced now: count it as advertised, so that the
+			// next Advertise withdraws it.
+			s.adverts[p] = nh
+			s.log.Warn("resync: withdraw again", "prefix", p, "err", err)
+		}
+	}
+	if len(again) > 0 {
+		s.log.Info("withdrew again what a session that came up may have missed", "prefixes", again)
+	}
 }
 
 // establishedInGoBGP lists the peers GoBGP itself reports Established (its

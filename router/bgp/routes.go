@@ -60,6 +60,7 @@ func (s *Speaker) Advertise(_ context.Context, prefixes []netip.Prefix, nextHop 
 			errs = append(errs, fmt.Errorf("bgp: withdraw %v: %w", p, err))
 			continue
 		}
+		s.noteWithdrawn(p, s.adverts[p], time.Now())
 		delete(s.adverts, p)
 	}
 	for _, p := range sortedPrefixes(want) {
@@ -77,6 +78,7 @@ func (s *Speaker) Advertise(_ context.Context, prefixes []netip.Prefix, nextHop 
 			continue
 		}
 		s.adverts[p] = want[p]
+		delete(s.withdrawn, p)
 	}
 	return errors.Join(errs...)
 }

@@ -3,7 +3,6 @@ package bgp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -345,49 +344,71 @@ func TestAdvertiseDiffAndNextHopChange(t *testing.T) {
 	b.routes.wait(t, "nothing", func(ps []Path) bool { return len(ps) == 0 })
 }
 
-// GoBGP sends a peer its best paths before it marks the session
-// Established, and a path added in between never reaches that peer
-// (resync.go). The speaker therefore sends every session that comes up its
-// table a second time once GoBGP reports it Established. G, a scripted
-// peer, counts the announcements of A's block: without the resync there is
-// only the first. (The gap itself cannot be made to happen from here; with a
-// sleep put into GoBGP's gap, an Advertise made in it reached the peer only
-// with the resync.)
-func TestSessionUpResendsTable(t *testing.T) {
+// GoBGP sends a new session its best paths before the state that decides
+// propagation says Established, and a path added in between never reaches
+// that peer (resync.go). The speaker therefore sends every session that
+// comes up its table again once GoBGP reports it Established. The gap
+// cannot be made to happen from here (with a sleep put into GoBGP's gap, an
+// Advertise made in it reached the peer only with the resync), and GoBGP
+// may merge a table and its resync into one UPDATE; so after the session's
+// own resync, the test forges one more up event, and G must get the whole
+// table again.
+func TestResyncSendsTable(t *testing.T) {
 	a := newNode(t, podnetASN, nil)
-	block := netip.MustParsePrefix("10.244.5.0/26")
-	a.advertise(t, a.addr, block.String())
-
-	twice := make(chan struct{})
-	g := listeningFakePeer(t, func(g *fakePeer, c net.Conn) error {
-		if err := expectMsg(c, bgppkt.BGP_MSG_OPEN); err != nil {
-			return err
-		}
-		if err := writeRaw(c, openMsg(t, podnetASN, g.addr), keepaliveMsg(t)); err != nil {
-			return err
-		}
-		for n := 0; n < 2; {
-			m, err := readFullMsg(c)
-			if err != nil {
-				return fmt.Errorf("after %d announcements of %v: %w", n, block, err)
-			}
-			if u, ok := m.Body.(*bgppkt.BGPUpdate); ok && announces(u, block) {
-				n++
-			}
-		}
-		close(twice)
-		return nil
-	})
+	a.advertise(t, a.addr, "10.244.5.0/26")
+	g, routes := routeStreamPeer(t)
 	a.setPeers(t, Peer{Address: g.addr, Port: g.port, ASN: podnetASN, Type: "global"})
+	expectRoutes(t, routes, "+10.244.5.0/26")
+	settleResync(t, a, routes, 1, "10.244.5.0/26", "10.244.9.0/26")
 
-	select {
-	case <-twice:
-	case <-time.After(waitTimeout):
-		t.Fatalf("G did not get %v twice within %v: want one announcement when the session came up and one from the resync", block, waitTimeout)
-	}
+	forgeUp(a, g.addr, time.Now())
+	expectRouteSet(t, routes, "+10.244.5.0/26", "+10.244.9.0/26")
 	if p, _ := a.peerStatus(t, g.addr); !established(p) {
 		t.Errorf("A's session with G after the resync: got %+v, want Established", p)
 	}
+}
+
+// A withdrawal made in the same gap is lost too, and the resync repairs it
+// by announcing and withdrawing the prefix once more, for prefixes
+// withdrawn after the session's up event only. The test forges what the
+// speaker would see after such a gap: an up event of G's session dated
+// before a withdrawal.
+func TestResyncRepeatsWithdrawals(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	a.advertise(t, a.addr, "10.244.6.0/26", "10.244.7.0/26")
+	g, routes := routeStreamPeer(t)
+	a.setPeers(t, Peer{Address: g.addr, Port: g.port, ASN: podnetASN, Type: "global"})
+	expectRouteSet(t, routes, "+10.244.6.0/26", "+10.244.7.0/26")
+	settleResync(t, a, routes, 1, "10.244.6.0/26", "10.244.7.0/26", "10.244.9.0/26")
+
+	// Up before the withdrawal: the withdrawal may be missing, and is sent
+	// again after the table.
+	upBefore := time.Now()
+	a.advertise(t, a.addr, "10.244.7.0/26", "10.244.9.0/26")
+	expectRoutes(t, routes, "-10.244.6.0/26")
+	forgeUp(a, g.addr, upBefore)
+	// The table, and .6 announced and withdrawn. GoBGP may merge these
+	// into fewer UPDATEs, which leaves the withdrawal only and puts it
+	// first; an announcement of .6 after its withdrawal would be the bug.
+	var got []string
+	for !slices.Contains(got, "-10.244.6.0/26") || !slices.Contains(got, "+10.244.7.0/26") || !slices.Contains(got, "+10.244.9.0/26") {
+		select {
+		case e := <-routes:
+			got = append(got, e)
+		case <-time.After(waitTimeout):
+			t.Fatalf("peer got %q, then nothing for %v; want .7 and .9 announced and .6 withdrawn", got, waitTimeout)
+		}
+	}
+	if i := slices.Index(got, "+10.244.6.0/26"); len(got) > 4 || (i >= 0 && i > slices.Index(got, "-10.244.6.0/26")) {
+		t.Fatalf("peer got %q, want .7 and .9 announced and .6 withdrawn (announced at most once, before)", got)
+	}
+
+	// Up after it: the table only. The announcement of .10 comes after
+	// anything this resync sent, since Advertise waits for the resync (both
+	// hold the speaker's lock) and GoBGP sends in order.
+	forgeUp(a, g.addr, time.Now())
+	expectRouteSet(t, routes, "+10.244.7.0/26", "+10.244.9.0/26")
+	settleResync(t, a, routes, 3, "10.244.7.0/26", "10.244.9.0/26", "10.244.10.0/26")
 }
 
 // Not parallel either: the goroutine comparison must not see other tests'
