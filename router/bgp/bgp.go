@@ -145,9 +145,9 @@ type Speaker struct {
 	log *slog.Logger
 	srv *server.BgpServer
 
-	// opMu serialises SetPeers, Advertise and Close. It may be held across
-	// calls into GoBGP, so neither GoBGP's callbacks nor the log handler may
-	// take it.
+	// opMu serialises SetPeers, Advertise, Close and routineResync's
+	// passes. It may be held across calls into GoBGP, so neither GoBGP's
+	// callbacks nor the log handler may take it.
 	opMu sync.Mutex
 	// peers, adverts and withdrawn are guarded by opMu.
 	peers     map[netip.Addr]Peer

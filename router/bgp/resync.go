@@ -170,14 +170,16 @@ func (s *Speaker) noteWithdrawn(p netip.Prefix, nh netip.Addr, now time.Time) {
 // gets the withdrawals it may have missed. opMu is held.
 func (s *Speaker) rewithdraw(since time.Time) {
 	var again []netip.Prefix
+	nextHop := make(map[netip.Prefix]netip.Addr)
 	for p, w := range s.withdrawn {
-		if _, ok := s.adverts[p]; !ok && w.at.After(since) {
+		if _, ok := s.adverts[p]; !ok && !w.at.Before(since) {
 			again = append(again, p)
+			nextHop[p] = w.nextHop
 		}
 	}
 	slices.SortFunc(again, comparePrefix)
 	for _, p := range again {
-		nh := s.withdrawn[p].nextHop
+		nh := nextHop[p]
 		path, err := originPath(p, nh)
 		if err == nil {
 			err = addPath(s.srv, path)
@@ -191,7 +193,10 @@ func (s *Speaker) rewithdraw(since time.Time) {
 			// next Advertise withdraws it.
 			s.adverts[p] = nh
 			s.log.Warn("resync: withdraw again", "prefix", p, "err", err)
+			continue
 		}
+		// This withdrawal can fall into another session's gap as well.
+		s.noteWithdrawn(p, nh, time.Now())
 	}
 	if len(again) > 0 {
 		s.log.Info("withdrew again what a session that came up may have missed", "prefixes", again)
