@@ -7,10 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestTCPHTTPThroughNAT(t *testing.T) {
@@ -315,4 +319,80 @@ func TestTCPRemoteReset(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "reset") && !strings.Contains(err.Error(), "refused") {
 		t.Errorf("got %v, want connection reset (or refused)", err)
 	}
+}
+
+// The host socket of a TCP flow has no Nagle delay (the pod's stack has
+// already decided when to send) and sends keep-alive probes after 15 s
+// idle, every 15 s, 9 of them (Go's defaults for a net.TCPConn, which
+// net.FileConn applies). Those probes are the only ones that can find a
+// remote that went away: the pod's own end at the netstack, which answers
+// them. The test finds the socket among its own process's descriptors by
+// its peer address.
+func TestTCPHostSocketOptions(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{})
+	pod := newPodStack(t, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	c, err := pod.dial(context.Background(), echo)
+	if err != nil {
+		t.Fatalf("dial %v: %v", echo, err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+
+	fd := hostSocketTo(t, echo)
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+	} {
+		got, err := unix.GetsockoptInt(fd, o.level, o.opt)
+		if err != nil || got != o.want {
+			t.Errorf("host socket %s: got %d, %v; want %d", o.name, got, err, o.want)
+		}
+	}
+}
+
+// hostSocketTo returns the descriptor of this process's one TCP socket
+// connected to remote. It stays open while the flow does.
+func hostSocketTo(t *testing.T, remote netip.AddrPort) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := -1
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		a, ok := sa.(*unix.SockaddrInet4)
+		if err != nil || !ok || netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)) != remote {
+			continue
+		}
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+			continue
+		}
+		if found >= 0 {
+			t.Fatalf("two sockets connected to %v: descriptors %d and %d", remote, found, fd)
+		}
+		found = fd
+	}
+	if found < 0 {
+		t.Fatalf("no socket of this process is connected to %v", remote)
+	}
+	return found
 }
