@@ -519,16 +519,7 @@ func routeStreamPeer(t *testing.T) (*fakePeer, <-chan string) {
 // fails unless they are want, in order.
 func expectRoutes(t *testing.T, events <-chan string, want ...string) {
 	t.Helper()
-	var got []string
-	for range want {
-		select {
-		case e := <-events:
-			got = append(got, e)
-		case <-time.After(waitTimeout):
-			t.Fatalf("peer got %q, then nothing for %v; want %q", got, waitTimeout, want)
-		}
-	}
-	if !slices.Equal(got, want) {
+	if got := nextRoutes(t, events, want, ""); !slices.Equal(got, want) {
 		t.Fatalf("peer got %q, want %q", got, want)
 	}
 }
@@ -537,18 +528,25 @@ func expectRoutes(t *testing.T, events <-chan string, want ...string) {
 // (the prefixes of one table, which GoBGP sends in map order).
 func expectRouteSet(t *testing.T, events <-chan string, want ...string) {
 	t.Helper()
+	got := nextRoutes(t, events, want, " in any order")
+	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		t.Fatalf("peer got %q, want %q in any order", got, want)
+	}
+}
+
+// nextRoutes reads len(want) events, failing if one does not come in time.
+func nextRoutes(t *testing.T, events <-chan string, want []string, order string) []string {
+	t.Helper()
 	var got []string
 	for range want {
 		select {
 		case e := <-events:
 			got = append(got, e)
 		case <-time.After(waitTimeout):
-			t.Fatalf("peer got %q, then nothing for %v; want %q in any order", got, waitTimeout, want)
+			t.Fatalf("peer got %q, then nothing for %v; want %q%s", got, waitTimeout, want, order)
 		}
 	}
-	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
-		t.Fatalf("peer got %q, want %q in any order", got, want)
-	}
+	return got
 }
 
 // settleResync waits until n's speaker has resynced `resyncs` sessions,
