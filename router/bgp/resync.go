@@ -109,10 +109,16 @@ func (s *Speaker) resyncNewSessions(done map[netip.Addr]time.Time) (again bool) 
 	if len(want) == 0 {
 		return false
 	}
-	established, err := s.establishedInGoBGP()
+	// Peers reports GoBGP's own FSM state, the one that decides whether
+	// updates are sent.
+	peers, err := s.Peers(context.Background())
 	if err != nil {
 		s.log.Warn("resync: list peers", "err", err)
 		return true
+	}
+	established := make(map[netip.Addr]bool, len(peers))
+	for _, p := range peers {
+		established[p.Address] = p.State == "Established"
 	}
 	var earliest time.Time // the earliest up event resynced in this pass
 	for _, addr := range want {
@@ -201,17 +207,4 @@ func (s *Speaker) rewithdraw(since time.Time) {
 	if len(again) > 0 {
 		s.log.Info("withdrew again what a session that came up may have missed", "prefixes", again)
 	}
-}
-
-// establishedInGoBGP lists the peers GoBGP itself reports Established (its
-// FSM's state, the one that decides whether updates are sent).
-func (s *Speaker) establishedInGoBGP() (map[netip.Addr]bool, error) {
-	out := make(map[netip.Addr]bool)
-	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
-		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
-		if err == nil && p.GetState().GetSessionState() == api.PeerState_SESSION_STATE_ESTABLISHED {
-			out[addr.Unmap()] = true
-		}
-	})
-	return out, err
 }
