@@ -12,6 +12,7 @@ package vswitch
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -121,23 +122,24 @@ func (n *fakeNet) stats(name string) PortStats { return portStats(n.s, name) }
 // waitDrop waits until port has counted reason once more than before.
 func (n *fakeNet) waitDrop(t testing.TB, port string, reason DropReason, before uint64) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for n.stats(port).Drops[reason.String()] <= before {
-		if time.Now().After(deadline) {
-			t.Fatalf("port %s: drop %s not counted (drops %v)", port, reason, n.stats(port).Drops)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	n.waitStats(t, port, "drop "+reason.String()+" counted", func(s PortStats) bool { return s.Drops[reason.String()] > before })
 }
 
 // waitRx waits until port has counted n received frames: a reader counts
 // a batch after it has forwarded and flushed all of it.
 func (n *fakeNet) waitRx(t testing.TB, port string, frames uint64) {
 	t.Helper()
+	n.waitStats(t, port, fmt.Sprintf("%d frames received", frames), func(s PortStats) bool { return s.RxFrames >= frames })
+}
+
+// waitStats polls port's counters until cond holds (they have no change
+// notification).
+func (n *fakeNet) waitStats(t testing.TB, port, want string, cond func(PortStats) bool) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for n.stats(port).RxFrames < frames {
+	for !cond(n.stats(port)) {
 		if time.Now().After(deadline) {
-			t.Fatalf("port %s: %d frames counted, want %d", port, n.stats(port).RxFrames, frames)
+			t.Fatalf("port %s: want %s; counters %+v", port, want, n.stats(port))
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -467,19 +467,30 @@ func writeRaw(c net.Conn, msgs ...[]byte) error {
 // readMsg reads one BGP message and returns its type.
 func readMsg(c net.Conn) (uint8, error) {
 	c.SetReadDeadline(time.Now().Add(waitTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	msg, err := readRawMsg(c)
+	if err != nil {
+		return 0, err
+	}
+	return msg[18], nil
+}
+
+// readRawMsg reads one BGP message whole, header included. It waits as
+// long as the connection is open.
+func readRawMsg(c net.Conn) ([]byte, error) {
 	hdr := make([]byte, bgppkt.BGP_HEADER_LENGTH)
 	if _, err := io.ReadFull(c, hdr); err != nil {
-		return 0, fmt.Errorf("read header: %w", err)
+		return nil, fmt.Errorf("read header: %w", err)
 	}
 	n := int(hdr[16])<<8 | int(hdr[17])
 	if n < bgppkt.BGP_HEADER_LENGTH {
-		return 0, fmt.Errorf("message length %d", n)
+		return nil, fmt.Errorf("message length %d", n)
 	}
-	if _, err := io.CopyN(io.Discard, c, int64(n-bgppkt.BGP_HEADER_LENGTH)); err != nil {
-		return 0, fmt.Errorf("read body: %w", err)
+	msg := append(hdr, make([]byte, n-bgppkt.BGP_HEADER_LENGTH)...)
+	if _, err := io.ReadFull(c, msg[bgppkt.BGP_HEADER_LENGTH:]); err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
 	}
-	c.SetReadDeadline(time.Time{})
-	return hdr[18], nil
+	return msg, nil
 }
 
 // routeStreamPeer is a scripted peer that listens, brings up the session
@@ -496,7 +507,11 @@ func routeStreamPeer(t *testing.T) (*fakePeer, <-chan string) {
 			return err
 		}
 		for {
-			m, err := readFullMsg(c)
+			raw, err := readRawMsg(c)
+			if err != nil {
+				return err
+			}
+			m, err := bgppkt.ParseBGPMessage(raw)
 			if err != nil {
 				return err
 			}
@@ -591,24 +606,6 @@ func forgeUp(n *node, addr netip.Addr, at time.Time) {
 	case n.s.peerUp <- struct{}{}:
 	default:
 	}
-}
-
-// readFullMsg reads and parses one BGP message. It waits as long as the
-// connection is open.
-func readFullMsg(c net.Conn) (*bgppkt.BGPMessage, error) {
-	hdr := make([]byte, bgppkt.BGP_HEADER_LENGTH)
-	if _, err := io.ReadFull(c, hdr); err != nil {
-		return nil, fmt.Errorf("read header: %w", err)
-	}
-	n := int(hdr[16])<<8 | int(hdr[17])
-	if n < bgppkt.BGP_HEADER_LENGTH {
-		return nil, fmt.Errorf("message length %d", n)
-	}
-	msg := append(hdr, make([]byte, n-bgppkt.BGP_HEADER_LENGTH)...)
-	if _, err := io.ReadFull(c, msg[bgppkt.BGP_HEADER_LENGTH:]); err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
-	}
-	return bgppkt.ParseBGPMessage(msg)
 }
 
 // expectMsg reads messages until one of type typ arrives.
