@@ -357,6 +357,28 @@ func TestPodToHost(t *testing.T) {
 	}
 }
 
+// A frame the host TUN refuses is counted as an egress error and the
+// others of its batch as sent, bytes and all.
+func TestHostEgressPartlyRefused(t *testing.T) {
+	n := newFakeNet(t)
+	var frames [][]byte
+	for _, size := range []int{10, 20, 30} {
+		frames = append(frames, podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "172.16.0.1", proto: "icmp", payload: size}.build()))
+	}
+	refused := len(frames[1]) - ethLen - vnetLen // pod a reads virtio headers
+	n.host.mu.Lock()
+	n.host.refuseLen = refused
+	n.host.mu.Unlock()
+	n.a.dev.offer(frames...)
+	n.waitDrop(t, "host", DropEgressError, 0)
+	pkts, _ := n.host.wait(t, 2)
+	st := n.stats("host")
+	if st.TxFrames != 2 || st.TxBytes != uint64(len(pkts[0])+len(pkts[1])) || st.Drops[DropEgressError.String()] != 1 {
+		t.Fatalf("host port: tx %d frames %d bytes, drops %v; want 2 frames of %d bytes and one egress error",
+			st.TxFrames, st.TxBytes, st.Drops, len(pkts[0])+len(pkts[1]))
+	}
+}
+
 func TestPodToIPIP(t *testing.T) {
 	n := newFakeNet(t)
 	n.a.dev.offer(superframe(n.a, "10.0.1.5", 3000, 1000))
@@ -1163,5 +1185,79 @@ func TestUDPCoalesced(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if got := e.dev.count(); got != 2 {
 		t.Errorf("USO pod got %d frames, want 2", got)
+	}
+}
+
+// A flow leaves from one VXLAN sender socket (one outer source port),
+// whatever port it came in by and however long its packets are: the
+// hash reads the inner Ethernet and IP headers only. From the host port
+// the bytes before the IP header are the TUN's, not an Ethernet header,
+// so the header must be written before it is hashed.
+func TestVXLANSenderPerFlow(t *testing.T) {
+	for _, from := range []string{"pod", "host", "host with offload"} {
+		t.Run(from, func(t *testing.T) {
+			n := newFakeNetHost(t, from == "host with offload")
+			if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+				t.Fatal(err)
+			}
+			senders := make([]*fakeVXLAN, 4)
+			conns := make([]VXLANConn, len(senders))
+			for i := range senders {
+				senders[i] = newFakeVXLAN()
+				conns[i] = senders[i]
+			}
+			if err := n.s.AttachVXLAN(VXLANConfig{Conn: n.vx, Senders: conns, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf}); err != nil {
+				t.Fatal(err)
+			}
+			const pkts = 12
+			src := "172.16.0.1"
+			if from == "pod" {
+				src = n.a.ip.String()
+			}
+			for i := range pkts {
+				ip := ipSpec{src: src, dst: "10.0.2.9", proto: "tcp", flags: "A", seq: uint32(i * 1000), payload: 10 + 37*i}.build()
+				switch from {
+				case "pod":
+					n.a.dev.offer(podFrame(n.a, ip))
+				case "host":
+					n.host.offer(ip)
+				default: // a complete packet: a zero virtio header
+					n.host.offer(append(make([]byte, vnetLen), ip...))
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			var got []int
+			for {
+				got = got[:0]
+				total := 0
+				for _, s := range senders {
+					s.mu.Lock()
+					got = append(got, len(s.pkts))
+					total += len(s.pkts)
+					s.mu.Unlock()
+				}
+				if total == pkts {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("datagrams per sender %v, want %d in all", got, pkts)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			for i, c := range got {
+				if c != 0 && c != pkts {
+					t.Fatalf("one flow's %d datagrams spread over senders: %v", pkts, got)
+				}
+				if c == pkts {
+					// In the order they came, by sequence number.
+					for j, p := range senders[i].pkts {
+						ip := packet.IPv4(packet.Ethernet(encap.VXLAN(p).Payload()).Payload())
+						if seq := packet.TCP(ip.Payload()).Seq(); seq != uint32(j*1000) {
+							t.Fatalf("datagram %d has sequence %d, want %d", j, seq, j*1000)
+						}
+					}
+				}
+			}
+		})
 	}
 }

@@ -273,15 +273,19 @@ type vxQueue struct {
 // outer headers too (VXLANSuperframes.Frame).
 func (s *vxlanSender) Queue(buf []byte, ip, n int, gso packet.VirtioNetHdr, r *router.Route) bool {
 	l2 := ip - ethLen
+	// The inner Ethernet header first: the flow hash reads its EtherType,
+	// and what lies before the IP header until then is the ingress's (a
+	// TUN's virtio header, say), which would spread one flow's packets
+	// over senders by their lengths and reorder them.
+	eth := packet.Ethernet(buf[l2:ip])
+	eth.SetDst(packet.MAC(r.NextHopMAC))
+	eth.SetSrc(s.t.mac)
+	eth.SetEtherType(packet.EtherTypeIPv4)
 	qi := int(encap.FlowSourcePort(buf[l2:ip+n])) % len(s.queues)
 	q := &s.queues[qi]
 	if len(q.pkts) == cap(q.pkts) {
 		return false
 	}
-	eth := packet.Ethernet(buf[l2:ip])
-	eth.SetDst(packet.MAC(r.NextHopMAC))
-	eth.SetSrc(s.t.mac)
-	eth.SetEtherType(packet.EtherTypeIPv4)
 	start := encap.EncapVXLAN(buf, l2, s.t.vni)
 	dst := netip.AddrPortFrom(r.NextHop, s.t.port)
 	whole := false
