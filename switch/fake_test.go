@@ -54,12 +54,14 @@ type fakeSink struct {
 	pkts [][]byte
 	aux  []any // per packet: destination for tunnels
 	fail bool  // refuse writes (egress-error)
+	// refuseLen, when not 0, refuses the writes of packets that long.
+	refuseLen int
 }
 
 func (s *fakeSink) put(b []byte, aux any) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.fail {
+	if s.fail || (s.refuseLen != 0 && len(b) == s.refuseLen) {
 		return false
 	}
 	s.pkts = append(s.pkts, append([]byte(nil), b...))

@@ -225,26 +225,33 @@ func (h *hostPort) send(f *forwarder, _ ingress, p packetRef, _ *hop) {
 	}
 }
 
-// hostLane holds one reader's packets for the TUN, written in one call.
+// hostLane holds one reader's packets for the TUN, written out at the
+// end of its batch.
 type hostLane struct {
 	h    *hostPort
 	bufs [][]byte
+	one  [1][]byte // flush's argument to the device, kept to not allocate
 }
 
 func (l *hostLane) flush() {
 	if len(l.bufs) == 0 {
 		return
 	}
-	var bytes int
+	// One frame per call (a TUN takes one per write(2) anyway), so that a
+	// frame the kernel refuses is counted as such and the others as sent.
+	var frames, bytes int
 	for _, b := range l.bufs {
-		bytes += len(b) - tunOffset
+		l.one[0] = b
+		if n, err := l.h.dev.Write(l.one[:], tunOffset); n == 1 && err == nil {
+			frames++
+			bytes += len(b) - tunOffset
+		} else {
+			l.h.c.drop(DropEgressError)
+		}
 	}
-	if _, err := l.h.dev.Write(l.bufs, tunOffset); err != nil {
-		l.h.c.drop(DropEgressError)
-	} else {
-		l.h.c.txFrames.Add(uint64(len(l.bufs)))
-		l.h.c.txBytes.Add(uint64(bytes))
-	}
+	l.one[0] = nil
+	l.h.c.txFrames.Add(uint64(frames))
+	l.h.c.txBytes.Add(uint64(bytes))
 	clear(l.bufs)
 	l.bufs = l.bufs[:0]
 }
