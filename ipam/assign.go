@@ -82,13 +82,18 @@ func candidatePools(a AssignArgs) ([]Pool, error) {
 	var why []string
 	disabled := 0
 	for _, p := range a.Pools {
+		// A disabled pool gives nothing out, so its shape does not
+		// matter: the API accepts a disabled pool smaller than its
+		// block (as Calico does), and it must not stop the others.
+		if p.Disabled {
+			disabled++
+			why = append(why, fmt.Sprintf("%s (%s) is disabled", p, p.CIDR))
+			continue
+		}
 		if err := p.check(); err != nil {
 			return nil, err
 		}
 		switch {
-		case p.Disabled:
-			disabled++
-			why = append(why, fmt.Sprintf("%s (%s) is disabled", p, p.CIDR))
 		case !p.allows(use):
 			why = append(why, fmt.Sprintf("%s (%s) allows %s, not %s", p, p.CIDR, usesString(p), use))
 		case a.Requested:
@@ -377,9 +382,6 @@ func (m *IPAM) AssignIP(ctx context.Context, a AssignIPArgs) error {
 	var pool Pool
 	found := false
 	for _, p := range a.Pools {
-		if err := p.check(); err != nil {
-			return err
-		}
 		if p.CIDR.Contains(a.IP) {
 			pool, found = p, true
 			break
@@ -390,6 +392,12 @@ func (m *IPAM) AssignIP(ctx context.Context, a AssignIPArgs) error {
 	}
 	if pool.Disabled {
 		return fmt.Errorf("assign IP %s: %w: %s (%s)", a.IP, ErrPoolDisabled, pool, pool.CIDR)
+	}
+	// Only the pool the address is taken from must be usable; another
+	// one (disabled and smaller than its block, say) is none of this
+	// allocation's business.
+	if err := pool.check(); err != nil {
+		return err
 	}
 	attrs := ownerAttrs(a.Node, a.Attrs)
 	cidr := pool.blockFor(a.IP)

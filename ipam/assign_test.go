@@ -233,6 +233,20 @@ func TestPoolPreferenceAndDisabled(t *testing.T) {
 	if err := m.AssignIP(ctx, AssignIPArgs{IP: mustAddr("10.1.0.200"), Node: "a", HandleID: "h", Pools: []Pool{old, cur}}); !errors.Is(err, ErrPoolDisabled) {
 		t.Fatalf("AssignIP in a disabled pool: got %v, want ErrPoolDisabled", err)
 	}
+
+	// The API accepts a disabled pool smaller than its block (Calico
+	// does); listed first, it must not stop allocation from the others.
+	tiny := pool("tiny", "10.4.0.0/28", 26)
+	tiny.Disabled = true
+	if ip := assign(t, m, "a", "h-tiny", tiny, cur); !cur.CIDR.Contains(ip) {
+		t.Fatalf("with a small disabled pool first: got %v, want it from %v", ip, cur.CIDR)
+	}
+	if err := m.AssignIP(ctx, AssignIPArgs{IP: mustAddr("10.2.0.100"), Node: "a", HandleID: "h-tiny-ip", Pools: []Pool{tiny, cur}}); err != nil {
+		t.Fatalf("AssignIP beside a small disabled pool: %v", err)
+	}
+	if err := m.AssignIP(ctx, AssignIPArgs{IP: mustAddr("10.4.0.3"), Node: "a", HandleID: "h", Pools: []Pool{tiny, cur}}); !errors.Is(err, ErrPoolDisabled) {
+		t.Fatalf("AssignIP in the small disabled pool: got %v, want ErrPoolDisabled", err)
+	}
 }
 
 func TestAssignIP(t *testing.T) {
