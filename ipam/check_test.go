@@ -94,8 +94,18 @@ func TestReleaseEmptyBlock(t *testing.T) {
 	assign(t, m, "a", "pod.a.keep", p1)
 	ip := assign(t, m, "a", "pod.a.old", gone)
 	blk := netip.PrefixFrom(ip, 28).Masked()
+	before, err := m.affinities.Get(ctx, affinityName("a", blk))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if ok, err := m.ReleaseEmptyBlock(ctx, "a", blk); err != nil || ok {
 		t.Fatalf("release of a block in use: got %v %v, want false nil", ok, err)
+	}
+	// Without a write: the node calls this on every reconcile while the
+	// block's pods live, and each write to an affinity wakes the
+	// watchers, that node's reconcile among them.
+	if after, err := m.affinities.Get(ctx, affinityName("a", blk)); err != nil || after.Revision != before.Revision {
+		t.Fatalf("affinity of a block in use rewritten: revision %d → %d (%v)", before.Revision, after.Revision, err)
 	}
 	if bs, _ := m.NodeBlocks(ctx, "a"); !slices.Contains(bs, blk) {
 		t.Fatalf("block in use lost its affinity: %v", bs)

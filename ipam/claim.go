@@ -322,6 +322,16 @@ func (m *IPAM) ReleasePoolAffinities(ctx context.Context, cidr netip.Prefix) err
 // calls it for its blocks that no pool holds any more (the pool was
 // deleted with --force while pods still had addresses in them).
 func (m *IPAM) ReleaseEmptyBlock(ctx context.Context, node string, cidr netip.Prefix) (bool, error) {
+	// While its pods live the block is not empty, and the node asks on
+	// every reconcile: answer without a write. releaseAffinity's two
+	// (pendingDeletion, then confirmed again) would each wake every
+	// watcher of affinities, this node's reconcile among them, which
+	// would ask again: a loop of writes for as long as the pods live.
+	if kv, err := m.blocks.Get(ctx, cidr.String()); err == nil {
+		if b, err := decodeBlock(kv.Value); err == nil && b.affineTo(node) && !b.empty() {
+			return false, nil
+		}
+	}
 	return m.releaseAffinity(ctx, node, cidr)
 }
 
