@@ -99,3 +99,26 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatalf("%d goroutines left after Close:\n%s", len(left), strings.Join(left, "\n\n"))
 	}
 }
+
+// A flow offered after Close drained the table is refused: a connection
+// request that was dialling while NAT closed must not put a flow back that
+// nobody would close (its splice would keep Close waiting).
+func TestDrainedTableRefusesFlows(t *testing.T) {
+	tb := newTable(8)
+	k := func(port uint16) flowKey {
+		return flowKey{packet.ProtoTCP, netip.MustParseAddrPort("10.0.0.1:1000"), netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port)}
+	}
+	kept := &flow{key: k(1)}
+	if _, ok := tb.insert(kept); !ok {
+		t.Fatal("insert into an open table refused")
+	}
+	if got := tb.drain(); len(got) != 1 || got[0] != kept || tb.len() != 0 {
+		t.Fatalf("drain returned %v, left %d; want the one flow, none left", got, tb.len())
+	}
+	if got, ok := tb.insert(&flow{key: k(2)}); ok || got != nil {
+		t.Fatalf("insert after drain: got %v %v, want nil false", got, ok)
+	}
+	if _, ok := tb.replace(&flow{key: k(1)}); ok || tb.len() != 0 {
+		t.Fatalf("replace after drain: ok %v, %d flows; want refused, none", ok, tb.len())
+	}
+}

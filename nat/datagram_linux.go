@@ -273,7 +273,7 @@ func (n *NAT) newDatagramFlow(k flowKey) *flow {
 	if !ok {
 		d.conn.Close()
 		n.udpPorts.put(d.port)
-		if got == nil {
+		if got == nil && n.ctx.Err() == nil { // else Close drained the table
 			n.c.drop(DropTableFull)
 		}
 		return got

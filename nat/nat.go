@@ -246,14 +246,9 @@ func (n *NAT) Close() error {
 		n.lifeMu.Unlock()
 		n.cancel()
 		close(n.done)
-		n.table.mu.Lock()
-		flows := make([]*flow, 0, len(n.table.flows))
-		for _, f := range n.table.flows {
-			flows = append(flows, f)
-		}
-		clear(n.table.flows)
-		n.table.mu.Unlock()
-		for _, f := range flows {
+		// A connection request that entered before closed was set may
+		// still be dialling: the drained table refuses its flow.
+		for _, f := range n.table.drain() {
 			f.close()
 		}
 		n.wg.Wait()

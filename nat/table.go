@@ -119,9 +119,12 @@ func (f *flow) close() {
 // table is the connection table, bounded by max entries.
 type table struct {
 	max int
-	// mu guards flows.
+	// mu guards flows and closed.
 	mu    sync.RWMutex
 	flows map[flowKey]*flow
+	// closed is set by drain: nothing goes in after it, so a request that
+	// was under way when NAT closed cannot leave a flow nobody closes.
+	closed bool
 }
 
 func newTable(max int) *table {
@@ -141,6 +144,9 @@ func (t *table) lookup(k flowKey) *flow {
 func (t *table) insert(f *flow) (*flow, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return nil, false
+	}
 	if old := t.flows[f.key]; old != nil {
 		return old, false
 	}
@@ -153,16 +159,34 @@ func (t *table) insert(f *flow) (*flow, bool) {
 
 // replace installs f under its key, displacing whatever was there (a TCP
 // connection the netstack no longer knows: the pod reused the 4-tuple). It
-// returns the displaced flow, or nil, and false if the table is full.
+// returns the displaced flow, or nil, and false if the table is full or
+// closed.
 func (t *table) replace(f *flow) (*flow, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return nil, false
+	}
 	old := t.flows[f.key]
 	if old == nil && len(t.flows) >= t.max {
 		return nil, false
 	}
 	t.flows[f.key] = f
 	return old, true
+}
+
+// drain closes the table to new flows and empties it, returning what it
+// held.
+func (t *table) drain() []*flow {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	flows := make([]*flow, 0, len(t.flows))
+	for _, f := range t.flows {
+		flows = append(flows, f)
+	}
+	clear(t.flows)
+	return flows
 }
 
 // remove deletes f if it is still the flow under its key.

@@ -119,7 +119,9 @@ func (n *NAT) routineTCPRequest(r *tcp.ForwarderRequest) {
 	f := n.newFlow(key, stateSynSent)
 	old, ok := n.table.replace(f)
 	if !ok {
-		n.c.drop(DropTableFull)
+		if n.ctx.Err() == nil { // else Close drained the table
+			n.c.drop(DropTableFull)
+		}
 		r.Complete(true)
 		return
 	}
