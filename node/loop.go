@@ -68,6 +68,9 @@ type view struct {
 	// mesh): the import policy takes prefixes outside the pools only
 	// from them.
 	explicitPeers map[netip.Addr]bool
+	// lent are this node's block addresses that other nodes borrowed,
+	// each with the underlay address of the node that holds it.
+	lent map[netip.Addr]netip.Addr
 }
 
 // podPhase says where a pod is in its life.

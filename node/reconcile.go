@@ -181,9 +181,18 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache
 	in.Blocks = n.releaseOrphanBlocks(ctx, blocks, in.Pools)
 	// Addresses this node borrowed from other nodes' blocks are
 	// advertised one by one, beside its own blocks.
+	// Addresses other nodes borrowed from this node's blocks come back
+	// from them as /32s, which the import policy takes from them only.
 	for _, a := range allocs {
-		if a.Borrowed && a.Attrs["node"] == n.cfg.Name {
+		switch {
+		case !a.Borrowed:
+		case a.Attrs["node"] == n.cfg.Name:
 			in.Borrowed = append(in.Borrowed, a.IP)
+		case a.BlockOwner == n.cfg.Name && a.Attrs["node"] != "":
+			if in.Lent == nil {
+				in.Lent = map[netip.Addr]string{}
+			}
+			in.Lent[a.IP] = a.Attrs["node"]
 		}
 	}
 	self, _ := routing.SplitNodes(in.Nodes, n.cfg.Name)
@@ -236,9 +245,19 @@ func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
 	}
 
 	v := view{pools: in.Pools, blocks: in.Blocks, vteps: routing.VTEPMACs(others), overhead: overhead, explicitPeers: explicit}
+	byName := map[string]netip.Addr{}
 	for _, o := range others {
 		if p, ok := routing.NodeAddr(o); ok {
 			v.nodeAddrs = append(v.nodeAddrs, p.Addr())
+			byName[o.Name] = p.Addr()
+		}
+	}
+	for a, name := range in.Lent {
+		if at, ok := byName[name]; ok {
+			if v.lent == nil {
+				v.lent = map[netip.Addr]netip.Addr{}
+			}
+			v.lent[a] = at
 		}
 	}
 	return n.do(func(s *state) error { return n.setView(s, v) })

@@ -31,9 +31,11 @@ type dsInputs struct {
 	Peers   []*api.BGPPeer          `json:"bgpPeers"`
 	Configs []*api.BGPConfiguration `json:"bgpConfigurations"`
 	// Blocks are this node's affine blocks; Borrowed the addresses it
-	// took from other nodes' blocks.
-	Blocks   []netip.Prefix `json:"blocks"`
-	Borrowed []netip.Addr   `json:"borrowed"`
+	// took from other nodes' blocks; Lent the addresses other nodes took
+	// from its blocks, with the name of the node that holds each.
+	Blocks   []netip.Prefix        `json:"blocks"`
+	Borrowed []netip.Addr          `json:"borrowed"`
+	Lent     map[netip.Addr]string `json:"lent,omitempty"`
 }
 
 func (n *Node) viewCachePath() string { return filepath.Join(n.cfg.StateDir, "view.json") }

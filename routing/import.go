@@ -2,6 +2,7 @@ package routing
 
 import (
 	"net/netip"
+	"slices"
 
 	"podnet/api"
 	"podnet/router"
@@ -19,6 +20,10 @@ type Import struct {
 	// OwnBlocks are this node's IPAM blocks; PodAddrs its pods' addresses.
 	OwnBlocks []netip.Prefix
 	PodAddrs  []netip.Addr
+	// Lent are the addresses of this node's blocks that other nodes
+	// borrowed (IPAM), each with the underlay address of the node that
+	// holds it: that node advertises the address as a /32.
+	Lent map[netip.Addr]netip.Addr
 	// Subnet is this node's underlay address and prefix length.
 	Subnet netip.Prefix
 	// NodeAddrs are the other nodes' underlay addresses.
@@ -42,7 +47,8 @@ const (
 	RejectNotIPv4       = "not IPv4"
 	RejectDefault       = "default route"
 	RejectOwnBlock      = "overlaps this node's block"
-	RejectLocalPod      = "covers a local pod"
+	RejectLentElsewhere = "address lent to another node"
+	RejectLocalPod      = "is a local pod"
 	RejectCoversPool    = "covers an IP pool"
 	RejectOutsidePools  = "outside the IP pools from a mesh peer"
 	RejectUnknownNode   = "encapsulated next hop is no known node"
@@ -55,8 +61,13 @@ const (
 //
 //   - its prefix is IPv4 and not 0.0.0.0/0 (NAT outgoing and the
 //     node's own default route are never displaced);
-//   - it neither covers nor lies inside one of this node's blocks, nor
-//     covers one of its pods (a peer cannot take the node's own traffic);
+//   - it neither covers nor lies inside one of this node's blocks (a
+//     peer cannot take the node's own traffic), unless it is the /32 of
+//     an address IPAM lent from such a block to another node, with that
+//     node as next hop (Calico's borrowed addresses);
+//   - it is not the address of one of this node's pods (a prefix that
+//     covers one, another node's block the pod borrowed from, is fine:
+//     the pod's own /32 is more specific);
 //   - it lies inside an IP pool, or else comes from a peer a BGPPeer
 //     configures and covers no pool: a ToR may give the pods routes to
 //     the outside, a mesh peer only gives pool routes. This is the only
@@ -103,14 +114,24 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool) string {
 		return RejectSelfNextHop
 	}
 	for _, b := range im.OwnBlocks {
-		if b.Overlaps(pfx) {
+		if !b.Overlaps(pfx) {
+			continue
+		}
+		// An address another node borrowed from this block: its /32
+		// from that node is more specific than the block's blackhole.
+		by, lent := im.Lent[pfx.Addr()]
+		if !lent || pfx.Bits() != 32 {
 			return RejectOwnBlock
 		}
-	}
-	for _, a := range im.PodAddrs {
-		if pfx.Contains(a) {
-			return RejectLocalPod
+		if p.NextHop != by {
+			return RejectLentElsewhere
 		}
+	}
+	// A prefix that covers a pod of this node (one it borrowed from
+	// another node's block) is fine: the pod's /32 is more specific.
+	// The pod's own address is not.
+	if pfx.Bits() == 32 && slices.Contains(im.PodAddrs, pfx.Addr()) {
+		return RejectLocalPod
 	}
 	pool := PoolOf(im.Pools, pfx)
 	if pool == nil {

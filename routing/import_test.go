@@ -24,6 +24,8 @@ func TestImportFilter(t *testing.T) {
 		Subnet:    prefix("10.0.0.1/24"),
 		NodeAddrs: []netip.Addr{addr(mesh), addr("10.0.0.3")},
 		Explicit:  map[netip.Addr]bool{addr(tor): true},
+		// Borrowed from this node's block by the mesh peer.
+		Lent: map[netip.Addr]netip.Addr{addr("192.168.9.5"): addr(mesh)},
 	}
 	tests := []struct {
 		prefix, nextHop, peer string
@@ -37,11 +39,16 @@ func TestImportFilter(t *testing.T) {
 		{"0.0.0.0/0", tor, tor, RejectDefault},
 		{"0.0.0.0/0", mesh, mesh, RejectDefault},
 		{"192.168.9.0/26", mesh, mesh, RejectOwnBlock},
-		{"192.168.9.0/24", mesh, mesh, RejectOwnBlock},   // covers the block
-		{"192.168.9.8/29", mesh, mesh, RejectOwnBlock},   // inside the block
-		{"192.168.9.1/32", tor, tor, RejectOwnBlock},     // a local pod
+		{"192.168.9.0/24", mesh, mesh, RejectOwnBlock}, // covers the block
+		{"192.168.9.8/29", mesh, mesh, RejectOwnBlock}, // inside the block
+		{"192.168.9.1/32", tor, tor, RejectOwnBlock},   // a local pod
+		{"192.168.9.5/32", mesh, mesh, ""},             // lent to the mesh peer
+		{"192.168.9.5/32", mesh, "10.0.0.3", ""},       // ... reflected
+		{"192.168.9.5/32", "10.0.0.3", mesh, RejectLentElsewhere},
+		{"192.168.9.4/31", mesh, mesh, RejectOwnBlock},   // more than the lent address
+		{"192.168.9.6/32", mesh, mesh, RejectOwnBlock},   // lent to nobody
 		{"192.168.200.7/32", mesh, mesh, RejectLocalPod}, // a borrowed local pod
-		{"192.168.200.0/26", mesh, mesh, RejectLocalPod}, // covers it
+		{"192.168.200.0/26", mesh, mesh, ""},             // the block it was borrowed from
 		{"203.0.113.0/24", mesh, mesh, RejectOutsidePools},
 		{"172.16.0.0/12", tor, tor, RejectCoversPool},
 		{"172.20.0.0/15", tor, tor, RejectCoversPool},
