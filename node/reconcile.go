@@ -387,6 +387,12 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 		if len(cands) == 0 {
 			continue
 		}
+		// The Node names no address, so whatever the handle holds was
+		// assigned by a round that died or failed before the Node said
+		// so: it goes back first, or the node would hold two.
+		if err := n.ipam.ReleaseByHandle(ctx, handle); err != nil && !errors.Is(err, ipam.ErrNotAssigned) {
+			return fmt.Errorf("tunnel address: release what %s held: %w", handle, err)
+		}
 		ip, err := n.ipam.AutoAssign(ctx, ipam.AssignArgs{Node: n.cfg.Name, HandleID: handle,
 			Attrs: map[string]string{"node": n.cfg.Name, "type": k.attrType}, Pools: cands,
 			NodeLabels: self.Labels, Use: ipam.UseTunnel})
@@ -397,7 +403,10 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 			return fmt.Errorf("tunnel address: %w", err)
 		}
 		if err := n.updateNode(ctx, func(nd *api.Node) { *k.field(nd) = ip.String() }); err != nil {
-			n.ipam.ReleaseByHandle(ctx, handle)
+			// Not released here: the update may have been applied with
+			// its answer lost. The next round sees which: the Node names
+			// the address and keeps it, or it does not and the handle is
+			// released above.
 			return fmt.Errorf("record tunnel address: %w", err)
 		}
 		n.log.Info("tunnel address assigned", "type", k.attrType, "ip", ip)
