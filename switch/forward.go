@@ -277,6 +277,15 @@ func (f *forwarder) forward(in ingress, p packetRef) {
 // tunnel MTU enforced.
 func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 	caps := h.eg.caps()
+	if caps.innerMTU > 0 && p.superframe() && segmentLen(p) > caps.innerMTU && p.ipv4().DontFragment() {
+		// As the kernel does for a GSO packet it forwards: its segments
+		// would not fit, so the sender learns the tunnel's MTU (a pod
+		// that set a larger MTU than podnet gave it, say) instead of
+		// having them fragmented in the underlay.
+		in.stats().drop(DropFragNeeded)
+		f.icmpError(in, p.ipv4(), packet.ICMPDestUnreachable, packet.ICMPFragmentationNeeded, uint16(caps.innerMTU))
+		return
+	}
 	if p.superframe() && !caps.takesWhole(p) {
 		f.segment(in, p, h)
 		return
@@ -341,6 +350,22 @@ func (f *forwarder) segment(in ingress, p packetRef, h *hop) {
 		f.flushAll()
 		seg = f.borrowSeg()
 	}
+}
+
+// segmentLen is the length of the IPv4 packets superframe p is cut
+// into: its headers and one segment of payload.
+func segmentLen(p packetRef) int {
+	ip := p.ipv4()
+	n := ip.HeaderLen() + int(p.gso.GSOSize)
+	switch p.gso.GSOType {
+	case packet.GSOTCPv4:
+		if t := ip.Payload(); len(t) >= packet.TCPMinHeaderLen {
+			n += packet.TCP(t).DataOffset()
+		}
+	case packet.GSOUDPL4:
+		n += packet.UDPHeaderLen
+	}
+	return n
 }
 
 // maxSegments bounds how many segments p splits into.

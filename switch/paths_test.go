@@ -721,6 +721,10 @@ func dropCases() []dropCase {
 		{name: "too big for the tunnel", port: "a", reason: DropFragNeeded, icmp: icmpTC(3, 4), send: func(n *fakeNet) {
 			n.a.dev.offer(podFrame(n.a, ipSpec{src: "10.0.0.1", dst: "10.0.1.1", df: true, payload: 1480}.build()))
 		}},
+		{name: "superframe too big for the tunnel", port: "a", reason: DropFragNeeded, icmp: icmpTC(3, 4), send: func(n *fakeNet) {
+			// Segments of 20+20+1460 bytes; IP-in-IP carries 1480.
+			n.a.dev.offer(superframe(n.a, "10.0.1.1", 3000, 1460))
+		}},
 		{name: "stranger over ipip", port: "ipip", reason: DropUnknownSource, send: func(n *fakeNet) {
 			n.ipip.offer(ipipPacket(stranger, ipSpec{src: "10.0.1.5", dst: "10.0.0.2"}.build()))
 		}},
