@@ -61,6 +61,10 @@ const (
 	// be turned into an error for the pod (quote too short, forbidden by
 	// RFC 1812 §4.3.2.7).
 	DropICMPError
+	// DropDialsPending: a pod's connection request while it already has
+	// Config.MaxDialsPerPod dials waiting for their remotes; the SYN is
+	// ignored and the pod retries it, as when a listen queue is full.
+	DropDialsPending
 
 	numDropReasons
 )
@@ -83,6 +87,7 @@ var dropNames = [numDropReasons]string{
 	DropNetstackOut:         "netstack-invalid",
 	DropTruncated:           "truncated",
 	DropICMPError:           "icmp-error-untranslatable",
+	DropDialsPending:        "dials-pending",
 }
 
 // String returns the short kebab-case name used in Stats.Drops.

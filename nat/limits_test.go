@@ -273,3 +273,38 @@ func fuzzNetns(f *testing.F) string {
 	run(f, "-n", name, "addr", "add", "10.252.0.2/32", "dev", "lo")
 	return path
 }
+
+// TestMaxDialsPerPod: a pod whose dials wait on a remote that does not
+// answer may hold MaxDialsPerPod of them; its next request is ignored and
+// counted, while another pod still connects.
+func TestMaxDialsPerPod(t *testing.T) {
+	const max = 3
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{MaxDialsPerPod: max})
+	pod := newPodStack(t, n, d)
+	// No host has this address on R's link: each dial waits for ARP,
+	// about three seconds, before it fails.
+	silent := netip.AddrPortFrom(netip.MustParseAddr("10.252.0.77"), 80)
+	other := netip.MustParseAddr("192.168.1.3")
+	for i := range max {
+		n.Handle(buildTCP(netip.AddrPortFrom(other, uint16(20000+i)), silent, packet.TCPFlagSYN, 1000), 0)
+	}
+	if !waitFor(5*time.Second, func() bool { return n.Stats().ConnsTotal == max }) {
+		t.Fatalf("%d connection requests under way, want %d", n.Stats().ConnsTotal, max)
+	}
+	n.Handle(buildTCP(netip.AddrPortFrom(other, 20100), silent, packet.TCPFlagSYN, 1000), 0)
+	if !waitFor(5*time.Second, func() bool { return n.Stats().Drops[DropDialsPending.String()] == 1 }) {
+		t.Fatalf("drops %v, want one %s", n.Stats().Drops, DropDialsPending)
+	}
+	// Another pod is not held up by them.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 9))
+	if err != nil {
+		t.Fatalf("the other pod's dial: %v (drops %v)", err, n.Stats().Drops)
+	}
+	c.Close()
+	if got := n.Stats().Drops[DropDialsPending.String()]; got != 1 {
+		t.Fatalf("%s counted %d times, want 1", DropDialsPending, got)
+	}
+}

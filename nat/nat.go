@@ -34,6 +34,10 @@ const (
 	DefaultUDP            = 30 * time.Second
 	DefaultUDPAssured     = 120 * time.Second
 	DefaultICMP           = 30 * time.Second
+	// DefaultMaxDialsPerPod is a sixteenth of the connection requests
+	// the netstack takes at once (maxInFlight), so that one pod dialling
+	// remotes that never answer cannot hold them all for dialTimeout.
+	DefaultMaxDialsPerPod = maxInFlight / 16
 )
 
 // Config configures a NAT.
@@ -52,6 +56,11 @@ type Config struct {
 	// flows beyond it are refused (TCP: RST to the pod; UDP/ICMP:
 	// dropped) and counted as "table-full".
 	MaxEntries int
+	// MaxDialsPerPod bounds one pod's TCP connections being dialled at
+	// once (the remote has not answered yet); 0 = DefaultMaxDialsPerPod.
+	// Requests beyond it are ignored, counted as "dials-pending", and the
+	// pod's SYN retransmissions try again.
+	MaxDialsPerPod int
 	// Idle timeouts; zero = the Default* constants. TCPEstablished applies
 	// to open connections, TCPClosing after a FIN or once both sides are
 	// closed, UDP until the pod sends again after a reply, UDPAssured
@@ -85,6 +94,7 @@ type NAT struct {
 	table *table
 	syns  synTracker
 	socks *sockets
+	dials dialCounts
 
 	tcpPorts, udpPorts *portRange
 	portsPerProto      int
@@ -131,7 +141,11 @@ func New(cfg Config) (*NAT, error) {
 	if cfg.MaxEntries < 0 {
 		return nil, fmt.Errorf("nat: MaxEntries %d is negative", cfg.MaxEntries)
 	}
+	if cfg.MaxDialsPerPod < 0 {
+		return nil, fmt.Errorf("nat: MaxDialsPerPod %d is negative", cfg.MaxDialsPerPod)
+	}
 	setDefault(&cfg.MaxEntries, DefaultMaxEntries)
+	setDefault(&cfg.MaxDialsPerPod, DefaultMaxDialsPerPod)
 	setDefault(&cfg.TCPEstablished, DefaultTCPEstablished)
 	setDefault(&cfg.TCPClosing, DefaultTCPClosing)
 	setDefault(&cfg.UDP, DefaultUDP)
@@ -146,6 +160,7 @@ func New(cfg Config) (*NAT, error) {
 		epoch:    time.Now(),
 		table:    newTable(cfg.MaxEntries),
 		syns:     synTracker{m: make(map[flowKey]synRecord)},
+		dials:    dialCounts{m: make(map[netip.Addr]int)},
 		tcpPorts: newPortRange(cfg.PortMin, cfg.PortMax),
 		udpPorts: newPortRange(cfg.PortMin, cfg.PortMax),
 		done:     make(chan struct{}),

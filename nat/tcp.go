@@ -78,6 +78,31 @@ func (s *synTracker) expire(now int64) {
 	s.mu.Unlock()
 }
 
+// dialCounts counts each pod's TCP dials in progress.
+type dialCounts struct {
+	mu sync.Mutex
+	m  map[netip.Addr]int // guarded by mu; pods with none are not in it
+}
+
+// start counts a dial for pod unless it has max already.
+func (d *dialCounts) start(pod netip.Addr, max int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.m[pod] >= max {
+		return false
+	}
+	d.m[pod]++
+	return true
+}
+
+func (d *dialCounts) done(pod netip.Addr) {
+	d.mu.Lock()
+	if d.m[pod]--; d.m[pod] <= 0 {
+		delete(d.m, pod)
+	}
+	d.mu.Unlock()
+}
+
 // handleTCP passes a pod's TCP packet to the netstack, noting SYNs.
 func (n *NAT) handleTCP(ip packet.IPv4) {
 	if !ip.IsFragment() {
@@ -116,9 +141,17 @@ func (n *NAT) routineTCPRequest(r *tcp.ForwarderRequest) {
 		remote: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
 	}
 	seq, _ := n.syns.take(key)
+	// The netstack takes maxInFlight requests at once, for all pods: a
+	// pod whose remotes do not answer must not hold them all.
+	if !n.dials.start(key.pod.Addr(), n.cfg.MaxDialsPerPod) {
+		n.c.drop(DropDialsPending)
+		r.Complete(false) // no RST: the pod's retransmitted SYN tries again
+		return
+	}
 	f := n.newFlow(key, stateSynSent)
 	old, ok := n.table.replace(f)
 	if !ok {
+		n.dials.done(key.pod.Addr())
 		if n.ctx.Err() == nil { // else Close drained the table
 			n.c.drop(DropTableFull)
 		}
@@ -135,6 +168,7 @@ func (n *NAT) routineTCPRequest(r *tcp.ForwarderRequest) {
 	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
 	hc, err := n.dialTCP(ctx, key.remote)
 	cancel()
+	n.dials.done(key.pod.Addr())
 	if err != nil {
 		n.table.remove(f)
 		reason := dialFailure(err)

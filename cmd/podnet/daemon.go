@@ -142,6 +142,7 @@ system can reach.`,
 	f.StringVar(&natRange, "nat-port-range", "", "local ports for NAT outgoing, MIN:MAX (default: the kernel's ephemeral range)")
 	f.StringVar(&natAddr, "nat-outgoing-address", "", "source address for NAT outgoing (default: the node's address toward each destination)")
 	f.IntVar(&cfg.NAT.MaxEntries, "nat-max-entries", 0, "largest NAT connection table (default 65536)")
+	f.IntVar(&cfg.NAT.MaxDialsPerPod, "nat-max-dials-per-pod", 0, "most TCP connections one pod may have waiting for their remote through NAT (default 256)")
 	f.DurationVar(&cfg.NAT.UDP, "nat-udp-timeout", 0, "idle timeout of UDP NAT flows before a reply (default 30s)")
 	f.DurationVar(&cfg.NAT.TCPClosing, "nat-tcp-closing-timeout", 0, "timeout of closing TCP NAT flows (default 2m)")
 	f.DurationVar(&cfg.NAT.ICMP, "nat-icmp-timeout", 0, "idle timeout of ICMP echo NAT flows (default 30s)")
