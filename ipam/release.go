@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 
 	"podnet/datastore"
 )
@@ -37,7 +38,39 @@ func (m *IPAM) ReleaseIPs(ctx context.Context, ips ...netip.Addr) (released []ne
 		byBlock[cidr] = append(byBlock[cidr], ip)
 	}
 	for _, cidr := range order {
-		r, err := m.releaseFromBlock(ctx, cidr, byBlock[cidr])
+		r, err := m.releaseFromBlock(ctx, cidr, byBlock[cidr], nil)
+		released = append(released, r...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	slices.SortFunc(released, netip.Addr.Compare)
+	return released, errors.Join(errs...)
+}
+
+// ErrChanged: an address ReleaseAllocations was to free is no longer the
+// allocation it was given (freed, or assigned again since).
+var ErrChanged = errors.New("allocation changed")
+
+// ReleaseAllocations frees each allocation only if it is still what the
+// caller saw: the same handle and sequence number at the same address.
+// One freed and assigned again since (to a new pod) is left alone and
+// named in the error (ErrChanged); so is one freed already. It is how a
+// leak check's findings are released without racing the allocators.
+func (m *IPAM) ReleaseAllocations(ctx context.Context, allocs []Allocation) (released []netip.Addr, err error) {
+	byBlock := map[netip.Prefix][]netip.Addr{}
+	want := map[netip.Addr]Allocation{}
+	var order []netip.Prefix
+	for _, a := range allocs {
+		if _, seen := byBlock[a.Block]; !seen {
+			order = append(order, a.Block)
+		}
+		byBlock[a.Block] = append(byBlock[a.Block], a.IP)
+		want[a.IP] = a
+	}
+	var errs []error
+	for _, cidr := range order {
+		r, err := m.releaseFromBlock(ctx, cidr, byBlock[cidr], want)
 		released = append(released, r...)
 		if err != nil {
 			errs = append(errs, err)
@@ -48,8 +81,9 @@ func (m *IPAM) ReleaseIPs(ctx context.Context, ips ...netip.Addr) (released []ne
 }
 
 // releaseFromBlock frees ips, all inside block cidr, then uncounts their
-// handles.
-func (m *IPAM) releaseFromBlock(ctx context.Context, cidr netip.Prefix, ips []netip.Addr) ([]netip.Addr, error) {
+// handles. With want, an address is freed only while its allocation has
+// want's handle and sequence number.
+func (m *IPAM) releaseFromBlock(ctx context.Context, cidr netip.Prefix, ips []netip.Addr, want map[netip.Addr]Allocation) ([]netip.Addr, error) {
 	var (
 		released []netip.Addr
 		missing  []error
@@ -72,7 +106,12 @@ func (m *IPAM) releaseFromBlock(ctx context.Context, cidr netip.Prefix, ips []ne
 			return err
 		}
 		for _, ip := range ips {
-			o, _ := b.ordinal(ip)
+			o, ok := b.ordinal(ip)
+			if w, check := want[ip]; check && ok && b.Allocations[o] != nil &&
+				(b.handleOf(o) != w.HandleID || b.SequenceNumberForAllocation[strconv.Itoa(o)] != w.Seq) {
+				missing = append(missing, fmt.Errorf("IP address %s: %w (handle %s now)", ip, ErrChanged, b.handleOf(o)))
+				continue
+			}
 			h, ok := b.release(o)
 			if !ok {
 				missing = append(missing, fmt.Errorf("IP address %s is %w", ip, ErrNotAssigned))

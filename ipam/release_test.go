@@ -63,6 +63,47 @@ func TestReleaseIPs(t *testing.T) {
 	}
 }
 
+// TestReleaseAllocations frees an allocation only while it is the one the
+// caller saw: the same address freed and assigned again under the same
+// handle (a pod of the same name) is a new allocation and stays.
+func TestReleaseAllocations(t *testing.T) {
+	t.Parallel()
+	m, _ := startTest(t)
+	ctx := context.Background()
+	p := pool("p", "10.0.0.0/24", 29)
+	ip := assign(t, m, "a", "pod.a.web", p)
+	other := assign(t, m, "a", "pod.a.db", p)
+	seen, ok, err := m.Lookup(ctx, ip)
+	if err != nil || !ok {
+		t.Fatalf("lookup %v: %v %v", ip, ok, err)
+	}
+	if err := m.ReleaseByHandle(ctx, "pod.a.web"); err != nil {
+		t.Fatal(err)
+	}
+	if again := assign(t, m, "a", "pod.a.web", p); again != ip {
+		t.Fatalf("reassigned %v, want %v back", again, ip)
+	}
+	db, _, _ := m.Lookup(ctx, other)
+	rel, err := m.ReleaseAllocations(ctx, []Allocation{seen, db})
+	if !slices.Equal(rel, []netip.Addr{other}) || !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), ip.String()) {
+		t.Fatalf("release of a stale and a current allocation: released %v, %v; want %v and ErrChanged naming %v", rel, err, other, ip)
+	}
+	now, ok, err := m.Lookup(ctx, ip)
+	if err != nil || !ok || now.HandleID != "pod.a.web" {
+		t.Fatalf("the new allocation of %v: got %+v %v %v, want it kept", ip, now, ok, err)
+	}
+	if now.Seq == seen.Seq {
+		t.Fatalf("sequence number %d unchanged by the new allocation", now.Seq)
+	}
+	if rel, err := m.ReleaseAllocations(ctx, []Allocation{now}); err != nil || !slices.Equal(rel, []netip.Addr{ip}) {
+		t.Fatalf("release of the current allocation: %v %v", rel, err)
+	}
+	// One freed already is reported, not freed twice.
+	if _, err := m.ReleaseAllocations(ctx, []Allocation{now}); !errors.Is(err, ErrNotAssigned) {
+		t.Fatalf("second release: got %v, want ErrNotAssigned", err)
+	}
+}
+
 func TestReleaseByHandle(t *testing.T) {
 	t.Parallel()
 	m, _ := startTest(t)

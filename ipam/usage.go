@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"strconv"
 	"slices"
 
 	"podnet/datastore"
@@ -90,6 +91,10 @@ type Allocation struct {
 	// Borrowed: the address is for another node than the block's owner
 	// (Attrs["node"] != BlockOwner). Other nodes route it with a /32.
 	Borrowed bool
+	// Seq is the block's sequence number when the address was assigned:
+	// with HandleID it tells this allocation from a later one of the
+	// same address (ReleaseAllocations).
+	Seq uint64
 }
 
 func (b *block) allocation(o int) Allocation {
@@ -99,6 +104,7 @@ func (b *block) allocation(o int) Allocation {
 		IP: b.addr(o), Block: b.prefix, BlockOwner: owner,
 		HandleID: b.handleOf(o), Attrs: attrs,
 		Borrowed: attrs["node"] != owner,
+		Seq:      b.SequenceNumberForAllocation[strconv.Itoa(o)],
 	}
 }
 

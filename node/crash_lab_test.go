@@ -249,7 +249,7 @@ func TestPodRecordsLost(t *testing.T) {
 	if out, err := podnetIn(l, "worker1", "", "ipam", "check"); err == nil || !strings.Contains(out, a.IP+" leaked") {
 		t.Fatalf("ipam check with the endpoint gone: %v, want %s leaked:\n%s", err, a.IP, out)
 	}
-	mustPodnet(t, l, "", "ipam", "release", "--leaked")
+	mustPodnet(t, l, "", "ipam", "release", "--leaked", "--grace=1s")
 
 	if err := l.StopDaemon("worker1", syscall.SIGTERM); err != nil {
 		t.Fatal(err)

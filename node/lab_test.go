@@ -570,7 +570,7 @@ spec:
 	// check exits non-zero: it found a problem.
 	failsIn("", l.PodIP("test-2").String()+" leaked", "ipam", "check")
 	fails("ipam check: 1 problems found", "ipam", "check")
-	run("", "ipam", "release", "--leaked")
+	run("", "ipam", "release", "--leaked", "--grace=1s")
 	if out := run("", "ipam", "check"); !strings.Contains(out, "found 0 problems") {
 		t.Fatalf("ipam check after release: got\n%s", out)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -347,30 +348,24 @@ func attrString(m map[string]string) string {
 func newIPAMReleaseCmd() *cobra.Command {
 	var ips []string
 	var leaked bool
+	var grace time.Duration
 	cmd := &cobra.Command{
-		Use:   "release (--ip=A.B.C.D ... | --leaked)",
-		Short: "Release addresses: given ones, or every leak `ipam check` finds",
+		Use:   "release (--ip=A.B.C.D ... | --leaked [--grace=10s])",
+		Short: "Release addresses: given ones, or every leak `ipam check` finds twice, --grace apart",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (len(ips) == 0) == !leaked {
 				return usagef("give --ip or --leaked")
 			}
+			if grace < 0 {
+				return usagef("--grace must not be negative")
+			}
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				m := ipam.New(c.Store())
-				var addrs []netip.Addr
 				if leaked {
-					r, err := checkIPAM(ctx, c, m)
-					if err != nil {
-						return err
-					}
-					for _, a := range r.Leaked {
-						addrs = append(addrs, a.IP)
-					}
-					if len(addrs) == 0 {
-						fmt.Fprintln(stdout, "No leaked addresses found")
-						return nil
-					}
+					return releaseLeaked(ctx, c, m, grace)
 				}
+				var addrs []netip.Addr
 				for _, s := range ips {
 					ip, err := netip.ParseAddr(s)
 					if err != nil || !ip.Is4() {
@@ -387,8 +382,71 @@ func newIPAMReleaseCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringSliceVar(&ips, "ip", nil, "address to release (repeatable)")
-	cmd.Flags().BoolVar(&leaked, "leaked", false, "release every address that ipam check reports as leaked")
+	cmd.Flags().BoolVar(&leaked, "leaked", false, "release every address that ipam check reports as leaked, twice, --grace apart")
+	cmd.Flags().DurationVar(&grace, "grace", 10*time.Second, "with --leaked: time between the two checks")
 	return cmd
+}
+
+// leakRecheckWait is releaseLeaked's wait between its checks (a variable
+// so that a test can do what a pod add would do meanwhile).
+var leakRecheckWait = func(ctx context.Context, grace time.Duration) error {
+	select {
+	case <-time.After(grace):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// releaseLeaked releases what two checks, grace apart, both call leaked,
+// and only if each is still the same allocation (handle and sequence
+// number). A pod being added holds its address before its
+// WorkloadEndpoint is written, and one check alone would call it leaked;
+// an address freed and given to a new pod meanwhile is left alone.
+func releaseLeaked(ctx context.Context, c *resources.Client, m *ipam.IPAM, grace time.Duration) error {
+	first, err := checkIPAM(ctx, c, m)
+	if err != nil {
+		return err
+	}
+	if len(first.Leaked) == 0 {
+		fmt.Fprintln(stdout, "No leaked addresses found")
+		return nil
+	}
+	type allocKey struct {
+		ip     netip.Addr
+		handle string
+		seq    uint64
+	}
+	seen := map[allocKey]bool{}
+	for _, a := range first.Leaked {
+		seen[allocKey{a.IP, a.HandleID, a.Seq}] = true
+	}
+	fmt.Fprintf(stdout, "Found %d leaked addresses; checking again in %s, so that pods being added are not taken for leaks\n", len(first.Leaked), grace)
+	if err := leakRecheckWait(ctx, grace); err != nil {
+		return err
+	}
+	second, err := checkIPAM(ctx, c, m)
+	if err != nil {
+		return err
+	}
+	var both []ipam.Allocation
+	for _, a := range second.Leaked {
+		if seen[allocKey{a.IP, a.HandleID, a.Seq}] {
+			both = append(both, a)
+		}
+	}
+	if kept := len(first.Leaked) - len(both); kept > 0 {
+		fmt.Fprintf(stdout, "%d of them are in use now or changed: not released\n", kept)
+	}
+	if len(both) == 0 {
+		fmt.Fprintln(stdout, "No leaked addresses found")
+		return nil
+	}
+	released, err := m.ReleaseAllocations(ctx, both)
+	for _, ip := range released {
+		fmt.Fprintf(stdout, "Successfully released IP address %s\n", ip)
+	}
+	return err
 }
 
 func newIPAMConfigureCmd() *cobra.Command {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"podnet/api"
 	"podnet/datastore"
@@ -133,7 +134,23 @@ Found 0 handle counts that do not match the blocks.
 Check complete; found 3 problems.
 Release leaked addresses with: podnet ipam release --leaked
 `)
-	wantOut(t, ipamCmd(exitOK, "release", "--leaked"), "Successfully released IP address 10.40.0.2\nSuccessfully released IP address 10.40.0.4\n")
+	// Between its two checks pod b's endpoint appears, as when b was
+	// being added: b's address is in use then and stays; the other goes.
+	wait := leakRecheckWait
+	t.Cleanup(func() { leakRecheckWait = wait })
+	leakRecheckWait = func(context.Context, time.Duration) error {
+		wep("worker1", "b", "10.40.0.2")
+		return nil
+	}
+	wantOut(t, ipamCmd(exitOK, "release", "--leaked"), `Found 2 leaked addresses; checking again in 10s, so that pods being added are not taken for leaks
+1 of them are in use now or changed: not released
+Successfully released IP address 10.40.0.4
+`)
+	res.Delete(ctx, api.KindWorkloadEndpoint, api.WorkloadEndpointName("worker1", "b"), resources.DeleteOptions{})
+	leakRecheckWait = func(context.Context, time.Duration) error { return nil }
+	wantOut(t, ipamCmd(exitOK, "release", "--leaked", "--grace=0s"), `Found 1 leaked addresses; checking again in 0s, so that pods being added are not taken for leaks
+Successfully released IP address 10.40.0.2
+`)
 	out := ipamCmd(exitProblems, "check")
 	if !strings.Contains(out, "Found 0 IPs that are allocated") || !strings.Contains(out, "Check complete; found 1 problems.") {
 		t.Fatalf("after release: got\n%s", out)
