@@ -60,7 +60,12 @@ func TestAutoAssignClaimsAndFills(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("lookup %v: %v %v", first, ok, err)
 	}
-	want := Allocation{IP: first, Block: blk, BlockOwner: "n1", HandleID: "h0", Attrs: map[string]string{"node": "n1"}}
+	// Seq is the block's sequence number at the assignment, whatever
+	// that was; it must be there.
+	if a.Seq == 0 {
+		t.Fatalf("lookup: no sequence number in %+v", a)
+	}
+	want := Allocation{IP: first, Block: blk, BlockOwner: "n1", HandleID: "h0", Attrs: map[string]string{"node": "n1"}, Seq: a.Seq}
 	if fmt.Sprint(a) != fmt.Sprint(want) {
 		t.Fatalf("lookup: got %+v, want %+v", a, want)
 	}

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"strconv"
 	"slices"
+	"strconv"
 
 	"podnet/datastore"
 )
