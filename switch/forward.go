@@ -28,8 +28,8 @@ const (
 )
 
 // segScratch holds buffers that TSO superframes are split into. Each is a
-// full buffer: the host TUN's write coalesces segments back (GRO) in place
-// and needs the room, and egresses write headers in the headroom.
+// full buffer, headroom included: egresses write their headers in place
+// in front of each segment.
 type segScratch struct {
 	bufs  [][]byte
 	sizes []int

@@ -92,8 +92,8 @@ func (t *inboundFlows) record(ip packet.IPv4, now time.Time) {
 }
 
 // isReply says whether ip (pod → remote) answers a recorded inbound flow,
-// and refreshes it.
-func (t *inboundFlows) isReply(ip packet.IPv4, now time.Time) bool {
+// and with refresh keeps the flow alive (a trace only asks).
+func (t *inboundFlows) isReply(ip packet.IPv4, now time.Time, refresh bool) bool {
 	h, ok := flowKey(ip, true)
 	if !ok {
 		return false
@@ -106,6 +106,8 @@ func (t *inboundFlows) isReply(ip packet.IPv4, now time.Time) bool {
 	if now.Sub(time.Unix(int64(uint32(v)), 0)) > inboundIdle {
 		return false
 	}
-	s.Store(fp<<32 | uint64(uint32(now.Unix())))
+	if refresh {
+		s.Store(fp<<32 | uint64(uint32(now.Unix())))
+	}
 	return true
 }

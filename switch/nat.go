@@ -56,7 +56,7 @@ func (e *natEgress) caps() egressCaps {
 // pod can see, what NAT must not take.
 func (e *natEgress) admit(f *forwarder, in ingress, ip packet.IPv4, h *hop) (*hop, bool) {
 	c := &e.cfg
-	if f.fib.hostHop != nil && f.s.inbound.isReply(ip, f.now) {
+	if f.fib.hostHop != nil && f.s.inbound.isReply(ip, f.now, f.dry == nil) {
 		return f.fib.hostHop, true
 	}
 	switch {
@@ -115,11 +115,15 @@ func (s *Switch) InjectInPlace(buf []byte, off int, hdr packet.VirtioNetHdr) {
 		in = h
 	}
 	ip := packet.IPv4(buf[off:])
-	if ip.Validate() != packet.ParseOK || len(ip) > packet.MaxFrameLen-ethLen {
-		in.stats().drop(DropBadIPVersion)
+	if perr := ip.Validate(); perr != packet.ParseOK {
+		in.stats().drop(ipDropReason(perr))
 		return
 	}
-	ip = ip[:ip.TotalLen()]
+	ip = ip[:ip.TotalLen()] // the buffer may run on past the packet
+	if len(ip) > packet.MaxFrameLen-ethLen {
+		in.stats().drop(DropBadTotalLength)
+		return
+	}
 	if !injectable(hdr, ip) {
 		in.stats().drop(DropBadGSO)
 		return

@@ -959,6 +959,20 @@ func TestInjectInPlace(t *testing.T) {
 	if !bytes.Equal(short, before) {
 		t.Errorf("16 bytes of room: the caller's buffer was written to")
 	}
+
+	// A buffer that runs on past the packet, beyond 64 KiB: the packet
+	// is what its total length says.
+	long := append(append(make([]byte, packet.Headroom), ip...), make([]byte, 70000)...)
+	n.s.InjectInPlace(long, packet.Headroom, hdr)
+	frames, _ = n.a.dev.wait(t, 3)
+	if _, got := podRx(t, n.a, frames[2]); !bytes.Equal(got, ip) {
+		t.Errorf("in a long buffer: pod got %d bytes, want the superframe", len(got))
+	}
+	// A bad header is counted under its own reason.
+	bad := append([]byte(nil), ip...)
+	bad[0] = 0x44 // IHL 4
+	n.s.InjectInPlace(bad, 0, packet.VirtioNetHdr{})
+	n.waitDrop(t, "host", DropBadIHL, 0)
 }
 
 // NAT's replies to a UDP flow can be a UDP superframe (the host socket
@@ -1263,5 +1277,32 @@ func TestVXLANSenderPerFlow(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An inbound flow is kept alive by the pod's answers, not by a trace
+// asking whether a packet would be one (Trace changes nothing).
+func TestInboundRefresh(t *testing.T) {
+	var flows inboundFlows
+	in := packet.IPv4(ipSpec{src: "198.51.100.7", dst: "10.0.0.1", proto: "tcp"}.build())
+	out := packet.IPv4(ipSpec{src: "10.0.0.1", dst: "198.51.100.7", proto: "tcp"}.build())
+	// ipSpec's TCP ports are fixed; swap them for the answer.
+	tcp := packet.TCP(out.Payload())
+	sp, dp := tcp.SrcPort(), tcp.DstPort()
+	tcp.SetSrcPort(dp)
+	tcp.SetDstPort(sp)
+	t0 := time.Unix(1_700_000_000, 0)
+	flows.record(in, t0)
+	late := t0.Add(inboundIdle - time.Second)
+	if !flows.isReply(out, late, false) {
+		t.Fatal("the answer is not recognised")
+	}
+	if flows.isReply(out, t0.Add(inboundIdle+time.Second), false) {
+		t.Fatal("a question without refresh kept the flow alive")
+	}
+	flows.record(in, t0)
+	flows.isReply(out, late, true)
+	if !flows.isReply(out, t0.Add(inboundIdle+time.Second), false) {
+		t.Fatal("an answer did not keep the flow alive")
 	}
 }

@@ -64,13 +64,13 @@ import (
 
 // Implementation constants.
 const (
-	// GROMaxSegments is the most segments one merged packet holds. The
-	// switch re-segments superframes with a 64-entry scratch vector
-	// (switch/forward.go segScratchLen), so a superframe built here can
-	// always be cut again in one pass. At a 1448-byte MSS the 64 KiB
-	// limit is reached first (45 segments); this bound matters for small
-	// segments, whose merged packet would otherwise cost a re-segmenting
-	// receiver hundreds of segments.
+	// GROMaxSegments is the most segments one merged packet holds. At a
+	// 1448-byte MSS the 64 KiB limit is reached first (45 segments); this
+	// bound matters for small segments: a kernel that must cut the merged
+	// packet again (to forward it, or for a socket without GRO) would
+	// otherwise pay for hundreds of them. It is also the switch's segment
+	// scratch (switch/forward.go segScratchLen), so one such packet is cut
+	// in one pass where the switch must.
 	GROMaxSegments = 64
 
 	// groMaxLen is the largest merged packet: the IPv4 total length is a
