@@ -179,8 +179,25 @@ func (m *IPAM) AutoAssign(ctx context.Context, a AssignArgs) (netip.Addr, error)
 		return netip.Addr{}, err
 	}
 	for _, p := range pools {
-		for _, af := range affs {
-			if af.state != stateConfirmed || !p.holds(af.cidr) {
+		for i, af := range affs {
+			if !p.holds(af.cidr) {
+				continue
+			}
+			if af.state == statePending {
+				// A claim that died before confirming (a crash, a lost
+				// answer) left it, or another allocator of this node is
+				// claiming: finish the claim, which either can do. Left
+				// pending, the block would never be used or advertised.
+				ok, err := m.claim(ctx, a.Node, af.cidr)
+				if err != nil {
+					return netip.Addr{}, err
+				}
+				if !ok {
+					continue // another node's block: the affinity is gone
+				}
+				af.state, affs[i].state = stateConfirmed, stateConfirmed
+			}
+			if af.state != stateConfirmed {
 				continue
 			}
 			ip, err := m.assignFromBlock(ctx, af.cidr, a.Node, a.HandleID, attrs, true)

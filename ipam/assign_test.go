@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"podnet/datastore"
 )
@@ -408,5 +409,43 @@ func TestAssignLostWrite(t *testing.T) {
 				t.Fatalf("allocations left: %+v, want %d", allocs, want)
 			}
 		})
+	}
+}
+
+// TestPendingClaimFinished: a claim that died after creating the block
+// but before confirming its affinity (a crash, a lost answer) is finished
+// by the node's next allocation, which uses that block: left pending, the
+// block would be neither used nor advertised, nor claimable by another.
+func TestPendingClaimFinished(t *testing.T) {
+	t.Parallel()
+	m, _ := startTest(t)
+	ctx := context.Background()
+	p := pool("p", "10.20.0.0/24", 28)
+	blk := netip.MustParsePrefix("10.20.0.48/28")
+	if _, err := m.affinities.Create(ctx, affinityName("n1", blk), encodeAffinity(statePending)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.blocks.Create(ctx, blk.String(), newBlock(blk, "n1", time.Now()).encode()); err != nil {
+		t.Fatal(err)
+	}
+	if ip := assign(t, m, "n1", "h1", p); !blk.Contains(ip) {
+		t.Fatalf("got %v, want an address of the block the dead claim left, %v", ip, blk)
+	}
+	if bs, err := m.NodeBlocks(ctx, "n1"); err != nil || !slices.Equal(bs, []netip.Prefix{blk}) {
+		t.Fatalf("node blocks: got %v %v, want [%v] confirmed", bs, err, blk)
+	}
+	// A pending affinity for a block another node holds goes away.
+	other := netip.MustParsePrefix("10.20.0.64/28")
+	if _, err := m.blocks.Create(ctx, other.String(), newBlock(other, "n2", time.Now()).encode()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.affinities.Create(ctx, affinityName("n3", other), encodeAffinity(statePending)); err != nil {
+		t.Fatal(err)
+	}
+	if ip := assign(t, m, "n3", "h3", p); other.Contains(ip) {
+		t.Fatalf("n3 got %v from n2's block", ip)
+	}
+	if _, err := m.affinities.Get(ctx, affinityName("n3", other)); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("n3's pending affinity for n2's block: got %v, want it deleted", err)
 	}
 }
