@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -157,7 +159,9 @@ func (n *Node) do(f func(*state) error) error {
 // onRoutes is the BGP speaker's OnRoutes: the loop takes the paths and
 // publishes at once. A change in what BGP says often follows a change in
 // the cluster (a node came or went), so the datastore is read again too,
-// in case a watch missed it; the routes do not wait for that.
+// in case a watch missed it; the routes do not wait for that. That read
+// comes at most once per routesRereadEvery, so that a peer flapping a
+// prefix costs every node a read a second, not one per change.
 func (n *Node) onRoutes(paths []bgp.Path) {
 	err := n.do(func(s *state) error {
 		s.learned = paths
@@ -166,7 +170,28 @@ func (n *Node) onRoutes(paths []bgp.Path) {
 	if err != nil && !errors.Is(err, errStopped) {
 		n.log.Warn("publish routes", "err", err)
 	}
-	n.markReread()
+	n.routesReread.kick()
+}
+
+// routesRereadEvery bounds the datastore reads that BGP route changes
+// ask for.
+const routesRereadEvery = time.Second
+
+// rateLimited calls f at most once per every: the first kick schedules
+// f after every, and the kicks until then are folded into that call.
+type rateLimited struct {
+	every time.Duration
+	f     func()
+	armed atomic.Bool
+}
+
+func (r *rateLimited) kick() {
+	if r.armed.CompareAndSwap(false, true) {
+		time.AfterFunc(r.every, func() {
+			r.armed.Store(false)
+			r.f()
+		})
+	}
 }
 
 // setView takes what the datastore goroutine read: the switch learns the

@@ -139,6 +139,9 @@ type Node struct {
 	loopDone chan struct{}
 	// reread asks the datastore goroutine to read the datastore again.
 	reread chan struct{}
+	// routesReread asks for it after BGP route changes, at most once per
+	// routesRereadEvery.
+	routesReread *rateLimited
 
 	// speaker is the BGP speaker. The datastore goroutine creates and
 	// replaces it; the API reads it.
@@ -185,14 +188,16 @@ func New(cfg Config) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Node{
+	n := &Node{
 		cfg:      cfg,
 		log:      log.With("component", "node", "node", cfg.Name),
 		local:    podStore{path: filepath.Join(cfg.StateDir, "pods.json")},
 		ops:      make(chan func(*state)),
 		loopDone: make(chan struct{}),
 		reread:   make(chan struct{}, 1),
-	}, nil
+	}
+	n.routesReread = &rateLimited{every: routesRereadEvery, f: n.markReread}
+	return n, nil
 }
 
 // Run brings the node up, serves the local API and blocks until ctx is
