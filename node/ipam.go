@@ -112,10 +112,32 @@ func ipamError(err error) error {
 }
 
 // recordEndpoint writes (or removes) the pod's WorkloadEndpoint.
+//
+// The name joins node and pod with a dash, as Calico's does, so pod
+// "1-web" of node "worker" and pod "web" of node "worker-1" would share
+// one: an endpoint another pod owns is neither overwritten nor deleted
+// (the add fails and says why).
 func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) error {
 	name := api.WorkloadEndpointName(n.cfg.Name, rec.Name)
+	cur, err := n.res.Get(ctx, api.KindWorkloadEndpoint, name)
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		return err
+	}
+	if err == nil {
+		w := cur.(*api.WorkloadEndpoint)
+		if w.Spec.Node != n.cfg.Name || w.Spec.Workload != rec.Name {
+			if !add {
+				return nil // not ours
+			}
+			return fmt.Errorf("workload endpoint %s belongs to pod %s of node %s: its name is this pod's too (node %s, pod %s); give the pod another name",
+				name, w.Spec.Workload, w.Spec.Node, n.cfg.Name, rec.Name)
+		}
+	}
 	if !add {
-		_, err := n.res.Delete(ctx, api.KindWorkloadEndpoint, name, resources.DeleteOptions{})
+		if cur == nil {
+			return nil
+		}
+		_, err := n.res.Delete(ctx, api.KindWorkloadEndpoint, name, resources.DeleteOptions{ResourceVersion: cur.GetObjectMeta().ResourceVersion})
 		if err != nil && !errors.Is(err, datastore.ErrNotFound) {
 			return err
 		}
@@ -126,7 +148,14 @@ func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) erro
 		Node: n.cfg.Name, Workload: rec.Name, InterfaceName: "eth0",
 		IPNetworks: []string{netip.PrefixFrom(rec.IP, 32).String()}, MAC: rec.MAC, Netns: rec.Netns,
 	}
-	_, err := n.res.Apply(ctx, w)
+	if cur == nil {
+		// Create, not Apply: another node's pod of the same name may be
+		// writing it now.
+		_, err = n.res.Create(ctx, w)
+		return err
+	}
+	w.ResourceVersion = cur.GetObjectMeta().ResourceVersion
+	_, err = n.res.Apply(ctx, w)
 	return err
 }
 

@@ -407,6 +407,22 @@ func TestPodAddBadInput(t *testing.T) {
 		{"loopback", []string{"pod", "add", "lo", "--netns", spare, "--ip", "127.0.0.5"}, "--ip"},
 		{"reserved", []string{"pod", "add", "res", "--netns", spare, "--ip", "240.0.0.1"}, "--ip"},
 		{"unknown pod del", []string{"pod", "del", "nosuchpod"}, "not found"},
+		// worker1-web, below, is pod 1-web's of node worker.
+		{"endpoint name taken", []string{"pod", "add", "web", "--new", "--ip", "192.168.1.55"}, "belongs to pod 1-web of node worker"},
+	}
+	t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", "web")) }) // if the refused add left it
+	foreign := `apiVersion: podnet.io/v1
+kind: WorkloadEndpoint
+metadata:
+  name: worker1-web
+spec:
+  node: worker
+  workload: 1-web
+  interfaceName: eth0
+  ipNetworks: [192.168.1.99/32]
+`
+	if out, err := podnetIn(l, "worker1", foreign, "create", "-f", "-"); err != nil {
+		t.Fatalf("create the other node's endpoint: %v\n%s", err, out)
 	}
 	c := nodeClient(t, l, "worker1")
 	before, err := c.Pods()
@@ -435,6 +451,9 @@ func TestPodAddBadInput(t *testing.T) {
 	}
 	if len(after) != len(before) {
 		t.Fatalf("pods changed: got %d, want %d", len(after), len(before))
+	}
+	if out, err := podnetIn(l, "worker1", "", "get", "wep", "worker1-web", "-o", "yaml"); err != nil || !strings.Contains(out, "node: worker\n") || !strings.Contains(out, "192.168.1.99/32") {
+		t.Fatalf("the other node's endpoint after the refused add: %v\n%s", err, out)
 	}
 	// No eth0 in the spare namespace, no TAP left in the node namespace.
 	if out, _ := l.Output(ctx, "fabric", "ip", "-n", l.Name()+"-test-9", "-o", "link", "show"); strings.Contains(string(out), "eth0") {
