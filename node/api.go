@@ -126,6 +126,9 @@ func writeErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &ue):
 		code = http.StatusBadRequest
+		if ue.code != 0 {
+			code = ue.code
+		}
 	case errors.As(err, &unavailable):
 		code = http.StatusServiceUnavailable
 	}

@@ -105,7 +105,7 @@ func (n *Node) allocate(ctx context.Context, pod, ipStr, poolName string) (netip
 func ipamError(err error) error {
 	for _, e := range []error{ipam.ErrPoolsExhausted, ipam.ErrNotInPool, ipam.ErrAlreadyAssigned, ipam.ErrStrictAffinity, ipam.ErrNoPools, ipam.ErrPoolDisabled} {
 		if errors.Is(err, e) {
-			return &userError{err.Error()}
+			return &userError{msg: err.Error()}
 		}
 	}
 	return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -31,13 +32,27 @@ import (
 // podNameRE is a DNS label, like Kubernetes pod names.
 var podNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
-// userError is an error caused by the request, not the node.
-type userError struct{ msg string }
+// userError is an error caused by the request, not the node. code is
+// its HTTP status; 0 means 400 Bad Request.
+type userError struct {
+	msg  string
+	code int
+}
 
 func (e *userError) Error() string { return e.msg }
 
 func badRequest(format string, args ...any) error {
-	return &userError{fmt.Sprintf(format, args...)}
+	return &userError{msg: fmt.Sprintf(format, args...)}
+}
+
+// notFound: the request names a pod the node does not have (404).
+func notFound(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...), code: http.StatusNotFound}
+}
+
+// busyPod: the pod is being added or deleted; ask again later (409).
+func busyPod(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...), code: http.StatusConflict}
 }
 
 // AddPod creates the pod's port and records it. It either succeeds or
@@ -257,11 +272,11 @@ func (n *Node) DeletePod(name string) error {
 			p, ok := s.pods[name]
 			switch {
 			case !ok:
-				return badRequest("pod %s not found", name)
+				return notFound("pod %s not found", name)
 			case p.phase == podAdding:
-				return badRequest("pod %s is being added", name)
+				return busyPod("pod %s is being added", name)
 			case p.phase == podDeleting, p.phase == podReleasing:
-				return badRequest("pod %s is being deleted", name)
+				return busyPod("pod %s is being deleted", name)
 			case p.busy:
 				busy = true
 				return nil

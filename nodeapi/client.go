@@ -80,14 +80,36 @@ func (c *Client) do(method, path string, body, out any) error {
 	if resp.StatusCode >= 300 {
 		var e Error
 		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
 		}
-		return fmt.Errorf("podnet daemon: %s", resp.Status)
+		return &StatusError{Code: resp.StatusCode, Msg: "podnet daemon: " + resp.Status}
 	}
 	if out != nil {
 		return json.NewDecoder(resp.Body).Decode(out)
 	}
 	return nil
+}
+
+// Errors a StatusError matches with errors.Is, by its code.
+var (
+	// ErrNotFound: the daemon has no such pod (404).
+	ErrNotFound = errors.New("not found")
+	// ErrBusy: the pod is being added or deleted; try again (409).
+	ErrBusy = errors.New("busy")
+)
+
+// StatusError is the daemon's answer to a request it refused: the HTTP
+// status and the daemon's message, which is what Error says.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+func (e *StatusError) Is(target error) bool {
+	return (target == ErrNotFound && e.Code == http.StatusNotFound) ||
+		(target == ErrBusy && e.Code == http.StatusConflict)
 }
 
 // Get reads the JSON answer of a GET on path (one of the Path constants)

@@ -14,11 +14,13 @@ import (
 	"context"
 	"crypto/sha512"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -256,6 +258,46 @@ func TestCNIToolLab(t *testing.T) {
 		}
 		if _, ok := podsOf(t, l, "worker1")[podName("podnet", "wait-test", "eth0")]; ok {
 			t.Errorf("pod of wait-test still on worker1 after DEL")
+		}
+	})
+	t.Run("del while the add waits: try again later", func(t *testing.T) {
+		// etcd stopped: the daemon's add waits for IPAM, as when a
+		// runtime's ADD times out and it sends DEL.
+		etcd := l.Status().EtcdPID
+		if etcd == 0 || syscall.Kill(etcd, syscall.SIGSTOP) != nil {
+			t.Fatalf("cannot stop the lab's etcd (pid %d)", etcd)
+		}
+		var resumed sync.Once
+		resume := func() { resumed.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
+		defer resume()
+		add := plugin("ADD", "stall-test", "10s")
+		if err := add.Start(); err != nil {
+			t.Fatal(err)
+		}
+		name := podName("podnet", "stall-test", "eth0")
+		c := nodeapi.NewClient(sock)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := c.DeletePod(name)
+			if errors.Is(err, nodeapi.ErrBusy) {
+				break
+			}
+			if !errors.Is(err, nodeapi.ErrNotFound) || time.Now().After(deadline) {
+				t.Fatalf("delete of the pod being added: %v, want it busy", err)
+			}
+			time.Sleep(20 * time.Millisecond) // the ADD has not reached the daemon yet
+		}
+		out, err := plugin("DEL", "stall-test", "2s").Output()
+		if e, ok := decodeError(out); err == nil || !ok || e.Code != 11 || !strings.Contains(e.Msg, "is being added") {
+			t.Fatalf("DEL while the ADD waits: err %v, answer %s; want code 11 saying the pod is being added", err, out)
+		}
+		resume()
+		add.Wait() // it succeeds or fails; either way the DEL then cleans up
+		if out, err := plugin("DEL", "stall-test", "10s").CombinedOutput(); err != nil {
+			t.Fatalf("DEL after the ADD: %v: %s", err, out)
+		}
+		if _, ok := podsOf(t, l, "worker1")[name]; ok {
+			t.Errorf("pod %s still on worker1 after DEL", name)
 		}
 	})
 }

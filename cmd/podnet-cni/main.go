@@ -149,7 +149,10 @@ func result(cniVersion, netns string, pod nodeapi.PodInfo, mtu int) (*current.Re
 }
 
 // cmdDel removes the pod. A pod the daemon does not have is already
-// released (a second DEL, or a DEL for an ADD that failed): success.
+// released (a second DEL, or a DEL for an ADD that failed): success. A
+// pod still being added (the runtime gave up waiting for its ADD) is an
+// error, so that the runtime tries the DEL again: a success now would
+// leave the pod and its address behind once the ADD completes.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, err := loadConf(args)
 	if err != nil {
@@ -160,17 +163,14 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	name := podName(conf.Name, args.ContainerID, args.IfName)
-	_, ok, err := findPod(c, name)
-	if err != nil {
-		return fmt.Errorf("podnet-cni: delete pod %s (container %s): %w", name, args.ContainerID, err)
-	}
-	if !ok {
+	err = c.DeletePod(name)
+	switch {
+	case err == nil, errors.Is(err, nodeapi.ErrNotFound):
 		return nil
+	case errors.Is(err, nodeapi.ErrBusy):
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("podnet-cni: delete pod %s (container %s): %v", name, args.ContainerID, err), "")
 	}
-	if err := c.DeletePod(name); err != nil {
-		return fmt.Errorf("podnet-cni: delete pod %s (container %s): %w", name, args.ContainerID, err)
-	}
-	return nil
+	return fmt.Errorf("podnet-cni: delete pod %s (container %s): %w", name, args.ContainerID, err)
 }
 
 // cmdCheck verifies that ADD's result still holds: the daemon has the pod
