@@ -36,7 +36,7 @@ type state struct {
 	pods      map[string]*pod
 	tunnels   tunnelState  // which encapsulations have their sockets open
 	hostAddrs []netip.Addr // the node's own addresses
-	learned   []bgp.Path   // best paths from BGP peers
+	learned   []bgp.Path   // paths from BGP peers, each prefix's best first
 	view      view         // what the datastore said last
 	// haveView is false until the first view arrives: until then
 	// learned paths wait, as their pools decide how to reach them.

@@ -56,7 +56,9 @@ func (n *Node) logRouteEvents(next func([]bgp.Path)) func([]bgp.Path) {
 func (ev *routeEvents) update(paths []bgp.Path, now time.Time) {
 	cur := make(map[netip.Prefix]bgp.Path, len(paths))
 	for _, p := range paths {
-		cur[p.Prefix] = p
+		if p.Best {
+			cur[p.Prefix] = p
+		}
 	}
 	var added, withdrawn []bgp.Path
 	for pfx, old := range ev.last {

@@ -13,7 +13,7 @@ import (
 )
 
 func path(prefix, peer string) bgp.Path {
-	return bgp.Path{Prefix: netip.MustParsePrefix(prefix), Peer: netip.MustParseAddr(peer), NextHop: netip.MustParseAddr(peer)}
+	return bgp.Path{Prefix: netip.MustParsePrefix(prefix), Peer: netip.MustParseAddr(peer), NextHop: netip.MustParseAddr(peer), Best: true}
 }
 
 // TestRouteEvents feeds successive learned sets and checks the log lines.

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"podnet/api"
+	"podnet/router"
 	"podnet/router/bgp"
 )
 
@@ -99,5 +100,30 @@ func TestImportMaxPrefixes(t *testing.T) {
 	im.MaxPrefixes = 0
 	if acc, _ := im.Filter(paths); len(acc) != len(paths) {
 		t.Fatalf("default limit: accepted %d of %d", len(acc), len(paths))
+	}
+}
+
+// TestImportFallsBackOnNextPath: BGP's best path for a prefix (here an
+// explicit peer's, with a tunnel next hop that is no node) is refused;
+// the next path for the prefix, the owner's own, becomes the route.
+func TestImportFallsBackOnNextPath(t *testing.T) {
+	const owner, tor = "10.0.0.2", "10.0.0.254"
+	im := Import{
+		Pools:     []*api.IPPool{pool("ipip", "192.168.0.0/16", api.EncapAlways, api.EncapNever, true)},
+		Subnet:    prefix("10.0.0.1/24"),
+		NodeAddrs: []netip.Addr{addr(owner)},
+		Explicit:  map[netip.Addr]bool{addr(tor): true},
+	}
+	paths := []bgp.Path{
+		{Prefix: prefix("192.168.5.0/26"), NextHop: addr(tor), Peer: addr(tor), Best: true},
+		{Prefix: prefix("192.168.5.0/26"), NextHop: addr(owner), Peer: addr(owner)},
+	}
+	acc, rej := im.Filter(paths)
+	if len(rej) != 1 || rej[0].Path.Peer != addr(tor) || rej[0].Reason != RejectUnknownNode {
+		t.Fatalf("refused %+v, want the ToR's path for %q", rej, RejectUnknownNode)
+	}
+	routes := RemoteRoutes(acc, im.Pools, im.Subnet, nil, nil, "podnet0")
+	if len(routes) != 1 || routes[0].NextHop != addr(owner) || routes[0].Encap != router.EncapIPIP {
+		t.Fatalf("routes %+v, want 192.168.5.0/26 over IP-in-IP via %s", routes, owner)
 	}
 }

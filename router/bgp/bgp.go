@@ -65,8 +65,9 @@ type Config struct {
 	// Logger receives the speaker's own messages and GoBGP's messages at Warn
 	// and above. nil discards them.
 	Logger *slog.Logger
-	// OnRoutes is called with the complete set of learned best paths (sorted
-	// by prefix; our own advertisements are not included) once soon after
+	// OnRoutes is called with the complete set of learned paths (sorted
+	// by prefix, each prefix's best path first, then the others in GoBGP's
+	// order of preference; our own advertisements are not included) once soon after
 	// New, usually empty, and then each time the set changes. Calls are
 	// coalesced (a burst of updates becomes one call), made from the
 	// speaker's own goroutine, never concurrently, and never after Close
@@ -109,6 +110,10 @@ type Path struct {
 	ASPath []uint32
 	// Origin is "IGP", "EGP" or "Incomplete".
 	Origin string
+	// Best: GoBGP's choice among the prefix's paths. The others are
+	// still offered, so that a caller that refuses the best one (an
+	// import policy) can fall back on the next.
+	Best bool
 }
 
 // PeerStatus is one row of "calicoctl node status".

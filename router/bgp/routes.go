@@ -165,18 +165,20 @@ func (s *Speaker) routineRoutes() {
 	}
 }
 
-// learnedPaths lists the best path of every prefix in the global RIB that
-// was learned from a peer, sorted by prefix. Locally originated paths have
-// no peer address and are skipped.
+// learnedPaths lists every path in the global RIB that was learned from
+// a peer, sorted by prefix, each prefix's best path first and the others
+// in GoBGP's order. Locally originated paths have no peer address and are
+// skipped.
 func (s *Speaker) learnedPaths() ([]Path, error) {
 	var out []Path
 	err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgppkt.RF_IPv4_UC},
 		func(_ bgppkt.NLRI, paths []*apiutil.Path) {
 			for _, p := range paths {
-				if !p.Best || p.Withdrawal {
+				if p.Withdrawal {
 					continue
 				}
 				if lp, ok := pathFromAPI(p); ok {
+					lp.Best = p.Best
 					out = append(out, lp)
 				}
 			}
@@ -184,7 +186,18 @@ func (s *Speaker) learnedPaths() ([]Path, error) {
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(a, b Path) int { return comparePrefix(a.Prefix, b.Prefix) })
+	slices.SortStableFunc(out, func(a, b Path) int {
+		if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
+			return c
+		}
+		switch {
+		case a.Best == b.Best:
+			return 0
+		case a.Best:
+			return -1
+		}
+		return 1
+	})
 	return out, nil
 }
 
@@ -235,7 +248,7 @@ func originName(o uint8) string {
 
 func pathEqual(a, b Path) bool {
 	return a.Prefix == b.Prefix && a.NextHop == b.NextHop && a.Peer == b.Peer &&
-		a.Origin == b.Origin && slices.Equal(a.ASPath, b.ASPath)
+		a.Origin == b.Origin && slices.Equal(a.ASPath, b.ASPath) && a.Best == b.Best
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -78,6 +78,37 @@ func TestIBGPAdvertiseWithdrawClose(t *testing.T) {
 	t.Logf("B's row for stopped A: %+v", pb)
 }
 
+// TestNonBestPathsOffered: A and B both announce a prefix to C. C's
+// OnRoutes has both paths, GoBGP's best first and marked Best, so that an
+// import policy refusing the best one can take the other; when the best
+// one goes, the other becomes best.
+func TestNonBestPathsOffered(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	c := newNode(t, podnetASN, nil)
+	c.setPeers(t, c.peerOf(a), c.peerOf(b))
+	a.setPeers(t, a.peerOf(c))
+	b.setPeers(t, b.peerOf(c))
+	c.waitEstablished(t, a)
+	c.waitEstablished(t, b)
+	a.advertise(t, a.addr, "192.168.7.0/26")
+	b.advertise(t, b.addr, "192.168.7.0/26")
+	got := c.routes.wait(t, "both paths", func(ps []Path) bool { return len(ps) == 2 })
+	if !got[0].Best || got[1].Best || got[0].Prefix != got[1].Prefix || got[0].Peer == got[1].Peer {
+		t.Fatalf("C learned %+v, want two paths for one prefix from A and B, the best first and alone marked", got)
+	}
+	loser := got[1].Peer
+	winner := a
+	if winner.addr == loser {
+		winner = b
+	}
+	winner.advertise(t, winner.addr)
+	got = c.routes.wait(t, "the other path alone, best now", func(ps []Path) bool { return len(ps) == 1 && ps[0].Best })
+	if got[0].Peer != loser {
+		t.Fatalf("C learned %+v, want the path from %v", got, loser)
+	}
+}
+
 // R is a route reflector (cluster 244.0.0.1); A and B are its clients and
 // have no session with each other:
 //
