@@ -45,6 +45,11 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
+// DefaultMaxPathsPerPeer is ten times what a node takes from one peer
+// (routing.DefaultMaxPrefixes): room for a route reflector's whole
+// cluster, not for a full Internet table sent by mistake.
+const DefaultMaxPathsPerPeer = 100000
+
 // Config configures a Speaker.
 type Config struct {
 	// RouterID is the node's underlay IPv4 address. It is the BGP router ID,
@@ -59,6 +64,11 @@ type Config struct {
 	ListenPort int
 	// ListenAddrs are the addresses to listen on. nil means all addresses.
 	ListenAddrs []netip.Addr
+	// MaxPathsPerPeer bounds the paths one peer may keep in this speaker;
+	// a peer that sends more gets a Cease NOTIFICATION (maximum number of
+	// prefixes reached) and loses its session, not the speaker its
+	// memory. 0 means DefaultMaxPathsPerPeer.
+	MaxPathsPerPeer int
 	// RouteReflectorClusterID, if valid and non-zero, makes this speaker a
 	// route reflector: peers with RRClient set are its clients.
 	RouteReflectorClusterID netip.Addr

@@ -107,6 +107,14 @@ func (s *Speaker) reasonInput(p Peer) reasonInput {
 	return reasonInput{HasPassword: p.Password != "", PeerASN: p.ASN, LocalASN: s.localASN(p)}
 }
 
+// maxPaths is Config.MaxPathsPerPeer or its default.
+func (s *Speaker) maxPaths() int {
+	if s.cfg.MaxPathsPerPeer > 0 {
+		return s.cfg.MaxPathsPerPeer
+	}
+	return DefaultMaxPathsPerPeer
+}
+
 // apiPeer translates a Peer into GoBGP's request.
 func (s *Speaker) apiPeer(p Peer) *api.Peer {
 	port := uint32(p.Port)
@@ -133,7 +141,11 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 			HoldTime:          uint64(p.HoldTime / time.Second),
 			KeepaliveInterval: uint64(p.KeepaliveTime / time.Second),
 		}},
-		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: v4Unicast, Enabled: true}}},
+		AfiSafis: []*api.AfiSafi{{
+			Config: &api.AfiSafiConfig{Family: v4Unicast, Enabled: true},
+			PrefixLimits: &api.PrefixLimit{Family: v4Unicast, MaxPrefixes: uint32(s.maxPaths()),
+				ShutdownThresholdPct: 80}, // a warning in the log first
+		}},
 	}
 	if p.RRClient {
 		ap.RouteReflector = &api.RouteReflector{

@@ -168,8 +168,12 @@ func sentNotificationReason(code, sub uint8, in reasonInput) string {
 	case bgppkt.BGP_ERROR_HOLD_TIMER_EXPIRED:
 		return "Hold timer expired"
 	case bgppkt.BGP_ERROR_CEASE:
-		// We sent Cease because we are deconfiguring, resetting or shutting
-		// down the peer, or resolving a connection collision: not a failure.
+		if sub == bgppkt.BGP_ERROR_SUB_MAXIMUM_NUMBER_OF_PREFIXES_REACHED {
+			return "Maximum number of prefixes reached: the peer sent more than podnet keeps from one peer"
+		}
+		// Otherwise we sent Cease because we are deconfiguring, resetting
+		// or shutting down the peer, or resolving a connection collision:
+		// not a failure.
 		return ""
 	case bgppkt.BGP_ERROR_FSM_ERROR:
 		if sub == bgppkt.BGP_ERROR_SUB_RECEIVE_UNEXPECTED_MESSAGE_IN_OPENSENT_STATE {

@@ -783,3 +783,21 @@ func TestHoldTimerExpiry(t *testing.T) {
 		t.Errorf("B's row: got Info %q, want %q", row.Info, "Hold timer expired")
 	}
 }
+
+// TestMaxPathsPerPeer: a peer that sends more paths than the speaker
+// keeps from one peer loses its session (Cease, maximum number of
+// prefixes reached), with the reason in the speaker's row for it, and
+// the speaker keeps none of them.
+func TestMaxPathsPerPeer(t *testing.T) {
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, func(c *Config) { c.MaxPathsPerPeer = 5 })
+	a.setPeers(t, a.peerOf(b))
+	b.setPeers(t, b.peerOf(a))
+	b.waitEstablished(t, a)
+	a.advertise(t, a.addr, "192.168.1.0/26", "192.168.2.0/26", "192.168.3.0/26", "192.168.4.0/26", "192.168.5.0/26", "192.168.6.0/26")
+	row := b.waitPeer(t, a.addr, "session torn down for too many prefixes", func(p PeerStatus) bool {
+		return p.State != "Established" && strings.Contains(strings.ToLower(p.Info), "prefix")
+	})
+	t.Logf("B's row for A: %+v", row)
+	b.routes.wait(t, "none of A's paths", func(ps []Path) bool { return len(ps) == 0 })
+}
