@@ -50,7 +50,7 @@ const (
 	RejectLentElsewhere = "address lent to another node"
 	RejectLocalPod      = "is a local pod"
 	RejectCoversPool    = "covers an IP pool"
-	RejectOutsidePools  = "outside the IP pools from a mesh peer"
+	RejectOutsidePools  = "outside the IP pools from a mesh peer or to a node"
 	RejectUnknownNode   = "encapsulated next hop is no known node"
 	RejectSelfNextHop   = "next hop is this node"
 	RejectTooManyPrefix = "peer exceeds its maximum prefixes"
@@ -69,9 +69,11 @@ const (
 //     covers one, another node's block the pod borrowed from, is fine:
 //     the pod's own /32 is more specific);
 //   - it lies inside an IP pool, or else comes from a peer a BGPPeer
-//     configures and covers no pool: a ToR may give the pods routes to
-//     the outside, a mesh peer only gives pool routes. This is the only
-//     opt-in; Calico has no per-peer import setting to mirror;
+//     configures, covers no pool and leads to no node: a ToR may give
+//     the pods routes to the outside, nodes only give pool routes (a
+//     node in a BGPPeer's session, a route reflector, included). This
+//     is the only opt-in; Calico has no per-peer import setting to
+//     mirror;
 //   - when its pool encapsulates it, the next hop is a known node (a
 //     tunnel to any other address would send pod traffic off the
 //     cluster);
@@ -135,7 +137,10 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool) string {
 	}
 	pool := PoolOf(im.Pools, pfx)
 	if pool == nil {
-		if !im.Explicit[p.Peer] {
+		// Nodes announce pool routes only; a route outside the pools that
+		// leads to a node (through a node that a BGPPeer made a session
+		// with: a route reflector, say) is no ToR's.
+		if !im.Explicit[p.Peer] || nodes[p.NextHop] {
 			return RejectOutsidePools
 		}
 		for _, pl := range im.Pools {

@@ -51,6 +51,7 @@ func TestImportFilter(t *testing.T) {
 		{"192.168.200.7/32", mesh, mesh, RejectLocalPod}, // a borrowed local pod
 		{"192.168.200.0/26", mesh, mesh, ""},             // the block it was borrowed from
 		{"203.0.113.0/24", mesh, mesh, RejectOutsidePools},
+		{"0.0.0.0/1", "10.0.0.3", tor, RejectOutsidePools}, // outside, to a node: no node announces it
 		{"172.16.0.0/12", tor, tor, RejectCoversPool},
 		{"172.20.0.0/15", tor, tor, RejectCoversPool},
 		{"192.168.5.0/26", "10.0.0.99", tor, RejectUnknownNode}, // IP-in-IP to a stranger
