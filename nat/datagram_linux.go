@@ -232,7 +232,7 @@ func (n *NAT) sent(f *flow, err error, bytes, segs int) bool {
 // the flow is refused. Two packets racing to open the same flow both open
 // a socket; the loser closes its own and uses the winner's.
 func (n *NAT) newDatagramFlow(k flowKey) *flow {
-	if n.table.len() >= n.table.max {
+	if !n.table.hasRoom() {
 		n.c.drop(DropTableFull)
 		return nil
 	}

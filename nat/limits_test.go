@@ -308,3 +308,62 @@ func TestMaxDialsPerPod(t *testing.T) {
 		t.Fatalf("%s counted %d times, want 1", DropDialsPending, got)
 	}
 }
+
+// TestFullTableEvictsClosed: in a table full of closed TCP flows (a pod
+// that opened and closed connections fast), a new flow takes the place of
+// one of them instead of being refused; live flows are never evicted.
+func TestFullTableEvictsClosed(t *testing.T) {
+	const max = 4
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{MaxEntries: max})
+	pod := newPodStack(t, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range max {
+		c, err := pod.dial(ctx, echo)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		c.Close()
+	}
+	if !waitFor(5*time.Second, func() bool {
+		closed := 0
+		for _, e := range n.Entries() {
+			if e.State == "closed" {
+				closed++
+			}
+		}
+		return closed == max
+	}) {
+		t.Fatalf("entries %+v, want %d closed", n.Entries(), max)
+	}
+	// A new UDP flow and a new TCP connection both get in.
+	u := pod.dialUDP(t, netip.AddrPortFrom(remoteAddr, 7))
+	u.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := u.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if nr, err := u.Read(buf); err != nil || string(buf[:nr]) != "hi" {
+		t.Fatalf("UDP echo through a table full of closed flows: %q %v", buf[:nr], err)
+	}
+	c, err := pod.dial(ctx, echo)
+	if err != nil {
+		t.Fatalf("TCP dial through a table full of closed flows: %v", err)
+	}
+	defer c.Close()
+	s := n.Stats()
+	if s.Entries != max || s.Drops["table-full"] != 0 {
+		t.Fatalf("stats %+v: want %d entries and nothing refused", s, max)
+	}
+	// Now two live flows and two closed ones: two more get in, the third
+	// is refused.
+	for i := range 2 {
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, uint16(10000+i)), netip.AddrPortFrom(remoteAddr, 7), []byte("x")), 0)
+	}
+	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 10009), netip.AddrPortFrom(remoteAddr, 7), []byte("x")), 0)
+	if s := n.Stats(); s.Drops["table-full"] != 1 || s.Entries != max {
+		t.Fatalf("stats %+v: want the table full of live flows and one refused", s)
+	}
+}

@@ -52,9 +52,11 @@ type Config struct {
 	// PortMin and PortMax bound host sockets' local TCP and UDP ports
 	// (natPortRange); both zero = the kernel's ephemeral range.
 	PortMin, PortMax uint16
-	// MaxEntries bounds the connection table; 0 = DefaultMaxEntries. New
-	// flows beyond it are refused (TCP: RST to the pod; UDP/ICMP:
-	// dropped) and counted as "table-full".
+	// MaxEntries bounds the connection table; 0 = DefaultMaxEntries. A
+	// new flow in a full table takes the place of a closed TCP flow if
+	// one is found (they hold nothing but their row); else it is refused
+	// (TCP: RST to the pod; UDP/ICMP: dropped) and counted as
+	// "table-full".
 	MaxEntries int
 	// MaxDialsPerPod bounds one pod's TCP connections being dialled at
 	// once (the remote has not answered yet); 0 = DefaultMaxDialsPerPod.

@@ -150,11 +150,44 @@ func (t *table) insert(f *flow) (*flow, bool) {
 	if old := t.flows[f.key]; old != nil {
 		return old, false
 	}
-	if len(t.flows) >= t.max {
+	if len(t.flows) >= t.max && !t.evictClosedLocked() {
 		return nil, false
 	}
 	t.flows[f.key] = f
 	return f, true
+}
+
+// hasRoom reports whether a new flow would fit, dropping a closed flow
+// to make room if it must (see evictClosedLocked).
+func (t *table) hasRoom() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.flows) < t.max || t.evictClosedLocked()
+}
+
+// evictScan bounds the entries a full table looks at for a closed flow
+// to drop, per new flow.
+const evictScan = 64
+
+// evictClosedLocked makes room in a full table by dropping a closed TCP
+// flow, if one of up to evictScan entries is one (the map's iteration
+// starts at a random place). A closed flow holds no socket or port any
+// more, only its row in `nat list`; without this, a pod opening and
+// closing connections fast fills the table for TCPClosing and every
+// pod's new flows are refused, as conntrack's early drop avoids. Caller
+// holds t.mu.
+func (t *table) evictClosedLocked() bool {
+	n := 0
+	for k, f := range t.flows {
+		if f.getState() == stateClosed {
+			delete(t.flows, k)
+			return true
+		}
+		if n++; n >= evictScan {
+			break
+		}
+	}
+	return false
 }
 
 // replace installs f under its key, displacing whatever was there (a TCP
@@ -168,7 +201,7 @@ func (t *table) replace(f *flow) (*flow, bool) {
 		return nil, false
 	}
 	old := t.flows[f.key]
-	if old == nil && len(t.flows) >= t.max {
+	if old == nil && len(t.flows) >= t.max && !t.evictClosedLocked() {
 		return nil, false
 	}
 	t.flows[f.key] = f
