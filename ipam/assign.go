@@ -58,6 +58,11 @@ type AssignIPArgs struct {
 	Attrs          map[string]string
 	// Pools are all pools, to find the one that holds IP.
 	Pools []Pool
+	// Use, when set, must be among the pool's allowed uses.
+	Use Use
+	// Restore: the address is one the caller had before (a pod's address
+	// IPAM lost), so a disabled pool gives it too: old pods keep working.
+	Restore bool
 }
 
 // ownerAttrs copies attrs and sets "node".
@@ -407,8 +412,11 @@ func (m *IPAM) AssignIP(ctx context.Context, a AssignIPArgs) error {
 	if !found {
 		return fmt.Errorf("%s is %w", a.IP, ErrNotInPool)
 	}
-	if pool.Disabled {
+	if pool.Disabled && !a.Restore {
 		return fmt.Errorf("assign IP %s: %w: %s (%s)", a.IP, ErrPoolDisabled, pool, pool.CIDR)
+	}
+	if a.Use != "" && !pool.allows(a.Use) {
+		return fmt.Errorf("assign IP %s: %w: %s (%s) allows %s, not %s", a.IP, ErrPoolUse, pool, pool.CIDR, usesString(pool), a.Use)
 	}
 	// Only the pool the address is taken from must be usable; another
 	// one (disabled and smaller than its block, say) is none of this

@@ -59,6 +59,9 @@ var (
 	// ErrTooManyRetries: the compare-and-swap lost maxRetries times in a
 	// row. Retry later.
 	ErrTooManyRetries = errors.New("max retries hit - excessive concurrent IPAM requests")
+	// ErrPoolUse: AssignIP of an address in a pool whose allowedUses
+	// leave out AssignIPArgs.Use.
+	ErrPoolUse = errors.New("pool does not allow this use")
 	// ErrPoolDisabled: AssignIP of an address in a disabled pool.
 	ErrPoolDisabled = errors.New("IP pool is disabled")
 )

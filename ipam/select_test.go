@@ -156,11 +156,28 @@ func TestAutoAssignUses(t *testing.T) {
 	if !errors.Is(err, ErrNoPools) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("got %v, want %q", err, want)
 	}
+	// A given address (pod add --ip) obeys allowedUses too.
+	err = m.AssignIP(ctx, AssignIPArgs{IP: netip.MustParseAddr("10.6.0.9"), Node: "n", HandleID: "pod4", Pools: all, Use: UseWorkload})
+	if !errors.Is(err, ErrPoolUse) || !strings.Contains(err.Error(), "lb (10.6.0.0/24) allows [LoadBalancer], not Workload") {
+		t.Fatalf("AssignIP in a LoadBalancer pool: got %v, want ErrPoolUse naming the pool", err)
+	}
 	// Nothing was written for the refused requests.
-	for _, h := range []string{"pod3"} {
+	for _, h := range []string{"pod3", "pod4"} {
 		if _, err := m.handles.Get(ctx, h); err == nil {
 			t.Fatalf("handle %s exists after a refused assignment", h)
 		}
+	}
+	// A pod's own address, lost by IPAM, comes back from its pool though
+	// the pool has been disabled since.
+	disabled := pods
+	disabled.Disabled = true
+	again := []Pool{tunnel, lb, manual, disabled}
+	lost := netip.MustParseAddr("10.8.0.77")
+	if err := m.AssignIP(ctx, AssignIPArgs{IP: lost, Node: "n", HandleID: "pod5", Pools: again, Use: UseWorkload}); !errors.Is(err, ErrPoolDisabled) {
+		t.Fatalf("new address in a disabled pool: got %v, want ErrPoolDisabled", err)
+	}
+	if err := m.AssignIP(ctx, AssignIPArgs{IP: lost, Node: "n", HandleID: "pod5", Pools: again, Use: UseWorkload, Restore: true}); err != nil {
+		t.Fatalf("restoring a pod's address in a disabled pool: %v", err)
 	}
 }
 

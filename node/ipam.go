@@ -70,7 +70,7 @@ func (n *Node) allocate(ctx context.Context, pod, ipStr, poolName string) (netip
 		if err != nil || !ip.Is4() {
 			return netip.Addr{}, badRequest("pod %s: invalid IPv4 address %q", pod, ipStr)
 		}
-		err = n.ipam.AssignIP(ctx, ipam.AssignIPArgs{IP: ip, Node: n.cfg.Name, HandleID: n.podHandle(pod), Attrs: attrs, Pools: pools})
+		err = n.ipam.AssignIP(ctx, ipam.AssignIPArgs{IP: ip, Node: n.cfg.Name, HandleID: n.podHandle(pod), Attrs: attrs, Pools: pools, Use: ipam.UseWorkload})
 		if err != nil {
 			return netip.Addr{}, ipamError(err)
 		}
@@ -103,7 +103,7 @@ func (n *Node) allocate(ctx context.Context, pod, ipStr, poolName string) (netip
 // ipamError marks IPAM refusals (exhausted, taken, outside pools) as the
 // user's to fix rather than the node's failure.
 func ipamError(err error) error {
-	for _, e := range []error{ipam.ErrPoolsExhausted, ipam.ErrNotInPool, ipam.ErrAlreadyAssigned, ipam.ErrStrictAffinity, ipam.ErrNoPools, ipam.ErrPoolDisabled} {
+	for _, e := range []error{ipam.ErrPoolsExhausted, ipam.ErrNotInPool, ipam.ErrAlreadyAssigned, ipam.ErrStrictAffinity, ipam.ErrNoPools, ipam.ErrPoolDisabled, ipam.ErrPoolUse} {
 		if errors.Is(err, e) {
 			return &userError{msg: err.Error()}
 		}
@@ -213,8 +213,10 @@ func (n *Node) checkPods(ctx context.Context) error {
 					return err
 				}
 			}
+			// Restore: the pod had it, so its pool being disabled since
+			// does not matter (old pods keep working).
 			err := n.ipam.AssignIP(ctx, ipam.AssignIPArgs{IP: rec.IP, Node: n.cfg.Name, HandleID: rec.Handle,
-				Attrs: map[string]string{"node": n.cfg.Name, "pod": rec.Name, "type": "pod"}, Pools: pools})
+				Attrs: map[string]string{"node": n.cfg.Name, "pod": rec.Name, "type": "pod"}, Pools: pools, Restore: true})
 			if err != nil {
 				errs = append(errs, fmt.Errorf("pod %s: address %s is not allocated in IPAM, and allocating it failed: %w", rec.Name, rec.IP, err))
 				continue
