@@ -2,11 +2,14 @@ package ipam
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"podnet/datastore"
 )
 
 func TestCheck(t *testing.T) {
@@ -125,5 +128,34 @@ func TestReleaseEmptyBlock(t *testing.T) {
 	}
 	if r, _ := m.Check(ctx, []Pool{p1}, nil); r.Problems() != 0 || r.Blocks != 1 {
 		t.Fatalf("after release:\n%s", r)
+	}
+}
+
+// TestDeleteAffinityIn: the last step of a release deletes the affinity
+// only while it is still pendingDeletion, so a claim that confirmed it
+// again meanwhile keeps it.
+func TestDeleteAffinityIn(t *testing.T) {
+	t.Parallel()
+	m, _ := startTest(t)
+	ctx := context.Background()
+	blk := netip.MustParsePrefix("10.30.0.0/26")
+	name := affinityName("a", blk)
+	if _, err := m.affinities.Create(ctx, name, encodeAffinity(stateConfirmed)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.deleteAffinityIn(ctx, name, statePendingDeletion); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.affinities.Get(ctx, name); err != nil {
+		t.Fatalf("a confirmed affinity was deleted: %v", err)
+	}
+	if err := m.setAffinityState(ctx, name, statePendingDeletion); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.deleteAffinityIn(ctx, name, statePendingDeletion); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.affinities.Get(ctx, name); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("a pendingDeletion affinity: got %v, want it deleted", err)
 	}
 }

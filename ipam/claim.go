@@ -115,6 +115,12 @@ func (m *IPAM) setAffinityState(ctx context.Context, name, state string) error {
 // deleteAffinity removes an affinity with a CAS on the revision read;
 // gone already is fine.
 func (m *IPAM) deleteAffinity(ctx context.Context, name string) error {
+	return m.deleteAffinityIn(ctx, name, "")
+}
+
+// deleteAffinityIn is deleteAffinity that leaves the affinity alone
+// unless it is in state (any state when "").
+func (m *IPAM) deleteAffinityIn(ctx context.Context, name, state string) error {
 	return retry("delete block affinity "+name, func() error {
 		kv, err := m.affinities.Get(ctx, name)
 		if errors.Is(err, datastore.ErrNotFound) {
@@ -122,6 +128,15 @@ func (m *IPAM) deleteAffinity(ctx context.Context, name string) error {
 		}
 		if err != nil {
 			return err
+		}
+		if state != "" {
+			var a affinity
+			if err := json.Unmarshal(kv.Value, &a); err != nil {
+				return fmt.Errorf("decode block affinity %s: %w", name, err)
+			}
+			if a.State != state {
+				return nil
+			}
 		}
 		err = m.affinities.Delete(ctx, name, kv.Revision)
 		if errors.Is(err, datastore.ErrNotFound) {
@@ -379,5 +394,8 @@ func (m *IPAM) releaseAffinity(ctx context.Context, node string, cidr netip.Pref
 	if err != nil || !released {
 		return false, errors.Join(err, m.setAffinityState(ctx, name, stateConfirmed))
 	}
-	return true, m.deleteAffinity(ctx, name)
+	// Only if still pendingDeletion: a claim of the same block by the
+	// same node between the block's delete and now has confirmed it for
+	// the block it created again.
+	return true, m.deleteAffinityIn(ctx, name, statePendingDeletion)
 }
