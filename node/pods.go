@@ -50,9 +50,15 @@ func notFound(format string, args ...any) error {
 	return &userError{msg: fmt.Sprintf(format, args...), code: http.StatusNotFound}
 }
 
-// busyPod: the pod is being added or deleted; ask again later (409).
+// busyPod: the pod is being added; ask again later (409).
 func busyPod(format string, args ...any) error {
 	return &userError{msg: fmt.Sprintf(format, args...), code: http.StatusConflict}
+}
+
+// gonePod: the pod is being deleted: it is off the node already and the
+// daemon finishes the rest (410).
+func gonePod(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...), code: http.StatusGone}
 }
 
 // AddPod creates the pod's port and records it. It either succeeds or
@@ -276,7 +282,7 @@ func (n *Node) DeletePod(name string) error {
 			case p.phase == podAdding:
 				return busyPod("pod %s is being added", name)
 			case p.phase == podDeleting, p.phase == podReleasing:
-				return busyPod("pod %s is being deleted", name)
+				return gonePod("pod %s is being deleted", name)
 			case p.busy:
 				busy = true
 				return nil

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -92,9 +93,10 @@ func (c *Client) do(method, path string, body, out any) error {
 
 // Errors a StatusError matches with errors.Is, by its code.
 var (
-	// ErrNotFound: the daemon has no such pod (404).
+	// ErrNotFound: the daemon has no such pod (404), or no longer: it is
+	// being deleted and the daemon finishes that itself (410).
 	ErrNotFound = errors.New("not found")
-	// ErrBusy: the pod is being added or deleted; try again (409).
+	// ErrBusy: the pod is being added; try again (409).
 	ErrBusy = errors.New("busy")
 )
 
@@ -108,8 +110,15 @@ type StatusError struct {
 func (e *StatusError) Error() string { return e.Msg }
 
 func (e *StatusError) Is(target error) bool {
-	return (target == ErrNotFound && e.Code == http.StatusNotFound) ||
-		(target == ErrBusy && e.Code == http.StatusConflict)
+	switch target {
+	case ErrNotFound:
+		// A daemon older than this client said 400 "pod NAME not found".
+		return e.Code == http.StatusNotFound || e.Code == http.StatusGone ||
+			(e.Code == http.StatusBadRequest && strings.HasSuffix(e.Msg, " not found"))
+	case ErrBusy:
+		return e.Code == http.StatusConflict
+	}
+	return false
 }
 
 // Get reads the JSON answer of a GET on path (one of the Path constants)

@@ -2,6 +2,7 @@ package nodeapi
 
 import (
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -124,5 +125,28 @@ func TestClientDaemonWentAway(t *testing.T) {
 	}
 	if _, err := c.Status(); err == nil || !strings.Contains(err.Error(), "went away") {
 		t.Fatalf("Status against a dying daemon: %v, want that it went away", err)
+	}
+}
+
+// TestStatusErrorIs: the daemon's refusals map to what a caller acts on,
+// a daemon older than its client included.
+func TestStatusErrorIs(t *testing.T) {
+	tests := []struct {
+		code           int
+		msg            string
+		notFound, busy bool
+	}{
+		{404, "pod a not found", true, false},
+		{410, "pod a is being deleted", true, false},
+		{409, "pod a is being added", false, true},
+		{400, "pod a not found", true, false}, // an older daemon
+		{400, "pod a is being added", false, false},
+		{500, "pod a not found", false, false},
+	}
+	for _, tt := range tests {
+		err := error(&StatusError{Code: tt.code, Msg: tt.msg})
+		if errors.Is(err, ErrNotFound) != tt.notFound || errors.Is(err, ErrBusy) != tt.busy || err.Error() != tt.msg {
+			t.Errorf("%d %q: not found %v, busy %v, message %q", tt.code, tt.msg, errors.Is(err, ErrNotFound), errors.Is(err, ErrBusy), err)
+		}
 	}
 }

@@ -3,7 +3,10 @@
 // plugin import it without importing the daemon (package node serves it).
 //
 // Every answer is JSON. Errors are {"error": "..."} with status 400 for a
-// bad request and 500 for a failure of the node.
+// bad request, 404 for a pod the node does not have, 409 for a pod being
+// added, 410 for one being deleted, 503 while the datastore does not
+// answer and 500 for a failure of the node; the client returns them as
+// *StatusError.
 package nodeapi
 
 import "time"

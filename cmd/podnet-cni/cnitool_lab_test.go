@@ -260,6 +260,30 @@ func TestCNIToolLab(t *testing.T) {
 			t.Errorf("pod of wait-test still on worker1 after DEL")
 		}
 	})
+	t.Run("del twice while etcd is down", func(t *testing.T) {
+		// The first DEL takes the pod off the node and leaves its address
+		// for the daemon to release when etcd is back; the runtime's next
+		// DEL must succeed meanwhile.
+		if out, err := plugin("ADD", "etcd-down-test", "10s").CombinedOutput(); err != nil {
+			t.Fatalf("ADD: %v: %s", err, out)
+		}
+		etcd := l.Status().EtcdPID
+		if etcd == 0 || syscall.Kill(etcd, syscall.SIGSTOP) != nil {
+			t.Fatalf("cannot stop the lab's etcd (pid %d)", etcd)
+		}
+		var resumed sync.Once
+		resume := func() { resumed.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
+		defer resume()
+		for i := range 2 {
+			if out, err := plugin("DEL", "etcd-down-test", "10s").CombinedOutput(); err != nil {
+				t.Fatalf("DEL %d with etcd stopped: %v: %s", i+1, err, out)
+			}
+		}
+		resume()
+		if out, err := plugin("DEL", "etcd-down-test", "10s").CombinedOutput(); err != nil {
+			t.Fatalf("DEL after etcd is back: %v: %s", err, out)
+		}
+	})
 	t.Run("del while the add waits: try again later", func(t *testing.T) {
 		// etcd stopped: the daemon's add waits for IPAM, as when a
 		// runtime's ADD times out and it sends DEL.

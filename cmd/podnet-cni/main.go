@@ -148,11 +148,12 @@ func result(cniVersion, netns string, pod nodeapi.PodInfo, mtu int) (*current.Re
 	}, nil
 }
 
-// cmdDel removes the pod. A pod the daemon does not have is already
-// released (a second DEL, or a DEL for an ADD that failed): success. A
-// pod still being added (the runtime gave up waiting for its ADD) is an
-// error, so that the runtime tries the DEL again: a success now would
-// leave the pod and its address behind once the ADD completes.
+// cmdDel removes the pod. A pod the daemon does not have, or is deleting
+// already (it finishes the release itself, etcd or not), is released (a
+// second DEL, or a DEL for an ADD that failed): success. A pod still
+// being added (the runtime gave up waiting for its ADD) is an error, so
+// that the runtime tries the DEL again: a success now would leave the
+// pod and its address behind once the ADD completes.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, err := loadConf(args)
 	if err != nil {
