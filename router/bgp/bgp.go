@@ -66,9 +66,12 @@ type Config struct {
 	ListenAddrs []netip.Addr
 	// MaxPathsPerPeer bounds the paths one peer may keep in this speaker;
 	// a peer that sends more gets a Cease NOTIFICATION (maximum number of
-	// prefixes reached) and loses its session, not the speaker its
-	// memory. 0 means DefaultMaxPathsPerPeer.
+	// prefixes reached) and loses its session for PrefixLimitRetry, not
+	// the speaker its memory. 0 means DefaultMaxPathsPerPeer.
 	MaxPathsPerPeer int
+	// PrefixLimitRetry is how long such a session stays down before it is
+	// tried again; 0 means DefaultPrefixLimitRetry.
+	PrefixLimitRetry time.Duration
 	// RouteReflectorClusterID, if valid and non-zero, makes this speaker a
 	// route reflector: peers with RRClient set are its clients.
 	RouteReflectorClusterID netip.Addr
@@ -260,9 +263,10 @@ func New(ctx context.Context, cfg Config) (*Speaker, error) {
 		return nil, fmt.Errorf("bgp: watch events: %w", err)
 	}
 
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.routineRoutes()
 	go s.routineResync()
+	go s.routinePrefixLimits()
 	s.log.Debug("started", "router_id", cfg.RouterID, "asn", cfg.ASN, "port", port)
 	return s, nil
 }

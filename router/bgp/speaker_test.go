@@ -787,10 +787,11 @@ func TestHoldTimerExpiry(t *testing.T) {
 // TestMaxPathsPerPeer: a peer that sends more paths than the speaker
 // keeps from one peer loses its session (Cease, maximum number of
 // prefixes reached), with the reason in the speaker's row for it, and
-// the speaker keeps none of them.
+// the speaker keeps none of them. After PrefixLimitRetry the session is
+// tried again, and a peer that sends fewer now is back.
 func TestMaxPathsPerPeer(t *testing.T) {
 	a := newNode(t, podnetASN, nil)
-	b := newNode(t, podnetASN, func(c *Config) { c.MaxPathsPerPeer = 5 })
+	b := newNode(t, podnetASN, func(c *Config) { c.MaxPathsPerPeer, c.PrefixLimitRetry = 5, time.Second })
 	a.setPeers(t, a.peerOf(b))
 	b.setPeers(t, b.peerOf(a))
 	b.waitEstablished(t, a)
@@ -800,4 +801,7 @@ func TestMaxPathsPerPeer(t *testing.T) {
 	})
 	t.Logf("B's row for A: %+v", row)
 	b.routes.wait(t, "none of A's paths", func(ps []Path) bool { return len(ps) == 0 })
+	a.advertise(t, a.addr, "192.168.1.0/26", "192.168.2.0/26", "192.168.3.0/26")
+	b.waitEstablished(t, a)
+	b.routes.wait(t, "A's three paths after the retry", func(ps []Path) bool { return len(ps) == 3 })
 }
