@@ -350,7 +350,7 @@ func newIPAMReleaseCmd() *cobra.Command {
 	var leaked bool
 	var grace time.Duration
 	cmd := &cobra.Command{
-		Use:   "release (--ip=A.B.C.D ... | --leaked [--grace=10s])",
+		Use:   "release (--ip=A.B.C.D ... | --leaked [--grace=45s])",
 		Short: "Release addresses: given ones, or every leak `ipam check` finds twice, --grace apart",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -383,7 +383,9 @@ func newIPAMReleaseCmd() *cobra.Command {
 	}
 	cmd.Flags().StringSliceVar(&ips, "ip", nil, "address to release (repeatable)")
 	cmd.Flags().BoolVar(&leaked, "leaked", false, "release every address that ipam check reports as leaked, twice, --grace apart")
-	cmd.Flags().DurationVar(&grace, "grace", 10*time.Second, "with --leaked: time between the two checks")
+	// Longer than a pod add may hold its address before its endpoint is
+	// written (the daemon's 30-s limit on an operation).
+	cmd.Flags().DurationVar(&grace, "grace", 45*time.Second, "with --leaked: time between the two checks")
 	return cmd
 }
 

@@ -142,7 +142,7 @@ Release leaked addresses with: podnet ipam release --leaked
 		wep("worker1", "b", "10.40.0.2")
 		return nil
 	}
-	wantOut(t, ipamCmd(exitOK, "release", "--leaked"), `Found 2 leaked addresses; checking again in 10s, so that pods being added are not taken for leaks
+	wantOut(t, ipamCmd(exitOK, "release", "--leaked"), `Found 2 leaked addresses; checking again in 45s, so that pods being added are not taken for leaks
 1 of them are in use now or changed: not released
 Successfully released IP address 10.40.0.4
 `)
