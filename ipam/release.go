@@ -160,6 +160,43 @@ func (m *IPAM) writeReleased(ctx context.Context, kv datastore.KV, b *block) err
 	return err
 }
 
+// HandleAddrs lists the addresses handle handleID holds, sorted; none
+// (and no error) if there is no such handle.
+func (m *IPAM) HandleAddrs(ctx context.Context, handleID string) ([]netip.Addr, error) {
+	kv, err := m.handles.Get(ctx, handleID)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read handle %s: %w", handleID, err)
+	}
+	h, err := decodeHandle(handleID, kv.Value)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, c := range h.sortedBlocks() {
+		kv, err := m.blocks.Get(ctx, c)
+		if errors.Is(err, datastore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read block %s: %w", c, err)
+		}
+		b, err := decodeBlock(kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		for o := range b.Allocations {
+			if b.Allocations[o] != nil && b.handleOf(o) == handleID {
+				out = append(out, b.addr(o))
+			}
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
 // ReleaseByHandle frees every address of handle handleID and deletes the
 // handle. ErrNotAssigned if there is no such handle.
 func (m *IPAM) ReleaseByHandle(ctx context.Context, handleID string) error {

@@ -389,9 +389,17 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 		}
 		// The Node names no address, so whatever the handle holds was
 		// assigned by a round that died or failed before the Node said
-		// so: it goes back first, or the node would hold two.
+		// so (or someone cleared the Node's field): it goes back first,
+		// or the node would hold two, and off podnet0, where it may be.
+		held, err := n.ipam.HandleAddrs(ctx, handle)
+		if err != nil {
+			return fmt.Errorf("tunnel address: %w", err)
+		}
 		if err := n.ipam.ReleaseByHandle(ctx, handle); err != nil && !errors.Is(err, ipam.ErrNotAssigned) {
 			return fmt.Errorf("tunnel address: release what %s held: %w", handle, err)
+		}
+		for _, a := range held {
+			n.delHostAddr(a.String())
 		}
 		ip, err := n.ipam.AutoAssign(ctx, ipam.AssignArgs{Node: n.cfg.Name, HandleID: handle,
 			Attrs: map[string]string{"node": n.cfg.Name, "type": k.attrType}, Pools: cands,

@@ -2,8 +2,10 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -73,6 +75,7 @@ func TestTunnelAddrCrashLab(t *testing.T) {
 	if got := held(); len(got) != 1 || got[0].String() != first {
 		t.Fatalf("before the restart the handle holds %v, want [%s]", got, first)
 	}
+
 	if err := l.StartDaemon(ctx, "worker1"); err != nil {
 		t.Fatal(err)
 	}
@@ -85,4 +88,33 @@ func TestTunnelAddrCrashLab(t *testing.T) {
 	if got, now := held(), recorded(); len(got) != 1 || got[0].String() != now {
 		t.Fatalf("after the restart the handle holds %v and the Node names %s; want that one address only", got, now)
 	}
+
+	// The same with the daemon running, the field cleared by hand while
+	// the handle holds a second address that podnet0 carries too (a
+	// round's that failed): both go back, and off podnet0, but the one
+	// the Node names again.
+	now := recorded()
+	extra := netip.MustParseAddr(now).Next()
+	pools := []ipam.Pool{{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("192.168.0.0/16"), BlockSize: 26}}
+	if err := m.AssignIP(ctx, ipam.AssignIPArgs{IP: extra, Node: "worker1", HandleID: handle, Pools: pools}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Output(ctx, "worker1", "ip", "addr", "add", extra.String()+"/32", "dev", "podnet0"); err != nil {
+		t.Fatalf("put %s on podnet0: %v\n%s", extra, err, out)
+	}
+	mustPodnet(t, l, "", "patch", "node", "worker1", "-p", `{"spec":{"bgp":{"ipv4IPIPTunnelAddr":""}}}`)
+	waitFor(t, 20*time.Second, "one tunnel address, named by the Node and alone on podnet0", func() string {
+		named := recorded()
+		if got := held(); len(got) != 1 || got[0].String() != named {
+			return fmt.Sprintf("the handle holds %v, the Node names %q", got, named)
+		}
+		out, err := l.Output(ctx, "worker1", "ip", "-4", "-o", "addr", "show", "dev", "podnet0")
+		if err != nil {
+			return err.Error()
+		}
+		if !strings.Contains(string(out), " "+named+"/32") || (named != extra.String() && strings.Contains(string(out), " "+extra.String()+"/32")) {
+			return fmt.Sprintf("podnet0 has %q", out)
+		}
+		return ""
+	})
 }
