@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -282,9 +283,14 @@ func TestMaxDialsPerPod(t *testing.T) {
 	tp := newTopo(t)
 	n, d := newNAT(t, tp, Config{MaxDialsPerPod: max})
 	pod := newPodStack(t, n, d)
-	// No host has this address on R's link: each dial waits for ARP,
-	// about three seconds, before it fails.
-	silent := netip.AddrPortFrom(netip.MustParseAddr("10.252.0.77"), 80)
+	// R drops SYNs to port 8999: each dial waits for dialTimeout, far
+	// longer than the test.
+	nft := exec.Command("nsenter", "--net="+tp.r, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader("table inet drop8999 {\n chain in {\n  type filter hook input priority 0;\n  tcp dport 8999 drop\n }\n}\n")
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft in R: %v\n%s", err, out)
+	}
+	silent := netip.AddrPortFrom(remoteAddr, 8999)
 	other := netip.MustParseAddr("192.168.1.3")
 	for i := range max {
 		n.Handle(buildTCP(netip.AddrPortFrom(other, uint16(20000+i)), silent, packet.TCPFlagSYN, 1000), 0)

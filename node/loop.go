@@ -183,15 +183,24 @@ type rateLimited struct {
 	every time.Duration
 	f     func()
 	armed atomic.Bool
+	// after schedules; nil means time.AfterFunc (a test's own clock
+	// otherwise).
+	after func(time.Duration, func())
 }
 
 func (r *rateLimited) kick() {
-	if r.armed.CompareAndSwap(false, true) {
-		time.AfterFunc(r.every, func() {
-			r.armed.Store(false)
-			r.f()
-		})
+	if !r.armed.CompareAndSwap(false, true) {
+		return
 	}
+	fire := func() {
+		r.armed.Store(false)
+		r.f()
+	}
+	if r.after != nil {
+		r.after(r.every, fire)
+		return
+	}
+	time.AfterFunc(r.every, fire)
 }
 
 // setView takes what the datastore goroutine read: the switch learns the

@@ -1,28 +1,40 @@
 package node
 
 import (
-	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestRateLimited: a burst of kicks is one call, after the interval; a
-// kick after that call is another.
+// TestRateLimited: a burst of kicks is one call, made when the interval
+// is over; a kick after that call is another. The schedule is the
+// test's, so no timing is involved.
 func TestRateLimited(t *testing.T) {
-	var calls atomic.Int32
-	done := make(chan struct{}, 4)
-	r := &rateLimited{every: 50 * time.Millisecond, f: func() { calls.Add(1); done <- struct{}{} }}
+	calls := 0
+	var due []func()
+	r := &rateLimited{every: time.Hour, f: func() { calls++ },
+		after: func(d time.Duration, f func()) {
+			if d != time.Hour {
+				t.Errorf("scheduled after %v, want the interval", d)
+			}
+			due = append(due, f)
+		}}
 	for range 1000 {
 		r.kick()
 	}
-	<-done
-	time.Sleep(200 * time.Millisecond) // a second call, if any, would be in by now
-	if got := calls.Load(); got != 1 {
-		t.Fatalf("1000 kicks in a burst: %d calls, want 1", got)
+	if len(due) != 1 || calls != 0 {
+		t.Fatalf("1000 kicks: %d scheduled, %d calls; want one scheduled, none yet", len(due), calls)
+	}
+	due[0]()
+	if calls != 1 {
+		t.Fatalf("%d calls when the interval is over, want 1", calls)
 	}
 	r.kick()
-	<-done
-	if got := calls.Load(); got != 2 {
-		t.Fatalf("a kick after the call: %d calls in all, want 2", got)
+	r.kick()
+	if len(due) != 2 {
+		t.Fatalf("kicks after the call: %d scheduled in all, want 2", len(due))
+	}
+	due[1]()
+	if calls != 2 {
+		t.Fatalf("%d calls in all, want 2", calls)
 	}
 }
