@@ -114,9 +114,9 @@ func ipamError(err error) error {
 // recordEndpoint writes (or removes) the pod's WorkloadEndpoint.
 //
 // The name joins node and pod with a dash, as Calico's does, so pod
-// "1-web" of node "worker" and pod "web" of node "worker-1" would share
-// one: an endpoint another pod owns is neither overwritten nor deleted
-// (the add fails and says why).
+// "1-web" of node "worker" and pod "web" of node "worker-1" share
+// "worker-1-web": an endpoint another pod owns is neither overwritten nor
+// deleted (the add fails and says why).
 func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) error {
 	name := api.WorkloadEndpointName(n.cfg.Name, rec.Name)
 	cur, err := n.res.Get(ctx, api.KindWorkloadEndpoint, name)

@@ -407,17 +407,18 @@ func TestPodAddBadInput(t *testing.T) {
 		{"loopback", []string{"pod", "add", "lo", "--netns", spare, "--ip", "127.0.0.5"}, "--ip"},
 		{"reserved", []string{"pod", "add", "res", "--netns", spare, "--ip", "240.0.0.1"}, "--ip"},
 		{"unknown pod del", []string{"pod", "del", "nosuchpod"}, "not found"},
-		// worker1-web, below, is pod 1-web's of node worker.
-		{"endpoint name taken", []string{"pod", "add", "web", "--new", "--ip", "192.168.1.55"}, "belongs to pod 1-web of node worker"},
+		// Pod a-web of worker1 and pod web of a node worker1-a share the
+		// endpoint name worker1-a-web; the latter has it (below).
+		{"endpoint name taken", []string{"pod", "add", "a-web", "--new", "--ip", "192.168.1.55"}, "belongs to pod web of node worker1-a"},
 	}
-	t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", "web")) }) // if the refused add left it
+	t.Cleanup(func() { removeNetns(l.HandPodNetns("worker1", "a-web")) }) // if the refused add left it
 	foreign := `apiVersion: podnet.io/v1
 kind: WorkloadEndpoint
 metadata:
-  name: worker1-web
+  name: worker1-a-web
 spec:
-  node: worker
-  workload: 1-web
+  node: worker1-a
+  workload: web
   interfaceName: eth0
   ipNetworks: [192.168.1.99/32]
 `
@@ -452,7 +453,7 @@ spec:
 	if len(after) != len(before) {
 		t.Fatalf("pods changed: got %d, want %d", len(after), len(before))
 	}
-	if out, err := podnetIn(l, "worker1", "", "get", "wep", "worker1-web", "-o", "yaml"); err != nil || !strings.Contains(out, "node: worker\n") || !strings.Contains(out, "192.168.1.99/32") {
+	if out, err := podnetIn(l, "worker1", "", "get", "wep", "worker1-a-web", "-o", "yaml"); err != nil || !strings.Contains(out, "node: worker1-a\n") || !strings.Contains(out, "192.168.1.99/32") {
 		t.Fatalf("the other node's endpoint after the refused add: %v\n%s", err, out)
 	}
 	// No eth0 in the spare namespace, no TAP left in the node namespace.
