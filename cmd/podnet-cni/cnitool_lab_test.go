@@ -40,6 +40,19 @@ func cnitool(l *lab.Lab, node, tool, pluginDir, confDir, cmd, netns string, env 
 	return stdout.String(), stderr.String(), err
 }
 
+// stopEtcd stops the lab's etcd (SIGSTOP), so that the daemons' datastore
+// calls wait, and returns resume, which continues it once however often
+// it is called.
+func stopEtcd(t *testing.T, l *lab.Lab) (resume func()) {
+	t.Helper()
+	etcd := l.Status().EtcdPID
+	if etcd == 0 || syscall.Kill(etcd, syscall.SIGSTOP) != nil {
+		t.Fatalf("cannot stop the lab's etcd (pid %d)", etcd)
+	}
+	var resumed sync.Once
+	return func() { resumed.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
+}
+
 // cnitoolContainerID is the container ID cnitool makes up for a netns.
 func cnitoolContainerID(netns string) string {
 	s := sha512.Sum512([]byte(netns))
@@ -267,12 +280,7 @@ func TestCNIToolLab(t *testing.T) {
 		if out, err := plugin("ADD", "etcd-down-test", "10s").CombinedOutput(); err != nil {
 			t.Fatalf("ADD: %v: %s", err, out)
 		}
-		etcd := l.Status().EtcdPID
-		if etcd == 0 || syscall.Kill(etcd, syscall.SIGSTOP) != nil {
-			t.Fatalf("cannot stop the lab's etcd (pid %d)", etcd)
-		}
-		var resumed sync.Once
-		resume := func() { resumed.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
+		resume := stopEtcd(t, l)
 		defer resume()
 		for i := range 2 {
 			if out, err := plugin("DEL", "etcd-down-test", "10s").CombinedOutput(); err != nil {
@@ -287,12 +295,7 @@ func TestCNIToolLab(t *testing.T) {
 	t.Run("del while the add waits: try again later", func(t *testing.T) {
 		// etcd stopped: the daemon's add waits for IPAM, as when a
 		// runtime's ADD times out and it sends DEL.
-		etcd := l.Status().EtcdPID
-		if etcd == 0 || syscall.Kill(etcd, syscall.SIGSTOP) != nil {
-			t.Fatalf("cannot stop the lab's etcd (pid %d)", etcd)
-		}
-		var resumed sync.Once
-		resume := func() { resumed.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
+		resume := stopEtcd(t, l)
 		defer resume()
 		add := plugin("ADD", "stall-test", "10s")
 		if err := add.Start(); err != nil {
