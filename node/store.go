@@ -48,12 +48,33 @@ const (
 // pod add and delete. Unset, as in real use, it does nothing.
 var crashAt = os.Getenv("PODNET_TEST_CRASH_AT")
 
+// pauseAt names a step at which the daemon waits pauseFor
+// (PODNET_TEST_PAUSE_AT, PODNET_TEST_PAUSE_FOR, a Go duration, 5 s if
+// unset or bad). Test-only, like crashAt: a request caught half-way, for
+// as long as a test needs, with no race against the datastore's health.
+var (
+	pauseAt  = os.Getenv("PODNET_TEST_PAUSE_AT")
+	pauseFor = envDuration("PODNET_TEST_PAUSE_FOR", 5*time.Second)
+)
+
+func envDuration(name string, def time.Duration) time.Duration {
+	d, err := time.ParseDuration(os.Getenv(name))
+	if err != nil || d <= 0 {
+		return def
+	}
+	return d
+}
+
 // crashPoint kills the daemon on the spot (SIGKILL: no deferred
-// cleanup, as in a real crash) when step is crashAt.
+// cleanup, as in a real crash) when step is crashAt, and waits pauseFor
+// when step is pauseAt.
 func crashPoint(step string) {
 	if crashAt != "" && crashAt == step {
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is on its way
+	}
+	if pauseAt != "" && pauseAt == step {
+		time.Sleep(pauseFor)
 	}
 }
 

@@ -293,17 +293,31 @@ func TestCNIToolLab(t *testing.T) {
 		}
 	})
 	t.Run("del while the add waits: try again later", func(t *testing.T) {
-		// etcd stopped: the daemon's add waits for IPAM, as when a
-		// runtime's ADD times out and it sends DEL.
-		resume := stopEtcd(t, l)
-		defer resume()
+		// A runtime whose ADD timed out sends DEL while the daemon still
+		// adds the pod: here the daemon waits 8 s after allocating the
+		// address (its test pause), so the DEL comes in the middle.
+		restart := func(env ...string) {
+			t.Helper()
+			if err := l.StopDaemon("worker1", syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i+1 < len(env); i += 2 {
+				os.Setenv(env[i], env[i+1]) // the daemon inherits the test's environment
+				defer os.Unsetenv(env[i])
+			}
+			if err := l.StartDaemon(context.Background(), "worker1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		restart("PODNET_TEST_PAUSE_AT", "add-alloc", "PODNET_TEST_PAUSE_FOR", "8s")
+		defer restart()
 		add := plugin("ADD", "stall-test", "10s")
 		if err := add.Start(); err != nil {
 			t.Fatal(err)
 		}
 		name := podName("podnet", "stall-test", "eth0")
 		c := nodeapi.NewClient(sock)
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(8 * time.Second)
 		for {
 			err := c.DeletePod(name)
 			if errors.Is(err, nodeapi.ErrBusy) {
@@ -318,8 +332,9 @@ func TestCNIToolLab(t *testing.T) {
 		if e, ok := decodeError(out); err == nil || !ok || e.Code != 11 || !strings.Contains(e.Msg, "is being added") {
 			t.Fatalf("DEL while the ADD waits: err %v, answer %s; want code 11 saying the pod is being added", err, out)
 		}
-		resume()
-		add.Wait() // it succeeds or fails; either way the DEL then cleans up
+		if err := add.Wait(); err != nil {
+			t.Fatalf("the ADD after its pause: %v", err)
+		}
 		if out, err := plugin("DEL", "stall-test", "10s").CombinedOutput(); err != nil {
 			t.Fatalf("DEL after the ADD: %v: %s", err, out)
 		}
