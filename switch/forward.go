@@ -277,11 +277,11 @@ func (f *forwarder) forward(in ingress, p packetRef) {
 // tunnel MTU enforced.
 func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 	caps := h.eg.caps()
-	if caps.innerMTU > 0 && p.superframe() && segmentLen(p) > caps.innerMTU && p.ipv4().DontFragment() {
-		// As the kernel does for a GSO packet it forwards: its segments
-		// would not fit, so the sender learns the tunnel's MTU (a pod
-		// that set a larger MTU than podnet gave it, say) instead of
-		// having them fragmented in the underlay.
+	if caps.innerMTU > 0 && wireLen(p) > caps.innerMTU && p.ipv4().DontFragment() {
+		// A superframe is judged by its segments, as the kernel judges
+		// a GSO packet it forwards: the sender (a pod that set a larger
+		// MTU than podnet gave it, say) learns the tunnel's MTU. Without
+		// DF the kernel fragments the outer packet.
 		in.stats().drop(DropFragNeeded)
 		f.icmpError(in, p.ipv4(), packet.ICMPDestUnreachable, packet.ICMPFragmentationNeeded, uint16(caps.innerMTU))
 		return
@@ -298,15 +298,6 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 			return
 		}
 		p.gso = packet.VirtioNetHdr{}
-	}
-	if caps.innerMTU > 0 && p.n > caps.innerMTU && !p.superframe() {
-		ip := p.ipv4()
-		if ip.DontFragment() {
-			in.stats().drop(DropFragNeeded)
-			f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPFragmentationNeeded, uint16(caps.innerMTU))
-			return
-		}
-		// Without DF the kernel fragments the outer packet.
 	}
 	if caps.coalesce && f.dry == nil && f.coalesce(in, p, h, caps) {
 		return
@@ -352,9 +343,12 @@ func (f *forwarder) segment(in ingress, p packetRef, h *hop) {
 	}
 }
 
-// segmentLen is the length of the IPv4 packets superframe p is cut
-// into: its headers and one segment of payload.
-func segmentLen(p packetRef) int {
+// wireLen is the length of the IPv4 packets p leaves as: its own, or
+// for a superframe its segments' (headers and one segment of payload).
+func wireLen(p packetRef) int {
+	if !p.superframe() {
+		return p.n
+	}
 	ip := p.ipv4()
 	n := ip.HeaderLen() + int(p.gso.GSOSize)
 	switch p.gso.GSOType {
