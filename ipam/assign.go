@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"podnet/datastore"
@@ -388,7 +387,7 @@ func (m *IPAM) lostWrite(ctx context.Context, cidr netip.Prefix, ip netip.Addr, 
 		return false, err
 	}
 	o, ok := b.ordinal(ip)
-	return ok && b.handleOf(o) == handleID && b.SequenceNumberForAllocation[strconv.Itoa(o)] == seq, nil
+	return ok && b.allocatedTo(o, handleID, seq), nil
 }
 
 // AssignIP allocates a.IP. If its block does not exist yet it is claimed

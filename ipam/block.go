@@ -228,6 +228,16 @@ func (b *block) assignNext(handle string, attrs map[string]string) (netip.Addr, 
 	return b.addr(o), nil
 }
 
+// seqOf is the block's sequence number when ordinal o was assigned (0
+// if free).
+func (b *block) seqOf(o int) uint64 { return b.SequenceNumberForAllocation[strconv.Itoa(o)] }
+
+// allocatedTo reports whether ordinal o holds the allocation of handle
+// made at sequence number seq, not a later one of the same address.
+func (b *block) allocatedTo(o int, handle string, seq uint64) bool {
+	return b.Allocations[o] != nil && b.handleOf(o) == handle && b.seqOf(o) == seq
+}
+
 // handleOf is the handle of an allocated ordinal ("" if free or none).
 func (b *block) handleOf(o int) string {
 	a := b.Allocations[o]
@@ -260,16 +270,24 @@ func (b *block) release(o int) (handle string, ok bool) {
 	return handle, true
 }
 
-// releaseHandle frees every address of handle and returns how many.
-func (b *block) releaseHandle(handle string) int {
-	n := 0
+// ordinalsOf lists the ordinals allocated to handle.
+func (b *block) ordinalsOf(handle string) []int {
+	var out []int
 	for o := range b.Allocations {
 		if b.Allocations[o] != nil && b.handleOf(o) == handle {
-			b.release(o)
-			n++
+			out = append(out, o)
 		}
 	}
-	return n
+	return out
+}
+
+// releaseHandle frees every address of handle and returns how many.
+func (b *block) releaseHandle(handle string) int {
+	ords := b.ordinalsOf(handle)
+	for _, o := range ords {
+		b.release(o)
+	}
+	return len(ords)
 }
 
 // compact drops attribute entries no allocation refers to and renumbers

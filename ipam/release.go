@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 
 	"podnet/datastore"
 )
@@ -37,8 +36,15 @@ func (m *IPAM) ReleaseIPs(ctx context.Context, ips ...netip.Addr) (released []ne
 		}
 		byBlock[cidr] = append(byBlock[cidr], ip)
 	}
+	return m.releaseByBlock(ctx, order, byBlock, nil, errs)
+}
+
+// releaseByBlock frees the addresses of each block in order (byBlock),
+// checked against want when it is not nil (releaseFromBlock), and adds
+// its errors to errs.
+func (m *IPAM) releaseByBlock(ctx context.Context, order []netip.Prefix, byBlock map[netip.Prefix][]netip.Addr, want map[netip.Addr]Allocation, errs []error) (released []netip.Addr, err error) {
 	for _, cidr := range order {
-		r, err := m.releaseFromBlock(ctx, cidr, byBlock[cidr], nil)
+		r, err := m.releaseFromBlock(ctx, cidr, byBlock[cidr], want)
 		released = append(released, r...)
 		if err != nil {
 			errs = append(errs, err)
@@ -68,16 +74,7 @@ func (m *IPAM) ReleaseAllocations(ctx context.Context, allocs []Allocation) (rel
 		byBlock[a.Block] = append(byBlock[a.Block], a.IP)
 		want[a.IP] = a
 	}
-	var errs []error
-	for _, cidr := range order {
-		r, err := m.releaseFromBlock(ctx, cidr, byBlock[cidr], want)
-		released = append(released, r...)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	slices.SortFunc(released, netip.Addr.Compare)
-	return released, errors.Join(errs...)
+	return m.releaseByBlock(ctx, order, byBlock, want, nil)
 }
 
 // releaseFromBlock frees ips, all inside block cidr, then uncounts their
@@ -107,8 +104,7 @@ func (m *IPAM) releaseFromBlock(ctx context.Context, cidr netip.Prefix, ips []ne
 		}
 		for _, ip := range ips {
 			o, ok := b.ordinal(ip)
-			if w, check := want[ip]; check && ok && b.Allocations[o] != nil &&
-				(b.handleOf(o) != w.HandleID || b.SequenceNumberForAllocation[strconv.Itoa(o)] != w.Seq) {
+			if w, check := want[ip]; check && ok && b.Allocations[o] != nil && !b.allocatedTo(o, w.HandleID, w.Seq) {
 				missing = append(missing, fmt.Errorf("IP address %s: %w (handle %s now)", ip, ErrChanged, b.handleOf(o)))
 				continue
 			}
@@ -187,10 +183,8 @@ func (m *IPAM) HandleAddrs(ctx context.Context, handleID string) ([]netip.Addr, 
 		if err != nil {
 			return nil, err
 		}
-		for o := range b.Allocations {
-			if b.Allocations[o] != nil && b.handleOf(o) == handleID {
-				out = append(out, b.addr(o))
-			}
+		for _, o := range b.ordinalsOf(handleID) {
+			out = append(out, b.addr(o))
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 
 	"podnet/datastore"
 )
@@ -104,7 +103,7 @@ func (b *block) allocation(o int) Allocation {
 		IP: b.addr(o), Block: b.prefix, BlockOwner: owner,
 		HandleID: b.handleOf(o), Attrs: attrs,
 		Borrowed: attrs["node"] != owner,
-		Seq:      b.SequenceNumberForAllocation[strconv.Itoa(o)],
+		Seq:      b.seqOf(o),
 	}
 }
 
