@@ -79,9 +79,9 @@ type Config struct {
 	// and above. nil discards them.
 	Logger *slog.Logger
 	// OnRoutes is called with the complete set of learned paths (sorted
-	// by prefix, each prefix's best path first, then the others in GoBGP's
-	// order of preference; our own advertisements are not included) once soon after
-	// New, usually empty, and then each time the set changes. Calls are
+	// by prefix, each prefix's best path first, then the others in
+	// GoBGP's order; our own advertisements are not included) once soon
+	// after New, usually empty, and then each time the set changes. Calls are
 	// coalesced (a burst of updates becomes one call), made from the
 	// speaker's own goroutine, never concurrently, and never after Close
 	// returns. The slice is the callee's. It must not call Close. Required.
