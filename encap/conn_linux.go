@@ -58,6 +58,9 @@ type socketSpec struct {
 	port        int
 	defaultPort int
 	gso, gro    bool
+	// reusePort sets SO_REUSEPORT before binding: sockets of one user
+	// bound to the same address and port share what arrives, by flow.
+	reusePort bool
 
 	batch  int // 0 means DefaultBatchSize
 	buffer int // 0 means DefaultSocketBuffer
@@ -259,6 +262,14 @@ func (c *batchConn) open(s socketSpec) error {
 	if s.sendOnly {
 		if err := dropAll(fd); err != nil {
 			return fmt.Errorf("encap: %s: %w", s.name, err)
+		}
+	}
+	if s.reusePort {
+		if !udp {
+			return fmt.Errorf("encap: %s: SO_REUSEPORT on a raw socket: each would receive every packet", s.name)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fmt.Errorf("encap: %s: SO_REUSEPORT: %w", s.name, err)
 		}
 	}
 	// A raw socket left unbound receives on every address; a UDP socket

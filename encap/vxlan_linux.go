@@ -46,6 +46,13 @@ type VXLANConfig struct {
 	// conn_linux.go); it drops whatever arrives, ReadBatch fails, and a
 	// write waits at most a second for send buffer space.
 	SendOnly bool
+
+	// ReusePort opens the socket with SO_REUSEPORT, so that several
+	// sockets of this process (all opened with it) can receive on one
+	// port: the kernel gives each flow (outer addresses and ports) to one
+	// of them. Only sockets of the same user can join; a socket already
+	// bound without it makes the bind fail.
+	ReusePort bool
 }
 
 // VXLANConn sends VXLAN datagrams to other nodes and receives them, in
@@ -94,7 +101,7 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 	err := c.open(socketSpec{
 		name: "vxlan", typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_UDP,
 		local: cfg.Local, port: cfg.Port, defaultPort: VXLANPort,
-		gso: !cfg.DisableGSO, gro: !cfg.DisableGRO, sendOnly: cfg.SendOnly,
+		gso: !cfg.DisableGSO, gro: !cfg.DisableGRO, sendOnly: cfg.SendOnly, reusePort: cfg.ReusePort,
 		batch: cfg.BatchSize, buffer: cfg.SocketBuffer,
 	})
 	if err != nil {

@@ -657,3 +657,72 @@ func TestGROSegment(t *testing.T) {
 		})
 	}
 }
+
+// Sockets opened with ReusePort share a port: each datagram reaches one
+// of them, flows (outer source ports here) spread over all, and a
+// socket that holds the port alone keeps it from them.
+func TestVXLANConnReusePort(t *testing.T) {
+	u := newVXLANUnderlay(t)
+	const port, flows = 8479, 64
+	rx := []*VXLANConn{
+		listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB, Port: port, ReusePort: true}),
+		listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB, Port: port, ReusePort: true}),
+	}
+	// One datagram from each of flows source ports: the kernel hashes
+	// each 4-tuple to one socket, so both get some (a miss has odds of
+	// 2^-63).
+	dst := netip.AddrPortFrom(u.addrB, port)
+	for i := range flows {
+		c := listenVXLAN(t, u.nsA, VXLANConfig{Local: u.addrA, Port: AnyPort, SendOnly: true})
+		if n, err := c.WriteBatch([][]byte{vxlanDatagram(indexedFrame(t, i, 100), DefaultVNI)}, []netip.AddrPort{dst}); n != 1 {
+			t.Fatalf("send from flow %d: %d sent, %v", i, n, err)
+		}
+	}
+	seen := make(map[int]bool)
+	counts := make([]int, len(rx))
+	for k, c := range rx {
+		if err := c.SetReadDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		bufs, sizes := readBufs(8, 4096), make([]int, 8)
+		for {
+			n, err := c.ReadBatch(bufs, sizes, packet.Headroom)
+			if err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("socket %d: %v", k, err)
+				}
+				break
+			}
+			for i := range n {
+				eth, reason := DecapVXLAN(bufs[i][packet.Headroom:packet.Headroom+sizes[i]], DefaultVNI)
+				if reason != DecapOK {
+					t.Fatalf("socket %d: decap: %v", k, reason)
+				}
+				idx := frameIndex(t, eth)
+				if seen[idx] {
+					t.Fatalf("flow %d's datagram read twice", idx)
+				}
+				seen[idx] = true
+				counts[k]++
+			}
+		}
+	}
+	if len(seen) != flows || counts[0] == 0 || counts[1] == 0 {
+		t.Fatalf("%d of %d datagrams read, per socket %v: want all, spread over both", len(seen), flows, counts)
+	}
+	t.Logf("per socket: %v", counts)
+
+	t.Run("port held alone", func(t *testing.T) {
+		listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB, Port: port + 1})
+		err := netnsutil.Do(u.nsB, func() error {
+			c, err := ListenVXLAN(VXLANConfig{Local: u.addrB, Port: port + 1, ReusePort: true})
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("ReusePort socket on a port held alone: got %v, want EADDRINUSE", err)
+		}
+	})
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,6 +70,7 @@ var (
 	descGSO       = desc("port_gso_frames_total", "Segmentation-offload superframes read from the port.", "port", "kind")
 	descTxSuper   = desc("port_tx_superframes_total", "Superframes a tunnel sent whole for the kernel to segment (VXLAN through podnetvx0).", "port", "kind")
 	descPolled    = desc("port_polled_batches_total", "Batches of a pod's packets read by polling rather than after a wake-up (reply polling).", "port", "kind")
+	descReaderRx  = desc("port_reader_rx_packets_total", "Packets each reader of a port read, for ports with several (a tunnel with several receive sockets).", "port", "kind", "reader")
 	descICMPErr   = desc("port_icmp_errors_total", "ICMP errors the switch sent for packets from the port.", "port", "kind")
 	descNATPkts   = desc("port_nat_packets_total", "Packets from the port handed to NAT outgoing.", "port", "kind")
 	descPortDrops = desc("port_drops_total", "Packets from the port the switch dropped, by reason.", "port", "kind", "reason")
@@ -88,7 +90,7 @@ var (
 	descBlockAddrs  = desc("ipam_block_addresses", "Addresses in the IPAM blocks affine to this node.")
 	descAddrsInUse  = desc("ipam_addresses_in_use", "Pod addresses this node has assigned.")
 	allDescriptions = []*prometheus.Desc{
-		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descTxSuper, descPolled, descICMPErr, descNATPkts, descPortDrops,
+		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descTxSuper, descPolled, descReaderRx, descICMPErr, descNATPkts, descPortDrops,
 		descNATEntries, descNATInUse, descNATTotal, descNATConns, descNATDrops,
 		descBGPUp, descBGPState, descBGPEst, descBGPSince,
 		descBlocks, descBlockAddrs, descAddrsInUse,
@@ -159,6 +161,9 @@ func collectPorts(ch chan<- prometheus.Metric, ports []vswitch.PortStats) {
 		counter(descPolled, p.Polled)
 		counter(descICMPErr, p.ICMPErrors)
 		counter(descNATPkts, p.NATPackets)
+		for i, v := range p.ReaderRxFrames {
+			ch <- prometheus.MustNewConstMetric(descReaderRx, prometheus.CounterValue, float64(v), p.Name, p.Kind, strconv.Itoa(i))
+		}
 		for reason, v := range p.Drops {
 			ch <- prometheus.MustNewConstMetric(descPortDrops, prometheus.CounterValue, float64(v), p.Name, p.Kind, reason)
 		}

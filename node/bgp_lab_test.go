@@ -260,6 +260,11 @@ func underlayDrops(t *testing.T, l *lab.Lab, nodeName string) map[string]uint64 
 // underlayDropsOf returns the drop counters of nodeName's underlay port
 // named name ("ipip" or "vxlan").
 func underlayDropsOf(t *testing.T, l *lab.Lab, nodeName, name string) map[string]uint64 {
+	return underlayPort(t, l, nodeName, name).Drops
+}
+
+// underlayPort returns the counters of node's tunnel port name.
+func underlayPort(t *testing.T, l *lab.Lab, nodeName, name string) vswitch.PortStats {
 	var ports []vswitch.PortStats
 	err := nodeClient(t, l, nodeName).Get(nodeapi.PathPorts, &ports)
 	if err != nil {
@@ -267,11 +272,11 @@ func underlayDropsOf(t *testing.T, l *lab.Lab, nodeName, name string) map[string
 	}
 	for _, p := range ports {
 		if p.Kind == "underlay" && p.Device == name {
-			return p.Drops
+			return p
 		}
 	}
 	t.Fatalf("%s has no %s underlay port", nodeName, name)
-	return nil
+	return vswitch.PortStats{}
 }
 
 // TestLiveEncapSwitch changes the pool's ipipMode while a TCP transfer
@@ -668,11 +673,12 @@ func TestCrossSubnet(t *testing.T) {
 }
 
 // TestVXLAN: pods across nodes over VXLAN (UDP 4789, VNI 4096, inner
-// Ethernet between VTEP MACs), pod MTU underlay - 50, and a live switch
-// between IP-in-IP and VXLAN while a ping runs.
+// Ethernet between VTEP MACs), pod MTU underlay - 50, flows spread over
+// two receive sockets, and a live switch between IP-in-IP and VXLAN
+// while a ping runs.
 func TestVXLAN(t *testing.T) {
 	labtest.RequireRoot(t)
-	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapVXLAN})
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapVXLAN, DaemonArgs: []string{"--vxlan-receivers=2"}})
 	ctx := context.Background()
 	ip2 := l.PodIP("test-2")
 	waitFor(t, 30*time.Second, "VXLAN route on worker1", func() string {
@@ -701,6 +707,47 @@ func TestVXLAN(t *testing.T) {
 	transfer(t, nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), ip2, 50<<20)
 	transfer(t, nsPath(t, l, "test-2"), nsPath(t, l, "test-1"), l.PodIP("test-1"), 8<<20)
 
+	mac := encap.VTEPMAC("worker2")
+	frame := udpFrame(t, net.HardwareAddr(mac[:]), netip.MustParseAddr("192.168.99.9"), l.PodIP("test-1"), 64, false, []byte("x"))
+	t.Run("flows spread over the receive sockets", func(t *testing.T) {
+		// 64 flows (source ports) from the fabric: each reaches one of
+		// worker1's two sockets, and both get some (odds of a miss 2^-63);
+		// every datagram is read and dropped (a stranger sent it).
+		const flows = 64
+		before := underlayPort(t, l, "worker1", "vxlan")
+		if len(before.ReaderRxFrames) != 2 {
+			t.Fatalf("worker1's VXLAN port: frames per reader %v, want two readers", before.ReaderRxFrames)
+		}
+		buf := make([]byte, 64+len(frame))
+		copy(buf[64:], frame)
+		start := encap.EncapVXLAN(buf, 64, encap.DefaultVNI)
+		for range flows {
+			var conn *encap.VXLANConn
+			if err := netnsutil.Do(nsPath(t, l, "fabric"), func() (err error) {
+				conn, err = encap.ListenVXLAN(encap.VXLANConfig{Port: encap.AnyPort, SendOnly: true})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := conn.WriteBatch([][]byte{buf[start:]}, []netip.AddrPort{netip.AddrPortFrom(l.NodeAddr("worker1"), 4789)})
+			conn.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, 5*time.Second, "every datagram read", func() string {
+			after := underlayPort(t, l, "worker1", "vxlan")
+			if got := after.Drops["unknown-source"] - before.Drops["unknown-source"]; got != flows {
+				return fmt.Sprintf("%d dropped as unknown-source, want %d", got, flows)
+			}
+			for i := range 2 {
+				if after.ReaderRxFrames[i] == before.ReaderRxFrames[i] {
+					return fmt.Sprintf("frames per reader %v (before %v): reader %d read none", after.ReaderRxFrames, before.ReaderRxFrames, i)
+				}
+			}
+			return ""
+		})
+	})
 	t.Run("VXLAN from a stranger or with another VNI", func(t *testing.T) {
 		var conn *encap.VXLANConn
 		if err := netnsutil.Do(nsPath(t, l, "fabric"), func() (err error) {
@@ -710,8 +757,6 @@ func TestVXLAN(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		mac := encap.VTEPMAC("worker2")
-		frame := udpFrame(t, net.HardwareAddr(mac[:]), netip.MustParseAddr("192.168.99.9"), l.PodIP("test-1"), 64, false, []byte("x"))
 		for _, tc := range []struct {
 			vni    uint32
 			reason string

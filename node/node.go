@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,10 @@ type Config struct {
 	// of its own (VXLANTapName) for the kernel to segment, where the
 	// kernel can (Linux 6.17+) and a probe frame gets through.
 	NoVXLANSuperframes bool
+	// VXLANReceivers is how many sockets receive on the VXLAN port
+	// (SO_REUSEPORT), each read by a reader of its own, so that incoming
+	// VXLAN can use that many cores; 0 means DefaultVXLANReceivers.
+	VXLANReceivers int
 	// TunnelGrace is how long the sockets of an encapsulation no pool
 	// uses any more stay open; 0 means 30 s.
 	TunnelGrace time.Duration
@@ -183,6 +188,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.PodMTU < 0 || (cfg.PodMTU != 0 && cfg.PodMTU < 576) || cfg.PodMTU > 65535 {
 		return nil, fmt.Errorf("pod MTU %d out of range (576..65535)", cfg.PodMTU)
+	}
+	if cfg.VXLANReceivers < 0 || cfg.VXLANReceivers > MaxVXLANReceivers {
+		return nil, fmt.Errorf("VXLAN receivers %d out of range (1..%d, 0: the default)", cfg.VXLANReceivers, MaxVXLANReceivers)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -481,19 +489,32 @@ func (n *Node) openVXLAN() error {
 	if port == 0 {
 		port = encap.VXLANPort
 	}
-	vx, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: int(port)})
-	if err != nil {
-		return fmt.Errorf("open VXLAN socket on port %d: %w", port, err)
+	nrx := n.cfg.VXLANReceivers
+	if nrx == 0 {
+		nrx = DefaultVXLANReceivers()
 	}
-	// Datagrams leave from several ports, picked per flow, so that an
-	// ECMP underlay can spread the flows; replies all come to port.
+	rx := make([]vswitch.VXLANConn, 0, nrx)
 	senders := make([]vswitch.VXLANUnderlay, vxlanSenders)
 	closeAll := func(k int) {
 		for _, c := range senders[:k] {
 			c.Close()
 		}
-		vx.Close()
+		for _, c := range rx {
+			c.Close()
+		}
 	}
+	for range nrx {
+		// SO_REUSEPORT only with several: one socket alone keeps the
+		// port to itself, as it always did.
+		c, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: int(port), ReusePort: nrx > 1})
+		if err != nil {
+			closeAll(0)
+			return fmt.Errorf("open VXLAN socket on port %d: %w", port, err)
+		}
+		rx = append(rx, c)
+	}
+	// Datagrams leave from several ports, picked per flow, so that an
+	// ECMP underlay can spread the flows; replies all come to port.
 	for i := range senders {
 		s, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: encap.AnyPort, SendOnly: true})
 		if err != nil {
@@ -502,13 +523,14 @@ func (n *Node) openVXLAN() error {
 		}
 		senders[i] = s
 	}
-	cfg := vswitch.VXLANConfig{Conn: vx, MTU: n.tunnelMTU(), VNI: vni, Port: port, LocalMAC: n.vtepMAC(), Senders: senders,
-		LocalAddr: n.underlayAddr.Addr()}
+	cfg := vswitch.VXLANConfig{Conn: rx[0], Receivers: rx[1:], MTU: n.tunnelMTU(), VNI: vni, Port: port, LocalMAC: n.vtepMAC(),
+		Senders: senders, LocalAddr: n.underlayAddr.Addr()}
 	sf := n.openVXLANTap()
 	if sf != nil { // not a nil *VXLANTap in the interface
 		cfg.Superframes = sf
 	}
-	if err = n.sw.AttachVXLAN(cfg); err != nil {
+	err := n.sw.AttachVXLAN(cfg)
+	if err != nil {
 		closeAll(len(senders))
 		if sf != nil {
 			sf.Close()
@@ -546,6 +568,17 @@ func (n *Node) openVXLANTap() *encap.VXLANTap {
 
 // vxlanSenders is how many source ports VXLAN flows are spread over.
 const vxlanSenders = 8
+
+// MaxVXLANReceivers bounds Config.VXLANReceivers.
+const MaxVXLANReceivers = 64
+
+// DefaultVXLANReceivers is how many VXLAN receive sockets a node opens
+// unless told: one per two CPUs the daemon may use, at most 8. A reader
+// shares its CPU with the pods it delivers to (the TAP write runs their
+// stacks), so one per CPU would leave the pods less than they need.
+func DefaultVXLANReceivers() int {
+	return min(max(runtime.GOMAXPROCS(0)/2, 1), 8)
+}
 
 // vtepMAC is this node's VXLAN MAC: 0x66 + SHA-1(node name)[:5], as
 // Calico derives it (a Node's vxlanTunnelMACAddr overrides it).

@@ -109,6 +109,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	s.SetRoutes(tab)
 	s.mu.Lock()
 	a, vxPort := s.att.pods[ia], s.att.tunnels[router.EncapVXLAN]
+	vxRx := vxPort.t.Receivers()[0]
 	s.mu.Unlock()
 
 	fromA := func(frame []byte) func(f *forwarder, buf []byte) {
@@ -151,7 +152,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 		}},
 		{"vxlan to pod (GRO)", func(f *forwarder, buf []byte) {
 			n := copy(buf[packet.Headroom:], segs)
-			f.fromTunnel(vxPort, 0, buf, packet.Headroom, n)
+			f.fromTunnel(vxPort, vxRx, 0, buf, packet.Headroom, n)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

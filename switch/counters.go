@@ -137,6 +137,10 @@ type PortStats struct {
 	// (reply polling) and requests its own reader found before parking.
 	Polled uint64            `json:"polled"`
 	Drops  map[string]uint64 `json:"drops"`
+	// ReaderRxFrames counts, for a port read by several readers (a
+	// tunnel with several receive sockets), the frames each received:
+	// how the kernel spread the flows. Absent with one reader.
+	ReaderRxFrames []uint64 `json:"readerRxFrames,omitempty"`
 }
 
 func (c *counters) snapshot() PortStats {

@@ -35,6 +35,7 @@ func FuzzForward(f *testing.F) {
 	n.s.mu.Lock()
 	a, host := n.s.att.pods[n.a.port], n.s.att.host
 	ipip, vx := n.s.att.tunnels[1], n.s.att.tunnels[2]
+	ipipRx, vxRx := ipip.t.Receivers()[0], vx.t.Receivers()[0]
 	// The same host device, read as the offload TUN reads (virtio header
 	// first), on a lane of its own.
 	hostOffload := &hostPort{dev: host.dev, offload: true, lane: n.s.newLaneIDLocked()}
@@ -58,10 +59,10 @@ func FuzzForward(f *testing.F) {
 		case 1:
 			fw.fromHost(host, buf, packet.Headroom, size)
 		case 2:
-			fw.fromTunnel(ipip, 0, buf, packet.Headroom, size)
+			fw.fromTunnel(ipip, ipipRx, 0, buf, packet.Headroom, size)
 		case 3:
 			n.vx.srcs = append(n.vx.srcs[:0], nodeVXLAN)
-			fw.fromTunnel(vx, 0, buf, packet.Headroom, size)
+			fw.fromTunnel(vx, vxRx, 0, buf, packet.Headroom, size)
 		case 4:
 			fw.fromHost(hostOffload, buf, packet.Headroom, size)
 		}

@@ -50,6 +50,10 @@ func (t *ipipTunnel) BatchSize() int      { return t.conn.BatchSize() }
 func (t *ipipTunnel) Device() string      { return "ipip" }
 func (t *ipipTunnel) Close() error        { return t.conn.Close() }
 
+// Receivers: a raw socket receives a copy of every IP-in-IP packet, so a
+// second one would read each packet again; the tunnel has one.
+func (t *ipipTunnel) Receivers() []TunnelReceiver { return []TunnelReceiver{t} }
+
 func (t *ipipTunnel) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return t.conn.ReadBatch(bufs, sizes, offset)
 }

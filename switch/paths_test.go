@@ -12,8 +12,11 @@ package vswitch
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -1304,5 +1307,48 @@ func TestInboundRefresh(t *testing.T) {
 	flows.isReply(out, late, true)
 	if !flows.isReply(out, t0.Add(inboundIdle+time.Second), false) {
 		t.Fatal("an answer did not keep the flow alive")
+	}
+}
+
+// A VXLAN tunnel with several receive sockets reads each with a reader of
+// its own, takes every datagram's sender from the socket it came in on,
+// and counts what each reader read; detaching it stops every reader.
+func TestVXLANReceivers(t *testing.T) {
+	n := newFakeNet(t)
+	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+		t.Fatal(err)
+	}
+	first, second := newFakeVXLAN(), newFakeVXLAN()
+	if err := n.s.AttachVXLAN(VXLANConfig{Conn: first, Receivers: []VXLANConn{second}, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf}); err != nil {
+		t.Fatal(err)
+	}
+	toC := func() []byte {
+		return vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.3", payload: 30}.build(), encap.DefaultVNI)
+	}
+	first.offer(nodeVXLAN, toC())
+	n.c.dev.wait(t, 1)
+	// The first socket's last sender was a node; this one's is not.
+	before := n.stats("vxlan").Drops[DropUnknownSource.String()]
+	second.offer(netip.MustParseAddr("192.0.2.99"), toC())
+	n.waitDrop(t, "vxlan", DropUnknownSource, before)
+	second.offer(nodeVXLAN, toC())
+	n.c.dev.wait(t, 2)
+	if got := n.stats("vxlan").ReaderRxFrames; !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("frames per reader %v, want [1 2]", got)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.s.DetachTunnel(router.EncapVXLAN) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("DetachTunnel did not return: a reader still runs")
+	}
+	for i, c := range []*fakeVXLAN{first, second} {
+		if _, err := c.ReadBatch(make([][]byte, 1), make([]int, 1), 0); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("receiver %d after detach: read error %v, want closed", i, err)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package vswitch
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"podnet/internal/packet"
@@ -10,15 +11,29 @@ import (
 )
 
 // Tunnel is one encapsulation's transport between nodes, as the switch
-// sees it: it reads datagrams and takes them apart (Decap), and its
-// senders put outer headers on inner packets and send them in batches.
-// ipip.go and vxlan.go adapt package encap's transports; a new
+// sees it: its receivers read datagrams and take them apart (Decap), and
+// its senders put outer headers on inner packets and send them in
+// batches. ipip.go and vxlan.go adapt package encap's transports; a new
 // encapsulation is one more such file (docs/datapath.md).
 type Tunnel interface {
 	// Encap is the route encapsulation the tunnel carries.
 	Encap() router.Encap
 	// Overhead is what the encapsulation adds to an inner packet.
 	Overhead() int
+	// Receivers are the tunnel's receive sockets, at least one; each is
+	// read by a reader of its own, so that a node's incoming tunnel
+	// traffic can use more than one core.
+	Receivers() []TunnelReceiver
+	// NewSender makes one reader's sender.
+	NewSender() TunnelSender
+	// Device names the tunnel in port stats ("ipip", "vxlan").
+	Device() string
+	// Close closes every socket of the tunnel, its receivers' too.
+	Close() error
+}
+
+// TunnelReceiver is one receive socket of a tunnel. One reader calls it.
+type TunnelReceiver interface {
 	BatchSize() int
 	// ReadBatch reads datagrams into bufs[i][offset:].
 	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
@@ -26,11 +41,6 @@ type Tunnel interface {
 	// and finds the inner IPv4 packet: the sender's underlay address, the
 	// inner packet's offset in buf and its length, or the drop reason.
 	Decap(i int, buf []byte, off, size int) (src netip.Addr, ip, n int, reason DropReason)
-	// NewSender makes one reader's sender.
-	NewSender() TunnelSender
-	// Device names the tunnel in port stats ("ipip", "vxlan").
-	Device() string
-	Close() error
 }
 
 // TunnelSender queues one reader's inner packets and sends them.
@@ -79,7 +89,8 @@ type tunnelPort struct {
 	lane     int
 	c        counters
 	capt     atomic.Pointer[Capture] // inner packets, both ways
-	done     chan struct{}
+	readers  sync.WaitGroup          // one reader per receiver
+	rxBy     []atomic.Uint64         // frames each receiver's reader read
 	maxInner int
 	verifies bool             // Decap checks inner transport checksums (checksumVerifier)
 	sft      superframeTunnel // nil: superframes are cut before Queue
@@ -102,7 +113,11 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	if cfg.MTU == 0 {
 		cfg.MTU = 1500
 	}
-	t := &tunnelPort{t: cfg.Tunnel, mtu: cfg.MTU, icmpSrc: GatewayIP.As4(), done: make(chan struct{})}
+	rx := cfg.Tunnel.Receivers()
+	if len(rx) == 0 {
+		return fmt.Errorf("attach tunnel: %s has no receiver", e)
+	}
+	t := &tunnelPort{t: cfg.Tunnel, mtu: cfg.MTU, icmpSrc: GatewayIP.As4(), rxBy: make([]atomic.Uint64, len(rx))}
 	t.maxInner = cfg.MTU - cfg.Tunnel.Overhead()
 	if v, ok := cfg.Tunnel.(checksumVerifier); ok {
 		t.verifies = v.VerifiesChecksums()
@@ -119,8 +134,11 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	t.lane = s.newLaneIDLocked()
 	s.att.tunnels[e] = t
 	s.recompileLocked()
-	s.wg.Add(1)
-	go s.routineTunnelReader(t)
+	for i, r := range rx {
+		s.wg.Add(1)
+		t.readers.Add(1)
+		go s.routineTunnelReader(t, r, i)
+	}
 	return nil
 }
 
@@ -139,31 +157,42 @@ func (s *Switch) DetachTunnel(e router.Encap) error {
 	s.recompileLocked()
 	s.mu.Unlock()
 	err := t.t.Close()
-	<-t.done
+	t.readers.Wait()
 	return err
 }
 
-// routineTunnelReader takes apart what other nodes send and delivers the
-// inner packets. AttachTunnel starts it; it exits when the tunnel closes.
-func (s *Switch) routineTunnelReader(t *tunnelPort) {
+// routineTunnelReader takes apart what other nodes send to receiver r, the
+// k-th of tunnel t, and delivers the inner packets. AttachTunnel starts
+// it; it exits when the tunnel closes.
+func (s *Switch) routineTunnelReader(t *tunnelPort, r TunnelReceiver, k int) {
 	defer s.wg.Done()
-	defer close(t.done)
+	defer t.readers.Done()
+	name := t.t.Device()
+	if k > 0 {
+		name = fmt.Sprintf("%s/%d", name, k)
+	}
 	// Captures see inner packets (fromNode, send): the wire format is the
 	// underlay's to show.
 	var none atomic.Pointer[Capture]
-	s.readLoop(t.t.Device(), &t.c, t.t.BatchSize(), &none, 0, LinkIPv4, nil,
-		func(bufs [][]byte, sizes []int) (int, error) { return t.t.ReadBatch(bufs, sizes, packet.Headroom) },
-		func(f *forwarder, i int, buf []byte, size int) { f.fromTunnel(t, i, buf, packet.Headroom, size) })
+	s.readLoop(name, &t.c, r.BatchSize(), &none, 0, LinkIPv4, nil,
+		func(bufs [][]byte, sizes []int) (int, error) {
+			n, err := r.ReadBatch(bufs, sizes, packet.Headroom)
+			if n > 0 {
+				t.rxBy[k].Add(uint64(n))
+			}
+			return n, err
+		},
+		func(f *forwarder, i int, buf []byte, size int) { f.fromTunnel(t, r, i, buf, packet.Headroom, size) })
 }
 
-// fromTunnel classifies datagram i of a batch, buf[off:off+size]. Only
+// fromTunnel classifies datagram i of a batch receiver r read, buf[off:off+size]. Only
 // known nodes may send (a tunnel socket receives from anyone who can
 // reach the underlay), and only for addresses behind them: the inner
 // source must be the node itself or routed via it (its blocks, borrowed
 // addresses and tunnel address), a strict reverse-path check against the
 // FIB, so a node cannot speak for another node's pods.
-func (f *forwarder) fromTunnel(t *tunnelPort, i int, buf []byte, off, size int) {
-	src, ip, n, reason := t.t.Decap(i, buf, off, size)
+func (f *forwarder) fromTunnel(t *tunnelPort, r TunnelReceiver, i int, buf []byte, off, size int) {
+	src, ip, n, reason := r.Decap(i, buf, off, size)
 	if reason != dropNone {
 		t.c.drop(reason)
 		return
@@ -278,5 +307,11 @@ func (l *tunnelLane) send() {
 func (t *tunnelPort) portStats() PortStats {
 	s := t.c.snapshot()
 	s.Index, s.Name, s.Kind, s.Device = -1, t.t.Device(), "underlay", t.t.Device()
+	if len(t.rxBy) > 1 {
+		s.ReaderRxFrames = make([]uint64, len(t.rxBy))
+		for i := range t.rxBy {
+			s.ReaderRxFrames[i] = t.rxBy[i].Load()
+		}
+	}
 	return s
 }

@@ -62,6 +62,11 @@ type VXLANConfig struct {
 	// a source port per flow), so ECMP in the underlay can spread flows.
 	// nil: everything leaves from Conn.
 	Senders []VXLANConn
+	// Receivers are more sockets bound to the VXLAN port beside Conn
+	// (SO_REUSEPORT), each read by a reader of its own: the kernel spreads
+	// flows over Conn and them by addresses and ports, and other nodes'
+	// flows come from many source ports. nil: Conn alone receives.
+	Receivers []VXLANConn
 	// LocalAddr: see TunnelConfig.
 	LocalAddr netip.Addr
 	// Superframes, if set, sends TCP superframes whole, each from the
@@ -72,8 +77,12 @@ type VXLANConfig struct {
 	Superframes VXLANSuperframes
 }
 
-// maxVXLANSenders bounds VXLANConfig.Senders.
-const maxVXLANSenders = 16
+// maxVXLANSenders bounds VXLANConfig.Senders, maxVXLANReceivers
+// VXLANConfig.Receivers.
+const (
+	maxVXLANSenders   = 16
+	maxVXLANReceivers = 63
+)
 
 // AttachVXLAN makes the switch send VXLAN routes over cfg.Conn and starts
 // the reader of what other nodes send that way.
@@ -90,6 +99,9 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	if len(cfg.Senders) > maxVXLANSenders {
 		return fmt.Errorf("attach vxlan: %d senders, at most %d", len(cfg.Senders), maxVXLANSenders)
 	}
+	if len(cfg.Receivers) > maxVXLANReceivers {
+		return fmt.Errorf("attach vxlan: %d more receivers, at most %d", len(cfg.Receivers), maxVXLANReceivers)
+	}
 	senders := cfg.Senders
 	if len(senders) == 0 {
 		senders = []VXLANConn{cfg.Conn}
@@ -100,6 +112,9 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	}
 	t := &vxlanTunnel{conn: cfg.Conn, senders: senders, vni: cfg.VNI, port: cfg.Port, mac: cfg.LocalMAC,
 		maxInner: mtu - encap.VXLANOverhead, sf: cfg.Superframes, log: s.log}
+	for _, c := range append([]VXLANConn{cfg.Conn}, cfg.Receivers...) {
+		t.receivers = append(t.receivers, &vxlanReceiver{t: t, conn: c})
+	}
 	t.srcPorts = make([]uint16, len(senders))
 	for i, c := range senders {
 		t.srcPorts[i] = cfg.Port
@@ -130,16 +145,18 @@ func (s *Switch) VXLANSuperframes() (attached bool, failure error) {
 	return true, t.sf.Err()
 }
 
-// vxlanTunnel adapts VXLAN sockets to Tunnel: one socket receives, and
-// datagrams leave from the sender socket the inner flow's hash picks.
+// vxlanTunnel adapts VXLAN sockets to Tunnel: conn and the other
+// receivers' sockets receive, and datagrams leave from the sender socket
+// the inner flow's hash picks.
 type vxlanTunnel struct {
-	conn     VXLANConn
-	senders  []VXLANConn
-	srcPorts []uint16 // each sender's source port
-	vni      uint32
-	port     uint16
-	mac      packet.MAC
-	maxInner int // the largest inner packet a datagram carries
+	conn      VXLANConn
+	receivers []*vxlanReceiver // conn's first
+	senders   []VXLANConn
+	srcPorts  []uint16 // each sender's source port
+	vni       uint32
+	port      uint16
+	mac       packet.MAC
+	maxInner  int // the largest inner packet a datagram carries
 
 	sf      VXLANSuperframes      // nil: superframes are segmented
 	sfOff   atomic.Bool           // sf failed and is no longer used
@@ -185,11 +202,21 @@ func (t *vxlanTunnel) superframeFailed(err error) {
 
 func (t *vxlanTunnel) Encap() router.Encap { return router.EncapVXLAN }
 func (t *vxlanTunnel) Overhead() int       { return encap.VXLANOverhead }
-func (t *vxlanTunnel) BatchSize() int      { return t.conn.BatchSize() }
 func (t *vxlanTunnel) Device() string      { return "vxlan" }
 
+func (t *vxlanTunnel) Receivers() []TunnelReceiver {
+	rx := make([]TunnelReceiver, len(t.receivers))
+	for i, r := range t.receivers {
+		rx[i] = r
+	}
+	return rx
+}
+
 func (t *vxlanTunnel) Close() error {
-	errs := []error{t.conn.Close()}
+	var errs []error
+	for _, r := range t.receivers {
+		errs = append(errs, r.conn.Close())
+	}
 	for _, c := range t.senders {
 		if c != t.conn {
 			errs = append(errs, c.Close())
@@ -201,8 +228,16 @@ func (t *vxlanTunnel) Close() error {
 	return errors.Join(errs...)
 }
 
-func (t *vxlanTunnel) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return t.conn.ReadBatch(bufs, sizes, offset)
+// vxlanReceiver is one of the tunnel's receive sockets.
+type vxlanReceiver struct {
+	t    *vxlanTunnel
+	conn VXLANConn
+}
+
+func (r *vxlanReceiver) BatchSize() int { return r.conn.BatchSize() }
+
+func (r *vxlanReceiver) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return r.conn.ReadBatch(bufs, sizes, offset)
 }
 
 // Decap takes the VXLAN header and the inner Ethernet header off, and
@@ -210,8 +245,9 @@ func (t *vxlanTunnel) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, er
 // in a TCP superframe that arrived whole (a sender's VXLANSuperframes
 // over a veth underlay, or the kernel's own VXLAN device there): that one
 // keeps its partial checksum and goes on as a superframe (fromNode).
-func (t *vxlanTunnel) Decap(i int, buf []byte, off, size int) (netip.Addr, int, int, DropReason) {
-	src := t.conn.Sources()[i]
+func (r *vxlanReceiver) Decap(i int, buf []byte, off, size int) (netip.Addr, int, int, DropReason) {
+	t := r.t
+	src := r.conn.Sources()[i]
 	eth, reason := encap.DecapVXLAN(buf[off:off+size], t.vni)
 	if reason != encap.DecapOK {
 		return src, 0, 0, decapDropReason(reason)
