@@ -62,6 +62,15 @@ func (p procID) running() bool {
 	return err == nil && start == p.Start && st != 'Z' && st != 'X'
 }
 
+// same reports whether p's PID still belongs to p, live or a zombie. A
+// zombie leader may still have threads exiting, and the files they hold
+// open (a daemon's state dir lock) are closed only when the last one is
+// gone: a pidfd tells when that is.
+func (p procID) same() bool {
+	start, _, err := procStat(p.PID)
+	return err == nil && start == p.Start
+}
+
 // errGone means the process had already exited (or its PID now belongs to
 // another process, which must not be touched).
 var errGone = errors.New("process not running")
@@ -79,14 +88,16 @@ func (p procID) pidfd() (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("pidfd_open %d: %w", p.PID, err)
 	}
-	if p.Start != 0 && !p.running() {
+	if p.Start != 0 && !p.same() {
 		unix.Close(fd)
 		return -1, errGone
 	}
 	return fd, nil
 }
 
-// signal sends sig to p. It returns errGone when p has already exited.
+// signal sends sig to p. It returns errGone when p has already exited
+// and been reaped; a zombie takes the signal (and ignores it), so that
+// its caller goes on to wait for its last threads.
 func (p procID) signal(sig unix.Signal) error {
 	fd, err := p.pidfd()
 	if err != nil {
