@@ -135,19 +135,32 @@ func (m *IPAM) Lookup(ctx context.Context, ip netip.Addr) (Allocation, bool, err
 // of a leak check (addresses whose owner no longer exists) and of
 // `ipam show --show-borrowed`.
 func (m *IPAM) Allocations(ctx context.Context) ([]Allocation, error) {
+	_, allocs, err := m.BlockOwners(ctx)
+	return allocs, err
+}
+
+// BlockOwners returns the node each block is affine to, for the blocks
+// that have one, and every allocated address as Allocations does, from
+// one read of the blocks: what a node checks routes to other nodes'
+// pods against.
+func (m *IPAM) BlockOwners(ctx context.Context) (map[netip.Prefix]string, []Allocation, error) {
 	blocks, err := m.listBlocks(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	owners := map[netip.Prefix]string{}
 	var out []Allocation
 	for _, b := range blocks {
+		if o := b.owner(); o != "" {
+			owners[b.prefix] = o
+		}
 		for o, a := range b.Allocations {
 			if a != nil {
 				out = append(out, b.allocation(o))
 			}
 		}
 	}
-	return out, nil
+	return owners, out, nil
 }
 
 // BlockUsage is one block's use.

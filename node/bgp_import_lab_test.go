@@ -133,3 +133,61 @@ func TestBGPImportPolicy(t *testing.T) {
 	})
 	intact("after the withdrawal")
 }
+
+// TestBGPImportHijack: a peer (here BIRD, as a ToR or a route reflector
+// would) announces a node's block, a more specific part of it and one of
+// its pods' addresses, with another node as next hop. Every node checks
+// the next hop against IPAM's block affinities and refuses them, so the
+// pod stays reachable through its own node.
+func TestBGPImportHijack(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 3, Pods: 3})
+	ctx := context.Background()
+	n1, n2, n3 := l.NodeAddr("worker1"), l.NodeAddr("worker2"), l.NodeAddr("worker3")
+	victim := l.PodIP("test-2") // on worker2
+	block := blockOf(l, "test-2")
+	half, _ := victim.Prefix(27)
+	hijacks := []netip.Prefix{block, half, netip.PrefixFrom(victim, 32)}
+	conf := birdConf([]netip.Addr{n1, n2, n3})
+	conf = strings.Replace(conf, `export where proto = "tor_routes";`, `export where proto = "tor_routes" || proto = "hijack"; next hop keep;`, 1)
+	conf += "protocol static hijack {\n  ipv4;\n"
+	for _, p := range hijacks {
+		conf += fmt.Sprintf("  route %s via %s;\n", p, n3)
+	}
+	conf += "}\n"
+	bird(t, l, conf)
+	var out strings.Builder
+	doc := "apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 10.77.0.1\n  asNumber: 65000\n"
+	if err := l.Exec(ctx, "worker1", strings.NewReader(doc), &out, &out, "podnet", "apply", "-f", "-"); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out.String())
+	}
+	tor := netip.MustParseAddr("10.77.0.1")
+	// The ToR's own route shows its announcements are in.
+	for _, n := range []string{"worker1", "worker3"} {
+		waitFor(t, 30*time.Second, n+" learns the ToR's route", func() string {
+			if e := established(t, l, n, tor); e != "" {
+				return e
+			}
+			if _, ok := routeTo(t, l, n, netip.MustParsePrefix("10.200.0.0/24")); !ok {
+				return "no route to 10.200.0.0/24 yet"
+			}
+			return ""
+		})
+	}
+	for _, n := range []string{"worker1", "worker3"} {
+		if r, ok := routeTo(t, l, n, block); !ok || r.NextHop != n2 {
+			t.Errorf("%s: route to %s %+v, want via worker2 (%s)", n, block, r, n2)
+		}
+		for _, p := range hijacks[1:] {
+			if r, ok := routeTo(t, l, n, p); ok {
+				t.Errorf("%s took the hijack %s: %+v", n, p, r)
+			}
+		}
+	}
+	ping(t, l, "test-1", victim)
+	ping(t, l, "test-3", victim)
+	logged := strings.Join(l.LogTail("worker1", 200), "\n")
+	if !strings.Contains(logged, "overlaps another node's block") {
+		t.Errorf("worker1's log does not say why it refused the hijack:\n%s", logged)
+	}
+}

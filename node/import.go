@@ -18,7 +18,7 @@ const maxRejectLogs = 10
 func (n *Node) importPaths(s *state) []bgp.Path {
 	im := routing.Import{
 		Pools: s.view.pools, OwnBlocks: s.view.blocks, Subnet: n.underlayAddr,
-		NodeAddrs: s.view.nodeAddrs, Explicit: s.view.explicitPeers, Lent: s.view.lent,
+		NodeAddrs: s.view.nodeAddrs, Explicit: s.view.explicitPeers, Lent: s.view.lent, Owners: s.view.owners,
 	}
 	for _, p := range s.pods {
 		if p.rec.IP.IsValid() {

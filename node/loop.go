@@ -70,9 +70,11 @@ type view struct {
 	// mesh): the import policy takes prefixes outside the pools only
 	// from them.
 	explicitPeers map[netip.Addr]bool
-	// lent are this node's block addresses that other nodes borrowed,
-	// each with the underlay address of the node that holds it.
-	lent map[netip.Addr]netip.Addr
+	// lent are the addresses other nodes borrowed (from blocks not
+	// theirs), each with the underlay address of the node that holds it;
+	// owners the other nodes' blocks, each with its node's address.
+	lent   map[netip.Addr]netip.Addr
+	owners map[netip.Prefix]netip.Addr
 }
 
 // podPhase says where a pod is in its life.

@@ -172,7 +172,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache
 	if err != nil {
 		return err
 	}
-	allocs, err := n.ipam.Allocations(ctx)
+	owners, allocs, err := n.ipam.BlockOwners(ctx)
 	if err != nil {
 		return err
 	}
@@ -181,18 +181,27 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache
 	in.Blocks = n.releaseOrphanBlocks(ctx, blocks, in.Pools)
 	// Addresses this node borrowed from other nodes' blocks are
 	// advertised one by one, beside its own blocks.
-	// Addresses other nodes borrowed from this node's blocks come back
-	// from them as /32s, which the import policy takes from them only.
+	// Addresses other nodes borrowed come from them as /32s, which the
+	// import policy takes from them only; other nodes' blocks it takes
+	// from their owners only.
 	for _, a := range allocs {
 		switch {
 		case !a.Borrowed:
 		case a.Attrs["node"] == n.cfg.Name:
 			in.Borrowed = append(in.Borrowed, a.IP)
-		case a.BlockOwner == n.cfg.Name && a.Attrs["node"] != "":
+		case a.Attrs["node"] != "":
 			if in.Lent == nil {
 				in.Lent = map[netip.Addr]string{}
 			}
 			in.Lent[a.IP] = a.Attrs["node"]
+		}
+	}
+	for b, owner := range owners {
+		if owner != n.cfg.Name {
+			if in.Owners == nil {
+				in.Owners = map[netip.Prefix]string{}
+			}
+			in.Owners[b] = owner
 		}
 	}
 	self, _ := routing.SplitNodes(in.Nodes, n.cfg.Name)
@@ -259,6 +268,14 @@ func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
 			}
 			v.lent[a] = at
 		}
+	}
+	// A block whose node has no address (or no Node) maps to none: no
+	// next hop matches it.
+	for b, name := range in.Owners {
+		if v.owners == nil {
+			v.owners = map[netip.Prefix]netip.Addr{}
+		}
+		v.owners[b] = byName[name]
 	}
 	return n.do(func(s *state) error { return n.setView(s, v) })
 }

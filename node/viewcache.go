@@ -32,10 +32,13 @@ type dsInputs struct {
 	Configs []*api.BGPConfiguration `json:"bgpConfigurations"`
 	// Blocks are this node's affine blocks; Borrowed the addresses it
 	// took from other nodes' blocks; Lent the addresses other nodes took
-	// from its blocks, with the name of the node that holds each.
-	Blocks   []netip.Prefix        `json:"blocks"`
-	Borrowed []netip.Addr          `json:"borrowed"`
-	Lent     map[netip.Addr]string `json:"lent,omitempty"`
+	// from blocks not their own, with the name of the node that holds
+	// each; Owners the other nodes' blocks, with the name of each one's
+	// node.
+	Blocks   []netip.Prefix          `json:"blocks"`
+	Borrowed []netip.Addr            `json:"borrowed"`
+	Lent     map[netip.Addr]string   `json:"lent,omitempty"`
+	Owners   map[netip.Prefix]string `json:"owners,omitempty"`
 }
 
 func (n *Node) viewCachePath() string { return filepath.Join(n.cfg.StateDir, "view.json") }

@@ -20,10 +20,15 @@ type Import struct {
 	// OwnBlocks are this node's IPAM blocks; PodAddrs its pods' addresses.
 	OwnBlocks []netip.Prefix
 	PodAddrs  []netip.Addr
-	// Lent are the addresses of this node's blocks that other nodes
-	// borrowed (IPAM), each with the underlay address of the node that
-	// holds it: that node advertises the address as a /32.
+	// Lent are the addresses IPAM gave from a block to another node than
+	// the block's owner (borrowed addresses), other nodes', each with the
+	// underlay address of the node that holds it: that node advertises
+	// the address as a /32.
 	Lent map[netip.Addr]netip.Addr
+	// Owners are the other nodes' blocks (IPAM affinities), each with the
+	// underlay address of its node (invalid if the node has none): a
+	// node announces its own blocks, not another's.
+	Owners map[netip.Prefix]netip.Addr
 	// Subnet is this node's underlay address and prefix length.
 	Subnet netip.Prefix
 	// NodeAddrs are the other nodes' underlay addresses.
@@ -48,6 +53,7 @@ const (
 	RejectDefault       = "default route"
 	RejectOwnBlock      = "overlaps this node's block"
 	RejectLentElsewhere = "address lent to another node"
+	RejectOthersBlock   = "overlaps another node's block"
 	RejectLocalPod      = "is a local pod"
 	RejectCoversPool    = "covers an IP pool"
 	RejectOutsidePools  = "outside the IP pools from a mesh peer or to a node"
@@ -68,6 +74,13 @@ const (
 //   - it is not the address of one of this node's pods (a prefix that
 //     covers one, another node's block the pod borrowed from, is fine:
 //     the pod's own /32 is more specific);
+//   - inside a pool, and leading to a node or learned from a node of the
+//     mesh, it overlaps no block affine to another node than its next
+//     hop, unless it is the /32 of an address lent to that node: a node
+//     cannot take another node's pods' traffic. Blocks this node has not
+//     read yet are no objection (a block just claimed is announced before
+//     every node has read it), and a route a BGPPeer's router sends with
+//     itself as next hop is that router's to vouch for;
 //   - it lies inside an IP pool, or else comes from a peer a BGPPeer
 //     configures, covers no pool and leads to no node: a ToR may give
 //     the pods routes to the outside, nodes only give pool routes (a
@@ -88,9 +101,10 @@ func (im Import) Filter(paths []bgp.Path) (accepted []bgp.Path, rejected []Rejec
 	for _, a := range im.NodeAddrs {
 		nodes[a] = true
 	}
+	owned := sortedBlocks(im.Owners)
 	perPeer := map[netip.Addr]int{}
 	for _, p := range paths {
-		reason := im.check(p, nodes)
+		reason := im.check(p, nodes, owned)
 		if reason == "" && perPeer[p.Peer] >= limit {
 			reason = RejectTooManyPrefix
 		}
@@ -104,8 +118,9 @@ func (im Import) Filter(paths []bgp.Path) (accepted []bgp.Path, rejected []Rejec
 	return accepted, rejected
 }
 
-// check is why p is refused; "" when it is not.
-func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool) string {
+// check is why p is refused; "" when it is not. owned are im.Owners'
+// blocks, sorted.
+func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool, owned []netip.Prefix) string {
 	pfx := p.Prefix.Masked()
 	switch {
 	case !pfx.Addr().Is4():
@@ -150,10 +165,54 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool) string {
 		}
 		return ""
 	}
+	if nodes[p.NextHop] || !im.Explicit[p.Peer] {
+		if r := im.othersBlock(pfx, p.NextHop, owned); r != "" {
+			return r
+		}
+	}
 	// Whether the pool's mode would tunnel to this next hop, VTEP known
 	// or not: a VXLAN pool's route without one would leave by the kernel.
 	if Encapsulation(pool, p.NextHop, im.Subnet, true) != router.EncapNone && !nodes[p.NextHop] {
 		return RejectUnknownNode
 	}
 	return ""
+}
+
+// othersBlock is why in-pool prefix pfx with next hop via is refused for
+// another node's block, "" if it is not. Two prefixes overlap only when
+// one holds the other, so the blocks to look at are those holding pfx
+// (found by masking it) and those inside it (a run of owned, which is
+// sorted).
+func (im Import) othersBlock(pfx netip.Prefix, via netip.Addr, owned []netip.Prefix) string {
+	if pfx.Bits() == 32 {
+		if by, lent := im.Lent[pfx.Addr()]; lent {
+			if by != via {
+				return RejectLentElsewhere
+			}
+			return ""
+		}
+	}
+	for bits := pfx.Bits(); bits > 0; bits-- {
+		b := netip.PrefixFrom(pfx.Addr(), bits).Masked()
+		if owner, ok := im.Owners[b]; ok && owner != via {
+			return RejectOthersBlock
+		}
+	}
+	i, _ := slices.BinarySearchFunc(owned, pfx.Addr(), func(b netip.Prefix, a netip.Addr) int { return b.Addr().Compare(a) })
+	for ; i < len(owned) && pfx.Contains(owned[i].Addr()); i++ {
+		if im.Owners[owned[i]] != via {
+			return RejectOthersBlock
+		}
+	}
+	return ""
+}
+
+// sortedBlocks returns owners' blocks sorted by address (then length).
+func sortedBlocks(owners map[netip.Prefix]netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(owners))
+	for b := range owners {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Compare(b) })
+	return out
 }

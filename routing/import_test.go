@@ -25,15 +25,22 @@ func TestImportFilter(t *testing.T) {
 		Subnet:    prefix("10.0.0.1/24"),
 		NodeAddrs: []netip.Addr{addr(mesh), addr("10.0.0.3")},
 		Explicit:  map[netip.Addr]bool{addr(tor): true},
-		// Borrowed from this node's block by the mesh peer.
-		Lent: map[netip.Addr]netip.Addr{addr("192.168.9.5"): addr(mesh)},
+		// Borrowed by the mesh peer: from this node's block, and from
+		// 10.0.0.3's.
+		Lent: map[netip.Addr]netip.Addr{addr("192.168.9.5"): addr(mesh), addr("192.168.6.9"): addr(mesh)},
+		Owners: map[netip.Prefix]netip.Addr{
+			prefix("192.168.5.0/26"): addr(mesh),
+			prefix("192.168.6.0/26"): addr("10.0.0.3"),
+			prefix("192.168.7.0/26"): {}, // its node has no address
+			prefix("172.20.1.0/26"):  addr(mesh),
+		},
 	}
 	tests := []struct {
 		prefix, nextHop, peer string
 		reason                string
 	}{
 		{"192.168.5.0/26", mesh, mesh, ""},
-		{"192.168.5.0/26", "10.0.0.3", tor, ""}, // reflected: the next hop is a node
+		{"192.168.6.0/26", "10.0.0.3", tor, ""}, // reflected: the next hop is a node
 		{"172.20.1.0/26", "10.0.0.99", tor, ""}, // unencapsulated pool: any next hop
 		{"172.30.1.0/26", mesh, mesh, ""},
 		{"203.0.113.0/24", tor, tor, ""}, // outside the pools, from a BGPPeer
@@ -57,6 +64,18 @@ func TestImportFilter(t *testing.T) {
 		{"192.168.5.0/26", "10.0.0.99", tor, RejectUnknownNode}, // IP-in-IP to a stranger
 		{"172.30.1.0/26", "10.0.0.99", tor, RejectUnknownNode},  // VXLAN to a stranger
 		{"192.168.5.0/26", "10.0.0.1", mesh, RejectSelfNextHop},
+		// Another node's block, from a node that is not its owner.
+		{"192.168.5.0/26", "10.0.0.3", "10.0.0.3", RejectOthersBlock},
+		{"192.168.5.0/26", "10.0.0.3", tor, RejectOthersBlock},        // reflected
+		{"192.168.5.8/29", "10.0.0.3", "10.0.0.3", RejectOthersBlock}, // inside it
+		{"192.168.4.0/22", mesh, mesh, RejectOthersBlock},             // covers 10.0.0.3's too
+		{"192.168.4.0/23", mesh, mesh, ""},                            // covers only its own
+		{"192.168.6.9/32", mesh, mesh, ""},                            // lent to it from 10.0.0.3's block
+		{"192.168.6.9/32", "10.0.0.3", "10.0.0.3", RejectLentElsewhere},
+		{"192.168.6.10/32", mesh, mesh, RejectOthersBlock},
+		{"192.168.7.0/26", mesh, mesh, RejectOthersBlock},
+		{"192.168.8.0/26", "10.0.0.3", "10.0.0.3", ""},                // a block not read yet
+		{"172.20.1.0/26", "10.0.0.99", "10.0.0.3", RejectOthersBlock}, // a node's stranger next hop
 	}
 	for _, tt := range tests {
 		p := bgp.Path{Prefix: prefix(tt.prefix), NextHop: addr(tt.nextHop), Peer: addr(tt.peer)}
