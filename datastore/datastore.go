@@ -231,6 +231,28 @@ func (c Collection) Create(ctx context.Context, name string, value []byte) (int6
 	return r.Header.Revision, nil
 }
 
+// CreateIfUnchanged stores a new object if no object of the collection
+// was created or changed after store revision since (a List's): for a
+// create whose validity depends on the others (pools must not overlap).
+// ErrExists if the name is taken, ErrConflict if another object changed.
+func (c Collection) CreateIfUnchanged(ctx context.Context, name string, value []byte, since int64) (int64, error) {
+	k := c.key(name)
+	r, err := c.s.cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(k), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(c.prefix), "<", since+1).WithPrefix(),
+	).Then(clientv3.OpPut(k, string(value))).Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", k, err)
+	}
+	if !r.Succeeded {
+		if len(r.Responses) > 0 && len(r.Responses[0].GetResponseRange().Kvs) > 0 {
+			return 0, fmt.Errorf("%w: %s", ErrExists, k)
+		}
+		return 0, fmt.Errorf("%w: %s changed since revision %d", ErrConflict, c.prefix, since)
+	}
+	return r.Header.Revision, nil
+}
+
 // Update replaces an object if its revision is still rev; ErrConflict if
 // it changed, ErrNotFound if it is gone.
 func (c Collection) Update(ctx context.Context, name string, value []byte, rev int64) (int64, error) {

@@ -60,6 +60,43 @@ func TestCollectionCAS(t *testing.T) {
 	}
 }
 
+// CreateIfUnchanged creates only while no object of the collection
+// changed after the given revision; other collections do not count.
+func TestCreateIfUnchanged(t *testing.T) {
+	s := startTest(t)
+	ctx := context.Background()
+	pools, other := s.Resources("ippools"), s.Resources("ippoolsx")
+	if _, err := pools.Create(ctx, "a", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, since, err := pools.List(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A key beside the collection's prefix ("ippoolsx/") is not one of it.
+	if _, err := other.Create(ctx, "z", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pools.CreateIfUnchanged(ctx, "a", []byte(`{}`), since); !errors.Is(err, ErrExists) {
+		t.Fatalf("create of a taken name: got %v, want ErrExists", err)
+	}
+	rev, err := pools.CreateIfUnchanged(ctx, "b", []byte(`{}`), since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b changed the collection after since: a create checked against
+	// since fails, one against b's revision succeeds.
+	if _, err := pools.CreateIfUnchanged(ctx, "c", []byte(`{}`), since); !errors.Is(err, ErrConflict) {
+		t.Fatalf("create after another one since the read: got %v, want ErrConflict", err)
+	}
+	if _, err := pools.Get(ctx, "c"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the refused create wrote c: %v", err)
+	}
+	if _, err := pools.CreateIfUnchanged(ctx, "c", []byte(`{}`), rev); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAffinityNamesAndWatch(t *testing.T) {
 	s := startTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -205,6 +205,8 @@ func (c *Client) write(ctx context.Context, s step) (api.Resource, error) {
 			}
 		}
 		return s.r, nil
+	case s.create && s.kind == api.KindIPPool:
+		rev, err = c.createPool(ctx, col, s)
 	case s.create:
 		rev, err = col.Create(ctx, s.name, s.value)
 	default:
@@ -215,6 +217,40 @@ func (c *Client) write(ctx context.Context, s step) (api.Resource, error) {
 	}
 	s.r.GetObjectMeta().ResourceVersion = strconv.FormatInt(rev, 10)
 	return s.r, nil
+}
+
+// poolCreateTries is how many times createPool reads the pools and tries
+// its create when other pools keep changing in between.
+const poolCreateTries = 5
+
+// createPool stores a new IPPool unless it overlaps a stored one. The
+// planner checked that already, but two clients creating overlapping
+// pools at once would both pass that check: here the pools are read
+// again and the create is conditional on none of them having changed
+// since (datastore's CreateIfUnchanged), so of two such creates one
+// sees the other's pool.
+func (c *Client) createPool(ctx context.Context, col datastore.Collection, s step) (int64, error) {
+	pool := s.r.(*api.IPPool)
+	for range poolCreateTries {
+		kvs, since, err := col.List(ctx, "")
+		if err != nil {
+			return 0, err
+		}
+		for _, kv := range kvs {
+			r, err := FromKV(api.KindIPPool, kv)
+			if err != nil {
+				return 0, err
+			}
+			if o := r.(*api.IPPool); o.Name != pool.Name && pool.Overlaps(o) {
+				return 0, pool.OverlapError(o)
+			}
+		}
+		rev, err := col.CreateIfUnchanged(ctx, s.name, s.value, since)
+		if !errors.Is(err, datastore.ErrConflict) {
+			return rev, err
+		}
+	}
+	return 0, fmt.Errorf("IPPool(%s): other IPPools kept changing while it was being created; try again", s.name)
 }
 
 // planner plans the steps of one request; it remembers what earlier

@@ -3,6 +3,7 @@ package resources
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -405,5 +406,51 @@ func TestDefaultBGPConfigurationDelete(t *testing.T) {
 	}
 	if _, err := c.Delete(ctx, "bgpconfig", "node.worker1", DeleteOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Clients creating overlapping pools at the same moment: each create
+// checks the others when it plans and again in its write, and the write
+// is conditional on no pool having changed in between, so exactly one
+// of each round succeeds and the others are refused with the overlap.
+func TestConcurrentOverlappingPools(t *testing.T) {
+	ctx := context.Background()
+	store := startStore(t)
+	const racers = 6
+	clients := make([]*Client, racers)
+	for i := range clients {
+		clients[i] = New(store, Options{})
+	}
+	for round := range 10 {
+		start := make(chan struct{})
+		errs := make(chan error, racers)
+		for i, c := range clients {
+			// 10.<round>.0.0/16 twice and parts of it: all hold 10.<round>.0.0.
+			cidr := []string{"10.%d.0.0/16", "10.%d.0.0/17", "10.%d.0.0/18", "10.%d.0.0/19", "10.%d.0.0/20", "10.%d.0.0/16"}[i]
+			p := newPool(fmt.Sprintf("r%d-%d", round, i), fmt.Sprintf(cidr, round))
+			go func() {
+				<-start
+				_, err := c.Create(ctx, p)
+				errs <- err
+			}()
+		}
+		close(start)
+		created := 0
+		for range racers {
+			switch err := <-errs; {
+			case err == nil:
+				created++
+			case !strings.Contains(err.Error(), "overlaps with IPPool"):
+				t.Errorf("round %d: a losing create failed with %v, want the overlap", round, err)
+			}
+		}
+		if created != 1 {
+			rs, _, _ := clients[0].List(ctx, api.KindIPPool)
+			var got []string
+			for _, r := range rs {
+				got = append(got, r.GetObjectMeta().Name+" "+r.(*api.IPPool).Spec.CIDR)
+			}
+			t.Fatalf("round %d: %d of %d overlapping creates succeeded, want 1; pools %v", round, created, racers, got)
+		}
 	}
 }
