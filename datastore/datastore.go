@@ -32,6 +32,9 @@ var (
 	// ErrConflict: the object changed since the revision the caller read;
 	// read it again and retry, or give up.
 	ErrConflict = errors.New("update conflict")
+	// ErrStale: a write's Unchanged condition failed; read again and
+	// retry, or give up.
+	ErrStale = errors.New("changed since read")
 )
 
 // Config says how to reach etcd.
@@ -231,16 +234,38 @@ func (c Collection) Create(ctx context.Context, name string, value []byte) (int6
 	return r.Header.Revision, nil
 }
 
-// CreateIfUnchanged stores a new object if no object of the collection
-// was created or changed after store revision since (a List's): for a
-// create whose validity depends on the others (pools must not overlap).
-// ErrExists if the name is taken, ErrConflict if another object changed.
-func (c Collection) CreateIfUnchanged(ctx context.Context, name string, value []byte, since int64) (int64, error) {
+// Unchanged is a condition on a write: no object of collection C whose
+// name starts with NamePrefix was created or changed after store revision
+// Since (the revision a read of them returned). A write that depends on
+// what it read there (pools must not overlap; a pool is deleted only
+// while none of its blocks holds an address) carries it, and fails with
+// ErrStale when the read is out of date. Objects deleted since do not
+// count.
+type Unchanged struct {
+	C          Collection
+	NamePrefix string
+	Since      int64
+}
+
+func (u Unchanged) cmp() clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(u.C.prefix+u.C.encode(u.NamePrefix)), "<", u.Since+1).WithPrefix()
+}
+
+// Revision returns the store's current revision: a read taken after it
+// sees at least what was written up to it.
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	r, err := s.cli.Get(ctx, Root+"/", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("read revision: %w", err)
+	}
+	return r.Header.Revision, nil
+}
+
+// CreateIf is Create on condition u: ErrStale when it does not hold.
+func (c Collection) CreateIf(ctx context.Context, name string, value []byte, u Unchanged) (int64, error) {
 	k := c.key(name)
-	r, err := c.s.cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(k), "=", 0),
-		clientv3.Compare(clientv3.ModRevision(c.prefix), "<", since+1).WithPrefix(),
-	).Then(clientv3.OpPut(k, string(value))).Else(clientv3.OpGet(k)).Commit()
+	r, err := c.s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", 0), u.cmp()).
+		Then(clientv3.OpPut(k, string(value))).Else(clientv3.OpGet(k)).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("create %s: %w", k, err)
 	}
@@ -248,7 +273,7 @@ func (c Collection) CreateIfUnchanged(ctx context.Context, name string, value []
 		if len(r.Responses) > 0 && len(r.Responses[0].GetResponseRange().Kvs) > 0 {
 			return 0, fmt.Errorf("%w: %s", ErrExists, k)
 		}
-		return 0, fmt.Errorf("%w: %s changed since revision %d", ErrConflict, c.prefix, since)
+		return 0, fmt.Errorf("%w: %s: %s%s changed after revision %d", ErrStale, k, u.C.prefix, u.C.encode(u.NamePrefix), u.Since)
 	}
 	return r.Header.Revision, nil
 }
@@ -277,18 +302,36 @@ func (c Collection) Update(ctx context.Context, name string, value []byte, rev i
 // Delete removes an object if its revision is still rev (rev 0: whatever
 // it is). ErrNotFound if it is not there, ErrConflict if it changed.
 func (c Collection) Delete(ctx context.Context, name string, rev int64) error {
+	return c.delete(ctx, name, rev, nil)
+}
+
+// DeleteIf is Delete on condition u as well: ErrStale when the object is
+// as given but u does not hold.
+func (c Collection) DeleteIf(ctx context.Context, name string, rev int64, u Unchanged) error {
+	return c.delete(ctx, name, rev, &u)
+}
+
+func (c Collection) delete(ctx context.Context, name string, rev int64, u *Unchanged) error {
 	k := c.key(name)
 	cmp := clientv3.Compare(clientv3.ModRevision(k), ">", 0)
 	if rev > 0 {
 		cmp = clientv3.Compare(clientv3.ModRevision(k), "=", rev)
 	}
-	r, err := c.s.cli.Txn(ctx).If(cmp).Then(clientv3.OpDelete(k)).Else(clientv3.OpGet(k)).Commit()
+	cmps := []clientv3.Cmp{cmp}
+	if u != nil {
+		cmps = append(cmps, u.cmp())
+	}
+	r, err := c.s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpDelete(k)).Else(clientv3.OpGet(k)).Commit()
 	if err != nil {
 		return fmt.Errorf("delete %s: %w", k, err)
 	}
 	if !r.Succeeded {
-		if len(r.Responses) > 0 && len(r.Responses[0].GetResponseRange().Kvs) == 0 {
+		kvs := r.Responses[0].GetResponseRange().Kvs
+		switch {
+		case len(kvs) == 0:
 			return fmt.Errorf("%w: %s", ErrNotFound, k)
+		case u != nil && (rev <= 0 || kvs[0].ModRevision == rev):
+			return fmt.Errorf("%w: %s: %s%s changed after revision %d", ErrStale, k, u.C.prefix, u.C.encode(u.NamePrefix), u.Since)
 		}
 		return fmt.Errorf("%w: %s", ErrConflict, k)
 	}

@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -60,9 +61,9 @@ func TestCollectionCAS(t *testing.T) {
 	}
 }
 
-// CreateIfUnchanged creates only while no object of the collection
-// changed after the given revision; other collections do not count.
-func TestCreateIfUnchanged(t *testing.T) {
+// CreateIf creates only while no object of the collection changed after
+// the given revision; other collections do not count.
+func TestCreateIf(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
 	pools, other := s.Resources("ippools"), s.Resources("ippoolsx")
@@ -77,23 +78,73 @@ func TestCreateIfUnchanged(t *testing.T) {
 	if _, err := other.Create(ctx, "z", []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pools.CreateIfUnchanged(ctx, "a", []byte(`{}`), since); !errors.Is(err, ErrExists) {
+	unchanged := func(since int64) Unchanged { return Unchanged{C: pools, Since: since} }
+	if _, err := pools.CreateIf(ctx, "a", []byte(`{}`), unchanged(since)); !errors.Is(err, ErrExists) {
 		t.Fatalf("create of a taken name: got %v, want ErrExists", err)
 	}
-	rev, err := pools.CreateIfUnchanged(ctx, "b", []byte(`{}`), since)
+	rev, err := pools.CreateIf(ctx, "b", []byte(`{}`), unchanged(since))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// b changed the collection after since: a create checked against
 	// since fails, one against b's revision succeeds.
-	if _, err := pools.CreateIfUnchanged(ctx, "c", []byte(`{}`), since); !errors.Is(err, ErrConflict) {
-		t.Fatalf("create after another one since the read: got %v, want ErrConflict", err)
+	if _, err := pools.CreateIf(ctx, "c", []byte(`{}`), unchanged(since)); !errors.Is(err, ErrStale) {
+		t.Fatalf("create after another one since the read: got %v, want ErrStale", err)
 	}
 	if _, err := pools.Get(ctx, "c"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the refused create wrote c: %v", err)
 	}
-	if _, err := pools.CreateIfUnchanged(ctx, "c", []byte(`{}`), rev); err != nil {
+	if _, err := pools.CreateIf(ctx, "c", []byte(`{}`), unchanged(rev)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// DeleteIf deletes only while the condition holds, and tells a stale
+// condition (ErrStale) from a changed object (ErrConflict).
+func TestDeleteIf(t *testing.T) {
+	s := startTest(t)
+	ctx := context.Background()
+	pools, blocks := s.Resources("ippools"), s.IPAMBlocks()
+	rev, err := pools.Create(ctx, "p", []byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	since, err := s.Revision(ctx)
+	if err != nil || since < rev {
+		t.Fatalf("Revision: %d, %v; want at least %d", since, err, rev)
+	}
+	inPool := Unchanged{C: blocks, NamePrefix: BlockNamePrefix(netip.MustParsePrefix("10.1.0.0/16")), Since: since}
+	// A block elsewhere is no objection; one in the pool is.
+	if _, err := blocks.Create(ctx, "10.10.0.0/26", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blocks.Create(ctx, "10.1.0.0/26", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pools.DeleteIf(ctx, "p", rev, inPool); !errors.Is(err, ErrStale) {
+		t.Fatalf("delete with a block created since: got %v, want ErrStale", err)
+	}
+	if err := pools.DeleteIf(ctx, "p", rev+100, inPool); !errors.Is(err, ErrConflict) {
+		t.Fatalf("delete of another revision: got %v, want ErrConflict", err)
+	}
+	now, _ := s.Revision(ctx)
+	inPool.Since = now
+	if err := pools.DeleteIf(ctx, "p", rev, inPool); err != nil {
+		t.Fatal(err)
+	}
+	if err := pools.DeleteIf(ctx, "p", 0, inPool); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: got %v, want ErrNotFound", err)
+	}
+}
+
+func TestBlockNamePrefix(t *testing.T) {
+	for cidr, want := range map[string]string{
+		"10.0.0.0/16": "10.0.", "10.0.0.0/17": "10.0.", "192.168.0.0/12": "192.", "192.168.5.0/24": "192.168.5.",
+		"192.168.5.64/26": "192.168.5.", "10.0.0.0/8": "10.", "0.0.0.0/4": "",
+	} {
+		if got := BlockNamePrefix(netip.MustParsePrefix(cidr)); got != want {
+			t.Errorf("BlockNamePrefix(%s) = %q, want %q", cidr, got, want)
+		}
 	}
 }
 

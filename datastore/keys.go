@@ -1,6 +1,10 @@
 package datastore
 
-import "strings"
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
 
 // The key layout, modelled on Calico's etcd v3 layout (the IPAM keys
 // keep Calico's names, so a reader of one recognises the other):
@@ -32,6 +36,19 @@ func (s *Store) Resources(plural string) Collection {
 // IPAMBlocks holds allocation blocks, named by CIDR ("10.0.0.0/26").
 func (s *Store) IPAMBlocks() Collection {
 	return Collection{s: s, prefix: Root + "/ipam/v2/assignment/ipv4/block/", encode: cidrName, decode: cidrFromName}
+}
+
+// BlockNamePrefix is a name prefix that every block inside cidr has in
+// IPAMBlocks (blocks are named by their dotted address): cidr's whole
+// octets, e.g. "10.0." for 10.0.0.0/16 or 10.0.0.0/17. It may take in
+// blocks beside cidr as well, never fewer; "" for a cidr shorter than /8.
+func BlockNamePrefix(cidr netip.Prefix) string {
+	a := cidr.Masked().Addr().As4()
+	var b strings.Builder
+	for i := range min(cidr.Bits()/8, 3) {
+		fmt.Fprintf(&b, "%d.", a[i])
+	}
+	return b.String()
 }
 
 // IPAMAffinities holds block affinities, named "<node>/<cidr>". List with

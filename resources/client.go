@@ -38,6 +38,9 @@ type step struct {
 	create bool
 	rev    int64 // the revision an update or delete is conditional on
 	value  []byte
+	// unused, for a pool delete that checked the pool's addresses: the
+	// delete is conditional on none of its blocks having changed since.
+	unused *datastore.Unchanged
 }
 
 // Create stores a new resource; it fails if one by that name exists. It
@@ -195,7 +198,11 @@ func (c *Client) write(ctx context.Context, s step) (api.Resource, error) {
 	var err error
 	switch {
 	case s.value == nil: // delete
-		err = col.Delete(ctx, s.name, s.rev)
+		if s.unused != nil {
+			err = c.deleteUnusedPool(ctx, col, s)
+		} else {
+			err = col.Delete(ctx, s.name, s.rev)
+		}
 		if err != nil {
 			return nil, storeErr(err, s.kind, s.name, s.rev)
 		}
@@ -219,19 +226,20 @@ func (c *Client) write(ctx context.Context, s step) (api.Resource, error) {
 	return s.r, nil
 }
 
-// poolCreateTries is how many times createPool reads the pools and tries
-// its create when other pools keep changing in between.
-const poolCreateTries = 5
+// poolWriteTries is how many times createPool reads the pools and tries
+// its create when other pools keep changing in between, and how many
+// times deleteUnusedPool checks a pool's addresses again.
+const poolWriteTries = 5
 
 // createPool stores a new IPPool unless it overlaps a stored one. The
 // planner checked that already, but two clients creating overlapping
 // pools at once would both pass that check: here the pools are read
 // again and the create is conditional on none of them having changed
-// since (datastore's CreateIfUnchanged), so of two such creates one
+// since (datastore.Unchanged), so of two such creates one
 // sees the other's pool.
 func (c *Client) createPool(ctx context.Context, col datastore.Collection, s step) (int64, error) {
 	pool := s.r.(*api.IPPool)
-	for range poolCreateTries {
+	for range poolWriteTries {
 		kvs, since, err := col.List(ctx, "")
 		if err != nil {
 			return 0, err
@@ -245,12 +253,52 @@ func (c *Client) createPool(ctx context.Context, col datastore.Collection, s ste
 				return 0, pool.OverlapError(o)
 			}
 		}
-		rev, err := col.CreateIfUnchanged(ctx, s.name, s.value, since)
-		if !errors.Is(err, datastore.ErrConflict) {
+		rev, err := col.CreateIf(ctx, s.name, s.value, datastore.Unchanged{C: col, Since: since})
+		if !errors.Is(err, datastore.ErrStale) {
 			return rev, err
 		}
 	}
 	return 0, fmt.Errorf("IPPool(%s): other IPPools kept changing while it was being created; try again", s.name)
+}
+
+// poolUnused checks that no address is allocated from pool (the
+// PoolInUse hook) and returns the condition under which that still holds:
+// none of the pool's blocks changed since the check began.
+func (c *Client) poolUnused(ctx context.Context, pool *api.IPPool) (*datastore.Unchanged, error) {
+	cidr, err := pool.Prefix()
+	if err != nil {
+		return nil, err
+	}
+	since, err := c.store.Revision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n, where, err := c.opts.PoolInUse(ctx, *pool)
+	if err != nil {
+		return nil, fmt.Errorf("check addresses allocated from IPPool %s: %w (delete with --force to skip the check)", pool.Name, err)
+	}
+	if n > 0 {
+		return nil, &PoolInUseError{Pool: pool.Name, Count: n, Where: where}
+	}
+	return &datastore.Unchanged{C: c.store.IPAMBlocks(), NamePrefix: datastore.BlockNamePrefix(cidr), Since: since}, nil
+}
+
+// deleteUnusedPool deletes the pool of step s on its condition. A node
+// may have taken an address from the pool (or claimed a block in it)
+// since the planner checked: then the check runs again, and the delete
+// is refused if the pool is in use now.
+func (c *Client) deleteUnusedPool(ctx context.Context, col datastore.Collection, s step) error {
+	u := s.unused
+	for range poolWriteTries {
+		err := col.DeleteIf(ctx, s.name, s.rev, *u)
+		if !errors.Is(err, datastore.ErrStale) {
+			return err
+		}
+		if u, err = c.poolUnused(ctx, s.r.(*api.IPPool)); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("IPPool(%s): its blocks kept changing while it was being deleted; try again", s.name)
 }
 
 // planner plans the steps of one request; it remembers what earlier
@@ -467,14 +515,11 @@ func (p *planner) planDelete(ctx context.Context, in api.Resource) (step, error)
 	if err != nil {
 		return step{}, err
 	}
+	s := step{r: old, kind: kind, name: name, rev: kv.Revision}
 	if pool, ok := old.(*api.IPPool); ok && !p.force && p.c.opts.PoolInUse != nil {
-		n, where, err := p.c.opts.PoolInUse(ctx, *pool)
-		if err != nil {
-			return step{}, fmt.Errorf("check addresses allocated from IPPool %s: %w (delete with --force to skip the check)", name, err)
-		}
-		if n > 0 {
-			return step{}, &PoolInUseError{Pool: name, Count: n, Where: where}
+		if s.unused, err = p.c.poolUnused(ctx, pool); err != nil {
+			return step{}, err
 		}
 	}
-	return step{r: old, kind: kind, name: name, rev: kv.Revision}, nil
+	return s, nil
 }

@@ -59,3 +59,47 @@ func TestFormatByNode(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
+
+// A node takes an address from a pool just after the delete's check
+// found it empty: the delete is conditional on the pool's blocks being
+// unchanged since the check, so it checks again and refuses, and the pool
+// stays.
+func TestPoolDeleteRacesAllocation(t *testing.T) {
+	ctx := context.Background()
+	s := startStore(t)
+	m := ipam.New(s)
+	hooks := PoolHooks(m)
+	checks := 0
+	var pools []ipam.Pool
+	inUse := hooks.PoolInUse
+	hooks.PoolInUse = func(ctx context.Context, p api.IPPool) (int, string, error) {
+		n, where, err := inUse(ctx, p)
+		checks++
+		if checks == 1 {
+			// The node's pod add lands between the check and the delete.
+			if _, err := m.AutoAssign(ctx, ipam.AssignArgs{Node: "worker1", HandleID: "late", Pools: pools}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return n, where, err
+	}
+	c := New(s, hooks)
+	if _, err := c.Create(ctx, newPool("spare", "10.20.0.0/16")); err != nil {
+		t.Fatal(err)
+	}
+	rs, _, err := c.List(ctx, api.KindIPPool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pools, err = ipam.PoolsFromResources(rs); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Delete(ctx, api.KindIPPool, "spare", DeleteOptions{})
+	var pe *PoolInUseError
+	if !errors.As(err, &pe) || pe.Count != 1 || checks != 2 {
+		t.Fatalf("delete racing an allocation: got %v after %d checks, want PoolInUseError for 1 address after 2", err, checks)
+	}
+	if _, err := c.Get(ctx, api.KindIPPool, "spare"); err != nil {
+		t.Fatalf("the pool is gone: %v", err)
+	}
+}
