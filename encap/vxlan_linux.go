@@ -1,6 +1,7 @@
 package encap
 
 import (
+	"fmt"
 	"net/netip"
 
 	"golang.org/x/sys/unix"
@@ -108,6 +109,40 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// ListenVXLANGroup opens n VXLAN sockets on cfg's address and port, for
+// a reader each: with n > 1 they are opened with ReusePort, and the kernel
+// gives each flow to one of them. SO_REUSEPORT would also let them join a
+// group that another process of the same user (a second daemon in this
+// network namespace) already has on the port, and take a share of its
+// flows, so the port is first bound alone, by a socket closed at once: if
+// anything holds it, that bind fails with EADDRINUSE and so does this.
+// n = 1 is ListenVXLAN. On error nothing stays open.
+func ListenVXLANGroup(cfg VXLANConfig, n int) ([]*VXLANConn, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("encap: vxlan: %d sockets, want at least 1", n)
+	}
+	cfg.ReusePort = n > 1
+	if n > 1 {
+		c, err := ListenVXLAN(VXLANConfig{Local: cfg.Local, Port: cfg.Port, SendOnly: true, SocketBuffer: 4096})
+		if err != nil {
+			return nil, err
+		}
+		c.Close()
+	}
+	out := make([]*VXLANConn, 0, n)
+	for range n {
+		c, err := ListenVXLAN(cfg)
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // WriteBatch sends each UDP payload pkts[i] (a VXLAN header and inner

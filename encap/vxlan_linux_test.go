@@ -712,6 +712,33 @@ func TestVXLANConnReusePort(t *testing.T) {
 	}
 	t.Logf("per socket: %v", counts)
 
+	t.Run("group on a port another group holds", func(t *testing.T) {
+		// As a second daemon in the namespace would: refused, not joined.
+		var got []*VXLANConn
+		err := netnsutil.Do(u.nsB, func() (err error) {
+			got, err = ListenVXLANGroup(VXLANConfig{Local: u.addrB, Port: port}, 2)
+			return err
+		})
+		for _, c := range got {
+			c.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("ListenVXLANGroup on a port a group holds: got %v, want EADDRINUSE", err)
+		}
+	})
+	t.Run("group", func(t *testing.T) {
+		var got []*VXLANConn
+		err := netnsutil.Do(u.nsB, func() (err error) {
+			got, err = ListenVXLANGroup(VXLANConfig{Local: u.addrB, Port: port + 2}, 3)
+			return err
+		})
+		for _, c := range got {
+			defer c.Close()
+		}
+		if err != nil || len(got) != 3 {
+			t.Fatalf("ListenVXLANGroup of 3: %d sockets, %v", len(got), err)
+		}
+	})
 	t.Run("port held alone", func(t *testing.T) {
 		listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB, Port: port + 1})
 		err := netnsutil.Do(u.nsB, func() error {

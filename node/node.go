@@ -493,7 +493,14 @@ func (n *Node) openVXLAN() error {
 	if nrx == 0 {
 		nrx = DefaultVXLANReceivers()
 	}
-	rx := make([]vswitch.VXLANConn, 0, nrx)
+	group, err := encap.ListenVXLANGroup(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: int(port)}, nrx)
+	if err != nil {
+		return fmt.Errorf("open VXLAN socket on port %d: %w", port, err)
+	}
+	rx := make([]vswitch.VXLANConn, len(group))
+	for i, c := range group {
+		rx[i] = c
+	}
 	senders := make([]vswitch.VXLANUnderlay, vxlanSenders)
 	closeAll := func(k int) {
 		for _, c := range senders[:k] {
@@ -502,16 +509,6 @@ func (n *Node) openVXLAN() error {
 		for _, c := range rx {
 			c.Close()
 		}
-	}
-	for range nrx {
-		// SO_REUSEPORT only with several: one socket alone keeps the
-		// port to itself, as it always did.
-		c, err := encap.ListenVXLAN(encap.VXLANConfig{Local: n.underlayAddr.Addr(), Port: int(port), ReusePort: nrx > 1})
-		if err != nil {
-			closeAll(0)
-			return fmt.Errorf("open VXLAN socket on port %d: %w", port, err)
-		}
-		rx = append(rx, c)
 	}
 	// Datagrams leave from several ports, picked per flow, so that an
 	// ECMP underlay can spread the flows; replies all come to port.
@@ -529,7 +526,7 @@ func (n *Node) openVXLAN() error {
 	if sf != nil { // not a nil *VXLANTap in the interface
 		cfg.Superframes = sf
 	}
-	err := n.sw.AttachVXLAN(cfg)
+	err = n.sw.AttachVXLAN(cfg)
 	if err != nil {
 		closeAll(len(senders))
 		if sf != nil {
@@ -569,8 +566,9 @@ func (n *Node) openVXLANTap() *encap.VXLANTap {
 // vxlanSenders is how many source ports VXLAN flows are spread over.
 const vxlanSenders = 8
 
-// MaxVXLANReceivers bounds Config.VXLANReceivers.
-const MaxVXLANReceivers = 64
+// MaxVXLANReceivers bounds Config.VXLANReceivers. Each receiver holds
+// about 8 MiB (its reader's batch of buffers and the socket's buffer).
+const MaxVXLANReceivers = 16
 
 // DefaultVXLANReceivers is how many VXLAN receive sockets a node opens
 // unless told: one per two CPUs the daemon may use, at most 8. A reader

@@ -1319,6 +1319,11 @@ func TestVXLANReceivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	first, second := newFakeVXLAN(), newFakeVXLAN()
+	for _, bad := range [][]VXLANConn{{nil}, {first}, {second, second}} {
+		if err := n.s.AttachVXLAN(VXLANConfig{Conn: first, Receivers: bad, MTU: 1500}); err == nil {
+			t.Fatalf("AttachVXLAN with receivers %v beside Conn: got nil error", bad)
+		}
+	}
 	if err := n.s.AttachVXLAN(VXLANConfig{Conn: first, Receivers: []VXLANConn{second}, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf}); err != nil {
 		t.Fatal(err)
 	}

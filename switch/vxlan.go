@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync/atomic"
 
 	"podnet/encap"
@@ -101,6 +102,16 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 	}
 	if len(cfg.Receivers) > maxVXLANReceivers {
 		return fmt.Errorf("attach vxlan: %d more receivers, at most %d", len(cfg.Receivers), maxVXLANReceivers)
+	}
+	// Each receiver gets a reader of its own: one socket twice would be
+	// read by two, and closed twice.
+	for i, c := range cfg.Receivers {
+		if c == nil {
+			return fmt.Errorf("attach vxlan: receiver %d is nil", i)
+		}
+		if c == cfg.Conn || slices.Contains(cfg.Receivers[:i], c) || slices.Contains(cfg.Senders, c) {
+			return fmt.Errorf("attach vxlan: receiver %d is also Conn, another receiver or a sender", i)
+		}
 	}
 	senders := cfg.Senders
 	if len(senders) == 0 {
