@@ -57,8 +57,9 @@ func (l *Lab) StartDaemon(ctx context.Context, node string) error {
 	l.mu.Lock()
 	n := l.st.node(node)
 	var running bool
+	var last procID
 	if n != nil {
-		running = n.Daemon.running()
+		running, last = n.Daemon.running(), n.Daemon
 	}
 	l.mu.Unlock()
 	if n == nil {
@@ -66,6 +67,11 @@ func (l *Lab) StartDaemon(ctx context.Context, node string) error {
 	}
 	if running {
 		return fmt.Errorf("start daemon on %s: already running", node)
+	}
+	// One that died on its own may still have threads exiting, which
+	// hold its state dir lock.
+	if err := last.waitExit(stopTimeout); err != nil {
+		return fmt.Errorf("start daemon on %s: the last one %w", node, err)
 	}
 	start := time.Now()
 	if err := l.spawnDaemon(ctx, node); err != nil {

@@ -270,8 +270,13 @@ func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
 		}
 	}
 	// A block whose node has no address (or no Node) maps to none: no
-	// next hop matches it.
+	// next hop matches it. From the view cache (etcd down at start) the
+	// owners may be long out of date, and IPAM cannot change while etcd
+	// is down anyway: the import policy then does without them.
 	for b, name := range in.Owners {
+		if !in.Saved.IsZero() {
+			break
+		}
 		if v.owners == nil {
 			v.owners = map[netip.Prefix]netip.Addr{}
 		}

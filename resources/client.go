@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
+	"time"
 
 	"podnet/api"
 	"podnet/datastore"
@@ -64,7 +66,9 @@ func (c *Client) Replace(ctx context.Context, r api.Resource) (api.Resource, err
 }
 
 // CreateAll creates every resource, or none if any is invalid or already
-// exists; see BatchError for a datastore failure part-way.
+// exists; see BatchError for a datastore failure part-way. A pool that
+// another client made overlapping after the check (see createPool) is
+// such a failure: the resources before it are written.
 func (c *Client) CreateAll(ctx context.Context, rs []api.Resource) ([]api.Resource, error) {
 	return c.writeAll(ctx, verbCreate, rs, false)
 }
@@ -257,8 +261,23 @@ func (c *Client) createPool(ctx context.Context, col datastore.Collection, s ste
 		if !errors.Is(err, datastore.ErrStale) {
 			return rev, err
 		}
+		if err := backOff(ctx); err != nil {
+			return 0, err
+		}
 	}
-	return 0, fmt.Errorf("IPPool(%s): other IPPools kept changing while it was being created; try again", s.name)
+	return 0, fmt.Errorf("%w: IPPool(%s): other IPPools kept changing while it was being created; try again", datastore.ErrConflict, s.name)
+}
+
+// backOff waits a few random milliseconds before a conditional write is
+// tried again, so that clients racing for one range do not collide again
+// in step.
+func backOff(ctx context.Context) error {
+	select {
+	case <-time.After(time.Duration(1+rand.IntN(20)) * time.Millisecond):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // poolUnused checks that no address is allocated from pool (the
@@ -294,11 +313,14 @@ func (c *Client) deleteUnusedPool(ctx context.Context, col datastore.Collection,
 		if !errors.Is(err, datastore.ErrStale) {
 			return err
 		}
+		if err := backOff(ctx); err != nil {
+			return err
+		}
 		if u, err = c.poolUnused(ctx, s.r.(*api.IPPool)); err != nil {
 			return err
 		}
 	}
-	return fmt.Errorf("IPPool(%s): its blocks kept changing while it was being deleted; try again", s.name)
+	return fmt.Errorf("%w: IPPool(%s): its blocks kept changing while it was being deleted; try again", datastore.ErrConflict, s.name)
 }
 
 // planner plans the steps of one request; it remembers what earlier

@@ -27,7 +27,8 @@ type Import struct {
 	Lent map[netip.Addr]netip.Addr
 	// Owners are the other nodes' blocks (IPAM affinities), each with the
 	// underlay address of its node (invalid if the node has none): a
-	// node announces its own blocks, not another's.
+	// node announces its own blocks, not another's. nil: not known (a
+	// view from the cache), nothing is checked against them.
 	Owners map[netip.Prefix]netip.Addr
 	// Subnet is this node's underlay address and prefix length.
 	Subnet netip.Prefix
@@ -77,10 +78,14 @@ const (
 //   - inside a pool, and leading to a node or learned from a node of the
 //     mesh, it overlaps no block affine to another node than its next
 //     hop, unless it is the /32 of an address lent to that node: a node
-//     cannot take another node's pods' traffic. Blocks this node has not
-//     read yet are no objection (a block just claimed is announced before
-//     every node has read it), and a route a BGPPeer's router sends with
-//     itself as next hop is that router's to vouch for;
+//     cannot take another node's pods' traffic, and a node that passes on
+//     another node's block with itself as next hop (eBGP between nodes)
+//     is refused as well. Blocks this node has not read yet are no
+//     objection (a block just claimed is announced before every node has
+//     read it); an address lent since it last read IPAM is refused until
+//     it reads again. A BGPPeer's path whose next hop is no node (a ToR
+//     passing on other racks' blocks) is not checked: that router vouches
+//     for it. Without Owners (a view from the cache) nothing is checked;
 //   - it lies inside an IP pool, or else comes from a peer a BGPPeer
 //     configures, covers no pool and leads to no node: a ToR may give
 //     the pods routes to the outside, nodes only give pool routes (a
@@ -184,6 +189,9 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool, owned []netip.Pref
 // (found by masking it) and those inside it (a run of owned, which is
 // sorted).
 func (im Import) othersBlock(pfx netip.Prefix, via netip.Addr, owned []netip.Prefix) string {
+	if im.Owners == nil {
+		return ""
+	}
 	if pfx.Bits() == 32 {
 		if by, lent := im.Lent[pfx.Addr()]; lent {
 			if by != via {

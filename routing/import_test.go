@@ -88,6 +88,12 @@ func TestImportFilter(t *testing.T) {
 			t.Errorf("%s via %s from %s: refused for %q (accepted %d), want %q", tt.prefix, tt.nextHop, tt.peer, got, len(acc), tt.reason)
 		}
 	}
+	// Without owners (a view from the cache) blocks are not checked.
+	im.Owners = nil
+	p := bgp.Path{Prefix: prefix("192.168.5.0/26"), NextHop: addr("10.0.0.3"), Peer: addr("10.0.0.3")}
+	if _, rej := im.Filter([]bgp.Path{p}); len(rej) != 0 {
+		t.Errorf("without owners: refused %+v", rej)
+	}
 }
 
 func TestImportMaxPrefixes(t *testing.T) {
