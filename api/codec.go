@@ -9,9 +9,9 @@ import (
 	"io"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
 
+	goyaml "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 )
 
@@ -63,6 +63,9 @@ func Decode(r io.Reader) ([]Resource, error) {
 	var out []Resource
 	for i, d := range splitYAML(data) {
 		j, err := yaml.YAMLToJSONStrict(d.text)
+		if err == nil {
+			err = onlyOneValue(d.text)
+		}
 		if err != nil {
 			return nil, &DecodeError{Doc: i + 1, Line: d.line, Err: fmt.Errorf("malformed YAML (document starts at line %d): %v", d.line, strings.TrimPrefix(err.Error(), "error converting YAML to JSON: "))}
 		}
@@ -75,19 +78,39 @@ func Decode(r io.Reader) ([]Resource, error) {
 	return out, nil
 }
 
+// onlyOneValue checks that a YAML document holds one value: the YAML to
+// JSON conversion reads the first and ignores what follows (a second
+// JSON object after a comma, a document after a "..." line), which would
+// make a file apply only in part.
+func onlyOneValue(doc []byte) error {
+	dec := goyaml.NewDecoder(bytes.NewReader(doc))
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	if err := dec.Decode(&v); err != io.EOF {
+		return fmt.Errorf("more follows the document's first value (%v); separate documents with a line of ---", err)
+	}
+	return nil
+}
+
 var errNotJSON = errors.New("not JSON")
 
 func decodeJSON(data []byte) ([]Resource, error) {
 	if !json.Valid(data) {
 		// A stream of several objects is not Valid as a whole; check
-		// that each one is.
+		// that each one is. Input that fails at its first value may be
+		// a YAML flow mapping; one that fails after a good value is
+		// broken JSON, never a first object alone.
 		dec := json.NewDecoder(bytes.NewReader(data))
-		for {
+		for n := 0; ; n++ {
 			var raw json.RawMessage
 			if err := dec.Decode(&raw); err == io.EOF {
 				break
-			} else if err != nil {
+			} else if err != nil && n == 0 {
 				return nil, fmt.Errorf("%w: %v", errNotJSON, err)
+			} else if err != nil {
+				return nil, &DecodeError{Doc: n + 1, Err: fmt.Errorf("malformed JSON: %v", err)}
 			}
 		}
 	}
@@ -357,22 +380,36 @@ var unmarshalerType = reflect.TypeOf((*json.Unmarshaler)(nil)).Elem()
 
 // walk checks v, a generic JSON value, against Go type t: every object
 // key must be a JSON field name of t, exactly (encoding/json would match
-// case-insensitively). It returns v with scalars coerced to strings where
-// t wants a string (YAML reads "version: 1" as a number).
+// case-insensitively), and a string field must hold a string (YAML
+// reads unquoted numbers and booleans as such). It returns v, checked.
 func walk(v any, t reflect.Type, path string) (any, error) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
 	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		// Its own parser (AS numbers, durations, times) checks it here,
+		// where the field's path is known; encoding/json's error would
+		// not name it.
+		b, err := json.Marshal(v)
+		if err == nil {
+			err = reflect.New(t).Interface().(json.Unmarshaler).UnmarshalJSON(b)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
 		return v, nil
 	}
 	switch t.Kind() {
 	case reflect.String:
+		// YAML 1.1 reads unquoted 0700 as 448, 1e3 as 1000, yes as true:
+		// what the user meant is gone by now, so a number or boolean
+		// where a string belongs is refused, as calicoctl refuses it,
+		// rather than stored as something else.
 		switch x := v.(type) {
 		case json.Number:
-			return x.String(), nil
+			return nil, fmt.Errorf("%s: want a string, got the number %s (as YAML reads it); quote the value", path, x)
 		case bool:
-			return strconv.FormatBool(x), nil
+			return nil, fmt.Errorf("%s: want a string, got the boolean %v (YAML reads yes, no, on, off so); quote the value", path, x)
 		}
 	case reflect.Struct:
 		m, ok := v.(map[string]any)

@@ -199,7 +199,21 @@ func TestDecodeErrors(t *testing.T) {
 		{"wrong type", "apiVersion: podnet.io/v1\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/16, blockSize: big}\n", "spec.blockSize: cannot use a JSON string as an integer"},
 		{"scalar doc", "hello\n", "document 1: a document must be an object"},
 		{"bad asn", "apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: a}\nspec: {asNumber: x}\n", `invalid AS number "x"`},
-		{"bad json", `{"apiVersion": "podnet.io/v1", "kind": "IPPool", "metadata": {"name": "a"}, "spec": {"cidr": 1}, "x": 1}`, "field in document is not recognized or is in the wrong location: x"},
+		{"bad json", `{"apiVersion": "podnet.io/v1", "kind": "IPPool", "metadata": {"name": "a"}, "spec": {"cidr": "10.0.0.0/16"}, "x": 1}`, "field in document is not recognized or is in the wrong location: x"},
+		// YAML reads these as numbers or booleans, and what was meant is
+		// gone (0700 is 448): refused, not stored as something else.
+		{"octal name", "apiVersion: podnet.io/v1\nkind: IPPool\nmetadata: {name: 0123}\n", "document 1: metadata.name: want a string, got the number 83 (as YAML reads it); quote the value"},
+		{"unquoted asdot", "apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 1.10}\n", "document 1: spec.asNumber: AS number 1.1: asdot notation must be quoted"},
+		{"bad AS number", "apiVersion: podnet.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: abc}\n", `document 1: spec.asNumber: invalid AS number "abc"`},
+		{"bad duration in a list", "apiVersion: podnet.io/v1\nkind: BGPPeerList\nitems:\n- metadata: {name: p}\n  spec: {peerIP: 10.0.0.1, asNumber: 64512, holdTime: 1x}\n", `document 1: items[0].spec.holdTime: invalid duration "1x"`},
+		{"yes node", "apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {node: yes, peerIP: 10.0.0.1, asNumber: 64512}\n", "spec.node: want a string, got the boolean true"},
+		{"json number", `{"apiVersion": "podnet.io/v1", "kind": "IPPool", "metadata": {"name": "a"}, "spec": {"cidr": 1}}`, "spec.cidr: want a string, got the number 1"},
+		// Broken input after a first good object or document is an error,
+		// not a first resource alone.
+		{"json stream with a comma", `{"apiVersion": "podnet.io/v1", "kind": "IPPool", "metadata": {"name": "a"}, "spec": {"cidr": "10.0.0.0/16"}},
+{"apiVersion": "podnet.io/v1", "kind": "IPPool", "metadata": {"name": "b"}, "spec": {"cidr": "10.1.0.0/16"}}`, "document 2: malformed JSON"},
+		{"truncated json stream", `{"apiVersion": "podnet.io/v1", "kind": "IPPool", "metadata": {"name": "a"}, "spec": {"cidr": "10.0.0.0/16"}} {"apiVersion": "podnet.io/v1", "kind": `, "document 2: malformed JSON"},
+		{"yaml after a document end", ok + "...\napiVersion: podnet.io/v1\nkind: Node\nmetadata: {name: w}\n", "document 1: malformed YAML"},
 		{"case mismatch", "apiVersion: podnet.io/v1\nkind: IPPool\nmetadata: {name: a}\nspec: {CIDR: 10.0.0.0/16}\n", "wrong location: spec.CIDR"},
 	}
 	for _, tt := range tests {

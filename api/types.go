@@ -79,6 +79,10 @@ func (a *ASNumber) UnmarshalJSON(b []byte) error {
 		if err := json.Unmarshal(b, &s); err != nil {
 			return err
 		}
+	} else if strings.ContainsAny(s, ".eE") {
+		// An unquoted 1.10 reaches us as the number 1.1: asdot only as a
+		// string, as Calico takes it.
+		return fmt.Errorf("AS number %s: asdot notation must be quoted, e.g. \"1.10\"", s)
 	}
 	v, err := ParseASNumber(s)
 	if err != nil {
