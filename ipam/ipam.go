@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -255,7 +256,9 @@ func (m *IPAM) GetConfig(ctx context.Context) (Config, error) {
 	return Config(c), nil
 }
 
-// SetConfig validates and stores the IPAM configuration.
+// SetConfig validates and stores the IPAM configuration. The rest of
+// the stored object (the IPAMConfiguration resource's apiVersion and
+// metadata: labels, uid, creation time) is kept as it is.
 func (m *IPAM) SetConfig(ctx context.Context, c Config) error {
 	if err := c.Check(); err != nil {
 		return err
@@ -273,7 +276,17 @@ func (m *IPAM) SetConfig(ctx context.Context, c Config) error {
 		if err != nil {
 			return err
 		}
-		_, err = m.config.Update(ctx, configName, data, kv.Revision)
+		var stored, settings map[string]json.RawMessage
+		if err := json.Unmarshal(kv.Value, &stored); err != nil {
+			return fmt.Errorf("decode IPAM config: %w", err)
+		}
+		json.Unmarshal(data, &settings)
+		maps.Copy(stored, settings)
+		merged, err := json.Marshal(stored)
+		if err != nil {
+			return err
+		}
+		_, err = m.config.Update(ctx, configName, merged, kv.Revision)
 		return err
 	})
 }

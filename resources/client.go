@@ -187,6 +187,11 @@ func (c *Client) writeAll(ctx context.Context, v verb, in []api.Resource, force 
 	for _, s := range steps {
 		r, err := c.write(ctx, s)
 		if err != nil {
+			// A resource that comes back with the error was written (a
+			// pool deleted whose blocks were not released): it is done.
+			if r != nil {
+				out = append(out, r)
+			}
 			be.Done, be.Errs = out, []error{name(s.r, err)}
 			return out, be
 		}

@@ -103,3 +103,33 @@ func TestPoolDeleteRacesAllocation(t *testing.T) {
 		t.Fatalf("the pool is gone: %v", err)
 	}
 }
+
+// ipam configure (ipam.SetConfig) changes the settings and keeps what the
+// resource was written with: apiVersion, labels, uid, creation time.
+func TestIPAMSetConfigKeepsMetadata(t *testing.T) {
+	ctx := context.Background()
+	s := startStore(t)
+	c := New(s, Options{})
+	cfg := api.NewIPAMConfiguration("default")
+	cfg.APIVersion = api.CalicoAPIVersion
+	cfg.Labels = map[string]string{"team": "net"}
+	before, err := c.Create(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ipam.New(s).SetConfig(ctx, ipam.Config{StrictAffinity: true, AutoAllocateBlocks: true, MaxBlocksPerHost: 3}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Get(ctx, api.KindIPAMConfiguration, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, was := r.(*api.IPAMConfiguration), before.GetObjectMeta()
+	if !got.Spec.StrictAffinity || got.Spec.MaxBlocksPerHost != 3 {
+		t.Errorf("settings: got %+v", got.Spec)
+	}
+	if got.APIVersion != api.CalicoAPIVersion || got.Labels["team"] != "net" || got.UID != was.UID || !got.CreationTimestamp.Equal(was.CreationTimestamp.Time) {
+		t.Errorf("after SetConfig: apiVersion %q, labels %v, uid %q, created %v; want %q, team=net, %q, %v",
+			got.APIVersion, got.Labels, got.UID, got.CreationTimestamp, api.CalicoAPIVersion, was.UID, was.CreationTimestamp)
+	}
+}

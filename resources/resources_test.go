@@ -454,3 +454,22 @@ func TestConcurrentOverlappingPools(t *testing.T) {
 		}
 	}
 }
+
+// A pool deleted whose blocks could not be released is deleted: a batch
+// that stops there counts it as done, so the message is a partial
+// success, not "failed to delete any".
+func TestBatchDeleteCountsDeletedPool(t *testing.T) {
+	ctx := context.Background()
+	c := New(startStore(t), Options{PoolDeleted: func(context.Context, api.IPPool) error { return errors.New("etcd went away") }})
+	for _, p := range []*api.IPPool{newPool("a", "10.1.0.0/16"), newPool("b", "10.2.0.0/16")} {
+		if _, err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.DeleteAll(ctx, []api.Resource{newPool("a", ""), newPool("b", "")}, false)
+	var be *BatchError
+	if !errors.As(err, &be) || len(be.Done) != 1 || be.Done[0].GetObjectMeta().Name != "a" {
+		t.Fatalf("got %v (%+v), want a BatchError with pool a done", err, be)
+	}
+	wantErr(t, err, "Partial success")
+}

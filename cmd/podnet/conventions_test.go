@@ -198,6 +198,10 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"get"}, 2, []string{"requires at least 1 arg(s)"}},
 		{[]string{"get", "foo"}, 2, []string{"resource type 'foo' is not supported; the kinds podnet knows",
 			"  ippool             ippools, ipp, ipps, pool, pools\n", "  bgppeer            bgppeers, bgpp, bgpps, bp, bps\n"}},
+		{[]string{"patch", "foo", "x", "-p", "{}"}, 2, []string{"resource type 'foo' is not supported; the kinds podnet knows"}},
+		{[]string{"label", "node", "w", "rack", "--datastore", "unix:///nonexistent/podnet-conv-test.sock"}, 2, []string{"give the label as key=value"}},
+		{[]string{"ipam", "configure"}, 2, []string{"nothing to set"}},
+		{[]string{"ipam", "show", "--ip", "10.0.0.1", "-o", "json"}, 2, []string{"--ip and --show-borrowed print text only"}},
 		{[]string{"ipam", "release"}, 2, []string{"give --ip or --leaked"}},
 		{[]string{"delete", "ippool"}, 2, []string{"usage: podnet delete -f FILE | podnet delete KIND NAME..."}},
 		// A command called rightly that cannot do its work: 1.

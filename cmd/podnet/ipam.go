@@ -49,6 +49,9 @@ func newIPAMShowCmd() *cobra.Command {
 		Short: "Pools and blocks: how many addresses are in use, where; who holds an address",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "json" && (ipStr != "" || showBorrowed) {
+				return usagef("-o json shows pools and blocks; --ip and --show-borrowed print text only")
+			}
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				m := ipam.New(c.Store())
 				switch {
@@ -316,7 +319,7 @@ func (r ipamCheck) write(w io.Writer) {
 func newIPAMCheckCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
-		Short: "Find addresses allocated but not used by any pod (leaks), pods using unallocated addresses, and blocks of no pool; exit status 1 when anything is found",
+		Short: "Find addresses allocated but not used by any pod (leaks), pods using unallocated addresses, and blocks of no pool; exit status 3 when anything is found",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
@@ -459,6 +462,9 @@ func newIPAMConfigureCmd() *cobra.Command {
 		Short: "Set IPAM configuration: strict affinity (no borrowing), block limit per node",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("strictaffinity") && !cmd.Flags().Changed("max-blocks-per-host") {
+				return usagef("nothing to set: give --strictaffinity and/or --max-blocks-per-host")
+			}
 			return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 				m := ipam.New(c.Store())
 				cfg, err := m.GetConfig(ctx)

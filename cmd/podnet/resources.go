@@ -368,10 +368,14 @@ func newPatchCmd() *cobra.Command {
 	patch := cmd.Flags().StringP("patch", "p", "", "JSON merge patch (RFC 7386)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if *patch == "" {
-			return errors.New("no patch given: use -p '{\"spec\":{...}}'")
+			return usagef("no patch given: use -p '{\"spec\":{...}}'")
+		}
+		k, err := lookupKind(args[0])
+		if err != nil {
+			return err
 		}
 		return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
-			r, err := c.Patch(ctx, args[0], args[1], []byte(*patch))
+			r, err := c.Patch(ctx, k.Kind, args[1], []byte(*patch))
 			if err != nil {
 				return err
 			}
@@ -400,9 +404,9 @@ func newLabelCmd() *cobra.Command {
 		key, value, hasValue := strings.Cut(args[2], "=")
 		switch {
 		case *remove && hasValue:
-			return errors.New("--remove takes a label key, not key=value")
+			return usagef("--remove takes a label key, not key=value")
 		case !*remove && !hasValue:
-			return errors.New("give the label as key=value (or key with --remove)")
+			return usagef("give the label as key=value (or key with --remove)")
 		}
 		return withClient(cmd, func(ctx context.Context, c *resources.Client) error {
 			_, err := c.Label(ctx, k.Kind, name, key, value, resources.LabelOptions{Overwrite: *overwrite, Remove: *remove})
