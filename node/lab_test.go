@@ -402,6 +402,7 @@ func TestPodAddBadInput(t *testing.T) {
 		{"unknown pool", []string{"pod", "add", "bad", "--netns", spare, "--pool", "nosuchpool"}, "pool nosuchpool does not exist"},
 		{"ip outside pools", []string{"pod", "add", "bad", "--netns", spare, "--ip", "172.31.9.9"}, "not in any IP pool"},
 		{"bad name", []string{"pod", "add", "Bad_Name", "--netns", spare, "--ip", "192.168.1.52"}, "invalid pod name"},
+		{"port name", []string{"pod", "add", "vxlan", "--netns", spare, "--ip", "192.168.1.56"}, `pod name "vxlan" is taken by the node's own port`},
 		{"netns and new", []string{"pod", "add", "both", "--netns", spare, "--new", "--ip", "192.168.1.53"}, "exactly one of"},
 		{"node address", []string{"pod", "add", "nodeip", "--netns", spare, "--ip", l.NodeAddr("worker1").String()}, "belongs to the node"},
 		{"loopback", []string{"pod", "add", "lo", "--netns", spare, "--ip", "127.0.0.5"}, "--ip"},

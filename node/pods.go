@@ -32,6 +32,10 @@ import (
 // podNameRE is a DNS label, like Kubernetes pod names.
 var podNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
+// portNames are the names capture and trace give the node's own ports; a
+// pod of one of them could not be told from the port.
+var portNames = map[string]bool{"host": true, vswitch.HostTUNName: true, "underlay": true, "ipip": true, "vxlan": true}
+
 // userError is an error caused by the request, not the node. code is
 // its HTTP status; 0 means 400 Bad Request.
 type userError struct {
@@ -69,6 +73,9 @@ func gonePod(format string, args ...any) error {
 func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 	if !podNameRE.MatchString(req.Name) {
 		return nodeapi.PodInfo{}, badRequest("invalid pod name %q: want a DNS label (lowercase letters, digits, '-', at most 63)", req.Name)
+	}
+	if portNames[req.Name] {
+		return nodeapi.PodInfo{}, badRequest("pod name %q is taken by the node's own port of that name (capture and trace name ports so): choose another", req.Name)
 	}
 	if req.IP != "" && req.Pool != "" {
 		return nodeapi.PodInfo{}, badRequest("pod %s: give --ip or --pool, not both", req.Name)
