@@ -49,7 +49,7 @@ func NewClient(socket string) *Client {
 	}
 }
 
-func (c *Client) do(method, path string, body, out any) error {
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -58,12 +58,17 @@ func (c *Client) do(method, path string, body, out any) error {
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, "http://podnet"+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, "http://podnet"+path, rd)
 	if err != nil {
 		return err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			// A daemon that binds its socket before it serves (while it
+			// starts) or hangs takes the request and never answers.
+			return fmt.Errorf("podnet daemon at %s did not answer in time: %w", c.socket, ctx.Err())
+		}
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("podnet daemon is not running (no answer on %s)", c.socket)
 		}
@@ -126,13 +131,18 @@ func (e *StatusError) Is(target error) bool {
 // packages (switch ports, BGP sessions, NAT), which this package does not
 // import.
 func (c *Client) Get(path string, out any) error {
-	return c.do("GET", path, nil, out)
+	return c.do(context.Background(), "GET", path, nil, out)
 }
 
 // Status asks for the node's status.
 func (c *Client) Status() (Status, error) {
+	return c.StatusContext(context.Background())
+}
+
+// StatusContext asks for the node's status, giving up when ctx ends.
+func (c *Client) StatusContext(ctx context.Context) (Status, error) {
 	var s Status
-	return s, c.Get(PathStatus, &s)
+	return s, c.do(ctx, "GET", PathStatus, nil, &s)
 }
 
 // Pods lists the node's pods, sorted by name.
@@ -144,12 +154,12 @@ func (c *Client) Pods() ([]PodInfo, error) {
 // AddPod attaches a pod.
 func (c *Client) AddPod(req AddPodRequest) (PodInfo, error) {
 	var p PodInfo
-	return p, c.do("POST", PathPods, req, &p)
+	return p, c.do(context.Background(), "POST", PathPods, req, &p)
 }
 
 // DeletePod detaches and removes a pod.
 func (c *Client) DeletePod(name string) error {
-	return c.do("DELETE", PathPod+name, nil, nil)
+	return c.do(context.Background(), "DELETE", PathPod+name, nil, nil)
 }
 
 // Routes returns the node's route table.
@@ -161,7 +171,7 @@ func (c *Client) Routes() ([]router.Route, error) {
 // Post sends in as JSON to path and reads the JSON answer into out, for
 // requests whose types belong to the daemon's packages (PathTrace).
 func (c *Client) Post(path string, in, out any) error {
-	return c.do("POST", path, in, out)
+	return c.do(context.Background(), "POST", path, in, out)
 }
 
 // Capture streams a pcap of port (a pod, host, ipip, vxlan or underlay)

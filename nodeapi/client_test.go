@@ -1,6 +1,7 @@
 package nodeapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // serve answers the client's requests on a unix socket in a temp dir
@@ -125,6 +127,28 @@ func TestClientDaemonWentAway(t *testing.T) {
 	}
 	if _, err := c.Status(); err == nil || !strings.Contains(err.Error(), "went away") {
 		t.Fatalf("Status against a dying daemon: %v, want that it went away", err)
+	}
+}
+
+// TestClientNoAnswer: a daemon that takes the request and never answers
+// (one that binds its socket before it serves, or hangs) holds
+// StatusContext only until its context ends.
+func TestClientNoAnswer(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close() // and never Accept
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = NewClient(sock).StatusContext(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), sock+" did not answer in time") {
+		t.Fatalf("StatusContext against a daemon that does not answer: %v, want that it did not answer in time", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("StatusContext gave up after %v, want about 300ms", d)
 	}
 }
 

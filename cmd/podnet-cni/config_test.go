@@ -3,12 +3,14 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"podnet/nodeapi"
@@ -161,5 +163,52 @@ func TestConnectNotReady(t *testing.T) {
 	}
 	if d := time.Since(start); d < 500*time.Millisecond || d > 5*time.Second {
 		t.Errorf("connect gave up after %v, want about 500ms", d)
+	}
+}
+
+// hungDaemon is a socket that takes connections and never answers, as a
+// daemon's does while it starts (bound before it serves) or when it hangs.
+func hungDaemon(t *testing.T) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "hung.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return sock
+}
+
+// A daemon that takes the request and does not answer: connect still
+// gives up after readyTimeout with "try again later".
+func TestConnectHungDaemon(t *testing.T) {
+	sock := hungDaemon(t)
+	t.Setenv(nodeapi.SocketEnv, sock)
+	conf := &netConf{readyTimeout: 500 * time.Millisecond}
+	start := time.Now()
+	_, _, err := connect(conf)
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, sock+" not ready after 500ms") {
+		t.Fatalf("connect to %s = %v, want code %d naming the socket", sock, err, types.ErrTryAgainLater)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("connect gave up after %v, want about 500ms", d)
+	}
+}
+
+// STATUS against a daemon that does not answer fails within
+// statusTimeout, not after readyTimeout (10s by default).
+func TestStatusHungDaemon(t *testing.T) {
+	sock := hungDaemon(t)
+	t.Setenv(nodeapi.SocketEnv, sock)
+	start := time.Now()
+	err := cmdStatus(&skel.CmdArgs{StdinData: []byte(`{"cniVersion":"1.1.0","name":"podnet","type":"podnet-cni"}`)})
+	d := time.Since(start)
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != errPluginNotAvailable || !strings.Contains(e.Msg, sock+" is not available") {
+		t.Fatalf("STATUS against %s = %v, want code %d naming the socket", sock, err, errPluginNotAvailable)
+	}
+	if d > statusTimeout+2*time.Second {
+		t.Errorf("STATUS answered after %v, want within %v", d, statusTimeout)
 	}
 }

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -37,6 +38,10 @@ const errPluginNotAvailable uint = 50
 // readyPoll is how often a command asks a daemon that does not answer yet.
 const readyPoll = 200 * time.Millisecond
 
+// statusTimeout bounds STATUS's one question to the daemon (readyTimeout
+// does when shorter): STATUS does not wait for a daemon that is starting.
+const statusTimeout = 2 * time.Second
+
 // supported are the CNI versions the plugin speaks: CHECK needs 0.4.0,
 // STATUS and GC 1.1.0; results before 0.3.0 cannot say which interface
 // an address is on.
@@ -54,17 +59,21 @@ func main() {
 func connect(conf *netConf) (*nodeapi.Client, nodeapi.Status, error) {
 	sock := conf.socket(os.Getenv)
 	c := nodeapi.NewClient(sock)
-	deadline := time.Now().Add(conf.readyTimeout)
+	// The deadline bounds each request too: a starting daemon has bound
+	// its socket before it serves, so a request waits there unanswered.
+	ctx, cancel := context.WithTimeout(context.Background(), conf.readyTimeout)
+	defer cancel()
 	for {
-		st, err := c.Status()
+		st, err := c.StatusContext(ctx)
 		if err == nil {
 			return c, st, nil
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-ctx.Done():
 			return nil, st, types.NewError(types.ErrTryAgainLater,
 				fmt.Sprintf("podnet daemon at %s not ready after %v", sock, conf.readyTimeout), err.Error())
+		case <-time.After(readyPoll):
 		}
-		time.Sleep(readyPoll)
 	}
 }
 
@@ -262,14 +271,16 @@ func cmdGC(args *skel.CmdArgs) error {
 }
 
 // cmdStatus says whether an ADD could succeed now: whether the daemon
-// answers. It does not wait.
+// answers, within statusTimeout. It does not wait for it to start.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := loadConf(args)
 	if err != nil {
 		return err
 	}
 	sock := conf.socket(os.Getenv)
-	if _, err := nodeapi.NewClient(sock).Status(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), min(conf.readyTimeout, statusTimeout))
+	defer cancel()
+	if _, err := nodeapi.NewClient(sock).StatusContext(ctx); err != nil {
 		return types.NewError(errPluginNotAvailable, fmt.Sprintf("podnet daemon at %s is not available", sock), err.Error())
 	}
 	return nil
