@@ -53,6 +53,25 @@ func stopEtcd(t *testing.T, l *lab.Lab) (resume func()) {
 	return func() { resumed.Do(func() { syscall.Kill(etcd, syscall.SIGCONT) }) }
 }
 
+// waitDatastore waits until the daemon at sock says its datastore is
+// want (a nodeapi.Datastore value): it notices etcd stop after a few
+// unanswered probes.
+func waitDatastore(t *testing.T, sock, want string) {
+	t.Helper()
+	c := nodeapi.NewClient(sock)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := c.Status()
+		if err == nil && st.Datastore == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon at %s: datastore %q (%v) after 30s, want %q", sock, st.Datastore, err, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // cnitoolContainerID is the container ID cnitool makes up for a netns.
 func cnitoolContainerID(netns string) string {
 	s := sha512.Sum512([]byte(netns))
@@ -290,6 +309,23 @@ func TestCNIToolLab(t *testing.T) {
 		resume()
 		if out, err := plugin("DEL", "etcd-down-test", "10s").CombinedOutput(); err != nil {
 			t.Fatalf("DEL after etcd is back: %v: %s", err, out)
+		}
+	})
+	t.Run("status fails while etcd is down", func(t *testing.T) {
+		// The daemon answers, but refuses every pod add: CNI 1.1 wants
+		// STATUS to say the plugin cannot serve ADD.
+		resume := stopEtcd(t, l)
+		defer resume()
+		waitDatastore(t, sock, nodeapi.DatastoreUnreachable)
+		out, err := plugin("STATUS", "status-test", "10s").Output()
+		want := "podnet daemon at " + sock + " cannot add pods: its datastore is unreachable"
+		if e, ok := decodeError(out); err == nil || !ok || e.Code != 50 || !strings.Contains(e.Msg, want) {
+			t.Fatalf("STATUS with etcd stopped: err %v, answer %s; want code 50 %q", err, out, want)
+		}
+		resume()
+		waitDatastore(t, sock, nodeapi.DatastoreReachable)
+		if out, err := plugin("STATUS", "status-test", "10s").CombinedOutput(); err != nil {
+			t.Fatalf("STATUS after etcd is back: %v: %s", err, out)
 		}
 	})
 	t.Run("del while the add waits: try again later", func(t *testing.T) {

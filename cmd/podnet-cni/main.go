@@ -271,7 +271,8 @@ func cmdGC(args *skel.CmdArgs) error {
 }
 
 // cmdStatus says whether an ADD could succeed now: whether the daemon
-// answers, within statusTimeout. It does not wait for it to start.
+// answers, within statusTimeout, and reaches the datastore, without which
+// it refuses every pod add. It does not wait for the daemon to start.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := loadConf(args)
 	if err != nil {
@@ -280,8 +281,14 @@ func cmdStatus(args *skel.CmdArgs) error {
 	sock := conf.socket(os.Getenv)
 	ctx, cancel := context.WithTimeout(context.Background(), min(conf.readyTimeout, statusTimeout))
 	defer cancel()
-	if _, err := nodeapi.NewClient(sock).StatusContext(ctx); err != nil {
+	st, err := nodeapi.NewClient(sock).StatusContext(ctx)
+	if err != nil {
 		return types.NewError(errPluginNotAvailable, fmt.Sprintf("podnet daemon at %s is not available", sock), err.Error())
+	}
+	if st.Datastore == nodeapi.DatastoreUnreachable {
+		return types.NewError(errPluginNotAvailable,
+			fmt.Sprintf("podnet daemon at %s cannot add pods: its datastore is unreachable since %s", sock, st.DatastoreSince.UTC().Format(time.RFC3339)),
+			st.DatastoreError)
 	}
 	return nil
 }
