@@ -120,17 +120,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, err error) {
-	code := http.StatusInternalServerError
+	code, field := http.StatusInternalServerError, ""
 	var ue *userError
 	var unavailable *unavailableError
 	switch {
 	case errors.As(err, &ue):
-		code = http.StatusBadRequest
+		code, field = http.StatusBadRequest, ue.field
 		if ue.code != 0 {
 			code = ue.code
 		}
 	case errors.As(err, &unavailable):
 		code = http.StatusServiceUnavailable
 	}
-	writeJSON(w, code, nodeapi.Error{Error: err.Error()})
+	writeJSON(w, code, nodeapi.Error{Error: err.Error(), Field: field})
 }

@@ -85,10 +85,10 @@ func (n *Node) allocate(ctx context.Context, pod, ipStr, poolName string) (netip
 	if poolName != "" {
 		p, ok := byName[poolName]
 		if !ok {
-			return netip.Addr{}, badRequest("pool %s does not exist", poolName)
+			return netip.Addr{}, badPool("pool %s does not exist", poolName)
 		}
 		if p.Spec.Disabled {
-			return netip.Addr{}, badRequest("pool %s is disabled: it gives no new addresses", poolName)
+			return netip.Addr{}, badPool("pool %s is disabled: it gives no new addresses", poolName)
 		}
 		args.Pools = slices.DeleteFunc(pools, func(c ipam.Pool) bool { return c.Name != poolName })
 		args.Requested = true

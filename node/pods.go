@@ -41,12 +41,21 @@ var portNames = map[string]bool{"host": true, vswitch.HostTUNName: true, "underl
 type userError struct {
 	msg  string
 	code int
+	// field is the request's field at fault (nodeapi.FieldPool), if one is.
+	field string
 }
 
 func (e *userError) Error() string { return e.msg }
 
 func badRequest(format string, args ...any) error {
 	return &userError{msg: fmt.Sprintf(format, args...)}
+}
+
+// badPool: the request's pool does not exist or gives no addresses (400
+// naming the field, so that a CNI plugin can say its configuration is
+// wrong).
+func badPool(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...), field: nodeapi.FieldPool}
 }
 
 // notFound: the request names a pod the node does not have (404).

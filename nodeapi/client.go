@@ -86,7 +86,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if resp.StatusCode >= 300 {
 		var e Error
 		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
-			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
+			return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
 		}
 		return &StatusError{Code: resp.StatusCode, Msg: "podnet daemon: " + resp.Status}
 	}
@@ -103,13 +103,21 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrBusy: the pod is being added; try again (409).
 	ErrBusy = errors.New("busy")
+	// ErrUnavailable: the daemon cannot do it while its datastore does
+	// not answer; try again once it does (503).
+	ErrUnavailable = errors.New("unavailable")
+	// ErrInvalidPool: the request names a pool that does not exist or
+	// gives no addresses (400 about FieldPool).
+	ErrInvalidPool = errors.New("invalid pool")
 )
 
 // StatusError is the daemon's answer to a request it refused: the HTTP
-// status and the daemon's message, which is what Error says.
+// status, the daemon's message, which is what Error says, and the
+// request's field at fault, if one is.
 type StatusError struct {
-	Code int
-	Msg  string
+	Code  int
+	Msg   string
+	Field string
 }
 
 func (e *StatusError) Error() string { return e.Msg }
@@ -122,6 +130,10 @@ func (e *StatusError) Is(target error) bool {
 			(e.Code == http.StatusBadRequest && strings.HasSuffix(e.Msg, " not found"))
 	case ErrBusy:
 		return e.Code == http.StatusConflict
+	case ErrUnavailable:
+		return e.Code == http.StatusServiceUnavailable
+	case ErrInvalidPool:
+		return e.Code == http.StatusBadRequest && e.Field == FieldPool
 	}
 	return false
 }

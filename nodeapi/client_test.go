@@ -42,6 +42,11 @@ func TestClient(t *testing.T) {
 			json.NewEncoder(w).Encode(Error{Error: "pod taken already exists"})
 			return
 		}
+		if got.Pool == "nope" {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(Error{Error: "pool nope does not exist", Field: FieldPool})
+			return
+		}
 		w.WriteHeader(http.StatusCreated)
 		json.NewEncoder(w).Encode(PodInfo{Name: got.Name, IP: "192.168.0.5", Attached: true})
 	})
@@ -65,6 +70,10 @@ func TestClient(t *testing.T) {
 	// An error answer's text is the error.
 	if _, err := c.AddPod(AddPodRequest{Name: "taken", New: true}); err == nil || err.Error() != "pod taken already exists" {
 		t.Fatalf("AddPod taken: got %v", err)
+	}
+	// The field at fault comes with the error.
+	if _, err := c.AddPod(AddPodRequest{Name: "b", New: true, Pool: "nope"}); !errors.Is(err, ErrInvalidPool) || err.Error() != "pool nope does not exist" {
+		t.Fatalf("AddPod from pool nope: got %v, want ErrInvalidPool", err)
 	}
 	if err := c.DeletePod("a"); err != nil {
 		t.Fatalf("DeletePod: %v", err)
@@ -171,6 +180,26 @@ func TestStatusErrorIs(t *testing.T) {
 		err := error(&StatusError{Code: tt.code, Msg: tt.msg})
 		if errors.Is(err, ErrNotFound) != tt.notFound || errors.Is(err, ErrBusy) != tt.busy || err.Error() != tt.msg {
 			t.Errorf("%d %q: not found %v, busy %v, message %q", tt.code, tt.msg, errors.Is(err, ErrNotFound), errors.Is(err, ErrBusy), err)
+		}
+	}
+}
+
+// TestStatusErrorIsRetryOrPool: a refusal for the datastore is one to
+// retry; a 400 about the pool field is the pool's fault, another 400 not.
+func TestStatusErrorIsRetryOrPool(t *testing.T) {
+	tests := []struct {
+		err                      StatusError
+		unavailable, invalidPool bool
+	}{
+		{StatusError{Code: 503, Msg: "datastore unreachable since ..."}, true, false},
+		{StatusError{Code: 400, Msg: "pool p does not exist", Field: FieldPool}, false, true},
+		{StatusError{Code: 400, Msg: "pod a already exists"}, false, false},
+		{StatusError{Code: 500, Msg: "pool p: etcd lost", Field: FieldPool}, false, false},
+	}
+	for _, tt := range tests {
+		err := error(&tt.err)
+		if errors.Is(err, ErrUnavailable) != tt.unavailable || errors.Is(err, ErrInvalidPool) != tt.invalidPool {
+			t.Errorf("%+v: unavailable %v, invalid pool %v; want %v, %v", tt.err, errors.Is(err, ErrUnavailable), errors.Is(err, ErrInvalidPool), tt.unavailable, tt.invalidPool)
 		}
 	}
 }

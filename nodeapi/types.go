@@ -3,10 +3,11 @@
 // plugin import it without importing the daemon (package node serves it).
 //
 // Every answer is JSON. Errors are {"error": "..."} with status 400 for a
-// bad request, 404 for a pod the node does not have, 409 for a pod being
-// added, 410 for one being deleted, 503 while the datastore does not
-// answer and 500 for a failure of the node; the client returns them as
-// *StatusError.
+// bad request (and "field" naming the request's field at fault, when the
+// refusal is about one), 404 for a pod the node does not have, 409 for a
+// pod being added, 410 for one being deleted, 503 while the datastore
+// does not answer and 500 for a failure of the node; the client returns
+// them as *StatusError.
 package nodeapi
 
 import "time"
@@ -124,4 +125,10 @@ type PodInfo struct {
 // Error is the body of an error answer.
 type Error struct {
 	Error string `json:"error"`
+	// Field is the request's field at fault (FieldPool), if one is.
+	Field string `json:"field,omitempty"`
 }
+
+// FieldPool in an Error: the pool the request names does not exist or
+// gives no addresses.
+const FieldPool = "pool"

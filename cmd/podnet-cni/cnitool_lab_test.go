@@ -230,13 +230,20 @@ func TestCNIToolLab(t *testing.T) {
 	// The plugin itself, as a runtime calls it: errors are CNI's JSON on
 	// stdout with the code the runtime acts on.
 	sock := nodeSocket(t, l, "worker1")
-	plugin := func(cmd, containerID, readyTimeout string) *exec.Cmd {
-		stdin, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "podnet", "type": "podnet-cni", "readyTimeout": readyTimeout})
+	pluginConf := func(cmd, containerID string, extra map[string]any) *exec.Cmd {
+		conf := map[string]any{"cniVersion": "1.1.0", "name": "podnet", "type": "podnet-cni"}
+		for k, v := range extra {
+			conf[k] = v
+		}
+		stdin, _ := json.Marshal(conf)
 		c := exec.Command(pluginDir + "/podnet-cni")
 		c.Env = append(os.Environ(), "CNI_COMMAND="+cmd, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netns,
 			"CNI_IFNAME=eth0", "CNI_PATH="+pluginDir, "PODNET_SOCKET="+sock)
 		c.Stdin = bytes.NewReader(stdin)
 		return c
+	}
+	plugin := func(cmd, containerID, readyTimeout string) *exec.Cmd {
+		return pluginConf(cmd, containerID, map[string]any{"readyTimeout": readyTimeout})
 	}
 	t.Run("daemon down: try again later", func(t *testing.T) {
 		if err := l.StopDaemon("worker1", syscall.SIGKILL); err != nil {
@@ -326,6 +333,21 @@ func TestCNIToolLab(t *testing.T) {
 		waitDatastore(t, sock, nodeapi.DatastoreReachable)
 		if out, err := plugin("STATUS", "status-test", "10s").CombinedOutput(); err != nil {
 			t.Fatalf("STATUS after etcd is back: %v: %s", err, out)
+		}
+	})
+	t.Run("add while etcd is down: try again later", func(t *testing.T) {
+		resume := stopEtcd(t, l)
+		defer resume()
+		waitDatastore(t, sock, nodeapi.DatastoreUnreachable)
+		out, err := plugin("ADD", "etcd-add-test", "10s").Output()
+		if e, ok := decodeError(out); err == nil || !ok || e.Code != 11 || !strings.Contains(e.Msg, "datastore unreachable") {
+			t.Fatalf("ADD with etcd stopped: err %v, answer %s; want code 11 saying the datastore is unreachable", err, out)
+		}
+	})
+	t.Run("add from an unknown pool: invalid configuration", func(t *testing.T) {
+		out, err := pluginConf("ADD", "pool-test", map[string]any{"pool": "no-such-pool"}).Output()
+		if e, ok := decodeError(out); err == nil || !ok || e.Code != 7 || !strings.Contains(e.Msg, "pool no-such-pool does not exist") {
+			t.Fatalf("ADD from pool no-such-pool: err %v, answer %s; want code 7 naming the pool", err, out)
 		}
 	})
 	t.Run("del while the add waits: try again later", func(t *testing.T) {

@@ -126,6 +126,15 @@ func cmdAdd(args *skel.CmdArgs) error {
 		// it asked for is then there, in the same namespace.
 		p, ok, ferr := findPod(c, name)
 		if ferr != nil || !ok || !p.Attached || p.Netns != args.Netns {
+			// The codes a runtime acts on: retry while the daemon has no
+			// datastore; a bad pool needs a fixed conflist, not a retry.
+			msg := fmt.Sprintf("podnet-cni: add pod %s (container %s) in %s: %v", name, args.ContainerID, args.Netns, err)
+			switch {
+			case errors.Is(err, nodeapi.ErrUnavailable):
+				return types.NewError(types.ErrTryAgainLater, msg, "")
+			case errors.Is(err, nodeapi.ErrInvalidPool):
+				return types.NewError(types.ErrInvalidNetworkConfig, msg+` (the network configuration's "pool")`, "")
+			}
 			return fmt.Errorf("podnet-cni: add pod %s (container %s) in %s: %w", name, args.ContainerID, args.Netns, err)
 		}
 		info = p
