@@ -245,6 +245,21 @@ func TestCNIToolLab(t *testing.T) {
 	plugin := func(cmd, containerID, readyTimeout string) *exec.Cmd {
 		return pluginConf(cmd, containerID, map[string]any{"readyTimeout": readyTimeout})
 	}
+	// restartDaemon restarts worker1's daemon with env (name, value, ...)
+	// set, such as the daemon's test pause.
+	restartDaemon := func(t *testing.T, env ...string) {
+		t.Helper()
+		if err := l.StopDaemon("worker1", syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+1 < len(env); i += 2 {
+			os.Setenv(env[i], env[i+1]) // the daemon inherits the test's environment
+			defer os.Unsetenv(env[i])
+		}
+		if err := l.StartDaemon(context.Background(), "worker1"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Run("daemon down: try again later", func(t *testing.T) {
 		if err := l.StopDaemon("worker1", syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -354,21 +369,8 @@ func TestCNIToolLab(t *testing.T) {
 		// A runtime whose ADD timed out sends DEL while the daemon still
 		// adds the pod: here the daemon waits 8 s after allocating the
 		// address (its test pause), so the DEL comes in the middle.
-		restart := func(env ...string) {
-			t.Helper()
-			if err := l.StopDaemon("worker1", syscall.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			for i := 0; i+1 < len(env); i += 2 {
-				os.Setenv(env[i], env[i+1]) // the daemon inherits the test's environment
-				defer os.Unsetenv(env[i])
-			}
-			if err := l.StartDaemon(context.Background(), "worker1"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		restart("PODNET_TEST_PAUSE_AT", "add-alloc", "PODNET_TEST_PAUSE_FOR", "8s")
-		defer restart()
+		restartDaemon(t, "PODNET_TEST_PAUSE_AT", "add-alloc", "PODNET_TEST_PAUSE_FOR", "8s")
+		defer restartDaemon(t)
 		add := plugin("ADD", "stall-test", "10s")
 		if err := add.Start(); err != nil {
 			t.Fatal(err)
@@ -398,6 +400,63 @@ func TestCNIToolLab(t *testing.T) {
 		}
 		if _, ok := podsOf(t, l, "worker1")[name]; ok {
 			t.Errorf("pod %s still on worker1 after DEL", name)
+		}
+	})
+	t.Run("gc skips a pod a del is removing", func(t *testing.T) {
+		// GC lists two pods of the network, then deletes them in turn.
+		// The daemon holds each delete 5 s (its test pause): while it
+		// holds GC's first, the runtime's DEL takes the second, which GC
+		// then finds being deleted. That is what GC wanted: no error.
+		c := nodeapi.NewClient(sock)
+		// The network's only pods are to be the two (GC's order theirs).
+		for name := range podsOf(t, l, "worker1") {
+			if strings.HasPrefix(name, networkPrefix("podnet")) {
+				if err := c.DeletePod(name); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		restartDaemon(t, "PODNET_TEST_PAUSE_AT", "del-start", "PODNET_TEST_PAUSE_FOR", "5s")
+		defer restartDaemon(t)
+		first, second := networkPrefix("podnet")+"gc1", networkPrefix("podnet")+"gc2"
+		for _, name := range []string{first, second} {
+			if _, err := c.AddPod(nodeapi.AddPodRequest{Name: name, New: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gc := plugin("GC", "gc-test", "10s")
+		var stdout, stderr bytes.Buffer
+		gc.Stdout, gc.Stderr = &stdout, &stderr
+		if err := gc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		gcDone := make(chan error, 1)
+		go func() { gcDone <- gc.Wait() }()
+		waitUnlisted := func(name string) {
+			t.Helper()
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if _, ok := podsOf(t, l, "worker1")[name]; !ok {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("pod %s still listed after 5s", name)
+				}
+			}
+		}
+		waitUnlisted(first) // GC has listed the pods and deletes the first
+		delDone := make(chan error, 1)
+		go func() { delDone <- c.DeletePod(second) }()
+		waitUnlisted(second)
+		select {
+		case err := <-gcDone:
+			t.Fatalf("GC ended (%v) before the DEL of %s began: nothing tested", err, second)
+		default:
+		}
+		if err := <-gcDone; err != nil {
+			t.Errorf("GC while a DEL removes %s: %v\nstdout: %s\nstderr: %s", second, err, stdout.String(), stderr.String())
+		}
+		if err := <-delDone; err != nil {
+			t.Errorf("DEL of %s: %v", second, err)
 		}
 	})
 }

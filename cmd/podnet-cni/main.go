@@ -246,7 +246,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 }
 
 // cmdGC deletes this network's pods whose attachment the runtime no longer
-// lists. Pods of other networks and pods not made by the plugin keep.
+// lists. Pods of other networks and pods not made by the plugin keep. A
+// pod gone, or being deleted, since the list (a DEL meanwhile) is done.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := loadConf(args)
 	if err != nil {
@@ -268,7 +269,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	var errs []error
 	for _, p := range pods {
 		if strings.HasPrefix(p.Name, prefix) && !keep[p.Name] {
-			if err := c.DeletePod(p.Name); err != nil {
+			if err := c.DeletePod(p.Name); err != nil && !errors.Is(err, nodeapi.ErrNotFound) {
 				errs = append(errs, fmt.Errorf("delete pod %s: %w", p.Name, err))
 			}
 		}
