@@ -19,6 +19,13 @@ import (
 // running forever.
 const maxCapture = time.Hour
 
+// captureWriteTimeout is how long a capture waits for its client to take
+// a write. A client that stops reading (`podnet capture pod | less`,
+// paused) would otherwise hold the handler in a write, where neither
+// maxCapture nor the client's context is looked at, and the port's
+// capture with it.
+var captureWriteTimeout = 10 * time.Second
+
 func (n *Node) registerInspect(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+nodeapi.PathTrace, func(w http.ResponseWriter, r *http.Request) {
 		var q vswitch.TraceQuery
@@ -56,30 +63,28 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 		limit = time.Duration(secs * float64(time.Second))
 	}
 	deadline := time.Now().Add(limit)
-	flusher, _ := w.(http.Flusher)
+	rc := http.NewResponseController(w)
+	// flushed sends what write put in the response, or says it cannot.
+	flushed := func(write func() error) bool {
+		return rc.SetWriteDeadline(time.Now().Add(captureWriteTimeout)) == nil &&
+			write() == nil && rc.Flush() == nil
+	}
 	var pw *capture.Writer
 	start := func(link capture.Link) bool {
 		w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
-		w.WriteHeader(http.StatusOK)
-		var err error
-		if pw, err = capture.NewWriter(w, link); err != nil {
-			return false
-		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-		return true
+		return flushed(func() (err error) {
+			w.WriteHeader(http.StatusOK)
+			pw, err = capture.NewWriter(w, link)
+			return err
+		})
 	}
 	sent := 0
 	emit := func(t time.Time, data []byte, link capture.Link) bool {
 		if !filter.Match(capture.Decode(data, link)) {
 			return true
 		}
-		if pw.Write(t, data) != nil {
+		if !flushed(func() error { return pw.Write(t, data) }) {
 			return false
-		}
-		if flusher != nil {
-			flusher.Flush()
 		}
 		sent++
 		return count <= 0 || sent < count
@@ -122,7 +127,12 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case p, ok := <-c.C:
-			if !ok || !emit(p.Time, p.Data, link) {
+			if !ok {
+				return
+			}
+			more := emit(p.Time, p.Data, link)
+			c.Release(p)
+			if !more {
 				return
 			}
 		case <-timer.C:

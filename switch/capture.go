@@ -10,20 +10,33 @@ import (
 // Capture receives copies of the packets crossing one port, for
 // `podnet capture`. While no capture is attached, the data path pays one
 // atomic load per batch read and per packet sent; while one is, it copies
-// each packet (an allocation per packet, on purpose only then) and drops
-// copies the reader does not take in time, counting them.
+// each packet it has room for (an allocation per packet, on purpose only
+// then) and counts the ones it has no room for, without copying them.
 type Capture struct {
-	// C delivers the packets; it is closed by Stop.
+	// C delivers the packets; it is closed by Stop. The reader hands each
+	// packet back with Release once done with it.
 	C <-chan CapturedPacket
 	c chan CapturedPacket
 
 	port    *atomic.Pointer[Capture]
 	dropped atomic.Uint64
+	// queued is the bytes of copies sent on C and not yet released;
+	// allQueued the same summed over the switch's captures.
+	queued    atomic.Int64
+	allQueued *atomic.Int64
 	// mu orders put against Stop closing c: readers that loaded the
 	// capture before Stop detached it may still be putting a copy.
 	mu      sync.RWMutex
 	stopped bool
 }
+
+// What captures may hold for readers that fall behind: a copy is up to
+// 64 KiB (a TSO superframe), so a bound on packets alone would let one
+// stalled capture pin hundreds of MB.
+const (
+	captureBytes      = 8 << 20  // one capture
+	captureTotalBytes = 32 << 20 // all captures of a switch
+)
 
 // LinkType says what CapturedPacket.Data starts with.
 type LinkType uint8
@@ -48,35 +61,72 @@ type CapturedPacket struct {
 // Dropped is how many copies were lost because the reader was slow.
 func (c *Capture) Dropped() uint64 { return c.dropped.Load() }
 
-// Stop detaches the capture and closes C once the data path has let go.
+// Release returns p's bytes to the capture's budget; the reader calls it
+// for each packet it has taken from C.
+func (c *Capture) Release(p CapturedPacket) { c.unreserve(int64(len(p.Data))) }
+
+// Stop detaches the capture, closes C once the data path has let go, and
+// releases the copies the reader has not taken.
 func (c *Capture) Stop() {
 	c.port.CompareAndSwap(c, nil)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if !c.stopped {
 		c.stopped = true
 		close(c.c)
 	}
+	c.mu.Unlock()
+	for p := range c.c {
+		c.Release(p)
+	}
 }
 
-// put copies b to the capture; it never blocks the data path.
+// put copies b to the capture; it never blocks the data path. Room is
+// checked before copying, so a reader that has fallen behind costs each
+// packet a count, not an allocation.
 func (c *Capture) put(out bool, link LinkType, b []byte) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.stopped {
 		return
 	}
+	size := int64(len(b))
+	if len(c.c) == cap(c.c) || !c.reserve(size) {
+		c.dropped.Add(1)
+		return
+	}
 	p := CapturedPacket{Time: time.Now(), Out: out, Link: link, Data: append([]byte(nil), b...)}
 	select {
 	case c.c <- p:
-	default:
+	default: // another port's reader took the last slot meanwhile
+		c.unreserve(size)
 		c.dropped.Add(1)
 	}
 }
 
+// reserve counts n more bytes queued, unless that would go over this
+// capture's or all captures' bound.
+func (c *Capture) reserve(n int64) bool {
+	if c.queued.Add(n) > captureBytes {
+		c.queued.Add(-n)
+		return false
+	}
+	if c.allQueued.Add(n) > captureTotalBytes {
+		c.allQueued.Add(-n)
+		c.queued.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (c *Capture) unreserve(n int64) {
+	c.queued.Add(-n)
+	c.allQueued.Add(-n)
+}
+
 // StartCapture attaches a capture to port: a pod's name, "host", or a
 // tunnel ("ipip", "vxlan", whose inner packets it shows). One capture per
-// port at a time.
+// port at a time. buffer bounds the packets it holds (0: 4096); their
+// bytes are bounded too, per capture and over all captures.
 func (s *Switch) StartCapture(port string, buffer int) (*Capture, error) {
 	if buffer <= 0 {
 		buffer = 4096
@@ -105,7 +155,7 @@ func (s *Switch) StartCapture(port string, buffer int) (*Capture, error) {
 		return nil, fmt.Errorf("capture: no port %q on this node (a pod's name, host, ipip or vxlan)", port)
 	}
 	ch := make(chan CapturedPacket, buffer)
-	c := &Capture{C: ch, c: ch, port: slot}
+	c := &Capture{C: ch, c: ch, port: slot, allQueued: &s.captureQueued}
 	if !slot.CompareAndSwap(nil, c) {
 		return nil, fmt.Errorf("capture: a capture is already running on %s", port)
 	}

@@ -67,3 +67,77 @@ func TestCapture(t *testing.T) {
 		t.Errorf("capture after Stop: %v", err)
 	}
 }
+
+// TestCaptureFullCostsNoCopy: once a capture's reader falls behind and
+// its queue is full, each further packet is only counted: no copy, no
+// allocation on the data path.
+func TestCaptureFullCostsNoCopy(t *testing.T) {
+	n := newFakeNet(t)
+	c, err := n.s.StartCapture("a", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	frame := make([]byte, 1500)
+	for range 4 {
+		c.put(false, LinkEthernet, frame)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { c.put(false, LinkEthernet, frame) }); allocs != 0 {
+		t.Errorf("%v allocations per packet with the queue full, want 0", allocs)
+	}
+	if got := c.Dropped(); got != 101 {
+		t.Errorf("%d dropped, want the 101 packets that found the queue full", got)
+	}
+}
+
+// TestCaptureByteBounds: what a capture holds is bounded in bytes, per
+// capture and over all of a switch's captures; what goes over is
+// dropped and counted; Release and Stop give the bytes back.
+func TestCaptureByteBounds(t *testing.T) {
+	n := newFakeNet(t)
+	big := make([]byte, 64<<10) // a TSO superframe
+	perCapture := captureBytes / len(big)
+	fill := func(c *Capture) {
+		t.Helper()
+		for range perCapture + 1 {
+			c.put(false, LinkEthernet, big)
+		}
+		if len(c.C) != perCapture || c.Dropped() != 1 {
+			t.Fatalf("%d queued, %d dropped; want %d queued (%d bytes) and the next one dropped",
+				len(c.C), c.Dropped(), perCapture, captureBytes)
+		}
+	}
+	// Enough captures, each full, to hold all that captures may hold.
+	var full []*Capture
+	for _, port := range []string{"a", "b", "c", "d"}[:captureTotalBytes/captureBytes] {
+		c, err := n.s.StartCapture(port, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Stop()
+		fill(c)
+		full = append(full, c)
+	}
+	h, err := n.s.StartCapture("host", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Stop()
+	h.put(true, LinkIPv4, big)
+	if len(h.C) != 0 || h.Dropped() != 1 {
+		t.Errorf("with all captures holding %d bytes: %d queued, %d dropped on another; want it dropped",
+			captureTotalBytes, len(h.C), h.Dropped())
+	}
+	// A packet read and released makes room for one more.
+	full[0].Release(<-full[0].C)
+	full[0].put(false, LinkEthernet, big)
+	if len(full[0].C) != perCapture || full[0].Dropped() != 1 {
+		t.Errorf("after one Release: %d queued, %d dropped; want %d, 1", len(full[0].C), full[0].Dropped(), perCapture)
+	}
+	// A stopped capture's unread copies no longer count.
+	full[1].Stop()
+	h.put(true, LinkIPv4, big)
+	if len(h.C) != 1 {
+		t.Errorf("after Stop of a full capture: %d queued on another, want 1", len(h.C))
+	}
+}

@@ -69,6 +69,9 @@ type Switch struct {
 
 	inbound inboundFlows // connections from outside, whose answers skip NAT
 
+	// captureQueued is the bytes of copies all captures hold unread.
+	captureQueued atomic.Int64
+
 	injectPool *packet.Pool // buffers for Inject
 	segPool    sync.Pool    // *segScratch, borrowed while a batch is segmented
 

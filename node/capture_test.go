@@ -1,0 +1,136 @@
+package node
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
+	"podnet/internal/packet"
+	"podnet/nodeapi"
+	vswitch "podnet/switch"
+	"podnet/switch/tap"
+)
+
+// captureRig is what the capture endpoint needs of a node: a switch with
+// one pod port, pod-a, on a real TAP in a namespace of its own, and the
+// node's API on a unix socket.
+type captureRig struct {
+	n      *Node
+	client *nodeapi.Client
+	socket string
+	// tapFd is an AF_PACKET socket on the TAP's kernel side: what it
+	// sends, the switch reads as pod-a's frames.
+	tapFd   int
+	tapAddr unix.SockaddrLinklayer
+}
+
+func newCaptureRig(t *testing.T) *captureRig {
+	t.Helper()
+	ns := nettest.Netns(t, nettest.UniqueName("cap"))
+	var dev *tap.Device
+	r := &captureRig{tapFd: -1}
+	err := netnsutil.Do(ns, func() (err error) {
+		if dev, err = tap.Open(tap.Config{Name: "cap0"}); err != nil {
+			return err
+		}
+		if out, err := exec.Command("ip", "link", "set", "cap0", "up").CombinedOutput(); err != nil {
+			return errors.New(string(out))
+		}
+		ifc, err := net.InterfaceByName("cap0")
+		if err != nil {
+			return err
+		}
+		r.tapAddr = unix.SockaddrLinklayer{Ifindex: ifc.Index, Protocol: htons(unix.ETH_P_ALL)}
+		r.tapFd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		if dev != nil {
+			dev.Close()
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(r.tapFd) })
+	sw := vswitch.New(vswitch.Config{})
+	t.Cleanup(func() { sw.Close() })
+	if _, err := sw.AddPodPort(vswitch.PodPort{Name: "pod-a", IP: netip.MustParseAddr("10.9.0.1"), MAC: packet.MAC{2, 0, 0, 0, 0, 1}, Dev: dev}); err != nil {
+		dev.Close()
+		t.Fatal(err)
+	}
+	r.n = &Node{sw: sw, log: slog.New(slog.DiscardHandler)}
+	r.socket = filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", r.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: r.n.apiHandler()}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	r.client = nodeapi.NewClient(r.socket)
+	return r
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// send has pod-a send n frames of size bytes to the switch.
+func (r *captureRig) send(t *testing.T, n, size int) {
+	t.Helper()
+	frame := make([]byte, size)
+	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x00})
+	for range n {
+		if err := unix.Sendto(r.tapFd, frame, 0, &r.tapAddr); err != nil && !errors.Is(err, unix.ENOBUFS) {
+			t.Errorf("send on cap0: %v", err)
+			return
+		}
+	}
+}
+
+// TestCaptureStalledClient: a client that stops reading ends its capture
+// after captureWriteTimeout, which frees the port for the next capture.
+func TestCaptureStalledClient(t *testing.T) {
+	r := newCaptureRig(t)
+	defer func(d time.Duration) { captureWriteTimeout = d }(captureWriteTimeout)
+	captureWriteTimeout = 300 * time.Millisecond
+	body, err := r.client.Capture("pod-a", 0, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close() // and not a byte read until then
+	// Far more than the socket buffers hold: the handler's writes block.
+	stop := make(chan struct{})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				r.send(t, 20, 1400)
+			}
+		}
+	}()
+	defer func() { close(stop); <-sent }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := r.n.sw.StartCapture("pod-a", 0)
+		if err == nil {
+			c.Stop()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10s after its client stopped reading, the capture still holds pod-a: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
