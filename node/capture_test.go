@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"podnet/capture"
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
 	"podnet/internal/packet"
@@ -132,5 +134,51 @@ func TestCaptureStalledClient(t *testing.T) {
 			t.Fatalf("10s after its client stopped reading, the capture still holds pod-a: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// rxFrames is how many frames the switch has read from pod-a.
+func (r *captureRig) rxFrames(t *testing.T) uint64 {
+	t.Helper()
+	for _, p := range r.n.sw.Stats() {
+		if p.Name == "pod-a" {
+			return p.RxFrames
+		}
+	}
+	t.Fatal("no port pod-a")
+	return 0
+}
+
+// TestCaptureReportsDropped: packets a capture loses because its client
+// fell behind are counted, and the count reaches the client at the end
+// of the stream.
+func TestCaptureReportsDropped(t *testing.T) {
+	r := newCaptureRig(t)
+	s, err := r.client.Capture("pod-a", 0, 2, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Not reading yet: more frames than the capture's queue holds.
+	for r.rxFrames(t) < 6000 {
+		r.send(t, 100, 1400)
+	}
+	pr, err := capture.NewReader(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		if _, _, err := pr.Next(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			break
+		}
+		got++
+	}
+	if s.Dropped() == 0 || uint64(got)+s.Dropped() > r.rxFrames(t) {
+		t.Errorf("%d packets shown, %d reported dropped, %d read by the switch; want some dropped, none counted twice",
+			got, s.Dropped(), r.rxFrames(t))
 	}
 }

@@ -72,6 +72,7 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	var pw *capture.Writer
 	start := func(link capture.Link) bool {
 		w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
+		w.Header().Set("Trailer", nodeapi.TrailerCaptureDropped)
 		return flushed(func() (err error) {
 			w.WriteHeader(http.StatusOK)
 			pw, err = capture.NewWriter(w, link)
@@ -114,7 +115,11 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, badRequest("%v", err))
 		return
 	}
-	defer c.Stop()
+	defer func() {
+		c.Stop()
+		w.Header().Set(nodeapi.TrailerCaptureDropped, strconv.FormatUint(c.Dropped(), 10))
+		n.log.Info("capture ended", "port", port, "packets", sent, "dropped", c.Dropped())
+	}()
 	link := capture.Ethernet
 	if port == "host" || port == vswitch.HostTUNName || port == "ipip" || port == "vxlan" {
 		link = capture.IPv4

@@ -186,9 +186,23 @@ func (c *Client) Post(path string, in, out any) error {
 	return c.do(context.Background(), "POST", path, in, out)
 }
 
+// CaptureStream is a capture's pcap stream; once it has been read to
+// its end, Dropped says what the daemon reported.
+type CaptureStream struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+// Dropped is how many packets the capture lost (TrailerCaptureDropped);
+// 0 before the end of the stream.
+func (s *CaptureStream) Dropped() uint64 {
+	n, _ := strconv.ParseUint(s.resp.Trailer.Get(TrailerCaptureDropped), 10, 64)
+	return n
+}
+
 // Capture streams a pcap of port (a pod, host, ipip, vxlan or underlay)
 // until count packets (0: no limit), seconds (0: no limit) or Close.
-func (c *Client) Capture(port string, count int, seconds float64, filter string) (io.ReadCloser, error) {
+func (c *Client) Capture(port string, count int, seconds float64, filter string) (*CaptureStream, error) {
 	v := url.Values{"port": {port}, "filter": {filter}}
 	if count > 0 {
 		v.Set("count", strconv.Itoa(count))
@@ -214,7 +228,7 @@ func (c *Client) Capture(port string, count int, seconds float64, filter string)
 		}
 		return nil, fmt.Errorf("podnet daemon: %s", resp.Status)
 	}
-	return resp.Body, nil
+	return &CaptureStream{ReadCloser: resp.Body, resp: resp}, nil
 }
 
 // wentAway says whether err is the connection ending before the answer:

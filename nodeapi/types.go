@@ -47,6 +47,11 @@ const (
 	PathCapture = "/v1/capture"
 )
 
+// TrailerCaptureDropped, a trailer of a capture's stream, is how many
+// packets the capture lost because its queue was full: the client or the
+// daemon did not keep up, and the stream is incomplete.
+const TrailerCaptureDropped = "Podnet-Capture-Dropped"
+
 // Status is the node's summary for `podnet status`.
 type Status struct {
 	Node       string `json:"node"`

@@ -70,7 +70,8 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 		if cerr := f.Close(); err == nil || isClosedBody(err) {
 			err = cerr
 		}
-		fmt.Fprintf(os.Stderr, "wrote %d bytes to %s\n", n, file)
+		fmt.Fprintf(stderr, "wrote %d bytes to %s\n", n, file)
+		reportDropped(body)
 		return err
 	}
 	r, err := capture.NewReader(body)
@@ -81,11 +82,20 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 		t, data, err := r.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
+				reportDropped(body)
 				return nil
 			}
 			return err
 		}
 		fmt.Fprintln(stdout, capture.Line(t, "", capture.Decode(data, r.Link())))
+	}
+}
+
+// reportDropped says, at the end of a capture, how many packets the
+// daemon could not copy to it: the output misses them.
+func reportDropped(s *nodeapi.CaptureStream) {
+	if n := s.Dropped(); n > 0 {
+		fmt.Fprintf(stderr, "%d packets dropped: the capture did not keep up\n", n)
 	}
 }
 

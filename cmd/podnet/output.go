@@ -142,4 +142,7 @@ func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 }
 
-var stdout io.Writer = os.Stdout
+var (
+	stdout io.Writer = os.Stdout
+	stderr io.Writer = os.Stderr
+)
