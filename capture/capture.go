@@ -1,5 +1,5 @@
 // Package capture shows packets for `podnet capture`: a small filter
-// language, one line per packet decoded with gopacket, and pcap files
+// language, one line per packet decoded with gopacket, and pcapng files
 // that tcpdump and tshark read. The packets come from the switch's
 // per-port capture (pod and host ports, tunnels' inner packets) or from
 // an AF_PACKET socket on the underlay interface (the wire, outer headers
@@ -7,6 +7,8 @@
 package capture
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -151,12 +153,12 @@ func Decode(data []byte, link Link) gopacket.Packet {
 }
 
 // Line describes one packet in one line, tcpdump-like: time, direction
-// ("in" toward the switch, "out" from it, "" for the wire), and each
+// ("in" toward the switch, "out" from it, nothing for the wire), and each
 // IPv4 header with what it carries, outer first.
-func Line(t time.Time, dir string, p gopacket.Packet) string {
+func Line(t time.Time, dir Dir, p gopacket.Packet) string {
 	var b strings.Builder
 	b.WriteString(t.Format("15:04:05.000000"))
-	if dir != "" {
+	if dir != Wire {
 		fmt.Fprintf(&b, " %-3s", dir)
 	}
 	sep := " "
@@ -216,51 +218,149 @@ func tcpFlags(t *layers.TCP) string {
 	return string(s)
 }
 
-// Writer writes a pcap stream.
-type Writer struct{ w *pcapgo.Writer }
+// Dir says which way a packet crossed a switch port.
+type Dir uint8
 
-// NewWriter writes the pcap file header for link to w.
-func NewWriter(w io.Writer, link Link) (*Writer, error) {
-	pw := pcapgo.NewWriterNanos(w)
-	if err := pw.WriteFileHeader(SnapLen, link.pcapType()); err != nil {
-		return nil, fmt.Errorf("write pcap header: %w", err)
+const (
+	Wire Dir = iota // no direction: a packet on the underlay interface
+	In              // the port sent it to the switch
+	Out             // the switch sent it to the port
+)
+
+// String is "in", "out", or "" for the wire.
+func (d Dir) String() string {
+	switch d {
+	case In:
+		return "in"
+	case Out:
+		return "out"
 	}
-	return &Writer{w: pw}, nil
+	return ""
 }
 
-// Write adds one packet.
-func (w *Writer) Write(t time.Time, data []byte) error {
+// Writer writes a pcapng stream. Classic pcap has no field for a
+// packet's direction, so a switch port is two pcapng interfaces, PORT:in
+// and PORT:out, and each packet's interface says which way it went
+// (Wireshark and tshark show it as frame.interface_name).
+type Writer struct {
+	w *pcapgo.NgWriter
+	// iface is the pcapng interface of each Dir; -1: not in this stream.
+	iface [3]int
+}
+
+// NewWireWriter writes the pcapng header for the packets of link on the
+// network interface ifname, which have no direction.
+func NewWireWriter(w io.Writer, ifname string, link Link) (*Writer, error) {
+	return newWriter(w, link, map[Dir]string{Wire: ifname})
+}
+
+// NewPortWriter writes the pcapng header for the packets of link that
+// cross the switch port port, both ways.
+func NewPortWriter(w io.Writer, port string, link Link) (*Writer, error) {
+	return newWriter(w, link, map[Dir]string{In: port + ":" + In.String(), Out: port + ":" + Out.String()})
+}
+
+func newWriter(w io.Writer, link Link, names map[Dir]string) (*Writer, error) {
+	pw := &Writer{iface: [3]int{-1, -1, -1}}
+	for _, d := range []Dir{Wire, In, Out} {
+		name, ok := names[d]
+		if !ok {
+			continue
+		}
+		intf := pcapgo.NgInterface{Name: name, LinkType: link.pcapType(), SnapLength: SnapLen}
+		var err error
+		if pw.w == nil {
+			pw.w, err = pcapgo.NewNgWriterInterface(w, intf, pcapgo.NgWriterOptions{
+				SectionInfo: pcapgo.NgSectionInfo{Application: "podnet capture"}})
+			pw.iface[d] = 0
+		} else {
+			pw.iface[d], err = pw.w.AddInterface(intf)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write pcapng header: %w", err)
+		}
+	}
+	if err := pw.w.Flush(); err != nil {
+		return nil, fmt.Errorf("write pcapng header: %w", err)
+	}
+	return pw, nil
+}
+
+// Write adds one packet that went dir.
+func (w *Writer) Write(t time.Time, dir Dir, data []byte) error {
+	if int(dir) >= len(w.iface) || w.iface[dir] < 0 {
+		return fmt.Errorf("capture: no direction %q in this stream", dir)
+	}
 	n := min(len(data), SnapLen)
-	return w.w.WritePacket(gopacket.CaptureInfo{Timestamp: t, CaptureLength: n, Length: len(data)}, data[:n])
+	ci := gopacket.CaptureInfo{Timestamp: t, CaptureLength: n, Length: len(data), InterfaceIndex: w.iface[dir]}
+	if err := w.w.WritePacket(ci, data[:n]); err != nil {
+		return err
+	}
+	return w.w.Flush()
 }
 
-// Reader reads a pcap stream that Writer wrote.
+// Reader reads a stream that Writer wrote, or a classic pcap stream,
+// whose packets have no direction.
 type Reader struct {
-	r    *pcapgo.Reader
+	r    packetReader
+	ng   *pcapgo.NgReader // nil for classic pcap
 	link Link
 }
 
-// NewReader reads the pcap file header from r.
+type packetReader interface {
+	ReadPacketData() ([]byte, gopacket.CaptureInfo, error)
+}
+
+// pcapngMagic starts a pcapng stream (its section header block's type).
+var pcapngMagic = []byte{0x0a, 0x0d, 0x0d, 0x0a}
+
+// NewReader reads the stream's header from r.
 func NewReader(r io.Reader) (*Reader, error) {
-	pr, err := pcapgo.NewReader(r)
+	br := bufio.NewReader(r)
+	magic, err := br.Peek(len(pcapngMagic))
 	if err != nil {
 		return nil, fmt.Errorf("read pcap header: %w", err)
 	}
-	link := Ethernet
-	if pr.LinkType() == layers.LinkTypeIPv4 || pr.LinkType() == layers.LinkTypeRaw {
-		link = IPv4
+	var lt layers.LinkType
+	rd := &Reader{}
+	if bytes.Equal(magic, pcapngMagic) {
+		if rd.ng, err = pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions); err != nil {
+			return nil, fmt.Errorf("read pcapng header: %w", err)
+		}
+		rd.r, lt = rd.ng, rd.ng.LinkType()
+	} else {
+		pr, err := pcapgo.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("read pcap header: %w", err)
+		}
+		rd.r, lt = pr, pr.LinkType()
 	}
-	return &Reader{r: pr, link: link}, nil
+	rd.link = Ethernet
+	if lt == layers.LinkTypeIPv4 || lt == layers.LinkTypeRaw {
+		rd.link = IPv4
+	}
+	return rd, nil
 }
 
 // Link is the stream's link type.
 func (r *Reader) Link() Link { return r.link }
 
-// Next returns the next packet, or io.EOF.
-func (r *Reader) Next() (time.Time, []byte, error) {
+// Next returns the next packet and which way it went, or io.EOF.
+func (r *Reader) Next() (time.Time, Dir, []byte, error) {
 	data, ci, err := r.r.ReadPacketData()
 	if err != nil {
-		return time.Time{}, nil, err
+		return time.Time{}, Wire, nil, err
 	}
-	return ci.Timestamp, data, nil
+	dir := Wire
+	if r.ng != nil {
+		if intf, err := r.ng.Interface(ci.InterfaceIndex); err == nil {
+			switch {
+			case strings.HasSuffix(intf.Name, ":"+In.String()):
+				dir = In
+			case strings.HasSuffix(intf.Name, ":"+Out.String()):
+				dir = Out
+			}
+		}
+	}
+	return ci.Timestamp, dir, data, nil
 }

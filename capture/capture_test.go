@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
@@ -72,25 +73,26 @@ func TestFilter(t *testing.T) {
 }
 
 func TestLine(t *testing.T) {
-	got := Line(time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), "out", Decode(vxlanFrame(t), Ethernet))
+	got := Line(time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), Out, Decode(vxlanFrame(t), Ethernet))
 	want := "03:04:05.000006 out 172.16.0.1 > 172.16.0.3 ttl 64 len 96 UDP 51000 > 4789 VXLAN vni 4096 | 10.0.0.1 > 10.0.2.5 ttl 63 len 40 TCP 40000 > 80 [S] seq 7 ack 0 win 100, 0 bytes"
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }
 
-// TestPcapOpensInTshark writes a capture file and has tshark, and our own
-// reader, read it back.
+// TestPcapOpensInTshark writes a capture file of a switch port and has
+// tshark, and our own reader, read it back with each packet's direction.
 func TestPcapOpensInTshark(t *testing.T) {
 	frame := vxlanFrame(t)
 	var buf bytes.Buffer
-	w, err := NewWriter(&buf, Ethernet)
+	w, err := NewPortWriter(&buf, "pod-a", Ethernet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	for range 3 {
-		if err := w.Write(now, frame); err != nil {
+	dirs := []Dir{In, Out, In}
+	for _, d := range dirs {
+		if err := w.Write(now, d, frame); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -98,23 +100,49 @@ func TestPcapOpensInTshark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, data, err := r.Next(); err != nil || !bytes.Equal(data, frame) || r.Link() != Ethernet {
-		t.Fatalf("read back: %v, same bytes %v, link %v", err, bytes.Equal(data, frame), r.Link())
+	for i, want := range dirs {
+		ts, dir, data, err := r.Next()
+		if err != nil || !bytes.Equal(data, frame) || r.Link() != Ethernet || dir != want || !ts.Equal(now) {
+			t.Fatalf("read back %d: %v, same bytes %v, link %v, direction %q (want %q), time %v (want %v)",
+				i, err, bytes.Equal(data, frame), r.Link(), dir, want, ts, now)
+		}
 	}
 	file := filepath.Join(t.TempDir(), "c.pcap")
 	if err := os.WriteFile(file, buf.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "vxlan.vni", "-e", "ip.dst")
+	cmd := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "frame.interface_name", "-e", "vxlan.vni", "-e", "ip.dst")
 	cmd.Stderr = &stderr // tshark warns when run as root
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("tshark -r: %v\n%s%s", err, out, stderr.Bytes())
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "4096\t172.16.0.3,10.0.2.5") {
-		t.Fatalf("tshark read:\n%s\nwant 3 packets with VNI 4096 and both IPv4 destinations", out)
+	if len(lines) != 3 || lines[0] != "pod-a:in\t4096\t172.16.0.3,10.0.2.5" || !strings.HasPrefix(lines[1], "pod-a:out\t") {
+		t.Fatalf("tshark read:\n%s\nwant 3 packets, in, out, in, with VNI 4096 and both IPv4 destinations", out)
+	}
+}
+
+// TestReadClassicPcap: the reader takes classic pcap too (what tcpdump
+// writes, what daemons before pcapng sent), whose packets have no
+// direction.
+func TestReadClassicPcap(t *testing.T) {
+	frame := vxlanFrame(t)
+	var buf bytes.Buffer
+	w := pcapgo.NewWriterNanos(&buf)
+	if err := w.WriteFileHeader(SnapLen, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: len(frame), Length: len(frame)}, frame); err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewReader(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, dir, data, err := r.Next(); err != nil || dir != Wire || !bytes.Equal(data, frame) || r.Link() != Ethernet {
+		t.Fatalf("read back: %v, direction %q, same bytes %v, link %v", err, dir, bytes.Equal(data, frame), r.Link())
 	}
 }
 
@@ -150,7 +178,7 @@ func TestInterface(t *testing.T) {
 			if err != nil {
 				t.Fatalf("no frame seen on c1: %v", err)
 			}
-			if line := Line(time.Now(), "", Decode(frame, Ethernet)); strings.Contains(line, "10.253.0.2") {
+			if line := Line(time.Now(), Wire, Decode(frame, Ethernet)); strings.Contains(line, "10.253.0.2") {
 				t.Logf("seen: %s", line)
 				return nil
 			}

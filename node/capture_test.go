@@ -9,9 +9,12 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 
 	"podnet/capture"
@@ -19,6 +22,7 @@ import (
 	"podnet/internal/nettest"
 	"podnet/internal/packet"
 	"podnet/nodeapi"
+	"podnet/router"
 	vswitch "podnet/switch"
 	"podnet/switch/tap"
 )
@@ -65,10 +69,16 @@ func newCaptureRig(t *testing.T) *captureRig {
 	t.Cleanup(func() { unix.Close(r.tapFd) })
 	sw := vswitch.New(vswitch.Config{})
 	t.Cleanup(func() { sw.Close() })
-	if _, err := sw.AddPodPort(vswitch.PodPort{Name: "pod-a", IP: netip.MustParseAddr("10.9.0.1"), MAC: packet.MAC{2, 0, 0, 0, 0, 1}, Dev: dev}); err != nil {
+	idx, err := sw.AddPodPort(vswitch.PodPort{Name: "pod-a", IP: podAIP, MAC: podAMAC, Dev: dev})
+	if err != nil {
 		dev.Close()
 		t.Fatal(err)
 	}
+	routes, err := router.NewTable([]router.Route{{Prefix: netip.PrefixFrom(podAIP, 32), Kind: router.KindLocalPod, Port: idx}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.SetRoutes(routes)
 	r.n = &Node{sw: sw, log: slog.New(slog.DiscardHandler)}
 	r.socket = filepath.Join(t.TempDir(), "api.sock")
 	ln, err := net.Listen("unix", r.socket)
@@ -81,6 +91,11 @@ func newCaptureRig(t *testing.T) *captureRig {
 	r.client = nodeapi.NewClient(r.socket)
 	return r
 }
+
+var (
+	podAIP  = netip.MustParseAddr("10.9.0.1")
+	podAMAC = packet.MAC{2, 0, 0, 0, 0, 1}
+)
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
@@ -169,7 +184,7 @@ func TestCaptureReportsDropped(t *testing.T) {
 	}
 	got := 0
 	for {
-		if _, _, err := pr.Next(); err != nil {
+		if _, _, _, err := pr.Next(); err != nil {
 			if !errors.Is(err, io.EOF) {
 				t.Fatal(err)
 			}
@@ -180,5 +195,47 @@ func TestCaptureReportsDropped(t *testing.T) {
 	if s.Dropped() == 0 || uint64(got)+s.Dropped() > r.rxFrames(t) {
 		t.Errorf("%d packets shown, %d reported dropped, %d read by the switch; want some dropped, none counted twice",
 			got, s.Dropped(), r.rxFrames(t))
+	}
+}
+
+// TestCaptureShowsDirection: a capture tells what the pod sent to the
+// switch from what the switch sent the pod: a datagram pod-a sends to
+// its own address crosses its port twice, in and then out.
+func TestCaptureShowsDirection(t *testing.T) {
+	r := newCaptureRig(t)
+	s, err := r.client.Capture("pod-a", 2, 10, "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: podAIP.AsSlice(), DstIP: podAIP.AsSlice()}
+	udp := &layers.UDP{SrcPort: 1000, DstPort: 2000}
+	udp.SetNetworkLayerForChecksum(ip)
+	b := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: podAMAC[:], DstMAC: packet.GatewayMAC[:], EthernetType: layers.EthernetTypeIPv4},
+		ip, udp, gopacket.Payload("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendto(r.tapFd, b.Bytes(), 0, &r.tapAddr); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := capture.NewReader(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	for {
+		_, dir, _, err := pr.Next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			break
+		}
+		dirs = append(dirs, dir.String())
+	}
+	if !slices.Equal(dirs, []string{"in", "out"}) {
+		t.Errorf("directions %q, want in (from the pod), out (to it)", dirs)
 	}
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -13,7 +14,7 @@ import (
 
 // The endpoints that let people look at the data path: trace (what the
 // switch would do with a packet) and capture (copies of what crosses a
-// port, or the underlay interface, as a pcap stream).
+// port, or the underlay interface, as a pcapng stream).
 
 // maxCapture bounds one capture, so a forgotten client cannot keep one
 // running forever.
@@ -45,7 +46,7 @@ func (n *Node) registerInspect(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+nodeapi.PathCapture, n.serveCapture)
 }
 
-// serveCapture streams a pcap of port (a pod, host, ipip, vxlan, or
+// serveCapture streams a pcapng of port (a pod, host, ipip, vxlan, or
 // "underlay": the underlay interface itself) until count packets, seconds,
 // or the client going away. The filter is package capture's.
 func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
@@ -70,21 +71,21 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 			write() == nil && rc.Flush() == nil
 	}
 	var pw *capture.Writer
-	start := func(link capture.Link) bool {
-		w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
+	start := func(newWriter func(io.Writer) (*capture.Writer, error)) bool {
+		w.Header().Set("Content-Type", "application/x-pcapng")
 		w.Header().Set("Trailer", nodeapi.TrailerCaptureDropped)
 		return flushed(func() (err error) {
 			w.WriteHeader(http.StatusOK)
-			pw, err = capture.NewWriter(w, link)
+			pw, err = newWriter(w)
 			return err
 		})
 	}
 	sent := 0
-	emit := func(t time.Time, data []byte, link capture.Link) bool {
+	emit := func(t time.Time, dir capture.Dir, data []byte, link capture.Link) bool {
 		if !filter.Match(capture.Decode(data, link)) {
 			return true
 		}
-		if !flushed(func() error { return pw.Write(t, data) }) {
+		if !flushed(func() error { return pw.Write(t, dir, data) }) {
 			return false
 		}
 		sent++
@@ -99,12 +100,14 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 		}
 		defer ifc.Close()
 		go func() { <-r.Context().Done(); ifc.Close() }()
-		if !start(capture.Ethernet) {
+		if !start(func(w io.Writer) (*capture.Writer, error) {
+			return capture.NewWireWriter(w, n.underlay, capture.Ethernet)
+		}) {
 			return
 		}
 		for {
 			frame, err := ifc.Read(deadline)
-			if err != nil || !emit(time.Now(), frame, capture.Ethernet) {
+			if err != nil || !emit(time.Now(), capture.Wire, frame, capture.Ethernet) {
 				return
 			}
 		}
@@ -124,7 +127,7 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	if port == "host" || port == vswitch.HostTUNName || port == "ipip" || port == "vxlan" {
 		link = capture.IPv4
 	}
-	if !start(link) {
+	if !start(func(w io.Writer) (*capture.Writer, error) { return capture.NewPortWriter(w, port, link) }) {
 		return
 	}
 	timer := time.NewTimer(time.Until(deadline))
@@ -135,7 +138,11 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			more := emit(p.Time, p.Data, link)
+			dir := capture.In
+			if p.Out {
+				dir = capture.Out
+			}
+			more := emit(p.Time, dir, p.Data, link)
 			c.Release(p)
 			if !more {
 				return

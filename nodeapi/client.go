@@ -186,7 +186,7 @@ func (c *Client) Post(path string, in, out any) error {
 	return c.do(context.Background(), "POST", path, in, out)
 }
 
-// CaptureStream is a capture's pcap stream; once it has been read to
+// CaptureStream is a capture's pcapng stream; once it has been read to
 // its end, Dropped says what the daemon reported.
 type CaptureStream struct {
 	io.ReadCloser
@@ -200,7 +200,7 @@ func (s *CaptureStream) Dropped() uint64 {
 	return n
 }
 
-// Capture streams a pcap of port (a pod, host, ipip, vxlan or underlay)
+// Capture streams a pcapng of port (a pod, host, ipip, vxlan or underlay)
 // until count packets (0: no limit), seconds (0: no limit) or Close.
 func (c *Client) Capture(port string, count int, seconds float64, filter string) (*CaptureStream, error) {
 	v := url.Values{"port": {port}, "filter": {filter}}

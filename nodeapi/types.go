@@ -43,7 +43,7 @@ const (
 	PathPorts = "/v1/ports"
 	// PathTrace: POST a vswitch.TraceQuery, get a vswitch.TraceResult.
 	PathTrace = "/v1/trace"
-	// PathCapture streams a pcap (see Client.Capture).
+	// PathCapture streams a pcapng (see Client.Capture).
 	PathCapture = "/v1/capture"
 )
 

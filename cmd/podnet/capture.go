@@ -25,8 +25,10 @@ func newCaptureCmd() *cobra.Command {
 pod's port (by pod name, as Ethernet frames), the host port (host or
 podnet0), a tunnel (ipip, vxlan: the inner packets), or the underlay
 interface itself ("underlay": the wire, outer headers and all). Each
-packet is printed on one line, or with -w written to a pcap file that
-tcpdump, tshark and Wireshark read.
+packet is printed on one line with its direction (in: the port sent it
+to the switch, out: the switch sent it to the port), or with -w written
+to a pcapng file that tcpdump, tshark and Wireshark read, where each
+direction is an interface of its own, PORT:in and PORT:out.
 
 FILTER terms, joined by "and": host ADDR, port N, tcp, udp, icmp; each
 must hold for some IPv4 header of the packet, outer or inner.`,
@@ -36,7 +38,7 @@ must hold for some IPv4 header of the packet, outer or inner.`,
 		Args: cobra.MinimumNArgs(1),
 	}
 	sock := socketFlag(cmd)
-	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcap file instead of printing")
+	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcapng file instead of printing")
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
 	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -46,7 +48,7 @@ must hold for some IPv4 header of the packet, outer or inner.`,
 }
 
 // runCapture streams a capture of port from the daemon c talks to: one
-// line per packet, or a pcap file.
+// line per packet, or a pcapng file.
 func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float64, file string) error {
 	if _, err := capture.ParseFilter(filter); err != nil {
 		return usageError{err}
@@ -79,7 +81,7 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 		return err
 	}
 	for {
-		t, data, err := r.Next()
+		t, dir, data, err := r.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
 				reportDropped(body)
@@ -87,7 +89,7 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 			}
 			return err
 		}
-		fmt.Fprintln(stdout, capture.Line(t, "", capture.Decode(data, r.Link())))
+		fmt.Fprintln(stdout, capture.Line(t, dir, capture.Decode(data, r.Link())))
 	}
 }
 

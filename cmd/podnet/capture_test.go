@@ -48,12 +48,12 @@ func captureOutput(t *testing.T, c *nodeapi.Client, file string) (out, errOut st
 func TestCaptureSaysDropped(t *testing.T) {
 	c := captureDaemon(t, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Trailer", nodeapi.TrailerCaptureDropped)
-		pw, err := capture.NewWriter(w, capture.Ethernet)
+		pw, err := capture.NewPortWriter(w, "pod-a", capture.Ethernet)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		pw.Write(time.Now(), make([]byte, 60))
+		pw.Write(time.Now(), capture.In, make([]byte, 60))
 		w.Header().Set(nodeapi.TrailerCaptureDropped, "7")
 	})
 	const want = "7 packets dropped"
@@ -64,5 +64,24 @@ func TestCaptureSaysDropped(t *testing.T) {
 	_, errOut = captureOutput(t, c, filepath.Join(t.TempDir(), "c.pcap"))
 	if !strings.Contains(errOut, want) {
 		t.Errorf("with -w, stderr:\n%s\nwant %q", errOut, want)
+	}
+}
+
+// TestCapturePrintsDirection: each printed packet says which way it
+// crossed the port.
+func TestCapturePrintsDirection(t *testing.T) {
+	c := captureDaemon(t, func(w http.ResponseWriter, _ *http.Request) {
+		pw, err := capture.NewPortWriter(w, "pod-a", capture.Ethernet)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		pw.Write(time.Now(), capture.In, make([]byte, 60))
+		pw.Write(time.Now(), capture.Out, make([]byte, 60))
+	})
+	out, _ := captureOutput(t, c, "")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], " in ") || !strings.Contains(lines[1], " out ") {
+		t.Errorf("printed:\n%s\nwant a packet in, then one out", out)
 	}
 }

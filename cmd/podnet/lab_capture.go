@@ -31,7 +31,7 @@ FILTER terms, joined by "and": host ADDR, port N, tcp, udp, icmp.`,
   podnet lab capture worker2:vxlan -w /tmp/vxlan.pcap --seconds 5`,
 		Args: cobra.MinimumNArgs(1),
 	}
-	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcap file instead of printing")
+	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcapng file instead of printing")
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
 	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
