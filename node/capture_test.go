@@ -32,6 +32,7 @@ import (
 // node's API on a unix socket.
 type captureRig struct {
 	n      *Node
+	podIdx int // pod-a's port
 	client *nodeapi.Client
 	socket string
 	// tapFd is an AF_PACKET socket on the TAP's kernel side: what it
@@ -69,12 +70,12 @@ func newCaptureRig(t *testing.T) *captureRig {
 	t.Cleanup(func() { unix.Close(r.tapFd) })
 	sw := vswitch.New(vswitch.Config{})
 	t.Cleanup(func() { sw.Close() })
-	idx, err := sw.AddPodPort(vswitch.PodPort{Name: "pod-a", IP: podAIP, MAC: podAMAC, Dev: dev})
+	r.podIdx, err = sw.AddPodPort(vswitch.PodPort{Name: "pod-a", IP: podAIP, MAC: podAMAC, Dev: dev})
 	if err != nil {
 		dev.Close()
 		t.Fatal(err)
 	}
-	routes, err := router.NewTable([]router.Route{{Prefix: netip.PrefixFrom(podAIP, 32), Kind: router.KindLocalPod, Port: idx}})
+	routes, err := router.NewTable([]router.Route{{Prefix: netip.PrefixFrom(podAIP, 32), Kind: router.KindLocalPod, Port: r.podIdx}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,5 +238,35 @@ func TestCaptureShowsDirection(t *testing.T) {
 	}
 	if !slices.Equal(dirs, []string{"in", "out"}) {
 		t.Errorf("directions %q, want in (from the pod), out (to it)", dirs)
+	}
+}
+
+// TestCaptureEndsWhenPodRemoved: removing the pod ends a capture of its
+// port at once, and the client is told why.
+func TestCaptureEndsWhenPodRemoved(t *testing.T) {
+	r := newCaptureRig(t)
+	s, err := r.client.Capture("pod-a", 10, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := r.n.sw.RemovePort(r.podIdx); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, s)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the capture of a removed pod still runs after 10s")
+	}
+	if want := "pod pod-a was removed"; s.Ended() != want {
+		t.Errorf("the daemon said the capture ended: %q, want %q", s.Ended(), want)
 	}
 }

@@ -73,7 +73,7 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	var pw *capture.Writer
 	start := func(newWriter func(io.Writer) (*capture.Writer, error)) bool {
 		w.Header().Set("Content-Type", "application/x-pcapng")
-		w.Header().Set("Trailer", nodeapi.TrailerCaptureDropped)
+		w.Header().Set("Trailer", nodeapi.TrailerCaptureDropped+", "+nodeapi.TrailerCaptureEnded)
 		return flushed(func() (err error) {
 			w.WriteHeader(http.StatusOK)
 			pw, err = newWriter(w)
@@ -121,7 +121,8 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		c.Stop()
 		w.Header().Set(nodeapi.TrailerCaptureDropped, strconv.FormatUint(c.Dropped(), 10))
-		n.log.Info("capture ended", "port", port, "packets", sent, "dropped", c.Dropped())
+		w.Header().Set(nodeapi.TrailerCaptureEnded, c.Ended())
+		n.log.Info("capture ended", "port", port, "packets", sent, "dropped", c.Dropped(), "ended", c.Ended())
 	}()
 	link := capture.Ethernet
 	if port == "host" || port == vswitch.HostTUNName || port == "ipip" || port == "vxlan" {

@@ -187,7 +187,7 @@ func (c *Client) Post(path string, in, out any) error {
 }
 
 // CaptureStream is a capture's pcapng stream; once it has been read to
-// its end, Dropped says what the daemon reported.
+// its end, Dropped and Ended say what the daemon reported.
 type CaptureStream struct {
 	io.ReadCloser
 	resp *http.Response
@@ -199,6 +199,10 @@ func (s *CaptureStream) Dropped() uint64 {
 	n, _ := strconv.ParseUint(s.resp.Trailer.Get(TrailerCaptureDropped), 10, 64)
 	return n
 }
+
+// Ended says why the daemon ended the capture early (TrailerCaptureEnded),
+// or "".
+func (s *CaptureStream) Ended() string { return s.resp.Trailer.Get(TrailerCaptureEnded) }
 
 // Capture streams a pcapng of port (a pod, host, ipip, vxlan or underlay)
 // until count packets (0: no limit), seconds (0: no limit) or Close.

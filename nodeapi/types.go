@@ -52,6 +52,10 @@ const (
 // daemon did not keep up, and the stream is incomplete.
 const TrailerCaptureDropped = "Podnet-Capture-Dropped"
 
+// TrailerCaptureEnded, a trailer of a capture's stream, says why the
+// daemon ended the capture before its count or time: its port went away.
+const TrailerCaptureEnded = "Podnet-Capture-Ended"
+
 // Status is the node's summary for `podnet status`.
 type Status struct {
 	Node       string `json:"node"`

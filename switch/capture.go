@@ -13,8 +13,9 @@ import (
 // each packet it has room for (an allocation per packet, on purpose only
 // then) and counts the ones it has no room for, without copying them.
 type Capture struct {
-	// C delivers the packets; it is closed by Stop. The reader hands each
-	// packet back with Release once done with it.
+	// C delivers the packets; it is closed by Stop, or when the port goes
+	// away (Ended says so). The reader hands each packet back with Release
+	// once done with it.
 	C <-chan CapturedPacket
 	c chan CapturedPacket
 
@@ -28,6 +29,7 @@ type Capture struct {
 	// capture before Stop detached it may still be putting a copy.
 	mu      sync.RWMutex
 	stopped bool
+	ended   string // why the switch ended it; "" for Stop
 }
 
 // What captures may hold for readers that fall behind: a copy is up to
@@ -68,15 +70,38 @@ func (c *Capture) Release(p CapturedPacket) { c.unreserve(int64(len(p.Data))) }
 // Stop detaches the capture, closes C once the data path has let go, and
 // releases the copies the reader has not taken.
 func (c *Capture) Stop() {
-	c.port.CompareAndSwap(c, nil)
-	c.mu.Lock()
-	if !c.stopped {
-		c.stopped = true
-		close(c.c)
-	}
-	c.mu.Unlock()
+	c.end("")
 	for p := range c.c {
 		c.Release(p)
+	}
+}
+
+// Ended says why the switch ended the capture (its port went away), or
+// "" if it did not.
+func (c *Capture) Ended() string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.ended
+}
+
+// end detaches the capture and closes C once the data path has let go;
+// the reader still gets what C holds. The first end's reason stays.
+func (c *Capture) end(why string) {
+	c.port.CompareAndSwap(c, nil)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopped {
+		c.stopped = true
+		c.ended = why
+		close(c.c)
+	}
+}
+
+// endCapture ends the capture on slot, if any, whose port has gone away:
+// its reader would otherwise wait for packets that cannot come.
+func endCapture(slot *atomic.Pointer[Capture], why string) {
+	if c := slot.Load(); c != nil {
+		c.end(why)
 	}
 }
 

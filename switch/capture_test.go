@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"podnet/internal/packet"
+	"podnet/router"
 )
 
 // TestCapture: a capture on a pod port sees what the pod sends and what it
@@ -139,5 +140,55 @@ func TestCaptureByteBounds(t *testing.T) {
 	h.put(true, LinkIPv4, big)
 	if len(h.C) != 1 {
 		t.Errorf("after Stop of a full capture: %d queued on another, want 1", len(h.C))
+	}
+}
+
+// TestCaptureEndsWithItsPort: removing a pod port or detaching a tunnel
+// ends the capture on it, saying why, rather than leave it waiting for
+// packets that cannot come; a pod added again under the same name can
+// be captured at once.
+func TestCaptureEndsWithItsPort(t *testing.T) {
+	n := newFakeNet(t)
+	ca, err := n.s.StartCapture("a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Stop()
+	cv, err := n.s.StartCapture("vxlan", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cv.Stop()
+	ended := func(c *Capture, want string) {
+		t.Helper()
+		select {
+		case _, ok := <-c.C:
+			if ok {
+				t.Fatalf("a packet instead of the end")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("capture not ended 5s after its port went away (want %q)", want)
+		}
+		if c.Ended() != want {
+			t.Errorf("ended: %q, want %q", c.Ended(), want)
+		}
+	}
+	if err := n.s.RemovePort(n.a.port); err != nil {
+		t.Fatal(err)
+	}
+	ended(ca, "pod a was removed")
+	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+		t.Fatal(err)
+	}
+	ended(cv, "tunnel vxlan was detached")
+
+	n.addPod(t, "a", "10.0.0.1", true)
+	again, err := n.s.StartCapture("a", 0)
+	if err != nil {
+		t.Fatalf("capture of the pod added again: %v", err)
+	}
+	again.Stop()
+	if again.Ended() != "" {
+		t.Errorf("a capture stopped by its reader: ended %q, want \"\"", again.Ended())
 	}
 }

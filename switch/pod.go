@@ -118,8 +118,8 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	return idx, nil
 }
 
-// RemovePort stops forwarding for a pod port, closes its device and waits
-// for its reader to exit. A persistent TAP stays in the kernel; the
+// RemovePort stops forwarding for a pod port, closes its device, waits
+// for its reader to exit and ends a capture on it. A persistent TAP stays in the kernel; the
 // caller deletes it if the pod is gone.
 func (s *Switch) RemovePort(idx int) error {
 	s.mu.Lock()
@@ -139,6 +139,7 @@ func (s *Switch) RemovePort(idx int) error {
 	s.mu.Unlock()
 	err := p.dev.Close()
 	<-p.done
+	endCapture(&p.capt, fmt.Sprintf("pod %s was removed", p.name))
 	return err
 }
 

@@ -163,6 +163,19 @@ func (s *Switch) Close() error {
 			}
 		}
 		s.wg.Wait()
+		for _, p := range att.pods {
+			if p != nil {
+				endCapture(&p.capt, "the switch stopped")
+			}
+		}
+		if att.host != nil {
+			endCapture(&att.host.capt, "the switch stopped")
+		}
+		for _, t := range att.tunnels {
+			if t != nil {
+				endCapture(&t.capt, "the switch stopped")
+			}
+		}
 	})
 	return errors.Join(errs...)
 }

@@ -144,8 +144,9 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 
 // DetachTunnel stops the tunnel of encapsulation e, if one is attached:
 // routes of that encapsulation have no egress (and drop, counted) until
-// one is attached again, its reader stops and its sockets close. The
-// daemon closes the tunnel of an encapsulation no pool uses.
+// one is attached again, its reader stops, its sockets close and a
+// capture on it ends. The daemon closes the tunnel of an encapsulation
+// no pool uses.
 func (s *Switch) DetachTunnel(e router.Encap) error {
 	s.mu.Lock()
 	if int(e) >= len(s.att.tunnels) || s.att.tunnels[e] == nil {
@@ -158,6 +159,7 @@ func (s *Switch) DetachTunnel(e router.Encap) error {
 	s.mu.Unlock()
 	err := t.t.Close()
 	t.readers.Wait()
+	endCapture(&t.capt, fmt.Sprintf("tunnel %s was detached", t.t.Device()))
 	return err
 }
 

@@ -73,7 +73,9 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 			err = cerr
 		}
 		fmt.Fprintf(stderr, "wrote %d bytes to %s\n", n, file)
-		reportDropped(body)
+		if endErr := captureEnd(body); err == nil {
+			err = endErr
+		}
 		return err
 	}
 	r, err := capture.NewReader(body)
@@ -84,8 +86,7 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 		t, dir, data, err := r.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
-				reportDropped(body)
-				return nil
+				return captureEnd(body)
 			}
 			return err
 		}
@@ -93,12 +94,17 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 	}
 }
 
-// reportDropped says, at the end of a capture, how many packets the
-// daemon could not copy to it: the output misses them.
-func reportDropped(s *nodeapi.CaptureStream) {
+// captureEnd says, at the end of a capture, how many packets the daemon
+// could not copy to it (the output misses them), and fails if the daemon
+// ended it early because its port went away.
+func captureEnd(s *nodeapi.CaptureStream) error {
 	if n := s.Dropped(); n > 0 {
 		fmt.Fprintf(stderr, "%d packets dropped: the capture did not keep up\n", n)
 	}
+	if why := s.Ended(); why != "" {
+		return fmt.Errorf("capture ended: %s", why)
+	}
+	return nil
 }
 
 func isClosedBody(err error) bool {

@@ -31,16 +31,13 @@ func captureDaemon(t *testing.T, serve http.HandlerFunc) *nodeapi.Client {
 }
 
 // captureOutput runs runCapture and returns what it printed.
-func captureOutput(t *testing.T, c *nodeapi.Client, file string) (out, errOut string) {
-	t.Helper()
+func captureOutput(c *nodeapi.Client, file string) (out, errOut string, err error) {
 	var o, e bytes.Buffer
 	oldOut, oldErr := stdout, stderr
 	stdout, stderr = &o, &e
 	defer func() { stdout, stderr = oldOut, oldErr }()
-	if err := runCapture(c, "pod-a", "", 0, 0, file); err != nil {
-		t.Fatal(err)
-	}
-	return o.String(), e.String()
+	err = runCapture(c, "pod-a", "", 0, 0, file)
+	return o.String(), e.String(), err
 }
 
 // TestCaptureSaysDropped: the packets the daemon reports dropped at the
@@ -57,13 +54,13 @@ func TestCaptureSaysDropped(t *testing.T) {
 		w.Header().Set(nodeapi.TrailerCaptureDropped, "7")
 	})
 	const want = "7 packets dropped"
-	out, errOut := captureOutput(t, c, "")
-	if strings.Count(out, "\n") != 1 || !strings.Contains(errOut, want) {
-		t.Errorf("printed:\n%s\nstderr:\n%s\nwant one packet, and %q on stderr", out, errOut, want)
+	out, errOut, err := captureOutput(c, "")
+	if err != nil || strings.Count(out, "\n") != 1 || !strings.Contains(errOut, want) {
+		t.Errorf("%v; printed:\n%s\nstderr:\n%s\nwant one packet, and %q on stderr", err, out, errOut, want)
 	}
-	_, errOut = captureOutput(t, c, filepath.Join(t.TempDir(), "c.pcap"))
-	if !strings.Contains(errOut, want) {
-		t.Errorf("with -w, stderr:\n%s\nwant %q", errOut, want)
+	_, errOut, err = captureOutput(c, filepath.Join(t.TempDir(), "c.pcap"))
+	if err != nil || !strings.Contains(errOut, want) {
+		t.Errorf("with -w: %v; stderr:\n%s\nwant %q", err, errOut, want)
 	}
 }
 
@@ -79,9 +76,28 @@ func TestCapturePrintsDirection(t *testing.T) {
 		pw.Write(time.Now(), capture.In, make([]byte, 60))
 		pw.Write(time.Now(), capture.Out, make([]byte, 60))
 	})
-	out, _ := captureOutput(t, c, "")
+	out, _, err := captureOutput(c, "")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 || !strings.Contains(lines[0], " in ") || !strings.Contains(lines[1], " out ") {
-		t.Errorf("printed:\n%s\nwant a packet in, then one out", out)
+	if err != nil || len(lines) != 2 || !strings.Contains(lines[0], " in ") || !strings.Contains(lines[1], " out ") {
+		t.Errorf("%v; printed:\n%s\nwant a packet in, then one out", err, out)
+	}
+}
+
+// TestCaptureFailsWhenEnded: a capture the daemon ended early, because
+// its port went away, fails with the daemon's reason, printed or written
+// to a file.
+func TestCaptureFailsWhenEnded(t *testing.T) {
+	c := captureDaemon(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Trailer", nodeapi.TrailerCaptureEnded)
+		if _, err := capture.NewPortWriter(w, "pod-a", capture.Ethernet); err != nil {
+			t.Error(err)
+		}
+		w.Header().Set(nodeapi.TrailerCaptureEnded, "pod pod-a was removed")
+	})
+	for _, file := range []string{"", filepath.Join(t.TempDir(), "c.pcap")} {
+		_, _, err := captureOutput(c, file)
+		if err == nil || !strings.Contains(err.Error(), "pod pod-a was removed") {
+			t.Errorf("-w %q: %v, want the capture to fail saying the pod was removed", file, err)
+		}
 	}
 }
