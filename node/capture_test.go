@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -268,5 +271,45 @@ func TestCaptureEndsWhenPodRemoved(t *testing.T) {
 	}
 	if want := "pod pod-a was removed"; s.Ended() != want {
 		t.Errorf("the daemon said the capture ended: %q, want %q", s.Ended(), want)
+	}
+}
+
+// TestCaptureRejectsBadLimits: a count or seconds the daemon cannot take
+// is refused with 400 and a message naming it, rather than read as "no
+// limit" (or, for 1e300 seconds, as a negative duration).
+func TestCaptureRejectsBadLimits(t *testing.T) {
+	r := newCaptureRig(t)
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", r.socket)
+	}}}
+	for _, q := range []string{
+		"count=abc", "count=-1", "count=1.5", "count=99999999999999999999",
+		"seconds=abc", "seconds=-1", "seconds=NaN", "seconds=Inf", "seconds=1e300", "seconds=3601",
+	} {
+		resp, err := hc.Get("http://podnet" + nodeapi.PathCapture + "?port=pod-a&" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e nodeapi.Error
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		name, _, _ := strings.Cut(q, "=")
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(e.Error, name) {
+			t.Errorf("%s: %s %q, want 400 naming %s", q, resp.Status, e.Error, name)
+		}
+	}
+	// What the CLI is given goes to the daemon as it is.
+	if _, err := r.client.Capture("pod-a", -1, 0, ""); err == nil || !strings.Contains(err.Error(), "count") {
+		t.Errorf("Capture with count -1: %v, want the daemon's refusal", err)
+	}
+	// Good values still capture: 0 is no limit.
+	s, err := r.client.Capture("pod-a", 0, 0.2, "")
+	if err != nil {
+		t.Fatalf("count 0, 0.2 seconds: %v", err)
+	}
+	defer s.Close()
+	if _, err := io.Copy(io.Discard, s); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -3,7 +3,9 @@ package node
 import (
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -46,22 +48,46 @@ func (n *Node) registerInspect(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+nodeapi.PathCapture, n.serveCapture)
 }
 
+// captureLimits reads a capture request's count (packets) and seconds,
+// either absent or 0 for no limit but maxCapture. A value that does not
+// parse, is negative, not finite, or over maxCapture is refused rather
+// than taken as no limit (or, for seconds=1e300, as a duration that
+// overflows to a negative one).
+func captureLimits(q url.Values) (count int, limit time.Duration, err error) {
+	if s := q.Get("count"); s != "" {
+		if count, err = strconv.Atoi(s); err != nil || count < 0 {
+			return 0, 0, badRequest("capture: count %q is not a number of packets (0 or more; 0: no limit)", s)
+		}
+	}
+	limit = maxCapture
+	if s := q.Get("seconds"); s != "" {
+		secs, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.IsNaN(secs) || secs < 0 || secs > maxCapture.Seconds() {
+			return 0, 0, badRequest("capture: seconds %q is not a number of seconds from 0 to %g (0: the limit, %v)",
+				s, maxCapture.Seconds(), maxCapture)
+		}
+		if secs > 0 {
+			limit = time.Duration(secs * float64(time.Second))
+		}
+	}
+	return count, limit, nil
+}
+
 // serveCapture streams a pcapng of port (a pod, host, ipip, vxlan, or
 // "underlay": the underlay interface itself) until count packets, seconds,
 // or the client going away. The filter is package capture's.
 func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	port := q.Get("port")
-	count, _ := strconv.Atoi(q.Get("count"))
-	secs, _ := strconv.ParseFloat(q.Get("seconds"), 64)
+	count, limit, err := captureLimits(q)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
 	filter, err := capture.ParseFilter(q.Get("filter"))
 	if err != nil {
 		writeErr(w, badRequest("%v", err))
 		return
-	}
-	limit := maxCapture
-	if secs > 0 && time.Duration(secs*float64(time.Second)) < limit {
-		limit = time.Duration(secs * float64(time.Second))
 	}
 	deadline := time.Now().Add(limit)
 	rc := http.NewResponseController(w)

@@ -205,13 +205,15 @@ func (s *CaptureStream) Dropped() uint64 {
 func (s *CaptureStream) Ended() string { return s.resp.Trailer.Get(TrailerCaptureEnded) }
 
 // Capture streams a pcapng of port (a pod, host, ipip, vxlan or underlay)
-// until count packets (0: no limit), seconds (0: no limit) or Close.
+// until count packets (0: no limit), seconds (0: the daemon's limit) or
+// Close. The daemon refuses other values it cannot take, negative ones
+// among them.
 func (c *Client) Capture(port string, count int, seconds float64, filter string) (*CaptureStream, error) {
 	v := url.Values{"port": {port}, "filter": {filter}}
-	if count > 0 {
+	if count != 0 {
 		v.Set("count", strconv.Itoa(count))
 	}
-	if seconds > 0 {
+	if seconds != 0 {
 		v.Set("seconds", strconv.FormatFloat(seconds, 'f', -1, 64))
 	}
 	req, err := http.NewRequest("GET", "http://podnet"+PathCapture+"?"+v.Encode(), nil)

@@ -40,7 +40,7 @@ must hold for some IPv4 header of the packet, outer or inner.`,
 	sock := socketFlag(cmd)
 	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcapng file instead of printing")
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
-	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds")
+	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds (at most 3600)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		return runCapture(client(*sock), args[0], strings.Join(args[1:], " "), count, seconds, file)
 	}

@@ -33,7 +33,7 @@ FILTER terms, joined by "and": host ADDR, port N, tcp, udp, icmp.`,
 	}
 	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcapng file instead of printing")
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
-	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds")
+	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds (at most 3600)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		l, err := openLab(*name)
 		if err != nil {
