@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -64,7 +65,7 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 	defer signal.Stop(sig)
 	go func() { <-sig; body.Close() }()
 	if file != "" {
-		f, err := os.Create(file)
+		f, err := createCaptureFile(file)
 		if err != nil {
 			return err
 		}
@@ -105,6 +106,18 @@ func captureEnd(s *nodeapi.CaptureStream) error {
 		return fmt.Errorf("capture ended: %s", why)
 	}
 	return nil
+}
+
+// createCaptureFile opens file for a capture: pod traffic, so a new file
+// is readable by its owner only, and a symbolic link is not followed
+// (it could send the packets somewhere the user did not mean, or let
+// another user point a root capture at a file of their choice).
+func createCaptureFile(file string) (*os.File, error) {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link: not followed for a capture file", file)
+	}
+	return f, err
 }
 
 func isClosedBody(err error) bool {

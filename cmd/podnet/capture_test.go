@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -99,5 +101,36 @@ func TestCaptureFailsWhenEnded(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "pod pod-a was removed") {
 			t.Errorf("-w %q: %v, want the capture to fail saying the pod was removed", file, err)
 		}
+	}
+}
+
+// TestCaptureFileIsPrivate: -w makes a file only its owner can read, and
+// does not follow a symbolic link at the name given.
+func TestCaptureFileIsPrivate(t *testing.T) {
+	c := captureDaemon(t, func(w http.ResponseWriter, _ *http.Request) {
+		pw, err := capture.NewPortWriter(w, "pod-a", capture.Ethernet)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		pw.Write(time.Now(), capture.In, make([]byte, 60))
+	})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.pcap")
+	if _, _, err := captureOutput(c, file); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("capture file: %v, mode %v; want -rw-------", err, st.Mode())
+	}
+	target, link := filepath.Join(dir, "elsewhere"), filepath.Join(dir, "link.pcap")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := captureOutput(c, link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("-w to a symbolic link: %v, want a refusal", err)
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the link's target: %v, want it not created", err)
 	}
 }
