@@ -247,12 +247,17 @@ func TestCaptureShowsDirection(t *testing.T) {
 // TestCaptureEndsWhenPodRemoved: removing the pod ends a capture of its
 // port at once, and the client is told why.
 func TestCaptureEndsWhenPodRemoved(t *testing.T) {
+	// The port is quiet for longer than the write timeout first: the end
+	// of the stream (the trailer with the reason) must still get out.
+	defer func(d time.Duration) { captureWriteTimeout = d }(captureWriteTimeout)
+	captureWriteTimeout = 300 * time.Millisecond
 	r := newCaptureRig(t)
 	s, err := r.client.Capture("pod-a", 10, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	time.Sleep(2 * captureWriteTimeout)
 	if err := r.n.sw.RemovePort(r.podIdx); err != nil {
 		t.Fatal(err)
 	}

@@ -118,6 +118,11 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 		return count <= 0 || sent < count
 	}
 
+	// net/http writes the last chunk and the trailers after the handler
+	// returns, under the last write deadline set: renew it, or a port
+	// quiet for captureWriteTimeout loses the end of the stream.
+	defer func() { rc.SetWriteDeadline(time.Now().Add(captureWriteTimeout)) }()
+
 	if port == "underlay" {
 		ifc, err := capture.OpenInterface(n.underlay)
 		if err != nil {

@@ -35,11 +35,12 @@ FILTER terms, joined by "and": host ADDR, port N, tcp, udp, icmp; each
 must hold for some IPv4 header of the packet, outer or inner.`,
 		Example: `  podnet capture test-1
   podnet capture underlay -c 10 host 192.168.14.2
-  podnet capture vxlan -w /tmp/vxlan.pcap --seconds 5`,
+  podnet capture vxlan -w /tmp/vxlan.pcap --seconds 5
+  podnet capture test-1 -w - | tshark -r -`,
 		Args: cobra.MinimumNArgs(1),
 	}
 	sock := socketFlag(cmd)
-	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcapng file instead of printing")
+	cmd.Flags().StringVarP(&file, "write", "w", "", "write a pcapng file instead of printing (mode 0600; a symbolic link is not followed); - writes the stream to stdout")
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "stop after this many packets (default: until interrupted)")
 	cmd.Flags().Float64Var(&seconds, "seconds", 0, "stop after this many seconds (at most 3600)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -64,6 +65,17 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 	signal.Notify(sig, os.Interrupt)
 	defer signal.Stop(sig)
 	go func() { <-sig; body.Close() }()
+	if file == "-" {
+		// The pcapng stream itself, for a pipe: podnet capture x -w - | tshark -r -
+		_, err := io.Copy(stdout, body)
+		if isClosedBody(err) {
+			err = nil
+		}
+		if endErr := captureEnd(body); err == nil {
+			err = endErr
+		}
+		return err
+	}
 	if file != "" {
 		f, err := createCaptureFile(file)
 		if err != nil {
@@ -86,8 +98,11 @@ func runCapture(c *nodeapi.Client, port, filter string, count int, seconds float
 	for {
 		t, dir, data, err := r.Next()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isClosedBody(err) {
+			if errors.Is(err, io.EOF) || isClosedBody(err) {
 				return captureEnd(body)
+			}
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("the capture stream was cut off (did the daemon stop?): %w", err)
 			}
 			return err
 		}

@@ -64,6 +64,18 @@ func TestCaptureSaysDropped(t *testing.T) {
 	if err != nil || !strings.Contains(errOut, want) {
 		t.Errorf("with -w: %v; stderr:\n%s\nwant %q", err, errOut, want)
 	}
+	// -w - writes the stream itself to stdout, for a pipe.
+	out, errOut, err = captureOutput(c, "-")
+	if err != nil || !strings.Contains(errOut, want) {
+		t.Errorf("with -w -: %v; stderr:\n%s\nwant %q", err, errOut, want)
+	}
+	r, rerr := capture.NewReader(strings.NewReader(out))
+	if rerr != nil {
+		t.Fatalf("-w -: stdout is no capture stream: %v", rerr)
+	}
+	if _, dir, data, err := r.Next(); err != nil || dir != capture.In || len(data) != 60 {
+		t.Errorf("-w -: first packet %v, %v, %d bytes; want one of 60 bytes, in", err, dir, len(data))
+	}
 }
 
 // TestCapturePrintsDirection: each printed packet says which way it
