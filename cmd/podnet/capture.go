@@ -128,11 +128,33 @@ func captureEnd(s *nodeapi.CaptureStream) error {
 // (it could send the packets somewhere the user did not mean, or let
 // another user point a root capture at a file of their choice).
 func createCaptureFile(file string) (*os.File, error) {
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if errors.Is(err, syscall.ELOOP) {
 		return nil, fmt.Errorf("%s is a symbolic link: not followed for a capture file", file)
 	}
-	return f, err
+	if err != nil {
+		return nil, err
+	}
+	// A file that was there already (another user may have made it in
+	// /tmp beforehand, to read what is captured) must be ours, and
+	// becomes private before anything is written to it.
+	fi, err := f.Stat()
+	if err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+			err = fmt.Errorf("%s belongs to another user (uid %d): not written", file, st.Uid)
+		}
+	}
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Truncate(0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 func isClosedBody(err error) bool {

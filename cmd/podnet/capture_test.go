@@ -145,4 +145,29 @@ func TestCaptureFileIsPrivate(t *testing.T) {
 	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the link's target: %v, want it not created", err)
 	}
+	// A file that was there already: made private, or refused when
+	// another user owns it (and then left as it was).
+	open := filepath.Join(dir, "open.pcap")
+	if err := os.WriteFile(open, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := captureOutput(c, open); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(open); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("capture into a file that was 0644: %v, mode %v; want -rw-------", err, st.Mode())
+	}
+	theirs := filepath.Join(dir, "theirs.pcap")
+	if err := os.WriteFile(theirs, []byte("theirs"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := captureOutput(c, theirs); err == nil || !strings.Contains(err.Error(), "belongs to another user") {
+		t.Errorf("-w to another user's file: %v, want a refusal", err)
+	}
+	if b, _ := os.ReadFile(theirs); string(b) != "theirs" {
+		t.Errorf("another user's file now holds %q, want it untouched", b)
+	}
 }
