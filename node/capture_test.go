@@ -120,8 +120,8 @@ func (r *captureRig) send(t *testing.T, n, size int) {
 // after captureWriteTimeout, which frees the port for the next capture.
 func TestCaptureStalledClient(t *testing.T) {
 	r := newCaptureRig(t)
-	defer func(d time.Duration) { captureWriteTimeout = d }(captureWriteTimeout)
-	captureWriteTimeout = 300 * time.Millisecond
+	defer captureWriteTimeout.Store(captureWriteTimeout.Load())
+	captureWriteTimeout.Store(int64(300 * time.Millisecond))
 	body, err := r.client.Capture("pod-a", 0, 0, "")
 	if err != nil {
 		t.Fatal(err)
@@ -249,15 +249,15 @@ func TestCaptureShowsDirection(t *testing.T) {
 func TestCaptureEndsWhenPodRemoved(t *testing.T) {
 	// The port is quiet for longer than the write timeout first: the end
 	// of the stream (the trailer with the reason) must still get out.
-	defer func(d time.Duration) { captureWriteTimeout = d }(captureWriteTimeout)
-	captureWriteTimeout = 300 * time.Millisecond
+	defer captureWriteTimeout.Store(captureWriteTimeout.Load())
+	captureWriteTimeout.Store(int64(300 * time.Millisecond))
 	r := newCaptureRig(t)
 	s, err := r.client.Capture("pod-a", 10, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	time.Sleep(2 * captureWriteTimeout)
+	time.Sleep(2 * writeTimeout())
 	if err := r.n.sw.RemovePort(r.podIdx); err != nil {
 		t.Fatal(err)
 	}

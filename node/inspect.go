@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"podnet/capture"
@@ -26,8 +27,13 @@ const maxCapture = time.Hour
 // a write. A client that stops reading (`podnet capture pod | less`,
 // paused) would otherwise hold the handler in a write, where neither
 // maxCapture nor the client's context is looked at, and the port's
-// capture with it.
-var captureWriteTimeout = 10 * time.Second
+// capture with it. Tests shorten it; handlers that outlive a test read
+// it still, hence atomic.
+var captureWriteTimeout atomic.Int64 // nanoseconds
+
+func init() { captureWriteTimeout.Store(int64(10 * time.Second)) }
+
+func writeTimeout() time.Duration { return time.Duration(captureWriteTimeout.Load()) }
 
 func (n *Node) registerInspect(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+nodeapi.PathTrace, func(w http.ResponseWriter, r *http.Request) {
@@ -93,7 +99,7 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	// flushed sends what write put in the response, or says it cannot.
 	flushed := func(write func() error) bool {
-		return rc.SetWriteDeadline(time.Now().Add(captureWriteTimeout)) == nil &&
+		return rc.SetWriteDeadline(time.Now().Add(writeTimeout())) == nil &&
 			write() == nil && rc.Flush() == nil
 	}
 	var pw *capture.Writer
@@ -121,7 +127,7 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 	// net/http writes the last chunk and the trailers after the handler
 	// returns, under the last write deadline set: renew it, or a port
 	// quiet for captureWriteTimeout loses the end of the stream.
-	defer func() { rc.SetWriteDeadline(time.Now().Add(captureWriteTimeout)) }()
+	defer func() { rc.SetWriteDeadline(time.Now().Add(writeTimeout())) }()
 
 	if port == "underlay" {
 		ifc, err := capture.OpenInterface(n.underlay)

@@ -20,6 +20,7 @@ import (
 	"podnet/internal/netnsutil"
 	"podnet/lab"
 	"podnet/nodeapi"
+	"podnet/router"
 )
 
 // The lab tests run real CNI clients against the plugin: cnitool (built
@@ -145,6 +146,29 @@ func podsOf(t *testing.T, l *lab.Lab, node string) map[string]nodeapi.PodInfo {
 		m[p.Name] = p
 	}
 	return m
+}
+
+// waitRoute waits until node routes ip (another node's pod) through BGP:
+// a lab made without pods has no blocks to announce until the first
+// container's, and its sessions may come up after the containers.
+func waitRoute(t *testing.T, l *lab.Lab, node string, ip netip.Addr) {
+	t.Helper()
+	c := nodeapi.NewClient(nodeSocket(t, l, node))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		routes, err := c.Routes()
+		if err == nil {
+			for _, r := range routes {
+				if r.Kind == router.KindRemote && r.Prefix.Contains(ip) {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has no route to %s after 30s (%v): %v", node, ip, err, routes)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // httpGet does GET path on addr from inside the namespace at nsPath and

@@ -186,6 +186,8 @@ func TestPodmanLab(t *testing.T) {
 	}
 
 	a, b := cs[0], cs[1]
+	waitRoute(t, l, a.node, b.ip)
+	waitRoute(t, l, b.node, a.ip)
 	for _, pair := range [][2]*container{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
 		t.Run(fmt.Sprintf("%s to %s", from.node, to.node), func(t *testing.T) {
