@@ -182,23 +182,31 @@ func TestCaptureReportsDropped(t *testing.T) {
 	for r.rxFrames(t) < 6000 {
 		r.send(t, 100, 1400)
 	}
-	pr, err := capture.NewReader(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := 0
-	for {
-		if _, _, _, err := pr.Next(); err != nil {
-			if !errors.Is(err, io.EOF) {
-				t.Fatal(err)
-			}
-			break
-		}
-		got++
-	}
+	got := len(readDirs(t, s))
 	if s.Dropped() == 0 || uint64(got)+s.Dropped() > r.rxFrames(t) {
 		t.Errorf("%d packets shown, %d reported dropped, %d read by the switch; want some dropped, none counted twice",
 			got, s.Dropped(), r.rxFrames(t))
+	}
+}
+
+// readDirs reads a capture stream to its end and returns each packet's
+// direction.
+func readDirs(t *testing.T, stream io.Reader) []capture.Dir {
+	t.Helper()
+	pr, err := capture.NewReader(stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs []capture.Dir
+	for {
+		_, dir, _, err := pr.Next()
+		if errors.Is(err, io.EOF) {
+			return dirs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, dir)
 	}
 }
 
@@ -224,22 +232,7 @@ func TestCaptureShowsDirection(t *testing.T) {
 	if err := unix.Sendto(r.tapFd, b.Bytes(), 0, &r.tapAddr); err != nil {
 		t.Fatal(err)
 	}
-	pr, err := capture.NewReader(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dirs []string
-	for {
-		_, dir, _, err := pr.Next()
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				t.Fatal(err)
-			}
-			break
-		}
-		dirs = append(dirs, dir.String())
-	}
-	if !slices.Equal(dirs, []string{"in", "out"}) {
+	if dirs := readDirs(t, s); !slices.Equal(dirs, []capture.Dir{capture.In, capture.Out}) {
 		t.Errorf("directions %q, want in (from the pod), out (to it)", dirs)
 	}
 }

@@ -253,14 +253,16 @@ func (c *Client) createPool(ctx context.Context, col datastore.Collection, s ste
 		if err != nil {
 			return 0, err
 		}
+		stored := make([]*api.IPPool, 0, len(kvs))
 		for _, kv := range kvs {
 			r, err := FromKV(api.KindIPPool, kv)
 			if err != nil {
 				return 0, err
 			}
-			if o := r.(*api.IPPool); o.Name != pool.Name && pool.Overlaps(o) {
-				return 0, pool.OverlapError(o)
-			}
+			stored = append(stored, r.(*api.IPPool))
+		}
+		if err := overlapError(pool, stored); err != nil {
+			return 0, err
 		}
 		rev, err := col.CreateIf(ctx, s.name, s.value, datastore.Unchanged{C: col, Since: since})
 		if !errors.Is(err, datastore.ErrStale) {
@@ -450,12 +452,21 @@ func (p *planner) checkOverlap(ctx context.Context, r api.Resource) error {
 		}
 		p.read = true
 	}
-	for _, o := range p.pools {
+	if err := overlapError(pool, p.pools); err != nil {
+		return err
+	}
+	p.pools = append(p.pools, pool)
+	return nil
+}
+
+// overlapError refuses pool if it overlaps one of others (itself, by
+// name, excepted).
+func overlapError(pool *api.IPPool, others []*api.IPPool) error {
+	for _, o := range others {
 		if o.Name != pool.Name && pool.Overlaps(o) {
 			return pool.OverlapError(o)
 		}
 	}
-	p.pools = append(p.pools, pool)
 	return nil
 }
 

@@ -78,18 +78,25 @@ func TestCaptureSaysDropped(t *testing.T) {
 	}
 }
 
-// TestCapturePrintsDirection: each printed packet says which way it
-// crossed the port.
-func TestCapturePrintsDirection(t *testing.T) {
-	c := captureDaemon(t, func(w http.ResponseWriter, _ *http.Request) {
+// portStream is a daemon's capture of pod-a: a 60-byte packet for each
+// direction in dirs.
+func portStream(t *testing.T, dirs ...capture.Dir) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
 		pw, err := capture.NewPortWriter(w, "pod-a", capture.Ethernet)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		pw.Write(time.Now(), capture.In, make([]byte, 60))
-		pw.Write(time.Now(), capture.Out, make([]byte, 60))
-	})
+		for _, d := range dirs {
+			pw.Write(time.Now(), d, make([]byte, 60))
+		}
+	}
+}
+
+// TestCapturePrintsDirection: each printed packet says which way it
+// crossed the port.
+func TestCapturePrintsDirection(t *testing.T) {
+	c := captureDaemon(t, portStream(t, capture.In, capture.Out))
 	out, _, err := captureOutput(c, "")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if err != nil || len(lines) != 2 || !strings.Contains(lines[0], " in ") || !strings.Contains(lines[1], " out ") {
@@ -119,14 +126,7 @@ func TestCaptureFailsWhenEnded(t *testing.T) {
 // TestCaptureFileIsPrivate: -w makes a file only its owner can read, and
 // does not follow a symbolic link at the name given.
 func TestCaptureFileIsPrivate(t *testing.T) {
-	c := captureDaemon(t, func(w http.ResponseWriter, _ *http.Request) {
-		pw, err := capture.NewPortWriter(w, "pod-a", capture.Ethernet)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		pw.Write(time.Now(), capture.In, make([]byte, 60))
-	})
+	c := captureDaemon(t, portStream(t, capture.In))
 	dir := t.TempDir()
 	file := filepath.Join(dir, "c.pcap")
 	if _, _, err := captureOutput(c, file); err != nil {
