@@ -82,6 +82,10 @@ func (c egressCaps) takesWhole(p packetRef) bool {
 	if !c.superframes {
 		return false
 	}
+	if p.gso.GSOType == packet.GSOUDPL4 {
+		// Only a device with USO takes UDP ones, and no tunnel does.
+		return c.coalesceUDP && c.maxSuperframe == 0
+	}
 	return c.maxSuperframe == 0 || p.n <= c.maxSuperframe && encap.WholeTCPSuperframe(p.ipv4(), p.gso)
 }
 

@@ -314,19 +314,23 @@ func (f *forwarder) send(in ingress, p packetRef, h *hop) {
 	h.eg.send(f, in, p, h)
 }
 
-// segment splits superframe p into MSS-sized segments in the batch's
-// scratch and sends each one. A superframe of more segments than the
-// scratch holds (a small MSS) is cut in rounds, what the lanes hold
-// written out between them.
+// segment splits superframe p into segments (TCP: MSS-sized; UDP: its
+// datagrams) in the batch's scratch and sends each one. A superframe of
+// more segments than the scratch holds (a small MSS) is cut in rounds,
+// what the lanes hold written out between them.
 func (f *forwarder) segment(in ingress, p packetRef, h *hop) {
 	seg := f.borrowSeg()
 	if segScratchLen-f.segUsed < min(maxSegments(p), segScratchLen) {
 		f.flushAll()
 		seg = f.borrowSeg()
 	}
+	cut := packet.SegmentTCPv4From
+	if p.gso.GSOType == packet.GSOUDPL4 {
+		cut = packet.SegmentUDPv4From
+	}
 	for first := 0; ; {
 		bufs, sizes := seg.bufs[f.segUsed:], seg.sizes[f.segUsed:]
-		cnt, total, err := packet.SegmentTCPv4From(p.ipv4(), p.gso, first, bufs, sizes, packet.Headroom)
+		cnt, total, err := cut(p.ipv4(), p.gso, first, bufs, sizes, packet.Headroom)
 		if err != nil {
 			in.stats().drop(DropBadGSO)
 			return

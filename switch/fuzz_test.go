@@ -31,14 +31,20 @@ func FuzzForward(f *testing.F) {
 	hostSuper = append(hostSuper[:vnetLen:vnetLen], hostSuper[vnetLen+ethLen:]...)
 	packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4, HdrLen: 40, GSOSize: 1000, CsumStart: 20, CsumOffset: 16}.Encode(hostSuper)
 	f.Add(uint8(4), hostSuper)
+	// A UDP superframe from the node (USO): to a plain pod, an offload
+	// pod, over IP-in-IP and VXLAN; each is cut into its datagrams.
+	for _, dst := range []string{"10.0.0.3", "10.0.0.1", "10.0.1.5", "10.0.2.5"} {
+		f.Add(uint8(4), hostUDPSuperframe("172.16.0.1", dst, 3, 700, 100))
+	}
 
 	n.s.mu.Lock()
 	a, host := n.s.att.pods[n.a.port], n.s.att.host
 	ipip, vx := n.s.att.tunnels[1], n.s.att.tunnels[2]
 	ipipRx, vxRx := ipip.t.Receivers()[0], vx.t.Receivers()[0]
-	// The same host device, read as the offload TUN reads (virtio header
-	// first), on a lane of its own.
-	hostOffload := &hostPort{dev: host.dev, offload: true, lane: n.s.newLaneIDLocked()}
+	// The same host device, read as the offload TUN reads on a kernel
+	// with USO (virtio header first, UDP superframes too), on a lane of
+	// its own.
+	hostOffload := &hostPort{dev: host.dev, offload: true, uso: true, lane: n.s.newLaneIDLocked()}
 	n.s.mu.Unlock()
 	fw := newForwarder(n.s)
 	buf := make([]byte, packet.BufferSize)

@@ -22,9 +22,14 @@ const tunOffset = 16
 // OpenHostTUN creates the host port's TUN in the calling thread's network
 // namespace, with virtio-net headers and TSO and checksum offloads (package
 // tap), and sets its MTU. Superframes cross it whole both ways: the node's
-// stack hands us its TSO packets unsplit, and takes ours as they are.
+// stack hands us its TSO packets unsplit, and takes ours as they are. On a
+// kernel with USO that holds for UDP superframes too: what the node's own
+// sockets send with UDP_SEGMENT, and what it forwards to pods from other
+// nodes whole (a routed pod's burst that the other node's switch merged),
+// is read once per burst, and shape cuts it for egresses that cannot take
+// it.
 func OpenHostTUN(name string, mtu int) (HostDevice, error) {
-	d, err := tap.Open(tap.Config{Name: name, Offload: true, L3: true})
+	d, err := tap.Open(tap.Config{Name: name, Offload: true, L3: true, ReadUDPSuperframes: true})
 	if err != nil {
 		return nil, fmt.Errorf("create host tun %s: %w", name, err)
 	}
@@ -87,7 +92,7 @@ const hostTUNBatch = 32
 type hostPort struct {
 	dev     HostDevice
 	offload bool // dev reads and writes virtio-net headers
-	uso     bool // dev takes GSO_UDP_L4 superframes
+	uso     bool // dev takes GSO_UDP_L4 superframes, and may read them
 	lane    int
 	c       counters
 	capt    atomic.Pointer[Capture]
@@ -164,7 +169,7 @@ func (f *forwarder) fromHost(h *hostPort, buf []byte, off, size int) {
 		return
 	}
 	ip = ip[:ip.TotalLen()]
-	if !offloadValid(&h.c, hdr, 0, ip) {
+	if !offloadValid(&h.c, hdr, 0, ip, h.uso) {
 		return
 	}
 	if !containsAddr(f.fib.pools, ip.Src()) && f.dry == nil {

@@ -1357,3 +1357,87 @@ func TestVXLANReceivers(t *testing.T) {
 		}
 	}
 }
+
+// hostUDPSuperframe is what the host TUN reads on a kernel with USO for a
+// UDP_SEGMENT send (or a burst forwarded whole) from src to dst: a
+// virtio header and one GSO_UDP_L4 superframe of `datagrams` payloads of
+// size bytes and a last one of tail bytes. Payload byte i is byte(i).
+func hostUDPSuperframe(src, dst string, datagrams, size, tail int) []byte {
+	ip := ipSpec{src: src, dst: dst, payload: datagrams*size + tail}.build()
+	h := packet.AsUDPSuperframe(packet.IPv4(ip), size)
+	b := make([]byte, vnetLen, vnetLen+len(ip))
+	h.Encode(b)
+	return append(b, ip...)
+}
+
+// A UDP superframe the node sends is cut into its datagrams, each
+// complete with a valid checksum, for every egress that cannot take it
+// whole: a plain pod, an offload pod without USO, IP-in-IP, VXLAN.
+// A pod, which may not send UDP superframes, has one refused.
+func TestHostUDPSuperframeCut(t *testing.T) {
+	n := newFakeNetHost(t, true)
+	const datagrams, size, tail = 3, 1000, 500
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.0.3", datagrams, size, tail))
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.0.2", datagrams, size, tail))
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.1.7", datagrams, size, tail))
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.2.7", datagrams, size, tail))
+
+	check := func(where string, ips [][]byte) {
+		t.Helper()
+		if len(ips) != datagrams+1 {
+			t.Fatalf("%s: %d packets, want %d datagrams", where, len(ips), datagrams+1)
+		}
+		for k, b := range ips {
+			ip, pkt := decoded(t, b)
+			want := size
+			if k == datagrams {
+				want = tail
+			}
+			udp, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
+			if !ok || len(udp.Payload) != want || int(ip.Length) != 28+want {
+				t.Fatalf("%s: datagram %d: %d bytes of payload, IP length %d; want %d", where, k, len(udp.Payload), ip.Length, want)
+			}
+			for j, c := range udp.Payload {
+				if c != byte(k*size+j) {
+					t.Fatalf("%s: datagram %d: payload byte %d is %d, want %d", where, k, j, c, byte(k*size+j))
+				}
+			}
+		}
+	}
+	for _, p := range []*fakePod{n.c, n.b} {
+		frames, _ := p.dev.wait(t, datagrams+1)
+		var ips [][]byte
+		for _, f := range frames {
+			h, ip := podRx(t, p, f)
+			if h.GSOType != packet.GSONone {
+				t.Fatalf("pod %s got a superframe (%+v) it cannot take", p.dev.name, h)
+			}
+			ips = append(ips, ip)
+		}
+		check("pod "+p.dev.name, ips)
+	}
+	ipip, _ := n.ipip.wait(t, datagrams+1) // inner packets: the conn adds the outer header
+	check("IP-in-IP", ipip)
+	vx, _ := n.vx.wait(t, datagrams+1)
+	var inner [][]byte
+	for _, d := range vx {
+		inner = append(inner, d[encap.VXLANHeaderLen+ethLen:])
+	}
+	check("VXLAN", inner)
+	if h := n.stats("host"); h.GSOFrames != 4 || len(h.Drops) != 0 {
+		t.Errorf("host port: %d superframes read, drops %v; want 4 and none", h.GSOFrames, h.Drops)
+	}
+
+	// The same superframe from a pod is refused: pods' TAPs hand over no
+	// UDP superframes, so one is forged.
+	f := hostUDPSuperframe("10.0.0.1", "10.0.0.3", datagrams, size, tail)
+	var h packet.VirtioNetHdr
+	h.Decode(f)
+	h.HdrLen += ethLen
+	h.CsumStart += ethLen
+	frame := podFrame(n.a, f[vnetLen:])
+	h.Encode(frame)
+	before := n.stats("a").Drops[DropBadGSO.String()]
+	n.a.dev.offer(frame)
+	n.waitDrop(t, "a", DropBadGSO, before)
+}

@@ -197,7 +197,7 @@ func (f *forwarder) fromPod(in *podPort, buf []byte, off, size int) {
 		in.c.drop(ipDropReason(perr))
 		return
 	}
-	if !offloadValid(&in.c, hdr, ethLen, ip) {
+	if !offloadValid(&in.c, hdr, ethLen, ip, false) {
 		return
 	}
 	if ip.SrcBytes() != in.ip4 {
@@ -209,12 +209,20 @@ func (f *forwarder) fromPod(in *podPort, buf []byte, off, size int) {
 
 // offloadValid checks what a kernel's virtio header asks of the switch for
 // ip, with l2 bytes of link header counted in its offsets: a superframe
-// must be TCP/IPv4 (counted in gsoFrames), a partial checksum must lie in
-// the transport header. A refusal is counted on c.
-func offloadValid(c *counters, hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4) bool {
+// must be TCP/IPv4 (counted in gsoFrames), or UDP/IPv4 where the port
+// reads UDP superframes (udp), and a partial checksum must lie in the
+// transport header. A refusal is counted on c.
+func offloadValid(c *counters, hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4, udp bool) bool {
 	if hdr.GSOType != packet.GSONone {
 		c.gsoFrames.Add(1)
-		if hdr.GSOType&^packet.GSOECN != packet.GSOTCPv4 || ip.Protocol() != packet.ProtoTCP {
+		ok := false
+		switch hdr.GSOType &^ packet.GSOECN {
+		case packet.GSOTCPv4:
+			ok = ip.Protocol() == packet.ProtoTCP
+		case packet.GSOUDPL4:
+			ok = udp && hdr.GSOType == packet.GSOUDPL4 && ip.Protocol() == packet.ProtoUDP && hdr.GSOSize > 0
+		}
+		if !ok {
 			c.drop(DropBadGSO)
 			return false
 		}

@@ -33,6 +33,10 @@ type testNet struct {
 	s      *Switch
 	nodeNS string
 	pods   []*testPod
+	// host is the host TUN's name once attachHost made it, hostIP the
+	// node's address on it.
+	host   string
+	hostIP netip.Addr
 }
 
 func newTestNet(t testing.TB) *testNet { return newTestNetConfig(t, Config{}) }
@@ -76,11 +80,54 @@ func (tn *testNet) publish(t testing.TB) {
 	for _, p := range tn.pods {
 		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(p.ip, 32), Kind: router.KindLocalPod, Port: p.port, Dev: p.name})
 	}
+	if tn.host != "" {
+		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(tn.hostIP, 32), Kind: router.KindHost, Dev: tn.host})
+	}
 	tab, err := router.NewTable(routes)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tn.s.SetRoutes(tab)
+}
+
+// attachHost joins the node namespace to the switch as the daemon does:
+// a host TUN with address nodeIP and a route to the pods' 10.99.0.0/24
+// through it.
+func (tn *testNet) attachHost(t testing.TB, nodeIP string) {
+	t.Helper()
+	tn.hostIP = netip.MustParseAddr(nodeIP)
+	var host HostDevice
+	err := netnsutil.Do(tn.nodeNS, func() (err error) {
+		if host, err = OpenHostTUN(nettest.UniqueName("pn"), 1500); err != nil {
+			return err
+		}
+		tn.host, _ = host.Name()
+		// As the daemon does: the node's IPv6 chatter stays off the port.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+tn.host+"/disable_ipv6", []byte("1"), 0); err != nil {
+			return err
+		}
+		for _, args := range [][]string{
+			{"addr", "add", nodeIP + "/32", "dev", tn.host},
+			{"link", "set", tn.host, "up"},
+			{"route", "add", "10.99.0.0/24", "dev", tn.host, "src", nodeIP},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if host != nil {
+			host.Close()
+		}
+		t.Fatal(err)
+	}
+	if err := tn.s.AttachHost(host); err != nil {
+		host.Close()
+		t.Fatal(err)
+	}
+	tn.publish(t)
 }
 
 func (tn *testNet) stats(name string) PortStats { return portStats(tn.s, name) }
@@ -151,48 +198,10 @@ func TestReplyPollingTAP(t *testing.T) {
 // reach the node's stack whole. Every byte arrives (SHA-256).
 func TestHostTUNOffload(t *testing.T) {
 	tn := newTestNet(t)
-	nodeIP := netip.MustParseAddr("10.99.1.1")
-	var host HostDevice
-	err := netnsutil.Do(tn.nodeNS, func() (err error) {
-		if host, err = OpenHostTUN(nettest.UniqueName("pn"), 1500); err != nil {
-			return err
-		}
-		name, _ := host.Name()
-		// As the daemon does: the node's IPv6 chatter stays off the port.
-		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0); err != nil {
-			return err
-		}
-		for _, args := range [][]string{
-			{"addr", "add", nodeIP.String() + "/32", "dev", name},
-			{"link", "set", name, "up"},
-			{"route", "add", "10.99.0.0/24", "dev", name, "src", nodeIP.String()},
-		} {
-			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-				return fmt.Errorf("ip %v: %v: %s", args, err, out)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tn.s.AttachHost(host); err != nil {
-		host.Close()
-		t.Fatal(err)
-	}
+	tn.attachHost(t, "10.99.1.1")
+	nodeIP := tn.hostIP
 	a := tn.addPod(t, "a", "10.99.0.1", true)
 	b := tn.addPod(t, "b", "10.99.0.2", false)
-	name, _ := host.Name()
-	var routes []router.Route
-	for _, p := range tn.pods {
-		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(p.ip, 32), Kind: router.KindLocalPod, Port: p.port, Dev: p.name})
-	}
-	routes = append(routes, router.Route{Prefix: netip.PrefixFrom(nodeIP, 32), Kind: router.KindHost, Dev: name})
-	tab, err := router.NewTable(routes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tn.s.SetRoutes(tab)
 
 	nettest.Transfer(t, tn.nodeNS, a.ns, a.ip, 8<<20)
 	nettest.Transfer(t, a.ns, tn.nodeNS, nodeIP, 8<<20)

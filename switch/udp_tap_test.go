@@ -3,6 +3,7 @@ package vswitch
 import (
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"os/exec"
 	"testing"
 	"time"
@@ -87,12 +88,147 @@ func TestUDPSuperframesTAP(t *testing.T) {
 		time.Sleep(2 * time.Millisecond) // let the TAP's queue drain: no loss
 	}
 
+	readSeq(t, rx, seq, size)
+
+	st := tn.stats("b")
+	t.Logf("%d datagrams reached b in %d writes", seq, st.TxFrames)
+	if uso && st.TxFrames >= uint64(seq) {
+		t.Errorf("%d datagrams in bursts of %d took %d writes: none were merged", seq, perBurst, st.TxFrames)
+	}
+	if !uso && st.TxFrames != uint64(seq) {
+		t.Errorf("without USO: %d writes for %d datagrams", st.TxFrames, seq)
+	}
+}
+
+// TestHostUDPSuperframes: what the node's own sockets send with
+// UDP_SEGMENT reaches the host TUN's reader as one UDP superframe per
+// send (on a kernel with USO), goes whole to a pod whose TAP takes UDP
+// superframes, and is cut by the switch into its datagrams for a plain
+// pod: every datagram arrives once, in order, with its own size and
+// bytes (a wrong UDP checksum would make the pod's kernel drop it).
+func TestHostUDPSuperframes(t *testing.T) {
+	tn := newTestNet(t)
+	tn.attachHost(t, "10.99.1.1")
+	a := tn.addPod(t, "a", "10.99.0.1", true)
+	b := tn.addPod(t, "b", "10.99.0.2", false)
+	uso := tn.s.UDPSuperframes()
+	t.Logf("kernel takes UDP superframes (USO): %v", uso)
+
+	const sends, segs, segSize, tail = 20, 40, 300, 100
+	perSend := segs + 1 // the tail is a shorter last datagram
+	size := func(seq int) int {
+		if seq%perSend == segs {
+			return tail
+		}
+		return segSize
+	}
+	for _, p := range []*testPod{a, b} {
+		rx := listenUDP(t, p.ns, p.ip, 7002)
+		sendSegmented(t, tn.nodeNS, p.ip, 7002, sends, segs, segSize, tail)
+		readSeq(t, rx, sends*perSend, size)
+	}
+
+	h, sa, sb := tn.stats("host"), tn.stats("a"), tn.stats("b")
+	t.Logf("host read %d frames (%d superframes); a got %d writes, b %d", h.RxFrames, h.GSOFrames, sa.TxFrames, sb.TxFrames)
+	if uso {
+		if h.GSOFrames < 2*sends {
+			t.Errorf("host port read %d superframes, want one per send (%d)", h.GSOFrames, 2*sends)
+		}
+		if sa.TxFrames > sends {
+			t.Errorf("pod a (USO) got %d writes for %d sends: superframes were cut", sa.TxFrames, sends)
+		}
+	} else if h.GSOFrames != 0 {
+		t.Errorf("without USO the host port read %d superframes", h.GSOFrames)
+	}
+	if sb.TxFrames != uint64(sends*perSend) {
+		t.Errorf("plain pod b got %d writes, want one per datagram (%d)", sb.TxFrames, sends*perSend)
+	}
+	for _, n := range []string{"host", "a", "b"} {
+		if d := tn.stats(n).Drops; len(d) != 0 {
+			t.Errorf("drops on %s: %v", n, d)
+		}
+	}
+}
+
+// listenUDP opens a UDP socket on ip:port in namespace ns with a large
+// receive buffer, closed when the test ends.
+func listenUDP(t *testing.T, ns string, ip netip.Addr, port int) *net.UDPConn {
+	t.Helper()
+	var rx *net.UDPConn
+	err := netnsutil.Do(ns, func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip.AsSlice(), Port: port})
+		rx = c
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rx.Close() })
+	if rc, err := rx.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) })
+	}
+	return rx
+}
+
+// sendSegmented sends, from namespace ns to dst:port, `sends` buffers of
+// segs datagrams of segSize bytes and one of tail bytes each, with
+// UDP_SEGMENT: the kernel cuts each buffer into its datagrams, or hands
+// it whole to a device with USO. Datagram k starts with k (big endian)
+// and byte j of it is byte(k+j).
+func sendSegmented(t *testing.T, ns string, dst netip.Addr, port, sends, segs, segSize, tail int) {
+	t.Helper()
+	var tx *net.UDPConn
+	err := netnsutil.Do(ns, func() error {
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: dst.AsSlice(), Port: port})
+		tx = c
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	rc, err := tx.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT, segSize) })
+	if serr != nil {
+		t.Fatalf("UDP_SEGMENT: %v", serr)
+	}
+	seq := 0
+	for range sends {
+		buf := make([]byte, 0, segs*segSize+tail)
+		for i := 0; i <= segs; i++ {
+			n := segSize
+			if i == segs {
+				n = tail
+			}
+			d := make([]byte, n)
+			binary.BigEndian.PutUint32(d, uint32(seq))
+			for j := 4; j < n; j++ {
+				d[j] = byte(seq + j)
+			}
+			buf = append(buf, d...)
+			seq++
+		}
+		if _, err := tx.Write(buf); err != nil {
+			t.Fatalf("send %d bytes with UDP_SEGMENT %d: %v", len(buf), segSize, err)
+		}
+		time.Sleep(2 * time.Millisecond) // let the queues drain: no loss
+	}
+}
+
+// readSeq reads total datagrams from rx and checks that datagram k is the
+// k-th sent, size(k) bytes long, with the bytes sendSegmented wrote.
+func readSeq(t *testing.T, rx *net.UDPConn, total int, size func(int) int) {
+	t.Helper()
 	rx.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 2048)
-	for want := 0; want < seq; want++ {
+	for want := 0; want < total; want++ {
 		n, err := rx.Read(buf)
 		if err != nil {
-			t.Fatalf("after %d of %d datagrams: %v", want, seq, err)
+			t.Fatalf("after %d of %d datagrams: %v", want, total, err)
 		}
 		got := int(binary.BigEndian.Uint32(buf))
 		if got != want || n != size(want) {
@@ -103,13 +239,5 @@ func TestUDPSuperframesTAP(t *testing.T) {
 				t.Fatalf("datagram %d: byte %d differs", want, j)
 			}
 		}
-	}
-	st := tn.stats("b")
-	t.Logf("%d datagrams reached b in %d writes", seq, st.TxFrames)
-	if uso && st.TxFrames >= uint64(seq) {
-		t.Errorf("%d datagrams in bursts of %d took %d writes: none were merged", seq, perBurst, st.TxFrames)
-	}
-	if !uso && st.TxFrames != uint64(seq) {
-		t.Errorf("without USO: %d writes for %d datagrams", st.TxFrames, seq)
 	}
 }

@@ -36,6 +36,12 @@ type Config struct {
 	// L3 opens a TUN (IP packets, no link header) instead of a TAP. It
 	// needs Offload.
 	L3 bool
+	// ReadUDPSuperframes lets the kernel hand the reader UDP superframes
+	// (GSO_UDP_L4) too, where it has USO (UDPSegmentation): a burst of a
+	// flow's datagrams is then read once instead of once per datagram. The
+	// reader must cut them for every consumer that cannot take them; the
+	// host TUN's reader does (the switch's shape).
+	ReadUDPSuperframes bool
 }
 
 // Device is an open TAP fd.
@@ -69,8 +75,9 @@ type Device struct {
 
 // offloadFlags are what we can take from the kernel: partial checksums and
 // TCP segmentation offload for IPv4 and IPv6. UDP segmentation (USO) is left
-// off for reads because every consumer of a UDP superframe would have to
-// split it; see probeUSO for writes.
+// off for reads unless Config.ReadUDPSuperframes asks for it, because every
+// consumer of a UDP superframe would have to split it; see probeUSO for
+// writes.
 const offloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 
 // TUN_F_USO4 and TUN_F_USO6 (linux/if_tun.h, Linux 6.2), not in x/sys yet.
@@ -127,7 +134,11 @@ func Open(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tap %q: TUNSETVNETHDRSZ: %w", cfg.Name, err)
 	}
 	uso := probeUSO(fd)
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags); err != nil {
+	flags := offloadFlags
+	if uso && cfg.ReadUDPSuperframes {
+		flags |= tunFUSO4 | tunFUSO6
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, flags); err != nil {
 		return nil, fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", cfg.Name, err)
 	}
 	if cfg.Persist {
