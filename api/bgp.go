@@ -164,6 +164,9 @@ type BGPPeerSpec struct {
 	HoldTime      *Duration `json:"holdTime,omitempty"`
 }
 
+// DefaultHoldTime is the hold time of a session whose BGPPeer sets none.
+const DefaultHoldTime = 90 * time.Second
+
 // BGPPassword says where the session password comes from: exactly one of
 // a file on the node (`password: {secretFile: /etc/podnet/peer.pw}`,
 // trailing newline stripped) or an environment variable of the daemon
@@ -188,7 +191,7 @@ func (p *BGPPeer) SetDefaults() {}
 // ParsePeerIP splits PeerIP into address and port (0 when absent).
 func ParsePeerIP(s string) (netip.Addr, int, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
-		return a, 0, nil
+		return a.Unmap(), 0, nil // ::ffff:a.b.c.d is the IPv4 address
 	}
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
@@ -197,7 +200,7 @@ func ParsePeerIP(s string) (netip.Addr, int, error) {
 	if ap.Port() == 0 {
 		return netip.Addr{}, 0, fmt.Errorf("peer %q: port 0", s)
 	}
-	return ap.Addr(), int(ap.Port()), nil
+	return ap.Addr().Unmap(), int(ap.Port()), nil
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -231,6 +234,11 @@ func (p *BGPPeer) Validate() error {
 			fe.add("BGPPeer.Spec.PeerIP", s.PeerIP, "must be <IPv4>[:port] or [<IPv6>]:port")
 		} else if !a.Unmap().Is4() {
 			fe.add("BGPPeer.Spec.PeerIP", s.PeerIP, notYet("IPv6 BGP peers", noteNoIPv6+" (IPv6 pools are refused too)"))
+		} else if !a.Unmap().IsGlobalUnicast() {
+			// 0.0.0.0, loopback, link-local, multicast, broadcast: no BGP
+			// router is there, and 0.0.0.0 would make every node a peer
+			// of itself.
+			fe.add("BGPPeer.Spec.PeerIP", s.PeerIP, "must be a unicast address of a BGP router (not unspecified, loopback, link-local, multicast or broadcast)")
 		}
 		if s.ASNumber == 0 {
 			fe.add("BGPPeer.Spec.ASNumber", 0, "asNumber is required (1..4294967295) unless peerSelector is set")
@@ -264,6 +272,10 @@ func (p *BGPPeer) Validate() error {
 			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, "keepalive time must be a whole number of seconds ≥ 1s")
 		case s.HoldTime != nil && s.HoldTime.Duration > 0 && k.Duration >= s.HoldTime.Duration:
 			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, "keepalive time must be less than the hold time")
+		case s.HoldTime == nil && k.Duration >= DefaultHoldTime:
+			// The session would run on the default hold time and expire
+			// before each keepalive.
+			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, fmt.Sprintf("keepalive time must be less than the hold time (%v when holdTime is not set)", DefaultHoldTime))
 		}
 	}
 	return fe.err()

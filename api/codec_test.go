@@ -229,9 +229,9 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 func TestDecodeASNumberForms(t *testing.T) {
-	rs := decodeString(t, "apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: a}\nspec: {peerIP: 1.2.3.4, asNumber: \"1.10\", keepaliveTime: 90s}\n")
+	rs := decodeString(t, "apiVersion: podnet.io/v1\nkind: BGPPeer\nmetadata: {name: a}\nspec: {peerIP: 1.2.3.4, asNumber: \"1.10\", keepaliveTime: 60s}\n")
 	p := rs[0].(*BGPPeer)
-	if p.Spec.ASNumber != 65546 || p.Spec.KeepaliveTime.Duration != 90*time.Second {
+	if p.Spec.ASNumber != 65546 || p.Spec.KeepaliveTime.Duration != 60*time.Second {
 		t.Fatalf("got %+v", p.Spec)
 	}
 }

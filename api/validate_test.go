@@ -198,6 +198,14 @@ func TestOtherKindsValidate(t *testing.T) {
 		{"peer password file absent here", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, Password: &BGPPassword{SecretFile: "/nonexistent/podnet/peer.pw"}}}, ""},
 		{"peer hold", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, HoldTime: dur("2s")}}, "hold time must be 0 or"},
 		{"peer keepalive", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, HoldTime: dur("9s"), KeepaliveTime: dur("9s")}}, "keepalive time must be less than the hold time"},
+		{"peer keepalive past default hold", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, KeepaliveTime: dur("90s")}},
+			"BGPPeer.Spec.KeepaliveTime = '1m30s' (keepalive time must be less than the hold time (1m30s when holdTime is not set))"},
+		{"peer keepalive under default hold", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "1.2.3.4", ASNumber: 1, KeepaliveTime: dur("89s")}}, ""},
+		{"peer unspecified", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "0.0.0.0", ASNumber: 1}}, "BGPPeer.Spec.PeerIP = '0.0.0.0' (must be a unicast address of a BGP router"},
+		{"peer loopback", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "127.0.0.1:1790", ASNumber: 1}}, "BGPPeer.Spec.PeerIP = '127.0.0.1:1790' (must be a unicast address"},
+		{"peer multicast", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "224.0.0.5", ASNumber: 1}}, "must be a unicast address"},
+		{"peer v4-mapped loopback", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "::ffff:127.0.0.1", ASNumber: 1}}, "must be a unicast address"},
+		{"peer private", &BGPPeer{ObjectMeta: ObjectMeta{Name: "tor"}, Spec: BGPPeerSpec{PeerIP: "10.77.0.1", ASNumber: 1}}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
