@@ -48,6 +48,17 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 	waits := func(addr netip.Addr) bool { return myAddr.Compare(addr) > 0 }
 	global := settings.Global
 	globalASN := GlobalASN(global)
+	myASN := NodeASN(self, globalASN)
+	// rrClient says whether a session with node o, whose AS is asn and
+	// for which this node uses local AS local (0: its own), makes o this
+	// route reflector's client: only a non-reflector in the same AS
+	// (reflection is an iBGP matter; gobgp refuses it on eBGP).
+	rrClient := func(o *api.Node, asn, local uint32) bool {
+		if local == 0 {
+			local = myASN
+		}
+		return IsRouteReflector(self) && !IsRouteReflector(o) && asn == local
+	}
 	if global.Spec.NodeToNodeMeshEnabled == nil || *global.Spec.NodeToNodeMeshEnabled {
 		for _, o := range others {
 			if p, ok := NodeAddr(o); ok {
@@ -64,11 +75,18 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				if !ok || !appliesTo(s, o) {
 					continue
 				}
-				if _, dup := byAddr[p.Addr()]; dup {
+				if q, dup := byAddr[p.Addr()]; dup && q.Type != PeerMesh {
 					continue
 				}
-				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: NodeASN(o, globalASN), Type: PeerNode,
-					Password: peerPassword(s.Password), RRClient: IsRouteReflector(self) && !IsRouteReflector(o),
+				// As the other end dials: with the BGPPeer's local AS
+				// if it sets one, and its password, replacing the mesh
+				// session as its own entry does.
+				asn := NodeASN(o, globalASN)
+				if s.LocalASNumber != nil {
+					asn = uint32(*s.LocalASNumber)
+				}
+				byAddr[p.Addr()] = bgp.Peer{Address: p.Addr(), Port: settings.ListenPort(o.Name), ASN: asn, Type: PeerNode,
+					Password: peerPassword(s.Password), RRClient: rrClient(o, asn, 0),
 					Passive: waits(p.Addr())}
 			}
 		}
@@ -103,7 +121,7 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				}
 				pe := base
 				pe.Address, pe.Port, pe.ASN = p.Addr(), settings.ListenPort(o.Name), NodeASN(o, globalASN)
-				pe.RRClient = IsRouteReflector(self) && !IsRouteReflector(o)
+				pe.RRClient = rrClient(o, pe.ASN, pe.LocalASN)
 				pe.Passive = waits(pe.Address)
 				byAddr[pe.Address] = pe
 			}
@@ -130,19 +148,36 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				continue
 			}
 			for _, o := range others {
-				if q, ok := NodeAddr(o); ok && q.Addr() == a && !IsRouteReflector(o) {
+				if q, ok := NodeAddr(o); ok && q.Addr() == a && rrClient(o, p.ASN, 0) {
 					p.RRClient = true
 					byAddr[a] = p
 				}
 			}
 		}
 	}
+	// A Node left behind at this node's address (renamed, or its address
+	// reused), or a peerIP naming it: no session with ourselves, which
+	// the speaker refuses (NodesAt tells the daemon to warn).
+	delete(byAddr, myAddr)
 	out := make([]bgp.Peer, 0, len(byAddr))
 	for _, p := range byAddr {
 		out = append(out, p)
 	}
 	slices.SortFunc(out, func(a, b bgp.Peer) int { return a.Address.Compare(b.Address) })
 	return out
+}
+
+// NodesAt names the nodes whose address is addr: for the daemon, other
+// Nodes at its own address, which it warns about (a stale Node; its
+// VXLAN MAC and blocks may mislead the others).
+func NodesAt(nodes []*api.Node, addr netip.Addr) []string {
+	var names []string
+	for _, o := range nodes {
+		if p, ok := NodeAddr(o); ok && p.Addr() == addr {
+			names = append(names, o.Name)
+		}
+	}
+	return names
 }
 
 // isNodeAddr says whether addr is the address of one of nodes.

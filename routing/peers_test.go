@@ -117,9 +117,26 @@ func TestDesiredPeers(t *testing.T) {
 			},
 		},
 		{
-			name: "mesh session wins over a reverse peering", me: rr, others: []*api.Node{w1}, mesh: true,
+			// As the client's own entry replaces its mesh session (the
+			// forward end), so does the reflector's reverse one: both
+			// ends then agree on password and AS.
+			name: "a reverse peering replaces the mesh session", me: rr, others: []*api.Node{w1}, mesh: true,
 			peers: []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) { s.PeerSelector = "role == 'rr'" })},
-			want:  []bgp.Peer{{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerMesh, RRClient: true, Passive: true}},
+			want:  []bgp.Peer{{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerNode, RRClient: true, Passive: true}},
+		},
+		{
+			name: "no session with a stale Node at our own address", me: w1, others: []*api.Node{w2, node("old-w1", "10.0.0.1/24")}, mesh: true,
+			peers: []*api.BGPPeer{bgpPeer("self", func(s *api.BGPPeerSpec) { s.PeerIP, s.ASNumber = "10.0.0.1", 65001 })},
+			want:  []bgp.Peer{{Address: addr("10.0.0.2"), Port: 179, ASN: as, Type: PeerMesh}},
+		},
+		{
+			// Reflection is iBGP only: a node in its own AS is an
+			// ordinary eBGP neighbour of the reflector.
+			name: "reflector: no client in another AS", me: rr, others: []*api.Node{w1, w2own}, mesh: true,
+			want: []bgp.Peer{
+				{Address: addr("10.0.0.1"), Port: 179, ASN: as, Type: PeerMesh, RRClient: true, Passive: true},
+				{Address: addr("10.0.0.2"), Port: 179, ASN: 65002, Type: PeerMesh, Passive: true},
+			},
 		},
 		{
 			name: "not registered yet: selectors match nothing", me: nil, others: []*api.Node{w1},
@@ -137,6 +154,86 @@ func TestDesiredPeers(t *testing.T) {
 			got := DesiredPeers(name, me, tt.me, tt.others, tt.peers, NewBGPSettings([]*api.BGPConfiguration{globalConfig(tt.mesh)}))
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestPeeringEndsAgree: for a session between two nodes, each end's
+// entry for the other must match what the other sends: the same
+// password, the AS the other uses on it (its local AS override, else its
+// own), and exactly one end dialling. Otherwise the session never comes
+// up.
+func TestPeeringEndsAgree(t *testing.T) {
+	asn := func(a api.ASNumber) *api.ASNumber { return &a }
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w1 := node("w1", "10.0.0.1/24")
+	w2own := node("w2", "10.0.0.2/24")
+	w2own.Spec.BGP.ASNumber = asn(65002)
+	rr := reflector(node("rr", "10.0.0.9/24", "role", "rr"), "1.1.1.1")
+	toRR := func(f func(s *api.BGPPeerSpec)) []*api.BGPPeer {
+		return []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) {
+			s.NodeSelector, s.PeerSelector = "!has(role)", "role == 'rr'"
+			f(s)
+		})}
+	}
+	tests := []struct {
+		name  string
+		nodes []*api.Node
+		peers []*api.BGPPeer
+		mesh  bool
+	}{
+		{"mesh", []*api.Node{w1, w2own, rr}, nil, true},
+		{"reflector with a password, mesh on", []*api.Node{w1, rr}, toRR(func(s *api.BGPPeerSpec) { s.Password = &api.BGPPassword{SecretFile: pwFile} }), true},
+		{"reflector with a password, mesh off", []*api.Node{w1, rr}, toRR(func(s *api.BGPPeerSpec) { s.Password = &api.BGPPassword{SecretFile: pwFile} }), false},
+		{"reflector, clients with a local AS", []*api.Node{w1, rr}, toRR(func(s *api.BGPPeerSpec) { s.LocalASNumber = asn(65100) }), false},
+		{"reflector, a client in its own AS", []*api.Node{w1, w2own, rr}, toRR(func(*api.BGPPeerSpec) {}), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			settings := NewBGPSettings([]*api.BGPConfiguration{globalConfig(tt.mesh)})
+			global := GlobalASN(settings.Global)
+			sessions := map[[2]string]bgp.Peer{} // [from, to]
+			for _, me := range tt.nodes {
+				self, others := SplitNodes(tt.nodes, me.Name)
+				myAddr, _ := NodeAddr(me)
+				for _, p := range DesiredPeers(me.Name, myAddr.Addr(), self, others, tt.peers, settings) {
+					for _, o := range others {
+						if a, _ := NodeAddr(o); a.Addr() == p.Address {
+							sessions[[2]string{me.Name, o.Name}] = p
+						}
+					}
+				}
+			}
+			if len(sessions) == 0 {
+				t.Fatal("no sessions between nodes")
+			}
+			byName := map[string]*api.Node{}
+			for _, n := range tt.nodes {
+				byName[n.Name] = n
+			}
+			for k, p := range sessions {
+				back, ok := sessions[[2]string{k[1], k[0]}]
+				if !ok {
+					t.Errorf("%s peers with %s, which does not peer back", k[0], k[1])
+					continue
+				}
+				local := back.LocalASN
+				if local == 0 {
+					local = NodeASN(byName[k[1]], global)
+				}
+				if p.ASN != local {
+					t.Errorf("%s expects AS %d from %s, which uses AS %d on the session", k[0], p.ASN, k[1], local)
+				}
+				if p.Password != back.Password {
+					t.Errorf("%s and %s disagree on the password (%q, %q)", k[0], k[1], p.Password, back.Password)
+				}
+				if p.Passive == back.Passive {
+					t.Errorf("%s and %s: passive %v both", k[0], k[1], p.Passive)
+				}
 			}
 		})
 	}
