@@ -151,6 +151,8 @@ type Node struct {
 	// speaker is the BGP speaker. The datastore goroutine creates and
 	// replaces it; the API reads it.
 	speaker atomic.Pointer[bgp.Speaker]
+	// speakerErr is why the speaker last failed to start, nil once it runs.
+	speakerErr atomic.Pointer[string]
 	// vxlanSuperframes says whether VXLAN superframes leave whole and
 	// why not (openVXLANTap); nil until VXLAN is first opened.
 	vxlanSuperframes atomic.Pointer[string]

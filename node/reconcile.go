@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -223,34 +224,12 @@ func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
 	self, others := routing.SplitNodes(in.Nodes, n.cfg.Name)
 	overhead := routing.EncapOverhead(in.Pools)
 	explicit := map[netip.Addr]bool{}
+	// A BGP failure (the port taken, a peer gobgp refuses) must not keep
+	// the rest of the view (pools, NAT, tunnels, nodes) from the switch:
+	// it is returned after the view is set.
+	var bgpErr error
 	if me := n.underlayAddr.Addr(); me.IsValid() {
-		adverts := slices.Clone(in.Blocks)
-		for _, a := range in.Borrowed {
-			adverts = append(adverts, netip.PrefixFrom(a, 32))
-		}
-		adverts = routing.Exported(adverts, in.Pools)
-		asn := routing.NodeASN(self, routing.GlobalASN(settings.Global))
-		speaker, err := sp.ensure(ctx, n, asn, settings.ListenPort(n.cfg.Name), settings.ListenAddrs(me), routing.RouteReflectorClusterID(self))
-		if err != nil {
-			return err
-		}
-		usable, broken := withoutPasswordProblems(in.Peers)
-		desired := func(peers []*api.BGPPeer) []bgp.Peer {
-			return routing.DesiredPeers(n.cfg.Name, me, self, others, peers, settings)
-		}
-		want, refused := refusedSessions(desired(usable), usable, broken, desired)
-		n.refusedPeers.Store(&refused)
-		for _, p := range want {
-			if p.Type != routing.PeerMesh {
-				explicit[p.Address] = true
-			}
-		}
-		if err := speaker.SetPeers(ctx, want); err != nil {
-			return fmt.Errorf("set BGP peers: %w", err)
-		}
-		if err := speaker.Advertise(ctx, adverts, me); err != nil {
-			return fmt.Errorf("advertise blocks: %w", err)
-		}
+		bgpErr = n.routeBGP(ctx, sp, in, settings, self, others, me, explicit)
 	}
 
 	v := view{pools: in.Pools, blocks: in.Blocks, vteps: routing.VTEPMACs(others), overhead: overhead, explicitPeers: explicit}
@@ -282,7 +261,52 @@ func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
 		}
 		v.owners[b] = byName[name]
 	}
-	return n.do(func(s *state) error { return n.setView(s, v) })
+	return errors.Join(bgpErr, n.do(func(s *state) error { return n.setView(s, v) }))
+}
+
+// routeBGP starts or updates the BGP speaker for address me: its
+// sessions (recording in explicit the addresses of those not of the
+// mesh) and what it advertises. Each step is tried even when one before
+// failed; the errors are joined.
+func (n *Node) routeBGP(ctx context.Context, sp *speakerState, in dsInputs, settings routing.BGPSettings,
+	self *api.Node, others []*api.Node, me netip.Addr, explicit map[netip.Addr]bool) error {
+	if names := routing.NodesAt(others, me); len(names) > 0 {
+		if key := strings.Join(names, ","); key != sp.sharedWarned {
+			n.log.Warn("other Nodes have this node's address; no BGP session with them (delete them if they are gone)", "address", me, "nodes", names)
+			sp.sharedWarned = key
+		}
+	} else {
+		sp.sharedWarned = ""
+	}
+	adverts := slices.Clone(in.Blocks)
+	for _, a := range in.Borrowed {
+		adverts = append(adverts, netip.PrefixFrom(a, 32))
+	}
+	adverts = routing.Exported(adverts, in.Pools)
+	asn := routing.NodeASN(self, routing.GlobalASN(settings.Global))
+	speaker, err := sp.ensure(ctx, n, asn, settings.ListenPort(n.cfg.Name), settings.ListenAddrs(me), routing.RouteReflectorClusterID(self))
+	if err != nil {
+		return err
+	}
+	usable, broken := withoutPasswordProblems(in.Peers)
+	desired := func(peers []*api.BGPPeer) []bgp.Peer {
+		return routing.DesiredPeers(n.cfg.Name, me, self, others, peers, settings)
+	}
+	want, refused := refusedSessions(desired(usable), usable, broken, desired)
+	n.refusedPeers.Store(&refused)
+	for _, p := range want {
+		if p.Type != routing.PeerMesh {
+			explicit[p.Address] = true
+		}
+	}
+	var errs []error
+	if err := speaker.SetPeers(ctx, want); err != nil {
+		errs = append(errs, fmt.Errorf("set BGP peers: %w", err))
+	}
+	if err := speaker.Advertise(ctx, adverts, me); err != nil {
+		errs = append(errs, fmt.Errorf("advertise blocks: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // speakerState is the BGP speaker and the settings it was started with;
@@ -290,6 +314,9 @@ func (n *Node) route(ctx context.Context, sp *speakerState, in dsInputs) error {
 type speakerState struct {
 	sp  *bgp.Speaker
 	key string
+	// sharedWarned names the other Nodes at this node's address that the
+	// log has been told about.
+	sharedWarned string
 }
 
 // ensure starts the BGP speaker, or restarts it when its AS, port,
@@ -307,8 +334,12 @@ func (ss *speakerState) ensure(ctx context.Context, n *Node, asn uint32, port in
 		OnRoutes:                n.logRouteEvents(n.onRoutes),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start BGP speaker: %w", err)
+		err = fmt.Errorf("start BGP speaker (AS %d, port %d): %w", asn, port, err)
+		msg := err.Error()
+		n.speakerErr.Store(&msg)
+		return nil, err
 	}
+	n.speakerErr.Store(nil)
 	ss.sp, ss.key = sp, key
 	n.speaker.Store(sp)
 	n.log.Info("BGP speaker started", "as", asn, "port", port, "listen", listen, "routeReflector", cluster.IsValid())
@@ -330,6 +361,9 @@ func (n *Node) BGPPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
 	if sp == nil {
 		if !n.registered.Load() {
 			return nil, &unavailableError{"the BGP speaker starts once the datastore answers (the node is not registered yet; see podnet status)"}
+		}
+		if msg := n.speakerErr.Load(); msg != nil {
+			return nil, fmt.Errorf("the BGP speaker is not running: %s (tried again at each reconcile)", *msg)
 		}
 		return nil, errors.New("the BGP speaker is not running (no underlay address?)")
 	}

@@ -14,17 +14,21 @@ import (
 // SetPeers makes the speaker's peers exactly peers: new addresses are added,
 // missing ones deleted (GoBGP sends them Cease), and peers whose settings
 // changed are deleted and added again. The address is the key. Calling it
-// again with the same set does nothing. An invalid set is refused as a whole;
-// a peer that GoBGP refuses is reported in the joined error and the others
-// are still applied.
+// again with the same set does nothing. An invalid peer (or the second
+// entry of an address listed twice), and a peer that GoBGP refuses, is
+// left out and reported in the joined error; the others are still
+// applied, so one bad BGPPeer costs its own session, not the node's.
 func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
+	var errs []error
 	want := make(map[netip.Addr]Peer, len(peers))
 	for _, p := range peers {
 		if err := s.validatePeer(p); err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		if _, dup := want[p.Address]; dup {
-			return fmt.Errorf("bgp: set peers: peer %v listed twice", p.Address)
+			errs = append(errs, fmt.Errorf("bgp: set peers: peer %v listed twice", p.Address))
+			continue
 		}
 		want[p.Address] = p
 	}
@@ -35,7 +39,6 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 		return ErrClosed
 	}
 
-	var errs []error
 	for _, addr := range sortedKeys(s.peers) {
 		if p, ok := want[addr]; ok && p == s.peers[addr] {
 			continue

@@ -531,16 +531,31 @@ func TestSetPeersValidation(t *testing.T) {
 		{"duplicate", []Peer{good, good}, "twice"},
 		{"ourselves", []Peer{{Address: a.addr, ASN: 1}}, "own router ID"},
 	}
+	// Each bad peer comes with a good one (another address but for the
+	// duplicate): the bad one is refused and reported, the good one
+	// still applied.
+	good2 := Peer{Address: netip.MustParseAddr("127.77.250.2"), ASN: podnetASN}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := a.s.SetPeers(context.Background(), tt.peers)
+			want := good2
+			if tt.name == "duplicate" {
+				want = good
+			}
+			err := a.s.SetPeers(context.Background(), append(slices.Clone(tt.peers), good2))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("got %v, want an error mentioning %q", err, tt.want)
 			}
+			ps, _ := a.s.Peers(context.Background())
+			if tt.name == "duplicate" {
+				if len(ps) != 2 || ps[0].Address != good.Address {
+					t.Errorf("peers %+v, want %v once and %v", ps, good.Address, good2.Address)
+				}
+				return
+			}
+			if len(ps) != 1 || ps[0].Address != want.Address {
+				t.Errorf("peers %+v, want only %v", ps, want.Address)
+			}
 		})
-	}
-	if ps, _ := a.s.Peers(context.Background()); len(ps) != 0 {
-		t.Errorf("refused sets changed the peers: %+v", ps)
 	}
 	if err := a.s.Advertise(context.Background(), []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, netip.Addr{}); err == nil {
 		t.Errorf("Advertise of an IPv6 prefix: got no error")
