@@ -457,6 +457,13 @@ func (n *Node) ensureTunnelAddrs(ctx context.Context, poolRs []api.Resource, sel
 		for _, a := range held {
 			n.delHostAddr(a.String())
 		}
+		if len(held) > 0 {
+			// It may have been podnet0's last address: the kernel then
+			// flushed the routes through it, as on release above.
+			if err := n.restoreKernelRoutes(); err != nil {
+				n.log.Warn("kernel routes after stale tunnel addresses went", "err", err)
+			}
+		}
 		ip, err := n.ipam.AutoAssign(ctx, ipam.AssignArgs{Node: n.cfg.Name, HandleID: handle,
 			Attrs: map[string]string{"node": n.cfg.Name, "type": k.attrType}, Pools: cands,
 			NodeLabels: self.Labels, Use: ipam.UseTunnel})

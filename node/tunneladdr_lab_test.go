@@ -92,7 +92,8 @@ func TestTunnelAddrCrashLab(t *testing.T) {
 	// The same with the daemon running, the field cleared by hand while
 	// the handle holds a second address that podnet0 carries too (a
 	// round's that failed): both go back, and off podnet0, but the one
-	// the Node names again.
+	// the Node names again. Taking podnet0's last address flushes every
+	// kernel route through it: the pod's must come back.
 	now := recorded()
 	extra := netip.MustParseAddr(now).Next()
 	pools := []ipam.Pool{{Name: "default-ipv4-ippool", CIDR: netip.MustParsePrefix("192.168.0.0/16"), BlockSize: 26}}
@@ -102,6 +103,21 @@ func TestTunnelAddrCrashLab(t *testing.T) {
 	if out, err := l.Output(ctx, "worker1", "ip", "addr", "add", extra.String()+"/32", "dev", "podnet0"); err != nil {
 		t.Fatalf("put %s on podnet0: %v\n%s", extra, err, out)
 	}
+	pod, err := l.AddPod(ctx, lab.PodSpec{Name: "p1", Node: "worker1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	podRoute := func() string {
+		out, err := l.Output(ctx, "worker1", "ip", "-4", "route", "show", pod.IP.String()+"/32", "dev", "podnet0")
+		if err != nil {
+			return err.Error()
+		}
+		if !strings.Contains(string(out), pod.IP.String()) {
+			return "no kernel route to the pod through podnet0"
+		}
+		return ""
+	}
+	waitFor(t, 10*time.Second, "the pod's kernel route", podRoute)
 	mustPodnet(t, l, "", "patch", "node", "worker1", "-p", `{"spec":{"bgp":{"ipv4IPIPTunnelAddr":""}}}`)
 	waitFor(t, 20*time.Second, "one tunnel address, named by the Node and alone on podnet0", func() string {
 		named := recorded()
@@ -115,6 +131,6 @@ func TestTunnelAddrCrashLab(t *testing.T) {
 		if !strings.Contains(string(out), " "+named+"/32") || (named != extra.String() && strings.Contains(string(out), " "+extra.String()+"/32")) {
 			return fmt.Sprintf("podnet0 has %q", out)
 		}
-		return ""
+		return podRoute()
 	})
 }
