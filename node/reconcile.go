@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -294,12 +295,12 @@ func (n *Node) routeBGP(ctx context.Context, sp *speakerState, in dsInputs, sett
 	}
 	want, refused := refusedSessions(desired(usable), usable, broken, desired)
 	n.refusedPeers.Store(&refused)
-	for _, p := range want {
-		if p.Type != routing.PeerMesh {
-			explicit[p.Address] = true
-		}
-	}
+	maps.Copy(explicit, routing.ExplicitPeers(want, others))
 	var errs []error
+	// The filter before the sessions, so a new one is never sent more.
+	if err := speaker.SetExportFilter(ctx, routing.ExportFilter(in.Pools)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := speaker.SetPeers(ctx, want); err != nil {
 		errs = append(errs, fmt.Errorf("set BGP peers: %w", err))
 	}

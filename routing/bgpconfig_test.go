@@ -168,3 +168,18 @@ func TestExported(t *testing.T) {
 		})
 	}
 }
+
+func TestExportFilter(t *testing.T) {
+	quiet := pool("quiet", "10.50.0.0/16", api.EncapAlways, api.EncapNever, false)
+	quiet.Spec.DisableBGPExport = true
+	loud := pool("loud", "10.60.0.0/16", api.EncapAlways, api.EncapNever, false)
+	off := pool("off", "10.70.0.0/16", api.EncapNever, api.EncapNever, false)
+	off.Spec.Disabled = true // its old pods' blocks still go out
+	got := ExportFilter([]*api.IPPool{quiet, loud, off})
+	if want := []netip.Prefix{prefix("10.60.0.0/16"), prefix("10.70.0.0/16")}; !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	if got := ExportFilter(nil); len(got) != 0 {
+		t.Fatalf("no pools: got %v", got)
+	}
+}

@@ -32,3 +32,20 @@ next:
 	}
 	return out
 }
+
+// ExportFilter is what a node's speaker may pass on to its peers, as
+// Calico's export filter to BGP peers: the prefixes of the IP pools and
+// everything inside them, but for pools with disableBGPExport. Nothing
+// else a peer announced leaves the node again.
+func ExportFilter(pools []*api.IPPool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range pools {
+		if p.Spec.DisableBGPExport {
+			continue
+		}
+		if c, err := p.Prefix(); err == nil {
+			out = append(out, c.Masked())
+		}
+	}
+	return out
+}

@@ -34,8 +34,9 @@ type Import struct {
 	Subnet netip.Prefix
 	// NodeAddrs are the other nodes' underlay addresses.
 	NodeAddrs []netip.Addr
-	// Explicit are the peers configured by a BGPPeer (not the mesh):
-	// only they may announce prefixes outside the pools.
+	// Explicit are the peers configured by a BGPPeer that are no node
+	// (not the mesh, not a route reflector node): only they may announce
+	// prefixes outside the pools.
 	Explicit map[netip.Addr]bool
 	// MaxPrefixes is the most prefixes accepted from one peer (0:
 	// DefaultMaxPrefixes).
@@ -83,13 +84,15 @@ const (
 //     is refused as well. Blocks this node has not read yet are no
 //     objection (a block just claimed is announced before every node has
 //     read it); an address lent since it last read IPAM is refused until
-//     it reads again. A BGPPeer's path whose next hop is no node (a ToR
-//     passing on other racks' blocks) is not checked: that router vouches
-//     for it. Without Owners (a view from the cache) nothing is checked;
-//   - it lies inside an IP pool, or else comes from a peer a BGPPeer
-//     configures, covers no pool and leads to no node: a ToR may give
-//     the pods routes to the outside, nodes only give pool routes (a
-//     node in a BGPPeer's session, a route reflector, included). This
+//     it reads again. An Explicit peer's path whose next hop is no node
+//     (a ToR passing on other racks' blocks) is not checked: that router
+//     vouches for it. Without Owners (a view from the cache) nothing is
+//     checked;
+//   - it lies inside an IP pool, or else comes from an Explicit peer,
+//     covers no pool and leads to no node: a ToR may give the pods
+//     routes to the outside, nodes only give pool routes (a node in a
+//     BGPPeer's session, a route reflector, included: it is not
+//     Explicit, and the next hop check covers what it passes on). This
 //     is the only opt-in; Calico has no per-peer import setting to
 //     mirror;
 //   - when its pool encapsulates it, the next hop is a known node (a
@@ -158,8 +161,7 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool, owned []netip.Pref
 	pool := PoolOf(im.Pools, pfx)
 	if pool == nil {
 		// Nodes announce pool routes only; a route outside the pools that
-		// leads to a node (through a node that a BGPPeer made a session
-		// with: a route reflector, say) is no ToR's.
+		// leads to a node is no ToR's, whoever passed it on.
 		if !im.Explicit[p.Peer] || nodes[p.NextHop] {
 			return RejectOutsidePools
 		}

@@ -167,6 +167,22 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 	return out
 }
 
+// ExplicitPeers are the sessions of peers whose routes the import
+// policy takes on trust (Import.Explicit): those a BGPPeer configures
+// with a router that is no node. Another node, in the mesh or in a
+// BGPPeer's session (a route reflector, a peerSelector), may announce
+// only what nodes announce: a reflector passes on whatever its clients
+// say.
+func ExplicitPeers(sessions []bgp.Peer, others []*api.Node) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, p := range sessions {
+		if p.Type != PeerMesh && !isNodeAddr(others, p.Address) {
+			out[p.Address] = true
+		}
+	}
+	return out
+}
+
 // NodesAt names the nodes whose address is addr: for the daemon, other
 // Nodes at its own address, which it warns about (a stale Node; its
 // VXLAN MAC and blocks may mislead the others).

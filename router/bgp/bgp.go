@@ -163,7 +163,7 @@ type Speaker struct {
 	log *slog.Logger
 	srv *server.BgpServer
 
-	// opMu serialises SetPeers, Advertise, Close and routineResync's
+	// opMu serialises SetPeers, Advertise, SetExportFilter, Close and routineResync's
 	// passes. It may be held across calls into GoBGP, so neither GoBGP's
 	// callbacks nor the log handler may take it.
 	opMu sync.Mutex
@@ -171,6 +171,13 @@ type Speaker struct {
 	peers     map[netip.Addr]Peer
 	adverts   map[netip.Prefix]netip.Addr // prefix -> next hop
 	withdrawn map[netip.Prefix]withdrawal // recent withdrawals (resync.go)
+	// export is SetExportFilter's filter once exportSet; exportHeld is
+	// what GoBGP's prefix set holds, exportPolicy whether GoBGP has the
+	// policy that refers to it. Guarded by opMu.
+	export       []netip.Prefix
+	exportHeld   []netip.Prefix
+	exportSet    bool
+	exportPolicy bool
 
 	obs *observer // per-peer state and failure reasons; has its own lock
 

@@ -820,3 +820,66 @@ func TestMaxPathsPerPeer(t *testing.T) {
 	b.waitEstablished(t, a)
 	b.routes.wait(t, "A's three paths after the retry", func(ps []Path) bool { return len(ps) == 3 })
 }
+
+// R reflects for clients A and B and has an eBGP neighbour C; its export
+// filter passes on only what lies in 10.244.0.0/16:
+//
+//	A ---- R ---- B
+//	       |
+//	       C (AS 65001)
+//
+// A's 203.0.113.0/24 (announced first, so that it would arrive before
+// the block if it were passed on) reaches neither B nor C; widening the
+// filter passes it on to the sessions already up, and an empty filter
+// passes nothing.
+func TestExportFilter(t *testing.T) {
+	r := newNode(t, podnetASN, func(c *Config) { c.RouteReflectorClusterID = netip.MustParseAddr("244.0.0.1") })
+	a := newNode(t, podnetASN, nil)
+	b := newNode(t, podnetASN, nil)
+	c := newNode(t, 65001, nil)
+	ctx := context.Background()
+	pool := netip.MustParsePrefix("10.244.0.0/16")
+	if err := r.s.SetExportFilter(ctx, []netip.Prefix{pool}); err != nil {
+		t.Fatal(err)
+	}
+	pa, pb, pc := r.peerOf(a), r.peerOf(b), r.peerOf(c)
+	pa.RRClient, pb.RRClient = true, true
+	r.setPeers(t, pa, pb, pc)
+	a.setPeers(t, a.peerOf(r))
+	b.setPeers(t, b.peerOf(r))
+	c.setPeers(t, c.peerOf(r))
+	for _, n := range []*node{a, b, c} {
+		r.waitEstablished(t, n)
+	}
+
+	a.advertise(t, a.addr, "203.0.113.0/24")
+	a.advertise(t, a.addr, "203.0.113.0/24", "10.244.1.0/26")
+	has := func(ps []Path, prefix string) bool {
+		return slices.ContainsFunc(ps, func(p Path) bool { return p.Prefix.String() == prefix })
+	}
+	for _, n := range []*node{b, c} {
+		got := n.routes.wait(t, "A's block via R", func(ps []Path) bool { return has(ps, "10.244.1.0/26") })
+		if has(got, "203.0.113.0/24") || len(got) != 1 {
+			t.Errorf("%v learned %+v through R, want only 10.244.1.0/26", n.addr, got)
+		}
+	}
+	if got, _ := r.routes.snapshot(); !has(got, "203.0.113.0/24") {
+		t.Errorf("R itself did not learn 203.0.113.0/24: %+v", got)
+	}
+
+	if err := r.s.SetExportFilter(ctx, []netip.Prefix{pool, netip.MustParsePrefix("203.0.113.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*node{b, c} {
+		n.routes.wait(t, "203.0.113.0/24 once the filter takes it", func(ps []Path) bool { return has(ps, "203.0.113.0/24") && has(ps, "10.244.1.0/26") })
+	}
+	if err := r.s.SetExportFilter(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*node{b, c} {
+		n.routes.wait(t, "nothing once the filter is empty", func(ps []Path) bool { return len(ps) == 0 })
+	}
+	if err := r.s.SetExportFilter(ctx, []netip.Prefix{netip.MustParsePrefix("fd00::/64")}); err == nil {
+		t.Error("an IPv6 prefix in the export filter: no error")
+	}
+}
