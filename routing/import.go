@@ -98,8 +98,9 @@ const (
 //   - when its pool encapsulates it, the next hop is a known node (a
 //     tunnel to any other address would send pod traffic off the
 //     cluster);
-//   - its peer has not already placed max prefixes (paths are taken in
-//     their order, which the speaker sorts by prefix).
+//   - its peer (for a reflected path, the client it came from: its
+//     ORIGINATOR_ID) has not already placed max prefixes (paths are
+//     taken in their order, which the speaker sorts by prefix).
 func (im Import) Filter(paths []bgp.Path) (accepted []bgp.Path, rejected []Rejected) {
 	limit := im.MaxPrefixes
 	if limit <= 0 {
@@ -110,17 +111,24 @@ func (im Import) Filter(paths []bgp.Path) (accepted []bgp.Path, rejected []Rejec
 		nodes[a] = true
 	}
 	owned := sortedBlocks(im.Owners)
-	perPeer := map[netip.Addr]int{}
+	perSource := map[netip.Addr]int{}
 	for _, p := range paths {
+		// A route reflector passes on every client's paths in one
+		// session: each client has a budget of its own, so that one
+		// flooding client does not use up everyone's.
+		source := p.Peer
+		if p.Originator.IsValid() {
+			source = p.Originator
+		}
 		reason := im.check(p, nodes, owned)
-		if reason == "" && perPeer[p.Peer] >= limit {
+		if reason == "" && perSource[source] >= limit {
 			reason = RejectTooManyPrefix
 		}
 		if reason != "" {
 			rejected = append(rejected, Rejected{Path: p, Reason: reason})
 			continue
 		}
-		perPeer[p.Peer]++
+		perSource[source]++
 		accepted = append(accepted, p)
 	}
 	return accepted, rejected

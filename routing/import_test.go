@@ -127,6 +127,28 @@ func TestImportMaxPrefixes(t *testing.T) {
 	if acc, _ := im.Filter(paths); len(acc) != len(paths) {
 		t.Fatalf("default limit: accepted %d of %d", len(acc), len(paths))
 	}
+
+	// Through a route reflector (one peer) each client has a budget of
+	// its own: the flooding one loses its excess, the other nothing.
+	im.MaxPrefixes = 3
+	rr := addr("10.0.0.9")
+	paths = paths[:0]
+	for i := range 5 {
+		pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(i), 0}), 24)
+		paths = append(paths, bgp.Path{Prefix: pfx, NextHop: addr("10.0.0.2"), Peer: rr, Originator: addr("10.0.0.2")})
+	}
+	for i := range 2 {
+		pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(100 + i), 0}), 24)
+		paths = append(paths, bgp.Path{Prefix: pfx, NextHop: addr("10.0.0.3"), Peer: rr, Originator: addr("10.0.0.3")})
+	}
+	acc, rej = im.Filter(paths)
+	clear(count)
+	for _, p := range acc {
+		count[p.Originator]++
+	}
+	if count[addr("10.0.0.2")] != 3 || count[addr("10.0.0.3")] != 2 || len(rej) != 2 {
+		t.Fatalf("through a reflector: accepted per client %v, %d refused; want 3 and 2, 2 refused", count, len(rej))
+	}
 }
 
 // TestImportFallsBackOnNextPath: BGP's best path for a prefix (here an

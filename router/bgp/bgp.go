@@ -119,8 +119,12 @@ type Path struct {
 	NextHop netip.Addr
 	// Peer is the neighbor that told us (for a reflected route, the route
 	// reflector, not the originator).
-	Peer   netip.Addr
-	ASPath []uint32
+	Peer netip.Addr
+	// Originator is the ORIGINATOR_ID a route reflector added (the
+	// router ID of the client it came from), invalid when the path was
+	// not reflected.
+	Originator netip.Addr
+	ASPath     []uint32
 	// Origin is "IGP", "EGP" or "Incomplete".
 	Origin string
 	// Best: GoBGP's choice among the prefix's paths. The others are

@@ -227,6 +227,8 @@ func pathFromAPI(p *apiutil.Path) (Path, bool) {
 			}
 		case *bgppkt.PathAttributeOrigin:
 			out.Origin = originName(v.Value)
+		case *bgppkt.PathAttributeOriginatorId:
+			out.Originator = v.Value.Unmap()
 		}
 	}
 	if !out.NextHop.IsValid() {
@@ -247,7 +249,7 @@ func originName(o uint8) string {
 }
 
 func pathEqual(a, b Path) bool {
-	return a.Prefix == b.Prefix && a.NextHop == b.NextHop && a.Peer == b.Peer &&
+	return a.Prefix == b.Prefix && a.NextHop == b.NextHop && a.Peer == b.Peer && a.Originator == b.Originator &&
 		a.Origin == b.Origin && slices.Equal(a.ASPath, b.ASPath) && a.Best == b.Best
 }
 

@@ -128,8 +128,8 @@ func TestRouteReflector(t *testing.T) {
 
 	a.advertise(t, a.addr, "10.244.1.0/26")
 	got := b.routes.wait(t, "A's block via R", func(ps []Path) bool { return len(ps) == 1 })
-	if p := got[0]; p.Prefix.String() != "10.244.1.0/26" || p.NextHop != a.addr || p.Peer != r.addr {
-		t.Errorf("B learned %+v, want 10.244.1.0/26 next hop %v (A) from peer %v (R)", p, a.addr, r.addr)
+	if p := got[0]; p.Prefix.String() != "10.244.1.0/26" || p.NextHop != a.addr || p.Peer != r.addr || p.Originator != a.addr {
+		t.Errorf("B learned %+v, want 10.244.1.0/26 next hop %v (A) from peer %v (R), originator %v (A)", p, a.addr, r.addr, a.addr)
 	}
 	rs, err := r.s.Peers(context.Background())
 	if err != nil || len(rs) != 2 || rs[0].Type != "node specific" || rs[0].Address.Compare(rs[1].Address) >= 0 {
