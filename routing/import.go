@@ -34,9 +34,12 @@ type Import struct {
 	Subnet netip.Prefix
 	// NodeAddrs are the other nodes' underlay addresses.
 	NodeAddrs []netip.Addr
-	// Explicit are the peers configured by a BGPPeer that are no node
-	// (not the mesh, not a route reflector node): only they may announce
-	// prefixes outside the pools.
+	// Explicit are the peers whose own routes are taken on trust
+	// (ExplicitPeers: routers a BGPPeer configures, route reflector
+	// nodes): only they may announce prefixes outside the pools, or
+	// other nodes' blocks via a router that is no node. What a
+	// reflector reflects from a client (a path with an Originator) is
+	// judged as the client's.
 	Explicit map[netip.Addr]bool
 	// MaxPrefixes is the most prefixes accepted from one peer (0:
 	// DefaultMaxPrefixes).
@@ -166,11 +169,15 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool, owned []netip.Pref
 	if pfx.Bits() == 32 && slices.Contains(im.PodAddrs, pfx.Addr()) {
 		return RejectLocalPod
 	}
+	// A path a route reflector reflected (it added ORIGINATOR_ID) is
+	// what one of its clients said, not what the reflector vouches for:
+	// it is judged as if that client had sent it.
+	explicit := im.Explicit[p.Peer] && !p.Originator.IsValid()
 	pool := PoolOf(im.Pools, pfx)
 	if pool == nil {
 		// Nodes announce pool routes only; a route outside the pools that
 		// leads to a node is no ToR's, whoever passed it on.
-		if !im.Explicit[p.Peer] || nodes[p.NextHop] {
+		if !explicit || nodes[p.NextHop] {
 			return RejectOutsidePools
 		}
 		for _, pl := range im.Pools {
@@ -180,7 +187,7 @@ func (im Import) check(p bgp.Path, nodes map[netip.Addr]bool, owned []netip.Pref
 		}
 		return ""
 	}
-	if nodes[p.NextHop] || !im.Explicit[p.Peer] {
+	if nodes[p.NextHop] || !explicit {
 		if r := im.othersBlock(pfx, p.NextHop, owned); r != "" {
 			return r
 		}

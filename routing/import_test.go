@@ -88,6 +88,33 @@ func TestImportFilter(t *testing.T) {
 			t.Errorf("%s via %s from %s: refused for %q (accepted %d), want %q", tt.prefix, tt.nextHop, tt.peer, got, len(acc), tt.reason)
 		}
 	}
+	// From a reflector (explicit: tor here): what it vouches for itself
+	// (a ToR's routes: another rack's block, the outside) is taken, and
+	// what it reflects from a client (ORIGINATOR_ID set) is judged as
+	// the client's.
+	reflected := []struct {
+		prefix, nextHop, originator, reason string
+	}{
+		{"172.20.1.0/26", "10.0.0.99", "", ""},
+		{"172.20.1.0/26", "10.0.0.99", "10.0.0.3", RejectOthersBlock},
+		{"203.0.113.0/24", tor, "10.0.0.3", RejectOutsidePools},
+		{"0.0.0.0/1", "10.0.0.77", "10.0.0.3", RejectOutsidePools},
+		{"192.168.5.0/26", mesh, mesh, ""}, // a client's own block
+	}
+	for _, tt := range reflected {
+		p := bgp.Path{Prefix: prefix(tt.prefix), NextHop: addr(tt.nextHop), Peer: addr(tor)}
+		if tt.originator != "" {
+			p.Originator = addr(tt.originator)
+		}
+		acc, rej := im.Filter([]bgp.Path{p})
+		got := ""
+		if len(rej) == 1 {
+			got = rej[0].Reason
+		}
+		if got != tt.reason || len(acc)+len(rej) != 1 {
+			t.Errorf("%s via %s from the reflector, originator %q: refused for %q, want %q", tt.prefix, tt.nextHop, tt.originator, got, tt.reason)
+		}
+	}
 	// Without owners (a view from the cache) blocks are not checked.
 	im.Owners = nil
 	p := bgp.Path{Prefix: prefix("192.168.5.0/26"), NextHop: addr("10.0.0.3"), Peer: addr("10.0.0.3")}

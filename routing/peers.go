@@ -167,16 +167,27 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 	return out
 }
 
-// ExplicitPeers are the sessions of peers whose routes the import
+// ExplicitPeers are the sessions of peers whose own routes the import
 // policy takes on trust (Import.Explicit): those a BGPPeer configures
-// with a router that is no node. Another node, in the mesh or in a
-// BGPPeer's session (a route reflector, a peerSelector), may announce
-// only what nodes announce: a reflector passes on whatever its clients
-// say.
+// with a router that is no node (a ToR), or with a route reflector node
+// (which passes on what its own external peers told it: other racks'
+// blocks from a ToR, say). Another node, in the mesh or in a
+// peerSelector session, may announce only what nodes announce; and
+// what a reflector reflects from its clients is judged as theirs
+// (Import.Filter looks at the path's originator).
 func ExplicitPeers(sessions []bgp.Peer, others []*api.Node) map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
 	for _, p := range sessions {
-		if p.Type != PeerMesh && !isNodeAddr(others, p.Address) {
+		if p.Type == PeerMesh {
+			continue
+		}
+		var node *api.Node
+		for _, o := range others {
+			if a, ok := NodeAddr(o); ok && a.Addr() == p.Address {
+				node = o
+			}
+		}
+		if node == nil || IsRouteReflector(node) {
 			out[p.Address] = true
 		}
 	}

@@ -333,15 +333,17 @@ func TestNodeSessionsOneEndDials(t *testing.T) {
 
 func TestExplicitPeers(t *testing.T) {
 	w1 := node("w1", "10.0.0.1/24")
+	w2 := node("w2", "10.0.0.2/24")
 	rr := reflector(node("rr", "10.0.0.9/24", "role", "rr"), "1.1.1.1")
 	sessions := []bgp.Peer{
 		{Address: addr("10.0.0.1"), Type: PeerMesh},
+		{Address: addr("10.0.0.2"), Type: PeerNode},     // a plain node, by peerSelector
 		{Address: addr("10.0.0.9"), Type: PeerNode},     // a reflector node, by peerSelector
 		{Address: addr("10.0.0.254"), Type: PeerGlobal}, // a ToR
 		{Address: addr("192.0.2.1"), Type: PeerNode},    // a node-specific external router
 	}
-	got := ExplicitPeers(sessions, []*api.Node{w1, rr})
-	want := map[netip.Addr]bool{addr("10.0.0.254"): true, addr("192.0.2.1"): true}
+	got := ExplicitPeers(sessions, []*api.Node{w1, w2, rr})
+	want := map[netip.Addr]bool{addr("10.0.0.9"): true, addr("10.0.0.254"): true, addr("192.0.2.1"): true}
 	if !maps.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
