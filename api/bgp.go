@@ -158,8 +158,8 @@ type BGPPeerSpec struct {
 	PeerSelector string `json:"peerSelector,omitempty"`
 	// Password is the TCP MD5 password source.
 	Password *BGPPassword `json:"password,omitempty"`
-	// KeepaliveTime and HoldTime are the BGP timers; unset = the BGP
-	// speaker's defaults (30s, 90s).
+	// KeepaliveTime and HoldTime are the BGP timers; unset (or a hold
+	// time of 0) = the BGP speaker's defaults (30s, 90s).
 	KeepaliveTime *Duration `json:"keepaliveTime,omitempty"`
 	HoldTime      *Duration `json:"holdTime,omitempty"`
 }
@@ -262,7 +262,8 @@ func (p *BGPPeer) Validate() error {
 			fe.add("BGPPeer.Spec.Password.Env", pw.Env, "must be an environment variable name")
 		}
 	}
-	// RFC 4271 §4.2: the hold time is 0 (no keepalives) or at least 3s.
+	// RFC 4271 §4.2: the hold time is 0 or at least 3s. Our speaker
+	// (GoBGP) takes 0 as unset: the default 90s.
 	if h := s.HoldTime; h != nil && (h.Duration < 0 || (h.Duration > 0 && h.Duration < 3*time.Second) || h.Duration%time.Second != 0) {
 		fe.add("BGPPeer.Spec.HoldTime", h.Duration, "hold time must be 0 or a whole number of seconds ≥ 3s")
 	}
@@ -272,10 +273,10 @@ func (p *BGPPeer) Validate() error {
 			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, "keepalive time must be a whole number of seconds ≥ 1s")
 		case s.HoldTime != nil && s.HoldTime.Duration > 0 && k.Duration >= s.HoldTime.Duration:
 			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, "keepalive time must be less than the hold time")
-		case s.HoldTime == nil && k.Duration >= DefaultHoldTime:
+		case (s.HoldTime == nil || s.HoldTime.Duration == 0) && k.Duration >= DefaultHoldTime:
 			// The session would run on the default hold time and expire
 			// before each keepalive.
-			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, fmt.Sprintf("keepalive time must be less than the hold time (%v when holdTime is not set)", DefaultHoldTime))
+			fe.add("BGPPeer.Spec.KeepaliveTime", k.Duration, fmt.Sprintf("keepalive time must be less than the hold time (%v when holdTime is 0 or not set)", DefaultHoldTime))
 		}
 	}
 	return fe.err()

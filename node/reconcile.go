@@ -297,11 +297,12 @@ func (n *Node) routeBGP(ctx context.Context, sp *speakerState, in dsInputs, sett
 	n.refusedPeers.Store(&refused)
 	maps.Copy(explicit, routing.ExplicitPeers(want, others))
 	var errs []error
-	// The filter before the sessions, so a new one is never sent more.
+	// The filter before the sessions, so a new one is never sent more;
+	// without it (GoBGP refused it) no session changes: a new speaker
+	// would otherwise pass on everything it hears.
 	if err := speaker.SetExportFilter(ctx, routing.ExportFilter(in.Pools)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := speaker.SetPeers(ctx, want); err != nil {
+		errs = append(errs, fmt.Errorf("%w (BGP sessions left as they are until it is set)", err))
+	} else if err := speaker.SetPeers(ctx, want); err != nil {
 		errs = append(errs, fmt.Errorf("set BGP peers: %w", err))
 	}
 	if err := speaker.Advertise(ctx, adverts, me); err != nil {

@@ -149,8 +149,10 @@ type hop struct {
 type dropEgress struct{ reason DropReason }
 
 func (d *dropEgress) kind() egressKind { return egressDrop }
+// caps: it takes everything whole, UDP superframes too, so that a
+// dropped superframe is one drop and costs no cutting.
 func (d *dropEgress) caps() egressCaps {
-	return egressCaps{superframes: true, partialChecksums: true}
+	return egressCaps{superframes: true, partialChecksums: true, coalesceUDP: true}
 }
 func (d *dropEgress) send(_ *forwarder, in ingress, _ packetRef, _ *hop) { in.stats().drop(d.reason) }
 

@@ -1428,6 +1428,15 @@ func TestHostUDPSuperframeCut(t *testing.T) {
 		t.Errorf("host port: %d superframes read, drops %v; want 4 and none", h.GSOFrames, h.Drops)
 	}
 
+	// To a blackhole it is one drop, not one per datagram.
+	before := n.stats("host").Drops[DropBlackhole.String()]
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.4.9", datagrams, size, tail))
+	n.waitDrop(t, "host", DropBlackhole, before)
+	n.waitRx(t, "host", 5)
+	if got := n.stats("host").Drops[DropBlackhole.String()]; got != before+1 {
+		t.Errorf("a UDP superframe to a blackhole counted %d drops, want 1", got-before)
+	}
+
 	// The same superframe from a pod is refused: pods' TAPs hand over no
 	// UDP superframes, so one is forged.
 	f := hostUDPSuperframe("10.0.0.1", "10.0.0.3", datagrams, size, tail)
@@ -1437,7 +1446,7 @@ func TestHostUDPSuperframeCut(t *testing.T) {
 	h.CsumStart += ethLen
 	frame := podFrame(n.a, f[vnetLen:])
 	h.Encode(frame)
-	before := n.stats("a").Drops[DropBadGSO.String()]
+	before = n.stats("a").Drops[DropBadGSO.String()]
 	n.a.dev.offer(frame)
 	n.waitDrop(t, "a", DropBadGSO, before)
 }

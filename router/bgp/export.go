@@ -85,7 +85,9 @@ func (s *Speaker) SetExportFilter(ctx context.Context, within []netip.Prefix) er
 				Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: exportPrefixSet}},
 				Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
 			}}}
-			if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil {
+			if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil && !s.hasPolicy(ctx, exportPolicy) {
+				// (An error after GoBGP added it after all would otherwise
+				// make every later call fail with "already exists".)
 				return fmt.Errorf("bgp: export filter: policy: %w", err)
 			}
 			s.exportPolicy = true
@@ -116,4 +118,13 @@ func exportSet(ps []netip.Prefix) *api.DefinedSet {
 		set.Prefixes = append(set.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: 32})
 	}
 	return set
+}
+
+// hasPolicy says whether GoBGP holds a policy of that name.
+func (s *Speaker) hasPolicy(ctx context.Context, name string) bool {
+	found := false
+	err := s.srv.ListPolicy(ctx, &api.ListPolicyRequest{Name: name}, func(p *api.Policy) {
+		found = found || p.GetName() == name
+	})
+	return err == nil && found
 }
