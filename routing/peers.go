@@ -75,8 +75,11 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				if !ok || !appliesTo(s, o) {
 					continue
 				}
+				if appliesTo(s, self) && SelectorMatches(s.PeerSelector, o.Labels) {
+					continue // both ends dial as forward ends: below
+				}
 				if q, dup := byAddr[p.Addr()]; dup && q.Type != PeerMesh {
-					continue
+					continue // an earlier BGPPeer's, as at the other end
 				}
 				// As the other end dials: with the BGPPeer's local AS
 				// if it sets one, and its password, replacing the mesh
@@ -119,8 +122,19 @@ func DesiredPeers(me string, myAddr netip.Addr, self *api.Node, others []*api.No
 				if !ok || !SelectorMatches(s.PeerSelector, o.Labels) {
 					continue
 				}
+				// The first BGPPeer that pairs two nodes makes their
+				// session, at both ends (they list BGPPeers in the same
+				// order), replacing the mesh's.
+				if q, dup := byAddr[p.Addr()]; dup && q.Type != PeerMesh {
+					continue
+				}
 				pe := base
 				pe.Address, pe.Port, pe.ASN = p.Addr(), settings.ListenPort(o.Name), NodeASN(o, globalASN)
+				if s.LocalASNumber != nil && appliesTo(s, o) && SelectorMatches(s.PeerSelector, self.Labels) {
+					// o dials us as a forward end of this BGPPeer too,
+					// with its local AS.
+					pe.ASN = uint32(*s.LocalASNumber)
+				}
 				pe.RRClient = rrClient(o, pe.ASN, pe.LocalASN)
 				pe.Passive = waits(pe.Address)
 				byAddr[pe.Address] = pe

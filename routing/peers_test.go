@@ -175,6 +175,8 @@ func TestPeeringEndsAgree(t *testing.T) {
 	w2own := node("w2", "10.0.0.2/24")
 	w2own.Spec.BGP.ASNumber = asn(65002)
 	rr := reflector(node("rr", "10.0.0.9/24", "role", "rr"), "1.1.1.1")
+	rr2 := reflector(node("rr2", "10.0.0.8/24", "role", "rr"), "1.1.1.1")
+	t.Setenv("PODNET_TEST_OTHER_PW", "other")
 	toRR := func(f func(s *api.BGPPeerSpec)) []*api.BGPPeer {
 		return []*api.BGPPeer{bgpPeer("to-rr", func(s *api.BGPPeerSpec) {
 			s.NodeSelector, s.PeerSelector = "!has(role)", "role == 'rr'"
@@ -192,6 +194,17 @@ func TestPeeringEndsAgree(t *testing.T) {
 		{"reflector with a password, mesh off", []*api.Node{w1, rr}, toRR(func(s *api.BGPPeerSpec) { s.Password = &api.BGPPassword{SecretFile: pwFile} }), false},
 		{"reflector, clients with a local AS", []*api.Node{w1, rr}, toRR(func(s *api.BGPPeerSpec) { s.LocalASNumber = asn(65100) }), false},
 		{"reflector, a client in its own AS", []*api.Node{w1, w2own, rr}, toRR(func(*api.BGPPeerSpec) {}), true},
+		{"two BGPPeers pair the same nodes, with different passwords", []*api.Node{w1, rr}, append(
+			toRR(func(s *api.BGPPeerSpec) { s.Password = &api.BGPPassword{SecretFile: pwFile} }),
+			bgpPeer("to-rr-again", func(s *api.BGPPeerSpec) {
+				s.NodeSelector, s.PeerSelector = "!has(role)", "role == 'rr'"
+				s.Password = &api.BGPPassword{Env: "PODNET_TEST_OTHER_PW"}
+			})), false},
+		{"reflectors pair each other as forward ends, with a local AS", []*api.Node{w1, rr, rr2}, []*api.BGPPeer{
+			bgpPeer("all-to-rr", func(s *api.BGPPeerSpec) {
+				s.NodeSelector, s.PeerSelector = "all()", "role == 'rr'"
+				s.LocalASNumber = asn(65100)
+			})}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
