@@ -132,7 +132,7 @@ func (n *Node) registerNode(ctx context.Context, podMTU int, atStart bool) error
 		case errors.Is(err, datastore.ErrNotFound):
 			node = api.NewNode(n.cfg.Name)
 		default:
-			return fmt.Errorf("register node: %w", err)
+			return fmt.Errorf("register node %s: %w", n.cfg.Name, err)
 		}
 		if node.Spec.BGP == nil {
 			node.Spec.BGP = &api.NodeBGPSpec{}
@@ -156,7 +156,7 @@ func (n *Node) registerNode(ctx context.Context, podMTU int, atStart bool) error
 			return nil
 		}
 		if !errors.Is(err, datastore.ErrConflict) || try > 5 {
-			return fmt.Errorf("register node: %w", err)
+			return fmt.Errorf("register node %s: %w", n.cfg.Name, err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,7 +45,8 @@ const DefaultStateDir = "/var/lib/podnet"
 
 // Config configures a node daemon.
 type Config struct {
-	// Name is the node name; "" means the host name.
+	// Name is the node name, a lower-case DNS subdomain as Calico's
+	// Node names; "" means the host name, lower-cased.
 	Name string
 	// Underlay is the interface that carries traffic to other nodes; ""
 	// means the interface of the default route, else the first up
@@ -172,12 +175,18 @@ type Node struct {
 
 // New validates cfg and fills defaults; Run starts the node.
 func New(cfg Config) (*Node, error) {
+	hostname := ""
 	if cfg.Name == "" {
 		h, err := os.Hostname()
 		if err != nil {
 			return nil, fmt.Errorf("node name: %w", err)
 		}
-		cfg.Name = h
+		// As calico/node does: Node names are lower case, host names
+		// often are not.
+		hostname, cfg.Name = h, strings.ToLower(h)
+	}
+	if err := checkNodeName(cfg.Name, hostname); err != nil {
+		return nil, err
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = DefaultStateDir
@@ -207,7 +216,24 @@ func New(cfg Config) (*Node, error) {
 		reread:   make(chan struct{}, 1),
 	}
 	n.routesReread = &rateLimited{every: routesRereadEvery, f: n.markReread}
+	if hostname != "" && hostname != cfg.Name {
+		n.log.Info("node name is the host name in lower case, as Node names must be", "hostname", hostname)
+	}
 	return n, nil
+}
+
+// checkNodeName refuses a name the Node resource cannot have: the node
+// could not register, and every pod add would fail. A name given is never
+// rewritten; hostname is the host name it came from, if it did.
+func checkNodeName(name, hostname string) error {
+	if api.NewNode(name).Validate() == nil {
+		return nil
+	}
+	const rule = "a node name must be a lower-case DNS subdomain, as Calico's: at most 253 characters of a-z, 0-9, '-' and '.', each dot-separated part starting and ending with a letter or digit"
+	if hostname != "" {
+		return fmt.Errorf("node name %q (from the host name %q) is invalid: %s; give one with --node", name, hostname, rule)
+	}
+	return fmt.Errorf("node name %q is invalid: %s", name, rule)
 }
 
 // Run brings the node up, serves the local API and blocks until ctx is
@@ -260,6 +286,12 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		// etcd answered and refused what the node wrote: no retry can
+		// help, and a node that cannot register can add no pod.
+		var invalid *api.ValidationError
+		if errors.As(err, &invalid) {
+			return err
 		}
 		n.setHealth(err)
 		n.log.Warn("starting without the datastore; registering once it answers", "err", err)

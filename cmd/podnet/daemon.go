@@ -125,7 +125,7 @@ system can reach.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Name, "node", "", "node name (default: the host name)")
+	f.StringVar(&cfg.Name, "node", "", "node name, a lower-case DNS subdomain as Calico's (default: the host name, lower-cased)")
 	f.StringVar(&cfg.Underlay, "underlay", "", "interface toward other nodes (default: the default route's)")
 	f.StringVar(&cfg.StateDir, "state-dir", node.DefaultStateDir, "directory for pod records")
 	f.StringVar(&cfg.Socket, "socket", nodeapi.DefaultSocket, "unix socket of the local API")
