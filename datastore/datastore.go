@@ -119,6 +119,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// keepAliveTime is how long a connection to etcd may be silent before
+// the client pings it; keepAliveTimeout how long it waits for the
+// answer before it gives the connection up.
+const (
+	keepAliveTime    = 10 * time.Second
+	keepAliveTimeout = 5 * time.Second
+)
+
 // Dial makes a client for etcd without waiting for etcd to answer: the
 // node daemon must start, and forward, while etcd is down. Calls then
 // wait for etcd until their context ends; Ping says whether it answers.
@@ -137,6 +145,12 @@ func Dial(cfg Config) (*Store, error) {
 	ccfg := clientv3.Config{
 		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: tlsCfg,
 		Logger: zap.NewNop(),
+		// Ping a connection that carries calls (the daemon's watches
+		// keep one): one that a partition cut without a word fails
+		// its calls, which then go over a new one, within seconds
+		// rather than after TCP's retransmissions (about 15 min).
+		// etcd refuses pings more often than every 5 s.
+		DialKeepAliveTime: keepAliveTime, DialKeepAliveTimeout: keepAliveTimeout,
 	}
 	// Reconnect within seconds of etcd's return: gRPC's default backoff
 	// grows to two minutes, during which a daemon would wait for an

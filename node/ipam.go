@@ -17,8 +17,13 @@ import (
 // Pods' addresses from IPAM and their WorkloadEndpoints. These talk to
 // the datastore: callers must not run them on the control loop.
 
-// opTimeout bounds one pod operation's datastore calls.
+// opTimeout bounds one pod operation's datastore calls, and the
+// datastore goroutine's reads and writes of one round.
 const opTimeout = 30 * time.Second
+
+// checkPodsTimeout bounds one checkPods, below opTimeout: a delete waits
+// that long for the pods it holds. A var for tests.
+var checkPodsTimeout = 20 * time.Second
 
 func opContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), opTimeout)
@@ -168,8 +173,11 @@ func (n *Node) recordEndpoint(ctx context.Context, rec PodRecord, add bool) erro
 // reported, not taken back. The datastore goroutine runs it each time
 // etcd answers again (the start included) and every checkPodsInterval;
 // the pods it checks are marked busy, so that a delete waits instead of
-// racing it.
+// racing it; so it gives up after checkPodsTimeout, as a call to an etcd
+// that stopped answering waits for its context.
 func (n *Node) checkPods(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, checkPodsTimeout)
+	defer cancel()
 	var recs []PodRecord
 	n.do(func(s *state) error {
 		for _, p := range s.pods {

@@ -88,9 +88,12 @@ func (n *Node) routineDatastore(ctx context.Context, cached *dsInputs) {
 		}
 		if !n.registered.Load() {
 			// The node started while etcd did not answer. This waits
-			// for etcd: nothing else on this goroutine can go on
-			// without it.
-			if err := n.register(ctx); err != nil {
+			// for etcd (opTimeout, then again after retryInterval):
+			// nothing else on this goroutine can go on without it.
+			rctx, cancel := context.WithTimeout(ctx, opTimeout)
+			err := n.register(rctx)
+			cancel()
+			if err != nil {
 				if ctx.Err() == nil {
 					n.log.Warn("register node", "err", err)
 					retry.Reset(retryInterval)
@@ -152,8 +155,12 @@ func (n *Node) watchKind(ctx context.Context, kind string, mark func()) {
 // reconcile reads the datastore, does the node's own writes (tunnel
 // addresses, pod MTU, blocks of no pool), keeps what it read in the view
 // cache, and routes by it. It runs on the datastore goroutine, never on
-// the loop: the reads may take as long as etcd does.
-func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache) error {
+// the loop: the reads may take as long as etcd does, up to opTimeout, so
+// that an etcd that stopped answering holds up neither the checks nor
+// the pending releases after it.
+func (n *Node) reconcile(parent context.Context, sp *speakerState, cache *viewCache) error {
+	ctx, cancel := context.WithTimeout(parent, opTimeout)
+	defer cancel()
 	poolRs, _, err := n.res.List(ctx, api.KindIPPool)
 	if err != nil {
 		return err
@@ -214,7 +221,7 @@ func (n *Node) reconcile(ctx context.Context, sp *speakerState, cache *viewCache
 		n.log.Warn("record pod MTU", "err", err)
 	}
 	cache.save(n, in)
-	return n.route(ctx, sp, in)
+	return n.route(parent, sp, in)
 }
 
 // route brings the BGP speaker in line with in and hands the control
