@@ -148,9 +148,11 @@ func (s podStore) save(recs []PodRecord) error {
 }
 
 // writeFileAtomic replaces path with b, synced: a crash leaves the old
-// file or the new one, never half of one.
+// file or the new one, never half of one, and once it returns, the new
+// one.
 func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
@@ -164,6 +166,17 @@ func writeFileAtomic(path string, b []byte) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
 		return err
+	}
+	// The rename is in the directory: until that is synced, a power cut
+	// can bring the old file back.
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	serr = d.Sync()
+	d.Close()
+	if serr != nil {
+		return fmt.Errorf("sync %s: %w", dir, serr)
 	}
 	return nil
 }
