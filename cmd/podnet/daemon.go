@@ -62,7 +62,9 @@ port podnet0, re-attaches recorded pods and serves the local API that
 Settings come from the flags, else from the configuration file (--config,
 default ` + DefaultDaemonConfig + ` when it exists): a YAML map whose keys are
 the flag names, e.g. "metrics-listen: 127.0.0.1:9091". Under systemd
-(Type=notify) the daemon reports READY=1 once it forwards and serves its API.
+(Type=notify) the daemon reports READY=1 once it forwards and serves its API,
+and STOPPING=1 as soon as SIGTERM or SIGINT starts its shutdown; a second
+signal kills it without waiting for the shutdown.
 
 --metrics-listen serves Prometheus metrics at /metrics without
 authentication: give a loopback address, or one only the monitoring
@@ -117,11 +119,7 @@ system can reach.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			err = n.Run(ctx)
-			notifySystemd(cfg.Logger, sddaemon.SdNotifyStopping)
-			return err
+			return runUntilSignal(n.Run, func() { notifySystemd(cfg.Logger, sddaemon.SdNotifyStopping) })
 		},
 	}
 	f := cmd.Flags()
@@ -157,6 +155,32 @@ system can reach.`,
 	f.StringVar(&cfg.EtcdSocket, "etcd-socket", node.DefaultEtcdSocket, "client socket of the embedded etcd (mode 0600)")
 	etcdServerFlags(cmd, "etcd-", "etcd-listen", &cfg.EtcdServer)
 	return cmd
+}
+
+// runUntilSignal runs run with a context that ends at the first SIGINT
+// or SIGTERM, and calls stopping once: at that signal, as the shutdown
+// begins, or when run returns by itself. After the first signal a second
+// one kills the process (Go's default), for a shutdown that hangs.
+func runUntilSignal(run func(context.Context) error, stopping func()) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	done, signalled := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			stop() // a second signal kills the process now
+			stopping()
+			signalled <- true
+		case <-done:
+			signalled <- false
+		}
+	}()
+	err := run(ctx)
+	close(done)
+	if !<-signalled {
+		stopping()
+	}
+	return err
 }
 
 // notifySystemd tells systemd about the daemon's state when it runs as a
