@@ -104,6 +104,9 @@ type pod struct {
 	port     int
 	attached bool
 	err      string // why it is not attached
+	// netns is the namespace of rec.Netns, as AddPod or restorePods
+	// found it (zero: unknown), for netnsTaken.
+	netns netnsID
 	// busy: checkPods is comparing it with the datastore; a delete
 	// waits until it is done.
 	busy bool

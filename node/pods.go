@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"podnet/api"
 	"podnet/internal/netnsutil"
@@ -109,6 +110,7 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 	// rollback deletes the namespace (--new) or its eth0, so neither may
 	// be there already.
 	nsPath, nsName := req.Netns, ""
+	var nsID netnsID
 	if req.New {
 		prefix := n.cfg.PodNetnsPrefix
 		if prefix == "" {
@@ -126,14 +128,16 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 		if hasPodLink(req.Netns) {
 			return nodeapi.PodInfo{}, badRequest("pod %s: netns %s already has an %s", req.Name, req.Netns, vswitch.PodIfName)
 		}
+		nsID = netnsIDOf(req.Netns)
 	}
 	// No address without etcd: say so now rather than after a timeout.
 	if err := n.requireDatastore(); err != nil {
 		return nodeapi.PodInfo{}, fmt.Errorf("pod %s: %w", req.Name, err)
 	}
 
-	// Reserve the name (and the address asked for) on the loop, and
-	// write the intent.
+	// Reserve the name, the namespace (an add into it under way would
+	// pass the check above, and its rollback would delete this add's
+	// eth0) and the address asked for on the loop, and write the intent.
 	rec := PodRecord{Name: req.Name, IP: wantIP, Netns: nsPath, OwnsNetns: req.New,
 		Handle: n.podHandle(req.Name), Created: time.Now().UTC()}
 	var mtu int
@@ -147,12 +151,15 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 			}
 			return badRequest("pod %s already exists", req.Name)
 		}
+		if err := netnsTaken(s, req.Name, nsPath, nsID); err != nil {
+			return err
+		}
 		if wantIP.IsValid() {
 			if err := addrTaken(s, req.Name, wantIP); err != nil {
 				return err
 			}
 		}
-		s.pods[req.Name] = &pod{rec: rec, phase: podAdding, port: -1}
+		s.pods[req.Name] = &pod{rec: rec, phase: podAdding, port: -1, netns: nsID}
 		if err := n.save(s); err != nil {
 			delete(s.pods, req.Name)
 			return err
@@ -207,6 +214,7 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 		if err := createNamedNetns(nsName); err != nil {
 			return fail(fmt.Errorf("pod %s: %w", req.Name, err))
 		}
+		nsID = netnsIDOf(nsPath)
 	}
 	var mac packet.MAC
 	dev, mac, err = vswitch.CreatePodLink(vswitch.PodLinkConfig{
@@ -230,7 +238,7 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 		if err != nil {
 			return err
 		}
-		p.rec, p.port, p.attached, p.phase = rec, idx, true, podReady
+		p.rec, p.port, p.attached, p.phase, p.netns = rec, idx, true, podReady, nsID
 		// The pools' encapsulation changed while the link was made.
 		if now := s.podMTU(n.cfg.PodMTU); now != mtu {
 			if err := setPodMTU(rec.Netns, now); err != nil {
@@ -276,6 +284,46 @@ func addrTaken(s *state, name string, ip netip.Addr) error {
 		}
 	}
 	return nil
+}
+
+// netnsTaken says why pod name cannot go into the namespace at path (id
+// when known): another pod is being added there, has it, or is being
+// deleted from it, and this add's rollback, or that pod's, would delete
+// the other's eth0. A pod whose delete is done here (podReleasing) has
+// left it. A ready pod counts by its path only: its namespace may be gone
+// and its number taken by a new one (and one still there has an eth0,
+// which AddPod refuses anyway).
+func netnsTaken(s *state, name, path string, id netnsID) error {
+	for _, p := range s.pods {
+		if p.rec.Name == name || p.phase == podReleasing {
+			continue
+		}
+		samePath := filepath.Clean(p.rec.Netns) == filepath.Clean(path)
+		sameNetns := id != (netnsID{}) && p.netns == id && p.phase != podReady
+		if !samePath && !sameNetns {
+			continue
+		}
+		switch p.phase {
+		case podAdding:
+			return badRequest("pod %s: netns %s is taken by pod %s, being added there", name, path, p.rec.Name)
+		case podDeleting:
+			return badRequest("pod %s: netns %s is pod %s's, being deleted; try again once it is done", name, path, p.rec.Name)
+		}
+		return badRequest("pod %s: netns %s is pod %s's", name, path, p.rec.Name)
+	}
+	return nil
+}
+
+// netnsID is a network namespace whatever the path to it
+// (/run/netns/x, /var/run/netns/x, /proc/PID/ns/net); zero when unknown.
+type netnsID struct{ dev, ino uint64 }
+
+func netnsIDOf(path string) netnsID {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return netnsID{}
+	}
+	return netnsID{st.Dev, st.Ino}
 }
 
 // DeletePod detaches a pod, deletes its eth0 (and its namespace if the
@@ -530,7 +578,7 @@ func (n *Node) restorePods(s *state) error {
 			}
 			continue
 		}
-		p := &pod{rec: rec, phase: podReady, port: -1}
+		p := &pod{rec: rec, phase: podReady, port: -1, netns: netnsIDOf(rec.Netns)}
 		s.pods[rec.Name] = p
 		dev, mac, err := vswitch.ReattachPodLink(rec.Netns, n.cfg.TapOffload)
 		if err != nil {
