@@ -404,6 +404,8 @@ func TestPodAddBadInput(t *testing.T) {
 		{"bad name", []string{"pod", "add", "Bad_Name", "--netns", spare, "--ip", "192.168.1.52"}, "invalid pod name"},
 		{"port name", []string{"pod", "add", "vxlan", "--netns", spare, "--ip", "192.168.1.56"}, `pod name "vxlan" is taken by the node's own port`},
 		{"netns and new", []string{"pod", "add", "both", "--netns", spare, "--new", "--ip", "192.168.1.53"}, "exactly one of"},
+		{"relative netns", []string{"pod", "add", "rel", "--netns", "run/netns/" + l.Name() + "-test-9", "--ip", "192.168.1.57"}, "must be an absolute path"},
+		{"unclean netns", []string{"pod", "add", "unclean", "--netns", "/run/netns//" + l.Name() + "-test-9", "--ip", "192.168.1.58"}, "must be written plainly"},
 		{"node address", []string{"pod", "add", "nodeip", "--netns", spare, "--ip", l.NodeAddr("worker1").String()}, "belongs to the node"},
 		{"loopback", []string{"pod", "add", "lo", "--netns", spare, "--ip", "127.0.0.5"}, "--ip"},
 		{"reserved", []string{"pod", "add", "res", "--netns", spare, "--ip", "240.0.0.1"}, "--ip"},

@@ -122,6 +122,14 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 			return nodeapi.PodInfo{}, badRequest("pod %s: netns %s already exists", req.Name, nsName)
 		}
 	} else {
+		// Saved as given and checked again at every start (pods.json):
+		// a path that is not plainly absolute would stop the next start.
+		switch {
+		case !filepath.IsAbs(req.Netns):
+			return nodeapi.PodInfo{}, badRequest("pod %s: --netns %q: must be an absolute path (/run/netns/NAME for a named namespace)", req.Name, req.Netns)
+		case filepath.Clean(req.Netns) != req.Netns:
+			return nodeapi.PodInfo{}, badRequest("pod %s: --netns %q: must be written plainly (no trailing /, no . or .. parts, no //): %s?", req.Name, req.Netns, filepath.Clean(req.Netns))
+		}
 		if _, err := os.Stat(req.Netns); err != nil {
 			return nodeapi.PodInfo{}, badRequest("pod %s: netns %s: %v", req.Name, req.Netns, errors.Unwrap(err))
 		}
