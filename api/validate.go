@@ -41,6 +41,17 @@ type ValidationError struct {
 	Fields []FieldError
 }
 
+// HasField says whether one of the errors is about field (its path as
+// FieldError.Field gives it, e.g. "Metadata.Name").
+func (e *ValidationError) HasField(field string) bool {
+	for _, f := range e.Fields {
+		if f.Field == field {
+			return true
+		}
+	}
+	return false
+}
+
 func (e *ValidationError) Error() string {
 	switch len(e.Fields) {
 	case 0:

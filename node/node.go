@@ -287,14 +287,22 @@ func (n *Node) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		// etcd answered and refused what the node wrote: no retry can
-		// help, and a node that cannot register can add no pod.
+		// etcd answered and refused the node's name: no retry can help,
+		// and a node that cannot register can add no pod. (New checks
+		// the name; this is the datastore's word on it.) Any other
+		// refusal of the Node (a field another tool wrote, say) still
+		// lets the node start with its pods, registering once the Node
+		// is fixed.
 		var invalid *api.ValidationError
-		if errors.As(err, &invalid) {
+		if errors.As(err, &invalid) && invalid.HasField("Metadata.Name") {
 			return err
 		}
 		n.setHealth(err)
-		n.log.Warn("starting without the datastore; registering once it answers", "err", err)
+		if invalid != nil {
+			n.log.Error("the datastore refused this node's Node resource; starting without registering, and trying again until it is fixed", "err", err)
+		} else {
+			n.log.Warn("starting without the datastore; registering once it answers", "err", err)
+		}
 		if cached, err = n.loadViewCache(); err != nil || cached == nil {
 			n.log.Warn("no view cache: BGP starts once the datastore answers", "err", err)
 		} else {
@@ -351,7 +359,9 @@ func (n *Node) Run(ctx context.Context) error {
 	defer stopMetrics()
 	n.log.Info("node started", "underlay", n.underlay, "address", n.underlayAddr,
 		"socket", n.cfg.Socket, "tapOffload", n.cfg.TapOffload, "podMTU", startMTU, "pods", startPods)
-	if n.cfg.OnReady != nil {
+	if n.cfg.OnReady != nil && ctx.Err() == nil {
+		// (Not after a stop signal: the service manager was told
+		// STOPPING already.)
 		n.cfg.OnReady()
 	}
 

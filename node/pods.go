@@ -178,6 +178,16 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 	if err != nil {
 		return nodeapi.PodInfo{}, err
 	}
+	if !req.New && hasPodLink(req.Netns) {
+		// Another pod got into the namespace between the first look and
+		// the reservation (by another path to it, say): give the
+		// reservation back without the rollback, which would delete
+		// that pod's eth0.
+		if err := n.do(func(s *state) error { delete(s.pods, req.Name); return n.save(s) }); err != nil {
+			n.log.Warn("pod add refused; dropping its record", "pod", req.Name, "err", err)
+		}
+		return nodeapi.PodInfo{}, badRequest("pod %s: netns %s already has an %s", req.Name, req.Netns, vswitch.PodIfName)
+	}
 	crashPoint("add-intent")
 	var dev *tap.Device
 	fail := func(err error) (nodeapi.PodInfo, error) {
