@@ -22,13 +22,7 @@ func TestBGPFailureKeepsView(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 2})
 	ctx := context.Background()
-	run := func(stdin string, args ...string) {
-		t.Helper()
-		var out strings.Builder
-		if err := l.Exec(ctx, "worker1", strings.NewReader(stdin), &out, &out, append([]string{"podnet"}, args...)...); err != nil {
-			t.Fatalf("podnet %v: %v\n%s", args, err, out.String())
-		}
-	}
+	run := func(stdin string, args ...string) { t.Helper(); mustPodnet(t, l, stdin, args...) }
 	// Something else holds the port worker2's speaker is moved to.
 	var squatter net.Listener
 	if err := netnsutil.Do(nsPath(t, l, "worker2"), func() (err error) {

@@ -149,6 +149,7 @@ type hop struct {
 type dropEgress struct{ reason DropReason }
 
 func (d *dropEgress) kind() egressKind { return egressDrop }
+
 // caps: it takes everything whole, UDP superframes too, so that a
 // dropped superframe is one drop and costs no cutting.
 func (d *dropEgress) caps() egressCaps {
