@@ -18,6 +18,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Root is the prefix of every podnet key.
@@ -395,4 +397,24 @@ func (c Collection) Watch(ctx context.Context, rev int64) <-chan []Event {
 		}
 	}()
 	return out
+}
+
+// Unreachable says whether err means the datastore did not answer in
+// time (the call's deadline passed, or etcd was unavailable), as opposed
+// to an answer that refused the request: the same call may succeed
+// later, so an API answers 503 and a CNI runtime tries again.
+func Unreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		switch status.Code(e) {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return true
+		}
+	}
+	return false
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 
+	"podnet/datastore"
 	"podnet/internal/buildinfo"
 	"podnet/nodeapi"
 	"podnet/router"
@@ -129,7 +130,9 @@ func writeErr(w http.ResponseWriter, err error) {
 		if ue.code != 0 {
 			code = ue.code
 		}
-	case errors.As(err, &unavailable):
+	case errors.As(err, &unavailable), errors.Is(err, errStopped), datastore.Unreachable(err):
+		// Refused for now, not for good: etcd did not answer (before
+		// the health probe noticed), or the node is stopping.
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, nodeapi.Error{Error: err.Error(), Field: field})
