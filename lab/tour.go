@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -58,19 +59,40 @@ type tour struct {
 	// sameA and sameB are two pods on one node; far is a pod on another.
 	sameA, sameB, far PodStatus
 	pool              poolModes
+	// sameSubnet: the two nodes share an underlay subnet.
+	sameSubnet bool
 }
 
 type poolModes struct{ IPIP, VXLAN string }
 
-// encap is the encapsulation between nodes the default pool asks for.
-func (m poolModes) encap() string {
+// between is the encapsulation the default pool asks for between two
+// nodes, in one underlay subnet or not (CrossSubnet encapsulates only
+// across subnets).
+func (m poolModes) between(sameSubnet bool) string {
 	switch {
-	case m.IPIP == "Always":
+	case m.IPIP == "Always", m.IPIP == "CrossSubnet" && !sameSubnet:
 		return EncapIPIP
-	case m.VXLAN == "Always":
+	case m.VXLAN == "Always", m.VXLAN == "CrossSubnet" && !sameSubnet:
 		return EncapVXLAN
 	}
 	return EncapNone
+}
+
+// encap is the encapsulation between the tour's two nodes.
+func (t *tour) encap(m poolModes) string { return m.between(t.sameSubnet) }
+
+// farTTL is the TTL of a ping reply across the tour's two nodes: one
+// hop for each switch; unencapsulated, the two nodes' kernels route it
+// too, and across subnets the fabric's router.
+func farTTL(encap string, sameSubnet bool) int {
+	ttl := 64 - 2
+	if encap == EncapNone {
+		ttl -= 2
+		if !sameSubnet {
+			ttl--
+		}
+	}
+	return ttl
 }
 
 // Tour walks the overlay lesson of docs/tutorial.md in the running lab:
@@ -129,26 +151,59 @@ func (l *Lab) Tour(ctx context.Context, cfg TourConfig) error {
 	return nil
 }
 
-// setUp makes sure there are pods to show (test-1..3 over two nodes) and
-// picks two on one node and one on another.
+// setUp makes sure there are pods to show, two on the first node and
+// one on the second (adding test-N pods there, the lowest free numbers,
+// when there are not; none is ever removed), and picks them.
 func (t *tour) setUp(ctx context.Context) error {
 	st := t.l.Status()
+	first, second := st.Nodes[0], st.Nodes[1]
+	count := func(node string) int {
+		n := 0
+		for _, p := range t.l.Status().Pods {
+			if p.Node == node {
+				n++
+			}
+		}
+		return n
+	}
+	for _, need := range []struct {
+		node string
+		n    int
+	}{{first.Name, 2}, {second.Name, 1}} {
+		for count(need.node) < need.n {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			name := t.freePodName()
+			t.say(fmt.Sprintf("podnet lab pod add%s %s --node %s", nameFlag(t.l.Name()), name, need.node))
+			if _, err := t.l.AddPod(ctx, PodSpec{Name: name, Node: need.node}); err != nil {
+				return fmt.Errorf("tour: %w", err)
+			}
+		}
+	}
 	byNode := map[string][]PodStatus{}
-	for _, p := range st.Pods {
+	for _, p := range t.l.Status().Pods {
 		byNode[p.Node] = append(byNode[p.Node], p)
 	}
-	if len(byNode[st.Nodes[0].Name]) < 2 || len(byNode[st.Nodes[1].Name]) < 1 {
-		t.say("podnet lab scale test=3")
-		if _, _, err := t.l.Scale(ctx, DeploymentName, 3); err != nil {
-			return fmt.Errorf("tour: %w", err)
-		}
-		return t.setUp(ctx)
-	}
-	a := byNode[st.Nodes[0].Name]
-	t.sameA, t.sameB, t.far = a[0], a[1], byNode[st.Nodes[1].Name][0]
+	a := byNode[first.Name]
+	t.sameA, t.sameB, t.far = a[0], a[1], byNode[second.Name][0]
+	t.sameSubnet = first.Address.Masked().Contains(second.Address.Addr())
 	modes, err := t.poolModes(ctx)
 	t.pool = modes
 	return err
+}
+
+// freePodName is the lowest test-N no pod of the lab has.
+func (t *tour) freePodName() string {
+	taken := map[string]bool{}
+	for _, p := range t.l.Status().Pods {
+		taken[p.Name] = true
+	}
+	for j := 1; ; j++ {
+		if name := podName(j); !taken[name] {
+			return name
+		}
+	}
 }
 
 // say prints a command line as the user would type it.
@@ -297,26 +352,32 @@ func (t *tour) capture(ctx context.Context, from string, to netip.Addr) (string,
 }
 
 // checkOuter checks that a capture shows the encapsulation encap between
-// nodes from and to.
-func checkOuter(dump, encap string, from, to netip.Addr) error {
-	var want string
+// nodes from and to, for a ping from pod address src to dst: the outer
+// header, or without encapsulation the pods' own packet and no tunnel.
+func checkOuter(dump, encap string, from, to, src, dst netip.Addr) error {
 	switch encap {
 	case EncapIPIP:
-		want = fmt.Sprintf("IP %s > %s: IP ", from, to)
+		if want := fmt.Sprintf("IP %s > %s: IP ", from, to); !strings.Contains(dump, want) {
+			return checkf("no %q on the fabric (want %s between the nodes)", want, encap)
+		}
 	case EncapVXLAN:
-		want = fmt.Sprintf("IP %s.", from)
-		if !strings.Contains(dump, want) || !strings.Contains(dump, fmt.Sprintf("> %s.4789: VXLAN", to)) {
+		if !strings.Contains(dump, fmt.Sprintf("IP %s.", from)) || !strings.Contains(dump, fmt.Sprintf("> %s.4789: VXLAN", to)) {
 			return checkf("no VXLAN packet from %s to %s:4789 on the fabric", from, to)
 		}
-		return nil
 	default:
-		want = "ICMP echo request"
-	}
-	if !strings.Contains(dump, want) {
-		return checkf("no %q on the fabric (want %s between the nodes)", want, encap)
+		if strings.Contains(dump, ": VXLAN") || outerIPIPRE.MatchString(dump) {
+			return checkf("encapsulated packets on the fabric, want the pods' own (%s)", encap)
+		}
+		if want := fmt.Sprintf("IP %s > %s: ICMP echo request", src, dst); !strings.Contains(dump, want) {
+			return checkf("no %q on the fabric (want plain routing between the nodes)", want)
+		}
 	}
 	return nil
 }
+
+// outerIPIPRE matches tcpdump's line for an IP-in-IP packet: an IP
+// header whose payload is an IP packet.
+var outerIPIPRE = regexp.MustCompile(`IP \S+ > \S+: IP `)
 
 // waitEncap waits until node routes the block of ip (a pod on another
 // node) with encap.
@@ -384,16 +445,20 @@ var tourSteps = []tourStep{
 		Why: "The sending switch has a route for the other node's address block, learned over BGP with that node " +
 			"as next hop, and wraps the pod's packet in an outer header between the nodes' underlay addresses " +
 			"(IP-in-IP: IP protocol 4, 20 bytes; VXLAN: UDP 4789, 50 bytes). The far switch unwraps it, checks " +
-			"that it came from a node, and routes it: two routers, TTL 62.",
+			"that it came from a node, and routes it: two routers, TTL 62. A pool that does not encapsulate " +
+			"between these nodes (Never, or CrossSubnet within one subnet) hands the packet to the node's " +
+			"kernel instead, which routes it to the other node as it is: four routers, TTL 60.",
 		Run: func(ctx context.Context, t *tour) error {
-			if err := errors.Join(t.page(ctx, t.far.Name, t.sameA), t.pingTTL(ctx, t.far.Name, t.sameA.IP, "62")); err != nil {
+			encap := t.encap(t.pool)
+			ttl := strconv.Itoa(farTTL(encap, t.sameSubnet))
+			if err := errors.Join(t.page(ctx, t.far.Name, t.sameA), t.pingTTL(ctx, t.far.Name, t.sameA.IP, ttl)); err != nil {
 				return err
 			}
 			dump, err := t.capture(ctx, t.far.Name, t.sameA.IP)
 			if err != nil {
 				return err
 			}
-			return checkOuter(dump, t.pool.encap(), t.l.NodeAddr(t.far.Node), t.l.NodeAddr(t.sameA.Node))
+			return checkOuter(dump, encap, t.l.NodeAddr(t.far.Node), t.l.NodeAddr(t.sameA.Node), t.far.IP, t.sameA.IP)
 		},
 	},
 	{
@@ -513,7 +578,7 @@ var tourSteps = []tourStep{
 		Run: func(ctx context.Context, t *tour) error {
 			orig := t.pool
 			to := poolModes{"Never", "Always"}
-			if orig.encap() == EncapVXLAN {
+			if t.encap(orig) == EncapVXLAN {
 				to = poolModes{"Always", "Never"}
 			}
 			restore := func() error {
@@ -525,7 +590,7 @@ var tourSteps = []tourStep{
 				fmt.Sprintf(`{"spec":{"ipipMode":%q,"vxlanMode":%q}}`, to.IPIP, to.VXLAN)); err != nil {
 				return err
 			}
-			err := t.switched(ctx, to.encap())
+			err := t.switched(ctx, t.encap(to))
 			if rerr := restore(); rerr != nil {
 				return errors.Join(err, rerr)
 			}
@@ -533,7 +598,7 @@ var tourSteps = []tourStep{
 				return err
 			}
 			fmt.Fprintln(t.out, "\nand back:")
-			return t.switched(ctx, orig.encap())
+			return t.switched(ctx, t.encap(orig))
 		},
 	},
 	{
@@ -563,7 +628,7 @@ func (t *tour) switched(ctx context.Context, encap string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOuter(dump, encap, t.l.NodeAddr(t.far.Node), t.l.NodeAddr(t.sameA.Node)); err != nil {
+	if err := checkOuter(dump, encap, t.l.NodeAddr(t.far.Node), t.l.NodeAddr(t.sameA.Node), t.far.IP, t.sameA.IP); err != nil {
 		return err
 	}
 	if _, err := t.exec(ctx, t.sameA.Name, "ip", "link", "show", "eth0"); err != nil {
