@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
 
@@ -65,6 +67,10 @@ delivered where it says.`,
 		q.Src, q.Dst, q.From = src, dst, from
 		hops, err := labTrace(st, srcNode, q)
 		for _, h := range hops {
+			if h.kernel != "" {
+				fmt.Fprintf(stdout, "on %s (its kernel, not the switch):\n  %s\n", h.node, h.kernel)
+				continue
+			}
 			fmt.Fprintf(stdout, "on %s:\n", h.node)
 			printTrace(stdout, "  ", h.res)
 		}
@@ -73,18 +79,30 @@ delivered where it says.`,
 		}
 		fmt.Fprintln(stdout, traceSummary(st, hops))
 		if probe {
-			return probeTrace(cmd.Context(), l, st, args[0], q, hops, stdout)
+			// The ping goes from the pod, or from the node itself.
+			target := from
+			if from == "host" {
+				target = srcNode
+			}
+			return probeTrace(cmd.Context(), l, st, target, q, hops, stdout)
 		}
 		return nil
 	}
 	return cmd
 }
 
-// traceHop is the trace on one node.
+// traceHop is the trace on one node: its switch's, or, when kernel is
+// set, the node's kernel's fate for the packet (plain routing: the
+// kernels forward between the switches, and TTL can run out there).
 type traceHop struct {
-	node string
-	res  vswitch.TraceResult
+	node   string
+	res    vswitch.TraceResult
+	kernel string
 }
+
+// kernelTTLExceeded is what a node's kernel does with a packet it would
+// forward with TTL 1 or less.
+const kernelTTLExceeded = "TTL exceeded: dropped, ICMP time exceeded back to the sender from the node's address"
 
 // labEndpoint resolves a lab name or an address: the node it lives on
 // ("" outside the nodes), where a packet from it enters that node's
@@ -124,7 +142,7 @@ func labTrace(st lab.Status, first string, q vswitch.TraceQuery) ([]traceHop, er
 		if err := nodeapi.NewClient(n.Socket).Post(nodeapi.PathTrace, q, &res); err != nil {
 			return hops, fmt.Errorf("trace on %s: %w", cur, err)
 		}
-		hops = append(hops, traceHop{cur, res})
+		hops = append(hops, traceHop{node: cur, res: res})
 		var next *lab.NodeStatus
 		switch {
 		case res.Verdict == "encapsulate":
@@ -133,11 +151,17 @@ func labTrace(st lab.Status, first string, q vswitch.TraceQuery) ([]traceHop, er
 			q.TTL = res.TTLOut
 		case res.Verdict == "host" && res.Route != nil && res.Route.NextHop.IsValid():
 			// Plain routing: the node's kernel forwards it on the underlay
-			// (one more TTL) to the next node, whose kernel hands it to
-			// its switch.
+			// to the next node, whose kernel forwards it to its switch:
+			// two more TTL, and either kernel drops it at TTL 1.
+			if res.TTLOut <= 1 {
+				return append(hops, traceHop{node: cur, kernel: kernelTTLExceeded}), nil
+			}
 			next = labNodeByAddr(st, res.Route.NextHop)
+			if next != nil && res.TTLOut <= 2 {
+				return append(hops, traceHop{node: next.Name, kernel: kernelTTLExceeded}), nil
+			}
 			q.From, q.Node = "host", netip.Addr{}
-			q.TTL = res.TTLOut - 1
+			q.TTL = res.TTLOut - 2
 		}
 		if next == nil {
 			return hops, nil
@@ -173,6 +197,9 @@ func traceSummary(st lab.Status, hops []traceHop) string {
 		path = append(path, h.node)
 	}
 	r := last.res
+	if last.kernel != "" {
+		return fmt.Sprintf("result: dropped in %s's kernel (ttl-exceeded), path %s", last.node, strings.Join(path, " → "))
+	}
 	switch r.Verdict {
 	case "drop":
 		return fmt.Sprintf("result: dropped on %s (%s), path %s", last.node, r.Drop, strings.Join(path, " → "))
@@ -210,10 +237,21 @@ func probeTrace(ctx context.Context, l *lab.Lab, st lab.Status, src string, q vs
 	if q.DF {
 		args = append(args, "-M", "do")
 	}
-	out, _ := l.Output(ctx, src, append(args, q.Dst.String())...)
+	out, err := l.Output(ctx, src, append(args, q.Dst.String())...)
+	if ee := (*exec.ExitError)(nil); err != nil && !errors.As(err, &ee) {
+		return fmt.Errorf("probe: ping from %s: %w", src, err) // not ping's own failure
+	}
 	fmt.Fprintf(w, "probe: %s\n", firstLines(string(out), 2))
 	var failed []string
 	for i, h := range hops {
+		if h.kernel != "" {
+			// No switch counter sees a kernel's drop; the sender gets
+			// its ICMP error.
+			if i == len(hops)-1 && !strings.Contains(string(out), "Time to live exceeded") {
+				failed = append(failed, fmt.Sprintf("%s's kernel: ping got no time exceeded", h.node))
+			}
+			continue
+		}
 		var after []vswitch.PortStats
 		err := nodeapi.NewClient(labNode(st, h.node).Socket).Get(nodeapi.PathPorts, &after)
 		if err != nil {
@@ -244,6 +282,10 @@ func probeTrace(ctx context.Context, l *lab.Lab, st lab.Status, src string, q vs
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("probe disagrees with the trace: %s", strings.Join(failed, "; "))
+	}
+	if last := hops[len(hops)-1]; last.kernel != "" {
+		fmt.Fprintf(w, "probe: confirmed: each switch on the way saw the packet, and %s's kernel sent time exceeded\n", last.node)
+		return nil
 	}
 	fmt.Fprintf(w, "probe: confirmed on %d node(s): each ingress saw the packet, and the last node %s it\n", len(hops), verdictVerb(hops[len(hops)-1].res.Verdict))
 	return nil

@@ -102,3 +102,44 @@ func TestLabTraceAndCapture(t *testing.T) {
 		t.Errorf("tshark -r %s: %v\n%s%s", file, err, got, stderr.Bytes())
 	}
 }
+
+// TestLabTracePlainRouting: with plain routing both nodes' kernels route
+// between the switches. The trace says so, TTL included (the far pod gets
+// TTL 60), a TTL that runs out in a kernel is shown there, and --probe
+// works from a pod given by its address.
+func TestLabTracePlainRouting(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapNone})
+	bin := labtest.Binary(t)
+	cfg := filepath.Join(t.TempDir(), "podnet.cfg")
+	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "PODNET_CONFIG="+cfg, "PODNET_LAB="+l.Name())
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	ip1 := l.PodIP("test-1").String()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"across nodes", []string{ip1, "test-2"}, []string{"on worker2:", "61 on arrival", "61 → 60", "ttl=60", "result: delivered to pod test-2", "probe: confirmed on 2 node(s)"}},
+		{"ttl 3", []string{"test-1", "test-2", "--ttl", "3"}, []string{"on worker2 (its kernel, not the switch)", "result: dropped in worker2's kernel (ttl-exceeded)", "probe: confirmed", "kernel sent time exceeded"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := run(append([]string{"lab", "trace", "--probe"}, tc.args...)...)
+			if err != nil {
+				t.Fatalf("lab trace %v: %v\n%s", tc.args, err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("lab trace %v: no %q in\n%s", tc.args, w, out)
+				}
+			}
+		})
+	}
+}
