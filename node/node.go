@@ -512,7 +512,11 @@ func (n *Node) tunnelMTU() int {
 
 // openIPIP opens the IP-in-IP socket and attaches it to the switch.
 func (n *Node) openIPIP() error {
-	conn, err := encap.ListenIPIP(encap.IPIPConfig{})
+	// Bound to the node's address, as the VXLAN sockets are: the outer
+	// source is the address the other nodes know this node by (they
+	// accept tunnel packets from node addresses only), even when the
+	// route to a peer leaves by another interface of a multi-homed host.
+	conn, err := encap.ListenIPIP(encap.IPIPConfig{Local: n.underlayAddr.Addr()})
 	if err != nil {
 		return fmt.Errorf("open IP-in-IP socket: %w", err)
 	}
