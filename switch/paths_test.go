@@ -758,6 +758,13 @@ func dropCases() []dropCase {
 			inner[len(inner)-1] ^= 0xff
 			n.vx.offer(nodeVXLAN, vxlanDatagram(inner, encap.DefaultVNI))
 		}},
+		// A stranger's datagram is refused for its sender before its
+		// bytes are checked.
+		{name: "inner checksum from a stranger", port: "vxlan", reason: DropUnknownSource, send: func(n *fakeNet) {
+			inner := ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 10}.build()
+			inner[len(inner)-1] ^= 0xff
+			n.vx.offer(netip.MustParseAddr("192.0.2.99"), vxlanDatagram(inner, encap.DefaultVNI))
+		}},
 		{name: "other vni", port: "vxlan", reason: DropWrongVNI, send: func(n *fakeNet) {
 			n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build(), 77))
 		}},

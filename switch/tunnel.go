@@ -92,13 +92,20 @@ type tunnelPort struct {
 	readers  sync.WaitGroup          // one reader per receiver
 	rxBy     []atomic.Uint64         // frames each receiver's reader read
 	maxInner int
-	verifies bool             // Decap checks inner transport checksums (checksumVerifier)
+	verifies bool             // inner transport checksums are checked (checksumVerifier)
+	check    checksumVerifier // nil: no check
 	sft      superframeTunnel // nil: superframes are cut before Queue
 }
 
-// checksumVerifier is a Tunnel whose Decap drops inner TCP and UDP
-// packets with a wrong checksum, so those it returns are known good.
-type checksumVerifier interface{ VerifiesChecksums() bool }
+// checksumVerifier is a Tunnel whose inner TCP and UDP packets are
+// checked (CheckInner, after the sender is known to be a node), so
+// those forwarded are known good.
+type checksumVerifier interface {
+	VerifiesChecksums() bool
+	// CheckInner verifies (or completes) inner's transport checksum;
+	// false drops it.
+	CheckInner(inner packet.IPv4) bool
+}
 
 // AttachTunnel makes the switch send routes of cfg.Tunnel's encapsulation
 // over it and starts the reader of what other nodes send that way.
@@ -119,8 +126,8 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	}
 	t := &tunnelPort{t: cfg.Tunnel, mtu: cfg.MTU, icmpSrc: GatewayIP.As4(), rxBy: make([]atomic.Uint64, len(rx))}
 	t.maxInner = cfg.MTU - cfg.Tunnel.Overhead()
-	if v, ok := cfg.Tunnel.(checksumVerifier); ok {
-		t.verifies = v.VerifiesChecksums()
+	if v, ok := cfg.Tunnel.(checksumVerifier); ok && v.VerifiesChecksums() {
+		t.verifies, t.check = true, v
 	}
 	t.sft, _ = cfg.Tunnel.(superframeTunnel)
 	if cfg.LocalAddr.Is4() {
@@ -206,6 +213,10 @@ func (f *forwarder) fromTunnel(t *tunnelPort, r TunnelReceiver, i int, buf []byt
 func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 	if !f.nodes[src] {
 		t.c.drop(DropUnknownSource)
+		return
+	}
+	if t.check != nil && !t.check.CheckInner(p.ipv4()) {
+		t.c.drop(DropBadInnerChecksum)
 		return
 	}
 	if inner := p.ipv4().Src(); inner != src {

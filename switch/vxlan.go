@@ -251,11 +251,7 @@ func (r *vxlanReceiver) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, 
 	return r.conn.ReadBatch(bufs, sizes, offset)
 }
 
-// Decap takes the VXLAN header and the inner Ethernet header off, and
-// completes a partial inner checksum (see repairPartialChecksum), except
-// in a TCP superframe that arrived whole (a sender's VXLANSuperframes
-// over a veth underlay, or the kernel's own VXLAN device there): that one
-// keeps its partial checksum and goes on as a superframe (fromNode).
+// Decap takes the VXLAN header and the inner Ethernet header off.
 func (r *vxlanReceiver) Decap(i int, buf []byte, off, size int) (netip.Addr, int, int, DropReason) {
 	t := r.t
 	src := r.conn.Sources()[i]
@@ -270,10 +266,18 @@ func (r *vxlanReceiver) Decap(i int, buf []byte, off, size int) (netip.Addr, int
 	if perr != packet.ParseOK {
 		return src, 0, 0, DropBadInner
 	}
-	if !isWhole(inner, t.maxInner) && !repairPartialChecksum(inner) {
-		return src, 0, 0, DropBadInnerChecksum
-	}
+	// The inner checksums are checked later (CheckInner), once the
+	// sender is known to be a node: a stranger's datagrams cost no pass
+	// over their bytes.
 	return src, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
+}
+
+// CheckInner completes a partial inner checksum and verifies the
+// others (see repairPartialChecksum), except in a TCP superframe that
+// arrived whole: that one keeps its partial checksum and goes on as a
+// superframe (fromNode). false: a wrong checksum.
+func (t *vxlanTunnel) CheckInner(inner packet.IPv4) bool {
+	return isWhole(inner, t.maxInner) || repairPartialChecksum(inner)
 }
 
 // isWhole says whether inner is bigger than a datagram carries and a TCP
