@@ -32,6 +32,9 @@ func (n *Node) Status() nodeapi.Status {
 		Routes: n.sw.Routes().Len(), Started: n.started, StateDir: n.cfg.StateDir,
 		Version: build.Version, Commit: build.Commit, PendingReleases: pending,
 	}
+	if p := n.underlayProblem.Load(); p != nil {
+		st.UnderlayProblem = *p
+	}
 	if v := n.vxlanSuperframes.Load(); v != nil {
 		if attached, err := n.sw.VXLANSuperframes(); attached {
 			st.VXLANSuperframes = *v

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,6 +136,9 @@ type Node struct {
 	underlay     string
 	underlayAddr netip.Prefix
 	underlayMTU  int
+	// underlayProblem says, when set, how the underlay's address changed
+	// under the running daemon, which reads it once, at start.
+	underlayProblem atomic.Pointer[string]
 
 	host      vswitch.HostDevice
 	hostIndex int // podnet0's ifindex, for kernel routes
@@ -462,6 +466,35 @@ func nodeAddrs() ([]netip.Addr, error) {
 	return out, nil
 }
 
+// checkUnderlayAddr compares the host's addresses now with the
+// underlay address the daemon started with, which its tunnels, BGP
+// speaker and Node resource use until it restarts: an address that went
+// (DHCP gave another), or one that came to an underlay that had none at
+// start, is logged once and shown by `podnet status`.
+func (n *Node) checkUnderlayAddr(addrs []netip.Addr) {
+	msg := ""
+	if a := n.underlayAddr.Addr(); a.IsValid() {
+		if !slices.Contains(addrs, a) {
+			msg = fmt.Sprintf("%s is no longer an address of this host: tunnels, BGP and the Node resource still use it; restart podnet once the new address is in place", a)
+		}
+	} else if l, err := netlink.LinkByName(n.underlay); err == nil {
+		if as, err := netlink.AddrList(l, netlink.FAMILY_V4); err == nil && len(as) > 0 {
+			msg = fmt.Sprintf("%s has an IPv4 address now but had none when podnet started: restart podnet to use it (BGP and tunnels need it)", n.underlay)
+		}
+	}
+	var next *string
+	if msg != "" {
+		next = &msg
+	}
+	old := n.underlayProblem.Swap(next)
+	switch {
+	case msg != "" && (old == nil || *old != msg):
+		n.log.Error("underlay address changed", "problem", msg)
+	case msg == "" && old != nil:
+		n.log.Info("underlay address is back as at start", "address", n.underlayAddr)
+	}
+}
+
 // routineWatchAddrs keeps the host routes in step with the node's
 // addresses. Run starts it; it exits when done is closed.
 func (n *Node) routineWatchAddrs(done <-chan struct{}) {
@@ -483,6 +516,7 @@ func (n *Node) routineWatchAddrs(done <-chan struct{}) {
 				n.log.Warn("node addresses", "err", err)
 				continue
 			}
+			n.checkUnderlayAddr(addrs)
 			err = n.do(func(s *state) error {
 				s.hostAddrs = addrs
 				return n.publish(s)

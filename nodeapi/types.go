@@ -58,11 +58,15 @@ const TrailerCaptureEnded = "Podnet-Capture-Ended"
 
 // Status is the node's summary for `podnet status`.
 type Status struct {
-	Node       string `json:"node"`
-	Underlay   string `json:"underlay"`
-	Address    string `json:"address"`
-	HostPort   string `json:"hostPort"`
-	TapOffload bool   `json:"tapOffload"`
+	Node     string `json:"node"`
+	Underlay string `json:"underlay"`
+	Address  string `json:"address"`
+	// UnderlayProblem, when set, says how the underlay's address changed
+	// since the daemon started (it reads it once; a restart picks up the
+	// new one).
+	UnderlayProblem string `json:"underlayProblem,omitempty"`
+	HostPort        string `json:"hostPort"`
+	TapOffload      bool   `json:"tapOffload"`
 	// UDPSuperframes: the kernel takes bursts of datagrams as one
 	// GSO_UDP_L4 write (USO, Linux 6.2+), so the switch merges them.
 	UDPSuperframes bool `json:"udpSuperframes"`

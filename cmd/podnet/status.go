@@ -25,6 +25,9 @@ func newStatusCmd() *cobra.Command {
 		tw := newTable(stdout)
 		fmt.Fprintf(tw, "node:\t%s\n", s.Node)
 		fmt.Fprintf(tw, "underlay:\t%s %s\n", s.Underlay, s.Address)
+		if s.UnderlayProblem != "" {
+			fmt.Fprintf(tw, "underlay problem:\t%s\n", s.UnderlayProblem)
+		}
 		fmt.Fprintf(tw, "host port:\t%s\n", s.HostPort)
 		fmt.Fprintf(tw, "tap offload:\t%v\n", s.TapOffload)
 		fmt.Fprintf(tw, "udp superframes:\t%s\n", udpSuperframesLine(s.UDPSuperframes))
