@@ -22,8 +22,10 @@ const killGrace = 3 * time.Second
 // Down removes everything of lab name: what its state.json records (when
 // present: every name- namespace it lists, pods added later included) and
 // every namespace matching exactly
-// ^name-(fabric|external|worker[0-9]+|test-[0-9]+)$, after killing the
-// processes inside them; pods attached by hand to its running daemons;
+// ^name-(fabric|external|worker[0-9]+|test-[0-9]+)$ or starting with
+// name-worker<K>- (pods attached by hand with `podnet pod add --new`,
+// whose daemon may be dead), after killing the processes inside them;
+// pods attached by hand to its running daemons, through those daemons;
 // the lab's etcd (found by its recorded identity or by its command line);
 // then the run dir. It is idempotent and tries
 // every step, returning the joined errors.
@@ -80,7 +82,8 @@ func (l *Lab) Down() error {
 	l.r.progressf("removing lab %s", st.Name)
 	// Pods attached by hand (`podnet pod add --new` on a node) are not in
 	// the state: their daemon knows them, and deletes the namespaces it
-	// made for them, so ask it while it still runs.
+	// made for them, so ask it while it still runs. The sweep below
+	// removes the namespaces of those whose daemon is dead.
 	if err := l.dropForeignPods(st); err != nil {
 		errs = append(errs, err)
 	}

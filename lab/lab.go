@@ -19,8 +19,9 @@
 //
 // Namespace names are an interface: other tests and tools rely on
 // NAME-fabric, NAME-worker<K>, NAME-test-<J> (and NAME-external). Pods
-// added to a running lab (AddPod, Scale) are NAME-<pod>. Lab names have
-// no "-", so the prefix NAME- belongs to one lab only.
+// added to a running lab (AddPod, Scale) are NAME-<pod>; pods added by
+// hand on node worker<K> (`podnet pod add --new`) are NAME-worker<K>-<pod>.
+// Lab names have no "-", so the prefix NAME- belongs to one lab only.
 package lab
 
 import (

@@ -96,6 +96,12 @@ func TestMemberRE(t *testing.T) {
 		{"podnet-worker12", true},
 		{"podnet-test-1", true},
 		{"podnet-test-100", true},
+		// Pods added by hand on a node (HandPodNetnsPrefix).
+		{"podnet-worker1-foo", true},
+		{"podnet-worker12-a-b", true},
+		{"podnet-worker1-", false},
+		{"podnetx-worker1-foo", false},
+		{"podnet-workerx-foo", false},
 		{"podnet2-fabric", false},
 		{"podnetx-worker1", false},
 		{"podnet-test-1x", false},
@@ -115,9 +121,9 @@ func TestMemberRE(t *testing.T) {
 }
 
 func TestSortTeardown(t *testing.T) {
-	nss := []string{"l-fabric", "l-worker10", "l-web", "l-test-2", "l-external", "l-worker2", "l-test-10", "l-test-1"}
+	nss := []string{"l-fabric", "l-worker10", "l-worker3-hand", "l-web", "l-test-2", "l-external", "l-worker2", "l-test-10", "l-test-1"}
 	sortTeardown("l", nss)
-	want := []string{"l-test-1", "l-test-2", "l-test-10", "l-web", "l-worker2", "l-worker10", "l-external", "l-fabric"}
+	want := []string{"l-test-1", "l-test-2", "l-test-10", "l-worker3-hand", "l-web", "l-worker2", "l-worker10", "l-external", "l-fabric"}
 	if !slices.Equal(nss, want) {
 		t.Errorf("got %v, want %v", nss, want)
 	}

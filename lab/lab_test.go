@@ -411,6 +411,70 @@ func TestDownAfterCrash(t *testing.T) {
 	}
 }
 
+// TestDownSweepsHandPods: the namespace of a pod added by hand on a node
+// (NAME-worker<K>-POD, made by `podnet pod add --new`) whose daemon is
+// dead is the lab's: Down kills what runs in it and deletes it, and Up
+// takes it for a leftover of the lab.
+func TestDownSweepsHandPods(t *testing.T) {
+	labtest.RequireRoot(t)
+	t.Parallel()
+	l := upNoDaemon(t, "", 1)
+	name := l.Name()
+	ns := lab.HandPodNetnsPrefix(name, "worker1") + "foo"
+	addNetns := func() {
+		t.Helper()
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+		}
+	}
+	addNetns()
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	// A process in it, as in a pod: Down must kill it to free the
+	// namespace.
+	sleeper := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo ready; exec sleep 1000")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := sleeper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("wait for process in %s: %v", ns, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		sleeper.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		sleeper.Process.Kill()
+		<-exited
+	})
+
+	if err := lab.Down(name); err != nil {
+		t.Fatalf("Down(%s): %v", name, err)
+	}
+	requireGone(t, name)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("process in %s still running after Down", ns)
+	}
+
+	// Left alone, it still marks the lab as there.
+	addNetns()
+	_, err = lab.Up(t.Context(), lab.Config{Name: name, Nodes: 1, NoDaemon: true})
+	if !errors.Is(err, lab.ErrExists) || !strings.Contains(err.Error(), ns) {
+		t.Errorf("Up(%s) beside %s: got %v, want ErrExists naming it", name, ns, err)
+	}
+	if err := lab.Down(name); err != nil {
+		t.Fatalf("second Down(%s): %v", name, err)
+	}
+	requireGone(t, name)
+}
+
 func TestDownIdempotent(t *testing.T) {
 	labtest.RequireRoot(t)
 	t.Parallel()

@@ -118,11 +118,13 @@ func (l *Lab) addNetns(ctx context.Context, ns string) error {
 }
 
 // memberRE returns the regexp that matches exactly the namespaces of lab
-// name: name-fabric, name-external, name-worker<K>, name-test-<J>. It is
-// anchored on both ends so lab "podnet" never matches "podnet2-fabric" or
-// "podnetx-worker1".
+// name: name-fabric, name-external, name-worker<K>, name-test-<J>, and
+// name-worker<K>-POD, the namespaces node worker<K>'s daemon makes for
+// pods added by hand (HandPodNetnsPrefix), which outlive a daemon that
+// died. It is anchored on both ends so lab "podnet" never matches
+// "podnet2-fabric" or "podnetx-worker1".
 func memberRE(name string) *regexp.Regexp {
-	return regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `-(fabric|external|worker[0-9]+|test-[0-9]+)$`)
+	return regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `-(fabric|external|worker[0-9]+(-.+)?|test-[0-9]+)$`)
 }
 
 // labNamespaces lists the existing namespaces of lab name, pods first and
@@ -148,7 +150,8 @@ func labNamespaces(name string) ([]string, error) {
 
 // sortTeardown orders namespaces of lab name for removal: pods, then
 // nodes, then external, then the fabric; numbers in numeric order, and
-// pods with other names after the test-N ones.
+// pods with other names (those added by hand on a node too) after the
+// test-N ones.
 func sortTeardown(name string, nss []string) {
 	rank := func(ns string) (int, int) {
 		m := strings.TrimPrefix(ns, name+"-")
@@ -156,7 +159,7 @@ func sortTeardown(name string, nss []string) {
 		case strings.HasPrefix(m, "test-"):
 			n, _ := strconv.Atoi(strings.TrimPrefix(m, "test-"))
 			return 0, n
-		case strings.HasPrefix(m, "worker"):
+		case strings.HasPrefix(m, "worker") && !strings.Contains(m, "-"):
 			n, _ := strconv.Atoi(strings.TrimPrefix(m, "worker"))
 			return 1, n
 		case m == "external":
