@@ -180,6 +180,12 @@ func TestCheckPodName(t *testing.T) {
 		{"worker1", `pod name "worker1": taken by the lab's worker1 namespace`},
 		{"fabric", `pod name "fabric": taken`},
 		{"external", `pod name "external": taken`},
+		// demo-worker1-x would be the namespace of pod x added by hand on
+		// worker1.
+		{"worker1-x", `pod name "worker1-x": namespaces demo-worker1-* belong to the pods added by hand on worker1`},
+		{"worker12-a-b", "pick a name not starting with worker12-"},
+		{"workerx-1", ""},
+		{"web-worker1-x", ""},
 		{"Web", "must be a DNS label"},
 		{"-web", "must be a DNS label"},
 		{"", "must be a DNS label"},

@@ -18,8 +18,10 @@ import (
 // PodSpec describes a pod added to a running lab.
 type PodSpec struct {
 	// Name is the pod's name, a DNS label (as the daemon wants it) that is
-	// not a node's name, "fabric" or "external". Its namespace is
-	// LAB-Name, so two labs never share one.
+	// not a node's name, "fabric" or "external", and does not start with
+	// a node's name and "-" (LAB-worker1-POD is the namespace of a pod
+	// added by hand on worker1). Its namespace is LAB-Name, so two labs
+	// never share one.
 	Name string
 	// Node is the node the pod goes to; "" = the node with the fewest
 	// pods (the first of them on a tie), as a scheduler would spread them.
@@ -36,6 +38,11 @@ var podNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 // take them, or its namespace would be theirs.
 var reservedRE = regexp.MustCompile(`^(fabric|external|worker[0-9]+)$`)
 
+// handPodRE matches the pod names whose namespace NAME-worker<K>-... is
+// where node worker<K>'s daemon puts pods added by hand (`podnet pod add
+// --new`, HandPodNetnsPrefix).
+var handPodRE = regexp.MustCompile(`^(worker[0-9]+)-`)
+
 // checkPodName says why name cannot be a new pod of the lab, or nil.
 // Caller holds l.mu.
 func (l *Lab) checkPodName(name string) error {
@@ -44,6 +51,10 @@ func (l *Lab) checkPodName(name string) error {
 		return fmt.Errorf("pod name %q: must be a DNS label (%s)", name, podNameRE)
 	case reservedRE.MatchString(name):
 		return fmt.Errorf("pod name %q: taken by the lab's %s namespace; pick another", name, name)
+	case handPodRE.MatchString(name):
+		node := handPodRE.FindStringSubmatch(name)[1]
+		return fmt.Errorf("pod name %q: namespaces %s-%s-* belong to the pods added by hand on %s (podnet pod add --new); pick a name not starting with %s-",
+			name, l.st.Name, node, node, node)
 	case l.st.pod(name) != nil:
 		return fmt.Errorf("lab %s already has a pod %s (on %s)", l.st.Name, name, l.st.pod(name).Node)
 	}
@@ -147,6 +158,10 @@ func (l *Lab) removePod(ctx context.Context, name string) error {
 		n = *nn
 	}
 	bin := l.st.Binary
+	ns := netnsOf(l.st.Name, name)
+	// Only a namespace the lab made (addNetns records it): when the add
+	// failed at `ip netns add`, the namespace there is someone else's.
+	ours := slices.Contains(l.st.Namespaces, ns)
 	l.mu.Unlock()
 	l.r.progressf("removing pod %s from %s", name, p.Node)
 	var errs []error
@@ -162,8 +177,7 @@ func (l *Lab) removePod(ctx context.Context, name string) error {
 			errs = append(errs, fmt.Errorf("detach pod %s from %s: %w", name, p.Node, err))
 		}
 	}
-	ns := netnsOf(l.Name(), name)
-	if _, err := os.Stat(NetnsPath(ns)); err == nil {
+	if _, err := os.Stat(NetnsPath(ns)); err == nil && ours {
 		if _, err := l.r.run(ctx, "ip", "netns", "del", ns); err != nil {
 			errs = append(errs, fmt.Errorf("delete namespace %s: %w", ns, err))
 		}

@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"bytes"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -185,5 +186,28 @@ func checkGraph(t *testing.T, l *lab.Lab, g lab.Graph, hand string) {
 		if h.Encap != "ipip" || h.From == h.To || len(h.Prefixes) == 0 || h.Via != l.NodeAddr(h.To) {
 			t.Errorf("graph overlay hop %+v: want IP-in-IP to the other node's address", h)
 		}
+	}
+}
+
+// TestAddPodKeepsForeignNetns: when AddPod fails because NAME-POD is
+// already there (made by someone else), undoing the add must not delete
+// that namespace: the add never made it.
+func TestAddPodKeepsForeignNetns(t *testing.T) {
+	labtest.RequireRoot(t)
+	t.Parallel()
+	l := upFake(t, "")
+	ns := l.Name() + "-foo"
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if _, err := l.AddPod(t.Context(), lab.PodSpec{Name: "foo"}); err == nil || !strings.Contains(err.Error(), "create namespace "+ns) {
+		t.Errorf("AddPod(foo) beside an existing %s: got %v, want it to fail creating the namespace", ns, err)
+	}
+	if !namespaces(t)[ns] {
+		t.Errorf("failed AddPod(foo) deleted %s, which it did not make", ns)
+	}
+	if st := l.Status(); len(st.Pods) != 0 {
+		t.Errorf("failed AddPod(foo) left pods %+v in the state", st.Pods)
 	}
 }
