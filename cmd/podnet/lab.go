@@ -69,8 +69,8 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if pods == 0 {
 				cfg.Pods = lab.NoPods
 			}
-			if pods < 0 {
-				return usagef("--pods %d: must be 0 or more", pods)
+			if err := checkLabUpFlags(cfg, pods); err != nil {
+				return err
 			}
 			cfg.Progress = cmd.OutOrStdout()
 			// An interrupted up cancels ctx; lab.Up then tears down what
@@ -86,15 +86,55 @@ func newLabUpCmd(name *string) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.IntVar(&cfg.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
+	f.IntVar(&cfg.Nodes, "nodes", lab.DefaultNodes, fmt.Sprintf("number of nodes (1..%d)", lab.MaxNodes))
 	f.IntVar(&pods, "pods", lab.DefaultPods, "number of pods (0 = none)")
 	f.BoolVar(&cfg.NoDaemon, "no-daemon", false, "build only namespaces and the fabric: no daemons, no pods")
 	f.StringArrayVar(&cfg.DaemonArgs, "daemon-arg", nil, "extra flag for every podnet daemon (repeatable)")
-	f.IntVar(&cfg.Subnets, "subnets", 1, "underlay subnets (2: a routed fabric between odd and even workers, for CrossSubnet)")
+	f.IntVar(&cfg.Subnets, "subnets", 1, "underlay subnets, 1 or 2 (2: a routed fabric between odd and even workers, for CrossSubnet)")
 	f.StringVar(&cfg.Encap, "encap", lab.EncapIPIP, "between nodes: ipip, vxlan, crosssubnet (VXLAN across subnets only), ipip-crosssubnet or none")
 	f.StringVar(&cfg.HTTPServer, "http-server", "", `pod HTTP server: "nginx", "builtin" or "" (nginx if on PATH)`)
 	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "print every command the lab runs")
 	return cmd
+}
+
+// checkLabUpFlags refuses, as usage errors, the values of lab up's flags
+// that lab.Config would refuse or, being zero, take for its defaults.
+func checkLabUpFlags(cfg lab.Config, pods int) error {
+	if err := checkLabName(cfg.Name); err != nil {
+		return err
+	}
+	if cfg.Nodes < 1 || cfg.Nodes > lab.MaxNodes {
+		return usagef("--nodes %d: must be 1..%d", cfg.Nodes, lab.MaxNodes)
+	}
+	if pods < 0 {
+		return usagef("--pods %d: must be 0 or more", pods)
+	}
+	if !cfg.NoDaemon && pods > cfg.Nodes*lab.MaxPodsPerNode {
+		return usagef("--pods %d: at most %d per node (%d with %d nodes)", pods, lab.MaxPodsPerNode, cfg.Nodes*lab.MaxPodsPerNode, cfg.Nodes)
+	}
+	if cfg.Subnets < 1 || cfg.Subnets > 2 {
+		return usagef("--subnets %d: must be 1 or 2", cfg.Subnets)
+	}
+	switch cfg.Encap {
+	case lab.EncapIPIP, lab.EncapVXLAN, lab.EncapCrossSubnet, lab.EncapIPIPCrossSubnet, lab.EncapNone:
+	default:
+		return usagef("--encap %q: want %s, %s, %s, %s or %s", cfg.Encap,
+			lab.EncapIPIP, lab.EncapVXLAN, lab.EncapCrossSubnet, lab.EncapIPIPCrossSubnet, lab.EncapNone)
+	}
+	switch cfg.HTTPServer {
+	case "", lab.HTTPNginx, lab.HTTPBuiltin:
+	default:
+		return usagef("--http-server %q: want %q, %q or \"\" (nginx if on PATH)", cfg.HTTPServer, lab.HTTPNginx, lab.HTTPBuiltin)
+	}
+	return nil
+}
+
+// checkLabName refuses a bad --name (or $PODNET_LAB) as a usage error.
+func checkLabName(name string) error {
+	if err := lab.ValidateName(name); err != nil {
+		return usagef("--name: %v", err)
+	}
+	return nil
 }
 
 // printLabSummary prints the node and pod tables and a hint to try.
@@ -217,6 +257,9 @@ func printLabStatus(w io.Writer, s lab.Status) {
 // openLab opens lab name; when it is not up the error names the labs that
 // are, or says how to start one.
 func openLab(name string) (*lab.Lab, error) {
+	if err := checkLabName(name); err != nil {
+		return nil, err
+	}
 	l, err := lab.Open(name)
 	if !errors.Is(err, lab.ErrNotFound) {
 		return l, err
@@ -312,6 +355,9 @@ func newLabDownCmd(name *string) *cobra.Command {
 		Short: "Remove a lab: its processes (etcd too), namespaces and run dir",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkLabName(*name); err != nil {
+				return err
+			}
 			err := lab.Teardown(lab.Config{Name: *name, Verbose: verbose, Progress: progressOut(verbose, cmd.OutOrStdout())})
 			if err != nil {
 				return flatten(err)
@@ -376,7 +422,7 @@ func newLabServeHTTPCmd() *cobra.Command {
 			if ip != "" {
 				a, err := netip.ParseAddr(ip)
 				if err != nil {
-					return fmt.Errorf("--ip %q: %w", ip, err)
+					return usagef("--ip %q: %w", ip, err)
 				}
 				cfg.IP = a
 			}

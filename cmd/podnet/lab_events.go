@@ -48,7 +48,7 @@ interrupted (Ctrl-C), or for --seconds S.`,
 	seconds := cmd.Flags().Float64("seconds", 0, "stop after this many seconds (0: until interrupted)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if *seconds < 0 {
-			return fmt.Errorf("--seconds: %v is negative", *seconds)
+			return usagef("--seconds: %v is negative", *seconds)
 		}
 		l, err := openLab(*name)
 		if err != nil {

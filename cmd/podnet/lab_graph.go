@@ -30,7 +30,7 @@ by podnet, no Graphviz needed) are for files. With -o FILE and no
 				format = formatFor(file)
 			}
 			if !contains(lab.GraphFormats, format) {
-				return fmt.Errorf("--format %q: want one of %s", format, strings.Join(lab.GraphFormats, ", "))
+				return usagef("--format %q: want one of %s", format, strings.Join(lab.GraphFormats, ", "))
 			}
 			l, err := openLab(*name)
 			if err != nil {

@@ -36,6 +36,9 @@ less).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flag("name").Changed {
 				cfg.Name = *name
+				if err := checkLabName(cfg.Name); err != nil {
+					return err
+				}
 			}
 			if cfg.Duration < soak.MinDuration {
 				return usagef("--duration %v: must be at least %v", cfg.Duration, soak.MinDuration)
