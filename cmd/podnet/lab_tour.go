@@ -30,6 +30,9 @@ Steps:
 ` + strings.Join(steps, "\n"),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if n := len(lab.TourSteps()); cfg.Step < 0 || cfg.Step > n {
+				return usagef("--step %d: want 1..%d (0: every step)", cfg.Step, n)
+			}
 			l, err := openLab(*name)
 			if err != nil {
 				return err

@@ -35,6 +35,7 @@ func TestLabFlagUsage(t *testing.T) {
 		{[]string{"lab", "down", "--name", "Bad"}, `--name: lab name "Bad"`},
 		{[]string{"lab", "exec", "test-1", "--name", "Bad", "--", "true"}, `--name: lab name "Bad"`},
 		{[]string{"lab", "soak", "--name", "Bad"}, `--name: lab name "Bad"`},
+		{[]string{"lab", "tour", "--step", "99"}, `--step 99: want 1..`},
 		{[]string{"lab", "graph", "--name", name, "--format", "png"}, `--format "png": want one of`},
 		{[]string{"lab", "events", "--name", name, "--seconds", "-1"}, "--seconds: -1 is negative"},
 		{[]string{"lab", "serve-http", "--pod", "p", "--node", "n", "--ip", "nope", "--addr", "127.0.0.1:0"}, `--ip "nope"`},
