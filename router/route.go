@@ -101,6 +101,14 @@ type Route struct {
 	Source string `json:"source"`
 }
 
+// SourceHost is the Source of the routes to this node's own addresses.
+const SourceHost = "host"
+
+// ToThisNode says whether r leads to one of this node's own addresses
+// (as opposed to a host route through the node's kernel to somewhere
+// else: another node, a router's prefix).
+func (r *Route) ToThisNode() bool { return r.Kind == KindHost && r.Source == SourceHost }
+
 func (r Route) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s", r.Prefix, r.Kind)

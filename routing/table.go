@@ -53,7 +53,7 @@ func (t Table) Routes() []router.Route {
 		})
 	}
 	for _, a := range t.HostAddrs {
-		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(a, 32), Kind: router.KindHost, Dev: t.HostDev, Source: "host"})
+		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(a, 32), Kind: router.KindHost, Dev: t.HostDev, Source: router.SourceHost})
 	}
 	for _, a := range t.NodeAddrs {
 		routes = append(routes, router.Route{Prefix: netip.PrefixFrom(a, 32), Kind: router.KindHost, Dev: t.HostDev, Source: "node"})

@@ -125,8 +125,8 @@ type batcher interface {
 type ingress interface {
 	stats() *counters
 	// mayReach says whether packets from this ingress may leave through an
-	// egress of kind k, and the drop reason when not.
-	mayReach(k egressKind) (bool, DropReason)
+	// egress of kind k by route r, and the drop reason when not.
+	mayReach(k egressKind, r *router.Route) (bool, DropReason)
 	// segmented: TCP arrives as separate segments (from the host stack
 	// or another node), so TCP GRO pays off. Pods send TSO superframes;
 	// UDP is merged from every ingress (egressCaps.coalesceUDP).

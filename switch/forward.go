@@ -257,7 +257,7 @@ func (f *forwarder) forward(in ingress, p packetRef) {
 		f.icmpError(in, ip, packet.ICMPDestUnreachable, packet.ICMPNetUnreachable, 0)
 		return
 	}
-	if ok, reason := in.mayReach(h.eg.kind()); !ok {
+	if ok, reason := in.mayReach(h.eg.kind(), h.r); !ok {
 		in.stats().drop(reason)
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"podnet/internal/packet"
+	"podnet/router"
 	"podnet/switch/tap"
 )
 
@@ -185,7 +186,7 @@ func (h *hostPort) stats() *counters { return &h.c }
 // mayReach: the node reaches pods and tunnels. A packet the kernel routed
 // to us that is for the node itself is a route loop, not something to
 // bounce back; NAT is for pods (the node has its own address).
-func (h *hostPort) mayReach(k egressKind) (bool, DropReason) {
+func (h *hostPort) mayReach(k egressKind, _ *router.Route) (bool, DropReason) {
 	switch k {
 	case egressHost:
 		return false, DropNoRoute

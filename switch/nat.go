@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"podnet/internal/packet"
+	"podnet/router"
 )
 
 // NATHandler translates packets from pods to the world outside the
@@ -205,8 +206,8 @@ func (s *Switch) injectSegments(in ingress, ip packet.IPv4, hdr packet.VirtioNet
 // port is attached: their drops are counted, nowhere shown.
 type countOnly struct{ c counters }
 
-func (c *countOnly) stats() *counters                       { return &c.c }
-func (c *countOnly) mayReach(egressKind) (bool, DropReason) { return true, 0 }
-func (c *countOnly) segmented() bool                        { return false }
-func (c *countOnly) reply() egress                          { return nil }
-func (c *countOnly) icmpSource() [4]byte                    { return GatewayIP.As4() }
+func (c *countOnly) stats() *counters                                      { return &c.c }
+func (c *countOnly) mayReach(egressKind, *router.Route) (bool, DropReason) { return true, 0 }
+func (c *countOnly) segmented() bool                                       { return false }
+func (c *countOnly) reply() egress                                         { return nil }
+func (c *countOnly) icmpSource() [4]byte                                   { return GatewayIP.As4() }

@@ -89,11 +89,14 @@ func newFakeNetHost(t testing.TB, offload bool) *fakeNet {
 	n.s.SetNAT(NATConfig{Handler: n.nat, Allowed: []netip.Prefix{pfx("10.0.0.0/16")},
 		Pools: []netip.Prefix{pfx("10.0.0.0/16"), pfx("10.5.0.0/16")}})
 	routes := []router.Route{
-		{Prefix: pfx("172.16.0.1/32"), Kind: router.KindHost, Dev: HostTUNName},
+		{Prefix: pfx("172.16.0.1/32"), Kind: router.KindHost, Dev: HostTUNName, Source: router.SourceHost}, // the node itself
 		{Prefix: pfx("10.0.1.0/26"), Kind: router.KindRemote, NextHop: nodeIPIP, Encap: router.EncapIPIP},
 		{Prefix: pfx("10.0.2.0/26"), Kind: router.KindRemote, NextHop: nodeVXLAN, Encap: router.EncapVXLAN, NextHopMAC: vtepPeer},
 		{Prefix: pfx("10.0.3.0/26"), Kind: router.KindRemote, NextHop: nodeIPIP, Encap: router.EncapNone},
 		{Prefix: pfx("10.0.4.0/26"), Kind: router.KindBlackhole},
+		// Another node's block in a pool without encapsulation: through
+		// the node's kernel.
+		{Prefix: pfx("10.0.6.0/26"), Kind: router.KindHost, NextHop: nodeIPIP, Dev: HostTUNName, Source: "bgp " + nodeIPIP.String()},
 		{Prefix: pfx("10.0.5.5/32"), Kind: router.KindLocalPod, Port: 99},
 		{Prefix: pfx("0.0.0.0/0"), Kind: router.KindNAT},
 	}
@@ -757,6 +760,14 @@ func dropCases() []dropCase {
 			inner := ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 10}.build()
 			inner[len(inner)-1] ^= 0xff
 			n.vx.offer(nodeVXLAN, vxlanDatagram(inner, encap.DefaultVNI))
+		}},
+		// What a node sends through the tunnel may reach this node, not
+		// what this node's kernel would route on.
+		{name: "transit through the host over vxlan", port: "vxlan", reason: DropNoTransit, send: func(n *fakeNet) {
+			n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.6.7"}.build(), encap.DefaultVNI))
+		}},
+		{name: "transit through the host over ipip", port: "ipip", reason: DropNoTransit, send: func(n *fakeNet) {
+			n.ipip.offer(ipipPacket(nodeIPIP, ipSpec{src: "10.0.1.5", dst: "10.0.6.7"}.build()))
 		}},
 		// A stranger's datagram is refused for its sender before its
 		// bytes are checked.

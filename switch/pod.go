@@ -7,6 +7,7 @@ import (
 
 	"podnet/internal/packet"
 	"podnet/internal/turn"
+	"podnet/router"
 )
 
 // PodDevice is a pod port's device: a TAP (package tap) in the daemon, an
@@ -292,11 +293,11 @@ func (f *forwarder) arp(in *podPort, eth packet.Ethernet) {
 }
 
 // A pod reaches every egress: other pods, the host, tunnels, NAT.
-func (p *podPort) stats() *counters                       { return &p.c }
-func (p *podPort) mayReach(egressKind) (bool, DropReason) { return true, 0 }
-func (p *podPort) segmented() bool                        { return false }
-func (p *podPort) reply() egress                          { return p }
-func (p *podPort) icmpSource() [4]byte                    { return GatewayIP.As4() }
+func (p *podPort) stats() *counters                                      { return &p.c }
+func (p *podPort) mayReach(egressKind, *router.Route) (bool, DropReason) { return true, 0 }
+func (p *podPort) segmented() bool                                       { return false }
+func (p *podPort) reply() egress                                         { return p }
+func (p *podPort) icmpSource() [4]byte                                   { return GatewayIP.As4() }
 
 func (p *podPort) kind() egressKind { return egressPod }
 

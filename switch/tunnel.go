@@ -244,10 +244,14 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
 func (t *tunnelPort) stats() *counters { return &t.c }
 
 // mayReach: what arrives from another node is for this node's pods or
-// the node itself; the switch is no transit router between nodes.
-func (t *tunnelPort) mayReach(k egressKind) (bool, DropReason) {
-	switch k {
-	case egressPod, egressHost, egressDrop:
+// the node itself (its own addresses, not what its kernel would route
+// on: other nodes, a router's prefixes); the switch is no transit router
+// between nodes.
+func (t *tunnelPort) mayReach(k egressKind, r *router.Route) (bool, DropReason) {
+	switch {
+	case k == egressPod, k == egressDrop:
+		return true, 0
+	case k == egressHost && r != nil && r.ToThisNode():
 		return true, 0
 	}
 	return false, DropNoTransit
