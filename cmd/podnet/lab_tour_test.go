@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,7 +87,9 @@ func TestLabTour(t *testing.T) {
 	if err == nil || !strings.Contains(out, "FAIL step 2: ") || !strings.Contains(out, "cannot fetch test-3's page") || strings.Contains(out, "step 1/") {
 		t.Errorf("lab tour --step 2 with test-3's server killed: got %v\n%s", err, out)
 	}
-	if out, err := run("lab", "tour", "--name", name, "--step", "9"); err == nil || !strings.Contains(out, "tour step 9: want 1..8") {
+	// A step that does not exist is a usage error (exit 2).
+	var ee *exec.ExitError
+	if out, err := run("lab", "tour", "--name", name, "--step", "9"); !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(out, "--step 9: want 1..8") {
 		t.Errorf("lab tour --step 9: got %v, %s", err, out)
 	}
 }
