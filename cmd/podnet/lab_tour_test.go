@@ -2,9 +2,7 @@ package main
 
 import (
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,17 +19,7 @@ func TestLabTour(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 2, HTTPServer: lab.HTTPBuiltin})
 	name := l.Name()
-	bin := labtest.Binary(t)
-	cfg := filepath.Join(t.TempDir(), "podnet.cfg")
-	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), "PODNET_CONFIG="+cfg, "PODNET_LAB=", "PODNET_SOCKET=", "PODNET_DATASTORE_ENDPOINTS=")
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	_, run := labCLI(t, "PODNET_LAB=", "PODNET_SOCKET=", "PODNET_DATASTORE_ENDPOINTS=")
 	before := l.Status().Pods
 
 	out, err := run("lab", "tour", "--name", name)

@@ -22,17 +22,7 @@ import (
 func TestLabTraceAndCapture(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapVXLAN})
-	bin := labtest.Binary(t)
-	cfg := filepath.Join(t.TempDir(), "podnet.cfg")
-	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), "PODNET_CONFIG="+cfg, "PODNET_LAB="+l.Name())
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	bin, run := labCLI(t, "PODNET_LAB="+l.Name())
 	ip2 := l.PodIP("test-2")
 	// An address of test-2's block that no pod has: worker2 blackholes it.
 	b := ip2.As4()
@@ -110,17 +100,7 @@ func TestLabTraceAndCapture(t *testing.T) {
 func TestLabTracePlainRouting(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapNone})
-	bin := labtest.Binary(t)
-	cfg := filepath.Join(t.TempDir(), "podnet.cfg")
-	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), "PODNET_CONFIG="+cfg, "PODNET_LAB="+l.Name())
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	_, run := labCLI(t, "PODNET_LAB="+l.Name())
 	ip1 := l.PodIP("test-1").String()
 	for _, tc := range []struct {
 		name string
@@ -141,5 +121,23 @@ func TestLabTracePlainRouting(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// labCLI is the podnet binary built for the lab tests and a runner of it
+// with a client config of its own (no datastore settings from the
+// machine) and env added: its combined output and error.
+func labCLI(t *testing.T, env ...string) (bin string, run func(args ...string) (string, error)) {
+	t.Helper()
+	bin = labtest.Binary(t)
+	cfg := filepath.Join(t.TempDir(), "podnet.cfg")
+	if err := os.WriteFile(cfg, []byte("datastore: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return bin, func(args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(append(os.Environ(), "PODNET_CONFIG="+cfg), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
 	}
 }
