@@ -375,27 +375,7 @@ func TestDownAfterCrash(t *testing.T) {
 			// died. Down must kill it, or the namespace would live on.
 			// It says "ready" once inside: until ip has entered the
 			// namespace, the process is not yet there to be found.
-			sleeper := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo ready; exec sleep 1000")
-			sleeper.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-			out, err := sleeper.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := sleeper.Start(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-				t.Fatalf("wait for process in %s: %v", ns, err)
-			}
-			exited := make(chan struct{})
-			go func() {
-				sleeper.Wait()
-				close(exited)
-			}()
-			t.Cleanup(func() {
-				sleeper.Process.Kill()
-				<-exited
-			})
+			exited := startSleeper(t, ns)
 			tt.crash(t, l)
 
 			if err := lab.Down(l.Name()); err != nil {
@@ -431,27 +411,7 @@ func TestDownSweepsHandPods(t *testing.T) {
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	// A process in it, as in a pod: Down must kill it to free the
 	// namespace.
-	sleeper := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo ready; exec sleep 1000")
-	sleeper.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	out, err := sleeper.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sleeper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatalf("wait for process in %s: %v", ns, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		sleeper.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		sleeper.Process.Kill()
-		<-exited
-	})
+	exited := startSleeper(t, ns)
 
 	if err := lab.Down(name); err != nil {
 		t.Fatalf("Down(%s): %v", name, err)
@@ -465,7 +425,7 @@ func TestDownSweepsHandPods(t *testing.T) {
 
 	// Left alone, it still marks the lab as there.
 	addNetns()
-	_, err = lab.Up(t.Context(), lab.Config{Name: name, Nodes: 1, NoDaemon: true})
+	_, err := lab.Up(t.Context(), lab.Config{Name: name, Nodes: 1, NoDaemon: true})
 	if !errors.Is(err, lab.ErrExists) || !strings.Contains(err.Error(), ns) {
 		t.Errorf("Up(%s) beside %s: got %v, want ErrExists naming it", name, ns, err)
 	}
@@ -880,4 +840,34 @@ func TestExecRenamedBinary(t *testing.T) {
 	if got := strings.TrimSpace(string(out)); got != pn {
 		t.Errorf("podnet on PATH: got a link to %q, want %q", got, pn)
 	}
+}
+
+// startSleeper starts a detached process in namespace ns, like a daemon
+// whose parent died, and returns once it runs there (it says "ready"
+// once ip has entered the namespace). The channel closes when it exits;
+// the test kills it at the end if nothing else did.
+func startSleeper(t *testing.T, ns string) <-chan struct{} {
+	t.Helper()
+	sleeper := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo ready; exec sleep 1000")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := sleeper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		sleeper.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		sleeper.Process.Kill()
+		<-exited
+	})
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("wait for process in %s: %v", ns, err)
+	}
+	return exited
 }
