@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,18 +18,8 @@ import (
 
 	"podnet/datastore"
 	"podnet/datastore/certs"
+	"podnet/internal/nettest"
 )
-
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // makeCerts issues a CA, a certificate per node and a client one in a
 // temporary directory.
@@ -117,7 +106,7 @@ func TestListenURLsRefused(t *testing.T) {
 func TestTLSClientCertificates(t *testing.T) {
 	pki := makeCerts(t, certs.Node{Name: "n1"})
 	other := makeCerts(t, certs.Node{Name: "n1"})
-	addr := freePort(t)
+	addr := nettest.FreeLoopbackAddr(t)
 	logs := &syncBuffer{}
 	old := syscall.Umask(0)
 	e, err := datastore.StartEmbedded(datastore.EmbedConfig{

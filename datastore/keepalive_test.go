@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"podnet/internal/nettest"
 )
 
 // TestKeepAliveSilentCut: when the connection to etcd goes silent, as
@@ -14,7 +16,7 @@ import (
 // pings go unanswered, it gives the connection up and the call goes
 // over a new one, within keepAliveTime+keepAliveTimeout.
 func TestKeepAliveSilentCut(t *testing.T) {
-	port := freePort(t)
+	port := nettest.FreeLoopbackAddr(t)
 	e, err := StartEmbedded(EmbedConfig{Dir: t.TempDir(), UnsafeNoFsync: true, ListenClientURLs: []string{"http://" + port}})
 	if err != nil {
 		t.Fatal(err)
@@ -56,17 +58,6 @@ func TestKeepAliveSilentCut(t *testing.T) {
 		t.Fatalf("a call over a connection gone silent: %v after %v; want an answer over a new connection within %v",
 			err, took.Round(time.Millisecond), keepAliveTime+keepAliveTimeout)
 	}
-}
-
-// freePort returns a TCP address on 127.0.0.1 that nothing listens on now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // silentConn is a connection that, once silenced, drops what is written

@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"podnet/internal/nettest"
 )
 
 // TestUnreachable: an etcd that stops answering gives errors Unreachable
 // recognises, through the wrapping callers add; an etcd that answers
 // "no" does not.
 func TestUnreachable(t *testing.T) {
-	port := freePort(t)
+	port := nettest.FreeLoopbackAddr(t)
 	e, err := StartEmbedded(EmbedConfig{Dir: t.TempDir(), UnsafeNoFsync: true, ListenClientURLs: []string{"http://" + port}})
 	if err != nil {
 		t.Fatal(err)

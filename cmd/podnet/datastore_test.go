@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"podnet/datastore"
+	"podnet/internal/nettest"
 )
 
 // mainEnv makes the test binary run podnet's main with the arguments
@@ -35,17 +35,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// freeAddr returns a loopback TCP address nothing listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestDatastoreServeMember runs `podnet datastore serve` as README's
 // cluster member does (name, https client and peer listeners, initial
 // cluster, TLS files), here a cluster of one, reaches it over TLS with
@@ -55,7 +44,7 @@ func TestDatastoreServeMember(t *testing.T) {
 	if _, err := runPodnet(t, "datastore", "certs", "--out", pki, "--nodes", "m1=127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	client, peer := freeAddr(t), freeAddr(t)
+	client, peer := nettest.FreeLoopbackAddr(t), nettest.FreeLoopbackAddr(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "run", "etcd.sock")
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "datastore", "serve", "--name", "m1",
@@ -165,7 +154,7 @@ func TestDatastoreCertsAndTLSClients(t *testing.T) {
 		t.Errorf("certs with an empty address: got %v, want an error naming it", err)
 	}
 
-	addr := freeAddr(t)
+	addr := nettest.FreeLoopbackAddr(t)
 	e, err := datastore.StartEmbedded(datastore.EmbedConfig{
 		Dir: t.TempDir(), ListenClientURLs: []string{"https://" + addr}, UnsafeNoFsync: true,
 		CAFile: filepath.Join(pki, "ca.pem"), CertFile: filepath.Join(pki, "n1.pem"), KeyFile: filepath.Join(pki, "n1-key.pem"),

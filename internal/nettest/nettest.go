@@ -118,3 +118,15 @@ func Transfer(t testing.TB, from, to string, addr netip.Addr, size int64) time.D
 type randReader struct{ r *rand.ChaCha8 }
 
 func (r randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
+
+// FreeLoopbackAddr returns a TCP address on 127.0.0.1 that nothing
+// listens on now (host:port), for a server the test starts there.
+func FreeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
