@@ -88,7 +88,7 @@ func TestUDPSuperframesTAP(t *testing.T) {
 		time.Sleep(2 * time.Millisecond) // let the TAP's queue drain: no loss
 	}
 
-	readSeq(t, rx, seq, size)
+	readSeq(t, rx, 0, seq, size)
 
 	st := tn.stats("b")
 	t.Logf("%d datagrams reached b in %d writes", seq, st.TxFrames)
@@ -124,8 +124,9 @@ func TestHostUDPSuperframes(t *testing.T) {
 	}
 	for _, p := range []*testPod{a, b} {
 		rx := listenUDP(t, p.ns, p.ip, 7002)
-		sendSegmented(t, tn.nodeNS, p.ip, 7002, sends, segs, segSize, tail)
-		readSeq(t, rx, sends*perSend, size)
+		// Each send's datagrams are read before the next send, so no
+		// queue on the way overflows.
+		sendSegmented(t, tn.nodeNS, p.ip, 7002, sends, segs, segSize, tail, func(first, n int) { readSeq(t, rx, first, n, size) })
 	}
 
 	h, sa, sb := tn.stats("host"), tn.stats("a"), tn.stats("b")
@@ -174,8 +175,9 @@ func listenUDP(t *testing.T, ns string, ip netip.Addr, port int) *net.UDPConn {
 // segs datagrams of segSize bytes and one of tail bytes each, with
 // UDP_SEGMENT: the kernel cuts each buffer into its datagrams, or hands
 // it whole to a device with USO. Datagram k starts with k (big endian)
-// and byte j of it is byte(k+j).
-func sendSegmented(t *testing.T, ns string, dst netip.Addr, port, sends, segs, segSize, tail int) {
+// and byte j of it is byte(k+j). After each send, sent is called with
+// the first datagram's number and how many the send held.
+func sendSegmented(t *testing.T, ns string, dst netip.Addr, port, sends, segs, segSize, tail int, sent func(first, n int)) {
 	t.Helper()
 	var tx *net.UDPConn
 	err := netnsutil.Do(ns, func() error {
@@ -198,6 +200,7 @@ func sendSegmented(t *testing.T, ns string, dst netip.Addr, port, sends, segs, s
 	}
 	seq := 0
 	for range sends {
+		first := seq
 		buf := make([]byte, 0, segs*segSize+tail)
 		for i := 0; i <= segs; i++ {
 			n := segSize
@@ -215,20 +218,21 @@ func sendSegmented(t *testing.T, ns string, dst netip.Addr, port, sends, segs, s
 		if _, err := tx.Write(buf); err != nil {
 			t.Fatalf("send %d bytes with UDP_SEGMENT %d: %v", len(buf), segSize, err)
 		}
-		time.Sleep(2 * time.Millisecond) // let the queues drain: no loss
+		sent(first, seq-first)
 	}
 }
 
-// readSeq reads total datagrams from rx and checks that datagram k is the
-// k-th sent, size(k) bytes long, with the bytes sendSegmented wrote.
-func readSeq(t *testing.T, rx *net.UDPConn, total int, size func(int) int) {
+// readSeq reads count datagrams from rx and checks that they are
+// datagrams first, first+1, ... in order, datagram k size(k) bytes long,
+// with the bytes sendSegmented wrote.
+func readSeq(t *testing.T, rx *net.UDPConn, first, count int, size func(int) int) {
 	t.Helper()
 	rx.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 2048)
-	for want := 0; want < total; want++ {
+	for want := first; want < first+count; want++ {
 		n, err := rx.Read(buf)
 		if err != nil {
-			t.Fatalf("after %d of %d datagrams: %v", want, total, err)
+			t.Fatalf("after %d datagrams: %v", want, err)
 		}
 		got := int(binary.BigEndian.Uint32(buf))
 		if got != want || n != size(want) {
