@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -37,7 +38,7 @@ func TestBGPFailureKeepsView(t *testing.T) {
 		var peers []bgp.PeerStatus
 		err := nodeClient(t, l, "worker2").Get(nodeapi.PathBGPPeers, &peers)
 		if err == nil || !strings.Contains(err.Error(), "start BGP speaker") || !strings.Contains(err.Error(), "in use") {
-			return "node status: " + errString(err)
+			return fmt.Sprintf("node status: %v", err)
 		}
 		return ""
 	})
@@ -57,11 +58,4 @@ func TestBGPFailureKeepsView(t *testing.T) {
 	squatter.Close()
 	run("", "delete", "bgpconfiguration", "node.worker2")
 	waitFor(t, 45*time.Second, "worker2's session with worker1 is back", func() string { return established(t, l, "worker2", l.NodeAddr("worker1")) })
-}
-
-func errString(err error) string {
-	if err == nil {
-		return "no error"
-	}
-	return err.Error()
 }

@@ -222,14 +222,7 @@ func NodesAt(nodes []*api.Node, addr netip.Addr) []string {
 }
 
 // isNodeAddr says whether addr is the address of one of nodes.
-func isNodeAddr(nodes []*api.Node, addr netip.Addr) bool {
-	for _, o := range nodes {
-		if p, ok := NodeAddr(o); ok && p.Addr() == addr {
-			return true
-		}
-	}
-	return false
-}
+func isNodeAddr(nodes []*api.Node, addr netip.Addr) bool { return len(NodesAt(nodes, addr)) > 0 }
 
 // appliesTo says whether BGPPeer spec s configures sessions on node nd.
 func appliesTo(s api.BGPPeerSpec, nd *api.Node) bool {
