@@ -29,10 +29,10 @@ func kernelAtLeast(t testing.TB, major, minor int) bool {
 	return ma > major || ma == major && mi >= minor
 }
 
-// openTap opens a VXLANTap in the namespace at ns, from local, and closes
+// openVXLANTapIn opens a VXLANTap in the namespace at ns, from local, and closes
 // it when the test ends. On a kernel before 6.17 it checks that the
 // refusal says why and reports false.
-func openTap(t testing.TB, ns string, local netip.Addr) (*VXLANTap, bool) {
+func openVXLANTapIn(t testing.TB, ns string, local netip.Addr) (*VXLANTap, bool) {
 	t.Helper()
 	var tap *VXLANTap
 	err := netnsutil.Do(ns, func() (err error) {
@@ -57,7 +57,7 @@ func openTap(t testing.TB, ns string, local netip.Addr) (*VXLANTap, bool) {
 func probedTap(t testing.TB) (*underlay, *VXLANTap, bool) {
 	t.Helper()
 	u := newVXLANUnderlay(t)
-	tap, ok := openTap(t, u.nsA, u.addrA)
+	tap, ok := openVXLANTapIn(t, u.nsA, u.addrA)
 	if !ok {
 		return nil, nil, false
 	}
@@ -223,7 +223,7 @@ func TestVXLANTapSuperframe(t *testing.T) {
 // Sending a superframe whole allocates nothing.
 func TestVXLANTapAllocs(t *testing.T) {
 	u := newVXLANUnderlay(t)
-	tap, ok := openTap(t, u.nsA, u.addrA)
+	tap, ok := openVXLANTapIn(t, u.nsA, u.addrA)
 	if !ok {
 		return
 	}
@@ -343,7 +343,7 @@ func TestVXLANTapForwardingWatch(t *testing.T) {
 func TestVXLANTapProbeStrictRPFilter(t *testing.T) {
 	u := newVXLANUnderlay(t)
 	nettest.Sysctl(t, u.nameA, "net.ipv4.conf.all.rp_filter=1")
-	tap, ok := openTap(t, u.nsA, u.addrA)
+	tap, ok := openVXLANTapIn(t, u.nsA, u.addrA)
 	if !ok {
 		return
 	}
@@ -359,7 +359,7 @@ func TestVXLANTapProbeStrictRPFilter(t *testing.T) {
 func TestVXLANTapLooseRPFilter(t *testing.T) {
 	u := newVXLANUnderlay(t)
 	nettest.Sysctl(t, u.nameA, "net.ipv4.conf.all.rp_filter=2")
-	tap, ok := openTap(t, u.nsA, u.addrA)
+	tap, ok := openVXLANTapIn(t, u.nsA, u.addrA)
 	if !ok {
 		return
 	}
@@ -380,7 +380,7 @@ func TestVXLANTapLooseRPFilter(t *testing.T) {
 // Frame refuses what cannot leave as one UDP-tunnel superframe, and takes
 // the largest one that can.
 func TestVXLANTapFrameRefuses(t *testing.T) {
-	tap := &VXLANTap{local: [4]byte{10, 251, 0, 1}}
+	tap := &VXLANTap{forwardTap: forwardTap{local: [4]byte{10, 251, 0, 1}, vnetLen: vnetTunnelHdrLen}}
 	dst := netip.MustParseAddrPort("10.251.0.2:4789")
 	for _, tc := range []struct {
 		name   string
@@ -423,7 +423,7 @@ func TestVXLANTapFrameRefuses(t *testing.T) {
 // from the packet (not from gso), the outer IPv4 and UDP headers right.
 func TestVXLANTapFrameBytes(t *testing.T) {
 	for _, udpCsum := range []bool{false, true} {
-		tap := &VXLANTap{local: [4]byte{10, 251, 0, 1}, mac: [6]byte{2, 0, 0, 0, 0, 7}, udpCsum: udpCsum}
+		tap := &VXLANTap{forwardTap: forwardTap{local: [4]byte{10, 251, 0, 1}, mac: [6]byte{2, 0, 0, 0, 0, 7}, vnetLen: vnetTunnelHdrLen}, udpCsum: udpCsum}
 		dst := netip.MustParseAddrPort("10.251.0.2:4789")
 		buf, start, gso := tcpSuperframe(20000, 1400, 1)
 		gso.HdrLen = 9999 // a lie: Frame must not pass it on
