@@ -1,0 +1,252 @@
+package encap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"podnet/internal/packet"
+)
+
+// An IPIPTap sends TCP superframes as IP-in-IP without cutting them up.
+//
+// No virtio-net header asks for IP-in-IP segmentation, and a raw socket
+// has none either, so without it every superframe leaves as ~45
+// datagrams, each through the whole IP output path. An IPIPTap writes
+// the superframe with its outer IPv4 header into a TAP of the node's own
+// as an ordinary TCPv4 superframe (virtio-net header, Ethernet header to
+// the TAP, outer IPv4 header, inner packet), and a small tc program on
+// the TAP's ingress (ipipTapProgram) makes the kernel see it as IP-in-IP:
+// bpf_skb_adjust_room takes the outer header off and puts it back with
+// BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, which marks the packet as the kernel's
+// own IP-in-IP tunnel does (SKB_GSO_IPXIP4, the inner header offsets).
+// The kernel then forwards it out of the underlay, and the underlay
+// device (tx-ipxip4-segmentation) or the kernel just before it cuts it
+// into IP-in-IP packets of the inner MSS, each with its inner TCP
+// checksum and its outer length, ID and checksum filled in. A veth
+// underlay carries it whole to the next namespace, where a raw socket
+// reads it as one packet (DecapIPIP takes it; the switch forwards it as
+// a superframe).
+//
+// The TAP, its forwarding checks (Probe, Err) and Send are forwardTap's.
+// Opening one needs the bpf(2) system call (CAP_BPF or root), tc's
+// clsact qdisc and cls_bpf; where any is missing OpenIPIPTap says so and
+// superframes are cut in userspace as before.
+type IPIPTap struct {
+	forwardTap
+	prog           *ebpf.Program
+	ipID           atomic.Uint32
+	outerFromInner bool
+}
+
+// IPIPTapHeadroom is what Frame writes before the inner IPv4 header: the
+// virtio-net header, then Ethernet and outer IPv4 headers.
+const IPIPTapHeadroom = packet.VirtioNetHdrLen + packet.EthernetHeaderLen + packet.IPv4MinHeaderLen
+
+// MaxIPIPTapInner is the largest inner IPv4 packet an IP-in-IP superframe
+// can carry: the outer total length (16 bits) must cover it too.
+const MaxIPIPTapInner = 0xffff - packet.IPv4MinHeaderLen
+
+// OpenIPIPTap creates the TAP name in the calling thread's network
+// namespace, attaches its tc program, brings it up and sets its sysctls.
+// local is the outer source of every frame: the node's underlay address,
+// which the IP-in-IP socket is bound to. outerFromInner builds the outer
+// header as IPIPConfig.OuterFromInner does (DF, and with DF the ID, from
+// the inner header); otherwise DF is clear, as the socket sends.
+func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, error) {
+	if !local.Is4() || local.IsUnspecified() {
+		return nil, fmt.Errorf("ipip tap %q: local address %s is not a unicast IPv4 address", name, local)
+	}
+	fd, err := openTap(name, unix.IFF_TUN_EXCL, packet.VirtioNetHdrLen, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO_ECN)
+	if err != nil {
+		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	t := &IPIPTap{outerFromInner: outerFromInner}
+	// The program goes on before the link is up: no frame passes unmarked.
+	if t.prog, err = attachIPIPTapProgram(name); err != nil {
+		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
+	}
+	if err := t.init("ipip tap", name, fd, local, packet.VirtioNetHdrLen); err != nil {
+		t.prog.Close()
+		return nil, err
+	}
+	ok = true
+	return t, nil
+}
+
+// Frame writes the headers in the IPIPTapHeadroom bytes before buf[ip:],
+// which holds the inner IPv4 packet (a superframe whose offload metadata
+// is gso, its offsets counted from the inner IPv4 header), and returns
+// the frame to Send; the outer destination is dst. ok is false if the
+// packet cannot go this way (send it segmented instead): too little
+// headroom, dst not IPv4, too big for one outer packet, or not a TCPv4
+// superframe as a kernel writes one (WholeTCPSuperframe); the header
+// length the kernel copies into each segment is taken from the packet,
+// not gso.
+func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr) (frame []byte, ok bool) {
+	if ip < IPIPTapHeadroom || len(buf)-ip < packet.IPv4MinHeaderLen+packet.TCPMinHeaderLen || !dst.Is4() {
+		return nil, false
+	}
+	in := packet.IPv4(buf[ip:])
+	inner, ihl := len(in), in.HeaderLen()
+	if inner > MaxIPIPTapInner || !WholeTCPSuperframe(in, gso) {
+		return nil, false
+	}
+	hdrLen := ihl + packet.TCP(in[ihl:]).DataOffset()
+	segs := (inner - hdrLen + int(gso.GSOSize) - 1) / int(gso.GSOSize)
+	f := buf[ip-IPIPTapHeadroom:]
+	const innerNH = packet.EthernetHeaderLen + packet.IPv4MinHeaderLen // virtio offsets count from the Ethernet header
+	packet.VirtioNetHdr{
+		Flags:      packet.VirtioNetHdrFNeedsCsum,
+		GSOType:    gso.GSOType,
+		HdrLen:     uint16(innerNH + hdrLen),
+		GSOSize:    gso.GSOSize,
+		CsumStart:  uint16(innerNH + ihl),
+		CsumOffset: tcpChecksumOffset,
+	}.Encode(f)
+
+	// The kernel numbers the segments' outer IDs from this one on, as it
+	// numbers the inner ones: with outerFromInner and DF the two run in
+	// step (see IPIPConfig.OuterFromInner), otherwise each superframe
+	// takes a superframe's worth of IDs.
+	df := t.outerFromInner && in.DontFragment()
+	id := in.ID()
+	if !df {
+		id = uint16(t.ipID.Add(uint32(segs)) - uint32(segs))
+	}
+	t.writeOuterIPv4(f, packet.ProtoIPIP, dst.As4(), id, df)
+	return f, true
+}
+
+// Close removes the TAP, its tc program with it.
+func (t *IPIPTap) Close() error {
+	err := t.forwardTap.Close()
+	return errors.Join(err, t.prog.Close())
+}
+
+// Flags of bpf_skb_adjust_room (include/uapi/linux/bpf.h) and tc verdicts
+// (include/uapi/linux/pkt_cls.h).
+const (
+	bpfAdjRoomMAC         = 1      // BPF_ADJ_ROOM_MAC: room right after the Ethernet header
+	bpfFAdjRoomFixedGSO   = 1 << 0 // BPF_F_ADJ_ROOM_FIXED_GSO: keep gso_size (the inner MSS)
+	bpfFAdjRoomEncapL3IP4 = 1 << 1 // BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+	tcActOK               = 0
+	tcActShot             = 2
+	skbProtocolOffset     = 16 // offsetof(struct __sk_buff, protocol)
+)
+
+// ipipTapProgram is the tc program on an IPIPTap's ingress. For a frame
+// whose outer header is IPv4 without options, protocol 4, it takes that
+// header off (into the stack), grows the room back with
+// BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, writes the header again and lets the frame
+// on; anything else (the probe's UDP) passes as it is. A failing helper
+// drops the frame, which the forwarding watch sees.
+func ipipTapProgram() asm.Instructions {
+	const (
+		outer   = -24 // the outer header's place on the stack
+		ethLen  = packet.EthernetHeaderLen
+		ipLen   = packet.IPv4MinHeaderLen
+		ethIPv4 = 0x0008 // htons(ETH_P_IP), as __sk_buff.protocol holds it on little-endian hosts
+	)
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb, across helper calls
+		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
+		asm.JNE.Imm(asm.R0, ethIPv4, "pass"),
+
+		// bpf_skb_load_bytes(skb, ethLen, fp+outer, ipLen)
+		asm.Mov.Imm(asm.R2, ethLen),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, outer),
+		asm.Mov.Imm(asm.R4, ipLen),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, outer, asm.Byte), // version and IHL
+		asm.JNE.Imm(asm.R0, 0x45, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, outer+9, asm.Byte), // protocol
+		asm.JNE.Imm(asm.R0, packet.ProtoIPIP, "pass"),
+
+		// bpf_skb_adjust_room(skb, -ipLen, MAC, FIXED_GSO)
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, -ipLen),
+		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
+		asm.Mov.Imm(asm.R4, bpfFAdjRoomFixedGSO),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// bpf_skb_adjust_room(skb, ipLen, MAC, FIXED_GSO|ENCAP_L3_IPV4)
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, ipLen),
+		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
+		asm.Mov.Imm(asm.R4, bpfFAdjRoomFixedGSO|bpfFAdjRoomEncapL3IP4),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// bpf_skb_store_bytes(skb, ethLen, fp+outer, ipLen, 0)
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, ethLen),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, outer),
+		asm.Mov.Imm(asm.R4, ipLen),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+
+		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("drop"),
+		asm.Return(),
+	}
+}
+
+// attachIPIPTapProgram loads ipipTapProgram and attaches it to the ingress
+// of link name (a clsact qdisc and a direct-action cls_bpf filter). The
+// filter holds the program while the link exists; the returned program
+// is the caller's to close.
+func attachIPIPTapProgram(name string) (*ebpf.Program, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "podnet_ipip_tap",
+		Type:         ebpf.SchedCLS,
+		Instructions: ipipTapProgram(),
+		// The license string only gates GPL-only helpers; these four are not.
+		License: "GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load tc program: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			prog.Close()
+		}
+	}()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	idx := l.Attrs().Index
+	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	if err := netlink.QdiscAdd(qdisc); err != nil {
+		return nil, fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS,
+			Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
+		Fd: prog.FD(), Name: "podnet_ipip_tap", DirectAction: true,
+	}
+	if err := netlink.FilterAdd(filter); err != nil {
+		return nil, fmt.Errorf("add tc filter: %w", err)
+	}
+	ok = true
+	return prog, nil
+}

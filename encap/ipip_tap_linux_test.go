@@ -1,0 +1,272 @@
+package encap
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"podnet/internal/netnsutil"
+	"podnet/internal/packet"
+)
+
+// openIPIPTapIn opens an IPIPTap named pnip0 in the namespace at ns, from
+// local, checks its probe and closes it when the test ends.
+func openIPIPTapIn(t testing.TB, ns string, local netip.Addr, outerFromInner bool) *IPIPTap {
+	t.Helper()
+	var tap *IPIPTap
+	err := netnsutil.Do(ns, func() (err error) {
+		if tap, err = OpenIPIPTap("pnip0", local, outerFromInner); err != nil {
+			return err
+		}
+		return tap.Probe()
+	})
+	if err != nil {
+		if tap != nil {
+			tap.Close()
+		}
+		t.Fatalf("OpenIPIPTap and Probe on Linux %s: %v", osRelease(), err)
+	}
+	t.Cleanup(func() { tap.Close() })
+	return tap
+}
+
+// ethtoolOff turns offloads of veth0 in namespace ns off.
+func ethtoolOff(t testing.TB, ns string, features ...string) {
+	t.Helper()
+	args := []string{"netns", "exec", ns, "ethtool", "-K", "veth0"}
+	for _, f := range features {
+		args = append(args, f, "off")
+	}
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ethtool %s: %v\n%s", strings.Join(features, " "), err, out)
+	}
+}
+
+// ipipSegments checks packets, the IP-in-IP packets the kernel cut one
+// superframe into: each a valid outer IPv4 header from src (protocol 4,
+// the given DF) around a TCP segment of mss bytes (the last shorter) at
+// its sequence number with a complete checksum, inner and outer IDs each
+// counting up by one. It returns the payload they carry.
+func ipipSegments(packets [][]byte, src netip.Addr, mss int, seq0 uint32, df bool) ([]byte, error) {
+	var data []byte
+	for i, p := range packets {
+		outer, inner, r := DecapIPIP(p)
+		if r != DecapOK {
+			return nil, fmt.Errorf("packet %d: %v", i, r)
+		}
+		if packet.Checksum(outer[:20], 0) != 0 || int(outer.TotalLen()) != len(p) || outer.Src() != src || outer.DontFragment() != df {
+			return nil, fmt.Errorf("packet %d: outer header %x (from %s, DF %v wanted)", i, outer[:20], src, df)
+		}
+		if i > 0 {
+			prevOuter, prevInner, _ := DecapIPIP(packets[i-1])
+			if outer.ID() != prevOuter.ID()+1 || inner.ID() != prevInner.ID()+1 {
+				return nil, fmt.Errorf("packet %d: outer ID %d inner ID %d after %d and %d", i, outer.ID(), inner.ID(), prevOuter.ID(), prevInner.ID())
+			}
+		}
+		if inner.Validate() != packet.ParseOK || inner.Protocol() != packet.ProtoTCP || packet.Checksum(inner[:20], 0) != 0 {
+			return nil, fmt.Errorf("packet %d: not a valid inner TCP/IPv4 packet", i)
+		}
+		tcp := packet.TCP(inner.Payload())
+		if n := len(tcp) - 20; n > mss || n == 0 {
+			return nil, fmt.Errorf("packet %d: %d payload bytes, want 1..%d", i, n, mss)
+		}
+		if tcp.Seq() != seq0+uint32(i*mss) {
+			return nil, fmt.Errorf("packet %d: seq %d, want %d", i, tcp.Seq(), seq0+uint32(i*mss))
+		}
+		if !packet.TransportChecksumValid(inner) {
+			return nil, fmt.Errorf("packet %d: TCP checksum %#04x wrong", i, tcp.Checksum())
+		}
+		data = append(data, tcp[20:]...)
+	}
+	return data, nil
+}
+
+// A superframe written into the TAP leaves the node as IP-in-IP: across
+// a veth it arrives whole, one packet holding the whole inner packet with
+// its partial checksum; where the underlay device cannot segment IP-in-IP
+// (tx-ipxip4-segmentation off, as on a NIC without it) the kernel cuts it
+// into packets of the inner MSS with complete checksums, as its own
+// tunnel's. Without the tc program the kernel cannot: it drops the
+// superframe.
+func TestIPIPTapSuperframe(t *testing.T) {
+	u := newUnderlay(t)
+	tap := openIPIPTapIn(t, u.nsA, u.addrA, false)
+	rx := listen(t, u.nsB, IPIPConfig{Local: u.addrB})
+	const payload, mss = 20000, 1400
+
+	buf, _, gso := tcpSuperframe(payload, mss, 1000)
+	want := append([]byte(nil), buf[packet.Headroom:]...)
+	frame, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	if !ok {
+		t.Fatal("Frame refused a TCP superframe with headroom")
+	}
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	got := readN(t, rx, 1, 3*time.Second)
+	outer, inner, r := DecapIPIP(got[0])
+	if r != DecapOK || !bytes.Equal(inner, want) {
+		t.Fatalf("whole superframe: decap %v, inner %d bytes, want the %d sent (partial checksum)", r, len(inner), len(want))
+	}
+	if outer.Src() != u.addrA || outer.Dst() != u.addrB || outer.DontFragment() || outer.TTL() != forwardTapOuterTTL-1 {
+		t.Errorf("outer header %x: want from %s to %s, DF clear, TTL %d (forwarded once)", outer[:20], u.addrA, u.addrB, forwardTapOuterTTL-1)
+	}
+
+	// Software segmentation, with checksums computed in software too.
+	ethtoolOff(t, u.nameA, "tx-ipxip4-segmentation", "tx-checksum-ip-generic")
+	buf, _, gso = tcpSuperframe(payload, mss, 1000)
+	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	segs := (payload + mss - 1) / mss
+	got = readN(t, rx, segs, 3*time.Second)
+	if len(got) != segs {
+		t.Fatalf("got %d packets, want %d", len(got), segs)
+	}
+	data, err := ipipSegments(got, u.addrA, mss, 1000, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(data, want[40:]) {
+		t.Errorf("segments carry %d payload bytes, not the %d sent", len(data), len(want)-40)
+	}
+	if tap.Sent() != 2 {
+		t.Errorf("Sent() = %d, want 2", tap.Sent())
+	}
+
+	// The program is what makes this work: without it the kernel
+	// finds an IP-in-IP header on a plain TCP superframe and drops it.
+	if out, err := exec.Command("tc", "-n", u.nameA, "filter", "del", "dev", "pnip0", "ingress").CombinedOutput(); err != nil {
+		t.Fatalf("tc filter del: %v\n%s", err, out)
+	}
+	buf, _, gso = tcpSuperframe(payload, mss, 1000)
+	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	rx.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := rx.ReadBatch(readBufs(4, packet.BufferSize), make([]int, 4), 0); n != 0 || err == nil {
+		t.Fatalf("without the tc program: %d packets arrived (%v), want none", n, err)
+	}
+}
+
+// With outerFromInner, the outer header copies DF and the inner ID, and
+// the kernel numbers both IDs of each segment in step.
+func TestIPIPTapOuterFromInner(t *testing.T) {
+	u := newUnderlay(t)
+	tap := openIPIPTapIn(t, u.nsA, u.addrA, true)
+	rx := listen(t, u.nsB, IPIPConfig{Local: u.addrB})
+	ethtoolOff(t, u.nameA, "tx-ipxip4-segmentation", "tx-checksum-ip-generic")
+	const payload, mss = 9000, 1000
+	buf, _, gso := tcpSuperframe(payload, mss, 7)
+	frame, _ := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	got := readN(t, rx, payload/mss, 3*time.Second)
+	if _, err := ipipSegments(got, u.addrA, mss, 7, true); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range got {
+		if outer, inner, _ := DecapIPIP(p); outer.ID() != inner.ID() {
+			t.Errorf("packet %d: outer ID %d, inner ID %d: want them equal", i, outer.ID(), inner.ID())
+		}
+	}
+}
+
+// Sending a superframe whole allocates nothing.
+func TestIPIPTapAllocs(t *testing.T) {
+	u := newUnderlay(t)
+	tap := openIPIPTapIn(t, u.nsA, u.addrA, false)
+	listen(t, u.nsB, IPIPConfig{Local: u.addrB})
+	buf, _, gso := tcpSuperframe(20000, 1400, 1000)
+	if a := testing.AllocsPerRun(50, func() {
+		frame, _ := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+		if err := tap.Send(frame); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 0 {
+		t.Errorf("Frame and Send: %v allocations per superframe, want 0", a)
+	}
+}
+
+// Frame writes what the kernel's virtio_net_hdr_to_skb and the tc program
+// expect, and refuses what cannot leave as one IP-in-IP superframe.
+func TestIPIPTapFrame(t *testing.T) {
+	tap := &IPIPTap{forwardTap: forwardTap{local: [4]byte{10, 250, 0, 1}, mac: [6]byte{2, 0, 0, 0, 0, 7}, vnetLen: packet.VirtioNetHdrLen}}
+	dst := netip.MustParseAddr("10.250.0.2")
+	buf, _, gso := tcpSuperframe(20000, 1400, 1)
+	gso.HdrLen = 9999 // a lie: Frame must not pass it on
+	f, ok := tap.Frame(buf, packet.Headroom, dst, gso)
+	if !ok {
+		t.Fatal("Frame refused")
+	}
+	var h packet.VirtioNetHdr
+	if err := h.Decode(f); err != nil {
+		t.Fatal(err)
+	}
+	if want := (packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4,
+		HdrLen: 14 + 20 + 40, GSOSize: 1400, CsumStart: 14 + 20 + 20, CsumOffset: 16}); h != want {
+		t.Errorf("virtio-net header %+v, want %+v", h, want)
+	}
+	eth := packet.Ethernet(f[packet.VirtioNetHdrLen:])
+	if eth.Dst() != packet.MAC(tap.mac) || eth.EtherType() != packet.EtherTypeIPv4 {
+		t.Errorf("Ethernet to %s type %#x, want the TAP's MAC, IPv4", eth.Dst(), eth.EtherType())
+	}
+	ip := packet.IPv4(f[packet.VirtioNetHdrLen+packet.EthernetHeaderLen:])
+	if ip.Validate() != packet.ParseOK || packet.Checksum(ip[:20], 0) != 0 || int(ip.TotalLen()) != len(ip) ||
+		ip.Protocol() != packet.ProtoIPIP || ip.DontFragment() || ip.TTL() != 64 ||
+		ip.SrcBytes() != tap.local || ip.DstBytes() != dst.As4() {
+		t.Errorf("outer IPv4 header %x", ip[:20])
+	}
+	// Superframe after superframe, the IDs the kernel gives segments do
+	// not overlap: 15 segments each.
+	id1 := ip.ID()
+	f2, _ := tap.Frame(buf, packet.Headroom, dst, gso)
+	if id2 := packet.IPv4(f2[packet.VirtioNetHdrLen+packet.EthernetHeaderLen:]).ID(); id2-id1 != 15 {
+		t.Errorf("outer IP IDs %d then %d, want 15 apart (one per segment)", id1, id2)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		adjust func(buf []byte, ip int, gso *packet.VirtioNetHdr) ([]byte, int)
+		ok     bool
+	}{
+		{"tcp superframe", func(b []byte, i int, _ *packet.VirtioNetHdr) ([]byte, int) { return b, i }, true},
+		{"no headroom", func(b []byte, i int, _ *packet.VirtioNetHdr) ([]byte, int) {
+			return b[i-IPIPTapHeadroom+1:], IPIPTapHeadroom - 1
+		}, false},
+		{"udp superframe", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOType = packet.GSOUDPL4; return b, i }, false},
+		{"complete checksum", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.Flags = 0; return b, i }, false},
+		{"no segment size", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOSize = 0; return b, i }, false},
+		{"checksum not in TCP", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.CsumOffset = 6; return b, i }, false},
+	} {
+		buf, _, gso := tcpSuperframe(4000, 1000, 1)
+		b, i := tc.adjust(buf, packet.Headroom, &gso)
+		if _, ok := tap.Frame(b, i, dst, gso); ok != tc.ok {
+			t.Errorf("%s: Frame ok = %v, want %v", tc.name, ok, tc.ok)
+		}
+	}
+	for _, tc := range []struct {
+		inner int
+		ok    bool
+	}{{MaxIPIPTapInner, true}, {MaxIPIPTapInner + 1, false}} {
+		buf, _, gso := tcpSuperframe(tc.inner-40, 1400, 1)
+		f, ok := tap.Frame(buf, packet.Headroom, dst, gso)
+		if ok != tc.ok {
+			t.Errorf("inner packet of %d bytes: Frame ok = %v, want %v", tc.inner, ok, tc.ok)
+		}
+		if ok && binary.BigEndian.Uint16(f[packet.VirtioNetHdrLen+packet.EthernetHeaderLen+2:]) != 0xffff {
+			t.Errorf("largest superframe: outer total length %d, want 65535", binary.BigEndian.Uint16(f[packet.VirtioNetHdrLen+packet.EthernetHeaderLen+2:]))
+		}
+	}
+	if _, ok := tap.Frame(buf, packet.Headroom, netip.MustParseAddr("fd00::1"), gso); ok {
+		t.Error("Frame took an IPv6 destination")
+	}
+}
