@@ -35,14 +35,8 @@ func (n *Node) Status() nodeapi.Status {
 	if p := n.underlayProblem.Load(); p != nil {
 		st.UnderlayProblem = *p
 	}
-	if v := n.vxlanSuperframes.Load(); v != nil {
-		if attached, err := n.sw.VXLANSuperframes(); attached {
-			st.VXLANSuperframes = *v
-			if err != nil {
-				st.VXLANSuperframes = "off (stopped): " + err.Error()
-			}
-		}
-	}
+	st.VXLANSuperframes = superframesStatus(n.vxlanSuperframes.Load(), n.sw.VXLANSuperframes)
+	st.IPIPSuperframes = superframesStatus(n.ipipSuperframes.Load(), n.sw.IPIPSuperframes)
 	n.datastoreStatus(&st)
 	return st
 }
@@ -139,4 +133,21 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, nodeapi.Error{Error: err.Error(), Field: field})
+}
+
+// superframesStatus is a tunnel's superframes line for status: what
+// opening its TAP found (opened), or why the switch stopped using it
+// since; "" while the tunnel is not attached.
+func superframesStatus(opened *string, state func() (attached bool, failure error)) string {
+	if opened == nil {
+		return ""
+	}
+	attached, err := state()
+	switch {
+	case !attached:
+		return ""
+	case err != nil:
+		return "off (stopped): " + err.Error()
+	}
+	return *opened
 }

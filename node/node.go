@@ -70,6 +70,11 @@ type Config struct {
 	// of its own (VXLANTapName) for the kernel to segment, where the
 	// kernel can (Linux 6.17+) and a probe frame gets through.
 	NoVXLANSuperframes bool
+	// NoIPIPSuperframes does the same for IP-in-IP: by default TCP
+	// superframes leave whole through a TAP of its own (IPIPTapName),
+	// marked as IP-in-IP by a tc program, where the kernel lets it load
+	// the program and a probe frame gets through.
+	NoIPIPSuperframes bool
 	// VXLANReceivers is how many sockets receive on the VXLAN port
 	// (SO_REUSEPORT), each read by a reader of its own, so that incoming
 	// VXLAN can use that many cores; 0 means DefaultVXLANReceivers.
@@ -163,6 +168,8 @@ type Node struct {
 	// vxlanSuperframes says whether VXLAN superframes leave whole and
 	// why not (openVXLANTap); nil until VXLAN is first opened.
 	vxlanSuperframes atomic.Pointer[string]
+	// ipipSuperframes is the same for IP-in-IP (openIPIPTap).
+	ipipSuperframes atomic.Pointer[string]
 	// refusedPeers are the sessions not started because their BGPPeer's
 	// password cannot be read, with the reason; the datastore goroutine
 	// sets them, node status shows them.
@@ -554,11 +561,70 @@ func (n *Node) openIPIP() error {
 	if err != nil {
 		return fmt.Errorf("open IP-in-IP socket: %w", err)
 	}
-	if err := n.sw.AttachUnderlay(vswitch.UnderlayConfig{Conn: conn, MTU: n.tunnelMTU(), LocalAddr: n.underlayAddr.Addr()}); err != nil {
+	cfg := vswitch.UnderlayConfig{Conn: conn, MTU: n.tunnelMTU(), LocalAddr: n.underlayAddr.Addr()}
+	sf := n.openIPIPTap()
+	if sf != nil { // not a nil *IPIPTap in the interface
+		cfg.Superframes = sf
+	}
+	if err := n.sw.AttachUnderlay(cfg); err != nil {
 		conn.Close()
+		if sf != nil {
+			sf.Close()
+		}
 		return err
 	}
 	return nil
+}
+
+// IPIPTapName is the TAP through which IP-in-IP superframes leave whole.
+const IPIPTapName = "podnetipip0"
+
+// openIPIPTap opens the TAP for whole IP-in-IP superframes (openTunnelTap).
+func (n *Node) openIPIPTap() *encap.IPIPTap {
+	var t *encap.IPIPTap
+	ok := n.openTunnelTap("ipip", IPIPTapName, "--ipip-superframes=false", n.cfg.NoIPIPSuperframes, &n.ipipSuperframes,
+		func() (probedTap, error) {
+			var err error
+			// The outer header as the IP-in-IP socket builds it (DF clear).
+			t, err = encap.OpenIPIPTap(IPIPTapName, n.underlayAddr.Addr(), false)
+			return t, err
+		})
+	if !ok {
+		return nil
+	}
+	return t
+}
+
+// probedTap is a tunnel's TAP for whole superframes.
+type probedTap interface {
+	Probe() error
+	Close() error
+}
+
+// openTunnelTap opens the TAP name through which a tunnel's TCP
+// superframes leave whole, with open, and checks that the kernel lets its
+// frames through. false (and the reason in status) when it is off
+// (disabled, by flag) or cannot work here: superframes are then cut in
+// userspace.
+func (n *Node) openTunnelTap(tunnel, name, flag string, disabled bool, status *atomic.Pointer[string], open func() (probedTap, error)) bool {
+	set := func(s string) { status.Store(&s) }
+	if disabled {
+		set("off (" + flag + ")")
+		return false
+	}
+	t, err := open()
+	if err == nil {
+		if err = t.Probe(); err != nil {
+			t.Close()
+		}
+	}
+	if err != nil {
+		n.log.Info(tunnel+": superframes are cut in userspace", "reason", err)
+		set("off: " + err.Error())
+		return false
+	}
+	set("on (sent whole through " + name + "; the kernel segments them)")
+	return true
 }
 
 // openVXLAN opens the VXLAN sockets (the one on the VXLAN port that
@@ -621,27 +687,18 @@ func (n *Node) openVXLAN() error {
 // VXLANTapName is the TAP through which VXLAN superframes leave whole.
 const VXLANTapName = "podnetvx0"
 
-// openVXLANTap opens the TAP for whole VXLAN superframes and checks that
-// the kernel lets its frames through; nil (and the reason in status) when
-// it is off or cannot work here, and superframes are cut in userspace.
+// openVXLANTap opens the TAP for whole VXLAN superframes (openTunnelTap).
 func (n *Node) openVXLANTap() *encap.VXLANTap {
-	set := func(s string) { n.vxlanSuperframes.Store(&s) }
-	if n.cfg.NoVXLANSuperframes {
-		set("off (--vxlan-superframes=false)")
+	var t *encap.VXLANTap
+	ok := n.openTunnelTap("vxlan", VXLANTapName, "--vxlan-superframes=false", n.cfg.NoVXLANSuperframes, &n.vxlanSuperframes,
+		func() (probedTap, error) {
+			var err error
+			t, err = encap.OpenVXLANTap(VXLANTapName, n.underlayAddr.Addr())
+			return t, err
+		})
+	if !ok {
 		return nil
 	}
-	t, err := encap.OpenVXLANTap(VXLANTapName, n.underlayAddr.Addr())
-	if err == nil {
-		if err = t.Probe(); err != nil {
-			t.Close()
-		}
-	}
-	if err != nil {
-		n.log.Info("vxlan: superframes are cut in userspace", "reason", err)
-		set("off: " + err.Error())
-		return nil
-	}
-	set("on (sent whole through " + VXLANTapName + "; the kernel segments them)")
 	return t
 }
 

@@ -72,12 +72,15 @@ type Status struct {
 	UDPSuperframes bool `json:"udpSuperframes"`
 	// VXLANSuperframes says whether TCP superframes leave as VXLAN whole,
 	// for the kernel to segment, and if not why; "" before VXLAN is used.
-	VXLANSuperframes string    `json:"vxlanSuperframes,omitempty"`
-	PodMTU           int       `json:"podMTU"`
-	Pods             int       `json:"pods"`
-	Routes           int       `json:"routes"`
-	Started          time.Time `json:"started"`
-	StateDir         string    `json:"stateDir"`
+	VXLANSuperframes string `json:"vxlanSuperframes,omitempty"`
+	// IPIPSuperframes is the same for IP-in-IP; "" before IP-in-IP is
+	// used.
+	IPIPSuperframes string    `json:"ipipSuperframes,omitempty"`
+	PodMTU          int       `json:"podMTU"`
+	Pods            int       `json:"pods"`
+	Routes          int       `json:"routes"`
+	Started         time.Time `json:"started"`
+	StateDir        string    `json:"stateDir"`
 	// Version and Commit say which podnet build the daemon runs.
 	Version string `json:"version"`
 	Commit  string `json:"commit"`

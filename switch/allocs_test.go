@@ -66,6 +66,15 @@ func (discardSuperframes) Frame(buf []byte, start int, _ netip.AddrPort, _ uint1
 func (discardSuperframes) Send([]byte) error { return nil }
 func (discardSuperframes) Err() error        { return nil }
 
+// discardIPIPSuperframes takes IP-in-IP superframes whole and drops them.
+type discardIPIPSuperframes struct{}
+
+func (discardIPIPSuperframes) Frame(buf []byte, ip int, _ netip.Addr, _ packet.VirtioNetHdr) ([]byte, bool) {
+	return buf[ip-encap.IPIPTapHeadroom:], true
+}
+func (discardIPIPSuperframes) Send([]byte) error { return nil }
+func (discardIPIPSuperframes) Err() error        { return nil }
+
 // TestForwardAllocsInMemory requires 0 allocations per packet on every
 // path, TSO superframes included (segmentation, GRO, lanes), without root.
 func TestForwardAllocsInMemory(t *testing.T) {
@@ -86,7 +95,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	vx := &discardVXLAN{fakeQueue: newFakeQueue(), srcs: []netip.Addr{nodeVXLAN}}
 	for _, err := range []error{
 		s.AttachHost(&discardHost{newFakeQueue()}),
-		s.AttachUnderlay(UnderlayConfig{Conn: &discardIPIP{newFakeQueue()}}),
+		s.AttachUnderlay(UnderlayConfig{Conn: &discardIPIP{newFakeQueue()}, Superframes: discardIPIPSuperframes{}}),
 		s.AttachVXLAN(VXLANConfig{Conn: vx, Superframes: discardSuperframes{}}),
 	} {
 		if err != nil {
@@ -108,7 +117,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	}
 	s.SetRoutes(tab)
 	s.mu.Lock()
-	a, vxPort := s.att.pods[ia], s.att.tunnels[router.EncapVXLAN]
+	a, vxPort, ipipPort := s.att.pods[ia], s.att.tunnels[router.EncapVXLAN], s.att.tunnels[router.EncapIPIP]
 	vxRx := vxPort.t.Receivers()[0]
 	s.mu.Unlock()
 
@@ -141,7 +150,8 @@ func TestForwardAllocsInMemory(t *testing.T) {
 		{"pod to pod", fromA(podFrame(src, ipSpec{src: "10.0.0.1", dst: "10.0.0.2", payload: 64}.build()))},
 		{"superframe to pod", fromA(superframe(src, "10.0.0.2", 8000, 1000))},
 		{"superframe to host", fromA(superframe(src, "172.16.0.1", 8000, 1000))},
-		{"superframe over ipip", fromA(superframe(src, "10.0.1.9", 8000, 1000))},
+		{"superframe over ipip (whole)", fromA(superframe(src, "10.0.1.9", 8000, 1000))},
+		{"superframe over ipip (cut: too big whole)", fromA(superframe(src, "10.0.1.9", encap.MaxIPIPTapInner-40+1, 1400))},
 		{"superframe over vxlan (whole)", fromA(superframe(src, "10.0.2.9", 8000, 1000))},
 		{"superframe over vxlan (cut: too big whole)", fromA(superframe(src, "10.0.2.9", encap.MaxVXLANTapInner, 1400))},
 		{"superframe to nat", fromA(superframe(src, "198.51.100.1", 8000, 1000))},
@@ -174,6 +184,9 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	}
 	if vxPort.c.txSuperframes.Load() == 0 {
 		t.Error("no superframe left the VXLAN tunnel whole: the (whole) case measured another path")
+	}
+	if ipipPort.c.txSuperframes.Load() == 0 {
+		t.Error("no superframe left the IP-in-IP tunnel whole: the (whole) case measured another path")
 	}
 }
 

@@ -4,11 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
-	"sync/atomic"
 
 	"podnet/encap"
 	"podnet/internal/packet"
@@ -122,7 +119,10 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 		mtu = 1500
 	}
 	t := &vxlanTunnel{conn: cfg.Conn, senders: senders, vni: cfg.VNI, port: cfg.Port, mac: cfg.LocalMAC,
-		maxInner: mtu - encap.VXLANOverhead, sf: cfg.Superframes, log: s.log}
+		maxInner: mtu - encap.VXLANOverhead, sf: cfg.Superframes}
+	if cfg.Superframes != nil {
+		t.sfg = superframeGate{tunnel: "vxlan", sink: cfg.Superframes, log: s.log}
+	}
 	for _, c := range append([]VXLANConn{cfg.Conn}, cfg.Receivers...) {
 		t.receivers = append(t.receivers, &vxlanReceiver{t: t, conn: c})
 	}
@@ -140,20 +140,7 @@ func (s *Switch) AttachVXLAN(cfg VXLANConfig) error {
 // was given VXLANConfig.Superframes, why it no longer sends superframes
 // whole (nil: it does, or it never did).
 func (s *Switch) VXLANSuperframes() (attached bool, failure error) {
-	s.mu.Lock()
-	tp := s.att.tunnels[router.EncapVXLAN]
-	s.mu.Unlock()
-	if tp == nil {
-		return false, nil
-	}
-	t, ok := tp.t.(*vxlanTunnel)
-	if !ok || t.sf == nil {
-		return true, nil
-	}
-	if p := t.sfErr.Load(); p != nil {
-		return true, *p
-	}
-	return true, t.sf.Err()
+	return s.tunnelSuperframes(router.EncapVXLAN)
 }
 
 // vxlanTunnel adapts VXLAN sockets to Tunnel: conn and the other
@@ -169,47 +156,14 @@ type vxlanTunnel struct {
 	mac       packet.MAC
 	maxInner  int // the largest inner packet a datagram carries
 
-	sf      VXLANSuperframes      // nil: superframes are segmented
-	sfOff   atomic.Bool           // sf failed and is no longer used
-	sfErr   atomic.Pointer[error] // why, once sfOff
-	sfFails atomic.Int32          // sends refused in a row
-	log     *slog.Logger
+	sf  VXLANSuperframes // nil: superframes are segmented
+	sfg superframeGate   // sends to sf, until it fails
 }
 
 // maxSuperframe: superframes go whole through sf while it works.
-func (t *vxlanTunnel) maxSuperframe() int {
-	if t.sf == nil || t.sfOff.Load() {
-		return 0
-	}
-	if err := t.sf.Err(); err != nil {
-		t.superframeFailed(err)
-		return 0
-	}
-	return encap.MaxVXLANTapInner
-}
+func (t *vxlanTunnel) maxSuperframe() int { return t.sfg.limit(encap.MaxVXLANTapInner) }
 
-// sendFailed counts a superframe sf refused (the caller counts the drop).
-// A few refusals in a row turn sf off: one odd frame, or a moment without
-// memory, should not. A closed sf is the tunnel going away.
-func (t *vxlanTunnel) sendFailed(err error) {
-	if errors.Is(err, os.ErrClosed) {
-		return
-	}
-	if t.sfFails.Add(1) >= maxSuperframeFails {
-		t.superframeFailed(err)
-	}
-}
-
-// maxSuperframeFails is how many superframes in a row sf may refuse.
-const maxSuperframeFails = 3
-
-// superframeFailed turns sf off.
-func (t *vxlanTunnel) superframeFailed(err error) {
-	t.sfErr.CompareAndSwap(nil, &err)
-	if !t.sfOff.Swap(true) {
-		t.log.Warn("vxlan: superframes sent whole do not get through; cutting them in userspace from now on", "err", err)
-	}
-}
+func (t *vxlanTunnel) gate() *superframeGate { return &t.sfg }
 
 func (t *vxlanTunnel) Encap() router.Encap { return router.EncapVXLAN }
 func (t *vxlanTunnel) Overhead() int       { return encap.VXLANOverhead }
@@ -389,35 +343,7 @@ func (s *vxlanSender) Flush() (queued, sent, bytes, superframes int, err error) 
 	return queued, sent, bytes, superframes, err
 }
 
-// flushQueue sends queue q of sender i in order: the datagrams in one
-// call, or, when superframes are queued among them, the runs between them
-// in one call each and the superframes in their place, so a flow's packets
-// leave in the order they came.
+// flushQueue sends queue q of sender i in order (flushInOrder).
 func (s *vxlanSender) flushQueue(i int, q *vxQueue) (sent, superframes int, err error) {
-	var errs []error
-	run := 0 // first datagram not sent yet
-	for j := 0; j <= len(q.pkts); j++ {
-		if j < len(q.pkts) && !q.whole[j] {
-			continue
-		}
-		if j > run {
-			n, err := s.t.senders[i].WriteBatch(q.pkts[run:j], q.dsts[run:j])
-			sent += n
-			if err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if j < len(q.pkts) {
-			if err := s.t.sf.Send(q.pkts[j]); err != nil {
-				s.t.sendFailed(err)
-				errs = append(errs, err)
-			} else {
-				s.t.sfFails.Store(0)
-				sent++
-				superframes++
-			}
-		}
-		run = j + 1
-	}
-	return sent, superframes, errors.Join(errs...)
+	return flushInOrder(q.pkts, q.dsts, q.whole, s.t.senders[i].WriteBatch, &s.t.sfg)
 }

@@ -34,6 +34,9 @@ func newStatusCmd() *cobra.Command {
 		if s.VXLANSuperframes != "" {
 			fmt.Fprintf(tw, "vxlan superframes:\t%s\n", s.VXLANSuperframes)
 		}
+		if s.IPIPSuperframes != "" {
+			fmt.Fprintf(tw, "ipip superframes:\t%s\n", s.IPIPSuperframes)
+		}
 		fmt.Fprintf(tw, "pod MTU:\t%d\n", s.PodMTU)
 		fmt.Fprintf(tw, "pods:\t%d\n", s.Pods)
 		fmt.Fprintf(tw, "routes:\t%d\n", s.Routes)
