@@ -47,6 +47,10 @@ type forwardTap struct {
 
 	sent atomic.Uint64
 
+	// check, if set, is one more thing the forwarding watch checks at
+	// each look (IPIPTap: its tc program is still attached).
+	check func() error
+
 	// The forwarding watch (routineWatchForwarding): the namespace's
 	// /proc/net/snmp, and what it and sent said at the last look.
 	snmp              *os.File
@@ -104,8 +108,8 @@ func openTap(name string, extra uint16, vnetLen, offload int) (fd int, err error
 
 // init makes t the forwarding TAP fd (name, in the calling thread's
 // namespace), whose frames come from local: it sets the sysctls, brings
-// the link up and starts the forwarding watch. On error the caller still
-// owns fd.
+// the link up and starts the forwarding watch (set check before). On
+// error the caller still owns fd.
 func (t *forwardTap) init(kind, name string, fd int, local netip.Addr, vnetLen int) error {
 	t.kind, t.name, t.fd, t.local, t.vnetLen = kind, name, fd, local.As4(), vnetLen
 	t.stop = make(chan struct{})
@@ -156,7 +160,11 @@ func (t *forwardTap) routineWatchForwarding() {
 		case <-t.stop:
 			return
 		case <-tick.C:
-			if err := t.checkForwarding(); err != nil {
+			err := t.checkForwarding()
+			if err == nil && t.check != nil {
+				err = t.check()
+			}
+			if err != nil {
 				t.err.Store(&err)
 				return
 			}

@@ -41,6 +41,9 @@ import (
 type IPIPTap struct {
 	forwardTap
 	prog           *ebpf.Program
+	progID         ebpf.ProgramID
+	nl             *netlink.Handle // in the TAP's namespace, for checkProgram
+	ifindex        int
 	ipID           atomic.Uint32
 	outerFromInner bool
 }
@@ -74,16 +77,40 @@ func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, 
 		}
 	}()
 	t := &IPIPTap{outerFromInner: outerFromInner}
-	// The program goes on before the link is up: no frame passes unmarked.
-	if t.prog, err = attachIPIPTapProgram(name); err != nil {
+	// A handle of the calling thread's namespace: the forwarding watch
+	// runs on other threads, which may be in another.
+	if t.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
 		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
 	}
+	// The program goes on before the link is up: no frame passes unmarked.
+	if err := t.attachProgram(name); err != nil {
+		t.nl.Close()
+		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
+	}
+	t.check = t.checkProgram
 	if err := t.init("ipip tap", name, fd, local, packet.VirtioNetHdrLen); err != nil {
 		t.prog.Close()
+		t.nl.Close()
 		return nil, err
 	}
 	ok = true
 	return t, nil
+}
+
+// checkProgram says whether the TAP's tc program is still attached:
+// without it (someone removed the filter or the qdisc) the kernel takes
+// the frames for plain TCP and cannot segment them.
+func (t *IPIPTap) checkProgram() error {
+	fs, err := t.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: t.ifindex}}, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return fmt.Errorf("ipip tap %s: list its tc filters: %w", t.name, err)
+	}
+	for _, f := range fs {
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Id == int(t.progID) {
+			return nil
+		}
+	}
+	return fmt.Errorf("ipip tap %s: its tc program is no longer attached (tc filter or qdisc removed)", t.name)
 }
 
 // Frame writes the headers in the IPIPTapHeadroom bytes before buf[ip:],
@@ -133,6 +160,7 @@ func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNet
 // Close removes the TAP, its tc program with it.
 func (t *IPIPTap) Close() error {
 	err := t.forwardTap.Close()
+	t.nl.Close()
 	return errors.Join(err, t.prog.Close())
 }
 
@@ -208,11 +236,11 @@ func ipipTapProgram() asm.Instructions {
 	}
 }
 
-// attachIPIPTapProgram loads ipipTapProgram and attaches it to the ingress
-// of link name (a clsact qdisc and a direct-action cls_bpf filter). The
-// filter holds the program while the link exists; the returned program
-// is the caller's to close.
-func attachIPIPTapProgram(name string) (*ebpf.Program, error) {
+// attachProgram loads ipipTapProgram and attaches it to the ingress of
+// link name (a clsact qdisc and a direct-action cls_bpf filter). The
+// filter holds the program while the link exists; t.prog is Close's to
+// close.
+func (t *IPIPTap) attachProgram(name string) error {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "podnet_ipip_tap",
 		Type:         ebpf.SchedCLS,
@@ -221,7 +249,7 @@ func attachIPIPTapProgram(name string) (*ebpf.Program, error) {
 		License: "GPL",
 	})
 	if err != nil {
-		return nil, fmt.Errorf("load tc program: %w", err)
+		return fmt.Errorf("load tc program: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -229,24 +257,30 @@ func attachIPIPTapProgram(name string) (*ebpf.Program, error) {
 			prog.Close()
 		}
 	}()
-	l, err := netlink.LinkByName(name)
+	info, err := prog.Info()
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("tc program: %w", err)
+	}
+	id, _ := info.ID()
+	l, err := t.nl.LinkByName(name)
+	if err != nil {
+		return err
 	}
 	idx := l.Attrs().Index
 	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-	if err := netlink.QdiscAdd(qdisc); err != nil {
-		return nil, fmt.Errorf("add clsact qdisc: %w", err)
+	if err := t.nl.QdiscAdd(qdisc); err != nil {
+		return fmt.Errorf("add clsact qdisc: %w", err)
 	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS,
 			Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
 		Fd: prog.FD(), Name: "podnet_ipip_tap", DirectAction: true,
 	}
-	if err := netlink.FilterAdd(filter); err != nil {
-		return nil, fmt.Errorf("add tc filter: %w", err)
+	if err := t.nl.FilterAdd(filter); err != nil {
+		return fmt.Errorf("add tc filter: %w", err)
 	}
+	t.prog, t.progID, t.ifindex = prog, id, idx
 	ok = true
-	return prog, nil
+	return nil
 }

@@ -270,3 +270,24 @@ func TestIPIPTapFrame(t *testing.T) {
 		t.Error("Frame took an IPv6 destination")
 	}
 }
+
+// The forwarding watch notices the tc program going away (a tc filter
+// or qdisc flush by someone else): Err says so, and the switch goes back
+// to cutting superframes.
+func TestIPIPTapProgramWatch(t *testing.T) {
+	u := newUnderlay(t)
+	tap := openIPIPTapIn(t, u.nsA, u.addrA, false)
+	if err := tap.checkProgram(); err != nil {
+		t.Fatalf("checkProgram with the program attached: %v", err)
+	}
+	if out, err := exec.Command("tc", "-n", u.nameA, "qdisc", "del", "dev", "pnip0", "clsact").CombinedOutput(); err != nil {
+		t.Fatalf("tc qdisc del: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(3 * forwardWatchInterval)
+	for tap.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := tap.Err(); err == nil || !strings.Contains(err.Error(), "no longer attached") {
+		t.Fatalf("Err after the qdisc was removed: %v, want one saying the program is no longer attached", err)
+	}
+}
