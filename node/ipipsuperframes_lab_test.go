@@ -1,0 +1,51 @@
+package node_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"podnet/lab"
+	"podnet/lab/labtest"
+	"podnet/node"
+)
+
+// TestIPIPSuperframesLab: a TCP transfer between pods on two nodes of an
+// IP-in-IP lab leaves worker1 as superframes whole through its
+// IPIPTapName TAP, crosses the veth fabric whole and arrives at worker2
+// as superpackets, intact. Once the TAP's tc program is gone (someone
+// flushed the qdisc), worker1's status says superframes stopped, and the
+// next transfer is cut in userspace, still intact.
+func TestIPIPSuperframesLab(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapIPIP})
+	c1, c2 := nodeClient(t, l, "worker1"), nodeClient(t, l, "worker2")
+	if st, err := c1.Status(); err != nil || !strings.HasPrefix(st.IPIPSuperframes, "on") {
+		t.Fatalf("worker1 status: ipip superframes %q (%v), want on", st.IPIPSuperframes, err)
+	}
+	from, to := nsPath(t, l, "test-1"), nsPath(t, l, "test-2")
+	transfer(t, from, to, l.PodIP("test-2"), 16<<20)
+	if s := portStats(t, c1, "ipip"); s.TxSuperframes == 0 || len(s.Drops) != 0 {
+		t.Errorf("worker1 sent the transfer with %d superframes whole and drops %v, want some and none", s.TxSuperframes, s.Drops)
+	}
+	if s := portStats(t, c2, "ipip"); s.GSOFrames == 0 || len(s.Drops) != 0 {
+		t.Errorf("worker2 took the transfer with %d superpackets and drops %v, want some and none", s.GSOFrames, s.Drops)
+	}
+
+	if out, err := l.Output(context.Background(), "worker1", "tc", "qdisc", "del", "dev", node.IPIPTapName, "clsact"); err != nil {
+		t.Fatalf("tc qdisc del on worker1: %v\n%s", err, out)
+	}
+	waitFor(t, 10*time.Second, "worker1 status saying ipip superframes stopped", func() string {
+		st, err := c1.Status()
+		if err == nil && strings.HasPrefix(st.IPIPSuperframes, "off (stopped)") && strings.Contains(st.IPIPSuperframes, "no longer attached") {
+			return ""
+		}
+		return st.IPIPSuperframes
+	})
+	before := portStats(t, c1, "ipip").TxSuperframes
+	transfer(t, from, to, l.PodIP("test-2"), 8<<20)
+	if after := portStats(t, c1, "ipip"); after.TxSuperframes != before || len(after.Drops) != 0 {
+		t.Errorf("after the program went: %d superframes whole (was %d), drops %v; want none more, cut in userspace", after.TxSuperframes, before, after.Drops)
+	}
+}
