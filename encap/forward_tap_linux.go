@@ -72,12 +72,13 @@ var errOffloadRefused = errors.New("offloads refused")
 
 // openTap creates a TAP with virtio-net headers of vnetLen bytes in the
 // calling thread's namespace and asks for the offloads in offload. extra
-// adds TUN flags (IFF_TUN_EXCL). An error wraps errOffloadRefused where
-// the kernel refuses the offloads.
-func openTap(name string, extra uint16, vnetLen, offload int) (fd int, err error) {
+// adds TUN flags (IFF_TUN_EXCL). It returns the TAP's name too, which
+// the kernel picks for a name with %d. An error wraps errOffloadRefused
+// where the kernel refuses the offloads.
+func openTap(name string, extra uint16, vnetLen, offload int) (fd int, ifname string, err error) {
 	fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
+		return -1, "", fmt.Errorf("open /dev/net/tun: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -87,23 +88,23 @@ func openTap(name string, extra uint16, vnetLen, offload int) (fd int, err error
 	}()
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		return -1, err
+		return -1, "", err
 	}
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | extra)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return -1, fmt.Errorf("TUNSETIFF: %w", err)
+		return -1, "", fmt.Errorf("TUNSETIFF: %w", err)
 	}
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetLen); err != nil {
-		return -1, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+		return -1, "", fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offload); err != nil {
 		if errors.Is(err, unix.EINVAL) {
-			return -1, fmt.Errorf("TUNSETOFFLOAD: %w: %w", errOffloadRefused, err)
+			return -1, "", fmt.Errorf("TUNSETOFFLOAD: %w: %w", errOffloadRefused, err)
 		}
-		return -1, fmt.Errorf("TUNSETOFFLOAD: %w", err)
+		return -1, "", fmt.Errorf("TUNSETOFFLOAD: %w", err)
 	}
 	ok = true
-	return fd, nil
+	return fd, ifr.Name(), nil
 }
 
 // init makes t the forwarding TAP fd (name, in the calling thread's

@@ -56,6 +56,30 @@ const IPIPTapHeadroom = packet.VirtioNetHdrLen + packet.EthernetHeaderLen + pack
 // can carry: the outer total length (16 bits) must cover it too.
 const MaxIPIPTapInner = 0xffff - packet.IPv4MinHeaderLen
 
+// ipipTapOffloadFlags: TCPv4 superframes, ECN bit included.
+const ipipTapOffloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN
+
+// CheckIPIPTap says whether the daemon can send IP-in-IP superframes
+// whole here: it makes a TAP for a moment (the kernel names it
+// "pncheck<N>"; it goes away when the check closes it), loads and
+// attaches the tc program, and removes them. nil: it can.
+func CheckIPIPTap() error {
+	fd, name, err := openTap("pncheck%d", 0, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	t := &IPIPTap{}
+	if t.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return err
+	}
+	defer t.nl.Close()
+	if err := t.attachProgram(name); err != nil {
+		return err
+	}
+	return t.prog.Close()
+}
+
 // OpenIPIPTap creates the TAP name in the calling thread's network
 // namespace, attaches its tc program, brings it up and sets its sysctls.
 // local is the outer source of every frame: the node's underlay address,
@@ -66,7 +90,7 @@ func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, 
 	if !local.Is4() || local.IsUnspecified() {
 		return nil, fmt.Errorf("ipip tap %q: local address %s is not a unicast IPv4 address", name, local)
 	}
-	fd, err := openTap(name, unix.IFF_TUN_EXCL, packet.VirtioNetHdrLen, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO_ECN)
+	fd, _, err := openTap(name, unix.IFF_TUN_EXCL, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
 	if err != nil {
 		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
 	}

@@ -80,14 +80,14 @@ func CheckUDPTunnelGSO() error {
 func openTunnelTap(name string, extra uint16) (fd int, udpCsum bool, err error) {
 	// With the outer UDP checksum if the kernel can: receivers' GRO
 	// merges no datagrams whose checksum is zero.
-	fd, err = openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum)
+	fd, _, err = openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum)
 	if err == nil {
 		return fd, true, nil
 	}
 	if !errors.Is(err, errOffloadRefused) {
 		return -1, false, err
 	}
-	fd, err = openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags)
+	fd, _, err = openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags)
 	if errors.Is(err, errOffloadRefused) {
 		return -1, false, ErrNoUDPTunnelGSO
 	}

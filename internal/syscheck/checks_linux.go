@@ -329,10 +329,29 @@ func checkVXLANSuperframes() Result {
 	return ok(name, "TAPs take UDP-tunnel superframes: the daemon sends VXLAN TCP superframes whole through podnetvx0 unless --vxlan-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
 }
 
+// checkIPIPSuperframes: where the daemon can load its tc program (bpf(2),
+// the clsact qdisc, cls_bpf), it sends IP-in-IP TCP superframes whole
+// through a TAP of its own and the kernel forwards them; a strict
+// rp_filter on all stops that. Without it they are cut in userspace:
+// much slower, still correct.
+func checkIPIPSuperframes() Result {
+	const name = "ipip-superframes"
+	if err := encap.CheckIPIPTap(); err != nil {
+		return warn(name, "IP-in-IP TCP superframes are cut in userspace: "+err.Error(),
+			"the daemon needs bpf(2) (root, or CAP_BPF with CAP_NET_ADMIN), /dev/net/tun, and tc's clsact qdisc and cls_bpf (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF) for IP-in-IP at several times the speed")
+	}
+	if n, err := sysctlInt("net.ipv4.conf.all.rp_filter"); err == nil && n == 1 {
+		return warn(name, "the tc program loads, but net.ipv4.conf.all.rp_filter is 1 (strict), which drops what the TAP writes: IP-in-IP superframes are cut in userspace",
+			"set net.ipv4.conf.all.rp_filter to 2 (loose) or 0")
+	}
+	return ok(name, "the tc program loads: the daemon sends IP-in-IP TCP superframes whole through podnetipip0 unless --ipip-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
+}
+
 // checkForwardFirewall looks for nftables chains on the forward hook
 // whose policy is drop (Docker sets one): the node's kernel forwards
-// routed pools' packets (from and to podnet0) and VXLAN superframes (from
-// podnetvx0), and such a chain drops them unless a rule accepts them.
+// routed pools' packets (from and to podnet0) and VXLAN and IP-in-IP
+// superframes (from podnetvx0 and podnetipip0), and such a chain drops
+// them unless a rule accepts them.
 // listChains returns `nft -j list chains` of the namespace to look at.
 func checkForwardFirewall(listChains func() ([]byte, error)) Result {
 	const name = "forward-firewall"
@@ -361,8 +380,8 @@ func checkForwardFirewall(listChains func() ([]byte, error)) Result {
 	}
 	if len(dropping) > 0 {
 		return warn(name, "forward chain(s) with policy drop: "+strings.Join(dropping, ", ")+
-			"; unless their rules accept them, packets of routed pools (podnet0) and VXLAN superframes (podnetvx0, which the daemon then stops using) are dropped",
-			"accept in those chains what comes in on podnet0 and podnetvx0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0 } accept")
+			"; unless their rules accept them, packets of routed pools (podnet0) and VXLAN and IP-in-IP superframes (podnetvx0, podnetipip0, which the daemon then stops using) are dropped",
+			"accept in those chains what comes in on podnet0, podnetvx0 and podnetipip0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0, podnetipip0 } accept")
 	}
 	return ok(name, "no nftables forward chain drops by default")
 }

@@ -92,6 +92,7 @@ func Run(ctx context.Context, cfg Config) []Result {
 		checkMTU(cfg),
 		checkUDPOffload(),
 		checkVXLANSuperframes(),
+		checkIPIPSuperframes(),
 		checkForwardFirewall(nftListChains),
 		checkAFPacket(),
 		checkKernelTunnels(),

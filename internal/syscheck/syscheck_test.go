@@ -93,6 +93,36 @@ func TestProblems(t *testing.T) {
 	}
 }
 
+// TestIPIPSuperframesCheck: in a fresh namespace the daemon's tc program
+// loads and attaches (root has bpf(2); this kernel has clsact and
+// cls_bpf), and a strict rp_filter on all is named as what stops the
+// superframes.
+func TestIPIPSuperframesCheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: it makes a namespace, a TAP and a tc program")
+	}
+	name := nettest.UniqueName("sck")
+	ns := nettest.Netns(t, name)
+	var r Result
+	run := func() {
+		if err := netnsutil.Do(ns, func() error { r = checkIPIPSuperframes(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run()
+	if r.Status != OK {
+		t.Fatalf("fresh namespace: %+v, want OK", r)
+	}
+	nettest.Sysctl(t, name, "net.ipv4.conf.all.rp_filter=1")
+	run()
+	if r.Status != Warn || !strings.Contains(r.Detail, "rp_filter") || r.Fix == "" {
+		t.Fatalf("strict rp_filter: %+v, want a warning naming rp_filter, with a fix", r)
+	}
+	if out, err := exec.Command("ip", "-n", name, "link", "show").CombinedOutput(); err != nil || strings.Contains(string(out), "pncheck") {
+		t.Errorf("the check left a TAP behind (%v):\n%s", err, out)
+	}
+}
+
 // TestVXLANSuperframesCheck: in a fresh namespace this kernel's TAPs take
 // UDP-tunnel superframes (Linux 6.17+, or the check warns that they do
 // not), and a strict rp_filter on all is named as what stops them.
