@@ -71,14 +71,15 @@ type forwardTap struct {
 var errOffloadRefused = errors.New("offloads refused")
 
 // openTap creates a TAP with virtio-net headers of vnetLen bytes in the
-// calling thread's namespace and asks for the offloads in offload. extra
-// adds TUN flags (IFF_TUN_EXCL). It returns the TAP's name too, which
-// the kernel picks for a name with %d. An error wraps errOffloadRefused
-// where the kernel refuses the offloads.
-func openTap(name string, extra uint16, vnetLen, offload int) (fd int, ifname string, err error) {
+// calling thread's namespace and asks for the first set of offloads in
+// offloads the kernel takes, on the same device (used is its index).
+// extra adds TUN flags (IFF_TUN_EXCL). It returns the TAP's name too,
+// which the kernel picks for a name with %d. An error wraps
+// errOffloadRefused where the kernel refuses even the last set.
+func openTap(name string, extra uint16, vnetLen int, offloads ...int) (fd int, ifname string, used int, err error) {
 	fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return -1, "", fmt.Errorf("open /dev/net/tun: %w", err)
+		return -1, "", 0, fmt.Errorf("open /dev/net/tun: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -88,23 +89,25 @@ func openTap(name string, extra uint16, vnetLen, offload int) (fd int, ifname st
 	}()
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		return -1, "", err
+		return -1, "", 0, err
 	}
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | extra)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return -1, "", fmt.Errorf("TUNSETIFF: %w", err)
+		return -1, "", 0, fmt.Errorf("TUNSETIFF: %w", err)
 	}
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetLen); err != nil {
-		return -1, "", fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+		return -1, "", 0, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
 	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offload); err != nil {
-		if errors.Is(err, unix.EINVAL) {
-			return -1, "", fmt.Errorf("TUNSETOFFLOAD: %w: %w", errOffloadRefused, err)
+	for used = range offloads {
+		if err = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads[used]); err == nil {
+			ok = true
+			return fd, ifr.Name(), used, nil
 		}
-		return -1, "", fmt.Errorf("TUNSETOFFLOAD: %w", err)
 	}
-	ok = true
-	return fd, ifr.Name(), nil
+	if errors.Is(err, unix.EINVAL) {
+		return -1, "", 0, fmt.Errorf("TUNSETOFFLOAD: %w: %w", errOffloadRefused, err)
+	}
+	return -1, "", 0, fmt.Errorf("TUNSETOFFLOAD: %w", err)
 }
 
 // init makes t the forwarding TAP fd (name, in the calling thread's
@@ -202,9 +205,12 @@ func (t *forwardTap) checkForwarding() error {
 }
 
 // transmitted reads Ip: OutTransmits from the namespace's /proc/net/snmp.
-func (t *forwardTap) transmitted() (uint64, error) {
+func (t *forwardTap) transmitted() (uint64, error) { return outTransmits(t.snmp) }
+
+// outTransmits reads Ip: OutTransmits from snmp, an open /proc/net/snmp.
+func outTransmits(snmp *os.File) (uint64, error) {
 	var b [4096]byte
-	n, err := t.snmp.ReadAt(b[:], 0)
+	n, err := snmp.ReadAt(b[:], 0)
 	if n == 0 && err != nil {
 		return 0, err
 	}
@@ -224,7 +230,22 @@ func (t *forwardTap) transmitted() (uint64, error) {
 			}
 		}
 	}
-	return 0, errors.New("no Ip: OutTransmits in /proc/net/snmp (Linux 6.3+)")
+	return 0, errOutTransmits
+}
+
+// errOutTransmits: the forwarding watch needs Ip: OutTransmits.
+var errOutTransmits = errors.New("no Ip: OutTransmits in /proc/net/snmp (Linux 6.3+)")
+
+// checkOutTransmits says whether the calling thread's namespace counts
+// Ip: OutTransmits, which the forwarding watch needs.
+func checkOutTransmits() error {
+	f, err := os.Open("/proc/thread-self/net/snmp")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = outTransmits(f)
+	return err
 }
 
 // configure learns the TAP's MAC (the Ethernet destination of every

@@ -1,9 +1,12 @@
 package encap
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -46,6 +49,8 @@ type IPIPTap struct {
 	ifindex        int
 	ipID           atomic.Uint32
 	outerFromInner bool
+	closeOnce      sync.Once
+	closeErr       error
 }
 
 // IPIPTapHeadroom is what Frame writes before the inner IPv4 header: the
@@ -64,7 +69,10 @@ const ipipTapOffloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_E
 // "pncheck<N>"; it goes away when the check closes it), loads and
 // attaches the tc program, and removes them. nil: it can.
 func CheckIPIPTap() error {
-	fd, name, err := openTap("pncheck%d", 0, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
+	if err := checkOutTransmits(); err != nil {
+		return err
+	}
+	fd, name, _, err := openTap("pncheck%d", 0, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
 	if err != nil {
 		return err
 	}
@@ -90,7 +98,7 @@ func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, 
 	if !local.Is4() || local.IsUnspecified() {
 		return nil, fmt.Errorf("ipip tap %q: local address %s is not a unicast IPv4 address", name, local)
 	}
-	fd, _, err := openTap(name, unix.IFF_TUN_EXCL, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
+	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
 	if err != nil {
 		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
 	}
@@ -183,9 +191,12 @@ func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNet
 
 // Close removes the TAP, its tc program with it.
 func (t *IPIPTap) Close() error {
-	err := t.forwardTap.Close()
-	t.nl.Close()
-	return errors.Join(err, t.prog.Close())
+	t.closeOnce.Do(func() {
+		err := t.forwardTap.Close()
+		t.nl.Close()
+		t.closeErr = errors.Join(err, t.prog.Close())
+	})
+	return t.closeErr
 }
 
 // Flags of bpf_skb_adjust_room (include/uapi/linux/bpf.h) and tc verdicts
@@ -197,25 +208,30 @@ const (
 	tcActOK               = 0
 	tcActShot             = 2
 	skbProtocolOffset     = 16 // offsetof(struct __sk_buff, protocol)
+	skbCB0Offset          = 48 // offsetof(struct __sk_buff, cb[0])
 )
+
+// skbProtocolIPv4 is ETH_P_IP as a load of __sk_buff.protocol reads it:
+// the field holds the network-order value, read in the host's order.
+var skbProtocolIPv4 = int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00}))
 
 // ipipTapProgram is the tc program on an IPIPTap's ingress. For a frame
 // whose outer header is IPv4 without options, protocol 4, it takes that
 // header off (into the stack), grows the room back with
 // BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, writes the header again and lets the frame
-// on; anything else (the probe's UDP) passes as it is. A failing helper
-// drops the frame, which the forwarding watch sees.
+// on, with cb[0] set to 1 for the self-test; anything else (the probe's
+// UDP) passes as it is. A failing helper drops the frame, which the
+// forwarding watch sees.
 func ipipTapProgram() asm.Instructions {
 	const (
-		outer   = -24 // the outer header's place on the stack
-		ethLen  = packet.EthernetHeaderLen
-		ipLen   = packet.IPv4MinHeaderLen
-		ethIPv4 = 0x0008 // htons(ETH_P_IP), as __sk_buff.protocol holds it on little-endian hosts
+		outer  = -24 // the outer header's place on the stack
+		ethLen = packet.EthernetHeaderLen
+		ipLen  = packet.IPv4MinHeaderLen
 	)
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb, across helper calls
 		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
-		asm.JNE.Imm(asm.R0, ethIPv4, "pass"),
+		asm.JNE.Imm(asm.R0, skbProtocolIPv4, "pass"),
 
 		// bpf_skb_load_bytes(skb, ethLen, fp+outer, ipLen)
 		asm.Mov.Imm(asm.R2, ethLen),
@@ -252,6 +268,10 @@ func ipipTapProgram() asm.Instructions {
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// cb[0] = 1: marked (only the self-test reads it; the IP layer
+		// takes cb over after tc).
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R6, skbCB0Offset, asm.R1, asm.Word),
 
 		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
 		asm.Return(),
@@ -281,6 +301,9 @@ func (t *IPIPTap) attachProgram(name string) error {
 			prog.Close()
 		}
 	}()
+	if err := selfTestIPIPTapProgram(prog); err != nil {
+		return err
+	}
 	info, err := prog.Info()
 	if err != nil {
 		return fmt.Errorf("tc program: %w", err)
@@ -306,5 +329,52 @@ func (t *IPIPTap) attachProgram(name string) error {
 	}
 	t.prog, t.progID, t.ifindex = prog, id, idx
 	ok = true
+	return nil
+}
+
+// selfTestIPIPTapProgram runs prog (BPF_PROG_TEST_RUN) on a small
+// IP-in-IP frame, which it must mark (cb[0] set: every helper succeeded)
+// and let on with its bytes as they were, and on the same frame as plain
+// TCP, which it must leave alone. That the kernel loads a program says
+// nothing of what its helpers do when it runs, or whether it matches
+// this host's frames at all; either failing would otherwise only show as
+// superframes lost.
+func selfTestIPIPTapProgram(prog *ebpf.Program) error {
+	const innerLen = packet.IPv4MinHeaderLen + packet.TCPMinHeaderLen
+	f := make([]byte, packet.EthernetHeaderLen+packet.IPv4MinHeaderLen+innerLen)
+	eth := packet.Ethernet(f)
+	eth.SetDst(packet.MAC{2, 0, 0, 0, 0, 1})
+	eth.SetSrc(packet.MAC{2, 0, 0, 0, 0, 1})
+	eth.SetEtherType(packet.EtherTypeIPv4)
+	for i, proto := range []uint8{packet.ProtoIPIP, packet.ProtoTCP} {
+		ip := f[packet.EthernetHeaderLen+i*packet.IPv4MinHeaderLen:][:packet.IPv4MinHeaderLen]
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-packet.EthernetHeaderLen-i*packet.IPv4MinHeaderLen))
+		ip[8] = 64
+		ip[9] = proto
+		copy(ip[12:], []byte{192, 0, 2, 1, 192, 0, 2, 2})
+		binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
+	}
+	f[len(f)-8] = 5 << 4 // TCP data offset
+	// The plain TCP frame: the inner packet alone.
+	plain := append(f[:packet.EthernetHeaderLen:packet.EthernetHeaderLen], f[packet.EthernetHeaderLen+packet.IPv4MinHeaderLen:]...)
+	for _, tc := range []struct {
+		name   string
+		frame  []byte
+		marked uint32
+	}{{"IP-in-IP frame", f, 1}, {"plain TCP frame", plain, 0}} {
+		out := make([]byte, len(tc.frame)+64)
+		// struct __sk_buff, with room to spare: the kernel refuses to
+		// copy it back into less (it is 192 bytes in Linux 6.18).
+		var ctx [64]uint32
+		ret, err := prog.Run(&ebpf.RunOptions{Data: tc.frame, DataOut: out, Context: ctx, ContextOut: &ctx})
+		if err != nil {
+			return fmt.Errorf("test run of the tc program: %w", err)
+		}
+		if ret != tcActOK || !bytes.Equal(out[:len(tc.frame)], tc.frame) || ctx[skbCB0Offset/4] != tc.marked {
+			return fmt.Errorf("test run of the tc program on the %s: verdict %d, marked %d, frame %x; want %d, %d and the frame unchanged",
+				tc.name, ret, ctx[skbCB0Offset/4], out[:len(tc.frame)], tcActOK, tc.marked)
+		}
+	}
 	return nil
 }

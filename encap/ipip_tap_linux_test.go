@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
 	"podnet/internal/netnsutil"
 	"podnet/internal/packet"
 )
@@ -154,6 +157,14 @@ func TestIPIPTapSuperframe(t *testing.T) {
 	if n, err := rx.ReadBatch(readBufs(4, packet.BufferSize), make([]int, 4), 0); n != 0 || err == nil {
 		t.Fatalf("without the tc program: %d packets arrived (%v), want none", n, err)
 	}
+	// The forwarding watch notices, before anyone sends more.
+	deadline := time.Now().Add(3 * forwardWatchInterval)
+	for tap.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := tap.Err(); err == nil || !strings.Contains(err.Error(), "no longer attached") {
+		t.Errorf("Err after the filter was deleted: %v, want one saying the program is no longer attached", err)
+	}
 }
 
 // With outerFromInner, the outer header copies DF and the inner ID, and
@@ -289,5 +300,27 @@ func TestIPIPTapProgramWatch(t *testing.T) {
 	}
 	if err := tap.Err(); err == nil || !strings.Contains(err.Error(), "no longer attached") {
 		t.Fatalf("Err after the qdisc was removed: %v, want one saying the program is no longer attached", err)
+	}
+}
+
+// The self-test at open runs the program on a frame of each kind: an
+// IP-in-IP frame is marked and passed unchanged, plain TCP left alone;
+// a program that passes everything unmarked fails it.
+func TestIPIPTapProgramSelfTest(t *testing.T) {
+	load := func(insns asm.Instructions) *ebpf.Program {
+		t.Helper()
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "GPL"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	if err := selfTestIPIPTapProgram(load(ipipTapProgram())); err != nil {
+		t.Fatalf("the program: %v", err)
+	}
+	passAll := asm.Instructions{asm.Mov.Imm(asm.R0, tcActOK), asm.Return()}
+	if err := selfTestIPIPTapProgram(load(passAll)); err == nil || !strings.Contains(err.Error(), "marked 0") {
+		t.Fatalf("a program that marks nothing: %v, want a failed self-test", err)
 	}
 }

@@ -80,18 +80,11 @@ func CheckUDPTunnelGSO() error {
 func openTunnelTap(name string, extra uint16) (fd int, udpCsum bool, err error) {
 	// With the outer UDP checksum if the kernel can: receivers' GRO
 	// merges no datagrams whose checksum is zero.
-	fd, _, err = openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum)
-	if err == nil {
-		return fd, true, nil
-	}
-	if !errors.Is(err, errOffloadRefused) {
-		return -1, false, err
-	}
-	fd, _, err = openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags)
+	fd, _, used, err := openTap(name, extra, vnetTunnelHdrLen, vxlanTapOffloadFlags|tunFUDPTunnelGSOCsum, vxlanTapOffloadFlags)
 	if errors.Is(err, errOffloadRefused) {
 		return -1, false, ErrNoUDPTunnelGSO
 	}
-	return fd, false, err
+	return fd, used == 0, err
 }
 
 // OpenVXLANTap creates the TAP name in the calling thread's network

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func TestIPIPSuperframesLab(t *testing.T) {
 		if err == nil && strings.HasPrefix(st.IPIPSuperframes, "off (stopped)") && strings.Contains(st.IPIPSuperframes, "no longer attached") {
 			return ""
 		}
-		return st.IPIPSuperframes
+		return fmt.Sprintf("status %q (%v)", st.IPIPSuperframes, err)
 	})
 	before := portStats(t, c1, "ipip").TxSuperframes
 	transfer(t, from, to, l.PodIP("test-2"), 8<<20)

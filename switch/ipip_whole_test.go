@@ -20,6 +20,7 @@ type fakeIPIPSuperframes struct {
 
 	mu     sync.Mutex
 	gsos   []packet.VirtioNetHdr
+	fail   error // Send returns it
 	broken error // Err returns it
 }
 
@@ -39,6 +40,12 @@ func (f *fakeIPIPSuperframes) Frame(buf []byte, ip int, dst netip.Addr, gso pack
 }
 
 func (f *fakeIPIPSuperframes) Send(frame []byte) error {
+	f.mu.Lock()
+	err := f.fail
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if frame[0] != 0xfe {
 		return errors.New("fake: not a frame Frame built")
 	}
@@ -126,5 +133,31 @@ func TestPodToIPIPWholeLimits(t *testing.T) {
 	}
 	if _, err := n.s.IPIPSuperframes(); err == nil || err.Error() != "the kernel transmitted 0 packets" {
 		t.Errorf("IPIPSuperframes() failure = %v, want the sink's error", err)
+	}
+}
+
+// A refused whole send drops that superframe (counted as egress-error);
+// three in a row turn the path off, and superframes are cut again.
+func TestPodToIPIPWholeFails(t *testing.T) {
+	n, sf := newIPIPWholeNet(t)
+	sf.mu.Lock()
+	sf.fail = errors.New("no buffer space")
+	sf.mu.Unlock()
+	for i := range maxSuperframeFails {
+		n.a.dev.offer(superframe(n.a, "10.0.1.9", 3000, 1000))
+		n.waitDrop(t, "ipip", DropEgressError, uint64(i))
+	}
+	sf.mu.Lock()
+	sf.fail = nil
+	sf.mu.Unlock()
+	n.a.dev.offer(superframe(n.a, "10.0.1.9", 3000, 1000))
+	got, _ := n.ipip.wait(t, 3)
+	for i, p := range got {
+		if len(p) != 1040 {
+			t.Fatalf("packet %d: %d bytes, want the superframe cut into segments of 1040", i, len(p))
+		}
+	}
+	if _, err := n.s.IPIPSuperframes(); err == nil || err.Error() != "no buffer space" {
+		t.Errorf("IPIPSuperframes() failure = %v, want the refusals' error", err)
 	}
 }
