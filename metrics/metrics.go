@@ -68,7 +68,7 @@ var (
 	descTxPackets = desc("port_tx_packets_total", "Frames the switch wrote to the port.", "port", "kind")
 	descTxBytes   = desc("port_tx_bytes_total", "Bytes the switch wrote to the port.", "port", "kind")
 	descGSO       = desc("port_gso_frames_total", "Segmentation-offload superframes read from the port.", "port", "kind")
-	descTxSuper   = desc("port_tx_superframes_total", "Superframes a tunnel sent whole for the kernel to segment (VXLAN through podnetvx0).", "port", "kind")
+	descTxSuper   = desc("port_tx_superframes_total", "Superframes a tunnel sent whole for the kernel to segment (VXLAN through podnetvx0, IP-in-IP through podnetipip0).", "port", "kind")
 	descPolled    = desc("port_polled_batches_total", "Batches of a pod's packets read by polling rather than after a wake-up (reply polling).", "port", "kind")
 	descReaderRx  = desc("port_reader_rx_packets_total", "Packets each reader of a port read, for ports with several (a tunnel with several receive sockets).", "port", "kind", "reader")
 	descICMPErr   = desc("port_icmp_errors_total", "ICMP errors the switch sent for packets from the port.", "port", "kind")

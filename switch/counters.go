@@ -126,7 +126,7 @@ type PortStats struct {
 	TxBytes   uint64 `json:"txBytes"`
 	GSOFrames uint64 `json:"gsoFrames"`
 	// TxSuperframes counts superframes a tunnel sent whole, for the
-	// kernel to segment (VXLAN through its TAP); each is also one of
+	// kernel to segment (VXLAN and IP-in-IP through their TAPs); each is also one of
 	// TxFrames.
 	TxSuperframes uint64 `json:"txSuperframes,omitempty"`
 	ARPReplies    uint64 `json:"arpReplies"`
