@@ -58,8 +58,9 @@ type forwarder struct {
 	seg     *segScratch // borrowed while segments are queued
 	segUsed int
 
-	lanes []lane // this reader's queue per batching egress, by lane ID
-	dirty []lane // lanes holding packets
+	lanes       []lane // this reader's queue per batching egress, by lane ID
+	dirty       []lane // lanes holding packets
+	retiredSeen int    // how much of Switch.retiredLanes dropRetiredLanes has dropped
 
 	// replyFrom is the pollable pod the batch last sent to: the reader
 	// polls it for the answer (replies.go). spinUntil, when set, is how
@@ -99,6 +100,9 @@ func newForwarder(s *Switch) *forwarder {
 // begin loads the snapshots for one batch.
 func (f *forwarder) begin() {
 	f.now = time.Now()
+	// Before the FIB: a FIB loaded after a retirement was seen no longer
+	// has the retired egress, so no lane for it is made again.
+	f.dropRetiredLanes()
 	f.fib = f.s.fib.Load()
 	f.lastHop = nil
 	f.lastSrc = netip.Addr{}
@@ -394,6 +398,24 @@ func (f *forwarder) laneOf(b batcher) lane {
 	l := b.newLane()
 	f.lanes[id] = l
 	return l
+}
+
+// dropRetiredLanes lets go of this reader's lanes toward egresses
+// detached since it last looked (a tunnel closed when no pool uses its
+// encapsulation any more): each holds a sender's queues, and a mode
+// switched back and forth would otherwise add one per reader each time.
+// Only between batches: no lane holds packets then.
+func (f *forwarder) dropRetiredLanes() {
+	r := f.s.retiredLanes.Load()
+	if r == nil || len(*r) == f.retiredSeen {
+		return
+	}
+	for _, id := range (*r)[f.retiredSeen:] {
+		if id < len(f.lanes) {
+			f.lanes[id] = nil
+		}
+	}
+	f.retiredSeen = len(*r)
 }
 
 // markDirty records that l holds packets to flush.

@@ -66,6 +66,10 @@ type Switch struct {
 	routes *router.Table
 	att    attachments
 	lanes  int // lane IDs handed out to batching egresses
+	// retiredLanes are the lane IDs of egresses detached for good, in
+	// order (never handed out again): readers drop their lanes for them
+	// (forwarder.dropRetiredLanes). Append-only, swapped whole.
+	retiredLanes atomic.Pointer[[]int]
 
 	inbound inboundFlows // connections from outside, whose answers skip NAT
 
@@ -178,6 +182,18 @@ func (s *Switch) Close() error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// retireLaneLocked records that the egress with lane ID id is detached
+// for good. Call it after recompileLocked has published a FIB without
+// that egress: a reader that sees the retirement then sees that FIB too.
+func (s *Switch) retireLaneLocked(id int) {
+	var ids []int
+	if old := s.retiredLanes.Load(); old != nil {
+		ids = append(ids, *old...)
+	}
+	ids = append(ids, id)
+	s.retiredLanes.Store(&ids)
 }
 
 // newLaneIDLocked hands out a lane ID for a batching egress.

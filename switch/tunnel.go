@@ -163,6 +163,7 @@ func (s *Switch) DetachTunnel(e router.Encap) error {
 	t := s.att.tunnels[e]
 	s.att.tunnels[e] = nil
 	s.recompileLocked()
+	s.retireLaneLocked(t.lane)
 	s.mu.Unlock()
 	err := t.t.Close()
 	t.readers.Wait()
