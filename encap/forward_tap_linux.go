@@ -48,8 +48,9 @@ type forwardTap struct {
 	sent atomic.Uint64
 
 	// check, if set, is one more thing the forwarding watch checks at
-	// each look (IPIPTap: its tc program is still attached).
-	check func() error
+	// each look (a tc program still attached); onClose, if set, runs once
+	// when the TAP is closed (letting go of the program).
+	check, onClose func() error
 
 	// The forwarding watch (routineWatchForwarding): the namespace's
 	// /proc/net/snmp, and what it and sent said at the last look.
@@ -166,7 +167,9 @@ func (t *forwardTap) routineWatchForwarding() {
 		case <-tick.C:
 			err := t.checkForwarding()
 			if err == nil && t.check != nil {
-				err = t.check()
+				if err = t.check(); err != nil {
+					err = fmt.Errorf("%s %s: %w", t.kind, t.name, err)
+				}
 			}
 			if err != nil {
 				t.err.Store(&err)
@@ -434,7 +437,11 @@ func (t *forwardTap) Close() error {
 	t.closed = true
 	t.stopWatch()
 	t.snmp.Close()
-	return t.file.Close()
+	err := t.file.Close()
+	if t.onClose != nil {
+		err = errors.Join(err, t.onClose())
+	}
+	return err
 }
 
 // stopWatch ends the forwarding watch (Close; tests, to drive

@@ -1,17 +1,10 @@
 package encap
 
 import (
-	"bytes"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
@@ -25,10 +18,11 @@ import (
 // the superframe with its outer IPv4 header into a TAP of the node's own
 // as an ordinary TCPv4 superframe (virtio-net header, Ethernet header to
 // the TAP, outer IPv4 header, inner packet), and a small tc program on
-// the TAP's ingress (ipipTapProgram) makes the kernel see it as IP-in-IP:
-// bpf_skb_adjust_room takes the outer header off and puts it back with
-// BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, which marks the packet as the kernel's
-// own IP-in-IP tunnel does (SKB_GSO_IPXIP4, the inner header offsets).
+// the TAP's ingress (ipipMarking; tap_program_linux.go) makes the kernel
+// see it as IP-in-IP: bpf_skb_adjust_room takes the outer header off and
+// puts it back with BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, which marks the packet
+// as the kernel's own IP-in-IP tunnel does (SKB_GSO_IPXIP4, the inner
+// header offsets).
 // The kernel then forwards it out of the underlay, and the underlay
 // device (tx-ipxip4-segmentation) or the kernel just before it cuts it
 // into IP-in-IP packets of the inner MSS, each with its inner TCP
@@ -43,15 +37,15 @@ import (
 // superframes are cut in userspace as before.
 type IPIPTap struct {
 	forwardTap
-	prog           *ebpf.Program
-	progID         ebpf.ProgramID
-	nl             *netlink.Handle // in the TAP's namespace, for checkProgram
-	ifindex        int
+	prog           *tapProgram
 	ipID           atomic.Uint32
 	outerFromInner bool
-	closeOnce      sync.Once
-	closeErr       error
 }
+
+// ipipMarking is the IPIPTap's tc program: the outer IPv4 header taken
+// out and put back as IP-in-IP.
+var ipipMarking = marking{name: "podnet_ipip_tap", proto: packet.ProtoIPIP, room: packet.IPv4MinHeaderLen,
+	flags: bpfFAdjRoomFixedGSO | bpfFAdjRoomEncapL3IP4}
 
 // IPIPTapHeadroom is what Frame writes before the inner IPv4 header: the
 // virtio-net header, then Ethernet and outer IPv4 headers.
@@ -77,15 +71,11 @@ func CheckIPIPTap() error {
 		return err
 	}
 	defer unix.Close(fd)
-	t := &IPIPTap{}
-	if t.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+	p, err := attachTapProgram(name, ipipMarking)
+	if err != nil {
 		return err
 	}
-	defer t.nl.Close()
-	if err := t.attachProgram(name); err != nil {
-		return err
-	}
-	return t.prog.Close()
+	return p.close()
 }
 
 // OpenIPIPTap creates the TAP name in the calling thread's network
@@ -109,40 +99,17 @@ func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, 
 		}
 	}()
 	t := &IPIPTap{outerFromInner: outerFromInner}
-	// A handle of the calling thread's namespace: the forwarding watch
-	// runs on other threads, which may be in another.
-	if t.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
-	}
 	// The program goes on before the link is up: no frame passes unmarked.
-	if err := t.attachProgram(name); err != nil {
-		t.nl.Close()
+	if t.prog, err = attachTapProgram(name, ipipMarking); err != nil {
 		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
 	}
-	t.check = t.checkProgram
+	t.check, t.onClose = t.prog.check, t.prog.close
 	if err := t.init("ipip tap", name, fd, local, packet.VirtioNetHdrLen); err != nil {
-		t.prog.Close()
-		t.nl.Close()
+		t.prog.close()
 		return nil, err
 	}
 	ok = true
 	return t, nil
-}
-
-// checkProgram says whether the TAP's tc program is still attached:
-// without it (someone removed the filter or the qdisc) the kernel takes
-// the frames for plain TCP and cannot segment them.
-func (t *IPIPTap) checkProgram() error {
-	fs, err := t.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: t.ifindex}}, netlink.HANDLE_MIN_INGRESS)
-	if err != nil {
-		return fmt.Errorf("ipip tap %s: list its tc filters: %w", t.name, err)
-	}
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Id == int(t.progID) {
-			return nil
-		}
-	}
-	return fmt.Errorf("ipip tap %s: its tc program is no longer attached (tc filter or qdisc removed)", t.name)
 }
 
 // Frame writes the headers in the IPIPTapHeadroom bytes before buf[ip:],
@@ -187,194 +154,4 @@ func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNet
 	}
 	t.writeOuterIPv4(f, packet.ProtoIPIP, dst.As4(), id, df)
 	return f, true
-}
-
-// Close removes the TAP, its tc program with it.
-func (t *IPIPTap) Close() error {
-	t.closeOnce.Do(func() {
-		err := t.forwardTap.Close()
-		t.nl.Close()
-		t.closeErr = errors.Join(err, t.prog.Close())
-	})
-	return t.closeErr
-}
-
-// Flags of bpf_skb_adjust_room (include/uapi/linux/bpf.h) and tc verdicts
-// (include/uapi/linux/pkt_cls.h).
-const (
-	bpfAdjRoomMAC         = 1      // BPF_ADJ_ROOM_MAC: room right after the Ethernet header
-	bpfFAdjRoomFixedGSO   = 1 << 0 // BPF_F_ADJ_ROOM_FIXED_GSO: keep gso_size (the inner MSS)
-	bpfFAdjRoomEncapL3IP4 = 1 << 1 // BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
-	tcActOK               = 0
-	tcActShot             = 2
-	skbProtocolOffset     = 16 // offsetof(struct __sk_buff, protocol)
-	skbCB0Offset          = 48 // offsetof(struct __sk_buff, cb[0])
-)
-
-// skbProtocolIPv4 is ETH_P_IP as a load of __sk_buff.protocol reads it:
-// the field holds the network-order value, read in the host's order.
-var skbProtocolIPv4 = int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00}))
-
-// ipipTapProgram is the tc program on an IPIPTap's ingress. For a frame
-// whose outer header is IPv4 without options, protocol 4, it takes that
-// header off (into the stack), grows the room back with
-// BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, writes the header again and lets the frame
-// on, with cb[0] set to 1 for the self-test; anything else (the probe's
-// UDP) passes as it is. A failing helper drops the frame, which the
-// forwarding watch sees.
-func ipipTapProgram() asm.Instructions {
-	const (
-		outer  = -24 // the outer header's place on the stack
-		ethLen = packet.EthernetHeaderLen
-		ipLen  = packet.IPv4MinHeaderLen
-	)
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb, across helper calls
-		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
-		asm.JNE.Imm(asm.R0, skbProtocolIPv4, "pass"),
-
-		// bpf_skb_load_bytes(skb, ethLen, fp+outer, ipLen)
-		asm.Mov.Imm(asm.R2, ethLen),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, outer),
-		asm.Mov.Imm(asm.R4, ipLen),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R0, asm.RFP, outer, asm.Byte), // version and IHL
-		asm.JNE.Imm(asm.R0, 0x45, "pass"),
-		asm.LoadMem(asm.R0, asm.RFP, outer+9, asm.Byte), // protocol
-		asm.JNE.Imm(asm.R0, packet.ProtoIPIP, "pass"),
-
-		// bpf_skb_adjust_room(skb, -ipLen, MAC, FIXED_GSO)
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, -ipLen),
-		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
-		asm.Mov.Imm(asm.R4, bpfFAdjRoomFixedGSO),
-		asm.FnSkbAdjustRoom.Call(),
-		asm.JNE.Imm(asm.R0, 0, "drop"),
-		// bpf_skb_adjust_room(skb, ipLen, MAC, FIXED_GSO|ENCAP_L3_IPV4)
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, ipLen),
-		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
-		asm.Mov.Imm(asm.R4, bpfFAdjRoomFixedGSO|bpfFAdjRoomEncapL3IP4),
-		asm.FnSkbAdjustRoom.Call(),
-		asm.JNE.Imm(asm.R0, 0, "drop"),
-		// bpf_skb_store_bytes(skb, ethLen, fp+outer, ipLen, 0)
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, ethLen),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, outer),
-		asm.Mov.Imm(asm.R4, ipLen),
-		asm.Mov.Imm(asm.R5, 0),
-		asm.FnSkbStoreBytes.Call(),
-		asm.JNE.Imm(asm.R0, 0, "drop"),
-		// cb[0] = 1: marked (only the self-test reads it; the IP layer
-		// takes cb over after tc).
-		asm.Mov.Imm(asm.R1, 1),
-		asm.StoreMem(asm.R6, skbCB0Offset, asm.R1, asm.Word),
-
-		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("drop"),
-		asm.Return(),
-	}
-}
-
-// attachProgram loads ipipTapProgram and attaches it to the ingress of
-// link name (a clsact qdisc and a direct-action cls_bpf filter). The
-// filter holds the program while the link exists; t.prog is Close's to
-// close.
-func (t *IPIPTap) attachProgram(name string) error {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "podnet_ipip_tap",
-		Type:         ebpf.SchedCLS,
-		Instructions: ipipTapProgram(),
-		// The license string only gates GPL-only helpers; these four are not.
-		License: "GPL",
-	})
-	if err != nil {
-		return fmt.Errorf("load tc program: %w", err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			prog.Close()
-		}
-	}()
-	if err := selfTestIPIPTapProgram(prog); err != nil {
-		return err
-	}
-	info, err := prog.Info()
-	if err != nil {
-		return fmt.Errorf("tc program: %w", err)
-	}
-	id, _ := info.ID()
-	l, err := t.nl.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	idx := l.Attrs().Index
-	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
-		LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-	if err := t.nl.QdiscAdd(qdisc); err != nil {
-		return fmt.Errorf("add clsact qdisc: %w", err)
-	}
-	filter := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS,
-			Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
-		Fd: prog.FD(), Name: "podnet_ipip_tap", DirectAction: true,
-	}
-	if err := t.nl.FilterAdd(filter); err != nil {
-		return fmt.Errorf("add tc filter: %w", err)
-	}
-	t.prog, t.progID, t.ifindex = prog, id, idx
-	ok = true
-	return nil
-}
-
-// selfTestIPIPTapProgram runs prog (BPF_PROG_TEST_RUN) on a small
-// IP-in-IP frame, which it must mark (cb[0] set: every helper succeeded)
-// and let on with its bytes as they were, and on the same frame as plain
-// TCP, which it must leave alone. That the kernel loads a program says
-// nothing of what its helpers do when it runs, or whether it matches
-// this host's frames at all; either failing would otherwise only show as
-// superframes lost.
-func selfTestIPIPTapProgram(prog *ebpf.Program) error {
-	const innerLen = packet.IPv4MinHeaderLen + packet.TCPMinHeaderLen
-	f := make([]byte, packet.EthernetHeaderLen+packet.IPv4MinHeaderLen+innerLen)
-	eth := packet.Ethernet(f)
-	eth.SetDst(packet.MAC{2, 0, 0, 0, 0, 1})
-	eth.SetSrc(packet.MAC{2, 0, 0, 0, 0, 1})
-	eth.SetEtherType(packet.EtherTypeIPv4)
-	for i, proto := range []uint8{packet.ProtoIPIP, packet.ProtoTCP} {
-		ip := f[packet.EthernetHeaderLen+i*packet.IPv4MinHeaderLen:][:packet.IPv4MinHeaderLen]
-		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-packet.EthernetHeaderLen-i*packet.IPv4MinHeaderLen))
-		ip[8] = 64
-		ip[9] = proto
-		copy(ip[12:], []byte{192, 0, 2, 1, 192, 0, 2, 2})
-		binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
-	}
-	f[len(f)-8] = 5 << 4 // TCP data offset
-	// The plain TCP frame: the inner packet alone.
-	plain := append(f[:packet.EthernetHeaderLen:packet.EthernetHeaderLen], f[packet.EthernetHeaderLen+packet.IPv4MinHeaderLen:]...)
-	for _, tc := range []struct {
-		name   string
-		frame  []byte
-		marked uint32
-	}{{"IP-in-IP frame", f, 1}, {"plain TCP frame", plain, 0}} {
-		out := make([]byte, len(tc.frame)+64)
-		// struct __sk_buff, with room to spare: the kernel refuses to
-		// copy it back into less (it is 192 bytes in Linux 6.18).
-		var ctx [64]uint32
-		ret, err := prog.Run(&ebpf.RunOptions{Data: tc.frame, DataOut: out, Context: ctx, ContextOut: &ctx})
-		if err != nil {
-			return fmt.Errorf("test run of the tc program: %w", err)
-		}
-		if ret != tcActOK || !bytes.Equal(out[:len(tc.frame)], tc.frame) || ctx[skbCB0Offset/4] != tc.marked {
-			return fmt.Errorf("test run of the tc program on the %s: verdict %d, marked %d, frame %x; want %d, %d and the frame unchanged",
-				tc.name, ret, ctx[skbCB0Offset/4], out[:len(tc.frame)], tcActOK, tc.marked)
-		}
-	}
-	return nil
 }

@@ -288,8 +288,8 @@ func TestIPIPTapFrame(t *testing.T) {
 func TestIPIPTapProgramWatch(t *testing.T) {
 	u := newUnderlay(t)
 	tap := openIPIPTapIn(t, u.nsA, u.addrA, false)
-	if err := tap.checkProgram(); err != nil {
-		t.Fatalf("checkProgram with the program attached: %v", err)
+	if err := tap.prog.check(); err != nil {
+		t.Fatalf("check with the program attached: %v", err)
 	}
 	if out, err := exec.Command("tc", "-n", u.nameA, "qdisc", "del", "dev", "pnip0", "clsact").CombinedOutput(); err != nil {
 		t.Fatalf("tc qdisc del: %v\n%s", err, out)
@@ -316,11 +316,11 @@ func TestIPIPTapProgramSelfTest(t *testing.T) {
 		t.Cleanup(func() { p.Close() })
 		return p
 	}
-	if err := selfTestIPIPTapProgram(load(ipipTapProgram())); err != nil {
+	if err := ipipMarking.selfTest(load(ipipMarking.program())); err != nil {
 		t.Fatalf("the program: %v", err)
 	}
 	passAll := asm.Instructions{asm.Mov.Imm(asm.R0, tcActOK), asm.Return()}
-	if err := selfTestIPIPTapProgram(load(passAll)); err == nil || !strings.Contains(err.Error(), "marked 0") {
+	if err := ipipMarking.selfTest(load(passAll)); err == nil || !strings.Contains(err.Error(), "marked 0") {
 		t.Fatalf("a program that marks nothing: %v, want a failed self-test", err)
 	}
 }
