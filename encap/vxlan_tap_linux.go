@@ -26,12 +26,34 @@ import (
 // Without it every superframe is segmented in userspace (a copy and a
 // checksum per segment) and sent with UDP GSO.
 //
+// Before Linux 6.17, OpenVXLANTapMarked gets the same result another way,
+// as IPIPTap does for IP-in-IP: each frame goes in as a plain TCPv4
+// superframe, and a tc program on the TAP marks it as VXLAN (vxlanMarking)
+// before the kernel forwards it. The outer UDP checksum is then zero.
+//
 // The TAP, its forwarding checks (Probe, Err) and Send are forwardTap's.
 type VXLANTap struct {
 	forwardTap
-	udpCsum bool // the kernel fills in the outer UDP checksum of each segment
+	udpCsum bool        // the kernel fills in the outer UDP checksum of each segment
+	prog    *tapProgram // the marking program; nil: UDP-tunnel virtio headers
 	ipID    atomic.Uint32
 }
+
+// vxlanMarking is the tc program of a VXLANTap opened with
+// OpenVXLANTapMarked: the outer IPv4, UDP (to port) and VXLAN headers and
+// the inner Ethernet header taken out and put back as a UDP tunnel whose
+// inner packets are Ethernet frames, as the kernel's VXLAN device marks
+// its packets (SKB_GSO_UDP_TUNNEL).
+func vxlanMarking(port uint16) marking {
+	const innerEth = packet.EthernetHeaderLen
+	return marking{name: "podnet_vxlan_tap", proto: packet.ProtoUDP, dport: port,
+		room:  packet.IPv4MinHeaderLen + udpHeaderLen + VXLANHeaderLen + innerEth,
+		flags: bpfFAdjRoomFixedGSO | bpfFAdjRoomEncapL3IP4 | bpfFAdjRoomEncapL4UDP | bpfFAdjRoomEncapL2Eth | innerEth<<bpfAdjRoomEncapL2Shift}
+}
+
+// vxlanTapMarkedOffloadFlags: a marked VXLANTap takes plain TCPv4
+// superframes.
+const vxlanTapMarkedOffloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN
 
 // VXLANTapHeadroom is what Frame writes before the VXLAN header: the
 // tunnel virtio-net header, then Ethernet, IPv4 and UDP headers.
@@ -113,6 +135,61 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 	return t, nil
 }
 
+// OpenVXLANTapMarked is OpenVXLANTap for kernels whose TAPs take no
+// UDP-tunnel superframes (before Linux 6.17): a tc program on the TAP
+// marks each frame to UDP port port as VXLAN (vxlanMarking). It needs
+// what IPIPTap needs: bpf(2), tc's clsact qdisc and cls_bpf.
+func OpenVXLANTapMarked(name string, local netip.Addr, port uint16) (*VXLANTap, error) {
+	if !local.Is4() || local.IsUnspecified() {
+		return nil, fmt.Errorf("vxlan tap %q: local address %s is not a unicast IPv4 address", name, local)
+	}
+	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags)
+	if err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	t := &VXLANTap{}
+	// The program goes on before the link is up: no frame passes unmarked.
+	if t.prog, err = attachTapProgram(name, vxlanMarking(port)); err != nil {
+		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
+	}
+	t.check, t.onClose = t.prog.check, t.prog.close
+	if err := t.init("vxlan tap", name, fd, local, vnetTunnelHdrLen); err != nil {
+		t.prog.close()
+		return nil, err
+	}
+	ok = true
+	return t, nil
+}
+
+// CheckVXLANTapMarked says whether OpenVXLANTapMarked can work here: it
+// makes a TAP for a moment ("pncheck<N>"), loads and attaches the
+// program, and removes them. nil: it can.
+func CheckVXLANTapMarked() error {
+	if err := checkOutTransmits(); err != nil {
+		return err
+	}
+	fd, name, _, err := openTap("pncheck%d", 0, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	p, err := attachTapProgram(name, vxlanMarking(VXLANPort))
+	if err != nil {
+		return err
+	}
+	return p.close()
+}
+
+// Marked says whether the TAP's frames are marked by a tc program
+// (OpenVXLANTapMarked) rather than by their virtio-net headers.
+func (t *VXLANTap) Marked() bool { return t.prog != nil }
+
 // Frame writes the outer headers in the VXLANTapHeadroom bytes before
 // buf[start:], which holds a VXLAN header, the inner Ethernet header and
 // the inner IPv4 packet (a superframe whose offload metadata is gso, its
@@ -150,13 +227,18 @@ func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint
 	if t.udpCsum {
 		h[0] |= vnetFUDPTunnelCsum
 	}
-	h[1] = gso.GSOType | gsoUDPTunnelIPv4
+	h[1] = gso.GSOType
 	binary.LittleEndian.PutUint16(h[2:], uint16(innerNH+hdrLen))
 	binary.LittleEndian.PutUint16(h[4:], gso.GSOSize)
 	binary.LittleEndian.PutUint16(h[6:], uint16(innerNH+ihl))
 	binary.LittleEndian.PutUint16(h[8:], tcpChecksumOffset)
-	binary.LittleEndian.PutUint16(h[20:], outerUDP-outerEth)
-	binary.LittleEndian.PutUint16(h[22:], innerNH)
+	if t.prog == nil {
+		// The UDP-tunnel header; a marked TAP's frame is plain TCPv4
+		// here, with the same offsets, and its program does the rest.
+		h[1] |= gsoUDPTunnelIPv4
+		binary.LittleEndian.PutUint16(h[20:], outerUDP-outerEth)
+		binary.LittleEndian.PutUint16(h[22:], innerNH)
+	}
 
 	// The kernel numbers the segments from this ID on (DF is clear).
 	id := uint16(t.ipID.Add(uint32(segs)) - uint32(segs))

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
 	"podnet/internal/packet"
@@ -481,6 +484,116 @@ func TestVXLANTapFrameBytes(t *testing.T) {
 		f2, _ := tap.Frame(buf, start, dst, 40000, gso)
 		if id2 := packet.IPv4(f2[vnetTunnelHdrLen+packet.EthernetHeaderLen:]).ID(); id2-id1 != 15 {
 			t.Errorf("outer IP IDs %d then %d, want 15 apart (one per segment)", id1, id2)
+		}
+	}
+}
+
+// A marked VXLANTap (the way for kernels before 6.17, forced here) sends
+// the same: a superframe arrives whole across the veth, with a zero outer
+// UDP checksum; where the underlay device cannot segment UDP tunnels or
+// fill in checksums, the kernel cuts it into datagrams of the inner MSS
+// with complete inner checksums; a datagram to another port (the probe)
+// passes unmarked.
+func TestVXLANTapMarkedSuperframe(t *testing.T) {
+	u := newVXLANUnderlay(t)
+	var tap *VXLANTap
+	if err := netnsutil.Do(u.nsA, func() (err error) {
+		if tap, err = OpenVXLANTapMarked("pnvx0", u.addrA, VXLANPort); err != nil {
+			return err
+		}
+		return tap.Probe()
+	}); err != nil {
+		if tap != nil {
+			tap.Close()
+		}
+		t.Fatalf("OpenVXLANTapMarked and Probe on Linux %s: %v", osRelease(), err)
+	}
+	t.Cleanup(func() { tap.Close() })
+	if !tap.Marked() {
+		t.Fatal("Marked() = false")
+	}
+	rx := listenVXLAN(t, u.nsB, VXLANConfig{Local: u.addrB})
+	const payload, mss, sport = 20000, 1400, 40000
+	dst := netip.AddrPortFrom(u.addrB, VXLANPort)
+	buf, start, gso := tcpSuperframe(payload, mss, 1000)
+	want := append([]byte(nil), buf[start:]...)
+	frame, ok := tap.Frame(buf, start, dst, sport, gso)
+	if !ok {
+		t.Fatal("Frame refused a TCP superframe with headroom")
+	}
+	if u := frame[vnetTunnelHdrLen+packet.EthernetHeaderLen+packet.IPv4MinHeaderLen:]; binary.BigEndian.Uint16(u[6:]) != 0 {
+		t.Errorf("outer UDP checksum %#04x, want 0 (no UDP-tunnel checksum offload this way)", binary.BigEndian.Uint16(u[6:]))
+	}
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	got, from := readDatagrams(t, rx, 1)
+	if !bytes.Equal(got[0], want) || from[0] != netip.AddrPortFrom(u.addrA, sport) {
+		t.Fatalf("whole superframe: got %d bytes from %v, want the %d sent from %v", len(got[0]), from[0], len(want), netip.AddrPortFrom(u.addrA, sport))
+	}
+
+	if out, err := exec.Command("ip", "netns", "exec", u.nameA, "ethtool", "-K", "veth0",
+		"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-checksum-ip-generic", "off").CombinedOutput(); err != nil {
+		t.Fatalf("ethtool: %v\n%s", err, out)
+	}
+	buf, start, gso = tcpSuperframe(payload, mss, 1000)
+	frame, _ = tap.Frame(buf, start, dst, sport, gso)
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	segs := (payload + mss - 1) / mss
+	got, _ = readDatagrams(t, rx, segs)
+	var data []byte
+	for i, d := range got {
+		if err := checkSegment(d, i, mss, 1000); err != nil {
+			t.Fatalf("segment %d: %v", i, err)
+		}
+		ip := packet.IPv4(d[VXLANHeaderLen+packet.EthernetHeaderLen:])
+		if !packet.TransportChecksumValid(ip) {
+			t.Fatalf("segment %d: inner TCP checksum not complete", i)
+		}
+		data = append(data, ip.Payload()[20:]...)
+	}
+	if !bytes.Equal(data, want[VXLANHeaderLen+packet.EthernetHeaderLen+40:]) {
+		t.Errorf("segments carry %d payload bytes, not the %d sent", len(data), payload)
+	}
+
+	// Without the program the kernel cannot segment the frame: dropped.
+	if out, err := exec.Command("tc", "-n", u.nameA, "filter", "del", "dev", "pnvx0", "ingress").CombinedOutput(); err != nil {
+		t.Fatalf("tc filter del: %v\n%s", err, out)
+	}
+	buf, start, gso = tcpSuperframe(payload, mss, 1000)
+	frame, _ = tap.Frame(buf, start, dst, sport, gso)
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	rx.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := rx.ReadBatch(readBufs(4, packet.BufferSize), make([]int, 4), 0); n != 0 || err == nil {
+		t.Fatalf("without the tc program: %d datagrams arrived (%v), want none", n, err)
+	}
+}
+
+// The VXLAN program's self-test passes it, and fails one that marks
+// nothing.
+func TestVXLANTapProgramSelfTest(t *testing.T) {
+	m := vxlanMarking(VXLANPort)
+	for _, tc := range []struct {
+		name  string
+		insns asm.Instructions
+		ok    bool
+	}{
+		{"the program", m.program(), true},
+		{"a program that passes everything", asm.Instructions{asm.Mov.Imm(asm.R0, tcActOK), asm.Return()}, false},
+		{"the program for another port", vxlanMarking(VXLANPort + 1).program(), false},
+	} {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: tc.insns, License: "GPL"})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		err = m.selfTest(p)
+		p.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: self-test %v, want ok %v", tc.name, err, tc.ok)
 		}
 	}
 }

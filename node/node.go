@@ -670,7 +670,7 @@ func (n *Node) openVXLAN() error {
 	}
 	cfg := vswitch.VXLANConfig{Conn: rx[0], Receivers: rx[1:], MTU: n.tunnelMTU(), VNI: vni, Port: port, LocalMAC: n.vtepMAC(),
 		Senders: senders, LocalAddr: n.underlayAddr.Addr()}
-	sf := n.openVXLANTap()
+	sf := n.openVXLANTap(port)
 	if sf != nil { // not a nil *VXLANTap in the interface
 		cfg.Superframes = sf
 	}
@@ -687,17 +687,30 @@ func (n *Node) openVXLAN() error {
 // VXLANTapName is the TAP through which VXLAN superframes leave whole.
 const VXLANTapName = "podnetvx0"
 
-// openVXLANTap opens the TAP for whole VXLAN superframes (openTunnelTap).
-func (n *Node) openVXLANTap() *encap.VXLANTap {
+// openVXLANTap opens the TAP for whole VXLAN superframes (openTunnelTap):
+// with UDP-tunnel virtio headers where the kernel's TAPs take them (Linux
+// 6.17+), else marked by a tc program for VXLAN port port.
+func (n *Node) openVXLANTap(port uint16) *encap.VXLANTap {
 	var t *encap.VXLANTap
 	ok := n.openTunnelTap("vxlan", VXLANTapName, "--vxlan-superframes=false", n.cfg.NoVXLANSuperframes, &n.vxlanSuperframes,
 		func() (probedTap, error) {
 			var err error
 			t, err = encap.OpenVXLANTap(VXLANTapName, n.underlayAddr.Addr())
+			if errors.Is(err, encap.ErrNoUDPTunnelGSO) {
+				var merr error
+				if t, merr = encap.OpenVXLANTapMarked(VXLANTapName, n.underlayAddr.Addr(), port); merr != nil {
+					return t, fmt.Errorf("%w; marking them with a tc program instead: %w", err, merr)
+				}
+				err = nil
+			}
 			return t, err
 		})
 	if !ok {
 		return nil
+	}
+	if t.Marked() {
+		on := "on (sent whole through " + VXLANTapName + ", marked as VXLAN by a tc program; the kernel segments them)"
+		n.vxlanSuperframes.Store(&on)
 	}
 	return t
 }

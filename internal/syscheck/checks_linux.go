@@ -309,24 +309,28 @@ func checkUDPOffload() Result {
 }
 
 // checkVXLANSuperframes: where the kernel's TAPs take UDP-tunnel
-// superframes (Linux 6.17+), the daemon sends VXLAN TCP superframes whole
-// through a TAP of its own and the kernel forwards them; a strict
-// rp_filter on all stops that. Without it they are cut in userspace:
-// slower, still correct.
+// superframes (Linux 6.17+), or else the daemon can mark plain ones with
+// a tc program, it sends VXLAN TCP superframes whole through a TAP of its
+// own and the kernel forwards them; a strict rp_filter on all stops that.
+// Without it they are cut in userspace: slower, still correct.
 func checkVXLANSuperframes() Result {
 	const name = "vxlan-superframes"
+	how := "TAPs take UDP-tunnel superframes"
 	if err := encap.CheckUDPTunnelGSO(); err != nil {
-		fix := "use Linux 6.17 or later for VXLAN at about twice the speed"
 		if !errors.Is(err, encap.ErrNoUDPTunnelGSO) {
-			fix = "see the tun check: the daemon needs /dev/net/tun and CAP_NET_ADMIN"
+			return warn(name, "VXLAN TCP superframes are cut in userspace: "+err.Error(), "see the tun check: the daemon needs /dev/net/tun and CAP_NET_ADMIN")
 		}
-		return warn(name, "VXLAN TCP superframes are cut in userspace: "+err.Error(), fix)
+		if merr := encap.CheckVXLANTapMarked(); merr != nil {
+			return warn(name, "VXLAN TCP superframes are cut in userspace: "+err.Error()+"; marking them with a tc program instead: "+merr.Error(),
+				"use Linux 6.17 or later, or give the daemon bpf(2) (root, or CAP_BPF with CAP_NET_ADMIN), tc's clsact and cls_bpf, and Linux 6.3 or later, for VXLAN at about twice the speed")
+		}
+		how = "the TAP's tc program marks superframes as VXLAN (this kernel's TAPs take no UDP-tunnel superframes)"
 	}
 	if n, err := sysctlInt("net.ipv4.conf.all.rp_filter"); err == nil && n == 1 {
-		return warn(name, "the kernel takes VXLAN superframes from a TAP, but net.ipv4.conf.all.rp_filter is 1 (strict), which drops them: they are cut in userspace",
+		return warn(name, "the daemon can send VXLAN superframes whole, but net.ipv4.conf.all.rp_filter is 1 (strict), which drops them: they are cut in userspace",
 			"set net.ipv4.conf.all.rp_filter to 2 (loose) or 0")
 	}
-	return ok(name, "TAPs take UDP-tunnel superframes: the daemon sends VXLAN TCP superframes whole through podnetvx0 unless --vxlan-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
+	return ok(name, how+": the daemon sends VXLAN TCP superframes whole through podnetvx0 unless --vxlan-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
 }
 
 // checkIPIPSuperframes: where the daemon can load its tc program (bpf(2),

@@ -94,11 +94,11 @@ func TestProblems(t *testing.T) {
 }
 
 // superframesCheck runs check, a superframes check, in a fresh
-// namespace: where it passes there (skip says whether this kernel cannot
-// pass it, and then it must warn that superframes are cut), a strict
-// rp_filter on all must turn it into a warning naming rp_filter. It
-// returns the namespace's name.
-func superframesCheck(t *testing.T, check func() Result, skip bool) string {
+// namespace: where it passes there (cannot, run in that namespace, says
+// whether this kernel cannot pass it, and then it must warn that
+// superframes are cut), a strict rp_filter on all must turn it into a
+// warning naming rp_filter. It returns the namespace's name.
+func superframesCheck(t *testing.T, check func() Result, cannot func() bool) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: it makes a namespace and a TAP")
@@ -112,6 +112,10 @@ func superframesCheck(t *testing.T, check func() Result, skip bool) string {
 		}
 	}
 	run()
+	skip := false
+	if err := netnsutil.Do(ns, func() error { skip = cannot(); return nil }); err != nil {
+		t.Fatal(err)
+	}
 	if skip {
 		if r.Status != Warn || !strings.Contains(r.Detail, "cut in userspace") {
 			t.Fatalf("kernel without it: %+v, want a warning", r)
@@ -134,17 +138,20 @@ func superframesCheck(t *testing.T, check func() Result, skip bool) string {
 // cls_bpf), a strict rp_filter on all is named as what stops the
 // superframes, and the check leaves no TAP behind.
 func TestIPIPSuperframesCheck(t *testing.T) {
-	name := superframesCheck(t, checkIPIPSuperframes, false)
+	name := superframesCheck(t, checkIPIPSuperframes, func() bool { return false })
 	if out, err := exec.Command("ip", "-n", name, "link", "show").CombinedOutput(); err != nil || strings.Contains(string(out), "pncheck") {
 		t.Errorf("the check left a TAP behind (%v):\n%s", err, out)
 	}
 }
 
 // TestVXLANSuperframesCheck: in a fresh namespace this kernel's TAPs take
-// UDP-tunnel superframes (Linux 6.17+, or the check warns that they do
-// not), and a strict rp_filter on all is named as what stops them.
+// UDP-tunnel superframes (Linux 6.17+) or the tc program can mark them
+// (or the check warns that neither works), and a strict rp_filter on all
+// is named as what stops them.
 func TestVXLANSuperframesCheck(t *testing.T) {
-	superframesCheck(t, checkVXLANSuperframes, encap.CheckUDPTunnelGSO() != nil)
+	superframesCheck(t, checkVXLANSuperframes, func() bool {
+		return encap.CheckUDPTunnelGSO() != nil && encap.CheckVXLANTapMarked() != nil
+	})
 }
 
 // TestForwardFirewallCheck: a forward-hook chain whose policy is drop, as
