@@ -68,7 +68,8 @@ type Config struct {
 	// NoVXLANSuperframes makes the switch cut TCP superframes for VXLAN
 	// in userspace always. By default it sends them whole through a TAP
 	// of its own (VXLANTapName) for the kernel to segment, where the
-	// kernel can (Linux 6.17+) and a probe frame gets through.
+	// kernel can (Linux 6.17+, or a tc program marks them) and a probe
+	// frame gets through.
 	NoVXLANSuperframes bool
 	// NoIPIPSuperframes does the same for IP-in-IP: by default TCP
 	// superframes leave whole through a TAP of its own (IPIPTapName),
