@@ -164,18 +164,25 @@ func (m marking) sampleFrame() []byte {
 
 // selfTest runs prog (BPF_PROG_TEST_RUN) on m's sample frame, which it
 // must mark (cb[0] set: every helper succeeded) and let on with its bytes
-// as they were, and on the same frame's inner packet alone, which it must
-// leave alone. That the kernel loads a program says nothing of what its
+// as they were, and on the same frame's inner packet alone and, for a
+// UDP tunnel, the frame to another port, which it must leave alone. That the kernel loads a program says nothing of what its
 // helpers do when it runs, or whether it matches this host's frames at
 // all; either failing would otherwise only show as superframes lost.
 func (m marking) selfTest(prog *ebpf.Program) error {
 	f := m.sampleFrame()
 	plain := append(f[:packet.EthernetHeaderLen:packet.EthernetHeaderLen], f[packet.EthernetHeaderLen+m.room:]...)
-	for _, tc := range []struct {
+	type sample struct {
 		name   string
 		frame  []byte
 		marked uint32
-	}{{"tunnel frame", f, 1}, {"plain TCP frame", plain, 0}} {
+	}
+	cases := []sample{{"tunnel frame", f, 1}, {"plain TCP frame", plain, 0}}
+	if m.dport != 0 {
+		other := m
+		other.dport++
+		cases = append(cases, sample{"frame to another port", other.sampleFrame(), 0})
+	}
+	for _, tc := range cases {
 		out := make([]byte, len(tc.frame)+maxMarkRoom)
 		// struct __sk_buff, with room to spare: the kernel refuses to
 		// copy it back into less (it is 192 bytes in Linux 6.18).

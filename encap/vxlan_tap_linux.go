@@ -46,7 +46,7 @@ type VXLANTap struct {
 // its packets (SKB_GSO_UDP_TUNNEL).
 func vxlanMarking(port uint16) marking {
 	const innerEth = packet.EthernetHeaderLen
-	return marking{name: "podnet_vxlan_tap", proto: packet.ProtoUDP, dport: port,
+	return marking{name: "podnet_vx_tap", proto: packet.ProtoUDP, dport: port,
 		room:  packet.IPv4MinHeaderLen + udpHeaderLen + VXLANHeaderLen + innerEth,
 		flags: bpfFAdjRoomFixedGSO | bpfFAdjRoomEncapL3IP4 | bpfFAdjRoomEncapL4UDP | bpfFAdjRoomEncapL2Eth | innerEth<<bpfAdjRoomEncapL2Shift}
 }
@@ -142,6 +142,10 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 func OpenVXLANTapMarked(name string, local netip.Addr, port uint16) (*VXLANTap, error) {
 	if !local.Is4() || local.IsUnspecified() {
 		return nil, fmt.Errorf("vxlan tap %q: local address %s is not a unicast IPv4 address", name, local)
+	}
+	if port == 0 {
+		// The program would take every UDP frame for VXLAN.
+		return nil, fmt.Errorf("vxlan tap %q: no VXLAN port", name)
 	}
 	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags)
 	if err != nil {

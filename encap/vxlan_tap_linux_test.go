@@ -492,8 +492,8 @@ func TestVXLANTapFrameBytes(t *testing.T) {
 // the same: a superframe arrives whole across the veth, with a zero outer
 // UDP checksum; where the underlay device cannot segment UDP tunnels or
 // fill in checksums, the kernel cuts it into datagrams of the inner MSS
-// with complete inner checksums; a datagram to another port (the probe)
-// passes unmarked.
+// with complete inner checksums; without the program it is dropped, and
+// the forwarding watch says so.
 func TestVXLANTapMarkedSuperframe(t *testing.T) {
 	u := newVXLANUnderlay(t)
 	var tap *VXLANTap
@@ -570,6 +570,21 @@ func TestVXLANTapMarkedSuperframe(t *testing.T) {
 	rx.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	if n, err := rx.ReadBatch(readBufs(4, packet.BufferSize), make([]int, 4), 0); n != 0 || err == nil {
 		t.Fatalf("without the tc program: %d datagrams arrived (%v), want none", n, err)
+	}
+	// The forwarding watch notices the missing program.
+	deadline := time.Now().Add(3 * forwardWatchInterval)
+	for tap.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := tap.Err(); err == nil || !strings.Contains(err.Error(), "no longer attached") {
+		t.Errorf("Err after the filter was deleted: %v, want one saying the program is no longer attached", err)
+	}
+	// What checksystem asks, in the same namespace: it can work here.
+	if err := netnsutil.Do(u.nsA, CheckVXLANTapMarked); err != nil {
+		t.Errorf("CheckVXLANTapMarked: %v", err)
+	}
+	if _, err := OpenVXLANTapMarked("pnvx1", u.addrA, 0); err == nil {
+		t.Error("OpenVXLANTapMarked with port 0 (every UDP frame marked): no error")
 	}
 }
 
