@@ -111,6 +111,15 @@ func openTap(name string, extra uint16, vnetLen int, offloads ...int) (fd int, i
 	return -1, "", 0, fmt.Errorf("TUNSETOFFLOAD: %w", err)
 }
 
+// checkLocal refuses a local address that cannot be the outer source of
+// the frames of the TAP name.
+func checkLocal(kind, name string, local netip.Addr) error {
+	if !local.Is4() || local.IsUnspecified() {
+		return fmt.Errorf("%s %q: local address %s is not a unicast IPv4 address", kind, name, local)
+	}
+	return nil
+}
+
 // init makes t the forwarding TAP fd (name, in the calling thread's
 // namespace), whose frames come from local: it sets the sysctls, brings
 // the link up and starts the forwarding watch (set check before). On

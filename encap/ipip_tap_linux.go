@@ -1,7 +1,6 @@
 package encap
 
 import (
-	"fmt"
 	"net/netip"
 	"sync/atomic"
 
@@ -85,30 +84,11 @@ func CheckIPIPTap() error {
 // header as IPIPConfig.OuterFromInner does (DF, and with DF the ID, from
 // the inner header); otherwise DF is clear, as the socket sends.
 func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, error) {
-	if !local.Is4() || local.IsUnspecified() {
-		return nil, fmt.Errorf("ipip tap %q: local address %s is not a unicast IPv4 address", name, local)
-	}
-	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
-	if err != nil {
-		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			unix.Close(fd)
-		}
-	}()
 	t := &IPIPTap{outerFromInner: outerFromInner}
-	// The program goes on before the link is up: no frame passes unmarked.
-	if t.prog, err = attachTapProgram(name, ipipMarking); err != nil {
-		return nil, fmt.Errorf("ipip tap %q: %w", name, err)
-	}
-	t.check, t.onClose = t.prog.check, t.prog.close
-	if err := t.init("ipip tap", name, fd, local, packet.VirtioNetHdrLen); err != nil {
-		t.prog.close()
+	var err error
+	if t.prog, err = t.openMarked("ipip tap", name, local, packet.VirtioNetHdrLen, ipipTapOffloadFlags, ipipMarking); err != nil {
 		return nil, err
 	}
-	ok = true
 	return t, nil
 }
 

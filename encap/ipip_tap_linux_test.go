@@ -145,11 +145,30 @@ func TestIPIPTapSuperframe(t *testing.T) {
 
 	// The program is what makes this work: without it the kernel
 	// finds an IP-in-IP header on a plain TCP superframe and drops it.
-	if out, err := exec.Command("tc", "-n", u.nameA, "filter", "del", "dev", "pnip0", "ingress").CombinedOutput(); err != nil {
-		t.Fatalf("tc filter del: %v\n%s", err, out)
-	}
 	buf, _, gso = tcpSuperframe(payload, mss, 1000)
 	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	withoutProgram(t, u.nameA, "pnip0", tap, frame, rx)
+}
+
+// batchReader is what withoutProgram reads from: an IPIPConn or a
+// VXLANConn.
+type batchReader interface {
+	SetReadDeadline(time.Time) error
+	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
+}
+
+// withoutProgram deletes the tc filter of TAP dev in namespace ns, sends
+// frame through tap and requires that nothing reaches rx (the kernel
+// cannot segment an unmarked tunnel frame), and then that the forwarding
+// watch says the program is gone.
+func withoutProgram(t *testing.T, ns, dev string, tap interface {
+	Send([]byte) error
+	Err() error
+}, frame []byte, rx batchReader) {
+	t.Helper()
+	if out, err := exec.Command("tc", "-n", ns, "filter", "del", "dev", dev, "ingress").CombinedOutput(); err != nil {
+		t.Fatalf("tc filter del: %v\n%s", err, out)
+	}
 	if err := tap.Send(frame); err != nil {
 		t.Fatal(err)
 	}
@@ -157,13 +176,19 @@ func TestIPIPTapSuperframe(t *testing.T) {
 	if n, err := rx.ReadBatch(readBufs(4, packet.BufferSize), make([]int, 4), 0); n != 0 || err == nil {
 		t.Fatalf("without the tc program: %d packets arrived (%v), want none", n, err)
 	}
-	// The forwarding watch notices, before anyone sends more.
+	waitProgramGone(t, tap)
+}
+
+// waitProgramGone waits for tap's forwarding watch to say its tc program
+// is no longer attached.
+func waitProgramGone(t *testing.T, tap interface{ Err() error }) {
+	t.Helper()
 	deadline := time.Now().Add(3 * forwardWatchInterval)
 	for tap.Err() == nil && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if err := tap.Err(); err == nil || !strings.Contains(err.Error(), "no longer attached") {
-		t.Errorf("Err after the filter was deleted: %v, want one saying the program is no longer attached", err)
+		t.Errorf("Err after the program was removed: %v, want one saying it is no longer attached", err)
 	}
 }
 
@@ -294,13 +319,7 @@ func TestIPIPTapProgramWatch(t *testing.T) {
 	if out, err := exec.Command("tc", "-n", u.nameA, "qdisc", "del", "dev", "pnip0", "clsact").CombinedOutput(); err != nil {
 		t.Fatalf("tc qdisc del: %v\n%s", err, out)
 	}
-	deadline := time.Now().Add(3 * forwardWatchInterval)
-	for tap.Err() == nil && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := tap.Err(); err == nil || !strings.Contains(err.Error(), "no longer attached") {
-		t.Fatalf("Err after the qdisc was removed: %v, want one saying the program is no longer attached", err)
-	}
+	waitProgramGone(t, tap)
 }
 
 // The self-test at open runs the program on a frame of each kind: an

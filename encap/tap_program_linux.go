@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -291,4 +292,31 @@ func (p *tapProgram) close() error {
 		p.nl.Close()
 	}
 	return p.prog.Close()
+}
+
+// openMarked makes t the TAP name in the calling thread's namespace, with
+// virtio-net headers of vnetLen bytes and the offloads in offload, whose
+// frames come from local and are marked by m's program (attached before
+// the link is up, so no frame passes unmarked). kind names it in errors.
+// It returns the program, which t closes with itself.
+func (t *forwardTap) openMarked(kind, name string, local netip.Addr, vnetLen, offload int, m marking) (*tapProgram, error) {
+	if err := checkLocal(kind, name, local); err != nil {
+		return nil, err
+	}
+	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, vnetLen, offload)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", kind, name, err)
+	}
+	p, err := attachTapProgram(name, m)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s %q: %w", kind, name, err)
+	}
+	t.check, t.onClose = p.check, p.close
+	if err := t.init(kind, name, fd, local, vnetLen); err != nil {
+		p.close()
+		unix.Close(fd)
+		return nil, err
+	}
+	return p, nil
 }

@@ -114,8 +114,8 @@ func openTunnelTap(name string, extra uint16) (fd int, udpCsum bool, err error) 
 // of every frame: the node's underlay address, which the VXLAN socket is
 // bound to.
 func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
-	if !local.Is4() || local.IsUnspecified() {
-		return nil, fmt.Errorf("vxlan tap %q: local address %s is not a unicast IPv4 address", name, local)
+	if err := checkLocal("vxlan tap", name, local); err != nil {
+		return nil, err
 	}
 	fd, udpCsum, err := openTunnelTap(name, unix.IFF_TUN_EXCL)
 	if err != nil {
@@ -140,34 +140,15 @@ func OpenVXLANTap(name string, local netip.Addr) (*VXLANTap, error) {
 // marks each frame to UDP port port as VXLAN (vxlanMarking). It needs
 // what IPIPTap needs: bpf(2), tc's clsact qdisc and cls_bpf.
 func OpenVXLANTapMarked(name string, local netip.Addr, port uint16) (*VXLANTap, error) {
-	if !local.Is4() || local.IsUnspecified() {
-		return nil, fmt.Errorf("vxlan tap %q: local address %s is not a unicast IPv4 address", name, local)
-	}
 	if port == 0 {
 		// The program would take every UDP frame for VXLAN.
 		return nil, fmt.Errorf("vxlan tap %q: no VXLAN port", name)
 	}
-	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags)
-	if err != nil {
-		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			unix.Close(fd)
-		}
-	}()
 	t := &VXLANTap{}
-	// The program goes on before the link is up: no frame passes unmarked.
-	if t.prog, err = attachTapProgram(name, vxlanMarking(port)); err != nil {
-		return nil, fmt.Errorf("vxlan tap %q: %w", name, err)
-	}
-	t.check, t.onClose = t.prog.check, t.prog.close
-	if err := t.init("vxlan tap", name, fd, local, vnetTunnelHdrLen); err != nil {
-		t.prog.close()
+	var err error
+	if t.prog, err = t.openMarked("vxlan tap", name, local, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags, vxlanMarking(port)); err != nil {
 		return nil, err
 	}
-	ok = true
 	return t, nil
 }
 
