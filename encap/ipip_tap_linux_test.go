@@ -269,20 +269,7 @@ func TestIPIPTapFrame(t *testing.T) {
 		t.Errorf("outer IP IDs %d then %d, want 15 apart (one per segment)", id1, id2)
 	}
 
-	for _, tc := range []struct {
-		name   string
-		adjust func(buf []byte, ip int, gso *packet.VirtioNetHdr) ([]byte, int)
-		ok     bool
-	}{
-		{"tcp superframe", func(b []byte, i int, _ *packet.VirtioNetHdr) ([]byte, int) { return b, i }, true},
-		{"no headroom", func(b []byte, i int, _ *packet.VirtioNetHdr) ([]byte, int) {
-			return b[i-IPIPTapHeadroom+1:], IPIPTapHeadroom - 1
-		}, false},
-		{"udp superframe", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOType = packet.GSOUDPL4; return b, i }, false},
-		{"complete checksum", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.Flags = 0; return b, i }, false},
-		{"no segment size", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOSize = 0; return b, i }, false},
-		{"checksum not in TCP", func(b []byte, i int, g *packet.VirtioNetHdr) ([]byte, int) { g.CsumOffset = 6; return b, i }, false},
-	} {
+	for _, tc := range frameCases(IPIPTapHeadroom) {
 		buf, _, gso := tcpSuperframe(4000, 1000, 1)
 		b, i := tc.adjust(buf, packet.Headroom, &gso)
 		if _, ok := tap.Frame(b, i, dst, gso); ok != tc.ok {

@@ -180,10 +180,7 @@ func TestVXLANTapSuperframe(t *testing.T) {
 	}
 
 	// The kernel segments in software when the device cannot.
-	if out, err := exec.Command("ip", "netns", "exec", u.nameA, "ethtool", "-K", "veth0",
-		"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off").CombinedOutput(); err != nil {
-		t.Fatalf("ethtool: %v\n%s", err, out)
-	}
+	ethtoolOff(t, u.nameA, "tx-udp_tnl-segmentation", "tx-udp_tnl-csum-segmentation")
 	buf, start, gso = tcpSuperframe(payload, mss, 1000)
 	frame, _ = tap.Frame(buf, start, dst, sport, gso)
 	if err := tap.Send(frame); err != nil {
@@ -194,15 +191,10 @@ func TestVXLANTapSuperframe(t *testing.T) {
 	if len(got) != segs {
 		t.Fatalf("got %d datagrams, want %d", len(got), segs)
 	}
-	var data []byte
+	data := segmentsPayload(t, got, mss, 1000, false)
 	ids := map[uint16]bool{}
-	for i, d := range got {
-		if err := checkSegment(d, i, mss, 1000); err != nil {
-			t.Fatalf("segment %d: %v", i, err)
-		}
-		ip := packet.IPv4(d[VXLANHeaderLen+packet.EthernetHeaderLen:])
-		ids[ip.ID()] = true
-		data = append(data, ip.Payload()[20:]...)
+	for _, d := range got {
+		ids[packet.IPv4(d[VXLANHeaderLen+packet.EthernetHeaderLen:]).ID()] = true
 	}
 	if len(ids) != segs {
 		t.Errorf("inner IP IDs: %d distinct in %d segments", len(ids), segs)
@@ -242,6 +234,25 @@ func TestVXLANTapAllocs(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("Frame and Send: %v allocations per superframe, want 0", a)
 	}
+}
+
+// segmentsPayload checks the datagrams a superframe was cut into
+// (checkSegment; complete: every inner checksum complete, not partial)
+// and returns the TCP payload they carry, in order.
+func segmentsPayload(t testing.TB, got [][]byte, mss int, seq0 uint32, complete bool) []byte {
+	t.Helper()
+	var data []byte
+	for i, d := range got {
+		if err := checkSegment(d, i, mss, seq0); err != nil {
+			t.Fatalf("segment %d: %v", i, err)
+		}
+		ip := packet.IPv4(d[VXLANHeaderLen+packet.EthernetHeaderLen:])
+		if complete && !packet.TransportChecksumValid(ip) {
+			t.Fatalf("segment %d: inner TCP checksum not complete", i)
+		}
+		data = append(data, ip.Payload()[packet.TCPMinHeaderLen:]...)
+	}
+	return data
 }
 
 // checkSegment checks datagram i of a superframe the kernel cut: a VXLAN
@@ -380,26 +391,38 @@ func TestVXLANTapLooseRPFilter(t *testing.T) {
 	}
 }
 
-// Frame refuses what cannot leave as one UDP-tunnel superframe, and takes
-// the largest one that can.
-func TestVXLANTapFrameRefuses(t *testing.T) {
-	tap := &VXLANTap{forwardTap: forwardTap{local: [4]byte{10, 251, 0, 1}, vnetLen: vnetTunnelHdrLen}}
-	dst := netip.MustParseAddrPort("10.251.0.2:4789")
-	for _, tc := range []struct {
-		name   string
-		adjust func(buf []byte, start int, gso *packet.VirtioNetHdr) ([]byte, int)
-		ok     bool
-	}{
+// frameCase is a change to a TCP superframe from tcpSuperframe (its
+// buffer, where Frame is to start, its offload metadata) and whether a
+// tunnel TAP's Frame takes it after that.
+type frameCase struct {
+	name   string
+	adjust func(buf []byte, start int, gso *packet.VirtioNetHdr) ([]byte, int)
+	ok     bool
+}
+
+// frameCases are what the Frame of a tunnel TAP with headroom bytes
+// before start takes and refuses: the superframe as it is, and with too
+// little headroom or anything the kernel could not segment again.
+func frameCases(headroom int) []frameCase {
+	return []frameCase{
 		{"tcp superframe", func(b []byte, s int, _ *packet.VirtioNetHdr) ([]byte, int) { return b, s }, true},
 		{"no headroom", func(b []byte, s int, _ *packet.VirtioNetHdr) ([]byte, int) {
-			return b[s-VXLANTapHeadroom+1:], VXLANTapHeadroom - 1
+			return b[s-headroom+1:], headroom - 1
 		}, false},
 		{"udp superframe", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOType = packet.GSOUDPL4; return b, s }, false},
 		{"complete checksum", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.Flags = 0; return b, s }, false},
 		{"no segment size", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.GSOSize = 0; return b, s }, false},
 		{"checksum not in TCP", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.CsumOffset = 6; return b, s }, false},
 		{"checksum start past IP", func(b []byte, s int, g *packet.VirtioNetHdr) ([]byte, int) { g.CsumStart = 24; return b, s }, false},
-	} {
+	}
+}
+
+// Frame refuses what cannot leave as one UDP-tunnel superframe, and takes
+// the largest one that can.
+func TestVXLANTapFrameRefuses(t *testing.T) {
+	tap := &VXLANTap{forwardTap: forwardTap{local: [4]byte{10, 251, 0, 1}, vnetLen: vnetTunnelHdrLen}}
+	dst := netip.MustParseAddrPort("10.251.0.2:4789")
+	for _, tc := range frameCases(VXLANTapHeadroom) {
 		buf, start, gso := tcpSuperframe(4000, 1000, 1)
 		buf, start = tc.adjust(buf, start, &gso)
 		if _, ok := tap.Frame(buf, start, dst, 1, gso); ok != tc.ok {
@@ -532,10 +555,7 @@ func TestVXLANTapMarkedSuperframe(t *testing.T) {
 		t.Fatalf("whole superframe: got %d bytes from %v, want the %d sent from %v", len(got[0]), from[0], len(want), netip.AddrPortFrom(u.addrA, sport))
 	}
 
-	if out, err := exec.Command("ip", "netns", "exec", u.nameA, "ethtool", "-K", "veth0",
-		"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-checksum-ip-generic", "off").CombinedOutput(); err != nil {
-		t.Fatalf("ethtool: %v\n%s", err, out)
-	}
+	ethtoolOff(t, u.nameA, "tx-udp_tnl-segmentation", "tx-udp_tnl-csum-segmentation", "tx-checksum-ip-generic")
 	buf, start, gso = tcpSuperframe(payload, mss, 1000)
 	frame, _ = tap.Frame(buf, start, dst, sport, gso)
 	if err := tap.Send(frame); err != nil {
@@ -543,17 +563,7 @@ func TestVXLANTapMarkedSuperframe(t *testing.T) {
 	}
 	segs := (payload + mss - 1) / mss
 	got, _ = readDatagrams(t, rx, segs)
-	var data []byte
-	for i, d := range got {
-		if err := checkSegment(d, i, mss, 1000); err != nil {
-			t.Fatalf("segment %d: %v", i, err)
-		}
-		ip := packet.IPv4(d[VXLANHeaderLen+packet.EthernetHeaderLen:])
-		if !packet.TransportChecksumValid(ip) {
-			t.Fatalf("segment %d: inner TCP checksum not complete", i)
-		}
-		data = append(data, ip.Payload()[20:]...)
-	}
+	data := segmentsPayload(t, got, mss, 1000, true)
 	if !bytes.Equal(data, want[VXLANHeaderLen+packet.EthernetHeaderLen+40:]) {
 		t.Errorf("segments carry %d payload bytes, not the %d sent", len(data), payload)
 	}

@@ -39,15 +39,7 @@ func TestLabTraceAndCapture(t *testing.T) {
 		{"ttl 2", []string{"test-1", "test-2", "--ttl", "2"}, []string{"result: dropped on worker2 (ttl-exceeded)", "icmp back to the sender: time exceeded", "probe: confirmed on 2 node(s)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := run(append([]string{"lab", "trace", "--probe"}, tc.args...)...)
-			if err != nil {
-				t.Fatalf("lab trace %v: %v\n%s", tc.args, err, out)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(out, w) {
-					t.Errorf("lab trace %v: no %q in\n%s", tc.args, w, out)
-				}
-			}
+			traceSays(t, run, tc.args, tc.want)
 		})
 	}
 
@@ -93,6 +85,21 @@ func TestLabTraceAndCapture(t *testing.T) {
 	}
 }
 
+// traceSays runs `lab trace --probe args` and requires every line of want
+// in what it prints.
+func traceSays(t *testing.T, run func(args ...string) (string, error), args, want []string) {
+	t.Helper()
+	out, err := run(append([]string{"lab", "trace", "--probe"}, args...)...)
+	if err != nil {
+		t.Fatalf("lab trace %v: %v\n%s", args, err, out)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("lab trace %v: no %q in\n%s", args, w, out)
+		}
+	}
+}
+
 // TestLabTracePlainRouting: with plain routing both nodes' kernels route
 // between the switches. The trace says so, TTL included (the far pod gets
 // TTL 60), a TTL that runs out in a kernel is shown there, and --probe
@@ -111,15 +118,7 @@ func TestLabTracePlainRouting(t *testing.T) {
 		{"ttl 3", []string{"test-1", "test-2", "--ttl", "3"}, []string{"on worker2 (its kernel, not the switch)", "result: dropped in worker2's kernel (ttl-exceeded)", "probe: confirmed", "kernel sent time exceeded"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := run(append([]string{"lab", "trace", "--probe"}, tc.args...)...)
-			if err != nil {
-				t.Fatalf("lab trace %v: %v\n%s", tc.args, err, out)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(out, w) {
-					t.Errorf("lab trace %v: no %q in\n%s", tc.args, w, out)
-				}
-			}
+			traceSays(t, run, tc.args, tc.want)
 		})
 	}
 }
