@@ -73,15 +73,17 @@ var errOffloadRefused = errors.New("offloads refused")
 
 // openTap creates a TAP with virtio-net headers of vnetLen bytes in the
 // calling thread's namespace and asks for the first set of offloads in
-// offloads the kernel takes, on the same device (used is its index).
-// extra adds TUN flags (IFF_TUN_EXCL). It returns the TAP's name too,
-// which the kernel picks for a name with %d. An error wraps
-// errOffloadRefused where the kernel refuses even the last set.
-func openTap(name string, extra uint16, vnetLen int, offloads ...int) (fd int, ifname string, used int, err error) {
-	fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+// offloads the kernel takes, on the same device. extra adds TUN flags
+// (IFF_TUN_EXCL). It returns the fd, the TAP's name (which the kernel
+// picks for a name with %d) and the index in offloads of the set taken.
+// An error wraps errOffloadRefused where the kernel refuses even the last
+// set; the TAP is gone then.
+func openTap(name string, extra uint16, vnetLen int, offloads ...int) (int, string, int, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return -1, "", 0, fmt.Errorf("open /dev/net/tun: %w", err)
 	}
+	// Not a named result: a return of -1 must not change what is closed.
 	ok := false
 	defer func() {
 		if !ok {
@@ -99,8 +101,8 @@ func openTap(name string, extra uint16, vnetLen int, offloads ...int) (fd int, i
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetLen); err != nil {
 		return -1, "", 0, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
 	}
-	for used = range offloads {
-		if err = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads[used]); err == nil {
+	for used, offload := range offloads {
+		if err = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offload); err == nil {
 			ok = true
 			return fd, ifr.Name(), used, nil
 		}
