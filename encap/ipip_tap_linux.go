@@ -58,23 +58,9 @@ const MaxIPIPTapInner = 0xffff - packet.IPv4MinHeaderLen
 const ipipTapOffloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN
 
 // CheckIPIPTap says whether the daemon can send IP-in-IP superframes
-// whole here: it makes a TAP for a moment (the kernel names it
-// "pncheck<N>"; it goes away when the check closes it), loads and
-// attaches the tc program, and removes them. nil: it can.
+// whole here (checkMarked). nil: it can.
 func CheckIPIPTap() error {
-	if err := checkOutTransmits(); err != nil {
-		return err
-	}
-	fd, name, _, err := openTap("pncheck%d", 0, packet.VirtioNetHdrLen, ipipTapOffloadFlags)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	p, err := attachTapProgram(name, ipipMarking)
-	if err != nil {
-		return err
-	}
-	return p.close()
+	return checkMarked(packet.VirtioNetHdrLen, ipipTapOffloadFlags, ipipMarking)
 }
 
 // OpenIPIPTap creates the TAP name in the calling thread's network

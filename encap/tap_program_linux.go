@@ -320,3 +320,24 @@ func (t *forwardTap) openMarked(kind, name string, local netip.Addr, vnetLen, of
 	}
 	return p, nil
 }
+
+// checkMarked says whether a TAP marked by m's program can work here: it
+// makes a TAP for a moment (the kernel names it "pncheck<N>"; it goes away
+// when the check closes it), loads, self-tests and attaches the program,
+// and removes them. The forwarding watch's Ip: OutTransmits is needed too.
+// nil: it can.
+func checkMarked(vnetLen, offload int, m marking) error {
+	if err := checkOutTransmits(); err != nil {
+		return err
+	}
+	fd, name, _, err := openTap("pncheck%d", 0, vnetLen, offload)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	p, err := attachTapProgram(name, m)
+	if err != nil {
+		return err
+	}
+	return p.close()
+}

@@ -152,23 +152,10 @@ func OpenVXLANTapMarked(name string, local netip.Addr, port uint16) (*VXLANTap, 
 	return t, nil
 }
 
-// CheckVXLANTapMarked says whether OpenVXLANTapMarked can work here: it
-// makes a TAP for a moment ("pncheck<N>"), loads and attaches the
-// program, and removes them. nil: it can.
+// CheckVXLANTapMarked says whether OpenVXLANTapMarked can work here
+// (checkMarked). nil: it can.
 func CheckVXLANTapMarked() error {
-	if err := checkOutTransmits(); err != nil {
-		return err
-	}
-	fd, name, _, err := openTap("pncheck%d", 0, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	p, err := attachTapProgram(name, vxlanMarking(VXLANPort))
-	if err != nil {
-		return err
-	}
-	return p.close()
+	return checkMarked(vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags, vxlanMarking(VXLANPort))
 }
 
 // Marked says whether the TAP's frames are marked by a tc program
