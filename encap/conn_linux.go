@@ -82,6 +82,21 @@ type socketSpec struct {
 
 	// sendOnly: the conn never reads. Its socket drops whatever arrives.
 	sendOnly bool
+
+	// outerECN returns the ECN bits of the outer header for a packet as
+	// the transport's caller writes it (packet.TunnelECN of its inner
+	// IPv4 header's TOS; 0 where it has none). A UDP socket learns each
+	// datagram's outer TOS on reads (IP_RECVTOS), a raw one finds it in
+	// the outer header it reads: OuterTOS.
+	outerECN func(pkt []byte) uint8
+}
+
+// writeCmsg is a message's control data on a write: UDP_SEGMENT when the
+// message carries several packets, IP_TOS when the outer header is to
+// carry ECN bits, both back to back when it needs both.
+type writeCmsg struct {
+	seg udpoffload.SegmentCmsg
+	tos udpoffload.TOSCmsg
 }
 
 // Sending sockets are kept off Go's netpoller. The poller registers every
@@ -143,7 +158,8 @@ type batchConn struct {
 	rhdrs  []unix.Mmsghdr
 	riovs  []unix.Iovec
 	rnames []unix.RawSockaddrInet4
-	rctrl  [][8]uint64 // per slot, for the UDP_GRO cmsg; 8-byte aligned
+	rctrl  [][8]uint64 // per slot (UDP), for the UDP_GRO and IP_TOS cmsgs; 8-byte aligned
+	rtos   []uint8     // per slot: the outer TOS byte
 	rcount int         // entries of rhdrs offered to recvmmsg
 	rn     int         // entries filled by recvmmsg
 	rerr   error       // error from inside readFn
@@ -171,6 +187,7 @@ type batchConn struct {
 
 	srcs   []netip.Addr // source of each datagram of the last ReadBatch
 	sports []uint16
+	toss   []uint8 // outer TOS byte of each
 	nsrc   int
 
 	// writeMu serialises writes and guards every w* field, which writeFn
@@ -179,9 +196,10 @@ type batchConn struct {
 	whdrs   []unix.Mmsghdr
 	wiovs   []unix.Iovec // one per packet (and header); a message uses a run of them
 	wnames  []unix.RawSockaddrInet4
-	wctrl   []udpoffload.SegmentCmsg
-	wfirst  []int // wfirst[j] is the index in wpkts of message j's first packet
-	wsegs   []int // packets in message j
+	wctrl   []writeCmsg
+	wecn    []uint8 // outer ECN bits of message j
+	wfirst  []int   // wfirst[j] is the index in wpkts of message j's first packet
+	wsegs   []int   // packets in message j
 	wpkts   [][]byte
 	// The caller's destinations: waddrs for raw IP sockets (no port),
 	// wports for UDP. dst reads whichever is set.
@@ -202,6 +220,7 @@ type batchConn struct {
 	header      int
 	wouter      []byte
 	buildHeader func(outer, pkt []byte, dst netip.Addr)
+	outerECN    func(pkt []byte) uint8 // socketSpec.outerECN
 
 	// A packet too big for the device goes out on file with the kernel's
 	// header (sendPlain): wplain is its message, wplainErr the result,
@@ -311,6 +330,12 @@ func (c *batchConn) open(s socketSpec) error {
 		if s.gro && !s.sendOnly {
 			gro = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1) == nil
 		}
+		// The outer TOS of each datagram, for its ECN bits (RFC 6040).
+		if !s.sendOnly {
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVTOS, 1); err != nil {
+				return fmt.Errorf("encap: %s: IP_RECVTOS: %w", s.name, err)
+			}
+		}
 	}
 
 	name := s.name
@@ -339,12 +364,14 @@ func (c *batchConn) open(s socketSpec) error {
 	}
 
 	c.name, c.file, c.raw, c.batch, c.udp, c.gro = s.name, f, raw, batch, udp, gro
+	c.outerECN = s.outerECN
 	c.gso.Store(gso)
 	c.rhdrs = make([]unix.Mmsghdr, batch)
 	c.riovs = make([]unix.Iovec, batch)
 	c.rnames = make([]unix.RawSockaddrInet4, batch)
 	c.srcs = make([]netip.Addr, batch)
 	c.sports = make([]uint16, batch)
+	c.toss = make([]uint8, batch)
 	c.whdrs = make([]unix.Mmsghdr, batch)
 	c.wiovs = make([]unix.Iovec, batch)
 	if s.header > 0 {
@@ -355,11 +382,13 @@ func (c *batchConn) open(s socketSpec) error {
 	c.wnames = make([]unix.RawSockaddrInet4, batch)
 	c.wfirst = make([]int, batch)
 	c.wsegs = make([]int, batch)
+	c.wctrl = make([]writeCmsg, batch)
+	c.wecn = make([]uint8, batch)
 	if udp {
-		c.wctrl = make([]udpoffload.SegmentCmsg, batch)
+		c.rctrl = make([][8]uint64, batch)
+		c.rtos = make([]uint8, batch)
 	}
 	if gro {
-		c.rctrl = make([][8]uint64, batch)
 		c.scratch = make([]byte, batch*groSlotSize)
 		c.rsize = make([]int, batch)
 		c.rseg = make([]int, batch)
@@ -374,8 +403,10 @@ func (c *batchConn) open(s socketSpec) error {
 		h.Name = (*byte)(unsafe.Pointer(&c.rnames[i]))
 		h.Iov = &c.riovs[i]
 		h.SetIovlen(1)
-		if gro {
+		if udp {
 			h.Control = (*byte)(unsafe.Pointer(&c.rctrl[i]))
+		}
+		if gro {
 			c.riovs[i].Base = &c.scratch[i*groSlotSize]
 			c.riovs[i].SetLen(groSlotSize)
 		}
@@ -383,9 +414,8 @@ func (c *batchConn) open(s socketSpec) error {
 		w.Name = (*byte)(unsafe.Pointer(&c.wnames[i]))
 		w.Namelen = unix.SizeofSockaddrInet4
 		c.wnames[i].Family = unix.AF_INET
-		if udp {
-			c.wctrl[i].Init()
-		}
+		c.wctrl[i].seg.Init()
+		c.wctrl[i].tos.Init()
 	}
 	c.readFn = c.recvBatch
 	c.writeFn = c.sendBatch

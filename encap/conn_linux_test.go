@@ -263,7 +263,7 @@ func TestFillWriteGSO(t *testing.T) {
 				h := &c.whdrs[j].Hdr
 				m := msg{segs: int(h.Iovlen)}
 				if h.Controllen > 0 {
-					m.seg = int(c.wctrl[j].Size)
+					m.seg = int(c.wctrl[j].seg.Size)
 				}
 				if m.segs != c.wsegs[j] {
 					t.Errorf("message %d: iovlen %d, wsegs %d", j, m.segs, c.wsegs[j])

@@ -61,6 +61,7 @@ func (c *batchConn) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 	for i := range got {
 		sizes[i] = int(c.rhdrs[i].Len)
 		c.srcs[i], c.sports[i] = sockaddrInet4(&c.rnames[i], c.rhdrs[i].Hdr.Namelen)
+		c.toss[i] = c.slotTOS(i, bufs[i][offset:offset+sizes[i]])
 	}
 	c.nsrc = got
 	// Drop the references to the caller's buffers, so the conn neither
@@ -126,6 +127,7 @@ func (c *batchConn) readDirect(bufs [][]byte, sizes []int, offset, n int) (int, 
 		}
 		sizes[j] = c.rsize[j]
 		c.srcs[j], c.sports[j] = c.rsrc[j].Addr(), c.rsrc[j].Port()
+		c.toss[j] = c.rtos[j]
 	}
 	// Point the slots at the scratch again: the conn keeps no reference
 	// to the caller's buffers after the call.
@@ -162,6 +164,7 @@ func (c *batchConn) noteSlots(got int) int {
 		c.rsize[j], c.rseg[j] = size, seg
 		a, p := sockaddrInet4(&c.rnames[j], c.rhdrs[j].Hdr.Namelen)
 		c.rsrc[j] = netip.AddrPortFrom(a, p)
+		c.rtos[j] = c.slotTOS(j, nil)
 	}
 	return first
 }
@@ -176,6 +179,7 @@ func (c *batchConn) split(bufs [][]byte, sizes []int, offset, out, n int) int {
 		base := j*groSlotSize + c.poff
 		sizes[out] = copy(bufs[out][offset:], c.scratch[base:base+l])
 		c.srcs[out], c.sports[out] = c.rsrc[j].Addr(), c.rsrc[j].Port()
+		c.toss[out] = c.rtos[j]
 		out++
 		c.poff += l
 		if c.poff >= size { // also ends an empty datagram (size 0)
@@ -205,7 +209,7 @@ func (c *batchConn) recv(n int) (int, error) {
 		h := &c.rhdrs[i].Hdr
 		// The kernel overwrites these with what it wrote.
 		h.Namelen = unix.SizeofSockaddrInet4
-		if c.gro {
+		if c.rctrl != nil {
 			h.SetControllen(int(unsafe.Sizeof(c.rctrl[i])))
 		}
 		h.Flags = 0
@@ -289,6 +293,29 @@ func (c *batchConn) recvRest(fd uintptr) {
 // The switch checks these against its node set before it trusts an inner
 // packet (see the package comment).
 func (c *batchConn) Sources() []netip.Addr { return c.srcs[:c.nsrc] }
+
+// OuterTOS returns the TOS byte of the outer IPv4 header of each datagram
+// the last ReadBatch returned, by index, for its ECN bits
+// (packet.DecapECN). A UDP socket reports it with each read (IP_RECVTOS;
+// segments the kernel merged into one read share it, since GRO merges
+// only equal TOS); a raw socket reads the outer header itself. Like
+// Sources, the slice is the conn's own.
+func (c *batchConn) OuterTOS() []uint8 { return c.toss[:c.nsrc] }
+
+// slotTOS returns the outer TOS byte of the datagram in read slot i: from
+// its IP_TOS control message on a UDP socket, from pkt's outer header on
+// a raw one (0 if pkt is too short to hold it).
+func (c *batchConn) slotTOS(i int, pkt []byte) uint8 {
+	if c.rctrl == nil {
+		if len(pkt) < 2 {
+			return 0
+		}
+		return pkt[1]
+	}
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&c.rctrl[i][0])), len(c.rctrl[i])*8)
+	tos, _ := udpoffload.RecvTOS(b[:min(c.rhdrs[i].Hdr.Controllen, uint64(len(b)))])
+	return tos
+}
 
 // sockaddrInet4 converts a sockaddr_in the kernel filled in (namelen
 // bytes of it) without allocating. Anything but a full AF_INET address

@@ -144,9 +144,12 @@ func (c *batchConn) fillWrite(start int) int {
 		}
 		j, first := c.wcount, niov
 		c.wfirst[j], c.wsegs[j] = i, 1
+		ecn := c.ecnOf(p)
+		c.wecn[j] = ecn
 		if c.header > 0 {
 			outer := c.wouter[j*c.header : (j+1)*c.header]
 			c.buildHeader(outer, p, dst.Addr())
+			outer[1] = ecn // TOS
 			c.wiovs[niov].Base = &outer[0]
 			c.wiovs[niov].SetLen(c.header)
 			niov++
@@ -159,7 +162,7 @@ func (c *batchConn) fillWrite(start int) int {
 		if gso && i-1 >= c.wplainUntil {
 			for i < len(pkts) && niov < len(c.wiovs) && c.wsegs[j] < maxGSOSegments {
 				q := pkts[i]
-				if c.dst(i) != dst || len(q) == 0 || len(q) > seg || total+len(q) > maxGSOBytes {
+				if c.dst(i) != dst || len(q) == 0 || len(q) > seg || total+len(q) > maxGSOBytes || c.ecnOf(q) != ecn {
 					break
 				}
 				c.wiovs[niov].Base = &q[0]
@@ -179,18 +182,48 @@ func (c *batchConn) fillWrite(start int) int {
 		c.wnames[j].Addr = dst.Addr().As4()
 		pp := (*[2]byte)(unsafe.Pointer(&c.wnames[j].Port)) // network byte order
 		pp[0], pp[1] = byte(dst.Port()>>8), byte(dst.Port())
-		if c.wsegs[j] > 1 {
-			c.wctrl[j].Size = uint16(seg)
-			ctrl := c.wctrl[j].Bytes()
-			h.Control = &ctrl[0]
-			h.SetControllen(len(ctrl))
-		} else {
-			h.Control = nil
-			h.SetControllen(0)
+		if c.wsegs[j] == 1 {
+			seg = 0
 		}
+		if c.header > 0 {
+			ecn = 0 // in the header already
+		}
+		c.setControl(h, j, seg, ecn)
 		c.wcount++
 	}
 	return i
+}
+
+// ecnOf is the outer ECN field for pkt (socketSpec.outerECN).
+func (c *batchConn) ecnOf(pkt []byte) uint8 {
+	if c.outerECN == nil {
+		return 0
+	}
+	return c.outerECN(pkt)
+}
+
+// setControl points message h (index j) at its control data: UDP_SEGMENT
+// with segment size seg unless seg is 0, IP_TOS with the ECN bits ecn
+// unless they are 0 (the socket's own TOS, 0, is what the outer header
+// gets then), or none.
+func (c *batchConn) setControl(h *unix.Msghdr, j, seg int, ecn uint8) {
+	w := &c.wctrl[j]
+	w.seg.Size, w.tos.TOS = uint16(seg), int32(ecn)
+	var ctrl []byte
+	switch {
+	case seg > 0 && ecn != 0:
+		ctrl = unsafe.Slice((*byte)(unsafe.Pointer(w)), unsafe.Sizeof(*w))
+	case seg > 0:
+		ctrl = w.seg.Bytes()
+	case ecn != 0:
+		ctrl = w.tos.Bytes()
+	default:
+		h.Control = nil
+		h.SetControllen(0)
+		return
+	}
+	h.Control = &ctrl[0]
+	h.SetControllen(len(ctrl))
 }
 
 // clearWriteIovs drops the references to the caller's packets. The
@@ -324,6 +357,7 @@ func (c *batchConn) sendPlain(j int) unix.Errno {
 	c.wplain = c.whdrs[j].Hdr
 	c.wplain.Iov = (*unix.Iovec)(unsafe.Add(unsafe.Pointer(c.wplain.Iov), unsafe.Sizeof(unix.Iovec{}))) // skip the header
 	c.wplain.SetIovlen(1)
+	c.setControl(&c.wplain, j, 0, c.wecn[j]) // the ECN bits the header had
 	c.wplainErr = 0
 	if err := c.raw.Write(c.plainFn); err != nil {
 		c.wfatal = c.mapErr("write", err)

@@ -118,3 +118,13 @@ func classify(b packet.IPv4, truncated, bad DecapError) DecapError {
 		return bad
 	}
 }
+
+// IPIPOuterECN returns the ECN bits for the outer header of inner, the
+// IPv4 packet an IP-in-IP packet carries: packet.TunnelECN of its TOS, or
+// 0 if it is not IPv4.
+func IPIPOuterECN(inner []byte) uint8 {
+	if len(inner) < packet.IPv4MinHeaderLen || inner[0]>>4 != 4 {
+		return 0
+	}
+	return packet.TunnelECN(inner[1])
+}

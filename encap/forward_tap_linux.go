@@ -327,10 +327,10 @@ func (t *forwardTap) Sent() uint64 { return t.sent.Load() }
 
 // writeOuterIPv4 writes, after the virtio-net header at the start of
 // frame f (left as it is), the Ethernet header to the TAP's own MAC and
-// an outer IPv4 header from the node to dst (protocol proto, TTL
-// forwardTapOuterTTL, IP ID id, DF if df), its length covering the rest
-// of f. It returns the offset of what follows the IPv4 header.
-func (t *forwardTap) writeOuterIPv4(f []byte, proto uint8, dst [4]byte, id uint16, df bool) int {
+// an outer IPv4 header from the node to dst (protocol proto, TOS tos,
+// TTL forwardTapOuterTTL, IP ID id, DF if df), its length covering the
+// rest of f. It returns the offset of what follows the IPv4 header.
+func (t *forwardTap) writeOuterIPv4(f []byte, proto, tos uint8, dst [4]byte, id uint16, df bool) int {
 	outerIP := t.vnetLen + packet.EthernetHeaderLen
 	eth := packet.Ethernet(f[t.vnetLen:outerIP])
 	eth.SetDst(packet.MAC(t.mac))
@@ -339,7 +339,7 @@ func (t *forwardTap) writeOuterIPv4(f []byte, proto uint8, dst [4]byte, id uint1
 
 	ip := f[outerIP : outerIP+packet.IPv4MinHeaderLen]
 	ip[0] = 0x45
-	ip[1] = 0
+	ip[1] = tos
 	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-outerIP))
 	binary.BigEndian.PutUint16(ip[4:], id)
 	var flags uint16
@@ -412,7 +412,7 @@ func (t *forwardTap) Probe() error {
 	var nonce [8]byte
 	binary.BigEndian.PutUint64(nonce[:], uint64(time.Now().UnixNano()))
 	f := make([]byte, t.vnetLen+packet.EthernetHeaderLen+packet.IPv4MinHeaderLen+udpHeaderLen+len(nonce))
-	u := f[t.writeOuterIPv4(f, packet.ProtoUDP, t.local, 0, false):]
+	u := f[t.writeOuterIPv4(f, packet.ProtoUDP, 0, t.local, 0, false):]
 	binary.BigEndian.PutUint16(u[0:], port)
 	binary.BigEndian.PutUint16(u[2:], port)
 	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))

@@ -62,8 +62,9 @@ type IPIPConfig struct {
 // would otherwise receive.
 //
 // By default the kernel builds the outer header from the destination and
-// its routing table (protocol 4, TTL from net.ipv4.ip_default_ttl, TOS 0,
-// outer source from Local or the route). With IPIPConfig.OuterFromInner
+// its routing table (protocol 4, TTL from net.ipv4.ip_default_ttl, outer
+// source from Local or the route), with a TOS of the inner packet's ECN
+// bits (IPIPOuterECN, given with IP_TOS per message; DSCP 0). With IPIPConfig.OuterFromInner
 // the conn builds it (see there). Either way the caller passes the inner
 // packet alone. On receive the raw socket delivers the outer header too;
 // take it apart with DecapIPIP and check the outer source against the
@@ -104,7 +105,7 @@ func ListenIPIP(cfg IPIPConfig) (*IPIPConn, error) {
 	s := socketSpec{
 		name: "ipip", typ: unix.SOCK_RAW, proto: unix.IPPROTO_IPIP,
 		local: cfg.Local, batch: cfg.BatchSize, buffer: cfg.SocketBuffer,
-		sender: true,
+		sender: true, outerECN: IPIPOuterECN,
 	}
 	if cfg.OuterFromInner {
 		s.header = packet.IPv4MinHeaderLen

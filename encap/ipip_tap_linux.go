@@ -118,6 +118,8 @@ func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNet
 	if !df {
 		id = uint16(t.ipID.Add(uint32(segs)) - uint32(segs))
 	}
-	t.writeOuterIPv4(f, packet.ProtoIPIP, dst.As4(), id, df)
+	// The kernel copies the outer header, ECN field included, into
+	// every segment, as its own tunnels' segments share one.
+	t.writeOuterIPv4(f, packet.ProtoIPIP, packet.TunnelECN(in.TOS()), dst.As4(), id, df)
 	return f, true
 }

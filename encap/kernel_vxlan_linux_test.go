@@ -2,6 +2,7 @@ package encap
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
@@ -148,6 +150,43 @@ func TestKernelVXLANInterop(t *testing.T) {
 			t.Logf("inner UDP checksum %#04x is the CHECKSUM_PARTIAL pseudo-header seed (offload on a veth)", udp.Checksum)
 		default:
 			t.Errorf("inner UDP checksum %#04x: neither valid nor the pseudo-header seed %#04x", udp.Checksum, seed)
+		}
+	})
+
+	// The kernel's vxlan device and VXLANConn agree on ECN (RFC 6040
+	// normal mode): the outer header carries the inner ECN field, CE as
+	// ECT(0), and no DSCP; VXLANConn writes the same (TestVXLANConnECN).
+	t.Run("kernel's outer ECN", func(t *testing.T) {
+		for _, tos := range []uint8{0x28 | packet.ECNNotECT, packet.ECNECT0, packet.ECNECT1, 0x28 | packet.ECNCE} {
+			payload := []byte(fmt.Sprintf("tos %#02x through vx0", tos))
+			if err := netnsutil.Do(u.nsB, func() error {
+				c, err := net.ListenPacket("udp4", "192.168.2.1:0")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				rc, _ := c.(*net.UDPConn).SyscallConn()
+				var serr error
+				rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, int(tos)) })
+				if serr != nil {
+					return serr
+				}
+				_, err = c.WriteTo(payload, &net.UDPAddr{IP: vxPodA, Port: 7777})
+				return err
+			}); err != nil {
+				t.Fatalf("send UDP with TOS %#02x through vx0: %v", tos, err)
+			}
+			p, _, _ := readInner(t, a, func(pk gopacket.Packet) bool {
+				udp, _ := pk.Layer(layers.LayerTypeUDP).(*layers.UDP)
+				return udp != nil && bytes.Equal(udp.Payload, payload)
+			})
+			inner := packet.IPv4(p[VXLANHeaderLen+packet.EthernetHeaderLen:])
+			if got, want := a.OuterTOS()[0], packet.TunnelECN(tos); got != want || VXLANOuterECN(p) != want {
+				t.Errorf("inner TOS %#02x: the kernel's outer TOS %#02x, want %#02x (VXLANOuterECN gives %#02x)", tos, got, want, VXLANOuterECN(p))
+			}
+			if inner.TOS() != tos {
+				t.Errorf("inner TOS %#02x arrived as %#02x", tos, inner.TOS())
+			}
 		}
 	})
 

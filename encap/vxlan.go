@@ -192,3 +192,17 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 33
 	return x
 }
+
+// VXLANOuterECN returns the ECN bits for the outer header of payload, a
+// VXLAN datagram's UDP payload (VXLAN header, inner Ethernet frame): those
+// of its inner IPv4 header, as packet.TunnelECN says, or 0 if the inner
+// frame is not IPv4. The Linux VXLAN device does the same
+// (ip_tunnel_ecn_encap).
+func VXLANOuterECN(payload []byte) uint8 {
+	const innerIP = VXLANHeaderLen + packet.EthernetHeaderLen
+	if len(payload) < innerIP+packet.IPv4MinHeaderLen ||
+		packet.Ethernet(payload[VXLANHeaderLen:]).EtherType() != packet.EtherTypeIPv4 || payload[innerIP]>>4 != 4 {
+		return 0
+	}
+	return packet.TunnelECN(payload[innerIP+1])
+}

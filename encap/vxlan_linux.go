@@ -103,7 +103,7 @@ func ListenVXLAN(cfg VXLANConfig) (*VXLANConn, error) {
 		name: "vxlan", typ: unix.SOCK_DGRAM, proto: unix.IPPROTO_UDP,
 		local: cfg.Local, port: cfg.Port, defaultPort: VXLANPort,
 		gso: !cfg.DisableGSO, gro: !cfg.DisableGRO, sendOnly: cfg.SendOnly, reusePort: cfg.ReusePort,
-		batch: cfg.BatchSize, buffer: cfg.SocketBuffer,
+		batch: cfg.BatchSize, buffer: cfg.SocketBuffer, outerECN: VXLANOuterECN,
 	})
 	if err != nil {
 		return nil, err

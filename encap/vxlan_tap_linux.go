@@ -215,7 +215,7 @@ func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint
 	// The kernel numbers the segments from this ID on (DF is clear).
 	id := uint16(t.ipID.Add(uint32(segs)) - uint32(segs))
 	d := dst.Addr().As4()
-	u := t.writeOuter(f, d, srcPort, dst.Port(), id)
+	u := t.writeOuter(f, d, packet.TunnelECN(in.TOS()), srcPort, dst.Port(), id)
 	// With udpCsum the field holds the pseudo-header sum over the whole,
 	// which the kernel adjusts per segment and completes; without, zero
 	// (RFC 7348 allows it): the inner TCP checksum covers the payload.
@@ -228,11 +228,11 @@ func (t *VXLANTap) Frame(buf []byte, start int, dst netip.AddrPort, srcPort uint
 
 // writeOuter writes, after the virtio-net header at the start of frame f,
 // the Ethernet header to the TAP's own MAC and the outer IPv4 (from the
-// node, DF clear as the VXLAN socket sends, IP ID id) and UDP headers
-// (zero checksum), their lengths covering the rest of f, and returns the
-// UDP header.
-func (t *VXLANTap) writeOuter(f []byte, dst [4]byte, srcPort, dstPort, id uint16) []byte {
-	u := f[t.writeOuterIPv4(f, packet.ProtoUDP, dst, id, false):][:udpHeaderLen]
+// node, TOS tos, DF clear as the VXLAN socket sends, IP ID id) and UDP
+// headers (zero checksum), their lengths covering the rest of f, and
+// returns the UDP header.
+func (t *VXLANTap) writeOuter(f []byte, dst [4]byte, tos uint8, srcPort, dstPort, id uint16) []byte {
+	u := f[t.writeOuterIPv4(f, packet.ProtoUDP, tos, dst, id, false):][:udpHeaderLen]
 	binary.BigEndian.PutUint16(u[0:], srcPort)
 	binary.BigEndian.PutUint16(u[2:], dstPort)
 	binary.BigEndian.PutUint16(u[4:], uint16(len(f)-(vnetTunnelHdrLen+packet.EthernetHeaderLen+packet.IPv4MinHeaderLen)))

@@ -43,10 +43,12 @@ func (d *discardIPIP) Close() error   { return d.close() }
 type discardVXLAN struct {
 	fakeQueue
 	srcs []netip.Addr
+	toss []uint8
 }
 
 func (d *discardVXLAN) ReadBatch(b [][]byte, s []int, o int) (int, error) { return d.read(b, s, o) }
 func (d *discardVXLAN) Sources() []netip.Addr                             { return d.srcs }
+func (d *discardVXLAN) OuterTOS() []uint8                                 { return d.toss }
 func (d *discardVXLAN) WriteBatch(p [][]byte, _ []netip.AddrPort) (int, error) {
 	return len(p), nil
 }
@@ -92,7 +94,7 @@ func TestForwardAllocsInMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vx := &discardVXLAN{fakeQueue: newFakeQueue(), srcs: []netip.Addr{nodeVXLAN}}
+	vx := &discardVXLAN{fakeQueue: newFakeQueue(), srcs: []netip.Addr{nodeVXLAN}, toss: []uint8{packet.ECNECT0}}
 	for _, err := range []error{
 		s.AttachHost(&discardHost{newFakeQueue()}),
 		s.AttachUnderlay(UnderlayConfig{Conn: &discardIPIP{newFakeQueue()}, Superframes: discardIPIPSuperframes{}}),

@@ -36,6 +36,7 @@ const (
 	DropBadInnerChecksum                     // decapsulated TCP/UDP with a wrong checksum
 	DropWrongVNI                             // VXLAN with another network identifier
 	DropForeignInnerSource                   // decapsulated packet whose source the sending node does not route
+	DropECNNotECT                            // outer CE over an inner packet that does not do ECN (RFC 6040)
 	numDropReasons
 
 	// dropNone is what a classifier returns for a packet it accepts.
@@ -48,7 +49,7 @@ var dropNames = [numDropReasons]string{
 	"blackhole", "remote-unsupported", "port-gone", "egress-error",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
 	"nat-unavailable", "nat-not-allowed", "bad-inner-checksum",
-	"wrong-vni", "foreign-inner-source",
+	"wrong-vni", "foreign-inner-source", "ecn-not-ect",
 }
 
 var dropExplanations = [numDropReasons]string{
@@ -78,6 +79,7 @@ var dropExplanations = [numDropReasons]string{
 	"the inner TCP/UDP checksum is wrong",
 	"VXLAN with another network identifier (VNI)",
 	"the inner source is not an address the sending node routes (its blocks, borrowed addresses, its own address)",
+	"the underlay marked congestion (outer ECN CE) on a packet whose transport does not do ECN: RFC 6040 says drop it, as Linux tunnels do",
 }
 
 // Explain says in a sentence why packets are dropped for r.

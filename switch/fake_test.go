@@ -202,21 +202,32 @@ func (c *fakeIPIP) WriteBatch(pkts [][]byte, dsts []netip.Addr) (int, error) {
 func (c *fakeIPIP) BatchSize() int { return 8 }
 func (c *fakeIPIP) Close() error   { return c.close() }
 
-// fakeVXLAN is a VXLAN socket: rx holds UDP payloads, srcs their senders.
+// fakeVXLAN is a VXLAN socket: rx holds UDP payloads, srcs their senders
+// and toss their outer TOS bytes.
 type fakeVXLAN struct {
 	fakeQueue
 	fakeSink
-	srcCh chan netip.Addr
+	srcCh chan fakeOuter
 	srcs  []netip.Addr
+	toss  []uint8
+}
+
+// fakeOuter is what a socket learns of a datagram's outer header.
+type fakeOuter struct {
+	src netip.Addr
+	tos uint8
 }
 
 func newFakeVXLAN() *fakeVXLAN {
-	return &fakeVXLAN{fakeQueue: newFakeQueue(), srcCh: make(chan netip.Addr, 64)}
+	return &fakeVXLAN{fakeQueue: newFakeQueue(), srcCh: make(chan fakeOuter, 64)}
 }
 
 // offer queues payload as if src had sent it.
-func (c *fakeVXLAN) offer(src netip.Addr, payload []byte) {
-	c.srcCh <- src
+func (c *fakeVXLAN) offer(src netip.Addr, payload []byte) { c.offerTOS(src, 0, payload) }
+
+// offerTOS queues payload as if src had sent it under an outer TOS of tos.
+func (c *fakeVXLAN) offerTOS(src netip.Addr, tos uint8, payload []byte) {
+	c.srcCh <- fakeOuter{src, tos}
 	c.rx <- [][]byte{payload}
 }
 
@@ -224,11 +235,13 @@ func (c *fakeVXLAN) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, erro
 	// One datagram per offer keeps each source paired with its payload.
 	n, err := c.read(bufs, sizes, offset)
 	if n == 1 {
-		c.srcs = append(c.srcs[:0], <-c.srcCh)
+		o := <-c.srcCh
+		c.srcs, c.toss = append(c.srcs[:0], o.src), append(c.toss[:0], o.tos)
 	}
 	return n, err
 }
 func (c *fakeVXLAN) Sources() []netip.Addr { return c.srcs }
+func (c *fakeVXLAN) OuterTOS() []uint8     { return c.toss }
 func (c *fakeVXLAN) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
 	for i, p := range pkts {
 		if !c.put(p, dsts[i]) {

@@ -68,6 +68,7 @@ func FuzzForward(f *testing.F) {
 			fw.fromTunnel(ipip, ipipRx, 0, buf, packet.Headroom, size)
 		case 3:
 			n.vx.srcs = append(n.vx.srcs[:0], nodeVXLAN)
+			n.vx.toss = append(n.vx.toss[:0], uint8(which/5)) // any outer ECN
 			fw.fromTunnel(vx, vxRx, 0, buf, packet.Headroom, size)
 		case 4:
 			fw.fromHost(hostOffload, buf, packet.Headroom, size)

@@ -104,12 +104,12 @@ func (t *ipipTunnel) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, err
 	return t.conn.ReadBatch(bufs, sizes, offset)
 }
 
-func (t *ipipTunnel) Decap(_ int, buf []byte, off, size int) (netip.Addr, int, int, DropReason) {
+func (t *ipipTunnel) Decap(_ int, buf []byte, off, size int) (netip.Addr, uint8, int, int, DropReason) {
 	outer, inner, reason := encap.DecapIPIP(buf[off : off+size])
 	if reason != encap.DecapOK {
-		return netip.Addr{}, 0, 0, decapDropReason(reason)
+		return netip.Addr{}, 0, 0, 0, decapDropReason(reason)
 	}
-	return outer.Src(), off + outer.HeaderLen(), len(inner), dropNone
+	return outer.Src(), outer.TOS(), off + outer.HeaderLen(), len(inner), dropNone
 }
 
 func (t *ipipTunnel) NewSender() TunnelSender {

@@ -155,6 +155,7 @@ func (n *fakeNet) waitStats(t testing.TB, port, want string, cond func(PortStats
 type ipSpec struct {
 	src, dst string
 	ttl      uint8
+	tos      uint8
 	df       bool
 	proto    string // "udp" (default), "tcp", "icmp"
 	payload  int
@@ -164,7 +165,7 @@ type ipSpec struct {
 
 // build returns the packet with correct checksums.
 func (s ipSpec) build() []byte {
-	ip := &layers.IPv4{Version: 4, TTL: s.ttl, SrcIP: netip.MustParseAddr(s.src).AsSlice(), DstIP: netip.MustParseAddr(s.dst).AsSlice()}
+	ip := &layers.IPv4{Version: 4, TTL: s.ttl, TOS: s.tos, SrcIP: netip.MustParseAddr(s.src).AsSlice(), DstIP: netip.MustParseAddr(s.dst).AsSlice()}
 	if ip.TTL == 0 {
 		ip.TTL = 64
 	}
@@ -277,8 +278,11 @@ func vxlanDatagram(inner []byte, vni uint32) []byte {
 }
 
 // ipipPacket wraps inner in an outer IPv4 header from src to this node.
-func ipipPacket(src netip.Addr, inner []byte) []byte {
-	outer := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolIPv4, SrcIP: src.AsSlice(), DstIP: nodeSelf.AsSlice()}
+func ipipPacket(src netip.Addr, inner []byte) []byte { return ipipPacketTOS(src, 0, inner) }
+
+// ipipPacketTOS is ipipPacket with an outer TOS byte of tos.
+func ipipPacketTOS(src netip.Addr, tos uint8, inner []byte) []byte {
+	outer := &layers.IPv4{Version: 4, TTL: 64, TOS: tos, Protocol: layers.IPProtocolIPv4, SrcIP: src.AsSlice(), DstIP: nodeSelf.AsSlice()}
 	b := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, outer, gopacket.Payload(inner)); err != nil {
 		panic(err)
@@ -784,6 +788,17 @@ func dropCases() []dropCase {
 		}},
 		{name: "outside source over vxlan", port: "vxlan", reason: DropForeignInnerSource, send: func(n *fakeNet) {
 			n.vx.offer(nodeVXLAN, vxlanDatagram(ipSpec{src: "203.0.113.9", dst: "10.0.0.2"}.build(), encap.DefaultVNI))
+		}},
+		// The underlay marked congestion on a packet whose transport
+		// cannot take the mark (RFC 6040: drop it).
+		{name: "ce over not-ect over vxlan", port: "vxlan", reason: DropECNNotECT, send: func(n *fakeNet) {
+			n.vx.offerTOS(nodeVXLAN, packet.ECNCE, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build(), encap.DefaultVNI))
+		}},
+		{name: "ce over not-ect over ipip", port: "ipip", reason: DropECNNotECT, send: func(n *fakeNet) {
+			n.ipip.offer(ipipPacketTOS(nodeIPIP, 0xb8|packet.ECNCE, ipSpec{src: "10.0.1.5", dst: "10.0.0.2"}.build()))
+		}},
+		{name: "ce over not-ect from a stranger", port: "vxlan", reason: DropUnknownSource, send: func(n *fakeNet) {
+			n.vx.offerTOS(netip.MustParseAddr("192.0.2.99"), packet.ECNCE, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2"}.build(), encap.DefaultVNI))
 		}},
 		{name: "host loop", port: "host", reason: DropNoRoute, send: func(n *fakeNet) {
 			n.host.offer(ipSpec{src: "172.16.0.1", dst: "172.16.0.1"}.build())
@@ -1467,4 +1482,36 @@ func TestHostUDPSuperframeCut(t *testing.T) {
 	before = n.stats("a").Drops[DropBadGSO.String()]
 	n.a.dev.offer(frame)
 	n.waitDrop(t, "a", DropBadGSO, before)
+}
+
+// A congestion mark the underlay put on the outer header reaches the pod
+// in the inner one when the pod's transport does ECN (RFC 6040, as Linux
+// tunnels decapsulate); other outer ECN values change nothing.
+func TestTunnelECNToPod(t *testing.T) {
+	n := newFakeNet(t)
+	i := 0 // frames pod b has had
+	for _, tc := range []struct {
+		name              string
+		via               string
+		outer, inner, got uint8
+	}{
+		{"vxlan CE over ECT(0)", "vxlan", packet.ECNCE, 0x28 | packet.ECNECT0, 0x28 | packet.ECNCE},
+		{"ipip CE over ECT(1)", "ipip", 0xb8 | packet.ECNCE, packet.ECNECT1, packet.ECNCE},
+		{"vxlan CE over CE", "vxlan", packet.ECNCE, packet.ECNCE, packet.ECNCE},
+		{"ipip ECT(0) over Not-ECT", "ipip", packet.ECNECT0, 0x10, 0x10},
+		{"vxlan ECT(1) over ECT(0)", "vxlan", packet.ECNECT1, packet.ECNECT0, packet.ECNECT0},
+	} {
+		i++
+		if tc.via == "vxlan" {
+			n.vx.offerTOS(nodeVXLAN, tc.outer, vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2", tos: tc.inner, payload: 20}.build(), encap.DefaultVNI))
+		} else {
+			n.ipip.offer(ipipPacketTOS(nodeIPIP, tc.outer, ipSpec{src: "10.0.1.5", dst: "10.0.0.2", tos: tc.inner, payload: 20}.build()))
+		}
+		frames, _ := n.b.dev.wait(t, i)
+		_, ip := podRx(t, n.b, frames[i-1])
+		got, _ := decoded(t, ip) // checks the header checksum too
+		if got.TOS != tc.got {
+			t.Errorf("%s: pod got TOS %#02x, want %#02x", tc.name, got.TOS, tc.got)
+		}
+	}
 }

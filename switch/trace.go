@@ -150,7 +150,7 @@ func (s *Switch) Trace(q TraceQuery) (TraceResult, error) {
 			known = "no: not in the node set"
 		}
 		res.Steps = append(res.Steps, TraceStep{"sender is a known node", known})
-		f.fromNode(shadow, q.Node, packetRef{buf: buf, ip: packet.Headroom, n: n})
+		f.fromNode(shadow, q.Node, 0, packetRef{buf: buf, ip: packet.Headroom, n: n})
 	}
 	res.Steps = append(res.Steps, TraceStep{"TTL", fmt.Sprintf("%d on arrival", ttlIn)})
 	if h, ok := f.fib.lookup(q.Dst); ok {

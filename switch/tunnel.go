@@ -39,8 +39,9 @@ type TunnelReceiver interface {
 	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Decap checks datagram i of the last ReadBatch, buf[off:off+size],
 	// and finds the inner IPv4 packet: the sender's underlay address, the
-	// inner packet's offset in buf and its length, or the drop reason.
-	Decap(i int, buf []byte, off, size int) (src netip.Addr, ip, n int, reason DropReason)
+	// TOS byte of the outer header, the inner packet's offset in buf and
+	// its length, or the drop reason.
+	Decap(i int, buf []byte, off, size int) (src netip.Addr, outerTOS uint8, ip, n int, reason DropReason)
 }
 
 // TunnelSender queues one reader's inner packets and sends them.
@@ -202,18 +203,25 @@ func (s *Switch) routineTunnelReader(t *tunnelPort, r TunnelReceiver, k int) {
 // addresses and tunnel address), a strict reverse-path check against the
 // FIB, so a node cannot speak for another node's pods.
 func (f *forwarder) fromTunnel(t *tunnelPort, r TunnelReceiver, i int, buf []byte, off, size int) {
-	src, ip, n, reason := r.Decap(i, buf, off, size)
+	src, tos, ip, n, reason := r.Decap(i, buf, off, size)
 	if reason != dropNone {
 		t.c.drop(reason)
 		return
 	}
-	f.fromNode(t, src, packetRef{buf: buf, ip: ip, n: n, verified: t.verifies})
+	f.fromNode(t, src, tos, packetRef{buf: buf, ip: ip, n: n, verified: t.verifies})
 }
 
-// fromNode checks and forwards inner packet p that node src sent.
-func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, p packetRef) {
+// fromNode checks and forwards inner packet p that node src sent under
+// an outer header with TOS byte outerTOS.
+func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, outerTOS uint8, p packetRef) {
 	if !f.nodes[src] {
 		t.c.drop(DropUnknownSource)
+		return
+	}
+	// A congestion mark the underlay set goes on in the inner header
+	// (RFC 6040), or the packet goes if its transport cannot take one.
+	if !packet.DecapECN(outerTOS, p.ipv4()) {
+		t.c.drop(DropECNNotECT)
 		return
 	}
 	if t.check != nil && !t.check.CheckInner(p.ipv4()) {

@@ -19,6 +19,8 @@ type VXLANConn interface {
 	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Sources are the senders of what the last ReadBatch returned.
 	Sources() []netip.Addr
+	// OuterTOS are the TOS bytes of their outer IPv4 headers (for ECN).
+	OuterTOS() []uint8
 	// WriteBatch sends UDP payload pkts[i] to dsts[i] (UDP GSO when the
 	// kernel can).
 	WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error)
@@ -206,24 +208,24 @@ func (r *vxlanReceiver) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, 
 }
 
 // Decap takes the VXLAN header and the inner Ethernet header off.
-func (r *vxlanReceiver) Decap(i int, buf []byte, off, size int) (netip.Addr, int, int, DropReason) {
+func (r *vxlanReceiver) Decap(i int, buf []byte, off, size int) (netip.Addr, uint8, int, int, DropReason) {
 	t := r.t
-	src := r.conn.Sources()[i]
+	src, tos := r.conn.Sources()[i], r.conn.OuterTOS()[i]
 	eth, reason := encap.DecapVXLAN(buf[off:off+size], t.vni)
 	if reason != encap.DecapOK {
-		return src, 0, 0, decapDropReason(reason)
+		return src, 0, 0, 0, decapDropReason(reason)
 	}
 	if eth.EtherType() != packet.EtherTypeIPv4 {
-		return src, 0, 0, DropUnknownEtherType
+		return src, 0, 0, 0, DropUnknownEtherType
 	}
 	inner, perr := packet.ParseIPv4Frame(eth)
 	if perr != packet.ParseOK {
-		return src, 0, 0, DropBadInner
+		return src, 0, 0, 0, DropBadInner
 	}
 	// The inner checksums are checked later (CheckInner), once the
 	// sender is known to be a node: a stranger's datagrams cost no pass
 	// over their bytes.
-	return src, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
+	return src, tos, off + encap.VXLANHeaderLen + ethLen, len(inner), dropNone
 }
 
 // CheckInner completes a partial inner checksum and verifies the

@@ -54,3 +54,41 @@ func TestSegmentCmsg(t *testing.T) {
 		t.Errorf("UDP_SEGMENT message % x, want % x", b, want)
 	}
 }
+
+func TestRecvTOS(t *testing.T) {
+	tos := cmsg(unix.IPPROTO_IP, unix.IP_TOS, []byte{0xbb})
+	gro := cmsg(unix.SOL_UDP, unix.UDP_GRO, binary.NativeEndian.AppendUint32(nil, 1400))
+	for _, tc := range []struct {
+		name string
+		oob  []byte
+		want uint8
+		ok   bool
+	}{
+		{"alone", tos, 0xbb, true},
+		{"after UDP_GRO", append(append([]byte(nil), gro...), tos...), 0xbb, true},
+		{"none", gro, 0, false},
+		{"empty", nil, 0, false},
+		{"no data", tos[:unix.CmsgLen(0)], 0, false},
+	} {
+		got, ok := RecvTOS(tc.oob)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%s: RecvTOS = %#02x, %v, want %#02x, %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+	// And the other way round: UDP_GRO found after IP_TOS, as the
+	// kernel lays them out for a socket with both.
+	if got := GROSize(append(append([]byte(nil), tos...), gro...)); got != 1400 {
+		t.Errorf("GROSize after IP_TOS = %d, want 1400", got)
+	}
+}
+
+func TestTOSCmsg(t *testing.T) {
+	var c TOSCmsg
+	c.Init()
+	c.TOS = 0x02
+	b := c.Bytes()
+	want := cmsg(unix.IPPROTO_IP, unix.IP_TOS, binary.NativeEndian.AppendUint32(nil, 0x02))
+	if len(b) != unix.CmsgSpace(4) || string(b) != string(want) {
+		t.Errorf("IP_TOS message % x, want % x", b, want)
+	}
+}
