@@ -52,7 +52,7 @@ type IPIPConfig struct {
 
 // IPIPConn sends inner IPv4 packets to other nodes inside IP-in-IP and
 // receives IP-in-IP packets from them, in batches, on raw IPPROTO_IPIP
-// sockets: one receives, and a second one sends. ReadBatch, Sources,
+// sockets: one receives, and a second one sends. ReadBatch, Sources, OuterTOS,
 // BatchSize, the read deadline and Close come from the batched datagram
 // core (see docs/encap.md).
 //
@@ -63,8 +63,9 @@ type IPIPConfig struct {
 //
 // By default the kernel builds the outer header from the destination and
 // its routing table (protocol 4, TTL from net.ipv4.ip_default_ttl, outer
-// source from Local or the route), with a TOS of the inner packet's ECN
-// bits (IPIPOuterECN, given with IP_TOS per message; DSCP 0). With IPIPConfig.OuterFromInner
+// source from Local or the route), with the ECN field RFC 6040 asks for
+// (IPIPOuterECN: the inner one, CE as ECT(0); DSCP 0), given with IP_TOS
+// per message. With IPIPConfig.OuterFromInner
 // the conn builds it (see there). Either way the caller passes the inner
 // packet alone. On receive the raw socket delivers the outer header too;
 // take it apart with DecapIPIP and check the outer source against the

@@ -16,6 +16,7 @@ import (
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
 	"podnet/internal/packet"
+	"podnet/internal/udpoffload"
 )
 
 // kernelVXLAN adds the kernel's own VXLAN device vx0 to node B, set up the
@@ -186,6 +187,74 @@ func TestKernelVXLANInterop(t *testing.T) {
 			}
 			if inner.TOS() != tos {
 				t.Errorf("inner TOS %#02x arrived as %#02x", tos, inner.TOS())
+			}
+		}
+	})
+
+	// And the other way: the kernel's vxlan device applies an outer ECN
+	// field to the inner packet exactly as packet.DecapECN does, for all
+	// sixteen pairs (RFC 6040 figure 4), the drop included.
+	t.Run("kernel's decap of outer ECN", func(t *testing.T) {
+		var ln *net.UDPConn
+		if err := netnsutil.Do(u.nsB, func() (err error) {
+			if ln, err = net.ListenUDP("udp4", &net.UDPAddr{IP: vxPodB, Port: 2000}); err != nil {
+				return err
+			}
+			rc, _ := ln.SyscallConn()
+			rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTOS, 1) })
+			return err
+		}); err != nil {
+			t.Fatalf("listen in %s: %v", u.nameB, err)
+		}
+		defer ln.Close()
+		for outer := range uint8(4) {
+			for in := range uint8(4) {
+				payload := []byte(fmt.Sprintf("outer %d inner %d", outer, in))
+				inner := udpPacket(t, vxPodA, vxPodB, payload)
+				setTOS(inner, 0x28|in)
+				want := append([]byte(nil), inner...)
+				kept := packet.DecapECN(outer, want)
+				frame := append(make([]byte, packet.EthernetHeaderLen), inner...)
+				e := packet.Ethernet(frame)
+				e.SetDst(vtepB)
+				e.SetSrc(vtepA)
+				e.SetEtherType(packet.EtherTypeIPv4)
+				if err := netnsutil.Do(u.nsA, func() error {
+					c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(u.addrB, VXLANPort)))
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					rc, _ := c.SyscallConn()
+					rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, int(outer)) })
+					if err != nil {
+						return err
+					}
+					_, err = c.Write(vxlanDatagram(frame, DefaultVNI))
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				wait := 2 * time.Second
+				if !kept {
+					wait = 300 * time.Millisecond
+				}
+				ln.SetReadDeadline(time.Now().Add(wait))
+				buf, oob := make([]byte, 256), make([]byte, 64)
+				n, oobn, _, _, err := ln.ReadMsgUDP(buf, oob)
+				switch {
+				case !kept && err == nil:
+					t.Errorf("outer %d inner %d: the kernel delivered %q, DecapECN drops it", outer, in, buf[:n])
+				case !kept:
+				case err != nil:
+					t.Errorf("outer %d inner %d: nothing delivered (%v), DecapECN keeps it", outer, in, err)
+				case string(buf[:n]) != string(payload):
+					t.Errorf("outer %d inner %d: got %q, a datagram of another case", outer, in, buf[:n])
+				default:
+					if tos, ok := udpoffload.RecvTOS(oob[:oobn]); !ok || tos != packet.IPv4(want).TOS() {
+						t.Errorf("outer %d inner %d: the kernel delivered TOS %#02x (%v), DecapECN gives %#02x", outer, in, tos, ok, packet.IPv4(want).TOS())
+					}
+				}
 			}
 		}
 	})

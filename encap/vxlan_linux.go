@@ -62,7 +62,7 @@ type VXLANConfig struct {
 // DecapVXLAN); the kernel adds and strips the outer IPv4 and UDP headers
 // and computes and verifies the UDP checksum (it is never zero, so
 // receivers' NICs and GRO can validate it). A datagram that holds a whole
-// TCP superframe, as VXLANTap's do after a veth, is read as one. ReadBatch, Sources,
+// TCP superframe, as VXLANTap's do after a veth, is read as one. ReadBatch, Sources, OuterTOS,
 // BatchSize, the deadlines and Close come from the batched datagram core
 // (see docs/encap.md); a SendOnly conn refuses reads and deadlines.
 //

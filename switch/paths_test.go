@@ -1485,8 +1485,9 @@ func TestHostUDPSuperframeCut(t *testing.T) {
 }
 
 // A congestion mark the underlay put on the outer header reaches the pod
-// in the inner one when the pod's transport does ECN (RFC 6040, as Linux
-// tunnels decapsulate); other outer ECN values change nothing.
+// in the inner one when the pod's transport does ECN, and an outer ECT(1)
+// turns an inner ECT(0) into ECT(1) (RFC 6040, as Linux tunnels
+// decapsulate); other outer ECN values change nothing.
 func TestTunnelECNToPod(t *testing.T) {
 	n := newFakeNet(t)
 	i := 0 // frames pod b has had
@@ -1499,7 +1500,8 @@ func TestTunnelECNToPod(t *testing.T) {
 		{"ipip CE over ECT(1)", "ipip", 0xb8 | packet.ECNCE, packet.ECNECT1, packet.ECNCE},
 		{"vxlan CE over CE", "vxlan", packet.ECNCE, packet.ECNCE, packet.ECNCE},
 		{"ipip ECT(0) over Not-ECT", "ipip", packet.ECNECT0, 0x10, 0x10},
-		{"vxlan ECT(1) over ECT(0)", "vxlan", packet.ECNECT1, packet.ECNECT0, packet.ECNECT0},
+		{"vxlan ECT(1) over ECT(0)", "vxlan", packet.ECNECT1, 0x28 | packet.ECNECT0, 0x28 | packet.ECNECT1},
+		{"ipip ECT(0) over ECT(1)", "ipip", packet.ECNECT0, packet.ECNECT1, packet.ECNECT1},
 	} {
 		i++
 		if tc.via == "vxlan" {

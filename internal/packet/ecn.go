@@ -24,29 +24,42 @@ func TunnelECN(inner uint8) uint8 {
 	return inner & ECNMask
 }
 
-// DecapECN carries the outer header's congestion mark into inner, the
-// packet a tunnel delivers (RFC 6040 §4.2, as Linux's tunnels
-// decapsulate: __INET_ECN_decapsulate). outer is the outer TOS byte. An
-// outer CE over an ECN-capable inner sets the inner field to CE, and the
-// header checksum is patched; anything else leaves inner as it is. An
-// outer CE over a Not-ECT inner cannot be passed on (the transport would
-// not understand the mark), and RFC 6040 says drop the packet, which
-// is what the false result asks for: a drop is the congestion signal a
-// Not-ECT transport understands.
+// DecapECN carries the outer header's ECN field into inner, the packet a
+// tunnel delivers (RFC 6040 §4.2, figure 4, as Linux's tunnels
+// decapsulate: INET_ECN_decapsulate). outer is the outer TOS byte.
+//   - An outer CE over an ECN-capable inner packet sets its field to CE.
+//   - An outer ECT(1) over an inner ECT(0) sets it to ECT(1) (L4S
+//     traffic uses ECT(1) as its mark of capability).
+//   - Anything else leaves inner as it is.
+//
+// A change patches the header checksum. An outer CE over a Not-ECT inner
+// cannot be passed on (the transport would not understand the mark), and
+// RFC 6040 says drop the packet, which is what the false result asks
+// for: a drop is the congestion signal a Not-ECT transport understands.
 func DecapECN(outer uint8, inner IPv4) bool {
-	if outer&ECNMask != ECNCE {
-		return true
-	}
-	tos := inner[ipv4TOS]
-	switch tos & ECNMask {
-	case ECNNotECT:
-		return false
+	in := inner[ipv4TOS] & ECNMask
+	switch outer & ECNMask {
 	case ECNCE:
-		return true
+		switch in {
+		case ECNNotECT:
+			return false
+		case ECNECT0, ECNECT1:
+			setECN(inner, ECNCE)
+		}
+	case ECNECT1:
+		if in == ECNECT0 {
+			setECN(inner, ECNECT1)
+		}
 	}
-	// TOS is the low byte of the 16-bit word it shares with version/IHL.
-	vihl := uint16(inner[ipv4VersIHL]) << 8
-	inner[ipv4TOS] = tos | ECNCE
-	inner.SetChecksum(Update16(inner.Checksum(), vihl|uint16(tos), vihl|uint16(tos|ECNCE)))
 	return true
+}
+
+// setECN sets the ECN field of ip's TOS byte and patches the header
+// checksum (RFC 1624).
+func setECN(ip IPv4, ecn uint8) {
+	tos := ip[ipv4TOS]
+	// TOS is the low byte of the 16-bit word it shares with version/IHL.
+	vihl := uint16(ip[ipv4VersIHL]) << 8
+	ip[ipv4TOS] = tos&^ECNMask | ecn
+	ip.SetChecksum(Update16(ip.Checksum(), vihl|uint16(tos), vihl|uint16(ip[ipv4TOS])))
 }

@@ -23,14 +23,14 @@ func TestTunnelECN(t *testing.T) {
 }
 
 // TestDecapECN walks RFC 6040 §4.2's table (figure 4), as Linux applies
-// it: only an outer CE changes anything.
+// it: an outer CE marks, an outer ECT(1) turns ECT(0) into ECT(1).
 func TestDecapECN(t *testing.T) {
 	const drop = 0xff
 	// want[inner][outer]: the inner ECN field after, or drop.
 	want := [4][4]uint8{
 		ECNNotECT: {ECNNotECT, ECNNotECT, ECNNotECT, drop},
 		ECNECT1:   {ECNECT1, ECNECT1, ECNECT1, ECNCE},
-		ECNECT0:   {ECNECT0, ECNECT0, ECNECT0, ECNCE},
+		ECNECT0:   {ECNECT0, ECNECT1, ECNECT0, ECNCE},
 		ECNCE:     {ECNCE, ECNCE, ECNCE, ECNCE},
 	}
 	for inner := range uint8(4) {
@@ -68,8 +68,9 @@ func TestDecapECNMatchesRecompute(t *testing.T) {
 		binary.BigEndian.PutUint32(spec.src[:], r.Uint32())
 		binary.BigEndian.PutUint32(spec.dst[:], r.Uint32())
 		b := IPv4(buildIPv4(spec, randBytes(r, r.IntN(16))))
-		if !DecapECN(ECNCE, b) {
-			t.Fatal("ECT(0) inner dropped")
+		outer := []uint8{ECNCE, ECNECT1}[r.IntN(2)]
+		if !DecapECN(outer, b) || b.TOS()&ECNMask != outer {
+			t.Fatalf("ECT(0) inner under outer ECN %d: ECN now %d", outer, b.TOS()&ECNMask)
 		}
 		inc := b.Checksum()
 		b.ComputeChecksum()
