@@ -33,6 +33,30 @@ type TraceQuery struct {
 	Size int   `json:"size,omitempty"`
 	TTL  uint8 `json:"ttl,omitempty"` // 0 means 64
 	DF   bool  `json:"df,omitempty"`
+	// ECN is the packet's ECN field: "not-ect" (the default), "ect0",
+	// "ect1" or "ce".
+	ECN string `json:"ecn,omitempty"`
+	// OuterECN is, when From is a tunnel, the ECN field of the outer
+	// header on arrival, as a router on the way may have changed it
+	// (names as for ECN). Empty: what the sending node wrote
+	// (packet.TunnelECN of the packet's own).
+	OuterECN string `json:"outerEcn,omitempty"`
+}
+
+// ecnNames are the ECN codepoints as TraceQuery names them.
+var ecnNames = [4]string{packet.ECNNotECT: "not-ect", packet.ECNECT1: "ect1", packet.ECNECT0: "ect0", packet.ECNCE: "ce"}
+
+// parseECN reads an ECN codepoint's name ("" is def).
+func parseECN(field, s string, def uint8) (uint8, error) {
+	if s == "" {
+		return def, nil
+	}
+	for v, name := range ecnNames {
+		if s == name {
+			return uint8(v), nil
+		}
+	}
+	return 0, fmt.Errorf("trace: %s %q: want not-ect, ect0, ect1 or ce", field, s)
 }
 
 // TraceStep is one decision on the way.
@@ -150,7 +174,15 @@ func (s *Switch) Trace(q TraceQuery) (TraceResult, error) {
 			known = "no: not in the node set"
 		}
 		res.Steps = append(res.Steps, TraceStep{"sender is a known node", known})
-		f.fromNode(shadow, q.Node, 0, packetRef{buf: buf, ip: packet.Headroom, n: n})
+		outer, err := parseECN("outer ECN", q.OuterECN, packet.TunnelECN(ip.TOS()))
+		if err != nil {
+			return TraceResult{}, err
+		}
+		inner := ip.TOS() & packet.ECNMask
+		f.fromNode(shadow, q.Node, outer, packetRef{buf: buf, ip: packet.Headroom, n: n})
+		if f.nodes[q.Node] {
+			res.Steps = append(res.Steps, TraceStep{"ECN (RFC 6040)", ecnStep(outer, inner, ip.TOS()&packet.ECNMask)})
+		}
 	}
 	res.Steps = append(res.Steps, TraceStep{"TTL", fmt.Sprintf("%d on arrival", ttlIn)})
 	if h, ok := f.fib.lookup(q.Dst); ok {
@@ -194,7 +226,7 @@ func (s *Switch) Trace(q TraceQuery) (TraceResult, error) {
 		res.Verdict, res.Egress = "host", HostTUNName
 	case *tunnelPort:
 		res.Verdict, res.Egress, res.NextHop = "encapsulate", eg.t.Device(), rec.hop.r.NextHop
-		res.Outer = outerHeaders(eg, rec.hop.r)
+		res.Outer = outerHeaders(eg, rec.hop.r, ip.TOS())
 		res.Steps = append(res.Steps, TraceStep{"tunnel MTU", fmt.Sprintf("%d bytes inner (underlay %d − %d)", eg.maxInner, eg.mtu, eg.t.Overhead())})
 		if n > eg.maxInner {
 			res.Steps = append(res.Steps, TraceStep{"fragmentation", fmt.Sprintf("%d bytes without DF: the node's kernel fragments the outer packet", n)})
@@ -238,16 +270,31 @@ func (s *Switch) traceIngressLocked(q TraceQuery) (*podPort, *hostPort, *tunnelP
 	return nil, s.att.host, nil, nil
 }
 
-// outerHeaders describes what a tunnel puts around the packet.
-func outerHeaders(t *tunnelPort, r *router.Route) string {
+// outerHeaders describes what a tunnel puts around a packet whose TOS
+// byte is tos.
+func outerHeaders(t *tunnelPort, r *router.Route, tos uint8) string {
+	ecn := ecnNames[packet.TunnelECN(tos)]
 	switch tt := t.t.(type) {
 	case *vxlanTunnel:
-		return fmt.Sprintf("IPv4 → %s UDP → %d (source port per flow) VXLAN VNI %d, inner Ethernet %s → %s; %d bytes added",
-			r.NextHop, tt.port, tt.vni, tt.mac, packet.MAC(r.NextHopMAC), encap.VXLANOverhead)
+		return fmt.Sprintf("IPv4 (ECN %s) → %s UDP → %d (source port per flow) VXLAN VNI %d, inner Ethernet %s → %s; %d bytes added",
+			ecn, r.NextHop, tt.port, tt.vni, tt.mac, packet.MAC(r.NextHopMAC), encap.VXLANOverhead)
 	case *ipipTunnel:
-		return fmt.Sprintf("IPv4 protocol 4 (IP-in-IP) → %s; %d bytes added", r.NextHop, encap.IPIPOverhead)
+		return fmt.Sprintf("IPv4 (ECN %s) protocol 4 (IP-in-IP) → %s; %d bytes added", ecn, r.NextHop, encap.IPIPOverhead)
 	}
 	return fmt.Sprintf("%s → %s", t.t.Device(), r.NextHop)
+}
+
+// ecnStep says what the outer ECN field did to the packet's: before is
+// the packet's field on arrival, after what the data path left.
+func ecnStep(outer, before, after uint8) string {
+	s := fmt.Sprintf("outer %s over %s", ecnNames[outer], ecnNames[before])
+	switch {
+	case outer == packet.ECNCE && before == packet.ECNNotECT:
+		return s + ": a congestion mark on a packet that does not do ECN, dropped"
+	case after != before:
+		return s + ": the packet goes on as " + ecnNames[after]
+	}
+	return s + ": unchanged"
 }
 
 // buildTracePacket writes q's packet at packet.Headroom in a new buffer.
@@ -286,6 +333,11 @@ func buildTracePacket(q TraceQuery) ([]byte, int, error) {
 	}
 	ip[8] = ttl
 	ip[9] = proto
+	ecn, err := parseECN("ECN", q.ECN, packet.ECNNotECT)
+	if err != nil {
+		return nil, 0, err
+	}
+	ip[1] = ecn
 	ip.SetSrc(q.Src.As4())
 	ip.SetDst(q.Dst.As4())
 	ip.ComputeChecksum()

@@ -3,6 +3,7 @@ package vswitch
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"podnet/encap"
@@ -37,6 +38,9 @@ func TestTraceAgreesWithDataPath(t *testing.T) {
 		{"stranger", TraceQuery{From: "vxlan", Node: stranger, Src: ip("10.0.2.5"), Dst: ip("10.0.0.2")}, "drop", "unknown-source", "", ""},
 		{"foreign source", TraceQuery{From: "ipip", Node: nodeIPIP, Src: ip("10.0.2.5"), Dst: ip("10.0.0.2")}, "drop", "foreign-inner-source", "", ""},
 		{"transit", TraceQuery{From: "ipip", Node: nodeIPIP, Src: ip("10.0.1.5"), Dst: ip("10.0.2.5")}, "drop", "no-transit", "", ""},
+		{"ce over not-ect", TraceQuery{From: "vxlan", Node: nodeVXLAN, Src: ip("10.0.2.5"), Dst: ip("10.0.0.2"), OuterECN: "ce"}, "drop", "ecn-not-ect", "", ""},
+		{"ce over ect0", TraceQuery{From: "ipip", Node: nodeIPIP, Src: ip("10.0.1.5"), Dst: ip("10.0.0.2"), Proto: "tcp", ECN: "ect0", OuterECN: "ce"}, "deliver", "", "", "b"},
+		{"ect1 pod to vxlan", TraceQuery{Src: ip("10.0.0.1"), Dst: ip("10.0.2.5"), ECN: "ect1"}, "encapsulate", "", "", "vxlan"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,14 +62,18 @@ func TestTraceAgreesWithDataPath(t *testing.T) {
 				t.Fatal(err)
 			}
 			pkt := buf[packet.Headroom : packet.Headroom+size]
+			outer, err := parseECN("outer ECN", tc.q.OuterECN, packet.TunnelECN(pkt[1]))
+			if err != nil {
+				t.Fatal(err)
+			}
 			in := tc.q.From
 			switch in {
 			case "host":
 				n.host.offer(pkt)
 			case "ipip":
-				n.ipip.offer(ipipPacket(tc.q.Node, pkt))
+				n.ipip.offer(ipipPacketTOS(tc.q.Node, outer, pkt))
 			case "vxlan":
-				n.vx.offer(tc.q.Node, vxlanDatagram(pkt, encap.DefaultVNI))
+				n.vx.offerTOS(tc.q.Node, outer, vxlanDatagram(pkt, encap.DefaultVNI))
 			default:
 				pods := map[netip.Addr]*fakePod{n.a.ip: n.a, n.b.ip: n.b, n.c.ip: n.c, n.d.ip: n.d}
 				p := pods[tc.q.Src]
@@ -115,9 +123,45 @@ func TestTraceErrors(t *testing.T) {
 		{From: "nobody", Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2")},
 		{From: "vxlan", Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2")},
 		{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), Size: 10},
+		{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), ECN: "ect2"},
+		{From: "vxlan", Node: nodeVXLAN, Src: netip.MustParseAddr("10.0.2.5"), Dst: netip.MustParseAddr("10.0.0.2"), OuterECN: "CE"},
 	} {
 		if _, err := n.s.Trace(q); err == nil {
 			t.Errorf("Trace(%+v): no error", q)
+		}
+	}
+}
+
+// The trace says what ECN does on the way: the outer field a tunnel
+// writes, and what an outer mark does to the packet on arrival.
+func TestTraceECN(t *testing.T) {
+	n := newFakeNet(t)
+	ip := netip.MustParseAddr
+	res, err := n.s.Trace(TraceQuery{Src: ip("10.0.0.1"), Dst: ip("10.0.2.5"), ECN: "ce"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(res.Outer, "ECN ect0") {
+		t.Errorf("a CE packet into VXLAN: outer %q, want it to say ECN ect0 (CE leaves as ECT(0))", res.Outer)
+	}
+	for _, tc := range []struct {
+		q    TraceQuery
+		step string
+	}{
+		{TraceQuery{From: "ipip", Node: nodeIPIP, Src: ip("10.0.1.5"), Dst: ip("10.0.0.2"), ECN: "ect0", OuterECN: "ce"}, "outer ce over ect0: the packet goes on as ce"},
+		{TraceQuery{From: "vxlan", Node: nodeVXLAN, Src: ip("10.0.2.5"), Dst: ip("10.0.0.2"), ECN: "ect1"}, "outer ect1 over ect1: unchanged"},
+		{TraceQuery{From: "vxlan", Node: nodeVXLAN, Src: ip("10.0.2.5"), Dst: ip("10.0.0.2"), OuterECN: "ce"}, "outer ce over not-ect: a congestion mark on a packet that does not do ECN, dropped"},
+	} {
+		res, err := n.s.Trace(tc.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, s := range res.Steps {
+			found = found || s.Check == "ECN (RFC 6040)" && s.Result == tc.step
+		}
+		if !found {
+			t.Errorf("trace %+v: no step %q in %+v", tc.q, tc.step, res.Steps)
 		}
 	}
 }

@@ -43,6 +43,8 @@ delivered where it says.`,
 	cmd.Flags().IntVar(&q.Size, "size", 0, "IPv4 packet size in bytes (default 84, a ping)")
 	cmd.Flags().Uint8Var(&q.TTL, "ttl", 0, "TTL as sent (default 64)")
 	cmd.Flags().BoolVar(&q.DF, "df", false, "set don't-fragment")
+	cmd.Flags().StringVar(&q.ECN, "ecn", "", "the packet's ECN field as sent: not-ect (default), ect0, ect1 or ce")
+	cmd.Flags().StringVar(&q.OuterECN, "outer-ecn", "", "the outer ECN field at every tunnel hop, as a router on the underlay may have marked it (default: what the sending node wrote)")
 	cmd.Flags().BoolVar(&probe, "probe", false, "send a real ping and confirm each hop from the counters")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		l, err := openLab(*name)
@@ -51,6 +53,9 @@ delivered where it says.`,
 		}
 		if probe && q.Proto != "icmp" {
 			return fmt.Errorf("--probe sends a ping: use it with --proto icmp")
+		}
+		if probe && q.OuterECN != "" {
+			return fmt.Errorf("--probe sends a real ping, whose outer ECN field is what the tunnel writes: leave out --outer-ecn")
 		}
 		st := l.Status()
 		srcNode, from, src, err := labEndpoint(st, args[0])
@@ -237,6 +242,9 @@ func probeTrace(ctx context.Context, l *lab.Lab, st lab.Status, src string, q vs
 	if q.DF {
 		args = append(args, "-M", "do")
 	}
+	if ecn, ok := ecnTOS[q.ECN]; ok {
+		args = append(args, "-Q", strconv.Itoa(ecn))
+	}
 	out, err := l.Output(ctx, src, append(args, q.Dst.String())...)
 	if ee := (*exec.ExitError)(nil); err != nil && !errors.As(err, &ee) {
 		return fmt.Errorf("probe: ping from %s: %w", src, err) // not ping's own failure
@@ -348,3 +356,6 @@ func firstLines(s string, n int) string {
 	}
 	return strings.Join(lines, " / ")
 }
+
+// ecnTOS is the TOS byte ping -Q sends for each of trace's ECN names.
+var ecnTOS = map[string]int{"not-ect": 0, "ect1": 1, "ect0": 2, "ce": 3}

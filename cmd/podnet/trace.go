@@ -27,7 +27,8 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 "podnet lab trace" follows a packet across nodes.`,
 		Example: `  podnet trace test-1 192.168.14.2
   podnet trace 192.168.14.2 10.77.0.100 --proto tcp --port 80
-  podnet trace 10.0.2.5 test-1 --from vxlan --node 10.77.0.3   # as if node 10.77.0.3 sent it`,
+  podnet trace 10.0.2.5 test-1 --from vxlan --node 10.77.0.3   # as if node 10.77.0.3 sent it
+  podnet trace 10.0.2.5 test-1 --from vxlan --node 10.77.0.3 --ecn ect0 --outer-ecn ce   # a router marked congestion`,
 		Args: cobra.ExactArgs(2),
 	}
 	sock := socketFlag(cmd)
@@ -39,6 +40,8 @@ SRC and DST are IPv4 addresses or names of pods on this node. In a lab,
 	cmd.Flags().IntVar(&q.Size, "size", 0, "IPv4 packet size in bytes (default 84, a ping)")
 	cmd.Flags().Uint8Var(&q.TTL, "ttl", 0, "TTL on arrival (default 64)")
 	cmd.Flags().BoolVar(&q.DF, "df", false, "set don't-fragment")
+	cmd.Flags().StringVar(&q.ECN, "ecn", "", "the packet's ECN field: not-ect (default), ect0, ect1 or ce")
+	cmd.Flags().StringVar(&q.OuterECN, "outer-ecn", "", "with --from ipip|vxlan: the outer header's ECN field on arrival, as a router may have marked it (default: what the sender wrote)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c := client(*sock)
 		var err error

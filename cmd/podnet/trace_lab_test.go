@@ -37,10 +37,29 @@ func TestLabTraceAndCapture(t *testing.T) {
 		{"outside", []string{"test-1", "external"}, []string{"result: leaves the cluster through NAT on worker1 as " + l.NodeAddr("worker1").String(), "probe: confirmed on 1 node(s)"}},
 		{"unused address", []string{"test-1", unused.String()}, []string{"result: dropped on worker2 (blackhole)", "probe: confirmed on 2 node(s)", "the last node dropped it"}},
 		{"ttl 2", []string{"test-1", "test-2", "--ttl", "2"}, []string{"result: dropped on worker2 (ttl-exceeded)", "icmp back to the sender: time exceeded", "probe: confirmed on 2 node(s)"}},
+		{"ecn", []string{"test-1", "test-2", "--ecn", "ect0"}, []string{"IPv4 (ECN ect0)", "outer ect0 over ect0: unchanged", "result: delivered to pod test-2", "probe: confirmed on 2 node(s)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			traceSays(t, run, tc.args, tc.want)
 		})
+	}
+	// A router on the underlay that marked the outer header CE: what the
+	// far node makes of it (no probe: a real ping's outer field is what
+	// the tunnel writes).
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ecn", "ect0", "--outer-ecn", "ce"}, "outer ce over ect0: the packet goes on as ce"},
+		{[]string{"--outer-ecn", "ce"}, "result: dropped on worker2 (ecn-not-ect)"},
+	} {
+		out, err := run(append([]string{"lab", "trace", "test-1", "test-2"}, tc.args...)...)
+		if err != nil || !strings.Contains(out, tc.want) {
+			t.Errorf("lab trace %v: %v, want %q in\n%s", tc.args, err, tc.want, out)
+		}
+	}
+	if out, err := run("lab", "trace", "--probe", "test-1", "test-2", "--outer-ecn", "ce"); err == nil || !strings.Contains(out, "leave out --outer-ecn") {
+		t.Errorf("lab trace --probe --outer-ecn: %v, want a refusal saying why\n%s", err, out)
 	}
 
 	// Capture while pinging: the underlay shows VXLAN around the pods'
