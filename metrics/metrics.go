@@ -73,6 +73,7 @@ var (
 	descReaderRx  = desc("port_reader_rx_packets_total", "Packets each reader of a port read, for ports with several (a tunnel with several receive sockets).", "port", "kind", "reader")
 	descICMPErr   = desc("port_icmp_errors_total", "ICMP errors the switch sent for packets from the port.", "port", "kind")
 	descNATPkts   = desc("port_nat_packets_total", "Packets from the port handed to NAT outgoing.", "port", "kind")
+	descECNCE     = desc("port_ecn_ce_packets_total", "Packets from other nodes whose outer header a router on the underlay marked CE (congestion), passed on marked.", "port", "kind")
 	descPortDrops = desc("port_drops_total", "Packets from the port the switch dropped, by reason.", "port", "kind", "reason")
 
 	descNATEntries = desc("nat_entries", "Flows in the NAT table, by protocol.", "proto")
@@ -90,7 +91,7 @@ var (
 	descBlockAddrs  = desc("ipam_block_addresses", "Addresses in the IPAM blocks affine to this node.")
 	descAddrsInUse  = desc("ipam_addresses_in_use", "Pod addresses this node has assigned.")
 	allDescriptions = []*prometheus.Desc{
-		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descTxSuper, descPolled, descReaderRx, descICMPErr, descNATPkts, descPortDrops,
+		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descTxSuper, descPolled, descReaderRx, descICMPErr, descNATPkts, descECNCE, descPortDrops,
 		descNATEntries, descNATInUse, descNATTotal, descNATConns, descNATDrops,
 		descBGPUp, descBGPState, descBGPEst, descBGPSince,
 		descBlocks, descBlockAddrs, descAddrsInUse,
@@ -161,6 +162,7 @@ func collectPorts(ch chan<- prometheus.Metric, ports []vswitch.PortStats) {
 		counter(descPolled, p.Polled)
 		counter(descICMPErr, p.ICMPErrors)
 		counter(descNATPkts, p.NATPackets)
+		counter(descECNCE, p.ECNCE)
 		for i, v := range p.ReaderRxFrames {
 			ch <- prometheus.MustNewConstMetric(descReaderRx, prometheus.CounterValue, float64(v), p.Name, p.Kind, strconv.Itoa(i))
 		}

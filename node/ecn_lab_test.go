@@ -49,8 +49,8 @@ func TestTunnelECNLab(t *testing.T) {
 			if got := inCEPkts(t, l, "test-2") - before; got == 0 {
 				t.Errorf("test-2 counted no CE packets after the transfer: the underlay's marks did not reach it%s", pathState(l))
 			}
-			if s := portStats(t, c2, tc.port); len(s.Drops) != 0 {
-				t.Errorf("worker2 %s drops %v, want none", tc.port, s.Drops)
+			if s := portStats(t, c2, tc.port); len(s.Drops) != 0 || s.ECNCE == 0 {
+				t.Errorf("worker2 %s: drops %v and %d CE marks counted, want none and some", tc.port, s.Drops, s.ECNCE)
 			}
 
 			// A router marking what does not do ECN: ping's packets.

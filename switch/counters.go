@@ -108,6 +108,7 @@ type counters struct {
 	gsoFrames         atomic.Uint64 // superframes received
 	txSuperframes     atomic.Uint64 // superframes sent whole (a tunnel's VXLANSuperframes)
 	natPackets        atomic.Uint64 // packets handed to NAT outgoing
+	ecnCE             atomic.Uint64 // packets from nodes whose outer header a router marked CE
 	polled            atomic.Uint64 // batches of a pod's packets read by polling, not after a wake-up (replies.go)
 	drops             [numDropReasons]atomic.Uint64
 }
@@ -134,6 +135,11 @@ type PortStats struct {
 	ARPReplies    uint64 `json:"arpReplies"`
 	ICMPErrors    uint64 `json:"icmpErrors"`
 	NATPackets    uint64 `json:"natPackets"`
+	// ECNCE counts packets from other nodes whose outer header arrived
+	// marked CE (a router on the underlay signalled congestion) and that
+	// went on with the mark in their own header (RFC 6040). Those whose
+	// transport does not do ECN are dropped instead, as ecn-not-ect.
+	ECNCE uint64 `json:"ecnCE,omitempty"`
 	// Polled counts batches of this pod's packets read by polling
 	// rather than after a wake-up: answers another port's reader took
 	// (reply polling) and requests its own reader found before parking.
@@ -150,7 +156,7 @@ func (c *counters) snapshot() PortStats {
 		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
 		GSOFrames: c.gsoFrames.Load(), TxSuperframes: c.txSuperframes.Load(), ARPReplies: c.arpReplies.Load(),
-		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(),
+		ICMPErrors: c.icmpErrors.Load(), NATPackets: c.natPackets.Load(), ECNCE: c.ecnCE.Load(),
 		Polled: c.polled.Load(), Drops: map[string]uint64{},
 	}
 	for i := range c.drops {

@@ -1516,4 +1516,8 @@ func TestTunnelECNToPod(t *testing.T) {
 			t.Errorf("%s: pod got TOS %#02x, want %#02x", tc.name, got.TOS, tc.got)
 		}
 	}
+	// The marks a router set are counted where they came in.
+	if v, i := n.stats("vxlan").ECNCE, n.stats("ipip").ECNCE; v != 2 || i != 1 {
+		t.Errorf("ECNCE: vxlan %d, ipip %d; want 2 and 1", v, i)
+	}
 }

@@ -224,6 +224,9 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, outerTOS uint8, p pa
 		t.c.drop(DropECNNotECT)
 		return
 	}
+	if outerTOS&packet.ECNMask == packet.ECNCE {
+		t.c.ecnCE.Add(1) // a sender never writes CE outside (TunnelECN): a router did
+	}
 	if t.check != nil && !t.check.CheckInner(p.ipv4()) {
 		t.c.drop(DropBadInnerChecksum)
 		return
