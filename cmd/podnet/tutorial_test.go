@@ -89,6 +89,8 @@ func TestTutorial(t *testing.T) {
 		"podMTU: 1450", // and the Node resource
 		"1430 bytes from ",
 		"message too long, mtu=1450",
+		"outer ce over ect0: the packet goes on as ce", // ECN across the tunnel
+		"dropped on worker1 (ecn-not-ect)",
 		"refused: new1 still holds an address",
 		"lab " + name + " removed",
 	} {
