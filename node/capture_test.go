@@ -83,7 +83,7 @@ func newCaptureRig(t *testing.T) *captureRig {
 		t.Fatal(err)
 	}
 	sw.SetRoutes(routes)
-	r.n = &Node{sw: sw, log: slog.New(slog.DiscardHandler)}
+	r.n = &Node{sw: sw, log: slog.New(slog.DiscardHandler), stopping: make(chan struct{})}
 	r.socket = filepath.Join(t.TempDir(), "api.sock")
 	ln, err := net.Listen("unix", r.socket)
 	if err != nil {
@@ -309,5 +309,44 @@ func TestCaptureRejectsBadLimits(t *testing.T) {
 	defer s.Close()
 	if _, err := io.Copy(io.Discard, s); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCaptureEndsWhenDaemonStops: a capture running when the daemon
+// begins to stop ends at once, and its client learns why, instead of
+// holding the API server's shutdown until the stream is cut off.
+// The underlay's capture reads an interface instead of a port: the
+// loopback device stands in for it here (only read).
+func TestCaptureEndsWhenDaemonStops(t *testing.T) {
+	for _, port := range []string{"pod-a", "underlay"} {
+		t.Run(port, func(t *testing.T) { captureEndsWhenDaemonStops(t, port) })
+	}
+}
+
+func captureEndsWhenDaemonStops(t *testing.T, port string) {
+	r := newCaptureRig(t)
+	r.n.underlay = "lo"
+	s, err := r.client.Capture(port, 0, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r.send(t, 3, 100)
+	close(r.n.stopping)
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, s)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatalf("the stream did not end cleanly: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the capture went on after the daemon began to stop")
+	}
+	if got := s.Ended(); got != captureDaemonStopping {
+		t.Errorf("capture ended with %q, want %q", got, captureDaemonStopping)
 	}
 }

@@ -136,7 +136,20 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer ifc.Close()
-		go func() { <-r.Context().Done(); ifc.Close() }()
+		var stopped atomic.Bool
+		go func() {
+			select {
+			case <-r.Context().Done():
+			case <-n.stopping:
+				stopped.Store(true)
+			}
+			ifc.Close()
+		}()
+		defer func() {
+			if stopped.Load() {
+				w.Header().Set(nodeapi.TrailerCaptureEnded, captureDaemonStopping)
+			}
+		}()
 		if !start(func(w io.Writer) (*capture.Writer, error) {
 			return capture.NewWireWriter(w, n.underlay, capture.Ethernet)
 		}) {
@@ -155,11 +168,15 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, badRequest("%v", err))
 		return
 	}
+	ended := ""
 	defer func() {
 		c.Stop()
+		if why := c.Ended(); why != "" {
+			ended = why
+		}
 		w.Header().Set(nodeapi.TrailerCaptureDropped, strconv.FormatUint(c.Dropped(), 10))
-		w.Header().Set(nodeapi.TrailerCaptureEnded, c.Ended())
-		n.log.Info("capture ended", "port", port, "packets", sent, "dropped", c.Dropped(), "ended", c.Ended())
+		w.Header().Set(nodeapi.TrailerCaptureEnded, ended)
+		n.log.Info("capture ended", "port", port, "packets", sent, "dropped", c.Dropped(), "ended", ended)
 	}()
 	link := capture.Ethernet
 	if port == "host" || port == vswitch.HostTUNName || port == "ipip" || port == "vxlan" {
@@ -189,6 +206,13 @@ func (n *Node) serveCapture(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-r.Context().Done():
 			return
+		case <-n.stopping:
+			ended = captureDaemonStopping
+			return
 		}
 	}
 }
+
+// captureDaemonStopping is the end reason of a capture cut short because
+// the daemon is stopping.
+const captureDaemonStopping = "the daemon is stopping"

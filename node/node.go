@@ -146,6 +146,11 @@ type Node struct {
 	// under the running daemon, which reads it once, at start.
 	underlayProblem atomic.Pointer[string]
 
+	// stopping is closed when Run begins to stop, so that streams the
+	// API serves (captures) end at once, saying why, instead of holding
+	// the server's shutdown until they are cut off.
+	stopping chan struct{}
+
 	host      vswitch.HostDevice
 	hostIndex int // podnet0's ifindex, for kernel routes
 	nat       *nat.NAT
@@ -226,6 +231,7 @@ func New(cfg Config) (*Node, error) {
 		ops:      make(chan func(*state)),
 		loopDone: make(chan struct{}),
 		reread:   make(chan struct{}, 1),
+		stopping: make(chan struct{}),
 	}
 	n.routesReread = &rateLimited{every: routesRereadEvery, f: n.markReread}
 	if hostname != "" && hostname != cfg.Name {
@@ -382,6 +388,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case err := <-srvErr:
 		return fmt.Errorf("api server: %w", err)
 	}
+	close(n.stopping)
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
