@@ -312,8 +312,7 @@ func (c *batchConn) slotTOS(i int, pkt []byte) uint8 {
 		}
 		return pkt[1]
 	}
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&c.rctrl[i][0])), len(c.rctrl[i])*8)
-	tos, _ := udpoffload.RecvTOS(b[:min(c.rhdrs[i].Hdr.Controllen, uint64(len(b)))])
+	tos, _ := udpoffload.RecvTOS(ctrlBytes(c.rctrl[i][:], c.rhdrs[i].Hdr.Controllen))
 	return tos
 }
 
@@ -331,6 +330,12 @@ func sockaddrInet4(sa *unix.RawSockaddrInet4, namelen uint32) (netip.Addr, uint1
 // groSegment returns the segment size UDP_GRO reports in the first n
 // bytes of ctrl (udpoffload.GROSize), or 0 if there is none.
 func groSegment(ctrl []uint64, n uint64) int {
+	return udpoffload.GROSize(ctrlBytes(ctrl, n))
+}
+
+// ctrlBytes is the first n bytes of a slot's control buffer, as the
+// kernel filled it in (MSG_CTRUNC: trust only what fits).
+func ctrlBytes(ctrl []uint64, n uint64) []byte {
 	b := unsafe.Slice((*byte)(unsafe.Pointer(&ctrl[0])), len(ctrl)*8)
-	return udpoffload.GROSize(b[:min(n, uint64(len(b)))]) // MSG_CTRUNC: trust only what fits
+	return b[:min(n, uint64(len(b)))]
 }

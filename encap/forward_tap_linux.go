@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
+	"podnet/internal/procnet"
 )
 
 // forwardTap is what VXLANTap and IPIPTap share: a TAP of the node's own
@@ -228,23 +228,11 @@ func outTransmits(snmp *os.File) (uint64, error) {
 	if n == 0 && err != nil {
 		return 0, err
 	}
-	var names []string
-	for _, line := range strings.Split(string(b[:n]), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Ip:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, name := range names {
-			if name == "OutTransmits" && i < len(f) {
-				return strconv.ParseUint(f[i], 10, 64)
-			}
-		}
+	v, err := procnet.Counter(string(b[:n]), "Ip", "OutTransmits")
+	if errors.Is(err, procnet.ErrNoCounter) {
+		return 0, errOutTransmits
 	}
-	return 0, errOutTransmits
+	return v, err
 }
 
 // errOutTransmits: the forwarding watch needs Ip: OutTransmits.

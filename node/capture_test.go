@@ -254,19 +254,7 @@ func TestCaptureEndsWhenPodRemoved(t *testing.T) {
 	if err := r.n.sw.RemovePort(r.podIdx); err != nil {
 		t.Fatal(err)
 	}
-	read := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(io.Discard, s)
-		read <- err
-	}()
-	select {
-	case err := <-read:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the capture of a removed pod still runs after 10s")
-	}
+	waitStreamEnd(t, s, "the capture of a removed pod")
 	if want := "pod pod-a was removed"; s.Ended() != want {
 		t.Errorf("the daemon said the capture ended: %q, want %q", s.Ended(), want)
 	}
@@ -314,9 +302,9 @@ func TestCaptureRejectsBadLimits(t *testing.T) {
 
 // TestCaptureEndsWhenDaemonStops: a capture running when the daemon
 // begins to stop ends at once, and its client learns why, instead of
-// holding the API server's shutdown until the stream is cut off.
-// The underlay's capture reads an interface instead of a port: the
-// loopback device stands in for it here (only read).
+// holding the API server's shutdown until the stream is cut off. The
+// underlay's capture reads an interface instead of a port: the loopback
+// device stands in for it here (only read).
 func TestCaptureEndsWhenDaemonStops(t *testing.T) {
 	for _, port := range []string{"pod-a", "underlay"} {
 		t.Run(port, func(t *testing.T) { captureEndsWhenDaemonStops(t, port) })
@@ -333,6 +321,16 @@ func captureEndsWhenDaemonStops(t *testing.T, port string) {
 	defer s.Close()
 	r.send(t, 3, 100)
 	close(r.n.stopping)
+	waitStreamEnd(t, s, "the capture after the daemon began to stop")
+	if got := s.Ended(); got != captureDaemonStopping {
+		t.Errorf("capture ended with %q, want %q", got, captureDaemonStopping)
+	}
+}
+
+// waitStreamEnd reads capture stream s to its end, which must come
+// cleanly within 10 s; what names the capture in the failure.
+func waitStreamEnd(t *testing.T, s io.Reader, what string) {
+	t.Helper()
 	read := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(io.Discard, s)
@@ -341,12 +339,9 @@ func captureEndsWhenDaemonStops(t *testing.T, port string) {
 	select {
 	case err := <-read:
 		if err != nil {
-			t.Fatalf("the stream did not end cleanly: %v", err)
+			t.Fatalf("%s: the stream did not end cleanly: %v", what, err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the capture went on after the daemon began to stop")
-	}
-	if got := s.Ended(); got != captureDaemonStopping {
-		t.Errorf("capture ended with %q, want %q", got, captureDaemonStopping)
+		t.Fatalf("%s still runs after 10s", what)
 	}
 }

@@ -3,11 +3,10 @@ package node_test
 import (
 	"context"
 	"os"
-	"strconv"
-	"strings"
 	"testing"
 
 	"podnet/internal/netnsutil"
+	"podnet/internal/procnet"
 	"podnet/lab"
 	"podnet/lab/labtest"
 )
@@ -83,26 +82,9 @@ func inCEPkts(t *testing.T, l *lab.Lab, target string) uint64 {
 	if err != nil {
 		t.Fatalf("netstat of %s: %v\n%s", target, err, out)
 	}
-	var names []string
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "IpExt:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, name := range names {
-			if name == "InCEPkts" && i < len(f) {
-				n, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					t.Fatalf("InCEPkts %q: %v", f[i], err)
-				}
-				return n
-			}
-		}
+	n, err := procnet.Counter(string(out), "IpExt", "InCEPkts")
+	if err != nil {
+		t.Fatalf("%s's netstat: %v", target, err)
 	}
-	t.Fatalf("no IpExt InCEPkts in %s's netstat:\n%s", target, out)
-	return 0
+	return n
 }

@@ -46,15 +46,23 @@ type TraceQuery struct {
 // ecnNames are the ECN codepoints as TraceQuery names them.
 var ecnNames = [4]string{packet.ECNNotECT: "not-ect", packet.ECNECT1: "ect1", packet.ECNECT0: "ect0", packet.ECNCE: "ce"}
 
-// parseECN reads an ECN codepoint's name ("" is def).
+// ParseECN reads an ECN codepoint by the name TraceQuery gives it.
+func ParseECN(s string) (uint8, bool) {
+	for v, name := range ecnNames {
+		if s == name {
+			return uint8(v), true
+		}
+	}
+	return 0, false
+}
+
+// parseECN is ParseECN for query field field, with "" meaning def.
 func parseECN(field, s string, def uint8) (uint8, error) {
 	if s == "" {
 		return def, nil
 	}
-	for v, name := range ecnNames {
-		if s == name {
-			return uint8(v), nil
-		}
+	if v, ok := ParseECN(s); ok {
+		return v, nil
 	}
 	return 0, fmt.Errorf("trace: %s %q: want not-ect, ect0, ect1 or ce", field, s)
 }

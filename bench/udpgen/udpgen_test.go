@@ -7,10 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"podnet/internal/procnet"
 )
 
 // vethPair makes two namespaces joined by a veth, 10.251.0.1 (sender)
@@ -63,29 +63,13 @@ func udpCounters(t *testing.T, nsPath string) (in, out uint64) {
 	if err != nil {
 		t.Fatalf("read /proc/net/snmp in %s: %v", nsPath, err)
 	}
-	var head []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Udp:" {
-			continue
-		}
-		if head == nil {
-			head = f
-			continue
-		}
-		for i, name := range head {
-			v, _ := strconv.ParseUint(f[i], 10, 64)
-			switch name {
-			case "InDatagrams":
-				in = v
-			case "OutDatagrams":
-				out = v
-			}
-		}
-		return in, out
+	if in, err = procnet.Counter(string(b), "Udp", "InDatagrams"); err == nil {
+		out, err = procnet.Counter(string(b), "Udp", "OutDatagrams")
 	}
-	t.Fatalf("no Udp counters in %s", nsPath)
-	return 0, 0
+	if err != nil {
+		t.Fatalf("UDP counters in %s: %v", nsPath, err)
+	}
+	return in, out
 }
 
 // TestSinkCountsExactly sends a fixed number of packets and checks both

@@ -242,8 +242,8 @@ func probeTrace(ctx context.Context, l *lab.Lab, st lab.Status, src string, q vs
 	if q.DF {
 		args = append(args, "-M", "do")
 	}
-	if ecn, ok := ecnTOS[q.ECN]; ok {
-		args = append(args, "-Q", strconv.Itoa(ecn))
+	if ecn, ok := vswitch.ParseECN(q.ECN); ok {
+		args = append(args, "-Q", strconv.Itoa(int(ecn)))
 	}
 	out, err := l.Output(ctx, src, append(args, q.Dst.String())...)
 	if ee := (*exec.ExitError)(nil); err != nil && !errors.As(err, &ee) {
@@ -356,6 +356,3 @@ func firstLines(s string, n int) string {
 	}
 	return strings.Join(lines, " / ")
 }
-
-// ecnTOS is the TOS byte ping -Q sends for each of trace's ECN names.
-var ecnTOS = map[string]int{"not-ect": 0, "ect1": 1, "ect0": 2, "ce": 3}
