@@ -233,12 +233,16 @@ func TestOwnPodPolledAfterAnswer(t *testing.T) {
 func TestReplyPollingLeavesBulkAlone(t *testing.T) {
 	s, a, e, ePort := replyNet(t, time.Second, 2)
 	e.size = 1000
+	before := time.Now().UnixNano()
 	a.dev.offer(podFrame(a, ipSpec{src: "10.0.0.1", dst: "10.0.0.9", payload: 8}.build()))
 	a.dev.wait(t, 2)
 	s.mu.Lock()
 	p := s.att.pods[ePort]
 	s.mu.Unlock()
-	if p.quietUntil.Load() <= time.Now().UnixNano() {
-		t.Errorf("pod e answered with 1000-byte packets and is still polled")
+	// The quiet spell began with these answers (one poll cannot count
+	// pollMisses misses): whether it still lasts when this check runs,
+	// pollQuiet later or not, depends on how busy the machine is.
+	if p.quietUntil.Load() <= before {
+		t.Errorf("pod e answered with 1000-byte packets and was not left to its own reader")
 	}
 }
