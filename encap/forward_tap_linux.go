@@ -42,6 +42,7 @@ type forwardTap struct {
 	fd      int
 	file    *os.File
 	mac     [6]byte
+	index   int // the TAP's interface index
 	local   [4]byte
 	vnetLen int // the virtio-net header before each frame
 
@@ -260,6 +261,7 @@ func (t *forwardTap) configure() error {
 	if err != nil {
 		return fmt.Errorf("%s %q: %w", t.kind, t.name, err)
 	}
+	t.index = l.Attrs().Index
 	if copy(t.mac[:], l.Attrs().HardwareAddr) != len(t.mac) {
 		return fmt.Errorf("%s %q: no MAC address", t.kind, t.name)
 	}

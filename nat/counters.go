@@ -65,6 +65,10 @@ const (
 	// Config.MaxDialsPerPod dials waiting for their remotes; the SYN is
 	// ignored and the pod retries it, as when a listen queue is full.
 	DropDialsPending
+	// DropNoFlow: a packet steered to the packet path's TAP for a port
+	// whose connection is gone, or from another remote than the
+	// connection's.
+	DropNoFlow
 
 	numDropReasons
 )
@@ -88,6 +92,7 @@ var dropNames = [numDropReasons]string{
 	DropTruncated:           "truncated",
 	DropICMPError:           "icmp-error-untranslatable",
 	DropDialsPending:        "dials-pending",
+	DropNoFlow:              "no-flow",
 }
 
 // String returns the short kebab-case name used in Stats.Drops.
@@ -102,8 +107,9 @@ func (r DropReason) String() string {
 // from Handle and the flow goroutines without locks.
 type counters struct {
 	drops [numDropReasons]atomic.Uint64
-	// conns counts flows ever admitted to the table.
-	conns atomic.Uint64
+	// conns counts flows ever admitted to the table; packetConns those
+	// of them on the packet path.
+	conns, packetConns atomic.Uint64
 }
 
 func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
@@ -130,4 +136,10 @@ type Stats struct {
 	PortsTotal int `json:"portsTotal"`
 	// ConnsTotal counts flows ever admitted to the table.
 	ConnsTotal uint64 `json:"connsTotal"`
+	// PacketConnsTotal counts the TCP connections of ConnsTotal that
+	// took the packet path.
+	PacketConnsTotal uint64 `json:"packetConnsTotal"`
+	// TCPPath says how new TCP connections go: "packet" (for remotes
+	// routed out of the underlay), or "netstack" and why.
+	TCPPath string `json:"tcpPath"`
 }

@@ -327,6 +327,10 @@ func newNAT(t testing.TB, tp *topo, cfg Config) (*NAT, *deliverCheck) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	if cfg.Underlay != "" && n.fast == nil {
+		n.Close()
+		t.Fatalf("the TCP packet path was not set up: %v", n.fastErr)
+	}
 	t.Cleanup(func() {
 		n.Close()
 		if b := d.bad.Load(); b != 0 {
@@ -334,6 +338,35 @@ func newNAT(t testing.TB, tp *topo, cfg Config) (*NAT, *deliverCheck) {
 		}
 	})
 	return n, d
+}
+
+// tcpPaths runs fn once for each way TCP can cross NAT: "netstack" (the
+// pod's connection ends in NAT's netstack, spliced onto a host socket)
+// and "packet" (Underlay vn0: packets rewritten and forwarded by N's
+// kernel, replies steered back by the tc program). base is the Config
+// both start from.
+func tcpPaths(t *testing.T, base Config, fn func(t *testing.T, cfg Config, packetPath bool)) {
+	for _, packetPath := range []bool{false, true} {
+		name, cfg := "netstack", base
+		if packetPath {
+			name, cfg.Underlay = "packet", "vn0"
+		}
+		t.Run(name, func(t *testing.T) { fn(t, cfg, packetPath) })
+	}
+}
+
+// wantPath checks that the n connections NAT admitted took the path
+// the test asked for.
+func wantPath(t *testing.T, n *NAT, packetPath bool, conns uint64) {
+	t.Helper()
+	s := n.Stats()
+	want := uint64(0)
+	if packetPath {
+		want = conns
+	}
+	if s.PacketConnsTotal != want {
+		t.Errorf("%d connections took the packet path (TCPPath %q), want %d", s.PacketConnsTotal, s.TCPPath, want)
+	}
 }
 
 // podStack is a gVisor stack standing in for a pod: what it sends goes to

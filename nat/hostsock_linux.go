@@ -208,7 +208,23 @@ func (p *portRange) get() (uint16, bool) {
 	return 0, false
 }
 
-// put releases a port taken with get.
+// take reserves port if it is in the range and free.
+func (p *portRange) take(port uint16) bool {
+	if !p.enabled() || port < p.min || port > p.max {
+		return false
+	}
+	i := int(port - p.min)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.used[i/64]&(1<<(i%64)) != 0 {
+		return false
+	}
+	p.used[i/64] |= 1 << (i % 64)
+	p.inUse++
+	return true
+}
+
+// put releases a port taken with get or take.
 func (p *portRange) put(port uint16) {
 	if !p.enabled() || port < p.min || port > p.max {
 		return

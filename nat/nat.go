@@ -68,6 +68,15 @@ type Config struct {
 	// closed, UDP until the pod sends again after a reply, UDPAssured
 	// after that, ICMP to echo flows.
 	TCPEstablished, TCPClosing, UDP, UDPAssured, ICMP time.Duration
+	// Underlay, when set, is the interface (in Netns) out of which the
+	// node reaches the world. TCP to remotes the node routes out of it
+	// from the NAT's source address (SourceAddr, else the underlay's
+	// address) then takes the packet path (packet_tcp_linux.go): packets
+	// rewritten and forwarded by the node's kernel, replies steered back
+	// by a tc program on the underlay. Where that cannot be set up (no
+	// bpf(2), no clsact), New logs why and all TCP goes through the
+	// netstack. "" = the netstack only.
+	Underlay string
 	// Deliver sends an IPv4 packet, buf[off:] (destination = a pod), back
 	// into the switch. Required. The off bytes before the packet are free
 	// for the switch's headers (DeliverRoom of them where NAT can, so that
@@ -106,6 +115,11 @@ type NAT struct {
 
 	stack *stack.Stack
 	link  *channel.Endpoint
+
+	// fast is the packet path for TCP; nil without Config.Underlay or
+	// where it could not be set up (fastErr says why).
+	fast    *packetTCP
+	fastErr error
 
 	// ctx is cancelled by Close: it stops routineNetstackOut and pending
 	// dials.
@@ -183,10 +197,20 @@ func New(cfg Config) (*NAT, error) {
 		socks.close()
 		return nil, fmt.Errorf("nat: %w", err)
 	}
+	if cfg.Underlay != "" {
+		if n.fast, n.fastErr = n.openPacketTCP(cfg.Underlay); n.fastErr != nil {
+			n.fastErr = fmt.Errorf("TCP packet path on %s: %w", cfg.Underlay, n.fastErr)
+			n.log.Warn("NAT outgoing TCP goes through the netstack", "err", n.fastErr)
+		}
+	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.wg.Add(2)
 	go n.routineNetstackOut()
 	go n.routineReaper()
+	if n.fast != nil {
+		n.wg.Add(1)
+		go n.routinePacketReplies()
+	}
 	return n, nil
 }
 
@@ -207,7 +231,25 @@ func setDefault[T comparable](p *T, def T) {
 // superframes need no size (the netstack takes them whole), and other
 // packets ignore it.
 func (n *NAT) Handle(pkt []byte, gsoSize int) {
-	ip := packet.IPv4(pkt)
+	var hdr packet.VirtioNetHdr
+	if gsoSize != 0 {
+		hdr = packet.VirtioNetHdr{GSOType: packet.GSOUDPL4, GSOSize: uint16(gsoSize)}
+	}
+	n.HandleOffload(pkt, 0, hdr)
+}
+
+// HandleOffload is Handle for the packet buf[off:], with its offload
+// metadata hdr (offsets counted from the IPv4 header): a partial
+// checksum, a TCP superframe (GSOTCPv4) or a UDP one (GSOUDPL4). The
+// off bytes before the packet are free for headers: with
+// encap.PlainTapHeadroom of them a TCP packet on the packet path leaves
+// without a copy. buf is NAT's until HandleOffload returns.
+func (n *NAT) HandleOffload(buf []byte, off int, hdr packet.VirtioNetHdr) {
+	gsoSize := 0
+	if hdr.GSOType == packet.GSOUDPL4 {
+		gsoSize = int(hdr.GSOSize)
+	}
+	ip := packet.IPv4(buf[off:])
 	if ip.Validate() != packet.ParseOK {
 		n.c.drop(DropMalformed)
 		return
@@ -225,7 +267,7 @@ func (n *NAT) Handle(pkt []byte, gsoSize int) {
 	}
 	switch ip.Protocol() {
 	case packet.ProtoTCP:
-		n.handleTCP(ip)
+		n.handleTCP(buf[:off+len(ip)], off, hdr)
 	case packet.ProtoUDP:
 		n.handleUDP(ip, gsoSize)
 	case packet.ProtoICMP:
@@ -268,7 +310,13 @@ func (n *NAT) Close() error {
 		for _, f := range n.table.drain() {
 			f.close()
 		}
+		if n.fast != nil {
+			n.fast.tap.Close() // ends routinePacketReplies
+		}
 		n.wg.Wait()
+		if n.fast != nil {
+			n.fast.close()
+		}
 		n.link.Close()
 		n.stack.Destroy()
 		n.socks.close()

@@ -84,6 +84,8 @@ type flow struct {
 	// dgram is the datagram flow's socket state (UDP and ICMP); nil for
 	// TCP.
 	dgram *dgramFlow
+	// pkt is a TCP flow's packet-path state; nil for the netstack's.
+	pkt *packetFlow
 }
 
 func (f *flow) getState() flowState  { return flowState(f.state.Load()) }
@@ -297,6 +299,9 @@ func (n *NAT) Stats() Stats {
 		ByProto:    map[string]int{"tcp": 0, "udp": 0, "icmp": 0},
 		Drops:      make(map[string]uint64, numDropReasons),
 		ConnsTotal: n.c.conns.Load(),
+
+		PacketConnsTotal: n.c.packetConns.Load(),
+		TCPPath:          n.tcpPath(),
 	}
 	n.table.mu.RLock()
 	s.Entries = len(n.table.flows)
@@ -322,8 +327,10 @@ func (n *NAT) expired(f *flow, now int64) (expired bool) {
 	idle := time.Duration(now - f.last.Load())
 	switch f.getState() {
 	case stateSynSent:
-		// The dial has its own timeout and removes the flow itself.
-		return false
+		// A netstack dial has its own timeout and removes the flow
+		// itself; a packet-path SYN the remote never answered lasts as
+		// long as a closing connection.
+		return f.pkt != nil && idle > n.cfg.TCPClosing
 	case stateEstablished:
 		return idle > n.cfg.TCPEstablished
 	case stateClosing:
@@ -363,6 +370,11 @@ func (n *NAT) routineReaper() {
 		case <-tick.C:
 		}
 		n.reap(n.now(), &dead)
+		if n.fast != nil {
+			if err := n.fast.checkHealth(); err != nil {
+				n.log.Error("NAT packet path failing: new TCP connections go through the netstack", "err", err)
+			}
+		}
 	}
 }
 
@@ -370,17 +382,24 @@ func (n *NAT) routineReaper() {
 // between runs.
 func (n *NAT) reap(now int64, dead *[]*flow) {
 	d := (*dead)[:0]
+	var linger []*flow
 	n.table.mu.Lock()
 	for k, f := range n.table.flows {
 		if n.expired(f, now) {
 			delete(n.table.flows, k)
 			d = append(d, f)
+		} else if f.pkt != nil && f.getState() == stateClosed && !f.pkt.released.Load() &&
+			time.Duration(now-f.closedAt.Load()) > portLinger {
+			linger = append(linger, f)
 		}
 	}
 	n.table.mu.Unlock()
 	for i, f := range d {
 		f.close()
 		d[i] = nil
+	}
+	for _, f := range linger {
+		f.pkt.letGo()
 	}
 	*dead = d[:0]
 	n.syns.expire(now)

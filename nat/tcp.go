@@ -103,16 +103,22 @@ func (d *dialCounts) done(pod netip.Addr) {
 	d.mu.Unlock()
 }
 
-// handleTCP passes a pod's TCP packet to the netstack, noting SYNs.
-func (n *NAT) handleTCP(ip packet.IPv4) {
+// handleTCP sends a pod's TCP packet, buf[off:], by the packet path if
+// its connection is on it or may start on it, and else passes it to the
+// netstack, noting SYNs.
+func (n *NAT) handleTCP(buf []byte, off int, hdr packet.VirtioNetHdr) {
+	ip := packet.IPv4(buf[off:])
 	if !ip.IsFragment() {
 		if packet.ValidateTransport(ip) != packet.ParseOK {
 			n.c.drop(DropMalformed)
 			return
 		}
 		t := packet.TCP(ip.Payload())
+		k := flowKey{packet.ProtoTCP, netip.AddrPortFrom(ip.Src(), t.SrcPort()), netip.AddrPortFrom(ip.Dst(), t.DstPort())}
+		if n.fast != nil && n.handlePacketTCP(buf, off, hdr, k, t) {
+			return
+		}
 		if t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN {
-			k := flowKey{packet.ProtoTCP, netip.AddrPortFrom(ip.Src(), t.SrcPort()), netip.AddrPortFrom(ip.Dst(), t.DstPort())}
 			n.syns.record(k, t.Seq(), n.now())
 		}
 	}

@@ -76,6 +76,10 @@ type Config struct {
 	// marked as IP-in-IP by a tc program, where the kernel lets it load
 	// the program and a probe frame gets through.
 	NoIPIPSuperframes bool
+	// NoNATPacketPath sends all NAT outgoing TCP through NAT's netstack.
+	// By default TCP to remotes routed out of the underlay takes the
+	// packet path (nat.Config.Underlay) where it can be set up.
+	NoNATPacketPath bool
 	// VXLANReceivers is how many sockets receive on the VXLAN port
 	// (SO_REUSEPORT), each read by a reader of its own, so that incoming
 	// VXLAN can use that many cores; 0 means DefaultVXLANReceivers.
@@ -339,6 +343,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.enableForwarding()
 	ncfg := n.cfg.NAT
 	ncfg.Deliver = n.sw.InjectInPlace
+	if !n.cfg.NoNATPacketPath {
+		ncfg.Underlay = n.underlay
+	}
 	ncfg.Logger = n.log.With("component", "nat")
 	if n.nat, err = nat.New(ncfg); err != nil {
 		return fmt.Errorf("start NAT outgoing: %w", err)

@@ -57,7 +57,7 @@ func (d *discardVXLAN) Close() error   { return d.close() }
 
 type discardNAT struct{}
 
-func (discardNAT) Handle([]byte, int) {}
+func (discardNAT) HandleOffload([]byte, int, packet.VirtioNetHdr) {}
 
 // discardSuperframes takes superframes whole and drops them.
 type discardSuperframes struct{}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"podnet/internal/packet"
 )
 
 // fakeQueue is a device's receive side: Read blocks until a test offers a
@@ -256,7 +258,13 @@ func (c *fakeVXLAN) Close() error   { return c.close() }
 // fakeNAT records what the switch hands to NAT.
 type fakeNAT struct{ fakeSink }
 
-func (n *fakeNAT) Handle(pkt []byte, gsoSize int) { n.put(pkt, gsoSize) }
+func (n *fakeNAT) HandleOffload(buf []byte, off int, hdr packet.VirtioNetHdr) {
+	gsoSize := 0
+	if hdr.GSOType == packet.GSOUDPL4 {
+		gsoSize = int(hdr.GSOSize)
+	}
+	n.put(buf[off:], gsoSize)
+}
 
 // Compile-time checks: the fakes are the ports they stand for.
 var (

@@ -8,11 +8,13 @@ import (
 )
 
 // NATHandler translates packets from pods to the world outside the
-// cluster (package nat). Handle copies what it keeps. gsoSize is non-zero
-// for a UDP superframe (GSO_UDP_L4): the payload of each of its
-// datagrams but the last.
+// cluster (package nat). HandleOffload takes the packet buf[off:], whose
+// offload metadata is hdr (offsets counted from the IPv4 header: a
+// partial checksum, a TCP superframe, a UDP one); the off bytes before it
+// are free for headers, and the packet itself may be rewritten. It
+// copies what it keeps.
 type NATHandler interface {
-	Handle(pkt []byte, gsoSize int)
+	HandleOffload(buf []byte, off int, hdr packet.VirtioNetHdr)
 }
 
 // NATConfig is the switch's view of NAT outgoing, published as a whole.
@@ -79,11 +81,7 @@ func (e *natEgress) admit(f *forwarder, in ingress, ip packet.IPv4, h *hop) (*ho
 }
 
 func (e *natEgress) send(_ *forwarder, in ingress, p packetRef, _ *hop) {
-	gsoSize := 0
-	if p.gso.GSOType == packet.GSOUDPL4 {
-		gsoSize = int(p.gso.GSOSize)
-	}
-	e.cfg.Handler.Handle(p.ipv4(), gsoSize)
+	e.cfg.Handler.HandleOffload(p.buf[:p.ip+p.n], p.ip, p.gso)
 	in.stats().natPackets.Add(1)
 }
 

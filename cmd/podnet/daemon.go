@@ -19,6 +19,7 @@ import (
 	"podnet/api"
 	"podnet/datastore"
 	"podnet/node"
+	"podnet/nat"
 	"podnet/nodeapi"
 	"podnet/resources"
 )
@@ -50,7 +51,7 @@ func daemonDatastore(flag string, tlsFlags datastore.Config) (datastore.Config, 
 func newDaemonCmd() *cobra.Command {
 	var cfg node.Config
 	var logLevel, endpoints, natRange, natAddr, ipipMode, vxlanMode, configFile string
-	var vxlanSF, ipipSF bool
+	var vxlanSF, ipipSF, natPacket bool
 	var dsTLS datastore.Config
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -110,6 +111,7 @@ system can reach.`,
 			cfg.DefaultPoolIPIPMode, cfg.DefaultPoolVXLANMode = api.EncapMode(ipipMode), api.EncapMode(vxlanMode)
 			cfg.NoVXLANSuperframes = !vxlanSF
 			cfg.NoIPIPSuperframes = !ipipSF
+			cfg.NoNATPacketPath = !natPacket
 			if cfg.MetricsListen != "" {
 				if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
 					return fmt.Errorf("--metrics-listen %q: want HOST:PORT, e.g. 127.0.0.1:9091", cfg.MetricsListen)
@@ -131,6 +133,7 @@ system can reach.`,
 	f.StringVar(&cfg.PodNetnsPrefix, "pod-netns-prefix", "", `name prefix of the namespaces "pod add --new" creates (default "<node>-")`)
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
 	f.BoolVar(&ipipSF, "ipip-superframes", true, "send TCP superframes as IP-in-IP whole through a TAP ("+node.IPIPTapName+"), marked as IP-in-IP by a tc program, for the kernel to segment, where it can; false: cut them in userspace")
+	f.BoolVar(&natPacket, "nat-packet-path", true, "NAT outgoing TCP to remotes routed out of the underlay rewrites packets and has the kernel forward them through a TAP ("+nat.PlainTapName+"), a tc program on the underlay steering the replies back; false: every connection ends in NAT's netstack and is spliced onto one of the node's own")
 	f.BoolVar(&vxlanSF, "vxlan-superframes", true, "send TCP superframes as VXLAN whole through a TAP ("+node.VXLANTapName+") for the kernel to segment, where it can (Linux 6.17+, or 6.3+ with a tc program marking them); false: cut them in userspace")
 	f.IntVar(&cfg.VXLANReceivers, "vxlan-receivers", 0, "sockets receiving VXLAN on its port (SO_REUSEPORT), each read by a reader of its own so that incoming VXLAN can use that many cores; about 8 MiB each (default: one per two CPUs, at most 8; at most 16)")
 	f.DurationVar(&cfg.TunnelGrace, "tunnel-grace", 30*time.Second, "how long the sockets of an encapsulation no pool uses any more stay open")

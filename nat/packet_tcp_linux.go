@@ -1,0 +1,661 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"podnet/encap"
+	"podnet/internal/packet"
+)
+
+// The packet path for TCP: instead of ending the pod's connection in the
+// netstack and opening one of the node's own, NAT rewrites the pod's
+// packets to leave from the node's address and a port of its own, as the
+// kernel's MASQUERADE does, and writes them into a plain TAP for the
+// kernel to forward out of the underlay (superframes whole). A tc program
+// on the underlay (steer) hands the replies to those ports back through
+// the same TAP; NAT rewrites them to the pod and delivers them to the
+// switch. A new connection then costs a port (a bound socket holds it, so
+// no local socket takes it meanwhile) and a map entry, not two handshakes
+// and two teardowns, and a download is one TAP read and one write per
+// superframe.
+//
+// It is used for connections to remotes the node routes out of the
+// underlay from the NAT's source address; other remotes, and every
+// connection while the TAP or the tc program is failing, go through the
+// netstack as before.
+type packetTCP struct {
+	tap   *encap.PlainTap
+	steer *steer
+	src   [4]byte
+	// underlay is the interface index the remotes must be routed out of.
+	underlay int
+	// fixedSource: Config.SourceAddr is set, so any route out of the
+	// underlay will do; else the route's preferred source must be src.
+	fixedSource bool
+
+	// byPort finds a reply's flow by the port it came to.
+	byPort [1 << 16]atomic.Pointer[flow]
+
+	// broken is set, with the reason, once the TAP's forwarding watch or
+	// the tc program's check fails: new connections use the netstack.
+	broken atomic.Pointer[error]
+
+	routeMu sync.Mutex
+	nl      *netlink.Handle // in the node's namespace; guarded by routeMu
+	routes  map[netip.Addr]routeVerdict
+}
+
+// routeVerdict is whether a remote is routed out of the underlay from
+// the NAT's source, and until when that answer is kept.
+type routeVerdict struct {
+	ok    bool
+	until time.Time
+}
+
+// routeTTL is how long a route verdict is kept: routes change rarely, and
+// a connection keeps the path it started on.
+const routeTTL = 5 * time.Second
+
+// maxRouteCache bounds the verdicts kept; past it the cache starts over.
+const maxRouteCache = 4096
+
+// packetFlow is the packet path's part of a TCP flow.
+type packetFlow struct {
+	port          uint16 // the node's port for the connection
+	finOut, finIn atomic.Bool
+	// release lets go of the port: the socket holding it, its map entry
+	// and its byPort slot. It runs once, when the flow expires or
+	// portLinger after it closed, whichever comes first; released says
+	// it has.
+	release  func()
+	once     sync.Once
+	released atomic.Bool
+
+	// What a reset needs, from the pod's last segment: its next
+	// sequence number (for a RST to the remote) and its acknowledgment
+	// number, the remote's next (for one to the pod; acked: it has one).
+	podNext, podAck atomic.Uint32
+	acked           atomic.Bool
+}
+
+// track notes a pod's segment t with payload bytes of data.
+func (pf *packetFlow) track(t packet.TCP, payload int) {
+	next := t.Seq() + uint32(payload)
+	if t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagFIN) != 0 {
+		next++
+	}
+	pf.podNext.Store(next)
+	if t.Flags()&packet.TCPFlagACK != 0 {
+		pf.podAck.Store(t.Ack())
+		pf.acked.Store(true)
+	}
+}
+
+// letGo releases the flow's port once.
+func (pf *packetFlow) letGo() {
+	pf.once.Do(func() {
+		pf.released.Store(true)
+		pf.release()
+	})
+}
+
+// portLinger is how long a closed connection keeps its port, so that the
+// last segments of the close (a FIN resent, the last ACK) still find it.
+// Its row stays in the table for TCPClosing, as conntrack keeps TIME_WAIT,
+// but the port is free for a new connection: held for the whole
+// TCPClosing, a pod opening and closing connections at a few thousand a
+// second would exhaust the node's ports in seconds.
+const portLinger = time.Second
+
+// PlainTapName is the TAP through which packet-NAT'd TCP leaves and its
+// replies come back.
+const PlainTapName = "podnetnat0"
+
+// openPacketTCP sets up the packet path in the namespace: the TAP, the tc
+// program on underlay and a netlink handle for route lookups. Its source
+// address is Config.SourceAddr, or else underlay's IPv4 address.
+func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
+	p := &packetTCP{fixedSource: n.cfg.SourceAddr.IsValid(), routes: make(map[netip.Addr]routeVerdict)}
+	var err error
+	derr := n.socks.do(func() {
+		var l netlink.Link
+		if l, err = netlink.LinkByName(underlay); err != nil {
+			return
+		}
+		p.underlay = l.Attrs().Index
+		src := n.cfg.SourceAddr
+		if !src.IsValid() {
+			if src, err = underlayAddr(l); err != nil {
+				return
+			}
+		}
+		p.src = src.As4()
+		if p.tap, err = encap.OpenPlainTap(PlainTapName, src); err != nil {
+			return
+		}
+		if err = p.tap.Probe(); err != nil {
+			return
+		}
+		if p.steer, err = openSteer(underlay, p.src, p.tap.Index()); err != nil {
+			return
+		}
+		p.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// underlayAddr is l's first global IPv4 address.
+func underlayAddr(l netlink.Link) (netip.Addr, error) {
+	as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range as {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("%s has no IPv4 address", l.Attrs().Name)
+}
+
+func (p *packetTCP) close() {
+	if p.steer != nil {
+		p.steer.close()
+	}
+	if p.tap != nil {
+		p.tap.Close()
+	}
+	if p.nl != nil {
+		p.nl.Close()
+	}
+}
+
+// tcpPath is Stats.TCPPath.
+func (n *NAT) tcpPath() string {
+	switch {
+	case n.fast != nil && n.fast.usable():
+		return "packet"
+	case n.fast != nil:
+		return "netstack: " + (*n.fast.broken.Load()).Error()
+	case n.fastErr != nil:
+		return "netstack: " + n.fastErr.Error()
+	}
+	return "netstack"
+}
+
+// usable says whether new connections may take the packet path.
+func (p *packetTCP) usable() bool { return p.broken.Load() == nil }
+
+// checkHealth notes a failing TAP or tc program (the reaper calls it each
+// second); it returns the failure the first time it sees it.
+func (p *packetTCP) checkHealth() error {
+	if !p.usable() {
+		return nil
+	}
+	err := p.tap.Err()
+	if err == nil {
+		err = p.steer.check()
+	}
+	if err != nil {
+		p.broken.Store(&err)
+	}
+	return err
+}
+
+// routed says whether the node routes remote out of the underlay from
+// the NAT's source address.
+func (p *packetTCP) routed(remote netip.Addr) bool {
+	now := time.Now()
+	p.routeMu.Lock()
+	defer p.routeMu.Unlock()
+	if v, ok := p.routes[remote]; ok && now.Before(v.until) {
+		return v.ok
+	}
+	ok := false
+	if rs, err := p.nl.RouteGet(remote.AsSlice()); err == nil && len(rs) > 0 {
+		r := rs[0]
+		ok = r.LinkIndex == p.underlay && (p.fixedSource || r.Src.Equal(p.src[:]))
+	}
+	if len(p.routes) >= maxRouteCache {
+		clear(p.routes)
+	}
+	p.routes[remote] = routeVerdict{ok: ok, until: now.Add(routeTTL)}
+	return ok
+}
+
+// handlePacketTCP sends a pod's TCP packet, buf[off:] (TCP, not a
+// fragment, validated), by the packet path if its connection is on it or
+// may start on it, and reports whether it did; false: use the netstack.
+func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k flowKey, t packet.TCP) bool {
+	p := n.fast
+	f := n.table.lookup(k)
+	switch {
+	case f != nil && f.pkt == nil:
+		return false // the netstack's
+	case f == nil || f.pkt.released.Load():
+		// A new connection, or a new one on the 4-tuple of a closed one
+		// whose port is gone.
+		if t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) != packet.TCPFlagSYN || !p.usable() || !p.routed(k.remote.Addr()) {
+			if f != nil {
+				n.c.drop(DropNoFlow)
+				return true
+			}
+			return false
+		}
+		if f = n.newPacketFlow(k, f); f == nil {
+			return true // dropped and counted
+		}
+	case f.getState() == stateClosed && t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN:
+		// The pod opens its 4-tuple again while the port lingers: a new
+		// connection on the same port, as conntrack reopens TIME_WAIT.
+		f.pkt.finIn.Store(false)
+		f.pkt.finOut.Store(false)
+		f.setState(stateSynSent)
+	}
+	if off < encap.PlainTapHeadroom {
+		// Handle's caller left no room for the TAP's headers.
+		b := headroomPool.Get().(*[packet.Headroom + packet.MaxFrameLen]byte)
+		defer headroomPool.Put(b)
+		buf, off = b[:packet.Headroom+copy(b[packet.Headroom:], buf[off:])], packet.Headroom
+		t = packet.TCP(packet.IPv4(buf[off:]).Payload())
+	}
+	ip := packet.IPv4(buf[off:])
+	partial := hdr.Flags&packet.VirtioNetHdrFNeedsCsum != 0
+	rewriteTCP(ip, partial, true, p.src, f.pkt.port)
+	frame, ok := p.tap.Frame(buf, off, hdr)
+	if !ok {
+		n.c.drop(DropMalformed)
+		return true
+	}
+	if err := p.tap.Send(frame); err != nil {
+		n.c.drop(DropSend)
+		n.limitedLog("NAT packet path: send", "err", err)
+		return true
+	}
+	payload := len(ip) - ip.HeaderLen() - t.DataOffset()
+	f.pkt.track(t, payload)
+	f.bytesOut.Add(uint64(payload))
+	f.touch(n.now())
+	n.tcpSeen(f, t.Flags(), true)
+	return true
+}
+
+var headroomPool = sync.Pool{New: func() any { return new([packet.Headroom + packet.MaxFrameLen]byte) }}
+
+// newPacketFlow opens the flow for a pod's SYN: it holds a port, enters
+// the flow in the table (in place of old, a closed flow of the same
+// 4-tuple, if not nil) and steers the port's replies to the TAP. nil: it
+// could not (counted).
+func (n *NAT) newPacketFlow(k flowKey, old *flow) *flow {
+	p := n.fast
+	fd, err := n.socks.socket(unix.SOCK_STREAM, 0)
+	if err != nil {
+		n.c.drop(DropSocket)
+		n.limitedLog("NAT packet path: socket", "err", err)
+		return nil
+	}
+	port, err := holdPort(fd, p.src, n.tcpPorts, k.pod.Port())
+	if err != nil {
+		unix.Close(fd)
+		if errors.Is(err, errPortsExhausted) {
+			n.c.drop(DropPortsExhausted)
+		} else {
+			n.c.drop(DropSocket)
+			n.limitedLog("NAT packet path: bind", "err", err)
+		}
+		return nil
+	}
+	n.hostSockets.Add(1)
+	f := n.newFlow(k, stateSynSent)
+	f.pkt = &packetFlow{port: port}
+	f.pkt.release = func() {
+		p.steer.del(port)
+		p.byPort[port].CompareAndSwap(f, nil)
+		unix.Close(fd)
+		if n.tcpPorts.enabled() {
+			n.tcpPorts.put(port)
+		}
+		n.hostSockets.Add(-1)
+	}
+	p.byPort[port].Store(f)
+	if err := p.steer.add(port); err != nil {
+		f.pkt.letGo()
+		n.c.drop(DropSocket)
+		n.limitedLog("NAT packet path: port map", "err", err)
+		return nil
+	}
+	var got *flow
+	ok := false
+	if old != nil {
+		var displaced *flow
+		if displaced, ok = n.table.replace(f); ok && displaced != nil {
+			displaced.close()
+		}
+		got = f
+	} else {
+		got, ok = n.table.insert(f)
+	}
+	if !ok {
+		f.pkt.letGo()
+		if got == nil {
+			n.c.drop(DropTableFull)
+		}
+		return got // a retransmitted SYN raced us: its flow; nil if full
+	}
+	n.c.conns.Add(1)
+	n.c.packetConns.Add(1)
+	f.setCloser(netip.AddrPortFrom(netip.AddrFrom4(p.src), port), func() {
+		n.resetPacketFlow(f)
+		f.pkt.letGo()
+	})
+	return f
+}
+
+// holdPort binds fd, a TCP socket, to src and a port, so that no other
+// socket of the node takes it, and returns the port. Like the kernel's
+// MASQUERADE it keeps the pod's own port want where it can (free, and in
+// pr's range if pr has one): the pod does not reuse a port while its
+// TIME_WAIT lasts, so neither does the node toward the same remote, whose
+// TIME_WAIT would otherwise meet a new connection's SYN. Otherwise it
+// takes a port from pr, or one the kernel picks from its ephemeral range.
+func holdPort(fd int, src [4]byte, pr *portRange, want uint16) (uint16, error) {
+	try := func(port uint16) (bool, error) {
+		err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src, Port: int(port)})
+		if err == nil {
+			return true, nil
+		}
+		if errors.Is(err, unix.EADDRINUSE) {
+			return false, nil
+		}
+		return false, fmt.Errorf("bind port %d: %w", port, err)
+	}
+	if !pr.enabled() {
+		if ok, err := try(want); ok || err != nil {
+			return want, err
+		}
+		if ok, err := try(0); err != nil || !ok {
+			if err == nil {
+				err = errPortsExhausted
+			}
+			return 0, err
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return 0, err
+		}
+		return uint16(sa.(*unix.SockaddrInet4).Port), nil
+	}
+	if pr.take(want) {
+		ok, err := try(want)
+		if ok {
+			return want, nil
+		}
+		pr.put(want)
+		if err != nil {
+			return 0, err
+		}
+	}
+	for range maxBindTries {
+		port, ok := pr.get()
+		if !ok {
+			return 0, errPortsExhausted
+		}
+		ok, err := try(port)
+		if ok {
+			return port, nil
+		}
+		pr.put(port)
+		if err != nil {
+			return 0, err
+		}
+	}
+	return 0, errPortsExhausted
+}
+
+// resetPacketFlow ends a connection that is not closed yet (it idled
+// out, its pod was deleted, NAT is closing) with a RST each way, as the
+// netstack path does when it lets go of one: the remote frees its end
+// instead of keeping it until its own timeout, and the pod learns at
+// once rather than at its next send.
+func (n *NAT) resetPacketFlow(f *flow) {
+	if f.getState() == stateClosed || f.pkt.released.Load() {
+		return
+	}
+	p := n.fast
+	var b [packet.Headroom + packet.IPv4MinHeaderLen + packet.TCPMinHeaderLen]byte
+	ip := packet.IPv4(b[packet.Headroom:])
+	buildRST(ip, p.src, f.pkt.port, f.key.remote, f.pkt.podNext.Load(), n.ipID.Add(1))
+	if frame, ok := p.tap.Frame(b[:], packet.Headroom, packet.VirtioNetHdr{}); ok {
+		p.tap.Send(frame)
+	}
+	if f.pkt.acked.Load() {
+		pod := f.key.pod
+		buildRST(ip, f.key.remote.Addr().As4(), f.key.remote.Port(), pod, f.pkt.podAck.Load(), n.ipID.Add(1))
+		n.cfg.Deliver(b[:], packet.Headroom, packet.VirtioNetHdr{})
+	}
+}
+
+// buildRST writes into ip a 40-byte TCP RST from src:sport to dst with
+// sequence number seq.
+func buildRST(ip packet.IPv4, src [4]byte, sport uint16, dst netip.AddrPort, seq, id uint32) {
+	const total = packet.IPv4MinHeaderLen + packet.TCPMinHeaderLen
+	d := dst.Addr().As4()
+	writeIPv4Header(ip, total, packet.ProtoTCP, src, d, id)
+	t := packet.TCP(ip[packet.IPv4MinHeaderLen:total])
+	clear(t)
+	t.SetSrcPort(sport)
+	t.SetDstPort(dst.Port())
+	t.SetSeq(seq)
+	t[12] = packet.TCPMinHeaderLen / 4 << 4
+	t.SetFlags(packet.TCPFlagRST)
+	t.SetChecksum(packet.Checksum(t, packet.PseudoHeaderSum(packet.ProtoTCP, src, d, packet.TCPMinHeaderLen)))
+}
+
+// tcpSeen moves a packet-path flow along on the flags of a segment that
+// went through it, fromPod or from the remote.
+func (n *NAT) tcpSeen(f *flow, flags uint8, fromPod bool) {
+	switch {
+	case flags&packet.TCPFlagRST != 0:
+		n.closeState(f, stateClosed)
+	case flags&packet.TCPFlagFIN != 0:
+		fin, other := &f.pkt.finIn, &f.pkt.finOut
+		if fromPod {
+			fin, other = other, fin
+		}
+		fin.Store(true)
+		if other.Load() {
+			n.closeState(f, stateClosed)
+		} else {
+			n.closeState(f, stateClosing)
+		}
+	case !fromPod && flags&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN|packet.TCPFlagACK:
+		if f.getState() == stateSynSent {
+			f.setState(stateEstablished)
+		}
+	}
+}
+
+// closeState moves f to closing or closed, never back, noting when.
+func (n *NAT) closeState(f *flow, s flowState) {
+	for {
+		old := f.state.Load()
+		if flowState(old) == stateClosed || flowState(old) == s {
+			return
+		}
+		if f.state.CompareAndSwap(old, uint32(s)) {
+			f.closedAt.Store(n.now())
+			return
+		}
+	}
+}
+
+// rewriteTCP rewrites a TCP packet's source (out: from the pod) or
+// destination (back: to the pod) to addr:port, patching the IPv4 and TCP
+// checksums. partial: the TCP checksum field holds only the pseudo-header
+// sum (a partial checksum, completed later), which covers the addresses
+// but not the ports.
+func rewriteTCP(ip packet.IPv4, partial, out bool, addr [4]byte, port uint16) {
+	ihl := ip.HeaderLen()
+	t := packet.TCP(ip[ihl:])
+	addrOff, portOff := 16, 2
+	if out {
+		addrOff, portOff = 12, 0
+	}
+	oldAddr := be32(ip[addrOff:])
+	newAddr := be32(addr[:])
+	oldPort := be16(t[portOff:])
+	copy(ip[addrOff:addrOff+4], addr[:])
+	put16(t[portOff:], port)
+	put16(ip[10:], packet.Update32(be16(ip[10:]), oldAddr, newAddr))
+	c := be16(t[16:])
+	if partial {
+		put16(t[16:], ^packet.Update32(^c, oldAddr, newAddr))
+		return
+	}
+	c = packet.Update32(c, oldAddr, newAddr)
+	put16(t[16:], packet.Update16(c, oldPort, port))
+}
+
+// routinePacketReplies reads what the tc program steered into the TAP
+// and delivers it to the pods, until the TAP is closed. New starts it.
+func (n *NAT) routinePacketReplies() {
+	defer n.wg.Done()
+	// The IPv4 header lands at packet.Headroom, so the switch can put its
+	// headers in front without a copy.
+	buf := make([]byte, packet.Headroom+packet.MaxFrameLen)
+	start := packet.Headroom - encap.PlainTapHeadroom
+	for {
+		rn, err := n.fast.tap.Read(buf[start:])
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return
+			}
+			n.limitedLog("NAT packet path: read", "err", err)
+			continue
+		}
+		n.packetReply(buf[:start+rn], start)
+	}
+}
+
+// packetReply translates one frame read from the TAP, buf[start:], for
+// its pod.
+func (n *NAT) packetReply(buf []byte, start int) {
+	var h packet.VirtioNetHdr
+	if len(buf)-start < encap.PlainTapHeadroom || h.Decode(buf[start:]) != nil ||
+		packet.Ethernet(buf[start+packet.VirtioNetHdrLen:]).EtherType() != packet.EtherTypeIPv4 {
+		n.c.drop(DropMalformed)
+		return
+	}
+	off := start + encap.PlainTapHeadroom
+	ip := packet.IPv4(buf[off:])
+	if ip.Validate() != packet.ParseOK || ip.IsFragment() || packet.ValidateTransport(ip[:ip.TotalLen()]) != packet.ParseOK {
+		n.c.drop(DropMalformed)
+		return
+	}
+	ip = ip[:ip.TotalLen()]
+	switch ip.Protocol() {
+	case packet.ProtoTCP:
+		n.packetReplyTCP(buf[:off+len(ip)], off, h)
+	case packet.ProtoICMP:
+		if t := ip.Payload()[0]; t != packet.ICMPDestUnreachable && t != packet.ICMPTimeExceeded {
+			n.c.drop(DropUnsupportedICMP)
+			return
+		}
+		n.packetReplyICMP(ip, buf[:off+len(ip)], off)
+	default:
+		n.c.drop(DropUnsupportedProtocol)
+	}
+}
+
+// packetReplyTCP delivers a remote's TCP segment to the pod of its flow.
+func (n *NAT) packetReplyTCP(buf []byte, off int, h packet.VirtioNetHdr) {
+	ip := packet.IPv4(buf[off:])
+	t := packet.TCP(ip.Payload())
+	f := n.fast.byPort[t.DstPort()].Load()
+	if f == nil || f.key.remote != netip.AddrPortFrom(ip.Src(), t.SrcPort()) {
+		n.c.drop(DropNoFlow)
+		return
+	}
+	// The TAP's offsets count from the Ethernet header, Deliver's from
+	// the IPv4 header.
+	var hdr packet.VirtioNetHdr
+	partial := h.Flags&packet.VirtioNetHdrFNeedsCsum != 0
+	if partial {
+		if int(h.CsumStart) < packet.EthernetHeaderLen {
+			n.c.drop(DropMalformed)
+			return
+		}
+		hdr = packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: h.GSOType, GSOSize: h.GSOSize,
+			CsumStart: h.CsumStart - packet.EthernetHeaderLen, CsumOffset: h.CsumOffset}
+		if h.HdrLen > packet.EthernetHeaderLen {
+			hdr.HdrLen = h.HdrLen - packet.EthernetHeaderLen
+		}
+	} else if h.GSOType != packet.GSONone {
+		n.c.drop(DropMalformed)
+		return
+	}
+	pod := f.key.pod
+	rewriteTCP(ip, partial, false, pod.Addr().As4(), pod.Port())
+	f.bytesIn.Add(uint64(len(ip) - ip.HeaderLen() - t.DataOffset()))
+	f.touch(n.now())
+	n.tcpSeen(f, t.Flags(), false)
+	n.cfg.Deliver(buf, off, hdr)
+}
+
+// packetReplyICMP delivers an ICMP error about a packet-path connection
+// to its pod, its quote rewritten to what the pod sent.
+func (n *NAT) packetReplyICMP(ip packet.IPv4, buf []byte, off int) {
+	icmp := ip.Payload()
+	const quoteAt = 8
+	if len(icmp) < quoteAt+packet.IPv4MinHeaderLen+4 {
+		n.c.drop(DropICMPError)
+		return
+	}
+	q := packet.IPv4(icmp[quoteAt:])
+	qihl := q.HeaderLen()
+	if q.Protocol() != packet.ProtoTCP || qihl < packet.IPv4MinHeaderLen || len(q) < qihl+4 {
+		n.c.drop(DropICMPError)
+		return
+	}
+	qt := q[qihl:]
+	f := n.fast.byPort[be16(qt)].Load()
+	if f == nil || f.key.remote != netip.AddrPortFrom(q.Dst(), be16(qt[2:])) {
+		n.c.drop(DropNoFlow)
+		return
+	}
+	pod := f.key.pod
+	podAddr := pod.Addr().As4()
+	old := be32(q[12:])
+	copy(q[12:16], podAddr[:])
+	put16(q[10:], packet.Update32(be16(q[10:]), old, be32(podAddr[:])))
+	put16(qt, pod.Port())
+	put16(icmp[2:], 0)
+	put16(icmp[2:], packet.Checksum(icmp, 0))
+	old = be32(ip[16:])
+	copy(ip[16:20], podAddr[:])
+	put16(ip[10:], packet.Update32(be16(ip[10:]), old, be32(podAddr[:])))
+	f.touch(n.now())
+	n.cfg.Deliver(buf, off, packet.VirtioNetHdr{})
+}
+
+func be16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+func put16(b []byte, v uint16) { b[0], b[1] = byte(v>>8), byte(v) }

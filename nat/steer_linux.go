@@ -1,0 +1,336 @@
+package nat
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"podnet/internal/packet"
+)
+
+// A steer is the tc program on the underlay's ingress that hands the
+// replies of packet-NAT'd TCP connections to the daemon: an IPv4 packet
+// to the NAT's source address whose TCP destination port is in the port
+// map goes to the plain TAP (bpf_redirect to its egress, which the
+// daemon reads), and so does an ICMP error (destination unreachable,
+// time exceeded) quoting a TCP packet from such a port. Everything else
+// goes on into the node's stack untouched. Without it the node's kernel,
+// which has no socket for those connections, would answer the replies
+// with resets.
+type steer struct {
+	ports   *ebpf.Map // 65536 entries, by port as steerKey makes it; non-zero: steer
+	prog    *ebpf.Program
+	nl      *netlink.Handle // in the underlay's namespace
+	ifindex int
+	qdisc   bool // the clsact qdisc was added by openSteer
+}
+
+// steerName names the program and its tc filter; openSteer removes a
+// filter of that name left by a daemon that did not stop cleanly.
+const steerName = "podnet_nat"
+
+// Where the filter sits in the underlay's ingress: first, so that it sees
+// the replies before any other direct-action filter ends classification.
+const (
+	steerPriority = 1
+	steerHandle   = 0x4e4154
+)
+
+// Verdicts a tc direct-action program returns (include/uapi/linux/pkt_cls.h).
+const (
+	tcActUnspec   = -1 // go on: the next filter, or the stack
+	tcActRedirect = 7
+)
+
+// skbProtocolIPv4 is ETH_P_IP as a load of __sk_buff.protocol reads it.
+var skbProtocolIPv4 = int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00}))
+
+// skbProtocolOffset is offsetof(struct __sk_buff, protocol).
+const skbProtocolOffset = 16
+
+// steerKey is port's key in the port map: its two bytes in network
+// order, as the program's 16-bit load reads them.
+func steerKey(port uint16) uint32 {
+	var be [2]byte
+	binary.BigEndian.PutUint16(be[:], port)
+	return uint32(binary.NativeEndian.Uint16(be[:]))
+}
+
+// steerProgram is the program for packets to addr, redirected to the
+// interface tap, with ports as the port map.
+func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
+	const (
+		eth    = packet.EthernetHeaderLen
+		hdr    = -24 // the IPv4 header and 4 bytes after it, on the stack
+		quoted = -48 // an ICMP error's quoted IPv4 header and 4 bytes after it
+		key    = -56
+	)
+	a := int32(binary.NativeEndian.Uint32(addr[:]))
+	load := func(off, to int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Imm(asm.R2, off),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, to),
+			asm.Mov.Imm(asm.R4, 24),
+			asm.FnSkbLoadBytes.Call(),
+			asm.JNE.Imm(asm.R0, 0, "pass"),
+		}
+	}
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
+		asm.JNE.Imm(asm.R0, skbProtocolIPv4, "pass"),
+	}
+	insns = append(insns, load(eth, hdr)...)
+	insns = append(insns,
+		asm.LoadMem(asm.R0, asm.RFP, hdr, asm.Byte), // version and IHL: no options
+		asm.JNE.Imm(asm.R0, 0x45, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, hdr+6, asm.Byte), // MF and the fragment offset: not a fragment
+		asm.And.Imm(asm.R0, 0x3f),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, hdr+7, asm.Byte),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, hdr+16, asm.Word), // destination
+		asm.JNE.Imm32(asm.R0, a, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, hdr+9, asm.Byte), // protocol
+		asm.JEq.Imm(asm.R0, packet.ProtoTCP, "tcp"),
+		asm.JNE.Imm(asm.R0, packet.ProtoICMP, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, hdr+packet.IPv4MinHeaderLen, asm.Byte), // ICMP type
+		asm.JEq.Imm(asm.R0, packet.ICMPDestUnreachable, "quoted"),
+		asm.JNE.Imm(asm.R0, packet.ICMPTimeExceeded, "pass"),
+	)
+	q := load(eth+packet.IPv4MinHeaderLen+8, quoted)
+	q[0] = q[0].WithSymbol("quoted")
+	insns = append(insns, q...)
+	return append(insns,
+		asm.LoadMem(asm.R0, asm.RFP, quoted, asm.Byte),
+		asm.JNE.Imm(asm.R0, 0x45, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, quoted+9, asm.Byte),
+		asm.JNE.Imm(asm.R0, packet.ProtoTCP, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, quoted+12, asm.Word), // the quoted packet's source: us
+		asm.JNE.Imm32(asm.R0, a, "pass"),
+		asm.LoadMem(asm.R0, asm.RFP, quoted+packet.IPv4MinHeaderLen, asm.Half), // its source port
+		asm.Ja.Label("lookup"),
+
+		asm.LoadMem(asm.R0, asm.RFP, hdr+packet.IPv4MinHeaderLen+2, asm.Half).WithSymbol("tcp"), // destination port
+
+		asm.StoreMem(asm.RFP, key, asm.R0, asm.Word).WithSymbol("lookup"),
+		asm.LoadMapPtr(asm.R1, ports.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, key),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R0, asm.R0, 0, asm.Word),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Imm(asm.R1, int32(tap)),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirect.Call(),
+		asm.Return(),
+
+		asm.Mov.Imm(asm.R0, tcActUnspec).WithSymbol("pass"),
+		asm.Return(),
+	)
+}
+
+// openSteer loads the program for packets to addr, redirecting to the
+// interface index tap, self-tests it and attaches it to the ingress of
+// underlay, in the calling thread's namespace. A filter of its name left
+// there before is replaced.
+func openSteer(underlay string, addr [4]byte, tap int) (*steer, error) {
+	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "podnet_nat_ports", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16})
+	if err != nil {
+		return nil, fmt.Errorf("port map: %w", err)
+	}
+	s := &steer{ports: ports}
+	ok := false
+	defer func() {
+		if !ok {
+			s.close()
+		}
+	}()
+	s.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         steerName,
+		Type:         ebpf.SchedCLS,
+		Instructions: steerProgram(addr, tap, ports),
+		License:      "GPL", // gates only GPL-only helpers; these are not
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load tc program: %w", err)
+	}
+	if err := s.selfTest(addr); err != nil {
+		return nil, err
+	}
+	if s.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return nil, err
+	}
+	l, err := s.nl.LinkByName(underlay)
+	if err != nil {
+		return nil, err
+	}
+	s.ifindex = l.Attrs().Index
+	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: s.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	switch err := s.nl.QdiscAdd(qdisc); {
+	case err == nil:
+		s.qdisc = true
+	case !errors.Is(err, unix.EEXIST):
+		return nil, fmt.Errorf("add clsact qdisc to %s: %w", underlay, err)
+	}
+	if err := s.removeFilter(); err != nil {
+		return nil, err
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: s.ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
+			Handle: steerHandle, Protocol: unix.ETH_P_ALL, Priority: steerPriority},
+		Fd: s.prog.FD(), Name: steerName, DirectAction: true,
+	}
+	if err := s.nl.FilterAdd(filter); err != nil {
+		return nil, fmt.Errorf("add tc filter to %s: %w", underlay, err)
+	}
+	ok = true
+	return s, nil
+}
+
+// removeFilter deletes the underlay's ingress filters named steerName.
+func (s *steer) removeFilter() error {
+	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: s.ifindex}}
+	fs, err := s.nl.FilterList(link, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return fmt.Errorf("list tc filters: %w", err)
+	}
+	for _, f := range fs {
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == steerName {
+			if err := s.nl.FilterDel(b); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("remove tc filter %s: %w", steerName, err)
+			}
+		}
+	}
+	return nil
+}
+
+// check says whether the filter is still attached: without it replies
+// reach the node's stack, which resets the connections.
+func (s *steer) check() error {
+	info, err := s.prog.Info()
+	if err != nil {
+		return err
+	}
+	id, _ := info.ID()
+	fs, err := s.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: s.ifindex}}, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return fmt.Errorf("list tc filters: %w", err)
+	}
+	for _, f := range fs {
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Id == int(id) {
+			return nil
+		}
+	}
+	return errors.New("the NAT's tc program is no longer attached to the underlay")
+}
+
+// add steers the replies to port; del stops it.
+func (s *steer) add(port uint16) error { return s.ports.Put(steerKey(port), uint32(1)) }
+func (s *steer) del(port uint16) error { return s.ports.Put(steerKey(port), uint32(0)) }
+
+// close removes the filter (and the qdisc if openSteer added it and
+// nothing else uses it) and lets go of the program and the map.
+func (s *steer) close() error {
+	var err error
+	if s.nl != nil {
+		if s.ifindex != 0 {
+			err = s.removeFilter()
+			if s.qdisc {
+				link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: s.ifindex}}
+				in, _ := s.nl.FilterList(link, netlink.HANDLE_MIN_INGRESS)
+				out, _ := s.nl.FilterList(link, netlink.HANDLE_MIN_EGRESS)
+				if len(in)+len(out) == 0 {
+					qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+						LinkIndex: s.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+					err = errors.Join(err, s.nl.QdiscDel(qdisc))
+				}
+			}
+		}
+		s.nl.Close()
+	}
+	if s.prog != nil {
+		err = errors.Join(err, s.prog.Close())
+	}
+	return errors.Join(err, s.ports.Close())
+}
+
+// selfTest runs the program (BPF_PROG_TEST_RUN) on the packets it must
+// steer and on near misses it must leave alone, with one port in the map
+// for the run. That the kernel loads a program says nothing of whether it
+// matches this host's packets; a mismatch would otherwise only show as
+// connections reset.
+func (s *steer) selfTest(addr [4]byte) error {
+	const port, other = 40000, 40001
+	if err := s.add(port); err != nil {
+		return fmt.Errorf("port map: %w", err)
+	}
+	defer s.del(port)
+	elsewhere := addr
+	elsewhere[3]++
+	cases := []struct {
+		name  string
+		frame []byte
+		want  int32
+	}{
+		{"TCP reply", steerSample(addr, port, 0), tcActRedirect},
+		{"ICMP error about it", steerSample(addr, port, packet.ICMPDestUnreachable), tcActRedirect},
+		{"TCP to another port", steerSample(addr, other, 0), tcActUnspec},
+		{"TCP to another address", steerSample(elsewhere, port, 0), tcActUnspec},
+		{"ICMP echo", steerSample(addr, port, packet.ICMPEcho), tcActUnspec},
+	}
+	for _, tc := range cases {
+		var ctx [64]uint32 // struct __sk_buff, with room to spare
+		ret, err := s.prog.Run(&ebpf.RunOptions{Data: tc.frame, Context: ctx})
+		if err != nil {
+			return fmt.Errorf("test run of the tc program: %w", err)
+		}
+		if int32(ret) != tc.want {
+			return fmt.Errorf("test run of the tc program on a %s: verdict %d, want %d", tc.name, int32(ret), tc.want)
+		}
+	}
+	return nil
+}
+
+// steerSample is an Ethernet frame to addr: a TCP segment to port, or
+// with icmpType non-zero an ICMP message of that type quoting a TCP
+// segment from addr:port.
+func steerSample(addr [4]byte, port uint16, icmpType uint8) []byte {
+	remote := [4]byte{192, 0, 2, 1}
+	f := make([]byte, packet.EthernetHeaderLen+2*packet.IPv4MinHeaderLen+8+packet.TCPMinHeaderLen)
+	eth := packet.Ethernet(f)
+	eth.SetEtherType(packet.EtherTypeIPv4)
+	ipHeader := func(b []byte, proto uint8, src, dst [4]byte) {
+		b[0] = 0x45
+		binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+		b[8] = 64
+		b[9] = proto
+		copy(b[12:], src[:])
+		copy(b[16:], dst[:])
+		binary.BigEndian.PutUint16(b[10:], packet.Checksum(b[:packet.IPv4MinHeaderLen], 0))
+	}
+	ip := f[packet.EthernetHeaderLen:]
+	if icmpType == 0 {
+		ip = ip[:packet.IPv4MinHeaderLen+packet.TCPMinHeaderLen]
+		ipHeader(ip, packet.ProtoTCP, remote, addr)
+		binary.BigEndian.PutUint16(ip[packet.IPv4MinHeaderLen:], 443)
+		binary.BigEndian.PutUint16(ip[packet.IPv4MinHeaderLen+2:], port)
+		return f[:packet.EthernetHeaderLen+len(ip)]
+	}
+	ipHeader(ip, packet.ProtoICMP, remote, addr)
+	ip[packet.IPv4MinHeaderLen] = icmpType
+	q := ip[packet.IPv4MinHeaderLen+8:]
+	ipHeader(q, packet.ProtoTCP, addr, remote)
+	binary.BigEndian.PutUint16(q[packet.IPv4MinHeaderLen:], port)
+	binary.BigEndian.PutUint16(q[packet.IPv4MinHeaderLen+2:], 443)
+	return f
+}
