@@ -34,70 +34,72 @@ func ownGoroutines() []string {
 // stack is destroyed (its TCP processors and timers stop with it), so
 // nothing is exempt from the check.
 func TestCloseStopsEverything(t *testing.T) {
-	if g := ownGoroutines(); len(g) != 0 {
-		t.Fatalf("goroutines left by earlier tests:\n%s", strings.Join(g, "\n\n"))
-	}
-	tp := newTopo(t)
-	n, d := newNAT(t, tp, Config{})
-	pod := newPodStack(t, n, d)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
-	// An open TCP connection, idle in both directions.
-	c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 9))
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer c.Close()
-	// A UDP and an ICMP flow.
-	u := pod.dialUDP(t, netip.AddrPortFrom(remoteAddr, 7))
-	u.SetDeadline(time.Now().Add(10 * time.Second))
-	u.Write([]byte("x"))
-	if _, err := u.Read(make([]byte, 10)); err != nil {
-		t.Fatalf("udp: %v", err)
-	}
-	n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 1, 1, nil), 0)
-	// A TCP dial that hangs: nobody answers ARP for .99, so the host
-	// connect waits ~3s before EHOSTUNREACH.
-	dialDone := make(chan error, 1)
-	go func() {
-		c, err := pod.dial(ctx, netip.AddrPortFrom(netip.MustParseAddr("10.252.0.99"), 80))
-		if err == nil {
-			c.Close()
+	tcpPaths(t, Config{}, func(t *testing.T, cfg Config, packetPath bool) {
+		if g := ownGoroutines(); len(g) != 0 {
+			t.Fatalf("goroutines left by earlier tests:\n%s", strings.Join(g, "\n\n"))
 		}
-		dialDone <- err
-	}()
-	if !waitFor(5*time.Second, func() bool { return n.Stats().Entries == 4 }) {
-		t.Fatalf("want 4 entries, have %+v", n.Entries())
-	}
-	if len(ownGoroutines()) == 0 {
-		t.Fatal("no NAT goroutines seen while running: the check is broken")
-	}
+		tp := newTopo(t)
+		n, d := newNAT(t, tp, cfg)
+		pod := newPodStack(t, n, d)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 
-	start := time.Now()
-	if err := n.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	took := time.Since(start)
-	t.Logf("Close took %v", took)
-	if took > 2*time.Second {
-		t.Errorf("Close took %v: a pending dial was not cancelled", took)
-	}
-	if err := n.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
-	}
-	before := n.Stats().Drops["closed"]
-	n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 1), netip.AddrPortFrom(remoteAddr, 7), nil), 0)
-	if s := n.Stats(); s.Drops["closed"] != before+1 || s.Entries != 0 || s.PortsInUse != 0 {
-		t.Errorf("after Close: %+v", s)
-	}
-	pod.close()
-	<-dialDone
+		// An open TCP connection, idle in both directions.
+		c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 9))
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer c.Close()
+		// A UDP and an ICMP flow.
+		u := pod.dialUDP(t, netip.AddrPortFrom(remoteAddr, 7))
+		u.SetDeadline(time.Now().Add(10 * time.Second))
+		u.Write([]byte("x"))
+		if _, err := u.Read(make([]byte, 10)); err != nil {
+			t.Fatalf("udp: %v", err)
+		}
+		n.Handle(buildEcho(podAddr, remoteAddr, packet.ICMPEcho, 1, 1, nil), 0)
+		// A TCP dial that hangs: nobody answers ARP for .99, so the host
+		// connect waits ~3s before EHOSTUNREACH.
+		dialDone := make(chan error, 1)
+		go func() {
+			c, err := pod.dial(ctx, netip.AddrPortFrom(netip.MustParseAddr("10.252.0.99"), 80))
+			if err == nil {
+				c.Close()
+			}
+			dialDone <- err
+		}()
+		if !waitFor(5*time.Second, func() bool { return n.Stats().Entries == 4 }) {
+			t.Fatalf("want 4 entries, have %+v", n.Entries())
+		}
+		if len(ownGoroutines()) == 0 {
+			t.Fatal("no NAT goroutines seen while running: the check is broken")
+		}
 
-	var left []string
-	if !waitFor(5*time.Second, func() bool { left = ownGoroutines(); return len(left) == 0 }) {
-		t.Fatalf("%d goroutines left after Close:\n%s", len(left), strings.Join(left, "\n\n"))
-	}
+		start := time.Now()
+		if err := n.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		took := time.Since(start)
+		t.Logf("Close took %v", took)
+		if took > 2*time.Second {
+			t.Errorf("Close took %v: a pending dial was not cancelled", took)
+		}
+		if err := n.Close(); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+		before := n.Stats().Drops["closed"]
+		n.Handle(buildUDP(netip.AddrPortFrom(podAddr, 1), netip.AddrPortFrom(remoteAddr, 7), nil), 0)
+		if s := n.Stats(); s.Drops["closed"] != before+1 || s.Entries != 0 || s.PortsInUse != 0 {
+			t.Errorf("after Close: %+v", s)
+		}
+		pod.close()
+		<-dialDone
+
+		var left []string
+		if !waitFor(5*time.Second, func() bool { left = ownGoroutines(); return len(left) == 0 }) {
+			t.Fatalf("%d goroutines left after Close:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+	})
 }
 
 // A flow offered after Close drained the table is refused: a connection

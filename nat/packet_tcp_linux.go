@@ -85,6 +85,10 @@ type packetFlow struct {
 	// number, the remote's next (for one to the pod; acked: it has one).
 	podNext, podAck atomic.Uint32
 	acked           atomic.Bool
+
+	// dialing: the connection counts among its pod's dials in progress
+	// (NAT.dials) until the remote answers or it ends.
+	dialing atomic.Bool
 }
 
 // track notes a pod's segment t with payload bytes of data.
@@ -106,6 +110,13 @@ func (pf *packetFlow) letGo() {
 		pf.released.Store(true)
 		pf.release()
 	})
+}
+
+// dialDone takes f off its pod's dials in progress, once.
+func (n *NAT) dialDone(f *flow) {
+	if f.pkt.dialing.CompareAndSwap(true, false) {
+		n.dials.done(f.key.pod.Addr())
+	}
 }
 
 // portLinger is how long a closed connection keeps its port, so that the
@@ -258,8 +269,9 @@ func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k fl
 			}
 			return false
 		}
-		if f = n.newPacketFlow(k, f); f == nil {
-			return true // dropped and counted
+		var netstack bool
+		if f, netstack = n.newPacketFlow(k, f); f == nil {
+			return !netstack
 		}
 	case f.getState() == stateClosed && t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN:
 		// The pod opens its 4-tuple again while the port lingers: a new
@@ -301,14 +313,29 @@ var headroomPool = sync.Pool{New: func() any { return new([packet.Headroom + pac
 // newPacketFlow opens the flow for a pod's SYN: it holds a port, enters
 // the flow in the table (in place of old, a closed flow of the same
 // 4-tuple, if not nil) and steers the port's replies to the TAP. nil: it
-// could not (counted).
-func (n *NAT) newPacketFlow(k flowKey, old *flow) *flow {
+// could not (counted), or with netstack the netstack is to take the SYN
+// (the table is full, and the netstack refuses it with a RST as it
+// refuses its own; or a flow of the netstack's got in first).
+func (n *NAT) newPacketFlow(k flowKey, old *flow) (f *flow, netstack bool) {
 	p := n.fast
+	// As on the netstack path, a pod may have only so many connections
+	// waiting for their remotes: each holds a port, and one pod sending
+	// SYNs to remotes that never answer must not take every port.
+	if !n.dials.start(k.pod.Addr(), n.cfg.MaxDialsPerPod) {
+		n.c.drop(DropDialsPending)
+		return nil, false
+	}
+	dialing := true
+	defer func() {
+		if dialing {
+			n.dials.done(k.pod.Addr())
+		}
+	}()
 	fd, err := n.socks.socket(unix.SOCK_STREAM, 0)
 	if err != nil {
 		n.c.drop(DropSocket)
 		n.limitedLog("NAT packet path: socket", "err", err)
-		return nil
+		return nil, false
 	}
 	port, err := holdPort(fd, p.src, n.tcpPorts, k.pod.Port())
 	if err != nil {
@@ -319,12 +346,15 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) *flow {
 			n.c.drop(DropSocket)
 			n.limitedLog("NAT packet path: bind", "err", err)
 		}
-		return nil
+		return nil, false
 	}
 	n.hostSockets.Add(1)
-	f := n.newFlow(k, stateSynSent)
+	f = n.newFlow(k, stateSynSent)
 	f.pkt = &packetFlow{port: port}
+	f.pkt.dialing.Store(true)
+	dialing = false // f's now: dialDone ends it, release at the latest
 	f.pkt.release = func() {
+		n.dialDone(f)
 		p.steer.del(port)
 		p.byPort[port].CompareAndSwap(f, nil)
 		unix.Close(fd)
@@ -338,7 +368,7 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) *flow {
 		f.pkt.letGo()
 		n.c.drop(DropSocket)
 		n.limitedLog("NAT packet path: port map", "err", err)
-		return nil
+		return nil, false
 	}
 	var got *flow
 	ok := false
@@ -353,10 +383,10 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) *flow {
 	}
 	if !ok {
 		f.pkt.letGo()
-		if got == nil {
-			n.c.drop(DropTableFull)
+		if got == nil || got.pkt == nil {
+			return nil, true // full, or the netstack's already
 		}
-		return got // a retransmitted SYN raced us: its flow; nil if full
+		return got, false // a retransmitted SYN raced us: its flow
 	}
 	n.c.conns.Add(1)
 	n.c.packetConns.Add(1)
@@ -364,7 +394,7 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) *flow {
 		n.resetPacketFlow(f)
 		f.pkt.letGo()
 	})
-	return f
+	return f, false
 }
 
 // holdPort binds fd, a TCP socket, to src and a port, so that no other
@@ -488,6 +518,7 @@ func (n *NAT) tcpSeen(f *flow, flags uint8, fromPod bool) {
 		if f.getState() == stateSynSent {
 			f.setState(stateEstablished)
 		}
+		n.dialDone(f)
 	}
 }
 
@@ -500,6 +531,7 @@ func (n *NAT) closeState(f *flow, s flowState) {
 		}
 		if f.state.CompareAndSwap(old, uint32(s)) {
 			f.closedAt.Store(n.now())
+			n.dialDone(f)
 			return
 		}
 	}

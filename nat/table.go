@@ -174,7 +174,8 @@ const evictScan = 64
 // evictClosedLocked makes room in a full table by dropping a closed TCP
 // flow, if one of up to evictScan entries is one (the map's iteration
 // starts at a random place). A closed flow holds no socket or port any
-// more, only its row in `nat list`; without this, a pod opening and
+// more (on the packet path, none past portLinger; closing it lets go
+// at once), only its row in `nat list`; without this, a pod opening and
 // closing connections fast fills the table for TCPClosing and every
 // pod's new flows are refused, as conntrack's early drop avoids. Caller
 // holds t.mu.
@@ -183,6 +184,9 @@ func (t *table) evictClosedLocked() bool {
 	for k, f := range t.flows {
 		if f.getState() == stateClosed {
 			delete(t.flows, k)
+			if f.pkt != nil {
+				f.close() // a packet-path flow may still hold its port
+			}
 			return true
 		}
 		if n++; n >= evictScan {
@@ -329,8 +333,8 @@ func (n *NAT) expired(f *flow, now int64) (expired bool) {
 	case stateSynSent:
 		// A netstack dial has its own timeout and removes the flow
 		// itself; a packet-path SYN the remote never answered lasts as
-		// long as a closing connection.
-		return f.pkt != nil && idle > n.cfg.TCPClosing
+		// long (the pod's next retransmission starts over).
+		return f.pkt != nil && idle > dialTimeout
 	case stateEstablished:
 		return idle > n.cfg.TCPEstablished
 	case stateClosing:

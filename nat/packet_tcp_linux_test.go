@@ -1,0 +1,263 @@
+package nat
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
+	"podnet/internal/packet"
+)
+
+// rewriteTCP keeps a complete checksum valid, and a partial one the
+// pseudo-header sum of the new addresses, both ways; it changes nothing
+// else.
+func TestRewriteTCP(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 5000 {
+		var a, b [4]byte
+		binary.BigEndian.PutUint32(a[:], rng.Uint32())
+		binary.BigEndian.PutUint32(b[:], rng.Uint32())
+		pod := netip.AddrPortFrom(netip.AddrFrom4(a), uint16(rng.Uint32()))
+		remote := netip.AddrPortFrom(netip.AddrFrom4(b), uint16(rng.Uint32()))
+		payload := make([]byte, rng.IntN(200))
+		for j := range payload {
+			payload[j] = byte(rng.Uint32())
+		}
+		pkt := buildTCP(pod, remote, packet.TCPFlagACK, rng.Uint32())
+		pkt = append(pkt, payload...)
+		ip := packet.IPv4(pkt)
+		ip.SetTotalLen(uint16(len(pkt)))
+		ip.ComputeChecksum()
+		tcp := packet.TCP(ip.Payload())
+		tcp.SetChecksum(0)
+		tcp.SetChecksum(packet.Checksum(tcp, packet.PseudoHeaderSum(packet.ProtoTCP, ip.SrcBytes(), ip.DstBytes(), uint16(len(tcp)))))
+
+		var node [4]byte
+		binary.BigEndian.PutUint32(node[:], rng.Uint32())
+		port := uint16(rng.Uint32())
+		partial := i%2 == 1
+		if partial {
+			tcp.SetChecksum(packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, ip.SrcBytes(), ip.DstBytes(), uint16(len(tcp)))))
+		}
+		rewriteTCP(ip, partial, true, node, port)
+		check := func(dir string, src, dst netip.AddrPort) {
+			t.Helper()
+			if ip.Src() != src.Addr() || ip.Dst() != dst.Addr() || tcp.SrcPort() != src.Port() || tcp.DstPort() != dst.Port() {
+				t.Fatalf("%s: %v:%d -> %v:%d, want %v -> %v", dir, ip.Src(), tcp.SrcPort(), ip.Dst(), tcp.DstPort(), src, dst)
+			}
+			if packet.Checksum(ip[:ip.HeaderLen()], 0) != 0 {
+				t.Fatalf("%s: IPv4 header checksum wrong", dir)
+			}
+			if partial {
+				want := packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, ip.SrcBytes(), ip.DstBytes(), uint16(len(tcp))))
+				if tcp.Checksum() != want {
+					t.Fatalf("%s: partial checksum %#x, want the pseudo-header sum %#x", dir, tcp.Checksum(), want)
+				}
+			} else if !packet.TransportChecksumValid(ip) {
+				t.Fatalf("%s: TCP checksum wrong", dir)
+			}
+			if string(ip.Payload()[packet.TCPMinHeaderLen:]) != string(payload) {
+				t.Fatalf("%s: payload changed", dir)
+			}
+		}
+		nodeAP := netip.AddrPortFrom(netip.AddrFrom4(node), port)
+		check("out", nodeAP, remote)
+		// The reply: the remote's packet to the node, back to the pod.
+		copy(ip[12:16], b[:])
+		copy(ip[16:20], node[:])
+		tcp.SetSrcPort(remote.Port())
+		tcp.SetDstPort(port)
+		ip.ComputeChecksum()
+		tcp.SetChecksum(0)
+		if partial {
+			tcp.SetChecksum(packet.Fold(packet.PseudoHeaderSum(packet.ProtoTCP, ip.SrcBytes(), ip.DstBytes(), uint16(len(tcp)))))
+		} else {
+			tcp.SetChecksum(packet.Checksum(tcp, packet.PseudoHeaderSum(packet.ProtoTCP, ip.SrcBytes(), ip.DstBytes(), uint16(len(tcp)))))
+		}
+		rewriteTCP(ip, partial, false, pod.Addr().As4(), pod.Port())
+		check("back", remote, pod)
+	}
+}
+
+// openSteer replaces a filter a daemon that did not stop cleanly left on
+// the underlay, and close removes the filter and the qdisc it added.
+func TestSteerAttachAndCleanup(t *testing.T) {
+	name := nettest.UniqueName("nats")
+	ns := nettest.Netns(t, name)
+	run(t, "-n", name, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+	filters := func() (ours []*netlink.BpfFilter, qdisc bool) {
+		err := netnsutil.Do(ns, func() error {
+			l, err := netlink.LinkByName("ul0")
+			if err != nil {
+				return err
+			}
+			fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+			for _, f := range fs {
+				if b, ok := f.(*netlink.BpfFilter); ok && b.Name == steerName {
+					ours = append(ours, b)
+				}
+			}
+			qs, _ := netlink.QdiscList(l)
+			for _, q := range qs {
+				qdisc = qdisc || q.Type() == "clsact"
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ours, qdisc
+	}
+	open := func() *steer {
+		var s *steer
+		err := netnsutil.Do(ns, func() (err error) {
+			s, err = openSteer("ul0", [4]byte{10, 9, 0, 1}, 1)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("openSteer: %v", err)
+		}
+		return s
+	}
+	stale := open() // stands for the crashed daemon's: never closed before the next opens
+	s := open()
+	ours, qdisc := filters()
+	info, _ := s.prog.Info()
+	id, _ := info.ID()
+	if len(ours) != 1 || ours[0].Id != int(id) || !qdisc {
+		t.Fatalf("after a second openSteer: filters %+v (want one, program %d), clsact %v", ours, id, qdisc)
+	}
+	if err := s.check(); err != nil {
+		t.Errorf("check: %v", err)
+	}
+	if err := stale.check(); err == nil {
+		t.Errorf("check of the replaced program found it attached")
+	}
+	if err := s.close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if ours, _ := filters(); len(ours) != 0 {
+		t.Errorf("filters left after close: %+v", ours)
+	}
+	if err := stale.close(); err != nil {
+		t.Errorf("close of the first: %v", err)
+	}
+	if ours, qdisc := filters(); len(ours) != 0 || qdisc {
+		t.Errorf("after both closed: filters %+v, clsact %v; want none", ours, qdisc)
+	}
+}
+
+// An ICMP error about a connection on the packet path reaches the pod
+// with its quote rewritten to the pod's own packet: R answers SYNs to
+// port 83 with host unreachable, and the pod's dial fails at once. The
+// port range makes the node's port another than the pod's, so a quote
+// left as it was would name no connection of the pod's.
+func TestPacketPathICMPError(t *testing.T) {
+	tp := newTopo(t)
+	nft := exec.Command("nsenter", "--net="+tp.r, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader("table inet reject83 {\n chain in {\n  type filter hook input priority 0;\n  tcp dport 83 reject with icmp type host-unreachable\n }\n}\n")
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft in R: %v\n%s", err, out)
+	}
+	n, d := newNAT(t, tp, Config{Underlay: "vn0", PortMin: 40000, PortMax: 40009})
+	pod := newPodStack(t, n, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := pod.dial(ctx, netip.AddrPortFrom(remoteAddr, 83))
+	if err == nil {
+		c.Close()
+		t.Fatal("dial :83 succeeded")
+	}
+	if !strings.Contains(err.Error(), "no route to host") || time.Since(start) > 5*time.Second {
+		t.Errorf("dial :83: %v after %v, want no route to host at once", err, time.Since(start))
+	}
+	if d.unreach.Load() == 0 {
+		t.Errorf("no ICMP destination unreachable delivered")
+	}
+	wantPath(t, n, true, 1)
+}
+
+// A packet to a NAT port from anyone but the connection's remote goes
+// nowhere: it is counted as no-flow and the pod never sees it.
+func TestPacketPathStranger(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{Underlay: "vn0"})
+	pod := newPodStack(t, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	c, err := pod.dial(context.Background(), echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	e, ok := findEntry(n, "tcp", echo)
+	if !ok {
+		t.Fatalf("no entry: %+v", n.Entries())
+	}
+	before := d.count.Load()
+	// From R, to the connection's node port, from another port of R.
+	err = netnsutil.Do(tp.r, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		pkt := buildTCP(netip.AddrPortFrom(remoteAddr, 4444), e.Node, packet.TCPFlagACK, 1)
+		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: e.Node.Addr().As4()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(5*time.Second, func() bool { return n.Stats().Drops[DropNoFlow.String()] == 1 }) {
+		t.Fatalf("drops %v, want one %s", n.Stats().Drops, DropNoFlow)
+	}
+	if got := d.count.Load(); got != before {
+		t.Errorf("%d packets delivered to the pod meanwhile", got-before)
+	}
+	// The connection itself is untouched.
+	if _, err := c.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("echo after the stranger's packet: %q, %v", buf, err)
+	}
+}
+
+// With its tc program gone the packet path cannot get replies: NAT notices
+// within a reaper tick or two, says so in Stats, and takes new connections
+// through the netstack.
+func TestPacketPathFallsBack(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{Underlay: "vn0"})
+	pod := newPodStack(t, n, d)
+	if s := n.Stats(); s.TCPPath != "packet" {
+		t.Fatalf("TCPPath %q, want packet", s.TCPPath)
+	}
+	out, err := exec.Command("ip", "netns", "exec", filepath.Base(tp.n), "tc", "filter", "del", "dev", "vn0", "ingress").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tc filter del: %v\n%s", err, out)
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.HasPrefix(n.Stats().TCPPath, "netstack: ") }) {
+		t.Fatalf("TCPPath %q after the filter went", n.Stats().TCPPath)
+	}
+	t.Logf("TCPPath: %s", n.Stats().TCPPath)
+	resp, err := pod.httpClient().Get("http://10.252.0.2/")
+	if err != nil {
+		t.Fatalf("GET after the fallback: %v", err)
+	}
+	resp.Body.Close()
+	wantPath(t, n, false, 1)
+}
