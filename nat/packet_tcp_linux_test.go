@@ -1,16 +1,21 @@
 package nat
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -90,9 +95,10 @@ func TestRewriteTCP(t *testing.T) {
 	}
 }
 
-// openSteer replaces a filter a daemon that did not stop cleanly left on
-// the underlay, and close removes the filter and the qdisc it added.
-func TestSteerAttachAndCleanup(t *testing.T) {
+// Where there are no tcx links, openSteer replaces a filter a daemon
+// that did not stop cleanly left on the underlay, and close removes the
+// filter and the qdisc it added.
+func TestSteerFilterAttachAndCleanup(t *testing.T) {
 	name := nettest.UniqueName("nats")
 	ns := nettest.Netns(t, name)
 	run(t, "-n", name, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
@@ -122,7 +128,7 @@ func TestSteerAttachAndCleanup(t *testing.T) {
 	open := func() *steer {
 		var s *steer
 		err := netnsutil.Do(ns, func() (err error) {
-			s, err = openSteer("ul0", [4]byte{10, 9, 0, 1}, 1)
+			s, err = openSteerWith("ul0", [4]byte{10, 9, 0, 1}, 1, false)
 			return err
 		})
 		if err != nil {
@@ -155,6 +161,116 @@ func TestSteerAttachAndCleanup(t *testing.T) {
 	}
 	if ours, qdisc := filters(); len(ours) != 0 || qdisc {
 		t.Errorf("after both closed: filters %+v, clsact %v; want none", ours, qdisc)
+	}
+}
+
+// tcxPrograms lists the programs attached to ul0's tcx ingress in ns.
+func tcxPrograms(t *testing.T, ns string) []link.AttachedProgram {
+	t.Helper()
+	var progs []link.AttachedProgram
+	err := netnsutil.Do(ns, func() error {
+		l, err := netlink.LinkByName("ul0")
+		if err != nil {
+			return err
+		}
+		r, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		progs = r.Programs
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return progs
+}
+
+// openSteer attaches with a tcx link; check sees it detached; close
+// leaves nothing attached.
+func TestSteerTCX(t *testing.T) {
+	name := nettest.UniqueName("natx")
+	ns := nettest.Netns(t, name)
+	run(t, "-n", name, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+	var s *steer
+	err := netnsutil.Do(ns, func() (err error) {
+		s, err = openSteer("ul0", [4]byte{10, 9, 0, 1}, 1)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("openSteer: %v", err)
+	}
+	if s.tcx == nil {
+		s.close()
+		t.Fatalf("openSteer fell back to a tc filter on Linux with tcx")
+	}
+	info, _ := s.prog.Info()
+	id, _ := info.ID()
+	if progs := tcxPrograms(t, ns); len(progs) != 1 || progs[0].ID != id {
+		t.Errorf("tcx ingress programs %+v, want only %d", progs, id)
+	}
+	if err := s.check(); err != nil {
+		t.Errorf("check: %v", err)
+	}
+	if err := s.tcx.Detach(); err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	if err := s.check(); err == nil {
+		t.Errorf("check found a detached link attached")
+	}
+	if err := s.close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if progs := tcxPrograms(t, ns); len(progs) != 0 {
+		t.Errorf("tcx ingress programs after close: %+v", progs)
+	}
+}
+
+// A daemon killed with its packet path open leaves nothing on the
+// underlay: the kernel removes the tcx link with the process's last
+// descriptor of it. The test runs itself as that daemon.
+func TestSteerGoesWithProcess(t *testing.T) {
+	if ns := os.Getenv("PODNET_STEER_HELPER"); ns != "" {
+		err := netnsutil.Do(ns, func() error {
+			_, err := openSteer("ul0", [4]byte{10, 9, 0, 1}, 1)
+			return err
+		})
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("attached")
+		time.Sleep(time.Minute)
+		os.Exit(0)
+	}
+	name := nettest.UniqueName("natk")
+	ns := nettest.Netns(t, name)
+	run(t, "-n", name, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSteerGoesWithProcess$")
+	cmd.Env = append(os.Environ(), "PODNET_STEER_HELPER="+ns)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "attached\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("helper: %q", line)
+	}
+	if progs := tcxPrograms(t, ns); len(progs) != 1 {
+		t.Fatalf("tcx ingress programs while the helper runs: %+v, want one", progs)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	// The kernel frees the link once the dead process's files are.
+	var progs []link.AttachedProgram
+	if !waitFor(5*time.Second, func() bool { progs = tcxPrograms(t, ns); return len(progs) == 0 }) {
+		t.Fatalf("tcx ingress programs after the helper was killed: %+v", progs)
 	}
 }
 
@@ -236,7 +352,7 @@ func TestPacketPathStranger(t *testing.T) {
 	}
 }
 
-// With its tc program gone the packet path cannot get replies: NAT notices
+// With its tc program detached the packet path cannot get replies: NAT notices
 // within a reaper tick or two, says so in Stats, and takes new connections
 // through the netstack.
 func TestPacketPathFallsBack(t *testing.T) {
@@ -246,9 +362,9 @@ func TestPacketPathFallsBack(t *testing.T) {
 	if s := n.Stats(); s.TCPPath != "packet" {
 		t.Fatalf("TCPPath %q, want packet", s.TCPPath)
 	}
-	out, err := exec.Command("ip", "netns", "exec", filepath.Base(tp.n), "tc", "filter", "del", "dev", "vn0", "ingress").CombinedOutput()
-	if err != nil {
-		t.Fatalf("tc filter del: %v\n%s", err, out)
+	// As an administrator's bpftool link detach would.
+	if err := n.fast.steer.tcx.Detach(); err != nil {
+		t.Fatalf("detach the tcx link: %v", err)
 	}
 	if !waitFor(5*time.Second, func() bool { return strings.HasPrefix(n.Stats().TCPPath, "netstack: ") }) {
 		t.Fatalf("TCPPath %q after the filter went", n.Stats().TCPPath)

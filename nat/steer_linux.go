@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -22,12 +23,23 @@ import (
 // goes on into the node's stack untouched. Without it the node's kernel,
 // which has no socket for those connections, would answer the replies
 // with resets.
+//
+// It is attached with a tcx link (Linux 6.6+), which the kernel removes
+// when the daemon's last descriptor of it closes, so a daemon that dies
+// leaves nothing on the underlay that would take packets to its ports
+// from whatever uses them next. Older kernels get a direct-action
+// cls_bpf filter under a clsact qdisc, which outlives the daemon until
+// the next one replaces it or the link goes.
 type steer struct {
 	ports   *ebpf.Map // 65536 entries, by port as steerKey makes it; non-zero: steer
 	prog    *ebpf.Program
-	nl      *netlink.Handle // in the underlay's namespace
 	ifindex int
-	qdisc   bool // the clsact qdisc was added by openSteer
+	tcx     link.Link // the tcx link; nil with a filter
+
+	// With a filter: a netlink handle in the underlay's namespace, and
+	// whether openSteer added the clsact qdisc.
+	nl    *netlink.Handle
+	qdisc bool
 }
 
 // steerName names the program and its tc filter; openSteer removes a
@@ -140,9 +152,15 @@ func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
 
 // openSteer loads the program for packets to addr, redirecting to the
 // interface index tap, self-tests it and attaches it to the ingress of
-// underlay, in the calling thread's namespace. A filter of its name left
-// there before is replaced.
+// underlay, in the calling thread's namespace: with a tcx link where the
+// kernel has them, else as a tc filter (replacing one of its name left
+// there before).
 func openSteer(underlay string, addr [4]byte, tap int) (*steer, error) {
+	return openSteerWith(underlay, addr, tap, true)
+}
+
+// openSteerWith is openSteer; tcx false goes straight to the filter.
+func openSteerWith(underlay string, addr [4]byte, tap int, tcx bool) (*steer, error) {
 	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "podnet_nat_ports", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16})
 	if err != nil {
 		return nil, fmt.Errorf("port map: %w", err)
@@ -157,6 +175,7 @@ func openSteer(underlay string, addr [4]byte, tap int) (*steer, error) {
 	s.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         steerName,
 		Type:         ebpf.SchedCLS,
+		AttachType:   ebpf.AttachTCXIngress, // tcx checks it; cls_bpf does not
 		Instructions: steerProgram(addr, tap, ports),
 		License:      "GPL", // gates only GPL-only helpers; these are not
 	})
@@ -166,24 +185,43 @@ func openSteer(underlay string, addr [4]byte, tap int) (*steer, error) {
 	if err := s.selfTest(addr); err != nil {
 		return nil, err
 	}
-	if s.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-		return nil, err
-	}
-	l, err := s.nl.LinkByName(underlay)
+	l, err := netlink.LinkByName(underlay)
 	if err != nil {
 		return nil, err
 	}
 	s.ifindex = l.Attrs().Index
+	if tcx {
+		s.tcx, err = link.AttachTCX(link.TCXOptions{Interface: s.ifindex, Program: s.prog,
+			Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		if err == nil {
+			ok = true
+			return s, nil
+		}
+	}
+	if err := s.attachFilter(underlay); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+// attachFilter attaches the program as a cls_bpf filter on underlay's
+// clsact ingress, adding the qdisc if there is none.
+func (s *steer) attachFilter(underlay string) error {
+	var err error
+	if s.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return err
+	}
 	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: s.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
 	switch err := s.nl.QdiscAdd(qdisc); {
 	case err == nil:
 		s.qdisc = true
 	case !errors.Is(err, unix.EEXIST):
-		return nil, fmt.Errorf("add clsact qdisc to %s: %w", underlay, err)
+		return fmt.Errorf("add clsact qdisc to %s: %w", underlay, err)
 	}
 	if err := s.removeFilter(); err != nil {
-		return nil, err
+		return err
 	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{LinkIndex: s.ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
@@ -191,10 +229,9 @@ func openSteer(underlay string, addr [4]byte, tap int) (*steer, error) {
 		Fd: s.prog.FD(), Name: steerName, DirectAction: true,
 	}
 	if err := s.nl.FilterAdd(filter); err != nil {
-		return nil, fmt.Errorf("add tc filter to %s: %w", underlay, err)
+		return fmt.Errorf("add tc filter to %s: %w", underlay, err)
 	}
-	ok = true
-	return s, nil
+	return nil
 }
 
 // removeFilter deletes the underlay's ingress filters named steerName.
@@ -214,9 +251,19 @@ func (s *steer) removeFilter() error {
 	return nil
 }
 
-// check says whether the filter is still attached: without it replies
+// check says whether the program is still attached: without it replies
 // reach the node's stack, which resets the connections.
 func (s *steer) check() error {
+	if s.tcx != nil {
+		info, err := s.tcx.Info()
+		if err != nil {
+			return fmt.Errorf("the NAT's tcx link: %w", err)
+		}
+		if tcx := info.TCX(); tcx == nil || tcx.Ifindex == 0 {
+			return errors.New("the NAT's tc program was detached from the underlay")
+		}
+		return nil
+	}
 	info, err := s.prog.Info()
 	if err != nil {
 		return err
@@ -242,6 +289,9 @@ func (s *steer) del(port uint16) error { return s.ports.Put(steerKey(port), uint
 // nothing else uses it) and lets go of the program and the map.
 func (s *steer) close() error {
 	var err error
+	if s.tcx != nil {
+		err = s.tcx.Close()
+	}
 	if s.nl != nil {
 		if s.ifindex != 0 {
 			err = s.removeFilter()

@@ -226,6 +226,23 @@ func TestNATOutgoing(t *testing.T) {
 			t.Fatalf("%d of 500 connections failed, first: %v", n, first)
 		}
 	})
+	t.Run("TCP took the packet path", func(t *testing.T) {
+		// At least the connections above: worker1's pods made two GETs
+		// each and a refused dial, worker2's 500 more.
+		for node, least := range map[string]uint64{"worker1": 5, "worker2": 500} {
+			var s nat.Stats
+			if err := nodeClient(t, l, node).Get(nodeapi.PathNATStats, &s); err != nil {
+				t.Fatal(err)
+			}
+			if s.TCPPath != "packet" || s.PacketConnsTotal < least {
+				t.Errorf("%s: TCP path %q, %d connections on it; want the packet path, at least %d", node, s.TCPPath, s.PacketConnsTotal, least)
+			}
+			out, err := l.Output(ctx, node, "podnet", "nat", "stats")
+			if err != nil || !strings.Contains(string(out), "tcp:     packet, ") {
+				t.Errorf("%s: podnet nat stats: %v\n%s", node, err, out)
+			}
+		}
+	})
 	t.Run("pool without natOutgoing is refused", func(t *testing.T) {
 		run := func(stdin string, args ...string) string {
 			t.Helper()
