@@ -18,8 +18,8 @@ import (
 
 	"podnet/api"
 	"podnet/datastore"
-	"podnet/node"
 	"podnet/nat"
+	"podnet/node"
 	"podnet/nodeapi"
 	"podnet/resources"
 )
