@@ -80,6 +80,8 @@ var (
 	descNATInUse   = desc("nat_ports_in_use", "Local TCP and UDP ports held by NAT flows.")
 	descNATTotal   = desc("nat_ports_total", "Local TCP and UDP ports NAT draws from.")
 	descNATConns   = desc("nat_connections_total", "Flows ever admitted to the NAT table.")
+	descNATPkConns = desc("nat_packet_path_connections_total", "TCP connections NAT outgoing carried on its packet path (rewritten packets the kernel forwards).")
+	descNATPkPath  = desc("nat_packet_path_up", "1 while new NAT outgoing TCP connections take the packet path, 0 while they go through the netstack.")
 	descNATDrops   = desc("nat_drops_total", "Packets and flows NAT refused, by reason.", "reason")
 
 	descBGPUp    = desc("bgp_speaker_up", "1 when the node's BGP speaker is running.")
@@ -92,7 +94,7 @@ var (
 	descAddrsInUse  = desc("ipam_addresses_in_use", "Pod addresses this node has assigned.")
 	allDescriptions = []*prometheus.Desc{
 		descBuild, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descGSO, descTxSuper, descPolled, descReaderRx, descICMPErr, descNATPkts, descECNCE, descPortDrops,
-		descNATEntries, descNATInUse, descNATTotal, descNATConns, descNATDrops,
+		descNATEntries, descNATInUse, descNATTotal, descNATConns, descNATPkConns, descNATPkPath, descNATDrops,
 		descBGPUp, descBGPState, descBGPEst, descBGPSince,
 		descBlocks, descBlockAddrs, descAddrsInUse,
 	}
@@ -179,6 +181,12 @@ func collectNAT(ch chan<- prometheus.Metric, s nat.Stats) {
 	ch <- prometheus.MustNewConstMetric(descNATInUse, prometheus.GaugeValue, float64(s.PortsInUse))
 	ch <- prometheus.MustNewConstMetric(descNATTotal, prometheus.GaugeValue, float64(s.PortsTotal))
 	ch <- prometheus.MustNewConstMetric(descNATConns, prometheus.CounterValue, float64(s.ConnsTotal))
+	ch <- prometheus.MustNewConstMetric(descNATPkConns, prometheus.CounterValue, float64(s.PacketConnsTotal))
+	up := 0.0
+	if s.TCPPath == "packet" {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descNATPkPath, prometheus.GaugeValue, up)
 	for reason, v := range s.Drops {
 		ch <- prometheus.MustNewConstMetric(descNATDrops, prometheus.CounterValue, float64(v), reason)
 	}

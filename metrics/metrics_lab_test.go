@@ -138,6 +138,10 @@ func TestMetricsLab(t *testing.T) {
 	mustValue(t, before, "podnet_nat_ports_total", nil)
 	mustValue(t, before, "podnet_nat_ports_in_use", nil)
 	mustValue(t, before, "podnet_nat_entries", map[string]string{"proto": "icmp"})
+	mustValue(t, before, "podnet_nat_packet_path_connections_total", nil)
+	if v := mustValue(t, before, "podnet_nat_packet_path_up", nil); v != 1 {
+		t.Errorf("podnet_nat_packet_path_up = %v in a lab, want 1 (the packet path set up)", v)
+	}
 
 	const pings = 5
 	out, err := l.Output(ctx, "test-1", "ping", "-c", fmt.Sprint(pings), "-i", "0.2", "-W", "2", remote.String())

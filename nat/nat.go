@@ -1,9 +1,12 @@
 // Package nat is podnet's NAT outgoing (Calico's natOutgoing pools): it
 // takes IPv4 packets from pods bound outside every pool and carries them
-// through sockets of the node, so the world sees the node's address, and
-// turns what comes back into packets for the pods. No iptables: TCP ends
-// in a gVisor netstack and is spliced onto host TCP connections, UDP and
-// ICMP echo flows each get a connected host datagram socket.
+// out of the node so the world sees the node's address, and turns what
+// comes back into packets for the pods. No iptables: TCP to remotes
+// routed out of the underlay is rewritten packet by packet and forwarded
+// by the node's kernel, its replies steered back by a tc program (the
+// packet path, packet_tcp_linux.go); other TCP ends in a gVisor netstack
+// and is spliced onto host TCP connections; UDP and ICMP echo flows each
+// get a connected host datagram socket.
 //
 // Each flow is an entry of a bounded connection table keyed by protocol,
 // pod address:port (ICMP: echo identifier) and remote address:port, and

@@ -161,30 +161,16 @@ func openSteer(underlay string, addr [4]byte, tap int) (*steer, error) {
 
 // openSteerWith is openSteer; tcx false goes straight to the filter.
 func openSteerWith(underlay string, addr [4]byte, tap int, tcx bool) (*steer, error) {
-	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "podnet_nat_ports", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16})
+	s, err := loadSteer(addr, tap)
 	if err != nil {
-		return nil, fmt.Errorf("port map: %w", err)
+		return nil, err
 	}
-	s := &steer{ports: ports}
 	ok := false
 	defer func() {
 		if !ok {
 			s.close()
 		}
 	}()
-	s.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         steerName,
-		Type:         ebpf.SchedCLS,
-		AttachType:   ebpf.AttachTCXIngress, // tcx checks it; cls_bpf does not
-		Instructions: steerProgram(addr, tap, ports),
-		License:      "GPL", // gates only GPL-only helpers; these are not
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load tc program: %w", err)
-	}
-	if err := s.selfTest(addr); err != nil {
-		return nil, err
-	}
 	l, err := netlink.LinkByName(underlay)
 	if err != nil {
 		return nil, err
@@ -232,6 +218,42 @@ func (s *steer) attachFilter(underlay string) error {
 		return fmt.Errorf("add tc filter to %s: %w", underlay, err)
 	}
 	return nil
+}
+
+// loadSteer makes the port map and loads and self-tests the program for
+// packets to addr, redirected to the interface index tap.
+func loadSteer(addr [4]byte, tap int) (*steer, error) {
+	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "podnet_nat_ports", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1 << 16})
+	if err != nil {
+		return nil, fmt.Errorf("port map: %w", err)
+	}
+	s := &steer{ports: ports}
+	s.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         steerName,
+		Type:         ebpf.SchedCLS,
+		AttachType:   ebpf.AttachTCXIngress, // tcx checks it; cls_bpf does not
+		Instructions: steerProgram(addr, tap, ports),
+		License:      "GPL", // gates only GPL-only helpers; these are not
+	})
+	if err == nil {
+		err = s.selfTest(addr)
+	}
+	if err != nil {
+		s.close()
+		return nil, fmt.Errorf("tc program: %w", err)
+	}
+	return s, nil
+}
+
+// CheckPacketPath says whether NAT's TCP packet path can work here as
+// far as bpf(2) goes: its tc program loads and, run by the kernel on
+// sample packets, steers what it must and nothing else. nil: it can.
+func CheckPacketPath() error {
+	s, err := loadSteer([4]byte{192, 0, 2, 1}, 1)
+	if err != nil {
+		return err
+	}
+	return s.close()
 }
 
 // removeFilter deletes the underlay's ingress filters named steerName.

@@ -18,6 +18,7 @@ import (
 
 	"podnet/encap"
 	"podnet/internal/netnsutil"
+	"podnet/nat"
 	"podnet/routing"
 )
 
@@ -351,11 +352,31 @@ func checkIPIPSuperframes() Result {
 	return ok(name, "the tc program loads: the daemon sends IP-in-IP TCP superframes whole through podnetipip0 unless --ipip-superframes=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
 }
 
+// checkNATPacketPath: where the daemon can load NAT's tc program, NAT
+// outgoing TCP to remotes routed out of the underlay is rewritten and
+// forwarded by the kernel through a TAP of its own, replies steered back
+// by the program; a strict rp_filter on all stops the TAP's packets.
+// Without it every connection ends in NAT's netstack: slower, still
+// correct.
+func checkNATPacketPath() Result {
+	const name = "nat-packet-path"
+	if err := nat.CheckPacketPath(); err != nil {
+		return warn(name, "NAT outgoing TCP goes through the netstack (about half the new connections per second): "+err.Error(),
+			"the daemon needs bpf(2) (root, or CAP_BPF with CAP_NET_ADMIN) and tcx links (Linux 6.6+) or tc's clsact and cls_bpf")
+	}
+	if n, err := sysctlInt("net.ipv4.conf.all.rp_filter"); err == nil && n == 1 {
+		return warn(name, "the tc program loads, but net.ipv4.conf.all.rp_filter is 1 (strict), which drops what the TAP writes: NAT outgoing TCP goes through the netstack",
+			"set net.ipv4.conf.all.rp_filter to 2 (loose) or 0")
+	}
+	return ok(name, "the tc program loads: NAT outgoing TCP to remotes routed out of the underlay is forwarded by the kernel through "+nat.PlainTapName+" unless --nat-packet-path=false (the node must forward from it: a FORWARD chain that drops it turns this off)")
+}
+
 // checkForwardFirewall looks for nftables chains on the forward hook
 // whose policy is drop (Docker sets one): the node's kernel forwards
-// routed pools' packets (from and to podnet0) and VXLAN and IP-in-IP
-// superframes (from podnetvx0 and podnetipip0), and such a chain drops
-// them unless a rule accepts them.
+// routed pools' packets (from and to podnet0), VXLAN and IP-in-IP
+// superframes (from podnetvx0 and podnetipip0) and NAT's packet path
+// (from podnetnat0), and such a chain drops them unless a rule accepts
+// them.
 // listChains returns `nft -j list chains` of the namespace to look at.
 func checkForwardFirewall(listChains func() ([]byte, error)) Result {
 	const name = "forward-firewall"
@@ -384,8 +405,8 @@ func checkForwardFirewall(listChains func() ([]byte, error)) Result {
 	}
 	if len(dropping) > 0 {
 		return warn(name, "forward chain(s) with policy drop: "+strings.Join(dropping, ", ")+
-			"; unless their rules accept them, packets of routed pools (podnet0) and VXLAN and IP-in-IP superframes (podnetvx0, podnetipip0, which the daemon then stops using) are dropped",
-			"accept in those chains what comes in on podnet0, podnetvx0 and podnetipip0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0, podnetipip0 } accept")
+			"; unless their rules accept them, packets of routed pools (podnet0), VXLAN and IP-in-IP superframes and NAT's packet path (podnetvx0, podnetipip0, podnetnat0, which the daemon then stops using) are dropped",
+			"accept in those chains what comes in on podnet0, podnetvx0, podnetipip0 and podnetnat0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0, podnetipip0, podnetnat0 } accept")
 	}
 	return ok(name, "no nftables forward chain drops by default")
 }

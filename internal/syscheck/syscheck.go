@@ -93,6 +93,7 @@ func Run(ctx context.Context, cfg Config) []Result {
 		checkUDPOffload(),
 		checkVXLANSuperframes(),
 		checkIPIPSuperframes(),
+		checkNATPacketPath(),
 		checkForwardFirewall(nftListChains),
 		checkAFPacket(),
 		checkKernelTunnels(),

@@ -154,6 +154,13 @@ func TestVXLANSuperframesCheck(t *testing.T) {
 	})
 }
 
+// TestNATPacketPathCheck: in a fresh namespace NAT's tc program loads
+// and passes its self-test, and a strict rp_filter on all is named as
+// what stops the packet path.
+func TestNATPacketPathCheck(t *testing.T) {
+	superframesCheck(t, checkNATPacketPath, func() bool { return false })
+}
+
 // TestForwardFirewallCheck: a forward-hook chain whose policy is drop, as
 // nft lists it in a namespace, is named; without one the check is OK.
 func TestForwardFirewallCheck(t *testing.T) {
