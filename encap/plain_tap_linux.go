@@ -3,6 +3,7 @@ package encap
 import (
 	"fmt"
 	"net/netip"
+	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -88,10 +89,30 @@ func (t *PlainTap) Frame(buf []byte, ip int, gso packet.VirtioNetHdr) (frame []b
 	return f, true
 }
 
-// Read reads the next frame the kernel sends into the TAP (a packet a tc
-// program redirected to it), virtio-net header first, waiting until one
-// comes or the TAP is closed.
-func (t *PlainTap) Read(b []byte) (int, error) { return t.file.Read(b) }
+// ReadWait reads what the kernel sends into the TAP (packets a tc program
+// redirected to it, each a frame behind its virtio-net header): it calls
+// read with the TAP's non-blocking descriptor, and again each time the
+// TAP becomes readable, until read returns true. It fails once the TAP
+// is closed. read must not keep fd.
+func (t *PlainTap) ReadWait(read func(fd int) bool) error {
+	rc, err := t.file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Read(func(fd uintptr) bool { return read(int(fd)) })
+}
+
+// TryRead reads one frame if one is waiting, and fails with unix.EAGAIN
+// if none is: for a caller that has just sent something whose answer
+// may already be there.
+func (t *PlainTap) TryRead(b []byte) (int, error) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.closed {
+		return 0, os.ErrClosed
+	}
+	return unix.Read(t.fd, b)
+}
 
 // Index is the TAP's interface index, where a tc program redirects what
 // Read is to see.

@@ -49,6 +49,12 @@ type packetTCP struct {
 	// the tc program's check fails: new connections use the netstack.
 	broken atomic.Pointer[error]
 
+	// replyMu is held by whoever reads the TAP (routinePacketReplies, or
+	// pollReplies after a send) while it reads and delivers: replyBuf is
+	// its buffer.
+	replyMu  sync.Mutex
+	replyBuf []byte
+
 	routeMu sync.Mutex
 	nl      *netlink.Handle // in the node's namespace; guarded by routeMu
 	routes  map[netip.Addr]routeVerdict
@@ -135,7 +141,8 @@ const PlainTapName = "podnetnat0"
 // program on underlay and a netlink handle for route lookups. Its source
 // address is Config.SourceAddr, or else underlay's IPv4 address.
 func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
-	p := &packetTCP{fixedSource: n.cfg.SourceAddr.IsValid(), routes: make(map[netip.Addr]routeVerdict)}
+	p := &packetTCP{fixedSource: n.cfg.SourceAddr.IsValid(), routes: make(map[netip.Addr]routeVerdict),
+		replyBuf: make([]byte, packet.Headroom+packet.MaxFrameLen)}
 	var err error
 	derr := n.socks.do(func() {
 		var l netlink.Link
@@ -301,10 +308,16 @@ func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k fl
 		return true
 	}
 	payload := len(ip) - ip.HeaderLen() - t.DataOffset()
+	flags := t.Flags()
 	f.pkt.track(t, payload)
 	f.bytesOut.Add(uint64(payload))
 	f.touch(n.now())
-	n.tcpSeen(f, t.Flags(), true)
+	n.tcpSeen(f, flags, true)
+	// A handshake, a close or a small request may have its answer
+	// waiting already. Bulk data and pure ACKs expect none.
+	if flags&(packet.TCPFlagSYN|packet.TCPFlagFIN) != 0 || payload > 0 && hdr.GSOType == packet.GSONone && flags&packet.TCPFlagPSH != 0 {
+		n.pollReplies()
+	}
 	return true
 }
 
@@ -568,21 +581,61 @@ func rewriteTCP(ip packet.IPv4, partial, out bool, addr [4]byte, port uint16) {
 // and delivers it to the pods, until the TAP is closed. New starts it.
 func (n *NAT) routinePacketReplies() {
 	defer n.wg.Done()
-	// The IPv4 header lands at packet.Headroom, so the switch can put its
-	// headers in front without a copy.
-	buf := make([]byte, packet.Headroom+packet.MaxFrameLen)
-	start := packet.Headroom - encap.PlainTapHeadroom
+	p := n.fast
 	for {
-		rn, err := n.fast.tap.Read(buf[start:])
+		err := p.tap.ReadWait(func(fd int) bool {
+			p.replyMu.Lock()
+			defer p.replyMu.Unlock()
+			got, _ := n.drainReplies(func(b []byte) (int, error) { return unix.Read(fd, b) })
+			return got > 0
+		})
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
+			if !errors.Is(err, os.ErrClosed) {
+				n.limitedLog("NAT packet path: read", "err", err)
 			}
-			n.limitedLog("NAT packet path: read", "err", err)
-			continue
+			return
 		}
-		n.packetReply(buf[:start+rn], start)
 	}
+}
+
+// maxDrain bounds the frames one drainReplies takes, so that the one
+// holding replyMu lets the other in now and then.
+const maxDrain = 64
+
+// drainReplies reads frames with read until it has none (EAGAIN) or
+// maxDrain, and delivers them. It returns how many it read. Caller holds
+// replyMu: the one reader at a time keeps each flow's replies in order.
+func (n *NAT) drainReplies(read func([]byte) (int, error)) (int, error) {
+	p := n.fast
+	// The IPv4 header lands at packet.Headroom, so the switch can put
+	// its headers in front without a copy.
+	start := packet.Headroom - encap.PlainTapHeadroom
+	for got := 0; got < maxDrain; got++ {
+		rn, err := read(p.replyBuf[start:])
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return got, err
+		}
+		n.packetReply(p.replyBuf[:start+rn], start)
+	}
+	return maxDrain, nil
+}
+
+// pollReplies delivers the replies already waiting in the TAP, if no one
+// else is reading it. A TCP handshake or a request to a remote close by
+// is often answered within the write that sent it (the kernel forwards
+// it, and the answer comes back, in the same system call), and taking
+// the answer here spares the reader's wake-up, about as long on this
+// kind of VM as the rest of the round trip.
+func (n *NAT) pollReplies() {
+	p := n.fast
+	if !p.replyMu.TryLock() {
+		return // the reader is at it
+	}
+	n.drainReplies(p.tap.TryRead)
+	p.replyMu.Unlock()
 }
 
 // packetReply translates one frame read from the TAP, buf[start:], for
