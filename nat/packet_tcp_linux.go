@@ -673,7 +673,7 @@ func (n *NAT) packetReplyTCP(buf []byte, off int, h packet.VirtioNetHdr) {
 	ip := packet.IPv4(buf[off:])
 	t := packet.TCP(ip.Payload())
 	f := n.fast.byPort[t.DstPort()].Load()
-	if f == nil || f.key.remote != netip.AddrPortFrom(ip.Src(), t.SrcPort()) {
+	if f == nil || ip.DstBytes() != n.fast.src || f.key.remote != netip.AddrPortFrom(ip.Src(), t.SrcPort()) {
 		n.c.drop(DropNoFlow)
 		return
 	}
@@ -720,7 +720,7 @@ func (n *NAT) packetReplyICMP(ip packet.IPv4, buf []byte, off int) {
 	}
 	qt := q[qihl:]
 	f := n.fast.byPort[be16(qt)].Load()
-	if f == nil || f.key.remote != netip.AddrPortFrom(q.Dst(), be16(qt[2:])) {
+	if f == nil || q.SrcBytes() != n.fast.src || f.key.remote != netip.AddrPortFrom(q.Dst(), be16(qt[2:])) {
 		n.c.drop(DropNoFlow)
 		return
 	}

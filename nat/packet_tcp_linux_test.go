@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"podnet/encap"
 	"podnet/internal/netnsutil"
 	"podnet/internal/nettest"
 	"podnet/internal/packet"
@@ -376,4 +377,118 @@ func TestPacketPathFallsBack(t *testing.T) {
 	}
 	resp.Body.Close()
 	wantPath(t, n, false, 1)
+}
+
+// FuzzPacketPathReply: whatever reaches the packet path's TAP from the
+// underlay (anyone can send to the node's address; the tc program lets
+// through what names a NAT port) is dropped and counted, or reaches the
+// flow's pod as one valid packet: a TCP segment from the flow's remote
+// to the pod's own port, or an ICMP error quoting the pod's own packet.
+// The input is what follows the Ethernet header, its checksums made
+// valid where its lengths parse (a sender can always do that much); the
+// kernel writes the virtio-net header, not the wire, so it is zero.
+func FuzzPacketPathReply(f *testing.F) {
+	node := nodeAddr
+	pod := netip.AddrPortFrom(podAddr, 33000)
+	remote := netip.AddrPortFrom(remoteAddr, 443)
+	const port = 40000
+	nodePort := netip.AddrPortFrom(node, port)
+	f.Add(buildTCP(remote, nodePort, packet.TCPFlagSYN|packet.TCPFlagACK, 7))
+	f.Add(append(buildTCP(remote, nodePort, packet.TCPFlagACK|packet.TCPFlagPSH, 8), "data"...))
+	f.Add(buildTCP(remote, nodePort, packet.TCPFlagRST, 9))
+	f.Add(buildTCP(netip.AddrPortFrom(remoteAddr, 444), nodePort, packet.TCPFlagACK, 1))
+	quote := buildTCP(nodePort, remote, packet.TCPFlagSYN, 5)
+	f.Add(buildIPv4(packet.ProtoICMP, remoteAddr, node, append([]byte{packet.ICMPDestUnreachable, 1, 0, 0, 0, 0, 0, 0}, quote...)))
+	f.Add(buildIPv4(packet.ProtoICMP, remoteAddr, node, append([]byte{packet.ICMPTimeExceeded, 0, 0, 0, 0, 0, 0, 0}, quote[:28]...)))
+	f.Add(buildIPv4(packet.ProtoICMP, remoteAddr, node, []byte{packet.ICMPEchoReply, 0, 0, 0, 0, 1, 0, 1}))
+	f.Add([]byte{0x45, 0, 0, 20})
+
+	// One NAT for every input (its port table is half a megabyte); each
+	// input gets a fresh flow, counters and delivery check.
+	var d *deliverCheck
+	n := &NAT{cfg: Config{Deliver: func(buf []byte, off int, hdr packet.VirtioNetHdr) { d.deliver(buf, off, hdr) }},
+		epoch: time.Now(), fast: &packetTCP{src: node.As4(), replyBuf: make([]byte, packet.Headroom+packet.MaxFrameLen)}}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 2000 {
+			return
+		}
+		var got []packet.IPv4
+		d = &deliverCheck{t: t}
+		fn := func(pkt []byte) { got = append(got, append(packet.IPv4(nil), pkt...)) }
+		d.next.Store(&fn)
+		for i := range n.c.drops {
+			n.c.drops[i].Store(0)
+		}
+		fl := &flow{key: flowKey{packet.ProtoTCP, pod, remote}, pkt: &packetFlow{port: port}}
+		fl.setState(stateSynSent)
+		n.fast.byPort[port].Store(fl)
+
+		ip := append([]byte(nil), in...)
+		fixChecksums(ip)
+		start := packet.Headroom - encap.PlainTapHeadroom
+		buf := make([]byte, start+encap.PlainTapHeadroom+len(ip))
+		eth := packet.Ethernet(buf[start+packet.VirtioNetHdrLen:])
+		eth.SetEtherType(packet.EtherTypeIPv4)
+		copy(buf[start+encap.PlainTapHeadroom:], ip)
+		n.packetReply(buf, start)
+
+		if d.bad.Load() != 0 {
+			t.Fatalf("invalid packet delivered for input % x", in)
+		}
+		if len(got) > 1 {
+			t.Fatalf("%d packets delivered for one", len(got))
+		}
+		var dropped uint64
+		for i := range n.c.drops {
+			dropped += n.c.drops[i].Load()
+		}
+		if len(got)+int(dropped) != 1 {
+			t.Fatalf("%d delivered and %d dropped for one input % x", len(got), dropped, in)
+		}
+		if len(got) == 0 {
+			return
+		}
+		p := got[0]
+		if p.Dst() != pod.Addr() {
+			t.Fatalf("delivered to %v, want the pod %v", p.Dst(), pod.Addr())
+		}
+		switch p.Protocol() {
+		case packet.ProtoTCP:
+			tcp := packet.TCP(p.Payload())
+			if p.Src() != remote.Addr() || tcp.SrcPort() != remote.Port() || tcp.DstPort() != pod.Port() {
+				t.Fatalf("TCP %v:%d -> :%d delivered, want %v -> %v", p.Src(), tcp.SrcPort(), tcp.DstPort(), remote, pod)
+			}
+		case packet.ProtoICMP:
+			q := packet.IPv4(p.Payload()[8:])
+			if q.Src() != pod.Addr() || q.Dst() != remote.Addr() || packet.TCP(q[q.HeaderLen():]).SrcPort() != pod.Port() {
+				t.Fatalf("ICMP error quoting %v -> %v delivered, want the pod's own packet", q.Src(), q.Dst())
+			}
+		default:
+			t.Fatalf("protocol %d delivered", p.Protocol())
+		}
+	})
+}
+
+// fixChecksums makes the IPv4 header checksum of b valid, and the TCP or
+// ICMP checksum if the header's lengths hold.
+func fixChecksums(b []byte) {
+	ip := packet.IPv4(b)
+	if len(b) < packet.IPv4MinHeaderLen || ip.HeaderLen() < packet.IPv4MinHeaderLen || ip.HeaderLen() > len(b) {
+		return
+	}
+	ip.ComputeChecksum()
+	if ip.Validate() != packet.ParseOK {
+		return
+	}
+	ip = ip[:ip.TotalLen()]
+	switch ip.Protocol() {
+	case packet.ProtoTCP:
+		if len(ip.Payload()) >= packet.TCPMinHeaderLen {
+			packet.TCP(ip.Payload()).SetChecksum(packet.TransportChecksum(ip))
+		}
+	case packet.ProtoICMP:
+		if len(ip.Payload()) >= packet.ICMPHeaderLen {
+			packet.ICMP(ip.Payload()).SetChecksum(packet.TransportChecksum(ip))
+		}
+	}
 }
