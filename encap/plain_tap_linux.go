@@ -117,3 +117,18 @@ func (t *PlainTap) TryRead(b []byte) (int, error) {
 // Index is the TAP's interface index, where a tc program redirects what
 // Read is to see.
 func (t *PlainTap) Index() int { return t.index }
+
+// CheckPlainTap says whether a PlainTap can work here: the kernel's TUN
+// driver takes its offloads, and the namespace counts Ip: OutTransmits
+// (Linux 6.3+), which its forwarding watch needs. The TAP it makes for
+// that ("pncheck<N>") goes when it closes it. nil: it can.
+func CheckPlainTap() error {
+	if err := checkOutTransmits(); err != nil {
+		return err
+	}
+	fd, _, _, err := openTap("pncheck%d", 0, packet.VirtioNetHdrLen, plainTapOffloadFlags)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}

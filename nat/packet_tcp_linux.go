@@ -58,6 +58,25 @@ type packetTCP struct {
 	routeMu sync.Mutex
 	nl      *netlink.Handle // in the node's namespace; guarded by routeMu
 	routes  map[netip.Addr]routeVerdict
+
+	// Each connection holds a port of the node's for itself. So that the
+	// node keeps ports for its own connections and one pod cannot take
+	// them all, at most maxHeld ports go to the packet path and
+	// maxHeldPerPod to one pod; past that, new connections go through the
+	// netstack, whose sockets share ports among remotes.
+	held                   atomic.Int64
+	heldBy                 dialCounts
+	maxHeld, maxHeldPerPod int
+	// ephLo..ephHi is the node's ephemeral port range: a pod's own port
+	// is kept only inside it, never a port below, where the node's
+	// services listen.
+	ephLo, ephHi uint16
+}
+
+// roomFor says whether pod may have another connection on the packet
+// path (a port of its own).
+func (p *packetTCP) roomFor(pod netip.Addr) bool {
+	return p.held.Load() < int64(p.maxHeld) && p.heldBy.count(pod) < p.maxHeldPerPod
 }
 
 // routeVerdict is whether a remote is routed out of the underlay from
@@ -95,6 +114,16 @@ type packetFlow struct {
 	// dialing: the connection counts among its pod's dials in progress
 	// (NAT.dials) until the remote answers or it ends.
 	dialing atomic.Bool
+
+	// A FIN from the remote counts once the pod has acknowledged it
+	// (finInSeq is the sequence number that does): a FIN anyone could
+	// spoof with the remote's address must not close the connection's
+	// row, only one the pod's own TCP took.
+	finInPending atomic.Bool
+	finInSeq     atomic.Uint32
+
+	// mu orders reopen against the reaper's letGoIfClosed.
+	mu sync.Mutex
 }
 
 // track notes a pod's segment t with payload bytes of data.
@@ -110,12 +139,51 @@ func (pf *packetFlow) track(t packet.TCP, payload int) {
 	}
 }
 
+// podAcksFIN says whether the pod's segment t acknowledges the remote's
+// FIN.
+func (pf *packetFlow) podAcksFIN(t packet.TCP) bool {
+	return pf.finInPending.Load() && t.Flags()&packet.TCPFlagACK != 0 && t.Ack() == pf.finInSeq.Load()
+}
+
 // letGo releases the flow's port once.
 func (pf *packetFlow) letGo() {
 	pf.once.Do(func() {
 		pf.released.Store(true)
 		pf.release()
 	})
+}
+
+// reopen makes f, a closed flow whose port lingers, a new connection in
+// its place, counted among its pod's dials; false if the pod has too
+// many (counted) or the port went meanwhile.
+func (n *NAT) reopen(f *flow) bool {
+	pf := f.pkt
+	pf.mu.Lock()
+	defer pf.mu.Unlock()
+	if pf.released.Load() {
+		n.c.drop(DropNoFlow) // the pod's next SYN opens a new one
+		return false
+	}
+	if !n.dials.start(f.key.pod.Addr(), n.cfg.MaxDialsPerPod) {
+		n.c.drop(DropDialsPending)
+		return false
+	}
+	pf.dialing.Store(true)
+	pf.finIn.Store(false)
+	pf.finOut.Store(false)
+	pf.finInPending.Store(false)
+	f.setState(stateSynSent)
+	return true
+}
+
+// letGoIfClosed lets go of a closed flow's port, unless the pod has
+// opened the 4-tuple again meanwhile (reopen).
+func (pf *packetFlow) letGoIfClosed(f *flow) {
+	pf.mu.Lock()
+	defer pf.mu.Unlock()
+	if f.getState() == stateClosed {
+		pf.letGo()
+	}
 }
 
 // dialDone takes f off its pod's dials in progress, once.
@@ -142,11 +210,26 @@ const PlainTapName = "podnetnat0"
 // address is Config.SourceAddr, or else underlay's IPv4 address.
 func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
 	p := &packetTCP{fixedSource: n.cfg.SourceAddr.IsValid(), routes: make(map[netip.Addr]routeVerdict),
-		replyBuf: make([]byte, packet.Headroom+packet.MaxFrameLen)}
-	var err error
+		replyBuf: make([]byte, packet.Headroom+packet.MaxFrameLen), heldBy: dialCounts{m: make(map[netip.Addr]int)}}
+	ports := n.portsPerProto
+	if ports == 0 {
+		ports = 28232 // Linux's default ephemeral range
+	}
+	p.maxHeld = ports / 2
+	p.maxHeldPerPod = max(p.maxHeld/8, min(p.maxHeld, 256))
+	lo, hi, err := n.socks.ephemeralRange()
+	if err != nil {
+		return nil, err
+	}
+	p.ephLo, p.ephHi = lo, hi
 	derr := n.socks.do(func() {
 		var l netlink.Link
 		if l, err = netlink.LinkByName(underlay); err != nil {
+			return
+		}
+		if l.Attrs().EncapType != "ether" {
+			// The tc program finds the IPv4 header after an Ethernet one.
+			err = fmt.Errorf("%s is not an Ethernet device (%s)", underlay, l.Attrs().EncapType)
 			return
 		}
 		p.underlay = l.Attrs().Index
@@ -269,10 +352,14 @@ func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k fl
 	case f == nil || f.pkt.released.Load():
 		// A new connection, or a new one on the 4-tuple of a closed one
 		// whose port is gone.
-		if t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) != packet.TCPFlagSYN || !p.usable() || !p.routed(k.remote.Addr()) {
+		syn := t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN
+		if f != nil && !syn {
+			n.c.drop(DropNoFlow) // a straggler of the closed one
+			return true
+		}
+		if !syn || !p.usable() || !p.routed(k.remote.Addr()) || !p.roomFor(k.pod.Addr()) {
 			if f != nil {
-				n.c.drop(DropNoFlow)
-				return true
+				n.table.remove(f) // the netstack takes the 4-tuple over
 			}
 			return false
 		}
@@ -283,9 +370,9 @@ func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k fl
 	case f.getState() == stateClosed && t.Flags()&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN:
 		// The pod opens its 4-tuple again while the port lingers: a new
 		// connection on the same port, as conntrack reopens TIME_WAIT.
-		f.pkt.finIn.Store(false)
-		f.pkt.finOut.Store(false)
-		f.setState(stateSynSent)
+		if !n.reopen(f) {
+			return true // dropped and counted
+		}
 	}
 	if off < encap.PlainTapHeadroom {
 		// Handle's caller left no room for the TAP's headers.
@@ -295,6 +382,15 @@ func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k fl
 		t = packet.TCP(packet.IPv4(buf[off:]).Payload())
 	}
 	ip := packet.IPv4(buf[off:])
+	// The books first: the answer may be read, on another goroutine, as
+	// soon as the packet is sent, and a SYN-ACK is checked against the
+	// SYN's sequence number.
+	payload := len(ip) - ip.HeaderLen() - t.DataOffset()
+	flags := t.Flags()
+	f.pkt.track(t, payload)
+	f.bytesOut.Add(uint64(payload))
+	f.touch(n.now())
+	n.podSeen(f, t)
 	partial := hdr.Flags&packet.VirtioNetHdrFNeedsCsum != 0
 	rewriteTCP(ip, partial, true, p.src, f.pkt.port)
 	frame, ok := p.tap.Frame(buf, off, hdr)
@@ -307,12 +403,6 @@ func (n *NAT) handlePacketTCP(buf []byte, off int, hdr packet.VirtioNetHdr, k fl
 		n.limitedLog("NAT packet path: send", "err", err)
 		return true
 	}
-	payload := len(ip) - ip.HeaderLen() - t.DataOffset()
-	flags := t.Flags()
-	f.pkt.track(t, payload)
-	f.bytesOut.Add(uint64(payload))
-	f.touch(n.now())
-	n.tcpSeen(f, flags, true)
 	// A handshake, a close or a small request may have its answer
 	// waiting already. Bulk data and pure ACKs expect none.
 	if flags&(packet.TCPFlagSYN|packet.TCPFlagFIN) != 0 || payload > 0 && hdr.GSOType == packet.GSONone && flags&packet.TCPFlagPSH != 0 {
@@ -350,7 +440,11 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) (f *flow, netstack bool) {
 		n.limitedLog("NAT packet path: socket", "err", err)
 		return nil, false
 	}
-	port, err := holdPort(fd, p.src, n.tcpPorts, k.pod.Port())
+	want := k.pod.Port()
+	if want < p.ephLo || want > p.ephHi {
+		want = 0
+	}
+	port, err := holdPort(fd, p.src, n.tcpPorts, want)
 	if err != nil {
 		unix.Close(fd)
 		if errors.Is(err, errPortsExhausted) {
@@ -362,6 +456,8 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) (f *flow, netstack bool) {
 		return nil, false
 	}
 	n.hostSockets.Add(1)
+	p.held.Add(1)
+	p.heldBy.start(k.pod.Addr(), int(^uint(0)>>1))
 	f = n.newFlow(k, stateSynSent)
 	f.pkt = &packetFlow{port: port}
 	f.pkt.dialing.Store(true)
@@ -375,6 +471,8 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) (f *flow, netstack bool) {
 			n.tcpPorts.put(port)
 		}
 		n.hostSockets.Add(-1)
+		p.held.Add(-1)
+		p.heldBy.done(k.pod.Addr())
 	}
 	p.byPort[port].Store(f)
 	if err := p.steer.add(port); err != nil {
@@ -412,8 +510,8 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) (f *flow, netstack bool) {
 
 // holdPort binds fd, a TCP socket, to src and a port, so that no other
 // socket of the node takes it, and returns the port. Like the kernel's
-// MASQUERADE it keeps the pod's own port want where it can (free, and in
-// pr's range if pr has one): the pod does not reuse a port while its
+// MASQUERADE it keeps the pod's own port want (0: none) where it can
+// (free, and in pr's range if pr has one): the pod does not reuse a port while its
 // TIME_WAIT lasts, so neither does the node toward the same remote, whose
 // TIME_WAIT would otherwise meet a new connection's SYN. Otherwise it
 // takes a port from pr, or one the kernel picks from its ephemeral range.
@@ -429,8 +527,10 @@ func holdPort(fd int, src [4]byte, pr *portRange, want uint16) (uint16, error) {
 		return false, fmt.Errorf("bind port %d: %w", port, err)
 	}
 	if !pr.enabled() {
-		if ok, err := try(want); ok || err != nil {
-			return want, err
+		if want != 0 {
+			if ok, err := try(want); ok || err != nil {
+				return want, err
+			}
 		}
 		if ok, err := try(0); err != nil || !ok {
 			if err == nil {
@@ -444,7 +544,7 @@ func holdPort(fd int, src [4]byte, pr *portRange, want uint16) (uint16, error) {
 		}
 		return uint16(sa.(*unix.SockaddrInet4).Port), nil
 	}
-	if pr.take(want) {
+	if want != 0 && pr.take(want) {
 		ok, err := try(want)
 		if ok {
 			return want, nil
@@ -510,28 +610,65 @@ func buildRST(ip packet.IPv4, src [4]byte, sport uint16, dst netip.AddrPort, seq
 	t.SetChecksum(packet.Checksum(t, packet.PseudoHeaderSum(packet.ProtoTCP, src, d, packet.TCPMinHeaderLen)))
 }
 
-// tcpSeen moves a packet-path flow along on the flags of a segment that
-// went through it, fromPod or from the remote.
-func (n *NAT) tcpSeen(f *flow, flags uint8, fromPod bool) {
+// podSeen moves a packet-path flow along on a segment from its pod,
+// which is trusted with its own connection: its RST or FIN counts at
+// once, and so does its acknowledgment of the remote's FIN.
+func (n *NAT) podSeen(f *flow, t packet.TCP) {
+	pf := f.pkt
+	flags := t.Flags()
 	switch {
 	case flags&packet.TCPFlagRST != 0:
 		n.closeState(f, stateClosed)
+		return
 	case flags&packet.TCPFlagFIN != 0:
-		fin, other := &f.pkt.finIn, &f.pkt.finOut
-		if fromPod {
-			fin, other = other, fin
-		}
-		fin.Store(true)
-		if other.Load() {
+		pf.finOut.Store(true)
+	}
+	if pf.podAcksFIN(t) {
+		pf.finInPending.Store(false)
+		pf.finIn.Store(true)
+	}
+	n.finState(f)
+}
+
+// remoteSeen moves a packet-path flow along on a segment t, with payload
+// bytes of data, from its remote, as far as the pod's TCP will take it:
+// anyone who knows the 4-tuple can send segments from the remote's
+// address. A RST counts only with the sequence number the pod expects
+// next (RFC 5961: the pod's TCP takes no other, and a remote that reset
+// answers the challenge ACK an in-window one draws with that number),
+// or, to a SYN, with the ACK of it; a FIN counts once the pod acknowledges
+// it.
+func (n *NAT) remoteSeen(f *flow, t packet.TCP, payload int) {
+	pf := f.pkt
+	flags := t.Flags()
+	switch {
+	case flags&packet.TCPFlagRST != 0:
+		exact := pf.acked.Load() && t.Seq() == pf.podAck.Load()
+		toSYN := !pf.acked.Load() && flags&packet.TCPFlagACK != 0 && t.Ack() == pf.podNext.Load()
+		if exact || toSYN {
 			n.closeState(f, stateClosed)
-		} else {
-			n.closeState(f, stateClosing)
 		}
-	case !fromPod && flags&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN|packet.TCPFlagACK:
-		if f.getState() == stateSynSent {
+	case flags&packet.TCPFlagSYN != 0:
+		if flags&packet.TCPFlagACK != 0 && t.Ack() == pf.podNext.Load() && f.getState() == stateSynSent {
 			f.setState(stateEstablished)
+			n.dialDone(f)
 		}
-		n.dialDone(f)
+	}
+	if flags&packet.TCPFlagFIN != 0 && !pf.finIn.Load() {
+		pf.finInSeq.Store(t.Seq() + uint32(payload) + 1)
+		pf.finInPending.Store(true)
+	}
+}
+
+// finState moves f to closing once one side's FIN counts, and to closed
+// once both do.
+func (n *NAT) finState(f *flow) {
+	in, out := f.pkt.finIn.Load(), f.pkt.finOut.Load()
+	switch {
+	case in && out:
+		n.closeState(f, stateClosed)
+	case in || out:
+		n.closeState(f, stateClosing)
 	}
 }
 
@@ -590,8 +727,9 @@ func (n *NAT) routinePacketReplies() {
 			return got > 0
 		})
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				n.limitedLog("NAT packet path: read", "err", err)
+			// Close cancels n.ctx before it closes the TAP.
+			if n.ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
+				n.log.Error("NAT packet path: reading replies failed; they go unanswered", "err", err)
 			}
 			return
 		}
@@ -696,10 +834,11 @@ func (n *NAT) packetReplyTCP(buf []byte, off int, h packet.VirtioNetHdr) {
 		return
 	}
 	pod := f.key.pod
+	payload := len(ip) - ip.HeaderLen() - t.DataOffset()
+	n.remoteSeen(f, t, payload) // before the rewrite: it reads sequence numbers only
 	rewriteTCP(ip, partial, false, pod.Addr().As4(), pod.Port())
-	f.bytesIn.Add(uint64(len(ip) - ip.HeaderLen() - t.DataOffset()))
+	f.bytesIn.Add(uint64(payload))
 	f.touch(n.now())
-	n.tcpSeen(f, t.Flags(), false)
 	n.cfg.Deliver(buf, off, hdr)
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -491,4 +492,103 @@ func fixChecksums(b []byte) {
 			packet.ICMP(ip.Payload()).SetChecksum(packet.TransportChecksum(ip))
 		}
 	}
+}
+
+// Which port a connection on the packet path gets: the pod's own where
+// it is inside the node's ephemeral range and free (as MASQUERADE keeps
+// it), else one the kernel picks from that range; never a port below it,
+// where the node's services listen, and never port 0.
+func TestPacketPathPorts(t *testing.T) {
+	tp := newTopo(t)
+	n, _ := newNAT(t, tp, Config{Underlay: "vn0"})
+	lo, hi := n.fast.ephLo, n.fast.ephHi
+	web := netip.AddrPortFrom(remoteAddr, 80)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	inRange := lo + 7
+	for _, c := range []struct {
+		pod      uint16
+		remote   netip.AddrPort
+		identity bool
+	}{
+		{inRange, web, true},
+		{inRange, echo, false}, // the node holds inRange already
+		{179, web, false},
+		{0, web, false},
+		{0, echo, false},
+	} {
+		n.Handle(buildTCP(netip.AddrPortFrom(podAddr, c.pod), c.remote, packet.TCPFlagSYN, 1000), 0)
+	}
+	seen := map[uint16]bool{}
+	es := n.Entries()
+	if len(es) != 5 {
+		t.Fatalf("entries %+v, want 5", es)
+	}
+	for _, e := range es {
+		p := e.Node.Port()
+		if seen[p] {
+			t.Errorf("node port %d given twice: %+v", p, es)
+		}
+		seen[p] = true
+		if e.Pod.Port() == inRange && p == inRange {
+			continue // the one that kept its port
+		}
+		if p < lo || p > hi || p == e.Pod.Port() {
+			t.Errorf("entry %+v: want a port of %d-%d other than the pod's", e, lo, hi)
+		}
+	}
+	if !seen[inRange] {
+		t.Errorf("no connection kept the pod's port %d: %+v", inRange, es)
+	}
+}
+
+// A RST or FIN that anyone could send with the remote's address, not
+// the sequence number the pod expects, neither ends the connection's row
+// nor lets go of its port: the pod's TCP ignores it (or answers with a
+// challenge ACK), and so must NAT.
+func TestPacketPathBlindRSTAndFIN(t *testing.T) {
+	tp := newTopo(t)
+	n, d := newNAT(t, tp, Config{Underlay: "vn0"})
+	pod := newPodStack(t, n, d)
+	echo := netip.AddrPortFrom(remoteAddr, 9)
+	c, err := pod.dial(context.Background(), echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	roundTrip := func(what string) {
+		t.Helper()
+		if _, err := c.Write([]byte(what)); err != nil {
+			t.Fatalf("%s: write: %v", what, err)
+		}
+		buf := make([]byte, len(what))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != what {
+			t.Fatalf("%s: echo %q, %v", what, buf, err)
+		}
+	}
+	roundTrip("before")
+	e, _ := findEntry(n, "tcp", echo)
+	// From R, as the remote, with sequence numbers nobody told it.
+	err = netnsutil.Do(tp.r, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		for _, flags := range []uint8{packet.TCPFlagRST, packet.TCPFlagRST | packet.TCPFlagACK, packet.TCPFlagFIN | packet.TCPFlagACK} {
+			pkt := buildTCP(echo, e.Node, flags, 0x12345678)
+			if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: e.Node.Addr().As4()}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // past portLinger and a reaper tick
+	if e, _ := findEntry(n, "tcp", echo); e.State != "established" {
+		t.Errorf("entry after the blind RST and FIN: %+v, want established", e)
+	}
+	roundTrip("after")
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"podnet/encap"
 	"podnet/internal/packet"
 )
 
@@ -74,22 +75,27 @@ func steerKey(port uint16) uint32 {
 }
 
 // steerProgram is the program for packets to addr, redirected to the
-// interface tap, with ports as the port map.
+// interface tap, with ports as the port map. The underlay is Ethernet
+// (openPacketTCP checks), so the IPv4 header starts at byte 14; it may
+// carry options. Fragments are left alone: only the first has the ports,
+// and the node's stack reassembles them (and, with no socket for the
+// port, resets the connection; TCP sets DF, so this does not happen).
 func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
 	const (
 		eth    = packet.EthernetHeaderLen
-		hdr    = -24 // the IPv4 header and 4 bytes after it, on the stack
-		quoted = -48 // an ICMP error's quoted IPv4 header and 4 bytes after it
-		key    = -56
+		hdr    = -24 // the IPv4 header without options, on the stack
+		l4     = -28 // the first 4 bytes after the IPv4 header
+		quoted = -56 // an ICMP error's quoted IPv4 header and 4 bytes after it
+		key    = -60
 	)
 	a := int32(binary.NativeEndian.Uint32(addr[:]))
-	load := func(off, to int32) asm.Instructions {
+	// load copies n bytes of the packet from offset R2 to the stack at to.
+	load := func(to, n int32) asm.Instructions {
 		return asm.Instructions{
 			asm.Mov.Reg(asm.R1, asm.R6),
-			asm.Mov.Imm(asm.R2, off),
 			asm.Mov.Reg(asm.R3, asm.RFP),
 			asm.Add.Imm(asm.R3, to),
-			asm.Mov.Imm(asm.R4, 24),
+			asm.Mov.Imm(asm.R4, n),
 			asm.FnSkbLoadBytes.Call(),
 			asm.JNE.Imm(asm.R0, 0, "pass"),
 		}
@@ -98,11 +104,18 @@ func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
 		asm.JNE.Imm(asm.R0, skbProtocolIPv4, "pass"),
+		asm.Mov.Imm(asm.R2, eth),
 	}
-	insns = append(insns, load(eth, hdr)...)
+	insns = append(insns, load(hdr, packet.IPv4MinHeaderLen)...)
 	insns = append(insns,
-		asm.LoadMem(asm.R0, asm.RFP, hdr, asm.Byte), // version and IHL: no options
-		asm.JNE.Imm(asm.R0, 0x45, "pass"),
+		// R7: the header's length, from IHL (R7 outlives helper calls).
+		asm.LoadMem(asm.R7, asm.RFP, hdr, asm.Byte),
+		asm.Mov.Reg(asm.R0, asm.R7),
+		asm.And.Imm(asm.R0, 0xf0),
+		asm.JNE.Imm(asm.R0, 0x40, "pass"), // IPv4
+		asm.And.Imm(asm.R7, 0x0f),
+		asm.LSh.Imm(asm.R7, 2),
+		asm.JLT.Imm(asm.R7, packet.IPv4MinHeaderLen, "pass"),
 		asm.LoadMem(asm.R0, asm.RFP, hdr+6, asm.Byte), // MF and the fragment offset: not a fragment
 		asm.And.Imm(asm.R0, 0x3f),
 		asm.JNE.Imm(asm.R0, 0, "pass"),
@@ -110,16 +123,21 @@ func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
 		asm.JNE.Imm(asm.R0, 0, "pass"),
 		asm.LoadMem(asm.R0, asm.RFP, hdr+16, asm.Word), // destination
 		asm.JNE.Imm32(asm.R0, a, "pass"),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, eth),
+	)
+	insns = append(insns, load(l4, 4)...)
+	insns = append(insns,
 		asm.LoadMem(asm.R0, asm.RFP, hdr+9, asm.Byte), // protocol
 		asm.JEq.Imm(asm.R0, packet.ProtoTCP, "tcp"),
 		asm.JNE.Imm(asm.R0, packet.ProtoICMP, "pass"),
-		asm.LoadMem(asm.R0, asm.RFP, hdr+packet.IPv4MinHeaderLen, asm.Byte), // ICMP type
+		asm.LoadMem(asm.R0, asm.RFP, l4, asm.Byte), // ICMP type
 		asm.JEq.Imm(asm.R0, packet.ICMPDestUnreachable, "quoted"),
 		asm.JNE.Imm(asm.R0, packet.ICMPTimeExceeded, "pass"),
+		asm.Mov.Reg(asm.R2, asm.R7).WithSymbol("quoted"),
+		asm.Add.Imm(asm.R2, eth+8),
 	)
-	q := load(eth+packet.IPv4MinHeaderLen+8, quoted)
-	q[0] = q[0].WithSymbol("quoted")
-	insns = append(insns, q...)
+	insns = append(insns, load(quoted, packet.IPv4MinHeaderLen+4)...)
 	return append(insns,
 		asm.LoadMem(asm.R0, asm.RFP, quoted, asm.Byte),
 		asm.JNE.Imm(asm.R0, 0x45, "pass"),
@@ -130,7 +148,7 @@ func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
 		asm.LoadMem(asm.R0, asm.RFP, quoted+packet.IPv4MinHeaderLen, asm.Half), // its source port
 		asm.Ja.Label("lookup"),
 
-		asm.LoadMem(asm.R0, asm.RFP, hdr+packet.IPv4MinHeaderLen+2, asm.Half).WithSymbol("tcp"), // destination port
+		asm.LoadMem(asm.R0, asm.RFP, l4+2, asm.Half).WithSymbol("tcp"), // destination port
 
 		asm.StoreMem(asm.RFP, key, asm.R0, asm.Word).WithSymbol("lookup"),
 		asm.LoadMapPtr(asm.R1, ports.FD()),
@@ -245,10 +263,14 @@ func loadSteer(addr [4]byte, tap int) (*steer, error) {
 	return s, nil
 }
 
-// CheckPacketPath says whether NAT's TCP packet path can work here as
-// far as bpf(2) goes: its tc program loads and, run by the kernel on
-// sample packets, steers what it must and nothing else. nil: it can.
+// CheckPacketPath says whether NAT's TCP packet path can work here: its
+// TAP can be made (encap.CheckPlainTap) and its tc program loads and,
+// run by the kernel on sample packets, steers what it must and nothing
+// else. nil: it can.
 func CheckPacketPath() error {
+	if err := encap.CheckPlainTap(); err != nil {
+		return err
+	}
 	s, err := loadSteer([4]byte{192, 0, 2, 1}, 1)
 	if err != nil {
 		return err
@@ -355,10 +377,13 @@ func (s *steer) selfTest(addr [4]byte) error {
 		want  int32
 	}{
 		{"TCP reply", steerSample(addr, port, 0), tcActRedirect},
+		{"TCP reply with IP options", withIPOptions(steerSample(addr, port, 0)), tcActRedirect},
+		{"ICMP error with IP options", withIPOptions(steerSample(addr, port, packet.ICMPDestUnreachable)), tcActRedirect},
 		{"ICMP error about it", steerSample(addr, port, packet.ICMPDestUnreachable), tcActRedirect},
 		{"TCP to another port", steerSample(addr, other, 0), tcActUnspec},
 		{"TCP to another address", steerSample(elsewhere, port, 0), tcActUnspec},
 		{"ICMP echo", steerSample(addr, port, packet.ICMPEcho), tcActUnspec},
+		{"TCP fragment", asFragment(steerSample(addr, port, 0)), tcActUnspec},
 	}
 	for _, tc := range cases {
 		var ctx [64]uint32 // struct __sk_buff, with room to spare
@@ -371,6 +396,29 @@ func (s *steer) selfTest(addr [4]byte) error {
 		}
 	}
 	return nil
+}
+
+// withIPOptions returns frame f with 4 bytes of IPv4 options (no-ops)
+// after its IPv4 header.
+func withIPOptions(f []byte) []byte {
+	const at = packet.EthernetHeaderLen + packet.IPv4MinHeaderLen
+	g := append(append(append([]byte(nil), f[:at]...), 1, 1, 1, 1), f[at:]...)
+	ip := g[packet.EthernetHeaderLen:]
+	ip[0] = 0x46
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip[:24], 0))
+	return g
+}
+
+// asFragment returns frame f as the first fragment of a larger packet.
+func asFragment(f []byte) []byte {
+	g := append([]byte(nil), f...)
+	ip := g[packet.EthernetHeaderLen:]
+	ip[6] |= 0x20 // MF
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip[:packet.IPv4MinHeaderLen], 0))
+	return g
 }
 
 // steerSample is an Ethernet frame to addr: a TCP segment to port, or

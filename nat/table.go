@@ -403,7 +403,7 @@ func (n *NAT) reap(now int64, dead *[]*flow) {
 		d[i] = nil
 	}
 	for _, f := range linger {
-		f.pkt.letGo()
+		f.pkt.letGoIfClosed(f)
 	}
 	*dead = d[:0]
 	n.syns.expire(now)

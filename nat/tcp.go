@@ -95,6 +95,12 @@ func (d *dialCounts) start(pod netip.Addr, max int) bool {
 	return true
 }
 
+func (d *dialCounts) count(pod netip.Addr) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.m[pod]
+}
+
 func (d *dialCounts) done(pod netip.Addr) {
 	d.mu.Lock()
 	if d.m[pod]--; d.m[pod] <= 0 {

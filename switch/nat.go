@@ -148,18 +148,19 @@ func (s *Switch) InjectInPlace(buf []byte, off int, hdr packet.VirtioNetHdr) {
 
 // injectable says whether hdr is offload metadata Inject can honour for
 // ip: a partial checksum inside the transport header, a TCP superframe of
-// TCP, a UDP superframe of UDP.
+// TCP (with the ECN bit too: its head has CWR, as a kernel's GRO marks
+// one), a UDP superframe of UDP.
 func injectable(hdr packet.VirtioNetHdr, ip packet.IPv4) bool {
 	if !csumInTransport(hdr, 0, ip) {
 		return false
 	}
-	switch hdr.GSOType {
+	switch hdr.GSOType &^ packet.GSOECN {
 	case packet.GSONone:
-		return true
+		return hdr.GSOType == packet.GSONone
 	case packet.GSOTCPv4:
 		return ip.Protocol() == packet.ProtoTCP
 	case packet.GSOUDPL4:
-		return ip.Protocol() == packet.ProtoUDP
+		return ip.Protocol() == packet.ProtoUDP && hdr.GSOType == packet.GSOUDPL4
 	}
 	return false
 }
@@ -167,7 +168,7 @@ func injectable(hdr packet.VirtioNetHdr, ip packet.IPv4) bool {
 // takes says whether an egress with caps c takes a packet with offload
 // metadata hdr as it is.
 func (c egressCaps) takes(hdr packet.VirtioNetHdr) bool {
-	switch hdr.GSOType {
+	switch hdr.GSOType &^ packet.GSOECN {
 	case packet.GSOTCPv4:
 		return c.superframes && c.maxSuperframe == 0 // a limit: cut it (injected packets are for pods)
 	case packet.GSOUDPL4:

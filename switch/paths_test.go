@@ -956,6 +956,26 @@ func TestInjectSuperframe(t *testing.T) {
 			decoded(t, seg)
 		}
 	}
+	// With the ECN bit (its head has CWR, as a kernel's GRO marks what
+	// NAT's packet path reads): taken whole, and cut for the other pod.
+	ip, hdr = build("10.0.0.1")
+	hdr.GSOType |= packet.GSOECN
+	n.s.Inject(ip, hdr)
+	frames, _ = n.a.dev.wait(t, 2)
+	if h, got := podRx(t, n.a, frames[1]); h != toL2(hdr) || !bytes.Equal(got, ip) {
+		t.Errorf("offload pod got %d bytes with %+v for an ECN superframe, want it whole with %+v", len(got), h, toL2(hdr))
+	}
+	ip, hdr = build("10.0.0.3")
+	hdr.GSOType |= packet.GSOECN
+	n.s.Inject(ip, hdr)
+	frames, _ = n.c.dev.wait(t, 3+80+3)
+	for i, f := range frames[3+80:] {
+		_, seg := podRx(t, n.c, f)
+		if len(seg) != 1040 {
+			t.Errorf("ECN superframe's segment %d: %d bytes, want 1040", i, len(seg))
+		}
+		decoded(t, seg)
+	}
 	if d := n.stats("host").Drops; len(d) != 0 {
 		t.Errorf("host port dropped %v", d)
 	}

@@ -173,7 +173,10 @@ func TestCheckSystemNetns(t *testing.T) {
 		if c, ok := m["ipip-superframes"]; !ok || c.Status != syscheck.OK {
 			t.Errorf("ipip-superframes: %+v, want ok (root loads the tc program in a fresh namespace)", c)
 		}
-		if !strings.Contains(stderr, "3 of 16 checks found a problem") {
+		if c, ok := m["nat-packet-path"]; !ok || c.Status != syscheck.OK {
+			t.Errorf("nat-packet-path: %+v, want ok (root loads NAT's tc program in a fresh namespace)", c)
+		}
+		if !strings.Contains(stderr, "3 of 17 checks found a problem") {
 			t.Errorf("stderr %q, want the count of problems", stderr)
 		}
 
