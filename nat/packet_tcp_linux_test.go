@@ -592,3 +592,24 @@ func TestPacketPathBlindRSTAndFIN(t *testing.T) {
 	}
 	roundTrip("after")
 }
+
+// Past its share of the node's ports, a pod's new connections go through
+// the netstack, whose sockets share ports among remotes, not refused.
+// Port 81 of R refuses them, which ends each quickly either way.
+func TestPacketPathPortShare(t *testing.T) {
+	tp := newTopo(t)
+	n, _ := newNAT(t, tp, Config{Underlay: "vn0"})
+	n.fast.maxHeldPerPod = 2
+	closed := netip.AddrPortFrom(remoteAddr, 81)
+	for i := range 3 {
+		n.Handle(buildTCP(netip.AddrPortFrom(podAddr, uint16(20000+i)), closed, packet.TCPFlagSYN, 1000), 0)
+	}
+	other := netip.MustParseAddr("192.168.1.3")
+	n.Handle(buildTCP(netip.AddrPortFrom(other, 20000), closed, packet.TCPFlagSYN, 1000), 0)
+	if !waitFor(5*time.Second, func() bool { return n.Stats().Drops["dial-refused"] == 1 }) {
+		t.Fatalf("stats %+v, want the first pod's third connection refused through the netstack", n.Stats())
+	}
+	if s := n.Stats(); s.PacketConnsTotal != 3 {
+		t.Errorf("%d connections on the packet path, want 3 (two of the first pod's, the other pod's)", s.PacketConnsTotal)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -376,48 +377,77 @@ func checkNATPacketPath() Result {
 // routed pools' packets (from and to podnet0), VXLAN and IP-in-IP
 // superframes (from podnetvx0 and podnetipip0) and NAT's packet path
 // (from podnetnat0), and such a chain drops them unless a rule accepts
-// them.
-// listChains returns `nft -j list chains` of the namespace to look at.
-func checkForwardFirewall(listChains func() ([]byte, error)) Result {
+// them. It also looks there for rules that drop what conntrack calls
+// invalid (firewalld and many hardened rule sets have one): the node's
+// conntrack sees NAT's packet path one way only (the replies go to the
+// daemon before it), so after the SYN it calls every packet invalid.
+// listRuleset returns `nft -j list ruleset` of the namespace to look at.
+func checkForwardFirewall(listRuleset func() ([]byte, error)) Result {
 	const name = "forward-firewall"
-	out, err := listChains()
+	out, err := listRuleset()
 	if errors.Is(err, exec.ErrNotFound) {
 		return ok(name, "nft is not installed: forward-hook chains not looked at")
 	}
 	if err != nil {
-		return warn(name, "nft -j list chains: "+err.Error(), "run as root to let checksystem read the ruleset")
+		return warn(name, "nft -j list ruleset: "+err.Error(), "run as root to let checksystem read the ruleset")
 	}
+	type chainID struct{ Family, Table, Name string }
 	var doc struct {
 		Nftables []struct {
 			Chain *struct {
 				Family, Table, Name, Hook, Policy string
 			} `json:"chain"`
+			Rule *struct {
+				Family, Table, Chain string
+				Expr                 json.RawMessage `json:"expr"`
+			} `json:"rule"`
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal(out, &doc); err != nil {
-		return warn(name, "nft -j list chains: "+err.Error(), "")
+		return warn(name, "nft -j list ruleset: "+err.Error(), "")
 	}
-	var dropping []string
+	forward := map[chainID]bool{}
+	var dropping, invalid []string
 	for _, e := range doc.Nftables {
-		if c := e.Chain; c != nil && c.Hook == "forward" && c.Policy == "drop" {
-			dropping = append(dropping, c.Family+" "+c.Table+" "+c.Name)
+		if c := e.Chain; c != nil && c.Hook == "forward" {
+			forward[chainID{c.Family, c.Table, c.Name}] = true
+			if c.Policy == "drop" {
+				dropping = append(dropping, c.Family+" "+c.Table+" "+c.Name)
+			}
 		}
 	}
-	if len(dropping) > 0 {
-		return warn(name, "forward chain(s) with policy drop: "+strings.Join(dropping, ", ")+
-			"; unless their rules accept them, packets of routed pools (podnet0), VXLAN and IP-in-IP superframes and NAT's packet path (podnetvx0, podnetipip0, podnetnat0, which the daemon then stops using) are dropped",
-			"accept in those chains what comes in on podnet0, podnetvx0, podnetipip0 and podnetnat0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0, podnetipip0, podnetnat0 } accept")
+	for _, e := range doc.Nftables {
+		if r := e.Rule; r != nil && forward[chainID{r.Family, r.Table, r.Chain}] {
+			expr := string(r.Expr)
+			if strings.Contains(expr, `"ct"`) && strings.Contains(expr, `"invalid"`) && strings.Contains(expr, `"drop"`) {
+				invalid = append(invalid, r.Family+" "+r.Table+" "+r.Chain)
+			}
+		}
 	}
-	return ok(name, "no nftables forward chain drops by default")
+	var details, fixes []string
+	if len(dropping) > 0 {
+		details = append(details, "forward chain(s) with policy drop: "+strings.Join(dropping, ", ")+
+			"; unless their rules accept them, packets of routed pools (podnet0), VXLAN and IP-in-IP superframes and NAT's packet path (podnetvx0, podnetipip0, podnetnat0, which the daemon then stops using) are dropped")
+		fixes = append(fixes, "accept in those chains what comes in on podnet0, podnetvx0, podnetipip0 and podnetnat0 and what goes out to podnet0, e.g. nft insert rule <family> <table> <chain> iifname { podnet0, podnetvx0, podnetipip0, podnetnat0 } accept")
+	}
+	if len(invalid) > 0 {
+		details = append(details, "forward chain(s) that drop conntrack state invalid: "+strings.Join(slices.Compact(invalid), ", ")+
+			"; the node's conntrack sees NAT's TCP packet path (podnetnat0) one way only and calls its packets invalid after the SYN, so its connections stall (the daemon notices after a few and takes new ones through its netstack)")
+		fixes = append(fixes, "accept what comes in on podnetnat0 before that rule, e.g. nft insert rule <family> <table> <chain> iifname podnetnat0 accept, or run the daemon with --nat-packet-path=false")
+	}
+	if len(details) > 0 {
+		return warn(name, strings.Join(details, ". "), strings.Join(fixes, "; "))
+	}
+	return ok(name, "no nftables forward chain drops by default or drops invalid packets")
 }
 
-// nftListChains runs `nft -j list chains` in the caller's namespace.
-func nftListChains() ([]byte, error) {
+// nftListRuleset runs `nft -j list ruleset` in the caller's namespace.
+func nftListRuleset() ([]byte, error) {
 	path, err := exec.LookPath("nft")
 	if err != nil {
 		return nil, err
 	}
-	out, err := exec.Command(path, "-j", "list", "chains").Output()
+	out, err := exec.Command(path, "-j", "list", "ruleset").Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && len(ee.Stderr) > 0 {

@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config) []Result {
 		checkVXLANSuperframes(),
 		checkIPIPSuperframes(),
 		checkNATPacketPath(),
-		checkForwardFirewall(nftListChains),
+		checkForwardFirewall(nftListRuleset),
 		checkAFPacket(),
 		checkKernelTunnels(),
 		checkDatastore(ctx, cfg),

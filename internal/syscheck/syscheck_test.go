@@ -172,7 +172,7 @@ func TestForwardFirewallCheck(t *testing.T) {
 	nft := func(args ...string) ([]byte, error) {
 		return exec.Command("ip", append([]string{"netns", "exec", name, "nft"}, args...)...).Output()
 	}
-	list := func() ([]byte, error) { return nft("-j", "list", "chains") }
+	list := func() ([]byte, error) { return nft("-j", "list", "ruleset") }
 	if r := checkForwardFirewall(list); r.Status != OK {
 		t.Fatalf("no chains: %+v, want OK", r)
 	}
@@ -189,6 +189,15 @@ func TestForwardFirewallCheck(t *testing.T) {
 	r := checkForwardFirewall(list)
 	if r.Status != Warn || !strings.Contains(r.Detail, "inet fw fwd_drop") || strings.Contains(r.Detail, "FORWARD") || r.Fix == "" {
 		t.Fatalf("a dropping forward chain: %+v, want a warning naming inet fw fwd_drop only, with a fix", r)
+	}
+	// A rule dropping conntrack's invalid packets in a forward chain
+	// stalls NAT's packet path.
+	if out, err := nft("add", "rule", "ip", "filter", "FORWARD", "ct", "state", "invalid", "drop"); err != nil {
+		t.Fatalf("nft add rule: %v\n%s", err, out)
+	}
+	r = checkForwardFirewall(list)
+	if r.Status != Warn || !strings.Contains(r.Detail, "invalid: ip filter FORWARD") || !strings.Contains(r.Fix, "iifname podnetnat0 accept") {
+		t.Fatalf("a forward chain dropping invalid: %+v, want a warning naming ip filter FORWARD, with the podnetnat0 fix", r)
 	}
 	if r := checkForwardFirewall(func() ([]byte, error) { return nil, exec.ErrNotFound }); r.Status != OK {
 		t.Errorf("without nft: %+v, want OK (nothing to look at)", r)
