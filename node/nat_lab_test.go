@@ -238,7 +238,7 @@ func TestNATOutgoing(t *testing.T) {
 				t.Errorf("%s: TCP path %q, %d connections on it; want the packet path, at least %d", node, s.TCPPath, s.PacketConnsTotal, least)
 			}
 			out, err := l.Output(ctx, node, "podnet", "nat", "stats")
-			if err != nil || !strings.Contains(string(out), "tcp:     packet, ") {
+			if err != nil || !strings.Contains(string(out), "tcp:     packet; packet-path connections since start: ") {
 				t.Errorf("%s: podnet nat stats: %v\n%s", node, err, out)
 			}
 		}

@@ -58,7 +58,7 @@ func newNATCmd() *cobra.Command {
 		}
 		fmt.Fprintf(stdout, "entries: %d (tcp %d, udp %d, icmp %d), %d admitted since start\n",
 			s.Entries, s.ByProto["tcp"], s.ByProto["udp"], s.ByProto["icmp"], s.ConnsTotal)
-		fmt.Fprintf(stdout, "tcp:     %s, %d connections on the packet path since start\n", s.TCPPath, s.PacketConnsTotal)
+		fmt.Fprintf(stdout, "tcp:     %s; packet-path connections since start: %d\n", s.TCPPath, s.PacketConnsTotal)
 		fmt.Fprintf(stdout, "ports:   %d in use of %d\n", s.PortsInUse, s.PortsTotal)
 		var drops []string
 		for k, v := range s.Drops {
