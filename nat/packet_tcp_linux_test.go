@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 
 	"podnet/encap"
 	"podnet/internal/netnsutil"
@@ -307,9 +308,10 @@ func TestPacketPathICMPError(t *testing.T) {
 	wantPath(t, n, true, 1)
 }
 
-// A packet to a NAT port from anyone but the connection's remote goes
-// nowhere: it is counted as no-flow and the pod never sees it.
-func TestPacketPathStranger(t *testing.T) {
+// echoConn opens a connection from a pod stack to R's echo server
+// through a NAT with the packet path, and returns it with its entry.
+func echoConn(t *testing.T) (*topo, *NAT, *deliverCheck, *gonet.TCPConn, Entry) {
+	t.Helper()
 	tp := newTopo(t)
 	n, d := newNAT(t, tp, Config{Underlay: "vn0"})
 	pod := newPodStack(t, n, d)
@@ -318,25 +320,43 @@ func TestPacketPathStranger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	e, ok := findEntry(n, "tcp", echo)
 	if !ok {
 		t.Fatalf("no entry: %+v", n.Entries())
 	}
-	before := d.count.Load()
-	// From R, to the connection's node port, from another port of R.
-	err = netnsutil.Do(tp.r, func() error {
+	return tp, n, d, c, e
+}
+
+// sendFromR sends IPv4 packets, headers and all, from R to addr through
+// a raw socket, as anyone on the underlay could.
+func sendFromR(t *testing.T, tp *topo, addr netip.Addr, pkts ...[]byte) {
+	t.Helper()
+	err := netnsutil.Do(tp.r, func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 		if err != nil {
 			return err
 		}
 		defer unix.Close(fd)
-		pkt := buildTCP(netip.AddrPortFrom(remoteAddr, 4444), e.Node, packet.TCPFlagACK, 1)
-		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: e.Node.Addr().As4()})
+		for _, pkt := range pkts {
+			if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: addr.As4()}); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A packet to a NAT port from anyone but the connection's remote goes
+// nowhere: it is counted as no-flow and the pod never sees it.
+func TestPacketPathStranger(t *testing.T) {
+	tp, n, d, c, e := echoConn(t)
+	before := d.count.Load()
+	// From R, to the connection's node port, from another port of R.
+	sendFromR(t, tp, e.Node.Addr(), buildTCP(netip.AddrPortFrom(remoteAddr, 4444), e.Node, packet.TCPFlagACK, 1))
 	if !waitFor(5*time.Second, func() bool { return n.Stats().Drops[DropNoFlow.String()] == 1 }) {
 		t.Fatalf("drops %v, want one %s", n.Stats().Drops, DropNoFlow)
 	}
@@ -546,15 +566,7 @@ func TestPacketPathPorts(t *testing.T) {
 // nor lets go of its port: the pod's TCP ignores it (or answers with a
 // challenge ACK), and so must NAT.
 func TestPacketPathBlindRSTAndFIN(t *testing.T) {
-	tp := newTopo(t)
-	n, d := newNAT(t, tp, Config{Underlay: "vn0"})
-	pod := newPodStack(t, n, d)
-	echo := netip.AddrPortFrom(remoteAddr, 9)
-	c, err := pod.dial(context.Background(), echo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	tp, n, _, c, e := echoConn(t)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	roundTrip := func(what string) {
 		t.Helper()
@@ -567,27 +579,14 @@ func TestPacketPathBlindRSTAndFIN(t *testing.T) {
 		}
 	}
 	roundTrip("before")
-	e, _ := findEntry(n, "tcp", echo)
 	// From R, as the remote, with sequence numbers nobody told it.
-	err = netnsutil.Do(tp.r, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		for _, flags := range []uint8{packet.TCPFlagRST, packet.TCPFlagRST | packet.TCPFlagACK, packet.TCPFlagFIN | packet.TCPFlagACK} {
-			pkt := buildTCP(echo, e.Node, flags, 0x12345678)
-			if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: e.Node.Addr().As4()}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	var pkts [][]byte
+	for _, flags := range []uint8{packet.TCPFlagRST, packet.TCPFlagRST | packet.TCPFlagACK, packet.TCPFlagFIN | packet.TCPFlagACK} {
+		pkts = append(pkts, buildTCP(e.Remote, e.Node, flags, 0x12345678))
 	}
+	sendFromR(t, tp, e.Node.Addr(), pkts...)
 	time.Sleep(2500 * time.Millisecond) // past portLinger and a reaper tick
-	if e, _ := findEntry(n, "tcp", echo); e.State != "established" {
+	if e, _ := findEntry(n, "tcp", e.Remote); e.State != "established" {
 		t.Errorf("entry after the blind RST and FIN: %+v, want established", e)
 	}
 	roundTrip("after")
