@@ -122,7 +122,7 @@ type packetFlow struct {
 	finInPending atomic.Bool
 	finInSeq     atomic.Uint32
 
-	// mu orders reopen against the reaper's letGoIfClosed.
+	// mu orders reopen against the linger timer's letGoIfClosed.
 	mu sync.Mutex
 }
 
@@ -193,8 +193,9 @@ func (n *NAT) dialDone(f *flow) {
 	}
 }
 
-// portLinger is how long a closed connection keeps its port, so that the
-// last segments of the close (a FIN resent, the last ACK) still find it.
+// portLinger is how long a closed connection keeps its port (closeState
+// starts a timer), so that the last segments of the close (a FIN resent,
+// the last ACK) still find it.
 // Its row stays in the table for TCPClosing, as conntrack keeps TIME_WAIT,
 // but the port is free for a new connection: held for the whole
 // TCPClosing, a pod opening and closing connections at a few thousand a
@@ -216,7 +217,7 @@ func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
 		ports = 28232 // Linux's default ephemeral range
 	}
 	p.maxHeld = ports / 2
-	p.maxHeldPerPod = max(p.maxHeld/8, min(p.maxHeld, 256))
+	p.maxHeldPerPod = p.maxHeld / 2
 	lo, hi, err := n.socks.ephemeralRange()
 	if err != nil {
 		return nil, err
@@ -682,6 +683,12 @@ func (n *NAT) closeState(f *flow, s flowState) {
 		if f.state.CompareAndSwap(old, uint32(s)) {
 			f.closedAt.Store(n.now())
 			n.dialDone(f)
+			if s == stateClosed {
+				// A timer of its own, not the reaper's next tick: a pod
+				// opening connections at thousands a second would hold
+				// twice the ports meanwhile.
+				time.AfterFunc(portLinger, func() { f.pkt.letGoIfClosed(f) })
+			}
 			return
 		}
 	}

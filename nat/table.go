@@ -386,24 +386,17 @@ func (n *NAT) routineReaper() {
 // between runs.
 func (n *NAT) reap(now int64, dead *[]*flow) {
 	d := (*dead)[:0]
-	var linger []*flow
 	n.table.mu.Lock()
 	for k, f := range n.table.flows {
 		if n.expired(f, now) {
 			delete(n.table.flows, k)
 			d = append(d, f)
-		} else if f.pkt != nil && f.getState() == stateClosed && !f.pkt.released.Load() &&
-			time.Duration(now-f.closedAt.Load()) > portLinger {
-			linger = append(linger, f)
 		}
 	}
 	n.table.mu.Unlock()
 	for i, f := range d {
 		f.close()
 		d[i] = nil
-	}
-	for _, f := range linger {
-		f.pkt.letGoIfClosed(f)
 	}
 	*dead = d[:0]
 	n.syns.expire(now)
