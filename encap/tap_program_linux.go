@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/packet"
+	"podnet/internal/tcbpf"
 )
 
 // A marking is what a TAP's tc program (tapProgram) makes the kernel see
@@ -44,14 +45,9 @@ const (
 	bpfAdjRoomEncapL2Shift = 56     // BPF_F_ADJ_ROOM_ENCAP_L2(len): the inner L2 length, in the top byte
 	tcActOK                = 0
 	tcActShot              = 2
-	skbProtocolOffset      = 16 // offsetof(struct __sk_buff, protocol)
 	skbCB0Offset           = 48 // offsetof(struct __sk_buff, cb[0])
 	maxMarkRoom            = 64
 )
-
-// skbProtocolIPv4 is ETH_P_IP as a load of __sk_buff.protocol reads it:
-// the field holds the network-order value, read in the host's order.
-var skbProtocolIPv4 = int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00}))
 
 // program is the tc program for m. It saves the room on the stack, takes
 // it out, grows it back with m.flags, writes it again and lets the frame
@@ -66,8 +62,8 @@ func (m marking) program() asm.Instructions {
 	n := int32(m.room)
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // R6: the skb, across helper calls
-		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
-		asm.JNE.Imm(asm.R0, skbProtocolIPv4, "pass"),
+		asm.LoadMem(asm.R0, asm.R1, tcbpf.SkbProtocolOffset, asm.Word),
+		asm.JNE.Imm(asm.R0, tcbpf.SkbProtocolIPv4, "pass"),
 
 		// bpf_skb_load_bytes(skb, ethLen, fp+room, n)
 		asm.Mov.Imm(asm.R2, ethLen),
@@ -252,18 +248,8 @@ func attachTapProgram(tap string, m marking) (*tapProgram, error) {
 		return nil, err
 	}
 	p.ifindex = l.Attrs().Index
-	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
-		LinkIndex: p.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-	if err := p.nl.QdiscAdd(qdisc); err != nil {
-		return nil, fmt.Errorf("add clsact qdisc: %w", err)
-	}
-	filter := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: p.ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
-			Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
-		Fd: prog.FD(), Name: m.name, DirectAction: true,
-	}
-	if err := p.nl.FilterAdd(filter); err != nil {
-		return nil, fmt.Errorf("add tc filter: %w", err)
+	if _, err := tcbpf.Attach(p.nl, p.ifindex, prog, tcbpf.Filter{Name: m.name, Handle: 1, Priority: 1}); err != nil {
+		return nil, err
 	}
 	ok = true
 	return p, nil
@@ -272,18 +258,7 @@ func attachTapProgram(tap string, m marking) (*tapProgram, error) {
 // check says whether the program is still attached to the TAP: without
 // it (someone removed the filter or the qdisc) the kernel takes the
 // frames for plain TCP and cannot segment them.
-func (p *tapProgram) check() error {
-	fs, err := p.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: p.ifindex}}, netlink.HANDLE_MIN_INGRESS)
-	if err != nil {
-		return fmt.Errorf("list its tc filters: %w", err)
-	}
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Id == int(p.id) {
-			return nil
-		}
-	}
-	return fmt.Errorf("its tc program is no longer attached (tc filter or qdisc removed)")
-}
+func (p *tapProgram) check() error { return tcbpf.Attached(p.nl, p.ifindex, p.id) }
 
 // close lets go of the program and the netlink handle (the filter goes
 // with the TAP).

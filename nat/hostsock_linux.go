@@ -277,6 +277,12 @@ func bind(fd int, src netip.Addr, pr *portRange, stream bool) (uint16, error) {
 		// refuses an identical 4-tuple with EADDRNOTAVAIL).
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 	}
+	return bindFromRange(fd, addr, pr)
+}
+
+// bindFromRange binds fd to addr and a free port of pr, trying at most
+// maxBindTries ports that other sockets of the node hold.
+func bindFromRange(fd int, addr [4]byte, pr *portRange) (uint16, error) {
 	for range maxBindTries {
 		port, ok := pr.get()
 		if !ok {

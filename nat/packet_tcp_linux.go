@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -458,7 +459,7 @@ func (n *NAT) newPacketFlow(k flowKey, old *flow) (f *flow, netstack bool) {
 	}
 	n.hostSockets.Add(1)
 	p.held.Add(1)
-	p.heldBy.start(k.pod.Addr(), int(^uint(0)>>1))
+	p.heldBy.add(k.pod.Addr())
 	f = n.newFlow(k, stateSynSent)
 	f.pkt = &packetFlow{port: port}
 	f.pkt.dialing.Store(true)
@@ -555,21 +556,7 @@ func holdPort(fd int, src [4]byte, pr *portRange, want uint16) (uint16, error) {
 			return 0, err
 		}
 	}
-	for range maxBindTries {
-		port, ok := pr.get()
-		if !ok {
-			return 0, errPortsExhausted
-		}
-		ok, err := try(port)
-		if ok {
-			return port, nil
-		}
-		pr.put(port)
-		if err != nil {
-			return 0, err
-		}
-	}
-	return 0, errPortsExhausted
+	return bindFromRange(fd, src, pr)
 }
 
 // resetPacketFlow ends a connection that is not closed yet (it idled
@@ -706,19 +693,19 @@ func rewriteTCP(ip packet.IPv4, partial, out bool, addr [4]byte, port uint16) {
 	if out {
 		addrOff, portOff = 12, 0
 	}
-	oldAddr := be32(ip[addrOff:])
-	newAddr := be32(addr[:])
-	oldPort := be16(t[portOff:])
+	oldAddr := binary.BigEndian.Uint32(ip[addrOff:])
+	newAddr := binary.BigEndian.Uint32(addr[:])
+	oldPort := binary.BigEndian.Uint16(t[portOff:])
 	copy(ip[addrOff:addrOff+4], addr[:])
-	put16(t[portOff:], port)
-	put16(ip[10:], packet.Update32(be16(ip[10:]), oldAddr, newAddr))
-	c := be16(t[16:])
+	binary.BigEndian.PutUint16(t[portOff:], port)
+	binary.BigEndian.PutUint16(ip[10:], packet.Update32(binary.BigEndian.Uint16(ip[10:]), oldAddr, newAddr))
+	c := binary.BigEndian.Uint16(t[16:])
 	if partial {
-		put16(t[16:], ^packet.Update32(^c, oldAddr, newAddr))
+		binary.BigEndian.PutUint16(t[16:], ^packet.Update32(^c, oldAddr, newAddr))
 		return
 	}
 	c = packet.Update32(c, oldAddr, newAddr)
-	put16(t[16:], packet.Update16(c, oldPort, port))
+	binary.BigEndian.PutUint16(t[16:], packet.Update16(c, oldPort, port))
 }
 
 // routinePacketReplies reads what the tc program steered into the TAP
@@ -865,28 +852,22 @@ func (n *NAT) packetReplyICMP(ip packet.IPv4, buf []byte, off int) {
 		return
 	}
 	qt := q[qihl:]
-	f := n.fast.byPort[be16(qt)].Load()
-	if f == nil || q.SrcBytes() != n.fast.src || f.key.remote != netip.AddrPortFrom(q.Dst(), be16(qt[2:])) {
+	f := n.fast.byPort[binary.BigEndian.Uint16(qt)].Load()
+	if f == nil || q.SrcBytes() != n.fast.src || f.key.remote != netip.AddrPortFrom(q.Dst(), binary.BigEndian.Uint16(qt[2:])) {
 		n.c.drop(DropNoFlow)
 		return
 	}
 	pod := f.key.pod
 	podAddr := pod.Addr().As4()
-	old := be32(q[12:])
+	old := binary.BigEndian.Uint32(q[12:])
 	copy(q[12:16], podAddr[:])
-	put16(q[10:], packet.Update32(be16(q[10:]), old, be32(podAddr[:])))
-	put16(qt, pod.Port())
-	put16(icmp[2:], 0)
-	put16(icmp[2:], packet.Checksum(icmp, 0))
-	old = be32(ip[16:])
+	binary.BigEndian.PutUint16(q[10:], packet.Update32(binary.BigEndian.Uint16(q[10:]), old, binary.BigEndian.Uint32(podAddr[:])))
+	binary.BigEndian.PutUint16(qt, pod.Port())
+	binary.BigEndian.PutUint16(icmp[2:], 0)
+	binary.BigEndian.PutUint16(icmp[2:], packet.Checksum(icmp, 0))
+	old = binary.BigEndian.Uint32(ip[16:])
 	copy(ip[16:20], podAddr[:])
-	put16(ip[10:], packet.Update32(be16(ip[10:]), old, be32(podAddr[:])))
+	binary.BigEndian.PutUint16(ip[10:], packet.Update32(binary.BigEndian.Uint16(ip[10:]), old, binary.BigEndian.Uint32(podAddr[:])))
 	f.touch(n.now())
 	n.cfg.Deliver(buf, off, packet.VirtioNetHdr{})
 }
-
-func be16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
-func be32(b []byte) uint32 {
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
-func put16(b []byte, v uint16) { b[0], b[1] = byte(v>>8), byte(v) }

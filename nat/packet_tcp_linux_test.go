@@ -258,11 +258,15 @@ func TestSteerGoesWithProcess(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	if line != "attached\n" {
-		cmd.Process.Kill()
-		cmd.Wait()
 		t.Fatalf("helper: %q", line)
 	}
 	if progs := tcxPrograms(t, ns); len(progs) != 1 {
@@ -270,6 +274,7 @@ func TestSteerGoesWithProcess(t *testing.T) {
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
+	killed = true
 	// The kernel frees the link once the dead process's files are.
 	var progs []link.AttachedProgram
 	if !waitFor(5*time.Second, func() bool { progs = tcxPrograms(t, ns); return len(progs) == 0 }) {
@@ -585,11 +590,12 @@ func TestPacketPathBlindRSTAndFIN(t *testing.T) {
 		pkts = append(pkts, buildTCP(e.Remote, e.Node, flags, 0x12345678))
 	}
 	sendFromR(t, tp, e.Node.Addr(), pkts...)
-	time.Sleep(2500 * time.Millisecond) // past portLinger and a reaper tick
+	// The echo comes back through the TAP after them, so once it is
+	// here NAT has seen them; closing the row would have happened then.
+	roundTrip("after")
 	if e, _ := findEntry(n, "tcp", e.Remote); e.State != "established" {
 		t.Errorf("entry after the blind RST and FIN: %+v, want established", e)
 	}
-	roundTrip("after")
 }
 
 // Past its share of the node's ports, a pod's new connections go through

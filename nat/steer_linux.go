@@ -13,6 +13,7 @@ import (
 
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/internal/tcbpf"
 )
 
 // A steer is the tc program on the underlay's ingress that hands the
@@ -60,12 +61,6 @@ const (
 	tcActRedirect = 7
 )
 
-// skbProtocolIPv4 is ETH_P_IP as a load of __sk_buff.protocol reads it.
-var skbProtocolIPv4 = int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00}))
-
-// skbProtocolOffset is offsetof(struct __sk_buff, protocol).
-const skbProtocolOffset = 16
-
 // steerKey is port's key in the port map: its two bytes in network
 // order, as the program's 16-bit load reads them.
 func steerKey(port uint16) uint32 {
@@ -102,8 +97,8 @@ func steerProgram(addr [4]byte, tap int, ports *ebpf.Map) asm.Instructions {
 	}
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R0, asm.R1, skbProtocolOffset, asm.Word),
-		asm.JNE.Imm(asm.R0, skbProtocolIPv4, "pass"),
+		asm.LoadMem(asm.R0, asm.R1, tcbpf.SkbProtocolOffset, asm.Word),
+		asm.JNE.Imm(asm.R0, tcbpf.SkbProtocolIPv4, "pass"),
 		asm.Mov.Imm(asm.R2, eth),
 	}
 	insns = append(insns, load(hdr, packet.IPv4MinHeaderLen)...)
@@ -216,24 +211,9 @@ func (s *steer) attachFilter(underlay string) error {
 	if s.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
 		return err
 	}
-	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
-		LinkIndex: s.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-	switch err := s.nl.QdiscAdd(qdisc); {
-	case err == nil:
-		s.qdisc = true
-	case !errors.Is(err, unix.EEXIST):
-		return fmt.Errorf("add clsact qdisc to %s: %w", underlay, err)
-	}
-	if err := s.removeFilter(); err != nil {
-		return err
-	}
-	filter := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: s.ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
-			Handle: steerHandle, Protocol: unix.ETH_P_ALL, Priority: steerPriority},
-		Fd: s.prog.FD(), Name: steerName, DirectAction: true,
-	}
-	if err := s.nl.FilterAdd(filter); err != nil {
-		return fmt.Errorf("add tc filter to %s: %w", underlay, err)
+	s.qdisc, err = tcbpf.Attach(s.nl, s.ifindex, s.prog, tcbpf.Filter{Name: steerName, Handle: steerHandle, Priority: steerPriority})
+	if err != nil {
+		return fmt.Errorf("%s: %w", underlay, err)
 	}
 	return nil
 }
@@ -278,23 +258,6 @@ func CheckPacketPath() error {
 	return s.close()
 }
 
-// removeFilter deletes the underlay's ingress filters named steerName.
-func (s *steer) removeFilter() error {
-	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: s.ifindex}}
-	fs, err := s.nl.FilterList(link, netlink.HANDLE_MIN_INGRESS)
-	if err != nil {
-		return fmt.Errorf("list tc filters: %w", err)
-	}
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == steerName {
-			if err := s.nl.FilterDel(b); err != nil && !errors.Is(err, unix.ENOENT) {
-				return fmt.Errorf("remove tc filter %s: %w", steerName, err)
-			}
-		}
-	}
-	return nil
-}
-
 // check says whether the program is still attached: without it replies
 // reach the node's stack, which resets the connections.
 func (s *steer) check() error {
@@ -313,16 +276,10 @@ func (s *steer) check() error {
 		return err
 	}
 	id, _ := info.ID()
-	fs, err := s.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: s.ifindex}}, netlink.HANDLE_MIN_INGRESS)
-	if err != nil {
-		return fmt.Errorf("list tc filters: %w", err)
+	if err := tcbpf.Attached(s.nl, s.ifindex, id); err != nil {
+		return fmt.Errorf("the NAT's tc program on the underlay: %w", err)
 	}
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Id == int(id) {
-			return nil
-		}
-	}
-	return errors.New("the NAT's tc program is no longer attached to the underlay")
+	return nil
 }
 
 // add steers the replies to port; del stops it.
@@ -337,18 +294,9 @@ func (s *steer) close() error {
 		err = s.tcx.Close()
 	}
 	if s.nl != nil {
-		if s.ifindex != 0 {
-			err = s.removeFilter()
-			if s.qdisc {
-				link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: s.ifindex}}
-				in, _ := s.nl.FilterList(link, netlink.HANDLE_MIN_INGRESS)
-				out, _ := s.nl.FilterList(link, netlink.HANDLE_MIN_EGRESS)
-				if len(in)+len(out) == 0 {
-					qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
-						LinkIndex: s.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-					err = errors.Join(err, s.nl.QdiscDel(qdisc))
-				}
-			}
+		err = tcbpf.Remove(s.nl, s.ifindex, steerName)
+		if s.qdisc {
+			err = errors.Join(err, tcbpf.RemoveQdiscIfUnused(s.nl, s.ifindex))
 		}
 		s.nl.Close()
 	}

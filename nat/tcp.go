@@ -78,7 +78,8 @@ func (s *synTracker) expire(now int64) {
 	s.mu.Unlock()
 }
 
-// dialCounts counts each pod's TCP dials in progress.
+// dialCounts counts something per pod: its TCP dials in progress
+// (NAT.dials), its ports on the packet path (packetTCP.heldBy).
 type dialCounts struct {
 	mu sync.Mutex
 	m  map[netip.Addr]int // guarded by mu; pods with none are not in it
@@ -93,6 +94,13 @@ func (d *dialCounts) start(pod netip.Addr, max int) bool {
 	}
 	d.m[pod]++
 	return true
+}
+
+// add counts one more for pod, without a limit.
+func (d *dialCounts) add(pod netip.Addr) {
+	d.mu.Lock()
+	d.m[pod]++
+	d.mu.Unlock()
 }
 
 func (d *dialCounts) count(pod netip.Addr) int {
