@@ -52,8 +52,10 @@
 //     the machine does, so on a shared machine it is an upper bound.
 //     Reported per Gbit (= cores per Gbit/s) and per million packets
 //     (= cores per Mpps).
-//   - NAT paths also count sequential new TCP connections per second,
-//     and measure one TCP stream the other way (iperf3 -R, "1 down"):
+//   - NAT paths also count sequential new TCP connections per second
+//     (connect, then close, for 2 s a round), from a client process in
+//     the pod's namespace (podnet bench connect-loop) as a pod's own
+//     client would, and measure one TCP stream the other way (iperf3 -R, "1 down"):
 //     the outside host sending to the pod, which through podnet's NAT is
 //     the netstack's own TCP, not the pod's.
 //

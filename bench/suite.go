@@ -143,6 +143,7 @@ func (cfg *Config) omit() int {
 const (
 	iperfPort    = "5299"
 	connPort     = 5300
+	connSeconds  = 2 // per round, of new TCP connections
 	rrPort       = 5320
 	udpSinkPort  = 5400
 	udpSinkSocks = 2
@@ -433,7 +434,7 @@ func measure(ctx context.Context, cfg *Config, r int, sp pathSpec, t *target, d 
 
 	if t.conns {
 		line := ""
-		if n, err := connRate(ctx, nsPath(t.client), t.server, addr, 1); err != nil {
+		if n, err := connRate(ctx, cfg.Binary, t.client, t.server, addr, connSeconds); err != nil {
 			line = fail("new connections", err)
 		} else {
 			d.conns[r] = n

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"regexp"
@@ -223,6 +224,41 @@ ping and TCP request/response latency, the highest UDP rate under 1 % loss
 			return err
 		},
 	}
-	cmd.AddCommand(sameCmd, crossCmd, natCmd, podAddCmd, convCmd, compareCmd, showCmd, schemaCmd, newBenchPairCmd())
+	cmd.AddCommand(sameCmd, crossCmd, natCmd, podAddCmd, convCmd, compareCmd, showCmd, schemaCmd, newBenchPairCmd(),
+		newBenchConnectLoopCmd())
+	return cmd
+}
+
+// newBenchConnectLoopCmd is the client of the suite's new-connections
+// test, which runs it inside a pod's namespace.
+func newBenchConnectLoopCmd() *cobra.Command {
+	var (
+		to      string
+		seconds int
+	)
+	cmd := &cobra.Command{
+		Use:    "connect-loop",
+		Short:  "Open and close TCP connections one after another; print how many as JSON (run by podnet bench inside a pod)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dst, err := netip.ParseAddrPort(to)
+			if err != nil {
+				return usagef("--to %q: %w", to, err)
+			}
+			if seconds < 1 {
+				return usagef("--seconds %d: must be at least 1", seconds)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			res, err := bench.ConnectLoop(ctx, dst, time.Duration(seconds)*time.Second)
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd, stdout, res)
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "server address:port (required)")
+	cmd.Flags().IntVar(&seconds, "seconds", 2, "how long to run")
 	return cmd
 }
