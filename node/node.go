@@ -406,23 +406,11 @@ func (n *Node) Run(ctx context.Context) error {
 // listenSocket listens on the API socket, replacing a stale socket file
 // but refusing to take over from a daemon that still answers on it.
 func listenSocket(path string) (net.Listener, error) {
-	if err := privsock.PrepareDir(path); err != nil {
-		return nil, err
-	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("a podnet daemon is already serving %s", path)
 	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := privsock.Restrict(path); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return privsock.Listen(path)
 }
 
 // detectUnderlay finds the underlay interface, its address and MTU, and

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
 )
 
 // PrepareDir makes the directory that will hold the socket at path. A
@@ -47,4 +49,55 @@ func Restrict(path string) error {
 		return fmt.Errorf("restrict socket: %w", err)
 	}
 	return nil
+}
+
+// Listen listens on a unix socket at path that nobody but its owner can
+// connect to at any instant. Binding in place leaves the socket with the
+// umask's mode until Restrict, in a directory others may reach (an
+// existing one, like /run/podnet made by a service manager), and a
+// connection accepted meanwhile would outlive the chmod. So the socket is
+// bound in a new directory of its own beside path (0700), restricted
+// there, and only then renamed to path. Closing the listener removes
+// path. A stale socket file at path is replaced; whether a live server
+// still answers there is the caller's to check first.
+func Listen(path string) (net.Listener, error) {
+	if err := PrepareDir(path); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".s") // 0700; a short name, for sun_path
+	if err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	bound := filepath.Join(tmp, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false) // the file will be at path, not bound
+	if err := Restrict(bound); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(bound, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return &listener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}}, nil
+}
+
+// listener is a unix listener whose socket file was renamed to addr.
+type listener struct {
+	*net.UnixListener
+	addr *net.UnixAddr
+	once sync.Once
+}
+
+func (l *listener) Addr() net.Addr { return l.addr }
+
+// Close stops listening and removes the socket file, once.
+func (l *listener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { os.Remove(l.addr.Name) })
+	return err
 }
