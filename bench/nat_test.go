@@ -33,6 +33,9 @@ func TestConnLoop(t *testing.T) {
 	if res.Connections == 0 || res.Seconds < 1 {
 		t.Fatalf("connect-loop: %+v", res)
 	}
+	if b, err := exec.Command("ip", "netns", "exec", tg.client, "cat", "/proc/sys/net/ipv4/tcp_tw_reuse").Output(); err != nil || strings.TrimSpace(string(b)) != "1" {
+		t.Errorf("client namespace's tcp_tw_reuse: %q, %v; want 1", b, err)
+	}
 	if opens := passiveOpens(t, tg.server); opens < uint64(res.Connections) {
 		t.Errorf("client counted %d connections, the server's namespace opened %d", res.Connections, opens)
 	}
@@ -48,7 +51,7 @@ func TestConnLoop(t *testing.T) {
 // passiveOpens is the TcpPassiveOpens counter of netns ns.
 func passiveOpens(t *testing.T, ns string) uint64 {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns, "nstat", "-az", "TcpPassiveOpens").Output()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nstat", "-asz", "TcpPassiveOpens").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

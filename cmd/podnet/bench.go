@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -255,7 +256,8 @@ func newBenchConnectLoopCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd, stdout, res)
+			// JSON always, for the suite that runs it: no -o flag.
+			return json.NewEncoder(stdout).Encode(res)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "server address:port (required)")

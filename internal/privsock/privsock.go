@@ -57,12 +57,18 @@ func Restrict(path string) error {
 // existing one, like /run/podnet made by a service manager), and a
 // connection accepted meanwhile would outlive the chmod. So the socket is
 // bound in a new directory of its own beside path (0700), restricted
-// there, and only then renamed to path. Closing the listener removes
-// path. A stale socket file at path is replaced; whether a live server
-// still answers there is the caller's to check first.
+// there, and only then renamed to path. The kernel keeps the name it was
+// bound to (ss -xl and each connection's local address show the
+// temporary one); Addr returns path. A stale socket file at path is
+// replaced, anything else there refused; whether a live server still
+// answers there is the caller's to check first. Close removes path if
+// it is still this listener's socket.
 func Listen(path string) (net.Listener, error) {
 	if err := PrepareDir(path); err != nil {
 		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != fs.ModeSocket {
+		return nil, fmt.Errorf("socket %s: a %v is there, not a socket", path, fi.Mode().Type())
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".s") // 0700; a short name, for sun_path
 	if err != nil {
@@ -70,6 +76,10 @@ func Listen(path string) (net.Listener, error) {
 	}
 	defer os.RemoveAll(tmp)
 	bound := filepath.Join(tmp, "s")
+	if len(bound) >= maxSunPath {
+		return nil, fmt.Errorf("socket %s: path too long for a unix socket (%d bytes bound at first, as %s; at most %d)",
+			path, len(bound), bound, maxSunPath-1)
+	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
@@ -79,25 +89,47 @@ func Listen(path string) (net.Listener, error) {
 		ln.Close()
 		return nil, err
 	}
+	if beforeRename != nil {
+		beforeRename(bound)
+	}
 	if err := os.Rename(bound, path); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	return &listener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}}, nil
+	fi, err := os.Lstat(path)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return &listener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}, file: fi}, nil
 }
+
+// maxSunPath is the size of sockaddr_un's sun_path on Linux, its
+// terminating NUL included.
+const maxSunPath = 108
+
+// beforeRename, if set (by tests), sees the socket restricted at its
+// temporary path, before it is renamed into place.
+var beforeRename func(bound string)
 
 // listener is a unix listener whose socket file was renamed to addr.
 type listener struct {
 	*net.UnixListener
 	addr *net.UnixAddr
+	file os.FileInfo // the socket file, to tell it from a later one at addr
 	once sync.Once
 }
 
 func (l *listener) Addr() net.Addr { return l.addr }
 
-// Close stops listening and removes the socket file, once.
+// Close stops listening and removes the socket file, once, unless another
+// socket has taken its path meanwhile.
 func (l *listener) Close() error {
 	err := l.UnixListener.Close()
-	l.once.Do(func() { os.Remove(l.addr.Name) })
+	l.once.Do(func() {
+		if fi, err := os.Lstat(l.addr.Name); err == nil && os.SameFile(fi, l.file) {
+			os.Remove(l.addr.Name)
+		}
+	})
 	return err
 }

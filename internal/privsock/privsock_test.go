@@ -78,10 +78,32 @@ func TestListen(t *testing.T) {
 	}
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close() // a daemon that died: its file stays
+	staleFile, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 
+	// The moment that matters: the socket is restricted, in a directory
+	// only its owner reaches, while its path still holds the old file.
+	checked := false
+	beforeRename = func(bound string) {
+		checked = true
+		for p, want := range map[string]os.FileMode{bound: 0o600, filepath.Dir(bound): 0o700} {
+			if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != want {
+				t.Errorf("before the rename, %s: %v, %v; want mode %v", p, fi.Mode(), err, want)
+			}
+		}
+		if fi, err := os.Lstat(path); err != nil || !os.SameFile(fi, staleFile) {
+			t.Errorf("before the rename, %s is not the stale file (%v)", path, err)
+		}
+	}
+	defer func() { beforeRename = nil }()
 	old := syscall.Umask(0)
 	ln, err := Listen(path)
 	syscall.Umask(old)
+	if !checked {
+		t.Error("Listen did not bind at a temporary path first")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,5 +148,50 @@ func TestListen(t *testing.T) {
 	}
 	if _, err := os.Lstat(path); !os.IsNotExist(err) {
 		t.Errorf("after Close: %v, want the socket gone", err)
+	}
+}
+
+// TestListenRefuses: a path that is not a socket is left alone, and a
+// path too long for sun_path once bound at its temporary name is
+// refused with a message that says so.
+func TestListenRefuses(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "api.sock")
+	if err := os.WriteFile(file, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("regular file at the path: %v", err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "keep" {
+		t.Errorf("the file at the path became %q", b)
+	}
+	// 107 bytes: a path bind takes, but not with the temporary
+	// directory's name (".s" and up to ten digits) in it.
+	long := filepath.Join(dir, strings.Repeat("d", 107-len(dir)-len("//api.sock")), "api.sock")
+	if len(long) != 107 {
+		t.Fatalf("long path of %d bytes", len(long))
+	}
+	if _, err := Listen(long); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Errorf("long path: %v", err)
+	}
+}
+
+// TestListenCloseLeavesAnotherSocket: a listener whose path another
+// socket has taken meanwhile leaves that one in place when it closes.
+func TestListenCloseLeavesAnotherSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "api.sock")
+	first, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Listen(path) // the caller's liveness check skipped
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	first.Close()
+	if _, err := net.Dial("unix", path); err != nil {
+		t.Errorf("after the first listener closed, the second's socket: %v", err)
 	}
 }
