@@ -108,10 +108,13 @@ func TestTLSClientCertificates(t *testing.T) {
 	other := makeCerts(t, certs.Node{Name: "n1"})
 	addr := nettest.FreeLoopbackAddr(t)
 	logs := &syncBuffer{}
+	// The directories above the socket are made before the umask goes:
+	// under umask 0 they would be writable by everyone, and refused.
+	dataDir, sockPath := t.TempDir(), filepath.Join(t.TempDir(), "run", "etcd.sock")
 	old := syscall.Umask(0)
 	e, err := datastore.StartEmbedded(datastore.EmbedConfig{
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
-		Dir:    t.TempDir(), Socket: filepath.Join(t.TempDir(), "run", "etcd.sock"),
+		Dir:    dataDir, Socket: sockPath,
 		ListenClientURLs: []string{"https://" + addr},
 		CAFile:           filepath.Join(pki, certs.CAFile),
 		CertFile:         filepath.Join(pki, certs.NodeFile("n1")), KeyFile: filepath.Join(pki, certs.NodeKeyFile("n1")),

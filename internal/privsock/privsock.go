@@ -11,14 +11,18 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 )
 
 // PrepareDir makes the directory that will hold the socket at path. A
 // directory it creates is 0700, so nobody else can reach the socket even
 // in the instant between bind and Restrict. An existing directory is left
 // as it is (it may be shared, like /run): the socket's own mode guards it
-// then. A world-writable directory such as /tmp is refused, because
-// anyone could replace the socket there.
+// then. A directory others may write to, such as /tmp, is refused, and so
+// is one under a directory that someone other than root (or this
+// process's user) owns or others may write to: whoever can rename or
+// replace the socket or any directory above it can put a socket of their
+// own where podnet's clients look (checkAncestors).
 func PrepareDir(path string) error {
 	dir := filepath.Dir(path)
 	fi, err := os.Stat(dir)
@@ -31,15 +35,46 @@ func PrepareDir(path string) error {
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return fmt.Errorf("socket directory: %w", err)
 		}
-		return nil
 	case err != nil:
 		return fmt.Errorf("socket directory: %w", err)
 	case !fi.IsDir():
 		return fmt.Errorf("socket directory %s is not a directory", dir)
 	case fi.Mode().Perm()&0o002 != 0:
 		return fmt.Errorf("socket %s: its directory %s is writable by everyone; put the socket in a directory of its own", path, dir)
+	case fi.Mode().Perm()&0o020 != 0:
+		return fmt.Errorf("socket %s: its directory %s is writable by its group; put the socket in a directory of its own", path, dir)
 	}
-	return nil
+	return checkAncestors(path, dir)
+}
+
+// checkAncestors checks dir, the socket's directory, and every directory
+// above it (symbolic links resolved) up to the root: each must belong to
+// root or to this process's user, and none above dir may be writable by
+// others unless it is sticky, like /tmp, where only an entry's owner may
+// rename it.
+func checkAncestors(path, dir string) error {
+	real, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		real, err = filepath.Abs(real)
+	}
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	for d := real; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("socket directory: %w", err)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("socket %s: directory %s belongs to uid %d, who could replace the socket; put it under directories only root controls", path, d, st.Uid)
+		}
+		if d != real && fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+			return fmt.Errorf("socket %s: directory %s is writable by others (%v), who could replace the directories below it; put the socket under directories only root controls", path, d, fi.Mode().Perm())
+		}
+		if parent := filepath.Dir(d); parent == d {
+			return nil
+		}
+	}
 }
 
 // Restrict makes the socket at path readable and writable by its owner

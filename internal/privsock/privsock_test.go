@@ -195,3 +195,59 @@ func TestListenCloseLeavesAnotherSocket(t *testing.T) {
 		t.Errorf("after the first listener closed, the second's socket: %v", err)
 	}
 }
+
+// TestPrepareDirChecksAncestors: a socket directory, or any directory
+// above it, that someone else owns or may write to is refused, whether
+// PrepareDir finds the socket's directory or makes it; a sticky
+// world-writable directory above (like /tmp) is not.
+func TestPrepareDirChecksAncestors(t *testing.T) {
+	const nobody = 65534
+	root := t.TempDir() // under /tmp: sticky, world-writable
+	mk := func(path string, mode os.FileMode, uid int) string {
+		t.Helper()
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, uid, 0); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	foreign := mk(filepath.Join(root, "alice"), 0o755, nobody)
+	groupW := mk(filepath.Join(root, "team"), 0o775, 0)
+	sticky := mk(filepath.Join(root, "shared"), 0o777|os.ModeSticky, 0)
+	for _, c := range []struct {
+		name, path, want string
+	}{
+		{"socket directory of another user", filepath.Join(mk(filepath.Join(foreign, "run"), 0o700, nobody), "x.sock"), "belongs to uid 65534"},
+		{"made under another user's directory", filepath.Join(foreign, "new", "x.sock"), "belongs to uid 65534"},
+		{"under another user's directory", filepath.Join(mk(filepath.Join(foreign, "rootdir"), 0o700, 0), "x.sock"), "belongs to uid 65534"},
+		{"group-writable socket directory", filepath.Join(groupW, "x.sock"), "writable by its group"},
+		{"under a group-writable directory", filepath.Join(mk(filepath.Join(groupW, "run"), 0o700, 0), "x.sock"), "writable by others"},
+		{"made under a group-writable directory", filepath.Join(groupW, "new", "x.sock"), "writable by others"},
+		{"through a symbolic link", func() string {
+			link := filepath.Join(root, "link")
+			if err := os.Symlink(filepath.Join(foreign, "rootdir"), link); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(link, "x.sock")
+		}(), "belongs to uid 65534"},
+	} {
+		if err := PrepareDir(c.path); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s (%s): got %v, want an error with %q", c.name, c.path, err, c.want)
+		}
+	}
+	// Root's own directory under a sticky shared one is fine, found or
+	// made.
+	for _, path := range []string{
+		filepath.Join(mk(filepath.Join(sticky, "podnet"), 0o755, 0), "x.sock"),
+		filepath.Join(sticky, "made", "x.sock"),
+	} {
+		if err := PrepareDir(path); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
+	}
+}
