@@ -38,6 +38,18 @@ type pollable interface {
 // (tap.Device on a kernel with USO): GRO merges datagrams toward it.
 type udpSegmenter interface{ UDPSegmentation() bool }
 
+// udpSuperframeReader is a device whose reads may be GSO_UDP_L4
+// superframes (a pod's TAP on a kernel with USO: the pod's own
+// UDP_SEGMENT sends, whole).
+type udpSuperframeReader interface{ ReadsUDPSuperframes() bool }
+
+// readsUDPGSO says whether dev is an offload device whose reads may be
+// UDP superframes.
+func readsUDPGSO(dev any, offload bool) bool {
+	u, ok := dev.(udpSuperframeReader)
+	return offload && ok && u.ReadsUDPSuperframes()
+}
+
 // takesUDPGSO says whether dev is an offload device that takes UDP
 // superframes.
 func takesUDPGSO(dev any, offload bool) bool {
@@ -65,6 +77,7 @@ type podPort struct {
 	dev     PodDevice
 	offload bool // dev frames carry a virtio-net header
 	uso     bool // dev takes GSO_UDP_L4 superframes
+	readUSO bool // and its reads may be GSO_UDP_L4 superframes
 	c       counters
 	capt    atomic.Pointer[Capture]
 	done    chan struct{} // closed when the reader exits
@@ -100,7 +113,8 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	p := &podPort{
 		index: idx, name: pp.Name, ip: pp.IP, ip4: pp.IP.As4(),
 		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), uso: takesUDPGSO(pp.Dev, pp.Dev.Offload()),
-		done: make(chan struct{}),
+		readUSO: readsUDPGSO(pp.Dev, pp.Dev.Offload()),
+		done:    make(chan struct{}),
 	}
 	p.classify = func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) }
 	if pd, ok := pp.Dev.(pollable); ok {
@@ -198,7 +212,7 @@ func (f *forwarder) fromPod(in *podPort, buf []byte, off, size int) {
 		in.c.drop(ipDropReason(perr))
 		return
 	}
-	if !offloadValid(&in.c, hdr, ethLen, ip, false) {
+	if !offloadValid(&in.c, hdr, ethLen, ip, in.readUSO) {
 		return
 	}
 	if ip.SrcBytes() != in.ip4 {

@@ -73,7 +73,9 @@ func CreatePodLink(cfg PodLinkConfig) (*tap.Device, packet.MAC, error) {
 	if _, err := netlink.LinkByName(name); err == nil {
 		return nil, mac, fmt.Errorf("pod %s: device %s already exists in the node namespace", cfg.Pod, name)
 	}
-	dev, err := tap.Open(tap.Config{Name: name, Offload: cfg.Offload, Persist: true})
+	// A pod's UDP_SEGMENT sends reach the reader whole (one read for a
+	// burst of datagrams) where the kernel has USO.
+	dev, err := tap.Open(tap.Config{Name: name, Offload: cfg.Offload, Persist: true, ReadUDPSuperframes: true})
 	if err != nil {
 		return nil, mac, fmt.Errorf("pod %s: %w", cfg.Pod, err)
 	}
@@ -182,7 +184,7 @@ func ReattachPodLink(netnsPath string, offload bool) (*tap.Device, packet.MAC, e
 		if l.Type() != "tuntap" {
 			return fmt.Errorf("%s is a %s, not a TAP podnet made", PodIfName, l.Type())
 		}
-		dev, err = tap.Open(tap.Config{Name: PodIfName, Offload: offload})
+		dev, err = tap.Open(tap.Config{Name: PodIfName, Offload: offload, ReadUDPSuperframes: true})
 		if err != nil {
 			return err
 		}

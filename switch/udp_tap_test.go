@@ -151,6 +151,63 @@ func TestHostUDPSuperframes(t *testing.T) {
 	}
 }
 
+// TestPodUDPSuperframes: a pod's own UDP_SEGMENT sends reach its
+// reader whole, one superframe per send (on a kernel with USO), go whole
+// to a pod whose TAP takes UDP superframes and to the node, and are cut
+// by the switch into their datagrams for a plain pod: every datagram
+// arrives once, in order, with its own size and bytes.
+func TestPodUDPSuperframes(t *testing.T) {
+	tn := newTestNet(t)
+	tn.attachHost(t, "10.99.1.1")
+	a := tn.addPod(t, "a", "10.99.0.1", true)
+	b := tn.addPod(t, "b", "10.99.0.2", true)
+	c := tn.addPod(t, "c", "10.99.0.3", false)
+	uso := tn.port(a).readUSO
+	t.Logf("pods' TAPs hand over UDP superframes (USO): %v", uso)
+
+	const sends, segs, segSize, tail = 20, 40, 300, 100
+	perSend := segs + 1
+	size := func(seq int) int {
+		if seq%perSend == segs {
+			return tail
+		}
+		return segSize
+	}
+	type dest struct {
+		name string
+		ns   string
+		ip   netip.Addr
+	}
+	for _, d := range []dest{{"b", b.ns, b.ip}, {"c", c.ns, c.ip}, {"host", tn.nodeNS, tn.hostIP}} {
+		rx := listenUDP(t, d.ns, d.ip, 7003)
+		sendSegmented(t, a.ns, d.ip, 7003, sends, segs, segSize, tail, func(first, n int) { readSeq(t, rx, first, n, size) })
+	}
+
+	sa, sb, sc, sh := tn.stats("a"), tn.stats("b"), tn.stats("c"), tn.stats("host")
+	t.Logf("a read %d frames (%d superframes); b got %d writes, c %d, the node %d", sa.RxFrames, sa.GSOFrames, sb.TxFrames, sc.TxFrames, sh.TxFrames)
+	if uso {
+		if sa.GSOFrames < 3*sends {
+			t.Errorf("pod a's port read %d superframes, want one per send (%d)", sa.GSOFrames, 3*sends)
+		}
+		if sa.RxFrames > 3*sends+10 { // and a few ARP and neighbour frames
+			t.Errorf("pod a's port read %d frames for %d sends: the kernel cut them", sa.RxFrames, 3*sends)
+		}
+		if sb.TxFrames > sends || sh.TxFrames > sends {
+			t.Errorf("b (USO) got %d writes and the node %d for %d sends: superframes were cut", sb.TxFrames, sh.TxFrames, sends)
+		}
+	} else if sa.GSOFrames != 0 {
+		t.Errorf("without USO pod a's port read %d superframes", sa.GSOFrames)
+	}
+	if sc.TxFrames != uint64(sends*perSend) {
+		t.Errorf("plain pod c got %d writes, want one per datagram (%d)", sc.TxFrames, sends*perSend)
+	}
+	for _, n := range []string{"host", "a", "b", "c"} {
+		if d := tn.stats(n).Drops; len(d) != 0 {
+			t.Errorf("drops on %s: %v", n, d)
+		}
+	}
+}
+
 // listenUDP opens a UDP socket on ip:port in namespace ns with a large
 // receive buffer, closed when the test ends.
 func listenUDP(t *testing.T, ns string, ip netip.Addr, port int) *net.UDPConn {

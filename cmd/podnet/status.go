@@ -69,7 +69,7 @@ func datastoreLine(s nodeapi.Status) string {
 // udpSuperframesLine says whether datagram bursts are merged, and why not.
 func udpSuperframesLine(on bool) string {
 	if on {
-		return "true (a burst of one flow's datagrams reaches an offload pod or the node in one write)"
+		return "true (a burst of one flow's datagrams reaches an offload pod or the node in one write; a pod's UDP_SEGMENT send is read in one)"
 	}
 	return "false (one write per datagram: plain TAPs, or a kernel without USO, before Linux 6.2)"
 }

@@ -49,6 +49,7 @@ type Device struct {
 	name    string
 	offload bool
 	uso     bool // the kernel takes GSO_UDP_L4 superframes we write
+	readUSO bool // and hands us those its side sends (ReadUDPSuperframes)
 	file    *os.File
 	raw     syscall.RawConn
 
@@ -151,6 +152,7 @@ func Open(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d.uso = uso
+	d.readUSO = uso && cfg.ReadUDPSuperframes
 	ok = true
 	return d, nil
 }
@@ -197,6 +199,10 @@ func (d *Device) Offload() bool { return d.offload }
 // UDPSegmentation reports whether frames written may be GSO_UDP_L4
 // superframes (an offload device on a kernel with USO).
 func (d *Device) UDPSegmentation() bool { return d.uso }
+
+// ReadsUDPSuperframes reports whether frames read may be GSO_UDP_L4
+// superframes: Config.ReadUDPSuperframes on a kernel with USO.
+func (d *Device) ReadsUDPSuperframes() bool { return d.readUSO }
 
 // SetPersist turns the persist flag on or off; turning it off before Close
 // makes the kernel delete the device when the fd closes.
