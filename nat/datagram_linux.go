@@ -133,8 +133,10 @@ type sender struct {
 }
 
 // maxUDPSegments is the most datagrams one UDP_SEGMENT send may carry on
-// every kernel (UDP_MAX_SEGMENTS: 64 before Linux 6.9, 128 since); the
-// switch merges at most packet.GROMaxSegments, the same.
+// every kernel (UDP_MAX_SEGMENTS: 64 before Linux 6.9, 128 since). The
+// switch's GRO merges at most packet.GROMaxSegments, the same; a pod's
+// own superframe may hold up to 128 (its kernel's limit, which the
+// switch checks), and is sent in parts of this many.
 const maxUDPSegments = 64
 
 var senderPool = sync.Pool{New: func() any {
@@ -168,21 +170,27 @@ func (n *NAT) send(f *flow, b []byte, gsoSize int) bool {
 		s.b, s.err = nil, nil
 		senderPool.Put(s)
 	}()
-	segs := 1
-	if gsoSize > 0 {
-		segs = (len(b) + gsoSize - 1) / gsoSize
-		if segs <= maxUDPSegments && !d.noGSO.Load() {
-			s.b, s.gso = b, uint16(gsoSize)
+	ok := true
+	if gsoSize > 0 && !d.noGSO.Load() {
+		for len(b) > 0 {
+			part := b[:min(len(b), maxUDPSegments*gsoSize)]
+			s.b, s.gso = part, uint16(gsoSize)
 			err := n.sendOne(d, s)
-			if err != unix.EIO && err != unix.EINVAL && err != unix.EMSGSIZE {
-				return n.sent(f, err, len(b), segs)
+			if err == unix.EIO || err == unix.EINVAL || err == unix.EMSGSIZE {
+				// The kernel refuses to segment on this path
+				// (udp_send_skb): a segment bigger than the path MTU
+				// (EMSGSIZE here, EINVAL on older kernels), an egress
+				// without checksum offload or through IPsec (EIO). It
+				// fragments a datagram sent alone, so this flow sends
+				// one at a time from now on, this part included.
+				d.noGSO.Store(true)
+				break
 			}
-			// The kernel refuses to segment on this path (udp_send_skb):
-			// a segment bigger than the path MTU (EMSGSIZE here, EINVAL
-			// on older kernels), an egress without checksum offload or
-			// through IPsec (EIO). It fragments a datagram sent alone,
-			// so this flow sends one at a time from now on.
-			d.noGSO.Store(true)
+			ok = n.sent(f, err, len(part), (len(part)+gsoSize-1)/gsoSize) && ok
+			b = b[len(part):]
+		}
+		if len(b) == 0 {
+			return ok
 		}
 	}
 	s.gso = 0
@@ -190,7 +198,6 @@ func (n *NAT) send(f *flow, b []byte, gsoSize int) bool {
 		s.b = b
 		return n.sent(f, n.sendOne(d, s), len(b), 1)
 	}
-	ok := true
 	for len(b) > 0 {
 		s.b = b[:min(gsoSize, len(b))]
 		b = b[len(s.b):]

@@ -191,13 +191,14 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		small := smallBatch(n, bufs, sizes, skip) // before forwarding rewrites the headroom
 		s.forwardBatch(f, c, n, bufs, sizes, capt, skip, link, classify)
 		if tn != nil && n > 0 {
 			tn.Done() // read returned frames holding the turn
 		}
 		if p := f.replyFrom; p != nil {
 			f.replyFrom = nil
-			if smallBatch(n, sizes) && s.pollReply(f, p, bufs, sizes) && tn != nil {
+			if small && s.pollReply(f, p, bufs, sizes) && tn != nil {
 				// An answer went back to our own pod, whose next request
 				// may follow as quickly: look for it before parking.
 				f.spinUntil = time.Now().Add(s.replyPoll)
@@ -208,19 +209,29 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 
 // smallBatch says whether a batch looks like a request that waits for its
 // answer (a ping, an RPC): at most pollBatch packets of at most
-// pollFrameSize bytes. Bulk transfers, whose batches are full or carry
-// superframes, keep their readers on their own ports.
-func smallBatch(n int, sizes []int) bool {
+// pollFrameSize bytes, none a superframe (its virtio header, the first
+// skip bytes of a frame read at packet.Headroom, says so: a burst of
+// small datagrams sent with UDP_SEGMENT is one small frame). Bulk
+// transfers, whose batches are full or carry superframes, keep their
+// readers on their own ports.
+func smallBatch(n int, bufs [][]byte, sizes []int, skip int) bool {
 	if n > pollBatch {
 		return false
 	}
-	for _, sz := range sizes[:n] {
+	for i, sz := range sizes[:n] {
 		if sz > pollFrameSize {
+			return false
+		}
+		if skip >= packet.VirtioNetHdrLen && sz >= packet.VirtioNetHdrLen &&
+			bufs[i][packet.Headroom+virtioGSOType] != packet.GSONone {
 			return false
 		}
 	}
 	return true
 }
+
+// virtioGSOType is the offset of gso_type in a virtio-net header.
+const virtioGSOType = 1
 
 // forwardBatch captures, classifies and forwards the n packets read into
 // bufs, flushes what they queued, and counts them on c.

@@ -1541,3 +1541,73 @@ func TestTunnelECNToPod(t *testing.T) {
 		t.Errorf("ECNCE: vxlan %d, ipip %d; want 2 and 1", v, i)
 	}
 }
+
+// A UDP superframe is taken only as a kernel makes one: a partial
+// checksum in the UDP header's own field, a UDP length covering the
+// whole, at most 128 datagrams. Anything else from a port that reads UDP
+// superframes (here the host's; a pod's TAP, where a VM writes its own
+// virtio headers, is checked the same way) is dropped as bad-gso, and
+// nothing of it is forwarded.
+func TestUDPSuperframeChecked(t *testing.T) {
+	n := newFakeNetHost(t, true)
+	forge := func(datagrams, size, tail int, change func(h *packet.VirtioNetHdr, ip []byte)) []byte {
+		f := hostUDPSuperframe("172.16.0.1", "10.0.0.3", datagrams, size, tail)
+		var h packet.VirtioNetHdr
+		h.Decode(f)
+		change(&h, f[vnetLen:])
+		h.Encode(f)
+		return f
+	}
+	bad := map[string][]byte{
+		"no partial checksum":       forge(3, 1000, 500, func(h *packet.VirtioNetHdr, _ []byte) { h.Flags = 0 }),
+		"checksum start elsewhere":  forge(3, 1000, 500, func(h *packet.VirtioNetHdr, _ []byte) { h.CsumStart += 2 }),
+		"checksum field elsewhere":  forge(3, 1000, 500, func(h *packet.VirtioNetHdr, _ []byte) { h.CsumOffset = 16 }),
+		"UDP length of one segment": forge(3, 1000, 500, func(_ *packet.VirtioNetHdr, ip []byte) { binary.BigEndian.PutUint16(ip[24:], 1008) }),
+		"129 datagrams":             forge(129, 1, 0, func(*packet.VirtioNetHdr, []byte) {}),
+	}
+	for name, f := range bad {
+		before := n.stats("host").Drops[DropBadGSO.String()]
+		n.host.offer(f)
+		n.waitDrop(t, "host", DropBadGSO, before)
+		t.Logf("%s: refused", name)
+	}
+	// 128 datagrams of one byte, then a plain superframe: both go
+	// through, cut for the plain pod c, and nothing of the refused ones
+	// came before them.
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.0.3", 128, 1, 0))
+	n.host.offer(hostUDPSuperframe("172.16.0.1", "10.0.0.3", 3, 1000, 500))
+	frames, _ := n.c.dev.wait(t, 128+4)
+	for k, f := range frames {
+		_, ip := podRx(t, n.c, f)
+		want := 1
+		if k >= 128 {
+			want = 1000
+			if k == 131 {
+				want = 500
+			}
+		}
+		if got := len(ip) - 28; got != want {
+			t.Fatalf("datagram %d: %d bytes of payload, want %d", k, got, want)
+		}
+	}
+	if got := n.stats("host").Drops[DropBadGSO.String()]; got != uint64(len(bad)) {
+		t.Errorf("bad-gso on the host port: %d, want %d", got, len(bad))
+	}
+}
+
+// A batch that carries a superframe is bulk, however few and small its
+// frames: a burst of small datagrams sent with UDP_SEGMENT is one frame.
+func TestSmallBatchSuperframe(t *testing.T) {
+	buf := make([]byte, packet.Headroom+vnetLen+200)
+	bufs, sizes := [][]byte{buf}, []int{vnetLen + 200}
+	if !smallBatch(1, bufs, sizes, vnetLen) {
+		t.Error("one small plain frame: not small")
+	}
+	packet.VirtioNetHdr{GSOType: packet.GSOUDPL4, GSOSize: 20}.Encode(buf[packet.Headroom:])
+	if smallBatch(1, bufs, sizes, vnetLen) {
+		t.Error("one small UDP superframe: small")
+	}
+	if !smallBatch(1, bufs, sizes, 0) {
+		t.Error("a frame without a virtio header: its first bytes were read as one")
+	}
+}

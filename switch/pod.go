@@ -235,7 +235,7 @@ func offloadValid(c *counters, hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4, 
 		case packet.GSOTCPv4:
 			ok = ip.Protocol() == packet.ProtoTCP
 		case packet.GSOUDPL4:
-			ok = udp && hdr.GSOType == packet.GSOUDPL4 && ip.Protocol() == packet.ProtoUDP && hdr.GSOSize > 0
+			ok = udp && hdr.GSOType == packet.GSOUDPL4 && udpSuperframeValid(hdr, l2, ip)
 		}
 		if !ok {
 			c.drop(DropBadGSO)
@@ -247,6 +247,33 @@ func offloadValid(c *counters, hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4, 
 		return false
 	}
 	return true
+}
+
+// maxUDPSuperframeSegments is the most datagrams a UDP superframe may
+// hold: the kernel's UDP_MAX_SEGMENTS (128 since Linux 6.9, 64 before),
+// which no UDP_SEGMENT send exceeds.
+const maxUDPSuperframeSegments = 128
+
+// udpSuperframeValid checks a GSO_UDP_L4 superframe as a kernel makes
+// one (udp_send_skb, udp_gro_complete): a partial checksum in the UDP
+// header's own field, a UDP length that covers the whole, and at most
+// maxUDPSuperframeSegments datagrams of GSOSize bytes. A pod writing its
+// own virtio headers (a VM) gets nothing else through: a one-byte segment
+// size would have one read cut into 65,000 datagrams.
+func udpSuperframeValid(hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4) bool {
+	if ip.Protocol() != packet.ProtoUDP || hdr.GSOSize == 0 || hdr.Flags&packet.VirtioNetHdrFNeedsCsum == 0 {
+		return false
+	}
+	ihl := ip.HeaderLen()
+	if int(hdr.CsumStart)-l2 != ihl || hdr.CsumOffset != 6 || len(ip)-ihl < packet.UDPHeaderLen {
+		return false
+	}
+	u := packet.UDP(ip[ihl:])
+	if int(u.Length()) != len(u) {
+		return false
+	}
+	payload := len(u) - packet.UDPHeaderLen
+	return (payload+int(hdr.GSOSize)-1)/int(hdr.GSOSize) <= maxUDPSuperframeSegments
 }
 
 // csumInTransport says whether a virtio header's partial checksum (if it

@@ -48,7 +48,7 @@ func (s *Switch) pollReply(f *forwarder, p *podPort, bufs [][]byte, sizes []int)
 	for {
 		n, err := p.poll.TryRead(bufs, sizes, packet.Headroom)
 		if n > 0 {
-			small := smallBatch(n, sizes)
+			small := smallBatch(n, bufs, sizes, p.skip())
 			s.forwardBatch(f, &p.c, n, bufs, sizes, &p.capt, p.skip(), LinkEthernet, p.classify)
 			p.turn.Done()
 			p.c.polled.Add(1)
