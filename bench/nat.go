@@ -56,7 +56,7 @@ func connRate(ctx context.Context, binary, from, to, addr string, secs int) (flo
 // connLoop runs the client for connRate and returns what it did.
 func connLoop(ctx context.Context, binary, from, to, addr string, secs int) (ConnectLoopResult, error) {
 	var ln net.Listener
-	if err := netnsutil.Do("/run/netns/"+to, func() (err error) {
+	if err := netnsutil.Do(nsPath(to), func() (err error) {
 		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", connPort))
 		return err
 	}); err != nil {

@@ -222,16 +222,13 @@ func smallBatch(n int, bufs [][]byte, sizes []int, skip int) bool {
 		if sz > pollFrameSize {
 			return false
 		}
-		if skip >= packet.VirtioNetHdrLen && sz >= packet.VirtioNetHdrLen &&
-			bufs[i][packet.Headroom+virtioGSOType] != packet.GSONone {
+		var h packet.VirtioNetHdr
+		if skip >= packet.VirtioNetHdrLen && h.Decode(bufs[i][packet.Headroom:packet.Headroom+sz]) == nil && h.GSOType != packet.GSONone {
 			return false
 		}
 	}
 	return true
 }
-
-// virtioGSOType is the offset of gso_type in a virtio-net header.
-const virtioGSOType = 1
 
 // forwardBatch captures, classifies and forwards the n packets read into
 // bufs, flushes what they queued, and counts them on c.

@@ -254,25 +254,21 @@ func offloadValid(c *counters, hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4, 
 // which no UDP_SEGMENT send exceeds.
 const maxUDPSuperframeSegments = 128
 
-// udpSuperframeValid checks a GSO_UDP_L4 superframe as a kernel makes
-// one (udp_send_skb, udp_gro_complete): a partial checksum in the UDP
-// header's own field, a UDP length that covers the whole, and at most
-// maxUDPSuperframeSegments datagrams of GSOSize bytes. A pod writing its
-// own virtio headers (a VM) gets nothing else through: a one-byte segment
-// size would have one read cut into 65,000 datagrams.
+// udpSuperframeValid checks a GSO_UDP_L4 superframe, its header's
+// offsets counted from l2 bytes before ip, as a kernel makes one
+// (packet.CheckUDPSuperframe, with the partial checksum every kernel
+// asks for) of at most maxUDPSuperframeSegments datagrams. A pod writing
+// its own virtio headers (a VM) gets nothing else through: a one-byte
+// segment size would have one read cut into 65,000 datagrams.
 func udpSuperframeValid(hdr packet.VirtioNetHdr, l2 int, ip packet.IPv4) bool {
-	if ip.Protocol() != packet.ProtoUDP || hdr.GSOSize == 0 || hdr.Flags&packet.VirtioNetHdrFNeedsCsum == 0 {
+	if hdr.Flags&packet.VirtioNetHdrFNeedsCsum == 0 || int(hdr.CsumStart) < l2 {
 		return false
 	}
-	ihl := ip.HeaderLen()
-	if int(hdr.CsumStart)-l2 != ihl || hdr.CsumOffset != 6 || len(ip)-ihl < packet.UDPHeaderLen {
+	hdr.CsumStart -= uint16(l2)
+	if packet.CheckUDPSuperframe(ip, hdr) != nil {
 		return false
 	}
-	u := packet.UDP(ip[ihl:])
-	if int(u.Length()) != len(u) {
-		return false
-	}
-	payload := len(u) - packet.UDPHeaderLen
+	payload := len(ip) - ip.HeaderLen() - packet.UDPHeaderLen
 	return (payload+int(hdr.GSOSize)-1)/int(hdr.GSOSize) <= maxUDPSuperframeSegments
 }
 

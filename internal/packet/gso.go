@@ -258,6 +258,33 @@ func SegmentUDPv4From(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes
 	return segmentUDPv4(pkt, h, first, out, sizes, offset, false)
 }
 
+// CheckUDPSuperframe says what, if anything, keeps ip (an IPv4 packet,
+// validated, cut to its total length) with virtio header h from being a
+// UDP superframe as the kernel's GSO and GRO make them: GSOUDPL4 with a
+// segment size, UDP, not a fragment, a partial checksum (if asked for) in
+// the UDP header's own field with h's offsets counted from the IPv4
+// header, and a UDP length field that covers the whole packet.
+func CheckUDPSuperframe(ip IPv4, h VirtioNetHdr) error {
+	switch {
+	case h.GSOType != GSOUDPL4:
+		return errSegUDPType
+	case h.GSOSize == 0:
+		return errSegUDPSize
+	case ip.Protocol() != ProtoUDP:
+		return errSegNotUDP
+	case ip.IsFragment():
+		return errSegUDPFragment
+	}
+	iphLen := ip.HeaderLen()
+	if h.Flags&VirtioNetHdrFNeedsCsum != 0 && (int(h.CsumStart) != iphLen || h.CsumOffset != udpChecksum) {
+		return errSegUDPCsumStart
+	}
+	if len(ip)-iphLen < UDPHeaderLen || int(UDP(ip[iphLen:]).Length()) != len(ip)-iphLen {
+		return errSegUDPLength
+	}
+	return nil
+}
+
 // segmentUDPv4 writes datagrams first.. of pkt; with whole, all of them
 // or none.
 func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []int, offset int, whole bool) (n, total int, err error) {
@@ -265,24 +292,11 @@ func segmentUDPv4(pkt []byte, h VirtioNetHdr, first int, out [][]byte, sizes []i
 	if err != nil {
 		return 0, 0, err
 	}
-	switch {
-	case h.GSOType != GSOUDPL4:
-		return 0, 0, errSegUDPType
-	case h.GSOSize == 0:
-		return 0, 0, errSegUDPSize
-	case ip.Protocol() != ProtoUDP:
-		return 0, 0, errSegNotUDP
-	case ip.IsFragment():
-		return 0, 0, errSegUDPFragment
+	if err := CheckUDPSuperframe(ip, h); err != nil {
+		return 0, 0, err
 	}
 	iphLen := ip.HeaderLen()
 	partial := h.Flags&VirtioNetHdrFNeedsCsum != 0
-	if partial && (int(h.CsumStart) != iphLen || h.CsumOffset != udpChecksum) {
-		return 0, 0, errSegUDPCsumStart
-	}
-	if len(ip)-iphLen < UDPHeaderLen || int(UDP(ip[iphLen:]).Length()) != len(ip)-iphLen {
-		return 0, 0, errSegUDPLength
-	}
 	hdrLen := iphLen + UDPHeaderLen
 	payload := ip[hdrLen:]
 	size := int(h.GSOSize)
