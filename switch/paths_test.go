@@ -142,10 +142,18 @@ func (n *fakeNet) waitRx(t testing.TB, port string, frames uint64) {
 // notification).
 func (n *fakeNet) waitStats(t testing.TB, port, want string, cond func(PortStats) bool) {
 	t.Helper()
+	waitPortStats(t, n.s, port, want, cond)
+}
+
+// waitPortStats waits up to 5 s for s's counters of port to meet cond
+// (want says what it waits for): a port counts a packet after the write
+// that delivered it returns, so a receiver can be faster than the count.
+func waitPortStats(t testing.TB, s *Switch, port, want string, cond func(PortStats) bool) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for !cond(n.stats(port)) {
+	for !cond(portStats(s, port)) {
 		if time.Now().After(deadline) {
-			t.Fatalf("port %s: want %s; counters %+v", port, want, n.stats(port))
+			t.Fatalf("port %s: want %s; counters %+v", port, want, portStats(s, port))
 		}
 		time.Sleep(time.Millisecond)
 	}

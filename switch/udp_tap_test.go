@@ -89,6 +89,9 @@ func TestUDPSuperframesTAP(t *testing.T) {
 	}
 
 	readSeq(t, rx, 0, seq, size)
+	if !uso {
+		waitPortStats(t, tn.s, "b", "every write counted", func(s PortStats) bool { return s.TxFrames >= uint64(seq) })
+	}
 
 	st := tn.stats("b")
 	t.Logf("%d datagrams reached b in %d writes", seq, st.TxFrames)
@@ -128,6 +131,7 @@ func TestHostUDPSuperframes(t *testing.T) {
 		// queue on the way overflows.
 		sendSegmented(t, tn.nodeNS, p.ip, 7002, sends, segs, segSize, tail, func(first, n int) { readSeq(t, rx, first, n, size) })
 	}
+	waitPortStats(t, tn.s, "b", "every write counted", func(s PortStats) bool { return s.TxFrames >= uint64(sends*perSend) })
 
 	h, sa, sb := tn.stats("host"), tn.stats("a"), tn.stats("b")
 	t.Logf("host read %d frames (%d superframes); a got %d writes, b %d", h.RxFrames, h.GSOFrames, sa.TxFrames, sb.TxFrames)
@@ -182,6 +186,7 @@ func TestPodUDPSuperframes(t *testing.T) {
 		rx := listenUDP(t, d.ns, d.ip, 7003)
 		sendSegmented(t, a.ns, d.ip, 7003, sends, segs, segSize, tail, func(first, n int) { readSeq(t, rx, first, n, size) })
 	}
+	waitPortStats(t, tn.s, "c", "every write counted", func(s PortStats) bool { return s.TxFrames >= uint64(sends*perSend) })
 
 	sa, sb, sc, sh := tn.stats("a"), tn.stats("b"), tn.stats("c"), tn.stats("host")
 	t.Logf("a read %d frames (%d superframes); b got %d writes, c %d, the node %d", sa.RxFrames, sa.GSOFrames, sb.TxFrames, sc.TxFrames, sh.TxFrames)
