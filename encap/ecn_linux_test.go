@@ -228,7 +228,7 @@ func TestTapSuperframeECN(t *testing.T) {
 		send := func(tos uint8) {
 			buf, _, gso := tcpSuperframe(payload, mss, 1000)
 			setTOS(buf[packet.Headroom:], tos)
-			frame, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+			frame, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
 			if !ok {
 				t.Fatal("Frame refused a TCP superframe")
 			}

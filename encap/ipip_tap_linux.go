@@ -39,6 +39,9 @@ type IPIPTap struct {
 	prog           *tapProgram
 	ipID           atomic.Uint32
 	outerFromInner bool
+	// udp: the TAP takes UDP superframes (USO, Linux 6.2+), so Frame
+	// does too (WholeUDP).
+	udp bool
 }
 
 // ipipMarking is the IPIPTap's tc program: the outer IPv4 header taken
@@ -57,6 +60,11 @@ const MaxIPIPTapInner = 0xffff - packet.IPv4MinHeaderLen
 // ipipTapOffloadFlags: TCPv4 superframes, ECN bit included.
 const ipipTapOffloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN
 
+// tunFUSO is TUN_F_USO4 | TUN_F_USO6 (linux/if_tun.h, Linux 6.2), not
+// in x/sys yet, which the kernel takes only together: the kernels that
+// know them take a GSO_UDP_L4 virtio header on write.
+const tunFUSO = 0x20 | 0x40
+
 // CheckIPIPTap says whether the daemon can send IP-in-IP superframes
 // whole here (checkMarked). nil: it can.
 func CheckIPIPTap() error {
@@ -72,10 +80,38 @@ func CheckIPIPTap() error {
 func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, error) {
 	t := &IPIPTap{outerFromInner: outerFromInner}
 	var err error
-	if t.prog, err = t.openMarked("ipip tap", name, local, packet.VirtioNetHdrLen, ipipTapOffloadFlags, ipipMarking); err != nil {
+	var used int
+	t.prog, used, err = t.openMarked("ipip tap", name, local, packet.VirtioNetHdrLen, ipipMarking, ipipTapOffloadFlags|tunFUSO, ipipTapOffloadFlags)
+	if err != nil {
 		return nil, err
 	}
+	t.udp = used == 0
 	return t, nil
+}
+
+// WholeUDP says whether Frame takes UDP superframes (see WholeUDPSuperframe).
+func (t *IPIPTap) WholeUDP() bool { return t.udp }
+
+// MaxWholeUDPSegments is the most datagrams a UDP superframe sent whole
+// may hold: what every kernel's UDP segmentation takes (UDP_MAX_SEGMENTS
+// before Linux 6.9), and what the receiving switch recognises
+// (packet.MarkedUDPSegments).
+const MaxWholeUDPSegments = packet.GROMaxSegments
+
+// WholeUDPSuperframe says whether ip, with offload metadata gso (offsets
+// from the IPv4 header), is a UDP superframe that can cross IP-in-IP
+// whole and be recognised when it arrives so (packet.MarkedUDPSegments):
+// a superframe as a kernel makes one (packet.CheckUDPSuperframe), of at
+// most MaxWholeUDPSegments datagrams each within mtu, the largest inner
+// packet the tunnel carries, and itself larger than mtu. A smaller one is
+// sent as its datagrams. ip must be valid and cut to its total length.
+func WholeUDPSuperframe(ip packet.IPv4, gso packet.VirtioNetHdr, mtu int) bool {
+	if len(ip) <= mtu || packet.CheckUDPSuperframe(ip, gso) != nil || gso.Flags&packet.VirtioNetHdrFNeedsCsum == 0 {
+		return false
+	}
+	hdrLen := ip.HeaderLen() + packet.UDPHeaderLen
+	size := int(gso.GSOSize)
+	return hdrLen+size <= mtu && (len(ip)-hdrLen+size-1)/size <= MaxWholeUDPSegments
 }
 
 // Frame writes the headers in the IPIPTapHeadroom bytes before buf[ip:],
@@ -83,20 +119,33 @@ func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, 
 // is gso, its offsets counted from the inner IPv4 header), and returns
 // the frame to Send; the outer destination is dst. ok is false if the
 // packet cannot go this way (send it segmented instead): too little
-// headroom, dst not IPv4, too big for one outer packet, or not a TCPv4
-// superframe as a kernel writes one (WholeTCPSuperframe); the header
+// headroom, dst not IPv4, too big for one outer packet, or neither a
+// TCPv4 superframe as a kernel writes one (WholeTCPSuperframe) nor, where
+// the TAP takes them, a UDP superframe that may cross whole
+// (WholeUDPSuperframe within mtu, the tunnel's inner MTU); the header
 // length the kernel copies into each segment is taken from the packet,
-// not gso.
-func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr) (frame []byte, ok bool) {
-	if ip < IPIPTapHeadroom || len(buf)-ip < packet.IPv4MinHeaderLen+packet.TCPMinHeaderLen || !dst.Is4() {
+// not gso. A UDP superframe's length field and checksum are rewritten
+// for the receiver (packet.MarkUDPSegments).
+func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr, mtu int) (frame []byte, ok bool) {
+	if ip < IPIPTapHeadroom || len(buf)-ip < packet.IPv4MinHeaderLen+packet.UDPHeaderLen || !dst.Is4() {
 		return nil, false
 	}
 	in := packet.IPv4(buf[ip:])
 	inner, ihl := len(in), in.HeaderLen()
-	if inner > MaxIPIPTapInner || !WholeTCPSuperframe(in, gso) {
+	if inner > MaxIPIPTapInner {
 		return nil, false
 	}
-	hdrLen := ihl + packet.TCP(in[ihl:]).DataOffset()
+	var hdrLen int
+	csumOffset := uint16(tcpChecksumOffset)
+	switch {
+	case WholeTCPSuperframe(in, gso):
+		hdrLen = ihl + packet.TCP(in[ihl:]).DataOffset()
+	case t.udp && WholeUDPSuperframe(in, gso, mtu):
+		hdrLen, csumOffset = ihl+packet.UDPHeaderLen, udpChecksumOffset
+		packet.MarkUDPSegments(in, int(gso.GSOSize))
+	default:
+		return nil, false
+	}
 	segs := (inner - hdrLen + int(gso.GSOSize) - 1) / int(gso.GSOSize)
 	f := buf[ip-IPIPTapHeadroom:]
 	const innerNH = packet.EthernetHeaderLen + packet.IPv4MinHeaderLen // virtio offsets count from the Ethernet header
@@ -106,7 +155,7 @@ func (t *IPIPTap) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNet
 		HdrLen:     uint16(innerNH + hdrLen),
 		GSOSize:    gso.GSOSize,
 		CsumStart:  uint16(innerNH + ihl),
-		CsumOffset: tcpChecksumOffset,
+		CsumOffset: csumOffset,
 	}.Encode(f)
 
 	// The kernel numbers the segments' outer IDs from this one on, as it

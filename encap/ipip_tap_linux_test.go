@@ -104,7 +104,7 @@ func TestIPIPTapSuperframe(t *testing.T) {
 
 	buf, _, gso := tcpSuperframe(payload, mss, 1000)
 	want := append([]byte(nil), buf[packet.Headroom:]...)
-	frame, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	frame, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
 	if !ok {
 		t.Fatal("Frame refused a TCP superframe with headroom")
 	}
@@ -123,7 +123,7 @@ func TestIPIPTapSuperframe(t *testing.T) {
 	// Software segmentation, with checksums computed in software too.
 	ethtoolOff(t, u.nameA, "tx-ipxip4-segmentation", "tx-checksum-ip-generic")
 	buf, _, gso = tcpSuperframe(payload, mss, 1000)
-	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
 	if err := tap.Send(frame); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestIPIPTapSuperframe(t *testing.T) {
 	// The program is what makes this work: without it the kernel
 	// finds an IP-in-IP header on a plain TCP superframe and drops it.
 	buf, _, gso = tcpSuperframe(payload, mss, 1000)
-	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	frame, _ = tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
 	withoutProgram(t, u.nameA, "pnip0", tap, frame, rx)
 }
 
@@ -201,7 +201,7 @@ func TestIPIPTapOuterFromInner(t *testing.T) {
 	ethtoolOff(t, u.nameA, "tx-ipxip4-segmentation", "tx-checksum-ip-generic")
 	const payload, mss = 9000, 1000
 	buf, _, gso := tcpSuperframe(payload, mss, 7)
-	frame, _ := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+	frame, _ := tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
 	if err := tap.Send(frame); err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestIPIPTapAllocs(t *testing.T) {
 	listen(t, u.nsB, IPIPConfig{Local: u.addrB})
 	buf, _, gso := tcpSuperframe(20000, 1400, 1000)
 	if a := testing.AllocsPerRun(50, func() {
-		frame, _ := tap.Frame(buf, packet.Headroom, u.addrB, gso)
+		frame, _ := tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
 		if err := tap.Send(frame); err != nil {
 			t.Fatal(err)
 		}
@@ -239,7 +239,7 @@ func TestIPIPTapFrame(t *testing.T) {
 	dst := netip.MustParseAddr("10.250.0.2")
 	buf, _, gso := tcpSuperframe(20000, 1400, 1)
 	gso.HdrLen = 9999 // a lie: Frame must not pass it on
-	f, ok := tap.Frame(buf, packet.Headroom, dst, gso)
+	f, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU)
 	if !ok {
 		t.Fatal("Frame refused")
 	}
@@ -264,7 +264,7 @@ func TestIPIPTapFrame(t *testing.T) {
 	// Superframe after superframe, the IDs the kernel gives segments do
 	// not overlap: 15 segments each.
 	id1 := ip.ID()
-	f2, _ := tap.Frame(buf, packet.Headroom, dst, gso)
+	f2, _ := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU)
 	if id2 := packet.IPv4(f2[packet.VirtioNetHdrLen+packet.EthernetHeaderLen:]).ID(); id2-id1 != 15 {
 		t.Errorf("outer IP IDs %d then %d, want 15 apart (one per segment)", id1, id2)
 	}
@@ -272,7 +272,7 @@ func TestIPIPTapFrame(t *testing.T) {
 	for _, tc := range frameCases(IPIPTapHeadroom) {
 		buf, _, gso := tcpSuperframe(4000, 1000, 1)
 		b, i := tc.adjust(buf, packet.Headroom, &gso)
-		if _, ok := tap.Frame(b, i, dst, gso); ok != tc.ok {
+		if _, ok := tap.Frame(b, i, dst, gso, testInnerMTU); ok != tc.ok {
 			t.Errorf("%s: Frame ok = %v, want %v", tc.name, ok, tc.ok)
 		}
 	}
@@ -281,7 +281,7 @@ func TestIPIPTapFrame(t *testing.T) {
 		ok    bool
 	}{{MaxIPIPTapInner, true}, {MaxIPIPTapInner + 1, false}} {
 		buf, _, gso := tcpSuperframe(tc.inner-40, 1400, 1)
-		f, ok := tap.Frame(buf, packet.Headroom, dst, gso)
+		f, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU)
 		if ok != tc.ok {
 			t.Errorf("inner packet of %d bytes: Frame ok = %v, want %v", tc.inner, ok, tc.ok)
 		}
@@ -289,7 +289,7 @@ func TestIPIPTapFrame(t *testing.T) {
 			t.Errorf("largest superframe: outer total length %d, want 65535", binary.BigEndian.Uint16(f[packet.VirtioNetHdrLen+packet.EthernetHeaderLen+2:]))
 		}
 	}
-	if _, ok := tap.Frame(buf, packet.Headroom, netip.MustParseAddr("fd00::1"), gso); ok {
+	if _, ok := tap.Frame(buf, packet.Headroom, netip.MustParseAddr("fd00::1"), gso, testInnerMTU); ok {
 		t.Error("Frame took an IPv6 destination")
 	}
 }
@@ -328,5 +328,145 @@ func TestIPIPTapProgramSelfTest(t *testing.T) {
 	passAll := asm.Instructions{asm.Mov.Imm(asm.R0, tcActOK), asm.Return()}
 	if err := ipipMarking.selfTest(load(passAll)); err == nil || !strings.Contains(err.Error(), "marked 0") {
 		t.Fatalf("a program that marks nothing: %v, want a failed self-test", err)
+	}
+}
+
+// testInnerMTU is the inner MTU the tests' IP-in-IP tunnels carry (a
+// 1500-byte underlay).
+const testInnerMTU = 1500 - IPIPOverhead
+
+// udpSuperframe returns a buffer holding, after packet.Headroom, a UDP
+// superframe of count datagrams of size bytes (the last one 3 bytes
+// shorter) from 10.0.0.1 to 10.0.0.2, with its virtio header.
+func udpSuperframe(size, count int) ([]byte, packet.VirtioNetHdr) {
+	payload := size*count - 3
+	buf := make([]byte, packet.Headroom+packet.IPv4MinHeaderLen+packet.UDPHeaderLen+payload)
+	ip := packet.IPv4(buf[packet.Headroom:])
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[4:], 0x2000)
+	ip[8] = 64
+	ip[9] = packet.ProtoUDP
+	copy(ip[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip[:20], 0))
+	u := packet.UDP(ip[20:])
+	u.SetSrcPort(40001)
+	u.SetDstPort(9000)
+	for i := range payload {
+		u[8+i] = byte(i * 7)
+	}
+	return buf, packet.AsUDPSuperframe(ip, size)
+}
+
+// A UDP superframe written into the TAP leaves as IP-in-IP: across a
+// veth it arrives whole, marked with its segment size
+// (packet.MarkedUDPSegments), and is the superframe sent once unmarked;
+// where the underlay cannot segment IP-in-IP the kernel cuts it into its
+// datagrams, each complete with its own length and checksum.
+func TestIPIPTapUDPSuperframe(t *testing.T) {
+	u := newUnderlay(t)
+	tap := openIPIPTapIn(t, u.nsA, u.addrA, false)
+	rx := listen(t, u.nsB, IPIPConfig{Local: u.addrB})
+	const size, count = 200, 20
+	buf, gso := udpSuperframe(size, count)
+	if !tap.WholeUDP() {
+		// A kernel before 6.2 (no USO on TAPs): Frame must refuse.
+		if _, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU); ok {
+			t.Fatal("Frame took a UDP superframe on a TAP without USO")
+		}
+		t.Fatalf("the IP-in-IP TAP takes no UDP superframes on Linux %s (USO needs 6.2)", osRelease())
+	}
+	want := bytes.Clone(buf[packet.Headroom:])
+	frame, ok := tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU)
+	if !ok {
+		t.Fatal("Frame refused a UDP superframe")
+	}
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	got := readN(t, rx, 1, 3*time.Second)
+	_, inner, r := DecapIPIP(got[0])
+	if r != DecapOK {
+		t.Fatalf("whole superframe: decap %v", r)
+	}
+	seg, ok := packet.MarkedUDPSegments(inner, testInnerMTU)
+	if !ok || seg != size {
+		t.Fatalf("whole superframe of %d bytes: MarkedUDPSegments = %d, %v; want %d, true", len(inner), seg, ok, size)
+	}
+	if h := packet.AsUDPSuperframe(inner, seg); h != gso || !bytes.Equal(inner, want) {
+		t.Fatalf("whole superframe unmarked: %+v, %d bytes; want the %d sent, %+v", h, len(inner), len(want), gso)
+	}
+
+	// Software segmentation: every datagram on its own.
+	ethtoolOff(t, u.nameA, "tx-ipxip4-segmentation", "tx-checksum-ip-generic")
+	buf, gso = udpSuperframe(size, count)
+	if frame, ok = tap.Frame(buf, packet.Headroom, u.addrB, gso, testInnerMTU); !ok {
+		t.Fatal("Frame refused the second superframe")
+	}
+	if err := tap.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	got = readN(t, rx, count, 3*time.Second)
+	if len(got) != count {
+		t.Fatalf("got %d packets, want %d datagrams", len(got), count)
+	}
+	var data []byte
+	for i, p := range got {
+		_, in, r := DecapIPIP(p)
+		if r != DecapOK || in.Validate() != packet.ParseOK || in.Protocol() != packet.ProtoUDP {
+			t.Fatalf("packet %d: not a UDP/IPv4 packet in IP-in-IP (%v)", i, r)
+		}
+		d := packet.UDP(in.Payload())
+		wantLen := size
+		if i == count-1 {
+			wantLen = size - 3
+		}
+		if int(d.Length()) != packet.UDPHeaderLen+wantLen || len(d) != packet.UDPHeaderLen+wantLen || !packet.TransportChecksumValid(in) {
+			t.Fatalf("datagram %d: UDP length %d in %d bytes (checksum valid %v), want %d", i, d.Length(), len(d), packet.TransportChecksumValid(in), packet.UDPHeaderLen+wantLen)
+		}
+		data = append(data, d[packet.UDPHeaderLen:]...)
+	}
+	if !bytes.Equal(data, want[28:]) {
+		t.Errorf("the datagrams carry %d bytes, not the %d sent", len(data), len(want)-28)
+	}
+}
+
+// Frame takes a UDP superframe only where it may cross whole: larger
+// than the tunnel's MTU, its datagrams within it, at most
+// MaxWholeUDPSegments of them.
+func TestIPIPTapUDPFrame(t *testing.T) {
+	tap := &IPIPTap{forwardTap: forwardTap{local: [4]byte{10, 250, 0, 1}, vnetLen: packet.VirtioNetHdrLen}, udp: true}
+	dst := netip.MustParseAddr("10.250.0.2")
+	buf, gso := udpSuperframe(200, 20)
+	f, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU)
+	if !ok {
+		t.Fatal("Frame refused")
+	}
+	var h packet.VirtioNetHdr
+	if err := h.Decode(f); err != nil {
+		t.Fatal(err)
+	}
+	if want := (packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4,
+		HdrLen: 14 + 20 + 28, GSOSize: 200, CsumStart: 14 + 20 + 20, CsumOffset: 6}); h != want {
+		t.Errorf("virtio-net header %+v, want %+v", h, want)
+	}
+	for _, tc := range []struct {
+		name        string
+		size, count int
+		mtu         int
+	}{
+		{"no larger than the MTU", 100, 10, testInnerMTU},
+		{"a datagram larger than the MTU", 1000, 10, 1000},
+		{"more than MaxWholeUDPSegments", 30, MaxWholeUDPSegments + 1, testInnerMTU},
+	} {
+		buf, gso := udpSuperframe(tc.size, tc.count)
+		if _, ok := tap.Frame(buf, packet.Headroom, dst, gso, tc.mtu); ok {
+			t.Errorf("%s: Frame took it", tc.name)
+		}
+	}
+	tap.udp = false
+	buf, gso = udpSuperframe(200, 20)
+	if _, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU); ok {
+		t.Error("Frame took a UDP superframe on a TAP without USO")
 	}
 }

@@ -270,30 +270,31 @@ func (p *tapProgram) close() error {
 }
 
 // openMarked makes t the TAP name in the calling thread's namespace, with
-// virtio-net headers of vnetLen bytes and the offloads in offload, whose
-// frames come from local and are marked by m's program (attached before
-// the link is up, so no frame passes unmarked). kind names it in errors.
-// It returns the program, which t closes with itself.
-func (t *forwardTap) openMarked(kind, name string, local netip.Addr, vnetLen, offload int, m marking) (*tapProgram, error) {
+// virtio-net headers of vnetLen bytes and the first of offloads the
+// kernel takes, whose frames come from local and are marked by m's
+// program (attached before the link is up, so no frame passes unmarked).
+// kind names it in errors. It returns the program, which t closes with
+// itself, and the index in offloads of the offloads set.
+func (t *forwardTap) openMarked(kind, name string, local netip.Addr, vnetLen int, m marking, offloads ...int) (*tapProgram, int, error) {
 	if err := checkLocal(kind, name, local); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	fd, _, _, err := openTap(name, unix.IFF_TUN_EXCL, vnetLen, offload)
+	fd, _, used, err := openTap(name, unix.IFF_TUN_EXCL, vnetLen, offloads...)
 	if err != nil {
-		return nil, fmt.Errorf("%s %q: %w", kind, name, err)
+		return nil, 0, fmt.Errorf("%s %q: %w", kind, name, err)
 	}
 	p, err := attachTapProgram(name, m)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("%s %q: %w", kind, name, err)
+		return nil, 0, fmt.Errorf("%s %q: %w", kind, name, err)
 	}
 	t.check, t.onClose = p.check, p.close
 	if err := t.init(kind, name, fd, local, vnetLen); err != nil {
 		p.close()
 		unix.Close(fd)
-		return nil, err
+		return nil, 0, err
 	}
-	return p, nil
+	return p, used, nil
 }
 
 // checkMarked says whether a TAP marked by m's program can work here: it

@@ -146,7 +146,7 @@ func OpenVXLANTapMarked(name string, local netip.Addr, port uint16) (*VXLANTap, 
 	}
 	t := &VXLANTap{}
 	var err error
-	if t.prog, err = t.openMarked("vxlan tap", name, local, vnetTunnelHdrLen, vxlanTapMarkedOffloadFlags, vxlanMarking(port)); err != nil {
+	if t.prog, _, err = t.openMarked("vxlan tap", name, local, vnetTunnelHdrLen, vxlanMarking(port), vxlanTapMarkedOffloadFlags); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -240,8 +240,11 @@ func (t *VXLANTap) writeOuter(f []byte, dst [4]byte, tos uint8, srcPort, dstPort
 	return u
 }
 
-// tcpChecksumOffset is where the checksum sits in a TCP header.
-const tcpChecksumOffset = 16
+// Where the checksum sits in a TCP and in a UDP header.
+const (
+	tcpChecksumOffset = 16
+	udpChecksumOffset = 6
+)
 
 // WholeTCPSuperframe says whether ip, with offload metadata gso (offsets
 // from the IPv4 header), is a TCPv4 superframe as a kernel writes one,

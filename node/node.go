@@ -72,9 +72,10 @@ type Config struct {
 	// frame gets through.
 	NoVXLANSuperframes bool
 	// NoIPIPSuperframes does the same for IP-in-IP: by default TCP
-	// superframes leave whole through a TAP of its own (IPIPTapName),
-	// marked as IP-in-IP by a tc program, where the kernel lets it load
-	// the program and a probe frame gets through.
+	// superframes, and UDP ones where the kernel has USO, leave whole
+	// through a TAP of its own (IPIPTapName), marked as IP-in-IP by a tc
+	// program, where the kernel lets it load the program and a probe
+	// frame gets through.
 	NoIPIPSuperframes bool
 	// NoNATPacketPath sends all NAT outgoing TCP through NAT's netstack.
 	// By default TCP to remotes routed out of the underlay takes the
@@ -594,6 +595,10 @@ func (n *Node) openIPIPTap() *encap.IPIPTap {
 		})
 	if !ok {
 		return nil
+	}
+	if !t.WholeUDP() {
+		s := "on for TCP (sent whole through " + IPIPTapName + "; the kernel segments them); UDP is cut in userspace: this kernel's TAPs have no USO (Linux 6.2+)"
+		n.ipipSuperframes.Store(&s)
 	}
 	return t
 }

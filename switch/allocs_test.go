@@ -68,14 +68,16 @@ func (discardSuperframes) Frame(buf []byte, start int, _ netip.AddrPort, _ uint1
 func (discardSuperframes) Send([]byte) error { return nil }
 func (discardSuperframes) Err() error        { return nil }
 
-// discardIPIPSuperframes takes IP-in-IP superframes whole and drops them.
+// discardIPIPSuperframes takes IP-in-IP superframes whole, UDP ones too,
+// and drops them.
 type discardIPIPSuperframes struct{}
 
-func (discardIPIPSuperframes) Frame(buf []byte, ip int, _ netip.Addr, _ packet.VirtioNetHdr) ([]byte, bool) {
+func (discardIPIPSuperframes) Frame(buf []byte, ip int, _ netip.Addr, _ packet.VirtioNetHdr, _ int) ([]byte, bool) {
 	return buf[ip-encap.IPIPTapHeadroom:], true
 }
 func (discardIPIPSuperframes) Send([]byte) error { return nil }
 func (discardIPIPSuperframes) Err() error        { return nil }
+func (discardIPIPSuperframes) WholeUDP() bool    { return true }
 
 // TestForwardAllocsInMemory requires 0 allocations per packet on every
 // path, TSO superframes included (segmentation, GRO, lanes), without root.
@@ -134,21 +136,27 @@ func TestForwardAllocsInMemory(t *testing.T) {
 		segs = vxlanDatagram(ipSpec{src: "10.0.2.5", dst: "10.0.0.2", proto: "tcp", payload: 1000, seq: uint32(1000 * i), df: true}.build(), encap.DefaultVNI)
 	}
 	injected, injectedHdr := injectedSuperframe("10.0.0.2")
-	burst := udpBurst(src, "10.0.0.2", 4, 64)
-	burstBufs := make([][]byte, len(burst))
-	for i := range burstBufs {
-		burstBufs[i] = make([]byte, packet.BufferSize)
+	// burstFromA sends a burst of UDP datagrams from a, each in a buffer
+	// of its own, as a batch of reads gives them.
+	burstFromA := func(burst [][]byte) func(f *forwarder, buf []byte) {
+		bufs := make([][]byte, len(burst))
+		for i := range bufs {
+			bufs[i] = make([]byte, packet.BufferSize)
+		}
+		return func(f *forwarder, _ []byte) {
+			for i, fr := range burst {
+				n := copy(bufs[i][packet.Headroom:], fr)
+				f.fromPod(a, bufs[i], packet.Headroom, n)
+			}
+		}
 	}
 	for _, tc := range []struct {
 		name string
 		send func(f *forwarder, buf []byte)
 	}{
-		{"udp burst to pod (GRO)", func(f *forwarder, _ []byte) {
-			for i, fr := range burst {
-				n := copy(burstBufs[i][packet.Headroom:], fr)
-				f.fromPod(a, burstBufs[i], packet.Headroom, n)
-			}
-		}},
+		{"udp burst to pod (GRO)", burstFromA(udpBurst(src, "10.0.0.2", 4, 64))},
+		{"udp burst over ipip (GRO, whole)", burstFromA(udpBurst(src, "10.0.1.9", 40, 64))},
+		{"udp burst over ipip (GRO, cut: within the MTU)", burstFromA(udpBurst(src, "10.0.1.9", 4, 64))},
 		{"pod to pod", fromA(podFrame(src, ipSpec{src: "10.0.0.1", dst: "10.0.0.2", payload: 64}.build()))},
 		{"superframe to pod", fromA(superframe(src, "10.0.0.2", 8000, 1000))},
 		{"superframe to host", fromA(superframe(src, "172.16.0.1", 8000, 1000))},

@@ -65,7 +65,9 @@ type egressCaps struct {
 	// superframes for it (GRO); only with superframes.
 	coalesce bool
 	// coalesceUDP: it also takes UDP superframes (GSO_UDP_L4), so GRO
-	// merges the datagrams of a flow for it, from any ingress.
+	// merges the datagrams of a flow for it, from any ingress. A tunnel
+	// (maxSuperframe set) takes only those that may cross it whole
+	// (encap.WholeUDPSuperframe); GRO's smaller ones leave cut again.
 	coalesceUDP bool
 	// maxSuperframe, if not 0, limits the superframes it takes whole to
 	// those of at most this many bytes that a kernel can segment again
@@ -83,10 +85,20 @@ func (c egressCaps) takesWhole(p packetRef) bool {
 		return false
 	}
 	if p.gso.GSOType == packet.GSOUDPL4 {
-		// Only a device with USO takes UDP ones, and no tunnel does.
-		return c.coalesceUDP && c.maxSuperframe == 0
+		// A device with USO takes any; IP-in-IP through a TAP with USO
+		// those larger than its MTU.
+		if !c.coalesceUDP {
+			return false
+		}
+		return c.maxSuperframe == 0 || p.n <= c.maxSuperframe && encap.WholeUDPSuperframe(p.ipv4(), p.gso, c.innerMTU)
 	}
 	return c.maxSuperframe == 0 || p.n <= c.maxSuperframe && encap.WholeTCPSuperframe(p.ipv4(), p.gso)
+}
+
+// merges says whether GRO runs for the egress: for TCP and UDP where
+// coalesce is set, for UDP alone at a tunnel that takes UDP superframes.
+func (c egressCaps) merges() bool {
+	return c.coalesce || c.coalesceUDP && c.maxSuperframe > 0
 }
 
 // egress is where a route sends packets.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ type fakeQueue struct {
 	rx     chan [][]byte
 	closed chan struct{}
 	once   sync.Once
+	batch  atomic.Int64 // len(bufs) of the last Read: the reader's batch
 }
 
 func newFakeQueue() fakeQueue {
@@ -31,6 +33,7 @@ func (q *fakeQueue) offer(pkts ...[]byte) { q.rx <- pkts }
 
 // read copies the packets of one offer into bufs[i][offset:].
 func (q *fakeQueue) read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	q.batch.Store(int64(len(bufs)))
 	select {
 	case pkts := <-q.rx:
 		if len(pkts) > len(bufs) {

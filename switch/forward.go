@@ -81,9 +81,10 @@ type forwarder struct {
 	// flow's segments.
 	lastSrc, lastSrcNode netip.Addr
 
-	gro     *packet.GRO // packets bound for pods and podnet0, merged per flow
-	groIn   ingress     // where the held segments came from
-	groEmit func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
+	gro         *packet.GRO // packets bound for pods, podnet0 and NAT (UDP also IP-in-IP), merged per flow
+	groIn       ingress     // where the held segments came from
+	groFlushing bool        // flushGRO is under way
+	groEmit     func(buf []byte, off, n int, hdr packet.VirtioNetHdr)
 }
 
 func newForwarder(s *Switch) *forwarder {
@@ -154,11 +155,15 @@ func (f *forwarder) routedVia(inner, node netip.Addr) bool {
 //
 // read fills bufs[i][packet.Headroom:] and sizes; classify takes packet i
 // of the batch. Both are made once per reader, so the loop allocates
-// nothing.
+// nothing, except that a batch of batch buffers grows towards maxBatch
+// while reads come back full of small frames: a burst of small datagrams
+// is merged (GRO) and written (superframes) a batch at a time, so a
+// deeper batch saves writes, while bulk transfers, whose frames are
+// superframes, keep the few 64 KiB buffers they need.
 //
 // When a capture is attached to capt, each packet read is copied to it
 // from byte skip on (past a virtio header) as link.
-func (s *Switch) readLoop(name string, c *counters, batch int,
+func (s *Switch) readLoop(name string, c *counters, batch, maxBatch int,
 	capt *atomic.Pointer[Capture], skip int, link LinkType, self *podPort,
 	read func(bufs [][]byte, sizes []int) (int, error),
 	classify func(f *forwarder, i int, buf []byte, size int)) {
@@ -193,6 +198,9 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 		}
 		small := smallBatch(n, bufs, sizes, skip) // before forwarding rewrites the headroom
 		s.forwardBatch(f, c, n, bufs, sizes, capt, skip, link, classify)
+		if n == len(bufs) && n < maxBatch && smallFrames(sizes) {
+			bufs, sizes = growBatch(bufs, maxBatch)
+		}
 		if tn != nil && n > 0 {
 			tn.Done() // read returned frames holding the turn
 		}
@@ -205,6 +213,30 @@ func (s *Switch) readLoop(name string, c *counters, batch int,
 			}
 		}
 	}
+}
+
+// growFrameMax is the largest frame, virtio header included, a batch may
+// hold and still make its reader's batch grow: datagrams, not
+// superframes.
+const growFrameMax = 2048
+
+// smallFrames says whether every frame of a batch is at most growFrameMax.
+func smallFrames(sizes []int) bool {
+	for _, sz := range sizes {
+		if sz > growFrameMax {
+			return false
+		}
+	}
+	return true
+}
+
+// growBatch doubles a reader's batch, up to maxBatch buffers, and
+// returns it with sizes to match.
+func growBatch(bufs [][]byte, maxBatch int) ([][]byte, []int) {
+	for n := min(2*len(bufs), maxBatch); len(bufs) < n; {
+		bufs = append(bufs, make([]byte, packet.BufferSize))
+	}
+	return bufs, make([]int, len(bufs))
 }
 
 // smallBatch says whether a batch looks like a request that waits for its
@@ -311,7 +343,7 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		}
 		p.gso = packet.VirtioNetHdr{}
 	}
-	if caps.coalesce && f.dry == nil && f.coalesce(in, p, h, caps) {
+	if caps.merges() && f.dry == nil && f.coalesce(in, p, h, caps) {
 		return
 	}
 	f.send(in, p, h)

@@ -37,7 +37,7 @@ func (f *forwarder) coalesce(in ingress, p packetRef, h *hop, caps egressCaps) b
 	opts := packet.GROOpts{Verified: p.verified}
 	switch ip.Protocol() {
 	case packet.ProtoTCP:
-		if !in.segmented() {
+		if !caps.coalesce || !in.segmented() {
 			return false
 		}
 	case packet.ProtoUDP:
@@ -79,27 +79,38 @@ func standardPartial(ip packet.IPv4, h packet.VirtioNetHdr) bool {
 	return false
 }
 
-// flushGRO writes what GRO holds.
+// flushGRO writes what GRO holds. Cutting what GRO gives back (emitGRO)
+// may write out the lanes to make room (segment), which calls it again:
+// that inner call does nothing, and the flush goes on.
 func (f *forwarder) flushGRO() {
-	if f.groIn == nil {
+	if f.groIn == nil || f.groFlushing {
 		return
 	}
+	f.groFlushing = true
 	f.gro.Flush(f.groEmit)
+	f.groFlushing = false
 	f.groIn = nil
 }
 
 // emitGRO sends one packet GRO produced, a superframe with its offload
 // metadata or a lone segment, to the egress its route resolves to (one
-// that coalesces: the batch's FIB snapshot resolves it as when it was
-// taken).
+// that merges: the batch's FIB snapshot resolves it as when it was
+// taken). A superframe the egress does not take whole (a tunnel's UDP
+// one within its MTU) leaves as its datagrams.
 func (f *forwarder) emitGRO(buf []byte, off, n int, hdr packet.VirtioNetHdr) {
 	in := f.groIn
 	h, ok := f.route(packet.IPv4(buf[off : off+n]).Dst())
-	if !ok || !h.eg.caps().coalesce {
+	if !ok || !h.eg.caps().merges() {
 		in.stats().drop(DropNoRoute)
 		return
 	}
-	h.eg.send(f, in, packetRef{buf: buf, ip: off, n: n, gso: hdr}, h)
+	caps := h.eg.caps()
+	p := packetRef{buf: buf, ip: off, n: n, gso: hdr}
+	if p.superframe() && !caps.takesWhole(p) {
+		f.segment(in, p, h)
+		return
+	}
+	h.eg.send(f, in, p, h)
 }
 
 // repairPartialChecksum completes a TCP or UDP checksum that a sender

@@ -138,7 +138,7 @@ func (s *Switch) routineHostReader(h *hostPort) {
 	if h.offload {
 		skip = vnetLen
 	}
-	s.readLoop("host", &h.c, h.dev.BatchSize(), &h.capt, skip, LinkIPv4, nil,
+	s.readLoop("host", &h.c, h.dev.BatchSize(), h.dev.BatchSize(), &h.capt, skip, LinkIPv4, nil,
 		func(bufs [][]byte, sizes []int) (int, error) { return h.dev.Read(bufs, sizes, packet.Headroom) },
 		func(f *forwarder, _ int, buf []byte, size int) { f.fromHost(h, buf, packet.Headroom, size) })
 }

@@ -23,13 +23,18 @@ type IPIPConn interface {
 	Close() error
 }
 
-// IPIPSuperframes sends TCP superframes as IP-in-IP whole, for the node's
-// kernel (or its NIC) to cut into packets: encap.IPIPTap implements it.
+// IPIPSuperframes sends TCP superframes, and UDP ones where the kernel
+// knows USO, as IP-in-IP whole, for the node's kernel (or its NIC) to cut
+// into packets: encap.IPIPTap implements it.
 type IPIPSuperframes interface {
 	// Frame writes the outer headers before buf[ip:] (the superframe,
 	// whose offload metadata is gso) for node dst and returns the frame
-	// to Send, or false if this packet cannot go that way.
-	Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr) ([]byte, bool)
+	// to Send, or false if this packet cannot go that way; mtu is the
+	// tunnel's inner MTU.
+	Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr, mtu int) ([]byte, bool)
+	// WholeUDP says whether Frame takes UDP superframes
+	// (encap.WholeUDPSuperframe).
+	WholeUDP() bool
 	Send(frame []byte) error
 	// Err is non-nil once what Send writes no longer gets through (the
 	// kernel drops it); the switch then stops using it.
@@ -57,7 +62,11 @@ func (s *Switch) AttachUnderlay(cfg UnderlayConfig) error {
 	if cfg.Conn == nil {
 		return errors.New("attach underlay: Conn is required")
 	}
-	t := &ipipTunnel{conn: cfg.Conn, sf: cfg.Superframes}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = 1500
+	}
+	t := &ipipTunnel{conn: cfg.Conn, sf: cfg.Superframes, innerMTU: mtu - encap.IPIPOverhead}
 	if cfg.Superframes != nil {
 		t.sfg = superframeGate{tunnel: "ipip", sink: cfg.Superframes, log: s.log}
 	}
@@ -73,13 +82,15 @@ func (s *Switch) IPIPSuperframes() (attached bool, failure error) {
 
 // ipipTunnel adapts an IPIPConn to Tunnel.
 type ipipTunnel struct {
-	conn IPIPConn
-	sf   IPIPSuperframes // nil: superframes are segmented
-	sfg  superframeGate  // sends to sf, until it fails
+	conn     IPIPConn
+	sf       IPIPSuperframes // nil: superframes are segmented
+	sfg      superframeGate  // sends to sf, until it fails
+	innerMTU int             // the largest inner packet one IP-in-IP packet carries
 }
 
 // maxSuperframe: superframes go whole through sf while it works.
 func (t *ipipTunnel) maxSuperframe() int { return t.sfg.limit(encap.MaxIPIPTapInner) }
+func (t *ipipTunnel) wholeUDP() bool     { return t.sf != nil && t.sf.WholeUDP() }
 
 func (t *ipipTunnel) gate() *superframeGate { return &t.sfg }
 
@@ -135,7 +146,7 @@ func (q *ipipSender) Queue(buf []byte, ip, n int, gso packet.VirtioNetHdr, r *ro
 	if whole {
 		// Only a tunnel with sf gets superframes (maxSuperframe), and
 		// they are what Frame takes; a refusal is counted as refused.
-		frame, ok := q.t.sf.Frame(buf[:ip+n], ip, r.NextHop, gso)
+		frame, ok := q.t.sf.Frame(buf[:ip+n], ip, r.NextHop, gso, q.t.innerMTU)
 		if !ok {
 			q.refused++
 			return true

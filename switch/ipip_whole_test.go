@@ -12,11 +12,13 @@ import (
 )
 
 // fakeIPIPSuperframes stands for encap.IPIPTap (encap's tests run the real
-// one): Frame claims the same headroom, and Send puts the inner superframe
-// (what the kernel would cut up) into the IP-in-IP socket's sink, so a
-// test sees superframes and ordinary packets in the order they left.
+// one): Frame claims the same headroom (and marks UDP superframes as the
+// real one does), and Send puts the inner superframe (what the kernel
+// would cut up) into the IP-in-IP socket's sink, so a test sees
+// superframes and ordinary packets in the order they left.
 type fakeIPIPSuperframes struct {
 	ipip *fakeIPIP
+	udp  bool // WholeUDP; set before the tunnel is attached
 
 	mu     sync.Mutex
 	gsos   []packet.VirtioNetHdr
@@ -24,9 +26,16 @@ type fakeIPIPSuperframes struct {
 	broken error // Err returns it
 }
 
-func (f *fakeIPIPSuperframes) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr) ([]byte, bool) {
+func (f *fakeIPIPSuperframes) Frame(buf []byte, ip int, dst netip.Addr, gso packet.VirtioNetHdr, mtu int) ([]byte, bool) {
 	if ip < encap.IPIPTapHeadroom {
 		return nil, false
+	}
+	if gso.GSOType == packet.GSOUDPL4 {
+		in := packet.IPv4(buf[ip:])
+		if !f.udp || !encap.WholeUDPSuperframe(in, gso, mtu) {
+			return nil, false
+		}
+		packet.MarkUDPSegments(in, int(gso.GSOSize))
 	}
 	f.mu.Lock()
 	f.gsos = append(f.gsos, gso)
@@ -53,6 +62,8 @@ func (f *fakeIPIPSuperframes) Send(frame []byte) error {
 	return nil
 }
 
+func (f *fakeIPIPSuperframes) WholeUDP() bool { return f.udp }
+
 func (f *fakeIPIPSuperframes) Err() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -60,15 +71,15 @@ func (f *fakeIPIPSuperframes) Err() error {
 }
 
 // newIPIPWholeNet is newFakeNet whose IP-in-IP tunnel sends superframes
-// whole through sf.
-func newIPIPWholeNet(t testing.TB) (*fakeNet, *fakeIPIPSuperframes) {
+// whole through sf, UDP ones too with udp.
+func newIPIPWholeNet(t testing.TB, udp bool) (*fakeNet, *fakeIPIPSuperframes) {
 	t.Helper()
 	n := newFakeNet(t)
 	if err := n.s.DetachTunnel(router.EncapIPIP); err != nil {
 		t.Fatal(err)
 	}
 	n.ipip = &fakeIPIP{fakeQueue: newFakeQueue()}
-	sf := &fakeIPIPSuperframes{ipip: n.ipip}
+	sf := &fakeIPIPSuperframes{ipip: n.ipip, udp: udp}
 	if err := n.s.AttachUnderlay(UnderlayConfig{Conn: n.ipip, MTU: 1500, LocalAddr: nodeSelf, Superframes: sf}); err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +89,7 @@ func newIPIPWholeNet(t testing.TB) (*fakeNet, *fakeIPIPSuperframes) {
 // A pod's superframe toward an IP-in-IP route leaves whole, between the
 // packets that came before and after it, to the route's node.
 func TestPodToIPIPWhole(t *testing.T) {
-	n, sf := newIPIPWholeNet(t)
+	n, sf := newIPIPWholeNet(t, false)
 	before := ipSpec{src: "10.0.0.1", dst: "10.0.1.9", payload: 100}.build()
 	after := ipSpec{src: "10.0.0.1", dst: "10.0.1.9", payload: 200}.build()
 	n.a.dev.offer(podFrame(n.a, before), superframe(n.a, "10.0.1.9", 4000, 1000), podFrame(n.a, after))
@@ -113,7 +124,7 @@ func TestPodToIPIPWhole(t *testing.T) {
 // big for one outer packet; and once what the tunnel sends whole no
 // longer gets through (Err), every superframe.
 func TestPodToIPIPWholeLimits(t *testing.T) {
-	n, sf := newIPIPWholeNet(t)
+	n, sf := newIPIPWholeNet(t, false)
 	n.a.dev.offer(superframe(n.a, "10.0.1.9", encap.MaxIPIPTapInner-40+1, 1400))
 	segs := (encap.MaxIPIPTapInner - 40 + 1 + 1399) / 1400
 	n.ipip.wait(t, segs)
@@ -139,7 +150,7 @@ func TestPodToIPIPWholeLimits(t *testing.T) {
 // A refused whole send drops that superframe (counted as egress-error);
 // three in a row turn the path off, and superframes are cut again.
 func TestPodToIPIPWholeFails(t *testing.T) {
-	n, sf := newIPIPWholeNet(t)
+	n, sf := newIPIPWholeNet(t, false)
 	sf.mu.Lock()
 	sf.fail = errors.New("no buffer space")
 	sf.mu.Unlock()
@@ -159,5 +170,92 @@ func TestPodToIPIPWholeFails(t *testing.T) {
 	}
 	if _, err := n.s.IPIPSuperframes(); err == nil || err.Error() != "no buffer space" {
 		t.Errorf("IPIPSuperframes() failure = %v, want the refusals' error", err)
+	}
+}
+
+// A burst of one flow's datagrams toward an IP-in-IP route is merged and
+// leaves whole, marked with its datagrams' size, where it is larger than
+// the tunnel's MTU; a burst that fits in one packet leaves as its
+// datagrams, each with a complete checksum.
+func TestPodUDPToIPIPWhole(t *testing.T) {
+	n, sf := newIPIPWholeNet(t, true)
+	n.a.dev.offer(udpBurst(n.a, "10.0.1.9", 8, 200)...)
+	got, dsts := n.ipip.wait(t, 1)
+	whole := packet.IPv4(got[0])
+	if len(whole) != 28+8*200 || dsts[0].(netip.Addr) != nodeIPIP || whole.TTL() != 63 {
+		t.Fatalf("burst of 8: %d bytes to %v (TTL %d), want %d to %v, TTL 63", len(whole), dsts[0], whole.TTL(), 28+8*200, nodeIPIP)
+	}
+	if size, ok := packet.MarkedUDPSegments(whole, 1480); !ok || size != 200 {
+		t.Errorf("the superframe is not marked with its datagrams' size: %d, %v", size, ok)
+	}
+	want := packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4, HdrLen: 28, GSOSize: 200, CsumStart: 20, CsumOffset: 6}
+	if len(sf.gsos) != 1 || sf.gsos[0] != want {
+		t.Errorf("Frame got gso %+v, want %+v", sf.gsos, want)
+	}
+
+	n.a.dev.offer(udpBurst(n.a, "10.0.1.9", 4, 64)...)
+	got, _ = n.ipip.wait(t, 5)
+	for i, p := range got[1:] {
+		ip := packet.IPv4(p)
+		if len(ip) != 28+64 || !packet.TransportChecksumValid(ip) {
+			t.Errorf("burst of 4, datagram %d: %d bytes, checksum valid %v; want %d, valid", i, len(ip), packet.TransportChecksumValid(ip), 28+64)
+		}
+	}
+	if s := n.stats("ipip"); s.TxSuperframes != 1 || s.TxFrames != 5 || len(s.Drops) != 0 {
+		t.Errorf("ipip TxSuperframes %d TxFrames %d drops %v, want 1, 5 and none", s.TxSuperframes, s.TxFrames, s.Drops)
+	}
+}
+
+// Without UDP superframes (a kernel without USO) a burst leaves as its
+// datagrams, as before.
+func TestPodUDPToIPIPCutWithoutUSO(t *testing.T) {
+	n, sf := newIPIPWholeNet(t, false)
+	n.a.dev.offer(udpBurst(n.a, "10.0.1.9", 8, 200)...)
+	got, _ := n.ipip.wait(t, 8)
+	for i, p := range got {
+		if len(p) != 28+200 {
+			t.Fatalf("datagram %d: %d bytes, want %d", i, len(p), 28+200)
+		}
+	}
+	if len(sf.gsos) != 0 {
+		t.Errorf("Frame got %d superframes, want none", len(sf.gsos))
+	}
+}
+
+// A marked UDP superframe that arrived whole (across a veth underlay)
+// goes on as a superframe: whole to a pod whose TAP takes UDP
+// superframes, as its datagrams to one that does not.
+func TestIPIPMarkedUDPToPods(t *testing.T) {
+	n := newFakeNet(t)
+	e := n.addUSOPod(t)
+	marked := func(dst string) []byte {
+		ip := packet.IPv4(ipSpec{src: "10.0.1.5", dst: dst, payload: 40*64 - 10}.build())
+		packet.AsUDPSuperframe(ip, 64)
+		packet.MarkUDPSegments(ip, 64)
+		return ipipPacket(nodeIPIP, ip)
+	}
+	before := n.stats("ipip").GSOFrames
+	n.ipip.offer(marked("10.0.0.9"))
+	frames, _ := e.dev.wait(t, 1)
+	h, ip := podRx(t, e, frames[0])
+	want := packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4, HdrLen: ethLen + 28, GSOSize: 64, CsumStart: ethLen + 20, CsumOffset: 6}
+	if h != want || len(ip) != 28+40*64-10 || int(packet.UDP(ip[20:]).Length()) != 8+40*64-10 {
+		t.Errorf("to the USO pod: %+v, %d bytes, UDP length %d; want %+v, %d bytes, the UDP length of the whole", h, len(ip), packet.UDP(ip[20:]).Length(), want, 28+40*64-10)
+	}
+
+	n.ipip.offer(marked("10.0.0.3"))
+	frames, _ = n.c.dev.wait(t, 40)
+	for i, f := range frames {
+		_, ip := podRx(t, n.c, f)
+		wantLen := 64
+		if i == 39 {
+			wantLen = 54
+		}
+		if len(ip) != 28+wantLen || !packet.TransportChecksumValid(ip) {
+			t.Fatalf("datagram %d to plain pod c: %d bytes, checksum valid %v; want %d, valid", i, len(ip), packet.TransportChecksumValid(ip), 28+wantLen)
+		}
+	}
+	if got := n.stats("ipip").GSOFrames - before; got != 2 {
+		t.Errorf("ipip port counted %d superframes received, want 2", got)
 	}
 }

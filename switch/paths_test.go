@@ -1619,3 +1619,39 @@ func TestSmallBatchSuperframe(t *testing.T) {
 		t.Error("a frame without a virtio header: its first bytes were read as one")
 	}
 }
+
+// A pod's reader starts with podBatchStart buffers and doubles them, up
+// to the switch's PodBatch, each time a read comes back full of small
+// frames; a full batch of superframes leaves it as it is.
+func TestPodBatchGrows(t *testing.T) {
+	n := newFakeNet(t)
+	waitBatch := func(p *fakePod, want int) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for p.dev.batch.Load() != int64(want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pod %s reads %d frames at a time, want %d", p.dev.name, p.dev.batch.Load(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitBatch(n.a, podBatchStart)
+	sent := 0
+	for _, want := range []int{16, 32, 64, 64} {
+		burst := udpBurst(n.a, "10.0.0.2", int(n.a.dev.batch.Load()), 64)
+		n.a.dev.offer(burst...)
+		sent += len(burst)
+		n.b.dev.wait(t, sent)
+		waitBatch(n.a, want)
+	}
+
+	var supers [][]byte
+	for range podBatchStart {
+		supers = append(supers, superframe(n.d, "10.0.0.2", 3000, 1000))
+	}
+	n.d.dev.offer(supers...)
+	n.b.dev.wait(t, sent+podBatchStart)
+	n.d.dev.offer(udpBurst(n.d, "10.0.0.2", 1, 64)...) // a read after the full one
+	n.b.dev.wait(t, sent+podBatchStart+1)
+	waitBatch(n.d, podBatchStart)
+}

@@ -164,7 +164,7 @@ func (s *Switch) RemovePort(idx int) error {
 func (s *Switch) routinePodReader(p *podPort) {
 	defer s.wg.Done()
 	defer close(p.done)
-	s.readLoop(p.name, &p.c, s.podBatch, &p.capt, p.skip(), LinkEthernet, p,
+	s.readLoop(p.name, &p.c, min(podBatchStart, s.podBatch), s.podBatch, &p.capt, p.skip(), LinkEthernet, p,
 		func(bufs [][]byte, sizes []int) (int, error) { return p.dev.Read(bufs, sizes, packet.Headroom) },
 		p.classify)
 }

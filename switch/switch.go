@@ -36,8 +36,11 @@ type Config struct {
 	// Logger receives control-plane events; nil discards them. The data
 	// path never logs per packet.
 	Logger *slog.Logger
-	// PodBatch is how many frames a pod port reads per wake-up; 0 means 8.
-	// Each slot is a 64 KiB buffer because a TSO superframe can be that big.
+	// PodBatch is the most frames a pod port reads per wake-up; 0 means
+	// 64. Each slot is a 64 KiB buffer because a TSO superframe can be
+	// that big, so a pod's reader starts with podBatchStart of them and
+	// adds more, up to PodBatch, only while its reads come back full of
+	// small frames (readLoop).
 	PodBatch int
 	// ReplyPoll is how long a reader that has just sent packets to a pod
 	// polls that pod for its answer before leaving it to the pod's own
@@ -83,6 +86,14 @@ type Switch struct {
 	closeOnce sync.Once
 }
 
+// A pod's reader starts with podBatchStart buffers and grows to
+// Config.PodBatch, podBatchMax by default (readLoop). 64 is what GRO
+// merges into one superframe (packet.GROMaxSegments).
+const (
+	podBatchStart = 8
+	podBatchMax   = 64
+)
+
 // New returns a switch with no ports and an empty route table.
 func New(cfg Config) *Switch {
 	s := &Switch{log: cfg.Logger, podBatch: cfg.PodBatch, replyPoll: max(cfg.ReplyPoll, 0)}
@@ -90,7 +101,7 @@ func New(cfg Config) *Switch {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.podBatch <= 0 {
-		s.podBatch = 8
+		s.podBatch = podBatchMax
 	}
 	s.att.nat = &natEgress{}
 	s.segPool.New = func() any { return newSegScratch() }

@@ -59,12 +59,15 @@ type TunnelSender interface {
 }
 
 // superframeTunnel is a Tunnel that can send TCP superframes whole, for
-// the kernel to segment (VXLAN through a TAP with UDP-tunnel GSO): the
-// switch then hands it superframes of up to maxSuperframe bytes instead of
-// cutting them first.
+// the kernel to segment (VXLAN and IP-in-IP through a TAP whose tc
+// program marks the tunnel): the switch then hands it superframes of up
+// to maxSuperframe bytes instead of cutting them first.
 type superframeTunnel interface {
 	// maxSuperframe is the largest superframe it takes now, 0 for none.
 	maxSuperframe() int
+	// wholeUDP: it takes UDP superframes larger than the tunnel's MTU too
+	// (encap.WholeUDPSuperframe), and GRO merges datagrams for it.
+	wholeUDP() bool
 }
 
 // TunnelConfig attaches a tunnel.
@@ -185,7 +188,7 @@ func (s *Switch) routineTunnelReader(t *tunnelPort, r TunnelReceiver, k int) {
 	// Captures see inner packets (fromNode, send): the wire format is the
 	// underlay's to show.
 	var none atomic.Pointer[Capture]
-	s.readLoop(name, &t.c, r.BatchSize(), &none, 0, LinkIPv4, nil,
+	s.readLoop(name, &t.c, r.BatchSize(), r.BatchSize(), &none, 0, LinkIPv4, nil,
 		func(bufs [][]byte, sizes []int) (int, error) {
 			n, err := r.ReadBatch(bufs, sizes, packet.Headroom)
 			if n > 0 {
@@ -239,11 +242,17 @@ func (f *forwarder) fromNode(t *tunnelPort, src netip.Addr, outerTOS uint8, p pa
 	}
 	if p.n > t.maxInner {
 		// Larger than the tunnel carries: a TCP superpacket the kernel's
-		// GRO merged (IP-in-IP on an underlay with GRO) goes on as a
+		// GRO merged (IP-in-IP on an underlay with GRO), or a UDP
+		// superframe a node sent whole across a veth underlay (marked
+		// with its datagrams' size, encap.IPIPTap), goes on as a
 		// superframe; anything else was reassembled from fragments.
 		if h, ok := packet.KernelSuperpacket(p.ipv4(), t.maxInner); ok {
 			p.gso = h
 			p.verified = false // its checksum is partial: nothing checked it
+			t.c.gsoFrames.Add(1)
+		} else if size, ok := packet.MarkedUDPSegments(p.ipv4(), t.maxInner); ok {
+			p.gso = packet.AsUDPSuperframe(p.ipv4(), size)
+			p.verified = false
 			t.c.gsoFrames.Add(1)
 		}
 	}
@@ -276,12 +285,14 @@ func (t *tunnelPort) kind() egressKind { return egressTunnel }
 
 // caps: tunnels carry complete packets (the transport may batch segments
 // with UDP GSO, but each is a whole inner packet) within the tunnel MTU,
-// and TCP superframes whole where the tunnel can have the kernel cut them.
+// and TCP superframes whole where the tunnel can have the kernel cut them,
+// UDP ones too where it can mark them for the receiver (IP-in-IP).
 func (t *tunnelPort) caps() egressCaps {
 	c := egressCaps{innerMTU: t.maxInner}
 	if t.sft != nil {
 		if m := t.sft.maxSuperframe(); m > 0 {
 			c.superframes, c.maxSuperframe = true, m
+			c.coalesceUDP = t.sft.wholeUDP()
 		}
 	}
 	return c

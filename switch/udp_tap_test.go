@@ -1,17 +1,11 @@
 package vswitch
 
 import (
-	"encoding/binary"
-	"net"
 	"net/netip"
 	"os/exec"
 	"testing"
-	"time"
 
-	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
-
-	"podnet/internal/netnsutil"
+	"podnet/internal/nettest"
 )
 
 // TestUDPSuperframesTAP: on real TAPs, bursts of one flow's datagrams are
@@ -31,21 +25,7 @@ func TestUDPSuperframesTAP(t *testing.T) {
 		t.Fatalf("ping a → b: %v\n%s", err, out)
 	}
 
-	var rx *net.UDPConn
-	err := netnsutil.Do(b.ns, func() error {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: b.ip.AsSlice(), Port: 7001})
-		rx = c
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rx.Close()
-	rx.SetReadBuffer(8 << 20)
-	if rc, err := rx.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) })
-	}
-
+	rx := nettest.ListenUDP(t, b.ns, b.ip, 7001)
 	const bursts, perBurst = 20, 50
 	// Every 7th datagram is shorter: it ends a superframe, and the next
 	// starts a new one.
@@ -55,40 +35,8 @@ func TestUDPSuperframesTAP(t *testing.T) {
 		}
 		return 300
 	}
-	var tx *net.UDPConn
-	err = netnsutil.Do(a.ns, func() error {
-		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: b.ip.AsSlice(), Port: 7001})
-		tx = c
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Close()
-	pc := ipv4.NewPacketConn(tx)
-	seq := 0
-	for range bursts {
-		msgs := make([]ipv4.Message, perBurst)
-		for i := range msgs {
-			d := make([]byte, size(seq))
-			binary.BigEndian.PutUint32(d, uint32(seq))
-			for j := 4; j < len(d); j++ {
-				d[j] = byte(seq + j)
-			}
-			msgs[i].Buffers = [][]byte{d}
-			seq++
-		}
-		for sent := 0; sent < len(msgs); {
-			n, err := pc.WriteBatch(msgs[sent:], 0)
-			if err != nil {
-				t.Fatalf("sendmmsg: %v", err)
-			}
-			sent += n
-		}
-		time.Sleep(2 * time.Millisecond) // let the TAP's queue drain: no loss
-	}
-
-	readSeq(t, rx, 0, seq, size)
+	seq := nettest.SendBursts(t, a.ns, b.ip, 7001, bursts, perBurst, size)
+	nettest.ReadSeq(t, rx, 0, seq, size)
 	if !uso {
 		waitPortStats(t, tn.s, "b", "every write counted", func(s PortStats) bool { return s.TxFrames >= uint64(seq) })
 	}
@@ -126,10 +74,10 @@ func TestHostUDPSuperframes(t *testing.T) {
 		return segSize
 	}
 	for _, p := range []*testPod{a, b} {
-		rx := listenUDP(t, p.ns, p.ip, 7002)
+		rx := nettest.ListenUDP(t, p.ns, p.ip, 7002)
 		// Each send's datagrams are read before the next send, so no
 		// queue on the way overflows.
-		sendSegmented(t, tn.nodeNS, p.ip, 7002, sends, segs, segSize, tail, func(first, n int) { readSeq(t, rx, first, n, size) })
+		nettest.SendSegmented(t, tn.nodeNS, p.ip, 7002, sends, segs, segSize, tail, func(first, n int) { nettest.ReadSeq(t, rx, first, n, size) })
 	}
 	waitPortStats(t, tn.s, "b", "every write counted", func(s PortStats) bool { return s.TxFrames >= uint64(sends*perSend) })
 
@@ -183,8 +131,8 @@ func TestPodUDPSuperframes(t *testing.T) {
 		ip   netip.Addr
 	}
 	for _, d := range []dest{{"b", b.ns, b.ip}, {"c", c.ns, c.ip}, {"host", tn.nodeNS, tn.hostIP}} {
-		rx := listenUDP(t, d.ns, d.ip, 7003)
-		sendSegmented(t, a.ns, d.ip, 7003, sends, segs, segSize, tail, func(first, n int) { readSeq(t, rx, first, n, size) })
+		rx := nettest.ListenUDP(t, d.ns, d.ip, 7003)
+		nettest.SendSegmented(t, a.ns, d.ip, 7003, sends, segs, segSize, tail, func(first, n int) { nettest.ReadSeq(t, rx, first, n, size) })
 	}
 	waitPortStats(t, tn.s, "c", "every write counted", func(s PortStats) bool { return s.TxFrames >= uint64(sends*perSend) })
 
@@ -209,101 +157,6 @@ func TestPodUDPSuperframes(t *testing.T) {
 	for _, n := range []string{"host", "a", "b", "c"} {
 		if d := tn.stats(n).Drops; len(d) != 0 {
 			t.Errorf("drops on %s: %v", n, d)
-		}
-	}
-}
-
-// listenUDP opens a UDP socket on ip:port in namespace ns with a large
-// receive buffer, closed when the test ends.
-func listenUDP(t *testing.T, ns string, ip netip.Addr, port int) *net.UDPConn {
-	t.Helper()
-	var rx *net.UDPConn
-	err := netnsutil.Do(ns, func() error {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip.AsSlice(), Port: port})
-		rx = c
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rx.Close() })
-	if rc, err := rx.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) })
-	}
-	return rx
-}
-
-// sendSegmented sends, from namespace ns to dst:port, `sends` buffers of
-// segs datagrams of segSize bytes and one of tail bytes each, with
-// UDP_SEGMENT: the kernel cuts each buffer into its datagrams, or hands
-// it whole to a device with USO. Datagram k starts with k (big endian)
-// and byte j of it is byte(k+j). After each send, sent is called with
-// the first datagram's number and how many the send held.
-func sendSegmented(t *testing.T, ns string, dst netip.Addr, port, sends, segs, segSize, tail int, sent func(first, n int)) {
-	t.Helper()
-	var tx *net.UDPConn
-	err := netnsutil.Do(ns, func() error {
-		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: dst.AsSlice(), Port: port})
-		tx = c
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Close()
-	rc, err := tx.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT, segSize) })
-	if serr != nil {
-		t.Fatalf("UDP_SEGMENT: %v", serr)
-	}
-	seq := 0
-	for range sends {
-		first := seq
-		buf := make([]byte, 0, segs*segSize+tail)
-		for i := 0; i <= segs; i++ {
-			n := segSize
-			if i == segs {
-				n = tail
-			}
-			d := make([]byte, n)
-			binary.BigEndian.PutUint32(d, uint32(seq))
-			for j := 4; j < n; j++ {
-				d[j] = byte(seq + j)
-			}
-			buf = append(buf, d...)
-			seq++
-		}
-		if _, err := tx.Write(buf); err != nil {
-			t.Fatalf("send %d bytes with UDP_SEGMENT %d: %v", len(buf), segSize, err)
-		}
-		sent(first, seq-first)
-	}
-}
-
-// readSeq reads count datagrams from rx and checks that they are
-// datagrams first, first+1, ... in order, datagram k size(k) bytes long,
-// with the bytes sendSegmented wrote.
-func readSeq(t *testing.T, rx *net.UDPConn, first, count int, size func(int) int) {
-	t.Helper()
-	rx.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 2048)
-	for want := first; want < first+count; want++ {
-		n, err := rx.Read(buf)
-		if err != nil {
-			t.Fatalf("after %d datagrams: %v", want, err)
-		}
-		got := int(binary.BigEndian.Uint32(buf))
-		if got != want || n != size(want) {
-			t.Fatalf("datagram %d: got seq %d of %d bytes, want %d bytes", want, got, n, size(want))
-		}
-		for j := 4; j < n; j++ {
-			if buf[j] != byte(want+j) {
-				t.Fatalf("datagram %d: byte %d differs", want, j)
-			}
 		}
 	}
 }

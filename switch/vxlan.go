@@ -165,6 +165,9 @@ type vxlanTunnel struct {
 // maxSuperframe: superframes go whole through sf while it works.
 func (t *vxlanTunnel) maxSuperframe() int { return t.sfg.limit(encap.MaxVXLANTapInner) }
 
+// wholeUDP: VXLAN sends small UDP with UDP GSO on its socket already.
+func (t *vxlanTunnel) wholeUDP() bool { return false }
+
 func (t *vxlanTunnel) gate() *superframeGate { return &t.sfg }
 
 func (t *vxlanTunnel) Encap() router.Encap { return router.EncapVXLAN }

@@ -132,7 +132,7 @@ system can reach.`,
 	f.StringVar(&cfg.Socket, "socket", nodeapi.DefaultSocket, "unix socket of the local API")
 	f.StringVar(&cfg.PodNetnsPrefix, "pod-netns-prefix", "", `name prefix of the namespaces "pod add --new" creates (default "<node>-")`)
 	f.BoolVar(&cfg.TapOffload, "tap-offload", true, "pod TAPs with virtio headers and TSO (false: plain TAPs, one frame per read)")
-	f.BoolVar(&ipipSF, "ipip-superframes", true, "send TCP superframes as IP-in-IP whole through a TAP ("+node.IPIPTapName+"), marked as IP-in-IP by a tc program, for the kernel to segment, where it can; false: cut them in userspace")
+	f.BoolVar(&ipipSF, "ipip-superframes", true, "send TCP superframes (and UDP ones, on kernels with USO) as IP-in-IP whole through a TAP ("+node.IPIPTapName+"), marked as IP-in-IP by a tc program, for the kernel to segment, where it can; false: cut them in userspace")
 	f.BoolVar(&natPacket, "nat-packet-path", true, "NAT outgoing TCP to remotes routed out of the underlay rewrites packets and has the kernel forward them through a TAP ("+nat.PlainTapName+"), a tc program on the underlay steering the replies back; false: every connection ends in NAT's netstack and is spliced onto one of the node's own")
 	f.BoolVar(&vxlanSF, "vxlan-superframes", true, "send TCP superframes as VXLAN whole through a TAP ("+node.VXLANTapName+") for the kernel to segment, where it can (Linux 6.17+, or 6.3+ with a tc program marking them); false: cut them in userspace")
 	f.IntVar(&cfg.VXLANReceivers, "vxlan-receivers", 0, "sockets receiving VXLAN on its port (SO_REUSEPORT), each read by a reader of its own so that incoming VXLAN can use that many cores; about 8 MiB each (default: one per two CPUs, at most 8; at most 16)")

@@ -510,6 +510,54 @@ func AsUDPSuperframe(ip IPv4, gsoSize int) VirtioNetHdr {
 	}
 }
 
+// MarkUDPSegments rewrites UDP superframe ip (as AsUDPSuperframe leaves
+// one) into the form in which podnet sends one whole over IP-in-IP: the
+// UDP length field and the partial checksum are those of one datagram of
+// gsoSize bytes instead of the whole. The kernel's segmentation writes
+// that length into every datagram anyway (and adjusts the checksum from
+// the field), so segments on the wire are the same either way; but where
+// the superframe crosses to the receiving node whole (a veth underlay),
+// the receiver has no segment size from the kernel, and this tells it
+// (MarkedUDPSegments). ip must be valid with a UDP header, and gsoSize
+// smaller than its payload.
+func MarkUDPSegments(ip IPv4, gsoSize int) {
+	u := UDP(ip[ip.HeaderLen():])
+	l := uint16(UDPHeaderLen + gsoSize)
+	u.SetLength(l)
+	u.SetChecksum(Fold(PseudoHeaderSum(ProtoUDP, ip.SrcBytes(), ip.DstBytes(), l)))
+}
+
+// MarkedUDPSegments recognises a UDP superframe that MarkUDPSegments
+// marked and that reached this node whole, and returns its segment size;
+// AsUDPSuperframe then makes it an ordinary superframe again. The packet
+// must be larger than mtu, the largest packet the path delivers in one
+// piece (so no datagram that came over the wire as one can be taken for
+// one), and hold at most GROMaxSegments datagrams of the size its UDP
+// length field gives, each within mtu, with the partial checksum for that
+// length. ok is false for anything else. ip must be valid
+// (IPv4.Validate).
+func MarkedUDPSegments(ip IPv4, mtu int) (gsoSize int, ok bool) {
+	if ip.Protocol() != ProtoUDP || ip.IsFragment() {
+		return 0, false
+	}
+	ip = ip[:ip.TotalLen()]
+	iphLen := ip.HeaderLen()
+	if len(ip) <= mtu || len(ip)-iphLen < UDPHeaderLen {
+		return 0, false
+	}
+	u := UDP(ip[iphLen:])
+	l := int(u.Length())
+	size := l - UDPHeaderLen
+	payload := len(u) - UDPHeaderLen
+	if size <= 0 || l >= len(u) || iphLen+l > mtu || (payload+size-1)/size > GROMaxSegments {
+		return 0, false
+	}
+	if u.Checksum() != Fold(PseudoHeaderSum(ProtoUDP, ip.SrcBytes(), ip.DstBytes(), uint16(l))) {
+		return 0, false
+	}
+	return size, true
+}
+
 // KernelSuperpacket recognises a TCP superpacket that the kernel's
 // receive GRO merged before a raw socket got it (IP-in-IP on an underlay
 // with GRO) and describes it as a TSO superframe, so that it travels on

@@ -1112,3 +1112,66 @@ func TestGROProtocolsApart(t *testing.T) {
 		t.Fatalf("got %d packets, want a TCP and a UDP superframe", len(sink.out))
 	}
 }
+
+// A UDP superframe marked for the wire (MarkUDPSegments) is recognised
+// with its segment size once it arrives whole, and made an ordinary
+// superframe again byte for byte; nothing a single datagram off the wire
+// can be is taken for one.
+func TestMarkedUDPSegments(t *testing.T) {
+	const size, count, mtu = 100, 10, 500
+	spec := ipv4Spec{ttl: 64, src: podA, dst: podB}
+	superframe := func() (IPv4, VirtioNetHdr) {
+		payload := make([]byte, size*count-30) // the last datagram is 70 bytes
+		for i := range payload {
+			payload[i] = byte(i * 7)
+		}
+		ip := IPv4(buildUDPv4(spec, 5000, 53, payload))
+		return ip, AsUDPSuperframe(ip, size)
+	}
+	ip, h := superframe()
+	orig := bytes.Clone(ip)
+	MarkUDPSegments(ip, size)
+	if got := UDP(ip.Payload()).Length(); got != UDPHeaderLen+size {
+		t.Fatalf("marked UDP length %d, want %d", got, UDPHeaderLen+size)
+	}
+	marked := bytes.Clone(ip)
+	got, ok := MarkedUDPSegments(ip, mtu)
+	if !ok || got != size {
+		t.Fatalf("MarkedUDPSegments = %d, %v; want %d, true", got, ok, size)
+	}
+	if !bytes.Equal(ip, marked) {
+		t.Error("MarkedUDPSegments changed the packet")
+	}
+	if h2 := AsUDPSuperframe(ip, got); h2 != h || !bytes.Equal(ip, orig) {
+		t.Errorf("unmarked again: header %+v and %d bytes differ from the superframe's %+v", h2, len(ip), h)
+	}
+
+	tooMany, _ := func() (IPv4, VirtioNetHdr) {
+		ip := IPv4(buildUDPv4(spec, 5000, 53, make([]byte, (GROMaxSegments+1)*8)))
+		return ip, AsUDPSuperframe(ip, 8)
+	}()
+	MarkUDPSegments(tooMany, 8)
+	unmarked, _ := superframe()
+	complete := IPv4(buildUDPv4(spec, 5000, 53, make([]byte, 900)))
+	UDP(complete.Payload()).SetLength(UDPHeaderLen + size) // a datagram with 800 bytes past its end (UDP options)
+	fragment := IPv4(bytes.Clone(marked))
+	fragment[6] |= 0x20
+	fragment.SetChecksum(0)
+	fragment.SetChecksum(Checksum(fragment[:20], 0))
+	for _, tt := range []struct {
+		name string
+		ip   IPv4
+		mtu  int
+	}{
+		{"no larger than the path", marked, len(marked)},
+		{"a datagram larger than the path", marked, IPv4MinHeaderLen + UDPHeaderLen + size - 1},
+		{"not marked (length covers the whole)", unmarked, mtu},
+		{"complete checksum", complete, mtu},
+		{"more than GROMaxSegments datagrams", tooMany, mtu},
+		{"fragment", fragment, mtu},
+	} {
+		if got, ok := MarkedUDPSegments(tt.ip, tt.mtu); ok {
+			t.Errorf("%s: recognised, segment size %d", tt.name, got)
+		}
+	}
+}
