@@ -156,10 +156,7 @@ func (f *forwarder) routedVia(inner, node netip.Addr) bool {
 // read fills bufs[i][packet.Headroom:] and sizes; classify takes packet i
 // of the batch. Both are made once per reader, so the loop allocates
 // nothing, except that a batch of batch buffers grows towards maxBatch
-// while reads come back full of small frames: a burst of small datagrams
-// is merged (GRO) and written (superframes) a batch at a time, so a
-// deeper batch saves writes, while bulk transfers, whose frames are
-// superframes, keep the few 64 KiB buffers they need.
+// (readBuffers).
 //
 // When a capture is attached to capt, each packet read is copied to it
 // from byte skip on (past a virtio header) as link.
@@ -169,17 +166,14 @@ func (s *Switch) readLoop(name string, c *counters, batch, maxBatch int,
 	classify func(f *forwarder, i int, buf []byte, size int)) {
 	s.log.Debug("reader started", "port", name)
 	defer s.log.Debug("reader stopped", "port", name)
-	bufs := make([][]byte, batch)
-	sizes := make([]int, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, packet.BufferSize)
-	}
+	rb := newReadBuffers(batch, maxBatch)
 	f := newForwarder(s)
 	var tn *turn.Turn // taken by every read that returns packets
 	if self != nil && self.poll != nil {
 		tn = &self.turn
 	}
 	for {
+		bufs, sizes := rb.active()
 		n, err := 0, error(nil)
 		if !f.spinUntil.IsZero() {
 			n, err = s.spinOwn(self, bufs, sizes, f.spinUntil)
@@ -198,9 +192,7 @@ func (s *Switch) readLoop(name string, c *counters, batch, maxBatch int,
 		}
 		small := smallBatch(n, bufs, sizes, skip) // before forwarding rewrites the headroom
 		s.forwardBatch(f, c, n, bufs, sizes, capt, skip, link, classify)
-		if n == len(bufs) && n < maxBatch && smallFrames(sizes) {
-			bufs, sizes = growBatch(bufs, maxBatch)
-		}
+		rb.adjust(sizes[:n])
 		if tn != nil && n > 0 {
 			tn.Done() // read returned frames holding the turn
 		}
@@ -215,28 +207,55 @@ func (s *Switch) readLoop(name string, c *counters, batch, maxBatch int,
 	}
 }
 
-// growFrameMax is the largest frame, virtio header included, a batch may
-// hold and still make its reader's batch grow: datagrams, not
-// superframes.
-const growFrameMax = 2048
-
-// smallFrames says whether every frame of a batch is at most growFrameMax.
-func smallFrames(sizes []int) bool {
-	for _, sz := range sizes {
-		if sz > growFrameMax {
-			return false
-		}
-	}
-	return true
+// readBuffers are a reader's buffers, of which it reads into the first
+// n. Each holds a 64 KiB superframe. A burst of small datagrams is
+// merged (GRO) and written a batch at a time, so a deeper batch saves
+// writes: n doubles, up to max, after each read that came back full of
+// small frames (datagrams, not superframes). A bulk transfer's batch of
+// superframes gains nothing from depth but latency and cache misses, so
+// the first superframe takes n back to min; the buffers stay for the
+// next burst (64 of them are 4 MiB of memory, for a pod that has sent
+// bursts).
+type readBuffers struct {
+	bufs     [][]byte
+	sizes    []int
+	n        int
+	min, max int
 }
 
-// growBatch doubles a reader's batch, up to maxBatch buffers, and
-// returns it with sizes to match.
-func growBatch(bufs [][]byte, maxBatch int) ([][]byte, []int) {
-	for n := min(2*len(bufs), maxBatch); len(bufs) < n; {
-		bufs = append(bufs, make([]byte, packet.BufferSize))
+// growFrameMax is the largest frame, virtio header included, that
+// counts as small for readBuffers.
+const growFrameMax = 2048
+
+func newReadBuffers(min, max int) *readBuffers {
+	rb := &readBuffers{sizes: make([]int, max), n: min, min: min, max: max}
+	rb.grow(min)
+	return rb
+}
+
+// active returns the buffers to read into and their sizes.
+func (rb *readBuffers) active() ([][]byte, []int) { return rb.bufs[:rb.n], rb.sizes[:rb.n] }
+
+// adjust sets the next batch's depth from the sizes of the frames the
+// last one read.
+func (rb *readBuffers) adjust(sizes []int) {
+	for _, sz := range sizes {
+		if sz > growFrameMax {
+			rb.n = rb.min
+			return
+		}
 	}
-	return bufs, make([]int, len(bufs))
+	if len(sizes) == rb.n && rb.n < rb.max {
+		rb.n = min(2*rb.n, rb.max)
+		rb.grow(rb.n)
+	}
+}
+
+// grow makes sure there are n buffers.
+func (rb *readBuffers) grow(n int) {
+	for len(rb.bufs) < n {
+		rb.bufs = append(rb.bufs, make([]byte, packet.BufferSize))
+	}
 }
 
 // smallBatch says whether a batch looks like a request that waits for its

@@ -1622,7 +1622,8 @@ func TestSmallBatchSuperframe(t *testing.T) {
 
 // A pod's reader starts with podBatchStart buffers and doubles them, up
 // to the switch's PodBatch, each time a read comes back full of small
-// frames; a full batch of superframes leaves it as it is.
+// frames; a batch holding a superframe takes it back to podBatchStart,
+// and a full batch of superframes leaves it there.
 func TestPodBatchGrows(t *testing.T) {
 	n := newFakeNet(t)
 	waitBatch := func(p *fakePod, want int) {
@@ -1645,13 +1646,18 @@ func TestPodBatchGrows(t *testing.T) {
 		waitBatch(n.a, want)
 	}
 
+	n.a.dev.offer(append(udpBurst(n.a, "10.0.0.2", 3, 64), superframe(n.a, "10.0.0.2", 3000, 1000))...)
+	sent += 4
+	n.b.dev.wait(t, sent)
+	waitBatch(n.a, podBatchStart)
+
 	var supers [][]byte
 	for range podBatchStart {
 		supers = append(supers, superframe(n.d, "10.0.0.2", 3000, 1000))
 	}
 	n.d.dev.offer(supers...)
 	n.b.dev.wait(t, sent+podBatchStart)
-	n.d.dev.offer(udpBurst(n.d, "10.0.0.2", 1, 64)...) // a read after the full one
+	n.d.dev.offer(udpBurst(n.d, "10.0.0.2", 1, 64)...) // the read after the full one has begun
 	n.b.dev.wait(t, sent+podBatchStart+1)
 	waitBatch(n.d, podBatchStart)
 }
