@@ -9,26 +9,27 @@ import (
 	"podnet/internal/packet"
 )
 
-// An IPIPTap sends TCP superframes as IP-in-IP without cutting them up.
+// An IPIPTap sends TCP superframes, and UDP ones where the kernel knows
+// USO, as IP-in-IP without cutting them up.
 //
 // No virtio-net header asks for IP-in-IP segmentation, and a raw socket
 // has none either, so without it every superframe leaves as ~45
 // datagrams, each through the whole IP output path. An IPIPTap writes
 // the superframe with its outer IPv4 header into a TAP of the node's own
-// as an ordinary TCPv4 superframe (virtio-net header, Ethernet header to
-// the TAP, outer IPv4 header, inner packet), and a small tc program on
-// the TAP's ingress (ipipMarking; tap_program_linux.go) makes the kernel
-// see it as IP-in-IP: bpf_skb_adjust_room takes the outer header off and
-// puts it back with BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, which marks the packet
-// as the kernel's own IP-in-IP tunnel does (SKB_GSO_IPXIP4, the inner
-// header offsets).
+// as an ordinary TCPv4 (or UDP) superframe (virtio-net header, Ethernet
+// header to the TAP, outer IPv4 header, inner packet), and a small tc
+// program on the TAP's ingress (ipipMarking; tap_program_linux.go) makes
+// the kernel see it as IP-in-IP: bpf_skb_adjust_room takes the outer
+// header off and puts it back with BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, which
+// marks the packet as the kernel's own IP-in-IP tunnel does
+// (SKB_GSO_IPXIP4, the inner header offsets).
 // The kernel then forwards it out of the underlay, and the underlay
 // device (tx-ipxip4-segmentation) or the kernel just before it cuts it
-// into IP-in-IP packets of the inner MSS, each with its inner TCP
-// checksum and its outer length, ID and checksum filled in. A veth
+// into IP-in-IP packets of the inner MSS (or datagrams), each with its
+// inner checksum and its outer length, ID and checksum filled in. A veth
 // underlay carries it whole to the next namespace, where a raw socket
 // reads it as one packet (DecapIPIP takes it; the switch forwards it as
-// a superframe).
+// a superframe; a UDP one is marked for that, see Frame).
 //
 // The TAP, its forwarding checks (Probe, Err) and Send are forwardTap's.
 // Opening one needs the bpf(2) system call (CAP_BPF or root), tc's
@@ -94,7 +95,7 @@ func (t *IPIPTap) WholeUDP() bool { return t.udp }
 
 // MaxWholeUDPSegments is the most datagrams a UDP superframe sent whole
 // may hold: what every kernel's UDP segmentation takes (UDP_MAX_SEGMENTS
-// before Linux 6.9), and what the receiving switch recognises
+// is 64, 128 on newer kernels), and what the receiving switch recognises
 // (packet.MarkedUDPSegments).
 const MaxWholeUDPSegments = packet.GROMaxSegments
 

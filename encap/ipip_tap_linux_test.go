@@ -464,6 +464,10 @@ func TestIPIPTapUDPFrame(t *testing.T) {
 			t.Errorf("%s: Frame took it", tc.name)
 		}
 	}
+	buf, gso = udpSuperframe(30, MaxWholeUDPSegments)
+	if _, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU); !ok {
+		t.Errorf("Frame refused %d datagrams, the most it takes", MaxWholeUDPSegments)
+	}
 	tap.udp = false
 	buf, gso = udpSuperframe(200, 20)
 	if _, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU); ok {

@@ -30,7 +30,8 @@ type packetRef struct {
 	// partial transport checksum. Zero for a complete packet.
 	gso packet.VirtioNetHdr
 	// verified: the transport checksum was checked on the way in
-	// (VXLAN's decap does), so GRO need not sum it again.
+	// (VXLAN's decap does), or computed by shape, so GRO need not sum it
+	// again.
 	verified bool
 }
 
@@ -69,6 +70,11 @@ type egressCaps struct {
 	// (maxSuperframe set) takes only those that may cross it whole
 	// (encap.WholeUDPSuperframe); GRO's smaller ones leave cut again.
 	coalesceUDP bool
+	// groUDP: GRO merges UDP for it even while it takes no superframes:
+	// a tunnel that can take UDP ones, whose whole-superframe path may
+	// stop at any moment (superframeGate), so that a flow's datagrams
+	// take one way through the switch and keep their order.
+	groUDP bool
 	// maxSuperframe, if not 0, limits the superframes it takes whole to
 	// those of at most this many bytes that a kernel can segment again
 	// (encap.WholeTCPSuperframe); others are segmented first.
@@ -96,9 +102,10 @@ func (c egressCaps) takesWhole(p packetRef) bool {
 }
 
 // merges says whether GRO runs for the egress: for TCP and UDP where
-// coalesce is set, for UDP alone at a tunnel that takes UDP superframes.
+// coalesce is set, for UDP alone at a tunnel that can take UDP
+// superframes.
 func (c egressCaps) merges() bool {
-	return c.coalesce || c.coalesceUDP && c.maxSuperframe > 0
+	return c.coalesce || c.groUDP
 }
 
 // egress is where a route sends packets.

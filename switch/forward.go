@@ -213,9 +213,11 @@ func (s *Switch) readLoop(name string, c *counters, batch, maxBatch int,
 // writes: n doubles, up to max, after each read that came back full of
 // small frames (datagrams, not superframes). A bulk transfer's batch of
 // superframes gains nothing from depth but latency and cache misses, so
-// the first superframe takes n back to min; the buffers stay for the
-// next burst (64 of them are 4 MiB of memory, for a pod that has sent
-// bursts).
+// the first frame over growFrameMax (a superframe, in practice) takes n
+// back to min; the buffers stay for the next burst (64 of them are 4 MiB
+// of memory, for a pod that has sent bursts). Frames of a plain TAP are
+// never over it: a bulk transfer there reads 64 MTU-sized frames deep,
+// 96 KiB, as a burst of datagrams does.
 type readBuffers struct {
 	bufs     [][]byte
 	sizes    []int
@@ -350,6 +352,9 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		return
 	}
 	if p.superframe() && !caps.takesWhole(p) {
+		// What GRO holds goes first: it may be this flow's (a datagram
+		// held for a tunnel, before a superframe the tunnel cuts).
+		f.flushGRO()
 		f.segment(in, p, h)
 		return
 	}
@@ -361,6 +366,7 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 			return
 		}
 		p.gso = packet.VirtioNetHdr{}
+		p.verified = true // computed here: GRO need not check it again
 	}
 	if caps.merges() && f.dry == nil && f.coalesce(in, p, h, caps) {
 		return

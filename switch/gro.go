@@ -41,7 +41,7 @@ func (f *forwarder) coalesce(in ingress, p packetRef, h *hop, caps egressCaps) b
 			return false
 		}
 	case packet.ProtoUDP:
-		if !caps.coalesceUDP {
+		if !caps.coalesceUDP && !caps.groUDP {
 			return false
 		}
 		opts.UDP = true
@@ -93,20 +93,20 @@ func (f *forwarder) flushGRO() {
 }
 
 // emitGRO sends one packet GRO produced, a superframe with its offload
-// metadata or a lone segment, to the egress its route resolves to (one
-// that merges: the batch's FIB snapshot resolves it as when it was
-// taken). A superframe the egress does not take whole (a tunnel's UDP
-// one within its MTU) leaves as its datagrams.
+// metadata or a lone segment, to the egress its route resolves to (the
+// batch's FIB snapshot resolves it as when it was taken). A superframe
+// the egress does not take whole leaves as its datagrams: a tunnel's UDP
+// one within its MTU, or any once the tunnel's whole-superframe path has
+// stopped, which may happen during the batch's own flushes.
 func (f *forwarder) emitGRO(buf []byte, off, n int, hdr packet.VirtioNetHdr) {
 	in := f.groIn
 	h, ok := f.route(packet.IPv4(buf[off : off+n]).Dst())
-	if !ok || !h.eg.caps().merges() {
+	if !ok {
 		in.stats().drop(DropNoRoute)
 		return
 	}
-	caps := h.eg.caps()
 	p := packetRef{buf: buf, ip: off, n: n, gso: hdr}
-	if p.superframe() && !caps.takesWhole(p) {
+	if p.superframe() && !h.eg.caps().takesWhole(p) {
 		f.segment(in, p, h)
 		return
 	}

@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"sync"
@@ -70,11 +71,12 @@ func (f *fakeIPIPSuperframes) Err() error {
 	return f.broken
 }
 
-// newIPIPWholeNet is newFakeNet whose IP-in-IP tunnel sends superframes
-// whole through sf, UDP ones too with udp.
+// newIPIPWholeNet is newFakeNet, with a host TUN that takes
+// superframes, whose IP-in-IP tunnel sends superframes whole through sf,
+// UDP ones too with udp.
 func newIPIPWholeNet(t testing.TB, udp bool) (*fakeNet, *fakeIPIPSuperframes) {
 	t.Helper()
-	n := newFakeNet(t)
+	n := newFakeNetHost(t, true)
 	if err := n.s.DetachTunnel(router.EncapIPIP); err != nil {
 		t.Fatal(err)
 	}
@@ -257,5 +259,56 @@ func TestIPIPMarkedUDPToPods(t *testing.T) {
 	}
 	if got := n.stats("ipip").GSOFrames - before; got != 2 {
 		t.Errorf("ipip port counted %d superframes received, want 2", got)
+	}
+}
+
+// A datagram GRO holds for the tunnel leaves before a superframe of the
+// same flow that the tunnel cuts (one that fits a packet): the switch
+// writes out what GRO holds before it cuts.
+func TestUDPToIPIPKeepsOrder(t *testing.T) {
+	n, _ := newIPIPWholeNet(t, true)
+	lone := append(make([]byte, vnetLen), ipSpec{src: "172.16.0.1", dst: "10.0.1.9", payload: 90}.build()...)
+	n.host.offer(lone, hostUDPSuperframe("172.16.0.1", "10.0.1.9", 4, 100, 50))
+	got, _ := n.ipip.wait(t, 6)
+	for i, want := range []int{118, 128, 128, 128, 128, 78} {
+		if len(got[i]) != want {
+			t.Fatalf("packet %d: %d bytes, want %d: the lone datagram first, then the superframe's five", i, len(got[i]), want)
+		}
+	}
+}
+
+// When the tunnel's whole-superframe path stops during a batch (its
+// forwarding watch, or refusals during the batch's own flushes), what
+// GRO holds for it leaves cut, in order, and nothing is dropped.
+func TestUDPToIPIPWhenWholeStops(t *testing.T) {
+	n, sf := newIPIPWholeNet(t, true)
+	n.s.mu.Lock()
+	a := n.s.att.pods[n.a.port]
+	n.s.mu.Unlock()
+	f := newForwarder(n.s)
+	f.begin()
+	for i, fr := range udpBurst(n.a, "10.0.1.9", 8, 200) {
+		buf := make([]byte, packet.BufferSize)
+		m := copy(buf[packet.Headroom:], fr)
+		binary.BigEndian.PutUint32(buf[packet.Headroom+ethLen+28+packet.VirtioNetHdrLen:], uint32(i)) // a sequence number
+		f.fromPod(a, buf, packet.Headroom, m)
+	}
+	sf.mu.Lock()
+	sf.broken = errors.New("the program is gone")
+	sf.mu.Unlock()
+	f.end()
+	got, _ := n.ipip.wait(t, 8)
+	for i, p := range got {
+		ip := packet.IPv4(p)
+		if len(ip) != 228 || binary.BigEndian.Uint32(ip[28:]) != uint32(i) || !packet.TransportChecksumValid(ip) {
+			t.Fatalf("packet %d: %d bytes, sequence %d, checksum valid %v; want datagram %d of 228 bytes, valid",
+				i, len(ip), binary.BigEndian.Uint32(ip[28:]), packet.TransportChecksumValid(ip), i)
+		}
+	}
+	if s := n.stats("a"); len(s.Drops) != 0 {
+		t.Errorf("drops on a: %v", s.Drops)
+	}
+	if len(sf.gsos) != 0 {
+		t.Errorf("%d superframes went whole after the path stopped", len(sf.gsos))
 	}
 }

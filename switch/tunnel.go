@@ -290,9 +290,10 @@ func (t *tunnelPort) kind() egressKind { return egressTunnel }
 func (t *tunnelPort) caps() egressCaps {
 	c := egressCaps{innerMTU: t.maxInner}
 	if t.sft != nil {
+		c.groUDP = t.sft.wholeUDP()
 		if m := t.sft.maxSuperframe(); m > 0 {
 			c.superframes, c.maxSuperframe = true, m
-			c.coalesceUDP = t.sft.wholeUDP()
+			c.coalesceUDP = c.groUDP
 		}
 	}
 	return c

@@ -1146,11 +1146,16 @@ func TestMarkedUDPSegments(t *testing.T) {
 		t.Errorf("unmarked again: header %+v and %d bytes differ from the superframe's %+v", h2, len(ip), h)
 	}
 
-	tooMany, _ := func() (IPv4, VirtioNetHdr) {
-		ip := IPv4(buildUDPv4(spec, 5000, 53, make([]byte, (GROMaxSegments+1)*8)))
-		return ip, AsUDPSuperframe(ip, 8)
-	}()
-	MarkUDPSegments(tooMany, 8)
+	marked64 := func(datagrams int) IPv4 {
+		ip := IPv4(buildUDPv4(spec, 5000, 53, make([]byte, datagrams*30)))
+		AsUDPSuperframe(ip, 30)
+		MarkUDPSegments(ip, 30)
+		return ip
+	}
+	if got, ok := MarkedUDPSegments(marked64(GROMaxSegments), mtu); !ok || got != 30 {
+		t.Errorf("%d datagrams, the most: MarkedUDPSegments = %d, %v; want 30, true", GROMaxSegments, got, ok)
+	}
+	tooMany := marked64(GROMaxSegments + 1)
 	unmarked, _ := superframe()
 	complete := IPv4(buildUDPv4(spec, 5000, 53, make([]byte, 900)))
 	UDP(complete.Payload()).SetLength(UDPHeaderLen + size) // a datagram with 800 bytes past its end (UDP options)
