@@ -62,6 +62,9 @@ func TestIPIPUDPSuperframesLab(t *testing.T) {
 	labtest.RequireRoot(t)
 	l := labtest.Up(t, lab.Config{Nodes: 2, Pods: 2, Encap: lab.EncapIPIP})
 	c1, c2 := nodeClient(t, l, "worker1"), nodeClient(t, l, "worker2")
+	if st, err := c1.Status(); err != nil || !strings.HasPrefix(st.IPIPSuperframes, "on, TCP and UDP") {
+		t.Fatalf("worker1 status: ipip superframes %q (%v), want on for TCP and UDP", st.IPIPSuperframes, err)
+	}
 	from, to, dst := nsPath(t, l, "test-1"), nsPath(t, l, "test-2"), l.PodIP("test-2")
 	ping(t, l, "test-1", dst) // resolve the gateway: a burst would overflow ARP's queue
 
