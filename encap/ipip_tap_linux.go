@@ -61,10 +61,10 @@ const MaxIPIPTapInner = 0xffff - packet.IPv4MinHeaderLen
 // ipipTapOffloadFlags: TCPv4 superframes, ECN bit included.
 const ipipTapOffloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO_ECN
 
-// tunFUSO is TUN_F_USO4 | TUN_F_USO6 (linux/if_tun.h, Linux 6.2), not
-// in x/sys yet, which the kernel takes only together: the kernels that
-// know them take a GSO_UDP_L4 virtio header on write.
-const tunFUSO = 0x20 | 0x40
+// ipipTapUSOFlags adds UDP superframes (USO, Linux 6.2+; the kernel
+// takes TUN_F_USO4 only with TUN_F_USO6). The kernels that know them
+// take a GSO_UDP_L4 virtio header on write.
+const ipipTapUSOFlags = ipipTapOffloadFlags | unix.TUN_F_USO4 | unix.TUN_F_USO6
 
 // CheckIPIPTap says whether the daemon can send IP-in-IP superframes
 // whole here (checkMarked). nil: it can.
@@ -82,7 +82,7 @@ func OpenIPIPTap(name string, local netip.Addr, outerFromInner bool) (*IPIPTap, 
 	t := &IPIPTap{outerFromInner: outerFromInner}
 	var err error
 	var used int
-	t.prog, used, err = t.openMarked("ipip tap", name, local, packet.VirtioNetHdrLen, ipipMarking, ipipTapOffloadFlags|tunFUSO, ipipTapOffloadFlags)
+	t.prog, used, err = t.openMarked("ipip tap", name, local, packet.VirtioNetHdrLen, ipipMarking, ipipTapUSOFlags, ipipTapOffloadFlags)
 	if err != nil {
 		return nil, err
 	}

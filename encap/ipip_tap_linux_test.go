@@ -232,13 +232,11 @@ func TestIPIPTapAllocs(t *testing.T) {
 	}
 }
 
-// Frame writes what the kernel's virtio_net_hdr_to_skb and the tc program
-// expect, and refuses what cannot leave as one IP-in-IP superframe.
-func TestIPIPTapFrame(t *testing.T) {
-	tap := &IPIPTap{forwardTap: forwardTap{local: [4]byte{10, 250, 0, 1}, mac: [6]byte{2, 0, 0, 0, 0, 7}, vnetLen: packet.VirtioNetHdrLen}}
-	dst := netip.MustParseAddr("10.250.0.2")
-	buf, _, gso := tcpSuperframe(20000, 1400, 1)
-	gso.HdrLen = 9999 // a lie: Frame must not pass it on
+// mustFrame frames the superframe in buf (at packet.Headroom, offload
+// metadata gso) for dst within testInnerMTU, and returns the frame and
+// the virtio-net header Frame wrote.
+func mustFrame(t *testing.T, tap *IPIPTap, buf []byte, dst netip.Addr, gso packet.VirtioNetHdr) ([]byte, packet.VirtioNetHdr) {
+	t.Helper()
 	f, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU)
 	if !ok {
 		t.Fatal("Frame refused")
@@ -247,6 +245,17 @@ func TestIPIPTapFrame(t *testing.T) {
 	if err := h.Decode(f); err != nil {
 		t.Fatal(err)
 	}
+	return f, h
+}
+
+// Frame writes what the kernel's virtio_net_hdr_to_skb and the tc program
+// expect, and refuses what cannot leave as one IP-in-IP superframe.
+func TestIPIPTapFrame(t *testing.T) {
+	tap := &IPIPTap{forwardTap: forwardTap{local: [4]byte{10, 250, 0, 1}, mac: [6]byte{2, 0, 0, 0, 0, 7}, vnetLen: packet.VirtioNetHdrLen}}
+	dst := netip.MustParseAddr("10.250.0.2")
+	buf, _, gso := tcpSuperframe(20000, 1400, 1)
+	gso.HdrLen = 9999 // a lie: Frame must not pass it on
+	f, h := mustFrame(t, tap, buf, dst, gso)
 	if want := (packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4,
 		HdrLen: 14 + 20 + 40, GSOSize: 1400, CsumStart: 14 + 20 + 20, CsumOffset: 16}); h != want {
 		t.Errorf("virtio-net header %+v, want %+v", h, want)
@@ -341,14 +350,7 @@ const testInnerMTU = 1500 - IPIPOverhead
 func udpSuperframe(size, count int) ([]byte, packet.VirtioNetHdr) {
 	payload := size*count - 3
 	buf := make([]byte, packet.Headroom+packet.IPv4MinHeaderLen+packet.UDPHeaderLen+payload)
-	ip := packet.IPv4(buf[packet.Headroom:])
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	binary.BigEndian.PutUint16(ip[4:], 0x2000)
-	ip[8] = 64
-	ip[9] = packet.ProtoUDP
-	copy(ip[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
-	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip[:20], 0))
+	ip := testIPv4(buf[packet.Headroom:], packet.ProtoUDP, 0x2000, false)
 	u := packet.UDP(ip[20:])
 	u.SetSrcPort(40001)
 	u.SetDstPort(9000)
@@ -438,14 +440,7 @@ func TestIPIPTapUDPFrame(t *testing.T) {
 	tap := &IPIPTap{forwardTap: forwardTap{local: [4]byte{10, 250, 0, 1}, vnetLen: packet.VirtioNetHdrLen}, udp: true}
 	dst := netip.MustParseAddr("10.250.0.2")
 	buf, gso := udpSuperframe(200, 20)
-	f, ok := tap.Frame(buf, packet.Headroom, dst, gso, testInnerMTU)
-	if !ok {
-		t.Fatal("Frame refused")
-	}
-	var h packet.VirtioNetHdr
-	if err := h.Decode(f); err != nil {
-		t.Fatal(err)
-	}
+	_, h := mustFrame(t, tap, buf, dst, gso)
 	if want := (packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOUDPL4,
 		HdrLen: 14 + 20 + 28, GSOSize: 200, CsumStart: 14 + 20 + 20, CsumOffset: 6}); h != want {
 		t.Errorf("virtio-net header %+v, want %+v", h, want)

@@ -77,15 +77,7 @@ func probedTap(t testing.TB) (*underlay, *VXLANTap, bool) {
 // VXLAN header starts, and the superframe's offload metadata.
 func tcpSuperframe(payload, mss int, seq uint32) ([]byte, int, packet.VirtioNetHdr) {
 	buf := make([]byte, packet.Headroom+40+payload)
-	ip := packet.IPv4(buf[packet.Headroom:])
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	binary.BigEndian.PutUint16(ip[4:], 0x1000)
-	ip[6] = 0x40 // DF
-	ip[8] = 64
-	ip[9] = packet.ProtoTCP
-	copy(ip[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
-	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip[:20], 0))
+	ip := testIPv4(buf[packet.Headroom:], packet.ProtoTCP, 0x1000, true)
 	tcp := packet.TCP(ip[20:])
 	tcp.SetSrcPort(40001)
 	tcp.SetDstPort(5201)
@@ -104,6 +96,23 @@ func tcpSuperframe(payload, mss int, seq uint32) ([]byte, int, packet.VirtioNetH
 	start := EncapVXLAN(buf, packet.Headroom-packet.EthernetHeaderLen, DefaultVNI)
 	return buf, start, packet.VirtioNetHdr{Flags: packet.VirtioNetHdrFNeedsCsum, GSOType: packet.GSOTCPv4,
 		HdrLen: 40, GSOSize: uint16(mss), CsumStart: 20, CsumOffset: 16}
+}
+
+// testIPv4 writes into b an IPv4 header from 10.0.0.1 to 10.0.0.2 for
+// a packet of len(b) bytes (TTL 64, its checksum set) and returns it.
+func testIPv4(b []byte, proto uint8, id uint16, df bool) packet.IPv4 {
+	ip := packet.IPv4(b)
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[4:], id)
+	if df {
+		ip[6] = 0x40
+	}
+	ip[8] = 64
+	ip[9] = proto
+	copy(ip[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip[:20], 0))
+	return ip
 }
 
 // readDatagrams reads until want datagrams arrived (or 3 s passed) into

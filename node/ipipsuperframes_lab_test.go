@@ -78,13 +78,7 @@ func TestIPIPUDPSuperframesLab(t *testing.T) {
 	}
 
 	const sends, segs, segSize, tail = 10, 40, 300, 100
-	perSend := segs + 1
-	segmented := func(seq int) int {
-		if seq%perSend == segs {
-			return tail
-		}
-		return segSize
-	}
+	segmented := nettest.SegmentedSizes(segs, segSize, tail)
 	rx2 := nettest.ListenUDP(t, to, dst, 7101)
 	nettest.SendSegmented(t, from, dst, 7101, sends, segs, segSize, tail, func(first, n int) { nettest.ReadSeq(t, rx2, first, n, segmented) })
 

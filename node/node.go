@@ -596,9 +596,10 @@ func (n *Node) openIPIPTap() *encap.IPIPTap {
 	if !ok {
 		return nil
 	}
-	s := "on, TCP and UDP (sent whole through " + IPIPTapName + "; the kernel segments them)"
+	how := "(sent whole through " + IPIPTapName + "; the kernel segments them)"
+	s := "on, TCP and UDP " + how
 	if !t.WholeUDP() {
-		s = "on for TCP (sent whole through " + IPIPTapName + "; the kernel segments them); UDP is cut in userspace: this kernel's TAPs have no USO (Linux 6.2+)"
+		s = "on for TCP " + how + "; UDP is cut in userspace: this kernel's TAPs have no USO (Linux 6.2+)"
 	}
 	n.ipipSuperframes.Store(&s)
 	return t

@@ -352,9 +352,12 @@ func (f *forwarder) shape(in ingress, p packetRef, h *hop) {
 		return
 	}
 	if p.superframe() && !caps.takesWhole(p) {
-		// What GRO holds goes first: it may be this flow's (a datagram
-		// held for a tunnel, before a superframe the tunnel cuts).
-		f.flushGRO()
+		// What GRO holds for this egress goes first: it may be this
+		// flow's (a datagram held for a tunnel, before a superframe the
+		// tunnel cuts).
+		if caps.merges() {
+			f.flushGRO()
+		}
 		f.segment(in, p, h)
 		return
 	}

@@ -67,12 +67,7 @@ func TestHostUDPSuperframes(t *testing.T) {
 
 	const sends, segs, segSize, tail = 20, 40, 300, 100
 	perSend := segs + 1 // the tail is a shorter last datagram
-	size := func(seq int) int {
-		if seq%perSend == segs {
-			return tail
-		}
-		return segSize
-	}
+	size := nettest.SegmentedSizes(segs, segSize, tail)
 	for _, p := range []*testPod{a, b} {
 		rx := nettest.ListenUDP(t, p.ns, p.ip, 7002)
 		// Each send's datagrams are read before the next send, so no
@@ -119,12 +114,7 @@ func TestPodUDPSuperframes(t *testing.T) {
 
 	const sends, segs, segSize, tail = 20, 40, 300, 100
 	perSend := segs + 1
-	size := func(seq int) int {
-		if seq%perSend == segs {
-			return tail
-		}
-		return segSize
-	}
+	size := nettest.SegmentedSizes(segs, segSize, tail)
 	type dest struct {
 		name string
 		ns   string

@@ -128,6 +128,17 @@ func SendSegmented(t testing.TB, ns string, dst netip.Addr, port, sends, segs, s
 	}
 }
 
+// SegmentedSizes is the size of numbered datagram k as SendSegmented
+// sends them: segs of segSize bytes, then one of tail, each send.
+func SegmentedSizes(segs, segSize, tail int) func(int) int {
+	return func(k int) int {
+		if k%(segs+1) == segs {
+			return tail
+		}
+		return segSize
+	}
+}
+
 // ReadSeq reads count datagrams from rx and checks that they are
 // datagrams first, first+1, ... in order, datagram k size(k) bytes long,
 // with the bytes the senders above write.

@@ -81,11 +81,9 @@ type Device struct {
 // writes.
 const offloadFlags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 
-// TUN_F_USO4 and TUN_F_USO6 (linux/if_tun.h, Linux 6.2), not in x/sys yet.
-const (
-	tunFUSO4 = 0x20
-	tunFUSO6 = 0x40
-)
+// usoFlags turn on UDP segmentation offload (Linux 6.2; the kernel
+// takes TUN_F_USO4 only with TUN_F_USO6).
+const usoFlags = unix.TUN_F_USO4 | unix.TUN_F_USO6
 
 // probeUSO reports whether the kernel knows UDP segmentation offload for
 // TUN/TAP devices. The same kernels accept a GSO_UDP_L4 virtio header on
@@ -94,7 +92,7 @@ const (
 // which the kernel refuses with EINVAL if it does not know it; Open then
 // sets the flags back to offloadFlags.
 func probeUSO(fd int) bool {
-	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags|tunFUSO4|tunFUSO6) == nil
+	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloadFlags|usoFlags) == nil
 }
 
 // Open creates the TAP named cfg.Name in the calling thread's network
@@ -137,7 +135,7 @@ func Open(cfg Config) (*Device, error) {
 	uso := probeUSO(fd)
 	flags := offloadFlags
 	if uso && cfg.ReadUDPSuperframes {
-		flags |= tunFUSO4 | tunFUSO6
+		flags |= usoFlags
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, flags); err != nil {
 		return nil, fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", cfg.Name, err)
