@@ -94,6 +94,12 @@ type Config struct {
 	// PodMTU is the MTU of pods' eth0; 0 means the underlay's MTU (1500
 	// when there is no underlay).
 	PodMTU int
+	// PodQueueLen is the txqueuelen of pods' eth0: how many frames a
+	// pod's TAP holds for the switch before the kernel drops what the pod
+	// sends (counted as queue-full on its port). Set on new pods and on
+	// every pod the daemon re-attaches; 0 leaves it as it is (the
+	// kernel's 1000 on a new TAP).
+	PodQueueLen int
 	// DefaultPoolIPIPMode is the ipipMode of the default pool the daemon
 	// creates when no pool exists; "" means Never.
 	DefaultPoolIPIPMode api.EncapMode
@@ -221,6 +227,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.PodMTU < 0 || (cfg.PodMTU != 0 && cfg.PodMTU < 576) || cfg.PodMTU > 65535 {
 		return nil, fmt.Errorf("pod MTU %d out of range (576..65535)", cfg.PodMTU)
+	}
+	if cfg.PodQueueLen < 0 || cfg.PodQueueLen > MaxPodQueueLen {
+		return nil, fmt.Errorf("pod queue length %d out of range (1..%d, 0: the kernel's)", cfg.PodQueueLen, MaxPodQueueLen)
 	}
 	if cfg.VXLANReceivers < 0 || cfg.VXLANReceivers > MaxVXLANReceivers {
 		return nil, fmt.Errorf("VXLAN receivers %d out of range (1..%d, 0: the default)", cfg.VXLANReceivers, MaxVXLANReceivers)
@@ -727,6 +736,9 @@ func (n *Node) openVXLANTap(port uint16) *encap.VXLANTap {
 
 // vxlanSenders is how many source ports VXLAN flows are spread over.
 const vxlanSenders = 8
+
+// MaxPodQueueLen bounds Config.PodQueueLen (vswitch.MaxPodQueueLen).
+const MaxPodQueueLen = vswitch.MaxPodQueueLen
 
 // MaxVXLANReceivers bounds Config.VXLANReceivers. Each receiver holds
 // about 8 MiB (its reader's batch of buffers and the socket's buffer).

@@ -128,3 +128,20 @@ func TestRunRefusesInvalidNode(t *testing.T) {
 		}
 	}
 }
+
+// TestPodQueueLenRange: a pod queue length the kernel would refuse, or
+// one that would let a pod hold gigabytes of kernel memory, is refused
+// at New, saying which setting and its range.
+func TestPodQueueLenRange(t *testing.T) {
+	for _, n := range []int{-1, MaxPodQueueLen + 1} {
+		_, err := New(Config{Name: "worker1", StateDir: t.TempDir(), PodQueueLen: n})
+		if err == nil || !strings.Contains(err.Error(), "pod queue length") {
+			t.Errorf("PodQueueLen %d: %v, want an error naming the pod queue length", n, err)
+		}
+	}
+	for _, n := range []int{0, 1, MaxPodQueueLen} {
+		if _, err := New(Config{Name: "worker1", StateDir: t.TempDir(), PodQueueLen: n}); err != nil {
+			t.Errorf("PodQueueLen %d: %v", n, err)
+		}
+	}
+}

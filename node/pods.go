@@ -236,7 +236,7 @@ func (n *Node) AddPod(req nodeapi.AddPodRequest) (nodeapi.PodInfo, error) {
 	}
 	var mac packet.MAC
 	dev, mac, err = vswitch.CreatePodLink(vswitch.PodLinkConfig{
-		Pod: req.Name, Netns: rec.Netns, IP: ip, MTU: mtu, Offload: n.cfg.TapOffload,
+		Pod: req.Name, Netns: rec.Netns, IP: ip, MTU: mtu, Offload: n.cfg.TapOffload, QueueLen: n.cfg.PodQueueLen,
 	})
 	if err != nil {
 		return fail(err)
@@ -598,7 +598,7 @@ func (n *Node) restorePods(s *state) error {
 		}
 		p := &pod{rec: rec, phase: podReady, port: -1, netns: netnsIDOf(rec.Netns)}
 		s.pods[rec.Name] = p
-		dev, mac, err := vswitch.ReattachPodLink(rec.Netns, n.cfg.TapOffload)
+		dev, mac, err := vswitch.ReattachPodLink(rec.Netns, n.cfg.TapOffload, n.cfg.PodQueueLen)
 		if err != nil {
 			p.err = err.Error()
 			n.log.Warn("pod not reattached", "pod", rec.Name, "err", err)

@@ -37,6 +37,7 @@ const (
 	DropWrongVNI                             // VXLAN with another network identifier
 	DropForeignInnerSource                   // decapsulated packet whose source the sending node does not route
 	DropECNNotECT                            // outer CE over an inner packet that does not do ECN (RFC 6040)
+	DropQueueFull                            // the kernel dropped it before the port's reader took it (queueDrops)
 	numDropReasons
 
 	// dropNone is what a classifier returns for a packet it accepts.
@@ -49,7 +50,7 @@ var dropNames = [numDropReasons]string{
 	"blackhole", "remote-unsupported", "port-gone", "egress-error",
 	"frag-needed", "unknown-source", "bad-outer", "bad-inner", "no-transit",
 	"nat-unavailable", "nat-not-allowed", "bad-inner-checksum",
-	"wrong-vni", "foreign-inner-source", "ecn-not-ect",
+	"wrong-vni", "foreign-inner-source", "ecn-not-ect", "queue-full",
 }
 
 var dropExplanations = [numDropReasons]string{
@@ -80,6 +81,7 @@ var dropExplanations = [numDropReasons]string{
 	"VXLAN with another network identifier (VNI)",
 	"the inner source is not an address the sending node routes (its blocks, borrowed addresses, its own address)",
 	"the underlay marked congestion (outer ECN CE) on a packet whose transport does not do ECN: RFC 6040 says drop it, as Linux tunnels do",
+	"the device's kernel queue was full when the packet was sent (the switch had not read the ones before it yet: it was busy, or not given a CPU), or no switch had the device open; the kernel dropped it (docs/performance.md, \"Queue overflows\")",
 }
 
 // Explain says in a sentence why packets are dropped for r.
@@ -114,6 +116,44 @@ type counters struct {
 }
 
 func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
+
+// queueDropper is a port device whose kernel queue drops frames its
+// reader has not taken in time, and says how many (tap.Device): the
+// switch never sees those frames, so it cannot count them itself.
+type queueDropper interface{ QueueDrops() (uint64, error) }
+
+// queueDrops follows a port device's kernel queue drops from the moment
+// the port was attached, as the port's other counters start then; a
+// persistent TAP's own count does not start again.
+type queueDrops struct {
+	dev  queueDropper // nil: the device cannot say
+	base uint64
+}
+
+// newQueueDrops reads dev's count now, if dev can say. It makes netlink
+// calls: not for under Switch.mu.
+func newQueueDrops(dev any) queueDrops {
+	q, ok := dev.(queueDropper)
+	if !ok {
+		return queueDrops{}
+	}
+	base, err := q.QueueDrops()
+	if err != nil {
+		return queueDrops{}
+	}
+	return queueDrops{dev: q, base: base}
+}
+
+// addTo counts the drops since the port was attached in s, as
+// queue-full. Like newQueueDrops, not for under Switch.mu.
+func (q queueDrops) addTo(s *PortStats) {
+	if q.dev == nil {
+		return
+	}
+	if n, err := q.dev.QueueDrops(); err == nil && n > q.base {
+		s.Drops[DropQueueFull.String()] += n - q.base
+	}
+}
 
 // PortStats is a snapshot of one port's counters, as the API shows it.
 type PortStats struct {

@@ -81,6 +81,8 @@ func (t *hostTUN) Close() error          { return t.d.Close() }
 func (t *hostTUN) Offload() bool         { return true }
 func (t *hostTUN) UDPSegmentation() bool { return t.d.UDPSegmentation() }
 
+func (t *hostTUN) QueueDrops() (uint64, error) { return t.d.QueueDrops() }
+
 // hostTUNBatch is how many packets the host reader takes per wake-up.
 // The node forwards for every pod at once (routed traffic from other
 // nodes comes in here): a larger batch than a pod's lets GRO merge more
@@ -96,6 +98,7 @@ type hostPort struct {
 	uso     bool // dev takes GSO_UDP_L4 superframes, and may read them
 	lane    int
 	c       counters
+	queue   queueDrops // dev's kernel queue drops (queue-full)
 	capt    atomic.Pointer[Capture]
 	done    chan struct{}
 }
@@ -103,12 +106,13 @@ type hostPort struct {
 // AttachHost makes dev (a TUN in the node's namespace, see OpenHostTUN) the
 // host port and starts its reader.
 func (s *Switch) AttachHost(dev HostDevice) error {
+	queue := newQueueDrops(dev)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.att.host != nil {
 		return errors.New("attach host: host port already attached")
 	}
-	h := &hostPort{dev: dev, lane: s.newLaneIDLocked(), done: make(chan struct{})}
+	h := &hostPort{dev: dev, lane: s.newLaneIDLocked(), queue: queue, done: make(chan struct{})}
 	if o, ok := dev.(offloader); ok {
 		h.offload = o.Offload()
 	}

@@ -79,6 +79,7 @@ type podPort struct {
 	uso     bool // dev takes GSO_UDP_L4 superframes
 	readUSO bool // and its reads may be GSO_UDP_L4 superframes
 	c       counters
+	queue   queueDrops // dev's kernel queue drops (queue-full)
 	capt    atomic.Pointer[Capture]
 	done    chan struct{} // closed when the reader exits
 
@@ -101,6 +102,7 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	if pp.Dev == nil {
 		return 0, fmt.Errorf("add port %s: no device", pp.Name)
 	}
+	queue := newQueueDrops(pp.Dev)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	idx := len(s.att.pods)
@@ -114,6 +116,7 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 		index: idx, name: pp.Name, ip: pp.IP, ip4: pp.IP.As4(),
 		mac: pp.MAC, dev: pp.Dev, offload: pp.Dev.Offload(), uso: takesUDPGSO(pp.Dev, pp.Dev.Offload()),
 		readUSO: readsUDPGSO(pp.Dev, pp.Dev.Offload()),
+		queue:   queue,
 		done:    make(chan struct{}),
 	}
 	p.classify = func(f *forwarder, _ int, buf []byte, size int) { f.fromPod(p, buf, packet.Headroom, size) }

@@ -33,7 +33,15 @@ type PodLinkConfig struct {
 	MTU int
 	// Offload opens the TAP with virtio headers and TSO; false = plain.
 	Offload bool
+	// QueueLen is the TAP's txqueuelen: frames the pod sends that wait
+	// for the switch's reader; 0 leaves the kernel's default (1000).
+	QueueLen int
 }
+
+// MaxPodQueueLen bounds PodLinkConfig.QueueLen. A frame waiting in a
+// pod's TAP may be a 64 KiB superframe, in kernel memory no cgroup of the
+// pod's is charged for: 1000 frames are up to 64 MiB, this many 4 GiB.
+const MaxPodQueueLen = 1 << 16
 
 // TempTAPName is the name a pod's TAP has in the node namespace before it
 // moves: "pn" + 11 hex digits of SHA-1(pod), like Calico's cali+11.
@@ -126,6 +134,9 @@ func configurePodIf(h *netlink.Handle, cfg PodLinkConfig) error {
 	if err := h.LinkSetMTU(l, cfg.MTU); err != nil {
 		return fmt.Errorf("set mtu %d on %s: %w", cfg.MTU, PodIfName, err)
 	}
+	if err := setQueueLen(h, l, cfg.QueueLen); err != nil {
+		return err
+	}
 	// The pod routes IPv4 only; IPv6 would just send router solicitations
 	// and MLD reports for the switch to drop. Best effort: the sysctl is
 	// absent when the kernel has no IPv6.
@@ -169,11 +180,26 @@ func podMAC(h *netlink.Handle) (packet.MAC, error) {
 	return mac, nil
 }
 
+// setQueueLen sets l's txqueuelen to n, unless n is 0.
+func setQueueLen(h *netlink.Handle, l netlink.Link, n int) error {
+	if n == 0 {
+		return nil
+	}
+	if n < 0 || n > MaxPodQueueLen {
+		return fmt.Errorf("txqueuelen %d out of range (1..%d)", n, MaxPodQueueLen)
+	}
+	if err := h.LinkSetTxQLen(l, n); err != nil {
+		return fmt.Errorf("set txqueuelen %d on %s: %w", n, l.Attrs().Name, err)
+	}
+	return nil
+}
+
 // ReattachPodLink opens the persistent TAP that is the pod's eth0 again,
-// after a daemon restart, and returns it with the pod's MAC. The TAP must
-// be opened from inside the pod's namespace: TUNSETIFF looks the name up in
-// the namespace of the thread that opened /dev/net/tun.
-func ReattachPodLink(netnsPath string, offload bool) (*tap.Device, packet.MAC, error) {
+// after a daemon restart, and returns it with the pod's MAC; a queueLen
+// other than 0 becomes its txqueuelen (PodLinkConfig.QueueLen). The TAP
+// must be opened from inside the pod's namespace: TUNSETIFF looks the
+// name up in the namespace of the thread that opened /dev/net/tun.
+func ReattachPodLink(netnsPath string, offload bool, queueLen int) (*tap.Device, packet.MAC, error) {
 	var mac packet.MAC
 	var dev *tap.Device
 	err := netnsutil.Do(netnsPath, func() error {
@@ -183,6 +209,14 @@ func ReattachPodLink(netnsPath string, offload bool) (*tap.Device, packet.MAC, e
 		}
 		if l.Type() != "tuntap" {
 			return fmt.Errorf("%s is a %s, not a TAP podnet made", PodIfName, l.Type())
+		}
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		if err := setQueueLen(h, l, queueLen); err != nil {
+			return err
 		}
 		dev, err = tap.Open(tap.Config{Name: PodIfName, Offload: offload, ReadUDPSuperframes: true})
 		if err != nil {

@@ -136,20 +136,24 @@ func (s *Switch) SetNodes(n NodeSet) { s.nodes.Store(&n) }
 // tunnels, then the pods.
 func (s *Switch) Stats() []PortStats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []PortStats
+	var queues []queueDrops // out[i]'s
 	if h := s.att.host; h != nil {
-		out = append(out, h.portStats())
+		out, queues = append(out, h.portStats()), append(queues, h.queue)
 	}
 	for _, t := range s.att.tunnels {
 		if t != nil {
-			out = append(out, t.portStats())
+			out, queues = append(out, t.portStats()), append(queues, queueDrops{})
 		}
 	}
 	for _, p := range s.att.pods {
 		if p != nil {
-			out = append(out, p.portStats())
+			out, queues = append(out, p.portStats()), append(queues, p.queue)
 		}
+	}
+	s.mu.Unlock()
+	for i := range out {
+		queues[i].addTo(&out[i])
 	}
 	return out
 }

@@ -150,3 +150,53 @@ func TestPodUDPSuperframes(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueFullCounted: frames a pod (or the node, into podnet0) sends
+// while the device's queue is full never reach the switch; the port
+// counts them as queue-full, exactly the kernel's count since the port
+// was attached, so that every frame sent is accounted for once.
+func TestQueueFullCounted(t *testing.T) {
+	const burst = 5000
+	tn := newTestNet(t)
+	tn.attachHost(t, "10.99.1.1")
+	a := tn.addPod(t, "a", "10.99.0.1", true)
+	// Frames the switch drops once it reads them: a broadcast with a
+	// local experimental EtherType to the pod's port, a packet of IP
+	// version 0 to the host's.
+	eth := make([]byte, 60)
+	copy(eth, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	eth[12], eth[13] = 0x88, 0xb5
+	for _, c := range []struct {
+		port, ns, dev string
+		frame         []byte
+		readDrop      string
+	}{
+		{"a", a.ns, "eth0", eth, "unknown-ethertype"},
+		{"host", tn.nodeNS, tn.host, make([]byte, 60), "bad-ip-version"},
+	} {
+		t.Run(c.port, func(t *testing.T) {
+			ns := c.ns[len("/run/netns/"):]
+			if out, err := exec.Command("ip", "-n", ns, "link", "set", c.dev, "txqueuelen", "1").CombinedOutput(); err != nil {
+				t.Fatalf("txqueuelen: %v\n%s", err, out)
+			}
+			before := nettest.QueueDropped(t, ns, c.dev)
+			base := tn.stats(c.port).Drops
+			// The kernel sends them far faster than a reader takes them
+			// one at a time.
+			nettest.SendFrames(t, c.ns, c.dev, c.frame, burst)
+			var read, full uint64
+			waitPortStats(t, tn.s, c.port, "every frame read or dropped by the kernel", func(s PortStats) bool {
+				read, full = s.Drops[c.readDrop]-base[c.readDrop], s.Drops["queue-full"]-base["queue-full"]
+				return read+full == burst
+			})
+			kernel := nettest.QueueDropped(t, ns, c.dev) - before
+			t.Logf("of %d frames the switch read %d, the kernel dropped %d", burst, read, kernel)
+			if kernel == 0 {
+				t.Fatalf("the kernel dropped nothing from a queue of one frame: the test shows nothing")
+			}
+			if full != kernel {
+				t.Errorf("queue-full %d, want the kernel's %d", full, kernel)
+			}
+		})
+	}
+}

@@ -12,8 +12,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"podnet/internal/netnsutil"
 )
@@ -129,4 +133,47 @@ func FreeLoopbackAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// SendFrames sends frame n times out of the interface ifname in the
+// namespace at nsPath, through a packet socket: straight into the
+// device's transmit path, with no ARP or routing on the way.
+func SendFrames(t testing.TB, nsPath, ifname string, frame []byte, n int) {
+	t.Helper()
+	err := netnsutil.Do(nsPath, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
+		for range n {
+			if err := unix.Sendto(fd, frame, 0, to); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("send %d frames out of %s in %s: %v", n, ifname, nsPath, err)
+	}
+}
+
+// QueueDropped is the tx_dropped counter of the interface ifname in the
+// named namespace, as the kernel reports it.
+func QueueDropped(t testing.TB, name, ifname string) uint64 {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", name, "cat", "/sys/class/net/"+ifname+"/statistics/tx_dropped").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tx_dropped of %s in %s: %v\n%s", ifname, name, err, out)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatalf("tx_dropped of %s in %s: %v", ifname, name, err)
+	}
+	return v
 }

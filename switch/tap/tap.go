@@ -18,6 +18,8 @@ import (
 	"unsafe"
 
 	"github.com/songgao/water"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"podnet/internal/turn"
@@ -220,6 +222,54 @@ func (d *Device) SetPersist(on bool) error {
 		return fmt.Errorf("tap %q: TUNSETPERSIST %d: %w", d.name, v, err)
 	}
 	return nil
+}
+
+// QueueDrops returns how many frames the kernel dropped on their way to
+// the device's reader: sent into the device (by the pod behind a TAP, by
+// the node into a TUN) while its queue of txqueuelen frames was full,
+// because the reader had not read them in time, or while no reader had
+// the device open. That is the device's tx_dropped, which the switch
+// never sees otherwise. It is read over netlink in the namespace the
+// device is in now (TUNGETDEVNETNS, Linux 5.2+), under the name it has
+// now (TUNGETIFF), so a pod that renames its eth0 is still followed.
+func (d *Device) QueueDrops() (uint64, error) {
+	d.closeMu.RLock()
+	if d.closed {
+		d.closeMu.RUnlock()
+		return 0, os.ErrClosed
+	}
+	nsfd, err := unix.IoctlRetInt(d.fd, unix.TUNGETDEVNETNS)
+	var name string
+	if err == nil {
+		var ifr *unix.Ifreq
+		if ifr, err = unix.NewIfreq(""); err == nil {
+			if err = unix.IoctlIfreq(d.fd, unix.TUNGETIFF, ifr); err == nil {
+				name = ifr.Name()
+			}
+		}
+		if err != nil {
+			unix.Close(nsfd)
+		}
+	}
+	d.closeMu.RUnlock()
+	if err != nil {
+		return 0, fmt.Errorf("tap %q: queue drops: %w", d.name, err)
+	}
+	defer unix.Close(nsfd)
+	h, err := netlink.NewHandleAt(netns.NsHandle(nsfd), unix.NETLINK_ROUTE)
+	if err != nil {
+		return 0, fmt.Errorf("tap %q: queue drops: netlink: %w", d.name, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("tap %q: queue drops: %s: %w", d.name, name, err)
+	}
+	st := l.Attrs().Statistics
+	if st == nil {
+		return 0, fmt.Errorf("tap %q: queue drops: %s has no statistics", d.name, name)
+	}
+	return st.TxDropped, nil
 }
 
 // Read reads up to len(bufs) frames, each into bufs[i][offset:], and sets

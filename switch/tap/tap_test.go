@@ -3,6 +3,8 @@ package tap
 import (
 	"errors"
 	"os"
+	"os/exec"
+	"strconv"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -59,5 +61,69 @@ func TestDeviceNonBlocking(t *testing.T) {
 				t.Errorf("write after Close: got %v, want os.ErrClosed", err)
 			}
 		})
+	}
+}
+
+// TestQueueDrops: frames sent into a TAP while its queue is full are
+// dropped by the kernel before the reader sees them; QueueDrops counts
+// exactly those, after the device moved to another namespace and took
+// another name, as a pod's TAP does.
+func TestQueueDrops(t *testing.T) {
+	const queue, burst = 8, 50
+	node := nettest.UniqueName("pnq")
+	pod := nettest.UniqueName("pnq")
+	nodeNS, podNS := nettest.Netns(t, node), nettest.Netns(t, pod)
+	// No IPv6: router solicitations would take places in the queue.
+	nettest.Sysctl(t, pod, "net.ipv6.conf.default.disable_ipv6=1")
+	var d *Device
+	if err := netnsutil.Do(nodeNS, func() (err error) {
+		d, err = Open(Config{Name: "pq0"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, args := range [][]string{
+		{"-n", node, "link", "set", "pq0", "netns", pod},
+		{"-n", pod, "link", "set", "pq0", "name", "eth0"},
+		{"-n", pod, "link", "set", "eth0", "txqueuelen", strconv.Itoa(queue), "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	frame := make([]byte, 60)
+	drain := func() int {
+		n := 0
+		for {
+			if _, err := rawRead(d.fd, frame[:cap(frame)]); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+	drain()
+	base, err := d.QueueDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pod's side sends a burst straight to the device; nothing reads
+	// meanwhile.
+	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	frame[12], frame[13] = 0x88, 0xb5 // local experimental EtherType
+	nettest.SendFrames(t, podNS, "eth0", frame, burst)
+	got, err := d.QueueDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got-base != burst-queue {
+		t.Errorf("QueueDrops: %d dropped of a burst of %d into a queue of %d, want %d", got-base, burst, queue, burst-queue)
+	}
+	if n := drain(); n != queue {
+		t.Errorf("read %d frames after the burst, want the %d the queue held", n, queue)
+	}
+	d.Close()
+	if _, err := d.QueueDrops(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("QueueDrops after Close: %v, want os.ErrClosed", err)
 	}
 }
