@@ -69,6 +69,11 @@ const (
 	// whose connection is gone, or from another remote than the
 	// connection's.
 	DropNoFlow
+	// DropQueueFull: a reply the tc program steered into the packet
+	// path's TAP while its queue was full, because NAT had not read the
+	// ones before it yet; the kernel dropped it (the TAP's tx_dropped
+	// since the path was set up).
+	DropQueueFull
 
 	numDropReasons
 )
@@ -93,6 +98,7 @@ var dropNames = [numDropReasons]string{
 	DropICMPError:           "icmp-error-untranslatable",
 	DropDialsPending:        "dials-pending",
 	DropNoFlow:              "no-flow",
+	DropQueueFull:           "queue-full",
 }
 
 // String returns the short kebab-case name used in Stats.Drops.

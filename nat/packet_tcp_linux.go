@@ -59,6 +59,9 @@ type packetTCP struct {
 	routeMu sync.Mutex
 	nl      *netlink.Handle // in the node's namespace; guarded by routeMu
 	routes  map[netip.Addr]routeVerdict
+	// queueBase is the TAP's tx_dropped when the path was set up
+	// (queueDropped).
+	queueBase uint64
 
 	// Each connection holds a port of the node's for itself. So that the
 	// node keeps ports for its own connections and one pod cannot take
@@ -256,11 +259,39 @@ func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
 	if err == nil {
 		err = derr
 	}
+	if err == nil {
+		p.queueBase, err = p.tapTxDropped()
+	}
 	if err != nil {
 		p.close()
 		return nil, err
 	}
 	return p, nil
+}
+
+// queueDropped is how many replies the kernel dropped on their way into
+// the TAP since the path was set up, because its queue was full: NAT had
+// not read the ones before them yet (DropQueueFull).
+func (p *packetTCP) queueDropped() uint64 {
+	n, err := p.tapTxDropped()
+	if err != nil || n < p.queueBase {
+		return 0
+	}
+	return n - p.queueBase
+}
+
+// tapTxDropped is the TAP's tx_dropped counter.
+func (p *packetTCP) tapTxDropped() (uint64, error) {
+	p.routeMu.Lock()
+	defer p.routeMu.Unlock()
+	l, err := p.nl.LinkByIndex(p.tap.Index())
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", PlainTapName, err)
+	}
+	if l.Attrs().Statistics == nil {
+		return 0, fmt.Errorf("%s has no statistics", PlainTapName)
+	}
+	return l.Attrs().Statistics.TxDropped, nil
 }
 
 // underlayAddr is l's first global IPv4 address.

@@ -618,3 +618,38 @@ func TestPacketPathPortShare(t *testing.T) {
 		t.Errorf("%d connections on the packet path, want 3 (two of the first pod's, the other pod's)", s.PacketConnsTotal)
 	}
 }
+
+// Frames that reach the packet path's TAP while its queue is full never
+// reach NAT; Stats counts them as queue-full, exactly the kernel's count,
+// so that every frame is accounted for once.
+func TestPacketPathQueueFull(t *testing.T) {
+	const burst = 5000
+	tp := newTopo(t)
+	n, _ := newNAT(t, tp, Config{Underlay: "vn0"})
+	ns := tp.n[len("/run/netns/"):]
+	run(t, "-n", ns, "link", "set", PlainTapName, "txqueuelen", "1")
+	before := nettest.QueueDropped(t, ns, PlainTapName)
+	base := n.Stats().Drops
+	// Not IPv4, so NAT drops what it reads as malformed; the kernel
+	// sends them far faster than NAT reads them one at a time.
+	frame := make([]byte, 60)
+	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	frame[12], frame[13] = 0x88, 0xb5
+	nettest.SendFrames(t, tp.n, PlainTapName, frame, burst)
+	var read, full uint64
+	if !waitFor(5*time.Second, func() bool {
+		d := n.Stats().Drops
+		read, full = d[DropMalformed.String()]-base[DropMalformed.String()], d[DropQueueFull.String()]-base[DropQueueFull.String()]
+		return read+full == burst
+	}) {
+		t.Fatalf("of %d frames NAT read %d and counted %d as queue-full", burst, read, full)
+	}
+	kernel := nettest.QueueDropped(t, ns, PlainTapName) - before
+	t.Logf("of %d frames NAT read %d, the kernel dropped %d", burst, read, kernel)
+	if kernel == 0 {
+		t.Fatalf("the kernel dropped nothing from a queue of one frame: the test shows nothing")
+	}
+	if full != kernel {
+		t.Errorf("queue-full %d, want the kernel's %d", full, kernel)
+	}
+}

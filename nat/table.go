@@ -316,6 +316,9 @@ func (n *NAT) Stats() Stats {
 	for r := range numDropReasons {
 		s.Drops[r.String()] = n.c.drops[r].Load()
 	}
+	if n.fast != nil {
+		s.Drops[DropQueueFull.String()] += n.fast.queueDropped()
+	}
 	if n.tcpPorts.enabled() {
 		s.PortsInUse = n.tcpPorts.count() + n.udpPorts.count()
 	} else {
