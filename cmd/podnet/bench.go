@@ -30,11 +30,11 @@ type suiteFlags struct {
 
 func (f *suiteFlags) register(cmd *cobra.Command, scenarios bool) {
 	fl := cmd.Flags()
-	fl.BoolVar(&f.cfg.Quick, "quick", false, "short version: 1 round, 2 s TCP runs, UDP with 64-byte payloads only")
+	fl.BoolVar(&f.cfg.Quick, "quick", false, "short version: 1 round, 2 s TCP runs, UDP with 18-byte payloads (64-byte frames) only")
 	fl.IntVar(&f.cfg.Rounds, "rounds", 0, "rounds; every path is measured once per round, kernel and podnet interleaved (default 3, 1 with --quick)")
 	fl.IntVar(&f.cfg.Seconds, "seconds", 0, "seconds per iperf3 TCP run (default 4, 2 with --quick)")
 	fl.IntSliceVar(&f.cfg.Streams, "streams", nil, "parallel TCP streams to measure (default 1)")
-	fl.IntSliceVar(&f.cfg.Payloads, "payloads", nil, "UDP payload sizes in bytes for the rate search (default 18,64,1400; 64 with --quick)")
+	fl.IntSliceVar(&f.cfg.Payloads, "payloads", nil, "UDP payload sizes in bytes for the rate search (default 18,64,1400; 18 with --quick)")
 	fl.BoolVar(&f.cfg.NoUDP, "no-udp", false, "leave out the UDP rate searches")
 	fl.StringVar(&f.paths, "paths", "", "measure only paths whose name matches this regular expression")
 	if scenarios {

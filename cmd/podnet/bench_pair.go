@@ -79,10 +79,10 @@ time when neither runs podnet). The output has the suite's schema.`, bench.PairC
 	f.BoolVar(&server, "server", false, "run the server end and wait")
 	f.StringVar(&client, "client", "", "run the client end against the server pod at this address")
 	f.StringVar(&netns, "netns", "", "the pod's network namespace (ip netns name); default: this process's")
-	f.BoolVar(&cfg.Quick, "quick", false, "1 round, short runs, 64-byte UDP only")
+	f.BoolVar(&cfg.Quick, "quick", false, "1 round, short runs, UDP with 18-byte payloads (64-byte frames) only")
 	f.IntVar(&cfg.Rounds, "rounds", 0, "rounds (default 3, 1 with --quick)")
 	f.IntVar(&cfg.Seconds, "seconds", 0, "seconds of bulk TCP per round (default 4, 2 with --quick)")
-	f.IntSliceVar(&payloads, "payloads", nil, "UDP payload sizes (default 18,64,1400; 64 with --quick)")
+	f.IntSliceVar(&payloads, "payloads", nil, "UDP payload sizes (default 18,64,1400; 18 with --quick)")
 	outputFlagVar(cmd, &output, nil, formatTable, formatJSON)
 	f.StringVar(&outDir, "out", "", "also write results.json, results.md and charts into this directory")
 	return cmd
