@@ -529,6 +529,28 @@ func setBuffer(fd, force, plain, n int) error {
 // carries; size the caller's vectors to it.
 func (c *batchConn) BatchSize() int { return c.batch }
 
+// QueueDrops is how many datagrams the kernel dropped at the receive
+// socket before ReadBatch got them, since the socket was opened: its
+// receive buffer was full (the reader had not read the ones before them
+// yet), or, for UDP, rarely, the checksum was wrong. It is the socket's
+// drop counter (SO_MEMINFO), which wraps at 2^32.
+func (c *batchConn) QueueDrops() (uint64, error) {
+	var info [unix.SK_MEMINFO_VARS]uint32
+	var errno syscall.Errno
+	err := c.raw.Control(func(fd uintptr) {
+		size := uint32(unsafe.Sizeof(info))
+		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	if err != nil {
+		return 0, fmt.Errorf("encap: %s: SO_MEMINFO: %w", c.name, err)
+	}
+	return uint64(info[unix.SK_MEMINFO_DROPS]), nil
+}
+
 // SetReadDeadline makes a blocked or future ReadBatch return an error
 // wrapping os.ErrDeadlineExceeded after t; the zero time means none.
 func (c *batchConn) SetReadDeadline(t time.Time) error { return c.file.SetReadDeadline(t) }

@@ -171,6 +171,69 @@ func TestBatchConnRoundTrip(t *testing.T) {
 	}
 }
 
+// TestBatchConnQueueDrops: datagrams that arrive while the receive
+// socket's buffer is full are dropped by the kernel, and QueueDrops
+// counts exactly those: with nothing reading, every datagram sent is
+// either queued or counted.
+func TestBatchConnQueueDrops(t *testing.T) {
+	ns, _ := coreNetns(t)
+	for _, spec := range []socketSpec{rawSpec(), udpSpec(false, false)} {
+		t.Run(spec.name, func(t *testing.T) {
+			const sent = 300
+			a := openCore(t, ns, spec)
+			small := spec
+			small.buffer = 4096 // the kernel's least, doubled: a few datagrams
+			b := openCore(t, ns, small)
+			base, err := b.QueueDrops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pkts := numbered(repeat(sent, 200)...)
+			// Loopback delivers within the send, so everything has
+			// been queued or dropped once it returns.
+			var n int
+			if spec.typ == unix.SOCK_RAW {
+				dsts := make([]netip.Addr, sent)
+				for i := range dsts {
+					dsts[i] = loopback
+				}
+				n, err = a.writeToAddrs(pkts, dsts)
+			} else {
+				dsts := make([]netip.AddrPort, sent)
+				for i := range dsts {
+					dsts[i] = b.local
+				}
+				n, err = a.writeToAddrPorts(pkts, dsts)
+			}
+			if n != sent || err != nil {
+				t.Fatalf("write: got (%d, %v), want (%d, nil)", n, err, sent)
+			}
+			drops, err := b.QueueDrops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			drops -= base
+			queued := 0
+			bufs, sizes := readBufs(b.BatchSize(), 2048), make([]int, b.BatchSize())
+			for {
+				b.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				n, err := b.ReadBatch(bufs, sizes, 0)
+				if err != nil {
+					break
+				}
+				queued += n
+			}
+			t.Logf("%d datagrams queued, %d dropped", queued, drops)
+			if drops == 0 || queued == 0 {
+				t.Fatalf("%d queued and %d dropped of %d: the buffer should hold some and not all", queued, drops, sent)
+			}
+			if uint64(queued)+drops != sent {
+				t.Errorf("%d queued + %d dropped, want the %d sent", queued, drops, sent)
+			}
+		})
+	}
+}
+
 // TestBatchConnReadWholeBatch: one ReadBatch returns everything queued,
 // up to the batch, although only the first rawRecvSlots slots are read
 // with a raw system call and the rest with an ordinary one (recvBatch);

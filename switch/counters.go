@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 )
@@ -81,7 +82,7 @@ var dropExplanations = [numDropReasons]string{
 	"VXLAN with another network identifier (VNI)",
 	"the inner source is not an address the sending node routes (its blocks, borrowed addresses, its own address)",
 	"the underlay marked congestion (outer ECN CE) on a packet whose transport does not do ECN: RFC 6040 says drop it, as Linux tunnels do",
-	"the device's kernel queue was full when the packet was sent (the switch had not read the ones before it yet: it was busy, or not given a CPU), or no switch had the device open; the kernel dropped it (docs/performance.md, \"Queue overflows\")",
+	"the kernel dropped it before the switch read it: the queue it waits in (a pod's TAP, podnet0, a tunnel's receive socket) was full, because the switch had not read the ones before it yet (it was busy, or not given a CPU), or no switch had the device open; a tunnel socket also counts here the rare datagram whose UDP checksum the kernel refused (docs/performance.md, \"Queue overflows\")",
 }
 
 // Explain says in a sentence why packets are dropped for r.
@@ -117,43 +118,62 @@ type counters struct {
 
 func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
-// queueDropper is a port device whose kernel queue drops frames its
-// reader has not taken in time, and says how many (tap.Device): the
-// switch never sees those frames, so it cannot count them itself.
+// queueDropper is a port device or socket whose kernel queue drops
+// frames its reader has not taken in time, and says how many
+// (tap.Device, encap's sockets): the switch never sees those frames, so
+// it cannot count them itself.
 type queueDropper interface{ QueueDrops() (uint64, error) }
 
-// queueDrops follows a port device's kernel queue drops from the moment
-// the port was attached, as the port's other counters start then; a
-// persistent TAP's own count does not start again.
+// queueDrops follows the kernel queue drops of a port's devices (a
+// tunnel has a socket per reader) from the moment the port was attached,
+// as the port's other counters start then; a persistent TAP's own count
+// does not start again.
 type queueDrops struct {
-	dev  queueDropper // nil: the device cannot say
+	devs []queueDropper // none: the devices cannot say
 	base uint64
 }
 
-// newQueueDrops reads dev's count now, if dev can say. It makes netlink
-// calls: not for under Switch.mu.
-func newQueueDrops(dev any) queueDrops {
-	q, ok := dev.(queueDropper)
-	if !ok {
-		return queueDrops{}
+// newQueueDrops reads the counts of those devs that can say, now. It
+// makes system calls (netlink for a TAP): not for under Switch.mu.
+func newQueueDrops(devs ...any) queueDrops {
+	var q queueDrops
+	for _, d := range devs {
+		qd, ok := d.(queueDropper)
+		if !ok {
+			continue
+		}
+		n, err := qd.QueueDrops()
+		if err != nil {
+			continue
+		}
+		q.devs = append(q.devs, qd)
+		q.base += n
 	}
-	base, err := q.QueueDrops()
-	if err != nil {
-		return queueDrops{}
-	}
-	return queueDrops{dev: q, base: base}
+	return q
 }
 
 // addTo counts the drops since the port was attached in s, as
 // queue-full. Like newQueueDrops, not for under Switch.mu.
 func (q queueDrops) addTo(s *PortStats) {
-	if q.dev == nil {
+	if len(q.devs) == 0 {
 		return
 	}
-	if n, err := q.dev.QueueDrops(); err == nil && n > q.base {
+	var n uint64
+	for _, d := range q.devs {
+		v, err := d.QueueDrops()
+		if err != nil {
+			return
+		}
+		n += v
+	}
+	if n > q.base {
 		s.Drops[DropQueueFull.String()] += n - q.base
 	}
 }
+
+// errNoQueueDrops: the connection under a tunnel's receiver does not
+// count its drops.
+var errNoQueueDrops = errors.New("no drop count")
 
 // PortStats is a snapshot of one port's counters, as the API shows it.
 type PortStats struct {

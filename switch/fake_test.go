@@ -191,7 +191,14 @@ func (offloadHostDev) UDPSegmentation() bool { return true }
 type fakeIPIP struct {
 	fakeQueue
 	fakeSink
+	kernelDrops
 }
+
+// kernelDrops is a fake socket's count of what its kernel dropped before
+// it was read (QueueDrops), which a test sets.
+type kernelDrops struct{ n atomic.Uint64 }
+
+func (k *kernelDrops) QueueDrops() (uint64, error) { return k.n.Load(), nil }
 
 func (c *fakeIPIP) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return c.read(bufs, sizes, offset)
@@ -212,6 +219,7 @@ func (c *fakeIPIP) Close() error   { return c.close() }
 type fakeVXLAN struct {
 	fakeQueue
 	fakeSink
+	kernelDrops
 	srcCh chan fakeOuter
 	srcs  []netip.Addr
 	toss  []uint8

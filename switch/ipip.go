@@ -111,6 +111,15 @@ func (t *ipipTunnel) Close() error {
 // second one would read each packet again; the tunnel has one.
 func (t *ipipTunnel) Receivers() []TunnelReceiver { return []TunnelReceiver{t} }
 
+// QueueDrops is what the kernel dropped at the raw socket before it was
+// read (queue-full), where the socket counts it (encap.IPIPConn does).
+func (t *ipipTunnel) QueueDrops() (uint64, error) {
+	if q, ok := t.conn.(queueDropper); ok {
+		return q.QueueDrops()
+	}
+	return 0, errNoQueueDrops
+}
+
 func (t *ipipTunnel) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return t.conn.ReadBatch(bufs, sizes, offset)
 }

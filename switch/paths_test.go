@@ -1662,3 +1662,34 @@ func TestPodBatchGrows(t *testing.T) {
 	n.b.dev.wait(t, sent+podBatchStart+1)
 	waitBatch(n.d, podBatchStart)
 }
+
+// TestTunnelQueueFull: what a tunnel's receive socket says the kernel
+// dropped before it was read counts as the tunnel port's queue-full,
+// from the moment the tunnel was attached, the sum over its sockets.
+func TestTunnelQueueFull(t *testing.T) {
+	n := newFakeNet(t)
+	full := func(port string) uint64 { return n.stats(port).Drops[DropQueueFull.String()] }
+	n.ipip.n.Add(4)
+	n.vx.n.Add(5)
+	if got := full("ipip"); got != 4 {
+		t.Errorf("ipip queue-full %d, want 4", got)
+	}
+	if got := full("vxlan"); got != 5 {
+		t.Errorf("vxlan queue-full %d, want 5", got)
+	}
+	// A tunnel attached again counts from then on: two sockets, one of
+	// which had dropped before.
+	if err := n.s.DetachTunnel(router.EncapVXLAN); err != nil {
+		t.Fatal(err)
+	}
+	a, b := newFakeVXLAN(), newFakeVXLAN()
+	a.n.Store(100)
+	if err := n.s.AttachVXLAN(VXLANConfig{Conn: a, Receivers: []VXLANConn{b}, MTU: 1500, LocalMAC: vtepSelf, LocalAddr: nodeSelf}); err != nil {
+		t.Fatal(err)
+	}
+	a.n.Add(2)
+	b.n.Add(3)
+	if got := full("vxlan"); got != 5 {
+		t.Errorf("vxlan queue-full %d after attaching again, want 5 (2 + 3 since)", got)
+	}
+}

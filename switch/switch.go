@@ -143,7 +143,7 @@ func (s *Switch) Stats() []PortStats {
 	}
 	for _, t := range s.att.tunnels {
 		if t != nil {
-			out, queues = append(out, t.portStats()), append(queues, queueDrops{})
+			out, queues = append(out, t.portStats()), append(queues, t.queue)
 		}
 	}
 	for _, p := range s.att.pods {

@@ -95,6 +95,7 @@ type tunnelPort struct {
 	capt     atomic.Pointer[Capture] // inner packets, both ways
 	readers  sync.WaitGroup          // one reader per receiver
 	rxBy     []atomic.Uint64         // frames each receiver's reader read
+	queue    queueDrops              // the receive sockets' drops (queue-full)
 	maxInner int
 	verifies bool             // inner transport checksums are checked (checksumVerifier)
 	check    checksumVerifier // nil: no check
@@ -134,6 +135,11 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 		t.verifies, t.check = true, v
 	}
 	t.sft, _ = cfg.Tunnel.(superframeTunnel)
+	rxAny := make([]any, len(rx))
+	for i, r := range rx {
+		rxAny[i] = r
+	}
+	t.queue = newQueueDrops(rxAny...)
 	if cfg.LocalAddr.Is4() {
 		t.icmpSrc = cfg.LocalAddr.As4()
 	}

@@ -206,6 +206,15 @@ type vxlanReceiver struct {
 
 func (r *vxlanReceiver) BatchSize() int { return r.conn.BatchSize() }
 
+// QueueDrops is what the kernel dropped at the socket before it was read
+// (queue-full), where the socket counts it (encap.VXLANConn does).
+func (r *vxlanReceiver) QueueDrops() (uint64, error) {
+	if q, ok := r.conn.(queueDropper); ok {
+		return q.QueueDrops()
+	}
+	return 0, errNoQueueDrops
+}
+
 func (r *vxlanReceiver) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return r.conn.ReadBatch(bufs, sizes, offset)
 }
