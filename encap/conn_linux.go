@@ -529,11 +529,12 @@ func setBuffer(fd, force, plain, n int) error {
 // carries; size the caller's vectors to it.
 func (c *batchConn) BatchSize() int { return c.batch }
 
-// QueueDrops is how many datagrams the kernel dropped at the receive
+// QueueDrops is how many packets the kernel dropped at the receive
 // socket before ReadBatch got them, since the socket was opened: its
 // receive buffer was full (the reader had not read the ones before them
-// yet), or, for UDP, rarely, the checksum was wrong. It is the socket's
-// drop counter (SO_MEMINFO), which wraps at 2^32.
+// yet), or, for UDP, rarely, the checksum was wrong. A batch the kernel
+// had merged (UDP_GRO) counts once. It is the socket's drop counter
+// (SO_MEMINFO), which wraps at 2^32.
 func (c *batchConn) QueueDrops() (uint64, error) {
 	var info [unix.SK_MEMINFO_VARS]uint32
 	var errno syscall.Errno

@@ -74,7 +74,7 @@ var (
 	descICMPErr   = desc("port_icmp_errors_total", "ICMP errors the switch sent for packets from the port.", "port", "kind")
 	descNATPkts   = desc("port_nat_packets_total", "Packets from the port handed to NAT outgoing.", "port", "kind")
 	descECNCE     = desc("port_ecn_ce_packets_total", "Packets from other nodes whose outer header a router on the underlay marked CE (congestion), passed on marked.", "port", "kind")
-	descPortDrops = desc("port_drops_total", "Packets from the port the switch dropped, by reason.", "port", "kind", "reason")
+	descPortDrops = desc("port_drops_total", "Packets from the port the switch dropped, by reason; queue-full: those the kernel dropped before the switch read them.", "port", "kind", "reason")
 
 	descNATEntries = desc("nat_entries", "Flows in the NAT table, by protocol.", "proto")
 	descNATInUse   = desc("nat_ports_in_use", "Local TCP and UDP ports held by NAT flows.")
@@ -82,7 +82,7 @@ var (
 	descNATConns   = desc("nat_connections_total", "Flows ever admitted to the NAT table.")
 	descNATPkConns = desc("nat_packet_path_connections_total", "TCP connections NAT outgoing carried on its packet path (rewritten packets the kernel forwards).")
 	descNATPkPath  = desc("nat_packet_path_up", "1 while new NAT outgoing TCP connections take the packet path, 0 while they go through the netstack.")
-	descNATDrops   = desc("nat_drops_total", "Packets and flows NAT refused, by reason.", "reason")
+	descNATDrops   = desc("nat_drops_total", "Packets and flows NAT refused, by reason; queue-full: replies the kernel dropped before NAT read them.", "reason")
 
 	descBGPUp    = desc("bgp_speaker_up", "1 when the node's BGP speaker is running.")
 	descBGPState = desc("bgp_session_state", "1 for the BGP session's current FSM state (Idle, Connect, Active, OpenSent, OpenConfirm, Established).", "peer", "type", "state")

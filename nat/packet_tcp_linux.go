@@ -59,9 +59,16 @@ type packetTCP struct {
 	routeMu sync.Mutex
 	nl      *netlink.Handle // in the node's namespace; guarded by routeMu
 	routes  map[netip.Addr]routeVerdict
-	// queueBase is the TAP's tx_dropped when the path was set up
-	// (queueDropped).
+
+	// statsNL reads the TAP's tx_dropped (queueDropped), which was
+	// queueBase when the path was set up; queueOK says it could be read
+	// then. statsMu guards them, and last, the count last reported, which
+	// never goes back.
+	statsMu   sync.Mutex
+	statsNL   *netlink.Handle
 	queueBase uint64
+	queueOK   bool
+	lastQueue uint64
 
 	// Each connection holds a port of the node's for itself. So that the
 	// node keeps ports for its own connections and one pod cannot take
@@ -254,37 +261,53 @@ func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
 		if p.steer, err = openSteer(underlay, p.src, p.tap.Index()); err != nil {
 			return
 		}
-		p.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		if p.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+			return
+		}
+		p.statsNL, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	})
 	if err == nil {
 		err = derr
-	}
-	if err == nil {
-		p.queueBase, err = p.tapTxDropped()
 	}
 	if err != nil {
 		p.close()
 		return nil, err
 	}
+	// Counting its drops is not worth the path: without it they go
+	// uncounted.
+	var qerr error
+	if p.queueBase, qerr = p.tapTxDropped(); qerr != nil {
+		n.log.Warn("NAT packet path: replies its TAP drops go uncounted", "err", qerr)
+	}
+	p.queueOK = qerr == nil
 	return p, nil
 }
 
 // queueDropped is how many replies the kernel dropped on their way into
 // the TAP since the path was set up, because its queue was full: NAT had
-// not read the ones before them yet (DropQueueFull).
+// not read the ones before them yet (DropQueueFull). It keeps its last
+// value while the TAP cannot be read.
 func (p *packetTCP) queueDropped() uint64 {
-	n, err := p.tapTxDropped()
-	if err != nil || n < p.queueBase {
+	if !p.queueOK {
 		return 0
 	}
-	return n - p.queueBase
+	n, err := p.tapTxDropped()
+	p.statsMu.Lock()
+	defer p.statsMu.Unlock()
+	if err == nil && n >= p.queueBase {
+		p.lastQueue = max(p.lastQueue, n-p.queueBase)
+	}
+	return p.lastQueue
 }
 
 // tapTxDropped is the TAP's tx_dropped counter.
 func (p *packetTCP) tapTxDropped() (uint64, error) {
-	p.routeMu.Lock()
-	defer p.routeMu.Unlock()
-	l, err := p.nl.LinkByIndex(p.tap.Index())
+	p.statsMu.Lock()
+	defer p.statsMu.Unlock()
+	if p.statsNL == nil {
+		return 0, fmt.Errorf("%s: closed", PlainTapName)
+	}
+	l, err := p.statsNL.LinkByIndex(p.tap.Index())
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", PlainTapName, err)
 	}
@@ -317,6 +340,12 @@ func (p *packetTCP) close() {
 	}
 	if p.nl != nil {
 		p.nl.Close()
+	}
+	if p.statsNL != nil {
+		p.statsMu.Lock()
+		p.statsNL.Close()
+		p.statsNL = nil
+		p.statsMu.Unlock()
 	}
 }
 

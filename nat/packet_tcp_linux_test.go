@@ -628,7 +628,7 @@ func TestPacketPathQueueFull(t *testing.T) {
 	n, _ := newNAT(t, tp, Config{Underlay: "vn0"})
 	ns := tp.n[len("/run/netns/"):]
 	run(t, "-n", ns, "link", "set", PlainTapName, "txqueuelen", "1")
-	before := nettest.QueueDropped(t, ns, PlainTapName)
+	before := nettest.TxDropped(t, ns, PlainTapName)
 	base := n.Stats().Drops
 	// Not IPv4, so NAT drops what it reads as malformed; the kernel
 	// sends them far faster than NAT reads them one at a time.
@@ -644,7 +644,7 @@ func TestPacketPathQueueFull(t *testing.T) {
 	}) {
 		t.Fatalf("of %d frames NAT read %d and counted %d as queue-full", burst, read, full)
 	}
-	kernel := nettest.QueueDropped(t, ns, PlainTapName) - before
+	kernel := nettest.TxDropped(t, ns, PlainTapName) - before
 	t.Logf("of %d frames NAT read %d, the kernel dropped %d", burst, read, kernel)
 	if kernel == 0 {
 		t.Fatalf("the kernel dropped nothing from a queue of one frame: the test shows nothing")

@@ -129,9 +129,9 @@ func TestRunRefusesInvalidNode(t *testing.T) {
 	}
 }
 
-// TestPodQueueLenRange: a pod queue length the kernel would refuse, or
-// one that would let a pod hold gigabytes of kernel memory, is refused
-// at New, saying which setting and its range.
+// TestPodQueueLenRange: a negative pod queue length, or one that would
+// let a pod hold gigabytes of kernel memory, is refused at New, saying
+// which setting.
 func TestPodQueueLenRange(t *testing.T) {
 	for _, n := range []int{-1, MaxPodQueueLen + 1} {
 		_, err := New(Config{Name: "worker1", StateDir: t.TempDir(), PodQueueLen: n})

@@ -598,11 +598,17 @@ func (n *Node) restorePods(s *state) error {
 		}
 		p := &pod{rec: rec, phase: podReady, port: -1, netns: netnsIDOf(rec.Netns)}
 		s.pods[rec.Name] = p
-		dev, mac, err := vswitch.ReattachPodLink(rec.Netns, n.cfg.TapOffload, n.cfg.PodQueueLen)
+		dev, mac, err := vswitch.ReattachPodLink(rec.Netns, n.cfg.TapOffload)
 		if err != nil {
 			p.err = err.Error()
 			n.log.Warn("pod not reattached", "pod", rec.Name, "err", err)
 			continue
+		}
+		if n.cfg.PodQueueLen != 0 {
+			// A setting the pod can work without: say so, and attach it.
+			if err := vswitch.SetPodQueueLen(rec.Netns, n.cfg.PodQueueLen); err != nil {
+				n.log.Warn("pod queue length", "pod", rec.Name, "err", err)
+			}
 		}
 		idx, err := n.sw.AddPodPort(vswitch.PodPort{Name: rec.Name, IP: rec.IP, MAC: mac, Dev: dev})
 		if err != nil {

@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -82,7 +83,7 @@ var dropExplanations = [numDropReasons]string{
 	"VXLAN with another network identifier (VNI)",
 	"the inner source is not an address the sending node routes (its blocks, borrowed addresses, its own address)",
 	"the underlay marked congestion (outer ECN CE) on a packet whose transport does not do ECN: RFC 6040 says drop it, as Linux tunnels do",
-	"the kernel dropped it before the switch read it: the queue it waits in (a pod's TAP, podnet0, a tunnel's receive socket) was full, because the switch had not read the ones before it yet (it was busy, or not given a CPU), or no switch had the device open; a tunnel socket also counts here the rare datagram whose UDP checksum the kernel refused (docs/performance.md, \"Queue overflows\")",
+	"the kernel dropped it before the switch read it: the queue it waits in (a pod's TAP, podnet0, a tunnel's receive socket) was full, because the switch had not read the ones before it yet (it was busy, or not given a CPU); a tunnel socket also counts here the rare packet whose UDP checksum the kernel refused, and a batch the kernel had merged counts once (docs/performance.md, \"Queue overflows\")",
 }
 
 // Explain says in a sentence why packets are dropped for r.
@@ -130,26 +131,34 @@ type queueDropper interface{ QueueDrops() (uint64, error) }
 // does not start again.
 type queueDrops struct {
 	devs []queueDropper // none: the devices cannot say
-	base uint64
+	base []uint64       // devs[i]'s count at attach
+	// last is the count last reported. It never goes back, so that a
+	// read that fails (a pod renaming its eth0 just then) or a counter
+	// that wrapped does not look like a reset to a metrics scraper.
+	last *atomic.Uint64
 }
 
-// newQueueDrops reads the counts of those devs that can say, now. It
-// makes system calls (netlink for a TAP): not for under Switch.mu.
-func newQueueDrops(devs ...any) queueDrops {
-	var q queueDrops
+// newQueueDrops reads, now, the counts of those devs that can say. It
+// makes system calls (netlink for a TAP): not for under Switch.mu. The
+// error is the first of a device that should say and could not (before
+// Linux 5.2, a TAP cannot): its drops go uncounted, for the caller to
+// log.
+func newQueueDrops[D any](devs ...D) (queueDrops, error) {
+	q := queueDrops{last: new(atomic.Uint64)}
+	var first error
 	for _, d := range devs {
-		qd, ok := d.(queueDropper)
+		qd, ok := any(d).(queueDropper)
 		if !ok {
 			continue
 		}
 		n, err := qd.QueueDrops()
 		if err != nil {
+			first = cmp.Or(first, err)
 			continue
 		}
-		q.devs = append(q.devs, qd)
-		q.base += n
+		q.devs, q.base = append(q.devs, qd), append(q.base, n)
 	}
-	return q
+	return q, first
 }
 
 // addTo counts the drops since the port was attached in s, as
@@ -158,17 +167,37 @@ func (q queueDrops) addTo(s *PortStats) {
 	if len(q.devs) == 0 {
 		return
 	}
-	var n uint64
-	for _, d := range q.devs {
-		v, err := d.QueueDrops()
+	var total uint64
+	ok := true
+	for i, d := range q.devs {
+		n, err := d.QueueDrops()
 		if err != nil {
-			return
+			ok = false
+			break
 		}
-		n += v
+		total += countedSince(q.base[i], n)
 	}
-	if n > q.base {
-		s.Drops[DropQueueFull.String()] += n - q.base
+	if ok {
+		// Another Stats may have stored more meanwhile: keep the larger.
+		for last := q.last.Load(); total > last; last = q.last.Load() {
+			if q.last.CompareAndSwap(last, total) {
+				break
+			}
+		}
 	}
+	if v := q.last.Load(); v > 0 {
+		s.Drops[DropQueueFull.String()] += v
+	}
+}
+
+// countedSince is how far a drop counter moved from base to n. One that
+// went down wrapped around 32 bits: a socket's counter is that wide (a
+// device's is 64 bits).
+func countedSince(base, n uint64) uint64 {
+	if n >= base {
+		return n - base
+	}
+	return n + 1<<32 - base
 }
 
 // errNoQueueDrops: the connection under a tunnel's receiver does not

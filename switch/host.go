@@ -106,7 +106,10 @@ type hostPort struct {
 // AttachHost makes dev (a TUN in the node's namespace, see OpenHostTUN) the
 // host port and starts its reader.
 func (s *Switch) AttachHost(dev HostDevice) error {
-	queue := newQueueDrops(dev)
+	queue, qerr := newQueueDrops(dev)
+	if qerr != nil {
+		s.log.Warn("what the kernel drops before the switch reads it goes uncounted on the host port", "err", qerr)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.att.host != nil {

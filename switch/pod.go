@@ -102,7 +102,10 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	if pp.Dev == nil {
 		return 0, fmt.Errorf("add port %s: no device", pp.Name)
 	}
-	queue := newQueueDrops(pp.Dev)
+	queue, qerr := newQueueDrops(pp.Dev)
+	if qerr != nil {
+		s.log.Warn("what the kernel drops before the switch reads it goes uncounted on this port", "pod", pp.Name, "err", qerr)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	idx := len(s.att.pods)

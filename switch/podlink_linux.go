@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"podnet/internal/netnsutil"
 	"podnet/internal/packet"
@@ -194,12 +195,32 @@ func setQueueLen(h *netlink.Handle, l netlink.Link, n int) error {
 	return nil
 }
 
+// SetPodQueueLen makes n (not 0) the txqueuelen of the pod's eth0
+// (PodLinkConfig.QueueLen), as the daemon does for the pods it
+// re-attaches.
+func SetPodQueueLen(netnsPath string, n int) error {
+	podNS, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", netnsPath, err)
+	}
+	defer podNS.Close()
+	h, err := netlink.NewHandleAt(podNS, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", netnsPath, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(PodIfName)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", PodIfName, netnsPath, err)
+	}
+	return setQueueLen(h, l, n)
+}
+
 // ReattachPodLink opens the persistent TAP that is the pod's eth0 again,
-// after a daemon restart, and returns it with the pod's MAC; a queueLen
-// other than 0 becomes its txqueuelen (PodLinkConfig.QueueLen). The TAP
-// must be opened from inside the pod's namespace: TUNSETIFF looks the
-// name up in the namespace of the thread that opened /dev/net/tun.
-func ReattachPodLink(netnsPath string, offload bool, queueLen int) (*tap.Device, packet.MAC, error) {
+// after a daemon restart, and returns it with the pod's MAC. The TAP must
+// be opened from inside the pod's namespace: TUNSETIFF looks the name up in
+// the namespace of the thread that opened /dev/net/tun.
+func ReattachPodLink(netnsPath string, offload bool) (*tap.Device, packet.MAC, error) {
 	var mac packet.MAC
 	var dev *tap.Device
 	err := netnsutil.Do(netnsPath, func() error {
@@ -209,14 +230,6 @@ func ReattachPodLink(netnsPath string, offload bool, queueLen int) (*tap.Device,
 		}
 		if l.Type() != "tuntap" {
 			return fmt.Errorf("%s is a %s, not a TAP podnet made", PodIfName, l.Type())
-		}
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return err
-		}
-		defer h.Close()
-		if err := setQueueLen(h, l, queueLen); err != nil {
-			return err
 		}
 		dev, err = tap.Open(tap.Config{Name: PodIfName, Offload: offload, ReadUDPSuperframes: true})
 		if err != nil {

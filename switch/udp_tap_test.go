@@ -179,7 +179,7 @@ func TestQueueFullCounted(t *testing.T) {
 			if out, err := exec.Command("ip", "-n", ns, "link", "set", c.dev, "txqueuelen", "1").CombinedOutput(); err != nil {
 				t.Fatalf("txqueuelen: %v\n%s", err, out)
 			}
-			before := nettest.QueueDropped(t, ns, c.dev)
+			before := nettest.TxDropped(t, ns, c.dev)
 			base := tn.stats(c.port).Drops
 			// The kernel sends them far faster than a reader takes them
 			// one at a time.
@@ -189,7 +189,7 @@ func TestQueueFullCounted(t *testing.T) {
 				read, full = s.Drops[c.readDrop]-base[c.readDrop], s.Drops["queue-full"]-base["queue-full"]
 				return read+full == burst
 			})
-			kernel := nettest.QueueDropped(t, ns, c.dev) - before
+			kernel := nettest.TxDropped(t, ns, c.dev) - before
 			t.Logf("of %d frames the switch read %d, the kernel dropped %d", burst, read, kernel)
 			if kernel == 0 {
 				t.Fatalf("the kernel dropped nothing from a queue of one frame: the test shows nothing")

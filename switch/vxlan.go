@@ -206,6 +206,12 @@ type vxlanReceiver struct {
 
 func (r *vxlanReceiver) BatchSize() int { return r.conn.BatchSize() }
 
+// The daemon's sockets count their drops.
+var (
+	_ queueDropper = (*encap.VXLANConn)(nil)
+	_ queueDropper = (*encap.IPIPConn)(nil)
+)
+
 // QueueDrops is what the kernel dropped at the socket before it was read
 // (queue-full), where the socket counts it (encap.VXLANConn does).
 func (r *vxlanReceiver) QueueDrops() (uint64, error) {

@@ -139,7 +139,7 @@ system can reach.`,
 	f.DurationVar(&cfg.TunnelGrace, "tunnel-grace", 30*time.Second, "how long the sockets of an encapsulation no pool uses any more stay open")
 	f.DurationVar(&cfg.ReplyPoll, "reply-poll", 50*time.Microsecond, "how long a reader polls a pod it has just written to for the answer, saving a wake-up per hop (0: off)")
 	f.IntVar(&cfg.PodMTU, "pod-mtu", 0, "MTU of pods' eth0 (default: the underlay's)")
-	f.IntVar(&cfg.PodQueueLen, "pod-queue-len", 0, fmt.Sprintf("txqueuelen of pods' eth0: frames a pod's TAP holds for the switch before the kernel drops what the pod sends (queue-full in 'podnet port stats'); more rides out longer moments when the switch gets no CPU, and lets one pod hold up to about 64 KiB of kernel memory per frame (default: the kernel's, 1000; at most %d)", node.MaxPodQueueLen))
+	f.IntVar(&cfg.PodQueueLen, "pod-queue-len", 0, fmt.Sprintf("txqueuelen of pods' eth0: frames a pod's TAP holds for the switch before the kernel drops what the pod sends (queue-full in 'podnet port stats'); more rides out longer moments when the switch gets no CPU, and lets one pod hold up to about 64 KiB of kernel memory per frame (default 0: as it is, the kernel's 1000 for a new pod; at most %d)", node.MaxPodQueueLen))
 	f.StringVar(&ipipMode, "default-ipv4-pool-ipip", "", "ipipMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_IPIP)")
 	f.StringVar(&vxlanMode, "default-ipv4-pool-vxlan", "", "vxlanMode of the default pool created when none exists: Always, CrossSubnet or Never (like CALICO_IPV4POOL_VXLAN)")
 	f.Uint32Var(&cfg.VXLANVNI, "vxlan-vni", 4096, "VXLAN network identifier, 1..16777215 (the same on every node)")

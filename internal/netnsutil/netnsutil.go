@@ -28,7 +28,13 @@ func Do(nsPath string, fn func() error) error {
 		return fmt.Errorf("open netns %s: %w", nsPath, err)
 	}
 	defer target.Close()
+	return DoHandle(target, nsPath, fn)
+}
 
+// DoHandle is Do for a namespace the caller holds open (target), which it
+// still owns afterwards; name says which one in errors.
+func DoHandle(target netns.NsHandle, name string, fn func() error) error {
+	nsPath := name
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -163,9 +163,9 @@ func SendFrames(t testing.TB, nsPath, ifname string, frame []byte, n int) {
 	}
 }
 
-// QueueDropped is the tx_dropped counter of the interface ifname in the
+// TxDropped is the tx_dropped counter of the interface ifname in the
 // named namespace, as the kernel reports it.
-func QueueDropped(t testing.TB, name, ifname string) uint64 {
+func TxDropped(t testing.TB, name, ifname string) uint64 {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", name, "cat", "/sys/class/net/"+ifname+"/statistics/tx_dropped").CombinedOutput()
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"podnet/internal/netnsutil"
 	"podnet/internal/turn"
 )
 
@@ -225,13 +226,14 @@ func (d *Device) SetPersist(on bool) error {
 }
 
 // QueueDrops returns how many frames the kernel dropped on their way to
-// the device's reader: sent into the device (by the pod behind a TAP, by
-// the node into a TUN) while its queue of txqueuelen frames was full,
-// because the reader had not read them in time, or while no reader had
-// the device open. That is the device's tx_dropped, which the switch
-// never sees otherwise. It is read over netlink in the namespace the
-// device is in now (TUNGETDEVNETNS, Linux 5.2+), under the name it has
-// now (TUNGETIFF), so a pod that renames its eth0 is still followed.
+// the device's reader because its queue (txqueuelen frames) was full:
+// sent into the device (by the pod behind a TAP, by the node into a TUN)
+// faster than the reader took them. That is the device's tx_dropped,
+// which the reader never sees otherwise. It is read over netlink in the
+// namespace the device is in now (TUNGETDEVNETNS, Linux 5.2+), under the
+// name it has now (TUNGETIFF), so a pod that renames its eth0 is still
+// followed. Each call takes the kernel's RTNL lock a few times: for
+// statistics, not for a packet path.
 func (d *Device) QueueDrops() (uint64, error) {
 	d.closeMu.RLock()
 	if d.closed {
@@ -256,20 +258,24 @@ func (d *Device) QueueDrops() (uint64, error) {
 		return 0, fmt.Errorf("tap %q: queue drops: %w", d.name, err)
 	}
 	defer unix.Close(nsfd)
-	h, err := netlink.NewHandleAt(netns.NsHandle(nsfd), unix.NETLINK_ROUTE)
+	var drops uint64
+	err = netnsutil.DoHandle(netns.NsHandle(nsfd), "of tap "+d.name, func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		// The name was read a moment ago; a pod renaming its devices
+		// meanwhile must not pass another device's counter off as ours.
+		if l.Type() != "tuntap" || l.Attrs().Statistics == nil {
+			return fmt.Errorf("%s is a %s without tun statistics", name, l.Type())
+		}
+		drops = l.Attrs().Statistics.TxDropped
+		return nil
+	})
 	if err != nil {
-		return 0, fmt.Errorf("tap %q: queue drops: netlink: %w", d.name, err)
+		return 0, fmt.Errorf("tap %q: queue drops: %w", d.name, err)
 	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return 0, fmt.Errorf("tap %q: queue drops: %s: %w", d.name, name, err)
-	}
-	st := l.Attrs().Statistics
-	if st == nil {
-		return 0, fmt.Errorf("tap %q: queue drops: %s has no statistics", d.name, name)
-	}
-	return st.TxDropped, nil
+	return drops, nil
 }
 
 // Read reads up to len(bufs) frames, each into bufs[i][offset:], and sets

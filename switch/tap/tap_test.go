@@ -92,11 +92,11 @@ func TestQueueDrops(t *testing.T) {
 			t.Fatalf("ip %v: %v\n%s", args, err, out)
 		}
 	}
-	frame := make([]byte, 60)
+	frame, rbuf := make([]byte, 60), make([]byte, 2048)
 	drain := func() int {
 		n := 0
 		for {
-			if _, err := rawRead(d.fd, frame[:cap(frame)]); err != nil {
+			if _, err := rawRead(d.fd, rbuf); err != nil {
 				return n
 			}
 			n++
