@@ -18,6 +18,7 @@ import (
 
 	"podnet/internal/packet"
 	"podnet/internal/procnet"
+	"podnet/internal/queuedrops"
 )
 
 // forwardTap is what VXLANTap and IPIPTap share: a TAP of the node's own
@@ -426,6 +427,26 @@ func (t *forwardTap) Probe() error {
 			return nil
 		}
 	}
+}
+
+// QueueDrops is how many frames the kernel dropped on their way to the
+// TAP's reader because its queue was full (its tx_dropped): replies NAT's
+// tc program steered into a PlainTap faster than NAT read them.
+func (t *forwardTap) QueueDrops() (uint64, error) {
+	t.mu.RLock()
+	if t.closed {
+		t.mu.RUnlock()
+		return 0, os.ErrClosed
+	}
+	nsfd, name, err := queuedrops.TunLocation(t.fd)
+	t.mu.RUnlock()
+	if err == nil {
+		var n uint64
+		if n, err = queuedrops.TunTxDropped(nsfd, name); err == nil {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("%s %s: queue drops: %w", t.kind, t.name, err)
 }
 
 // Close removes the TAP.

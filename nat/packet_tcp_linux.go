@@ -15,6 +15,7 @@ import (
 
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 )
 
 // The packet path for TCP: instead of ending the pod's connection in the
@@ -60,15 +61,10 @@ type packetTCP struct {
 	nl      *netlink.Handle // in the node's namespace; guarded by routeMu
 	routes  map[netip.Addr]routeVerdict
 
-	// statsNL reads the TAP's tx_dropped (queueDropped), which was
-	// queueBase when the path was set up; queueOK says it could be read
-	// then. statsMu guards them, and last, the count last reported, which
-	// never goes back.
-	statsMu   sync.Mutex
-	statsNL   *netlink.Handle
-	queueBase uint64
-	queueOK   bool
-	lastQueue uint64
+	// queue counts the replies the kernel dropped on their way into the
+	// TAP, its queue being full, since the path was set up
+	// (DropQueueFull).
+	queue *queuedrops.Counter
 
 	// Each connection holds a port of the node's for itself. So that the
 	// node keeps ports for its own connections and one pod cannot take
@@ -261,10 +257,7 @@ func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
 		if p.steer, err = openSteer(underlay, p.src, p.tap.Index()); err != nil {
 			return
 		}
-		if p.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-			return
-		}
-		p.statsNL, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		p.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	})
 	if err == nil {
 		err = derr
@@ -276,45 +269,10 @@ func (n *NAT) openPacketTCP(underlay string) (*packetTCP, error) {
 	// Counting its drops is not worth the path: without it they go
 	// uncounted.
 	var qerr error
-	if p.queueBase, qerr = p.tapTxDropped(); qerr != nil {
+	if p.queue, qerr = queuedrops.Follow(p.tap); qerr != nil {
 		n.log.Warn("NAT packet path: replies its TAP drops go uncounted", "err", qerr)
 	}
-	p.queueOK = qerr == nil
 	return p, nil
-}
-
-// queueDropped is how many replies the kernel dropped on their way into
-// the TAP since the path was set up, because its queue was full: NAT had
-// not read the ones before them yet (DropQueueFull). It keeps its last
-// value while the TAP cannot be read.
-func (p *packetTCP) queueDropped() uint64 {
-	if !p.queueOK {
-		return 0
-	}
-	n, err := p.tapTxDropped()
-	p.statsMu.Lock()
-	defer p.statsMu.Unlock()
-	if err == nil && n >= p.queueBase {
-		p.lastQueue = max(p.lastQueue, n-p.queueBase)
-	}
-	return p.lastQueue
-}
-
-// tapTxDropped is the TAP's tx_dropped counter.
-func (p *packetTCP) tapTxDropped() (uint64, error) {
-	p.statsMu.Lock()
-	defer p.statsMu.Unlock()
-	if p.statsNL == nil {
-		return 0, fmt.Errorf("%s: closed", PlainTapName)
-	}
-	l, err := p.statsNL.LinkByIndex(p.tap.Index())
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", PlainTapName, err)
-	}
-	if l.Attrs().Statistics == nil {
-		return 0, fmt.Errorf("%s has no statistics", PlainTapName)
-	}
-	return l.Attrs().Statistics.TxDropped, nil
 }
 
 // underlayAddr is l's first global IPv4 address.
@@ -340,12 +298,6 @@ func (p *packetTCP) close() {
 	}
 	if p.nl != nil {
 		p.nl.Close()
-	}
-	if p.statsNL != nil {
-		p.statsMu.Lock()
-		p.statsNL.Close()
-		p.statsNL = nil
-		p.statsMu.Unlock()
 	}
 }
 

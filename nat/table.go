@@ -317,7 +317,7 @@ func (n *NAT) Stats() Stats {
 		s.Drops[r.String()] = n.c.drops[r].Load()
 	}
 	if n.fast != nil {
-		s.Drops[DropQueueFull.String()] += n.fast.queueDropped()
+		s.Drops[DropQueueFull.String()] += n.fast.queue.Count()
 	}
 	if n.tcpPorts.enabled() {
 		s.PortsInUse = n.tcpPorts.count() + n.udpPorts.count()

@@ -1,10 +1,11 @@
 package vswitch
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"sync/atomic"
+
+	"podnet/internal/queuedrops"
 )
 
 // DropReason names why the switch dropped a frame. Every drop increments
@@ -119,85 +120,14 @@ type counters struct {
 
 func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
-// queueDropper is a port device or socket whose kernel queue drops
-// frames its reader has not taken in time, and says how many
-// (tap.Device, encap's sockets): the switch never sees those frames, so
-// it cannot count them itself.
-type queueDropper interface{ QueueDrops() (uint64, error) }
-
-// queueDrops follows the kernel queue drops of a port's devices (a
-// tunnel has a socket per reader) from the moment the port was attached,
-// as the port's other counters start then; a persistent TAP's own count
-// does not start again.
-type queueDrops struct {
-	devs []queueDropper // none: the devices cannot say
-	base []uint64       // devs[i]'s count at attach
-	// last is the count last reported. It never goes back, so that a
-	// read that fails (a pod renaming its eth0 just then) or a counter
-	// that wrapped does not look like a reset to a metrics scraper.
-	last *atomic.Uint64
-}
-
-// newQueueDrops reads, now, the counts of those devs that can say. It
-// makes system calls (netlink for a TAP): not for under Switch.mu. The
-// error is the first of a device that should say and could not (before
-// Linux 5.2, a TAP cannot): its drops go uncounted, for the caller to
-// log.
-func newQueueDrops[D any](devs ...D) (queueDrops, error) {
-	q := queueDrops{last: new(atomic.Uint64)}
-	var first error
-	for _, d := range devs {
-		qd, ok := any(d).(queueDropper)
-		if !ok {
-			continue
-		}
-		n, err := qd.QueueDrops()
-		if err != nil {
-			first = cmp.Or(first, err)
-			continue
-		}
-		q.devs, q.base = append(q.devs, qd), append(q.base, n)
-	}
-	return q, first
-}
-
-// addTo counts the drops since the port was attached in s, as
-// queue-full. Like newQueueDrops, not for under Switch.mu.
-func (q queueDrops) addTo(s *PortStats) {
-	if len(q.devs) == 0 {
-		return
-	}
-	var total uint64
-	ok := true
-	for i, d := range q.devs {
-		n, err := d.QueueDrops()
-		if err != nil {
-			ok = false
-			break
-		}
-		total += countedSince(q.base[i], n)
-	}
-	if ok {
-		// Another Stats may have stored more meanwhile: keep the larger.
-		for last := q.last.Load(); total > last; last = q.last.Load() {
-			if q.last.CompareAndSwap(last, total) {
-				break
-			}
-		}
-	}
-	if v := q.last.Load(); v > 0 {
+// addQueueDrops counts in s, as queue-full, what q says the kernel
+// dropped before the port's reader took it (queuedrops.Counter: the
+// switch never sees those frames). It makes system calls: not for under
+// Switch.mu.
+func addQueueDrops(s *PortStats, q *queuedrops.Counter) {
+	if v := q.Count(); v > 0 {
 		s.Drops[DropQueueFull.String()] += v
 	}
-}
-
-// countedSince is how far a drop counter moved from base to n. One that
-// went down wrapped around 32 bits: a socket's counter is that wide (a
-// device's is 64 bits).
-func countedSince(base, n uint64) uint64 {
-	if n >= base {
-		return n - base
-	}
-	return n + 1<<32 - base
 }
 
 // errNoQueueDrops: the connection under a tunnel's receiver does not

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 	"podnet/router"
 	"podnet/switch/tap"
 )
@@ -98,7 +99,7 @@ type hostPort struct {
 	uso     bool // dev takes GSO_UDP_L4 superframes, and may read them
 	lane    int
 	c       counters
-	queue   queueDrops // dev's kernel queue drops (queue-full)
+	queue   *queuedrops.Counter // dev's kernel queue drops (queue-full)
 	capt    atomic.Pointer[Capture]
 	done    chan struct{}
 }
@@ -106,7 +107,7 @@ type hostPort struct {
 // AttachHost makes dev (a TUN in the node's namespace, see OpenHostTUN) the
 // host port and starts its reader.
 func (s *Switch) AttachHost(dev HostDevice) error {
-	queue, qerr := newQueueDrops(dev)
+	queue, qerr := queuedrops.Follow(dev)
 	if qerr != nil {
 		s.log.Warn("what the kernel drops before the switch reads it goes uncounted on the host port", "err", qerr)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 	"podnet/router"
 )
 
@@ -114,7 +115,7 @@ func (t *ipipTunnel) Receivers() []TunnelReceiver { return []TunnelReceiver{t} }
 // QueueDrops is what the kernel dropped at the raw socket before it was
 // read (queue-full), where the socket counts it (encap.IPIPConn does).
 func (t *ipipTunnel) QueueDrops() (uint64, error) {
-	if q, ok := t.conn.(queueDropper); ok {
+	if q, ok := t.conn.(queuedrops.Dropper); ok {
 		return q.QueueDrops()
 	}
 	return 0, errNoQueueDrops

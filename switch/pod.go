@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 	"podnet/internal/turn"
 	"podnet/router"
 )
@@ -79,7 +80,7 @@ type podPort struct {
 	uso     bool // dev takes GSO_UDP_L4 superframes
 	readUSO bool // and its reads may be GSO_UDP_L4 superframes
 	c       counters
-	queue   queueDrops // dev's kernel queue drops (queue-full)
+	queue   *queuedrops.Counter // dev's kernel queue drops (queue-full)
 	capt    atomic.Pointer[Capture]
 	done    chan struct{} // closed when the reader exits
 
@@ -102,7 +103,7 @@ func (s *Switch) AddPodPort(pp PodPort) (int, error) {
 	if pp.Dev == nil {
 		return 0, fmt.Errorf("add port %s: no device", pp.Name)
 	}
-	queue, qerr := newQueueDrops(pp.Dev)
+	queue, qerr := queuedrops.Follow(pp.Dev)
 	if qerr != nil {
 		s.log.Warn("what the kernel drops before the switch reads it goes uncounted on this port", "pod", pp.Name, "err", qerr)
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 	"podnet/router"
 )
 
@@ -137,7 +138,7 @@ func (s *Switch) SetNodes(n NodeSet) { s.nodes.Store(&n) }
 func (s *Switch) Stats() []PortStats {
 	s.mu.Lock()
 	var out []PortStats
-	var queues []queueDrops // out[i]'s
+	var queues []*queuedrops.Counter // out[i]'s
 	if h := s.att.host; h != nil {
 		out, queues = append(out, h.portStats()), append(queues, h.queue)
 	}
@@ -153,7 +154,7 @@ func (s *Switch) Stats() []PortStats {
 	}
 	s.mu.Unlock()
 	for i := range out {
-		queues[i].addTo(&out[i])
+		addQueueDrops(&out[i], queues[i])
 	}
 	return out
 }

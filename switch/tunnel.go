@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 	"podnet/router"
 )
 
@@ -95,7 +96,7 @@ type tunnelPort struct {
 	capt     atomic.Pointer[Capture] // inner packets, both ways
 	readers  sync.WaitGroup          // one reader per receiver
 	rxBy     []atomic.Uint64         // frames each receiver's reader read
-	queue    queueDrops              // the receive sockets' drops (queue-full)
+	queue    *queuedrops.Counter     // the receive sockets' drops (queue-full)
 	maxInner int
 	verifies bool             // inner transport checksums are checked (checksumVerifier)
 	check    checksumVerifier // nil: no check
@@ -136,7 +137,7 @@ func (s *Switch) AttachTunnel(cfg TunnelConfig) error {
 	}
 	t.sft, _ = cfg.Tunnel.(superframeTunnel)
 	var qerr error
-	if t.queue, qerr = newQueueDrops(rx...); qerr != nil {
+	if t.queue, qerr = queuedrops.Follow(rx...); qerr != nil {
 		s.log.Warn("what the kernel drops before the switch reads it goes uncounted on this tunnel", "tunnel", cfg.Tunnel.Device(), "err", qerr)
 	}
 	if cfg.LocalAddr.Is4() {

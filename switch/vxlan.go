@@ -9,6 +9,7 @@ import (
 
 	"podnet/encap"
 	"podnet/internal/packet"
+	"podnet/internal/queuedrops"
 	"podnet/router"
 )
 
@@ -208,14 +209,14 @@ func (r *vxlanReceiver) BatchSize() int { return r.conn.BatchSize() }
 
 // The daemon's sockets count their drops.
 var (
-	_ queueDropper = (*encap.VXLANConn)(nil)
-	_ queueDropper = (*encap.IPIPConn)(nil)
+	_ queuedrops.Dropper = (*encap.VXLANConn)(nil)
+	_ queuedrops.Dropper = (*encap.IPIPConn)(nil)
 )
 
 // QueueDrops is what the kernel dropped at the socket before it was read
 // (queue-full), where the socket counts it (encap.VXLANConn does).
 func (r *vxlanReceiver) QueueDrops() (uint64, error) {
-	if q, ok := r.conn.(queueDropper); ok {
+	if q, ok := r.conn.(queuedrops.Dropper); ok {
 		return q.QueueDrops()
 	}
 	return 0, errNoQueueDrops

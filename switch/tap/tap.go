@@ -18,11 +18,9 @@ import (
 	"unsafe"
 
 	"github.com/songgao/water"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"podnet/internal/netnsutil"
+	"podnet/internal/queuedrops"
 	"podnet/internal/turn"
 )
 
@@ -229,53 +227,23 @@ func (d *Device) SetPersist(on bool) error {
 // the device's reader because its queue (txqueuelen frames) was full:
 // sent into the device (by the pod behind a TAP, by the node into a TUN)
 // faster than the reader took them. That is the device's tx_dropped,
-// which the reader never sees otherwise. It is read over netlink in the
-// namespace the device is in now (TUNGETDEVNETNS, Linux 5.2+), under the
-// name it has now (TUNGETIFF), so a pod that renames its eth0 is still
-// followed. Each call takes the kernel's RTNL lock a few times: for
-// statistics, not for a packet path.
+// which the reader never sees otherwise, read wherever the device is now
+// (queuedrops.TunLocation).
 func (d *Device) QueueDrops() (uint64, error) {
 	d.closeMu.RLock()
 	if d.closed {
 		d.closeMu.RUnlock()
 		return 0, os.ErrClosed
 	}
-	nsfd, err := unix.IoctlRetInt(d.fd, unix.TUNGETDEVNETNS)
-	var name string
-	if err == nil {
-		var ifr *unix.Ifreq
-		if ifr, err = unix.NewIfreq(""); err == nil {
-			if err = unix.IoctlIfreq(d.fd, unix.TUNGETIFF, ifr); err == nil {
-				name = ifr.Name()
-			}
-		}
-		if err != nil {
-			unix.Close(nsfd)
-		}
-	}
+	nsfd, name, err := queuedrops.TunLocation(d.fd)
 	d.closeMu.RUnlock()
-	if err != nil {
-		return 0, fmt.Errorf("tap %q: queue drops: %w", d.name, err)
-	}
-	defer unix.Close(nsfd)
-	var drops uint64
-	err = netnsutil.DoHandle(netns.NsHandle(nsfd), "of tap "+d.name, func() error {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
+	if err == nil {
+		var n uint64
+		if n, err = queuedrops.TunTxDropped(nsfd, name); err == nil {
+			return n, nil
 		}
-		// The name was read a moment ago; a pod renaming its devices
-		// meanwhile must not pass another device's counter off as ours.
-		if l.Type() != "tuntap" || l.Attrs().Statistics == nil {
-			return fmt.Errorf("%s is a %s without tun statistics", name, l.Type())
-		}
-		drops = l.Attrs().Statistics.TxDropped
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("tap %q: queue drops: %w", d.name, err)
 	}
-	return drops, nil
+	return 0, fmt.Errorf("tap %q: queue drops: %w", d.name, err)
 }
 
 // Read reads up to len(bufs) frames, each into bufs[i][offset:], and sets
